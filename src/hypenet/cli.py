@@ -1,0 +1,27 @@
+"""`hypenet` command line: convert (HALO), its stages, eval/compare, bench, generate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .eval.cli import register as register_eval
+    from .halo.cli import register as register_halo
+
+    parser = argparse.ArgumentParser(prog="hypenet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register_halo(sub)
+    register_eval(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

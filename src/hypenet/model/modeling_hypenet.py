@@ -1,0 +1,447 @@
+"""HypeNet: a pre-norm decoder mixing softmax attention and Lightning Attention RNN layers (SPEC section 2).
+
+Every layer:  h = x + Mixer(RMSNorm(x));  out = h + MLP(RMSNorm(h)).
+The mixer is `HypeNetAttention` (the teacher's GQA attention, NoPE by default, output gate, HyPE logit scaling)
+or `HypeNetLightningAttention` (RoPE, QK-norm, MHA K/V, fixed ALiBi-slope decay, output norm + gate).
+
+This file ships inside every exported checkpoint (transformers remote code): it imports only torch, transformers
+and its two neighbours, configuration_hypenet.py and lightning.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from .configuration_hypenet import HypeNetConfig
+from .lightning import alibi_log_decay, lightning_attention
+
+
+class HypeNetRMSNorm(nn.Module):
+    """RMSNorm computed in fp32 and cast back, exactly as Llama/Qwen3 do (so converted layers match their teacher)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class HypeNetRotaryEmbedding(nn.Module):
+    """The teacher's rotary settings (`config.rope_parameters`), evaluated at explicit per-token positions."""
+
+    def __init__(self, config: HypeNetConfig):
+        super().__init__()
+        self.config = config
+        self.rope_type = config.rope_parameters.get("rope_type", "default")
+        rope_init = self.compute_default_rope_parameters if self.rope_type == "default" else ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = rope_init(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config: HypeNetConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        base = config.rope_parameters["rope_theta"]
+        dim = config.head_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim))
+        return inv_freq, 1.0
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, head_dim]
+        return (emb.cos() * self.attention_scaling).to(dtype), (emb.sin() * self.attention_scaling).to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, T, H, d]; cos/sin: [B, T, d]."""
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    return x * cos + rotate_half(x) * sin
+
+
+@dataclass
+class MixerContext:
+    """Per-forward inputs shared by all mixers, computed once from the attention mask, the cache and positions.
+
+    positions: [B, T] true 0-based token positions (left padding and the cache are accounted for).
+    cos, sin: RoPE tables at `positions`.
+    token_valid: [B, T] bool, False at padded positions; None when nothing is padded.
+    attn_mask: [B, 1, T, past+T] bool for SDPA (True = attend), or None with `is_causal` telling SDPA what to do.
+    logit_scale: [B, T] HyPE query scale ln(t + a) / ln(a), or None when scaling is off.
+    """
+
+    positions: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    token_valid: torch.Tensor | None
+    attn_mask: torch.Tensor | None
+    is_causal: bool
+    logit_scale: torch.Tensor | None
+
+
+def build_mixer_context(
+    config: HypeNetConfig,
+    rotary: HypeNetRotaryEmbedding,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    past_length: int = 0,
+) -> MixerContext:
+    """Positions, masks and scales for a chunk of T new tokens following `past_length` cached ones.
+
+    `attention_mask` is the usual 2D padding mask over past + new tokens (1 = token, 0 = padding).
+    """
+    batch, seq_len = hidden_states.shape[:2]
+    device = hidden_states.device
+    total = past_length + seq_len
+    key_valid = None
+    if attention_mask is not None:
+        if attention_mask.dim() != 2:
+            raise ValueError(
+                f"HypeNet takes a 2D padding attention_mask of shape [batch, past + new tokens]; got shape "
+                f"{tuple(attention_mask.shape)}. Pass the tokenizer's attention_mask as is."
+            )
+        if attention_mask.shape[-1] != total:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[-1]} tokens but the cache holds {past_length} and "
+                f"{seq_len} are new: expected attention_mask.shape[-1] == {total}."
+            )
+        key_valid = attention_mask.to(device=device, dtype=torch.bool)
+        if bool(key_valid.all()):
+            key_valid = None
+
+    if position_ids is None:
+        if key_valid is not None:
+            position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
+        else:
+            position_ids = torch.arange(past_length, total, device=device).unsqueeze(0).expand(batch, -1)
+    position_ids = position_ids.to(device).expand(batch, -1)
+
+    attn_mask, is_causal = None, False
+    if key_valid is not None or (past_length > 0 and seq_len > 1):
+        query_index = torch.arange(past_length, total, device=device)[:, None]
+        key_index = torch.arange(total, device=device)[None, :]
+        allowed = (key_index <= query_index)[None, None]  # [1, 1, T, total]
+        if key_valid is not None:
+            # A padded query would see no key at all (NaN softmax): let every token always see itself.
+            allowed = (allowed & key_valid[:, None, None, :]) | (key_index == query_index)[None, None]
+        attn_mask = allowed.expand(batch, 1, seq_len, total)
+    elif seq_len > 1:
+        is_causal = True
+
+    cos, sin = rotary(position_ids, hidden_states.dtype)
+    a = config.attention_logit_scaling_base
+    logit_scale = None if a is None else torch.log(position_ids.float() + a) / math.log(a)
+    token_valid = None if key_valid is None else key_valid[:, -seq_len:]
+    return MixerContext(position_ids, cos, sin, token_valid, attn_mask, is_causal, logit_scale)
+
+
+class HypeNetMLP(nn.Module):
+    def __init__(self, config: HypeNetConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class HypeNetAttention(nn.Module):
+    """The teacher's GQA softmax attention; HypeNet drops RoPE, adds an output gate and HyPE logit scaling."""
+
+    def __init__(self, config: HypeNetConfig, layer_idx: int):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        hidden, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=config.attention_out_bias)
+        if config.attention_qk_norm:
+            self.q_norm = HypeNetRMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = HypeNetRMSNorm(self.head_dim, config.rms_norm_eps)
+        if config.attention_output_gate:
+            self.g_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+
+    def forward(self, x: torch.Tensor, ctx: MixerContext, cache: Cache | None = None) -> torch.Tensor:
+        batch, seq_len, _ = x.shape
+        q = self.q_proj(x).view(batch, seq_len, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(batch, seq_len, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(batch, seq_len, self.num_kv_heads, self.head_dim)
+        if self.config.attention_qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.config.attention_rope:
+            q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        if ctx.logit_scale is not None:  # HyPE: q_t *= ln(t + a) / ln(a), after the norm so it survives
+            q = q * ctx.logit_scale[:, :, None, None].to(q.dtype)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+        o = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal, scale=self.head_dim**-0.5,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )
+        o = o.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)
+        if self.config.attention_output_gate:
+            o = o * torch.sigmoid(self.g_proj(x))
+        return self.o_proj(o)
+
+
+class HypeNetLightningAttention(nn.Module):
+    """Lightning Attention with HypeNet's changes (SPEC 2.1), per head h and token t:
+
+        q_t = RoPE(RMSNorm_q(x_t Wq)),  k_t = RoPE(RMSNorm_k(x_t Wk)),  v_t = x_t Wv
+        S_t = gamma_h S_{t-1} + (k_t / sqrt(d))^T v_t,   gamma_h = exp(-2^(-8h/H))
+        o_t = q_t S_t
+        y_t = (RMSNorm_o(o_t over all heads) * sigmoid(x_t Wz)) Wo
+    """
+
+    def __init__(self, config: HypeNetConfig, layer_idx: int):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
+        hidden, inner, bias = config.hidden_size, config.num_attention_heads * config.head_dim, config.attention_bias
+        self.q_proj = nn.Linear(hidden, inner, bias=bias)
+        self.k_proj = nn.Linear(hidden, inner, bias=bias)  # MHA: the teacher's K/V heads repeated per query group
+        self.v_proj = nn.Linear(hidden, inner, bias=bias)
+        self.o_proj = nn.Linear(inner, hidden, bias=config.attention_out_bias)
+        if config.lightning_qk_norm:
+            self.q_norm = HypeNetRMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = HypeNetRMSNorm(self.head_dim, config.rms_norm_eps)
+        if config.lightning_output_norm:
+            self.o_norm = HypeNetRMSNorm(inner, config.rms_norm_eps)
+        if config.lightning_output_gate:
+            self.g_proj = nn.Linear(hidden, inner, bias=False)
+        self.register_buffer("log_decay", alibi_log_decay(self.num_heads), persistent=False)
+
+    def forward(self, x: torch.Tensor, ctx: MixerContext, cache: Cache | None = None) -> torch.Tensor:
+        batch, seq_len, _ = x.shape
+        shape = (batch, seq_len, self.num_heads, self.head_dim)
+        q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
+        if self.config.lightning_qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        log_decay = self.log_decay.float()
+        g = log_decay.expand(batch, seq_len, self.num_heads)
+        g_gamma = log_decay
+        if ctx.token_valid is not None:  # padding neither writes to nor decays the state
+            valid = ctx.token_valid[:, :, None]
+            k, v = k.masked_fill(~valid[..., None], 0.0), v.masked_fill(~valid[..., None], 0.0)
+            g, g_gamma = g * valid, None
+        state = lightning_state(cache, self.layer_idx)
+        o, new_state = lightning_attention(
+            q, k, v, g, scale=self.head_dim**-0.5, initial_state=state, output_final_state=cache is not None,
+            backend=self.config.lightning_backend, chunk_size=self.config.lightning_chunk_size, g_gamma=g_gamma,
+        )
+        if cache is not None:
+            cache.update_recurrent_state(new_state, self.layer_idx)
+        o = o.reshape(batch, seq_len, self.num_heads * self.head_dim).to(x.dtype)
+        if self.config.lightning_output_norm:
+            o = self.o_norm(o)
+        if self.config.lightning_output_gate:
+            o = o * torch.sigmoid(self.g_proj(x))
+        return self.o_proj(o)
+
+
+def lightning_state(cache: Cache | None, layer_idx: int) -> torch.Tensor | None:
+    """The recurrent state [B, H, d, d] (fp32) a lightning layer left in the cache, or None before its first call."""
+    if cache is None:
+        return None
+    layer = cache.layers[layer_idx] if layer_idx < len(cache.layers) else None
+    if not hasattr(layer, "recurrent_states"):
+        raise ValueError(
+            f"cache layer {layer_idx} cannot hold a recurrent state ({type(layer).__name__}); create the cache with "
+            "HypeNetCache(model.config) (or DynamicCache(config=model.config)), or let the model create it."
+        )
+    return layer.recurrent_states[0] if layer.is_recurrent_states_initialized[0] else None
+
+
+class HypeNetCache(DynamicCache):
+    """KV cache for attention layers and recurrent state for lightning layers.
+
+    Counts the tokens it has seen, so that a model without any attention layer still knows its position.
+    """
+
+    def __init__(self, config: HypeNetConfig, **kwargs):
+        super().__init__(config=config, **kwargs)
+        self.seen_tokens = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def reset(self):
+        super().reset()
+        self.seen_tokens = 0
+
+
+MIXER_CLASSES = {"attention": HypeNetAttention, "lightning": HypeNetLightningAttention}
+
+
+class HypeNetDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: HypeNetConfig, layer_idx: int):
+        super().__init__()
+        self.mixer_type = config.mixer_types[layer_idx]
+        mixer = MIXER_CLASSES[self.mixer_type](config, layer_idx)
+        # Teacher names: attention stays `self_attn`; an RNN mixer is `linear_attn`, as in transformers' hybrids.
+        if self.mixer_type == "attention":
+            self.self_attn = mixer
+        else:
+            self.linear_attn = mixer
+        self.mlp = HypeNetMLP(config)
+        self.input_layernorm = HypeNetRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = HypeNetRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    @property
+    def mixer(self) -> nn.Module:
+        return self.self_attn if self.mixer_type == "attention" else self.linear_attn
+
+    def forward(self, hidden_states: torch.Tensor, ctx: MixerContext, cache: Cache | None = None) -> torch.Tensor:
+        hidden_states = hidden_states + self.mixer(self.input_layernorm(hidden_states), ctx, cache)
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class HypeNetPreTrainedModel(PreTrainedModel):
+    config_class = HypeNetConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HypeNetDecoderLayer"]
+    _supports_sdpa = True
+    _is_stateful = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, HypeNetLightningAttention):
+            init.copy_(module.log_decay, alibi_log_decay(module.num_heads))
+
+
+class HypeNetModel(HypeNetPreTrainedModel):
+    def __init__(self, config: HypeNetConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(HypeNetDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = HypeNetRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = HypeNetRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        cache = cache if cache is not None else past_key_values
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if use_cache and cache is None:
+            cache = HypeNetCache(self.config)
+        if not use_cache:
+            cache = None
+        hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        past_length = cache.get_seq_length() if cache is not None else 0
+        ctx = build_mixer_context(self.config, self.rotary_emb, hidden_states, attention_mask, position_ids, past_length)
+        all_hidden_states = [] if output_hidden_states else None
+        for layer in self.layers:
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
+            hidden_states = layer(hidden_states, ctx, cache)
+        hidden_states = self.norm(hidden_states)
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
+        if isinstance(cache, HypeNetCache):
+            cache.seen_tokens += hidden_states.shape[1]
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            cache=cache,
+            hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+        )
+
+
+class HypeNetForCausalLM(HypeNetPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: HypeNetConfig):
+        super().__init__(config)
+        self.model = HypeNetModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
+            past_key_values=past_key_values,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+        )
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """generate() builds a plain DynamicCache; give it our hybrid cache instead (same layers, plus a token count)."""
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        for key in ("cache", "past_key_values"):
+            if type(model_kwargs.get(key)) is DynamicCache:
+                model_kwargs[key] = HypeNetCache(self.config)
+
+
+__all__ = [
+    "HypeNetCache",
+    "HypeNetForCausalLM",
+    "HypeNetModel",
+    "HypeNetPreTrainedModel",
+    "HypeNetAttention",
+    "HypeNetLightningAttention",
+    "build_mixer_context",
+]

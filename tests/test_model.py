@@ -1,0 +1,296 @@
+"""HypeNet model: config validation, equivalence with transformers teachers, exact batched/cached inference,
+the lightning layer's equations, and loading exported checkpoints through remote code."""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+import hypenet  # noqa: F401  (registers the Auto classes)
+from hypenet.model import HypeNetCache, HypeNetConfig, HypeNetForCausalLM
+from hypenet.model.lightning import alibi_log_decay
+from hypenet.teachers import build_hypenet_from_teacher
+
+TINY = dict(vocab_size=89, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=512)
+
+
+def tiny_hypenet(mixers=("lightning", "attention", "lightning", "lightning"), **overrides) -> HypeNetForCausalLM:
+    fields = dict(vocab_size=97, hidden_size=36, intermediate_size=64, num_hidden_layers=len(mixers),
+                  num_attention_heads=9, num_key_value_heads=3, head_dim=8, mixer_types=list(mixers),
+                  attention_logit_scaling_base=20.0, lightning_chunk_size=8, pad_token_id=0, eos_token_id=None)
+    fields.update(overrides)
+    torch.manual_seed(0)
+    model = HypeNetForCausalLM(HypeNetConfig(**fields)).eval()
+    with torch.no_grad():  # non-trivial norms so that every parameter matters
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def left_padded(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
+    return ids, mask
+
+
+# ---------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_hidden_layers=3, mixer_types=["attention"] * 2), "expected length 3"),
+        (dict(num_hidden_layers=2, mixer_types=["attention", "mamba"]), "unknown mixer(s) ['mamba']"),
+        (dict(num_attention_heads=6, num_key_value_heads=4), "num_key_value_heads"),
+        (dict(head_dim=7), "head_dim must be even"),
+        (dict(attention_logit_scaling_base=1.0), "attention_logit_scaling_base must be > 1"),
+        (dict(lightning_backend="cuda"), "lightning_backend"),
+    ],
+)
+def test_bad_config_names_the_field(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        HypeNetConfig(**kwargs)
+    assert message in str(err.value)
+
+
+def test_auto_classes_are_registered():
+    config = AutoConfig.for_model("hypenet", num_hidden_layers=2, mixer_types=["attention", "lightning"])
+    assert isinstance(config, HypeNetConfig)
+    assert type(AutoModelForCausalLM.from_config(config)).__name__ == "HypeNetForCausalLM"
+    assert type(AutoModel.from_config(config)).__name__ == "HypeNetModel"
+
+
+# ---------------------------------------------------------------- equivalence with transformers teachers
+
+
+@pytest.mark.parametrize(
+    "teacher_cls, config_cls, extra",
+    [
+        (Qwen3ForCausalLM, Qwen3Config, dict(tie_word_embeddings=True)),
+        (Qwen3ForCausalLM, Qwen3Config, dict(tie_word_embeddings=False, attention_bias=True)),
+        (LlamaForCausalLM, LlamaConfig, dict(tie_word_embeddings=True)),
+        (LlamaForCausalLM, LlamaConfig, dict(tie_word_embeddings=False, mlp_bias=True, attention_bias=True)),
+        (Qwen2ForCausalLM, Qwen2Config, dict(tie_word_embeddings=True)),
+        (MistralForCausalLM, MistralConfig, dict(tie_word_embeddings=False, sliding_window=None)),
+    ],
+)
+def test_all_attention_hypenet_reproduces_teacher(teacher_cls, config_cls, extra):
+    torch.manual_seed(0)
+    teacher = teacher_cls(config_cls(**TINY, **extra)).eval()
+    with torch.no_grad():
+        for p in teacher.parameters():  # biases and norms start at 0/1: randomise so the copy is really tested
+            p.add_(0.05 * torch.randn_like(p))
+    student = build_hypenet_from_teacher(
+        teacher, ["attention"] * 3, attention_rope=True, attention_output_gate=False
+    ).eval()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 40))
+    mask = torch.ones_like(ids)
+    mask[0, :7] = 0
+    with torch.no_grad():
+        for kwargs in (dict(), dict(attention_mask=mask)):
+            expected, got = teacher(ids, **kwargs).logits, student(ids, **kwargs).logits
+            valid = (kwargs.get("attention_mask", mask * 0 + 1)).bool()
+            assert (expected - got)[valid].abs().max().item() <= 1e-5
+
+
+def test_lightning_layers_take_teacher_kv_heads_repeated():
+    torch.manual_seed(0)
+    teacher = Qwen3ForCausalLM(Qwen3Config(**TINY)).eval()
+    student = build_hypenet_from_teacher(teacher, ["lightning", "attention", "lightning"])
+    source, target = teacher.model.layers[0].self_attn, student.model.layers[0].linear_attn
+    group = TINY["num_attention_heads"] // TINY["num_key_value_heads"]
+    d = TINY["head_dim"]
+    for j in range(TINY["num_attention_heads"]):
+        kv = j // group
+        assert torch.equal(target.k_proj.weight[j * d:(j + 1) * d], source.k_proj.weight[kv * d:(kv + 1) * d])
+        assert torch.equal(target.v_proj.weight[j * d:(j + 1) * d], source.v_proj.weight[kv * d:(kv + 1) * d])
+    assert torch.equal(target.q_proj.weight, source.q_proj.weight)
+    assert torch.equal(target.o_proj.weight, source.o_proj.weight)
+    assert torch.equal(target.q_norm.weight, source.q_norm.weight)
+    assert torch.equal(student.model.layers[1].self_attn.k_proj.weight, teacher.model.layers[1].self_attn.k_proj.weight)
+
+
+def test_unsupported_teacher_lists_supported():
+    from transformers import GPT2Config
+
+    from hypenet.teachers import hypenet_config_from_teacher
+
+    with pytest.raises(ValueError, match="'gpt2'.*supported: qwen3"):
+        hypenet_config_from_teacher(GPT2Config())
+
+
+# ---------------------------------------------------------------- the layers' equations
+
+
+def test_lightning_layer_matches_spec_equations():
+    """One lightning mixer against SPEC 2.1 written out token by token, in float64."""
+    model = tiny_hypenet(mixers=("lightning",), attention_logit_scaling_base=None).double()
+    layer = model.model.layers[0].linear_attn
+    x = torch.randn(2, 11, 36, dtype=torch.float64)
+    from hypenet.model.modeling_hypenet import build_mixer_context
+
+    ctx = build_mixer_context(model.config, model.model.rotary_emb, x)
+    got = layer(x, ctx)
+
+    H, d = 9, 8
+    slopes = [2 ** (-8 * h / 8) for h in range(1, 9)] + [2 ** (-8 * h / 16) for h in range(1, 17)][0::2][:1]
+    gamma = torch.exp(-torch.tensor(slopes, dtype=torch.float64))
+    assert torch.allclose(alibi_log_decay(9).double().exp(), gamma)
+
+    def rope(t, pos):  # rotate pairs (i, i + d/2) by pos * theta^(-2i/d)
+        inv = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+        ang = pos * inv
+        c, s = torch.cos(ang), torch.sin(ang)
+        a, b = t[..., : d // 2], t[..., d // 2:]
+        return torch.cat([a * c - b * s, b * c + a * s], dim=-1)
+
+    def rms(t, w, eps=1e-6):
+        return w * t / torch.sqrt(t.pow(2).mean(-1, keepdim=True) + eps)
+
+    expected = torch.zeros_like(got)
+    for b in range(2):
+        S = torch.zeros(H, d, d, dtype=torch.float64)
+        for t in range(11):
+            xt = x[b, t]
+            q = rope(rms((xt @ layer.q_proj.weight.T).view(H, d), layer.q_norm.weight), t)
+            k = rope(rms((xt @ layer.k_proj.weight.T).view(H, d), layer.k_norm.weight), t)
+            v = (xt @ layer.v_proj.weight.T).view(H, d)
+            S = gamma[:, None, None] * S + (k / math.sqrt(d))[:, :, None] * v[:, None, :]
+            o = torch.einsum("hk,hkv->hv", q, S).reshape(H * d)
+            y = rms(o, layer.o_norm.weight) * torch.sigmoid(xt @ layer.g_proj.weight.T)
+            expected[b, t] = y @ layer.o_proj.weight.T
+    # Not 1e-12: the rotary frequencies and decays are float32 constants (as in the teacher), the rest is float64.
+    assert (got - expected).abs().max().item() < 1e-6
+
+
+def test_logit_scaling_follows_log_position():
+    """s_t = ln(t + a) / ln(a) at true positions (t = 0 gives 1); off when the base is None. That the right positions
+    reach it under padding and caching is checked by the batched/cached tests below, which run with scaling on."""
+    from hypenet.model.modeling_hypenet import build_mixer_context
+
+    model = tiny_hypenet(mixers=("attention",), attention_logit_scaling_base=30.0)
+    x = torch.randn(1, 6, 36)
+    ctx = build_mixer_context(model.config, model.model.rotary_emb, x)
+    t = torch.arange(6, dtype=torch.float32)
+    assert torch.allclose(ctx.logit_scale[0], torch.log(t + 30.0) / math.log(30.0))
+    assert ctx.logit_scale[0, 0].item() == pytest.approx(1.0)
+    model.config.attention_logit_scaling_base = None
+    assert build_mixer_context(model.config, model.model.rotary_emb, x).logit_scale is None
+
+
+# ---------------------------------------------------------------- exact batched and cached inference
+
+
+@pytest.mark.parametrize("mixers", [("lightning", "attention", "lightning", "lightning"), ("lightning", "lightning")])
+def test_left_padded_batch_equals_each_prompt_alone(mixers):
+    model = tiny_hypenet(mixers)
+    torch.manual_seed(1)
+    prompts = [torch.randint(1, 97, (n,)) for n in (5, 19, 12, 30)]
+    ids, mask = left_padded(prompts)
+    with torch.no_grad():
+        batched = model(ids, attention_mask=mask).logits
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        for i, p in enumerate(prompts):
+            alone = model(p[None]).logits[0]
+            assert (batched[i, -len(p):] - alone).abs().max().item() <= 1e-4
+            single = model.generate(p[None], max_new_tokens=8, do_sample=False, pad_token_id=0)
+            assert out[i, ids.shape[1]:].tolist() == single[0, len(p):].tolist()
+
+
+def test_chunked_prefill_and_token_by_token_decoding_equal_one_forward():
+    model = tiny_hypenet()
+    seq = torch.randint(1, 97, (2, 29))
+    with torch.no_grad():
+        full = model(seq).logits
+        cache = HypeNetCache(model.config)
+        parts = [model(seq[:, a:b], cache=cache, use_cache=True).logits for a, b in ((0, 5), (5, 21), (21, 29))]
+        assert (torch.cat(parts, 1) - full).abs().max().item() <= 1e-5
+        assert cache.get_seq_length() == 29
+        cache = HypeNetCache(model.config)
+        steps = [model(seq[:, t:t + 1], past_key_values=cache, use_cache=True).logits for t in range(29)]
+        assert (torch.cat(steps, 1) - full).abs().max().item() <= 1e-5
+
+
+def test_padded_chunked_prefill_with_cache_equals_unpadded():
+    """A left-padded batch prefilled in two calls (cache passed back), then decoded, matches each prompt alone."""
+    model = tiny_hypenet()
+    prompts = [torch.randint(1, 97, (n,)) for n in (9, 16)]
+    ids, mask = left_padded(prompts)
+    with torch.no_grad():
+        cache = HypeNetCache(model.config)
+        first = model(ids[:, :10], attention_mask=mask[:, :10], cache=cache, use_cache=True).logits
+        second = model(ids[:, 10:], attention_mask=mask, cache=cache, use_cache=True).logits
+        logits = torch.cat([first, second], 1)
+        for i, p in enumerate(prompts):
+            assert (logits[i, -len(p):] - model(p[None]).logits[0]).abs().max().item() <= 1e-4
+
+
+def test_sampling_generate_runs_and_is_seeded():
+    model = tiny_hypenet()
+    ids, mask = left_padded([torch.randint(1, 97, (n,)) for n in (4, 9)])
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        runs.append(model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=True, top_k=10, pad_token_id=0))
+    assert runs[0].shape == (2, 14) and torch.equal(runs[0], runs[1])
+
+
+def test_mask_length_mismatch_is_explained():
+    model = tiny_hypenet()
+    with pytest.raises(ValueError, match="expected attention_mask.shape"):
+        model(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 3, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- export through remote code
+
+
+def test_checkpoint_loads_with_only_torch_and_transformers(tmp_path):
+    model = tiny_hypenet()
+    model.save_pretrained(tmp_path / "ckpt")
+    prompt = torch.randint(1, 97, (1, 7))
+    with torch.no_grad():
+        expected = model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)[0].tolist()
+    script = textwrap.dedent(f"""
+        import importlib.util, sys, torch
+        assert importlib.util.find_spec("hypenet") is None, "hypenet must not be importable here"
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True).eval()
+        out = model.generate(torch.tensor({prompt.tolist()}), max_new_tokens=6, do_sample=False, pad_token_id=0)
+        print(out[0].tolist())
+    """)
+    # Hide the editable install of hypenet: run from an empty folder with site's .pth hooks for hypenet disabled.
+    env = dict(os.environ, PYTHONPATH="", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    runner = textwrap.dedent("""
+        import sys
+        sys.path[:] = [p for p in sys.path if "hypenet" not in p and not p.endswith("/src")]
+        import importlib.machinery
+        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()
+                            and "hypenet" not in repr(f).lower()]
+        exec(sys.stdin.read())
+    """)
+    result = subprocess.run([sys.executable, "-c", runner], input=script, capture_output=True, text=True,
+                            cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == str(expected)
