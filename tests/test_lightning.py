@@ -15,6 +15,15 @@ from hypenet.model.lightning import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """These tensors are tiny: worker threads only add overhead, and spin when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_inputs(B, T, H, K, V, *, per_token_g, seed, dtype=torch.float64, with_state=False):
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(B, T, H, K, generator=gen, dtype=dtype)
