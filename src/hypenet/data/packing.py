@@ -1,0 +1,277 @@
+"""Tokenised corpora and the fixed-length training chunks cut from them.
+
+Documents are tokenised with the teacher's tokenizer, EOS appended to each, split into held-out and training
+documents, and the training documents concatenated into one flat array (SPEC section 3). `PackedChunks` cuts that
+array into seq_len chunks and serves them in a seeded order that is a pure function of the step, so a resumed run
+sees exactly the batches an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .sources import iter_documents, source_files
+
+__all__ = ["PackedChunks", "TokenizedCorpus", "default_cache_dir", "describe_corpus", "tokenize_corpus"]
+
+CACHE_FORMAT = 1  # bump when the cached files or the tokenisation change meaning
+TOKENIZE_BATCH_CHARS = 4_000_000  # text handed to the fast tokenizer per call; it tokenises a batch on all cores
+
+
+def default_cache_dir() -> Path:
+    return Path("~/.cache/hypenet/corpora").expanduser()
+
+
+@dataclass
+class TokenizedCorpus:
+    train_tokens: np.ndarray  # flat uint16/uint32 ids of every training document, EOS after each
+    heldout_docs: list[np.ndarray]  # held-out documents (ids, EOS appended); none of them is in train_tokens
+    eos_token_id: int
+    tokenizer_name: str
+
+    def num_train_tokens(self) -> int:
+        return int(len(self.train_tokens))
+
+    def long_heldout_docs(self, min_tokens: int) -> list[np.ndarray]:
+        """Held-out documents of at least min_tokens tokens (EOS included), in corpus order."""
+        return [doc for doc in self.heldout_docs if len(doc) >= min_tokens]
+
+
+def describe_corpus(corpus: TokenizedCorpus) -> dict:
+    """Sizes of a corpus for reports and logs."""
+    lengths = [len(doc) for doc in corpus.heldout_docs]
+    return {
+        "tokenizer": corpus.tokenizer_name,
+        "eos_token_id": corpus.eos_token_id,
+        "train_tokens": corpus.num_train_tokens(),
+        "train_docs": int(np.count_nonzero(np.asarray(corpus.train_tokens) == corpus.eos_token_id)),
+        "heldout_docs": len(lengths),
+        "heldout_tokens": int(sum(lengths)),
+        "longest_heldout_doc": max(lengths, default=0),
+        "heldout_docs_by_min_tokens": {n: sum(length >= n for length in lengths) for n in (4096, 16384, 65536)},
+    }
+
+
+def _unit_hash(seed: int, index: int) -> float:
+    """A uniform number in [0, 1) fixed by (seed, document index)."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything that decides the ids: a fast tokenizer's full definition, else its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{type(tokenizer).__name__}\n{definition}".encode()).hexdigest()
+
+
+def _source_fingerprint(source: str) -> list:
+    """What identifies the source's content: name, size and mtime of every file it reads (hf: only by name)."""
+    return [source] + [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in source_files(source)]
+
+
+def _token_dtype(tokenizer) -> np.dtype:
+    return np.dtype(np.uint16) if len(tokenizer) <= 2**16 else np.dtype(np.uint32)
+
+
+def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, max_tokens: int | None = None,
+                    seed: int = 0, cache_dir: str | Path | None = None, min_heldout_docs: int = 1,
+                    progress: bool = True, text_field: str = "text") -> TokenizedCorpus:
+    """Tokenise the documents of `source` (see iter_documents) with `tokenizer` into a TokenizedCorpus.
+
+    No special tokens are added except EOS, appended after each document. Document i is held out when a hash of
+    (seed, i) falls below heldout_fraction; if that holds out fewer than min_heldout_docs documents (and
+    heldout_fraction > 0), the training documents with the smallest hashes are held out as well (never the last
+    one) and reading goes on to make up for them. Reading stops once max_tokens training tokens are there (None:
+    the whole source), and train_tokens is cut to exactly max_tokens. The result is cached under cache_dir (default
+    ~/.cache/hypenet/corpora) keyed by the source's files, the tokenizer's vocabulary and these settings, so the
+    next call with the same inputs loads it (train_tokens memory-mapped) instead of tokenising again.
+    """
+    source = str(source)
+    if not 0 <= heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
+    if max_tokens is not None and max_tokens <= 0:
+        raise ValueError(f"max_tokens must be positive or None, got {max_tokens}")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token; set tokenizer.eos_token first")
+    name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    settings = {"format": CACHE_FORMAT, "source": _source_fingerprint(source), "text_field": text_field,
+                "tokenizer": _tokenizer_fingerprint(tokenizer), "eos": eos, "heldout_fraction": heldout_fraction,
+                "max_tokens": max_tokens, "seed": seed, "min_heldout_docs": min_heldout_docs}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cached = folder / key
+    if (cached / "meta.json").is_file():
+        return _load(cached)
+
+    dtype = _token_dtype(tokenizer)
+    documents = enumerate(_tokenized(iter_documents(source, text_field=text_field), tokenizer, dtype, progress, source))
+    train, heldout, train_hashes = [], [], []  # train_hashes[j]: the hash of train[j]'s document
+
+    def read_until_budget() -> None:
+        n_train = sum(len(doc) for doc in train)
+        for index, doc in documents:
+            u = _unit_hash(seed, index)
+            if u < heldout_fraction:
+                heldout.append(doc)
+            else:
+                train.append(doc)
+                train_hashes.append(u)
+                n_train += len(doc)
+                if max_tokens is not None and n_train >= max_tokens:
+                    return
+
+    read_until_budget()  # iter_documents raises ValueError if the source holds no documents
+    shortfall = min(min_heldout_docs - len(heldout), len(train) - 1) if heldout_fraction > 0 else 0
+    if shortfall > 0:  # too few documents fell below the threshold: also hold out the smallest hashes of the rest
+        moved = set(np.argsort(train_hashes, kind="stable")[:shortfall].tolist())
+        heldout += [doc for j, doc in enumerate(train) if j in moved]
+        train = [doc for j, doc in enumerate(train) if j not in moved]
+        train_hashes = [u for j, u in enumerate(train_hashes) if j not in moved]
+        read_until_budget()  # refill the training tokens the moved documents took
+
+    train_tokens = np.concatenate(train) if train else np.empty(0, dtype=dtype)
+    if max_tokens is not None:
+        train_tokens = train_tokens[:max_tokens]
+    corpus = TokenizedCorpus(train_tokens, heldout, int(eos), name)
+    _save(corpus, cached, settings)
+    return _load(cached)
+
+
+def _tokenized(texts: Iterator[str], tokenizer, dtype: np.dtype, progress: bool, source: str) -> Iterator[np.ndarray]:
+    """Each text's token ids with EOS appended, tokenised in batches of about TOKENIZE_BATCH_CHARS characters."""
+    bar = tqdm(desc=f"tokenising {source}", unit=" tok", unit_scale=True, disable=not progress, dynamic_ncols=True)
+    batch: list[str] = []
+    for text in itertools.chain(texts, [None]):  # None flushes the last batch
+        if text is not None:
+            batch.append(text)
+        if batch and (text is None or sum(map(len, batch)) >= TOKENIZE_BATCH_CHARS):
+            for ids in tokenizer(batch, add_special_tokens=False, return_attention_mask=False)["input_ids"]:
+                doc = np.empty(len(ids) + 1, dtype=dtype)
+                doc[:-1] = ids
+                doc[-1] = tokenizer.eos_token_id
+                bar.update(len(doc))
+                yield doc
+            batch = []
+    bar.close()
+
+
+def _save(corpus: TokenizedCorpus, folder: Path, settings: dict) -> None:
+    """Write the corpus to `folder` atomically (a temporary folder renamed), so readers never see half a cache."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        np.save(tmp / "train.npy", corpus.train_tokens)
+        lengths = np.array([len(doc) for doc in corpus.heldout_docs], dtype=np.int64)
+        heldout = np.concatenate(corpus.heldout_docs) if corpus.heldout_docs else corpus.train_tokens[:0]
+        np.save(tmp / "heldout.npy", heldout)
+        np.save(tmp / "heldout_lengths.npy", lengths)
+        meta = {"eos_token_id": corpus.eos_token_id, "tokenizer_name": corpus.tokenizer_name, "settings": settings,
+                "train_tokens": corpus.num_train_tokens(), "heldout_docs": len(lengths)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process cached the same corpus first
+            if not (folder / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load(folder: Path) -> TokenizedCorpus:
+    meta = json.loads((folder / "meta.json").read_text())
+    heldout = np.load(folder / "heldout.npy")
+    offsets = np.cumsum(np.load(folder / "heldout_lengths.npy"))[:-1]
+    return TokenizedCorpus(
+        train_tokens=np.load(folder / "train.npy", mmap_mode="r"),
+        heldout_docs=np.split(heldout, offsets) if len(heldout) else [],
+        eos_token_id=meta["eos_token_id"],
+        tokenizer_name=meta["tokenizer_name"],
+    )
+
+
+class PackedChunks:
+    """Fixed-length training chunks cut from a flat token array, served in a seeded, resumable order.
+
+    Chunk c is tokens[c * seq_len : (c + 1) * seq_len]; the tail shorter than seq_len is never used, so no chunk
+    crosses the end of the array (positions restart at 0 in every chunk: the model sees each chunk on its own).
+    Chunks are read as one stream, epoch after epoch, each epoch in its own permutation seeded by (seed, epoch);
+    global batch s holds stream items s*batch_size ... (s+1)*batch_size - 1. Batch s is therefore a function of
+    (tokens, seq_len, seed, batch_size, s) alone: resuming at start_step=k gives exactly the batches k, k+1, ... of
+    an uninterrupted run, whatever the number of processes.
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int = 0):
+        if seq_len <= 0:
+            raise ValueError(f"seq_len must be positive, got {seq_len}")
+        self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
+        self.num_chunks = len(tokens) // seq_len
+        self._permutation: tuple[int, np.ndarray] | None = None  # the last epoch's order, (epoch, permutation)
+        self._warned = False
+
+    def __len__(self) -> int:
+        """The number of chunks in one epoch."""
+        return self.num_chunks
+
+    def chunk(self, index: int) -> np.ndarray:
+        return self.tokens[index * self.seq_len:(index + 1) * self.seq_len]
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The chunk indices of `epoch`, in the order they are served."""
+        if self._permutation is None or self._permutation[0] != epoch:
+            self._permutation = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_chunks))
+        return self._permutation[1]
+
+    def batches(self, batch_size: int, start_step: int = 0, num_steps: int | None = None, *,
+                rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
+        """LongTensor batches for global steps start_step, start_step + 1, ... (num_steps of them; None: no end).
+
+        batch_size is the GLOBAL batch: the sequences of one optimizer step summed over all processes. With
+        world_size processes, rank r gets rows [r * batch_size // world_size, (r + 1) * batch_size // world_size)
+        of every global batch, a [batch_size // world_size, seq_len] tensor; the ranks' slices are disjoint and
+        together make the global batch. batch_size must be a multiple of world_size.
+        """
+        if self.num_chunks == 0:
+            raise ValueError(f"dataset has {len(self.tokens)} tokens, fewer than one chunk of seq_len={self.seq_len}")
+        if batch_size <= 0 or world_size <= 0 or not 0 <= rank < world_size:
+            raise ValueError(f"need batch_size > 0 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
+        if batch_size % world_size:
+            raise ValueError(f"the global batch_size ({batch_size}) must be a multiple of world_size ({world_size})")
+        if start_step < 0 or (num_steps is not None and num_steps < 0):
+            raise ValueError(f"start_step and num_steps must not be negative, got {start_step}, {num_steps}")
+        if num_steps is not None:
+            self._warn_if_repeating((start_step + num_steps) * batch_size)
+        local = batch_size // world_size
+        step = start_step
+        while num_steps is None or step < start_step + num_steps:
+            first = step * batch_size + rank * local
+            if num_steps is None:
+                self._warn_if_repeating(first + local)
+            rows = [self.chunk(int(self.order(item // self.num_chunks)[item % self.num_chunks]))
+                    for item in range(first, first + local)]
+            yield torch.from_numpy(np.stack(rows).astype(np.int64))
+            step += 1
+
+    def _warn_if_repeating(self, chunks_needed: int) -> None:
+        if self._warned or chunks_needed <= self.num_chunks:
+            return
+        self._warned = True
+        warnings.warn(
+            f"dataset has {self.num_chunks * self.seq_len} tokens, budget needs {chunks_needed * self.seq_len}: "
+            f"repeating for {math.ceil(chunks_needed / self.num_chunks)} epochs", stacklevel=3,
+        )

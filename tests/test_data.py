@@ -1,0 +1,280 @@
+"""hypenet.data: document sources, tokenisation with held-out split and cache, packed resumable chunks."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from hypenet.data import (
+    PackedChunks,
+    TokenizedCorpus,
+    builtin_corpus_available,
+    describe_corpus,
+    iter_documents,
+    tokenize_corpus,
+)
+from hypenet.data.builtin import html_to_text, split_long
+
+WORDS = [f"w{i}" for i in range(50)]
+N_DOCS = 40
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    vocab = {"<unk>": 0, "<eos>": 1}
+    for word in WORDS + [f"doc{i}" for i in range(N_DOCS)]:
+        vocab[word] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+
+
+def make_docs(n: int = N_DOCS) -> list[str]:
+    """Documents of different lengths, each starting with its own marker word docI."""
+    rng = np.random.default_rng(0)
+    return [" ".join([f"doc{i}"] + [WORDS[j] for j in rng.integers(0, len(WORDS), 5 + 7 * i)]) for i in range(n)]
+
+
+@pytest.fixture
+def jsonl(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(make_docs())))
+    return path
+
+
+def corpus_of(source, tokenizer, tmp_path, **kw):
+    kw.setdefault("cache_dir", tmp_path / "cache")
+    return tokenize_corpus(str(source), tokenizer, progress=False, **kw)
+
+
+# ---------------------------------------------------------------- sources
+
+
+def test_txt_file_is_one_document(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("first line\nsecond line\n")
+    assert list(iter_documents(str(path))) == ["first line\nsecond line\n"]
+
+
+def test_jsonl_reads_the_text_field(jsonl, tmp_path):
+    assert list(iter_documents(str(jsonl))) == make_docs()
+    other = tmp_path / "b.jsonl"
+    other.write_text('{"body": "x y"}\n\n{"body": "z"}\n')
+    assert list(iter_documents(str(other), text_field="body")) == ["x y", "z"]
+    with pytest.raises(ValueError, match="no field 'text'.*body"):
+        list(iter_documents(str(other)))
+
+
+def test_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": make_docs(5), "n": list(range(5))}), path)
+    assert list(iter_documents(str(path))) == make_docs(5)
+    with pytest.raises(ValueError, match="no column 'body'"):
+        list(iter_documents(str(path), text_field="body"))
+
+
+def test_folder_is_read_recursively_in_sorted_order(tmp_path):
+    (tmp_path / "b" / "c").mkdir(parents=True)
+    (tmp_path / "b" / "c" / "z.txt").write_text("deep")
+    (tmp_path / "b" / "a.jsonl").write_text('{"text": "j1"}\n{"text": "j2"}\n')
+    (tmp_path / "a.txt").write_text("top")
+    (tmp_path / "notes.md").write_text("ignored: not a data file")
+    (tmp_path / "empty.txt").write_text("  \n")
+    assert list(iter_documents(str(tmp_path))) == ["top", "j1", "j2", "deep"]
+
+
+def test_clear_errors_for_bad_sources(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.*does not exist.*accepted"):
+        iter_documents(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "x.csv").write_text("a,b")
+    with pytest.raises(ValueError, match="unknown extension '.csv'.*accepted"):
+        iter_documents(str(tmp_path / "x.csv"))
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(ValueError, match="holds no .txt, .jsonl or .parquet"):
+        iter_documents(str(tmp_path / "empty_dir"))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="yielded no documents"):
+        list(iter_documents(str(tmp_path / "empty.jsonl")))
+
+
+def test_hf_source_without_datasets_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
+    with pytest.raises(ImportError, match="pip install datasets"):
+        iter_documents("hf:HuggingFaceFW/fineweb-edu:sample-10BT")
+    with pytest.raises(ValueError, match="names no dataset"):
+        iter_documents("hf:")
+
+
+@pytest.mark.skipif(not builtin_corpus_available(), reason="built-in corpus not installed")
+def test_builtin_corpus_starts_with_books():
+    docs = iter_documents("builtin")
+    first = [next(docs) for _ in range(3)]
+    assert all(len(d) > 100_000 for d in first)  # whole books (or long parts of them) come first
+    assert "Emma" in first[0][:200]
+
+
+def test_builtin_missing_gives_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("HYPENET_BUILTIN_DIR", str(tmp_path / "none"))
+    assert not builtin_corpus_available()
+    with pytest.raises(FileNotFoundError, match="python -m hypenet.data install"):
+        iter_documents("builtin")
+
+
+def test_split_long_cuts_at_paragraphs():
+    text = "\n\n".join(f"paragraph {i} " + "x" * 90 for i in range(100))
+    parts = split_long(text, max_chars=1000)
+    assert all(len(p) <= 1000 for p in parts) and len(parts) >= 10
+    assert "\n\n".join(parts) == text
+    assert split_long("short") == ["short"]
+
+
+def test_html_to_text_drops_page_furniture():
+    html = ('<html><head><title>T</title><script>var x;</script></head><body>'
+            '<div class="navheader"><a href="a.html">Prev</a></div><h1>Title&amp;more</h1>'
+            '<p>First   paragraph.</p><pre>code  line\n  indented</pre><div id="sidebar"><ul><li>menu</li></ul></div>'
+            '<div class="footer">Copyright</div></body></html>')
+    assert html_to_text(html) == "Title&more\n\nFirst paragraph.\n\ncode  line\n  indented"
+
+
+# ---------------------------------------------------------------- tokenize_corpus
+
+
+def test_every_document_is_in_exactly_one_split(jsonl, tokenizer, tmp_path):
+    corpus = corpus_of(jsonl, tokenizer, tmp_path, heldout_fraction=0.2)
+    eos = tokenizer.eos_token_id
+    assert corpus.eos_token_id == eos and corpus.train_tokens.dtype == np.uint16
+    markers = {tokenizer.convert_tokens_to_ids(f"doc{i}"): i for i in range(N_DOCS)}
+    train_markers = [markers[t] for t in corpus.train_tokens.tolist() if t in markers]
+    held_markers = [markers[int(doc[0])] for doc in corpus.heldout_docs]
+    assert held_markers and not set(train_markers) & set(held_markers)
+    assert sorted(train_markers + held_markers) == list(range(N_DOCS))
+    assert train_markers == sorted(train_markers)  # training documents keep their order
+    assert all(doc[-1] == eos for doc in corpus.heldout_docs)
+    assert np.count_nonzero(corpus.train_tokens == eos) == len(train_markers)
+    # contents are exact: the tokens of the document, then EOS
+    doc0 = tokenizer(make_docs()[held_markers[0]], add_special_tokens=False)["input_ids"]
+    assert corpus.heldout_docs[0].tolist() == doc0 + [eos]
+
+
+def test_split_is_deterministic_and_seeded(jsonl, tokenizer, tmp_path):
+    a = corpus_of(jsonl, tokenizer, tmp_path, heldout_fraction=0.2, cache_dir=tmp_path / "c1")
+    b = corpus_of(jsonl, tokenizer, tmp_path, heldout_fraction=0.2, cache_dir=tmp_path / "c2")
+    c = corpus_of(jsonl, tokenizer, tmp_path, heldout_fraction=0.2, seed=1, cache_dir=tmp_path / "c3")
+    assert np.array_equal(a.train_tokens, b.train_tokens)
+    assert [d.tolist() for d in a.heldout_docs] == [d.tolist() for d in b.heldout_docs]
+    assert [d[0] for d in a.heldout_docs] != [d[0] for d in c.heldout_docs]
+
+
+def test_max_tokens_and_min_heldout_docs(jsonl, tokenizer, tmp_path):
+    corpus = corpus_of(jsonl, tokenizer, tmp_path, max_tokens=500)
+    assert corpus.num_train_tokens() == 500
+    forced = corpus_of(jsonl, tokenizer, tmp_path, heldout_fraction=1e-9, min_heldout_docs=3)
+    assert len(forced.heldout_docs) == 3
+    assert corpus_of(jsonl, tokenizer, tmp_path, heldout_fraction=0.0).heldout_docs == []
+
+
+def test_cache_hit_returns_equal_arrays_without_reading_the_source(jsonl, tokenizer, tmp_path, monkeypatch):
+    first = corpus_of(jsonl, tokenizer, tmp_path, heldout_fraction=0.2)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cached corpus should have been loaded")
+
+    monkeypatch.setattr("hypenet.data.packing.iter_documents", fail)
+    again = corpus_of(jsonl, tokenizer, tmp_path, heldout_fraction=0.2)
+    assert np.array_equal(first.train_tokens, again.train_tokens)
+    assert [d.tolist() for d in first.heldout_docs] == [d.tolist() for d in again.heldout_docs]
+    assert again.tokenizer_name == first.tokenizer_name
+    monkeypatch.undo()
+    jsonl.write_text('{"text": "doc0 w1 w2"}\n')  # a changed file is tokenised again
+    changed = corpus_of(jsonl, tokenizer, tmp_path, heldout_fraction=0.0)
+    assert changed.train_tokens.tolist() == tokenizer("doc0 w1 w2")["input_ids"] + [tokenizer.eos_token_id]
+
+
+def test_empty_source_is_an_error(tmp_path, tokenizer):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="yielded no documents"):
+        corpus_of(tmp_path / "empty.jsonl", tokenizer, tmp_path)
+
+
+def test_describe_and_long_heldout_docs():
+    corpus = TokenizedCorpus(np.array([5, 6, 1, 7, 1], dtype=np.uint16),
+                             [np.array([2, 3, 1]), np.arange(10)], eos_token_id=1, tokenizer_name="tiny")
+    assert [len(d) for d in corpus.long_heldout_docs(5)] == [10]
+    info = describe_corpus(corpus)
+    assert info["train_tokens"] == 5 and info["train_docs"] == 2
+    assert info["heldout_docs"] == 2 and info["heldout_tokens"] == 13 and info["longest_heldout_doc"] == 10
+
+
+# ---------------------------------------------------------------- PackedChunks
+
+TOKENS = np.arange(1000, dtype=np.uint32)  # token value = position, so a chunk shows where it was cut
+
+
+def test_chunks_are_exact_slices_covering_an_epoch():
+    chunks = PackedChunks(TOKENS, seq_len=16, seed=0)
+    assert len(chunks) == 62  # 1000 // 16; the 8-token tail is never used
+    batches = list(chunks.batches(batch_size=2, num_steps=31))
+    assert all(b.dtype == torch.long and b.shape == (2, 16) for b in batches)
+    rows = torch.cat(batches).numpy()
+    starts = rows[:, 0]
+    assert np.all(starts % 16 == 0) and sorted(starts.tolist()) == list(range(0, 62 * 16, 16))
+    assert all(np.array_equal(row, TOKENS[s:s + 16]) for row, s in zip(rows, starts))
+
+
+def test_batches_are_deterministic_seeded_and_resumable():
+    def run(seed, **kw):
+        return [b.tolist() for b in PackedChunks(TOKENS, 10, seed).batches(4, **kw)]
+
+    full = run(0, num_steps=20)
+    assert full == run(0, num_steps=20)
+    assert full != run(1, num_steps=20)
+    assert run(0, start_step=7, num_steps=13) == full[7:]
+    endless = PackedChunks(TOKENS, 10, 0).batches(4, start_step=3)
+    assert [next(endless).tolist() for _ in range(5)] == full[3:8]
+
+
+def test_repeating_epochs_warns_once_and_reshuffles():
+    chunks = PackedChunks(TOKENS, 100, seed=0)  # 10 chunks
+    with pytest.warns(UserWarning, match="dataset has 1000 tokens, budget needs 3000: repeating for 3 epochs"):
+        rows = torch.cat(list(chunks.batches(5, num_steps=6)))[:, 0].tolist()
+    epochs = [rows[0:10], rows[10:20], rows[20:30]]
+    assert all(sorted(e) == list(range(0, 1000, 100)) for e in epochs)
+    assert epochs[0] != epochs[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second pass over the same chunks does not warn again
+        list(chunks.batches(5, num_steps=6))
+
+
+def test_ranks_split_the_global_batch():
+    chunks = PackedChunks(TOKENS, 10, seed=3)
+    whole = list(chunks.batches(8, num_steps=5))
+    shards = [list(chunks.batches(8, num_steps=5, rank=r, world_size=4)) for r in range(4)]
+    for step, batch in enumerate(whole):
+        parts = [shards[r][step] for r in range(4)]
+        assert all(p.shape == (2, 10) for p in parts)
+        assert torch.equal(torch.cat(parts), batch)
+    resumed = list(chunks.batches(8, start_step=2, num_steps=3, rank=1, world_size=4))
+    assert all(torch.equal(a, b) for a, b in zip(resumed, shards[1][2:]))
+
+
+def test_chunk_errors():
+    with pytest.raises(ValueError, match="multiple of world_size"):
+        next(PackedChunks(TOKENS, 10).batches(6, world_size=4))
+    with pytest.raises(ValueError, match="fewer than one chunk"):
+        next(PackedChunks(TOKENS[:5], 10).batches(1))
+
+
+def test_tokenized_corpus_feeds_packed_chunks(jsonl, tokenizer, tmp_path):
+    corpus = corpus_of(jsonl, tokenizer, tmp_path)
+    chunks = PackedChunks(corpus.train_tokens, seq_len=32, seed=0)
+    batch = next(chunks.batches(4))
+    assert batch.shape == (4, 32) and int(batch.max()) < len(tokenizer)
