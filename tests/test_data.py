@@ -182,6 +182,15 @@ def test_max_tokens_and_min_heldout_docs(jsonl, tokenizer, tmp_path):
     assert corpus_of(jsonl, tokenizer, tmp_path, heldout_fraction=0.0).heldout_docs == []
 
 
+def test_long_documents_are_held_out_at_their_own_rate(jsonl, tokenizer, tmp_path):
+    lengths = [len(tokenizer(d, add_special_tokens=False)["input_ids"]) + 1 for d in make_docs()]
+    corpus = corpus_of(jsonl, tokenizer, tmp_path, heldout_fraction=1e-9, min_heldout_docs=0,
+                       long_doc_tokens=200, long_heldout_fraction=0.999999)
+    assert sorted(len(d) for d in corpus.heldout_docs) == sorted(n for n in lengths if n >= 200)
+    assert len(corpus.long_heldout_docs(200)) == sum(n >= 200 for n in lengths) > 0
+    assert corpus.num_train_tokens() == sum(n for n in lengths if n < 200)
+
+
 def test_cache_hit_returns_equal_arrays_without_reading_the_source(jsonl, tokenizer, tmp_path, monkeypatch):
     first = corpus_of(jsonl, tokenizer, tmp_path, heldout_fraction=0.2)
 

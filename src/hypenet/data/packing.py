@@ -90,13 +90,16 @@ def _token_dtype(tokenizer) -> np.dtype:
 
 def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, max_tokens: int | None = None,
                     seed: int = 0, cache_dir: str | Path | None = None, min_heldout_docs: int = 1,
-                    progress: bool = True, text_field: str = "text") -> TokenizedCorpus:
+                    progress: bool = True, text_field: str = "text", long_doc_tokens: int = 16384,
+                    long_heldout_fraction: float = 0.25) -> TokenizedCorpus:
     """Tokenise the documents of `source` (see iter_documents) with `tokenizer` into a TokenizedCorpus.
 
     No special tokens are added except EOS, appended after each document. Document i is held out when a hash of
     (seed, i) falls below heldout_fraction; if that holds out fewer than min_heldout_docs documents (and
     heldout_fraction > 0), the training documents with the smallest hashes are held out as well (never the last
-    one) and reading goes on to make up for them. Reading stops once max_tokens training tokens are there (None:
+    one) and reading goes on to make up for them. Documents of at least long_doc_tokens tokens are held out at the
+    higher rate long_heldout_fraction (same hash), so that evaluation beyond the training context and the choice of
+    the logit-scaling base have long documents that training never saw. Reading stops once max_tokens training tokens are there (None:
     the whole source), and train_tokens is cut to exactly max_tokens. The result is cached under cache_dir (default
     ~/.cache/hypenet/corpora) keyed by the source's files, the tokenizer's vocabulary and these settings, so the
     next call with the same inputs loads it (train_tokens memory-mapped) instead of tokenising again.
@@ -112,7 +115,8 @@ def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, m
     name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
     settings = {"format": CACHE_FORMAT, "source": _source_fingerprint(source), "text_field": text_field,
                 "tokenizer": _tokenizer_fingerprint(tokenizer), "eos": eos, "heldout_fraction": heldout_fraction,
-                "max_tokens": max_tokens, "seed": seed, "min_heldout_docs": min_heldout_docs}
+                "max_tokens": max_tokens, "seed": seed, "min_heldout_docs": min_heldout_docs,
+                "long_doc_tokens": long_doc_tokens, "long_heldout_fraction": long_heldout_fraction}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     cached = folder / key
@@ -127,7 +131,8 @@ def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, m
         n_train = sum(len(doc) for doc in train)
         for index, doc in documents:
             u = _unit_hash(seed, index)
-            if u < heldout_fraction:
+            rate = max(heldout_fraction, long_heldout_fraction) if len(doc) >= long_doc_tokens else heldout_fraction
+            if u < rate:
                 heldout.append(doc)
             else:
                 train.append(doc)
