@@ -85,10 +85,14 @@ def load_teacher(
             log.info("dequantising %s into %s (once)", gguf, cached)
             config = AutoConfig.from_pretrained(location, gguf_file=gguf)
             check_supported(config.model_type, gguf)
-            model = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf, dtype=torch.float32)
+            dequantised = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf)
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config  # the weights are plain fp32 now
+            # The weights are plain fp32 now; a model loaded from GGUF refuses save_pretrained, so re-home them.
+            config = dequantised.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model.load_state_dict(dequantised.state_dict())
             tmp = cached.with_name(cached.name + ".tmp")  # written whole, then renamed: a crash leaves no half cache
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(tmp)

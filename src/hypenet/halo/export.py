@@ -1,0 +1,168 @@
+"""Export: choose HyPE's logit-scaling base `a` on held-out long documents, then write a remote-code checkpoint.
+
+The attention layers scale the query at position t by ln(t + a) / ln(a) at inference only (SPEC 2.2). `a` is
+picked by the mean next-token loss on held-out documents longer than the training context, counting only the
+tokens at positions >= train_context: the length-generalisation region that the scaling exists for.
+The checkpoint loads with `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`, no hypenet needed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..model import HypeNetForCausalLM
+
+log = logging.getLogger(__name__)
+
+LOGIT_SCALING_CANDIDATES = (None, 50, 100, 200, 300, 500, 700, 1000, 2000)  # None = scaling off
+AUTO_MAP = {
+    "AutoConfig": "configuration_hypenet.HypeNetConfig",
+    "AutoModel": "modeling_hypenet.HypeNetModel",
+    "AutoModelForCausalLM": "modeling_hypenet.HypeNetForCausalLM",
+}
+EXPORT_INFO = "halo_export.json"
+HEAD_CHUNK = 1024  # positions per LM-head call, bounding the logits' memory
+
+
+def scaling_label(a: float | None) -> str:
+    return "off" if a is None else f"{a:g}"
+
+
+def _long_eval_docs(long_docs: Sequence, train_context: int, eval_len: int) -> tuple[list[np.ndarray], int, str | None]:
+    """(documents cut to eval_len, first scored position, warning or None)."""
+    docs = [np.asarray(d, dtype=np.int64)[:eval_len] for d in long_docs]
+    long_enough = [d for d in docs if len(d) > train_context]
+    if long_enough:
+        return long_enough, train_context, None
+    if not docs or max(len(d) for d in docs) < 2:
+        raise ValueError("choosing the logit-scaling base needs held-out documents of at least 2 tokens; none were given")
+    longest = max(docs, key=len)
+    scored_from = len(longest) // 2
+    return [longest], scored_from, (
+        f"no held-out document is longer than the training context ({train_context} tokens); the logit-scaling base "
+        f"was chosen on the longest one ({len(longest)} tokens), scoring positions >= {scored_from}. Give longer "
+        "documents (TokenizedCorpus.long_heldout_docs) for a choice that reflects length generalisation."
+    )
+
+
+@torch.no_grad()
+def long_context_loss(model: HypeNetForCausalLM, docs: Sequence[np.ndarray], scored_from: int, device=None) -> float:
+    """Mean next-token NLL over the tokens at positions >= scored_from of each document (one document at a time)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    total, count = 0.0, 0
+    for doc in docs:
+        ids = torch.as_tensor(doc, device=device)[None]
+        hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state[0]
+        for start in range(scored_from, ids.shape[1], HEAD_CHUNK):
+            stop = min(start + HEAD_CHUNK, ids.shape[1])
+            logits = model.lm_head(hidden[start - 1 : stop - 1]).float()
+            total += float(F.cross_entropy(logits, ids[0, start:stop], reduction="sum"))
+            count += stop - start
+    return total / count
+
+
+def choose_logit_scaling_base(
+    model: HypeNetForCausalLM,
+    long_docs: Sequence,
+    candidates: Sequence[float | None] = LOGIT_SCALING_CANDIDATES,
+    eval_len: int | None = None,
+    train_context: int = 512,
+    device=None,
+) -> tuple[float | None, dict[float | None, float]]:
+    """(the candidate `a` with the lowest long-context loss, loss per candidate); None means scaling off.
+
+    long_docs: token-id arrays of held-out documents; those longer than train_context are cut to eval_len
+    (default 4 x train_context) and scored at positions >= train_context. If none is longer, the longest is used
+    (with a warning). The model's own `a` is restored afterwards; ties go to the earlier candidate.
+    """
+    bad = [a for a in candidates if a is not None and not a > 1]
+    if not candidates or bad:
+        raise ValueError(f"logit-scaling candidates must be None (off) or numbers > 1; got {list(candidates)}")
+    eval_len = 4 * train_context if eval_len is None else eval_len
+    if eval_len <= train_context:
+        raise ValueError(f"eval_len ({eval_len}) must exceed train_context ({train_context}) to test length generalisation")
+    docs, scored_from, warning = _long_eval_docs(long_docs, train_context, eval_len)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
+    original, was_training = model.config.attention_logit_scaling_base, model.training
+    model.eval()
+    losses = {}
+    try:
+        for a in candidates:
+            model.config.attention_logit_scaling_base = a  # read by build_mixer_context at every forward
+            losses[a] = long_context_loss(model, docs, scored_from, device)
+            log.info("logit-scaling base %s: long-context loss %.4f", scaling_label(a), losses[a])
+    finally:
+        model.config.attention_logit_scaling_base = original
+        model.train(was_training)
+    best = min(candidates, key=lambda a: losses[a])
+    return best, losses
+
+
+def _complete_auto_map(config_path: Path) -> None:
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {**AUTO_MAP, **config.get("auto_map", {})}
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def export_checkpoint(
+    student: HypeNetForCausalLM,
+    tokenizer,
+    out_dir: str | Path,
+    long_docs: Sequence = (),
+    candidates: Sequence[float | None] = LOGIT_SCALING_CANDIDATES,
+    train_context: int = 512,
+    eval_len: int | None = None,
+    device=None,
+    extra_info: dict | None = None,
+    logit_scaling_base: float | None | str = "auto",
+) -> dict:
+    """Choose `a` (unless logit_scaling_base is given: a number, or None for off), write it into the config, and
+    save model + tokenizer + remote code to out_dir atomically (written beside it, then renamed into place).
+
+    Returns {"path", "logit_scaling_base", "losses" (candidate label -> loss), "warnings"}; the same, plus
+    extra_info, is written to out_dir/halo_export.json.
+    """
+    out_dir = Path(out_dir)
+    losses, notes = {}, []
+    if logit_scaling_base == "auto":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            a, by_candidate = choose_logit_scaling_base(student, long_docs, candidates, eval_len, train_context, device)
+        notes = [str(w.message) for w in caught]
+        for note in notes:
+            log.warning(note)
+        losses = {scaling_label(c): loss for c, loss in by_candidate.items()}
+    elif logit_scaling_base is None or logit_scaling_base > 1:
+        a = logit_scaling_base
+    else:
+        raise ValueError(f"logit_scaling_base must be 'auto', None (off) or a number > 1; got {logit_scaling_base!r}")
+    student.config.attention_logit_scaling_base = a
+    info = {"path": str(out_dir), "logit_scaling_base": a, "losses": losses, "warnings": notes}
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = out_dir.with_name(f".{out_dir.name}.tmp"), out_dir.with_name(f".{out_dir.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    student.save_pretrained(tmp)  # safetensors; with hypenet imported it also writes auto_map and the modeling files
+    tokenizer.save_pretrained(tmp)
+    _complete_auto_map(tmp / "config.json")
+    (tmp / EXPORT_INFO).write_text(json.dumps({**info, **(extra_info or {})}, indent=2, default=str) + "\n")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("exported HypeNet to %s (logit-scaling base %s)", out_dir, scaling_label(a))
+    return info
+
+
+__all__ = ["LOGIT_SCALING_CANDIDATES", "choose_logit_scaling_base", "export_checkpoint", "long_context_loss"]

@@ -1,0 +1,142 @@
+"""The conversion report: report.json (the dict as is), report.md, and report.png (loss curves, layer scores).
+
+The report dict (every key optional; the pipeline fills what it has):
+
+    {
+      "teacher": str,                                # teacher spec or name
+      "student_path": str,                           # exported checkpoint
+      "stages": {                                    # in pipeline order
+        "<name>": {"tokens": int, "steps": int, "wall_time_s": float,
+                   "losses": [[step, loss], ...], ...any extra fields},
+      },
+      "selection": SelectionResult.to_dict(),        # attention_layers, strategy, scores, recall, commonsense, baseline
+      "export": export_checkpoint(...)'s dict,       # path, logit_scaling_base, losses {"off"|"500"...: loss}, warnings
+      "heldout": {"<metric>": float, ...},           # held-out evaluation numbers, e.g. {"teacher_loss": ..}
+      "<other>": str | int | float,                  # listed at the top (e.g. teacher_parameters, wall_time_s)
+    }
+
+Per-layer dicts may have int or str keys (JSON turns int keys into strings).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.{digits}g}"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:,}"
+    return str(value)
+
+
+def _per_layer(values: dict | None) -> dict[int, float]:
+    return {int(k): v for k, v in (values or {}).items()}
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+
+
+def _stages_section(stages: dict) -> list[str]:
+    rows = []
+    for name, stage in stages.items():
+        losses = stage.get("losses") or []
+        rows.append([
+            name, stage.get("tokens"), stage.get("steps"), stage.get("wall_time_s"),
+            losses[0][1] if losses else None, losses[-1][1] if losses else None,
+        ])
+    return ["## Stages", ""] + _table(["stage", "tokens", "steps", "wall time (s)", "first loss", "last loss"], rows)
+
+
+def _selection_section(selection: dict) -> list[str]:
+    chosen = selection.get("attention_layers", [])
+    lines = ["## Layer selection", "", f"Strategy `{selection.get('strategy')}`: attention kept in layers {chosen}.", ""]
+    scores, recall, commonsense = (_per_layer(selection.get(k)) for k in ("scores", "recall", "commonsense"))
+    if settings := selection.get("settings"):
+        lines += ["Settings: " + ", ".join(f"{k} {_fmt(v)}" for k, v in settings.items()) + ".", ""]
+    if baseline := selection.get("baseline"):
+        lines += ["Unmodified teacher: " + ", ".join(f"{k} {_fmt(v)}" for k, v in baseline.items()) + ".", ""]
+    if scores:
+        order = sorted(scores, key=lambda i: -scores[i])
+        rows = [[i, "yes" if i in chosen else "", recall.get(i), commonsense.get(i), scores[i]] for i in order]
+        lines += _table(["layer", "attention", "recall R", "commonsense C", "score s"], rows)
+    return lines
+
+
+def _export_section(export: dict) -> list[str]:
+    a = export.get("logit_scaling_base")
+    chosen = _fmt(a) if a else "off"
+    lines = ["## Export", "", f"Checkpoint `{export.get('path')}`; logit-scaling base a = {chosen}.", ""]
+    if losses := export.get("losses"):
+        lines += _table(["a", "long-context loss"], [[label, loss] for label, loss in losses.items()])
+    for note in export.get("warnings") or []:
+        lines += ["", f"> Warning: {note}"]
+    return lines
+
+
+def _plot(report: dict, path: Path) -> bool:
+    """Loss curves per stage and the layer scores (selected layers highlighted); False when there is nothing to draw."""
+    stages = {n: s["losses"] for n, s in (report.get("stages") or {}).items() if s.get("losses")}
+    selection = report.get("selection") or {}
+    scores = _per_layer(selection.get("scores"))
+    if not stages and not scores:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = len(stages) + bool(scores)
+    fig, axes = plt.subplots(panels, 1, figsize=(8, 3 * panels), squeeze=False)
+    axes = axes[:, 0]
+    for ax, (name, losses) in zip(axes, stages.items()):
+        steps, values = zip(*losses)
+        ax.plot(steps, values)
+        ax.set(title=f"{name} loss", xlabel="step", ylabel="loss")
+        if min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_yscale("log")
+    if scores:
+        ax = axes[-1]
+        chosen = set(selection.get("attention_layers", []))
+        layers = sorted(scores)
+        colors = ["tab:red" if i in chosen else "tab:gray" for i in layers]
+        ax.bar(layers, [scores[i] for i in layers], color=colors)
+        ax.set(title="HALO layer scores (red: attention kept)", xlabel="layer", ylabel="score s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_report(out_dir: str | Path, report: dict) -> tuple[Path, Path]:
+    """Write report.json, report.md and (when there are curves or scores) report.png into out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / REPORT_JSON, out_dir / REPORT_MD
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+    lines = ["# HALO conversion report", ""]
+    summary = [f"- {key}: {_fmt(value)}" for key, value in report.items() if isinstance(value, (str, int, float))]
+    if summary:
+        lines += summary + [""]
+    for key, section in (("stages", _stages_section), ("selection", _selection_section), ("export", _export_section)):
+        if report.get(key):
+            lines += section(report[key]) + [""]
+    if heldout := report.get("heldout"):
+        lines += ["## Held-out evaluation", ""] + _table(["metric", "value"], list(map(list, heldout.items()))) + [""]
+    if _plot(report, out_dir / REPORT_PNG):
+        lines += [f"![loss curves and layer scores]({REPORT_PNG})", ""]
+    md_path.write_text("\n".join(lines))
+    return json_path, md_path
+
+
+__all__ = ["write_report"]

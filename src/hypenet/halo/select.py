@@ -1,0 +1,332 @@
+"""HALO layer selection: which k = floor(L/4) layers keep softmax attention (SPEC section 3).
+
+Strategy "halo": for each layer i, run the teacher with only layer i's attention replaced by its stage-1 RNN and
+measure recall R_i and commonsense C_i (`probes.py`, or lm-eval tasks). Then
+
+    s_i = (max_j R_j - R_i) / (max_j C_j - C_i + 1e-10),   clipped at 50 (as the reference code)
+
+and attention stays in the k layers with the highest scores: layers whose replacement costs much recall but little
+commonsense. Ties (e.g. several layers at the clip) go to the larger recall drop, then to the lower index.
+
+Two tricks keep the sweep cheap. The swap patches the teacher in place (`swap_attention`), so nothing is copied.
+And layers before i cannot see the swap, so their outputs are recorded once in an unmodified pass and replayed:
+the run for layer i computes only layers i..L-1 (half the model on average).
+
+Strategy "even": layer round-down((j + 0.5) * L / k) for j = 0..k-1 (the centres of k equal slices).
+Strategy "manual": the given layer indices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from ..model import HypeNetCache, HypeNetConfig
+from ..model.modeling_hypenet import HypeNetRotaryEmbedding, build_mixer_context
+from ..teachers import hypenet_config_from_teacher, teacher_attention
+from .probes import LmEvalProbe, ProbeSet, build_probes
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("halo", "even", "manual")
+SCORE_EPS = 1e-10
+SCORE_CLIP = 50.0
+
+
+@dataclass
+class SelectionResult:
+    """The layers that keep attention and, for "halo", the measurements behind the choice (per layer index)."""
+
+    attention_layers: list[int]
+    strategy: str
+    num_layers: int
+    scores: dict[int, float] | None = None
+    recall: dict[int, float] | None = None
+    commonsense: dict[int, float] | None = None
+    baseline: dict[str, float] | None = None  # the unmodified teacher's recall/commonsense (+ next-token accuracy)
+    settings: dict = field(default_factory=dict)  # probe settings and timing
+
+    def mixer_types(self, num_layers: int | None = None) -> list[str]:
+        num_layers = self.num_layers if num_layers is None else num_layers
+        check_layer_indices(self.attention_layers, num_layers)
+        chosen = set(self.attention_layers)
+        return ["attention" if i in chosen else "lightning" for i in range(num_layers)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---- scores and strategies ----------------------------------------------------------------------------------
+
+
+def halo_scores(recall: dict[int, float], commonsense: dict[int, float]) -> dict[int, float]:
+    """s_i = (max_j R_j - R_i) / (max_j C_j - C_i + eps), clipped at 50."""
+    best_recall, best_commonsense = max(recall.values()), max(commonsense.values())
+    return {
+        i: min(SCORE_CLIP, (best_recall - recall[i]) / (best_commonsense - commonsense[i] + SCORE_EPS)) for i in recall
+    }
+
+
+def top_k_layers(scores: dict[int, float], recall: dict[int, float], k: int) -> list[int]:
+    """The k highest-scoring layers (ties: larger recall drop, i.e. lower R_i, then lower index), sorted."""
+    ranked = sorted(scores, key=lambda i: (-scores[i], recall[i], i))
+    return sorted(ranked[:k])
+
+
+def even_layers(num_layers: int, k: int) -> list[int]:
+    """k evenly spaced layers: floor((j + 0.5) * L / k), j = 0..k-1."""
+    return [int((j + 0.5) * num_layers / k) for j in range(k)]
+
+
+def check_layer_indices(layers: Sequence[int], num_layers: int) -> list[int]:
+    """Sorted layer indices, or a ValueError naming the out-of-range or repeated ones."""
+    bad = [i for i in layers if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < num_layers]
+    if bad:
+        raise ValueError(f"attention layer indices {bad} are out of range: the teacher has layers 0..{num_layers - 1}")
+    repeated = sorted({i for i in layers if list(layers).count(i) > 1})
+    if repeated:
+        raise ValueError(f"attention layer indices {repeated} are repeated; give each layer once")
+    return sorted(layers)
+
+
+def default_num_attention(num_layers: int) -> int:
+    return max(1, num_layers // 4)
+
+
+# ---- patching the teacher -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _patched_forward(module: nn.Module, forward: Callable):
+    """Temporarily replace `module.forward` (an instance attribute shadows the class method; deleting it restores)."""
+    previous = module.__dict__.get("forward")
+    module.forward = forward
+    try:
+        yield
+    finally:
+        if previous is None:
+            del module.forward
+        else:
+            module.forward = previous
+
+
+@contextlib.contextmanager
+def swap_attention(
+    teacher: PreTrainedModel, layer_idx: int, rnn: nn.Module, config: HypeNetConfig | None = None
+):
+    """Within the block, the teacher's attention in `layer_idx` returns `rnn`'s output instead of its own.
+
+    The returned tuple is the teacher attention's (output, weights=None). Positions come from the `position_ids`
+    the decoder layer passes; sequences must be unpadded (the probes never pad; lm-eval runs at batch size 1).
+    With a cache (generation) the RNN keeps its recurrent state in a side HypeNetCache, restarted whenever a
+    sequence starts at position 0, and the teacher attention still runs so that the teacher's KV cache keeps the
+    length its other layers expect; its output is discarded.
+    """
+    config = config if config is not None else hypenet_config_from_teacher(teacher.config)
+    attention = teacher_attention(teacher, layer_idx)
+    teacher_forward = attention.forward
+    rnn_param = next(rnn.parameters())
+    rotary = HypeNetRotaryEmbedding(config).to(rnn_param.device)
+    side_cache: list[HypeNetCache] = []
+
+    def forward(hidden_states: torch.Tensor, *args, **kwargs):
+        position_ids = kwargs.get("position_ids")
+        teacher_cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        cache = None
+        if teacher_cache is not None:
+            if position_ids is None:
+                raise ValueError(f"cached decoding through the swapped layer {layer_idx} needs position_ids")
+            teacher_forward(hidden_states, *args, **kwargs)
+            if not side_cache or int(position_ids.min()) == 0:
+                side_cache[:] = [HypeNetCache(config)]
+            cache = side_cache[0]
+        x = hidden_states.to(rnn_param.dtype)
+        ctx = build_mixer_context(config, rotary, x, position_ids=position_ids)
+        return rnn(x, ctx, cache).to(hidden_states.dtype), None
+
+    with _patched_forward(attention, forward):
+        yield
+
+
+@contextlib.contextmanager
+def _replay_layers_before(layers: nn.ModuleList, layer_idx: int, recorded_output):
+    """Layers before `layer_idx` return layer (layer_idx - 1)'s recorded output instead of computing.
+
+    Only the last of them feeds layer `layer_idx`; what the earlier ones return is never read.
+    """
+    with contextlib.ExitStack() as stack:
+        for layer in layers[:layer_idx]:
+            stack.enter_context(_patched_forward(layer, lambda *args, **kwargs: recorded_output))
+        yield
+
+
+@contextlib.contextmanager
+def _recording_layer_outputs(layers: nn.ModuleList):
+    outputs = []
+    hooks = [layer.register_forward_hook(lambda module, args, output: outputs.append(output)) for layer in layers]
+    try:
+        yield outputs
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+# ---- the sweep ------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def probe_sweep(
+    teacher: PreTrainedModel,
+    probes: ProbeSet,
+    stage1_layers: dict[int, nn.Module],
+    *,
+    config: HypeNetConfig | None = None,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, float], dict[int, float], dict[int, float]]:
+    """(baseline, recall R_i, commonsense C_i) with the built-in probes, one swapped layer at a time."""
+    config = config if config is not None else hypenet_config_from_teacher(teacher.config)
+    device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    base, head, layers = teacher.model, teacher.get_output_embeddings(), teacher.model.layers
+    batches = probes.split(batch_size)
+
+    def final_hidden(batch: ProbeSet) -> torch.Tensor:
+        return base(input_ids=batch.input_ids.to(device), use_cache=False).last_hidden_state
+
+    recorded, reference, hits = [], [], []
+    for batch in batches:
+        with _recording_layer_outputs(layers) as outputs:
+            value_hits, top1 = batch.predict(final_hidden(batch), head)
+        recorded.append(outputs)
+        reference.append(top1)
+        hits.append(value_hits)
+    baseline = {
+        "recall": float(torch.cat(hits).float().mean()),
+        "commonsense": 1.0,  # agreement of the teacher with itself
+        "next_token_accuracy": probes.next_token_accuracy(torch.cat(reference)),
+    }
+
+    recall, commonsense = {}, {}
+    for i in tqdm(range(len(layers)), desc="layer selection", unit="layer", disable=not progress):
+        hits, agree = [], []
+        with swap_attention(teacher, i, stage1_layers[i], config):
+            for batch, outputs, top1_teacher in zip(batches, recorded, reference):
+                with _replay_layers_before(layers, i, outputs[i - 1] if i else None):
+                    value_hits, top1 = batch.predict(final_hidden(batch), head)
+                hits.append(value_hits)
+                agree.append((top1 == top1_teacher).flatten())
+        recall[i] = float(torch.cat(hits).float().mean())
+        commonsense[i] = float(torch.cat(agree).float().mean())
+    return baseline, recall, commonsense
+
+
+def _lm_eval_sweep(teacher, tokenizer, stage1_layers, tasks, limit, config, progress):
+    probe = LmEvalProbe(teacher, tokenizer, tasks, limit)
+    base_recall, base_commonsense = probe()
+    recall, commonsense = {}, {}
+    layers = range(len(teacher.model.layers))
+    for i in tqdm(layers, desc="layer selection (lm-eval)", unit="layer", disable=not progress):
+        with swap_attention(teacher, i, stage1_layers[i], config):
+            recall[i], commonsense[i] = probe()
+    return {"recall": base_recall, "commonsense": base_commonsense}, recall, commonsense
+
+
+def select_layers(
+    teacher: PreTrainedModel,
+    tokenizer,
+    stage1_layers: dict[int, nn.Module] | None,
+    *,
+    strategy: str = "halo",
+    num_attention: int | None = None,
+    manual_layers: Sequence[int] | None = None,
+    heldout_docs: Sequence | None = None,
+    recall_samples: int = 32,
+    recall_context: int = 1024,
+    commonsense_tokens: int = 16384,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    lm_eval_tasks: dict[str, list[str]] | None = None,
+    lm_eval_limit: int | float | None = None,
+    batch_size: int = 8,
+) -> SelectionResult:
+    """The layers that keep softmax attention (the rest become lightning layers).
+
+    num_attention: k, default floor(L/4) (at least 1); for "manual" it defaults to len(manual_layers).
+    heldout_docs: token-id arrays (TokenizedCorpus.heldout_docs) for the probes' haystacks and commonsense text.
+    recall_samples x recall_context tokens of recall probes and commonsense_tokens of held-out text (cut into rows
+    of recall_context tokens) go through the teacher once per layer, batch_size rows at a time. On a 2-core CPU
+    use small settings: recall_samples=2, recall_context=256, commonsense_tokens=256 take about a minute for the
+    30-layer embedded teacher. On a GPU the defaults take seconds (~3 s for it in bf16 on an H200).
+    lm_eval_tasks: {"recall": [...], "commonsense": [...]} measures with lm-evaluation-harness instead
+    (lm_eval_limit: its per-task example limit).
+    """
+    num_layers = teacher.config.num_hidden_layers
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown layer-selection strategy {strategy!r}; choose one of {list(STRATEGIES)}")
+    if strategy == "manual":
+        if manual_layers is None:
+            raise ValueError("strategy 'manual' needs manual_layers, e.g. manual_layers=[2, 3, 6, 8, 9, 21, 25]")
+        layers = check_layer_indices(list(manual_layers), num_layers)
+        if num_attention is not None and num_attention != len(layers):
+            raise ValueError(
+                f"num_attention={num_attention} but {len(layers)} manual layers were given {layers}; "
+                "drop num_attention or give that many layers"
+            )
+        return SelectionResult(layers, strategy, num_layers)
+    if manual_layers is not None:
+        raise ValueError(f"manual_layers is only used with strategy='manual' (strategy is {strategy!r})")
+    k = default_num_attention(num_layers) if num_attention is None else num_attention
+    if not 1 <= k <= num_layers:
+        raise ValueError(f"num_attention must be between 1 and the number of layers ({num_layers}); got {k}")
+    if strategy == "even":
+        return SelectionResult(even_layers(num_layers, k), strategy, num_layers, settings={"num_attention": k})
+
+    missing = [i for i in range(num_layers) if i not in (stage1_layers or {})]
+    if missing:
+        raise ValueError(f"strategy 'halo' needs a stage-1 RNN for every layer; missing layers {missing}")
+    config = hypenet_config_from_teacher(teacher.config)
+    start = time.perf_counter()
+    if lm_eval_tasks is not None:
+        settings = {"probes": "lm-eval", "tasks": lm_eval_tasks, "limit": lm_eval_limit}
+        baseline, recall, commonsense = _lm_eval_sweep(
+            teacher, tokenizer, stage1_layers, lm_eval_tasks, lm_eval_limit, config, progress
+        )
+    else:
+        settings = {
+            "probes": "builtin", "recall_samples": recall_samples, "recall_context": recall_context,
+            "commonsense_tokens": commonsense_tokens, "seed": seed,
+        }
+        probes = build_probes(
+            tokenizer, heldout_docs, recall_samples=recall_samples, context=recall_context,
+            commonsense_tokens=commonsense_tokens, seed=seed,
+        )
+        baseline, recall, commonsense = probe_sweep(
+            teacher, probes, stage1_layers, config=config, batch_size=batch_size, device=device, progress=progress
+        )
+    settings.update(num_attention=k, seconds=round(time.perf_counter() - start, 2))
+    scores = halo_scores(recall, commonsense)
+    layers = top_k_layers(scores, recall, k)
+    log.info("HALO keeps attention in layers %s (scores %s)", layers, {i: round(scores[i], 3) for i in layers})
+    return SelectionResult(layers, strategy, num_layers, scores, recall, commonsense, baseline, settings)
+
+
+__all__ = [
+    "STRATEGIES",
+    "SelectionResult",
+    "even_layers",
+    "halo_scores",
+    "probe_sweep",
+    "select_layers",
+    "swap_attention",
+    "top_k_layers",
+]

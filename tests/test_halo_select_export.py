@@ -1,0 +1,372 @@
+"""HALO layer selection, the logit-scaling choice, export and the report, on tiny random Qwen3 teachers."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+import hypenet
+from hypenet.halo import probes as probes_module
+from hypenet.halo.export import choose_logit_scaling_base, export_checkpoint
+from hypenet.halo.probes import build_probes
+from hypenet.halo.report import write_report
+from hypenet.halo.select import (
+    SCORE_CLIP,
+    SelectionResult,
+    even_layers,
+    halo_scores,
+    probe_sweep,
+    select_layers,
+    swap_attention,
+    top_k_layers,
+)
+from hypenet.teachers import build_hypenet_from_teacher, hypenet_config_from_teacher, lightning_from_teacher
+
+LAYERS = 8
+TEXT_WORDS = "a the of and to in is was it for on with as at by this that from water light city small old new".split()
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    words = {w for text in (probes_module.NEEDLE_PREFIX, probes_module.FILLER_TEXT) for w in text.replace(".", " ").split()}
+    words |= set(probes_module.KEY_WORDS) | set(TEXT_WORDS)
+    vocab = ["[UNK]", "<eos>", ".", *[str(d) for d in range(10)], *sorted(words)]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", eos_token="<eos>", pad_token="<eos>")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def teacher(tokenizer):
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return Qwen3ForCausalLM(config).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def stage1_layers(teacher):
+    torch.manual_seed(1)
+    config = hypenet_config_from_teacher(teacher.config)
+    return {i: lightning_from_teacher(teacher, i, config) for i in range(LAYERS)}
+
+
+@pytest.fixture(scope="module")
+def heldout_docs(tokenizer):
+    rng = np.random.default_rng(0)
+    return [rng.integers(13, len(tokenizer), size=n) for n in (150, 90, 200)]
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits
+
+
+# ---- scores and strategies -----------------------------------------------------------------------------------
+
+
+def test_halo_scores_formula_eps_and_clip():
+    recall = {0: 0.2, 1: 0.9, 2: 0.5, 3: 0.5, 4: 0.9 - 1e-12}
+    commonsense = {0: 0.1, 1: 0.8, 2: 0.9, 3: 0.7, 4: 0.9}
+    scores = halo_scores(recall, commonsense)
+    assert scores[0] == pytest.approx(0.7 / 0.8)
+    assert scores[1] == 0.0  # the max-recall layer costs no recall
+    assert scores[2] == SCORE_CLIP == 50.0  # recall drop with no commonsense drop: 0.4 / 1e-10, clipped
+    assert scores[3] == pytest.approx(0.4 / 0.2)
+    assert scores[4] == pytest.approx(1e-12 / 1e-10, rel=1e-3)  # eps in the denominator, not a division by zero
+
+
+def test_top_k_selection_and_ties():
+    scores = {0: 0.875, 1: 0.0, 2: 50.0, 3: 2.0, 4: 0.01}
+    recall = {0: 0.2, 1: 0.9, 2: 0.5, 3: 0.5, 4: 0.9}
+    assert top_k_layers(scores, recall, 2) == [2, 3]
+    assert top_k_layers(scores, recall, 3) == [0, 2, 3]
+    # two layers at the clip: the larger recall drop wins, then the lower index
+    assert top_k_layers({0: 50.0, 1: 50.0, 2: 50.0}, {0: 0.6, 1: 0.3, 2: 0.3}, 1) == [1]
+    assert top_k_layers({0: 50.0, 1: 50.0, 2: 50.0}, {0: 0.6, 1: 0.3, 2: 0.3}, 2) == [1, 2]
+
+
+def test_even_strategy(teacher):
+    assert even_layers(28, 7) == [2, 6, 10, 14, 18, 22, 26]
+    assert even_layers(30, 7) == [2, 6, 10, 15, 19, 23, 27]
+    assert even_layers(8, 8) == list(range(8))
+    result = select_layers(teacher, None, None, strategy="even")  # k = floor(8 / 4) = 2
+    assert result.attention_layers == [2, 6]
+    assert result.mixer_types() == ["lightning"] * 2 + ["attention"] + ["lightning"] * 3 + ["attention", "lightning"]
+    assert select_layers(teacher, None, None, strategy="even", num_attention=3).attention_layers == [1, 4, 6]
+
+
+def test_manual_strategy_and_errors(teacher):
+    result = select_layers(teacher, None, None, strategy="manual", manual_layers=[5, 0, 3])
+    assert result.attention_layers == [0, 3, 5] and result.scores is None
+    assert result.to_dict()["attention_layers"] == [0, 3, 5]
+    with pytest.raises(ValueError, match=r"\[8, -1\] are out of range.*0\.\.7"):
+        select_layers(teacher, None, None, strategy="manual", manual_layers=[1, 8, -1])
+    with pytest.raises(ValueError, match=r"\[2\] are repeated"):
+        select_layers(teacher, None, None, strategy="manual", manual_layers=[2, 4, 2])
+    with pytest.raises(ValueError, match="needs manual_layers"):
+        select_layers(teacher, None, None, strategy="manual")
+    with pytest.raises(ValueError, match="num_attention=2 but 3 manual layers"):
+        select_layers(teacher, None, None, strategy="manual", manual_layers=[1, 2, 3], num_attention=2)
+    with pytest.raises(ValueError, match="unknown layer-selection strategy 'best'"):
+        select_layers(teacher, None, None, strategy="best")
+    with pytest.raises(ValueError, match="between 1 and the number of layers"):
+        select_layers(teacher, None, None, strategy="even", num_attention=9)
+    with pytest.raises(ValueError, match=r"missing layers \[3, 4, 5, 6, 7\]"):
+        select_layers(teacher, None, {i: None for i in range(3)})
+    with pytest.raises(ValueError, match="out of range"):
+        SelectionResult([1, 7], "manual", 8).mixer_types(6)
+
+
+# ---- swapping a layer ----------------------------------------------------------------------------------------
+
+
+def test_swap_restores_teacher_and_changes_logits(teacher, stage1_layers):
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    before = logits(teacher, ids)
+    attention = teacher.model.layers[3].self_attn
+    with swap_attention(teacher, 3, stage1_layers[3]):
+        swapped = logits(teacher, ids)
+        assert "forward" in attention.__dict__
+    after = logits(teacher, ids)
+    assert "forward" not in attention.__dict__
+    assert torch.equal(before, after)
+    # an untrained lightning copy of the same attention is a different mixer: the logits must move
+    assert not torch.allclose(before, swapped, atol=1e-4)
+
+
+def test_swap_errors_restore_too(teacher, stage1_layers):
+    ids = torch.randint(0, teacher.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(1))
+    before = logits(teacher, ids)
+    with pytest.raises(RuntimeError, match="boom"), swap_attention(teacher, 0, stage1_layers[0]):
+        raise RuntimeError("boom")
+    assert torch.equal(before, logits(teacher, ids))
+
+
+def test_swap_generates_with_cache(teacher, stage1_layers):
+    """Cached greedy decoding through a swapped layer equals recomputing the whole prefix at every step."""
+    ids = torch.randint(0, teacher.config.vocab_size, (1, 10), generator=torch.Generator().manual_seed(2))
+    with swap_attention(teacher, 2, stage1_layers[2]), torch.no_grad():
+        cached = teacher.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
+        uncached = ids
+        for _ in range(6):
+            next_id = logits(teacher, uncached)[:, -1].argmax(-1, keepdim=True)
+            uncached = torch.cat([uncached, next_id], dim=1)
+    assert torch.equal(cached, uncached)
+
+
+# ---- probes ---------------------------------------------------------------------------------------------------
+
+
+def test_probes_are_seeded_and_well_formed(tokenizer, heldout_docs):
+    kwargs = dict(recall_samples=3, context=128, commonsense_tokens=200)
+    first = build_probes(tokenizer, heldout_docs, seed=7, **kwargs)
+    again = build_probes(tokenizer, heldout_docs, seed=7, **kwargs)
+    other = build_probes(tokenizer, heldout_docs, seed=8, **kwargs)
+    assert torch.equal(first.input_ids, again.input_ids) and torch.equal(first.value_slots, again.value_slots)
+    assert not torch.equal(first.input_ids[:3], other.input_ids[:3])
+    assert first.input_ids.shape == (3 + 2, 128)  # ceil(200 / 128) text rows
+    assert first.is_text.tolist() == [False] * 3 + [True] * 2
+    digits = {tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
+    assert set(first.value_tokens.tolist()) <= digits
+    rows, positions = first.value_slots.T
+    assert torch.equal(first.input_ids[rows, positions + 1], first.value_tokens)  # a slot predicts the next token
+    assert len(first.value_tokens) == 3 * 2 * 6  # 128 // 64 keys per sample, 6 digits each
+    # each scored value also appears earlier in its sample, as a needle
+    for row in range(3):
+        sample = first.input_ids[row].tolist()
+        slots = positions[rows == row].tolist()
+        value = sample[slots[0] + 1 : slots[5] + 2]
+        assert any(sample[s : s + 6] == value for s in range(slots[0] - 6))
+
+
+def test_probes_without_heldout_use_filler_haystack(tokenizer, monkeypatch):
+    monkeypatch.setattr(probes_module, "_builtin_documents", lambda tok, needed: [np.arange(13, 40)])
+    probes = build_probes(tokenizer, None, recall_samples=1, context=96, commonsense_tokens=96)
+    filler = set(tokenizer(probes_module.FILLER_TEXT, add_special_tokens=False).input_ids)
+    assert filler <= set(probes.input_ids[0].tolist())
+
+
+def test_probe_sweep_in_range_deterministic_and_replay_exact(teacher, tokenizer, stage1_layers, heldout_docs):
+    probes = build_probes(tokenizer, heldout_docs, recall_samples=3, context=96, commonsense_tokens=150, seed=3)
+    baseline, recall, commonsense = probe_sweep(teacher, probes, stage1_layers, batch_size=2, progress=False)
+    again = probe_sweep(teacher, probes, stage1_layers, batch_size=5, progress=False)
+    assert (baseline, recall, commonsense) == again  # seeded, and independent of the batching
+    assert baseline["commonsense"] == 1.0 and 0 <= baseline["recall"] <= 1 and 0 <= baseline["next_token_accuracy"] <= 1
+    assert set(recall) == set(commonsense) == set(range(LAYERS))
+    assert all(0 <= v <= 1 for v in [*recall.values(), *commonsense.values()])
+    assert min(commonsense.values()) < 1.0
+    # replaying the recorded prefix gives exactly what a full forward pass of the swapped teacher gives
+    head = teacher.get_output_embeddings()
+    for i in (0, 5):
+        with torch.no_grad():
+            _, teacher_top1 = probes.predict(teacher.model(input_ids=probes.input_ids, use_cache=False).last_hidden_state, head)
+            with swap_attention(teacher, i, stage1_layers[i]):
+                hidden = teacher.model(input_ids=probes.input_ids, use_cache=False).last_hidden_state
+                hits, top1 = probes.predict(hidden, head)
+        assert recall[i] == pytest.approx(float(hits.float().mean()), abs=1e-6)
+        assert commonsense[i] == pytest.approx(float((top1 == teacher_top1).float().mean()), abs=1e-6)
+
+
+def test_select_layers_halo(teacher, tokenizer, stage1_layers, heldout_docs):
+    result = select_layers(
+        teacher, tokenizer, stage1_layers, heldout_docs=heldout_docs, recall_samples=2, recall_context=96,
+        commonsense_tokens=96, progress=False,
+    )
+    assert result.strategy == "halo" and len(result.attention_layers) == 2
+    assert result.attention_layers == top_k_layers(result.scores, result.recall, 2)
+    assert result.scores == halo_scores(result.recall, result.commonsense)
+    assert result.settings["recall_context"] == 96 and result.settings["seconds"] >= 0
+    assert json.loads(json.dumps(result.to_dict()))["attention_layers"] == result.attention_layers
+
+
+def test_lm_eval_missing_gives_install_hint(teacher, tokenizer, stage1_layers, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    with pytest.raises(ImportError, match="pip install lm-eval"):
+        select_layers(teacher, tokenizer, stage1_layers, lm_eval_tasks={"recall": ["swde"], "commonsense": ["piqa"]})
+
+
+# ---- logit-scaling base and export -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def student(teacher):
+    torch.manual_seed(2)
+    mixer_types = ["attention" if i in (1, 5) else "lightning" for i in range(LAYERS)]
+    model = build_hypenet_from_teacher(teacher, mixer_types).eval()
+    with torch.no_grad():  # attention layers with a sharper q, so that the query scaling visibly changes the loss
+        for i in (1, 5):
+            model.model.layers[i].self_attn.q_norm.weight.mul_(4.0)
+    return model
+
+
+def direct_long_context_loss(model, docs, a, scored_from):
+    model.config.attention_logit_scaling_base = a
+    nll, count = 0.0, 0
+    for doc in docs:
+        ids = torch.as_tensor(doc)[None]
+        out = logits(model, ids)[0]
+        nll += F.cross_entropy(out[scored_from - 1 : -1], ids[0, scored_from:], reduction="sum").item()
+        count += ids.shape[1] - scored_from
+    model.config.attention_logit_scaling_base = None
+    return nll / count
+
+
+def test_choose_logit_scaling_base_picks_lowest_loss(student):
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, student.config.vocab_size, size=n) for n in (120, 80, 30)]  # the 30-token one is too short
+    candidates = (None, 2, 50, 1000)
+    best, losses = choose_logit_scaling_base(student, docs, candidates, eval_len=100, train_context=40)
+    direct = {a: direct_long_context_loss(student, [docs[0][:100], docs[1]], a, 40) for a in candidates}
+    assert losses == pytest.approx(direct, rel=1e-5)
+    assert best == min(direct, key=direct.get)
+    assert len(set(round(v, 6) for v in losses.values())) > 1  # the candidates really differ
+    assert student.config.attention_logit_scaling_base is None  # restored
+
+
+def test_choose_logit_scaling_base_falls_back_to_longest(student):
+    docs = [np.arange(10, 30), np.arange(5, 40)]
+    with pytest.warns(UserWarning, match="longest one \\(35 tokens\\)"):
+        best, losses = choose_logit_scaling_base(student, docs, (None, 100), train_context=64)
+    assert set(losses) == {None, 100} and best in losses
+    with pytest.raises(ValueError, match="None \\(off\\) or numbers > 1"):
+        choose_logit_scaling_base(student, docs, (None, 1), train_context=64)
+
+
+def test_export_loads_without_hypenet_and_generates_the_same(student, tokenizer, tmp_path):
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(0, student.config.vocab_size, size=90) for _ in range(2)]
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "stale.txt").write_text("replaced by the export")
+    info = export_checkpoint(
+        student, tokenizer, out, docs, candidates=(None, 50, 500), train_context=32, eval_len=80,
+        extra_info={"teacher": "tiny-qwen3"},
+    )
+    assert info["path"] == str(out) and set(info["losses"]) == {"off", "50", "500"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["attention_logit_scaling_base"] == info["logit_scaling_base"] == student.config.attention_logit_scaling_base
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_hypenet.HypeNetConfig",
+        "AutoModel": "modeling_hypenet.HypeNetModel",
+        "AutoModelForCausalLM": "modeling_hypenet.HypeNetForCausalLM",
+    }
+    assert {"model.safetensors", "modeling_hypenet.py", "configuration_hypenet.py", "lightning.py", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert not (out / "stale.txt").exists() and not list(tmp_path.glob(".ckpt.*"))
+    assert json.loads((out / "halo_export.json").read_text())["teacher"] == "tiny-qwen3"
+
+    prompt = [[2, 15, 16, 17, 30, 31]]
+    with torch.no_grad():
+        expected = student.generate(torch.tensor(prompt), max_new_tokens=8, do_sample=False).tolist()
+    src = str(Path(hypenet.__file__).resolve().parents[1])
+    code = f"""
+import json, sys
+sys.path = [p for p in sys.path if p not in ({src!r}, '')]
+try:
+    import hypenet
+    raise SystemExit("hypenet is importable in the subprocess")
+except ModuleNotFoundError:
+    pass
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+with torch.no_grad():
+    print(json.dumps(model.generate(torch.tensor({prompt}), max_new_tokens=8, do_sample=False).tolist()))
+"""
+    env = {**os.environ, "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_export_with_explicit_base_skips_the_search(student, tokenizer, tmp_path):
+    info = export_checkpoint(student, tokenizer, tmp_path / "fixed", logit_scaling_base=700)
+    assert info["logit_scaling_base"] == 700 and info["losses"] == {}
+    assert json.loads((tmp_path / "fixed" / "config.json").read_text())["attention_logit_scaling_base"] == 700
+
+
+# ---- report ---------------------------------------------------------------------------------------------------
+
+
+def test_write_report(tmp_path):
+    selection = SelectionResult(
+        [2, 5], "halo", 8, scores={i: float(i % 3) for i in range(8)}, recall={i: 0.5 for i in range(8)},
+        commonsense={i: 0.9 for i in range(8)}, baseline={"recall": 0.9, "commonsense": 1.0},
+    )
+    report = {
+        "teacher": "tiny",
+        "stages": {
+            "stage1": {"tokens": 1000, "steps": 3, "wall_time_s": 1.5, "losses": [[1, 2.0], [2, 1.5], [3, 1.0]]},
+            "stage2": {"tokens": 2000, "steps": 2, "wall_time_s": 2.5, "losses": [[1, 4.0], [2, 3.0]]},
+        },
+        "selection": json.loads(json.dumps(selection.to_dict())),  # str keys, as read back from JSON
+        "export": {"path": "/x", "logit_scaling_base": 500, "losses": {"off": 3.2, "500": 3.1}, "warnings": []},
+        "heldout": {"student_loss": 3.1},
+    }
+    json_path, md_path = write_report(tmp_path, report)
+    assert json.loads(json_path.read_text()) == report
+    md = md_path.read_text()
+    assert "| stage1 | 1000 | 3 | 1.5 | 2 | 1 |" in md
+    assert "| 2 | yes | 0.5 | 0.9 | 2 |" in md and "| 1 |  | 0.5 | 0.9 | 1 |" in md
+    assert "a = 500" in md and "| off | 3.2 |" in md and "student_loss" in md
+    assert (tmp_path / "report.png").stat().st_size > 0 and "report.png" in md

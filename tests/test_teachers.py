@@ -1,0 +1,36 @@
+"""Teacher loading: the embedded GGUF teacher, specs that point nowhere, unsupported architectures."""
+
+import pytest
+import torch
+
+from hypenet.teachers import SUPPORTED_ARCHITECTURES, load_teacher, resolve_teacher
+from hypenet.teachers.load import check_supported
+
+
+def test_embedded_teacher_loads_and_answers(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPENET_CACHE", str(tmp_path))
+    model, tokenizer = load_teacher()  # dequantises the GGUF once, then loads the cached safetensors
+    assert (model.config.model_type, model.config.num_hidden_layers, model.config.num_attention_heads) == ("llama", 30, 9)
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    again, _ = load_teacher()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_bad_teacher_specs_say_what_is_accepted(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_teacher(tmp_path / "missing.gguf")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_teacher(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_teacher("./not/here")
+    assert resolve_teacher("Qwen/Qwen3-1.7B") == ("Qwen/Qwen3-1.7B", None)
+
+
+def test_unsupported_architecture_lists_the_supported_ones():
+    with pytest.raises(ValueError) as err:
+        check_supported("gpt2", "some/teacher")
+    assert all(name in str(err.value) for name in SUPPORTED_ARCHITECTURES)
