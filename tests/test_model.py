@@ -200,6 +200,14 @@ def test_logit_scaling_follows_log_position():
     assert build_mixer_context(model.config, model.model.rotary_emb, x).logit_scale is None
 
 
+def test_rope_frequencies_and_decays_stay_fp32_when_the_model_is_cast():
+    model = tiny_hypenet().to(torch.bfloat16)
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert torch.equal(model.model.rotary_emb.inv_freq, tiny_hypenet().model.rotary_emb.inv_freq)
+    assert model.model.layers[0].linear_attn.log_decay.dtype == torch.float32
+    assert torch.equal(model.model.layers[0].linear_attn.log_decay, alibi_log_decay(9))
+
+
 # ---------------------------------------------------------------- exact batched and cached inference
 
 

@@ -7,13 +7,17 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench.cli import register as register_bench
     from .eval.cli import register as register_eval
+    from .fast.cli import register as register_generate
     from .halo.cli import register as register_halo
 
     parser = argparse.ArgumentParser(prog="hypenet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register_halo(sub)
     register_eval(sub)
+    register_generate(sub)
+    register_bench(sub)
     return parser
 
 

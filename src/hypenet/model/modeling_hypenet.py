@@ -50,10 +50,17 @@ class HypeNetRotaryEmbedding(nn.Module):
         super().__init__()
         self.config = config
         self.rope_type = config.rope_parameters.get("rope_type", "default")
-        rope_init = self.compute_default_rope_parameters if self.rope_type == "default" else ROPE_INIT_FUNCTIONS[self.rope_type]
-        inv_freq, self.attention_scaling = rope_init(config)
+        self.rope_init = self.compute_default_rope_parameters if self.rope_type == "default" else ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = self.rope_init(config)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # Frequencies stay fp32 whatever the model is cast to: bf16 ones are wrong at long positions.
+        super()._apply(fn, recurse)
+        inv_freq = self.rope_init(self.config)[0].to(self.inv_freq.device)
+        self.inv_freq, self.original_inv_freq = inv_freq, inv_freq.clone()
+        return self
 
     @staticmethod
     def compute_default_rope_parameters(config: HypeNetConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
@@ -236,6 +243,11 @@ class HypeNetLightningAttention(nn.Module):
         if config.lightning_output_gate:
             self.g_proj = nn.Linear(hidden, inner, bias=False)
         self.register_buffer("log_decay", alibi_log_decay(self.num_heads), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.log_decay = alibi_log_decay(self.num_heads).to(self.log_decay.device)  # fp32 whatever the model dtype
+        return self
 
     def forward(self, x: torch.Tensor, ctx: MixerContext, cache: Cache | None = None) -> torch.Tensor:
         batch, seq_len, _ = x.shape

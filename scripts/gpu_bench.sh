@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The fast-inference benchmark on one GPU (issue 5), in two device calls of < 10 minutes each, with carry [".whl"]
+# (flash-linear-attention + fla-core, and transformers 5.24: the machine's image has 5.17):
+#
+#   bash scripts/gpu_bench.sh main     # batch 1, all timings of the targets in one run: HypeNet-2B (fast engine)
+#                                      # vs Qwen3-1.7B through transformers' generate and through the fast engine,
+#                                      # 32K-1M, prefill 128K/512K/1M; ~7-9 min
+#   bash scripts/gpu_bench.sh batched  # the GPU check of the kernels and engine (python -m hypenet.fast.check),
+#                                      # then batch 8 and 32 at 32K-128K; ~5-7 min
+#
+# Writes into $OUT (the device tool's folder) or runs/gpu_bench/<part>: bench.json, bench.md, bench_decode.png,
+# log.txt, machine.txt (+ fast_check.json/.md, check_log.txt for `batched`): at most 8 files.
+set -uo pipefail
+part=${1:?usage: bash scripts/gpu_bench.sh main|batched}
+out=${OUT:-runs/gpu_bench/$part}
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || { echo "installing the carried wheels in .whl/ failed"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+# Package versions go into bench.json; this records the card as found (clocks are read, never set).
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  echo "command: bash scripts/gpu_bench.sh $part"; } > "$out/machine.txt" 2>&1
+cat "$out/machine.txt"
+
+case $part in
+  main)
+    timeout 560 python3 -m hypenet.bench hypenet-2b qwen3-1.7b \
+      --contexts 32K,128K,256K,512K,1M --prefill-contexts 128K,512K,1M --teacher-prefill-contexts 128K \
+      --transformers-contexts 128K,512K --batch-sizes 1 --decode-tokens 32 --warmup-tokens 4 \
+      --time-budget-s 520 --out "$out" 2>&1 | tee "$out/log.txt"
+    ;;
+  batched)
+    timeout 220 python3 -m hypenet.fast.check --out "$out" 2>&1 | tee "$out/check_log.txt"
+    check=${PIPESTATUS[0]}
+    timeout 330 python3 -m hypenet.bench hypenet-2b qwen3-1.7b \
+      --contexts 32K,64K,128K --prefill-contexts '' --teacher-prefill-contexts '' --transformers-contexts '' \
+      --batch-sizes 8,32 --decode-tokens 32 --warmup-tokens 4 --time-budget-s 290 --out "$out" 2>&1 | tee "$out/log.txt"
+    bench=${PIPESTATUS[0]}
+    exit $(( check != 0 ? check : bench ))
+    ;;
+  *) echo "unknown part '$part': main or batched"; exit 2 ;;
+esac

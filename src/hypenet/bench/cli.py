@@ -1,0 +1,76 @@
+"""`hypenet bench MODEL...`: prefill/decode speed, memory and the bandwidth floor (see hypenet.bench.run)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..fast import DEFAULT_PREFILL_CHUNK
+from .run import DTYPES, BenchSettings, run
+from .shapes import SHAPES
+
+
+def tokens(text: str) -> list[int]:
+    """'32K,128K,1M' -> [32768, 131072, 1048576] (K = 1024 tokens, M = 1024K); '' -> []."""
+    scale = {"K": 1024, "M": 1024**2}
+    values = []
+    for item in (x.strip().upper() for x in text.split(",") if x.strip()):
+        values.append(int(float(item[:-1]) * scale[item[-1]]) if item[-1] in scale else int(item))
+    return values
+
+
+def register(subparsers) -> None:
+    """Add the `bench` subcommand to an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "bench", help="prefill/decode speed and memory vs the bandwidth floor (HypeNet vs teacher)",
+        description="Benchmark models on one device: prefill seconds, time per output token, tokens/s, peak memory, "
+                    "and the memory-bandwidth floor of a decode step with the ratio to it. MODEL is a named shape with "
+                    f"random weights ({', '.join(SHAPES)}) or a checkpoint. Every model runs through the fast engine "
+                    "(teachers as all-attention HypeNets); teachers also through transformers' generate. Writes "
+                    "bench.json, bench.md and bench_decode.png to --out after every case.")
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="named shape or model path")
+    parser.add_argument("--contexts", type=tokens, default=tokens("32K,128K,512K,1M"),
+                        help="decode contexts, e.g. 128K,512K,1M (default 32K,128K,512K,1M)")
+    parser.add_argument("--prefill-contexts", type=tokens, default=tokens("128K,512K,1M"),
+                        help="contexts whose prompt is prefilled for real and timed; other contexts decode from a "
+                             "random cache of that length (default 128K,512K,1M; '' for none)")
+    parser.add_argument("--teacher-prefill-contexts", type=tokens, default=tokens("128K"),
+                        help="the same for teachers in the fast engine (default 128K; '' for none)")
+    parser.add_argument("--transformers-contexts", type=tokens, default=tokens("128K,512K"),
+                        help="contexts for teachers through transformers' generate ('' to skip; default 128K,512K)")
+    parser.add_argument("--batch-sizes", type=tokens, default=[1], help="comma list (default 1)")
+    parser.add_argument("--decode-tokens", type=int, default=32, help="timed decode steps per case (default 32)")
+    parser.add_argument("--warmup-tokens", type=int, default=4, help="untimed decode steps first (default 4)")
+    parser.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
+                        help=f"prefill chunk in tokens (default {DEFAULT_PREFILL_CHUNK})")
+    parser.add_argument("--device", default="cuda", help="default cuda")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--no-compile", action="store_true", help="decode step without torch.compile")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="decode step without CUDA graph capture")
+    parser.add_argument("--time-budget-s", type=float, default=480.0,
+                        help="skip cases that would end after this many seconds (default 480)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)")
+    parser.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    settings = BenchSettings(
+        models=args.models, contexts=args.contexts, batch_sizes=args.batch_sizes,
+        prefill_contexts=args.prefill_contexts, teacher_prefill_contexts=args.teacher_prefill_contexts,
+        transformers_contexts=args.transformers_contexts,
+        decode_tokens=args.decode_tokens, warmup_tokens=args.warmup_tokens, prefill_chunk=args.prefill_chunk,
+        device=args.device, dtype=args.dtype, compile=False if args.no_compile else None,
+        cuda_graph=False if args.no_cuda_graph else None,
+        time_budget_s=args.time_budget_s, out=args.out,
+    )
+    report = run(settings)
+    print((args.out / "bench.md").read_text())
+    return 0 if all(r.get("status") == "ok" or r["status"].startswith(("does not fit", "skipped", "not run"))
+                    for r in report["results"]) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hypenet")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *(argv if argv is not None else __import__("sys").argv[1:])])
+    return args.func(args)

@@ -1,0 +1,272 @@
+"""GPU check of the fast path: the split-KV decode kernel and the compiled, graph-captured engine against references,
+and the decode kernel's speed against SDPA and the bandwidth it reaches.
+
+    python -m hypenet.fast.check --out DIR        (on a CUDA machine; exits non-zero if a check fails)
+    python -m hypenet.fast.check --cpu-dry-run    (this script's own logic on the CPU: reference kernel, no compile)
+
+Checks (rel err = ||out - ref|| / ||ref||, over all logits or outputs of a check; tolerance bf16 1e-2, fp32 1e-4;
+the largest elementwise error over max|ref| is reported beside it):
+  kernel   decode_attention_triton vs softmax attention in fp64, over valid slots [start, end) of a static cache,
+           several shapes (GQA 16/8 d=128, 9/3 d=64, 32/8 d=128, MHA), batch rows of different lengths.
+  engine   FastHypeNet (compiled + CUDA graph) vs HypeNetForCausalLM.forward on a small random mixed HypeNet:
+           prefill logits and 8 decode steps; a left-padded batch vs each row alone; fp32 and bf16 (fp32 runs the
+           lightning prefill through the PyTorch backend: fla's fp32 kernels autotune for minutes on a fresh
+           machine, and scripts/gpu_check_kernels.py already checks them).
+Timing (bf16, batch 1, 16 query / 8 KV heads, d=128): the kernel at 128K/512K/1M with a few launch settings,
+against SDPA over exactly the valid keys (flash/cuDNN, no mask), and as GB/s of KV read; prefill attention
+through SDPA's backends (TFLOP/s), which bounds the prefill speedup over the teacher.
+"""
+
+from __future__ import annotations
+
+import os
+
+# fla's fp32 kernels (the reference model's prefill) use TF32 dots unless told otherwise; must precede triton.
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from .attention import decode_attention_reference, decode_attention_triton, default_num_splits  # noqa: E402
+
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
+K = 1024
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def max_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
+
+
+def compared(row: dict, out: torch.Tensor, ref: torch.Tensor, tolerance: float) -> dict:
+    """row + rel_err/max_err of out vs ref, and ok when within tolerance and finite."""
+    err = rel_err(out, ref)
+    return {**row, "rel_err": err, "max_err": max_err(out, ref),
+            "ok": err <= tolerance and bool(torch.isfinite(out).all())}
+
+
+def fp64_decode_reference(q, k, v, start, end, scale):
+    out = []
+    for b in range(q.shape[0]):
+        kb, vb = k[b, :, start[b]:end[b]].double(), v[b, :, start[b]:end[b]].double()
+        group = q.shape[1] // k.shape[1]
+        kb, vb = kb.repeat_interleave(group, 0), vb.repeat_interleave(group, 0)
+        p = torch.softmax((q[b].double()[:, None] @ kb.transpose(-1, -2)) * scale, dim=-1)
+        out.append((p @ vb)[:, 0])
+    return torch.stack(out)
+
+
+def check_kernel(dtype: torch.dtype, device: str = "cuda", kernel=decode_attention_triton) -> list[dict]:
+    rows = []
+    shapes = [(1, 16, 8, 128, 8192), (3, 9, 3, 64, 3000), (2, 32, 8, 128, 20000), (2, 4, 4, 256, 1000)]
+    for batch, heads, kv_heads, head_dim, max_len in shapes:
+        torch.manual_seed(0)
+        q = torch.randn(batch, heads, head_dim, device=device, dtype=dtype)
+        k = torch.randn(batch, kv_heads, max_len, head_dim, device=device, dtype=dtype)
+        v = torch.randn(batch, kv_heads, max_len, head_dim, device=device, dtype=dtype)
+        start = torch.randint(0, max_len // 3, (batch,), device=device)
+        end = torch.maximum(start + 1, max_len - torch.randint(0, max_len // 3, (batch,), device=device))
+        end[0] = start[0] + 1  # a row with a single key
+        scale = head_dim**-0.5
+        ref = fp64_decode_reference(q, k, v, start.tolist(), end.tolist(), scale)
+        for splits in (None, 1, 7):
+            options = {"num_splits": splits} if kernel is decode_attention_triton else {}
+            out = kernel(q, k, v, start, end, scale, **options)
+            case = f"B={batch} H={heads}/{kv_heads} d={head_dim} L={max_len} splits={splits or 'auto'}"
+            rows.append(compared({"check": "kernel", "dtype": str(dtype).removeprefix("torch."), "case": case},
+                                 out, ref, TOLERANCE[dtype]))
+    return rows
+
+
+def small_hypenet(dtype: torch.dtype, device: str):
+    from ..model import HypeNetConfig, HypeNetForCausalLM
+
+    config = HypeNetConfig(
+        lightning_backend="torch" if dtype == torch.float32 else "auto",
+        vocab_size=1000, hidden_size=512, intermediate_size=1024, num_hidden_layers=5, num_attention_heads=8,
+        num_key_value_heads=4, head_dim=64,
+        mixer_types=["lightning", "attention", "lightning", "attention", "lightning"],
+        attention_logit_scaling_base=50.0, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = HypeNetForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.add_(0.1 * torch.randn_like(p))
+    return model.to(dtype).eval()
+
+
+def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
+    from . import FastHypeNet
+
+    name = str(dtype).removeprefix("torch.")
+    rows = []
+    model = small_hypenet(dtype, device)
+    torch.manual_seed(1)
+    ids = torch.randint(1, 1000, (2, 700), device=device)
+    with torch.no_grad():
+        reference = model(ids).logits.float()
+    begin = time.perf_counter()
+    engine = FastHypeNet(model, max_batch=2, max_len=1024, prefill_chunk=256)  # compiled + graph on CUDA
+    rows.append({"check": "engine", "dtype": name, "case": "build (compile + capture)",
+                 "seconds": time.perf_counter() - begin, "ok": engine.compiled == engine.graphed == (device == "cuda")})
+    tolerance = TOLERANCE[dtype]
+    row = {"check": "engine", "dtype": name}
+    prefill = engine.prefill(ids[:, :692])
+    rows.append(compared({**row, "case": "prefill logits (3 chunks) vs model.forward"}, prefill, reference[:, 691],
+                         tolerance))
+    decoded = torch.stack([engine.decode(ids[:, t]) for t in range(692, 700)], dim=1)
+    rows.append(compared({**row, "case": "8 decode steps (graph replay) vs model.forward"}, decoded,
+                         reference[:, 692:700], tolerance))
+    # left padding: row 1 is 300 tokens shorter; each row must equal the same row prefilled and decoded alone
+    mask = torch.ones_like(ids[:, :600])
+    mask[1, :300] = 0
+    padded_ids = ids[:, :600] * mask
+    batched = [engine.prefill(padded_ids, mask)]
+    batched += [engine.decode(ids[:, 600 + t]) for t in range(4)]
+    batched = torch.stack(batched, dim=1)
+    for b, pad in ((0, 0), (1, 300)):
+        alone = [engine.prefill(padded_ids[b:b + 1, pad:])[0]]
+        alone += [engine.decode(ids[b:b + 1, 600 + t])[0] for t in range(4)]
+        rows.append(compared({**row, "case": f"left-padded batch row {b} (pad {pad}) vs alone, prefill + 4 steps"},
+                             batched[b], torch.stack(alone), tolerance))
+    del engine, model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def time_kernel() -> list[dict]:
+    from triton.testing import do_bench
+
+    rows = []
+    heads, kv_heads, head_dim = 16, 8, 128
+    for context in (128 * K, 512 * K, 1024 * K):
+        torch.manual_seed(0)
+        k = torch.randn(1, kv_heads, context, head_dim, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        q = torch.randn(1, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+        start = torch.zeros(1, dtype=torch.long, device="cuda")
+        end = torch.full((1,), context, dtype=torch.long, device="cuda")
+        kv_bytes = 2 * k.numel() * k.element_size()
+
+        def record(variant, fn):
+            ms = do_bench(fn, warmup=25, rep=200, return_mode="median")
+            rows.append({"check": "timing", "case": f"{context // K}K {variant}", "ms": ms,
+                         "kv_read_gbps": kv_bytes / ms / 1e6})
+
+        sdpa_q = q[:, :, None]
+        record("SDPA over valid keys (no mask)",
+               lambda: F.scaled_dot_product_attention(sdpa_q, k, v, enable_gqa=True))
+        auto = default_num_splits(1, kv_heads, context, q.device)
+        for block_n, stages, splits in [(64, 2, auto), (64, 3, auto), (128, 2, auto), (32, 3, auto),
+                                        (64, 2, 2 * auto), (64, 2, max(1, auto // 2))]:
+            record(f"split-KV block_n={block_n} stages={stages} splits={splits}",
+                   lambda: decode_attention_triton(q, k, v, start, end, head_dim**-0.5, num_splits=splits,
+                                                   block_n=block_n, num_stages=stages))
+    return rows
+
+
+def time_prefill_attention() -> list[dict]:
+    """Prefill attention (bf16, 16 heads, d=128): SDPA's backends on one causal 64K block (what a one-pass prefill
+    runs), and the engine's bottom-right-causal chunk of 64K queries over 512K keys, as TFLOP/s."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from triton.testing import do_bench
+
+    from .attention import prefill_attention
+
+    rows = []
+    heads, head_dim, chunk = 16, 128, 64 * K
+
+    def record(case, flops, fn):
+        try:
+            ms = do_bench(fn, warmup=2, rep=20, return_mode="median")
+            rows.append({"check": "timing", "case": case, "ms": ms, "tflops": flops / ms / 1e9})
+        except RuntimeError as error:  # a backend that does not take these inputs
+            rows.append({"check": "timing", "case": f"{case}: {str(error).splitlines()[0][:80]}"})
+
+    q = torch.randn(1, heads, chunk, head_dim, device="cuda", dtype=torch.bfloat16)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+    causal_flops = 2 * chunk * chunk * head_dim * heads  # 4 T^2 d H / 2
+    record("prefill causal 64K, SDPA default", causal_flops,
+           lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+        def run(backend=backend):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        record(f"prefill causal 64K, SDPA {backend.name}", causal_flops, run)
+    keys = 512 * K
+    k = torch.randn(1, heads // 2, keys, head_dim, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    record("prefill chunk 64K over 512K keys (engine: GQA repeat + bottom-right flash)",
+           4 * chunk * (keys - chunk / 2) * head_dim * heads, lambda: prefill_attention(q, k, v, head_dim**-0.5))
+    return rows
+
+
+def write_results(rows: list[dict], out: Path, gpu: str, complete: bool) -> str:
+    failed = [r for r in rows if r.get("ok") is False]
+    verdict = ("PASS" if not failed else "FAIL") if complete else "INCOMPLETE (the run was cut short)"
+    info = {"gpu": gpu, "torch": torch.__version__, "results": rows, "passed": not failed and complete}
+    (out / "fast_check.json").write_text(json.dumps(info, indent=2) + "\n")
+    lines = ["| check | dtype | case | rel err | max err | ms | GB/s or TFLOP/s | ok |", "|---" * 8 + "|"]
+    for r in rows:
+        cells = [r.get("check"), r.get("dtype", ""), r.get("case"),
+                 f"{r['rel_err']:.2e}" if "rel_err" in r else "", f"{r['max_err']:.2e}" if "max_err" in r else "",
+                 f"{r['ms']:.3f}" if "ms" in r else (f"{r['seconds']:.1f} s" if "seconds" in r else ""),
+                 f"{r['kv_read_gbps']:.0f} GB/s" if "kv_read_gbps" in r else
+                 (f"{r['tflops']:.0f} TFLOP/s" if "tflops" in r else ""),
+                 {True: "yes", False: "**NO**", None: ""}[r.get("ok")]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    table = "\n".join(lines) + f"\n\nOverall: {verdict}\n"
+    (out / "fast_check.md").write_text(f"# Fast path GPU check ({gpu}, torch {torch.__version__})\n\n{table}")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/fast_check"))
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--cpu-dry-run", action="store_true",
+                        help="run the checks' logic on the CPU (reference decode kernel, no compile/graph, no timing)")
+    args = parser.parse_args(argv)
+    if args.cpu_dry_run:
+        device, kernel = "cpu", decode_attention_reference
+    elif torch.cuda.is_available():
+        device, kernel = "cuda", decode_attention_triton
+    else:
+        print("needs a CUDA GPU (or --cpu-dry-run); the CPU tests are tests/test_fast_*.py", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    steps = [lambda: check_kernel(torch.float32, device, kernel), lambda: check_kernel(torch.bfloat16, device, kernel),
+             lambda: check_engine(torch.float32, device), lambda: check_engine(torch.bfloat16, device)]
+    if device == "cuda" and not args.skip_timing:
+        steps += [time_kernel, time_prefill_attention]
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "none (CPU dry run)"
+    begin = time.perf_counter()
+    for number, step in enumerate(steps, 1):
+        try:
+            rows += step()
+        except Exception as error:  # noqa: BLE001  (report every step of a one-shot GPU run)
+            traceback.print_exc()
+            rows.append({"check": "error", "case": f"{type(error).__name__}: {error}"[:300], "ok": False})
+        table = write_results(rows, args.out, gpu, complete=step is steps[-1])  # after every step: a cut run keeps it
+        print(f"step {number}/{len(steps)} done at {time.perf_counter() - begin:.0f} s", flush=True)
+    print(table)
+    return 0 if not any(r.get("ok") is False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

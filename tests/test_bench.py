@@ -1,0 +1,113 @@
+"""`hypenet bench` on the CPU with tiny shapes (the runner, its report and its arithmetic; CPU timings mean nothing)."""
+
+import json
+
+import pytest
+import torch
+
+from hypenet.bench import fill_synthetic, hypenet_config
+from hypenet.bench.cli import main, tokens
+from hypenet.bench.measure import cache_bytes, decode_floor, weight_bytes_per_step
+from hypenet.bench.report import issue_targets
+from hypenet.bench.shapes import random_model
+from hypenet.fast import FastHypeNet
+from hypenet.model import HypeNetForCausalLM
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and stay fast on a busy machine (restored after each test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+ROW_KEYS = {"model", "shape", "engine", "kind", "batch_size", "context_len", "status", "ms_per_token",
+            "tokens_per_s", "peak_mem_gib", "floor_ms", "ratio_to_floor", "bytes_per_step_gb", "kv_state_gib"}
+
+
+def test_bench_end_to_end_on_cpu(tmp_path):
+    code = main(["tiny-hypenet", "tiny-qwen3", "--device", "cpu", "--dtype", "fp32", "--contexts", "40,64",
+                 "--prefill-contexts", "64", "--teacher-prefill-contexts", "64", "--transformers-contexts", "40",
+                 "--batch-sizes", "1,2",
+                 "--decode-tokens", "2", "--warmup-tokens", "1", "--prefill-chunk", "40", "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["bandwidth_gbps"] > 0 and report["command"] and report["torch"]
+    rows = report["results"]
+    assert {(r["shape"], r["engine"], r["batch_size"], r["context_len"]) for r in rows} == {
+        *((shape, "fast", batch, context) for shape in ("tiny-hypenet", "tiny-qwen3") for batch in (1, 2)
+          for context in (40, 64)),
+        ("tiny-qwen3", "transformers", 1, 40), ("tiny-qwen3", "transformers", 2, 40),
+    }
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert ROW_KEYS <= row.keys()
+        assert row["ratio_to_floor"] == pytest.approx(row["ms_per_token"] / row["floor_ms"])
+        assert row["tokens_per_s"] == pytest.approx(1000 * row["batch_size"] / row["ms_per_token"])
+    prefilled = [r for r in rows if r["engine"] == "fast" and r["context_len"] == 64]
+    assert all(r["prefill_s"] > 0 for r in prefilled)
+    assert all(r["prefill_s"] > 0 for r in rows if r["engine"] == "transformers")
+    assert (tmp_path / "bench.md").read_text().startswith("# hypenet bench")
+    assert (tmp_path / "bench_decode.png").stat().st_size > 0
+
+
+def test_tokens_parser():
+    assert tokens("32K,128k,1M,100") == [32768, 131072, 1048576, 100]
+    assert tokens("") == []
+
+
+def test_named_shapes_follow_the_spec():
+    config = hypenet_config("hypenet-2b")
+    assert config.attention_layers == [2, 3, 6, 8, 9, 21, 25]
+    assert config.attention_logit_scaling_base == 500 and not config.attention_rope
+    assert config.num_hidden_layers == 28 and config.hidden_size == 2048 and config.vocab_size == 151936
+    teacher = hypenet_config("qwen3-1.7b")
+    assert teacher.attention_layers == list(range(28)) and teacher.attention_rope
+    assert not teacher.attention_output_gate and teacher.attention_logit_scaling_base is None
+    with torch.device("meta"):
+        params = sum(p.numel() for p in HypeNetForCausalLM(config).parameters())
+    assert params == pytest.approx(1.93e9, rel=0.01)  # SPEC 2.3
+    assert hypenet_config("hypenet-9b").attention_layers == [1, 2, 4, 6, 7, 10, 24, 33, 34]
+    with pytest.raises(ValueError, match="named shapes"):
+        hypenet_config("qwen3-70b")
+
+
+def test_floor_counts_weights_kv_cache_and_states():
+    config = hypenet_config("hypenet-2b")
+    cache = cache_bytes(config, batch=1, context=131072, dtype=torch.bfloat16)
+    assert cache["kv"] == 7 * 2 * 8 * 128 * 2 * 131072  # SPEC: 28 KB per token
+    assert cache["state"] == 21 * 16 * 128 * 128 * 4
+    model = random_model(hypenet_config("tiny-hypenet"), "cpu", torch.bfloat16)
+    weights = weight_bytes_per_step(model, batch=1)
+    assert weights == 2 * sum(p.numel() for p in model.parameters())  # tied embeddings: lm_head reads them all
+    floor = decode_floor(model, 1, 100, bandwidth=1e9)
+    total = weights + sum(cache_bytes(model.config, 1, 100, torch.bfloat16).values())
+    assert floor["floor_ms"] == pytest.approx(1000 * total / 1e9)
+
+
+def test_synthetic_cache_fills_only_the_context():
+    model = random_model(hypenet_config("tiny-hypenet"), "cpu", torch.float32)
+    engine = FastHypeNet(model, max_batch=2, max_len=32)
+    fill_synthetic(engine, batch=1, context=20)
+    keys = next(layer.keys for layer in engine.cache.layers if layer.keys is not None)
+    assert keys[0, :, :20].abs().sum() > 0 and keys[0, :, 20:].abs().sum() == 0 and keys[1].abs().sum() == 0
+    assert engine.length == 20
+    assert torch.isfinite(engine.decode(torch.tensor([3]))).all()
+
+
+def test_issue_targets_from_rows():
+    def row(shape, engine, kind, context, ms, floor=None, prefill=None):
+        return dict(shape=shape, engine=engine, kind=kind, batch_size=1, context_len=context, status="ok",
+                    ms_per_token=ms, floor_ms=floor or ms, ratio_to_floor=ms / (floor or ms), prefill_s=prefill)
+
+    rows = [row("h", "fast", "hypenet", 131072, 2.0, floor=1.8, prefill=3.0),
+            row("h", "fast", "hypenet", 524288, 5.0, floor=4.4, prefill=18.0),
+            row("t", "fast", "teacher", 524288, 16.0),
+            row("t", "transformers", "teacher", 131072, 69.0, prefill=4.7),
+            row("t", "transformers", "teacher", 524288, 102.0, prefill=66.0)]
+    targets = {t["target"]: t for t in issue_targets(rows)}
+    assert targets["h decode at 128K: time per token / floor"]["met"]
+    assert targets["decode at 128K: t (transformers generate) / h"]["value"] == "34.5x"
+    assert targets["decode at 512K: t (our engine) / h"]["met"]
+    assert targets["prefill at 512K: t (transformers) / h"]["met"]  # 66 / 18 = 3.67
