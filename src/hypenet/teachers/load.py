@@ -68,38 +68,42 @@ def resolve_teacher(spec: str | os.PathLike | None) -> tuple[str, str | None]:
     return spec, None  # a hub id such as Qwen/Qwen3-1.7B
 
 
+def checkpoint_location(spec: str | os.PathLike | None) -> str:
+    """A folder or hub id that `from_pretrained` loads directly, for any teacher spec.
+
+    GGUF files are dequantised by transformers once and cached as safetensors under $HYPENET_CACHE/teachers, so
+    later loads take a second instead of twenty.
+    """
+    location, gguf = resolve_teacher(spec)
+    if gguf is None:
+        return location
+    cached = cache_dir() / "teachers" / Path(gguf).stem
+    if not (cached / "model.safetensors").is_file():
+        log.info("dequantising %s into %s (once)", gguf, cached)
+        dequantised = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf)
+        # The weights are plain fp32 now; a model loaded from GGUF refuses save_pretrained, so re-home them.
+        config = dequantised.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(dequantised.state_dict())
+        tmp = cached.with_name(cached.name + ".tmp")  # written whole, then renamed: a crash leaves no half cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(cached, ignore_errors=True)
+        tmp.rename(cached)
+    return str(cached)
+
+
 def load_teacher(
     spec: str | os.PathLike | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> tuple[PreTrainedModel, object]:
-    """(model in eval mode with frozen parameters, tokenizer) for a teacher spec.
-
-    GGUF teachers are dequantised by transformers once and cached as safetensors under $HYPENET_CACHE/teachers,
-    so later loads take a second instead of twenty.
-    """
-    location, gguf = resolve_teacher(spec)
-    if gguf is not None:
-        cached = cache_dir() / "teachers" / Path(gguf).stem
-        if not (cached / "model.safetensors").is_file():
-            log.info("dequantising %s into %s (once)", gguf, cached)
-            config = AutoConfig.from_pretrained(location, gguf_file=gguf)
-            check_supported(config.model_type, gguf)
-            dequantised = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf)
-            # The weights are plain fp32 now; a model loaded from GGUF refuses save_pretrained, so re-home them.
-            config = dequantised.config
-            if hasattr(config, "quantization_config"):
-                del config.quantization_config
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            model.load_state_dict(dequantised.state_dict())
-            tmp = cached.with_name(cached.name + ".tmp")  # written whole, then renamed: a crash leaves no half cache
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            shutil.rmtree(cached, ignore_errors=True)
-            tmp.rename(cached)
-        location = str(cached)
+    """(model in eval mode with frozen parameters, tokenizer) for a teacher spec (see `resolve_teacher`)."""
+    location = checkpoint_location(spec)
     config = AutoConfig.from_pretrained(location)
     check_supported(config.model_type, location)
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device)

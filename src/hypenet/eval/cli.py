@@ -1,0 +1,264 @@
+"""`hypenet eval MODEL` and `hypenet compare TEACHER STUDENT`."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_NIAH_LENGTHS = "1024,2048,4096,8192,16384,32768,65536"
+DEFAULT_NIAH_DEPTHS = "0,0.25,0.5,0.75,1"
+EVALS = ("ppl", "niah", "lm_eval")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(float(x)) for x in text.split(",") if x.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def register(subparsers) -> None:
+    """Add the `eval` and `compare` subcommands to an argparse subparsers object."""
+    eval_parser = subparsers.add_parser(
+        "eval", help="perplexity per length bucket, NIAH, lm-eval on one model",
+        description="Evaluate a causal LM (HF directory, .gguf file, or 'teacher' for the embedded SmolLM2-135M): "
+                    "perplexity per context-length bucket, RULER NIAH-Single-1/2/3 over lengths x depths, and "
+                    "optionally lm-evaluation-harness tasks. Writes results.json, report.md and PNGs to --out.")
+    eval_parser.add_argument("model", metavar="MODEL", help="HF model directory, .gguf file, or 'teacher'/'embedded'")
+    eval_parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/eval/<model name>)")
+    eval_parser.add_argument("--label", default=None, help="name of the model in reports (default: from MODEL)")
+    _add_eval_options(eval_parser)
+    eval_parser.set_defaults(func=run_eval)
+
+    compare_parser = subparsers.add_parser(
+        "compare", help="teacher vs student report (markdown + PNG)",
+        description="Side-by-side report of two models. TEACHER and STUDENT are eval outputs (a results.json or the "
+                    "folder holding it) or models, which are then evaluated first with the eval options below.")
+    compare_parser.add_argument("teacher", metavar="TEACHER")
+    compare_parser.add_argument("student", metavar="STUDENT")
+    compare_parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+    compare_parser.add_argument("--bench", type=Path, default=None,
+                                help="benchmark JSON: rows {model, context_len, <metric>: value} (speed, memory)")
+    compare_parser.add_argument("--labels", default="teacher,student", help="names of the two models in the report")
+    _add_eval_options(compare_parser)
+    compare_parser.set_defaults(func=run_compare)
+
+
+def _add_eval_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--evals", type=_names, default=None,
+                        help=f"comma list from {','.join(EVALS)} (default ppl,niah; with --lm-eval alone: lm_eval)")
+    niah = parser.add_argument_group("NIAH")
+    niah.add_argument("--niah-lengths", type=_ints, default=_ints(DEFAULT_NIAH_LENGTHS),
+                      help=f"prompt lengths in tokens (default {DEFAULT_NIAH_LENGTHS})")
+    niah.add_argument("--niah-depths", type=_floats, default=_floats(DEFAULT_NIAH_DEPTHS),
+                      help=f"needle depths as fractions of the haystack (default {DEFAULT_NIAH_DEPTHS})")
+    niah.add_argument("--niah-samples", type=int, default=4, help="samples per task x length x depth (default 4)")
+    niah.add_argument("--tasks", type=_names, default=["single_1", "single_2", "single_3"],
+                      help="NIAH tasks (default single_1,single_2,single_3)")
+    niah.add_argument("--haystack", default="builtin",
+                      help="hypenet.data document source for the real-text haystacks of single_2/3 (default builtin)")
+    niah.add_argument("--chat-template", action="store_true",
+                      help="wrap prompts in the tokenizer's chat template (default: plain text, as RULER base models)")
+    niah.add_argument("--yarn", action="store_true",
+                      help="also run NIAH beyond the trained window with YaRN (factor = length / trained length)")
+    niah.add_argument("--trained-len", type=int, default=None,
+                      help="trained context length for --yarn (default: from the config)")
+    niah.add_argument("--max-batch-tokens", type=int, default=131072,
+                      help="cap on batch size x prompt length for long prompts (default 131072)")
+    ppl = parser.add_argument_group("perplexity")
+    ppl.add_argument("--ppl-max-len", type=int, default=None,
+                     help="tokens per document evaluated (default: the longest NIAH length)")
+    ppl.add_argument("--ppl-docs", type=int, default=8, help="held-out documents (default 8)")
+    ppl.add_argument("--ppl-source", default="builtin", help="hypenet.data document source (default builtin)")
+    ppl.add_argument("--ppl-heldout-fraction", type=float, default=None,
+                     help="held-out split of the source, as in HALO's data.heldout_fraction (default: HALO's)")
+    lm = parser.add_argument_group("lm-evaluation-harness")
+    lm.add_argument("--lm-eval", type=_names, default=None, metavar="TASKS", help="comma list of lm-eval tasks")
+    lm.add_argument("--lm-eval-include-path", action="append", default=None,
+                    help="folder with extra lm-eval task YAMLs (repeatable)")
+    lm.add_argument("--lm-eval-fewshot", type=int, default=None, help="few-shot examples (default: task's own)")
+    lm.add_argument("--limit", type=float, default=None, help="lm-eval: documents per task (int) or fraction")
+    run = parser.add_argument_group("run")
+    run.add_argument("--batch-size", type=int, default=8, help="NIAH generation and lm-eval batch size (default 8)")
+    run.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    run.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32")
+    run.add_argument("--seed", type=int, default=0,
+                     help="seed of the NIAH samples, lm-eval, and the held-out split (HALO's seed; default 0)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _selected_evals(args) -> list[str]:
+    evals = list(args.evals) if args.evals is not None else (["lm_eval"] if args.lm_eval else ["ppl", "niah"])
+    unknown = [e for e in evals if e not in EVALS]
+    if unknown:
+        raise SystemExit(f"--evals: unknown evaluation(s) {unknown}; choose from {list(EVALS)}.")
+    if "lm_eval" in evals and not args.lm_eval:
+        raise SystemExit("--evals lm_eval needs --lm-eval TASKS (comma list of lm-eval task names).")
+    if args.lm_eval and "lm_eval" not in evals:
+        evals.append("lm_eval")
+    return evals
+
+
+def _log(message: str) -> None:
+    print(f"[hypenet eval] {message}", file=sys.stderr, flush=True)
+
+
+def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
+    """Run the selected evaluations of one model; write results.json, NIAH samples, PNGs and report.md to out_dir."""
+    from .models import load_model_for_eval, model_footprint
+    from .report import write_report
+
+    evals = _selected_evals(args)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {"model": str(spec), "label": label, "evals": evals, "timing_s": {},
+               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}}
+    heatmaps: list[Path] = []
+    started = time.perf_counter()
+    model, tokenizer = load_model_for_eval(spec, args.device, args.dtype)
+    results["timing_s"]["load"] = time.perf_counter() - started
+    results["footprint"] = model_footprint(model)
+    _log(f"{label}: {results['footprint']['parameters'] / 1e6:.1f}M parameters on {model.device}, "
+         f"loaded in {results['timing_s']['load']:.1f}s")
+
+    if "ppl" in evals:
+        results["perplexity"] = _timed(results, "ppl", lambda: _perplexity(model, tokenizer, args))
+    if "lm_eval" in evals:
+        from .lm_eval_adapter import run_lm_eval
+
+        results["lm_eval"] = _timed(results, "lm_eval", lambda: run_lm_eval(
+            model, tokenizer, args.lm_eval, args.lm_eval_include_path, args.batch_size, _limit(args.limit),
+            args.lm_eval_fewshot, args.seed))
+    if "niah" in evals:
+        haystack = _haystack_docs(args)
+        records = _timed(results, "niah", lambda: _niah(model, tokenizer, args, args.niah_lengths, haystack))
+        heatmaps += _write_niah(results, "niah", records, out_dir)
+        if args.yarn:
+            del model
+            gc.collect()
+            records = _timed(results, "niah_yarn", lambda: _niah_with_yarn(spec, args, haystack, results))
+            if records:
+                heatmaps += _write_niah(results, "niah_yarn", records, out_dir)
+    results["timing_s"]["total"] = time.perf_counter() - started
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_report([(label, results)], out_dir, f"Evaluation of {label}", extra_figures=heatmaps)
+    _log(f"wrote {out_dir}/results.json and report.md in {results['timing_s']['total']:.0f}s")
+    return results
+
+
+def _timed(results: dict, name: str, work):
+    started = time.perf_counter()
+    value = work()
+    results["timing_s"][name] = time.perf_counter() - started
+    return value
+
+
+def _limit(limit: float | None):
+    return int(limit) if limit is not None and limit >= 1 else limit
+
+
+def _perplexity(model, tokenizer, args) -> dict:
+    from .documents import DEFAULT_HELDOUT_FRACTION, heldout_token_docs
+    from .perplexity import perplexity_by_bucket
+
+    max_len = args.ppl_max_len or max(args.niah_lengths)
+    fraction = args.ppl_heldout_fraction if args.ppl_heldout_fraction is not None else DEFAULT_HELDOUT_FRACTION
+    docs = heldout_token_docs(tokenizer, args.ppl_docs, max_len, args.ppl_source, fraction, args.seed,
+                              progress=not args.no_progress)
+    return perplexity_by_bucket(model, docs, max_len, progress=not args.no_progress)
+
+
+def _haystack_docs(args) -> list[str] | None:
+    from .documents import load_documents
+    from .niah import get_task
+
+    needs_documents = any(get_task(t).haystack == "documents" for t in args.tasks)
+    return load_documents(args.haystack) if needs_documents else None
+
+
+def _niah(model, tokenizer, args, lengths, haystack) -> list[dict]:
+    from .niah import evaluate_niah
+
+    return evaluate_niah(model, tokenizer, args.tasks, lengths, args.niah_depths, args.niah_samples, args.seed,
+                         haystack, args.chat_template, args.batch_size, args.max_batch_tokens,
+                         progress=not args.no_progress)
+
+
+def _niah_with_yarn(spec, args, haystack, results) -> list[dict]:
+    """NIAH at each length beyond the trained window, the model reloaded with YaRN for exactly that length."""
+    from .models import load_model_for_eval, yarn_rope_scaling
+
+    if results["footprint"]["model_type"] == "hypenet":
+        _log("--yarn: a HypeNet model has no RoPE in attention to scale; its as-is results stand.")
+        return []
+    trained = args.trained_len or results["footprint"]["trained_context_length"]
+    beyond = [length for length in args.niah_lengths if length > trained]
+    if not beyond:
+        _log(f"--yarn: every NIAH length is within the trained window ({trained}); nothing to scale.")
+        return []
+    records, factors = [], {}
+    for length in beyond:
+        scaling = yarn_rope_scaling(trained, length)
+        factors[str(length)] = scaling["factor"]
+        _log(f"YaRN factor {scaling['factor']:g} for {length} tokens (trained {trained})")
+        model, tokenizer = load_model_for_eval(spec, args.device, args.dtype, rope_scaling=scaling)
+        records += _niah(model, tokenizer, args, [length], haystack)
+        del model
+        gc.collect()
+    results["yarn"] = {"trained_context_length": trained, "factors": factors}
+    return records
+
+
+def _write_niah(results: dict, name: str, records: list[dict], out_dir: Path) -> list[Path]:
+    from .niah import summarize
+    from .plots import plot_niah_heatmap
+
+    results[name] = summarize(records)
+    with open(out_dir / f"{name}_samples.jsonl", "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    variant = " + YaRN" if name == "niah_yarn" else ""
+    return [plot_niah_heatmap(task_result, out_dir / f"{name}_{task}.png", f"{results['label']}{variant}: NIAH {task}")
+            for task, task_result in results[name]["tasks"].items()]
+
+
+def _default_label(spec: str) -> str:
+    return Path(str(spec)).stem if str(spec) not in ("teacher", "embedded") else "teacher"
+
+
+def run_eval(args) -> int:
+    label = args.label or _default_label(args.model)
+    out_dir = args.out or Path("runs/eval") / label
+    evaluate_model(args.model, args, out_dir, label)
+    return 0
+
+
+def _results_or_evaluate(spec: str, args, out_dir: Path, label: str) -> dict:
+    path = Path(spec)
+    if path.is_dir() and (path / "results.json").is_file():
+        path = path / "results.json"
+    if path.suffix == ".json" and path.is_file():
+        return json.loads(path.read_text())
+    return evaluate_model(spec, args, out_dir, label)
+
+
+def run_compare(args) -> int:
+    from .report import compare
+
+    labels = tuple(_names(args.labels))
+    if len(labels) != 2:
+        raise SystemExit(f"--labels needs two names, teacher and student; got {args.labels!r}.")
+    teacher = _results_or_evaluate(args.teacher, args, args.out / labels[0], labels[0])
+    student = _results_or_evaluate(args.student, args, args.out / labels[1], labels[1])
+    bench = json.loads(args.bench.read_text()) if args.bench else None
+    compare(teacher, student, bench, args.out, labels)
+    _log(f"wrote {args.out}/report.md")
+    return 0

@@ -1,0 +1,37 @@
+"""Real text for evaluation, from hypenet.data: NIAH-Single-2/3 haystacks and held-out documents for perplexity."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hypenet.data import iter_documents, tokenize_corpus
+from hypenet.halo.config import DataConfig
+
+# HALO's default split, so that perplexity is measured on documents a converted model was not trained on.
+DEFAULT_HELDOUT_FRACTION = DataConfig.heldout_fraction
+
+
+def load_documents(source: str = "builtin", max_chars: int = 2_000_000) -> list[str]:
+    """The first documents of a hypenet.data source, about max_chars characters in all (a 64K haystack needs ~300K)."""
+    documents, total = [], 0
+    for text in iter_documents(source):
+        documents.append(text)
+        total += len(text)
+        if total >= max_chars:
+            break
+    return documents
+
+
+def heldout_token_docs(tokenizer, n_docs: int, max_len: int, source: str = "builtin",
+                       heldout_fraction: float = DEFAULT_HELDOUT_FRACTION, seed: int = 0,
+                       progress: bool = True) -> list[np.ndarray]:
+    """n_docs held-out documents of `source` (HALO's split for this fraction and seed), cut to max_len tokens.
+
+    Documents of at least max_len tokens come first, in corpus order; if there are too few, the longest others
+    fill up (the perplexity buckets report how many documents reach each length).
+    """
+    # HALO's own call (same fraction and seed, other settings at their defaults), so the split is the same.
+    corpus = tokenize_corpus(source, tokenizer, heldout_fraction=heldout_fraction, seed=seed, progress=progress)
+    long_docs = corpus.long_heldout_docs(max_len)
+    others = sorted((d for d in corpus.heldout_docs if len(d) < max_len), key=len, reverse=True)
+    return [doc[:max_len] for doc in (long_docs + others)[:n_docs]]

@@ -1,0 +1,351 @@
+"""RULER-style needle-in-a-haystack (NIAH-Single-1/2/3, SPEC section 6): build prompts, generate, score.
+
+A prompt is: a short instruction, a haystack of the requested token length with one needle sentence
+"One of the special magic numbers for {key} is: {value}." at a sentence boundary nearest the requested depth,
+then the question and the answer prefix. The model answers greedily; a sample is right when the value string
+appears in its output.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import uuid
+import zlib
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from statistics import mean
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+
+# Keys are "adjective-noun" pairs, so a key never collides with a word of the haystack by accident.
+_KEY_ADJECTIVES = (
+    "amber", "brisk", "calm", "dusty", "eager", "faint", "gentle", "hollow", "icy", "jolly", "keen", "lucky",
+    "mellow", "nimble", "odd", "plain", "quiet", "rusty", "sly", "tidy", "upbeat", "vivid", "witty", "young",
+)
+_KEY_NOUNS = (
+    "anchor", "badger", "candle", "dolphin", "engine", "falcon", "garden", "harbor", "island", "jacket", "kettle",
+    "lantern", "meadow", "needle", "orchid", "pepper", "quarry", "river", "saddle", "tunnel", "violin", "walnut",
+)
+
+# Length fitting: rebuild the haystack until the prompt is this close to the target (fraction of the target).
+LENGTH_TOLERANCE = 0.005
+_MAX_FIT_ROUNDS = 4
+_SENTENCE_END = re.compile(r"(?<=[.!?])(?=\s)")
+
+
+@dataclass(frozen=True)
+class NiahTask:
+    name: str
+    haystack: str  # "filler" (repeated FILLER) or "documents" (real text)
+    value_kind: str  # "digits" (7-digit number) or "uuid"
+
+    @property
+    def value_noun(self) -> str:
+        return "number" if self.value_kind == "digits" else "uuid"
+
+    @property
+    def max_new_tokens(self) -> int:
+        # 7 digits fit in 12 tokens with room for ": ". A UUID is 36 characters, up to ~30 tokens in BPEs that split
+        # digits; 64 leaves room for a model that restates the question before answering.
+        return 12 if self.value_kind == "digits" else 64
+
+
+NIAH_TASKS = {
+    "single_1": NiahTask("single_1", haystack="filler", value_kind="digits"),
+    "single_2": NiahTask("single_2", haystack="documents", value_kind="digits"),
+    "single_3": NiahTask("single_3", haystack="documents", value_kind="uuid"),
+}
+
+
+@dataclass
+class NiahSample:
+    task: str
+    context_len: int  # requested prompt length in tokens
+    depth: float  # requested needle depth, fraction of the haystack
+    seed: int
+    key: str
+    value: str
+    prompt: str  # exactly the text the model is given (chat template already applied when asked)
+    add_special_tokens: bool  # False when the chat template already carries BOS & co.
+    n_tokens: int  # prompt length in tokens, as the runner encodes it
+    needle_depth: float  # where the needle landed: haystack tokens before it / haystack tokens
+    max_new_tokens: int
+
+
+def get_task(name: str) -> NiahTask:
+    if name not in NIAH_TASKS:
+        raise ValueError(f"unknown NIAH task {name!r}; choose from {list(NIAH_TASKS)}.")
+    return NIAH_TASKS[name]
+
+
+def needle_sentence(task: NiahTask, key: str, value: str) -> str:
+    return f"One of the special magic {task.value_noun}s for {key} is: {value}."
+
+
+def question_and_answer_prefix(task: NiahTask, key: str) -> tuple[str, str]:
+    noun = task.value_noun
+    return (f"What is the special magic {noun} for {key} mentioned in the provided text?",
+            f"The special magic {noun} for {key} mentioned in the provided text is")
+
+
+def _instruction(task: NiahTask) -> str:
+    noun = task.value_noun
+    return (f"Some special magic {noun}s are hidden in the text below. Read it carefully: "
+            f"you will be asked for one of them at the end.")
+
+
+def draw_key_and_value(task: NiahTask, rng: random.Random, used_values: set[str] | None = None) -> tuple[str, str]:
+    """A key and a value from `rng`; the value is redrawn until it is not in used_values (which it then joins)."""
+    key = f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}"
+    while True:
+        if task.value_kind == "digits":
+            value = str(rng.randint(1_000_000, 9_999_999))
+        else:
+            value = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        if used_values is None or value not in used_values:
+            break
+    if used_values is not None:
+        used_values.add(value)
+    return key, value
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences with their trailing whitespace kept, so that "".join(split_sentences(t)) == t."""
+    pieces = _SENTENCE_END.split(text)
+    # The whitespace after a sentence end starts the next piece; move it back to the sentence it follows.
+    sentences = []
+    for piece in pieces:
+        stripped = piece.lstrip()
+        if sentences:
+            sentences[-1] += piece[: len(piece) - len(stripped)]
+        if stripped:
+            sentences.append(stripped)
+    return sentences
+
+
+class _SentenceStream:
+    """Endless haystack sentences with their token counts: FILLER repeated, or documents cycled from a seeded start."""
+
+    def __init__(self, tokenizer, task: NiahTask, rng: random.Random, haystack_docs: Sequence[str] | None):
+        if task.haystack == "filler":
+            # Many copies per read: one tokenizer call per FILLER would dominate building a 64K haystack.
+            self._docs = [(FILLER + " ") * 64]
+        else:
+            self._docs = [doc.strip() + "\n\n" for doc in haystack_docs or () if doc.strip()]
+            if not self._docs:
+                raise ValueError(
+                    f"NIAH task {task.name} needs real documents as its haystack: pass haystack_docs (a list of "
+                    f"texts, e.g. from hypenet.eval.documents.load_documents), or use task single_1."
+                )
+        # Documents are cycled from a seeded start, so samples differ in their haystack too.
+        self._next_doc = rng.randrange(len(self._docs))
+        self.tokenizer = tokenizer
+        self.sentences: list[str] = []
+        self.token_counts: list[int] = []
+
+    def ensure(self, n_tokens: int) -> None:
+        """Read documents until the stream holds at least n_tokens tokens."""
+        total = sum(self.token_counts)
+        while total < n_tokens:
+            doc = self._docs[self._next_doc % len(self._docs)]
+            self._next_doc += 1
+            sentences = split_sentences(doc)
+            counts = [len(ids) for ids in self.tokenizer(sentences, add_special_tokens=False)["input_ids"]]
+            self.sentences += sentences
+            self.token_counts += counts
+            total += sum(counts)
+
+
+def _haystack(stream: _SentenceStream, budget: int) -> tuple[list[str], list[int], str]:
+    """Whole sentences up to `budget` tokens, then the start of the next sentence to fill the gap exactly."""
+    stream.ensure(budget + 1)
+    sentences, counts, used = [], [], 0
+    for sentence, count in zip(stream.sentences, stream.token_counts):
+        if used + count > budget:
+            break
+        sentences.append(sentence)
+        counts.append(count)
+        used += count
+    tail = ""
+    gap = budget - used
+    if gap > 0:
+        ids = stream.tokenizer(stream.sentences[len(sentences)], add_special_tokens=False)["input_ids"]
+        tail = stream.tokenizer.decode(ids[:gap])
+    return sentences, counts, tail
+
+
+def _insert_needle(sentences: list[str], counts: list[int], tail: str, needle: str, depth: float) -> tuple[str, float]:
+    """Haystack text with the needle at the sentence boundary nearest `depth`; also the depth it landed at."""
+    total = sum(counts) or 1
+    boundaries = [0]
+    for count in counts:
+        boundaries.append(boundaries[-1] + count)
+    index = min(range(len(boundaries)), key=lambda i: abs(boundaries[i] - depth * total))
+    before = "".join(sentences[:index])
+    after = "".join(sentences[index:]) + tail
+    separator = " " if before and not before[-1].isspace() else ""
+    text = before + separator + needle + (" " if after else "") + after
+    return text, boundaries[index] / total
+
+
+def _render_prompt(tokenizer, task: NiahTask, key: str, haystack: str, chat_template: bool) -> str:
+    question, answer_prefix = question_and_answer_prefix(task, key)
+    user = f"{_instruction(task)}\n\n{haystack.strip()}\n\n{question}"
+    if not chat_template:
+        return f"{user} {answer_prefix}"
+    messages = [{"role": "user", "content": user}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return rendered + answer_prefix
+
+
+def count_tokens(tokenizer, text: str, add_special_tokens: bool) -> int:
+    return len(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def build_niah_sample(tokenizer, task: str | NiahTask, context_len: int, depth: float, seed: int,
+                      haystack_docs: Sequence[str] | None = None, chat_template: bool = False,
+                      used_values: set[str] | None = None) -> NiahSample:
+    """One NIAH prompt of ~context_len tokens (within LENGTH_TOLERANCE) with a single needle nearest `depth`.
+
+    Everything random (key, value, where the document haystack starts) comes from `seed`. Pass the same
+    `used_values` set to every sample of a run to keep values unique across it.
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"needle depth must be a fraction in [0, 1]; got {depth}.")
+    rng = random.Random(seed)
+    key, value = draw_key_and_value(task, rng, used_values)
+    needle = needle_sentence(task, key, value)
+    add_special_tokens = not chat_template
+    overhead = count_tokens(tokenizer, _render_prompt(tokenizer, task, key, needle, chat_template), add_special_tokens)
+    if overhead >= context_len:
+        raise ValueError(f"context length {context_len} is too short for a NIAH prompt: the template alone takes "
+                         f"{overhead} tokens.")
+    stream = _SentenceStream(tokenizer, task, rng, haystack_docs)
+    # Token counts of the parts do not add up exactly (merges at the joins), so correct the budget until it fits.
+    budget = context_len - overhead
+    for _ in range(_MAX_FIT_ROUNDS):
+        sentences, counts, tail = _haystack(stream, budget)
+        haystack, needle_depth = _insert_needle(sentences, counts, tail, needle, depth)
+        prompt = _render_prompt(tokenizer, task, key, haystack, chat_template)
+        n_tokens = count_tokens(tokenizer, prompt, add_special_tokens)
+        if abs(n_tokens - context_len) <= LENGTH_TOLERANCE * context_len:
+            break
+        budget += context_len - n_tokens
+    return NiahSample(task=task.name, context_len=context_len, depth=depth, seed=seed, key=key, value=value,
+                      prompt=prompt, add_special_tokens=add_special_tokens, n_tokens=n_tokens,
+                      needle_depth=needle_depth, max_new_tokens=task.max_new_tokens)
+
+
+def sample_seed(base_seed: int, task: str, context_len: int, depth: float, index: int) -> int:
+    """A stable per-sample seed: the same grid cell gets the same sample in every run and for every model."""
+    return zlib.crc32(f"{base_seed}:{task}:{context_len}:{depth:g}:{index}".encode())
+
+
+def build_niah_grid(tokenizer, tasks: Sequence[str], lengths: Sequence[int], depths: Sequence[float],
+                    samples_per_cell: int, seed: int = 0, haystack_docs: Sequence[str] | None = None,
+                    chat_template: bool = False) -> list[NiahSample]:
+    """Samples for every (task, length, depth) cell; values unique across the whole grid."""
+    used_values: set[str] = set()
+    return [
+        build_niah_sample(tokenizer, task, length, depth, sample_seed(seed, task, length, depth, i), haystack_docs,
+                          chat_template, used_values)
+        for task in tasks for length in lengths for depth in depths for i in range(samples_per_cell)
+    ]
+
+
+def score(sample: NiahSample, output: str) -> bool:
+    """RULER's string match: right when the needle's value appears anywhere in the generated text."""
+    return sample.value in output
+
+
+def _batches(samples: Sequence[NiahSample], batch_size: int, max_batch_tokens: int | None) -> list[list[int]]:
+    """Indices grouped longest first (least padding, and an out-of-memory error shows up in the first batch)."""
+    order = sorted(range(len(samples)), key=lambda i: samples[i].n_tokens, reverse=True)
+    batches, current = [], []
+    for i in order:
+        # Sorted longest first, so the batch's first sample sets its padded length.
+        longest = samples[current[0]].n_tokens if current else samples[i].n_tokens
+        too_many_tokens = max_batch_tokens is not None and longest * (len(current) + 1) > max_batch_tokens
+        if current and (len(current) == batch_size or too_many_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, samples: Sequence[NiahSample], batch_size: int = 8,
+                     max_batch_tokens: int | None = None, progress: bool = True) -> list[str]:
+    """Greedy answers for every sample, batched with left padding; progress (with ETA) counted in prompt tokens."""
+    from transformers import GenerationConfig
+
+    if tokenizer.padding_side != "left":
+        raise ValueError("batched generation needs tokenizer.padding_side = 'left' (see hypenet.eval.models).")
+    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
+        else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    outputs: list[str] = [""] * len(samples)
+    bar = tqdm(total=sum(s.n_tokens for s in samples), unit="tok", unit_scale=True, desc="NIAH", disable=not progress)
+    for batch in _batches(samples, batch_size, max_batch_tokens):
+        chosen = [samples[i] for i in batch]
+        encoded = tokenizer([s.prompt for s in chosen], return_tensors="pt", padding=True,
+                            add_special_tokens=chosen[0].add_special_tokens).to(device)
+        config = GenerationConfig(max_new_tokens=max(s.max_new_tokens for s in chosen), do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+        generated = model.generate(**encoded, generation_config=config)
+        new_tokens = generated[:, encoded["input_ids"].shape[1]:]
+        for row, (i, sample) in enumerate(zip(batch, chosen)):
+            # Each sample keeps its own budget, so its answer does not depend on what it was batched with.
+            outputs[i] = tokenizer.decode(new_tokens[row, :sample.max_new_tokens], skip_special_tokens=True)
+        bar.update(sum(s.n_tokens for s in chosen))
+        bar.set_postfix(ctx=chosen[0].context_len, batch=len(chosen))
+    bar.close()
+    return outputs
+
+
+def summarize(records: Sequence[dict]) -> dict:
+    """Accuracy per task, length and depth from per-sample records (task, context_len, depth, correct), with
+    averages: a task's over its cells, a length's over the tasks run at it, the overall over lengths."""
+    cells: dict[str, dict[int, dict[float, list[bool]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in records:
+        cells[r["task"]][int(r["context_len"])][float(r["depth"])].append(bool(r["correct"]))
+    tasks = {}
+    for task, by_length in sorted(cells.items()):
+        lengths = {}
+        for length in sorted(by_length):
+            by_depth = {f"{d:g}": mean(v) for d, v in sorted(by_length[length].items())}
+            lengths[str(length)] = {"accuracy": mean(by_depth.values()), "by_depth": by_depth}
+        tasks[task] = {"accuracy": mean(v["accuracy"] for v in lengths.values()), "by_length": lengths}
+    all_lengths = sorted({int(ln) for t in tasks.values() for ln in t["by_length"]})
+    by_length = {str(ln): mean(t["by_length"][str(ln)]["accuracy"] for t in tasks.values() if str(ln) in t["by_length"])
+                 for ln in all_lengths}
+    return {"tasks": tasks, "by_length": by_length, "average": mean(by_length.values()) if by_length else None,
+            "num_samples": len(records)}
+
+
+def sample_records(samples: Sequence[NiahSample], outputs: Sequence[str]) -> list[dict]:
+    """One JSON-able row per sample (prompt left out: it is rebuilt from the seed), for inspecting failures."""
+    rows = []
+    for sample, output in zip(samples, outputs):
+        row = asdict(sample)
+        del row["prompt"]
+        rows.append({**row, "output": output, "correct": score(sample, output)})
+    return rows
+
+
+def evaluate_niah(model, tokenizer, tasks: Sequence[str], lengths: Sequence[int], depths: Sequence[float],
+                  samples_per_cell: int = 4, seed: int = 0, haystack_docs: Sequence[str] | None = None,
+                  chat_template: bool = False, batch_size: int = 8, max_batch_tokens: int | None = None,
+                  progress: bool = True) -> list[dict]:
+    """Build the grid, generate, score: per-sample records (summarize them with `summarize`)."""
+    samples = build_niah_grid(tokenizer, tasks, lengths, depths, samples_per_cell, seed, haystack_docs, chat_template)
+    outputs = generate_answers(model, tokenizer, samples, batch_size, max_batch_tokens, progress)
+    return sample_records(samples, outputs)

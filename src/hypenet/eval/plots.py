@@ -1,0 +1,80 @@
+"""Figures for eval results: NIAH heatmaps (length x depth), accuracy vs length, perplexity vs position bucket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def length_label(tokens: int) -> str:
+    return f"{tokens // 1024}K" if tokens and tokens % 1024 == 0 else str(tokens)
+
+
+def plot_niah_heatmap(task_result: dict, path: str | Path, title: str) -> Path:
+    """Accuracy of one task: context length on x, needle depth on y (0% = start of the haystack at the top)."""
+    lengths = sorted(task_result["by_length"], key=int)
+    depths = sorted({d for cell in task_result["by_length"].values() for d in cell["by_depth"]}, key=float)
+    grid = [[100 * task_result["by_length"][ln]["by_depth"].get(d, float("nan")) for ln in lengths] for d in depths]
+    fig, ax = plt.subplots(figsize=(1.1 * len(lengths) + 2.5, 0.45 * len(depths) + 1.8))
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    for row, values in enumerate(grid):
+        for col, value in enumerate(values):
+            ax.text(col, row, f"{value:.0f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(lengths)), [length_label(int(ln)) for ln in lengths])
+    ax.set_yticks(range(len(depths)), [f"{100 * float(d):.0f}%" for d in depths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_length(series: dict[str, dict[str, float]], path: str | Path, title: str) -> Path:
+    """One line per model (label -> {length: accuracy in [0, 1]}), log2 length axis."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, by_length in series.items():
+        lengths = sorted(by_length, key=int)
+        ax.plot([int(ln) for ln in lengths], [100 * by_length[ln] for ln in lengths], marker="o", label=label)
+    _log2_length_axis(ax, {int(ln) for s in series.values() for ln in s})
+    ax.set_ylim(-3, 103)
+    ax.set_ylabel("NIAH accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_perplexity_by_bucket(series: dict[str, list[dict]], path: str | Path, title: str) -> Path:
+    """One line per model (label -> perplexity buckets), each point at its bucket's end position."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, buckets in series.items():
+        points = [(b["end"], b["ppl"]) for b in buckets if b["ppl"] is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    _log2_length_axis(ax, {b["end"] for buckets in series.values() for b in buckets})
+    ax.set_xlabel("token position (bucket end)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _log2_length_axis(ax, lengths: set[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ticks = sorted(lengths)
+    ax.set_xticks(ticks, [length_label(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("context length (tokens)")
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,208 @@
+"""Markdown + PNG reports of eval results: one model (`hypenet eval`) or a teacher and its student side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .plots import length_label, plot_accuracy_vs_length, plot_perplexity_by_bucket
+
+_MISSING = "-"
+
+
+def niah_columns(label: str, results: dict) -> list[tuple[str, dict]]:
+    """NIAH result columns of one model: as-is, and with YaRN when it was also run that way."""
+    columns = []
+    if results.get("niah"):
+        columns.append((label, results["niah"]))
+    if results.get("niah_yarn"):
+        columns.append((f"{label} + YaRN", _with_as_is_below_trained_window(results["niah"], results["niah_yarn"])))
+    return columns
+
+
+def _with_as_is_below_trained_window(as_is: dict | None, yarn: dict) -> dict:
+    """YaRN runs only beyond the trained window; below it, the model is unchanged, so show the as-is accuracy."""
+    if not as_is:
+        return yarn
+    tasks = {}
+    for task, result in as_is["tasks"].items():
+        by_length = {**result["by_length"], **yarn["tasks"].get(task, {}).get("by_length", {})}
+        tasks[task] = {"by_length": by_length, "accuracy": _mean(v["accuracy"] for v in by_length.values())}
+    by_length = {**as_is["by_length"], **yarn["by_length"]}
+    return {"tasks": tasks, "by_length": by_length, "average": _mean(by_length.values())}
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _pct(value: float | None) -> str:
+    return _MISSING if value is None else f"{100 * value:.1f}"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return _MISSING
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value} B"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _models_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
+    footprints = [(label, r.get("footprint", {})) for label, r in runs]
+    fields = [
+        ("parameters", lambda f: f"{f['parameters'] / 1e6:.1f}M" if "parameters" in f else _MISSING),
+        ("layers (attention)", lambda f: f"{f.get('layers', _MISSING)} ({f.get('attention_layers', _MISSING)})"),
+        ("KV cache per token (bf16)", lambda f: _bytes(f.get("kv_cache_bytes_per_token"))),
+        ("recurrent state per sequence (fp32)", lambda f: _bytes(f.get("recurrent_state_bytes"))),
+        ("trained context", lambda f: f.get("trained_context_length", _MISSING)),
+    ]
+    rows = [[name] + [render(f) for _, f in footprints] for name, render in fields]
+    return ["## Models", ""] + _table(["", *[label for label, _ in runs]], rows)
+
+
+def _perplexity_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
+    ppl_runs = [(label, r["perplexity"]) for label, r in runs if r.get("perplexity")]
+    if not ppl_runs:
+        return []
+    edges = sorted({(b["start"], b["end"]) for _, p in ppl_runs for b in p["buckets"]})
+    header = ["positions", *[label for label, _ in ppl_runs], "tokens"]
+    if len(ppl_runs) == 2:
+        header.insert(3, f"{ppl_runs[1][0]} / {ppl_runs[0][0]}")
+    rows = []
+    for start, end in edges:
+        cells = [next((b for b in p["buckets"] if (b["start"], b["end"]) == (start, end)), None) for _, p in ppl_runs]
+        values = [c["ppl"] if c else None for c in cells]
+        row = [f"{length_label(start)}-{length_label(end)}", *[_MISSING if v is None else f"{v:.2f}" for v in values]]
+        if len(ppl_runs) == 2:
+            row.append(_MISSING if None in values else f"{values[1] / values[0]:.3f}")
+        row.append(max((c["tokens"] for c in cells if c), default=0))
+        rows.append(row)
+    overall = ["all", *[_MISSING if p["ppl"] is None else f"{p['ppl']:.2f}" for _, p in ppl_runs]]
+    if len(ppl_runs) == 2:
+        a, b = ppl_runs[0][1]["ppl"], ppl_runs[1][1]["ppl"]
+        overall.append(_MISSING if None in (a, b) else f"{b / a:.3f}")
+    overall.append("")
+    return ["## Perplexity by token position", ""] + _table(header, rows + [overall])
+
+
+def _niah_section(columns: Sequence[tuple[str, dict]]) -> list[str]:
+    if not columns:
+        return []
+    labels = [label for label, _ in columns]
+    lines = ["## NIAH accuracy (%)", ""]
+    tasks = sorted({t for _, n in columns for t in n["tasks"]})
+    for task in tasks:
+        results = [n["tasks"].get(task, {}) for _, n in columns]
+        lengths = sorted({int(ln) for r in results for ln in r.get("by_length", {})})
+        rows = [[length_label(ln), *[_pct(r.get("by_length", {}).get(str(ln), {}).get("accuracy")) for r in results]]
+                for ln in lengths]
+        rows.append(["average", *[_pct(r.get("accuracy")) for r in results]])
+        lines += [f"### {task}", ""] + _table(["length", *labels], rows)
+    lengths = sorted({int(ln) for _, n in columns for ln in n["by_length"]})
+    rows = [[length_label(ln), *[_pct(n["by_length"].get(str(ln))) for _, n in columns]] for ln in lengths]
+    rows.append(["average", *[_pct(n.get("average")) for _, n in columns]])
+    lines += ["### average over tasks", ""] + _table(["length", *labels], rows)
+    return lines
+
+
+def _lm_eval_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
+    scored = [(label, r["lm_eval"]) for label, r in runs if r.get("lm_eval")]
+    if not scored:
+        return []
+    keys = sorted({(task, metric) for _, s in scored for task, metrics in s.items() for metric in metrics})
+    rows = [[task, metric, *[_number(s.get(task, {}).get(metric)) for _, s in scored]] for task, metric in keys]
+    return ["## lm-evaluation-harness", ""] + _table(["task", "metric", *[label for label, _ in scored]], rows)
+
+
+def _number(value) -> str:
+    if value is None:
+        return _MISSING
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+_BENCH_KEYS = ("model", "context_len", "batch_size")
+
+
+def _bench_section(bench: dict | list | None) -> list[str]:
+    """Rows of `hypenet bench` (bench.json, or its "results" list): {"model", "context_len", "batch_size",
+    <metric>: number, "status"}; every numeric metric of the rows that ran ("ok") is shown per context and batch."""
+    if not bench:
+        return []
+    rows_in = [r for r in (bench["results"] if isinstance(bench, dict) else bench) if r.get("status", "ok") == "ok"]
+    models = list(dict.fromkeys(r["model"] for r in rows_in))
+    metrics = list(dict.fromkeys(k for r in rows_in for k, v in r.items()
+                                 if k not in _BENCH_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)))
+    cases = sorted({(r.get("context_len") or 0, r.get("batch_size") or 1) for r in rows_in})
+    rows = []
+    for context, batch in cases:
+        for metric in metrics:
+            values = [next((r.get(metric) for r in rows_in if r["model"] == m and (r.get("context_len") or 0) == context
+                            and (r.get("batch_size") or 1) == batch), None) for m in models]
+            if any(v is not None for v in values):
+                rows.append([length_label(context), batch, metric, *map(_number, values)])
+    return ["## Speed and memory", ""] + _table(["context", "batch", "metric", *models], rows)
+
+
+def render_markdown(runs: Sequence[tuple[str, dict]], bench: dict | list | None = None, title: str = "Evaluation",
+                    figures: Sequence[Path] = ()) -> str:
+    """A report of one or more models' eval results (label, results.json content)."""
+    columns = [c for label, r in runs for c in niah_columns(label, r)]
+    lines = [f"# {title}", ""]
+    for label, results in runs:
+        lines.append(f"- **{label}**: `{results.get('model', label)}`")
+    lines.append("")
+    lines += _models_section(runs)
+    lines += _perplexity_section(runs)
+    lines += _niah_section(columns)
+    lines += _lm_eval_section(runs)
+    lines += _bench_section(bench)
+    if figures:
+        lines += ["## Figures", ""] + [f"![{Path(f).stem}]({Path(f).name})" for f in figures] + [""]
+    return "\n".join(lines)
+
+
+def write_figures(runs: Sequence[tuple[str, dict]], out_dir: str | Path, prefix: str = "") -> list[Path]:
+    """Accuracy-vs-length and perplexity-vs-position plots of every model on one figure each."""
+    out_dir = Path(out_dir)
+    figures = []
+    columns = [c for label, r in runs for c in niah_columns(label, r)]
+    if columns:
+        figures.append(plot_accuracy_vs_length({label: n["by_length"] for label, n in columns},
+                                               out_dir / f"{prefix}niah_accuracy_vs_length.png",
+                                               "NIAH accuracy (average over tasks)"))
+    ppl = {label: r["perplexity"]["buckets"] for label, r in runs if r.get("perplexity")}
+    if ppl:
+        figures.append(plot_perplexity_by_bucket(ppl, out_dir / f"{prefix}perplexity_by_position.png",
+                                                 "Perplexity by token position"))
+    return figures
+
+
+def write_report(runs: Sequence[tuple[str, dict]], out_dir: str | Path, title: str, bench: dict | list | None = None,
+                 extra_figures: Sequence[Path] = ()) -> tuple[str, list[Path]]:
+    """Write report.md and its figures to out_dir: (markdown, PNG paths)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(runs, out_dir) + list(extra_figures)
+    markdown = render_markdown(runs, bench, title=title, figures=figures)
+    (out_dir / "report.md").write_text(markdown)
+    return markdown, figures
+
+
+def compare(teacher_results: dict, student_results: dict, bench: dict | list | None = None,
+            out_dir: str | Path | None = None,
+            labels: tuple[str, str] = ("teacher", "student")) -> tuple[str, list[Path]]:
+    """Teacher vs student report: (markdown, PNG paths). With out_dir, also writes report.md and the PNGs there."""
+    runs = [(labels[0], teacher_results), (labels[1], student_results)]
+    title = f"{labels[0]} vs {labels[1]}"
+    if out_dir is None:
+        return render_markdown(runs, bench, title=title), []
+    return write_report(runs, out_dir, title, bench)

@@ -1,0 +1,60 @@
+"""`python -m hypenet.eval` end to end on a tiny saved model: NIAH as-is and with YaRN, then `compare`."""
+
+import json
+
+import pytest
+from test_eval_tiny import HAYSTACK_DOCS, tiny_llama, tiny_tokenizer
+
+from hypenet.eval.__main__ import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_llama")
+    tokenizer = tiny_tokenizer()
+    tiny_llama(tokenizer, max_position_embeddings=256).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_eval_niah_with_yarn_writes_results_report_and_figures(model_dir, tmp_path):
+    out = tmp_path / "eval"
+    assert main([str(model_dir), "--evals", "niah", "--tasks", "single_1", "--niah-lengths", "240,400",
+                 "--niah-depths", "0,1", "--niah-samples", "1", "--yarn", "--batch-size", "2", "--device", "cpu",
+                 "--out", str(out), "--label", "tiny", "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["niah"]["tasks"]["single_1"]["by_length"]) == {"240", "400"}
+    assert set(results["niah_yarn"]["tasks"]["single_1"]["by_length"]) == {"400"}  # beyond the 256-token window
+    assert results["yarn"] == {"trained_context_length": 256, "factors": {"400": 400 / 256}}
+    assert results["footprint"]["kv_cache_bytes_per_token"] == 2 * 2 * 2 * 8 * 2
+    samples = [json.loads(line) for line in (out / "niah_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and all("output" in s and "correct" in s for s in samples)
+    for name in ("niah_single_1.png", "niah_yarn_single_1.png", "niah_accuracy_vs_length.png", "report.md"):
+        assert (out / name).is_file(), name
+    assert "| length | tiny | tiny + YaRN |" in (out / "report.md").read_text()
+
+    compare_out = tmp_path / "compare"
+    assert main(["compare", str(out), str(out / "results.json"), "--out", str(compare_out)]) == 0
+    report = (compare_out / "report.md").read_text()
+    assert "| length | teacher | teacher + YaRN | student | student + YaRN |" in report
+    assert (compare_out / "niah_accuracy_vs_length.png").is_file()
+
+
+def test_eval_perplexity_and_document_haystack_from_a_local_source(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # hypenet.data caches tokenised corpora under ~/.cache
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": " ".join([doc] * k)}) + "\n"
+                              for k in range(1, 9) for doc in HAYSTACK_DOCS))
+    out = tmp_path / "eval"
+    assert main([str(model_dir), "--tasks", "single_2", "--haystack", str(source), "--niah-lengths", "300",
+                 "--niah-depths", "0.5", "--niah-samples", "2", "--ppl-source", str(source), "--ppl-docs", "3",
+                 "--ppl-max-len", "200", "--ppl-heldout-fraction", "0.3", "--device", "cpu", "--out", str(out),
+                 "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["evals"] == ["ppl", "niah"]
+    assert results["perplexity"]["docs"] == 3
+    assert [(b["start"], b["end"]) for b in results["perplexity"]["buckets"]] == [(0, 200)]
+    assert results["perplexity"]["buckets"][0]["ppl"] > 1
+    assert results["niah"]["tasks"]["single_2"]["by_length"]["300"]["by_depth"].keys() == {"0.5"}
+    assert "## Perplexity by token position" in (out / "report.md").read_text()
+    assert (out / "perplexity_by_position.png").is_file()

@@ -1,0 +1,68 @@
+"""Eval model loading (local dir, YaRN) and cache sizes."""
+
+import pytest
+from test_eval_tiny import tiny_llama, tiny_tokenizer
+from transformers import LlamaConfig
+
+from hypenet.eval.models import (
+    apply_rope_scaling,
+    kv_cache_bytes_per_token,
+    load_model_for_eval,
+    recurrent_state_bytes,
+    trained_context_length,
+    yarn_rope_scaling,
+)
+from hypenet.model.configuration_hypenet import HypeNetConfig
+
+
+def qwen3_1p7b_like(**extra):
+    return dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                **extra)
+
+
+def test_kv_cache_bytes_match_the_paper():
+    # SPEC 2.3: Qwen3-1.7B 112 KB/token in bf16, HypeNet-2B (7 attention layers of 28) 28 KB.
+    teacher = LlamaConfig(**qwen3_1p7b_like())
+    assert kv_cache_bytes_per_token(teacher) == 28 * 2 * 8 * 128 * 2 == 114688
+    assert recurrent_state_bytes(teacher) == 0
+    mixers = ["lightning"] * 28
+    for i in (2, 3, 6, 8, 9, 21, 25):
+        mixers[i] = "attention"
+    student = HypeNetConfig(**qwen3_1p7b_like(mixer_types=mixers))
+    assert kv_cache_bytes_per_token(student) == 7 * 2 * 8 * 128 * 2 == 114688 // 4
+    assert recurrent_state_bytes(student) == 21 * 16 * 128 * 128 * 4
+
+
+def test_yarn_scaling_only_beyond_the_trained_window():
+    assert yarn_rope_scaling(8192, 8192) is None
+    assert yarn_rope_scaling(8192, 32768) == {"rope_type": "yarn", "factor": 4.0,
+                                              "original_max_position_embeddings": 8192}
+
+
+def test_apply_rope_scaling_keeps_theta_and_widens_the_window():
+    config = LlamaConfig(max_position_embeddings=2048, rope_parameters={"rope_type": "default", "rope_theta": 5e5})
+    apply_rope_scaling(config, yarn_rope_scaling(2048, 8192))
+    assert config.rope_parameters == {"rope_type": "yarn", "rope_theta": 5e5, "factor": 4.0,
+                                      "original_max_position_embeddings": 2048}
+    assert config.max_position_embeddings == 8192
+    assert trained_context_length(config) == 2048
+
+
+def test_load_local_dir_as_is_and_with_yarn(tmp_path):
+    tokenizer = tiny_tokenizer()
+    tiny_llama(tokenizer, max_position_embeddings=256).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, loaded_tokenizer = load_model_for_eval(tmp_path, device="cpu")
+    assert loaded_tokenizer.padding_side == "left" and loaded_tokenizer.pad_token is not None
+    assert model.config.rope_parameters["rope_type"] == "default" and not model.training
+    scaled, _ = load_model_for_eval(tmp_path, device="cpu", rope_scaling=yarn_rope_scaling(256, 1024))
+    assert scaled.config.rope_parameters["rope_type"] == "yarn"
+    assert scaled.config.rope_parameters["factor"] == 4.0
+    # YaRN stretches the low RoPE frequencies; the rotary embedding must have picked that up.
+    assert not scaled.model.rotary_emb.inv_freq.allclose(model.model.rotary_emb.inv_freq)
+
+
+def test_hypenet_refuses_yarn(tmp_path):
+    HypeNetConfig(num_hidden_layers=2, mixer_types=["attention", "lightning"]).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no RoPE"):
+        load_model_for_eval(tmp_path, device="cpu", rope_scaling=yarn_rope_scaling(256, 1024))

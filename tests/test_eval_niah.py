@@ -1,0 +1,173 @@
+"""NIAH: prompt building (needle, depth, length, values), scoring, summaries, batched generation."""
+
+import re
+import uuid
+
+import pytest
+from test_eval_tiny import HAYSTACK_DOCS, tiny_hypenet, tiny_llama, tiny_tokenizer
+
+from hypenet.eval.niah import (
+    NIAH_TASKS,
+    build_niah_grid,
+    build_niah_sample,
+    generate_answers,
+    needle_sentence,
+    sample_records,
+    score,
+    split_sentences,
+    summarize,
+)
+
+TASKS = list(NIAH_TASKS)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+def haystack_of(sample):
+    """The haystack part of a plain-text prompt: between the instruction and the question."""
+    return sample.prompt.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
+
+
+def test_split_sentences_keeps_the_text():
+    text = "First one. Second?  Third!\n\nFourth without end"
+    assert split_sentences(text) == ["First one. ", "Second?  ", "Third!\n\n", "Fourth without end"]
+    assert "".join(split_sentences(text)) == text
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_exactly_one_needle_at_the_requested_depth(tokenizer, task, depth):
+    sample = build_niah_sample(tokenizer, task, 600, depth, seed=7, haystack_docs=HAYSTACK_DOCS)
+    needle = needle_sentence(NIAH_TASKS[task], sample.key, sample.value)
+    assert sample.prompt.count(needle) == 1
+    assert sample.prompt.count(sample.value) == 1
+    haystack = haystack_of(sample)
+    before, after = haystack.split(needle)
+    n_before = len(tokenizer(before, add_special_tokens=False)["input_ids"])
+    n_after = len(tokenizer(after, add_special_tokens=False)["input_ids"])
+    measured = n_before / (n_before + n_after)
+    # Sentence boundaries are at most one sentence (< 30 tokens here) from the requested point.
+    assert abs(measured - depth) < 30 / (n_before + n_after)
+    assert abs(sample.needle_depth - depth) < 30 / (n_before + n_after)
+    # The needle stands between sentences, never inside one.
+    assert before == "" or before.endswith((". ", "! ", "? ", "\n\n"))
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("length", [200, 512, 1000, 3000])
+def test_prompt_length_within_two_percent(tokenizer, task, length):
+    sample = build_niah_sample(tokenizer, task, length, 0.5, seed=length, haystack_docs=HAYSTACK_DOCS)
+    n_tokens = len(tokenizer(sample.prompt)["input_ids"])
+    assert n_tokens == sample.n_tokens
+    assert abs(n_tokens - length) <= 0.02 * length
+
+
+def test_prompt_ends_with_question_and_answer_prefix(tokenizer):
+    sample = build_niah_sample(tokenizer, "single_2", 400, 0.5, seed=1, haystack_docs=HAYSTACK_DOCS)
+    assert sample.prompt.endswith(
+        f"What is the special magic number for {sample.key} mentioned in the provided text? "
+        f"The special magic number for {sample.key} mentioned in the provided text is")
+
+
+def test_values_are_seeded_and_unique(tokenizer):
+    grid = dict(tasks=TASKS, lengths=[300, 400], depths=[0.0, 0.5, 1.0], samples_per_cell=3,
+                haystack_docs=HAYSTACK_DOCS)
+    first = build_niah_grid(tokenizer, seed=0, **grid)
+    again = build_niah_grid(tokenizer, seed=0, **grid)
+    other = build_niah_grid(tokenizer, seed=1, **grid)
+    assert [s.prompt for s in first] == [s.prompt for s in again]
+    assert [s.value for s in first] != [s.value for s in other]
+    values = [s.value for s in first]
+    assert len(set(values)) == len(values) == 3 * 2 * 3 * 3
+    for sample in first:
+        if NIAH_TASKS[sample.task].value_kind == "digits":
+            assert re.fullmatch(r"[1-9]\d{6}", sample.value)
+        else:
+            assert str(uuid.UUID(sample.value)) == sample.value
+
+
+def test_used_values_forces_a_fresh_value(tokenizer):
+    first = build_niah_sample(tokenizer, "single_1", 200, 0.5, seed=3)
+    second = build_niah_sample(tokenizer, "single_1", 200, 0.5, seed=3, used_values={first.value})
+    assert second.value != first.value
+
+
+def test_document_tasks_need_documents(tokenizer):
+    with pytest.raises(ValueError, match="single_1"):
+        build_niah_sample(tokenizer, "single_2", 300, 0.5, seed=0, haystack_docs=None)
+
+
+def test_chat_template_wraps_the_question_and_keeps_the_answer_prefix(tokenizer):
+    tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    try:
+        sample = build_niah_sample(tokenizer, "single_1", 400, 0.5, seed=2, chat_template=True)
+    finally:
+        tokenizer.chat_template = None
+    assert sample.prompt.startswith("<|user|>")
+    assert "provided text?<|end|><|assistant|>The special magic number for" in sample.prompt
+    assert not sample.add_special_tokens
+    assert abs(sample.n_tokens - 400) <= 8
+
+
+def test_score_on_crafted_outputs(tokenizer):
+    digits = build_niah_sample(tokenizer, "single_1", 300, 0.5, seed=5)
+    value = digits.value
+    assert score(digits, f" {value}.")
+    assert score(digits, f": {value}\nWhat else")
+    assert not score(digits, f" {value[:-1]}.")
+    assert not score(digits, f" {value[:3]} {value[3:]}")
+    assert not score(digits, "")
+    uuid_sample = build_niah_sample(tokenizer, "single_3", 300, 0.5, seed=5, haystack_docs=HAYSTACK_DOCS)
+    assert score(uuid_sample, f" {uuid_sample.value}.")
+    assert not score(uuid_sample, f" {uuid_sample.value[:-4]}")
+
+
+def test_summarize_accuracy_and_averages():
+    def record(task, length, depth, correct):
+        return {"task": task, "context_len": length, "depth": depth, "correct": correct}
+
+    records = [
+        record("single_1", 1024, 0.0, True), record("single_1", 1024, 0.0, False),  # cell 0.5
+        record("single_1", 1024, 1.0, True),  # cell 1.0 -> length 0.75
+        record("single_1", 2048, 0.0, False), record("single_1", 2048, 1.0, False),  # length 0.0
+        record("single_2", 1024, 0.0, True), record("single_2", 1024, 1.0, True),  # length 1.0
+    ]
+    summary = summarize(records)
+    single_1 = summary["tasks"]["single_1"]
+    assert single_1["by_length"]["1024"]["by_depth"] == {"0": 0.5, "1": 1.0}
+    assert single_1["by_length"]["1024"]["accuracy"] == 0.75
+    assert single_1["accuracy"] == pytest.approx(0.375)
+    assert summary["tasks"]["single_2"]["accuracy"] == 1.0
+    assert summary["by_length"] == {"1024": pytest.approx(0.875), "2048": 0.0}
+    assert summary["average"] == pytest.approx(0.4375)
+    assert summary["num_samples"] == 7
+
+
+@pytest.mark.parametrize("make_model", [tiny_llama, tiny_hypenet])
+def test_batched_generation_scores_like_one_at_a_time(tokenizer, make_model):
+    model = make_model(tokenizer)
+    samples = build_niah_grid(tokenizer, ["single_1", "single_3"], [260, 300, 410], [0.6], 1, seed=4,
+                              haystack_docs=HAYSTACK_DOCS)
+    single = generate_answers(model, tokenizer, samples, batch_size=1, progress=False)
+    batched = generate_answers(model, tokenizer, samples, batch_size=4, progress=False)
+    assert batched == single
+    # A random model rarely recalls; make the agreement about scores meaningful with a planted right answer.
+    planted = [s.value if i % 2 else o for i, (s, o) in enumerate(zip(samples, batched))]
+    assert [r["correct"] for r in sample_records(samples, planted)] == [bool(i % 2) or score(s, o) for i, (s, o) in
+                                                                       enumerate(zip(samples, single))]
+
+
+def test_batches_respect_the_token_cap(tokenizer):
+    from hypenet.eval.niah import _batches
+
+    samples = build_niah_grid(tokenizer, ["single_1"], [250, 400, 600], [0.0, 1.0], 2, seed=0)
+    batches = _batches(samples, batch_size=3, max_batch_tokens=1300)
+    assert sorted(i for b in batches for i in b) == list(range(len(samples)))
+    for batch in batches:
+        lengths = [samples[i].n_tokens for i in batch]
+        assert lengths == sorted(lengths, reverse=True)
+        assert len(batch) <= 3 and (len(batch) == 1 or lengths[0] * len(batch) <= 1300)

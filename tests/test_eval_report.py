@@ -1,0 +1,75 @@
+"""Reports and figures from crafted eval results."""
+
+from hypenet.eval.niah import summarize
+from hypenet.eval.plots import plot_niah_heatmap
+from hypenet.eval.report import compare
+
+
+def niah_summary(accuracy_by_length, tasks=("single_1", "single_2")):
+    records = []
+    for task in tasks:
+        for length, accuracy in accuracy_by_length.items():
+            for depth in (0.0, 0.5, 1.0):
+                for i in range(4):
+                    records.append({"task": task, "context_len": length, "depth": depth, "correct": i < 4 * accuracy})
+    return summarize(records)
+
+
+def perplexity(ppls):
+    edges = [0, 1024, 2048, 4096]
+    return {"max_len": 4096, "docs": 2, "nll": 2.0, "ppl": sum(ppls) / len(ppls),
+            "buckets": [{"start": a, "end": b, "tokens": 100, "docs": 2, "nll": 2.0, "ppl": p}
+                        for a, b, p in zip(edges[:-1], edges[1:], ppls)]}
+
+
+TEACHER = {
+    "model": "teacher",
+    "footprint": {"model_type": "llama", "parameters": 134_515_008, "layers": 30, "attention_layers": 30,
+                  "kv_cache_bytes_per_token": 23040, "recurrent_state_bytes": 0, "trained_context_length": 2048},
+    "perplexity": perplexity([20.0, 18.0, 40.0]),
+    "niah": niah_summary({1024: 1.0, 2048: 1.0, 4096: 0.25}),
+    "niah_yarn": niah_summary({4096: 0.75}),
+}
+STUDENT = {
+    "model": "runs/student",
+    "footprint": {"model_type": "hypenet", "parameters": 150_000_000, "layers": 30, "attention_layers": 7,
+                  "kv_cache_bytes_per_token": 5376, "recurrent_state_bytes": 23 * 9 * 64 * 64 * 4,
+                  "trained_context_length": 2048},
+    "perplexity": perplexity([21.0, 18.9, 19.0]),
+    "niah": niah_summary({1024: 1.0, 2048: 0.75, 4096: 0.75}),
+}
+BENCH = {"device": "cpu", "results": [
+    {"model": "teacher", "context_len": 4096, "batch_size": 1, "ms_per_token": 12.5, "peak_mem_gib": 1.5,
+     "status": "ok"},
+    {"model": "student", "context_len": 4096, "batch_size": 1, "ms_per_token": 6.25, "peak_mem_gib": 0.75,
+     "status": "ok"},
+    {"model": "teacher", "context_len": 65536, "batch_size": 1, "status": "does not fit: out of memory"},
+]}
+
+
+def test_compare_report_rows_and_figures(tmp_path):
+    markdown, figures = compare(TEACHER, STUDENT, BENCH, tmp_path)
+    assert (tmp_path / "report.md").read_text() == markdown
+    assert "| parameters | 134.5M | 150.0M |" in markdown
+    assert "| KV cache per token (bf16) | 22.5 KiB | 5.2 KiB |" in markdown
+    assert "| recurrent state per sequence (fp32) | 0 B | 3.2 MiB |" in markdown
+    assert "| 0-1K | 20.00 | 21.00 | 1.050 | 100 |" in markdown
+    assert "| 2K-4K | 40.00 | 19.00 | 0.475 | 100 |" in markdown
+    # NIAH per task: teacher, teacher with YaRN (as-is inside its window), student.
+    assert "| length | teacher | teacher + YaRN | student |" in markdown
+    assert "### single_2" in markdown
+    assert "| 4K | 25.0 | 75.0 | 75.0 |" in markdown
+    assert "| 2K | 100.0 | 100.0 | 75.0 |" in markdown
+    assert "| average | 75.0 | 91.7 | 83.3 |" in markdown
+    assert "| 4K | 1 | ms_per_token | 12.5 | 6.25 |" in markdown
+    assert "| 4K | 1 | peak_mem_gib | 1.5 | 0.75 |" in markdown
+    assert "64K" not in markdown.split("## Speed and memory")[1]
+    assert {f.name for f in figures} == {"niah_accuracy_vs_length.png", "perplexity_by_position.png"}
+    for figure in figures:
+        assert figure.read_bytes().startswith(b"\x89PNG")
+        assert f"]({figure.name})" in markdown
+
+
+def test_heatmap_png_written(tmp_path):
+    path = plot_niah_heatmap(STUDENT["niah"]["tasks"]["single_1"], tmp_path / "sub" / "heat.png", "student single_1")
+    assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 5000
