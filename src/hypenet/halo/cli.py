@@ -1,0 +1,67 @@
+"""`hypenet convert` and the single-stage commands `hypenet stage1|select|stage2|stage3|export`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import PRESETS, HaloError, load_config, read_config
+
+COMMANDS = {
+    "convert": "convert a Transformer into a HypeNet hybrid: every HALO stage, then export and report",
+    "stage1": "HALO stage 1 alone: align a lightning layer to every teacher attention layer (MSE)",
+    "select": "choose the layers that keep softmax attention (needs stage1)",
+    "stage2": "HALO stage 2 alone: distil the hybrid from the teacher (KL; needs select)",
+    "stage3": "HALO stage 3 alone: long-context finetuning (cross-entropy; needs stage2)",
+    "export": "export the HF checkpoint, choosing HyPE's logit-scaling base (needs stage3)",
+}
+
+
+def register(subparsers) -> None:
+    for name, help_text in COMMANDS.items():
+        parser = subparsers.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument("--teacher", help="HF checkpoint folder, hub id or .gguf file (default: embedded SmolLM2-135M-Instruct)")
+        parser.add_argument("--data", help="builtin (default), a .txt/.jsonl/.parquet file or folder, or hf:NAME[:CONFIG][:SPLIT]")
+        parser.add_argument("--out", help="output folder (default: hypenet-out)")
+        parser.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config file (repeatable)")
+        parser.add_argument("--preset", choices=sorted(PRESETS), help="paper (default budgets), cpu (~10 min on 2 cores) or smoke")
+        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                            help="override any config field, e.g. --set stage2.lr=5e-5 --set stage1.tokens=10M")
+        parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+        resume = parser.add_mutually_exclusive_group()
+        resume.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+        resume.add_argument("--overwrite", action="store_true", help="replace what --out holds for these stages")
+        parser.set_defaults(func=lambda args, name=name: run(name, args))
+
+
+def build_config(command: str, args: argparse.Namespace):
+    """The config of a command: the one saved in --out (when continuing a conversion there), or the defaults,
+    then --preset, --config files, --set overrides and the named flags."""
+    out = Path(args.out or "hypenet-out")
+    saved = out / "config.yaml"
+    fresh = command == "convert" and not args.resume  # a new conversion (--overwrite included) starts from defaults
+    base = read_config(saved) if saved.is_file() and not fresh else None
+    return load_config(
+        args.preset, args.config, args.overrides, base=base,
+        teacher=args.teacher, data={"source": args.data} if args.data else None, out=args.out, device=args.device,
+    )
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    from .pipeline import STAGES, run_stages
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("hypenet").setLevel(logging.INFO)
+    try:
+        config = build_config(command, args)
+        stages = list(STAGES) if command == "convert" else [command]
+        run_stages(config, stages, resume=args.resume, overwrite=args.overwrite)
+    except HaloError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: hypenet {command} --out {args.out or 'hypenet-out'} --resume", file=sys.stderr)
+        return 130
+    return 0

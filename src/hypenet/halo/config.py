@@ -1,0 +1,334 @@
+"""Typed configuration of a HALO conversion: one dataclass per stage, presets, YAML files and KEY=VALUE overrides.
+
+A config is built in layers, each overriding the previous: the defaults (the paper's recipe, SPEC section 3),
+a `--preset`, a `--config file.yaml`, then `--set stage2.lr=5e-5`-style overrides. Token budgets and the stage-2
+learning rate left at None scale with the teacher's size (`resolve`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+# The paper's budgets for a 1.72B-parameter teacher (Qwen3-1.7B); other teachers scale them by parameter count.
+PAPER_TEACHER_PARAMS = 1.72e9
+PAPER_TOKENS = {"stage1": 320_000_000, "stage2": 1_000_000_000, "stage3": 1_000_000_000}
+
+
+class HaloError(RuntimeError):
+    """A problem the user can fix (bad input, existing output, diverged loss): reported without a traceback."""
+
+
+@dataclass
+class TrainConfig:
+    """What every trained stage shares: budget, batch shape and optimiser schedule."""
+
+    tokens: int | None = None  # budget; None = the paper's, scaled by the teacher's parameter count
+    seq_len: int = 512
+    batch_size: int = 32  # global batch in sequences, over all processes
+    micro_batch_size: int | None = None  # sequences per process per forward; None = batch_size / processes
+    lr: float | None = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # "cosine" (warmup, then cosine from lr to min_lr) or "constant"
+    grad_clip: float = 1.0
+
+    def steps(self) -> int:
+        """Optimizer steps that spend the token budget (at least one)."""
+        return max(1, self.tokens // (self.batch_size * self.seq_len))
+
+
+@dataclass
+class Stage1Config(TrainConfig):
+    """Hidden-state alignment: every layer's lightning student fit to its teacher attention's output (MSE)."""
+
+
+@dataclass
+class Stage2Config(TrainConfig):
+    """Distillation: forward KL(teacher || student) over all tokens, whole student trained."""
+
+    batch_size: int = 96
+    lr: float | None = None  # None = by teacher size: 1e-4 (<= 2B), 5e-5 (~4B), 3e-5 (~8B)
+    logits_chunk: int = 1024  # tokens whose logits are materialised at once
+
+
+@dataclass
+class Stage3Config(TrainConfig):
+    """Long-context finetuning: next-token cross-entropy, no teacher, gradient checkpointing."""
+
+    seq_len: int = 16384
+    batch_size: int = 128
+    lr: float | None = 1e-5
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    gradient_checkpointing: bool = True
+    logits_chunk: int = 1024
+
+
+@dataclass
+class SelectConfig:
+    """Which layers keep softmax attention (passed to `hypenet.halo.select.select_layers`)."""
+
+    strategy: str = "halo"  # "halo" (recall/commonsense scores), "even" (evenly spaced) or "manual"
+    num_attention: int | None = None  # None = floor(layers / 4)
+    manual_layers: list[int] | None = None  # the attention layers for strategy "manual"
+    # The built-in probes (halo/probes.py): recall_samples x recall_context tokens of needle-in-a-haystack and
+    # commonsense_tokens of held-out text go through the teacher once per layer, batch_size rows at a time.
+    recall_samples: int = 32
+    recall_context: int = 1024
+    commonsense_tokens: int = 16384
+    batch_size: int = 8
+    # Or lm-evaluation-harness tasks (the paper's: squad_completion, fda, swde / hellaswag, arc_easy, arc_challenge).
+    lm_eval_recall: list[str] | None = None
+    lm_eval_commonsense: list[str] | None = None
+    lm_eval_limit: float | None = None  # examples per task (a fraction when < 1)
+
+
+@dataclass
+class ExportConfig:
+    """The exported checkpoint: HyPE's logit-scaling base `a` is the candidate with the lowest long-document loss."""
+
+    logit_scaling_candidates: list[float] = field(default_factory=lambda: [100.0, 200.0, 500.0, 1000.0, 2000.0])
+    max_docs: int = 16  # the longest held-out documents scored
+    eval_len: int | None = None  # tokens scored per document; None = 4 x stage3.seq_len
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin"  # "builtin", a path (txt/jsonl/parquet/folder) or "hf:NAME[:CONFIG][:SPLIT]"
+    heldout_fraction: float = 0.01
+    max_tokens: int | None = None  # tokens to read from the source; None = what the largest stage budget needs
+
+
+@dataclass
+class ConvertConfig:
+    teacher: str = "embedded"  # a HF checkpoint folder, a hub id, a .gguf file, or the embedded SmolLM2-135M
+    out: str = "hypenet-out"
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 0
+    device: str = "auto"  # "auto" (GPU when there is one), "cpu" or "cuda"
+    mixed_precision: str = "auto"  # "auto" (bf16 on GPU, none on CPU), "bf16" or "no"
+    checkpoint_every: int = 500  # optimizer steps between resumable checkpoints
+    tensorboard: bool = False  # also log to <out>/tensorboard (needs the tensorboard package)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    stage3: Stage3Config = field(default_factory=Stage3Config)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+# Presets override the defaults (which are the paper's recipe). "smoke" checks that everything runs (minutes on
+# a CPU); "cpu" converts the embedded 135M teacher in about ten minutes on two cores (budgets measured, see README).
+PRESETS: dict[str, dict] = {
+    "paper": {},
+    "cpu": {
+        "device": "cpu",
+        "checkpoint_every": 5,
+        "data": {"max_tokens": 200_000},
+        "stage1": {"tokens": 24_576, "seq_len": 256, "batch_size": 8, "warmup_steps": 2},
+        "select": {"recall_samples": 8, "recall_context": 256, "commonsense_tokens": 1024, "batch_size": 4},
+        "stage2": {"tokens": 16_384, "seq_len": 256, "batch_size": 4, "warmup_steps": 2, "logits_chunk": 512},
+        "stage3": {"tokens": 6_144, "seq_len": 1024, "batch_size": 2, "logits_chunk": 512},
+        "export": {"logit_scaling_candidates": [100.0, 500.0, 2000.0], "max_docs": 2, "eval_len": 2048},
+    },
+    "smoke": {
+        "device": "cpu",
+        "checkpoint_every": 2,
+        "data": {"max_tokens": 100_000},
+        "stage1": {"tokens": 1024, "seq_len": 256, "batch_size": 2, "warmup_steps": 1},
+        "select": {"recall_samples": 1, "recall_context": 256, "commonsense_tokens": 256, "batch_size": 4},
+        "stage2": {"tokens": 1024, "seq_len": 256, "batch_size": 2, "warmup_steps": 1, "logits_chunk": 512},
+        "stage3": {"tokens": 1024, "seq_len": 512, "batch_size": 2, "logits_chunk": 512},
+        "export": {"logit_scaling_candidates": [500.0], "max_docs": 1, "eval_len": 768},
+    },
+}
+
+
+def _field_types(cls) -> dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+INT_SUFFIXES = {"K": 10**3, "M": 10**6, "B": 10**9}
+
+
+def _coerce(value, typ, key: str):
+    """A YAML or command-line value converted to the field's declared type ("1e-4" -> 1e-4, "10M" -> 10_000_000)."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~", "")):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.strip("[]").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise HaloError(f"config field {key} expects a list, e.g. {key}=1,2,3; got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if typ is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, str):
+                text = value.strip().replace("_", "").upper()
+                scale = INT_SUFFIXES.get(text[-1:], 1)
+                number = float(text[:-1] if scale != 1 else text) * scale
+            else:
+                number = float(value)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            return str(value)
+    except ValueError:
+        raise HaloError(f"config field {key} expects {typ.__name__}; got {value!r}") from None
+    raise TypeError(f"unsupported config field type {typ} for {key}")
+
+
+def _apply(obj, values: dict, prefix: str = "") -> None:
+    """Set the fields of a (nested) config dataclass from a (nested) dict, converting types."""
+    types_ = _field_types(type(obj))
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in types_:
+            where = f"of {prefix[:-1]}" if prefix else "at the top level"
+            raise HaloError(f"unknown config field '{key}'; valid fields {where}: {', '.join(types_)}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise HaloError(f"config field '{key}' is a section; set its fields, e.g. {key}.{next(iter(_field_types(type(current))))}=...")
+            _apply(current, value, key + ".")
+        else:
+            setattr(obj, name, _coerce(value, types_[name], key))
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """["stage2.lr=5e-5", "seed=1"] -> {"stage2": {"lr": "5e-5"}, "seed": "1"} (values are converted later)."""
+    nested: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise HaloError(f"override {pair!r} is not KEY=VALUE (e.g. stage2.lr=5e-5)")
+        *sections, name = key.strip().split(".")
+        target = nested
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[name] = value
+    return nested
+
+
+def load_config(
+    preset: str | None = None,
+    files: list[str | Path] = (),
+    overrides: list[str] = (),
+    base: ConvertConfig | None = None,
+    **top_level,
+) -> ConvertConfig:
+    """Defaults (or `base`) <- preset <- YAML files <- KEY=VALUE overrides <- top-level fields given by name."""
+    config = from_dict(to_dict(base)) if base is not None else ConvertConfig()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise HaloError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+        _apply(config, PRESETS[preset])
+    for path in files:
+        path = Path(path)
+        if not path.is_file():
+            raise HaloError(f"config file {path} does not exist")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise HaloError(f"config file {path} must hold a mapping of fields (e.g. 'stage2: {{lr: 5.0e-5}}')")
+        _apply(config, values)
+    _apply(config, parse_overrides(list(overrides)))
+    _apply(config, {k: v for k, v in top_level.items() if v is not None})
+    validate(config)
+    return config
+
+
+def validate(config: ConvertConfig) -> None:
+    for name in ("stage1", "stage2", "stage3"):
+        stage = getattr(config, name)
+        if stage.schedule not in ("cosine", "constant"):
+            raise HaloError(f"{name}.schedule must be 'cosine' or 'constant'; got {stage.schedule!r}")
+        for key in ("seq_len", "batch_size"):
+            if getattr(stage, key) < 1:
+                raise HaloError(f"{name}.{key} must be positive; got {getattr(stage, key)}")
+        if stage.tokens is not None and stage.tokens < 1:
+            raise HaloError(f"{name}.tokens must be positive; got {stage.tokens}")
+    if config.select.strategy not in ("halo", "even", "manual"):
+        raise HaloError(f"select.strategy must be 'halo', 'even' or 'manual'; got {config.select.strategy!r}")
+    if config.select.strategy == "manual" and not config.select.manual_layers:
+        raise HaloError("select.strategy=manual needs select.manual_layers, e.g. --set select.manual_layers=2,5,9")
+    if (config.select.lm_eval_recall is None) != (config.select.lm_eval_commonsense is None):
+        raise HaloError("give both select.lm_eval_recall and select.lm_eval_commonsense tasks, or neither")
+    if config.device not in ("auto", "cpu", "cuda"):
+        raise HaloError(f"device must be 'auto', 'cpu' or 'cuda'; got {config.device!r}")
+    if config.mixed_precision not in ("auto", "bf16", "no"):
+        raise HaloError(f"mixed_precision must be 'auto', 'bf16' or 'no'; got {config.mixed_precision!r}")
+    if config.checkpoint_every < 1:
+        raise HaloError(f"checkpoint_every must be positive; got {config.checkpoint_every}")
+
+
+def stage2_lr_for(teacher_params: float) -> float:
+    """The paper's stage-2 peak learning rate for a teacher of this size (1.7B: 1e-4, 4B: 5e-5, 8B: 3e-5)."""
+    if teacher_params <= 2.5e9:
+        return 1e-4
+    return 5e-5 if teacher_params <= 6e9 else 3e-5
+
+
+def resolve(config: ConvertConfig, teacher_params: int) -> ConvertConfig:
+    """A copy with the budgets and learning rates left at None filled in for this teacher."""
+    resolved = from_dict(to_dict(config))
+    for name, paper_tokens in PAPER_TOKENS.items():
+        stage = getattr(resolved, name)
+        if stage.tokens is None:
+            stage.tokens = max(stage.batch_size * stage.seq_len, int(paper_tokens * teacher_params / PAPER_TEACHER_PARAMS))
+    if resolved.stage2.lr is None:
+        resolved.stage2.lr = stage2_lr_for(teacher_params)
+    for name in ("stage1", "stage3"):
+        if getattr(resolved, name).lr is None:
+            raise HaloError(f"{name}.lr must be set")
+    return resolved
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def from_dict(values: dict) -> ConvertConfig:
+    config = ConvertConfig()
+    _apply(config, values)
+    return config
+
+
+def save_config(config: ConvertConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def read_config(path: str | Path) -> ConvertConfig:
+    return from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+
+def config_differences(a: ConvertConfig, b: ConvertConfig) -> list[str]:
+    """Dotted names of the fields that differ, e.g. ["stage2.lr"]."""
+
+    def flat(values: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in values.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    return [k for k in fa if fa[k] != fb.get(k)]

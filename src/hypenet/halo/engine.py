@@ -1,0 +1,239 @@
+"""The one training loop every HALO stage runs.
+
+A stage hands `train` an `objective`: an nn.Module whose parameters that require grad are what the stage trains
+and whose forward(input_ids) returns the loss (frozen teachers live outside it, so they are neither wrapped for
+data parallelism nor checkpointed). The loop owns everything else: accelerate (one GPU, DDP, FSDP or DeepSpeed,
+as `accelerate launch` configures it; bf16 autocast on GPU, fp32 on CPU), AdamW (0.9, 0.95) without weight decay,
+a warmup + cosine (or constant) schedule, gradient clipping and accumulation, a tqdm bar with tokens/s and ETA,
+a JSON-lines loss log, optional TensorBoard, and resumable checkpoints.
+
+Resumption: optimizer step s always trains on batch s of the stage's `PackedChunks` (the data order is a function
+of the step), so a run restored from the checkpoint of step s continues exactly where the interrupted one was.
+Checkpoints are written to `step-XXXXXXXX.tmp/` and renamed, so a crash never leaves a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, PartialState
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import HaloError, TrainConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+LOSS_LOG = "losses.jsonl"
+
+
+@dataclass
+class RunSettings:
+    """How to run (the same for every stage), as opposed to what to train (TrainConfig)."""
+
+    checkpoint_every: int = 500
+    resume: bool = False
+    cpu: bool = True
+    mixed_precision: str = "no"  # "bf16" or "no"
+    tensorboard_dir: Path | None = None
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    wall_time: float  # seconds spent training, summed over interrupted and resumed runs
+    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    resumed_from: int | None = None
+    state_dict: dict | None = None  # the trained objective's full weights (main process only; gathered under FSDP)
+
+    def weights(self, prefix: str) -> dict | None:
+        """The trained weights of the objective's submodule `prefix` (e.g. "student"), with names relative to it
+        (None on processes other than the main one)."""
+        if self.state_dict is None:
+            return None
+        start = prefix + "."
+        return {k[len(start) :]: v for k, v in self.state_dict.items() if k.startswith(start)}
+
+    def summary(self, max_points: int = 200) -> dict:
+        """What the report shows: budget, time, the mean loss of the first and last 10% of steps, a loss curve."""
+        tenth = max(1, len(self.losses) // 10)
+        every = max(1, math.ceil(len(self.losses) / max_points))
+        return {
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "wall_time_s": round(self.wall_time, 2),
+            "initial_loss": sum(self.losses[:tenth]) / tenth,
+            "final_loss": sum(self.losses[-tenth:]) / tenth,
+            "losses": [[s + 1, self.losses[s]] for s in range(0, len(self.losses), every)],
+        }
+
+
+def lr_lambda(config: TrainConfig, total_steps: int):
+    """Multiplier of the peak lr at a step: linear warmup, then cosine down to min_lr (or constant)."""
+    floor = config.min_lr / config.lr
+
+    def multiplier(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / (config.warmup_steps + 1)
+        if config.schedule == "constant":
+            return 1.0
+        progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return multiplier
+
+
+def latest_checkpoint(stage_dir: Path) -> Path | None:
+    done = sorted(p for p in (stage_dir / CHECKPOINTS).glob("step-*") if p.suffix != ".tmp")
+    return done[-1] if done else None
+
+
+def _micro_batch_size(config: TrainConfig, processes: int, name: str) -> tuple[int, int]:
+    """(sequences per forward, forwards per step) on each process."""
+    if config.batch_size % processes:
+        raise HaloError(f"{name}.batch_size ({config.batch_size}) must be a multiple of the number of processes ({processes})")
+    per_process = config.batch_size // processes
+    micro = config.micro_batch_size or per_process
+    if per_process % micro:
+        raise HaloError(
+            f"{name}.micro_batch_size ({micro}) must divide the batch each process takes per step "
+            f"({config.batch_size} / {processes} processes = {per_process})"
+        )
+    return micro, per_process // micro
+
+
+class LossLog:
+    """Per-step losses as JSON lines (append-only, so a resumed run shows where it picked up) and TensorBoard."""
+
+    def __init__(self, stage_dir: Path, name: str, enabled: bool, tensorboard_dir: Path | None):
+        self.path, self.name, self.enabled, self.writer = stage_dir / LOSS_LOG, name, enabled, None
+        if enabled and tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                log.warning("tensorboard logging needs the tensorboard package: pip install tensorboard")
+            else:
+                self.writer = SummaryWriter(str(tensorboard_dir / name))
+
+    def write(self, **record) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None and "loss" in record:
+            self.writer.add_scalar(f"{self.name}/loss", record["loss"], record["step"])
+            self.writer.add_scalar(f"{self.name}/lr", record["lr"], record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_dir: Path, run: RunSettings) -> TrainResult:
+    """Train `objective` for config.steps() optimizer steps on `chunks` (a hypenet.data.PackedChunks)."""
+    stage_dir = Path(stage_dir)
+    steps = config.steps()
+    micro, accumulation = _micro_batch_size(config, PartialState(cpu=run.cpu).num_processes, name)
+    acc = Accelerator(cpu=run.cpu, mixed_precision=run.mixed_precision, gradient_accumulation_steps=accumulation)
+    if acc.state.deepspeed_plugin is not None:  # DeepSpeed needs the per-GPU batch; we feed tensors, not a DataLoader
+        acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
+    trained = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, steps))
+    model, optimizer = acc.prepare(objective, optimizer)
+    acc.register_for_checkpointing(scheduler)  # stepped here once per optimizer step, not through accelerate
+
+    start, losses, wall_before, resumed_from = 0, [], 0.0, None
+    checkpoint = latest_checkpoint(stage_dir) if run.resume else None
+    if checkpoint is not None:
+        acc.load_state(str(checkpoint))
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        start, losses, wall_before, resumed_from = state["step"], state["losses"], state["wall_time"], state["step"]
+    if acc.is_main_process:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+    loss_log = LossLog(stage_dir, name, acc.is_main_process, run.tensorboard_dir)
+    if resumed_from is not None:
+        loss_log.write(event="resume", step=resumed_from)
+        log.info("%s: resuming from %s", name, checkpoint)
+
+    tokens_per_step = config.batch_size * config.seq_len
+    batches = chunks.batches(
+        config.batch_size, start_step=start, num_steps=steps - start,
+        rank=acc.process_index, world_size=acc.num_processes,
+    )
+    bar = tqdm(total=steps, initial=start, desc=name, unit="step", disable=not acc.is_main_process, dynamic_ncols=True)
+    model.train()
+    began = time.perf_counter()
+    for step, batch in enumerate(batches, start=start):
+        tick = time.perf_counter()
+        batch = batch.to(acc.device)
+        step_loss = torch.zeros((), device=acc.device)
+        for input_ids in batch.split(micro):
+            with acc.accumulate(model):
+                loss = model(input_ids)
+                acc.backward(loss)
+                step_loss += loss.detach().float() / accumulation
+        step_loss = acc.reduce(step_loss, reduction="mean").item()
+        if not math.isfinite(step_loss):
+            last = latest_checkpoint(stage_dir)
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise HaloError(
+                f"{name}: the loss is {step_loss} at step {step + 1}; stopped before updating the weights ({kept}). "
+                f"Lower {name}.lr (or check the data), then rerun with --resume."
+            )
+        if config.grad_clip > 0:
+            acc.clip_grad_norm_(model.parameters(), config.grad_clip)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+
+        done = step + 1
+        seconds = time.perf_counter() - tick
+        loss_log.write(step=done, loss=step_loss, lr=lr, tokens=done * tokens_per_step, seconds=round(seconds, 4))
+        bar.set_postfix(loss=f"{step_loss:.4g}", tok_s=f"{tokens_per_step / seconds:,.0f}", refresh=False)
+        bar.update(1)
+        if done % run.checkpoint_every == 0 and done < steps:
+            wall = wall_before + time.perf_counter() - began
+            save_checkpoint(acc, stage_dir, {"step": done, "losses": losses, "wall_time": wall})
+    bar.close()
+    loss_log.close()
+    wall = wall_before + time.perf_counter() - began
+    state_dict = acc.get_state_dict(model)  # a collective under FSDP / ZeRO-3: every process takes part
+    acc.wait_for_everyone()
+    return TrainResult(steps, steps * tokens_per_step, wall, losses, resumed_from, state_dict if acc.is_main_process else None)
+
+
+def save_checkpoint(acc: Accelerator, stage_dir: Path, state: dict) -> Path:
+    """Write the trained state, optimizer, scheduler and RNG to checkpoints/step-N atomically; drop older ones."""
+    root = stage_dir / CHECKPOINTS
+    final = root / f"step-{state['step']:08d}"
+    tmp = final.with_suffix(".tmp")
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp), safe_serialization=False)  # torch.save keeps tied weights (safetensors drops them)
+    if acc.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps(state))
+        os.replace(tmp, final)
+        for older in root.glob("step-*"):
+            if older != final:
+                shutil.rmtree(older, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
+def remove_checkpoints(stage_dir: Path) -> None:
+    """Called once a stage's result is saved: its checkpoints (optimizer states: twice the weights) are dead weight."""
+    shutil.rmtree(Path(stage_dir) / CHECKPOINTS, ignore_errors=True)

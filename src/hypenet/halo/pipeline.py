@@ -1,0 +1,312 @@
+"""HALO end to end: teacher -> corpus -> stage 1 -> layer selection -> stage 2 -> stage 3 -> export -> report.
+
+Output folder layout:
+    config.yaml                 the settings of the conversion (a resumed or continued run must keep them)
+    stages/<stage>/             one folder per stage: done.json once finished, losses.jsonl, checkpoints/ meanwhile
+    model/                      the exported HypeNet checkpoint (AutoModelForCausalLM, trust_remote_code=True)
+    report.json, report.md      losses per stage, selected layers and scores, tokens, wall time
+
+`convert` runs every stage, `run_stages(config, ["stage2"])` one (the `hypenet stage2` command); both skip stages
+that are done when resuming, and a stage's training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import shutil
+import time
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from torch import nn
+
+from ..model import HypeNetForCausalLM
+from ..teachers import hypenet_config_from_teacher, load_teacher
+from . import engine, stage1, stage2, stage3
+from .config import ConvertConfig, HaloError, config_differences, read_config, resolve, save_config, to_dict
+
+log = logging.getLogger(__name__)
+
+STAGES = ("stage1", "select", "stage2", "stage3", "export")
+DONE = "done.json"
+CONFIG_FILE = "config.yaml"
+MODEL_DIR = "model"
+# Settings that change how a run executes, not what it computes: they may differ when resuming.
+RUN_FIELDS = {"out", "device", "mixed_precision", "checkpoint_every", "tensorboard"}
+
+
+def done_info(out: Path, name: str) -> dict | None:
+    path = Path(out) / "stages" / name / DONE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class Conversion:
+    """One conversion's shared state: its config, output folder, teacher and corpus (each loaded once)."""
+
+    def __init__(self, config: ConvertConfig, resume: bool = False):
+        self.requested = config
+        self.out = Path(config.out)
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise HaloError("device=cuda but no GPU is visible; use --device cpu")
+        cpu = config.device == "cpu" or not torch.cuda.is_available()
+        self.state = PartialState(cpu=cpu)
+        precision = config.mixed_precision if config.mixed_precision != "auto" else ("no" if cpu else "bf16")
+        self.settings = engine.RunSettings(
+            checkpoint_every=config.checkpoint_every, resume=resume, cpu=cpu, mixed_precision=precision,
+            tensorboard_dir=self.out / "tensorboard" if config.tensorboard else None,
+        )
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # the frozen teacher needs no fp32 master
+        try:
+            with self.state.main_process_first():  # the first load of a GGUF teacher writes a cache
+                self.teacher, self.tokenizer = load_teacher(config.teacher, dtype=dtype, device=self.state.device)
+        except (OSError, ValueError) as error:  # missing files, unknown hub id, unsupported architecture
+            raise HaloError(f"cannot load the teacher {config.teacher!r}: {error}") from error
+        check_tokenizer(self.teacher, self.tokenizer, config.teacher)
+        self.teacher_parameters = sum(p.numel() for p in self.teacher.parameters())
+        self.config = resolve(config, self.teacher_parameters)
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.state.is_main_process
+
+    def stage_dir(self, name: str) -> Path:
+        return self.out / "stages" / name
+
+    def done(self, name: str) -> dict | None:
+        return done_info(self.out, name)
+
+    @cached_property
+    def corpus(self):
+        from ..data import tokenize_corpus
+
+        data = self.config.data
+        budget = max(self.config.stage1.tokens, self.config.stage2.tokens, self.config.stage3.tokens)
+        max_tokens = data.max_tokens or budget  # training tokens; a smaller corpus is repeated (with a warning)
+        try:
+            with self.state.main_process_first():  # the others then load the tokenised cache
+                corpus = tokenize_corpus(
+                    data.source, self.tokenizer, heldout_fraction=data.heldout_fraction, max_tokens=max_tokens,
+                    seed=self.config.seed,
+                )
+        except (OSError, ValueError) as error:  # a missing file, an unreadable format, no documents
+            raise HaloError(f"cannot read the data {data.source!r}: {error}") from error
+        if len(corpus.train_tokens) == 0:
+            raise HaloError(f"the data {data.source!r} holds no text: give a corpus with documents (see --data)")
+        return corpus
+
+    def chunks(self, name: str):
+        from ..data import PackedChunks
+
+        seq_len = getattr(self.config, name).seq_len
+        available = len(self.corpus.train_tokens)
+        if available < seq_len:
+            raise HaloError(
+                f"the data {self.config.data.source!r} has {available} training tokens, fewer than one {name} sequence "
+                f"({name}.seq_len={seq_len}): give more data or lower {name}.seq_len"
+            )
+        return PackedChunks(self.corpus.train_tokens, seq_len, seed=self.config.seed)
+
+    def train(self, name: str, objective: nn.Module, config) -> engine.TrainResult:
+        return engine.train(name, objective, config, self.chunks(name), self.stage_dir(name), self.settings)
+
+    def stage1_layers(self) -> dict[int, nn.Module]:
+        config = hypenet_config_from_teacher(self.teacher.config)
+        return stage1.load_layers(self.stage_dir("stage1"), config, self.state.device)
+
+    def save_model(self, model: HypeNetForCausalLM, weights: dict, name: str) -> None:
+        """Save a stage's model as an HF checkpoint, with the full weights the engine gathered (FSDP shards them)."""
+        if self.is_main_process:
+            model.save_pretrained(self.stage_dir(name) / MODEL_DIR, state_dict=weights)
+        self.state.wait_for_everyone()
+
+    def load_model(self, name: str) -> HypeNetForCausalLM:
+        path = self.stage_dir(name) / MODEL_DIR
+        return HypeNetForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.state.device)
+
+    def release_teacher(self) -> None:
+        """Stage 3 and export need only the tokenizer: free the teacher's memory."""
+        self.teacher = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def run_stage(self, name: str) -> dict:
+        info = self.done(name)
+        if info is not None:
+            log.info("%s: already done, skipping", name)
+            return info
+        started = time.perf_counter()
+        if self.is_main_process:
+            self.stage_dir(name).mkdir(parents=True, exist_ok=True)
+        self.state.wait_for_everyone()
+        info = STAGE_RUNNERS[name](self)
+        info.setdefault("wall_time_s", round(time.perf_counter() - started, 2))
+        if self.is_main_process:
+            (self.stage_dir(name) / DONE).write_text(json.dumps(info, indent=1))
+            engine.remove_checkpoints(self.stage_dir(name))
+        self.state.wait_for_everyone()
+        return info
+
+    def record_config(self) -> None:
+        """Save config.yaml; refuse settings that contradict stages already (partly) run in this folder."""
+        saved_path = self.out / CONFIG_FILE
+        if saved_path.is_file():
+            started = [name for name in STAGES if self.stage_dir(name).exists()]
+            locked = set(started) | ({"teacher", "data", "seed"} if started else set())
+            clashes = [
+                key for key in config_differences(read_config(saved_path), self.requested)
+                if key.split(".")[0] in locked and key.split(".")[0] not in RUN_FIELDS
+            ]
+            if clashes:
+                raise HaloError(
+                    f"{self.out} was run with other settings for {', '.join(clashes)} (see {saved_path}); keep them, "
+                    "or start again with --overwrite or another --out"
+                )
+        if self.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.requested, saved_path)
+        self.state.wait_for_everyone()
+
+    def report(self) -> dict:
+        """The conversion report (the schema of report.write_report): what the finished stages recorded."""
+        done = {name: info for name in STAGES if (info := self.done(name)) is not None}
+        trained = {name: done[name] for name in ("stage1", "stage2", "stage3") if name in done}
+        return {
+            "teacher": self.config.teacher,
+            "teacher_parameters": self.teacher_parameters,
+            "data": self.config.data.source,
+            "student_path": str(self.out / MODEL_DIR) if "export" in done else None,
+            "tokens": sum(stage["tokens"] for stage in trained.values()),
+            "wall_time_s": round(sum(info["wall_time_s"] for info in done.values()), 2),
+            "stages": trained,
+            "selection": done.get("select"),
+            "export": done.get("export"),
+            "config": to_dict(self.config),
+        }
+
+
+def check_tokenizer(teacher, tokenizer, spec: str) -> None:
+    rows = teacher.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows or len(tokenizer) < 0.9 * rows:
+        raise HaloError(
+            f"the tokenizer of teacher {spec} has {len(tokenizer)} tokens but the teacher's embedding has {rows} rows: "
+            "the tokenizer belongs to another model; put the teacher's own tokenizer files next to its weights"
+        )
+    if tokenizer.eos_token_id is None:
+        raise HaloError(f"the tokenizer of teacher {spec} has no EOS token, which separates documents in the training data")
+    # Some checkpoints list other end tokens in their config than their tokenizer does: suspicious, not fatal.
+    generation = getattr(teacher, "generation_config", None)
+    teacher_eos = {
+        i for source in (teacher.config.eos_token_id, getattr(generation, "eos_token_id", None))
+        for i in (source if isinstance(source, list) else [source]) if i is not None
+    }
+    if teacher_eos and tokenizer.eos_token_id not in teacher_eos:
+        log.warning("the tokenizer's EOS id %d is not among the teacher's end tokens %s: is it the teacher's own tokenizer?",
+                    tokenizer.eos_token_id, sorted(teacher_eos))
+
+
+def _run_select(conv: Conversion) -> dict:
+    from .select import select_layers
+
+    if conv.is_main_process:
+        cfg = conv.config.select
+        lm_eval = {"recall": cfg.lm_eval_recall, "commonsense": cfg.lm_eval_commonsense} if cfg.lm_eval_recall else None
+        with user_errors("layer selection"):
+            result = select_layers(
+                conv.teacher, conv.tokenizer, conv.stage1_layers() if cfg.strategy == "halo" else None,
+                strategy=cfg.strategy, num_attention=cfg.num_attention, manual_layers=cfg.manual_layers,
+                heldout_docs=conv.corpus.heldout_docs, recall_samples=cfg.recall_samples,
+                recall_context=cfg.recall_context, commonsense_tokens=cfg.commonsense_tokens,
+                batch_size=cfg.batch_size, lm_eval_tasks=lm_eval, lm_eval_limit=cfg.lm_eval_limit,
+                seed=conv.config.seed, device=conv.state.device,
+            )
+        (conv.stage_dir("select") / "selection.json").write_text(json.dumps(result.to_dict(), indent=1))
+    conv.state.wait_for_everyone()
+    return json.loads((conv.stage_dir("select") / "selection.json").read_text())
+
+
+def _run_stage2(conv: Conversion) -> dict:
+    return stage2.run(conv, conv.done("select")["attention_layers"])
+
+
+def _run_stage3(conv: Conversion) -> dict:
+    conv.release_teacher()
+    return stage3.run(conv)
+
+
+def _run_export(conv: Conversion) -> dict:
+    from .export import export_checkpoint
+
+    info = {}
+    if conv.is_main_process:
+        cfg, train_context = conv.config.export, conv.config.stage3.seq_len
+        longest_docs = sorted(conv.corpus.heldout_docs, key=len, reverse=True)[: cfg.max_docs]
+        with user_errors("export"):
+            info = export_checkpoint(
+                conv.load_model("stage3"), conv.tokenizer, conv.out / MODEL_DIR, longest_docs,
+                candidates=cfg.logit_scaling_candidates, train_context=train_context, eval_len=cfg.eval_len,
+                device=conv.state.device,
+            )
+    conv.state.wait_for_everyone()
+    return info
+
+
+@contextlib.contextmanager
+def user_errors(step: str):
+    """Selection and export validate their inputs with ValueError: report those as HaloErrors (no traceback)."""
+    try:
+        yield
+    except ValueError as error:
+        raise HaloError(f"{step}: {error}") from error
+
+
+STAGE_RUNNERS = {"stage1": stage1.run, "select": _run_select, "stage2": _run_stage2, "stage3": _run_stage3, "export": _run_export}
+
+
+def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run `stages` (all of them: a conversion) into config.out; return the report. See the module docstring."""
+    if resume and overwrite:
+        raise HaloError("pass either --resume (continue) or --overwrite (start again), not both")
+    out, whole = Path(config.out), list(stages) == list(STAGES)
+    first = STAGES.index(stages[0])
+    if whole:
+        existing = [out] if out.exists() and any(out.iterdir()) else []
+    else:
+        existing = [out / "stages" / name for name in stages if (out / "stages" / name).exists()]
+        missing = [name for name in STAGES[:first] if done_info(out, name) is None]
+        if missing:
+            raise HaloError(
+                f"{stages[0]} needs the result of {missing[0]} in {out}: run `hypenet {missing[0]} --out {out}` first "
+                "(or `hypenet convert` for everything)"
+            )
+    if existing and not (resume or overwrite):
+        raise HaloError(f"{existing[0]} exists; pass --resume to continue it or --overwrite to replace it")
+
+    conv = Conversion(config, resume=resume)
+    conv.corpus  # a bad teacher, tokenizer or corpus fails here, before anything is overwritten
+    if overwrite and conv.is_main_process:
+        for path in [out] if whole else [out / "stages" / name for name in STAGES[first:]]:
+            shutil.rmtree(path, ignore_errors=True)
+    conv.state.wait_for_everyone()
+    conv.record_config()
+
+    for name in stages:
+        conv.run_stage(name)
+    report = conv.report()
+    if conv.is_main_process:
+        from .report import write_report
+
+        json_path, md_path = write_report(out, report)
+        where = f"checkpoint: {report['student_path']}\n" if report["student_path"] else ""
+        print(f"{where}report: {json_path} and {md_path}")
+    return report
+
+
+def convert(config: ConvertConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """The whole HALO conversion (`hypenet convert`)."""
+    return run_stages(config, STAGES, resume=resume, overwrite=overwrite)

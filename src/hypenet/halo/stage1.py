@@ -1,0 +1,96 @@
+"""HALO stage 1, hidden-state alignment: every teacher layer gets a lightning student trained to reproduce its
+attention (SPEC section 3).
+
+Student i sees the teacher's own normalised input to attention i (detached) and is fit by MSE to that attention's
+output (after o_proj, before the residual). The teacher runs once per batch with its own attention, so all layers
+train in parallel and independently; only the students are trained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel
+
+from ..model import HypeNetConfig, build_mixer_context
+from ..model.modeling_hypenet import HypeNetLightningAttention, HypeNetRotaryEmbedding
+from ..teachers import hypenet_config_from_teacher, lightning_from_teacher, teacher_attention
+
+if TYPE_CHECKING:
+    from .pipeline import Conversion
+
+LAYERS_FILE = "lightning_layers.safetensors"
+
+
+@torch.no_grad()
+def teacher_attention_io(teacher: PreTrainedModel, input_ids: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(inputs, outputs) of every teacher attention module for one forward pass: the normed hidden states it
+    receives and what it adds to the residual stream."""
+    num_layers = teacher.config.num_hidden_layers
+    inputs, outputs = [None] * num_layers, [None] * num_layers
+
+    def recorder(i):
+        def record(module, args, kwargs, output):
+            inputs[i] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            outputs[i] = output[0] if isinstance(output, tuple) else output  # (attn_output, attn_weights)
+
+        return record
+
+    handles = [teacher_attention(teacher, i).register_forward_hook(recorder(i), with_kwargs=True) for i in range(num_layers)]
+    try:
+        teacher.model(input_ids=input_ids, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs, outputs
+
+
+class LayerAlignment(nn.Module):
+    """Stage 1's objective: the lightning students of all layers; forward returns the sum of their MSEs."""
+
+    def __init__(self, teacher: PreTrainedModel):
+        super().__init__()
+        self.config = hypenet_config_from_teacher(teacher.config)  # all lightning, the teacher's dimensions
+        self.students = nn.ModuleList(
+            lightning_from_teacher(teacher, i, self.config).float() for i in range(self.config.num_hidden_layers)
+        )
+        self.rotary = HypeNetRotaryEmbedding(self.config).to(next(teacher.parameters()).device)
+        self._teacher = (teacher,)  # a tuple hides it from nn.Module: frozen, never wrapped or checkpointed
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        inputs, targets = teacher_attention_io(self._teacher[0], input_ids)
+        ctx = build_mixer_context(self.config, self.rotary, inputs[0])  # positions 0..T-1 in every chunk
+        losses = [F.mse_loss(student(x, ctx).float(), y.float()) for student, x, y in zip(self.students, inputs, targets)]
+        return torch.stack(losses).sum()  # students are independent: each gets the gradient of its own MSE
+
+
+def save_layers(weights: dict[str, torch.Tensor], stage_dir: Path) -> None:
+    """weights: "{layer}.{parameter}" -> tensor, the state dict of LayerAlignment.students."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(Path(stage_dir) / LAYERS_FILE))
+
+
+def load_layers(stage_dir: Path, config: HypeNetConfig, device: str | torch.device = "cpu") -> dict[int, HypeNetLightningAttention]:
+    """The trained students of every layer, by layer index (the stage's result)."""
+    tensors = load_file(str(Path(stage_dir) / LAYERS_FILE))
+    layers = {}
+    for i in range(config.num_hidden_layers):
+        layer = HypeNetLightningAttention(config, i)
+        prefix = f"{i}."
+        layer.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        layers[i] = layer.to(device)
+    return layers
+
+
+def run(conv: Conversion) -> dict:
+    """Train the students of all layers; save them as the stage's result."""
+    torch.manual_seed(conv.config.seed)  # the new output gates' initialisation
+    objective = LayerAlignment(conv.teacher)
+    result = conv.train("stage1", objective, conv.config.stage1)
+    if conv.is_main_process:
+        save_layers(result.weights("students"), conv.stage_dir("stage1"))
+    return result.summary()

@@ -1,0 +1,43 @@
+"""HALO stage 3, long-context finetuning: plain next-token cross-entropy at long context, no teacher.
+
+The whole model is trained; gradient checkpointing (per decoder layer) and sliced logits keep memory bounded at
+long context.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..model import HypeNetForCausalLM
+from .losses import chunked_cross_entropy
+
+if TYPE_CHECKING:
+    from .pipeline import Conversion
+
+
+class LanguageModeling(nn.Module):
+    """Stage 3's objective: the model; forward returns the mean next-token cross-entropy."""
+
+    def __init__(self, model: HypeNetForCausalLM, logits_chunk: int, gradient_checkpointing: bool):
+        super().__init__()
+        self.model = model
+        self.logits_chunk = logits_chunk
+        if gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        return chunked_cross_entropy(hidden[:, :-1], input_ids[:, 1:], self.model.lm_head, self.logits_chunk)
+
+
+def run(conv: Conversion) -> dict:
+    """Finetune the stage-2 model at long context and save it as the stage's result."""
+    model = conv.load_model("stage2")
+    objective = LanguageModeling(model, conv.config.stage3.logits_chunk, conv.config.stage3.gradient_checkpointing)
+    result = conv.train("stage3", objective, conv.config.stage3)
+    model.activation_checkpointing_disable()
+    conv.save_model(model, result.weights("model"), "stage3")
+    return result.summary()

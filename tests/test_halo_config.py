@@ -1,0 +1,79 @@
+"""HALO configs: defaults, presets, YAML files, KEY=VALUE overrides with types, errors that name the valid fields."""
+
+from pathlib import Path
+
+import pytest
+
+from hypenet.halo.config import (
+    PRESETS,
+    HaloError,
+    load_config,
+    read_config,
+    resolve,
+    save_config,
+    stage2_lr_for,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_are_the_paper_recipe_scaled_to_the_teacher():
+    config = resolve(load_config(), teacher_params=1.72e9)
+    assert (config.stage1.tokens, config.stage2.tokens, config.stage3.tokens) == (320_000_000, 1_000_000_000, 1_000_000_000)
+    assert (config.stage1.seq_len, config.stage2.seq_len, config.stage3.seq_len) == (512, 512, 16384)
+    assert (config.stage1.batch_size, config.stage2.batch_size, config.stage3.batch_size) == (32, 96, 128)
+    assert config.stage1.lr == 1e-3 and config.stage2.lr == 1e-4 and config.stage3.lr == 1e-5
+    assert config.stage3.schedule == "constant" and config.stage3.gradient_checkpointing
+    assert config.stage1.steps() == 19531 and config.stage3.steps() == 476  # the paper's ~20K and 500 steps
+    small = resolve(load_config(), teacher_params=135e6)
+    assert small.stage1.tokens == int(320e6 * 135e6 / 1.72e9)
+    assert [stage2_lr_for(p) for p in (1.7e9, 4e9, 8e9)] == [1e-4, 5e-5, 3e-5]
+
+
+def test_overrides_are_converted_to_the_field_types():
+    config = load_config(
+        "smoke",
+        overrides=["stage2.lr=5e-5", "stage1.tokens=10M", "select.manual_layers=1,3", "tensorboard=true",
+                   "stage3.micro_batch_size=none", "select.strategy=manual"],
+        teacher="/some/dir",
+    )
+    assert config.stage2.lr == 5e-5 and config.stage1.tokens == 10_000_000
+    assert config.select.manual_layers == [1, 3] and config.tensorboard is True
+    assert config.stage3.micro_batch_size is None and config.teacher == "/some/dir"
+    assert config.stage2.seq_len == PRESETS["smoke"]["stage2"]["seq_len"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stage2.lrr=1", "valid fields of stage2: tokens, seq_len"),
+        ("stage9.lr=1", "valid fields at the top level: teacher"),
+        ("stage2.lr=fast", "expects float"),
+        ("stage1.tokens=1.5", "expects int"),
+        ("stage1=3", "is a section"),
+        ("seed", "is not KEY=VALUE"),
+        ("stage1.schedule=linear", "'cosine' or 'constant'"),
+    ],
+)
+def test_bad_overrides_are_explained(override, message):
+    with pytest.raises(HaloError, match=message):
+        load_config(overrides=[override])
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(HaloError, match="choose one of: paper, cpu, smoke"):
+        load_config("huge")
+
+
+def test_yaml_round_trip_and_layering(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("stage2:\n  lr: 3.0e-5\n  tokens: 2M\nseed: 7\n")
+    config = load_config("cpu", files=[path], overrides=["seed=8"])
+    assert config.stage2.lr == 3e-5 and config.stage2.tokens == 2_000_000 and config.seed == 8
+    save_config(config, tmp_path / "saved.yaml")
+    assert read_config(tmp_path / "saved.yaml") == config
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu"])
+def test_example_config_files_match_the_presets(name):
+    assert load_config(files=[CONFIGS / f"{name}.yaml"]) == load_config(name)

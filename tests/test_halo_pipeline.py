@@ -1,0 +1,274 @@
+"""HALO end to end on tiny random teachers (CPU): stage losses go down, the export loads and generates, a killed
+conversion resumes to the same weights, two gloo processes match one, and bad input fails clearly without loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from hypenet.cli import main
+from hypenet.halo.config import HaloError, load_config
+from hypenet.halo.pipeline import convert, run_stages
+from hypenet.halo.stage1 import LayerAlignment
+
+WORDS = "the a cat dog bird fish sees eats likes finds small big red blue green happy quick slow tree river house".split()
+
+# Small enough for CI: 4 layers of width 64, sequences of 64 tokens (256 in stage 3).
+TINY = [
+    "checkpoint_every=5",
+    "stage1.tokens=4096", "stage1.seq_len=64", "stage1.batch_size=4",
+    "select.recall_samples=2", "select.recall_context=256", "select.commonsense_tokens=256",
+    "stage2.tokens=8192", "stage2.seq_len=64", "stage2.batch_size=4", "stage2.lr=1e-3",
+    "stage3.tokens=2048", "stage3.seq_len=256", "stage3.batch_size=2", "stage3.lr=1e-3",
+]
+
+
+def make_documents(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [
+        " ".join(
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))).capitalize() + "."
+            for _ in range(rng.randint(3, 12))
+        )
+        for _ in range(n)
+    ]
+
+
+def make_tokenizer(documents: list[str], vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(documents, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def make_teacher(path: Path, family: str, tokenizer) -> Path:
+    """A random 4-layer teacher of `family` with GQA, saved with its tokenizer as a HF checkpoint folder."""
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    if family == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=16, tie_word_embeddings=True, **common))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, **common))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("halo")
+    documents = make_documents(300)
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    tokenizer = make_tokenizer(documents)
+    return {
+        "root": root,
+        "data": data,
+        "qwen3": make_teacher(root / "qwen3", "qwen3", tokenizer),
+        "llama": make_teacher(root / "llama", "llama", tokenizer),
+    }
+
+
+def tiny_config(assets, family: str, out: Path, *extra: str):
+    return load_config("smoke", overrides=TINY + list(extra), teacher=str(assets[family]), out=str(out),
+                       data={"source": str(assets["data"])})
+
+
+def cli_args(assets, family: str, out: Path) -> list[str]:
+    args = ["--preset", "smoke", "--teacher", str(assets[family]), "--data", str(assets["data"]), "--out", str(out)]
+    return args + [a for override in TINY for a in ("--set", override)]
+
+
+def read_losses(stage_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (stage_dir / "losses.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def qwen3_conversion(assets):
+    """One uninterrupted conversion of the tiny Qwen3, shared by the tests that compare against it."""
+    out = assets["root"] / "qwen3-out"
+    report = convert(tiny_config(assets, "qwen3", out))
+    return out, report
+
+
+def check_conversion(out: Path, report: dict) -> None:
+    stages = report["stages"]
+    assert list(stages) == ["stage1", "stage2", "stage3"]
+    for name, stage in stages.items():
+        assert stage["final_loss"] < stage["initial_loss"], (name, stage)
+    assert len(report["selection"]["attention_layers"]) == 1  # floor(4 layers / 4)
+    assert report["export"]["logit_scaling_base"] is not None
+    assert json.loads((out / "report.json").read_text())["tokens"] == 4096 + 8192 + 2048
+    assert (out / "report.md").is_file()
+
+    model = AutoModelForCausalLM.from_pretrained(out / "model", trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    assert model.config.mixer_types.count("attention") == 1
+    assert model.config.attention_logit_scaling_base is not None
+    inputs = tokenizer("The cat sees a", return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] == inputs["input_ids"].shape[1] + 5
+
+
+def test_convert_tiny_qwen3(qwen3_conversion):
+    check_conversion(*qwen3_conversion)
+
+
+def test_convert_tiny_llama(assets):
+    out = assets["root"] / "llama-out"
+    check_conversion(out, convert(tiny_config(assets, "llama", out)))
+
+
+def test_stage1_loss_goes_down_on_a_fixed_batch(assets):
+    from hypenet.teachers import load_teacher
+
+    teacher, _ = load_teacher(assets["qwen3"])
+    torch.manual_seed(0)
+    objective = LayerAlignment(teacher)
+    input_ids = torch.randint(0, teacher.config.vocab_size, (2, 32))
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(5):
+        loss = objective(input_ids)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_sigkill_then_resume_gives_the_same_weights(assets, qwen3_conversion):
+    reference_out, _ = qwen3_conversion
+    out = assets["root"] / "killed-out"
+    command = [sys.executable, "-m", "hypenet.cli", "convert", *cli_args(assets, "qwen3", out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoints = out / "stages" / "stage2" / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.glob("step-*[0-9]")):
+        assert process.poll() is None, f"the conversion ended before stage 2 checkpointed: {process.stderr.read()}"
+        assert time.monotonic() < deadline, "no stage-2 checkpoint within 4 minutes"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "stages" / "stage2" / "done.json").exists(), "stage 2 finished before the kill"
+
+    assert main(["convert", *cli_args(assets, "qwen3", out), "--resume"]) == 0
+
+    reference = load_file(reference_out / "model" / "model.safetensors")
+    resumed = load_file(out / "model" / "model.safetensors")
+    assert reference.keys() == resumed.keys()
+    for name in reference:
+        torch.testing.assert_close(resumed[name], reference[name], rtol=0, atol=1e-6)
+
+    # Stage 1 ran once; stage 2 continued after its checkpoint: no step up to it was computed twice.
+    assert [r["step"] for r in read_losses(out / "stages" / "stage1")] == list(range(1, 17))
+    records = read_losses(out / "stages" / "stage2")
+    (resume_at,) = [i for i, r in enumerate(records) if r.get("event") == "resume"]
+    checkpoint_step = records[resume_at]["step"]
+    before, after = [r["step"] for r in records[:resume_at]], [r["step"] for r in records[resume_at + 1 :]]
+    assert checkpoint_step >= 5 and before[:checkpoint_step] == list(range(1, checkpoint_step + 1))
+    assert after == list(range(checkpoint_step + 1, 33))
+
+
+def test_two_gloo_processes_match_one_in_stage2(assets, qwen3_conversion):
+    reference_out, _ = qwen3_conversion
+    out = assets["root"] / "ddp-out"
+    for part in ("stages/stage1", "stages/select"):
+        shutil.copytree(reference_out / part, out / part)
+    shutil.copy(reference_out / "config.yaml", out / "config.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+               "-m", "hypenet.cli", "stage2", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = [r["loss"] for r in read_losses(reference_out / "stages" / "stage2")]
+    double = [r["loss"] for r in read_losses(out / "stages" / "stage2")]
+    assert len(double) == len(single) == 32
+    torch.testing.assert_close(torch.tensor(double), torch.tensor(single), rtol=1e-4, atol=1e-5)
+
+
+# ---- bad input: a clear error, a non-zero exit, nothing lost ----------------------------------------------------
+
+
+def test_missing_teacher(assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["convert", "--teacher", str(tmp_path / "no-such-teacher"), "--out", str(out)]) == 1
+    assert "no-such-teacher" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_existing_output_is_refused_and_kept(assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    assert main(["convert", *cli_args(assets, "qwen3", out)]) == 1
+    assert "--resume" in capsys.readouterr().err and (out / "precious.txt").read_text() == "keep me"
+
+
+def test_empty_dataset_fails_before_overwriting(assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    args = ["convert", "--teacher", str(assets["qwen3"]), "--data", str(empty), "--out", str(out), "--overwrite"]
+    assert main(args) == 1
+    assert str(empty) in capsys.readouterr().err and (out / "precious.txt").read_text() == "keep me"
+
+
+def test_tokenizer_of_another_model(assets, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(assets["qwen3"], teacher)
+    make_tokenizer(make_documents(50, seed=1), vocab_size=200).save_pretrained(teacher)
+    args = cli_args(assets, "qwen3", tmp_path / "out")
+    args[args.index("--teacher") + 1] = str(teacher)
+    assert main(["convert", *args]) == 1
+    assert "belongs to another model" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path, monkeypatch):
+    forward = LayerAlignment.forward
+    calls = []
+
+    def diverging(self, input_ids):
+        calls.append(1)
+        loss = forward(self, input_ids)
+        return loss * float("nan") if len(calls) > 7 else loss
+
+    monkeypatch.setattr(LayerAlignment, "forward", diverging)
+    out = tmp_path / "out"
+    with pytest.raises(HaloError, match="loss is nan at step 8.*step-00000005"):
+        run_stages(tiny_config(assets, "qwen3", out), ["stage1"])
+    stage_dir = out / "stages" / "stage1"
+    assert [p.name for p in (stage_dir / "checkpoints").iterdir()] == ["step-00000005"]
+    assert not (stage_dir / "done.json").exists()
