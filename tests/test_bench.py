@@ -13,13 +13,7 @@ from hypenet.bench.shapes import random_model
 from hypenet.fast import FastHypeNet
 from hypenet.model import HypeNetForCausalLM
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and stay fast on a busy machine (restored after each test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ROW_KEYS = {"model", "shape", "engine", "kind", "batch_size", "context_len", "status", "ms_per_token",

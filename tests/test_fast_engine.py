@@ -4,19 +4,14 @@ chunked prefill, exact left padding, repacked weights, and a decode step that to
 import pytest
 import torch
 
+from conftest import left_padded
 from hypenet.fast import FastHypeNet, sample
 from hypenet.model import HypeNetConfig, HypeNetForCausalLM
 
 MIXED = ("lightning", "attention", "lightning", "attention", "lightning")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and stay fast on a busy machine (restored after each test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(mixers=MIXED, seed=0, **overrides) -> HypeNetForCausalLM:
@@ -52,13 +47,6 @@ def rel_err(a, b) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def left_padded(prompts):
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
-    return ids, mask
 
 
 @pytest.mark.parametrize("kind", sorted(MODELS))

@@ -14,13 +14,7 @@ import torch
 from hypenet.fast.attention import decode_attention, decode_attention_reference, prefill_attention
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and stay fast on a busy machine (restored after each test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def naive_attention(q, k, v, allowed, scale):

@@ -24,6 +24,7 @@ from transformers import (
 )
 
 import hypenet  # noqa: F401  (registers the Auto classes)
+from conftest import left_padded
 from hypenet.model import HypeNetCache, HypeNetConfig, HypeNetForCausalLM
 from hypenet.model.lightning import alibi_log_decay
 from hypenet.teachers import build_hypenet_from_teacher
@@ -44,15 +45,6 @@ def tiny_hypenet(mixers=("lightning", "attention", "lightning", "lightning"), **
             if name.endswith("norm.weight"):
                 p.add_(0.1 * torch.randn_like(p))
     return model
-
-
-def left_padded(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
-    return ids, mask
 
 
 # ---------------------------------------------------------------- config
