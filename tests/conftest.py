@@ -1,5 +1,10 @@
 """Shared test helpers."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,3 +26,20 @@ def left_padded(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
     for i, p in enumerate(prompts):
         ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
     return ids, mask
+
+
+_HIDE_HYPENET = """
+import importlib.util, os, sys
+# Drop every way this environment has of finding hypenet: path entries holding it and editable-install finders.
+sys.path[:] = [p for p in sys.path if p and not os.path.isdir(os.path.join(p, "hypenet"))]
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
+sys.path_importer_cache.clear()
+assert importlib.util.find_spec("hypenet") is None, "hypenet is importable in the subprocess"
+"""
+
+
+def run_without_hypenet(script: str, cwd, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a Python script where only torch and transformers (not hypenet) can be imported, as a user would."""
+    env = dict(os.environ, PYTHONPATH="", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(Path(cwd) / "hf_modules"))
+    return subprocess.run([sys.executable, "-c", _HIDE_HYPENET + script], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)

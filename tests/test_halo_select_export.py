@@ -1,10 +1,7 @@
 """HALO layer selection, the logit-scaling choice, export and the report, on tiny random Qwen3 teachers."""
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +10,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-import hypenet
+from conftest import run_without_hypenet
 from hypenet.halo import probes as probes_module
 from hypenet.halo.export import choose_logit_scaling_base, export_checkpoint
 from hypenet.halo.probes import build_probes
@@ -317,15 +314,8 @@ def test_export_loads_without_hypenet_and_generates_the_same(student, tokenizer,
     prompt = [[2, 15, 16, 17, 30, 31]]
     with torch.no_grad():
         expected = student.generate(torch.tensor(prompt), max_new_tokens=8, do_sample=False).tolist()
-    src = str(Path(hypenet.__file__).resolve().parents[1])
     code = f"""
-import json, sys
-sys.path = [p for p in sys.path if p not in ({src!r}, '')]
-try:
-    import hypenet
-    raise SystemExit("hypenet is importable in the subprocess")
-except ModuleNotFoundError:
-    pass
+import json
 import torch
 from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True).eval()
@@ -333,8 +323,7 @@ assert type(model).__module__.startswith("transformers_modules"), type(model).__
 with torch.no_grad():
     print(json.dumps(model.generate(torch.tensor({prompt}), max_new_tokens=8, do_sample=False).tolist()))
 """
-    env = {**os.environ, "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    run = run_without_hypenet(code, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == expected
 

@@ -2,9 +2,6 @@
 the lightning layer's equations, and loading exported checkpoints through remote code."""
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -24,7 +21,7 @@ from transformers import (
 )
 
 import hypenet  # noqa: F401  (registers the Auto classes)
-from conftest import left_padded
+from conftest import left_padded, run_without_hypenet
 from hypenet.model import HypeNetCache, HypeNetConfig, HypeNetForCausalLM
 from hypenet.model.lightning import alibi_log_decay
 from hypenet.teachers import build_hypenet_from_teacher
@@ -273,24 +270,13 @@ def test_checkpoint_loads_with_only_torch_and_transformers(tmp_path):
     with torch.no_grad():
         expected = model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)[0].tolist()
     script = textwrap.dedent(f"""
-        import importlib.util, sys, torch
-        assert importlib.util.find_spec("hypenet") is None, "hypenet must not be importable here"
+        import torch
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         out = model.generate(torch.tensor({prompt.tolist()}), max_new_tokens=6, do_sample=False, pad_token_id=0)
         print(out[0].tolist())
     """)
-    # Hide the editable install of hypenet: run from an empty folder with site's .pth hooks for hypenet disabled.
-    env = dict(os.environ, PYTHONPATH="", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    runner = textwrap.dedent("""
-        import sys
-        sys.path[:] = [p for p in sys.path if "hypenet" not in p and not p.endswith("/src")]
-        import importlib.machinery
-        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()
-                            and "hypenet" not in repr(f).lower()]
-        exec(sys.stdin.read())
-    """)
-    result = subprocess.run([sys.executable, "-c", runner], input=script, capture_output=True, text=True,
-                            cwd=tmp_path, env=env, timeout=300)
+    result = run_without_hypenet(script, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == str(expected)
