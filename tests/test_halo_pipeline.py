@@ -177,7 +177,7 @@ def test_sigkill_then_resume_gives_the_same_weights(assets, qwen3_conversion):
     while not list(checkpoints.glob("step-*[0-9]")):
         assert process.poll() is None, f"the conversion ended before stage 2 checkpointed: {process.stderr.read()}"
         assert time.monotonic() < deadline, "no stage-2 checkpoint within 4 minutes"
-        time.sleep(0.02)
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (out / "stages" / "stage2" / "done.json").exists(), "stage 2 finished before the kill"
@@ -207,7 +207,7 @@ def test_two_gloo_processes_match_one_in_stage2(assets, qwen3_conversion):
         shutil.copytree(reference_out / part, out / part)
     shutil.copy(reference_out / "config.yaml", out / "config.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "hypenet.cli", "stage2", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -272,3 +272,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path, mon
     stage_dir = out / "stages" / "stage1"
     assert [p.name for p in (stage_dir / "checkpoints").iterdir()] == ["step-00000005"]
     assert not (stage_dir / "done.json").exists()
+
+
+def test_a_stage_alone_needs_the_stages_before_it(tmp_path, capsys):
+    assert main(["stage2", "--out", str(tmp_path / "out")]) == 1
+    assert "run `hypenet stage1 --out" in capsys.readouterr().err
+
+
+def test_resume_refuses_other_settings(assets, qwen3_conversion, capsys):
+    out, _ = qwen3_conversion
+    assert main(["convert", *cli_args(assets, "qwen3", out), "--resume", "--set", "stage2.lr=5e-4"]) == 1
+    assert "other settings for stage2.lr" in capsys.readouterr().err

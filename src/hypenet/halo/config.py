@@ -8,6 +8,7 @@ learning rate left at None scale with the teacher's size (`resolve`).
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -313,8 +314,16 @@ def from_dict(values: dict) -> ConvertConfig:
     return config
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a file whole or not at all (a temporary file renamed over it), so a kill never leaves half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def save_config(config: ConvertConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def read_config(path: str | Path) -> ConvertConfig:

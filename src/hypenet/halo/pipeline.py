@@ -28,7 +28,16 @@ from torch import nn
 from ..model import HypeNetForCausalLM
 from ..teachers import hypenet_config_from_teacher, load_teacher
 from . import engine, stage1, stage2, stage3
-from .config import ConvertConfig, HaloError, config_differences, read_config, resolve, save_config, to_dict
+from .config import (
+    ConvertConfig,
+    HaloError,
+    config_differences,
+    read_config,
+    resolve,
+    save_config,
+    to_dict,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +156,7 @@ class Conversion:
         info = STAGE_RUNNERS[name](self)
         info.setdefault("wall_time_s", round(time.perf_counter() - started, 2))
         if self.is_main_process:
-            (self.stage_dir(name) / DONE).write_text(json.dumps(info, indent=1))
+            write_text_atomic(self.stage_dir(name) / DONE, json.dumps(info, indent=1))
             engine.remove_checkpoints(self.stage_dir(name))
         self.state.wait_for_everyone()
         return info
@@ -213,21 +222,19 @@ def check_tokenizer(teacher, tokenizer, spec: str) -> None:
 def _run_select(conv: Conversion) -> dict:
     from .select import select_layers
 
-    if conv.is_main_process:
-        cfg = conv.config.select
-        lm_eval = {"recall": cfg.lm_eval_recall, "commonsense": cfg.lm_eval_commonsense} if cfg.lm_eval_recall else None
-        with user_errors("layer selection"):
-            result = select_layers(
-                conv.teacher, conv.tokenizer, conv.stage1_layers() if cfg.strategy == "halo" else None,
-                strategy=cfg.strategy, num_attention=cfg.num_attention, manual_layers=cfg.manual_layers,
-                heldout_docs=conv.corpus.heldout_docs, recall_samples=cfg.recall_samples,
-                recall_context=cfg.recall_context, commonsense_tokens=cfg.commonsense_tokens,
-                batch_size=cfg.batch_size, lm_eval_tasks=lm_eval, lm_eval_limit=cfg.lm_eval_limit,
-                seed=conv.config.seed, device=conv.state.device,
-            )
-        (conv.stage_dir("select") / "selection.json").write_text(json.dumps(result.to_dict(), indent=1))
-    conv.state.wait_for_everyone()
-    return json.loads((conv.stage_dir("select") / "selection.json").read_text())
+    if not conv.is_main_process:  # the main process records the choice; the others read it from done.json
+        return {}
+    cfg = conv.config.select
+    lm_eval = {"recall": cfg.lm_eval_recall, "commonsense": cfg.lm_eval_commonsense} if cfg.lm_eval_recall else None
+    with user_errors("layer selection"):
+        result = select_layers(
+            conv.teacher, conv.tokenizer, conv.stage1_layers() if cfg.strategy == "halo" else None,
+            strategy=cfg.strategy, num_attention=cfg.num_attention, manual_layers=cfg.manual_layers,
+            heldout_docs=conv.corpus.heldout_docs, recall_samples=cfg.recall_samples, recall_context=cfg.recall_context,
+            commonsense_tokens=cfg.commonsense_tokens, batch_size=cfg.batch_size, lm_eval_tasks=lm_eval,
+            lm_eval_limit=cfg.lm_eval_limit, seed=conv.config.seed, device=conv.state.device,
+        )
+    return result.to_dict()
 
 
 def _run_stage2(conv: Conversion) -> dict:
@@ -242,18 +249,16 @@ def _run_stage3(conv: Conversion) -> dict:
 def _run_export(conv: Conversion) -> dict:
     from .export import export_checkpoint
 
-    info = {}
-    if conv.is_main_process:
-        cfg, train_context = conv.config.export, conv.config.stage3.seq_len
-        longest_docs = sorted(conv.corpus.heldout_docs, key=len, reverse=True)[: cfg.max_docs]
-        with user_errors("export"):
-            info = export_checkpoint(
-                conv.load_model("stage3"), conv.tokenizer, conv.out / MODEL_DIR, longest_docs,
-                candidates=cfg.logit_scaling_candidates, train_context=train_context, eval_len=cfg.eval_len,
-                device=conv.state.device,
-            )
-    conv.state.wait_for_everyone()
-    return info
+    if not conv.is_main_process:
+        return {}
+    cfg, train_context = conv.config.export, conv.config.stage3.seq_len
+    longest_docs = sorted(conv.corpus.heldout_docs, key=len, reverse=True)[: cfg.max_docs]
+    with user_errors("export"):
+        return export_checkpoint(
+            conv.load_model("stage3"), conv.tokenizer, conv.out / MODEL_DIR, longest_docs,
+            candidates=cfg.logit_scaling_candidates, train_context=train_context, eval_len=cfg.eval_len,
+            device=conv.state.device,
+        )
 
 
 @contextlib.contextmanager
