@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..eval.perplexity import token_nlls
 from ..model import HypeNetForCausalLM
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,9 @@ def long_context_loss(model: HypeNetForCausalLM, docs: Sequence[np.ndarray], sco
     device = torch.device(device) if device is not None else next(model.parameters()).device
     total, count = 0.0, 0
     for doc in docs:
-        ids = torch.as_tensor(doc, device=device)[None]
-        hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state[0]
-        for start in range(scored_from, ids.shape[1], HEAD_CHUNK):
-            stop = min(start + HEAD_CHUNK, ids.shape[1])
-            logits = model.lm_head(hidden[start - 1 : stop - 1]).float()
-            total += float(F.cross_entropy(logits, ids[0, start:stop], reduction="sum"))
-            count += stop - start
+        nlls = token_nlls(model, torch.as_tensor(doc, device=device), logits_chunk=HEAD_CHUNK)[scored_from - 1:]
+        total += float(nlls.sum())
+        count += nlls.numel()
     return total / count
 
 
