@@ -1,4 +1,4 @@
-"""`hypenet` command line: convert (HALO), its stages, eval/compare, bench, generate."""
+"""`hypenet` command line: convert (HALO), its stages, eval/compare, bench, bench-train, generate."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import register as register_bench
+    from .bench.train import register as register_bench_train
     from .eval.cli import register as register_eval
     from .fast.cli import register as register_generate
     from .halo.cli import register as register_halo
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_eval(sub)
     register_generate(sub)
     register_bench(sub)
+    register_bench_train(sub)
     return parser
 
 

@@ -1,0 +1,284 @@
+"""`hypenet bench-train` (or `python -m hypenet.bench.train`): training throughput of the three HALO stages on a
+named HypeNet shape with random weights.
+
+Each requested stage builds the objective the pipeline trains (stage 1 `LayerAlignment`, stage 2 `Distillation`,
+stage 3 `LanguageModeling` with gradient checkpointing) and trains it for a few steps through the real
+`halo.engine.train` on random token ids, in a temporary stage folder. The timings are the engine's own: the
+per-step `seconds` it writes to losses.jsonl; a stage's time per step is the median of the steps after the warm-up
+ones (CUDA/fla start-up and autotuning stay out of it).
+
+Model FLOPs per token: 2N for each frozen forward (the teacher), 6N for each trained forward and backward, where N
+counts the parameters that multiply activations: the weights (and biases) of every Linear layer, the LM head
+included; a tied head is the embedding matrix, counted once as the head; the embedding lookup does no matmul.
+Attention-score FLOPs (QK^T, AV, the lightning recurrence) are not in N, and the recompute of gradient
+checkpointing (stage 3's layers, the logit slices of stages 2 and 3) is not counted: these are model FLOPs, not hardware FLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import PackedChunks
+from ..halo import engine, stage1, stage2, stage3
+from ..halo.config import ConvertConfig, HaloError, load_config, resolve
+from ..teachers import build_hypenet_from_teacher
+from .run import free_memory, machine_info
+from .shapes import HYPENET_SHAPES, random_model, teacher_config
+
+STAGES = ("stage1", "stage2", "stage3")
+H200_DENSE_BF16_TFLOPS = 989.4  # NVIDIA's H200 SXM dense bf16 figure
+MEASURED_MATMUL_TFLOPS = 790.0  # an 8192^3 bf16 matmul through PyTorch on the H200 we run on (device README)
+# What the benchmark changes in the pipeline's defaults (the paper's stage shapes): a stage-2 micro batch that fits
+# one H200 next to the teacher, and a stage-3 batch that takes seconds, not minutes, per step.
+BENCH_DEFAULTS = ["stage2.micro_batch_size=16", "stage3.batch_size=8", "stage3.micro_batch_size=1"]
+FLOP_NOTE = (
+    "Model FLOPs per token: 2N per frozen forward (teacher), 6N per trained forward+backward; N = weights and "
+    "biases of the Linear layers (LM head included; a tied head counted once, as the head; the embedding lookup "
+    "excluded). Attention-score FLOPs (QK^T, AV, the lightning recurrence) are left out of N, and "
+    "gradient-checkpointing recompute is not counted (model FLOPs, not hardware FLOPs). Stage 1 runs the teacher "
+    "without its LM head, so its 2N leaves the head out."
+)
+
+
+@dataclass
+class TrainBenchSettings:
+    shape: str = "hypenet-2b"
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    steps: int = 6  # optimizer steps per stage
+    warmup_steps: int = 2  # the first steps, left out of the median
+    overrides: list[str] = field(default_factory=list)  # KEY=VALUE config fields, e.g. stage2.micro_batch_size=8
+    device: str = "cuda"
+    peak_tflops: float = H200_DENSE_BF16_TFLOPS
+    out: Path = Path("runs/bench-train")
+
+
+def check_settings(settings: TrainBenchSettings) -> None:
+    if settings.shape not in HYPENET_SHAPES:
+        raise HaloError(f"unknown HypeNet shape {settings.shape!r}; choose one of: {', '.join(HYPENET_SHAPES)}")
+    unknown = [s for s in settings.stages if s not in STAGES]
+    if unknown or not settings.stages:
+        named = ", ".join(map(repr, unknown)) or "(none given)"
+        raise HaloError(f"unknown stage {named}; stages are: {', '.join(STAGES)}")
+    if not 0 <= settings.warmup_steps < settings.steps:
+        raise HaloError(f"--steps ({settings.steps}) must be more than --warmup-steps ({settings.warmup_steps}), "
+                        "which must not be negative: the median is taken over the steps after the warm-up")
+    if settings.device not in ("cuda", "cpu"):
+        raise HaloError(f"device must be 'cuda' or 'cpu'; got {settings.device!r}")
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise HaloError("no GPU is visible; use --device cpu (with a tiny shape, e.g. tiny-hypenet)")
+
+
+def matmul_parameters(*modules: nn.Module) -> int:
+    """N of the 2N/6N count: parameters of the Linear layers of `modules`, each tensor once (a tied LM head is the
+    embedding matrix: counted once, as the head; an embedding lookup does no matmul)."""
+    seen = {}
+    for module in modules:
+        for linear in (m for m in module.modules() if isinstance(m, nn.Linear)):
+            seen.update((id(p), p.numel()) for p in linear.parameters(recurse=False))
+    return sum(seen.values())
+
+
+def build_objective(name: str, teacher, mixer_types: list[str], config: ConvertConfig):
+    """(the stage's objective, its FLOP terms [(what, factor, N)]) exactly as the pipeline builds them; the stage-2
+    and stage-3 students come straight from the teacher (stage-1 layers and the stage-2 checkpoint have the same
+    shapes as these fresh copies)."""
+    torch.manual_seed(config.seed)
+    if name == "stage1":
+        objective = stage1.LayerAlignment(teacher)
+        return objective, [("teacher forward without the LM head (frozen)", 2, matmul_parameters(teacher.model)),
+                           ("lightning students of every layer (trained)", 6, matmul_parameters(objective.students))]
+    student = build_hypenet_from_teacher(teacher, mixer_types, lightning_layers=None).float()
+    if name == "stage2":
+        objective = stage2.Distillation(student, teacher, config.stage2.logits_chunk)
+        return objective, [("teacher forward with the LM head (frozen)", 2, matmul_parameters(teacher)),
+                           ("student (trained)", 6, matmul_parameters(student))]
+    objective = stage3.LanguageModeling(student, config.stage3.logits_chunk, config.stage3.gradient_checkpointing)
+    return objective, [("student (trained)", 6, matmul_parameters(student))]
+
+
+def read_loss_log(stage_dir: Path) -> list[dict]:
+    """The engine's per-step records (step, loss, lr, tokens, seconds)."""
+    lines = (stage_dir / engine.LOSS_LOG).read_text().splitlines()
+    return [record for record in map(json.loads, lines) if "step" in record and "event" not in record]
+
+
+def stage_row(name: str, train_config, terms, log: list[dict], settings: TrainBenchSettings, device) -> dict:
+    tokens_per_step = train_config.batch_size * train_config.seq_len
+    seconds = statistics.median(r["seconds"] for r in log[settings.warmup_steps:])
+    flops_per_token = sum(factor * n for _, factor, n in terms)
+    tokens_per_s = tokens_per_step / seconds
+    model_tflops = flops_per_token * tokens_per_s / 1e12
+    return {
+        "stage": name, "status": "ok", "seq_len": train_config.seq_len, "batch_size": train_config.batch_size,
+        "micro_batch_size": train_config.micro_batch_size or train_config.batch_size,
+        "steps": len(log), "timed_steps": len(log) - settings.warmup_steps, "tokens_per_step": tokens_per_step,
+        "seconds_per_step": seconds, "tokens_per_s": tokens_per_s,
+        "flops_per_token": flops_per_token,
+        "flop_terms": [{"model": what, "factor": factor, "parameters": n} for what, factor, n in terms],
+        "model_tflops": model_tflops, "mfu": model_tflops / settings.peak_tflops,
+        "of_measured_matmul": model_tflops / MEASURED_MATMUL_TFLOPS,
+        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "engine_log": [{k: r[k] for k in ("step", "loss", "tokens", "seconds")} for r in log],
+    }
+
+
+def run(settings: TrainBenchSettings) -> dict:
+    """Benchmark the requested stages in pipeline order; returns the report (also written to settings.out)."""
+    check_settings(settings)
+    device = torch.device(settings.device)
+    precision = "bf16" if device.type == "cuda" else "no"  # as the pipeline: bf16 autocast on GPU, fp32 on CPU
+    run_settings = engine.RunSettings(checkpoint_every=10**9, resume=False, cpu=device.type == "cpu",
+                                      mixed_precision=precision)
+    shape = HYPENET_SHAPES[settings.shape]
+    config = load_config(overrides=[*BENCH_DEFAULTS, *settings.overrides])
+    torch.manual_seed(config.seed)
+    teacher_dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # the frozen teacher: no fp32 master
+    teacher = random_model(teacher_config(shape.teacher), device, teacher_dtype).requires_grad_(False)
+    config = resolve(config, sum(p.numel() for p in teacher.parameters()))  # the stage-2 lr for this teacher size
+    mixer_types = ["attention" if i in shape.attention_layers else "lightning"
+                   for i in range(teacher.config.num_hidden_layers)]
+    vocab_size = teacher.config.vocab_size
+    report = {
+        "command": shlex.join(sys.orig_argv), "shape": settings.shape, "teacher": shape.teacher,
+        "attention_layers": list(shape.attention_layers), "mixed_precision": precision,
+        "settings": {**asdict(settings), "out": str(settings.out)},
+        "peak_tflops": settings.peak_tflops, "measured_matmul_tflops": MEASURED_MATMUL_TFLOPS,
+        "flop_counting": FLOP_NOTE, **machine_info(device), "stages": [],
+    }
+    for name in (s for s in STAGES if s in settings.stages):
+        stage_config = getattr(config, name)
+        train_config = dataclasses.replace(
+            stage_config, tokens=settings.steps * stage_config.batch_size * stage_config.seq_len)
+        row = {"stage": name, "seq_len": train_config.seq_len, "batch_size": train_config.batch_size,
+               "micro_batch_size": train_config.micro_batch_size or train_config.batch_size}
+        objective = None
+        try:
+            objective, terms = build_objective(name, teacher, mixer_types, config)
+            if name == "stage3":  # stage 3 trains without the teacher; the pipeline frees it first
+                teacher = None
+                free_memory()
+            token_ids = np.random.default_rng(config.seed).integers(0, vocab_size, train_config.tokens)
+            chunks = PackedChunks(token_ids, train_config.seq_len, seed=config.seed)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            with tempfile.TemporaryDirectory(prefix=f"hypenet-bench-{name}-") as stage_dir:
+                engine.train(name, objective, train_config, chunks, Path(stage_dir), run_settings)
+                log = read_loss_log(Path(stage_dir))
+            row = stage_row(name, train_config, terms, log, settings, device)
+        except torch.OutOfMemoryError as error:
+            row.update(status=f"does not fit: out of memory (lower --set {name}.micro_batch_size)",
+                       error=str(error).splitlines()[0])
+        except Exception as error:  # noqa: BLE001  (one broken stage must not end a one-shot GPU run; a diverged
+            # loss or a micro batch that does not divide the batch (HaloError) is reported in its row too)
+            traceback.print_exc()
+            row.update(status=f"error: {type(error).__name__}", error=str(error).splitlines()[0] if str(error) else "")
+        finally:
+            objective = None  # (drop the stage's model and optimizer before the next stage)
+            free_memory()
+        report["stages"].append(row)
+        write_report(report, settings.out)
+    return write_report(report, settings.out)
+
+
+def _cell(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def markdown(report: dict) -> str:
+    """A header with the setup and the FLOP counting, then the table (last)."""
+    steps, warmup = report["settings"]["steps"], report["settings"]["warmup_steps"]
+    setup = (f"{report.get('gpu') or report.get('cpu')}; torch {report['torch']}, transformers "
+             f"{report['transformers']}, fla {report['fla']}; mixed precision {report['mixed_precision']}; attention "
+             f"layers {report['attention_layers']}. Seconds per step: the engine's (losses.jsonl), median of steps "
+             f"{warmup + 1} to {steps} of each stage.")
+    peaks = (f"MFU against {report['peak_tflops']:g} TFLOP/s; 'of matmul' against the "
+             f"{report['measured_matmul_tflops']:g} TFLOP/s of an 8192^3 bf16 matmul measured on the H200.")
+    columns = ["stage", "seq", "batch (micro)", "s/step", "tokens/s", "GFLOP/token", "model TFLOP/s", "MFU",
+               "of matmul", "peak GiB", "loss first → last", "status"]
+    lines = [f"# hypenet bench-train: {report['shape']} (teacher {report['teacher']}, random weights)", "", setup, "",
+             f"Command: `{report['command']}`", "", f"{report['flop_counting']} {peaks}", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in report["stages"]:
+        log = r.get("engine_log") or []
+        losses = f"{log[0]['loss']:.4g} → {log[-1]['loss']:.4g}" if log else ""
+        gflops = r["flops_per_token"] / 1e9 if "flops_per_token" in r else None
+        status = r["status"] + (f": {r['error']}" if r.get("error") else "")
+        cells = [r["stage"], r["seq_len"], f"{r['batch_size']} ({r['micro_batch_size']})",
+                 _cell(r.get("seconds_per_step"), ".3g"), _cell(r.get("tokens_per_s"), ",.0f"), _cell(gflops, ".3g"),
+                 _cell(r.get("model_tflops"), ".1f"), _cell(r.get("mfu"), ".1%"),
+                 _cell(r.get("of_measured_matmul"), ".1%"), _cell(r.get("peak_mem_gib"), ".1f"), losses, status]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out: Path) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_speed.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    (out / "train_speed.md").write_text(markdown(report))
+    return report
+
+
+def register(subparsers) -> None:
+    """Add the `bench-train` subcommand to an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "bench-train", help="training throughput and MFU of the HALO stages (random weights, one GPU)",
+        description="Train the objective of each HALO stage for a few steps through the real training engine, on a "
+                    "named HypeNet shape with random weights and random tokens: tokens/s, seconds per step, peak "
+                    "memory and model-FLOPs utilisation per stage. Writes train_speed.json and train_speed.md to "
+                    "--out. Stage shapes are the pipeline's config fields (defaults: stage1 seq 512 batch 32; "
+                    "stage2 seq 512 batch 96 micro 16; stage3 seq 16384 batch 8 micro 1), changed with --set.")
+    parser.add_argument("shape", nargs="?", default="hypenet-2b",
+                        help=f"named HypeNet shape ({', '.join(HYPENET_SHAPES)}; default hypenet-2b)")
+    parser.add_argument("--stages", type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+                        default=list(STAGES), help="comma list (default stage1,stage2,stage3)")
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per stage (default 6)")
+    parser.add_argument("--warmup-steps", type=int, default=2,
+                        help="first steps left out of the median (default 2)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="a config field, e.g. --set stage2.micro_batch_size=8 --set stage3.seq_len=32768 "
+                             "(seq_len, batch_size, micro_batch_size, logits_chunk, gradient_checkpointing, seed)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="default cuda")
+    parser.add_argument("--peak-tflops", type=float, default=H200_DENSE_BF16_TFLOPS,
+                        help=f"peak for the MFU (default {H200_DENSE_BF16_TFLOPS}, H200 SXM dense bf16)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-train"),
+                        help="output folder (default runs/bench-train)")
+    parser.set_defaults(func=run_cli)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    settings = TrainBenchSettings(shape=args.shape, stages=args.stages, steps=args.steps,
+                                  warmup_steps=args.warmup_steps, overrides=args.overrides, device=args.device,
+                                  peak_tflops=args.peak_tflops, out=args.out)
+    try:
+        report = run(settings)
+    except HaloError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(markdown(report))
+    return 0 if all(r["status"] == "ok" or r["status"].startswith("does not fit") for r in report["stages"]) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hypenet.bench.train [SHAPE] ...` (the same as `hypenet bench-train ...`)."""
+    parser = argparse.ArgumentParser(prog="hypenet")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench-train", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""`hypenet bench-train` on the CPU with tiny shapes: every stage goes through the engine, FLOPs match a hand count
+(CPU timings mean nothing; only their presence is checked)."""
+
+import json
+import math
+import shlex
+import sys
+
+import pytest
+from transformers import Qwen3ForCausalLM
+
+from hypenet.bench import HYPENET_SHAPES, hypenet_config, teacher_config
+from hypenet.bench.train import TrainBenchSettings, matmul_parameters, run
+from hypenet.cli import main
+from hypenet.halo.config import HaloError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY_STAGES = ["--set", "stage1.seq_len=64", "--set", "stage1.batch_size=4",
+               "--set", "stage2.seq_len=64", "--set", "stage2.batch_size=4", "--set", "stage2.micro_batch_size=2",
+               "--set", "stage3.seq_len=128", "--set", "stage3.batch_size=2", "--set", "stage3.micro_batch_size=1"]
+
+
+def hand_counts() -> dict[str, int]:
+    """Linear-layer parameters of tiny-qwen3 and tiny-hypenet, from their dimensions."""
+    t = teacher_config("tiny-qwen3")
+    h, q, kv = t.hidden_size, t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
+    student = hypenet_config("tiny-hypenet")
+    assert t.tie_word_embeddings and not t.attention_bias
+    assert student.attention_output_gate and student.lightning_output_gate
+    mlp = 3 * h * t.intermediate_size
+    attention = h * q + 2 * h * kv + q * h  # q, k, v, o
+    lightning = 4 * h * q + q * h  # q, k, v (K/V heads repeated to every query head), output gate, o
+    head = t.vocab_size * h  # tied: the embedding matrix, counted once, as the head
+    body = t.num_hidden_layers * (attention + mlp)
+    attention_layers = HYPENET_SHAPES["tiny-hypenet"].attention_layers
+    student_params = head + sum(mlp + (attention + q * h if i in attention_layers else lightning)
+                                for i in range(t.num_hidden_layers))
+    return {"teacher_body": body, "teacher": body + head, "students": t.num_hidden_layers * lightning,
+            "student": student_params}
+
+
+def test_bench_train_runs_every_stage_through_the_engine(tmp_path):
+    out = tmp_path / "speed"
+    code = main(["bench-train", "tiny-hypenet", "--device", "cpu", "--steps", "3", "--warmup-steps", "2",
+                 *TINY_STAGES, "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "train_speed.json").read_text())
+    assert report["torch"] and report["transformers"] and "fla" in report and report["command"]
+    assert report["command"] == shlex.join(sys.orig_argv) and "Attention-score FLOPs" in report["flop_counting"]
+    n = hand_counts()
+    expected_terms = {
+        "stage1": [(2, n["teacher_body"]), (6, n["students"])],
+        "stage2": [(2, n["teacher"]), (6, n["student"])],
+        "stage3": [(6, n["student"])],
+    }
+    assert [row["stage"] for row in report["stages"]] == ["stage1", "stage2", "stage3"]
+    for row in report["stages"]:
+        assert row["status"] == "ok", row
+        assert row["tokens_per_s"] > 0 and row["seconds_per_step"] > 0
+        terms = [(t["factor"], t["parameters"]) for t in row["flop_terms"]]
+        assert terms == expected_terms[row["stage"]]
+        assert row["flops_per_token"] == sum(factor * params for factor, params in terms)
+        assert row["mfu"] == pytest.approx(row["model_tflops"] / 989.4)
+        assert row["model_tflops"] == pytest.approx(row["flops_per_token"] * row["tokens_per_s"] / 1e12)
+        # the per-step records are the engine's losses.jsonl: three optimizer steps, finite losses, its token count
+        log = row["engine_log"]
+        assert [r["step"] for r in log] == [1, 2, 3] and row["timed_steps"] == 1
+        assert all(math.isfinite(r["loss"]) and r["seconds"] > 0 for r in log)
+        assert [r["tokens"] for r in log] == [s * row["batch_size"] * row["seq_len"] for s in (1, 2, 3)]
+        assert row["tokens_per_s"] == pytest.approx(row["batch_size"] * row["seq_len"] / log[2]["seconds"])
+    shapes = {r["stage"]: (r["seq_len"], r["batch_size"], r["micro_batch_size"]) for r in report["stages"]}
+    assert shapes == {"stage1": (64, 4, 4), "stage2": (64, 4, 2), "stage3": (128, 2, 1)}
+    table = (out / "train_speed.md").read_text().strip().splitlines()
+    assert table[0].startswith("# hypenet bench-train") and table[-1].startswith("| stage3 | 128 | 2 (1) |")
+
+
+def test_matmul_parameters_count_an_untied_head_and_skip_the_embedding():
+    config = teacher_config("tiny-qwen3")
+    config.tie_word_embeddings = False
+    model = Qwen3ForCausalLM(config)
+    n = hand_counts()
+    assert matmul_parameters(model) == n["teacher"]
+    assert matmul_parameters(model.model) == n["teacher_body"]
+
+
+def test_unknown_stage_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(HaloError, match=r"unknown stage 'stage4'; stages are: stage1, stage2, stage3"):
+        run(TrainBenchSettings(shape="tiny-hypenet", stages=["stage1", "stage4"], device="cpu", out=tmp_path))
+    assert main(["bench-train", "tiny-hypenet", "--device", "cpu", "--stages", "stage2,distill",
+                 "--out", str(tmp_path)]) == 1
+    assert "unknown stage 'distill'" in capsys.readouterr().err
+    assert not (tmp_path / "train_speed.json").exists()
