@@ -106,6 +106,41 @@ def test_clear_errors_for_bad_sources(tmp_path):
         list(iter_documents(str(tmp_path / "empty.jsonl")))
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".xz", ".bz2"])
+def test_compressed_files_read_like_plain_ones(tmp_path, suffix):
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}[suffix]
+    with opener(tmp_path / f"d.jsonl{suffix}", "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps({"text": d}) + "\n" for d in make_docs(4)))
+    with opener(tmp_path / f"e.txt{suffix}", "wt", encoding="utf-8") as f:
+        f.write("one whole document")
+    assert list(iter_documents(str(tmp_path / f"d.jsonl{suffix}"))) == make_docs(4)
+    assert list(iter_documents(str(tmp_path / f"e.txt{suffix}"))) == ["one whole document"]
+    assert list(iter_documents(str(tmp_path))) == make_docs(4) + ["one whole document"]
+    (tmp_path / f"x.csv{suffix}").write_bytes(b"")
+    with pytest.raises(ValueError, match=f"unknown extension '.csv{suffix}'"):
+        iter_documents(str(tmp_path / f"x.csv{suffix}"))
+
+
+def test_export_writes_a_source_that_gives_the_same_corpus(jsonl, tokenizer, tmp_path, capsys):
+    from hypenet.data.__main__ import main
+
+    out = tmp_path / "carried.jsonl.xz"
+    assert main(["export", str(out), "--source", str(jsonl)]) == 0
+    assert f"wrote {N_DOCS} documents" in capsys.readouterr().out
+    assert list(iter_documents(str(out))) == make_docs()
+    original = corpus_of(jsonl, tokenizer, tmp_path, heldout_fraction=0.2)
+    carried = corpus_of(out, tokenizer, tmp_path, heldout_fraction=0.2)
+    assert np.array_equal(original.train_tokens, carried.train_tokens)
+    assert [d.tolist() for d in original.heldout_docs] == [d.tolist() for d in carried.heldout_docs]
+    assert main(["export", str(tmp_path / "bad.txt"), "--source", str(jsonl)]) == 1
+    assert "name the file *.jsonl" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_hf_source_without_datasets_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     with pytest.raises(ImportError, match="pip install datasets"):

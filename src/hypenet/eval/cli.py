@@ -40,15 +40,18 @@ def register(subparsers) -> None:
     eval_parser.set_defaults(func=run_eval)
 
     compare_parser = subparsers.add_parser(
-        "compare", help="teacher vs student report (markdown + PNG)",
-        description="Side-by-side report of two models. TEACHER and STUDENT are eval outputs (a results.json or the "
-                    "folder holding it) or models, which are then evaluated first with the eval options below.")
+        "compare", help="teacher vs student(s) report (markdown + PNG)",
+        description="Side-by-side report of two or more models (a teacher and its students, or an ablation). Each "
+                    "is an eval output (a results.json or the folder holding it) or a model, which is then evaluated "
+                    "first with the eval options below.")
     compare_parser.add_argument("teacher", metavar="TEACHER")
-    compare_parser.add_argument("student", metavar="STUDENT")
+    compare_parser.add_argument("students", metavar="STUDENT", nargs="+")
     compare_parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
     compare_parser.add_argument("--bench", type=Path, default=None,
                                 help="benchmark JSON: rows {model, context_len, <metric>: value} (speed, memory)")
-    compare_parser.add_argument("--labels", default="teacher,student", help="names of the two models in the report")
+    compare_parser.add_argument("--labels", default=None,
+                                help="names of the models in the report (default teacher,student for two models, "
+                                     "else teacher,student1,student2,...)")
     _add_eval_options(compare_parser)
     compare_parser.set_defaults(func=run_compare)
 
@@ -251,14 +254,19 @@ def _results_or_evaluate(spec: str, args, out_dir: Path, label: str) -> dict:
 
 
 def run_compare(args) -> int:
-    from .report import compare
+    from .report import write_report
 
-    labels = tuple(_names(args.labels))
-    if len(labels) != 2:
-        raise SystemExit(f"--labels needs two names, teacher and student; got {args.labels!r}.")
-    teacher = _results_or_evaluate(args.teacher, args, args.out / labels[0], labels[0])
-    student = _results_or_evaluate(args.student, args, args.out / labels[1], labels[1])
+    specs = [args.teacher, *args.students]
+    if args.labels is not None:
+        labels = _names(args.labels)
+    elif len(specs) == 2:
+        labels = ["teacher", "student"]
+    else:
+        labels = ["teacher"] + [f"student{i}" for i in range(1, len(specs))]
+    if len(labels) != len(specs) or len(set(labels)) != len(labels):
+        raise SystemExit(f"--labels needs {len(specs)} different names, one per model; got {args.labels!r}.")
+    runs = [(label, _results_or_evaluate(spec, args, args.out / label, label)) for spec, label in zip(specs, labels)]
     bench = json.loads(args.bench.read_text()) if args.bench else None
-    compare(teacher, student, bench, args.out, labels)
+    write_report(runs, args.out, " vs ".join(labels), bench)
     _log(f"wrote {args.out}/report.md")
     return 0

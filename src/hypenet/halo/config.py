@@ -75,7 +75,7 @@ class Stage3Config(TrainConfig):
 class SelectConfig:
     """Which layers keep softmax attention (passed to `hypenet.halo.select.select_layers`)."""
 
-    strategy: str = "halo"  # "halo" (recall/commonsense scores), "even" (evenly spaced) or "manual"
+    strategy: str = "halo"  # "halo" (recall/commonsense scores), "even" (evenly spaced), "manual" or "none" (all RNN)
     num_attention: int | None = None  # None = floor(layers / 4)
     manual_layers: list[int] | None = None  # the attention layers for strategy "manual"
     # The built-in probes (halo/probes.py): recall_samples x recall_context tokens of needle-in-a-haystack and
@@ -268,8 +268,8 @@ def validate(config: ConvertConfig) -> None:
                 raise HaloError(f"{name}.{key} must be positive; got {getattr(stage, key)}")
         if stage.tokens is not None and stage.tokens < 1:
             raise HaloError(f"{name}.tokens must be positive; got {stage.tokens}")
-    if config.select.strategy not in ("halo", "even", "manual"):
-        raise HaloError(f"select.strategy must be 'halo', 'even' or 'manual'; got {config.select.strategy!r}")
+    if config.select.strategy not in ("halo", "even", "manual", "none"):
+        raise HaloError(f"select.strategy must be 'halo', 'even', 'manual' or 'none'; got {config.select.strategy!r}")
     if config.select.strategy == "manual" and not config.select.manual_layers:
         raise HaloError("select.strategy=manual needs select.manual_layers, e.g. --set select.manual_layers=2,5,9")
     if (config.select.lm_eval_recall is None) != (config.select.lm_eval_commonsense is None):

@@ -130,7 +130,9 @@ def export_checkpoint(
     """
     out_dir = Path(out_dir)
     losses, notes = {}, []
-    if logit_scaling_base == "auto":
+    if logit_scaling_base == "auto" and "attention" not in student.config.mixer_types:
+        a, notes = None, ["the model has no attention layer: logit scaling does not apply, so no base was searched"]
+    elif logit_scaling_base == "auto":
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             a, by_candidate = choose_logit_scaling_base(student, long_docs, candidates, eval_len, train_context, device)

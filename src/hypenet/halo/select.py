@@ -14,6 +14,7 @@ the run for layer i computes only layers i..L-1 (half the model on average).
 
 Strategy "even": layer round-down((j + 0.5) * L / k) for j = 0..k-1 (the centres of k equal slices).
 Strategy "manual": the given layer indices.
+Strategy "none": no attention at all, every layer an RNN (the ablation baseline of the paper).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .probes import LmEvalProbe, ProbeSet, build_probes
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("halo", "even", "manual")
+STRATEGIES = ("halo", "even", "manual", "none")
 SCORE_EPS = 1e-10
 SCORE_CLIP = 50.0
 
@@ -285,6 +286,10 @@ def select_layers(
         return SelectionResult(layers, strategy, num_layers)
     if manual_layers is not None:
         raise ValueError(f"manual_layers is only used with strategy='manual' (strategy is {strategy!r})")
+    if strategy == "none":
+        if num_attention not in (None, 0):
+            raise ValueError(f"strategy 'none' keeps no attention layer; drop num_attention (got {num_attention})")
+        return SelectionResult([], strategy, num_layers, settings={"num_attention": 0})
     k = default_num_attention(num_layers) if num_attention is None else num_attention
     if not 1 <= k <= num_layers:
         raise ValueError(f"num_attention must be between 1 and the number of layers ({num_layers}); got {k}")
