@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The real conversion on one GPU: HALO turns the embedded SmolLM2-135M-Instruct into a HypeNet, two ablations run at
+# the same budget (evenly spaced attention layers, and no attention at all), teacher (as-is and with YaRN) and
+# students are evaluated side by side (perplexity per context bucket, NIAH-Single-1/2/3 from 4K to 64K), and the
+# training speed of the three stages is measured at the Qwen3-1.7B -> HypeNet-2B shape.
+#
+#   bash scripts/gpu_convert.sh [DEADLINE_SECONDS]        (default 560)
+#
+# Resumable by design, for device leases of 10-minute commands: every finished step is recorded under
+# runs/gpu/done/ and skipped next time, a step still running at the deadline is interrupted (a conversion continues
+# from its last checkpoint), and the script stops there. Run the same command again until it prints "all done".
+# After every step the results so far are packed into $OUT/gpu_convert.tgz (reports, JSON, PNG, logs; no weights).
+#
+# Inputs (no network there; see ../shared/GPU.md):
+#   TEACHER  the teacher's GGUF (default runs/gpu/SmolLM2-135M-Instruct.Q4_1.gguf); when missing, it is reassembled
+#            from the halves .carry/p1/gguf.part1 + .carry/p2/gguf.part2, carried by two calls back to back, and
+#            checked against .carry/p2/gguf.sha256
+#   CORPUS   the built-in corpus as one file (default .carry/p2/corpus.jsonl.xz), made on a machine that has it by
+#            `python -m hypenet.data export corpus.jsonl.xz`: the same documents in the same order, so the same
+#            held-out split
+#   WHEELS   (default .whl/) wheels of what the image lacks (flash-linear-attention, fla-core, gguf, transformers >= 5.24),
+#            installed into /tmp/site once per machine
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DEADLINE=${1:-560}
+START=$SECONDS
+RUNS=${RUNS:-runs/gpu}
+TEACHER=${TEACHER:-$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf}
+CORPUS=${CORPUS:-.carry/p2/corpus.jsonl.xz}
+WHEELS=${WHEELS:-.whl}
+OUT=${OUT:-$RUNS/out}
+# CONFIG, EVAL_OPTIONS and SPEED_OPTIONS can be replaced (tests/test_gpu_convert_script.py runs this on a CPU).
+CONFIG=${CONFIG:-configs/gpu-smollm2.yaml}
+read -r -a EVAL_ARGS <<<"${EVAL_OPTIONS:---niah-lengths 4096,8192,16384,32768,65536 --niah-samples 2 --batch-size 16 --max-batch-tokens 524288 --ppl-docs 8 --ppl-max-len 65536}"
+EVAL_ARGS+=(--ppl-source "$CORPUS" --haystack "$CORPUS" --no-progress)
+read -r -a SPEED_ARGS <<<"${SPEED_OPTIONS:-}"
+mkdir -p "$RUNS/done" "$RUNS/logs" "$OUT"
+export RUNS TEACHER CORPUS WHEELS OUT CONFIG
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=true
+export PYTHONPATH=/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+HYPENET=(python3 -m hypenet.cli)
+
+say() { printf '[%4ds] %s\n' $((SECONDS - START)) "$*" | tee -a "$RUNS/logs/summary.log"; }
+
+pack() {  # the results so far, without weights, into $OUT (at most 8 files come back from there)
+    local keep=$RUNS/results
+    rm -rf "$keep" && mkdir -p "$keep"
+    for run in halo even none; do
+        [ -d "$RUNS/$run" ] || continue
+        mkdir -p "$keep/convert_$run"
+        cp "$RUNS/$run"/report.* "$RUNS/$run"/*.png "$RUNS/$run/config.yaml" "$keep/convert_$run/" 2>/dev/null
+        cp "$RUNS/$run/model/halo_export.json" "$keep/convert_$run/" 2>/dev/null
+    done
+    for dir in eval compare ablation train_speed; do
+        [ -d "$RUNS/$dir" ] && cp -r "$RUNS/$dir" "$keep/"
+    done
+    tar czf "$OUT/gpu_convert.tgz" -C "$RUNS" results logs
+}
+
+# step NAME COMMAND...: run once (skipped when runs/gpu/done/NAME exists), interrupted at the deadline.
+step() {
+    local name=$1; shift
+    [ -f "$RUNS/done/$name" ] && return 0
+    local left=$((DEADLINE - (SECONDS - START)))
+    if [ "$left" -lt 45 ]; then
+        say "deadline: stopping before $name; run the same command again to continue"
+        pack; exit 0
+    fi
+    say "start $name (${left}s left)"
+    local began=$SECONDS
+    # timeout runs programs, not functions: a child bash gets this script's functions and arrays first.
+    timeout --signal=INT --kill-after=30 "$left" bash -c "$(declare -f setup convert share_stage1 evaluate)
+        $(declare -p HYPENET EVAL_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
+    local rc=$?
+    if [ "$rc" -eq 0 ]; then
+        echo $((SECONDS - began)) >"$RUNS/done/$name"
+        say "done  $name in $((SECONDS - began))s"
+        pack
+        return 0
+    fi
+    tail -n 25 "$RUNS/logs/$name.log"
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 130 ]; then
+        say "deadline: $name interrupted after $((SECONDS - began))s; run the same command again to continue it"
+        pack; exit 0
+    fi
+    say "FAILED $name (exit $rc), log: $RUNS/logs/$name.log"
+    pack; exit 1
+}
+
+setup() {
+    if [ -d "$WHEELS" ] && [ ! -d /tmp/site/fla ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
+    fi
+    if [ ! -f "$TEACHER" ]; then
+        [ -f .carry/p1/gguf.part1 ] && [ -f .carry/p2/gguf.part2 ] \
+            || { echo "no teacher at $TEACHER and not both halves under .carry/p1, .carry/p2"; return 1; }
+        cat .carry/p1/gguf.part1 .carry/p2/gguf.part2 >"$TEACHER.tmp"
+        echo "$(cat .carry/p2/gguf.sha256)  $TEACHER.tmp" | sha256sum --check --quiet - \
+            || { rm -f "$TEACHER.tmp"; echo "the reassembled teacher does not match .carry/p2/gguf.sha256"; return 1; }
+        mv "$TEACHER.tmp" "$TEACHER"
+    fi
+    [ -f "$CORPUS" ] || { echo "no corpus at $CORPUS (python -m hypenet.data export corpus.jsonl.xz)"; return 1; }
+    python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+    if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv; fi
+}
+
+convert() {  # convert RUN [--set ...]: HALO into runs/gpu/RUN, continuing whatever is there
+    local run=$1; shift
+    "${HYPENET[@]}" convert --teacher "$TEACHER" --data "$CORPUS" --config "$CONFIG" --out "$RUNS/$run" --resume "$@"
+}
+
+share_stage1() {  # the ablations start from the HALO run's stage 1 (it trains every layer, whatever is selected)
+    local run=$1
+    [ -f "$RUNS/$run/stages/stage1/done.json" ] && return 0
+    mkdir -p "$RUNS/$run/stages"
+    cp -r "$RUNS/halo/stages/stage1" "$RUNS/$run/stages/" && cp "$RUNS/halo/config.yaml" "$RUNS/$run/"
+}
+
+evaluate() {  # evaluate LABEL MODEL [more eval options]
+    local label=$1 model=$2; shift 2
+    "${HYPENET[@]}" eval "$model" --label "$label" --out "$RUNS/eval/$label" "${EVAL_ARGS[@]}" "$@"
+}
+
+say "gpu_convert: deadline ${DEADLINE}s"
+step setup setup
+step convert_halo convert halo
+step eval_teacher evaluate teacher "$TEACHER" --yarn
+step eval_halo evaluate hypenet-halo "$RUNS/halo/model"
+step compare "${HYPENET[@]}" compare "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" \
+    --labels teacher,hypenet-halo --out "$RUNS/compare"
+step share_stage1_even share_stage1 even
+step convert_even convert even --set select.strategy=even
+step eval_even evaluate hypenet-even "$RUNS/even/model"
+step share_stage1_none share_stage1 none
+step convert_none convert none --set select.strategy=none
+step eval_none evaluate hypenet-none "$RUNS/none/model"
+step ablation "${HYPENET[@]}" compare "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" "$RUNS/eval/hypenet-even" \
+    "$RUNS/eval/hypenet-none" --labels teacher,halo,even,none --out "$RUNS/ablation"
+step train_speed python3 -m hypenet.bench.train --out "$RUNS/train_speed" "${SPEED_ARGS[@]}"
+pack
+say "all done: results in $OUT/gpu_convert.tgz"

@@ -1,0 +1,93 @@
+"""scripts/gpu_convert.sh on a CPU with a tiny teacher: every step runs once, the results are packed, a rerun skips
+what is done, and a deadline stops the script cleanly before a step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+from test_halo_pipeline import make_documents, make_teacher, make_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_convert.sh"
+
+# The GPU config's shape of run, at the size of tests/test_halo_pipeline.py's tiny conversions.
+TINY_CONFIG = {
+    "device": "cpu", "checkpoint_every": 5,
+    "stage1": {"tokens": 2048, "seq_len": 64, "batch_size": 4},
+    "select": {"recall_samples": 2, "recall_context": 256, "commonsense_tokens": 256, "batch_size": 4},
+    "stage2": {"tokens": 2048, "seq_len": 64, "batch_size": 4, "lr": 1e-3},
+    "stage3": {"tokens": 1024, "seq_len": 256, "batch_size": 2, "lr": 1e-3},
+    "export": {"logit_scaling_candidates": [100.0, 500.0], "max_docs": 1, "eval_len": 512},
+}
+EVAL_OPTIONS = ("--niah-lengths 400,600 --niah-depths 0.5 --niah-samples 1 --tasks single_1,single_2 "
+                "--batch-size 2 --ppl-docs 2 --ppl-max-len 600 --device cpu")
+SPEED_OPTIONS = "tiny-hypenet --device cpu --steps 2 --warmup-steps 1 --stages stage2"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpu_convert")
+    documents = make_documents(300)
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    corpus = root / "corpus.jsonl.xz"
+    subprocess.run([sys.executable, "-m", "hypenet.data", "export", str(corpus), "--source", str(data)], check=True,
+                   capture_output=True)
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_CONFIG))
+    env = {
+        **os.environ, "TEACHER": str(make_teacher(root / "teacher", "qwen3", make_tokenizer(documents))),
+        "CORPUS": str(corpus), "CONFIG": str(config), "RUNS": str(root / "runs"), "OUT": str(root / "out"),
+        "WHEELS": str(root / "no-wheels"), "EVAL_OPTIONS": EVAL_OPTIONS, "SPEED_OPTIONS": SPEED_OPTIONS,
+        "HOME": str(root),  # tokenised corpora are cached under ~/.cache
+    }
+    return root, env
+
+
+def run_script(env: dict, deadline: int) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), str(deadline)], env=env, capture_output=True, text=True, timeout=1200)
+
+
+def test_deadline_stops_before_a_step_and_keeps_nothing_half_done(setup):
+    root, env = setup
+    run = run_script({**env, "RUNS": str(root / "early"), "OUT": str(root / "early_out")}, deadline=10)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "deadline: stopping before setup; run the same command again to continue" in run.stdout
+    assert not list((root / "early" / "done").iterdir())
+
+
+def test_whole_run_packs_every_result_and_a_rerun_skips_it(setup):
+    root, env = setup
+    run = run_script(env, deadline=1500)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert "all done" in run.stdout
+    steps = ["setup", "convert_halo", "eval_teacher", "eval_halo", "compare", "train_speed", "share_stage1_even",
+             "convert_even", "eval_even", "share_stage1_none", "convert_none", "eval_none", "ablation"]
+    assert sorted(p.name for p in (root / "runs" / "done").iterdir()) == sorted(steps)
+
+    with tarfile.open(root / "out" / "gpu_convert.tgz") as archive:
+        names = set(archive.getnames())
+        report = lambda run: json.load(archive.extractfile(f"results/convert_{run}/report.json"))  # noqa: E731
+        halo, even, none = report("halo"), report("even"), report("none")
+        ablation = archive.extractfile("results/ablation/report.md").read().decode()
+    for name in ("results/eval/teacher/results.json", "results/eval/hypenet-halo/results.json",
+                 "results/compare/report.md", "results/train_speed/train_speed.json", "logs/summary.log"):
+        assert name in names, name
+    assert not [n for n in names if n.endswith(".safetensors")]  # no weights come back
+    assert halo["selection"]["strategy"] == "halo" and len(halo["selection"]["attention_layers"]) == 1
+    assert even["selection"]["strategy"] == "even" and none["selection"]["attention_layers"] == []
+    # The ablations reuse the HALO run's stage 1 and train stages 2 and 3 with the same budget.
+    assert even["stages"]["stage1"] == halo["stages"]["stage1"] == none["stages"]["stage1"]
+    assert even["stages"]["stage2"]["tokens"] == halo["stages"]["stage2"]["tokens"] == none["stages"]["stage2"]["tokens"]
+    assert ablation.startswith("# teacher vs halo vs even vs none")
+
+    again = run_script(env, deadline=1500)
+    assert again.returncode == 0 and "all done" in again.stdout
+    assert "start" not in again.stdout  # every step was skipped
