@@ -89,6 +89,23 @@ def test_values_are_seeded_and_unique(tokenizer):
             assert str(uuid.UUID(sample.value)) == sample.value
 
 
+def test_grid_cache_returns_the_same_samples_without_rebuilding(tokenizer, tmp_path, monkeypatch):
+    import hypenet.eval.niah as niah
+
+    grid = dict(tasks=TASKS, lengths=[300], depths=[0.0, 1.0], samples_per_cell=2, haystack_docs=HAYSTACK_DOCS)
+    built = build_niah_grid(tokenizer, seed=0, cache_dir=tmp_path, **grid)
+    assert len(list(tmp_path.glob("niah-*.json.gz"))) == 1 and not list(tmp_path.glob("*.tmp"))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a cached grid must not be rebuilt")
+
+    monkeypatch.setattr(niah, "build_niah_sample", fail)
+    assert build_niah_grid(tokenizer, seed=0, cache_dir=tmp_path, **grid) == built
+    for changed in (dict(seed=1), dict(haystack_docs=HAYSTACK_DOCS[:-1]), dict(lengths=[320])):
+        with pytest.raises(AssertionError, match="must not be rebuilt"):  # another key: built afresh
+            build_niah_grid(tokenizer, cache_dir=tmp_path, **{**grid, "seed": 0, **changed})
+
+
 def test_used_values_forces_a_fresh_value(tokenizer):
     first = build_niah_sample(tokenizer, "single_1", 200, 0.5, seed=3)
     second = build_niah_sample(tokenizer, "single_1", 200, 0.5, seed=3, used_values={first.value})

@@ -305,6 +305,7 @@ def test_export_loads_without_hypenet_and_generates_the_same(student, tokenizer,
         extra_info={"teacher": "tiny-qwen3"},
     )
     assert info["path"] == str(out) and set(info["losses"]) == {"off", "50", "500"}
+    assert info["warnings"] == []  # other libraries' warnings during the search are not the export's
     config = json.loads((out / "config.json").read_text())
     assert config["attention_logit_scaling_base"] == info["logit_scaling_base"] == student.config.attention_logit_scaling_base
     assert config["auto_map"] == {
@@ -333,6 +334,23 @@ with torch.no_grad():
     run = run_without_hypenet(code, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_export_records_only_its_own_warnings(student, tokenizer, tmp_path, monkeypatch):
+    import warnings
+
+    import hypenet.halo.export as export
+
+    scored = export.long_context_loss
+
+    def noisy(*args, **kwargs):  # as torch and transformers warn during a forward on a GPU
+        warnings.warn("Flash Attention is not installed", UserWarning)
+        return scored(*args, **kwargs)
+
+    monkeypatch.setattr(export, "long_context_loss", noisy)
+    short = [np.arange(5, 40)]  # shorter than the training context: the export's own warning
+    info = export_checkpoint(student, tokenizer, tmp_path / "w", short, candidates=(None, 50), train_context=64)
+    assert len(info["warnings"]) == 1 and "longest one (35 tokens)" in info["warnings"][0]
 
 
 def test_export_with_explicit_base_skips_the_search(student, tokenizer, tmp_path):

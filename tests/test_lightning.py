@@ -203,3 +203,13 @@ def test_unknown_backend_is_rejected():
     q, k, v, g, _ = make_inputs(1, 2, 1, 2, 2, per_token_g=False, seed=9)
     with pytest.raises(ValueError, match="choose 'auto', 'torch' or 'fla'"):
         lightning_attention(q, k, v, g, 1.0, backend="triton")
+
+
+def test_fla_inputs_share_one_dtype():
+    """fla's matmuls need equal operand dtypes: mixed q/k/v (fp32 QK norms, bf16 v under autocast) are unified."""
+    f32, bf16 = torch.ones(2, dtype=torch.float32), torch.ones(2, dtype=torch.bfloat16)
+    assert lightning.kernel_input_dtype(bf16, bf16, bf16) == torch.bfloat16
+    assert lightning.kernel_input_dtype(f32, f32, bf16) == torch.float32  # no autocast: promote
+    assert lightning.kernel_input_dtype(f32.double(), f32.double(), f32.double()) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: the autocast dtype, as for a matmul
+        assert lightning.kernel_input_dtype(f32, f32, bf16) == torch.bfloat16

@@ -216,6 +216,20 @@ def test_left_padded_batch_equals_each_prompt_alone(mixers):
             assert out[i, ids.shape[1]:].tolist() == single[0, len(p):].tolist()
 
 
+def test_repeated_kv_heads_give_the_same_attention_as_gqa(monkeypatch):
+    """The fp32-on-CUDA path (K/V heads repeated, no enable_gqa) computes what SDPA's GQA does, padded or not."""
+    import hypenet.model.modeling_hypenet as modeling
+
+    model = tiny_hypenet(("attention", "lightning"))
+    torch.manual_seed(1)
+    ids, mask = left_padded([torch.randint(1, 97, (n,)) for n in (7, 16)])
+    with torch.no_grad():
+        expected = model(ids, attention_mask=mask).logits
+        monkeypatch.setattr(modeling, "_repeat_kv_for_sdpa", lambda q: True)
+        repeated = model(ids, attention_mask=mask).logits
+    assert (repeated - expected).abs().max().item() <= 1e-5
+
+
 def test_chunked_prefill_and_token_by_token_decoding_equal_one_forward():
     model = tiny_hypenet()
     seq = torch.randint(1, 97, (2, 29))

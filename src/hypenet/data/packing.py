@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from .sources import iter_documents, source_files
 
-__all__ = ["PackedChunks", "TokenizedCorpus", "default_cache_dir", "describe_corpus", "tokenize_corpus"]
+__all__ = ["PackedChunks", "TokenizedCorpus", "default_cache_dir", "describe_corpus", "tokenize_corpus",
+           "tokenizer_fingerprint"]
 
 CACHE_FORMAT = 1  # bump when the cached files or the tokenisation change meaning
 TOKENIZE_BATCH_CHARS = 4_000_000  # text handed to the fast tokenizer per call; it tokenises a batch on all cores
@@ -72,7 +73,7 @@ def _unit_hash(seed: int, index: int) -> float:
     return int.from_bytes(digest, "little") / 2**64
 
 
-def _tokenizer_fingerprint(tokenizer) -> str:
+def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of everything that decides the ids: a fast tokenizer's full definition, else its vocabulary."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     definition = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
@@ -114,7 +115,7 @@ def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, m
         raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token; set tokenizer.eos_token first")
     name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
     settings = {"format": CACHE_FORMAT, "source": _source_fingerprint(source), "text_field": text_field,
-                "tokenizer": _tokenizer_fingerprint(tokenizer), "eos": eos, "heldout_fraction": heldout_fraction,
+                "tokenizer": tokenizer_fingerprint(tokenizer), "eos": eos, "heldout_fraction": heldout_fraction,
                 "max_tokens": max_tokens, "seed": seed, "min_heldout_docs": min_heldout_docs,
                 "long_doc_tokens": long_doc_tokens, "long_heldout_fraction": long_heldout_fraction}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]

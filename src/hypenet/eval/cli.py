@@ -77,6 +77,9 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
                       help="trained context length for --yarn (default: from the config)")
     niah.add_argument("--max-batch-tokens", type=int, default=131072,
                       help="cap on batch size x prompt length for long prompts (default 131072)")
+    niah.add_argument("--niah-cache", type=Path, default=None,
+                      help="folder of built NIAH prompts, reused by every model with the same tokenizer and "
+                           "settings (default $HYPENET_CACHE/niah, i.e. ~/.cache/hypenet/niah; 'none' to rebuild)")
     ppl = parser.add_argument_group("perplexity")
     ppl.add_argument("--ppl-max-len", type=int, default=None,
                      help="tokens per document evaluated (default: the longest NIAH length)")
@@ -142,7 +145,8 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
             args.lm_eval_fewshot, args.seed))
     if "niah" in evals:
         haystack = _haystack_docs(args)
-        records = _timed(results, "niah", lambda: _niah(model, tokenizer, args, args.niah_lengths, haystack))
+        records = _timed(results, "niah", lambda: _niah(model, tokenizer, args, args.niah_lengths, haystack,
+                                                         _phases(results, "niah")))
         heatmaps += _write_niah(results, "niah", records, out_dir)
         if args.yarn:
             del model
@@ -162,6 +166,11 @@ def _timed(results: dict, name: str, work):
     value = work()
     results["timing_s"][name] = time.perf_counter() - started
     return value
+
+
+def _phases(results: dict, name: str) -> dict:
+    """results["timing_s"][name + "_phases"]: seconds per phase (prompt building, generation) of an evaluation."""
+    return results["timing_s"].setdefault(f"{name}_phases", {})
 
 
 def _limit(limit: float | None):
@@ -187,12 +196,25 @@ def _haystack_docs(args) -> list[str] | None:
     return load_documents(args.haystack) if needs_documents else None
 
 
-def _niah(model, tokenizer, args, lengths, haystack) -> list[dict]:
+def _niah_cache(args) -> Path | None:
+    from hypenet.teachers.load import cache_dir
+
+    if args.niah_cache is None:
+        return cache_dir() / "niah"
+    return None if str(args.niah_cache).lower() == "none" else args.niah_cache
+
+
+def _niah(model, tokenizer, args, lengths, haystack, timing: dict | None = None) -> list[dict]:
     from .niah import evaluate_niah
 
-    return evaluate_niah(model, tokenizer, args.tasks, lengths, args.niah_depths, args.niah_samples, args.seed,
-                         haystack, args.chat_template, args.batch_size, args.max_batch_tokens,
-                         progress=not args.no_progress)
+    phases: dict = {}
+    records = evaluate_niah(model, tokenizer, args.tasks, lengths, args.niah_depths, args.niah_samples, args.seed,
+                            haystack, args.chat_template, args.batch_size, args.max_batch_tokens,
+                            progress=not args.no_progress, cache_dir=_niah_cache(args), timing=phases)
+    if timing is not None:  # accumulated: YaRN runs one length at a time
+        for name, seconds in phases.items():
+            timing[name] = timing.get(name, 0.0) + seconds
+    return records
 
 
 def _niah_with_yarn(spec, args, haystack, results) -> list[dict]:
@@ -213,7 +235,7 @@ def _niah_with_yarn(spec, args, haystack, results) -> list[dict]:
         factors[str(length)] = scaling["factor"]
         _log(f"YaRN factor {scaling['factor']:g} for {length} tokens (trained {trained})")
         model, tokenizer = load_model_for_eval(spec, args.device, args.dtype, rope_scaling=scaling)
-        records += _niah(model, tokenizer, args, [length], haystack)
+        records += _niah(model, tokenizer, args, [length], haystack, _phases(results, "niah_yarn"))
         del model
         gc.collect()
     results["yarn"] = {"trained_context_length": trained, "factors": factors}

@@ -8,12 +8,17 @@ appears in its output.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
+import os
 import random
 import re
 import uuid
 import zlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from statistics import mean
 from typing import Sequence
 
@@ -247,16 +252,52 @@ def sample_seed(base_seed: int, task: str, context_len: int, depth: float, index
     return zlib.crc32(f"{base_seed}:{task}:{context_len}:{depth:g}:{index}".encode())
 
 
+GRID_CACHE_FORMAT = 1  # bump when the prompts a grid's settings produce change
+
+
 def build_niah_grid(tokenizer, tasks: Sequence[str], lengths: Sequence[int], depths: Sequence[float],
                     samples_per_cell: int, seed: int = 0, haystack_docs: Sequence[str] | None = None,
-                    chat_template: bool = False) -> list[NiahSample]:
-    """Samples for every (task, length, depth) cell; values unique across the whole grid."""
+                    chat_template: bool = False, cache_dir: str | Path | None = None) -> list[NiahSample]:
+    """Samples for every (task, length, depth) cell; values unique across the whole grid.
+
+    With cache_dir, the grid is saved there under a key of everything that decides it (the tokenizer's full
+    definition, the haystack texts, the settings) and loaded next time: a teacher and its students share a
+    tokenizer, so a comparison builds its prompts once (minutes at 64K on a few cores).
+    """
+    path = None
+    if cache_dir is not None:
+        key = _grid_key(tokenizer, tasks, lengths, depths, samples_per_cell, seed, haystack_docs, chat_template)
+        path = Path(cache_dir).expanduser() / f"niah-{key}.json.gz"
+        if path.is_file():
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return [NiahSample(**row) for row in json.load(f)]
     used_values: set[str] = set()
-    return [
+    samples = [
         build_niah_sample(tokenizer, task, length, depth, sample_seed(seed, task, length, depth, i), haystack_docs,
                           chat_template, used_values)
         for task in tasks for length in lengths for depth in depths for i in range(samples_per_cell)
     ]
+    if path is not None:  # written beside, then renamed: a reader never sees half a file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with gzip.open(tmp, "wt", encoding="utf-8") as f:
+            json.dump([asdict(sample) for sample in samples], f)
+        os.replace(tmp, path)
+    return samples
+
+
+def _grid_key(tokenizer, tasks, lengths, depths, samples_per_cell, seed, haystack_docs, chat_template) -> str:
+    from hypenet.data.packing import tokenizer_fingerprint
+
+    haystack = hashlib.sha256()
+    for doc in haystack_docs or ():
+        haystack.update(hashlib.sha256(doc.encode()).digest())
+    settings = {"format": GRID_CACHE_FORMAT, "tokenizer": tokenizer_fingerprint(tokenizer),
+                "chat_template": getattr(tokenizer, "chat_template", None) if chat_template else None,
+                "tasks": [repr(get_task(t)) for t in tasks], "lengths": [int(n) for n in lengths],
+                "depths": [float(d) for d in depths], "samples_per_cell": samples_per_cell, "seed": seed,
+                "haystack": haystack.hexdigest(), "use_chat_template": chat_template}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def score(sample: NiahSample, output: str) -> bool:
@@ -344,8 +385,17 @@ def sample_records(samples: Sequence[NiahSample], outputs: Sequence[str]) -> lis
 def evaluate_niah(model, tokenizer, tasks: Sequence[str], lengths: Sequence[int], depths: Sequence[float],
                   samples_per_cell: int = 4, seed: int = 0, haystack_docs: Sequence[str] | None = None,
                   chat_template: bool = False, batch_size: int = 8, max_batch_tokens: int | None = None,
-                  progress: bool = True) -> list[dict]:
-    """Build the grid, generate, score: per-sample records (summarize them with `summarize`)."""
-    samples = build_niah_grid(tokenizer, tasks, lengths, depths, samples_per_cell, seed, haystack_docs, chat_template)
+                  progress: bool = True, cache_dir: str | Path | None = None,
+                  timing: dict | None = None) -> list[dict]:
+    """Build the grid (from cache_dir when it was built before), generate, score: per-sample records (summarize
+    them with `summarize`). `timing`, if given, receives the seconds spent building and generating."""
+    import time
+
+    started = time.perf_counter()
+    samples = build_niah_grid(tokenizer, tasks, lengths, depths, samples_per_cell, seed, haystack_docs, chat_template,
+                              cache_dir)
+    built = time.perf_counter()
     outputs = generate_answers(model, tokenizer, samples, batch_size, max_batch_tokens, progress)
+    if timing is not None:
+        timing.update(build_s=built - started, generate_s=time.perf_counter() - built)
     return sample_records(samples, outputs)

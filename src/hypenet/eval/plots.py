@@ -55,8 +55,9 @@ def plot_perplexity_by_bucket(series: dict[str, list[dict]], path: str | Path, t
         points = [(b["end"], b["ppl"]) for b in buckets if b["ppl"] is not None]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     _log2_length_axis(ax, {b["end"] for buckets in series.values() for b in buckets})
+    ax.set_yscale("log")  # beyond its window a teacher's perplexity grows by orders of magnitude
     ax.set_xlabel("token position (bucket end)")
-    ax.set_ylabel("perplexity")
+    ax.set_ylabel("perplexity (log scale)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

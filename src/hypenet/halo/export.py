@@ -66,6 +66,10 @@ def long_context_loss(model: HypeNetForCausalLM, docs: Sequence[np.ndarray], sco
     return total / count
 
 
+class ShortDocumentsWarning(UserWarning):
+    """No held-out document is longer than the training context: `a` was chosen on shorter ones."""
+
+
 def choose_logit_scaling_base(
     model: HypeNetForCausalLM,
     long_docs: Sequence,
@@ -88,7 +92,7 @@ def choose_logit_scaling_base(
         raise ValueError(f"eval_len ({eval_len}) must exceed train_context ({train_context}) to test length generalisation")
     docs, scored_from, warning = _long_eval_docs(long_docs, train_context, eval_len)
     if warning:
-        warnings.warn(warning, stacklevel=2)
+        warnings.warn(warning, ShortDocumentsWarning, stacklevel=2)
     original, was_training = model.config.attention_logit_scaling_base, model.training
     model.eval()
     losses = {}
@@ -136,7 +140,7 @@ def export_checkpoint(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             a, by_candidate = choose_logit_scaling_base(student, long_docs, candidates, eval_len, train_context, device)
-        notes = [str(w.message) for w in caught]
+        notes = [str(w.message) for w in caught if issubclass(w.category, ShortDocumentsWarning)]  # not torch's
         for note in notes:
             log.warning(note)
         losses = {scaling_label(c): loss for c, loss in by_candidate.items()}

@@ -122,6 +122,19 @@ def _fla_importable() -> bool:
     return True
 
 
+def kernel_input_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.dtype:
+    """The one dtype q, k and v enter the fla kernels in (their matmuls need equal operand types).
+
+    Under autocast (mixed-precision training, where the QK norms return fp32 but v_proj returns bf16) it is the
+    autocast dtype, as for a matmul; otherwise the promotion of the three; fp32 for dtypes fla does not take.
+    """
+    if torch.is_autocast_enabled(q.device.type):
+        common = torch.get_autocast_dtype(q.device.type)
+    else:
+        common = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    return common if common in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
+
+
 def _lightning_attention_fla(q, k, v, g, scale, initial_state, output_final_state, g_gamma):
     try:
         from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
@@ -129,10 +142,10 @@ def _lightning_attention_fla(q, k, v, g, scale, initial_state, output_final_stat
         raise ImportError(f"backend='fla' needs flash-linear-attention ({error}): {FLA_INSTALL_HINT}") from error
     if q.device.type == "cpu":
         raise ValueError("backend='fla' runs Triton kernels on a GPU; for CPU tensors pass backend='torch'")
-    # fla computes in fp32 internally; it takes fp32/bf16/fp16 inputs, an fp32 decay and an fp32 state.
+    # fla computes in fp32 internally; it takes fp32/bf16/fp16 inputs of one dtype, an fp32 decay and an fp32 state.
     out_dtype = q.dtype
-    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        q, k, v = q.float(), k.float(), v.float()
+    common = kernel_input_dtype(q, k, v)
+    q, k, v = q.to(common), k.to(common), v.to(common)
     decay = {"g_gamma": g_gamma.float()} if g_gamma is not None else {"g": g.float()}
     kernel = fused_recurrent_simple_gla if q.shape[1] == 1 else chunk_simple_gla
     o, final_state = kernel(

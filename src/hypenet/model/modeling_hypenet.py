@@ -175,6 +175,13 @@ class HypeNetMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
+def _repeat_kv_for_sdpa(q: torch.Tensor) -> bool:
+    """Whether grouped K/V heads are repeated before SDPA instead of passing enable_gqa: on CUDA in fp32, where no
+    flash kernel runs and the memory-efficient one has no GQA, so SDPA would fall back to the math path, which
+    materialises T x T scores (144 GiB at 64K tokens)."""
+    return q.is_cuda and q.dtype == torch.float32
+
+
 class HypeNetAttention(nn.Module):
     """The teacher's GQA softmax attention; HypeNet drops RoPE, adds an output gate and HyPE logit scaling."""
 
@@ -207,9 +214,13 @@ class HypeNetAttention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
+        gqa = self.num_kv_heads != self.num_heads
+        if gqa and _repeat_kv_for_sdpa(q):
+            k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+            v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+            gqa = False
         o = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal, scale=self.head_dim**-0.5,
-            enable_gqa=self.num_kv_heads != self.num_heads,
+            q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal, scale=self.head_dim**-0.5, enable_gqa=gqa,
         )
         o = o.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)
         if self.config.attention_output_gate:
