@@ -18,6 +18,9 @@
 #   CORPUS   the built-in corpus as one file (default .carry/p2/corpus.jsonl.xz), made on a machine that has it by
 #            `python -m hypenet.data export corpus.jsonl.xz`: the same documents in the same order, so the same
 #            held-out split
+#   TRITON_CACHE  (optional, default .carry/triton_cache.tgz) the triton_cache.tgz an earlier lease sent back
+#   TEACHER_EVAL  (optional) an earlier `hypenet eval` folder of the teacher, reused when its settings match
+#            (results/gpu_convert/eval/teacher: the teacher's 6-minute evaluation need not run again)
 #   WHEELS   (default .whl/) wheels of what the image lacks (flash-linear-attention, fla-core, gguf, transformers >= 5.24),
 #            installed into /tmp/site once per machine
 set -uo pipefail
@@ -28,6 +31,7 @@ RUNS=${RUNS:-runs/gpu}
 TEACHER=${TEACHER:-$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf}
 CORPUS=${CORPUS:-.carry/p2/corpus.jsonl.xz}
 WHEELS=${WHEELS:-.whl}
+TRITON_CACHE=${TRITON_CACHE:-.carry/triton_cache.tgz}
 OUT=${OUT:-$RUNS/out}
 # CONFIG, EVAL_OPTIONS and SPEED_OPTIONS can be replaced (tests/test_gpu_convert_script.py runs this on a CPU).
 CONFIG=${CONFIG:-configs/gpu-smollm2.yaml}
@@ -35,7 +39,7 @@ read -r -a EVAL_ARGS <<<"${EVAL_OPTIONS:---niah-lengths 4096,8192,16384,32768,65
 EVAL_ARGS+=(--ppl-source "$CORPUS" --haystack "$CORPUS" --no-progress)
 read -r -a SPEED_ARGS <<<"${SPEED_OPTIONS:-}"
 mkdir -p "$RUNS/done" "$RUNS/logs" "$OUT"
-export RUNS TEACHER CORPUS WHEELS OUT CONFIG
+export RUNS TEACHER CORPUS WHEELS OUT CONFIG TRITON_CACHE TEACHER_EVAL
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 export PYTHONPATH=/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 HYPENET=(python3 -m hypenet.cli)
@@ -55,6 +59,11 @@ pack() {  # the results so far, without weights, into $OUT (at most 8 files come
         [ -d "$RUNS/$dir" ] && cp -r "$RUNS/$dir" "$keep/"
     done
     tar czf "$OUT/gpu_convert.tgz" -C "$RUNS" results logs
+    # Triton's compiled kernels and autotuning results: carried back in, they save the next lease minutes.
+    if [ -d "$HOME/.triton/cache" ]; then
+        tar czf "$OUT/triton_cache.tgz" -C "$HOME/.triton/cache" .
+        [ "$(stat -c %s "$OUT/triton_cache.tgz")" -lt 16000000 ] || rm -f "$OUT/triton_cache.tgz"
+    fi
 }
 
 # step NAME COMMAND...: run once (skipped when runs/gpu/done/NAME exists), interrupted at the deadline.
@@ -69,7 +78,7 @@ step() {
     say "start $name (${left}s left)"
     local began=$SECONDS
     # timeout runs programs, not functions: a child bash gets this script's functions and arrays first.
-    timeout --signal=INT --kill-after=30 "$left" bash -c "$(declare -f setup convert share_stage1 evaluate)
+    timeout --signal=INT --kill-after=30 "$left" bash -c "$(declare -f setup convert share_stage1 evaluate evaluate_teacher)
         $(declare -p HYPENET EVAL_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
     local rc=$?
     if [ "$rc" -eq 0 ]; then
@@ -100,6 +109,9 @@ setup() {
         mv "$TEACHER.tmp" "$TEACHER"
     fi
     [ -f "$CORPUS" ] || { echo "no corpus at $CORPUS (python -m hypenet.data export corpus.jsonl.xz)"; return 1; }
+    if [ -f "$TRITON_CACHE" ]; then  # kernels compiled by an earlier lease on the same image
+        mkdir -p "$HOME/.triton/cache" && tar xzf "$TRITON_CACHE" -C "$HOME/.triton/cache"
+    fi
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
     if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv; fi
 }
@@ -116,6 +128,23 @@ share_stage1() {  # the ablations start from the HALO run's stage 1 (it trains e
     cp -r "$RUNS/halo/stages/stage1" "$RUNS/$run/stages/" && cp "$RUNS/halo/config.yaml" "$RUNS/$run/"
 }
 
+evaluate_teacher() {  # or reuse TEACHER_EVAL, an earlier evaluation of the same teacher with the same settings
+    [ -n "${TEACHER_EVAL:-}" ] || { evaluate teacher "$TEACHER" --yarn; return; }
+    python3 - "$TEACHER_EVAL/results.json" "${EVAL_ARGS[@]}" <<'PY' || return 1
+import json, sys
+from hypenet.cli import build_parser
+saved = json.load(open(sys.argv[1]))["settings"]
+now = vars(build_parser().parse_args(["eval", "teacher", *sys.argv[2:]]))
+keys = ["niah_lengths", "niah_depths", "niah_samples", "tasks", "chat_template", "ppl_max_len", "ppl_docs",
+        "ppl_heldout_fraction", "seed"]
+different = [k for k in keys if saved.get(k) != now.get(k)]
+if different or not saved.get("yarn"):
+    sys.exit(f"TEACHER_EVAL {sys.argv[1]} was run with other settings ({different or 'no --yarn'}); unset it")
+print(f"reusing {sys.argv[1]}: same settings")
+PY
+    mkdir -p "$RUNS/eval" && rm -rf "$RUNS/eval/teacher" && cp -r "$TEACHER_EVAL" "$RUNS/eval/teacher"
+}
+
 evaluate() {  # evaluate LABEL MODEL [more eval options]
     local label=$1 model=$2; shift 2
     "${HYPENET[@]}" eval "$model" --label "$label" --out "$RUNS/eval/$label" "${EVAL_ARGS[@]}" "$@"
@@ -124,7 +153,7 @@ evaluate() {  # evaluate LABEL MODEL [more eval options]
 say "gpu_convert: deadline ${DEADLINE}s"
 step setup setup
 step convert_halo convert halo
-step eval_teacher evaluate teacher "$TEACHER" --yarn
+step eval_teacher evaluate_teacher
 step eval_halo evaluate hypenet-halo "$RUNS/halo/model"
 step compare "${HYPENET[@]}" compare "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" \
     --labels teacher,hypenet-halo --out "$RUNS/compare"

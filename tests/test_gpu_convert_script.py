@@ -91,3 +91,29 @@ def test_whole_run_packs_every_result_and_a_rerun_skips_it(setup):
     again = run_script(env, deadline=1500)
     assert again.returncode == 0 and "all done" in again.stdout
     assert "start" not in again.stdout  # every step was skipped
+
+
+STEPS_AFTER_TEACHER = ["convert_halo", "eval_halo", "compare", "share_stage1_even", "convert_even", "eval_even",
+                       "share_stage1_none", "convert_none", "eval_none", "ablation", "train_speed"]
+
+
+def test_an_earlier_teacher_evaluation_is_reused_only_with_the_same_settings(setup):
+    root, env = setup
+    earlier = root / "runs" / "eval" / "teacher"
+    if not (earlier / "results.json").is_file():
+        pytest.skip("needs the whole run of the test above")
+    for name, options in (("same", EVAL_OPTIONS), ("other", EVAL_OPTIONS.replace("--niah-samples 1", "--niah-samples 2"))):
+        runs = root / f"reuse_{name}"
+        (runs / "done").mkdir(parents=True)
+        for step in STEPS_AFTER_TEACHER:  # only setup and the teacher's evaluation are left to run
+            (runs / "done" / step).write_text("0")
+        run = run_script({**env, "RUNS": str(runs), "OUT": str(root / f"out_{name}"), "TEACHER_EVAL": str(earlier),
+                          "EVAL_OPTIONS": options}, deadline=600)
+        log = (runs / "logs" / "eval_teacher.log").read_text()
+        if name == "same":
+            assert run.returncode == 0 and "all done" in run.stdout, run.stdout + log
+            assert "same settings" in log
+            assert (runs / "eval" / "teacher" / "results.json").read_text() == (earlier / "results.json").read_text()
+        else:
+            assert run.returncode == 1 and "FAILED eval_teacher" in run.stdout
+            assert "was run with other settings (['niah_samples'])" in log
