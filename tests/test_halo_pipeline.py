@@ -148,6 +148,21 @@ def test_convert_tiny_llama(assets):
     check_conversion(out, convert(tiny_config(assets, "llama", out)))
 
 
+def test_convert_in_bf16_mixed_precision(assets, tmp_path):
+    """The GPU's precision setting (bf16 autocast, fp32 master weights), run on the CPU: every stage trains, the
+    export's search runs under autocast, and the checkpoint keeps fp32 weights."""
+    out = tmp_path / "bf16"
+    # A process of its own: accelerate fixes the precision once per process (as `hypenet convert` runs anyway).
+    run = subprocess.run([sys.executable, "-m", "hypenet.cli", "convert", *cli_args(assets, "qwen3", out),
+                          "--set", "mixed_precision=bf16"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["mixed_precision"] == "bf16"
+    check_conversion(out, report)
+    weights = load_file(str(out / "model" / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
 def test_stage1_loss_goes_down_on_a_fixed_batch(assets):
     from hypenet.teachers import load_teacher
 

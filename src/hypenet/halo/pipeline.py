@@ -253,7 +253,9 @@ def _run_export(conv: Conversion) -> dict:
         return {}
     cfg, train_context = conv.config.export, conv.config.stage3.seq_len
     longest_docs = sorted(conv.corpus.heldout_docs, key=len, reverse=True)[: cfg.max_docs]
-    with user_errors("export"):
+    # The search for `a` runs in the training's precision: bf16 autocast on a GPU (the fp32 weights are saved).
+    bf16 = conv.settings.mixed_precision == "bf16"
+    with user_errors("export"), torch.autocast(conv.state.device.type, dtype=torch.bfloat16, enabled=bf16):
         return export_checkpoint(
             conv.load_model("stage3"), conv.tokenizer, conv.out / MODEL_DIR, longest_docs,
             candidates=cfg.logit_scaling_candidates, train_context=train_context, eval_len=cfg.eval_len,
