@@ -100,7 +100,7 @@ setup() {
     if [ -d "$WHEELS" ] && [ ! -d /tmp/site/fla ]; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
     fi
-    if [ ! -f "$TEACHER" ]; then
+    if [ ! -e "$TEACHER" ]; then  # a .gguf file or a checkpoint folder
         [ -f .carry/p1/gguf.part1 ] && [ -f .carry/p2/gguf.part2 ] \
             || { echo "no teacher at $TEACHER and not both halves under .carry/p1, .carry/p2"; return 1; }
         cat .carry/p1/gguf.part1 .carry/p2/gguf.part2 >"$TEACHER.tmp"
