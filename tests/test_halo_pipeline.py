@@ -216,6 +216,7 @@ def test_sigkill_then_resume_gives_the_same_weights(assets, qwen3_conversion):
 
 
 def test_two_gloo_processes_match_one_in_stage2(assets, qwen3_conversion):
+    """Data parallelism on 2 CPU processes (accelerate runs FSDP and DeepSpeed only on GPUs: issue 7)."""
     reference_out, _ = qwen3_conversion
     out = assets["root"] / "ddp-out"
     for part in ("stages/stage1", "stages/select"):
@@ -226,10 +227,16 @@ def test_two_gloo_processes_match_one_in_stage2(assets, qwen3_conversion):
                "-m", "hypenet.cli", "stage2", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "stage2: 2 process(es), MULTI_CPU," in result.stderr  # really data-parallel
     single = [r["loss"] for r in read_losses(reference_out / "stages" / "stage2")]
     double = [r["loss"] for r in read_losses(out / "stages" / "stage2")]
     assert len(double) == len(single) == 32
     torch.testing.assert_close(torch.tensor(double), torch.tensor(single), rtol=1e-4, atol=1e-5)
+    # The student saved from the replicas is the single-process one.
+    alone = load_file(str(reference_out / "stages" / "stage2" / "model" / "model.safetensors"))
+    gathered = load_file(str(out / "stages" / "stage2" / "model" / "model.safetensors"))
+    assert set(gathered) == set(alone)
+    assert max((gathered[k] - alone[k]).abs().max().item() for k in alone) <= 1e-5
 
 
 # ---- bad input: a clear error, a non-zero exit, nothing lost ----------------------------------------------------

@@ -151,6 +151,8 @@ def train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_di
     optimizer = torch.optim.AdamW(trained, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, steps))
     model, optimizer = acc.prepare(objective, optimizer)
+    log.info("%s: %d process(es), %s, mixed precision %s, %d step(s) of %d x %d tokens", name, acc.num_processes,
+             acc.distributed_type.value, run.mixed_precision, steps, config.batch_size, config.seq_len)
     acc.register_for_checkpointing(scheduler)  # stepped here once per optimizer step, not through accelerate
 
     start, losses, wall_before, resumed_from = 0, [], 0.0, None
