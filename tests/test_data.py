@@ -138,7 +138,7 @@ def test_export_writes_a_source_that_gives_the_same_corpus(jsonl, tokenizer, tmp
     assert [d.tolist() for d in original.heldout_docs] == [d.tolist() for d in carried.heldout_docs]
     assert main(["export", str(tmp_path / "bad.txt"), "--source", str(jsonl)]) == 1
     assert "name the file *.jsonl" in capsys.readouterr().err
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".*.tmp*"))
 
 
 def test_hf_source_without_datasets_says_what_to_install(monkeypatch):

@@ -28,12 +28,14 @@ def main(argv: list[str] | None = None) -> int:
                              "status: list the parts; export: write --source to FILE (e.g. corpus.jsonl.xz)")
     parser.add_argument("file", nargs="?", metavar="FILE", help="export: the .jsonl[.gz|.xz|.bz2] file to write")
     parser.add_argument("--source", default="builtin", help="export: the documents to write (default builtin)")
+    parser.add_argument("--text-field", default="text",
+                        help="export: the field (jsonl) or column (parquet) of --source holding the text (default text)")
     args = parser.parse_args(argv)
     if args.command == "export":
         if not args.file:
             parser.error("export needs the FILE to write, e.g. python -m hypenet.data export corpus.jsonl.xz")
         try:
-            count = export_documents(args.source, args.file)
+            count = export_documents(args.source, args.file, text_field=args.text_field)
         except (OSError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1

@@ -22,9 +22,9 @@ ACCEPTED = (
 COMPRESSION = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
 
 
-def _open_text(path: Path):
-    opener = COMPRESSION.get(path.suffix, open)
-    return opener(path, "rt", encoding="utf-8", errors="replace")
+def _open_text(path: Path, mode: str = "rt"):
+    """A text file, through its compression's opener when its suffix names one."""
+    return COMPRESSION.get(path.suffix, open)(path, mode, encoding="utf-8", errors="replace")
 
 
 def file_format(path: Path) -> str:
@@ -158,11 +158,10 @@ def export_documents(source: str, path: str | Path, *, text_field: str = "text")
     if file_format(path) != ".jsonl":
         raise ValueError(f"export writes JSON lines: name the file *.jsonl, *.jsonl.gz, *.jsonl.xz or *.jsonl.bz2, "
                          f"not {path.name!r}")
-    tmp = path.with_name(path.name + ".tmp")
-    opener = COMPRESSION.get(path.suffix, open)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # same compression suffix, so the same opener
     count = 0
     try:
-        with opener(tmp, "wt", encoding="utf-8") as f:
+        with _open_text(tmp, "wt") as f:
             for doc in iter_documents(source, text_field=text_field):
                 f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
                 count += 1
