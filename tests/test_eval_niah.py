@@ -188,3 +188,14 @@ def test_batches_respect_the_token_cap(tokenizer):
         lengths = [samples[i].n_tokens for i in batch]
         assert lengths == sorted(lengths, reverse=True)
         assert len(batch) <= 3 and (len(batch) == 1 or lengths[0] * len(batch) <= 1300)
+
+
+def test_batches_never_mix_answer_budgets(tokenizer):
+    from hypenet.eval.niah import _batches
+
+    samples = build_niah_grid(tokenizer, TASKS, [300, 400], [0.0, 1.0], 2, seed=0, haystack_docs=HAYSTACK_DOCS)
+    assert {s.max_new_tokens for s in samples} == {12, 64}
+    batches = _batches(samples, batch_size=16, max_batch_tokens=None)
+    assert sorted(i for b in batches for i in b) == list(range(len(samples)))
+    assert all(len({samples[i].max_new_tokens for i in batch}) == 1 for batch in batches)
+    assert len(batches) == 2  # one batch per budget: digits (single_1, single_2) and UUIDs (single_3)

@@ -306,14 +306,16 @@ def score(sample: NiahSample, output: str) -> bool:
 
 
 def _batches(samples: Sequence[NiahSample], batch_size: int, max_batch_tokens: int | None) -> list[list[int]]:
-    """Indices grouped longest first (least padding, and an out-of-memory error shows up in the first batch)."""
-    order = sorted(range(len(samples)), key=lambda i: samples[i].n_tokens, reverse=True)
+    """Indices grouped by answer budget, then longest first (least padding, and an out-of-memory error shows up in
+    the first batch). A batch decodes for its largest budget, so 12-token answers never wait on 64-token ones."""
+    order = sorted(range(len(samples)), key=lambda i: (samples[i].max_new_tokens, samples[i].n_tokens), reverse=True)
     batches, current = [], []
     for i in order:
-        # Sorted longest first, so the batch's first sample sets its padded length.
+        # Sorted longest first within a budget, so the batch's first sample sets its padded length.
         longest = samples[current[0]].n_tokens if current else samples[i].n_tokens
         too_many_tokens = max_batch_tokens is not None and longest * (len(current) + 1) > max_batch_tokens
-        if current and (len(current) == batch_size or too_many_tokens):
+        other_budget = bool(current) and samples[current[0]].max_new_tokens != samples[i].max_new_tokens
+        if current and (len(current) == batch_size or too_many_tokens or other_budget):
             batches.append(current)
             current = []
         current.append(i)
