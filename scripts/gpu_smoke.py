@@ -27,7 +27,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from test_halo_pipeline import TINY, make_documents, make_teacher, make_tokenizer
+    from test_halo_pipeline import TINY, make_documents, make_teacher, make_tokenizer, write_jsonl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hypenet.cli import main as hypenet
@@ -35,8 +35,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="hypenet-gpu-smoke-"))
     out = args.out or root / "out"
     documents = make_documents(300)
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    data = write_jsonl(root / "data.jsonl", documents)
     teacher = make_teacher(root / "teacher", "qwen3", make_tokenizer(documents))
     started = time.perf_counter()
     command = ["convert", "--preset", "smoke", "--device", args.device, "--teacher", str(teacher), "--data", str(data),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_halo_pipeline import make_documents, make_teacher, make_tokenizer
+from test_halo_pipeline import make_documents, make_teacher, make_tokenizer, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_convert.sh"
@@ -35,8 +35,7 @@ SPEED_OPTIONS = "tiny-hypenet --device cpu --steps 2 --warmup-steps 1 --stages s
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu_convert")
     documents = make_documents(300)
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    data = write_jsonl(root / "data.jsonl", documents)
     corpus = root / "corpus.jsonl.xz"
     subprocess.run([sys.executable, "-m", "hypenet.data", "export", str(corpus), "--source", str(data)], check=True,
                    capture_output=True)

@@ -55,6 +55,12 @@ def make_documents(n: int, seed: int = 0) -> list[str]:
     ]
 
 
+def write_jsonl(path: Path, documents: list[str]) -> Path:
+    """A .jsonl data source: one {"text": document} per line."""
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    return path
+
+
 def make_tokenizer(documents: list[str], vocab_size: int = 300) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -87,8 +93,7 @@ def make_teacher(path: Path, family: str, tokenizer) -> Path:
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("halo")
     documents = make_documents(300)
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    data = write_jsonl(root / "data.jsonl", documents)
     tokenizer = make_tokenizer(documents)
     return {
         "root": root,
