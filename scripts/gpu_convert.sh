@@ -21,6 +21,9 @@
 #   TRITON_CACHE  (optional, default .carry/triton_cache.tgz) the triton_cache.tgz an earlier lease sent back
 #   TEACHER_EVAL  (optional) an earlier `hypenet eval` folder of the teacher, reused when its settings match
 #            (results/gpu_convert/eval/teacher: the teacher's 6-minute evaluation need not run again)
+#   HALO_EVAL  (optional) an earlier evaluation of the HALO student (results/gpu_convert/eval/hypenet-halo), reused
+#            when its settings match: then only HALO's stage 1 runs again (the ablations start from it), not its
+#            selection, stages 2-3, export and evaluation, and the lease goes to the ablations
 #   WHEELS   (default .whl/) wheels of what the image lacks (flash-linear-attention, fla-core, gguf, transformers >= 5.24),
 #            installed into /tmp/site once per machine
 set -uo pipefail
@@ -39,7 +42,7 @@ read -r -a EVAL_ARGS <<<"${EVAL_OPTIONS:---niah-lengths 4096,8192,16384,32768,65
 EVAL_ARGS+=(--ppl-source "$CORPUS" --haystack "$CORPUS" --no-progress)
 read -r -a SPEED_ARGS <<<"${SPEED_OPTIONS:-}"
 mkdir -p "$RUNS/done" "$RUNS/logs" "$OUT"
-export RUNS TEACHER CORPUS WHEELS OUT CONFIG TRITON_CACHE TEACHER_EVAL
+export RUNS TEACHER CORPUS WHEELS OUT CONFIG TRITON_CACHE TEACHER_EVAL HALO_EVAL
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 export PYTHONPATH=/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 HYPENET=(python3 -m hypenet.cli)
@@ -78,7 +81,7 @@ step() {
     say "start $name (${left}s left)"
     local began=$SECONDS
     # timeout runs programs, not functions: a child bash gets this script's functions and arrays first.
-    timeout --signal=INT --kill-after=30 "$left" bash -c "$(declare -f setup convert share_stage1 evaluate evaluate_teacher)
+    timeout --signal=INT --kill-after=30 "$left" bash -c "$(declare -f setup convert share_stage1 evaluate reuse_or_evaluate)
         $(declare -p HYPENET EVAL_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
     local rc=$?
     if [ "$rc" -eq 0 ]; then
@@ -116,9 +119,9 @@ setup() {
     if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv; fi
 }
 
-convert() {  # convert RUN [--set ...]: HALO into runs/gpu/RUN, continuing whatever is there
-    local run=$1; shift
-    "${HYPENET[@]}" convert --teacher "$TEACHER" --data "$CORPUS" --config "$CONFIG" --out "$RUNS/$run" --resume "$@"
+convert() {  # convert COMMAND RUN [--set ...]: HALO (`convert`, or one stage) into runs/gpu/RUN, continuing whatever is there
+    local command=$1 run=$2; shift 2
+    "${HYPENET[@]}" "$command" --teacher "$TEACHER" --data "$CORPUS" --config "$CONFIG" --out "$RUNS/$run" --resume "$@"
 }
 
 share_stage1() {  # the ablations start from the HALO run's stage 1 (it trains every layer, whatever is selected)
@@ -128,21 +131,23 @@ share_stage1() {  # the ablations start from the HALO run's stage 1 (it trains e
     cp -r "$RUNS/halo/stages/stage1" "$RUNS/$run/stages/" && cp "$RUNS/halo/config.yaml" "$RUNS/$run/"
 }
 
-evaluate_teacher() {  # or reuse TEACHER_EVAL, an earlier evaluation of the same teacher with the same settings
-    [ -n "${TEACHER_EVAL:-}" ] || { evaluate teacher "$TEACHER" --yarn; return; }
-    python3 - "$TEACHER_EVAL/results.json" "${EVAL_ARGS[@]}" <<'PY' || return 1
+reuse_or_evaluate() {  # reuse_or_evaluate LABEL MODEL SAVED [more eval options]: copy SAVED, an earlier evaluation
+    # with the same settings, or (SAVED empty) evaluate MODEL
+    local label=$1 model=$2 saved=$3; shift 3
+    [ -n "$saved" ] || { evaluate "$label" "$model" "$@"; return; }
+    python3 - "$saved/results.json" "${EVAL_ARGS[@]}" "$@" <<'PY' || return 1
 import json, sys
 from hypenet.cli import build_parser
 saved = json.load(open(sys.argv[1]))["settings"]
-now = vars(build_parser().parse_args(["eval", "teacher", *sys.argv[2:]]))
+now = vars(build_parser().parse_args(["eval", "model", *sys.argv[2:]]))
 keys = ["niah_lengths", "niah_depths", "niah_samples", "tasks", "chat_template", "ppl_max_len", "ppl_docs",
-        "ppl_heldout_fraction", "seed"]
+        "ppl_heldout_fraction", "seed", "yarn"]
 different = [k for k in keys if saved.get(k) != now.get(k)]
-if different or not saved.get("yarn"):
-    sys.exit(f"TEACHER_EVAL {sys.argv[1]} was run with other settings ({different or 'no --yarn'}); unset it")
+if different:
+    sys.exit(f"{sys.argv[1]} was run with other settings ({different}); leave it out to evaluate again")
 print(f"reusing {sys.argv[1]}: same settings")
 PY
-    mkdir -p "$RUNS/eval" && rm -rf "$RUNS/eval/teacher" && cp -r "$TEACHER_EVAL" "$RUNS/eval/teacher"
+    mkdir -p "$RUNS/eval" && rm -rf "$RUNS/eval/$label" && cp -r "$saved" "$RUNS/eval/$label"
 }
 
 evaluate() {  # evaluate LABEL MODEL [more eval options]
@@ -152,16 +157,20 @@ evaluate() {  # evaluate LABEL MODEL [more eval options]
 
 say "gpu_convert: deadline ${DEADLINE}s"
 step setup setup
-step convert_halo convert halo
-step eval_teacher evaluate_teacher
-step eval_halo evaluate hypenet-halo "$RUNS/halo/model"
+if [ -n "${HALO_EVAL:-}" ]; then
+    step stage1_halo convert stage1 halo  # what the ablations share; the rest of HALO was run and evaluated before
+else
+    step convert_halo convert convert halo
+fi
+step eval_teacher reuse_or_evaluate teacher "$TEACHER" "${TEACHER_EVAL:-}" --yarn
+step eval_halo reuse_or_evaluate hypenet-halo "$RUNS/halo/model" "${HALO_EVAL:-}"
 step compare "${HYPENET[@]}" compare "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" \
     --labels teacher,hypenet-halo --out "$RUNS/compare"
 step share_stage1_even share_stage1 even
-step convert_even convert even --set select.strategy=even
+step convert_even convert convert even --set select.strategy=even
 step eval_even evaluate hypenet-even "$RUNS/even/model"
 step share_stage1_none share_stage1 none
-step convert_none convert none --set select.strategy=none
+step convert_none convert convert none --set select.strategy=none
 step eval_none evaluate hypenet-none "$RUNS/none/model"
 step ablation "${HYPENET[@]}" compare "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" "$RUNS/eval/hypenet-even" \
     "$RUNS/eval/hypenet-none" --labels teacher,halo,even,none --out "$RUNS/ablation"

@@ -92,27 +92,35 @@ def test_whole_run_packs_every_result_and_a_rerun_skips_it(setup):
     assert "start" not in again.stdout  # every step was skipped
 
 
-STEPS_AFTER_TEACHER = ["convert_halo", "eval_halo", "compare", "share_stage1_even", "convert_even", "eval_even",
-                       "share_stage1_none", "convert_none", "eval_none", "ablation", "train_speed"]
+STEPS_LATER = ["compare", "convert_even", "eval_even", "share_stage1_none", "convert_none", "eval_none", "ablation",
+               "train_speed"]
 
 
-def test_an_earlier_teacher_evaluation_is_reused_only_with_the_same_settings(setup):
+def test_earlier_evaluations_are_reused_only_with_the_same_settings(setup):
+    """TEACHER_EVAL and HALO_EVAL: the teacher's and the HALO student's evaluations are copied instead of run again,
+    and HALO itself only runs stage 1 (what the ablations share); other evaluation settings are refused."""
     root, env = setup
-    earlier = root / "runs" / "eval" / "teacher"
-    if not (earlier / "results.json").is_file():
+    earlier = root / "runs" / "eval"
+    if not (earlier / "hypenet-halo" / "results.json").is_file():
         pytest.skip("needs the whole run of the test above")
     for name, options in (("same", EVAL_OPTIONS), ("other", EVAL_OPTIONS.replace("--niah-samples 1", "--niah-samples 2"))):
         runs = root / f"reuse_{name}"
         (runs / "done").mkdir(parents=True)
-        for step in STEPS_AFTER_TEACHER:  # only setup and the teacher's evaluation are left to run
+        for step in STEPS_LATER:  # left to run: setup, HALO's stage 1, the two reused evaluations, sharing stage 1
             (runs / "done" / step).write_text("0")
-        run = run_script({**env, "RUNS": str(runs), "OUT": str(root / f"out_{name}"), "TEACHER_EVAL": str(earlier),
+        run = run_script({**env, "RUNS": str(runs), "OUT": str(root / f"out_{name}"),
+                          "TEACHER_EVAL": str(earlier / "teacher"), "HALO_EVAL": str(earlier / "hypenet-halo"),
                           "EVAL_OPTIONS": options}, deadline=600)
         log = (runs / "logs" / "eval_teacher.log").read_text()
         if name == "same":
             assert run.returncode == 0 and "all done" in run.stdout, run.stdout + log
-            assert "same settings" in log
-            assert (runs / "eval" / "teacher" / "results.json").read_text() == (earlier / "results.json").read_text()
+            assert "start stage1_halo" in run.stdout and "convert_halo" not in run.stdout
+            assert [p.name for p in (runs / "halo" / "stages").iterdir()] == ["stage1"]
+            assert (runs / "even" / "stages" / "stage1" / "done.json").is_file()
+            for label in ("teacher", "hypenet-halo"):
+                assert "same settings" in (runs / "logs" / f"eval_{label.split('-')[-1]}.log").read_text()
+                copied = (runs / "eval" / label / "results.json").read_text()
+                assert copied == (earlier / label / "results.json").read_text()
         else:
             assert run.returncode == 1 and "FAILED eval_teacher" in run.stdout
             assert "was run with other settings (['niah_samples'])" in log
