@@ -11,7 +11,9 @@ the largest elementwise error over max|ref| is reported beside it):
   engine   FastHypeNet (compiled + CUDA graph) vs HypeNetForCausalLM.forward on a small random mixed HypeNet:
            prefill logits and 8 decode steps; a left-padded batch vs each row alone; fp32 and bf16 (fp32 runs the
            lightning prefill through the PyTorch backend: fla's fp32 kernels autotune for minutes on a fresh
-           machine, and scripts/gpu_check_kernels.py already checks them).
+           machine, and scripts/gpu_check_kernels.py already checks them). bf16 adds rows for information: the
+           reference and the engine against the same weights in fp32 (bf16's own error, the scale of any bf16
+           difference), and a prefill in one chunk (no chunking: what remains is the layer code's).
 Timing (bf16, batch 1, 16 query / 8 KV heads, d=128): the kernel at 128K/512K/1M with a few launch settings,
 against SDPA over exactly the valid keys (flash/cuDNN, no mask), and as GB/s of KV read; prefill attention
 through SDPA's backends (TFLOP/s), which bounds the prefill speedup over the teacher.
@@ -48,11 +50,15 @@ def max_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
 
 
+def measured(row: dict, out: torch.Tensor, ref: torch.Tensor) -> dict:
+    """row + rel_err/max_err of out vs ref (a row for information: no ok)."""
+    return {**row, "rel_err": rel_err(out, ref), "max_err": max_err(out, ref)}
+
+
 def compared(row: dict, out: torch.Tensor, ref: torch.Tensor, tolerance: float) -> dict:
     """row + rel_err/max_err of out vs ref, and ok when within tolerance and finite."""
-    err = rel_err(out, ref)
-    return {**row, "rel_err": err, "max_err": max_err(out, ref),
-            "ok": err <= tolerance and bool(torch.isfinite(out).all())}
+    row = measured(row, out, ref)
+    return {**row, "ok": row["rel_err"] <= tolerance and bool(torch.isfinite(out).all())}
 
 
 def fp64_decode_reference(q, k, v, start, end, scale):
@@ -130,6 +136,23 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
     decoded = torch.stack([engine.decode(ids[:, t]) for t in range(692, 700)], dim=1)
     rows.append(compared({**row, "case": "8 decode steps (graph replay) vs model.forward"}, decoded,
                          reference[:, 692:700], tolerance))
+    if dtype != torch.float32:
+        # For scale: a bf16 difference anywhere (a kernel's accumulation order) grows through bf16's rounding chains
+        # to the size of bf16's own error, which the same weights computed in fp32 show.
+        exact_model = small_hypenet(torch.float32, device)
+        exact_model.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            exact = exact_model(ids).logits[:, 691:700]
+        del exact_model
+        rows.append(measured({**row, "case": "info: model.forward vs the same weights in fp32, positions 691-699"},
+                             reference[:, 691:700], exact))
+        rows.append(measured({**row, "case": "info: engine prefill + 8 steps vs the same weights in fp32"},
+                             torch.cat([prefill[:, None], decoded], dim=1), exact))
+        # One chunk: the reference's own sequence of ops, so what differs is the layer code, not the chunking.
+        chunked, engine.prefill_chunk = engine.prefill_chunk, ids.shape[1]
+        rows.append(measured({**row, "case": "info: prefill logits (1 chunk) vs model.forward"},
+                             engine.prefill(ids[:, :692]), reference[:, 691]))
+        engine.prefill_chunk = chunked
     # left padding: row 1 is 300 tokens shorter; each row must equal the same row prefilled and decoded alone
     mask = torch.ones_like(ids[:, :600])
     mask[1, :300] = 0
