@@ -91,3 +91,40 @@ def test_unknown_stage_is_a_clear_error(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 1
     assert "unknown stage 'distill'" in capsys.readouterr().err
     assert not (tmp_path / "train_speed.json").exists()
+
+
+def test_profile_records_the_last_step_and_leaves_it_out_of_the_median(tmp_path):
+    out = tmp_path / "speed"
+    code = main(["bench-train", "tiny-hypenet", "--device", "cpu", "--stages", "stage2", "--steps", "3",
+                 "--warmup-steps", "1", "--profile", *TINY_STAGES, "--out", str(out)])
+    assert code == 0
+    row = json.loads((out / "train_speed.json").read_text())["stages"][0]
+    log = row["engine_log"]
+    assert row["timed_steps"] == 1 and row["seconds_per_step"] == log[1]["seconds"]  # step 3 was profiled
+    profile = row["profile"]
+    assert profile["step"] == 3 and profile["wall_s"] > 0 and profile["table"] == "profile_stage2.txt"
+    assert profile["gpu_kernel_s"] is None and profile["gpu_kernel_s_by_kind"] == {}  # no GPU here
+    table = (out / "profile_stage2.txt").read_text()
+    assert table.startswith("optimizer step 3, sorted by self_cpu_time_total") and "aten::mm" in table
+    assert "stage2, step 3 under the profiler (profile_stage2.txt)" in (out / "train_speed.md").read_text()
+
+
+def test_profile_needs_a_step_beyond_the_timed_ones():
+    settings = TrainBenchSettings(shape="tiny-hypenet", device="cpu", steps=3, warmup_steps=2, profile=True)
+    with pytest.raises(HaloError, match=r"--profile needs --steps >= --warmup-steps \+ 2 \(got 3 and 2\)"):
+        run(settings)
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
+    ("nvjet_tst_256x128_64x4_1x2_h_bz_coopA_TNT", "matmul"),
+    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>", "softmax attention (flash, cuDNN, ours)"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::BinaryFunctor<float>>", "elementwise / reduction (PyTorch)"),
+    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float>>", "elementwise / reduction (PyTorch)"),
+    ("chunk_simple_gla_fwd_kernel_o", "other (Triton: fla, compiled)"),
+    ("triton_poi_fused_add_mul_0", "other (Triton: fla, compiled)"),
+    ("Memcpy DtoD (Device -> Device)", "copy / memset"),
+])
+def test_kernel_kinds_by_name(name, kind):
+    from hypenet.bench.profile import kernel_kind
+    assert kernel_kind(name) == kind

@@ -17,6 +17,7 @@ checkpointing (stage 3's layers, the logit slices of stages 2 and 3) is not coun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shlex
@@ -35,6 +36,7 @@ from ..data import PackedChunks
 from ..halo import engine, stage1, stage2, stage3
 from ..halo.config import ConvertConfig, HaloError, load_config, resolve
 from ..teachers import build_hypenet_from_teacher
+from .profile import StepProfiler
 from .run import free_memory, machine_info
 from .shapes import HYPENET_SHAPES, random_model, teacher_config
 
@@ -63,6 +65,7 @@ class TrainBenchSettings:
     device: str = "cuda"
     peak_tflops: float = H200_DENSE_BF16_TFLOPS
     out: Path = Path("runs/bench-train")
+    profile: bool = False  # profile each stage's last step (then left out of the median): profile_<stage>.txt
 
 
 def check_settings(settings: TrainBenchSettings) -> None:
@@ -75,6 +78,9 @@ def check_settings(settings: TrainBenchSettings) -> None:
     if not 0 <= settings.warmup_steps < settings.steps:
         raise HaloError(f"--steps ({settings.steps}) must be more than --warmup-steps ({settings.warmup_steps}), "
                         "which must not be negative: the median is taken over the steps after the warm-up")
+    if settings.profile and settings.steps < settings.warmup_steps + 2:
+        raise HaloError(f"--profile needs --steps >= --warmup-steps + 2 (got {settings.steps} and "
+                        f"{settings.warmup_steps}): the profiled last step is left out of the median")
     if settings.device not in ("cuda", "cpu"):
         raise HaloError(f"device must be 'cuda' or 'cpu'; got {settings.device!r}")
     if settings.device == "cuda" and not torch.cuda.is_available():
@@ -117,14 +123,15 @@ def read_loss_log(stage_dir: Path) -> list[dict]:
 
 def stage_row(name: str, train_config, terms, log: list[dict], settings: TrainBenchSettings, device) -> dict:
     tokens_per_step = train_config.batch_size * train_config.seq_len
-    seconds = statistics.median(r["seconds"] for r in log[settings.warmup_steps:])
+    timed = log[settings.warmup_steps:-1] if settings.profile else log[settings.warmup_steps:]
+    seconds = statistics.median(r["seconds"] for r in timed)
     flops_per_token = sum(factor * n for _, factor, n in terms)
     tokens_per_s = tokens_per_step / seconds
     model_tflops = flops_per_token * tokens_per_s / 1e12
     return {
         "stage": name, "status": "ok", "seq_len": train_config.seq_len, "batch_size": train_config.batch_size,
         "micro_batch_size": train_config.micro_batch_size or train_config.batch_size,
-        "steps": len(log), "timed_steps": len(log) - settings.warmup_steps, "tokens_per_step": tokens_per_step,
+        "steps": len(log), "timed_steps": len(timed), "tokens_per_step": tokens_per_step,
         "seconds_per_step": seconds, "tokens_per_s": tokens_per_s,
         "flops_per_token": flops_per_token,
         "flop_terms": [{"model": what, "factor": factor, "parameters": n} for what, factor, n in terms],
@@ -174,10 +181,16 @@ def run(settings: TrainBenchSettings) -> dict:
             chunks = PackedChunks(token_ids, train_config.seq_len, seed=config.seed)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            with tempfile.TemporaryDirectory(prefix=f"hypenet-bench-{name}-") as stage_dir:
-                engine.train(name, objective, train_config, chunks, Path(stage_dir), run_settings)
+            profiler = StepProfiler(settings.steps, device, settings.out / f"profile_{name}.txt") \
+                if settings.profile else None
+            with tempfile.TemporaryDirectory(prefix=f"hypenet-bench-{name}-") as stage_dir, \
+                    profiler or contextlib.nullcontext():
+                hooked = dataclasses.replace(run_settings, after_step=profiler and profiler.after_step)
+                engine.train(name, objective, train_config, chunks, Path(stage_dir), hooked)
                 log = read_loss_log(Path(stage_dir))
             row = stage_row(name, train_config, terms, log, settings, device)
+            if profiler is not None:
+                row["profile"] = profiler.summary
         except torch.OutOfMemoryError as error:
             row.update(status=f"does not fit: out of memory (lower --set {name}.micro_batch_size)",
                        error=str(error).splitlines()[0])
@@ -197,9 +210,25 @@ def _cell(value, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
 
+def profile_lines(report: dict) -> list[str]:
+    """With --profile: per stage, the profiled step's wall time, its GPU kernel time and that time by kind."""
+    lines = []
+    for r in report["stages"]:
+        p = r.get("profile")
+        if not p or p.get("wall_s") is None:
+            continue
+        line = f"- {r['stage']}, step {p['step']} under the profiler ({p['table']}): {p['wall_s']:.3g} s"
+        if p.get("gpu_kernel_s") is not None:
+            kinds = ", ".join(f"{kind} {s / p['wall_s']:.0%}" for kind, s in p["gpu_kernel_s_by_kind"].items())
+            line += f"; GPU kernels {p['gpu_kernel_s']:.3g} s ({p['gpu_kernel_s'] / p['wall_s']:.0%}): {kinds}"
+        lines.append(line)
+    return ["Profiled steps (kernel kinds by name; shares of the step's wall time):", *lines, ""] if lines else []
+
+
 def markdown(report: dict) -> str:
     """A header with the setup and the FLOP counting, then the table (last)."""
     steps, warmup = report["settings"]["steps"], report["settings"]["warmup_steps"]
+    steps -= bool(report["settings"].get("profile"))  # the profiled last step is not timed
     setup = (f"{report.get('gpu') or report.get('cpu')}; torch {report['torch']}, transformers "
              f"{report['transformers']}, fla {report['fla']}; mixed precision {report['mixed_precision']}; attention "
              f"layers {report['attention_layers']}. Seconds per step: the engine's (losses.jsonl), median of steps "
@@ -210,7 +239,7 @@ def markdown(report: dict) -> str:
                "of matmul", "peak GiB", "loss first → last", "status"]
     lines = [f"# hypenet bench-train: {report['shape']} (teacher {report['teacher']}, random weights)", "", setup, "",
              f"Command: `{report['command']}`", "", f"{report['flop_counting']} {peaks}", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+             *profile_lines(report), "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in report["stages"]:
         log = r.get("engine_log") or []
         losses = f"{log[0]['loss']:.4g} → {log[-1]['loss']:.4g}" if log else ""
@@ -256,13 +285,16 @@ def register(subparsers) -> None:
                         help=f"peak for the MFU (default {H200_DENSE_BF16_TFLOPS}, H200 SXM dense bf16)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-train"),
                         help="output folder (default runs/bench-train)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run each stage's last step under torch.profiler (left out of the median): "
+                             "profile_<stage>.txt with operators and kernels by self time, and the GPU time by kind")
     parser.set_defaults(func=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     settings = TrainBenchSettings(shape=args.shape, stages=args.stages, steps=args.steps,
                                   warmup_steps=args.warmup_steps, overrides=args.overrides, device=args.device,
-                                  peak_tflops=args.peak_tflops, out=args.out)
+                                  peak_tflops=args.peak_tflops, out=args.out, profile=args.profile)
     try:
         report = run(settings)
     except HaloError as error:

@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class RunSettings:
     cpu: bool = True
     mixed_precision: str = "no"  # "bf16" or "no"
     tensorboard_dir: Path | None = None
+    after_step: Callable[[int], None] | None = None  # called with the step number after every optimizer step
 
 
 @dataclass
@@ -206,6 +208,8 @@ def train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_di
         loss_log.write(step=done, loss=step_loss, lr=lr, tokens=done * tokens_per_step, seconds=round(seconds, 4))
         bar.set_postfix(loss=f"{step_loss:.4g}", tok_s=f"{tokens_per_step / seconds:,.0f}", refresh=False)
         bar.update(1)
+        if run.after_step is not None:
+            run.after_step(done)
         if done % run.checkpoint_every == 0 and done < steps:
             wall = wall_before + time.perf_counter() - began
             save_checkpoint(acc, stage_dir, {"step": done, "losses": losses, "wall_time": wall})

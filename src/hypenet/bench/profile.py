@@ -1,0 +1,83 @@
+"""One training step under torch.profiler, for `hypenet bench-train --profile`: where a stage's time goes.
+
+`StepProfiler(step, device, path)` is started before the training engine runs and stepped by it after every optimizer
+step (`RunSettings.after_step`); it records optimizer step number `step` alone (the step before it traces too, but
+is thrown away: the profiler's own warm-up), writes the profiler's table of operators and kernels by self time to
+`path`, and keeps a summary: the step's wall time, the GPU kernels' total time, and that time split by kind of kernel.
+
+The kinds come from kernel names (cuBLAS/CUTLASS matmuls, SDPA's flash/cuDNN attention, Triton kernels, PyTorch's
+elementwise and reduction kernels, copies): a guide to where the time goes, not an exact attribution.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, schedule
+
+# (kind, pattern on the kernel name), first match wins
+KERNEL_KINDS = [
+    ("matmul", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|wgmma", re.I)),
+    ("softmax attention (flash, cuDNN, ours)", re.compile(r"flash|fmha|cudnn|attention", re.I)),
+    ("copy / memset", re.compile(r"^memcpy|^memset|copy_kernel|cat_|CatArray", re.I)),
+    ("elementwise / reduction (PyTorch)", re.compile(r"elementwise|vectorized|reduce|softmax|norm|unrolled|index", re.I)),
+    ("other (Triton: fla, compiled)", re.compile(r"^triton|_kernel$|^chunk|^fused|^parallel|^bwd|^fwd", re.I)),
+]
+TABLE_ROWS = 60
+
+
+def kernel_kind(name: str) -> str:
+    return next((kind for kind, pattern in KERNEL_KINDS if pattern.search(name)), "other")
+
+
+class StepProfiler:
+    def __init__(self, step: int, device: torch.device, path: Path):
+        if step < 1:
+            raise ValueError(f"the profiled step is counted from 1; got {step}")
+        self.step, self.path, self.cuda = step, Path(path), device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        warmup = 1 if step >= 2 else 0
+        self.profiler = profile(activities=activities, on_trace_ready=self._write,
+                                schedule=schedule(wait=step - 1 - warmup, warmup=warmup, active=1, repeat=1))
+        self.summary: dict | None = None
+        self._tick = self._wall = None
+
+    def __enter__(self) -> StepProfiler:
+        self.profiler.__enter__()
+        self._tick = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.profiler.__exit__(*exc)
+
+    def after_step(self, step: int) -> None:
+        """The engine's hook: step `step` (from 1) has just finished."""
+        if self.cuda:  # the step's kernels finish inside its own wall time
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if step == self.step:
+            self._wall = now - self._tick
+        self._tick = now
+        self.profiler.step()
+
+    def _write(self, prof) -> None:
+        averages = prof.key_averages()
+        sort_by = "self_device_time_total" if self.cuda else "self_cpu_time_total"
+        kernels = [e for e in averages if e.self_device_time_total > 0 and not e.key.startswith(("aten::", "cuda"))]
+        kinds: dict[str, float] = {}
+        for e in kernels:
+            kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + e.self_device_time_total / 1e6
+        gpu_s = sum(kinds.values())
+        self.summary = {
+            "step": self.step,
+            "wall_s": self._wall,
+            "gpu_kernel_s": gpu_s if self.cuda else None,
+            "gpu_kernel_s_by_kind": dict(sorted(kinds.items(), key=lambda kv: -kv[1])) if self.cuda else {},
+            "table": self.path.name,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(f"optimizer step {self.step}, sorted by {sort_by}\n\n"
+                             + averages.table(sort_by=sort_by, row_limit=TABLE_ROWS, max_name_column_width=90) + "\n")
