@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import left_padded
-from hypenet.fast import FastHypeNet, sample
+from hypenet.fast import FastHypeNet, attention, sample
 from hypenet.model import HypeNetConfig, HypeNetForCausalLM
 
 MIXED = ("lightning", "attention", "lightning", "attention", "lightning")
@@ -76,7 +76,11 @@ def test_greedy_generate_matches_model_generate(kind):
     assert torch.equal(engine.generate(ids, max_new_tokens=12), expected)
 
 
-def test_chunked_prefill_equals_one_chunk():
+@pytest.mark.parametrize("split", [False, True])
+def test_chunked_prefill_equals_one_chunk(split, monkeypatch):
+    """split: later chunks attend to the cached prefix and to themselves separately, merged by log-sum-exp (what
+    CUDA runs through cuDNN), instead of one bottom-right-causal pass."""
+    monkeypatch.setattr(attention, "cudnn_split_usable", lambda q: split)
     model = tiny_model()
     torch.manual_seed(3)
     ids = torch.randint(1, 101, (1, 37))

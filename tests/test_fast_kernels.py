@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from hypenet.fast.attention import decode_attention, decode_attention_reference, prefill_attention
+from hypenet.fast.attention import (
+    attention_with_lse,
+    cudnn_split_usable,
+    decode_attention,
+    decode_attention_reference,
+    merge_attention,
+    prefill_attention,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,16 +32,34 @@ def naive_attention(q, k, v, allowed, scale):
     return torch.softmax(scores.masked_fill(~allowed, -math.inf), dim=-1) @ v
 
 
-@pytest.mark.parametrize("queries,keys", [(7, 7), (5, 19), (1, 12)])
-def test_prefill_attention_is_bottom_right_causal(queries, keys):
+@pytest.mark.parametrize("split", [False, True])  # True: the cuDNN path's prefix + chunk blocks merged by LSE
+@pytest.mark.parametrize("queries,keys", [(7, 7), (5, 19), (1, 12), (16, 17)])
+def test_prefill_attention_is_bottom_right_causal(queries, keys, split):
     torch.manual_seed(0)
     q = torch.randn(2, 6, queries, 16)
     k, v = torch.randn(2, 2, keys, 16), torch.randn(2, 2, keys, 16)
-    out = prefill_attention(q, k, v, 0.25)
+    out = prefill_attention(q, k, v, 0.25, split=split)
     allowed = torch.arange(keys)[None, :] <= (keys - queries + torch.arange(queries))[:, None]
     for b in range(2):
         expected = naive_attention(q[b], k[b], v[b], allowed, 0.25)
         assert (out[b].double() - expected).abs().max() < 1e-5
+
+
+def test_merged_attention_of_two_key_sets_is_attention_over_both():
+    torch.manual_seed(1)
+    q, k, v = torch.randn(2, 3, 9, 8), torch.randn(2, 3, 20, 8), torch.randn(2, 3, 20, 8)
+    first, second = attention_with_lse(q, k[:, :, :13], v[:, :, :13], 0.3, is_causal=False), \
+        attention_with_lse(q, k[:, :, 13:], v[:, :, 13:], 0.3, is_causal=False)
+    merged = merge_attention(*first, *second)
+    expected, lse = attention_with_lse(q, k, v, 0.3, is_causal=False)
+    assert (merged - expected).abs().max() < 1e-5
+    assert (lse - torch.logsumexp((q @ k.transpose(-1, -2)) * 0.3, dim=-1)).abs().max() < 1e-5
+    assert (expected - torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)).abs().max() < 1e-5
+
+
+def test_split_prefill_is_used_only_where_cudnn_runs():
+    q = torch.randn(1, 2, 4, 8)
+    assert not cudnn_split_usable(q) and not cudnn_split_usable(q.bfloat16())  # CPU: the bottom-right mask path
 
 
 def cache_case(batch=3, heads=6, kv_heads=2, head_dim=16, max_len=50, dtype=torch.float32, seed=0):
@@ -100,3 +125,12 @@ def test_split_kv_kernel_in_the_triton_interpreter():
     result = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], cwd=Path(__file__).parent, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_gpu_check_of_prefill_attention_runs_its_cases_on_cpu():
+    from hypenet.fast.check import check_prefill
+
+    rows = check_prefill(torch.float32, "cpu")
+    assert [r["case"].split(" S=")[1] for r in rows] == ["4096 bottom-right mask", "4096 prefix + chunk merged",
+                                                         "1000 bottom-right mask", "1000 prefix + chunk merged"]
+    assert all(r["ok"] and r["rel_err"] < 1e-5 for r in rows), rows

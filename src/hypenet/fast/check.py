@@ -8,6 +8,8 @@ Checks (rel err = ||out - ref|| / ||ref||, over all logits or outputs of a check
 the largest elementwise error over max|ref| is reported beside it):
   kernel   decode_attention_triton vs softmax attention in fp64, over valid slots [start, end) of a static cache,
            several shapes (GQA 16/8 d=128, 9/3 d=64, 32/8 d=128, MHA), batch rows of different lengths.
+  prefill  a prefill chunk's attention (T queries over S cached keys, bottom-right causal) vs fp64: the mask path
+           and the cuDNN split (prefix and chunk apart, merged by log-sum-exp), fp32 and bf16.
   engine   FastHypeNet (compiled + CUDA graph) vs HypeNetForCausalLM.forward on a small random mixed HypeNet:
            prefill logits and 8 decode steps; a left-padded batch vs each row alone; fp32 and bf16 (fp32 runs the
            lightning prefill through the PyTorch backend: fla's fp32 kernels autotune for minutes on a fresh
@@ -16,7 +18,8 @@ the largest elementwise error over max|ref| is reported beside it):
            difference), and a prefill in one chunk (no chunking: what remains is the layer code's).
 Timing (bf16, batch 1, 16 query / 8 KV heads, d=128): the kernel at 128K/512K/1M with a few launch settings,
 against SDPA over exactly the valid keys (flash/cuDNN, no mask), and as GB/s of KV read; prefill attention
-through SDPA's backends (TFLOP/s), which bounds the prefill speedup over the teacher.
+through SDPA's backends (TFLOP/s), which bounds the prefill speedup over the teacher, and a 64K chunk over 512K
+cached keys both ways (which one the engine takes is printed).
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from .attention import decode_attention_reference, decode_attention_triton, default_num_splits  # noqa: E402
+from .attention import (  # noqa: E402
+    cudnn_split_usable,
+    decode_attention_reference,
+    decode_attention_triton,
+    default_num_splits,
+    prefill_attention,
+)
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
 K = 1024
@@ -91,6 +100,25 @@ def check_kernel(dtype: torch.dtype, device: str = "cuda", kernel=decode_attenti
             case = f"B={batch} H={heads}/{kv_heads} d={head_dim} L={max_len} splits={splits or 'auto'}"
             rows.append(compared({"check": "kernel", "dtype": str(dtype).removeprefix("torch."), "case": case},
                                  out, ref, TOLERANCE[dtype]))
+    return rows
+
+
+def check_prefill(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
+    """Chunk prefill attention (T queries over S keys, bottom-right causal) against fp64, both ways: the mask path
+    and the split into prefix + chunk merged by log-sum-exp (cuDNN's kernels in bf16 on CUDA)."""
+    rows = []
+    for batch, heads, kv_heads, head_dim, queries, keys in [(1, 16, 8, 128, 1024, 4096), (2, 9, 3, 64, 300, 1000)]:
+        torch.manual_seed(0)
+        q = torch.randn(batch, queries, heads, head_dim, device=device, dtype=dtype).transpose(1, 2)
+        k = torch.randn(batch, kv_heads, keys, head_dim, device=device, dtype=dtype)
+        v = torch.randn_like(k)
+        scale = head_dim**-0.5
+        ref = prefill_attention(q.double(), k.double(), v.double(), scale, split=False)
+        for split in (False, True):
+            case = f"B={batch} H={heads}/{kv_heads} d={head_dim} T={queries} S={keys} " + \
+                ("prefix + chunk merged" if split else "bottom-right mask")
+            rows.append(compared({"check": "prefill", "dtype": str(dtype).removeprefix("torch."), "case": case},
+                                 prefill_attention(q, k, v, scale, split=split), ref, TOLERANCE[dtype]))
     return rows
 
 
@@ -208,8 +236,6 @@ def time_prefill_attention() -> list[dict]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from triton.testing import do_bench
 
-    from .attention import prefill_attention
-
     rows = []
     heads, head_dim, chunk = 16, 128, 64 * K
 
@@ -233,8 +259,13 @@ def time_prefill_attention() -> list[dict]:
     keys = 512 * K
     k = torch.randn(1, heads // 2, keys, head_dim, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
-    record("prefill chunk 64K over 512K keys (engine: GQA repeat + bottom-right flash)",
-           4 * chunk * (keys - chunk / 2) * head_dim * heads, lambda: prefill_attention(q, k, v, head_dim**-0.5))
+    flops = 4 * chunk * (keys - chunk / 2) * head_dim * heads
+    record("prefill chunk 64K over 512K keys, GQA repeat + bottom-right mask (flash)", flops,
+           lambda: prefill_attention(q, k, v, head_dim**-0.5, split=False))
+    record("prefill chunk 64K over 512K keys, GQA repeat + prefix and chunk merged (cuDNN)", flops,
+           lambda: prefill_attention(q, k, v, head_dim**-0.5, split=True))
+    rows.append({"check": "info", "case": "the engine's prefill takes the "
+                 + ("cuDNN split" if cudnn_split_usable(q) else "bottom-right mask path")})
     return rows
 
 
@@ -274,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     steps = [lambda: check_kernel(torch.float32, device, kernel), lambda: check_kernel(torch.bfloat16, device, kernel),
+             lambda: check_prefill(torch.float32, device), lambda: check_prefill(torch.bfloat16, device),
              lambda: check_engine(torch.float32, device), lambda: check_engine(torch.bfloat16, device)]
     if device == "cuda" and not args.skip_timing:
         steps += [time_kernel, time_prefill_attention]

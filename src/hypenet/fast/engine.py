@@ -11,7 +11,8 @@ A few ideas, each aimed at where the time goes at long context:
   the norms, RoPE, gates and the recurrent update around them; the whole step is captured in one CUDA graph.
   Compilation is regional: one layer function, compiled once per mixer type and reused by every layer.
 - **Chunked prefill.** The prompt goes through in chunks of `prefill_chunk` tokens: attention over the cached
-  prefix (flash kernels, bottom-right causal mask), lightning layers through `lightning_attention` with the state
+  prefix and the chunk itself (on CUDA in bf16, cuDNN's kernels on the two blocks apart, merged by log-sum-exp;
+  else one bottom-right-causal SDPA call), lightning layers through `lightning_attention` with the state
   carried from chunk to chunk. Activation memory is bounded by the chunk, not the prompt, and only the last
   position's logits are computed.
 - **Exact left padding.** A padded batch is prefilled row by row on each row's own tokens, placed so that every row
