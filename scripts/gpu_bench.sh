@@ -7,11 +7,13 @@
 #                                      # 32K-1M, prefill 128K/512K/1M; ~7-9 min
 #   bash scripts/gpu_bench.sh batched  # the GPU check of the kernels and engine (python -m hypenet.fast.check),
 #                                      # then batch 8 and 32 at 32K-128K; ~5-7 min
+#   bash scripts/gpu_bench.sh prefill  # the GPU check, then prefill at 512K: HypeNet-2B (fast engine) vs Qwen3-1.7B
+#                                      # through transformers, with decode at 128K; ~6-8 min
 #
 # Writes into $OUT (the device tool's folder) or runs/gpu_bench/<part>: bench.json, bench.md, bench_decode.png,
 # log.txt, machine.txt (+ fast_check.json/.md, check_log.txt for `batched`): at most 8 files.
 set -uo pipefail
-part=${1:?usage: bash scripts/gpu_bench.sh main|batched}
+part=${1:?usage: bash scripts/gpu_bench.sh main|batched|prefill}
 out=${OUT:-runs/gpu_bench/$part}
 mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -22,6 +24,16 @@ export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
   echo "command: bash scripts/gpu_bench.sh $part"; } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 
+# check_then_bench BENCH_OPTIONS...: the GPU check (3 min), then `hypenet bench` with these options; fails if either did
+check_then_bench() {
+  timeout 220 python3 -m hypenet.fast.check --out "$out" 2>&1 | tee "$out/check_log.txt"
+  local check=${PIPESTATUS[0]}
+  timeout 330 python3 -m hypenet.bench hypenet-2b qwen3-1.7b "$@" --batch-sizes "$batches" --decode-tokens 32 \
+    --warmup-tokens 4 --time-budget-s 290 --out "$out" 2>&1 | tee "$out/log.txt"
+  local bench=${PIPESTATUS[0]}
+  return $(( check != 0 ? check : bench ))
+}
+
 case $part in
   main)
     timeout 560 python3 -m hypenet.bench hypenet-2b qwen3-1.7b \
@@ -30,13 +42,12 @@ case $part in
       --time-budget-s 520 --out "$out" 2>&1 | tee "$out/log.txt"
     ;;
   batched)
-    timeout 220 python3 -m hypenet.fast.check --out "$out" 2>&1 | tee "$out/check_log.txt"
-    check=${PIPESTATUS[0]}
-    timeout 330 python3 -m hypenet.bench hypenet-2b qwen3-1.7b \
-      --contexts 32K,64K,128K --prefill-contexts '' --teacher-prefill-contexts '' --transformers-contexts '' \
-      --batch-sizes 8,32 --decode-tokens 32 --warmup-tokens 4 --time-budget-s 290 --out "$out" 2>&1 | tee "$out/log.txt"
-    bench=${PIPESTATUS[0]}
-    exit $(( check != 0 ? check : bench ))
+    batches=8,32 check_then_bench --contexts 32K,64K,128K --prefill-contexts '' --teacher-prefill-contexts '' \
+      --transformers-contexts ''
     ;;
-  *) echo "unknown part '$part': main or batched"; exit 2 ;;
+  prefill)
+    batches=1 check_then_bench --contexts 128K,512K --prefill-contexts 512K --teacher-prefill-contexts '' \
+      --transformers-contexts 512K
+    ;;
+  *) echo "unknown part '$part': main, batched or prefill"; exit 2 ;;
 esac
