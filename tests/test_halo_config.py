@@ -27,7 +27,9 @@ def test_defaults_are_the_paper_recipe_scaled_to_the_teacher():
     assert config.stage1.steps() == 19531 and config.stage3.steps() == 476  # the paper's ~20K and 500 steps
     small = resolve(load_config(), teacher_params=135e6)
     assert small.stage1.tokens == int(320e6 * 135e6 / 1.72e9)
-    assert [stage2_lr_for(p) for p in (1.7e9, 4e9, 8e9)] == [1e-4, 5e-5, 3e-5]
+    # the paper's rates at its teachers' sizes, the same power law elsewhere (capped at stage 1's 1e-3)
+    assert [stage2_lr_for(p) for p in (1.72e9, 4.02e9, 7.57e9)] == [1e-4, 5e-5, 3e-5]
+    assert small.stage2.lr == stage2_lr_for(135e6) == 7.9e-4 and stage2_lr_for(1e6) == 1e-3
 
 
 def test_overrides_are_converted_to_the_field_types():
