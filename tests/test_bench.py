@@ -63,6 +63,10 @@ def test_named_shapes_follow_the_spec():
         params = sum(p.numel() for p in HypeNetForCausalLM(config).parameters())
     assert params == pytest.approx(1.93e9, rel=0.01)  # SPEC 2.3
     assert hypenet_config("hypenet-9b").attention_layers == [1, 2, 4, 6, 7, 10, 24, 33, 34]
+    with torch.device("meta"):  # the embedded teacher and its converted student (results/gpu_convert: 134.5M, 154.7M)
+        small = [sum(p.numel() for p in HypeNetForCausalLM(hypenet_config(name)).parameters())
+                 for name in ("smollm2-135m", "hypenet-smollm2")]
+    assert small == [pytest.approx(134.5e6, rel=1e-3), pytest.approx(154.7e6, rel=1e-3)]
     with pytest.raises(ValueError, match="named shapes"):
         hypenet_config("qwen3-70b")
 

@@ -1,8 +1,9 @@
 """Named model shapes for benchmarks (random weights): the Qwen3 teachers and the HypeNets converted from them.
 
 A HypeNet shape is its teacher's dimensions with attention kept in the released layers (SPEC section 2.3), and the
-HyPE logit-scaling base of the paper. Timing needs no trained weights, so models are built with random weights,
-directly on the device in the benchmark dtype. "tiny-*" shapes are for tests on the CPU.
+HyPE logit-scaling base of the paper (hypenet-smollm2: the embedded teacher's dimensions, as converted on the GPU).
+Timing needs no trained weights, so models are built with random weights, directly on the device in the benchmark
+dtype. "tiny-*" shapes are for tests on the CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ TEACHER_SHAPES = {
                      num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, **_QWEN3_COMMON),
     "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
                      num_key_value_heads=8, head_dim=128, tie_word_embeddings=False, **_QWEN3_COMMON),
+    # the embedded teacher's dimensions (SmolLM2-135M-Instruct, a Llama) in Qwen3's layout (+ QK-norm weights, 0.003%):
+    # the training benchmark of the real GPU conversion (configs/gpu-smollm2.yaml) with random weights
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True,
+                         max_position_embeddings=8192, rms_norm_eps=1e-5, hidden_act="silu",
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e5}),
     "tiny-qwen3": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
                        max_position_embeddings=4096, rms_norm_eps=1e-6, hidden_act="silu",
@@ -43,6 +50,8 @@ HYPENET_SHAPES = {
     "hypenet-2b": HypeNetShape("qwen3-1.7b", (2, 3, 6, 8, 9, 21, 25), 500.0),
     "hypenet-5b": HypeNetShape("qwen3-4b", (0, 1, 7, 14, 15, 22, 24, 31, 33), 600.0),
     "hypenet-9b": HypeNetShape("qwen3-8b", (1, 2, 4, 6, 7, 10, 24, 33, 34), 900.0),
+    # attention where HALO kept it in the first GPU conversion (results/gpu_convert), and the `a` its export chose
+    "hypenet-smollm2": HypeNetShape("smollm2-135m", (7, 14, 16, 17, 18, 28, 29), 2000.0),
     "tiny-hypenet": HypeNetShape("tiny-qwen3", (1,), 20.0),
 }
 
