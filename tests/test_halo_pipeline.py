@@ -310,3 +310,31 @@ def test_resume_refuses_other_settings(assets, qwen3_conversion, capsys):
     out, _ = qwen3_conversion
     assert main(["convert", *cli_args(assets, "qwen3", out), "--resume", "--set", "stage2.lr=5e-4"]) == 1
     assert "other settings for stage2.lr" in capsys.readouterr().err
+
+
+def test_stage1_can_align_the_attention_that_stage2_keeps(assets, tmp_path):
+    """stage1.align_attention: each layer also gets an attention student (NoPE, new output gate) fit by MSE, and
+    stage 2 starts its attention layers from them."""
+    from hypenet.halo.stage1 import ATTENTION_LAYERS_FILE, LAYERS_FILE
+    from hypenet.model import HypeNetForCausalLM
+    from hypenet.teachers import load_teacher
+
+    out = tmp_path / "aligned"
+    config = tiny_config(assets, "qwen3", out, "stage1.align_attention=true", "select.strategy=manual",
+                         "select.manual_layers=2", "stage2.tokens=512", "stage2.lr=1e-12", "stage2.min_lr=1e-12")
+    run_stages(config, ["stage1", "select", "stage2"])
+    stage1_dir = out / "stages" / "stage1"
+    attention, lightning = (load_file(str(stage1_dir / name)) for name in (ATTENTION_LAYERS_FILE, LAYERS_FILE))
+    assert {k.split(".")[0] for k in attention} == {k.split(".")[0] for k in lightning} == {"0", "1", "2", "3"}
+    assert "2.g_proj.weight" in attention and not any("rotary" in k for k in attention)
+    losses = [r["loss"] for r in read_losses(stage1_dir) if "loss" in r]
+    assert losses[-1] < losses[0]
+
+    teacher, _ = load_teacher(assets["qwen3"])
+    q_teacher = teacher.model.layers[2].self_attn.q_proj.weight
+    assert (attention["2.q_proj.weight"] - q_teacher).abs().max() > 1e-4  # stage 1 trained it
+    # stage 2 (at a negligible learning rate) starts attention layer 2 from it, not from the teacher
+    student = HypeNetForCausalLM.from_pretrained(out / "stages" / "stage2" / "model")
+    assert student.config.mixer_types[2] == "attention"
+    for name, value in student.model.layers[2].self_attn.state_dict().items():
+        assert torch.allclose(value, attention[f"2.{name}"], atol=1e-6), name

@@ -48,6 +48,11 @@ class TrainConfig:
 class Stage1Config(TrainConfig):
     """Hidden-state alignment: every layer's lightning student fit to its teacher attention's output (MSE)."""
 
+    # Not in the paper: also fit, in every layer, the attention that stage 2 keeps where attention is selected (the
+    # teacher's, without RoPE, with the new output gate) to the teacher attention's output, by the same MSE; stage 2
+    # then starts the selected layers from it instead of from the plain teacher weights (results/nope_alignment_cpu).
+    align_attention: bool = False
+
 
 @dataclass
 class Stage2Config(TrainConfig):

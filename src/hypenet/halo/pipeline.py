@@ -123,9 +123,10 @@ class Conversion:
     def train(self, name: str, objective: nn.Module, config) -> engine.TrainResult:
         return engine.train(name, objective, config, self.chunks(name), self.stage_dir(name), self.settings)
 
-    def stage1_layers(self) -> dict[int, nn.Module]:
+    def stage1_layers(self, name: str = stage1.LAYERS_FILE) -> dict[int, nn.Module]:
+        """Stage 1's lightning students by layer (name=stage1.ATTENTION_LAYERS_FILE: its attention students, if any)."""
         config = hypenet_config_from_teacher(self.teacher.config)
-        return stage1.load_layers(self.stage_dir("stage1"), config, self.state.device)
+        return stage1.load_layers(self.stage_dir("stage1"), config, self.state.device, name)
 
     def save_model(self, model: HypeNetForCausalLM, weights: dict, name: str) -> None:
         """Save a stage's model as an HF checkpoint, with the full weights the engine gathered (FSDP shards them)."""

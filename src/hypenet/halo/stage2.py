@@ -1,7 +1,7 @@
 """HALO stage 2, distillation: the hybrid student learns the frozen teacher's next-token distributions.
 
-Student: the selected layers keep the teacher's attention (RoPE removed, new output gate), all others take their
-stage-1 lightning layer. Loss: token-level forward KL(teacher || student) at temperature 1, averaged over all
+Student: the selected layers keep the teacher's attention (RoPE removed, new output gate; with
+stage1.align_attention, stage 1's attention student of that layer), all others take their stage-1 lightning layer. Loss: token-level forward KL(teacher || student) at temperature 1, averaged over all
 tokens of the batch. The whole student is trained.
 """
 
@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 
 from ..model import HypeNetForCausalLM
 from ..teachers import build_hypenet_from_teacher
+from . import stage1
 from .losses import chunked_kl
 
 if TYPE_CHECKING:
@@ -42,8 +43,10 @@ def run(conv: Conversion, attention_layers: list[int]) -> dict:
     """Build the hybrid from the teacher and the stage-1 layers, distil it, and save it as the stage's result."""
     teacher = conv.teacher
     mixer_types = ["attention" if i in attention_layers else "lightning" for i in range(teacher.config.num_hidden_layers)]
-    torch.manual_seed(conv.config.seed)  # the attention output gates' initialisation
-    student = build_hypenet_from_teacher(teacher, mixer_types, lightning_layers=conv.stage1_layers()).float()
+    torch.manual_seed(conv.config.seed)  # the attention output gates' initialisation (unless stage 1 trained them)
+    student = build_hypenet_from_teacher(
+        teacher, mixer_types, lightning_layers=conv.stage1_layers(),
+        attention_layers=conv.stage1_layers(stage1.ATTENTION_LAYERS_FILE)).float()
     objective = Distillation(student, teacher, conv.config.stage2.logits_chunk)
     result = conv.train("stage2", objective, conv.config.stage2)
     conv.save_model(student, result.weights("student"), "stage2")

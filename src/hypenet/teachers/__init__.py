@@ -2,6 +2,7 @@
 
 from .load import EMBEDDED_TEACHER, SUPPORTED_ARCHITECTURES, embedded_teacher_gguf, load_teacher, resolve_teacher
 from .transfer import (
+    attention_from_teacher,
     build_hypenet_from_teacher,
     copy_attention_weights,
     hypenet_config_from_teacher,
@@ -12,6 +13,7 @@ from .transfer import (
 __all__ = [
     "EMBEDDED_TEACHER",
     "SUPPORTED_ARCHITECTURES",
+    "attention_from_teacher",
     "build_hypenet_from_teacher",
     "copy_attention_weights",
     "embedded_teacher_gguf",

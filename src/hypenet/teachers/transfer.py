@@ -13,7 +13,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..model import HypeNetConfig, HypeNetForCausalLM
-from ..model.modeling_hypenet import HypeNetLightningAttention
+from ..model.modeling_hypenet import HypeNetAttention, HypeNetLightningAttention
 from .load import check_supported
 
 # HypeNet parameters that a teacher may not provide (all others must be copied): output gates, the lightning
@@ -88,15 +88,26 @@ def copy_attention_weights(source: nn.Module, target: nn.Module, num_kv_heads: i
     return left
 
 
-def lightning_from_teacher(teacher: PreTrainedModel, layer_idx: int, config: HypeNetConfig) -> HypeNetLightningAttention:
-    """A lightning layer initialised from the teacher's attention in `layer_idx` (HALO stage 1's student)."""
+@torch.no_grad()
+def _mixer_from_teacher(mixer_class, gated: bool, teacher: PreTrainedModel, layer_idx: int, config: HypeNetConfig):
     source = teacher_attention(teacher, layer_idx)
     param = next(source.parameters())
-    layer = HypeNetLightningAttention(config, layer_idx).to(device=param.device, dtype=param.dtype)
-    if config.lightning_output_gate:
+    layer = mixer_class(config, layer_idx).to(device=param.device, dtype=param.dtype)
+    if gated:
         nn.init.normal_(layer.g_proj.weight, std=config.initializer_range)  # as HypeNetForCausalLM initialises it
     copy_attention_weights(source, layer, config.num_key_value_heads, config.num_attention_heads)
     return layer
+
+
+def lightning_from_teacher(teacher: PreTrainedModel, layer_idx: int, config: HypeNetConfig) -> HypeNetLightningAttention:
+    """A lightning layer initialised from the teacher's attention in `layer_idx` (HALO stage 1's student)."""
+    return _mixer_from_teacher(HypeNetLightningAttention, config.lightning_output_gate, teacher, layer_idx, config)
+
+
+def attention_from_teacher(teacher: PreTrainedModel, layer_idx: int, config: HypeNetConfig) -> HypeNetAttention:
+    """HypeNet's attention initialised from the teacher's attention in `layer_idx`: what stage 2 keeps in a selected
+    layer (the optional stage-1 attention student, Stage1Config.align_attention)."""
+    return _mixer_from_teacher(HypeNetAttention, config.attention_output_gate, teacher, layer_idx, config)
 
 
 @torch.no_grad()
@@ -104,11 +115,13 @@ def build_hypenet_from_teacher(
     teacher: PreTrainedModel,
     mixer_types: list[str] | None = None,
     lightning_layers: dict[int, nn.Module] | None = None,
+    attention_layers: dict[int, nn.Module] | None = None,
     **config_overrides,
 ) -> HypeNetForCausalLM:
     """A HypeNetForCausalLM with the teacher's weights (HALO weight transfer).
 
-    lightning_layers: trained lightning modules (stage 1) to use instead of fresh copies, by layer index.
+    lightning_layers: trained lightning modules (stage 1) to use instead of fresh copies, by layer index;
+    attention_layers: the same for attention layers (stage 1 with align_attention).
     """
     config = hypenet_config_from_teacher(teacher.config, mixer_types, **config_overrides)
     param = next(teacher.parameters())
@@ -117,9 +130,9 @@ def build_hypenet_from_teacher(
     left_at_init = []
     for i, layer in enumerate(student.model.layers):
         mixer_prefix = "self_attn" if layer.mixer_type == "attention" else "linear_attn"
-        trained = (lightning_layers or {}).get(i)
-        if trained is not None and layer.mixer_type == "lightning":
-            layer.linear_attn.load_state_dict(trained.state_dict())
+        trained = lightning_layers if layer.mixer_type == "lightning" else attention_layers
+        if trained and i in trained:
+            layer.mixer.load_state_dict(trained[i].state_dict())
         else:
             left = copy_attention_weights(
                 teacher_attention(teacher, i), layer.mixer, config.num_key_value_heads, config.num_attention_heads
