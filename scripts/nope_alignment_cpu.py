@@ -22,12 +22,17 @@ import torch
 import torch.nn.functional as F
 
 from hypenet.data import PackedChunks, tokenize_corpus
-from hypenet.halo.engine import lr_lambda
 from hypenet.halo.config import Stage1Config
+from hypenet.halo.engine import lr_lambda
 from hypenet.halo.stage1 import teacher_attention_io
 from hypenet.model import build_mixer_context
 from hypenet.model.modeling_hypenet import HypeNetRotaryEmbedding
-from hypenet.teachers import attention_from_teacher, build_hypenet_from_teacher, hypenet_config_from_teacher, load_teacher
+from hypenet.teachers import (
+    attention_from_teacher,
+    build_hypenet_from_teacher,
+    hypenet_config_from_teacher,
+    load_teacher,
+)
 
 KEPT = [7, 14, 16, 17, 18, 28, 29]
 
@@ -58,7 +63,8 @@ def main() -> None:
     torch.manual_seed(0)
     teacher, tokenizer = load_teacher(None)
     corpus = tokenize_corpus("builtin", tokenizer, progress=False)
-    chunks = torch.stack([torch.as_tensor(d[:513].astype("int64")) for d in corpus.heldout_docs if len(d) >= 513][:16])
+    long_docs = [d for d in corpus.heldout_docs if len(d) >= 513][:16]
+    chunks = torch.stack([torch.as_tensor(d[:513].astype("int64")) for d in long_docs])
     results = {"command": f"python scripts/nope_alignment_cpu.py --steps {args.steps} --out {args.out}",
                "kept_attention_layers": KEPT, "heldout_chunks": list(chunks.shape), "nll": {}}
     began = time.time()
@@ -68,7 +74,8 @@ def main() -> None:
         print(f"{name}: NLL {nll:.4f}, ppl {math.exp(nll):.2f} [{time.time() - began:.0f} s]", flush=True)
 
     record("teacher", teacher)
-    for name, rope, gate in [("no RoPE", False, False), ("output gate", True, True), ("no RoPE + output gate", False, True)]:
+    variants = [("no RoPE", False, False), ("output gate", True, True), ("no RoPE + output gate", False, True)]
+    for name, rope, gate in variants:
         config = hypenet_config_from_teacher(teacher.config, attention_rope=rope, attention_output_gate=gate)
         torch.manual_seed(0)  # the gates' initialisation
         record(name, teacher_with(teacher, {i: attention_from_teacher(teacher, i, config) for i in KEPT}))
@@ -82,7 +89,8 @@ def main() -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train, args.steps))
     rotary = HypeNetRotaryEmbedding(config)
     mse = []
-    for ids in PackedChunks(corpus.train_tokens, train.seq_len, seed=0).batches(train.batch_size, num_steps=args.steps):
+    batches = PackedChunks(corpus.train_tokens, train.seq_len, seed=0).batches(train.batch_size, num_steps=args.steps)
+    for ids in batches:
         inputs, targets = teacher_attention_io(teacher, ids)
         ctx = build_mixer_context(config, rotary, inputs[0])
         loss = sum(F.mse_loss(students[str(i)](inputs[i], ctx), targets[i]) for i in KEPT)
@@ -95,7 +103,8 @@ def main() -> None:
         if len(mse) % 10 == 0:
             print(f"step {len(mse)}: summed MSE {loss.item():.3f} [{time.time() - began:.0f} s]", flush=True)
     results["alignment"] = {"steps": args.steps, "tokens": train.tokens, "lr": train.lr, "summed_mse": mse}
-    record(f"no RoPE + output gate, aligned {train.tokens} tokens", teacher_with(teacher, dict((int(i), m) for i, m in students.items())))
+    aligned = {int(i): mixer for i, mixer in students.items()}
+    record(f"no RoPE + output gate, aligned {train.tokens} tokens", teacher_with(teacher, aligned))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 

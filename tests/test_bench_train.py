@@ -118,8 +118,10 @@ def test_profile_needs_a_step_beyond_the_timed_ones():
 @pytest.mark.parametrize("name, kind", [
     ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
     ("nvjet_tst_256x128_64x4_1x2_h_bz_coopA_TNT", "matmul"),
-    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>", "softmax attention (flash, cuDNN, ours)"),
-    ("void at::native::vectorized_elementwise_kernel<4, at::native::BinaryFunctor<float>>", "elementwise / reduction (PyTorch)"),
+    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>",
+     "softmax attention (flash, cuDNN, ours)"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::BinaryFunctor<float>>",
+     "elementwise / reduction (PyTorch)"),
     ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float>>", "elementwise / reduction (PyTorch)"),
     ("chunk_simple_gla_fwd_kernel_o", "other (Triton: fla, compiled)"),
     ("triton_poi_fused_add_mul_0", "other (Triton: fla, compiled)"),

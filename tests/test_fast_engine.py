@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import left_padded
+
 from hypenet.fast import FastHypeNet, attention, sample
 from hypenet.model import HypeNetConfig, HypeNetForCausalLM
 

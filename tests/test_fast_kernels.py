@@ -20,7 +20,6 @@ from hypenet.fast.attention import (
     prefill_attention,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

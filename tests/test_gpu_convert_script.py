@@ -103,7 +103,8 @@ def test_earlier_evaluations_are_reused_only_with_the_same_settings(setup):
     earlier = root / "runs" / "eval"
     if not (earlier / "hypenet-halo" / "results.json").is_file():
         pytest.skip("needs the whole run of the test above")
-    for name, options in (("same", EVAL_OPTIONS), ("other", EVAL_OPTIONS.replace("--niah-samples 1", "--niah-samples 2"))):
+    other_options = EVAL_OPTIONS.replace("--niah-samples 1", "--niah-samples 2")
+    for name, options in (("same", EVAL_OPTIONS), ("other", other_options)):
         runs = root / f"reuse_{name}"
         (runs / "done").mkdir(parents=True)
         for step in STEPS_LATER:  # left to run: setup, HALO's stage 1, the two reused evaluations, sharing stage 1

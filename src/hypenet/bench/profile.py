@@ -23,7 +23,8 @@ KERNEL_KINDS = [
     ("matmul", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|wgmma", re.I)),
     ("softmax attention (flash, cuDNN, ours)", re.compile(r"flash|fmha|cudnn|attention", re.I)),
     ("copy / memset", re.compile(r"^memcpy|^memset|copy_kernel|cat_|CatArray", re.I)),
-    ("elementwise / reduction (PyTorch)", re.compile(r"elementwise|vectorized|reduce|softmax|norm|unrolled|index", re.I)),
+    ("elementwise / reduction (PyTorch)",
+     re.compile(r"elementwise|vectorized|reduce|softmax|norm|unrolled|index", re.I)),
     ("other (Triton: fla, compiled)", re.compile(r"^triton|_kernel$|^chunk|^fused|^parallel|^bwd|^fwd", re.I)),
 ]
 TABLE_ROWS = 60

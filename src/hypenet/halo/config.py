@@ -288,7 +288,8 @@ def validate(config: ConvertConfig) -> None:
 
 
 # The paper's stage-2 peak learning rates (1e-4, 5e-5, 3e-5 for its 1.72B, 4.02B, 7.57B teachers) lie on one power
-# law, lr = 1e-4 * (1.72e9 / N)^0.81, within 1%; it gives every other size its rate (135M: 7.9e-4), at most stage 1's 1e-3.
+# law, lr = 1e-4 * (1.72e9 / N)^0.81, within 1%; it gives every other size its rate (135M: 7.9e-4), at most stage 1's
+# 1e-3.
 STAGE2_LR_AT_PAPER_TEACHER, STAGE2_LR_EXPONENT, STAGE2_LR_MAX = 1e-4, 0.8127, 1e-3
 
 

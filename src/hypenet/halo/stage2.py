@@ -1,8 +1,9 @@
 """HALO stage 2, distillation: the hybrid student learns the frozen teacher's next-token distributions.
 
 Student: the selected layers keep the teacher's attention (RoPE removed, new output gate; with
-stage1.align_attention, stage 1's attention student of that layer), all others take their stage-1 lightning layer. Loss: token-level forward KL(teacher || student) at temperature 1, averaged over all
-tokens of the batch. The whole student is trained.
+stage1.align_attention, stage 1's attention student of that layer), all others take their stage-1 lightning layer.
+Loss: token-level forward KL(teacher || student) at temperature 1, averaged over all tokens of the batch. The whole
+student is trained.
 """
 
 from __future__ import annotations
