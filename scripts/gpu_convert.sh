@@ -36,8 +36,10 @@ CORPUS=${CORPUS:-.carry/p2/corpus.jsonl.xz}
 WHEELS=${WHEELS:-.whl}
 TRITON_CACHE=${TRITON_CACHE:-.carry/triton_cache.tgz}
 OUT=${OUT:-$RUNS/out}
-# CONFIG, EVAL_OPTIONS and SPEED_OPTIONS can be replaced (tests/test_gpu_convert_script.py runs this on a CPU).
+# CONFIG, EVAL_OPTIONS and SPEED_OPTIONS can be replaced (tests/test_gpu_convert_script.py runs this on a CPU);
+# CONVERT_OPTIONS are added to every conversion, e.g. "--set stage1.align_attention=true" (RUNS: a new folder then).
 CONFIG=${CONFIG:-configs/gpu-smollm2.yaml}
+read -r -a CONVERT_ARGS <<<"${CONVERT_OPTIONS:-}"
 read -r -a EVAL_ARGS <<<"${EVAL_OPTIONS:---niah-lengths 4096,8192,16384,32768,65536 --niah-samples 2 --batch-size 16 --max-batch-tokens 524288 --ppl-docs 8 --ppl-max-len 65536}"
 EVAL_ARGS+=(--ppl-source "$CORPUS" --haystack "$CORPUS" --no-progress)
 read -r -a SPEED_ARGS <<<"${SPEED_OPTIONS:-}"
@@ -82,7 +84,7 @@ step() {
     local began=$SECONDS
     # timeout runs programs, not functions: a child bash gets this script's functions and arrays first.
     timeout --signal=INT --kill-after=30 "$left" bash -c "$(declare -f setup convert share_stage1 evaluate reuse_or_evaluate)
-        $(declare -p HYPENET EVAL_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
+        $(declare -p HYPENET EVAL_ARGS CONVERT_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
     local rc=$?
     if [ "$rc" -eq 0 ]; then
         echo $((SECONDS - began)) >"$RUNS/done/$name"
@@ -121,7 +123,8 @@ setup() {
 
 convert() {  # convert COMMAND RUN [--set ...]: HALO (`convert`, or one stage) into runs/gpu/RUN, continuing whatever is there
     local command=$1 run=$2; shift 2
-    "${HYPENET[@]}" "$command" --teacher "$TEACHER" --data "$CORPUS" --config "$CONFIG" --out "$RUNS/$run" --resume "$@"
+    "${HYPENET[@]}" "$command" --teacher "$TEACHER" --data "$CORPUS" --config "$CONFIG" --out "$RUNS/$run" --resume \
+        "${CONVERT_ARGS[@]}" "$@"
 }
 
 share_stage1() {  # the ablations start from the HALO run's stage 1 (it trains every layer, whatever is selected)

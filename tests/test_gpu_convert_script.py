@@ -98,7 +98,8 @@ STEPS_LATER = ["compare", "convert_even", "eval_even", "share_stage1_none", "con
 
 def test_earlier_evaluations_are_reused_only_with_the_same_settings(setup):
     """TEACHER_EVAL and HALO_EVAL: the teacher's and the HALO student's evaluations are copied instead of run again,
-    and HALO itself only runs stage 1 (what the ablations share); other evaluation settings are refused."""
+    and HALO itself only runs stage 1 (what the ablations share); other evaluation settings are refused.
+    CONVERT_OPTIONS are passed to the conversions."""
     root, env = setup
     earlier = root / "runs" / "eval"
     if not (earlier / "hypenet-halo" / "results.json").is_file():
@@ -111,12 +112,16 @@ def test_earlier_evaluations_are_reused_only_with_the_same_settings(setup):
             (runs / "done" / step).write_text("0")
         run = run_script({**env, "RUNS": str(runs), "OUT": str(root / f"out_{name}"),
                           "TEACHER_EVAL": str(earlier / "teacher"), "HALO_EVAL": str(earlier / "hypenet-halo"),
-                          "EVAL_OPTIONS": options}, deadline=600)
+                          "EVAL_OPTIONS": options, "CONVERT_OPTIONS": "--set stage1.align_attention=true"},
+                         deadline=600)
         log = (runs / "logs" / "eval_teacher.log").read_text()
         if name == "same":
             assert run.returncode == 0 and "all done" in run.stdout, run.stdout + log
             assert "start stage1_halo" in run.stdout and "convert_halo" not in run.stdout
             assert [p.name for p in (runs / "halo" / "stages").iterdir()] == ["stage1"]
+            # CONVERT_OPTIONS reach the conversion: its stage 1 also aligned the attention students
+            assert yaml.safe_load((runs / "halo" / "config.yaml").read_text())["stage1"]["align_attention"] is True
+            assert (runs / "even" / "stages" / "stage1" / "attention_layers.safetensors").is_file()
             assert (runs / "even" / "stages" / "stage1" / "done.json").is_file()
             for label in ("teacher", "hypenet-halo"):
                 assert "same settings" in (runs / "logs" / f"eval_{label.split('-')[-1]}.log").read_text()
