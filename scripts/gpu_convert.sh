@@ -24,6 +24,8 @@
 #   HALO_EVAL  (optional) an earlier evaluation of the HALO student (results/gpu_convert/eval/hypenet-halo), reused
 #            when its settings match: then only HALO's stage 1 runs again (the ablations start from it), not its
 #            selection, stages 2-3, export and evaluation, and the lease goes to the ablations
+#   ABLATIONS  (optional) 0: no even / none ablations: HALO's conversion, evaluation and comparison with the teacher,
+#            then the training speed; e.g. to try a setting: CONVERT_OPTIONS="--set ..." RUNS=runs/gpu-try
 #   WHEELS   (default .whl/) wheels of what the image lacks (flash-linear-attention, fla-core, gguf, transformers >= 5.24),
 #            installed into /tmp/site once per machine
 set -uo pipefail
@@ -169,6 +171,12 @@ step eval_teacher reuse_or_evaluate teacher "$TEACHER" "${TEACHER_EVAL:-}" --yar
 step eval_halo reuse_or_evaluate hypenet-halo "$RUNS/halo/model" "${HALO_EVAL:-}"
 step compare "${HYPENET[@]}" compare "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" \
     --labels teacher,hypenet-halo --out "$RUNS/compare"
+if [ "${ABLATIONS:-1}" = 0 ]; then
+    step train_speed python3 -m hypenet.bench.train --out "$RUNS/train_speed" "${SPEED_ARGS[@]}"
+    pack
+    say "all done (ABLATIONS=0: HALO, its evaluation and the training speed): results in $OUT/gpu_convert.tgz"
+    exit 0
+fi
 step share_stage1_even share_stage1 even
 step convert_even convert convert even --set select.strategy=even
 step eval_even evaluate hypenet-even "$RUNS/even/model"

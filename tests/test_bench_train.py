@@ -130,3 +130,39 @@ def test_profile_needs_a_step_beyond_the_timed_ones():
 def test_kernel_kinds_by_name(name, kind):
     from hypenet.bench.profile import kernel_kind
     assert kernel_kind(name) == kind
+
+
+def test_kernel_time_counts_each_kernel_once():
+    """The operators that launch kernels and the step's annotation carry the same time again: only kernels count."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from hypenet.bench.profile import kernel_seconds_by_kind
+
+    def event(name, us, device=DeviceType.CUDA, annotation=False):
+        span = SimpleNamespace(elapsed_us=lambda: us)
+        return SimpleNamespace(name=name, device_type=device, is_user_annotation=annotation, time_range=span)
+
+    events = [event("ProfilerStep#6", 900.0, annotation=True),  # the step's annotation on the GPU timeline
+              event("aten::mm", 400.0, device=DeviceType.CPU),  # the operator (host side)
+              event("nvjet_tst_256x128_64x4_1x2_h_bz_coopA_TNT", 300.0),
+              event("nvjet_tst_256x128_64x4_1x2_h_bz_coopA_NNT", 100.0),
+              event("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", 50.0),
+              event("chunk_simple_gla_fwd_kernel_o", 25.0)]
+    kinds = kernel_seconds_by_kind(events)
+    assert list(kinds) == ["matmul", "elementwise / reduction (PyTorch)", "other (Triton: fla, compiled)"]
+    assert list(kinds.values()) == pytest.approx([400e-6, 50e-6, 25e-6], rel=1e-12)
+
+
+def test_compile_is_recorded_and_the_stages_train(tmp_path, monkeypatch):
+    """`--set compile=true` goes through the engine (aot_eager here: the tracing without code generation)."""
+    from hypenet.halo import compiling
+    monkeypatch.setattr(compiling, "BACKEND", "aot_eager")
+    out = tmp_path / "speed"
+    code = main(["bench-train", "tiny-hypenet", "--device", "cpu", "--stages", "stage2,stage3", "--steps", "2",
+                 "--warmup-steps", "1", "--set", "compile=true", *TINY_STAGES, "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "train_speed.json").read_text())
+    assert report["compile"] is True and [r["status"] for r in report["stages"]] == ["ok", "ok"]
+    assert "torch.compile per decoder layer" in (out / "train_speed.md").read_text()

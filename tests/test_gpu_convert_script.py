@@ -130,3 +130,17 @@ def test_earlier_evaluations_are_reused_only_with_the_same_settings(setup):
         else:
             assert run.returncode == 1 and "FAILED eval_teacher" in run.stdout
             assert "was run with other settings (['niah_samples'])" in log
+
+
+def test_without_ablations_the_run_ends_after_the_comparison(setup):
+    root, env = setup
+    runs = root / "no_ablations"
+    (runs / "done").mkdir(parents=True)
+    for step in ("setup", "convert_halo", "eval_teacher", "eval_halo", "compare"):
+        (runs / "done" / step).write_text("0")
+    run = run_script({**env, "RUNS": str(runs), "OUT": str(root / "out_no_ablations"), "ABLATIONS": "0"}, deadline=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "all done (ABLATIONS=0: HALO, its evaluation and the training speed)" in run.stdout
+    started = [line.split("] start ")[1].split()[0] for line in run.stdout.splitlines() if "] start " in line]
+    assert started == ["train_speed"]
+    assert (root / "out_no_ablations" / "gpu_convert.tgz").is_file()

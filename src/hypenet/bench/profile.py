@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 
 # (kind, pattern on the kernel name), first match wins
@@ -32,6 +33,19 @@ TABLE_ROWS = 60
 
 def kernel_kind(name: str) -> str:
     return next((kind for kind, pattern in KERNEL_KINDS if pattern.search(name)), "other")
+
+
+def kernel_seconds_by_kind(events) -> dict[str, float]:
+    """Seconds of GPU kernels by kind, from the profiler's events: only the kernels themselves (device-side events
+    that are not user annotations), not the operators that launched them or the step's own annotation, which carry
+    the same time again."""
+    kinds: dict[str, float] = {}
+    for e in events:
+        if e.device_type != DeviceType.CUDA or e.is_user_annotation:
+            continue
+        kind = kernel_kind(e.name)
+        kinds[kind] = kinds.get(kind, 0.0) + e.time_range.elapsed_us() / 1e6
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
 
 
 class StepProfiler:
@@ -67,16 +81,13 @@ class StepProfiler:
     def _write(self, prof) -> None:
         averages = prof.key_averages()
         sort_by = "self_device_time_total" if self.cuda else "self_cpu_time_total"
-        kernels = [e for e in averages if e.self_device_time_total > 0 and not e.key.startswith(("aten::", "cuda"))]
-        kinds: dict[str, float] = {}
-        for e in kernels:
-            kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + e.self_device_time_total / 1e6
+        kinds = kernel_seconds_by_kind(prof.events()) if self.cuda else {}
         gpu_s = sum(kinds.values())
         self.summary = {
             "step": self.step,
             "wall_s": self._wall,
             "gpu_kernel_s": gpu_s if self.cuda else None,
-            "gpu_kernel_s_by_kind": dict(sorted(kinds.items(), key=lambda kv: -kv[1])) if self.cuda else {},
+            "gpu_kernel_s_by_kind": kinds,
             "table": self.path.name,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)

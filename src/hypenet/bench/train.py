@@ -147,10 +147,10 @@ def run(settings: TrainBenchSettings) -> dict:
     check_settings(settings)
     device = torch.device(settings.device)
     precision = "bf16" if device.type == "cuda" else "no"  # as the pipeline: bf16 autocast on GPU, fp32 on CPU
-    run_settings = engine.RunSettings(checkpoint_every=10**9, resume=False, cpu=device.type == "cpu",
-                                      mixed_precision=precision)
     shape = HYPENET_SHAPES[settings.shape]
     config = load_config(overrides=[*BENCH_DEFAULTS, *settings.overrides])
+    run_settings = engine.RunSettings(checkpoint_every=10**9, resume=False, cpu=device.type == "cpu",
+                                      mixed_precision=precision, compile=config.compile)
     torch.manual_seed(config.seed)
     teacher_dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # the frozen teacher: no fp32 master
     teacher = random_model(teacher_config(shape.teacher), device, teacher_dtype).requires_grad_(False)
@@ -160,7 +160,7 @@ def run(settings: TrainBenchSettings) -> dict:
     vocab_size = teacher.config.vocab_size
     report = {
         "command": shlex.join(sys.orig_argv), "shape": settings.shape, "teacher": shape.teacher,
-        "attention_layers": list(shape.attention_layers), "mixed_precision": precision,
+        "attention_layers": list(shape.attention_layers), "mixed_precision": precision, "compile": config.compile,
         "settings": {**asdict(settings), "out": str(settings.out)},
         "peak_tflops": settings.peak_tflops, "measured_matmul_tflops": MEASURED_MATMUL_TFLOPS,
         "flop_counting": FLOP_NOTE, **machine_info(device), "stages": [],
@@ -230,7 +230,8 @@ def markdown(report: dict) -> str:
     steps, warmup = report["settings"]["steps"], report["settings"]["warmup_steps"]
     steps -= bool(report["settings"].get("profile"))  # the profiled last step is not timed
     setup = (f"{report.get('gpu') or report.get('cpu')}; torch {report['torch']}, transformers "
-             f"{report['transformers']}, fla {report['fla']}; mixed precision {report['mixed_precision']}; attention "
+             f"{report['transformers']}, fla {report['fla']}; mixed precision {report['mixed_precision']}"
+             f"{'; torch.compile per decoder layer' if report.get('compile') else ''}; attention "
              f"layers {report['attention_layers']}. Seconds per step: the engine's (losses.jsonl), median of steps "
              f"{warmup + 1} to {steps} of each stage.")
     peaks = (f"MFU against {report['peak_tflops']:g} TFLOP/s; 'of matmul' against the "
@@ -279,7 +280,8 @@ def register(subparsers) -> None:
                         help="first steps left out of the median (default 2)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="a config field, e.g. --set stage2.micro_batch_size=8 --set stage3.seq_len=32768 "
-                             "(seq_len, batch_size, micro_batch_size, logits_chunk, gradient_checkpointing, seed)")
+                             "(seq_len, batch_size, micro_batch_size, logits_chunk, gradient_checkpointing, seed), or "
+                             "--set compile=true (torch.compile each decoder layer in stages 2 and 3)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="default cuda")
     parser.add_argument("--peak-tflops", type=float, default=H200_DENSE_BF16_TFLOPS,
                         help=f"peak for the MFU (default {H200_DENSE_BF16_TFLOPS}, H200 SXM dense bf16)")

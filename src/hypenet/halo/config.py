@@ -121,6 +121,9 @@ class ConvertConfig:
     mixed_precision: str = "auto"  # "auto" (bf16 on GPU, none on CPU), "bf16" or "no"
     checkpoint_every: int = 500  # optimizer steps between resumable checkpoints
     tensorboard: bool = False  # also log to <out>/tensorboard (needs the tensorboard package)
+    # torch.compile each decoder layer of student and teacher in stages 2 and 3 (halo/compiling.py): fuses the
+    # elementwise work around the matmuls. Costs a compilation at the start of each stage; for GPUs.
+    compile: bool = False
     stage1: Stage1Config = field(default_factory=Stage1Config)
     select: SelectConfig = field(default_factory=SelectConfig)
     stage2: Stage2Config = field(default_factory=Stage2Config)

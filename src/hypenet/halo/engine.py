@@ -29,6 +29,7 @@ from accelerate import Accelerator, PartialState
 from torch import nn
 from tqdm.auto import tqdm
 
+from .compiling import compiled_layers, layers_to_compile
 from .config import HaloError, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class RunSettings:
     mixed_precision: str = "no"  # "bf16" or "no"
     tensorboard_dir: Path | None = None
     after_step: Callable[[int], None] | None = None  # called with the step number after every optimizer step
+    compile: bool = False  # torch.compile the layers the objective names (halo/compiling.py)
 
 
 @dataclass
@@ -141,9 +143,18 @@ class LossLog:
             self.writer.close()
 
 
-def train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_dir: Path, run: RunSettings) -> TrainResult:
+def train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_dir: Path,
+          run: RunSettings) -> TrainResult:
     """Train `objective` for config.steps() optimizer steps on `chunks` (a hypenet.data.PackedChunks)."""
-    stage_dir = Path(stage_dir)
+    layers = layers_to_compile(objective) if run.compile else []
+    if run.compile and not layers:
+        log.info("%s: compile is on, but this stage's objective names no layers to compile; it runs eagerly", name)
+    with compiled_layers(layers):
+        return _train(name, objective, config, chunks, Path(stage_dir), run)
+
+
+def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_dir: Path,
+           run: RunSettings) -> TrainResult:
     steps = config.steps()
     micro, accumulation = _micro_batch_size(config, PartialState(cpu=run.cpu).num_processes, name)
     acc = Accelerator(cpu=run.cpu, mixed_precision=run.mixed_precision, gradient_accumulation_steps=accumulation)

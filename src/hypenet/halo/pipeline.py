@@ -46,7 +46,7 @@ DONE = "done.json"
 CONFIG_FILE = "config.yaml"
 MODEL_DIR = "model"
 # Settings that change how a run executes, not what it computes: they may differ when resuming.
-RUN_FIELDS = {"out", "device", "mixed_precision", "checkpoint_every", "tensorboard"}
+RUN_FIELDS = {"out", "device", "mixed_precision", "checkpoint_every", "tensorboard", "compile"}
 
 
 def done_info(out: Path, name: str) -> dict | None:
@@ -67,7 +67,7 @@ class Conversion:
         precision = config.mixed_precision if config.mixed_precision != "auto" else ("no" if cpu else "bf16")
         self.settings = engine.RunSettings(
             checkpoint_every=config.checkpoint_every, resume=resume, cpu=cpu, mixed_precision=precision,
-            tensorboard_dir=self.out / "tensorboard" if config.tensorboard else None,
+            tensorboard_dir=self.out / "tensorboard" if config.tensorboard else None, compile=config.compile,
         )
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # the frozen teacher needs no fp32 master
         try:

@@ -39,6 +39,10 @@ class Distillation(nn.Module):
         student_hidden = self.student.model(input_ids=input_ids, use_cache=False).last_hidden_state
         return chunked_kl(student_hidden, teacher_hidden, self.student.lm_head, teacher.lm_head, self.logits_chunk)
 
+    def layers_to_compile(self) -> list[nn.Module]:
+        """With `compile: true` (halo/compiling.py): the student's and the teacher's decoder layers."""
+        return [*self.student.model.layers, *self._teacher[0].model.layers]
+
 
 def run(conv: Conversion, attention_layers: list[int]) -> dict:
     """Build the hybrid from the teacher and the stage-1 layers, distil it, and save it as the stage's result."""

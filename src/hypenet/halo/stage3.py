@@ -32,6 +32,10 @@ class LanguageModeling(nn.Module):
         hidden = self.model.model(input_ids=input_ids, use_cache=False).last_hidden_state
         return chunked_cross_entropy(hidden[:, :-1], input_ids[:, 1:], self.model.lm_head, self.logits_chunk)
 
+    def layers_to_compile(self) -> list[nn.Module]:
+        """With `compile: true` (halo/compiling.py): the model's decoder layers (each inside its checkpoint)."""
+        return list(self.model.model.layers)
+
 
 def run(conv: Conversion) -> dict:
     """Finetune the stage-2 model at long context and save it as the stage's result."""

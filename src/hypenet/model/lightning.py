@@ -135,6 +135,7 @@ def kernel_input_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     return common if common in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
 
 
+@torch.compiler.disable  # compiled layers (training with `compile: true`) call the Triton kernels as they are
 def _lightning_attention_fla(q, k, v, g, scale, initial_state, output_final_state, g_gamma):
     try:
         from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
