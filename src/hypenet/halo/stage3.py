@@ -33,8 +33,14 @@ class LanguageModeling(nn.Module):
         return chunked_cross_entropy(hidden[:, :-1], input_ids[:, 1:], self.model.lm_head, self.logits_chunk)
 
     def layers_to_compile(self) -> list[nn.Module]:
-        """With `compile: true` (halo/compiling.py): the model's decoder layers (each inside its checkpoint)."""
-        return list(self.model.model.layers)
+        """With `compile: true` (halo/compiling.py): the model's decoder layers, or with gradient checkpointing the
+        parts of each inside its checkpoint (a compiled layer would trace the checkpoint itself, whose body cannot
+        be split around the fla kernels that stay outside the graph)."""
+        layers = self.model.model.layers
+        if not self.model.is_gradient_checkpointing:
+            return list(layers)
+        return [part for layer in layers
+                for part in (layer.input_layernorm, layer.mixer, layer.post_attention_layernorm, layer.mlp)]
 
 
 def run(conv: Conversion) -> dict:
