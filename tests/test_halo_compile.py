@@ -33,7 +33,7 @@ def test_compiled_distillation_matches_eager_and_is_undone(backend, tol):
     input_ids = torch.randint(0, 128, (2, 48))
     loss, grads = loss_and_grads(objective, input_ids)
     layers = compiling.layers_to_compile(objective)
-    assert len(layers) == 6  # the student's three decoder layers and the teacher's three
+    assert len(layers) == 7 and layers[-1] is objective.kl  # three student and three teacher layers, and the KL
     names = [n for n, _ in objective.named_parameters()]
     with compiling.compiled_layers(layers, backend=backend):
         assert all(layer._compiled_call_impl is not None for layer in layers)
@@ -64,16 +64,17 @@ def test_stage3_compiles_the_parts_of_its_checkpointed_layers_around_the_kernel(
     input_ids = torch.randint(0, 128, (2, 40))
     loss, grads = loss_and_grads(objective, input_ids)
     parts = compiling.layers_to_compile(objective)
-    assert len(parts) == 4 * 3 and model.model.layers[0].mlp in parts
+    assert len(parts) == 4 * 3 + 1 and model.model.layers[0].mlp in parts and parts[-1] is objective.cross_entropy
     counters.clear()
     with compiling.compiled_layers(parts, backend="aot_eager"):
         compiled_loss, compiled_grads = loss_and_grads(objective, input_ids)
-    # norms, MLP, attention mixer, and the lightning mixer before and after its kernel
-    assert counters["stats"]["unique_graphs"] == 5
+    # norms, MLP, attention mixer, the lightning mixer before and after its kernel, and the cross-entropy at two
+    # slice sizes (78 tokens: 32 + 32 + 14)
+    assert counters["stats"]["unique_graphs"] == 7
     torch.testing.assert_close(compiled_loss, loss, rtol=1e-6, atol=0.0)
     assert_grads_close(compiled_grads, grads, 1e-6)
     model.activation_checkpointing_disable()
-    assert compiling.layers_to_compile(objective) == list(model.model.layers)
+    assert compiling.layers_to_compile(objective) == [*model.model.layers, objective.cross_entropy]
 
 
 def test_the_engine_trains_the_same_with_compile_on(tmp_path, monkeypatch):

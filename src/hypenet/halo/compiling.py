@@ -1,7 +1,7 @@
 """`compile: true`: the training stages run each decoder layer through torch.compile.
 
-A stage's objective names the layers worth compiling (`layers_to_compile()`: the student's decoder layers and, in
-stage 2, the frozen teacher's). Each layer is compiled on its own, in place (`nn.Module.compile`, so parameter
+A stage's objective names the modules worth compiling (`layers_to_compile()`: the student's decoder layers, in
+stage 2 the frozen teacher's too, and the fp32 loss over logit slices, `losses.LogitsKL` / `LogitsCrossEntropy`). Each layer is compiled on its own, in place (`nn.Module.compile`, so parameter
 names and checkpoints are unchanged), the way torchtitan compiles transformer blocks: layers of one kind share one
 graph, and inductor fuses the elementwise work around the matmuls (RMSNorms in fp32, RoPE, gates, SiLU, residual
 adds), which is most of the GPU time of a small model's step. flash-linear-attention's Triton kernels stay outside

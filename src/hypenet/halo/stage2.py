@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from ..model import HypeNetForCausalLM
 from ..teachers import build_hypenet_from_teacher
 from . import stage1
-from .losses import chunked_kl
+from .losses import LogitsKL, chunked_kl
 
 if TYPE_CHECKING:
     from .pipeline import Conversion
@@ -30,6 +30,7 @@ class Distillation(nn.Module):
         super().__init__()
         self.student = student
         self.logits_chunk = logits_chunk
+        self.kl = LogitsKL()
         self._teacher = (teacher,)  # a tuple hides it from nn.Module: frozen, never wrapped or checkpointed
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -37,11 +38,12 @@ class Distillation(nn.Module):
         with torch.no_grad():
             teacher_hidden = teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
         student_hidden = self.student.model(input_ids=input_ids, use_cache=False).last_hidden_state
-        return chunked_kl(student_hidden, teacher_hidden, self.student.lm_head, teacher.lm_head, self.logits_chunk)
+        return chunked_kl(student_hidden, teacher_hidden, self.student.lm_head, teacher.lm_head, self.logits_chunk,
+                          self.kl)
 
     def layers_to_compile(self) -> list[nn.Module]:
-        """With `compile: true` (halo/compiling.py): the student's and the teacher's decoder layers."""
-        return [*self.student.model.layers, *self._teacher[0].model.layers]
+        """With `compile: true` (halo/compiling.py): the student's and the teacher's decoder layers, and the KL."""
+        return [*self.student.model.layers, *self._teacher[0].model.layers, self.kl]
 
 
 def run(conv: Conversion, attention_layers: list[int]) -> dict:

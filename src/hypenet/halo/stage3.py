@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..model import HypeNetForCausalLM
-from .losses import chunked_cross_entropy
+from .losses import LogitsCrossEntropy, chunked_cross_entropy
 
 if TYPE_CHECKING:
     from .pipeline import Conversion
@@ -25,22 +25,25 @@ class LanguageModeling(nn.Module):
         super().__init__()
         self.model = model
         self.logits_chunk = logits_chunk
+        self.cross_entropy = LogitsCrossEntropy()
         if gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         hidden = self.model.model(input_ids=input_ids, use_cache=False).last_hidden_state
-        return chunked_cross_entropy(hidden[:, :-1], input_ids[:, 1:], self.model.lm_head, self.logits_chunk)
+        return chunked_cross_entropy(hidden[:, :-1], input_ids[:, 1:], self.model.lm_head, self.logits_chunk,
+                                     self.cross_entropy)
 
     def layers_to_compile(self) -> list[nn.Module]:
         """With `compile: true` (halo/compiling.py): the model's decoder layers, or with gradient checkpointing the
         parts of each inside its checkpoint (a compiled layer would trace the checkpoint itself, whose body cannot
-        be split around the fla kernels that stay outside the graph)."""
+        be split around the fla kernels that stay outside the graph); and the cross-entropy."""
         layers = self.model.model.layers
         if not self.model.is_gradient_checkpointing:
-            return list(layers)
-        return [part for layer in layers
-                for part in (layer.input_layernorm, layer.mixer, layer.post_attention_layernorm, layer.mlp)]
+            return [*layers, self.cross_entropy]
+        return [*(part for layer in layers
+                  for part in (layer.input_layernorm, layer.mixer, layer.post_attention_layernorm, layer.mlp)),
+                self.cross_entropy]
 
 
 def run(conv: Conversion) -> dict:
