@@ -220,6 +220,26 @@ def test_sigkill_then_resume_gives_the_same_weights(assets, qwen3_conversion):
     assert after == list(range(checkpoint_step + 1, 33))
 
 
+def test_ctrl_c_checkpoints_the_step_in_flight(assets):
+    """SIGINT (Ctrl-C, or `timeout` in scripts/gpu_convert.sh) during a stage: the conversion writes a checkpoint of
+    its last finished step, says how to continue and exits with 130."""
+    out = assets["root"] / "interrupted-out"
+    command = [sys.executable, "-m", "hypenet.cli", "convert", *cli_args(assets, "qwen3", out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = out / "stages" / "stage2" / "losses.jsonl"
+    deadline = time.monotonic() + 240
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+        assert process.poll() is None, f"the conversion ended before stage 2 trained: {process.stderr.read()}"
+        assert time.monotonic() < deadline, "stage 2 did not train within 4 minutes"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert f"continue with: hypenet convert --out {out} --resume" in stderr
+    last = read_losses(out / "stages" / "stage2")[-1]["step"]
+    assert last < 32 and [p.name for p in (out / "stages" / "stage2" / "checkpoints").iterdir()] == [f"step-{last:08d}"]
+
+
 def test_two_gloo_processes_match_one_in_stage2(assets, qwen3_conversion):
     """Data parallelism on 2 CPU processes (accelerate runs FSDP and DeepSpeed only on GPUs: issue 7)."""
     reference_out, _ = qwen3_conversion

@@ -9,7 +9,8 @@ a JSON-lines loss log, optional TensorBoard, and resumable checkpoints.
 
 Resumption: optimizer step s always trains on batch s of the stage's `PackedChunks` (the data order is a function
 of the step), so a run restored from the checkpoint of step s continues exactly where the interrupted one was.
-Checkpoints are written to `step-XXXXXXXX.tmp/` and renamed, so a crash never leaves a half-written one.
+Checkpoints are written to `step-XXXXXXXX.tmp/` and renamed, so a crash never leaves a half-written one. Ctrl-C or
+SIGTERM finishes the optimizer step in flight and checkpoints it before stopping (`StopOnSignal`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,6 +105,42 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+class StopOnSignal:
+    """SIGINT or SIGTERM during training (Ctrl-C, `timeout`, a scheduler's preemption): the optimizer step in flight
+    finishes, a checkpoint of it is written, and training stops with KeyboardInterrupt, so that `--resume` loses
+    nothing. A second signal stops at once (from the last checkpoint). Handlers are installed only in the main
+    thread and restored on exit. With several processes, one process's signal stops them all at the same step."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, name: str):
+        self.name, self.received, self._previous = name, None, {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("%s: %s received: stopping after this optimizer step, once its checkpoint is written (signal "
+                    "again to stop at once)", self.name, signal.Signals(signum).name)
+
+    def requested(self, acc: Accelerator) -> bool:
+        if acc.num_processes == 1:
+            return self.received is not None
+        flag = torch.tensor(float(self.received is not None), device=acc.device)
+        return bool(acc.reduce(flag, reduction="sum").item() > 0)
+
+
 def _micro_batch_size(config: TrainConfig, processes: int, name: str) -> tuple[int, int]:
     """(sequences per forward, forwards per step) on each process."""
     if config.batch_size % processes:
@@ -149,12 +188,12 @@ def train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_di
     layers = layers_to_compile(objective) if run.compile else []
     if run.compile and not layers:
         log.info("%s: compile is on, but this stage's objective names no layers to compile; it runs eagerly", name)
-    with compiled_layers(layers):
-        return _train(name, objective, config, chunks, Path(stage_dir), run)
+    with compiled_layers(layers), StopOnSignal(name) as stop:
+        return _train(name, objective, config, chunks, Path(stage_dir), run, stop)
 
 
 def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_dir: Path,
-           run: RunSettings) -> TrainResult:
+           run: RunSettings, stop: StopOnSignal) -> TrainResult:
     steps = config.steps()
     micro, accumulation = _micro_batch_size(config, PartialState(cpu=run.cpu).num_processes, name)
     acc = Accelerator(cpu=run.cpu, mixed_precision=run.mixed_precision, gradient_accumulation_steps=accumulation)
@@ -221,9 +260,15 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
         bar.update(1)
         if run.after_step is not None:
             run.after_step(done)
-        if done % run.checkpoint_every == 0 and done < steps:
+        stopping = stop.requested(acc)
+        if (done % run.checkpoint_every == 0 and done < steps) or stopping:
             wall = wall_before + time.perf_counter() - began
-            save_checkpoint(acc, stage_dir, {"step": done, "losses": losses, "wall_time": wall})
+            saved = save_checkpoint(acc, stage_dir, {"step": done, "losses": losses, "wall_time": wall})
+        if stopping:
+            bar.close()
+            loss_log.close()
+            log.warning("%s: stopped by signal after step %d; checkpoint %s", name, done, saved)
+            raise KeyboardInterrupt
     bar.close()
     loss_log.close()
     wall = wall_before + time.perf_counter() - began
