@@ -8,7 +8,8 @@
 #
 # Resumable by design, for device leases of 10-minute commands: every finished step is recorded under
 # runs/gpu/done/ and skipped next time, a step still running at the deadline is interrupted with SIGINT (a conversion
-# checkpoints the optimizer step in flight and continues from it next time), and the script stops there. Run the same command again until it prints "all done".
+# checkpoints the optimizer step in flight and continues from it next time), and the script stops there. Run the
+# same command again until it prints "all done".
 # After every step the results so far are packed into $OUT/gpu_convert.tgz (reports, JSON, PNG, logs; no weights).
 #
 # Inputs (no network there; see ../shared/GPU.md):

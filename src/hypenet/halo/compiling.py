@@ -1,11 +1,12 @@
-"""`compile: true`: the training stages run each decoder layer through torch.compile.
+"""`compile: true`: the training stages run each decoder layer, and the loss, through torch.compile.
 
 A stage's objective names the modules worth compiling (`layers_to_compile()`: the student's decoder layers, in
-stage 2 the frozen teacher's too, and the fp32 loss over logit slices, `losses.LogitsKL` / `LogitsCrossEntropy`). Each layer is compiled on its own, in place (`nn.Module.compile`, so parameter
-names and checkpoints are unchanged), the way torchtitan compiles transformer blocks: layers of one kind share one
-graph, and inductor fuses the elementwise work around the matmuls (RMSNorms in fp32, RoPE, gates, SiLU, residual
-adds), which is most of the GPU time of a small model's step. flash-linear-attention's Triton kernels stay outside
-the graph (`lightning.py` keeps dynamo out of them). Stage 1 (per-layer hooks on the teacher) is not compiled.
+stage 2 the frozen teacher's too, and the fp32 loss over logit slices, `losses.LogitsKL` / `LogitsCrossEntropy`).
+Each is compiled on its own, in place (`nn.Module.compile`, so parameter names and checkpoints are unchanged), the
+way torchtitan compiles transformer blocks: layers of one kind share one graph, and inductor fuses the elementwise
+work around the matmuls (RMSNorms in fp32, RoPE, gates, SiLU, residual adds), which is most of the GPU time of a
+small model's step. flash-linear-attention's Triton kernels stay outside the graph (`lightning.py` keeps dynamo
+out of them). Stage 1 (per-layer hooks on the teacher) is not compiled.
 
 `compiled_layers` undoes the compilation on exit, so the teacher leaves a stage as it came. While it is active,
 dynamo falls back to eager (with a warning) for a layer it cannot compile instead of stopping the run.
@@ -44,7 +45,7 @@ def compiled_layers(layers: list[nn.Module], backend: str | None = None) -> Iter
         for layer in layers:
             layer.compile(backend=backend, dynamic=False)  # shapes are fixed within a stage; a new one recompiles
         if layers:
-            log.info("torch.compile (%s): %d decoder layers", backend, len(layers))
+            log.info("torch.compile (%s): %d modules (decoder layers or their parts, the loss)", backend, len(layers))
         yield layers
     finally:
         for layer in layers:
