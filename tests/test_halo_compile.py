@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from hypenet.halo import compiling, engine, stage2, stage3
@@ -35,9 +37,13 @@ def test_compiled_distillation_matches_eager_and_is_undone(backend, tol):
     layers = compiling.layers_to_compile(objective)
     assert len(layers) == 7 and layers[-1] is objective.kl  # three student and three teacher layers, and the KL
     names = [n for n, _ in objective.named_parameters()]
+    torch._dynamo.reset()  # (graphs of earlier tests would be reused, not counted)
+    counters.clear()
     with compiling.compiled_layers(layers, backend=backend):
         assert all(layer._compiled_call_impl is not None for layer in layers)
         compiled_loss, compiled_grads = loss_and_grads(objective, input_ids)
+    # one graph per kind of layer (student lightning, student attention, teacher) and the KL: nothing fell back
+    assert counters["stats"]["unique_graphs"] == 4
     assert all(layer._compiled_call_impl is None for layer in layers)
     assert [n for n, _ in objective.named_parameters()] == names  # in place: checkpoints keep their names
     torch.testing.assert_close(compiled_loss, loss, rtol=tol, atol=tol)
@@ -54,8 +60,6 @@ def test_stage3_compiles_the_parts_of_its_checkpointed_layers_around_the_kernel(
     """On a GPU the lightning kernel call is a graph break. A compiled layer would trace its checkpoint, whose body
     cannot break, and dynamo would run the whole layer eagerly (what the GPU run showed); stage 3 compiles the
     parts of each layer inside the checkpoint instead. The break is forced here as on the GPU."""
-    from torch._dynamo.utils import counters
-
     from hypenet.model import modeling_hypenet
     monkeypatch.setattr(modeling_hypenet, "lightning_attention",
                         torch.compiler.disable(modeling_hypenet.lightning_attention))
@@ -65,6 +69,7 @@ def test_stage3_compiles_the_parts_of_its_checkpointed_layers_around_the_kernel(
     loss, grads = loss_and_grads(objective, input_ids)
     parts = compiling.layers_to_compile(objective)
     assert len(parts) == 4 * 3 + 1 and model.model.layers[0].mlp in parts and parts[-1] is objective.cross_entropy
+    torch._dynamo.reset()
     counters.clear()
     with compiling.compiled_layers(parts, backend="aot_eager"):
         compiled_loss, compiled_grads = loss_and_grads(objective, input_ids)

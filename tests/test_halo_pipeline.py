@@ -153,6 +153,22 @@ def test_convert_tiny_llama(assets):
     check_conversion(out, convert(tiny_config(assets, "llama", out)))
 
 
+def test_convert_with_compile_gives_the_eager_conversion(assets, qwen3_conversion, tmp_path, monkeypatch):
+    """`compile: true` through the whole pipeline (aot_eager: dynamo's tracing and AOT autograd, no code generation):
+    the same losses and the same exported weights as the eager conversion."""
+    from hypenet.halo import compiling
+    monkeypatch.setattr(compiling, "BACKEND", "aot_eager")
+    reference_out, reference = qwen3_conversion
+    report = convert(tiny_config(assets, "qwen3", tmp_path / "compiled", "compile=true"))
+    for name in ("stage2", "stage3"):
+        got, expected = report["stages"][name]["losses"], reference["stages"][name]["losses"]
+        assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-5), name
+    reference_weights = load_file(reference_out / "model" / "model.safetensors")
+    weights = load_file(tmp_path / "compiled" / "model" / "model.safetensors")
+    for name, weight in reference_weights.items():
+        torch.testing.assert_close(weights[name], weight, rtol=1e-4, atol=1e-5)
+
+
 def test_convert_in_bf16_mixed_precision(assets, tmp_path):
     """The GPU's precision setting (bf16 autocast, fp32 master weights), run on the CPU: every stage trains, the
     export's search runs under autocast, and the checkpoint keeps fp32 weights."""
