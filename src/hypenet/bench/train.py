@@ -231,7 +231,7 @@ def markdown(report: dict) -> str:
     steps -= bool(report["settings"].get("profile"))  # the profiled last step is not timed
     setup = (f"{report.get('gpu') or report.get('cpu')}; torch {report['torch']}, transformers "
              f"{report['transformers']}, fla {report['fla']}; mixed precision {report['mixed_precision']}"
-             f"{'; torch.compile per decoder layer' if report.get('compile') else ''}; attention "
+             f"{'; torch.compile in stages 2-3 (each decoder layer, the loss)' if report.get('compile') else ''}; attention "
              f"layers {report['attention_layers']}. Seconds per step: the engine's (losses.jsonl), median of steps "
              f"{warmup + 1} to {steps} of each stage.")
     peaks = (f"MFU against {report['peak_tflops']:g} TFLOP/s; 'of matmul' against the "
