@@ -229,9 +229,10 @@ def markdown(report: dict) -> str:
     """A header with the setup and the FLOP counting, then the table (last)."""
     steps, warmup = report["settings"]["steps"], report["settings"]["warmup_steps"]
     steps -= bool(report["settings"].get("profile"))  # the profiled last step is not timed
+    compiled = "; torch.compile in stages 2-3 (each decoder layer, the loss)" if report.get("compile") else ""
     setup = (f"{report.get('gpu') or report.get('cpu')}; torch {report['torch']}, transformers "
              f"{report['transformers']}, fla {report['fla']}; mixed precision {report['mixed_precision']}"
-             f"{'; torch.compile in stages 2-3 (each decoder layer, the loss)' if report.get('compile') else ''}; attention "
+             f"{compiled}; attention "
              f"layers {report['attention_layers']}. Seconds per step: the engine's (losses.jsonl), median of steps "
              f"{warmup + 1} to {steps} of each stage.")
     peaks = (f"MFU against {report['peak_tflops']:g} TFLOP/s; 'of matmul' against the "
