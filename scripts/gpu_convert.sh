@@ -172,20 +172,20 @@ step eval_teacher reuse_or_evaluate teacher "$TEACHER" "${TEACHER_EVAL:-}" --yar
 step eval_halo reuse_or_evaluate hypenet-halo "$RUNS/halo/model" "${HALO_EVAL:-}"
 step compare "${HYPENET[@]}" compare "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" \
     --labels teacher,hypenet-halo --out "$RUNS/compare"
-if [ "${ABLATIONS:-1}" = 0 ]; then
-    step train_speed python3 -m hypenet.bench.train --out "$RUNS/train_speed" "${SPEED_ARGS[@]}"
-    pack
-    say "all done (ABLATIONS=0: HALO, its evaluation and the training speed): results in $OUT/gpu_convert.tgz"
-    exit 0
+if [ "${ABLATIONS:-1}" != 0 ]; then
+    step share_stage1_even share_stage1 even
+    step convert_even convert convert even --set select.strategy=even
+    step eval_even evaluate hypenet-even "$RUNS/even/model"
+    step share_stage1_none share_stage1 none
+    step convert_none convert convert none --set select.strategy=none
+    step eval_none evaluate hypenet-none "$RUNS/none/model"
+    step ablation "${HYPENET[@]}" compare "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" "$RUNS/eval/hypenet-even" \
+        "$RUNS/eval/hypenet-none" --labels teacher,halo,even,none --out "$RUNS/ablation"
 fi
-step share_stage1_even share_stage1 even
-step convert_even convert convert even --set select.strategy=even
-step eval_even evaluate hypenet-even "$RUNS/even/model"
-step share_stage1_none share_stage1 none
-step convert_none convert convert none --set select.strategy=none
-step eval_none evaluate hypenet-none "$RUNS/none/model"
-step ablation "${HYPENET[@]}" compare "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" "$RUNS/eval/hypenet-even" \
-    "$RUNS/eval/hypenet-none" --labels teacher,halo,even,none --out "$RUNS/ablation"
 step train_speed python3 -m hypenet.bench.train --out "$RUNS/train_speed" "${SPEED_ARGS[@]}"
 pack
-say "all done: results in $OUT/gpu_convert.tgz"
+if [ "${ABLATIONS:-1}" = 0 ]; then
+    say "all done (ABLATIONS=0: HALO, its evaluation and the training speed): results in $OUT/gpu_convert.tgz"
+else
+    say "all done: results in $OUT/gpu_convert.tgz"
+fi

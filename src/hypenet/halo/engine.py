@@ -228,6 +228,7 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
     bar = tqdm(total=steps, initial=start, desc=name, unit="step", disable=not acc.is_main_process, dynamic_ncols=True)
     model.train()
     began = time.perf_counter()
+    stopping = False  # (a run resumed at its last step trains no step)
     for step, batch in enumerate(batches, start=start):
         tick = time.perf_counter()
         batch = batch.to(acc.device)
@@ -265,12 +266,12 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
             wall = wall_before + time.perf_counter() - began
             saved = save_checkpoint(acc, stage_dir, {"step": done, "losses": losses, "wall_time": wall})
         if stopping:
-            bar.close()
-            loss_log.close()
             log.warning("%s: stopped by signal after step %d; checkpoint %s", name, done, saved)
-            raise KeyboardInterrupt
+            break
     bar.close()
     loss_log.close()
+    if stopping:
+        raise KeyboardInterrupt
     wall = wall_before + time.perf_counter() - began
     state_dict = acc.get_state_dict(model)  # a collective under FSDP / ZeRO-3: every process takes part
     acc.wait_for_everyone()
