@@ -2,8 +2,9 @@
 
 A stage hands `train` an `objective`: an nn.Module whose parameters that require grad are what the stage trains
 and whose forward(input_ids) returns the loss (frozen teachers live outside it, so they are neither wrapped for
-data parallelism nor checkpointed). The loop owns everything else: accelerate (one GPU, DDP, FSDP or DeepSpeed,
-as `accelerate launch` configures it; bf16 autocast on GPU, fp32 on CPU), AdamW (0.9, 0.95) without weight decay,
+data parallelism nor checkpointed). The loop owns everything else: accelerate (one GPU, DDP, FSDP2 or DeepSpeed,
+as `accelerate launch` configures it; under FSDP2 the modules the objective names in `_no_split_modules` are the
+shard units (`prepare_fsdp`); bf16 autocast on GPU, fp32 on CPU), AdamW (0.9, 0.95) without weight decay,
 a warmup + cosine (or constant) schedule, gradient clipping and accumulation, a tqdm bar with tokens/s and ETA,
 a JSON-lines loss log, optional TensorBoard, and resumable checkpoints.
 
@@ -15,6 +16,7 @@ SIGTERM finishes the optimizer step in flight and checkpoints it before stopping
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -52,6 +55,9 @@ class RunSettings:
     tensorboard_dir: Path | None = None
     after_step: Callable[[int], None] | None = None  # called with the step number after every optimizer step
     compile: bool = False  # torch.compile the layers the objective names (halo/compiling.py)
+    # Gather the trained weights into TrainResult.state_dict at the end (a collective under FSDP / ZeRO-3). The
+    # pipeline needs them; a throughput benchmark does not.
+    gather_weights: bool = True
 
 
 @dataclass
@@ -62,6 +68,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # one per optimizer step
     resumed_from: int | None = None
     state_dict: dict | None = None  # the trained objective's full weights (main process only; gathered under FSDP)
+    processes: int = 1
+    distributed: str = "NO"  # accelerate's distributed type: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
 
     def weights(self, prefix: str) -> dict | None:
         """The trained weights of the objective's submodule `prefix` (e.g. "student"), with names relative to it
@@ -141,6 +149,38 @@ class StopOnSignal:
         return bool(acc.reduce(flag, reduction="sum").item() > 0)
 
 
+def prepare_fsdp(acc: Accelerator, objective: nn.Module, name: str) -> None:
+    """Under FSDP2, before accelerate shards the objective:
+
+    - Shard units: the modules the objective names in `_no_split_modules` (its decoder layers, or stage 1's
+      per-layer students), each all-gathered only while it runs. accelerate would look for class names in the launch
+      config or a HF model's `_no_split_modules`; the objectives are not HF models, and one accelerate state serves
+      every stage of a conversion, so the units are set again for each stage. A size-based wrap policy from the
+      launch config is kept as it is.
+    - Mixed precision as on one GPU: fp32 master weights, computed in bf16 (gathered in bf16), gradients averaged
+      in fp32, and no cast of what a unit returns or takes: the residual stream and the loss stay fp32. (accelerate's
+      default casts every unit's output to bf16, the loss too: on the GPU that rounded the losses to bf16.)
+    """
+    if acc.distributed_type != DistributedType.FSDP:
+        return
+    plugin = acc.state.fsdp_plugin
+    if plugin.fsdp_version != 2:
+        raise HaloError(f"{name}: FSDP version {plugin.fsdp_version} is not supported; set fsdp_version: 2 in the "
+                        "accelerate config (configs/accelerate-fsdp.yaml)")
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+    from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy, transformer_auto_wrap_policy
+
+    if acc.mixed_precision == "bf16":
+        plugin.mixed_precision_policy = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16, reduce_dtype=torch.float32, output_dtype=None, cast_forward_inputs=False)
+    policy = plugin.auto_wrap_policy
+    if (policy.func if isinstance(policy, functools.partial) else policy) is size_based_auto_wrap_policy:
+        return
+    units = list(getattr(objective, "_no_split_modules", None) or [])
+    plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = transformer_auto_wrap_policy, units
+    log.info("%s: FSDP2 shard units: %s (and the rest as one root unit)", name, ", ".join(units) or "none")
+
+
 def _micro_batch_size(config: TrainConfig, processes: int, name: str) -> tuple[int, int]:
     """(sequences per forward, forwards per step) on each process."""
     if config.batch_size % processes:
@@ -199,9 +239,11 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
     acc = Accelerator(cpu=run.cpu, mixed_precision=run.mixed_precision, gradient_accumulation_steps=accumulation)
     if acc.state.deepspeed_plugin is not None:  # DeepSpeed needs the per-GPU batch; we feed tensors, not a DataLoader
         acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
-    trained = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    # (a generator: no list keeps the unsharded weights alive once FSDP has sharded them)
+    optimizer = torch.optim.AdamW((p for p in objective.parameters() if p.requires_grad), lr=config.lr,
+                                  betas=(0.9, 0.95), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, steps))
+    prepare_fsdp(acc, objective, name)
     model, optimizer = acc.prepare(objective, optimizer)
     log.info("%s: %d process(es), %s, mixed precision %s, %d step(s) of %d x %d tokens", name, acc.num_processes,
              acc.distributed_type.value, run.mixed_precision, steps, config.batch_size, config.seq_len)
@@ -273,9 +315,11 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
     if stopping:
         raise KeyboardInterrupt
     wall = wall_before + time.perf_counter() - began
-    state_dict = acc.get_state_dict(model)  # a collective under FSDP / ZeRO-3: every process takes part
+    # a collective under FSDP / ZeRO-3: every process takes part
+    state_dict = acc.get_state_dict(model) if run.gather_weights else None
     acc.wait_for_everyone()
-    return TrainResult(steps, steps * tokens_per_step, wall, losses, resumed_from, state_dict if acc.is_main_process else None)
+    return TrainResult(steps, steps * tokens_per_step, wall, losses, resumed_from,
+                       state_dict if acc.is_main_process else None, acc.num_processes, acc.distributed_type.value)
 
 
 def save_checkpoint(acc: Accelerator, stage_dir: Path, state: dict) -> Path:

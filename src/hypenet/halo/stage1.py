@@ -67,6 +67,8 @@ class LayerAlignment(nn.Module):
             attention_from_teacher(teacher, i, self.config).float() for i in layers) if align_attention else None
         self.rotary = HypeNetRotaryEmbedding(self.config).to(next(teacher.parameters()).device)
         self._teacher = (teacher,)  # a tuple hides it from nn.Module: frozen, never wrapped or checkpointed
+        # FSDP2's shard units (halo/engine.py): each layer's student
+        self._no_split_modules = ["HypeNetLightningAttention"] + (["HypeNetAttention"] if align_attention else [])
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         inputs, targets = teacher_attention_io(self._teacher[0], input_ids)

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 class Distillation(nn.Module):
     """Stage 2's objective: the student; forward returns KL(teacher || student) per token."""
 
+    _no_split_modules = ["HypeNetDecoderLayer"]  # FSDP2's shard units (halo/engine.py): the student's layers
+
     def __init__(self, student: HypeNetForCausalLM, teacher: PreTrainedModel, logits_chunk: int):
         super().__init__()
         self.student = student

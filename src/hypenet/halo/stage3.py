@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 class LanguageModeling(nn.Module):
     """Stage 3's objective: the model; forward returns the mean next-token cross-entropy."""
 
+    _no_split_modules = ["HypeNetDecoderLayer"]  # FSDP2's shard units (halo/engine.py): the model's layers
+
     def __init__(self, model: HypeNetForCausalLM, logits_chunk: int, gradient_checkpointing: bool):
         super().__init__()
         self.model = model
@@ -39,7 +41,7 @@ class LanguageModeling(nn.Module):
         parts of each inside its checkpoint (a compiled layer would trace the checkpoint itself, whose body cannot
         be split around the fla kernels that stay outside the graph); and the cross-entropy."""
         layers = self.model.model.layers
-        if not self.model.is_gradient_checkpointing:
+        if not self.model.is_activation_checkpointing:
             return [*layers, self.cross_entropy]
         return [*(part for layer in layers
                   for part in (layer.input_layernorm, layer.mixer, layer.post_attention_layernorm, layer.mlp)),
