@@ -8,6 +8,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import register as register_bench
+    from .bench.scaling import register as register_bench_scaling
     from .bench.train import register as register_bench_train
     from .eval.cli import register as register_eval
     from .fast.cli import register as register_generate
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_generate(sub)
     register_bench(sub)
     register_bench_train(sub)
+    register_bench_scaling(sub)
     return parser
 
 

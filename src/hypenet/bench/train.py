@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from torch import nn
 
 from ..data import PackedChunks
@@ -121,7 +123,25 @@ def read_loss_log(stage_dir: Path) -> list[dict]:
     return [record for record in map(json.loads, lines) if "step" in record and "event" not in record]
 
 
-def stage_row(name: str, train_config, terms, log: list[dict], settings: TrainBenchSettings, device) -> dict:
+def launch_settings() -> dict:
+    """What `accelerate launch` (or torchrun) told this process: the command line above is only this process's."""
+    prefixes = ("ACCELERATE_USE_", "ACCELERATE_MIXED_PRECISION", "FSDP_", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(prefixes)}
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """This stage's peak allocated memory on the busiest of the processes' GPUs (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    peak = torch.tensor(float(torch.cuda.max_memory_allocated(device)), device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+    return peak.item() / 2**30
+
+
+def stage_row(name: str, train_config, terms, log: list[dict], settings: TrainBenchSettings, processes: int,
+              peak_mem_gib: float | None) -> dict:
+    """Tokens/s over all processes; per GPU and the MFU divide by their number (each GPU has the peak)."""
     tokens_per_step = train_config.batch_size * train_config.seq_len
     timed = log[settings.warmup_steps:-1] if settings.profile else log[settings.warmup_steps:]
     seconds = statistics.median(r["seconds"] for r in timed)
@@ -132,12 +152,12 @@ def stage_row(name: str, train_config, terms, log: list[dict], settings: TrainBe
         "stage": name, "status": "ok", "seq_len": train_config.seq_len, "batch_size": train_config.batch_size,
         "micro_batch_size": train_config.micro_batch_size or train_config.batch_size,
         "steps": len(log), "timed_steps": len(timed), "tokens_per_step": tokens_per_step,
-        "seconds_per_step": seconds, "tokens_per_s": tokens_per_s,
+        "seconds_per_step": seconds, "tokens_per_s": tokens_per_s, "tokens_per_s_per_gpu": tokens_per_s / processes,
         "flops_per_token": flops_per_token,
         "flop_terms": [{"model": what, "factor": factor, "parameters": n} for what, factor, n in terms],
-        "model_tflops": model_tflops, "mfu": model_tflops / settings.peak_tflops,
-        "of_measured_matmul": model_tflops / MEASURED_MATMUL_TFLOPS,
-        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "model_tflops": model_tflops, "mfu": model_tflops / processes / settings.peak_tflops,
+        "of_measured_matmul": model_tflops / processes / MEASURED_MATMUL_TFLOPS,
+        "peak_mem_gib": peak_mem_gib,  # per GPU (the largest)
         "engine_log": [{k: r[k] for k in ("step", "loss", "tokens", "seconds")} for r in log],
     }
 
@@ -145,12 +165,13 @@ def stage_row(name: str, train_config, terms, log: list[dict], settings: TrainBe
 def run(settings: TrainBenchSettings) -> dict:
     """Benchmark the requested stages in pipeline order; returns the report (also written to settings.out)."""
     check_settings(settings)
-    device = torch.device(settings.device)
+    processes = PartialState(cpu=settings.device == "cpu")  # one, or those `accelerate launch` started
+    device = processes.device  # this process's GPU
     precision = "bf16" if device.type == "cuda" else "no"  # as the pipeline: bf16 autocast on GPU, fp32 on CPU
     shape = HYPENET_SHAPES[settings.shape]
     config = load_config(overrides=[*BENCH_DEFAULTS, *settings.overrides])
     run_settings = engine.RunSettings(checkpoint_every=10**9, resume=False, cpu=device.type == "cpu",
-                                      mixed_precision=precision, compile=config.compile)
+                                      mixed_precision=precision, compile=config.compile, gather_weights=False)
     torch.manual_seed(config.seed)
     teacher_dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # the frozen teacher: no fp32 master
     teacher = random_model(teacher_config(shape.teacher), device, teacher_dtype).requires_grad_(False)
@@ -163,7 +184,8 @@ def run(settings: TrainBenchSettings) -> dict:
         "attention_layers": list(shape.attention_layers), "mixed_precision": precision, "compile": config.compile,
         "settings": {**asdict(settings), "out": str(settings.out)},
         "peak_tflops": settings.peak_tflops, "measured_matmul_tflops": MEASURED_MATMUL_TFLOPS,
-        "flop_counting": FLOP_NOTE, **machine_info(device), "stages": [],
+        "flop_counting": FLOP_NOTE, **machine_info(device), "processes": processes.num_processes,
+        "distributed": None, "launch": launch_settings(), "stages": [],
     }
     for name in (s for s in STAGES if s in settings.stages):
         stage_config = getattr(config, name)
@@ -186,9 +208,13 @@ def run(settings: TrainBenchSettings) -> dict:
             with tempfile.TemporaryDirectory(prefix=f"hypenet-bench-{name}-") as stage_dir, \
                     profiler or contextlib.nullcontext():
                 hooked = dataclasses.replace(run_settings, after_step=profiler and profiler.after_step)
-                engine.train(name, objective, train_config, chunks, Path(stage_dir), hooked)
+                result = engine.train(name, objective, train_config, chunks, Path(stage_dir), hooked)
+                report["distributed"] = result.distributed
+                peak = peak_memory_gib(device)  # the largest over the processes (a collective)
+                if not processes.is_main_process:  # only the main one keeps the loss log and writes the report
+                    continue
                 log = read_loss_log(Path(stage_dir))
-            row = stage_row(name, train_config, terms, log, settings, device)
+            row = stage_row(name, train_config, terms, log, settings, processes.num_processes, peak)
             if profiler is not None:
                 row["profile"] = profiler.summary
         except torch.OutOfMemoryError as error:
@@ -202,8 +228,9 @@ def run(settings: TrainBenchSettings) -> dict:
             objective = None  # (drop the stage's model and optimizer before the next stage)
             free_memory()
         report["stages"].append(row)
-        write_report(report, settings.out)
-    return write_report(report, settings.out)
+        if processes.is_main_process:
+            write_report(report, settings.out)
+    return write_report(report, settings.out) if processes.is_main_process else report
 
 
 def _cell(value, fmt: str) -> str:
@@ -233,11 +260,12 @@ def markdown(report: dict) -> str:
     setup = (f"{report.get('gpu') or report.get('cpu')}; torch {report['torch']}, transformers "
              f"{report['transformers']}, fla {report['fla']}; mixed precision {report['mixed_precision']}"
              f"{compiled}; attention "
-             f"layers {report['attention_layers']}. Seconds per step: the engine's (losses.jsonl), median of steps "
-             f"{warmup + 1} to {steps} of each stage.")
+             f"layers {report['attention_layers']}; {report.get('processes', 1)} process(es), "
+             f"{report.get('distributed') or 'NO'} (batch sizes are global; MFU and memory per GPU). Seconds per "
+             f"step: the engine's (losses.jsonl), median of steps {warmup + 1} to {steps} of each stage.")
     peaks = (f"MFU against {report['peak_tflops']:g} TFLOP/s; 'of matmul' against the "
              f"{report['measured_matmul_tflops']:g} TFLOP/s of an 8192^3 bf16 matmul measured on the H200.")
-    columns = ["stage", "seq", "batch (micro)", "s/step", "tokens/s", "GFLOP/token", "model TFLOP/s", "MFU",
+    columns = ["stage", "seq", "batch (micro)", "s/step", "tokens/s", "per GPU", "GFLOP/token", "model TFLOP/s", "MFU",
                "of matmul", "peak GiB", "loss first → last", "status"]
     lines = [f"# hypenet bench-train: {report['shape']} (teacher {report['teacher']}, random weights)", "", setup, "",
              f"Command: `{report['command']}`", "", f"{report['flop_counting']} {peaks}", "",
@@ -248,7 +276,8 @@ def markdown(report: dict) -> str:
         gflops = r["flops_per_token"] / 1e9 if "flops_per_token" in r else None
         status = r["status"] + (f": {r['error']}" if r.get("error") else "")
         cells = [r["stage"], r["seq_len"], f"{r['batch_size']} ({r['micro_batch_size']})",
-                 _cell(r.get("seconds_per_step"), ".3g"), _cell(r.get("tokens_per_s"), ",.0f"), _cell(gflops, ".3g"),
+                 _cell(r.get("seconds_per_step"), ".3g"), _cell(r.get("tokens_per_s"), ",.0f"),
+                 _cell(r.get("tokens_per_s_per_gpu"), ",.0f"), _cell(gflops, ".3g"),
                  _cell(r.get("model_tflops"), ".1f"), _cell(r.get("mfu"), ".1%"),
                  _cell(r.get("of_measured_matmul"), ".1%"), _cell(r.get("peak_mem_gib"), ".1f"), losses, status]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
@@ -266,12 +295,15 @@ def write_report(report: dict, out: Path) -> dict:
 def register(subparsers) -> None:
     """Add the `bench-train` subcommand to an argparse subparsers object."""
     parser = subparsers.add_parser(
-        "bench-train", help="training throughput and MFU of the HALO stages (random weights, one GPU)",
+        "bench-train", help="training throughput and MFU of the HALO stages (random weights; one GPU, or several "
+                            "under accelerate launch)",
         description="Train the objective of each HALO stage for a few steps through the real training engine, on a "
                     "named HypeNet shape with random weights and random tokens: tokens/s, seconds per step, peak "
                     "memory and model-FLOPs utilisation per stage. Writes train_speed.json and train_speed.md to "
                     "--out. Stage shapes are the pipeline's config fields (defaults: stage1 seq 512 batch 32; "
-                    "stage2 seq 512 batch 96 micro 16; stage3 seq 16384 batch 8 micro 1), changed with --set.")
+                    "stage2 seq 512 batch 96 micro 16; stage3 seq 16384 batch 8 micro 1), changed with --set. "
+                    "Under `accelerate launch` (DDP, or FSDP2 with --config_file configs/accelerate-fsdp.yaml) the "
+                    "batch is global and tokens/s are also given per GPU.")
     parser.add_argument("shape", nargs="?", default="hypenet-2b",
                         help=f"named HypeNet shape ({', '.join(HYPENET_SHAPES)}; default hypenet-2b)")
     parser.add_argument("--stages", type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
@@ -303,7 +335,8 @@ def run_cli(args: argparse.Namespace) -> int:
     except HaloError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(markdown(report))
+    if PartialState().is_main_process:  # (under `accelerate launch` the others have no rows)
+        print(markdown(report))
     return 0 if all(r["status"] == "ok" or r["status"].startswith("does not fit") for r in report["stages"]) else 1
 
 
