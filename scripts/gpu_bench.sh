@@ -16,8 +16,10 @@ set -uo pipefail
 part=${1:?usage: bash scripts/gpu_bench.sh main|batched|prefill}
 out=${OUT:-runs/gpu_bench/$part}
 mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "installing the carried wheels in .whl/ failed"; exit 1; }
+if [ ! -d /tmp/site/fla ]; then  # once per machine (two parts may run side by side, one on each GPU)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "installing the carried wheels in .whl/ failed"; exit 1; }
+fi
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 # Package versions go into bench.json; this records the card as found (clocks are read, never set).
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
