@@ -280,6 +280,46 @@ def test_two_gloo_processes_match_one_in_stage2(assets, qwen3_conversion):
     assert max((gathered[k] - alone[k]).abs().max().item() for k in alone) <= 1e-5
 
 
+def test_ctrl_c_stops_two_processes_at_one_step_and_resume_trains_the_rest(assets, qwen3_conversion):
+    """Ctrl-C in the terminal of a 2-process run (torchrun, as `accelerate launch` starts one process per GPU): the
+    launcher and both workers get SIGINT; both workers finish the same optimizer step, one checkpoint of it is
+    written, and `--resume` trains the remaining steps as the uninterrupted run did."""
+    reference_out, _ = qwen3_conversion
+    out = assets["root"] / "ddp-interrupted"
+    for part in ("stages/stage1", "stages/select"):
+        shutil.copytree(reference_out / part, out / part)
+    shutil.copy(reference_out / "config.yaml", out / "config.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "hypenet.cli", "stage2", "--out", str(out)]
+    # a process group of its own, as a terminal's foreground job: Ctrl-C signals the whole group
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    log = out / "stages" / "stage2" / "losses.jsonl"
+    deadline = time.monotonic() + 240
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+        assert process.poll() is None, f"the run ended before stage 2 trained: {process.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "stage 2 did not train within 4 minutes"
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0 and stderr.count("stopped by signal after step") == 2, stderr[-3000:]
+    last = read_losses(out / "stages" / "stage2")[-1]["step"]
+    assert last < 32, "stage 2 finished before the signal"
+    assert [p.name for p in (out / "stages" / "stage2" / "checkpoints").iterdir()] == [f"step-{last:08d}"]
+    assert stderr.count(f"stage2: stopped by signal after step {last};") == 2  # both processes at that step
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = read_losses(out / "stages" / "stage2")
+    (resume_at,) = [i for i, r in enumerate(records) if r.get("event") == "resume"]
+    assert records[resume_at]["step"] == last
+    after = records[resume_at + 1:]
+    assert [r["step"] for r in after] == list(range(last + 1, 33))
+    single = {r["step"]: r["loss"] for r in read_losses(reference_out / "stages" / "stage2")}
+    assert [r["loss"] for r in after] == pytest.approx([single[r["step"]] for r in after], rel=1e-4)
+
+
 # ---- bad input: a clear error, a non-zero exit, nothing lost ----------------------------------------------------
 
 
