@@ -256,16 +256,22 @@ def test_ctrl_c_checkpoints_the_step_in_flight(assets):
     assert last < 32 and [p.name for p in (out / "stages" / "stage2" / "checkpoints").iterdir()] == [f"step-{last:08d}"]
 
 
+def two_process_stage2(reference_out: Path, out: Path) -> tuple[list[str], dict]:
+    """(command, environment) of stage 2 on 2 gloo processes (torchrun) in `out`, from the reference conversion's
+    stage 1 and selection."""
+    for part in ("stages/stage1", "stages/select"):
+        shutil.copytree(reference_out / part, out / part)
+    shutil.copy(reference_out / "config.yaml", out / "config.yaml")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "hypenet.cli", "stage2", "--out", str(out)]
+    return command, {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def test_two_gloo_processes_match_one_in_stage2(assets, qwen3_conversion):
     """Data parallelism on 2 CPU processes (accelerate runs FSDP and DeepSpeed only on GPUs: issue 7)."""
     reference_out, _ = qwen3_conversion
     out = assets["root"] / "ddp-out"
-    for part in ("stages/stage1", "stages/select"):
-        shutil.copytree(reference_out / part, out / part)
-    shutil.copy(reference_out / "config.yaml", out / "config.yaml")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "hypenet.cli", "stage2", "--out", str(out)]
+    command, env = two_process_stage2(reference_out, out)
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stage2: 2 process(es), MULTI_CPU," in result.stderr  # really data-parallel
@@ -286,12 +292,7 @@ def test_ctrl_c_stops_two_processes_at_one_step_and_resume_trains_the_rest(asset
     written, and `--resume` trains the remaining steps as the uninterrupted run did."""
     reference_out, _ = qwen3_conversion
     out = assets["root"] / "ddp-interrupted"
-    for part in ("stages/stage1", "stages/select"):
-        shutil.copytree(reference_out / part, out / part)
-    shutil.copy(reference_out / "config.yaml", out / "config.yaml")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "hypenet.cli", "stage2", "--out", str(out)]
+    command, env = two_process_stage2(reference_out, out)
     # a process group of its own, as a terminal's foreground job: Ctrl-C signals the whole group
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)
