@@ -46,6 +46,36 @@ def test_bench_end_to_end_on_cpu(tmp_path):
     assert (tmp_path / "bench_decode.png").stat().st_size > 0
 
 
+def test_bench_profile_and_inline_recurrence_on_cpu(tmp_path):
+    """--profile: a few decode steps per case under torch.profiler (the table file, the summary in bench.json and
+    bench.md); --no-fused-lightning-step: the engine decodes with the inline recurrence."""
+    code = main(["tiny-hypenet", "--device", "cpu", "--dtype", "fp32", "--contexts", "40", "--prefill-contexts", "",
+                 "--transformers-contexts", "", "--decode-tokens", "2", "--warmup-tokens", "1", "--profile",
+                 "--no-fused-lightning-step", "--max-autotune", "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["settings"]["fused_lightning_step"] is False and report["settings"]["max_autotune"] is True
+    (row,) = report["results"]
+    profile = row["profile"]
+    assert profile["calls"] == 5 and profile["wall_ms"] > 0 and profile["table"] == "profile_tiny-hypenet_b1_40.txt"
+    assert profile["gpu_busy_ms"] is None and profile["kernels_per_call"] is None  # no GPU: host time only
+    assert "aten::" in (tmp_path / profile["table"]).read_text()
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "## Decode step profile" in markdown and "profile_tiny-hypenet_b1_40.txt" in markdown
+
+
+def test_profile_lines_show_kernel_time_by_kind():
+    from hypenet.bench.report import profile_lines
+
+    row = {"model": "m (fast)", "batch_size": 1, "context_len": 131072, "profile": {
+        "calls": 5, "wall_ms": 2.8, "gpu_busy_ms": 2.1, "kernels_per_call": 310.0, "uncovered_ms": 0.7,
+        "gpu_ms_by_kind": {"matmul": 1.2, "compiled (Inductor)": 0.9}, "table": "t.txt"}}
+    lines = profile_lines([row, {"model": "other", "status": "ok"}])
+    assert lines[5].endswith("| matmul ms | compiled (Inductor) ms | table |")
+    assert lines[7] == "| m (fast) | 1 | 128K | 310 | 2.800 | 2.100 | 0.700 | 1.200 | 0.900 | t.txt |"
+    assert len(lines) == 8 and profile_lines([{"model": "x"}]) == []
+
+
 def test_tokens_parser():
     assert tokens("32K,128k,1M,100") == [32768, 131072, 1048576, 100]
     assert tokens("") == []

@@ -119,12 +119,15 @@ def test_profile_needs_a_step_beyond_the_timed_ones():
     ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
     ("nvjet_tst_256x128_64x4_1x2_h_bz_coopA_TNT", "matmul"),
     ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>",
-     "softmax attention (flash, cuDNN, ours)"),
+     "softmax attention (flash, cuDNN)"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::BinaryFunctor<float>>",
      "elementwise / reduction (PyTorch)"),
     ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float>>", "elementwise / reduction (PyTorch)"),
-    ("chunk_simple_gla_fwd_kernel_o", "other (Triton: fla, compiled)"),
-    ("triton_poi_fused_add_mul_0", "other (Triton: fla, compiled)"),
+    ("chunk_simple_gla_fwd_kernel_o", "other Triton (fla)"),
+    ("triton_poi_fused_add_mul_0", "compiled (Inductor)"),
+    ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_1", "compiled (Inductor)"),
+    ("split_kv_kernel", "hypenet decode kernels (split-KV attention, lightning step)"),
+    ("lightning_step_kernel", "hypenet decode kernels (split-KV attention, lightning step)"),
     ("Memcpy DtoD (Device -> Device)", "copy / memset"),
 ])
 def test_kernel_kinds_by_name(name, kind):
@@ -151,7 +154,7 @@ def test_kernel_time_counts_each_kernel_once():
               event("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", 50.0),
               event("chunk_simple_gla_fwd_kernel_o", 25.0)]
     kinds = kernel_seconds_by_kind(events)
-    assert list(kinds) == ["matmul", "elementwise / reduction (PyTorch)", "other (Triton: fla, compiled)"]
+    assert list(kinds) == ["matmul", "elementwise / reduction (PyTorch)", "other Triton (fla)"]
     assert list(kinds.values()) == pytest.approx([400e-6, 50e-6, 25e-6], rel=1e-12)
 
 

@@ -76,6 +76,20 @@ def test_greedy_generate_matches_model_generate(kind):
     assert torch.equal(engine.generate(ids, max_new_tokens=12), expected)
 
 
+def test_fused_lightning_step_equals_the_inline_recurrence():
+    """Decode through the in-place `lightning_step` op (the default) and through the model's recurrence inline."""
+    model = tiny_model()
+    torch.manual_seed(3)
+    ids = torch.randint(1, 101, (2, 20))
+    fused = FastHypeNet(model, max_batch=2, max_len=24, prefill_chunk=8)
+    inline = FastHypeNet(model, max_batch=2, max_len=24, prefill_chunk=8, fused_lightning_step=False)
+    assert torch.equal(fused.prefill(ids[:, :12]), inline.prefill(ids[:, :12]))
+    for t in range(12, 20):
+        assert rel_err(fused.decode(ids[:, t]), inline.decode(ids[:, t])) <= 1e-6, f"decode step at position {t}"
+    states = [(a.state, b.state) for a, b in zip(fused.cache.layers, inline.cache.layers) if a.state is not None]
+    assert len(states) == 3 and all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in states)
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_chunked_prefill_equals_one_chunk(split, monkeypatch):
     """split: later chunks attend to the cached prefix and to themselves separately, merged by log-sum-exp (what
@@ -176,6 +190,11 @@ def test_inductor_compiled_bf16_decode_rounds_like_eager():
     compiled = logits(compile=True)
     assert torch.equal(compiled, logits(compile=False))
     assert rel_err(compiled, reference[:, 15:]) <= 1e-2
+
+
+def test_compile_options_reach_inductor():
+    with pytest.raises(RuntimeError, match="no_such_inductor_option"):
+        FastHypeNet(tiny_model(), max_batch=1, max_len=8, compile=True, compile_options={"no_such_inductor_option": 1})
 
 
 def test_engine_rejects_what_it_cannot_run():

@@ -47,6 +47,15 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--no-compile", action="store_true", help="decode step without torch.compile")
     parser.add_argument("--no-cuda-graph", action="store_true", help="decode step without CUDA graph capture")
+    parser.add_argument("--no-fused-lightning-step", action="store_true",
+                        help="decode the lightning recurrence inline (compiled with its layer) instead of the fused "
+                             "in-place step: for comparison")
+    parser.add_argument("--max-autotune", action="store_true",
+                        help="compile the decode step with Inductor's max-autotune (matmul kernels chosen by timing, "
+                             "neighbouring elementwise work fused into them); compiling takes minutes")
+    parser.add_argument("--profile", action="store_true",
+                        help="after each decode timing, run a few steps under torch.profiler: kernels per step, GPU "
+                             "busy time by kind of kernel, time between kernels (profile_*.txt, bench.md)")
     parser.add_argument("--time-budget-s", type=float, default=480.0,
                         help="skip cases that would end after this many seconds (default 480)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)")
@@ -61,6 +70,7 @@ def run_bench(args: argparse.Namespace) -> int:
         decode_tokens=args.decode_tokens, warmup_tokens=args.warmup_tokens, prefill_chunk=args.prefill_chunk,
         device=args.device, dtype=args.dtype, compile=False if args.no_compile else None,
         cuda_graph=False if args.no_cuda_graph else None,
+        fused_lightning_step=not args.no_fused_lightning_step, max_autotune=args.max_autotune, profile=args.profile,
         time_budget_s=args.time_budget_s, out=args.out,
     )
     report = run(settings)

@@ -1,4 +1,5 @@
-"""One training step under torch.profiler, for `hypenet bench-train --profile`: where a stage's time goes.
+"""Where the time goes, under torch.profiler: one training step (`hypenet bench-train --profile`) or a short repeated
+call such as a decode step (`hypenet bench --profile`, `profile_calls`).
 
 `StepProfiler(step, device, path)` is started before the training engine runs and stepped by it after every optimizer
 step (`RunSettings.after_step`); it records optimizer step number `step` alone (the step before it traces too, but
@@ -21,12 +22,15 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 # (kind, pattern on the kernel name), first match wins
 KERNEL_KINDS = [
+    ("hypenet decode kernels (split-KV attention, lightning step)",
+     re.compile(r"split_kv|merge_splits|lightning_step")),
+    ("compiled (Inductor)", re.compile(r"^triton_(poi|red|per|tem)_")),
     ("matmul", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|wgmma", re.I)),
-    ("softmax attention (flash, cuDNN, ours)", re.compile(r"flash|fmha|cudnn|attention", re.I)),
+    ("softmax attention (flash, cuDNN)", re.compile(r"flash|fmha|cudnn|attention", re.I)),
     ("copy / memset", re.compile(r"^memcpy|^memset|copy_kernel|cat_|CatArray", re.I)),
     ("elementwise / reduction (PyTorch)",
      re.compile(r"elementwise|vectorized|reduce|softmax|norm|unrolled|index", re.I)),
-    ("other (Triton: fla, compiled)", re.compile(r"^triton|_kernel$|^chunk|^fused|^parallel|^bwd|^fwd", re.I)),
+    ("other Triton (fla)", re.compile(r"^triton|_kernel$|^chunk|^fused|^parallel|^bwd|^fwd", re.I)),
 ]
 TABLE_ROWS = 60
 
@@ -93,3 +97,44 @@ class StepProfiler:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(f"optimizer step {self.step}, sorted by {sort_by}\n\n"
                              + averages.table(sort_by=sort_by, row_limit=TABLE_ROWS, max_name_column_width=90) + "\n")
+
+
+def profile_calls(fn, calls: int, device: torch.device, path: Path, title: str) -> dict:
+    """Where the time of a short repeated call goes (`hypenet bench --profile`: a decode step).
+
+    Runs fn once untraced, then `calls` times under torch.profiler. Kernels that a CUDA graph replay launches are
+    recorded too. Writes the table of operators and kernels by GPU self time to `path` and returns, per call: the
+    wall time, the GPU kernels' busy time, the number of kernels, the busy time by kind of kernel, and the wall time
+    not covered by any kernel (launch gaps and host work).
+    """
+    if calls < 1:
+        raise ValueError(f"calls must be >= 1, got {calls}")
+    cuda = device.type == "cuda"
+    fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        begin = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        wall = (time.perf_counter() - begin) / calls
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    kinds = {kind: seconds / calls for kind, seconds in kernel_seconds_by_kind(kernels).items()}
+    busy = sum(kinds.values())
+    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{title}: {calls} calls under the profiler, sorted by {sort_by}\n\n"
+                    + prof.key_averages().table(sort_by=sort_by, row_limit=TABLE_ROWS, max_name_column_width=90)
+                    + "\n")
+    return {
+        "calls": calls,
+        "wall_ms": wall * 1e3,
+        "gpu_busy_ms": busy * 1e3 if cuda else None,
+        "kernels_per_call": len(kernels) / calls if cuda else None,
+        "gpu_ms_by_kind": {kind: seconds * 1e3 for kind, seconds in kinds.items()},
+        "uncovered_ms": (wall - busy) * 1e3 if cuda else None,
+        "table": path.name,
+    }

@@ -102,9 +102,32 @@ def render_markdown(report: dict, figure: str | None) -> str:
     lines += ["## Results", "", "| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in results:
         lines.append("| " + " | ".join(_cell(row.get(key), fmt) for key, _, fmt in COLUMNS) + " |")
+    lines += profile_lines(results)
     if figure:
         lines += ["", f"![time per output token vs context]({figure})"]
     return "\n".join(lines) + "\n"
+
+
+def profile_lines(results: list[dict]) -> list[str]:
+    """With --profile: per case, one decode step's kernels (count, busy time by kind) and the time between them."""
+    rows = [r for r in results if r.get("profile")]
+    if not rows:
+        return []
+    kinds = list(dict.fromkeys(kind for r in rows for kind in r["profile"]["gpu_ms_by_kind"]))
+    lines = ["", "## Decode step profile", "",
+             "Steps under torch.profiler after the timed ones (wall time per step is the profiler's, slightly above "
+             "the timed one). Busy: the GPU kernels' time; uncovered: wall time in no kernel (gaps between "
+             "launches).", "",
+             "| model | batch | context | kernels/step | wall ms | busy ms | uncovered ms | "
+             + " | ".join(f"{kind} ms" for kind in kinds) + " | table |",
+             "|" + "---|" * (8 + len(kinds))]
+    for r in rows:
+        p = r["profile"]
+        cells = [r["model"], r["batch_size"], length_label(r["context_len"]), _cell(p.get("kernels_per_call"), ".0f"),
+                 _cell(p["wall_ms"], ".3f"), _cell(p.get("gpu_busy_ms"), ".3f"), _cell(p.get("uncovered_ms"), ".3f"),
+                 *(_cell(p["gpu_ms_by_kind"].get(kind), ".3f") for kind in kinds), p["table"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
 
 
 def plot_decode(results: list[dict], path: Path) -> Path | None:

@@ -29,14 +29,18 @@ from pathlib import Path
 
 import torch
 
+from ..eval.plots import length_label
 from ..fast import DEFAULT_PREFILL_CHUNK, FastHypeNet
 from ..fast.cli import load_hypenet
+from ..fast.engine import MAX_AUTOTUNE
 from . import measure
+from .profile import profile_calls
 from .shapes import HYPENET_SHAPES, TEACHER_SHAPES, hypenet_config, random_model, teacher_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Rough rates for the time-budget guess only (H200 bf16: attention kernels / dense matmuls), never reported.
 _ASSUMED_ATTENTION_FLOPS, _ASSUMED_MATMUL_FLOPS, _ASSUMED_SETUP_S = 4.5e14, 5e14, 90.0
+PROFILED_STEPS = 5  # decode steps under the profiler per case (--profile), after the timed ones
 
 
 @dataclass
@@ -54,6 +58,9 @@ class BenchSettings:
     dtype: str = "bf16"
     compile: bool | None = None  # None: the engine's default (on for CUDA)
     cuda_graph: bool | None = None
+    fused_lightning_step: bool = True  # False: the lightning recurrence compiled inline (for comparison)
+    max_autotune: bool = False  # compile the decode step with fast.engine.MAX_AUTOTUNE
+    profile: bool = False  # profile a few decode steps per case: profile_<model>_b<batch>_<context>.txt
     time_budget_s: float = 480.0
     out: Path = Path("runs/bench")
 
@@ -172,13 +179,14 @@ class Bench:
         If compiling the decode step fails, the engine is built again without torch.compile (the row says so).
         """
         s = self.settings
-        extra = s.warmup_tokens + s.decode_tokens + 1
+        extra = s.warmup_tokens + s.decode_tokens + 1 + (PROFILED_STEPS + 1 if s.profile else 0)
         compile_step = s.compile
         while contexts:
             try:
                 engine, setup_s = measure.timed(lambda: FastHypeNet(
                     model, max_batch=batch, max_len=contexts[-1] + extra, prefill_chunk=s.prefill_chunk,
-                    compile=compile_step, cuda_graph=s.cuda_graph), self.device)
+                    compile=compile_step, cuda_graph=s.cuda_graph, fused_lightning_step=s.fused_lightning_step,
+                    compile_options=MAX_AUTOTUNE if s.max_autotune else None), self.device)
                 return engine, setup_s, contexts
             except torch.OutOfMemoryError:
                 free_memory()
@@ -220,6 +228,10 @@ class Bench:
             step()
         row.update(measure.summarize_steps(measure.step_times(step, s.decode_tokens, self.device), batch))
         row["peak_mem_gib"] = measure.peak_memory_gib(self.device)
+        if s.profile:
+            name = f"profile_{row['shape']}_b{batch}_{length_label(context)}.txt"
+            row["profile"] = profile_calls(step, PROFILED_STEPS, self.device, s.out / name,
+                                           f"{row['model']} decode step, batch {batch}, context {context}")
         row["kv_state_gib"] = sum(measure.cache_bytes(model.config, batch, context, self.dtype).values()) / 2**30
         self.add_floor(row, model, batch, context)
 

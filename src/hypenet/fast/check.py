@@ -8,6 +8,8 @@ Checks (rel err = ||out - ref|| / ||ref||, over all logits or outputs of a check
 the largest elementwise error over max|ref| is reported beside it):
   kernel   decode_attention_triton vs softmax attention in fp64, over valid slots [start, end) of a static cache,
            several shapes (GQA 16/8 d=128, 9/3 d=64, 32/8 d=128, MHA), batch rows of different lengths.
+  lightning step  the in-place lightning decode step (Triton) vs the model's recurrence in fp64, 4 steps in a
+           row: outputs and the state (which stays fp32: tolerance 1e-4 in both dtypes).
   prefill  a prefill chunk's attention (T queries over S cached keys, bottom-right causal) vs fp64: the mask path
            and the cuDNN split (prefix and chunk apart, merged by log-sum-exp), fp32 and bf16.
   engine   FastHypeNet (compiled + CUDA graph) vs HypeNetForCausalLM.forward on a small random mixed HypeNet:
@@ -16,7 +18,8 @@ the largest elementwise error over max|ref| is reported beside it):
            machine, and scripts/gpu_check_kernels.py already checks them). bf16 adds rows for information: the
            reference and the engine against the same weights in fp32 (bf16's own error, the scale of any bf16
            difference), and a prefill in one chunk (no chunking: what remains is the layer code's).
-Timing (bf16, batch 1, 16 query / 8 KV heads, d=128): the kernel at 128K/512K/1M with a few launch settings,
+Timing (bf16): the lightning step at batch 1/8/32 (Triton vs the compiled reference + copy, from a CUDA graph);
+(batch 1, 16 query / 8 KV heads, d=128) the decode kernel at 128K/512K/1M with a few launch settings,
 against SDPA over exactly the valid keys (flash/cuDNN, no mask), and as GB/s of KV read; prefill attention
 through SDPA's backends (TFLOP/s), which bounds the prefill speedup over the teacher, and a 64K chunk over 512K
 cached keys both ways (which one the engine takes is printed).
@@ -100,6 +103,36 @@ def check_kernel(dtype: torch.dtype, device: str = "cuda", kernel=decode_attenti
             case = f"B={batch} H={heads}/{kv_heads} d={head_dim} L={max_len} splits={splits or 'auto'}"
             rows.append(compared({"check": "kernel", "dtype": str(dtype).removeprefix("torch."), "case": case},
                                  out, ref, TOLERANCE[dtype]))
+    return rows
+
+
+def check_lightning_step(dtype: torch.dtype, device: str = "cuda", step=None) -> list[dict]:
+    """The lightning layer's in-place decode step (Triton on CUDA) against the model's recurrence in fp64: the
+    output and the updated state, several steps in a row (the state carried in its buffer)."""
+    from ..model.lightning import lightning_attention_recurrent
+    from .recurrent import lightning_step_reference, lightning_step_triton
+
+    step = step or (lightning_step_triton if device == "cuda" else lightning_step_reference)
+    rows = []
+    for batch, heads, dim in [(1, 16, 128), (4, 9, 64), (32, 16, 128)]:
+        torch.manual_seed(0)
+        log_decay = -torch.rand(heads, device=device)
+        state = torch.randn(batch, heads, dim, dim, device=device) * 0.1
+        exact_state = state.double()
+        outs, refs = [], []
+        for _ in range(4):
+            q, k, v = (torch.randn(batch, heads, dim, device=device, dtype=dtype) for _ in range(3))
+            outs.append(step(q, k, v, log_decay, state, dim**-0.5))
+            g = log_decay.double()[None, None].expand(batch, 1, heads)
+            ref, exact_state = lightning_attention_recurrent(q.double()[:, None], k.double()[:, None],
+                                                             v.double()[:, None], g, dim**-0.5,
+                                                             initial_state=exact_state)
+            refs.append(ref[:, 0])
+        row = {"check": "lightning step", "dtype": str(dtype).removeprefix("torch."),
+               "case": f"B={batch} H={heads} d={dim}, 4 steps"}
+        rows.append(compared({**row, "case": row["case"] + ": outputs"}, torch.stack(outs), torch.stack(refs),
+                             TOLERANCE[dtype]))
+        rows.append(compared({**row, "case": row["case"] + ": state"}, state, exact_state, TOLERANCE[torch.float32]))
     return rows
 
 
@@ -230,6 +263,46 @@ def time_kernel() -> list[dict]:
     return rows
 
 
+def time_lightning_step() -> list[dict]:
+    """The lightning decode step at HypeNet-2B's shape (16 heads, d=128, bf16 q/k/v, fp32 state), batch 1/8/32: the
+    Triton kernel against the reference recurrence compiled by Inductor plus its copy into the state buffer (what
+    the engine's decode ran before), each replayed from a CUDA graph of 21 calls (one per lightning layer), as
+    microseconds per call and GB/s of state read + written."""
+    from triton.testing import do_bench
+
+    from ..model.lightning import lightning_attention_recurrent
+    from .recurrent import lightning_step_triton
+
+    def inline(q, k, v, log_decay, state, scale):
+        g = log_decay.float().expand(q.shape[0], 1, -1)
+        o, new_state = lightning_attention_recurrent(q[:, None], k[:, None], v[:, None], g, scale,
+                                                     initial_state=state)
+        state.copy_(new_state)
+        return o[:, 0]
+
+    compiled_inline = torch.compile(inline, fullgraph=True, dynamic=False)
+    rows, heads, dim, layers = [], 16, 128, 21
+    for batch in (1, 8, 32):
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(batch, heads, dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        log_decay = -torch.rand(heads, device="cuda")
+        states = [torch.zeros(batch, heads, dim, dim, device="cuda") for _ in range(layers)]
+        state_bytes = 2 * states[0].numel() * 4
+        for variant, fn in (("Triton kernel (in place)", lightning_step_triton),
+                            ("reference recurrence, Inductor + copy", compiled_inline)):
+            for state in states[:2]:  # compile / autotune outside the graph
+                fn(q, k, v, log_decay, state, dim**-0.5)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for state in states:
+                    fn(q, k, v, log_decay, state, dim**-0.5)
+            ms = do_bench(graph.replay, warmup=10, rep=100, return_mode="median") / layers
+            rows.append({"check": "timing", "case": f"lightning step B={batch} H={heads} d={dim}: {variant}, "
+                         f"graph of {layers}", "ms": ms, "kv_read_gbps": batch * state_bytes / ms / 1e6})
+    return rows
+
+
 def time_prefill_attention() -> list[dict]:
     """Prefill attention (bf16, 16 heads, d=128): SDPA's backends on one causal 64K block (what a one-pass prefill
     runs), and the engine's bottom-right-causal chunk of 64K queries over 512K keys, as TFLOP/s."""
@@ -306,9 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     steps = [lambda: check_kernel(torch.float32, device, kernel), lambda: check_kernel(torch.bfloat16, device, kernel),
              lambda: check_prefill(torch.float32, device), lambda: check_prefill(torch.bfloat16, device),
+             lambda: check_lightning_step(torch.float32, device), lambda: check_lightning_step(torch.bfloat16, device),
              lambda: check_engine(torch.float32, device), lambda: check_engine(torch.bfloat16, device)]
     if device == "cuda" and not args.skip_timing:
-        steps += [time_kernel, time_prefill_attention]
+        steps += [time_lightning_step, time_kernel, time_prefill_attention]
     gpu = torch.cuda.get_device_name() if device == "cuda" else "none (CPU dry run)"
     begin = time.perf_counter()
     for number, step in enumerate(steps, 1):

@@ -4,8 +4,8 @@ A few ideas, each aimed at where the time goes at long context:
 - **Static cache.** Every attention layer owns K/V buffers [B, Hkv, max_len, d] and every lightning layer an fp32
   state [B, H, d, d], allocated once. Decode writes one slot in place, so the step has fixed shapes and addresses.
 - **Decode reads only what it must.** Attention runs the split-KV kernel of `attention.py` over the valid slots
-  (the whole GPU works on one long row); the lightning step is the reference recurrence for one token, which
-  torch.compile fuses with its neighbours. Per step the GPU reads the weights, the filled KV cache and the states.
+  (the whole GPU works on one long row); the lightning step is one kernel of `recurrent.py` that reads each
+  state once and writes it back in place. Per step the GPU reads the weights, the filled KV cache and the states.
 - **Few launches per step, one replay.** Each layer's input projections (q/k/v/gate) and its MLP's gate/up are
   repacked into one weight each (few large matrix-vector products instead of many small ones); torch.compile fuses
   the norms, RoPE, gates and the recurrent update around them; the whole step is captured in one CUDA graph.
@@ -37,6 +37,7 @@ from torch import nn
 from ..model.lightning import lightning_attention, lightning_attention_recurrent
 from ..model.modeling_hypenet import apply_rope, build_mixer_context
 from .attention import decode_attention, prefill_attention
+from .recurrent import lightning_step
 
 DEFAULT_PREFILL_CHUNK = 65536
 
@@ -47,6 +48,10 @@ DEFAULT_PREFILL_CHUNK = 65536
 # size of bf16's own error (decode rel. err 1.35e-2 vs 7.0e-3 eager, CPU, hypenet.fast.check's model). The extra
 # conversions are register-only instructions inside the fused kernels: no memory traffic, no extra launches.
 _COMPILE_OPTIONS = {"emulate_precision_casts": True}
+
+# compile_options for FastHypeNet: Inductor picks each matmul's kernel by timing (cuBLAS or its own Triton templates,
+# which can take the neighbouring elementwise work in) and tunes its kernels' launch settings.
+MAX_AUTOTUNE = {"max_autotune": True, "coordinate_descent_tuning": True}
 
 # A mixer's projections of its input, in this order; `g_proj` (the output gate) exists only when the config has it.
 _INPUT_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "g_proj")
@@ -116,6 +121,7 @@ class Chunk:
     lo: int = 0
     hi: int = 0
     slot: torch.Tensor | None = None
+    fused_step: bool = True  # decode: the lightning step as the `lightning_step` op (False: the recurrence inline)
 
 
 # ---------------------------------------------------------------------- the model, written for a static cache
@@ -191,17 +197,20 @@ def _lightning(lin: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, chun
         q, k = lin.q_norm(q), lin.k_norm(k)
     q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
     log_decay = lin.log_decay.float()
-    g = log_decay.expand(batch, seq_len, heads)
-    if chunk.slot is not None:
-        state = buffers.state
-        o, new_state = lightning_attention_recurrent(q, k, v, g, head_dim**-0.5, initial_state=state)
+    if chunk.slot is not None and chunk.fused_step:  # one kernel, the state updated in its buffer
+        o = lightning_step(q[:, 0], k[:, 0], v[:, 0], log_decay, buffers.state, head_dim**-0.5)[:, None]
     else:
-        state = buffers.state[chunk.rows]
-        o, new_state = lightning_attention(
-            q, k, v, g, head_dim**-0.5, initial_state=state, output_final_state=True,
-            backend=cfg.lightning_backend, chunk_size=cfg.lightning_chunk_size, g_gamma=log_decay,
-        )
-    state.copy_(new_state)
+        g = log_decay.expand(batch, seq_len, heads)
+        if chunk.slot is not None:
+            state = buffers.state
+            o, new_state = lightning_attention_recurrent(q, k, v, g, head_dim**-0.5, initial_state=state)
+        else:
+            state = buffers.state[chunk.rows]
+            o, new_state = lightning_attention(
+                q, k, v, g, head_dim**-0.5, initial_state=state, output_final_state=True,
+                backend=cfg.lightning_backend, chunk_size=cfg.lightning_chunk_size, g_gamma=log_decay,
+            )
+        state.copy_(new_state)
     o = o.reshape(batch, seq_len, heads * head_dim).to(x.dtype)
     if cfg.lightning_output_norm:
         o = lin.o_norm(o)
@@ -262,6 +271,12 @@ class FastHypeNet:
     fuse_projections: repack each layer's q/k/v(/gate) weights and its MLP's gate/up weights into one tensor each,
         in place: the modules keep views into it, so the model computes exactly what it did and no memory is added,
         but its parameters then share storage (save the model before building an engine, not after).
+    fused_lightning_step: decode each lightning layer's recurrence as one op that updates the state in its buffer
+        (`fast.recurrent.lightning_step`: one Triton kernel on CUDA); False: the reference recurrence, compiled
+        with the rest of the layer (several kernels and a copy of the state).
+    compile_options: Inductor options added to the engine's own (`MAX_AUTOTUNE`: let Inductor time its Triton
+        matmul templates against cuBLAS for each of the step's matrix-vector products and fuse their neighbours
+        into them; compiling then takes minutes).
     Construction on CUDA compiles and captures the decode step (tens of seconds). The model's weights are used as
     they are: cast the model to the dtype you want first.
     """
@@ -275,6 +290,8 @@ class FastHypeNet:
         compile: bool | None = None,
         cuda_graph: bool | None = None,
         fuse_projections: bool = True,
+        fused_lightning_step: bool = True,
+        compile_options: dict | None = None,
     ):
         config = model.config
         if getattr(config, "model_type", None) != "hypenet":
@@ -294,6 +311,7 @@ class FastHypeNet:
                 mixer = layer.mixer
                 buffers.input_weight = _repack([getattr(mixer, n) for n in _INPUT_PROJECTIONS if hasattr(mixer, n)])
                 buffers.mlp_weight = _repack([layer.mlp.gate_proj, layer.mlp.up_proj])
+        self.fused_lightning_step = fused_lightning_step
         self.length = 0  # slots filled in every row
         # The decode step's inputs live in fixed buffers, so that a captured graph reads the current values.
         self._token = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)
@@ -307,8 +325,8 @@ class FastHypeNet:
         regions = (_embed, hybrid_layer, _last_logits)
         if self.compiled:  # the same compiled layer serves every layer of a mixer type
             _allow_recompiles()
-            regions = tuple(torch.compile(fn, fullgraph=True, dynamic=False, options=_COMPILE_OPTIONS)
-                            for fn in regions)
+            options = {**_COMPILE_OPTIONS, **(compile_options or {})}
+            regions = tuple(torch.compile(fn, fullgraph=True, dynamic=False, options=options) for fn in regions)
         self._decode_embed, self._decode_layer, self._decode_logits = regions
         self._graph = self._graph_logits = None
         if self.graphed:
@@ -360,7 +378,7 @@ class FastHypeNet:
         """One token per row at slot `_slot` (the captured function). Returns logits [max_batch, vocab] (fp32)."""
         start = self.cache.start
         x, ctx = self._decode_embed(self.model.model, self._token, self._slot - start[:, None])
-        chunk = Chunk(slot=self._slot)
+        chunk = Chunk(slot=self._slot, fused_step=self.fused_lightning_step)
         for layer, buffers in zip(self.model.model.layers, self.cache.layers):
             x = self._decode_layer(layer, x, ctx, buffers, chunk, start)
         return self._decode_logits(self.model, x)
