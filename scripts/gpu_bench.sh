@@ -9,9 +9,10 @@
 #                                      # then batch 8 and 32 at 32K-128K; ~5-7 min
 #   bash scripts/gpu_bench.sh prefill  # the GPU check, then prefill at 512K: HypeNet-2B (fast engine) vs Qwen3-1.7B
 #                                      # through transformers, with decode at 128K; ~6-8 min
-#   bash scripts/gpu_bench.sh decode   # the GPU check, then batch-1 decode at 128K/512K/1M with --profile (kernels
-#                                      # per step, busy time by kind): HypeNet-2B and Qwen3-1.7B in the engine, and
-#                                      # HypeNet-2B with the inline lightning recurrence (inline/); ~7-9 min
+#   bash scripts/gpu_bench.sh decode   # batch-1 decode at 128K/512K/1M with --profile (kernels per step, busy time
+#                                      # by kind): HypeNet-2B and Qwen3-1.7B in the engine; HypeNet-2B with the
+#                                      # inline lightning recurrence (inline/) and with --max-autotune (autotune/);
+#                                      # then the GPU check; ~9 min
 #
 # Writes into $OUT (the device tool's folder) or runs/gpu_bench/<part>: bench.json, bench.md, bench_decode.png,
 # log.txt, machine.txt (+ fast_check.json/.md, check_log.txt for `batched`): at most 8 files.
@@ -55,14 +56,20 @@ case $part in
       --transformers-contexts 512K
     ;;
   decode)
-    batches=1 check_then_bench --contexts 128K,512K,1M --prefill-contexts '' --teacher-prefill-contexts '' \
-      --transformers-contexts '' --profile
-    first=$?
-    mkdir -p "$out/inline"
-    timeout 200 python3 -m hypenet.bench hypenet-2b --contexts 128K,512K --prefill-contexts '' \
-      --transformers-contexts '' --decode-tokens 32 --warmup-tokens 4 --no-fused-lightning-step --profile \
-      --time-budget-s 180 --out "$out/inline" 2>&1 | tee "$out/inline/log.txt"
-    (( first == 0 && PIPESTATUS[0] == 0 ))
+    # decode_bench SECONDS DIR MODELS... [-- OPTIONS]: batch-1 decode with --profile into $out/DIR
+    decode_bench() {
+      local seconds=$1 dir=$out/$2; shift 2
+      mkdir -p "$dir"
+      timeout "$seconds" python3 -m hypenet.bench "$@" --prefill-contexts '' --teacher-prefill-contexts '' \
+        --transformers-contexts '' --decode-tokens 32 --warmup-tokens 4 --profile \
+        --time-budget-s $(( seconds - 30 )) --out "$dir" 2>&1 | tee "$dir/log.txt"
+      return "${PIPESTATUS[0]}"
+    }
+    decode_bench 160 . hypenet-2b qwen3-1.7b --contexts 128K,512K,1M; status=$?
+    decode_bench 100 inline hypenet-2b --contexts 128K,512K --no-fused-lightning-step || status=1
+    decode_bench 130 autotune hypenet-2b --contexts 128K,512K --max-autotune || status=1
+    timeout 160 python3 -m hypenet.fast.check --out "$out" 2>&1 | tee "$out/check_log.txt"
+    (( status == 0 && PIPESTATUS[0] == 0 ))
     ;;
   *) echo "unknown part '$part': main, batched, prefill or decode"; exit 2 ;;
 esac
