@@ -64,6 +64,22 @@ def test_bench_profile_and_inline_recurrence_on_cpu(tmp_path):
     assert "## Decode step profile" in markdown and "profile_tiny-hypenet_b1_40.txt" in markdown
 
 
+def test_profile_plot_from_gpu_rows(tmp_path):
+    from hypenet.bench.report import write_report
+
+    profile = {"calls": 5, "wall_ms": 3.4, "gpu_busy_ms": 2.6, "kernels_per_call": 377.0, "uncovered_ms": 0.8,
+               "gpu_ms_by_kind": {"matmul": 1.34, "compiled (Inductor)": 0.28}, "table": "t.txt"}
+    row = {"model": "m (fast)", "shape": "m", "engine": "fast", "kind": "hypenet", "batch_size": 1,
+           "context_len": 131072, "status": "ok", "ms_per_token": 2.73, "floor_ms": 1.78, "ratio_to_floor": 1.53,
+           "profile": profile}
+    write_report({"results": [row]}, tmp_path)
+    assert (tmp_path / "bench_profile.png").stat().st_size > 0
+    assert "![where a decode step's time goes](bench_profile.png)" in (tmp_path / "bench.md").read_text()
+    # CPU rows (no GPU kernels) draw no profile plot
+    write_report({"results": [{**row, "profile": {**profile, "gpu_busy_ms": None}}]}, tmp_path / "cpu")
+    assert not (tmp_path / "cpu" / "bench_profile.png").exists()
+
+
 def test_profile_lines_show_kernel_time_by_kind():
     from hypenet.bench.report import profile_lines
 

@@ -157,6 +157,17 @@ def test_kernel_time_counts_each_kernel_once():
     assert list(kinds) == ["matmul", "elementwise / reduction (PyTorch)", "other Triton (fla)"]
     assert list(kinds.values()) == pytest.approx([400e-6, 50e-6, 25e-6], rel=1e-12)
 
+    # the decode profile's per-call numbers (hypenet bench --profile): the same events seen over 5 calls of 0.2 ms
+    from hypenet.bench.profile import per_call_summary
+
+    summary = per_call_summary(events, calls=5, wall_s=1e-3)
+    assert summary["kernels_per_call"] == pytest.approx(4 / 5)
+    assert summary["gpu_busy_ms"] == pytest.approx(0.095)
+    assert summary["uncovered_ms"] == pytest.approx(1.0 - 0.095)
+    assert summary["gpu_ms_by_kind"] == pytest.approx({"matmul": 0.08, "elementwise / reduction (PyTorch)": 0.01,
+                                                       "other Triton (fla)": 0.005})
+    assert per_call_summary(None, calls=5, wall_s=1e-3)["gpu_busy_ms"] is None
+
 
 def test_compile_is_recorded_and_the_stages_train(tmp_path, monkeypatch):
     """`--set compile=true` goes through the engine (aot_eager here: the tracing without code generation)."""

@@ -121,20 +121,27 @@ def profile_calls(fn, calls: int, device: torch.device, path: Path, title: str) 
         if cuda:
             torch.cuda.synchronize(device)
         wall = (time.perf_counter() - begin) / calls
-    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
-    kinds = {kind: seconds / calls for kind, seconds in kernel_seconds_by_kind(kernels).items()}
-    busy = sum(kinds.values())
     sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{title}: {calls} calls under the profiler, sorted by {sort_by}\n\n"
                     + prof.key_averages().table(sort_by=sort_by, row_limit=TABLE_ROWS, max_name_column_width=90)
                     + "\n")
+    return {"calls": calls, **per_call_summary(prof.events() if cuda else None, calls, wall), "table": path.name}
+
+
+def per_call_summary(events, calls: int, wall_s: float) -> dict:
+    """profile_calls' numbers per call from the profiler's events (None: no GPU, host time only): wall time, GPU busy
+    time (kernels only, each counted once), kernel count, busy time by kind, wall time not covered by kernels."""
+    if events is None:
+        return {"wall_ms": wall_s * 1e3, "gpu_busy_ms": None, "kernels_per_call": None, "gpu_ms_by_kind": {},
+                "uncovered_ms": None}
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    kinds = {kind: seconds / calls for kind, seconds in kernel_seconds_by_kind(kernels).items()}
+    busy = sum(kinds.values())
     return {
-        "calls": calls,
-        "wall_ms": wall * 1e3,
-        "gpu_busy_ms": busy * 1e3 if cuda else None,
-        "kernels_per_call": len(kernels) / calls if cuda else None,
+        "wall_ms": wall_s * 1e3,
+        "gpu_busy_ms": busy * 1e3,
+        "kernels_per_call": len(kernels) / calls,
         "gpu_ms_by_kind": {kind: seconds * 1e3 for kind, seconds in kinds.items()},
-        "uncovered_ms": (wall - busy) * 1e3 if cuda else None,
-        "table": path.name,
+        "uncovered_ms": (wall_s - busy) * 1e3,
     }

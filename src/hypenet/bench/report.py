@@ -79,7 +79,7 @@ def issue_targets(results: list[dict]) -> list[dict]:
     return targets
 
 
-def render_markdown(report: dict, figure: str | None) -> str:
+def render_markdown(report: dict, figure: str | None, profile_figure: str | None = None) -> str:
     results = report["results"]
     lines = ["# hypenet bench", ""]
     machine = ", ".join(f"{k} {report.get(k)}" for k in ("gpu", "torch", "transformers", "triton", "fla", "python")
@@ -103,6 +103,8 @@ def render_markdown(report: dict, figure: str | None) -> str:
     for row in results:
         lines.append("| " + " | ".join(_cell(row.get(key), fmt) for key, _, fmt in COLUMNS) + " |")
     lines += profile_lines(results)
+    if profile_figure:
+        lines += ["", f"![where a decode step's time goes]({profile_figure})"]
     if figure:
         lines += ["", f"![time per output token vs context]({figure})"]
     return "\n".join(lines) + "\n"
@@ -160,15 +162,52 @@ def plot_decode(results: list[dict], path: Path) -> Path | None:
     return path
 
 
+def plot_profile(results: list[dict], path: Path) -> Path | None:
+    """Where each profiled decode step's time goes, against its bandwidth floor: one stacked bar per case (GPU busy
+    time by kind of kernel, then the rest of the timed step, spent outside any kernel), in units of the floor, so
+    that 1.0 is the floor. None when no case has GPU kernels."""
+    rows = [r for r in results if r.get("status") == "ok" and (r.get("profile") or {}).get("gpu_busy_ms")]
+    if not rows:
+        return None
+    kinds = list(dict.fromkeys(kind for r in rows for kind in r["profile"]["gpu_ms_by_kind"]))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 2.6))
+    labels = [f"{r['model']}, batch {r['batch_size']}, {length_label(r['context_len'])}" for r in rows]
+    left = [0.0] * len(rows)
+    colors = plt.get_cmap("tab10")
+    for i, kind in enumerate([*kinds, "outside kernels"]):
+        if kind == "outside kernels":  # the timed step (no profiler) minus the kernels' busy time under the profiler
+            widths = [max(0.0, r["ms_per_token"] - r["profile"]["gpu_busy_ms"]) / r["floor_ms"] for r in rows]
+        else:
+            widths = [r["profile"]["gpu_ms_by_kind"].get(kind, 0.0) / r["floor_ms"] for r in rows]
+        ax.barh(labels, widths, left=left, label=kind, color="lightgrey" if kind == "outside kernels" else colors(i))
+        left = [a + b for a, b in zip(left, widths)]
+    for r, label, end in zip(rows, labels, left):
+        ax.text(end + 0.01, label, f"{r['ms_per_token']:.3g} ms", va="center", fontsize=7)
+    ax.axvline(1.0, color="black", linewidth=1, label="bandwidth floor")
+    ax.set_xlim(0, max(left) * 1.15)
+    ax.set_xlabel("time per decode step / its bandwidth floor")
+    ax.set_title("Where a decode step's time goes")
+    ax.invert_yaxis()
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def write_report(report: dict, out_dir: str | Path, plot: bool = True) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {**report, "targets": issue_targets(report["results"])}
-    figure = out_dir / "bench_decode.png"
+    figure, profile_figure = out_dir / "bench_decode.png", out_dir / "bench_profile.png"
     if plot:
         figure = plot_decode(report["results"], figure)
-    elif not figure.exists():
-        figure = None
+        profile_figure = plot_profile(report["results"], profile_figure)
+    else:
+        figure = figure if figure.exists() else None
+        profile_figure = profile_figure if profile_figure.exists() else None
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "bench.md").write_text(render_markdown(report, figure.name if figure else None))
+    (out_dir / "bench.md").write_text(render_markdown(report, figure.name if figure else None,
+                                                      profile_figure.name if profile_figure else None))
     return report
