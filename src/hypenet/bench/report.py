@@ -117,9 +117,9 @@ def profile_lines(results: list[dict]) -> list[str]:
         return []
     kinds = list(dict.fromkeys(kind for r in rows for kind in r["profile"]["gpu_ms_by_kind"]))
     lines = ["", "## Decode step profile", "",
-             "Steps under torch.profiler after the timed ones (wall time per step is the profiler's, slightly above "
-             "the timed one). Busy: the GPU kernels' time; uncovered: wall time in no kernel (gaps between "
-             "launches).", "",
+             "Steps under torch.profiler after the timed ones. Busy: the GPU kernels' time per step. Wall and "
+             "uncovered (wall time in no kernel) are the profiler's own: it adds host work, so they are above the "
+             "timed step and its gaps (the plot compares busy time with the timed step instead).", "",
              "| model | batch | context | kernels/step | wall ms | busy ms | uncovered ms | "
              + " | ".join(f"{kind} ms" for kind in kinds) + " | table |",
              "|" + "---|" * (8 + len(kinds))]
