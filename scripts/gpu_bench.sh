@@ -10,9 +10,10 @@
 #   bash scripts/gpu_bench.sh prefill  # the GPU check, then prefill at 512K: HypeNet-2B (fast engine) vs Qwen3-1.7B
 #                                      # through transformers, with decode at 128K; ~6-8 min
 #   bash scripts/gpu_bench.sh decode   # batch-1 decode at 128K/512K/1M with --profile (kernels per step, busy time
-#                                      # by kind): HypeNet-2B and Qwen3-1.7B in the engine; HypeNet-2B with the
-#                                      # inline lightning recurrence (inline/) and with --max-autotune (autotune/);
-#                                      # then the GPU check; ~9 min
+#                                      # by kind): HypeNet-2B and Qwen3-1.7B in the engine, then both again with the
+#                                      # Triton matrix-vector kernel (gemv/), then the GPU check; ~9 min
+#                                      # (results/fast_bench/decode_profile/ ran an earlier version: inline/ and
+#                                      # autotune/ instead of gemv/)
 #
 # Writes into $OUT (the device tool's folder) or runs/gpu_bench/<part>: bench.json, bench.md, bench_decode.png,
 # log.txt, machine.txt (+ fast_check.json/.md, check_log.txt for `batched`): at most 8 files.
@@ -65,12 +66,11 @@ case $part in
         --time-budget-s $(( seconds - 15 )) --out "$dir" 2>&1 | tee "$dir/log.txt"
       return "${PIPESTATUS[0]}"
     }
-    # a time budget under the bench's setup allowance (90 s) skips every case: the second run got 70 s in the first
-    # lease of this part and measured nothing
+    # a time budget under the bench's setup allowance (90 s per model) skips the cases: a run that got 70 s in
+    # the first lease of this part measured nothing
     decode_bench 160 . hypenet-2b qwen3-1.7b --contexts 128K,512K,1M; status=$?
-    decode_bench 120 inline hypenet-2b --contexts 128K,512K --no-fused-lightning-step || status=1
-    decode_bench 120 autotune hypenet-2b --contexts 128K,512K --max-autotune || status=1
-    timeout 160 python3 -m hypenet.fast.check --out "$out" 2>&1 | tee "$out/check_log.txt"
+    decode_bench 170 gemv hypenet-2b qwen3-1.7b --contexts 128K,512K --gemv triton || status=1
+    timeout 220 python3 -m hypenet.fast.check --out "$out" 2>&1 | tee "$out/check_log.txt"
     (( status == 0 && PIPESTATUS[0] == 0 ))
     ;;
   *) echo "unknown part '$part': main, batched, prefill or decode"; exit 2 ;;

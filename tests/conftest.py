@@ -1,5 +1,6 @@
 """Shared test helpers."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,6 +17,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+def in_triton_interpreter(code: str) -> None:
+    """Run `code` in a fresh Python process under Triton's CPU interpreter (TRITON_INTERPRET must be set before
+    triton is first imported), from the tests folder, after `triton_interpreter`'s fix for numpy >= 2; it must print
+    "ok" last."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", "import triton_interpreter\n" + code], cwd=Path(__file__).parent,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
 
 
 def left_padded(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -154,13 +154,16 @@ def test_repacked_weights_leave_the_model_unchanged():
     assert again.cache.layers[1].input_weight is packed
 
 
-def test_compiled_decode_step_traces_whole_and_matches():
-    """fullgraph=True: the layer function has no graph break (what the GPU compiles), and the result is the same."""
+@pytest.mark.parametrize("batch, gemv", [(2, "cublas"), (1, "triton")])
+def test_compiled_decode_step_traces_whole_and_matches(batch, gemv):
+    """fullgraph=True: the layer function has no graph break (what the GPU compiles), and the result is the same;
+    also with the decode projections through the `gemv` op."""
     model = tiny_model()
     torch.manual_seed(6)
-    ids = torch.randint(1, 101, (2, 10))
-    expected = FastHypeNet(model, max_batch=2, max_len=20).generate(ids, max_new_tokens=6)
-    engine = FastHypeNet(model, max_batch=2, max_len=20, compile=True)
+    ids = torch.randint(1, 101, (batch, 10))
+    expected = FastHypeNet(model, max_batch=batch, max_len=20).generate(ids, max_new_tokens=6)
+    engine = FastHypeNet(model, max_batch=batch, max_len=20, compile=True, gemv=gemv)
+    assert engine.gemv == (gemv == "triton")
     from hypenet.fast import engine as engine_module
 
     torch._dynamo.reset()

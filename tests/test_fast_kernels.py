@@ -1,15 +1,11 @@
 """Attention of the fast path: prefill over a cached prefix and decode over a static cache, against plain softmax
 attention; the split-KV Triton kernels through Triton's interpreter when triton is installed (GPU: scripts)."""
 
-import importlib.util
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import in_triton_interpreter, needs_triton
 
 from hypenet.fast.attention import (
     attention_with_lse,
@@ -91,16 +87,6 @@ def test_decode_attention_reads_only_the_valid_slots():
 
 
 INTERPRETER_CHECK = """
-import triton.runtime.interpreter as interpreter
-
-# Triton's interpreter makes a loop bound loaded from memory a 1-element array, which numpy >= 2 refuses to turn
-# into an int; read its single element instead (interpreter only).
-original = interpreter._patch_lang_tensor
-def patched(tensor, scope):
-    original(tensor, scope)
-    scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-interpreter._patch_lang_tensor = patched
-
 from test_fast_kernels import cache_case, expected_decode
 from hypenet.fast.attention import decode_attention_triton
 
@@ -116,14 +102,11 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@needs_triton
 def test_split_kv_kernel_in_the_triton_interpreter():
     """The Triton kernels run by Triton's CPU interpreter (fp32: the interpreter's bf16 dot is not exact). A fresh
     process, because TRITON_INTERPRET must be set before triton is first imported."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], cwd=Path(__file__).parent, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    in_triton_interpreter(INTERPRETER_CHECK)
 
 
 def test_gpu_check_of_prefill_attention_runs_its_cases_on_cpu():

@@ -2,15 +2,12 @@
 recurrence, the custom op under torch.compile (the state buffer updated in place, no copy), and the Triton kernel
 through Triton's CPU interpreter when triton is installed (GPU: `python -m hypenet.fast.check`)."""
 
-import importlib.util
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import in_triton_interpreter, needs_triton
 
 from hypenet.fast.recurrent import lightning_step, lightning_step_reference
 from hypenet.model.lightning import lightning_attention_recurrent
@@ -87,17 +84,14 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@needs_triton
 def test_triton_step_in_the_triton_interpreter():
     """The kernel run by Triton's CPU interpreter: a fresh process, because TRITON_INTERPRET must be set before
     triton is first imported."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], cwd=Path(__file__).parent, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    in_triton_interpreter(INTERPRETER_CHECK)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@needs_triton
 def test_triton_step_rejects_what_it_cannot_run():
     from hypenet.fast.recurrent import lightning_step_triton
 

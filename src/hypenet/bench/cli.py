@@ -53,6 +53,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-autotune", action="store_true",
                         help="compile the decode step with Inductor's max-autotune (matmul kernels chosen by timing, "
                              "neighbouring elementwise work fused into them); compiling takes minutes")
+    parser.add_argument("--gemv", choices=["cublas", "triton"], default="cublas",
+                        help="batch-1 decode projections through cuBLAS (default) or the Triton matrix-vector kernel "
+                             "of hypenet.fast.gemv")
     parser.add_argument("--profile", action="store_true",
                         help="after each decode timing, run a few steps under torch.profiler: kernels per step, GPU "
                              "busy time by kind of kernel, time between kernels (profile_*.txt, bench.md)")
@@ -71,6 +74,7 @@ def run_bench(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype, compile=False if args.no_compile else None,
         cuda_graph=False if args.no_cuda_graph else None,
         fused_lightning_step=not args.no_fused_lightning_step, max_autotune=args.max_autotune, profile=args.profile,
+        gemv=args.gemv,
         time_budget_s=args.time_budget_s, out=args.out,
     )
     report = run(settings)

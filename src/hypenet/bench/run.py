@@ -60,6 +60,7 @@ class BenchSettings:
     cuda_graph: bool | None = None
     fused_lightning_step: bool = True  # False: the lightning recurrence compiled inline (for comparison)
     max_autotune: bool = False  # compile the decode step with fast.engine.MAX_AUTOTUNE
+    gemv: str = "cublas"  # "triton": batch-1 decode projections through fast.gemv's Triton kernel
     profile: bool = False  # profile a few decode steps per case: profile_<model>_b<batch>_<context>.txt
     time_budget_s: float = 480.0
     out: Path = Path("runs/bench")
@@ -186,7 +187,7 @@ class Bench:
                 engine, setup_s = measure.timed(lambda: FastHypeNet(
                     model, max_batch=batch, max_len=contexts[-1] + extra, prefill_chunk=s.prefill_chunk,
                     compile=compile_step, cuda_graph=s.cuda_graph, fused_lightning_step=s.fused_lightning_step,
-                    compile_options=MAX_AUTOTUNE if s.max_autotune else None), self.device)
+                    compile_options=MAX_AUTOTUNE if s.max_autotune else None, gemv=s.gemv), self.device)
                 return engine, setup_s, contexts
             except torch.OutOfMemoryError:
                 free_memory()

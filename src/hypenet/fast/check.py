@@ -10,6 +10,7 @@ the largest elementwise error over max|ref| is reported beside it):
            several shapes (GQA 16/8 d=128, 9/3 d=64, 32/8 d=128, MHA), batch rows of different lengths.
   lightning step  the in-place lightning decode step (Triton) vs the model's recurrence in fp64, 4 steps in a
            row: outputs and the state (which stays fp32: tolerance 1e-4 in both dtypes).
+  gemv     the batch-1 matrix-vector kernel (Triton) vs fp64 at HypeNet-2B's decode shapes.
   prefill  a prefill chunk's attention (T queries over S cached keys, bottom-right causal) vs fp64: the mask path
            and the cuDNN split (prefix and chunk apart, merged by log-sum-exp), fp32 and bf16.
   engine   FastHypeNet (compiled + CUDA graph) vs HypeNetForCausalLM.forward on a small random mixed HypeNet:
@@ -19,6 +20,7 @@ the largest elementwise error over max|ref| is reported beside it):
            reference and the engine against the same weights in fp32 (bf16's own error, the scale of any bf16
            difference), and a prefill in one chunk (no chunking: what remains is the layer code's).
 Timing (bf16): the lightning step at batch 1/8/32 (Triton vs the compiled reference + copy, from a CUDA graph);
+the decode step's matrix-vector products, cuBLAS vs the Triton kernel with a few block sizes (CUDA graphs of 28);
 (batch 1, 16 query / 8 KV heads, d=128) the decode kernel at 128K/512K/1M with a few launch settings,
 against SDPA over exactly the valid keys (flash/cuDNN, no mask), and as GB/s of KV read; prefill attention
 through SDPA's backends (TFLOP/s), which bounds the prefill speedup over the teacher, and a 64K chunk over 512K
@@ -136,6 +138,26 @@ def check_lightning_step(dtype: torch.dtype, device: str = "cuda", step=None) ->
     return rows
 
 
+# HypeNet-2B's batch-1 decode projections (N, K): lightning q/k/v/gate, attention q/k/v/gate, o_proj, MLP gate/up,
+# down, LM head
+DECODE_GEMV_SHAPES = [(8192, 2048), (6144, 2048), (2048, 2048), (12288, 2048), (2048, 6144), (151936, 2048)]
+
+
+def check_gemv(dtype: torch.dtype, device: str = "cuda", kernel=None) -> list[dict]:
+    """The batch-1 matrix-vector kernel (Triton on CUDA) against fp64, at the decode shapes and a ragged one."""
+    from .gemv import gemv_reference, gemv_triton
+
+    kernel = kernel or (gemv_triton if device == "cuda" else gemv_reference)
+    rows = []
+    for n, k in [*DECODE_GEMV_SHAPES[:5], (1000, 1030)]:
+        torch.manual_seed(0)
+        x = torch.randn(1, k, device=device, dtype=dtype)
+        w = torch.randn(n, k, device=device, dtype=dtype) * k**-0.5
+        rows.append(compared({"check": "gemv", "dtype": str(dtype).removeprefix("torch."), "case": f"N={n} K={k}"},
+                             kernel(x, w), x.double() @ w.double().T, TOLERANCE[dtype]))
+    return rows
+
+
 def check_prefill(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
     """Chunk prefill attention (T queries over S keys, bottom-right causal) against fp64, both ways: the mask path
     and the split into prefix + chunk merged by log-sum-exp (cuDNN's kernels in bf16 on CUDA)."""
@@ -226,6 +248,13 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
         alone += [engine.decode(ids[b:b + 1, 600 + t])[0] for t in range(4)]
         rows.append(compared({**row, "case": f"left-padded batch row {b} (pad {pad}) vs alone, prefill + 4 steps"},
                              batched[b], torch.stack(alone), tolerance))
+    # batch 1 with the decode projections through the Triton matrix-vector kernel (fast.gemv)
+    del engine
+    engine = FastHypeNet(model, max_batch=1, max_len=1024, prefill_chunk=256, gemv="triton")
+    engine.prefill(ids[:1, :692])
+    decoded = torch.stack([engine.decode(ids[:1, t]) for t in range(692, 700)], dim=1)
+    rows.append(compared({**row, "case": "batch 1, gemv=triton: 8 decode steps vs model.forward"}, decoded,
+                         reference[:1, 692:700], tolerance))
     del engine, model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -300,6 +329,46 @@ def time_lightning_step() -> list[dict]:
             ms = do_bench(graph.replay, warmup=10, rep=100, return_mode="median") / layers
             rows.append({"check": "timing", "case": f"lightning step B={batch} H={heads} d={dim}: {variant}, "
                          f"graph of {layers}", "ms": ms, "kv_read_gbps": state_bytes / ms / 1e6})
+    return rows
+
+
+def time_gemv() -> list[dict]:
+    """HypeNet-2B's batch-1 decode projections (bf16): cuBLAS (F.linear) against the Triton matrix-vector kernel with
+    a few block sizes. Each variant is replayed from a CUDA graph of 28 calls on 28 different weights (one per
+    layer, so that no weight is served from L2; the LM head: 2 weights), as microseconds per call and TB/s of
+    weight read."""
+    import torch.nn.functional as F
+    from triton.testing import do_bench
+
+    from .gemv import default_blocks, gemv_triton
+
+    rows = []
+    for n, k in DECODE_GEMV_SHAPES:
+        calls = 2 if n > 100_000 else 28
+        torch.manual_seed(0)
+        weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(calls)]
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        variants = [("cuBLAS (F.linear)", F.linear)]
+        for block_n, block_k, stages in [(*default_blocks(n, k), 4), (4, 512, 4), (16, 256, 4), (8, 1024, 3),
+                                         (32, 256, 3)]:
+            variants.append((f"Triton block_n={block_n} block_k={block_k} stages={stages}",
+                             lambda x, w, a=block_n, b=block_k, c=stages: gemv_triton(x, w, a, b, num_stages=c)))
+        for variant, fn in variants:
+            try:
+                fn(x, weights[0])
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    for w in weights:
+                        fn(x, w)
+                ms = do_bench(graph.replay, warmup=5, rep=50, return_mode="median") / calls
+                rows.append({"check": "timing", "case": f"gemv N={n} K={k}: {variant}", "ms": ms,
+                             "kv_read_gbps": n * k * 2 / ms / 1e6})
+            except Exception as error:  # noqa: BLE001  (a launch setting that does not compile)
+                rows.append({"check": "timing", "case": f"gemv N={n} K={k}: {variant}: "
+                             f"{type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else ''}"})
+        del weights
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -380,9 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     steps = [lambda: check_kernel(torch.float32, device, kernel), lambda: check_kernel(torch.bfloat16, device, kernel),
              lambda: check_prefill(torch.float32, device), lambda: check_prefill(torch.bfloat16, device),
              lambda: check_lightning_step(torch.float32, device), lambda: check_lightning_step(torch.bfloat16, device),
+             lambda: check_gemv(torch.float32, device), lambda: check_gemv(torch.bfloat16, device),
              lambda: check_engine(torch.float32, device), lambda: check_engine(torch.bfloat16, device)]
     if device == "cuda" and not args.skip_timing:
-        steps += [time_lightning_step, time_kernel, time_prefill_attention]
+        steps += [time_lightning_step, time_gemv, time_kernel, time_prefill_attention]
     gpu = torch.cuda.get_device_name() if device == "cuda" else "none (CPU dry run)"
     begin = time.perf_counter()
     for number, step in enumerate(steps, 1):

@@ -31,12 +31,12 @@ import weakref
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..model.lightning import lightning_attention, lightning_attention_recurrent
 from ..model.modeling_hypenet import apply_rope, build_mixer_context
 from .attention import decode_attention, prefill_attention
+from .gemv import project
 from .recurrent import lightning_step
 
 DEFAULT_PREFILL_CHUNK = 65536
@@ -122,6 +122,7 @@ class Chunk:
     hi: int = 0
     slot: torch.Tensor | None = None
     fused_step: bool = True  # decode: the lightning step as the `lightning_step` op (False: the recurrence inline)
+    gemv: bool = False  # decode: projections through the `gemv` op (the Triton kernel on CUDA at batch 1)
 
 
 # ---------------------------------------------------------------------- the model, written for a static cache
@@ -135,22 +136,24 @@ def hybrid_layer(layer: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, 
         x = x + _attention(layer.self_attn, h, ctx, buffers, chunk, start)
     else:
         x = x + _lightning(layer.linear_attn, h, ctx, buffers, chunk)
-    return x + _mlp(layer.mlp, layer.post_attention_layernorm(x), buffers.mlp_weight)
+    return x + _mlp(layer.mlp, layer.post_attention_layernorm(x), buffers.mlp_weight, chunk.gemv)
 
 
-def _input_projections(mixer: nn.Module, x: torch.Tensor, fused: torch.Tensor | None) -> list[torch.Tensor]:
+def _input_projections(mixer: nn.Module, x: torch.Tensor, fused: torch.Tensor | None,
+                       use_gemv: bool = False) -> list[torch.Tensor]:
     """x Wq, x Wk, x Wv and, when the mixer has an output gate, x Wg (before its sigmoid)."""
     names = [n for n in _INPUT_PROJECTIONS if hasattr(mixer, n)]
     if fused is None:
-        return [getattr(mixer, n)(x) for n in names]
-    return list(F.linear(x, fused).split([getattr(mixer, n).out_features for n in names], dim=-1))
+        return [project(x, getattr(mixer, n), use_gemv) for n in names]
+    return list(project(x, fused, use_gemv).split([getattr(mixer, n).out_features for n in names], dim=-1))
 
 
-def _mlp(mlp: nn.Module, x: torch.Tensor, fused: torch.Tensor | None) -> torch.Tensor:
+def _mlp(mlp: nn.Module, x: torch.Tensor, fused: torch.Tensor | None, use_gemv: bool = False) -> torch.Tensor:
     if fused is None:
-        return mlp(x)
-    gate, up = F.linear(x, fused).chunk(2, dim=-1)
-    return mlp.down_proj(mlp.act_fn(gate) * up)
+        gate, up = project(x, mlp.gate_proj, use_gemv), project(x, mlp.up_proj, use_gemv)
+    else:
+        gate, up = project(x, fused, use_gemv).chunk(2, dim=-1)
+    return project(mlp.act_fn(gate) * up, mlp.down_proj, use_gemv)
 
 
 def _attention(attn: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, chunk: Chunk,
@@ -158,7 +161,7 @@ def _attention(attn: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, chu
     cfg = attn.config
     batch, seq_len, _ = x.shape
     heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    q, k, v, *gate = _input_projections(attn, x, buffers.input_weight)
+    q, k, v, *gate = _input_projections(attn, x, buffers.input_weight, chunk.gemv)
     q = q.view(batch, seq_len, heads, head_dim)
     k = k.view(batch, seq_len, kv_heads, head_dim)
     v = v.view(batch, seq_len, kv_heads, head_dim)
@@ -183,7 +186,7 @@ def _attention(attn: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, chu
     o = o.reshape(batch, seq_len, heads * head_dim)
     if gate:
         o = o * torch.sigmoid(gate[0])
-    return attn.o_proj(o)
+    return project(o, attn.o_proj, chunk.gemv)
 
 
 def _lightning(lin: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, chunk: Chunk) -> torch.Tensor:
@@ -191,7 +194,7 @@ def _lightning(lin: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, chun
     batch, seq_len, _ = x.shape
     heads, head_dim = cfg.num_attention_heads, cfg.head_dim
     shape = (batch, seq_len, heads, head_dim)
-    q, k, v, *gate = _input_projections(lin, x, buffers.input_weight)
+    q, k, v, *gate = _input_projections(lin, x, buffers.input_weight, chunk.gemv)
     q, k, v = q.view(shape), k.view(shape), v.view(shape)
     if cfg.lightning_qk_norm:
         q, k = lin.q_norm(q), lin.k_norm(k)
@@ -216,7 +219,7 @@ def _lightning(lin: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, chun
         o = lin.o_norm(o)
     if gate:
         o = o * torch.sigmoid(gate[0])
-    return lin.o_proj(o)
+    return project(o, lin.o_proj, chunk.gemv)
 
 
 def _embed(body: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor):
@@ -226,8 +229,8 @@ def _embed(body: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor):
     return x, build_mixer_context(body.config, body.rotary_emb, x, position_ids=positions)
 
 
-def _last_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model.lm_head(model.model.norm(x[:, -1])).float()
+def _last_logits(model: nn.Module, x: torch.Tensor, use_gemv: bool = False) -> torch.Tensor:
+    return project(model.model.norm(x[:, -1]), model.lm_head, use_gemv).float()
 
 
 # ---------------------------------------------------------------------- weight repacking
@@ -274,6 +277,8 @@ class FastHypeNet:
     fused_lightning_step: decode each lightning layer's recurrence as one op that updates the state in its buffer
         (`fast.recurrent.lightning_step`: one Triton kernel on CUDA); False: the reference recurrence, compiled
         with the rest of the layer (several kernels and a copy of the state).
+    gemv: "cublas" (F.linear) or "triton": with max_batch 1, the decode step's projections through `fast.gemv`'s
+        Triton matrix-vector kernel (on CUDA; elsewhere its reference, F.linear).
     compile_options: Inductor options added to the engine's own (`MAX_AUTOTUNE`: let Inductor time its Triton
         matmul templates against cuBLAS for each of the step's matrix-vector products and fuse their neighbours
         into them; compiling then takes minutes).
@@ -292,6 +297,7 @@ class FastHypeNet:
         fuse_projections: bool = True,
         fused_lightning_step: bool = True,
         compile_options: dict | None = None,
+        gemv: str = "cublas",
     ):
         config = model.config
         if getattr(config, "model_type", None) != "hypenet":
@@ -312,6 +318,9 @@ class FastHypeNet:
                 buffers.input_weight = _repack([getattr(mixer, n) for n in _INPUT_PROJECTIONS if hasattr(mixer, n)])
                 buffers.mlp_weight = _repack([layer.mlp.gate_proj, layer.mlp.up_proj])
         self.fused_lightning_step = fused_lightning_step
+        if gemv not in ("cublas", "triton"):
+            raise ValueError(f"gemv must be 'cublas' or 'triton', got {gemv!r}")
+        self.gemv = gemv == "triton" and max_batch == 1
         self.length = 0  # slots filled in every row
         # The decode step's inputs live in fixed buffers, so that a captured graph reads the current values.
         self._token = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)
@@ -378,10 +387,10 @@ class FastHypeNet:
         """One token per row at slot `_slot` (the captured function). Returns logits [max_batch, vocab] (fp32)."""
         start = self.cache.start
         x, ctx = self._decode_embed(self.model.model, self._token, self._slot - start[:, None])
-        chunk = Chunk(slot=self._slot, fused_step=self.fused_lightning_step)
+        chunk = Chunk(slot=self._slot, fused_step=self.fused_lightning_step, gemv=self.gemv)
         for layer, buffers in zip(self.model.model.layers, self.cache.layers):
             x = self._decode_layer(layer, x, ctx, buffers, chunk, start)
-        return self._decode_logits(self.model, x)
+        return self._decode_logits(self.model, x, self.gemv)
 
     def _capture(self) -> None:
         """Warm up (compile, autotune) on a side stream, then record the decode step in a CUDA graph."""

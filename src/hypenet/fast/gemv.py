@@ -1,0 +1,106 @@
+"""Matrix-vector products for batch-1 decode: y = x W^T for one row x, read at the memory bandwidth.
+
+At batch 1 every projection of a decode step is a matrix-vector product that reads its weight once. On the H200
+cuBLAS ran the HypeNet-2B step's products at 1.3-3.2 TB/s (`results/fast_bench/decode_profile/`): the small ones
+(2048 x 2048, 8 MB) are over before its kernels reach the bandwidth. Two implementations of `gemv`:
+- `gemv_reference`: `F.linear` (cuBLAS on CUDA); any device, any batch.
+- `gemv_triton`: one Triton kernel for one row. Each program owns BLOCK_N output rows and walks K in BLOCK_K
+  slices, keeping a [BLOCK_N, BLOCK_K] fp32 partial sum that it reduces once at the end; with several slices in
+  flight per program (num_stages) and about two programs per SM for the smallest weights, the whole weight is being
+  read at once.
+`gemv` is a torch custom op that takes the Triton kernel on CUDA for a single row (else the reference), so
+torch.compile sees it as one opaque node and a CUDA graph captures its launch. Whether it beats cuBLAS is measured
+by `python -m hypenet.fast.check` (timing rows) and `hypenet bench --gemv triton`; the engine uses it only when
+asked (`FastHypeNet(..., gemv="triton")`).
+
+This file imports only torch and (lazily) triton: kernels never import models.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from .attention import triton_available
+
+
+def gemv_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x: [M, K]; weight: [N, K]. Returns x @ weight.T, [M, N] in x's dtype."""
+    return F.linear(x, weight)
+
+
+@functools.cache
+def _kernel():
+    """Build the Triton kernel on first use (importing triton only when it is asked for)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def gemv_kernel(X, W, Y, N, K, stride_wn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_mask = rows < N
+        w_rows = W + rows.to(tl.int64)[:, None] * stride_wn
+        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            col_mask = cols < K
+            x = tl.load(X + cols, mask=col_mask, other=0.0).to(tl.float32)
+            w = tl.load(w_rows + cols[None, :], mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+            acc += w.to(tl.float32) * x[None, :]
+        tl.store(Y + rows, tl.sum(acc, 1).to(Y.dtype.element_ty), mask=row_mask)
+
+    return triton, gemv_kernel
+
+
+def default_blocks(n: int, k: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_K): 8 rows per program for small weights (two or more programs per SM on an H200), 16 for
+    large ones; slices of 512 columns (whole rows when K is smaller)."""
+    block_n = 8 if n <= 4096 else 16
+    return block_n, min(512, max(16, 1 << (k - 1).bit_length()))
+
+
+def gemv_triton(x: torch.Tensor, weight: torch.Tensor, block_n: int | None = None, block_k: int | None = None,
+                num_warps: int = 4, num_stages: int = 4) -> torch.Tensor:
+    """The Triton kernel; same arguments and result as `gemv_reference`, for one row (M == 1)."""
+    triton, kernel = _kernel()
+    if x.dim() != 2 or x.shape[0] != 1:
+        raise ValueError(f"gemv_triton computes one row: x must be [1, K], got {tuple(x.shape)}")
+    n, k = weight.shape
+    if x.shape[1] != k:
+        raise ValueError(f"x has {x.shape[1]} columns but the weight {tuple(weight.shape)} expects {k}")
+    if weight.stride(1) != 1 or x.stride(1) != 1:
+        raise ValueError("gemv_triton needs x and the weight contiguous in K (the weight's rows)")
+    default_n, default_k = default_blocks(n, k)
+    block_n, block_k = block_n or default_n, block_k or default_k
+    y = torch.empty(1, n, device=x.device, dtype=x.dtype)
+    kernel[(triton.cdiv(n, block_n),)](x, weight, y, n, k, weight.stride(0), BLOCK_N=block_n, BLOCK_K=block_k,
+                                       num_warps=num_warps, num_stages=num_stages)
+    return y
+
+
+@torch.library.custom_op("hypenet::gemv", mutates_args=())
+def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T for x [M, K]: the Triton kernel on CUDA for one row, else the reference."""
+    if x.is_cuda and x.shape[0] == 1 and triton_available():
+        return gemv_triton(x.contiguous(), weight)
+    return gemv_reference(x, weight)
+
+
+@gemv.register_fake
+def _(x, weight):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+def project(x: torch.Tensor, module_or_weight, use_gemv: bool) -> torch.Tensor:
+    """A projection of the engine's decode step: through `gemv` when asked (and the linear has no bias), else
+    F.linear. x: [..., K]; module_or_weight: an nn.Linear or a weight [N, K]."""
+    weight = getattr(module_or_weight, "weight", module_or_weight)
+    bias = getattr(module_or_weight, "bias", None)
+    if not use_gemv or bias is not None:
+        return F.linear(x, weight, bias)
+    return gemv(x.reshape(-1, x.shape[-1]), weight).reshape(*x.shape[:-1], weight.shape[0])
+
+
+__all__ = ["default_blocks", "gemv", "gemv_reference", "gemv_triton", "project"]
