@@ -389,6 +389,23 @@ def test_resume_refuses_other_settings(assets, qwen3_conversion, capsys):
     assert "other settings for stage2.lr" in capsys.readouterr().err
 
 
+def test_attention_rope_keeps_the_teachers_rope_in_the_attention_layers(assets, tmp_path):
+    """attention_rope=true (an ablation, not HypeNet): stage 2 builds the student with RoPE in its attention layers,
+    and the saved student says so (stage 3 and the export load that config); align_attention is refused with it."""
+    from hypenet.model import HypeNetForCausalLM
+
+    with pytest.raises(HaloError, match="nothing to fit"):
+        run_stages(tiny_config(assets, "qwen3", tmp_path / "both", "attention_rope=true",
+                               "stage1.align_attention=true"), ["stage1"])
+    out = tmp_path / "rope"
+    config = tiny_config(assets, "qwen3", out, "attention_rope=true", "select.strategy=manual",
+                         "select.manual_layers=2", "stage2.tokens=512", "stage2.lr=1e-12", "stage2.min_lr=1e-12")
+    run_stages(config, ["stage1", "select", "stage2"])
+    student = HypeNetForCausalLM.from_pretrained(out / "stages" / "stage2" / "model")
+    assert student.config.attention_rope is True and student.config.mixer_types[2] == "attention"
+    assert load_config("smoke").attention_rope is False  # HypeNet's default: NoPE attention
+
+
 def test_stage1_can_align_the_attention_that_stage2_keeps(assets, tmp_path):
     """stage1.align_attention: each layer also gets an attention student (NoPE, new output gate) fit by MSE, and
     stage 2 starts its attention layers from them."""

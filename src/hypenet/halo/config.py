@@ -124,6 +124,10 @@ class ConvertConfig:
     # torch.compile each decoder layer of student and teacher in stages 2 and 3 (halo/compiling.py): fuses the
     # elementwise work around the matmuls. Costs a compilation at the start of each stage; for GPUs.
     compile: bool = False
+    # RoPE in the student's attention layers. HypeNet's HyPE removes it (NoPE attention, RoPE in the RNN layers), which
+    # is what generalises past the teacher's window; True keeps the teacher's RoPE there: not HypeNet, an ablation of
+    # what NoPE costs within the window (e.g. needle retrieval, which this teacher does through RoPE attention).
+    attention_rope: bool = False
     stage1: Stage1Config = field(default_factory=Stage1Config)
     select: SelectConfig = field(default_factory=SelectConfig)
     stage2: Stage2Config = field(default_factory=Stage2Config)
@@ -288,6 +292,9 @@ def validate(config: ConvertConfig) -> None:
         raise HaloError(f"mixed_precision must be 'auto', 'bf16' or 'no'; got {config.mixed_precision!r}")
     if config.checkpoint_every < 1:
         raise HaloError(f"checkpoint_every must be positive; got {config.checkpoint_every}")
+    if config.attention_rope and config.stage1.align_attention:
+        raise HaloError("stage1.align_attention fits NoPE attention layers to the teacher's; with attention_rope=true "
+                        "they keep the teacher's RoPE attention and there is nothing to fit: set one of them")
 
 
 # The paper's stage-2 peak learning rates (1e-4, 5e-5, 3e-5 for its 1.72B, 4.02B, 7.57B teachers) lie on one power

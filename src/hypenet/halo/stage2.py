@@ -55,7 +55,8 @@ def run(conv: Conversion, attention_layers: list[int]) -> dict:
     torch.manual_seed(conv.config.seed)  # the attention output gates' initialisation (unless stage 1 trained them)
     student = build_hypenet_from_teacher(
         teacher, mixer_types, lightning_layers=conv.stage1_layers(),
-        attention_layers=conv.stage1_layers(stage1.ATTENTION_LAYERS_FILE)).float()
+        attention_layers=conv.stage1_layers(stage1.ATTENTION_LAYERS_FILE),
+        attention_rope=conv.config.attention_rope).float()
     objective = Distillation(student, teacher, conv.config.stage2.logits_chunk)
     result = conv.train("stage2", objective, conv.config.stage2)
     conv.save_model(student, result.weights("student"), "stage2")
