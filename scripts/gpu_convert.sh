@@ -16,9 +16,9 @@
 #   TEACHER  the teacher's GGUF (default runs/gpu/SmolLM2-135M-Instruct.Q4_1.gguf); when missing, it is reassembled
 #            from the halves .carry/p1/gguf.part1 + .carry/p2/gguf.part2, carried by two calls back to back, and
 #            checked against .carry/p2/gguf.sha256
-#   CORPUS   the built-in corpus as one file (default .carry/p2/corpus.jsonl.xz), made on a machine that has it by
-#            `python -m hypenet.data export corpus.jsonl.xz`: the same documents in the same order, so the same
-#            held-out split
+#   CORPUS   the built-in corpus as one file (default .carry/c/corpus.jsonl.xz, carried with the wheels), made on a
+#            machine that has it by `python -m hypenet.data export .carry/c/corpus.jsonl.xz`: the same documents in
+#            the same order, so the same held-out split
 #   TRITON_CACHE  (optional, default .carry/triton_cache.tgz) the triton_cache.tgz an earlier lease sent back
 #   TEACHER_EVAL  (optional) an earlier `hypenet eval` folder of the teacher, reused when its settings match
 #            (results/gpu_convert/eval/teacher: the teacher's 6-minute evaluation need not run again)
@@ -35,7 +35,7 @@ DEADLINE=${1:-560}
 START=$SECONDS
 RUNS=${RUNS:-runs/gpu}
 TEACHER=${TEACHER:-$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf}
-CORPUS=${CORPUS:-.carry/p2/corpus.jsonl.xz}
+CORPUS=${CORPUS:-.carry/c/corpus.jsonl.xz}
 WHEELS=${WHEELS:-.whl}
 TRITON_CACHE=${TRITON_CACHE:-.carry/triton_cache.tgz}
 OUT=${OUT:-$RUNS/out}
