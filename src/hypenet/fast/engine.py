@@ -8,7 +8,8 @@ A few ideas, each aimed at where the time goes at long context:
   state once and writes it back in place. Per step the GPU reads the weights, the filled KV cache and the states.
 - **Few launches per step, one replay.** Each layer's input projections (q/k/v/gate) and its MLP's gate/up are
   repacked into one weight each (few large matrix-vector products instead of many small ones); torch.compile fuses
-  the norms, RoPE, gates and the recurrent update around them; the whole step is captured in one CUDA graph.
+  the norms, RoPE and gates around them; the whole step is captured in one CUDA graph. At batch 1 the products can
+  go through the Triton matrix-vector kernel of `gemv.py` instead of cuBLAS (`gemv="triton"`, opt-in).
   Compilation is regional: one layer function, compiled once per mixer type and reused by every layer.
 - **Chunked prefill.** The prompt goes through in chunks of `prefill_chunk` tokens: attention over the cached
   prefix and the chunk itself (on CUDA in bf16, cuDNN's kernels on the two blocks apart, merged by log-sum-exp;
