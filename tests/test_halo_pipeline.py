@@ -113,6 +113,16 @@ def cli_args(assets, family: str, out: Path) -> list[str]:
     return args + [a for override in TINY for a in ("--set", override)]
 
 
+def wait_for_stage2_steps(process: subprocess.Popen, out: Path, steps: int = 2) -> None:
+    """Until the conversion running in `process` has logged `steps` stage-2 steps under `out` (at most 4 minutes)."""
+    log = out / "stages" / "stage2" / "losses.jsonl"
+    deadline = time.monotonic() + 240
+    while not (log.is_file() and len(log.read_text().splitlines()) >= steps):
+        assert process.poll() is None, f"the run ended before stage 2 trained: {process.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "stage 2 did not train within 4 minutes"
+        time.sleep(0.01)
+
+
 def read_losses(stage_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (stage_dir / "losses.jsonl").read_text().splitlines()]
 
@@ -242,12 +252,7 @@ def test_ctrl_c_checkpoints_the_step_in_flight(assets):
     out = assets["root"] / "interrupted-out"
     command = [sys.executable, "-m", "hypenet.cli", "convert", *cli_args(assets, "qwen3", out)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    log = out / "stages" / "stage2" / "losses.jsonl"
-    deadline = time.monotonic() + 240
-    while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
-        assert process.poll() is None, f"the conversion ended before stage 2 trained: {process.stderr.read()}"
-        assert time.monotonic() < deadline, "stage 2 did not train within 4 minutes"
-        time.sleep(0.01)
+    wait_for_stage2_steps(process, out)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
@@ -296,12 +301,7 @@ def test_ctrl_c_stops_two_processes_at_one_step_and_resume_trains_the_rest(asset
     # a process group of its own, as a terminal's foreground job: Ctrl-C signals the whole group
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)
-    log = out / "stages" / "stage2" / "losses.jsonl"
-    deadline = time.monotonic() + 240
-    while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
-        assert process.poll() is None, f"the run ended before stage 2 trained: {process.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, "stage 2 did not train within 4 minutes"
-        time.sleep(0.01)
+    wait_for_stage2_steps(process, out)
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0 and stderr.count("stopped by signal after step") == 2, stderr[-3000:]
