@@ -14,11 +14,13 @@
 #                                      # Triton matrix-vector kernel (gemv/), then the GPU check; ~9 min
 #                                      # (results/fast_bench/decode_profile/ ran an earlier version: inline/ and
 #                                      # autotune/ instead of gemv/)
+#   bash scripts/gpu_bench.sh gemv     # the Triton matrix-vector kernel: its GPU check, its launch settings timed
+#                                      # against cuBLAS, then batch-1 decode with it (profiled) at 128K-1M; ~6 min
 #
 # Writes into $OUT (the device tool's folder) or runs/gpu_bench/<part>: bench.json, bench.md, bench_decode.png,
 # log.txt, machine.txt (+ fast_check.json/.md, check_log.txt for `batched`): at most 8 files.
 set -uo pipefail
-part=${1:?usage: bash scripts/gpu_bench.sh main|batched|prefill}
+part=${1:?usage: bash scripts/gpu_bench.sh main|batched|prefill|decode|gemv}
 out=${OUT:-runs/gpu_bench/$part}
 mkdir -p "$out"
 if [ ! -d /tmp/site/fla ]; then  # once per machine (two parts may run side by side, one on each GPU)
@@ -41,6 +43,16 @@ check_then_bench() {
   return $(( check != 0 ? check : bench ))
 }
 
+# decode_bench SECONDS DIR MODELS... [OPTIONS]: batch-1 decode with --profile into $out/DIR
+decode_bench() {
+  local seconds=$1 dir=$out/$2; shift 2
+  mkdir -p "$dir"
+  timeout "$seconds" python3 -m hypenet.bench "$@" --prefill-contexts '' --teacher-prefill-contexts '' \
+    --transformers-contexts '' --decode-tokens 32 --warmup-tokens 4 --profile \
+    --time-budget-s $(( seconds - 15 )) --out "$dir" 2>&1 | tee "$dir/log.txt"
+  return "${PIPESTATUS[0]}"
+}
+
 case $part in
   main)
     timeout 560 python3 -m hypenet.bench hypenet-2b qwen3-1.7b \
@@ -57,15 +69,6 @@ case $part in
       --transformers-contexts 512K
     ;;
   decode)
-    # decode_bench SECONDS DIR MODELS... [-- OPTIONS]: batch-1 decode with --profile into $out/DIR
-    decode_bench() {
-      local seconds=$1 dir=$out/$2; shift 2
-      mkdir -p "$dir"
-      timeout "$seconds" python3 -m hypenet.bench "$@" --prefill-contexts '' --teacher-prefill-contexts '' \
-        --transformers-contexts '' --decode-tokens 32 --warmup-tokens 4 --profile \
-        --time-budget-s $(( seconds - 15 )) --out "$dir" 2>&1 | tee "$dir/log.txt"
-      return "${PIPESTATUS[0]}"
-    }
     # a time budget under the bench's setup allowance (90 s per model) skips the cases: a run that got 70 s in
     # the first lease of this part measured nothing
     decode_bench 160 . hypenet-2b qwen3-1.7b --contexts 128K,512K,1M; status=$?
@@ -73,5 +76,13 @@ case $part in
     timeout 220 python3 -m hypenet.fast.check --out "$out" 2>&1 | tee "$out/check_log.txt"
     (( status == 0 && PIPESTATUS[0] == 0 ))
     ;;
-  *) echo "unknown part '$part': main, batched, prefill or decode"; exit 2 ;;
+  gemv)
+    # the matrix-vector kernel's GPU check, its tuning table against cuBLAS and the engine with it, then batch-1
+    # decode with it (profiled): HypeNet-2B at 128K/512K/1M, Qwen3-1.7B in the engine at 128K/512K
+    timeout 170 python3 -m hypenet.fast.check --only gemv,engine,time_gemv --out "$out" 2>&1 | tee "$out/check_log.txt"
+    status=${PIPESTATUS[0]}
+    decode_bench 200 . hypenet-2b qwen3-1.7b --contexts 128K,512K,1M --gemv triton || status=1
+    (( status == 0 ))
+    ;;
+  *) echo "unknown part '$part': main, batched, prefill, decode or gemv"; exit 2 ;;
 esac

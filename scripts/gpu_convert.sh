@@ -20,7 +20,8 @@
 #            machine that has it by `python -m hypenet.data export .carry/c/corpus.jsonl.xz`: the same documents in
 #            the same order, so the same held-out split
 #   TRITON_CACHE  (optional, default .carry/triton_cache.tgz) the triton_cache.tgz an earlier lease sent back
-#   TEACHER_EVAL  (optional) an earlier `hypenet eval` folder of the teacher, reused when its settings match
+#   TEACHER_EVAL  (optional) an earlier `hypenet eval` folder of the teacher, reused when its settings match (or
+#            differ only in asking for fewer NIAH lengths)
 #            (results/gpu_convert/eval/teacher: the teacher's 6-minute evaluation need not run again)
 #   HALO_EVAL  (optional) an earlier evaluation of the HALO student (results/gpu_convert/eval/hypenet-halo), reused
 #            when its settings match: then only HALO's stage 1 runs again (the ablations start from it), not its
@@ -138,7 +139,7 @@ share_stage1() {  # the ablations start from the HALO run's stage 1 (it trains e
 }
 
 reuse_or_evaluate() {  # reuse_or_evaluate LABEL MODEL SAVED [more eval options]: copy SAVED, an earlier evaluation
-    # with the same settings, or (SAVED empty) evaluate MODEL
+    # with the same settings (its NIAH lengths may be more: all of them are kept), or (SAVED empty) evaluate MODEL
     local label=$1 model=$2 saved=$3; shift 3
     [ -n "$saved" ] || { evaluate "$label" "$model" "$@"; return; }
     python3 - "$saved/results.json" "${EVAL_ARGS[@]}" "$@" <<'PY' || return 1
@@ -149,9 +150,11 @@ now = vars(build_parser().parse_args(["eval", "model", *sys.argv[2:]]))
 keys = ["niah_lengths", "niah_depths", "niah_samples", "tasks", "chat_template", "ppl_max_len", "ppl_docs",
         "ppl_heldout_fraction", "seed", "yarn"]
 different = [k for k in keys if saved.get(k) != now.get(k)]
-if different:
+fewer = different == ["niah_lengths"] and set(now["niah_lengths"]) <= set(saved["niah_lengths"] or [])
+if different and not fewer:
     sys.exit(f"{sys.argv[1]} was run with other settings ({different}); leave it out to evaluate again")
-print(f"reusing {sys.argv[1]}: same settings")
+print(f"reusing {sys.argv[1]}: " + ("same settings" if not fewer else
+      f"same settings, NIAH at {saved['niah_lengths']} (these runs ask for {now['niah_lengths']})"))
 PY
     mkdir -p "$RUNS/eval" && rm -rf "$RUNS/eval/$label" && cp -r "$saved" "$RUNS/eval/$label"
 }

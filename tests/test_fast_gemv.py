@@ -10,7 +10,7 @@ from conftest import in_triton_interpreter, needs_triton
 
 from hypenet.fast import FastHypeNet
 from hypenet.fast import gemv as gemv_module
-from hypenet.fast.gemv import default_blocks, gemv, project
+from hypenet.fast.gemv import default_blocks, gemv, launch_settings, project, tune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,6 +29,35 @@ def test_default_blocks():
     assert default_blocks(2048, 2048) == (8, 512)
     assert default_blocks(151936, 2048) == (16, 512)
     assert default_blocks(40, 100) == (8, 128)
+
+
+def test_tune_keeps_the_fastest_settings_per_shape(monkeypatch):
+    monkeypatch.setattr(gemv_module, "_TUNED", {})
+    launched = []
+    monkeypatch.setattr(gemv_module, "gemv_triton", lambda x, w, *settings, **kw: launched.append(
+        (tuple(w.shape), *settings, kw["num_warps"], kw["num_stages"])))
+    configs = [(8, 512, 4, 4), (16, 256, 8, 3), (64, 64, 4, 4)]
+    fake_ms = {(8, 512, 4, 4): 3.0, (16, 256, 8, 3): 2.0}
+
+    def timer(fn):  # the time of the settings fn launches with; the third does not compile
+        launched.clear()
+        fn()
+        settings = launched[0][1:]
+        if settings not in fake_ms:
+            raise RuntimeError("out of resources")
+        return fake_ms[settings] * len(launched)
+
+    weights = [torch.zeros(6, 4), torch.zeros(6, 4), torch.zeros(3, 4, dtype=torch.bfloat16)]
+    report = tune(weights, configs, timer)
+    assert report[(6, 4)] == {"settings": (16, 256, 8, 3), "ms": {(8, 512, 4, 4): 3.0, (16, 256, 8, 3): 2.0}}
+    assert report[(3, 4)]["settings"] == (16, 256, 8, 3)
+    assert launch_settings(6, 4, torch.float32, "cpu") == (16, 256, 8, 3)  # remembered per shape, dtype, device
+    assert launch_settings(6, 4, torch.bfloat16, "cpu") == (*default_blocks(6, 4), 4, 4)
+    assert launch_settings(6, 4, torch.float32, "cuda") == (*default_blocks(6, 4), 4, 4)
+    fake_ms[(8, 512, 4, 4)] = 1.0
+    assert tune(weights, configs, timer) == {}  # known shapes are skipped
+    assert tune(weights[:1], configs, timer, again=True)[(6, 4)]["settings"] == (8, 512, 4, 4)
+    assert launch_settings(6, 4, torch.float32, "cpu") == (8, 512, 4, 4)
 
 
 def test_engine_routes_decode_projections_through_the_op(monkeypatch):
@@ -51,6 +80,10 @@ def test_engine_routes_decode_projections_through_the_op(monkeypatch):
     per_layer = {(9 * 8 + 2 * 3 * 8 + 9 * 8, hidden), (9 * 8 * 3 + 9 * 8, hidden)}  # attention / lightning q,k,v,g
     assert len(calls) == 4 * (5 * 4 + 1)
     assert {(hidden, 9 * 8), (2 * inner, hidden), (hidden, inner), (vocab, hidden)} | per_layer >= set(calls)
+    # what the engine tunes on CUDA is what its decode step passes to the op, weight for weight
+    assert sorted(tuple(w.shape) for w in engine._gemv_weights()) == sorted(calls[:len(calls) // 4])
+    unfused = FastHypeNet(model, max_batch=1, max_len=16, fuse_projections=False, gemv="triton")
+    assert len(unfused._gemv_weights()) == len(engine._gemv_weights()) + 5 * (3 + 1)  # 5 layers: q,k,v,g; gate,up
     assert FastHypeNet(model, max_batch=2, max_len=16, gemv="triton").gemv is False  # batch 1 only
     with pytest.raises(ValueError, match="gemv must be"):
         FastHypeNet(model, max_len=16, gemv="cutlass")

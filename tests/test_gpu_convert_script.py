@@ -130,6 +130,18 @@ def test_earlier_evaluations_are_reused_only_with_the_same_settings(setup):
         else:
             assert run.returncode == 1 and "FAILED eval_teacher" in run.stdout
             assert "was run with other settings (['niah_samples'])" in log
+    # fewer NIAH lengths than the earlier evaluations: reused, with all their lengths
+    runs = root / "reuse_fewer"
+    (runs / "done").mkdir(parents=True)
+    for step in ["stage1_halo", "share_stage1_even", *STEPS_LATER]:
+        (runs / "done" / step).write_text("0")
+    run = run_script({**env, "RUNS": str(runs), "OUT": str(root / "out_fewer"),
+                      "TEACHER_EVAL": str(earlier / "teacher"), "HALO_EVAL": str(earlier / "hypenet-halo"),
+                      "EVAL_OPTIONS": EVAL_OPTIONS.replace("400,600", "600")}, deadline=600)
+    assert run.returncode == 0 and "all done" in run.stdout, run.stdout
+    assert "NIAH at [400, 600] (these runs ask for [600])" in (runs / "logs" / "eval_teacher.log").read_text()
+    copied = (runs / "eval" / "teacher" / "results.json").read_text()
+    assert copied == (earlier / "teacher" / "results.json").read_text()
 
 
 def test_without_ablations_the_run_ends_after_the_comparison(setup):

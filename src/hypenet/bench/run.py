@@ -188,6 +188,10 @@ class Bench:
                     model, max_batch=batch, max_len=contexts[-1] + extra, prefill_chunk=s.prefill_chunk,
                     compile=compile_step, cuda_graph=s.cuda_graph, fused_lightning_step=s.fused_lightning_step,
                     compile_options=MAX_AUTOTUNE if s.max_autotune else None, gemv=s.gemv), self.device)
+                for (n, k), found in engine.gemv_tuning.items():  # the Triton GEMV's launch settings, per shape
+                    self.meta.setdefault("gemv_settings", {})[f"{n}x{k}"] = {
+                        "block_n_block_k_warps_stages": list(found["settings"]),
+                        "us_per_call": round(found["ms"][found["settings"]] * 1e3, 2)}
                 return engine, setup_s, contexts
             except torch.OutOfMemoryError:
                 free_memory()

@@ -35,6 +35,7 @@ import os
 os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -334,13 +335,12 @@ def time_lightning_step() -> list[dict]:
 
 def time_gemv() -> list[dict]:
     """HypeNet-2B's batch-1 decode projections (bf16): cuBLAS (F.linear) against the Triton matrix-vector kernel with
-    a few block sizes. Each variant is replayed from a CUDA graph of 28 calls on 28 different weights (one per
-    layer, so that no weight is served from L2; the LM head: 2 weights), as microseconds per call and TB/s of
-    weight read."""
+    each of `gemv.TUNE_CONFIGS` (what the engine's tuning chooses from; the fastest is marked). Each variant is
+    replayed from a CUDA graph of 28 calls on 28 different weights (one per layer, so that no weight is served from
+    L2; the LM head: 2 weights), as milliseconds per call and GB/s of weight read."""
     import torch.nn.functional as F
-    from triton.testing import do_bench
 
-    from .gemv import default_blocks, gemv_triton
+    from .gemv import _graph_timer, tune
 
     rows = []
     for n, k in DECODE_GEMV_SHAPES:
@@ -348,25 +348,21 @@ def time_gemv() -> list[dict]:
         torch.manual_seed(0)
         weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(calls)]
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        variants = [("cuBLAS (F.linear)", F.linear)]
-        for block_n, block_k, stages in [(*default_blocks(n, k), 4), (4, 512, 4), (16, 256, 4), (8, 1024, 3),
-                                         (32, 256, 3)]:
-            variants.append((f"Triton block_n={block_n} block_k={block_k} stages={stages}",
-                             lambda x, w, a=block_n, b=block_k, c=stages: gemv_triton(x, w, a, b, num_stages=c)))
-        for variant, fn in variants:
-            try:
-                fn(x, weights[0])
-                torch.cuda.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    for w in weights:
-                        fn(x, w)
-                ms = do_bench(graph.replay, warmup=5, rep=50, return_mode="median") / calls
-                rows.append({"check": "timing", "case": f"gemv N={n} K={k}: {variant}", "ms": ms,
-                             "kv_read_gbps": n * k * 2 / ms / 1e6})
-            except Exception as error:  # noqa: BLE001  (a launch setting that does not compile)
-                rows.append({"check": "timing", "case": f"gemv N={n} K={k}: {variant}: "
-                             f"{type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else ''}"})
+        gbps = n * k * 2 / 1e6  # divided by ms
+
+        def cublas(weights=weights, x=x):
+            for w in weights:
+                F.linear(x, w)
+
+        ms = _graph_timer(cublas) / calls
+        rows.append({"check": "timing", "case": f"gemv N={n} K={k}: cuBLAS (F.linear)", "ms": ms,
+                     "kv_read_gbps": gbps / ms})
+        found = tune(weights, again=True).get((n, k))
+        for settings, ms in (found or {"ms": {}})["ms"].items():
+            mark = " (fastest: the engine's choice)" if settings == found["settings"] else ""
+            rows.append({"check": "timing", "case": f"gemv N={n} K={k}: Triton block_n={settings[0]} "
+                         f"block_k={settings[1]} warps={settings[2]} stages={settings[3]}{mark}", "ms": ms,
+                         "kv_read_gbps": gbps / ms})
         del weights
         torch.cuda.empty_cache()
     return rows
@@ -434,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/fast_check"))
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--only", default="", help="comma-separated steps to run (e.g. gemv,engine,time_gemv): "
+                        "kernel, prefill, lightning_step, gemv, engine, time_lightning_step, time_gemv, time_kernel, "
+                        "time_prefill_attention")
     parser.add_argument("--cpu-dry-run", action="store_true",
                         help="run the checks' logic on the CPU (reference decode kernel, no compile/graph, no timing)")
     args = parser.parse_args(argv)
@@ -446,22 +445,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    steps = [lambda: check_kernel(torch.float32, device, kernel), lambda: check_kernel(torch.bfloat16, device, kernel),
-             lambda: check_prefill(torch.float32, device), lambda: check_prefill(torch.bfloat16, device),
-             lambda: check_lightning_step(torch.float32, device), lambda: check_lightning_step(torch.bfloat16, device),
-             lambda: check_gemv(torch.float32, device), lambda: check_gemv(torch.bfloat16, device),
-             lambda: check_engine(torch.float32, device), lambda: check_engine(torch.bfloat16, device)]
+    named = [(name, dtype) for name in ("kernel", "prefill", "lightning_step", "gemv", "engine")
+             for dtype in (torch.float32, torch.bfloat16)]
+    checks = {"kernel": lambda dtype: check_kernel(dtype, device, kernel), "prefill": lambda dtype: check_prefill(
+        dtype, device), "lightning_step": lambda dtype: check_lightning_step(dtype, device),
+        "gemv": lambda dtype: check_gemv(dtype, device), "engine": lambda dtype: check_engine(dtype, device)}
+    steps = [(name, functools.partial(checks[name], dtype)) for name, dtype in named]
     if device == "cuda" and not args.skip_timing:
-        steps += [time_lightning_step, time_gemv, time_kernel, time_prefill_attention]
+        steps += [(fn.__name__, fn) for fn in (time_lightning_step, time_gemv, time_kernel, time_prefill_attention)]
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {name for name, _ in steps}
+        if unknown:
+            parser.error(f"--only: unknown step(s) {sorted(unknown)}; choose from {sorted({n for n, _ in steps})}")
+        steps = [(name, fn) for name, fn in steps if name in wanted]
     gpu = torch.cuda.get_device_name() if device == "cuda" else "none (CPU dry run)"
     begin = time.perf_counter()
-    for number, step in enumerate(steps, 1):
+    for number, (_, step) in enumerate(steps, 1):
         try:
             rows += step()
         except Exception as error:  # noqa: BLE001  (report every step of a one-shot GPU run)
             traceback.print_exc()
             rows.append({"check": "error", "case": f"{type(error).__name__}: {error}"[:300], "ok": False})
-        table = write_results(rows, args.out, gpu, complete=step is steps[-1])  # after every step: a cut run keeps it
+        # after every step: a cut run keeps what it measured
+        table = write_results(rows, args.out, gpu, complete=number == len(steps))
         print(f"step {number}/{len(steps)} done at {time.perf_counter() - begin:.0f} s", flush=True)
     print(table)
     return 0 if not any(r.get("ok") is False for r in rows) else 1

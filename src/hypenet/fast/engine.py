@@ -9,7 +9,8 @@ A few ideas, each aimed at where the time goes at long context:
 - **Few launches per step, one replay.** Each layer's input projections (q/k/v/gate) and its MLP's gate/up are
   repacked into one weight each (few large matrix-vector products instead of many small ones); torch.compile fuses
   the norms, RoPE and gates around them; the whole step is captured in one CUDA graph. At batch 1 the products can
-  go through the Triton matrix-vector kernel of `gemv.py` instead of cuBLAS (`gemv="triton"`, opt-in).
+  go through the Triton matrix-vector kernel of `gemv.py` instead of cuBLAS (`gemv="triton"`, opt-in; its launch
+  settings are tuned on the model's own weights when the engine is built).
   Compilation is regional: one layer function, compiled once per mixer type and reused by every layer.
 - **Chunked prefill.** The prompt goes through in chunks of `prefill_chunk` tokens: attention over the cached
   prefix and the chunk itself (on CUDA in bf16, cuDNN's kernels on the two blocks apart, merged by log-sum-exp;
@@ -36,8 +37,8 @@ from torch import nn
 
 from ..model.lightning import lightning_attention, lightning_attention_recurrent
 from ..model.modeling_hypenet import apply_rope, build_mixer_context
-from .attention import decode_attention, prefill_attention
-from .gemv import project
+from .attention import decode_attention, prefill_attention, triton_available
+from .gemv import project, tune
 from .recurrent import lightning_step
 
 DEFAULT_PREFILL_CHUNK = 65536
@@ -279,7 +280,8 @@ class FastHypeNet:
         (`fast.recurrent.lightning_step`: one Triton kernel on CUDA); False: the reference recurrence, compiled
         with the rest of the layer (several kernels and a copy of the state).
     gemv: "cublas" (F.linear) or "triton": with max_batch 1, the decode step's projections through `fast.gemv`'s
-        Triton matrix-vector kernel (on CUDA; elsewhere its reference, F.linear).
+        Triton matrix-vector kernel (on CUDA; elsewhere its reference, F.linear), its launch settings tuned per
+        weight shape on the model's weights first (`fast.gemv.tune`, a few seconds).
     compile_options: Inductor options added to the engine's own (`MAX_AUTOTUNE`: let Inductor time its Triton
         matmul templates against cuBLAS for each of the step's matrix-vector products and fuse their neighbours
         into them; compiling then takes minutes).
@@ -333,6 +335,9 @@ class FastHypeNet:
         if self.graphed and not on_cuda:
             raise ValueError("cuda_graph=True needs the model on a CUDA device")
         regions = (_embed, hybrid_layer, _last_logits)
+        self.gemv_tuning = {}  # (N, K) -> the launch settings chosen and every candidate's time (CUDA, gemv only)
+        if self.gemv and on_cuda and triton_available():
+            self.gemv_tuning = tune(self._gemv_weights())
         if self.compiled:  # the same compiled layer serves every layer of a mixer type
             _allow_recompiles()
             options = {**_COMPILE_OPTIONS, **(compile_options or {})}
@@ -341,6 +346,24 @@ class FastHypeNet:
         self._graph = self._graph_logits = None
         if self.graphed:
             self._capture()
+
+    def _gemv_weights(self) -> list[torch.Tensor]:
+        """The weights the decode step passes to `gemv` when self.gemv: per layer the packed input projections (or
+        each one), the output projection, the MLP's packed gate/up (or each) and its down projection; the LM head.
+        Linears with a bias stay on F.linear and are left out."""
+        weights = []
+        for layer, buffers in zip(self.model.model.layers, self.cache.layers):
+            mixer, mlp = layer.mixer, layer.mlp
+            groups = [
+                [buffers.input_weight] if buffers.input_weight is not None
+                else [getattr(mixer, n) for n in _INPUT_PROJECTIONS if hasattr(mixer, n)],
+                [mixer.o_proj],
+                [buffers.mlp_weight] if buffers.mlp_weight is not None else [mlp.gate_proj, mlp.up_proj],
+                [mlp.down_proj],
+            ]
+            weights += [m for group in groups for m in group]
+        weights.append(self.model.lm_head)
+        return [getattr(m, "weight", m) for m in weights if getattr(m, "bias", None) is None]
 
     # ------------------------------------------------------------------ prefill
 

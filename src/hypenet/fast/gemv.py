@@ -13,6 +13,11 @@ torch.compile sees it as one opaque node and a CUDA graph captures its launch. W
 by `python -m hypenet.fast.check` (timing rows) and `hypenet bench --gemv triton`; the engine uses it only when
 asked (`FastHypeNet(..., gemv="triton")`).
 
+Launch settings: `tune` times the candidate settings (`TUNE_CONFIGS`) on the weights the kernel will read, one
+weight after another from a CUDA graph (so that none is served from L2, as in a decode step), and remembers the
+fastest per weight shape; `gemv_triton` uses it from then on (else `default_blocks`). The engine tunes its own
+weights before it captures its decode step.
+
 This file imports only torch and (lazily) triton: kernels never import models.
 """
 
@@ -61,9 +66,71 @@ def default_blocks(n: int, k: int) -> tuple[int, int]:
     return block_n, min(512, max(16, 1 << (k - 1).bit_length()))
 
 
+# Candidate launch settings for `tune`: (BLOCK_N, BLOCK_K, num_warps, num_stages).
+TUNE_CONFIGS = [(8, 512, 4, 4), (4, 512, 4, 4), (16, 256, 4, 4), (16, 512, 8, 4), (32, 256, 8, 3), (8, 1024, 4, 3),
+                (32, 128, 4, 4), (64, 128, 8, 3)]
+
+# (N, K, dtype, device type) -> the launch settings `tune` found fastest
+_TUNED: dict[tuple, tuple[int, int, int, int]] = {}
+
+
+def launch_settings(n: int, k: int, dtype: torch.dtype, device_type: str = "cuda") -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for a weight [n, k]: the tuned ones, else `default_blocks`, 4, 4."""
+    return _TUNED.get((n, k, dtype, device_type)) or (*default_blocks(n, k), 4, 4)
+
+
+def tune(weights: list[torch.Tensor], configs=TUNE_CONFIGS, timer=None, again: bool = False
+         ) -> dict[tuple[int, int], dict]:
+    """Time `configs` for every shape among `weights` (2-D, one device and dtype) and keep the fastest per shape;
+    shapes tuned before are skipped unless `again`.
+
+    timer(fn) -> ms: by default the median of CUDA-graph replays of fn, which calls the kernel once on each weight
+    of that shape in turn (a decode step's order: every weight comes from memory, not L2). Settings that fail to
+    compile are skipped. Returns {(N, K): {"settings": best, "ms": {settings: ms per call}}}."""
+    timer = timer or _graph_timer
+    by_shape: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for w in weights:
+        by_shape.setdefault(tuple(w.shape), []).append(w)
+    report = {}
+    for (n, k), group in by_shape.items():
+        if not again and (n, k, group[0].dtype, group[0].device.type) in _TUNED:
+            continue
+        x = torch.randn(1, k, device=group[0].device, dtype=group[0].dtype)
+        times = {}
+        for settings in configs:
+            block_n, block_k, warps, stages = settings
+
+            def calls(settings=settings):
+                for w in group:
+                    gemv_triton(x, w, block_n, block_k, num_warps=warps, num_stages=stages)
+
+            try:
+                times[settings] = timer(calls) / len(group)
+            except Exception:  # noqa: BLE001  (a launch setting that does not compile for this shape)
+                continue
+        if times:
+            best = min(times, key=times.get)
+            _TUNED[(n, k, group[0].dtype, group[0].device.type)] = best
+            report[(n, k)] = {"settings": best, "ms": times}
+    return report
+
+
+def _graph_timer(fn) -> float:
+    """Median ms of replaying fn from a CUDA graph (first run outside the graph: compilation)."""
+    from triton.testing import do_bench
+
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return do_bench(graph.replay, warmup=3, rep=20, return_mode="median")
+
+
 def gemv_triton(x: torch.Tensor, weight: torch.Tensor, block_n: int | None = None, block_k: int | None = None,
-                num_warps: int = 4, num_stages: int = 4) -> torch.Tensor:
-    """The Triton kernel; same arguments and result as `gemv_reference`, for one row (M == 1)."""
+                num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
+    """The Triton kernel; same arguments and result as `gemv_reference`, for one row (M == 1). Launch settings not
+    given come from `launch_settings` (tuned, else the defaults)."""
     triton, kernel = _kernel()
     if x.dim() != 2 or x.shape[0] != 1:
         raise ValueError(f"gemv_triton computes one row: x must be [1, K], got {tuple(x.shape)}")
@@ -72,8 +139,9 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, block_n: int | None = Non
         raise ValueError(f"x has {x.shape[1]} columns but the weight {tuple(weight.shape)} expects {k}")
     if weight.stride(1) != 1 or x.stride(1) != 1:
         raise ValueError("gemv_triton needs x and the weight contiguous in K (the weight's rows)")
-    default_n, default_k = default_blocks(n, k)
+    default_n, default_k, default_warps, default_stages = launch_settings(n, k, weight.dtype, weight.device.type)
     block_n, block_k = block_n or default_n, block_k or default_k
+    num_warps, num_stages = num_warps or default_warps, num_stages or default_stages
     y = torch.empty(1, n, device=x.device, dtype=x.dtype)
     kernel[(triton.cdiv(n, block_n),)](x, weight, y, n, k, weight.stride(0), BLOCK_N=block_n, BLOCK_K=block_k,
                                        num_warps=num_warps, num_stages=num_stages)
@@ -103,4 +171,5 @@ def project(x: torch.Tensor, module_or_weight, use_gemv: bool) -> torch.Tensor:
     return gemv(x.reshape(-1, x.shape[-1]), weight).reshape(*x.shape[:-1], weight.shape[0])
 
 
-__all__ = ["default_blocks", "gemv", "gemv_reference", "gemv_triton", "project"]
+__all__ = ["TUNE_CONFIGS", "default_blocks", "gemv", "gemv_reference", "gemv_triton", "launch_settings", "project",
+           "tune"]
