@@ -100,7 +100,7 @@ for n, k in [(64, 96), (37, 100), (200, 1030), (16, 8)]:
         x = torch.randn(1, k).to(dtype)
         w = torch.randn(n, k).to(dtype)
         expected = F.linear(x.double(), w.double())
-        for block_n, block_k in [(None, None), (8, 32), (16, 64), (4, 16)]:
+        for block_n, block_k in [(None, None), (8, 32), (16, 64), (4, 16), (1, 64), (2, 32)]:
             out = gemv_triton(x, w, block_n=block_n, block_k=block_k)
             assert out.shape == (1, n) and out.dtype == dtype, (n, k, out.shape, out.dtype)
             error = ((out.double() - expected).abs().max() / expected.abs().max()).item()

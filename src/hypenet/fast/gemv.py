@@ -66,9 +66,10 @@ def default_blocks(n: int, k: int) -> tuple[int, int]:
     return block_n, min(512, max(16, 1 << (k - 1).bit_length()))
 
 
-# Candidate launch settings for `tune`: (BLOCK_N, BLOCK_K, num_warps, num_stages).
-TUNE_CONFIGS = [(8, 512, 4, 4), (4, 512, 4, 4), (16, 256, 4, 4), (16, 512, 8, 4), (32, 256, 8, 3), (8, 1024, 4, 3),
-                (32, 128, 4, 4), (64, 128, 8, 3)]
+# Candidate launch settings for `tune`: (BLOCK_N, BLOCK_K, num_warps, num_stages). On the H200 the fewest rows per
+# program won at every HypeNet-2B shape among 4-64 (results/fast_bench/gemv/), so the list reaches down to 1 and 2.
+TUNE_CONFIGS = [(4, 512, 4, 4), (8, 512, 4, 4), (8, 1024, 4, 3), (16, 512, 8, 4), (2, 512, 4, 4), (2, 1024, 4, 3),
+                (1, 1024, 4, 3), (1, 2048, 4, 2)]
 
 # (N, K, dtype, device type) -> the launch settings `tune` found fastest
 _TUNED: dict[tuple, tuple[int, int, int, int]] = {}
