@@ -128,6 +128,7 @@ def test_profile_needs_a_step_beyond_the_timed_ones():
     ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_1", "compiled (Inductor)"),
     ("split_kv_kernel", "hypenet decode kernels (split-KV attention, lightning step)"),
     ("lightning_step_kernel", "hypenet decode kernels (split-KV attention, lightning step)"),
+    ("gemv_kernel", "hypenet matrix-vector (gemv)"),
     ("Memcpy DtoD (Device -> Device)", "copy / memset"),
 ])
 def test_kernel_kinds_by_name(name, kind):

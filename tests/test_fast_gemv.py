@@ -26,9 +26,9 @@ def test_op_and_project_are_f_linear_off_the_gpu():
 
 
 def test_default_blocks():
-    assert default_blocks(2048, 2048) == (8, 512)
-    assert default_blocks(151936, 2048) == (16, 512)
-    assert default_blocks(40, 100) == (8, 128)
+    assert default_blocks(2048, 2048) == (2, 1024)
+    assert default_blocks(151936, 6144) == (2, 1024)
+    assert default_blocks(40, 100) == (2, 128)
 
 
 def test_tune_keeps_the_fastest_settings_per_shape(monkeypatch):
@@ -52,8 +52,8 @@ def test_tune_keeps_the_fastest_settings_per_shape(monkeypatch):
     assert report[(6, 4)] == {"settings": (16, 256, 8, 3), "ms": {(8, 512, 4, 4): 3.0, (16, 256, 8, 3): 2.0}}
     assert report[(3, 4)]["settings"] == (16, 256, 8, 3)
     assert launch_settings(6, 4, torch.float32, "cpu") == (16, 256, 8, 3)  # remembered per shape, dtype, device
-    assert launch_settings(6, 4, torch.bfloat16, "cpu") == (*default_blocks(6, 4), 4, 4)
-    assert launch_settings(6, 4, torch.float32, "cuda") == (*default_blocks(6, 4), 4, 4)
+    assert launch_settings(6, 4, torch.bfloat16, "cpu") == (*default_blocks(6, 4), 4, 3)
+    assert launch_settings(6, 4, torch.float32, "cuda") == (*default_blocks(6, 4), 4, 3)
     fake_ms[(8, 512, 4, 4)] = 1.0
     assert tune(weights, configs, timer) == {}  # known shapes are skipped
     assert tune(weights[:1], configs, timer, again=True)[(6, 4)]["settings"] == (8, 512, 4, 4)
@@ -85,6 +85,7 @@ def test_engine_routes_decode_projections_through_the_op(monkeypatch):
     unfused = FastHypeNet(model, max_batch=1, max_len=16, fuse_projections=False, gemv="triton")
     assert len(unfused._gemv_weights()) == len(engine._gemv_weights()) + 5 * (3 + 1)  # 5 layers: q,k,v,g; gate,up
     assert FastHypeNet(model, max_batch=2, max_len=16, gemv="triton").gemv is False  # batch 1 only
+    assert FastHypeNet(model, max_len=16).gemv is False  # the default, "auto", takes the kernel on CUDA only
     with pytest.raises(ValueError, match="gemv must be"):
         FastHypeNet(model, max_len=16, gemv="cutlass")
 

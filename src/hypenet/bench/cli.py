@@ -53,9 +53,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-autotune", action="store_true",
                         help="compile the decode step with Inductor's max-autotune (matmul kernels chosen by timing, "
                              "neighbouring elementwise work fused into them); compiling takes minutes")
-    parser.add_argument("--gemv", choices=["cublas", "triton"], default="cublas",
-                        help="batch-1 decode projections through cuBLAS (default) or the Triton matrix-vector kernel "
-                             "of hypenet.fast.gemv")
+    parser.add_argument("--gemv", choices=["auto", "cublas", "triton"], default="auto",
+                        help="batch-1 decode projections: the Triton matrix-vector kernel of hypenet.fast.gemv "
+                             "('triton'; what 'auto' takes on CUDA) or cuBLAS ('cublas')")
     parser.add_argument("--profile", action="store_true",
                         help="after each decode timing, run a few steps under torch.profiler: kernels per step, GPU "
                              "busy time by kind of kernel, time between kernels (profile_*.txt, bench.md)")

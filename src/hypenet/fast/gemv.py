@@ -5,13 +5,14 @@ cuBLAS ran the HypeNet-2B step's products at 1.3-3.2 TB/s (`results/fast_bench/d
 (2048 x 2048, 8 MB) are over before its kernels reach the bandwidth. Two implementations of `gemv`:
 - `gemv_reference`: `F.linear` (cuBLAS on CUDA); any device, any batch.
 - `gemv_triton`: one Triton kernel for one row. Each program owns BLOCK_N output rows and walks K in BLOCK_K
-  slices, keeping a [BLOCK_N, BLOCK_K] fp32 partial sum that it reduces once at the end; with several slices in
-  flight per program (num_stages) and about two programs per SM for the smallest weights, the whole weight is being
-  read at once.
+  slices, keeping a [BLOCK_N, BLOCK_K] fp32 partial sum that it reduces once at the end; with few rows per program
+  (many programs: 1024 for a 2048-row weight at BLOCK_N 2) and several slices in flight per program (num_stages),
+  the whole weight is being read at once.
 `gemv` is a torch custom op that takes the Triton kernel on CUDA for a single row (else the reference), so
 torch.compile sees it as one opaque node and a CUDA graph captures its launch. Whether it beats cuBLAS is measured
-by `python -m hypenet.fast.check` (timing rows) and `hypenet bench --gemv triton`; the engine uses it only when
-asked (`FastHypeNet(..., gemv="triton")`).
+by `python -m hypenet.fast.check` (timing rows) and `hypenet bench --gemv triton|cublas`. On the H200 the tuned
+kernel beat cuBLAS at every HypeNet-2B decode shape (results/fast_bench/gemv/), so the engine takes it by default
+at batch 1 on CUDA (`FastHypeNet(..., gemv="auto")`).
 
 Launch settings: `tune` times the candidate settings (`TUNE_CONFIGS`) on the weights the kernel will read, one
 weight after another from a CUDA graph (so that none is served from L2, as in a decode step), and remembers the
@@ -60,10 +61,9 @@ def _kernel():
 
 
 def default_blocks(n: int, k: int) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_K): 8 rows per program for small weights (two or more programs per SM on an H200), 16 for
-    large ones; slices of 512 columns (whole rows when K is smaller)."""
-    block_n = 8 if n <= 4096 else 16
-    return block_n, min(512, max(16, 1 << (k - 1).bit_length()))
+    """(BLOCK_N, BLOCK_K) before any tuning: 2 rows per program, slices of 1024 columns (whole rows when K is
+    smaller): what `tune` chose at every HypeNet-2B decode shape on the H200 (results/fast_bench/gemv/)."""
+    return 2, min(1024, max(16, 1 << (k - 1).bit_length()))
 
 
 # Candidate launch settings for `tune`: (BLOCK_N, BLOCK_K, num_warps, num_stages). On the H200 the fewest rows per
@@ -76,8 +76,8 @@ _TUNED: dict[tuple, tuple[int, int, int, int]] = {}
 
 
 def launch_settings(n: int, k: int, dtype: torch.dtype, device_type: str = "cuda") -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for a weight [n, k]: the tuned ones, else `default_blocks`, 4, 4."""
-    return _TUNED.get((n, k, dtype, device_type)) or (*default_blocks(n, k), 4, 4)
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for a weight [n, k]: the tuned ones, else `default_blocks`, 4, 3."""
+    return _TUNED.get((n, k, dtype, device_type)) or (*default_blocks(n, k), 4, 3)
 
 
 def tune(weights: list[torch.Tensor], configs=TUNE_CONFIGS, timer=None, again: bool = False
