@@ -284,7 +284,7 @@ class FastHypeNet:
         (F.linear) or "triton": with max_batch 1, the decode step's projections through `fast.gemv`'s Triton
         matrix-vector kernel (on CUDA; elsewhere its reference, F.linear), its launch settings tuned per weight shape
         on the model's weights first (`fast.gemv.tune`, a few seconds). On the H200 it beat cuBLAS at every
-        HypeNet-2B decode shape, 1.05-1.45x (results/fast_bench/gemv/).
+        HypeNet-2B decode shape, 1.03-1.44x (results/fast_bench/gemv/).
     compile_options: Inductor options added to the engine's own (`MAX_AUTOTUNE`: let Inductor time its Triton
         matmul templates against cuBLAS for each of the step's matrix-vector products and fuse their neighbours
         into them; compiling then takes minutes).
