@@ -15,7 +15,8 @@
 #                                      # (results/fast_bench/decode_profile/ ran an earlier version: inline/ and
 #                                      # autotune/ instead of gemv/)
 #   bash scripts/gpu_bench.sh gemv     # the Triton matrix-vector kernel: its GPU check, its launch settings timed
-#                                      # against cuBLAS, then batch-1 decode with it (profiled) at 128K-1M; ~6 min
+#                                      # against cuBLAS, then batch-1 decode with it (profiled) at 128K-1M, and
+#                                      # with the norms / SiLU-gate / residual adds inside it (fused/); ~8-9 min
 #
 # Writes into $OUT (the device tool's folder) or runs/gpu_bench/<part>: bench.json, bench.md, bench_decode.png,
 # log.txt, machine.txt (+ fast_check.json/.md, check_log.txt for `batched`): at most 8 files.
@@ -77,11 +78,13 @@ case $part in
     (( status == 0 && PIPESTATUS[0] == 0 ))
     ;;
   gemv)
-    # the matrix-vector kernel's GPU check, its tuning table against cuBLAS and the engine with it, then batch-1
-    # decode with it (profiled): HypeNet-2B at 128K/512K/1M, Qwen3-1.7B in the engine at 128K/512K
+    # the matrix-vector kernel's GPU check (plain and with the norm / SiLU-gate / residual inside), its tuning table
+    # against cuBLAS and the engine with it, then batch-1 decode with it (profiled): HypeNet-2B and Qwen3-1.7B in
+    # the engine at 128K/512K/1M, then HypeNet-2B with the norms, SiLU-gate and residual adds inside it (fused/)
     timeout 170 python3 -m hypenet.fast.check --only gemv,engine,time_gemv --out "$out" 2>&1 | tee "$out/check_log.txt"
     status=${PIPESTATUS[0]}
     decode_bench 200 . hypenet-2b qwen3-1.7b --contexts 128K,512K,1M --gemv triton || status=1
+    decode_bench 120 fused hypenet-2b --contexts 128K,512K --gemv triton --gemv-fusion || status=1
     (( status == 0 ))
     ;;
   *) echo "unknown part '$part': main, batched, prefill, decode or gemv"; exit 2 ;;

@@ -51,11 +51,12 @@ def test_bench_profile_and_inline_recurrence_on_cpu(tmp_path):
     bench.md); --no-fused-lightning-step: the engine decodes with the inline recurrence."""
     code = main(["tiny-hypenet", "--device", "cpu", "--dtype", "fp32", "--contexts", "40", "--prefill-contexts", "",
                  "--transformers-contexts", "", "--decode-tokens", "2", "--warmup-tokens", "1", "--profile",
-                 "--no-fused-lightning-step", "--max-autotune", "--gemv", "triton", "--out", str(tmp_path)])
+                 "--no-fused-lightning-step", "--max-autotune", "--gemv", "triton", "--gemv-fusion",
+                 "--out", str(tmp_path)])
     assert code == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["settings"]["fused_lightning_step"] is False and report["settings"]["max_autotune"] is True
-    assert report["settings"]["gemv"] == "triton"
+    assert report["settings"]["gemv"] == "triton" and report["settings"]["gemv_fusion"] is True
     (row,) = report["results"]
     profile = row["profile"]
     assert profile["calls"] == 5 and profile["wall_ms"] > 0 and profile["table"] == "profile_tiny-hypenet_b1_40.txt"

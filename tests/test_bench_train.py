@@ -129,6 +129,7 @@ def test_profile_needs_a_step_beyond_the_timed_ones():
     ("split_kv_kernel", "hypenet decode kernels (split-KV attention, lightning step)"),
     ("lightning_step_kernel", "hypenet decode kernels (split-KV attention, lightning step)"),
     ("gemv_kernel", "hypenet matrix-vector (gemv)"),
+    ("gemv_fused_kernel", "hypenet matrix-vector (gemv)"),
     ("Memcpy DtoD (Device -> Device)", "copy / memset"),
 ])
 def test_kernel_kinds_by_name(name, kind):

@@ -67,27 +67,66 @@ def test_engine_routes_decode_projections_through_the_op(monkeypatch):
     torch.manual_seed(4)
     ids = torch.randint(1, 101, (1, 14))
     expected = FastHypeNet(model, max_batch=1, max_len=16, prefill_chunk=8)
-    calls = []
+    calls, fused = [], []
     reference = gemv_module.gemv_reference
-    monkeypatch.setattr(gemv_module, "gemv_reference", lambda x, w: calls.append(tuple(w.shape)) or reference(x, w))
-    engine = FastHypeNet(model, max_batch=1, max_len=16, prefill_chunk=8, gemv="triton")
+
+    def recorded(x, w, norm_weight, eps, residual, swiglu):
+        calls.append(tuple(w.shape))
+        fused.append((norm_weight is not None, residual is not None, swiglu))
+        return reference(x, w, norm_weight, eps, residual, swiglu)
+
+    monkeypatch.setattr(gemv_module, "gemv_reference", recorded)
+    engine = FastHypeNet(model, max_batch=1, max_len=16, prefill_chunk=8, gemv="triton", gemv_fusion=True)
     assert torch.equal(engine.prefill(ids[:, :10]), expected.prefill(ids[:, :10]))
     assert calls == []  # prefill keeps F.linear
-    for t in range(10, 14):
-        assert rel_err(engine.decode(ids[:, t]), expected.decode(ids[:, t])) <= 1e-6
+    decoded = [engine.decode(ids[:, t]) for t in range(10, 14)]
+    for t, logits in zip(range(10, 14), decoded):
+        assert rel_err(logits, expected.decode(ids[:, t])) <= 1e-6
     # per step: every layer's packed input projection, its output projection, gate/up and down; then the LM head
     hidden, inner, vocab = 36, 56, 101
     per_layer = {(9 * 8 + 2 * 3 * 8 + 9 * 8, hidden), (9 * 8 * 3 + 9 * 8, hidden)}  # attention / lightning q,k,v,g
     assert len(calls) == 4 * (5 * 4 + 1)
     assert {(hidden, 9 * 8), (2 * inner, hidden), (hidden, inner), (vocab, hidden)} | per_layer >= set(calls)
+    # (norm before, residual after, SiLU-gate) inside the op: input projections, o_proj, gate/up, down; LM head
+    assert fused[:21] == [(True, False, False), (False, True, False), (True, False, True), (False, True, False)] * 5 + [
+        (True, False, False)]
     # what the engine tunes on CUDA is what its decode step passes to the op, weight for weight
     assert sorted(tuple(w.shape) for w in engine._gemv_weights()) == sorted(calls[:len(calls) // 4])
+    # without gemv_fusion (the default): the same products through the op, the work around them left to PyTorch
+    fused.clear()
+    apart = FastHypeNet(model, max_batch=1, max_len=16, prefill_chunk=8, gemv="triton")
+    apart.prefill(ids[:, :10])
+    assert rel_err(apart.decode(ids[:, 10]), decoded[0]) <= 1e-6
+    assert fused == [(False, False, False)] * 21
     unfused = FastHypeNet(model, max_batch=1, max_len=16, fuse_projections=False, gemv="triton")
     assert len(unfused._gemv_weights()) == len(engine._gemv_weights()) + 5 * (3 + 1)  # 5 layers: q,k,v,g; gate,up
     assert FastHypeNet(model, max_batch=2, max_len=16, gemv="triton").gemv is False  # batch 1 only
     assert FastHypeNet(model, max_len=16).gemv is False  # the default, "auto", takes the kernel on CUDA only
     with pytest.raises(ValueError, match="gemv must be"):
         FastHypeNet(model, max_len=16, gemv="cutlass")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reference_does_what_the_model_does_around_a_projection(dtype):
+    """norm -> projection -> SiLU-gate -> residual in the reference equals the model's own modules, bit for bit."""
+    from hypenet.model.modeling_hypenet import HypeNetRMSNorm
+
+    torch.manual_seed(0)
+    norm = HypeNetRMSNorm(24, eps=1e-6).to(dtype)
+    norm.weight.data = torch.randn(24).to(dtype)
+    x, residual = torch.randn(3, 24).to(dtype), torch.randn(3, 10).to(dtype)
+    gate, up, down = (torch.randn(10, 24).to(dtype) for _ in range(3))
+    stacked = torch.cat([gate, up])
+    h = norm(x)
+    gate_out, up_out = F.linear(h, stacked).chunk(2, dim=-1)  # the engine stacks gate and up into one product
+    expected = residual + F.silu(gate_out) * up_out
+    assert torch.allclose(expected, residual + F.silu(F.linear(h, gate)) * F.linear(h, up), rtol=1e-2, atol=1e-2)
+    got = gemv_module.gemv_reference(x, stacked, norm.weight, norm.eps, residual, swiglu=True)
+    assert torch.equal(got, expected)
+    assert torch.equal(project(x, stacked, True, norm=norm, residual=residual, swiglu=True), expected)
+    assert torch.equal(project(x, stacked, False, norm=norm, residual=residual, swiglu=True), expected)
+    assert torch.equal(gemv(x, down, norm.weight, norm.eps), F.linear(h, down))
+    assert torch.equal(gemv(x, down, residual=residual), residual + F.linear(x, down))
 
 
 INTERPRETER_CHECK = """
@@ -110,6 +149,23 @@ for n, k in [(64, 96), (37, 100), (200, 1030), (16, 8)]:
 packed = torch.randn(300, 64)
 x = torch.randn(1, 64)
 assert torch.allclose(gemv_triton(x, packed[100:228]), F.linear(x, packed[100:228]), rtol=1e-5, atol=1e-5)
+
+# norm before, SiLU-gate, residual after: the kernel rounds where the reference (eager PyTorch) does
+from hypenet.fast.gemv import gemv_reference
+for dtype in (torch.float32, torch.bfloat16):
+    for n, k in [(24, 96), (37, 1030)]:
+        x, scale = torch.randn(1, k).to(dtype), torch.randn(k).to(dtype)
+        w, residual = (torch.randn(2 * n, k) / k**0.5).to(dtype), torch.randn(1, 2 * n).to(dtype)
+        for options in [dict(norm_weight=scale, eps=1e-6), dict(swiglu=True), dict(residual=residual),
+                        dict(norm_weight=scale, eps=1e-6, swiglu=True), dict(residual=residual[:, :n], swiglu=True)]:
+            for block_n, block_k in [(None, None), (2, 64), (4, 32)]:
+                out = gemv_triton(x, w, block_n=block_n, block_k=block_k, **options)
+                expected = gemv_reference(x, w, **options)
+                assert out.shape == expected.shape and out.dtype == dtype, (options, out.shape, expected.shape)
+                error = ((out.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+                # bf16: the kernel rounds where the reference does (to nearest even, through the bits: Triton's
+                # interpreter would truncate); only the order of the sums differs, one bf16 step at most
+                assert error <= (1e-5 if dtype == torch.float32 else 2**-8), (dtype, n, k, options, error)
 print("ok")
 """
 
@@ -129,12 +185,40 @@ def test_gemv_kernel_rejects_what_it_cannot_run():
         gemv_triton(torch.randn(1, 9), torch.randn(4, 8))
     with pytest.raises(ValueError, match="contiguous"):
         gemv_triton(torch.randn(1, 8), torch.randn(8, 4).t())
+    with pytest.raises(ValueError, match="even number of rows"):
+        gemv_triton(torch.randn(1, 8), torch.randn(5, 8), swiglu=True)
+    with pytest.raises(ValueError, match="norm_weight must have shape"):
+        gemv_triton(torch.randn(1, 8), torch.randn(4, 8), norm_weight=torch.ones(4))
+    with pytest.raises(ValueError, match=r"residual must have shape \(1, 2\)"):
+        gemv_triton(torch.randn(1, 8), torch.randn(4, 8), residual=torch.ones(1, 4), swiglu=True)
 
 
 def test_gpu_check_of_the_gemv_runs_its_cases_on_cpu():
     from hypenet.fast.check import check_gemv
 
     rows = check_gemv(torch.float32, "cpu")
-    assert len(rows) == 6 and all(r["ok"] and r["rel_err"] < 1e-5 for r in rows), rows
-    broken = check_gemv(torch.float32, "cpu", kernel=lambda x, w: F.linear(x, w) * 1.001)
+    assert len(rows) == 6 + 3 * 2 and all(r["ok"] and r["rel_err"] < 1e-5 for r in rows), rows
+    broken = check_gemv(torch.float32, "cpu", kernel=lambda x, w, **kw: gemv_module.gemv_reference(x, w, **kw) * 1.001)
     assert not any(r["ok"] for r in broken)
+
+    def gate_without_silu(x, w, **kw):
+        y = gemv_module.gemv_reference(x, w, **{**kw, "swiglu": False})
+        return y[:, :y.shape[1] // 2] if kw.get("swiglu") else y
+
+    no_silu = check_gemv(torch.float32, "cpu", kernel=gate_without_silu)
+    assert [r["ok"] for r in no_silu] == [True] * 8 + [False] * 2 + [True] * 2
+
+
+def test_gpu_check_of_the_engine_with_the_kernel_runs_on_cpu(tmp_path):
+    """`python -m hypenet.fast.check --cpu-dry-run`: the engine rows with the matrix-vector op, with and without the
+    norms / SiLU-gate / residual inside it, pass on the CPU (the op's reference there)."""
+    import json
+
+    from hypenet.fast.check import main
+
+    assert main(["--cpu-dry-run", "--only", "engine", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "fast_check.json").read_text())["results"]
+    cases = {(r["dtype"], r["case"]): r for r in rows if r["check"] == "engine"}
+    for dtype in ("float32", "bfloat16"):
+        for variant in ("gemv=triton", "gemv=triton, gemv_fusion"):
+            assert cases[(dtype, f"batch 1, {variant}: 8 decode steps vs model.forward")]["ok"]

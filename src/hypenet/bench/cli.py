@@ -56,6 +56,9 @@ def register(subparsers) -> None:
     parser.add_argument("--gemv", choices=["auto", "cublas", "triton"], default="auto",
                         help="batch-1 decode projections: the Triton matrix-vector kernel of hypenet.fast.gemv "
                              "('triton'; what 'auto' takes on CUDA) or cuBLAS ('cublas')")
+    parser.add_argument("--gemv-fusion", action="store_true",
+                        help="with the Triton matrix-vector kernel, run the norms, SiLU-gate and residual adds inside "
+                             "it (FastHypeNet(gemv_fusion=True); not yet measured on a GPU)")
     parser.add_argument("--profile", action="store_true",
                         help="after each decode timing, run a few steps under torch.profiler: kernels per step, GPU "
                              "busy time by kind of kernel, time between kernels (profile_*.txt, bench.md)")
@@ -75,6 +78,7 @@ def run_bench(args: argparse.Namespace) -> int:
         cuda_graph=False if args.no_cuda_graph else None,
         fused_lightning_step=not args.no_fused_lightning_step, max_autotune=args.max_autotune, profile=args.profile,
         gemv=args.gemv,
+        gemv_fusion=args.gemv_fusion,
         time_budget_s=args.time_budget_s, out=args.out,
     )
     report = run(settings)

@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 # (kind, pattern on the kernel name), first match wins
 KERNEL_KINDS = [
-    ("hypenet matrix-vector (gemv)", re.compile(r"^gemv_kernel")),
+    ("hypenet matrix-vector (gemv)", re.compile(r"^gemv_(fused_)?kernel")),
     ("hypenet decode kernels (split-KV attention, lightning step)",
      re.compile(r"split_kv|merge_splits|lightning_step")),
     ("compiled (Inductor)", re.compile(r"^triton_(poi|red|per|tem)_")),

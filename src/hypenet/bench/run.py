@@ -61,6 +61,7 @@ class BenchSettings:
     fused_lightning_step: bool = True  # False: the lightning recurrence compiled inline (for comparison)
     max_autotune: bool = False  # compile the decode step with fast.engine.MAX_AUTOTUNE
     gemv: str = "auto"  # batch-1 decode projections: "triton" (fast.gemv's kernel; auto on CUDA) or "cublas"
+    gemv_fusion: bool = False  # with the Triton kernel: norms, SiLU-gate and residual adds inside it (opt-in)
     profile: bool = False  # profile a few decode steps per case: profile_<model>_b<batch>_<context>.txt
     time_budget_s: float = 480.0
     out: Path = Path("runs/bench")
@@ -187,7 +188,8 @@ class Bench:
                 engine, setup_s = measure.timed(lambda: FastHypeNet(
                     model, max_batch=batch, max_len=contexts[-1] + extra, prefill_chunk=s.prefill_chunk,
                     compile=compile_step, cuda_graph=s.cuda_graph, fused_lightning_step=s.fused_lightning_step,
-                    compile_options=MAX_AUTOTUNE if s.max_autotune else None, gemv=s.gemv), self.device)
+                    compile_options=MAX_AUTOTUNE if s.max_autotune else None, gemv=s.gemv,
+                    gemv_fusion=s.gemv_fusion), self.device)
                 for (n, k), found in engine.gemv_tuning.items():  # the Triton GEMV's launch settings, per shape
                     self.meta.setdefault("gemv_settings", {})[f"{n}x{k}"] = {
                         "block_n_block_k_warps_stages": list(found["settings"]),

@@ -156,6 +156,22 @@ def check_gemv(dtype: torch.dtype, device: str = "cuda", kernel=None) -> list[di
         w = torch.randn(n, k, device=device, dtype=dtype) * k**-0.5
         rows.append(compared({"check": "gemv", "dtype": str(dtype).removeprefix("torch."), "case": f"N={n} K={k}"},
                              kernel(x, w), x.double() @ w.double().T, TOLERANCE[dtype]))
+    # with the decode step's work around it (RMSNorm before, SiLU-gate of stacked gate/up, residual add after):
+    # against fp64, and against the same steps in PyTorch in the same dtype (where the roundings must match)
+    for n, k, what in [(8192, 2048, "norm"), (12288, 2048, "norm+swiglu"), (2048, 6144, "residual")]:
+        torch.manual_seed(1)
+        x = torch.randn(1, k, device=device, dtype=dtype)
+        w = torch.randn(n, k, device=device, dtype=dtype) * k**-0.5
+        options = {"norm_weight": 1 + 0.1 * torch.randn(k, device=device, dtype=dtype), "eps": 1e-6} if "norm" in what \
+            else {"residual": torch.randn(1, n, device=device, dtype=dtype)}
+        options["swiglu"] = "swiglu" in what
+        exact = gemv_reference(x.double(), w.double(), **{key: v.double() if torch.is_tensor(v) else v
+                                                          for key, v in options.items()})
+        out = kernel(x, w, **options)
+        row = {"check": "gemv", "dtype": str(dtype).removeprefix("torch.")}
+        rows.append(compared({**row, "case": f"N={n} K={k} {what} vs fp64"}, out, exact, TOLERANCE[dtype]))
+        rows.append(compared({**row, "case": f"N={n} K={k} {what} vs PyTorch in {row['dtype']}"}, out,
+                             gemv_reference(x, w, **options), TOLERANCE[dtype] / 4))
     return rows
 
 
@@ -250,12 +266,14 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
         rows.append(compared({**row, "case": f"left-padded batch row {b} (pad {pad}) vs alone, prefill + 4 steps"},
                              batched[b], torch.stack(alone), tolerance))
     # batch 1 with the decode projections through the Triton matrix-vector kernel (fast.gemv)
-    del engine
-    engine = FastHypeNet(model, max_batch=1, max_len=1024, prefill_chunk=256, gemv="triton")
-    engine.prefill(ids[:1, :692])
-    decoded = torch.stack([engine.decode(ids[:1, t]) for t in range(692, 700)], dim=1)
-    rows.append(compared({**row, "case": "batch 1, gemv=triton: 8 decode steps vs model.forward"}, decoded,
-                         reference[:1, 692:700], tolerance))
+    # (and with the norms, SiLU-gate and residual adds inside that kernel: gemv_fusion)
+    for fusion in (False, True):
+        del engine
+        engine = FastHypeNet(model, max_batch=1, max_len=1024, prefill_chunk=256, gemv="triton", gemv_fusion=fusion)
+        engine.prefill(ids[:1, :692])
+        decoded = torch.stack([engine.decode(ids[:1, t]) for t in range(692, 700)], dim=1)
+        case = "batch 1, gemv=triton" + (", gemv_fusion" if fusion else "") + ": 8 decode steps vs model.forward"
+        rows.append(compared({**row, "case": case}, decoded, reference[:1, 692:700], tolerance))
     del engine, model
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -11,7 +11,8 @@ A few ideas, each aimed at where the time goes at long context:
   the norms, RoPE and gates around them; the whole step is captured in one CUDA graph. At batch 1 the products can
   go through the Triton matrix-vector kernel of `gemv.py` instead of cuBLAS (the default on CUDA: faster than
   cuBLAS at every HypeNet-2B shape on the H200; its launch settings are tuned on the model's own weights when the
-  engine is built).
+  engine is built); with gemv_fusion (opt-in, not yet measured) it also takes in the RMSNorm before a projection,
+  SiLU(gate) * up and the residual add.
   Compilation is regional: one layer function, compiled once per mixer type and reused by every layer.
 - **Chunked prefill.** The prompt goes through in chunks of `prefill_chunk` tokens: attention over the cached
   prefix and the chunk itself (on CUDA in bf16, cuDNN's kernels on the two blocks apart, merged by log-sum-exp;
@@ -73,6 +74,7 @@ class LayerBuffers:
     state: torch.Tensor | None = None
     input_weight: torch.Tensor | None = None
     mlp_weight: torch.Tensor | None = None
+    mlp_silu: bool = False  # the MLP's activation is SiLU: with mlp_weight, SiLU(gate) * up is one projection
 
 
 @dataclass
@@ -126,6 +128,7 @@ class Chunk:
     slot: torch.Tensor | None = None
     fused_step: bool = True  # decode: the lightning step as the `lightning_step` op (False: the recurrence inline)
     gemv: bool = False  # decode: projections through the `gemv` op (the Triton kernel on CUDA at batch 1)
+    gemv_fusion: bool = False  # with gemv: the norms, SiLU-gate and residual adds inside the `gemv` calls
 
 
 # ---------------------------------------------------------------------- the model, written for a static cache
@@ -133,38 +136,51 @@ class Chunk:
 
 def hybrid_layer(layer: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, chunk: Chunk,
                  start: torch.Tensor) -> torch.Tensor:
-    """One decoder layer (h = x + Mixer(norm(x)); out = h + MLP(norm(h))) over T tokens per row, cache in place."""
-    h = layer.input_layernorm(x)
+    """One decoder layer (h = x + Mixer(norm(x)); out = h + MLP(norm(h))) over T tokens per row, cache in place.
+    Each sublayer returns the residual stream with its output added: with chunk.gemv and chunk.gemv_fusion the norm
+    before a projection and the residual add after one run inside its matrix-vector kernel."""
     if layer.mixer_type == "attention":
-        x = x + _attention(layer.self_attn, h, ctx, buffers, chunk, start)
+        x = _attention(layer.self_attn, x, layer.input_layernorm, ctx, buffers, chunk, start)
     else:
-        x = x + _lightning(layer.linear_attn, h, ctx, buffers, chunk)
-    return x + _mlp(layer.mlp, layer.post_attention_layernorm(x), buffers.mlp_weight, chunk.gemv)
+        x = _lightning(layer.linear_attn, x, layer.input_layernorm, ctx, buffers, chunk)
+    return _mlp(layer.mlp, x, layer.post_attention_layernorm, buffers.mlp_weight, buffers.mlp_silu, chunk.gemv,
+                chunk.gemv_fusion)
 
 
-def _input_projections(mixer: nn.Module, x: torch.Tensor, fused: torch.Tensor | None,
-                       use_gemv: bool = False) -> list[torch.Tensor]:
-    """x Wq, x Wk, x Wv and, when the mixer has an output gate, x Wg (before its sigmoid)."""
+def _input_projections(mixer: nn.Module, x: torch.Tensor, norm: nn.Module, fused: torch.Tensor | None,
+                       use_gemv: bool = False, fuse: bool = False) -> list[torch.Tensor]:
+    """norm(x) Wq, norm(x) Wk, norm(x) Wv and, when the mixer has an output gate, norm(x) Wg (before its sigmoid)."""
     names = [n for n in _INPUT_PROJECTIONS if hasattr(mixer, n)]
     if fused is None:
-        return [project(x, getattr(mixer, n), use_gemv) for n in names]
-    return list(project(x, fused, use_gemv).split([getattr(mixer, n).out_features for n in names], dim=-1))
+        h = norm(x)
+        return [project(h, getattr(mixer, n), use_gemv) for n in names]
+    sizes = [getattr(mixer, n).out_features for n in names]
+    return list(project(x, fused, use_gemv, norm=norm, fuse=fuse).split(sizes, dim=-1))
 
 
-def _mlp(mlp: nn.Module, x: torch.Tensor, fused: torch.Tensor | None, use_gemv: bool = False) -> torch.Tensor:
-    if fused is None:
-        gate, up = project(x, mlp.gate_proj, use_gemv), project(x, mlp.up_proj, use_gemv)
+def _mlp(mlp: nn.Module, x: torch.Tensor, norm: nn.Module, fused: torch.Tensor | None, silu: bool = False,
+         use_gemv: bool = False, fuse: bool = False) -> torch.Tensor:
+    """x + MLP(norm(x)); with the gate/up weights stacked and a SiLU MLP (`silu`), norm, gate/up and SiLU(gate) * up
+    are one projection."""
+    if fused is not None and silu:
+        hidden = project(x, fused, use_gemv, norm=norm, swiglu=True, fuse=fuse)
     else:
-        gate, up = project(x, fused, use_gemv).chunk(2, dim=-1)
-    return project(mlp.act_fn(gate) * up, mlp.down_proj, use_gemv)
+        h = norm(x)
+        if fused is None:
+            gate, up = project(h, mlp.gate_proj, use_gemv), project(h, mlp.up_proj, use_gemv)
+        else:
+            gate, up = project(h, fused, use_gemv).chunk(2, dim=-1)
+        hidden = mlp.act_fn(gate) * up
+    return project(hidden, mlp.down_proj, use_gemv, residual=x, fuse=fuse)
 
 
-def _attention(attn: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, chunk: Chunk,
+def _attention(attn: nn.Module, x: torch.Tensor, norm: nn.Module, ctx, buffers: LayerBuffers, chunk: Chunk,
                start: torch.Tensor) -> torch.Tensor:
+    """x + Attention(norm(x))."""
     cfg = attn.config
     batch, seq_len, _ = x.shape
     heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    q, k, v, *gate = _input_projections(attn, x, buffers.input_weight, chunk.gemv)
+    q, k, v, *gate = _input_projections(attn, x, norm, buffers.input_weight, chunk.gemv, chunk.gemv_fusion)
     q = q.view(batch, seq_len, heads, head_dim)
     k = k.view(batch, seq_len, kv_heads, head_dim)
     v = v.view(batch, seq_len, kv_heads, head_dim)
@@ -189,15 +205,17 @@ def _attention(attn: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, chu
     o = o.reshape(batch, seq_len, heads * head_dim)
     if gate:
         o = o * torch.sigmoid(gate[0])
-    return project(o, attn.o_proj, chunk.gemv)
+    return project(o, attn.o_proj, chunk.gemv, residual=x, fuse=chunk.gemv_fusion)
 
 
-def _lightning(lin: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, chunk: Chunk) -> torch.Tensor:
+def _lightning(lin: nn.Module, x: torch.Tensor, norm: nn.Module, ctx, buffers: LayerBuffers,
+               chunk: Chunk) -> torch.Tensor:
+    """x + LightningAttention(norm(x))."""
     cfg = lin.config
     batch, seq_len, _ = x.shape
     heads, head_dim = cfg.num_attention_heads, cfg.head_dim
     shape = (batch, seq_len, heads, head_dim)
-    q, k, v, *gate = _input_projections(lin, x, buffers.input_weight, chunk.gemv)
+    q, k, v, *gate = _input_projections(lin, x, norm, buffers.input_weight, chunk.gemv, chunk.gemv_fusion)
     q, k, v = q.view(shape), k.view(shape), v.view(shape)
     if cfg.lightning_qk_norm:
         q, k = lin.q_norm(q), lin.k_norm(k)
@@ -222,7 +240,7 @@ def _lightning(lin: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, chun
         o = lin.o_norm(o)
     if gate:
         o = o * torch.sigmoid(gate[0])
-    return project(o, lin.o_proj, chunk.gemv)
+    return project(o, lin.o_proj, chunk.gemv, residual=x, fuse=chunk.gemv_fusion)
 
 
 def _embed(body: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor):
@@ -232,8 +250,8 @@ def _embed(body: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor):
     return x, build_mixer_context(body.config, body.rotary_emb, x, position_ids=positions)
 
 
-def _last_logits(model: nn.Module, x: torch.Tensor, use_gemv: bool = False) -> torch.Tensor:
-    return project(model.model.norm(x[:, -1]), model.lm_head, use_gemv).float()
+def _last_logits(model: nn.Module, x: torch.Tensor, use_gemv: bool = False, fuse: bool = False) -> torch.Tensor:
+    return project(x[:, -1], model.lm_head, use_gemv, norm=model.model.norm, fuse=fuse).float()
 
 
 # ---------------------------------------------------------------------- weight repacking
@@ -285,6 +303,9 @@ class FastHypeNet:
         matrix-vector kernel (on CUDA; elsewhere its reference, F.linear), its launch settings tuned per weight shape
         on the model's weights first (`fast.gemv.tune`, a few seconds). On the H200 it beat cuBLAS at every
         HypeNet-2B decode shape, 1.03-1.44x (results/fast_bench/gemv/).
+    gemv_fusion: with the Triton matrix-vector kernel, run the RMSNorm before each projection, SiLU(gate) * up and
+        the residual adds inside it (`gemv_fused_kernel`: three fewer kernels per layer). Opt-in: checked on the CPU
+        (Triton's interpreter), not yet measured on the GPU. False: those stay with Inductor, as with cuBLAS.
     compile_options: Inductor options added to the engine's own (`MAX_AUTOTUNE`: let Inductor time its Triton
         matmul templates against cuBLAS for each of the step's matrix-vector products and fuse their neighbours
         into them; compiling then takes minutes).
@@ -304,6 +325,7 @@ class FastHypeNet:
         fused_lightning_step: bool = True,
         compile_options: dict | None = None,
         gemv: str = "auto",
+        gemv_fusion: bool = False,
     ):
         config = model.config
         if getattr(config, "model_type", None) != "hypenet":
@@ -323,12 +345,14 @@ class FastHypeNet:
                 mixer = layer.mixer
                 buffers.input_weight = _repack([getattr(mixer, n) for n in _INPUT_PROJECTIONS if hasattr(mixer, n)])
                 buffers.mlp_weight = _repack([layer.mlp.gate_proj, layer.mlp.up_proj])
+                buffers.mlp_silu = config.hidden_act == "silu"
         self.fused_lightning_step = fused_lightning_step
         if gemv not in ("auto", "cublas", "triton"):
             raise ValueError(f"gemv must be 'auto', 'cublas' or 'triton', got {gemv!r}")
         if gemv == "auto":
             gemv = "triton" if self.device.type == "cuda" and triton_available() else "cublas"
         self.gemv = gemv == "triton" and max_batch == 1
+        self.gemv_fusion = gemv_fusion
         self.length = 0  # slots filled in every row
         # The decode step's inputs live in fixed buffers, so that a captured graph reads the current values.
         self._token = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)
@@ -416,10 +440,11 @@ class FastHypeNet:
         """One token per row at slot `_slot` (the captured function). Returns logits [max_batch, vocab] (fp32)."""
         start = self.cache.start
         x, ctx = self._decode_embed(self.model.model, self._token, self._slot - start[:, None])
-        chunk = Chunk(slot=self._slot, fused_step=self.fused_lightning_step, gemv=self.gemv)
+        chunk = Chunk(slot=self._slot, fused_step=self.fused_lightning_step, gemv=self.gemv,
+                      gemv_fusion=self.gemv_fusion)
         for layer, buffers in zip(self.model.model.layers, self.cache.layers):
             x = self._decode_layer(layer, x, ctx, buffers, chunk, start)
-        return self._decode_logits(self.model, x, self.gemv)
+        return self._decode_logits(self.model, x, self.gemv, self.gemv_fusion)
 
     def _capture(self) -> None:
         """Warm up (compile, autotune) on a side stream, then record the decode step in a CUDA graph."""

@@ -14,6 +14,11 @@ by `python -m hypenet.fast.check` (timing rows) and `hypenet bench --gemv triton
 kernel beat cuBLAS at every HypeNet-2B decode shape (results/fast_bench/gemv/), so the engine takes it by default
 at batch 1 on CUDA (`FastHypeNet(..., gemv="auto")`).
 
+With the work around a projection (`gemv_fused_kernel`; opt-in in the engine, `gemv_fusion=True`, not yet
+measured on a GPU): the RMSNorm before it, SiLU(gate) * up after a stacked gate/up product, the residual add after
+it, each rounded where eager PyTorch rounds, so that a step keeps the reference's numbers; three kernels fewer per
+decoder layer.
+
 Launch settings: `tune` times the candidate settings (`TUNE_CONFIGS`) on the weights the kernel will read, one
 weight after another from a CUDA graph (so that none is served from L2, as in a decode step), and remembers the
 fastest per weight shape; `gemv_triton` uses it from then on (else `default_blocks`). The engine tunes its own
@@ -32,9 +37,23 @@ import torch.nn.functional as F
 from .attention import triton_available
 
 
-def gemv_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x: [M, K]; weight: [N, K]. Returns x @ weight.T, [M, N] in x's dtype."""
-    return F.linear(x, weight)
+def gemv_reference(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+                   residual: torch.Tensor | None = None, swiglu: bool = False) -> torch.Tensor:
+    """x: [M, K]; weight: [N, K]. Returns x @ weight.T, [M, N] in x's dtype, with what a decode step does around it:
+    - norm_weight (and eps): RMSNorm x first, as the model's `HypeNetRMSNorm` does (fp32 statistics, cast back,
+      times the weight in the model's dtype);
+    - swiglu: the weight stacks gate and up ([2I, K]); returns SiLU(x Wg) * (x Wu), [M, I];
+    - residual: [M, N] added to the result (the residual stream).
+    Each step rounds to x's dtype where eager PyTorch does, which the Triton kernel repeats."""
+    if norm_weight is not None:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        x = norm_weight * h.to(x.dtype)
+    y = F.linear(x, weight)
+    if swiglu:
+        gate, up = y.chunk(2, dim=-1)
+        y = F.silu(gate) * up
+    return y if residual is None else residual + y
 
 
 @functools.cache
@@ -42,6 +61,19 @@ def _kernel():
     """Build the Triton kernel on first use (importing triton only when it is asked for)."""
     import triton
     import triton.language as tl
+
+    global _rounded  # a jit function finds the functions it calls among its module's globals
+
+    # v (fp32) rounded to dtype and back, to nearest even as PyTorch rounds; for bf16 through the bits, so that
+    # Triton's CPU interpreter (which truncates in `.to(bfloat16)`) rounds as the GPU does
+    @triton.jit
+    def _rounded(v, dtype: tl.constexpr):
+        if dtype == tl.bfloat16:
+            bits = v.to(tl.uint32, bitcast=True)
+            bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+            return bits.to(tl.float32, bitcast=True)
+        else:
+            return v.to(dtype).to(tl.float32)
 
     @triton.jit
     def gemv_kernel(X, W, Y, N, K, stride_wn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -57,7 +89,45 @@ def _kernel():
             acc += w.to(tl.float32) * x[None, :]
         tl.store(Y + rows, tl.sum(acc, 1).to(Y.dtype.element_ty), mask=row_mask)
 
-    return triton, gemv_kernel
+    # gemv_kernel with the RMSNorm of x before, SiLU(gate) * up of stacked gate/up rows, and a residual add after,
+    # each rounded to the output's dtype where eager PyTorch rounds
+    @triton.jit
+    def gemv_fused_kernel(X, W, Y, NW, R, N, K, stride_wn, eps, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          NORM: tl.constexpr, SWIGLU: tl.constexpr, RESIDUAL: tl.constexpr):
+        dtype = Y.dtype.element_ty
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_mask = rows < N
+        w_rows = W + rows.to(tl.int64)[:, None] * stride_wn
+        if NORM:  # every program reads x once more (K values, from L2) for its RMS
+            squares = tl.zeros([BLOCK_K], tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                cols = k0 + tl.arange(0, BLOCK_K)
+                x = tl.load(X + cols, mask=cols < K, other=0.0).to(tl.float32)
+                squares += x * x
+            rstd = 1.0 / tl.sqrt(tl.sum(squares, 0) / K + eps)
+        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            col_mask = cols < K
+            x = tl.load(X + cols, mask=col_mask, other=0.0).to(tl.float32)
+            if NORM:  # weight * (x * rstd).to(dtype), in dtype, as HypeNetRMSNorm
+                scale = tl.load(NW + cols, mask=col_mask, other=0.0).to(tl.float32)
+                x = _rounded(scale * _rounded(x * rstd, dtype), dtype)
+            mask = row_mask[:, None] & col_mask[None, :]
+            w = tl.load(w_rows + cols[None, :], mask=mask, other=0.0)
+            acc += w.to(tl.float32) * x[None, :]
+            if SWIGLU:  # the up rows sit N rows below the gate rows
+                w_up = tl.load(w_rows + N * stride_wn + cols[None, :], mask=mask, other=0.0)
+                acc_up += w_up.to(tl.float32) * x[None, :]
+        y = _rounded(tl.sum(acc, 1), dtype)
+        if SWIGLU:  # SiLU(gate) in dtype, times up, in dtype
+            y = _rounded(_rounded(y * tl.sigmoid(y), dtype) * _rounded(tl.sum(acc_up, 1), dtype), dtype)
+        if RESIDUAL:
+            y = _rounded(y + tl.load(R + rows, mask=row_mask, other=0.0).to(tl.float32), dtype)
+        tl.store(Y + rows, y.to(dtype), mask=row_mask)  # exact: y is already a value of dtype
+
+    return triton, gemv_kernel, gemv_fused_kernel
 
 
 def default_blocks(n: int, k: int) -> tuple[int, int]:
@@ -130,47 +200,82 @@ def _graph_timer(fn) -> float:
 
 
 def gemv_triton(x: torch.Tensor, weight: torch.Tensor, block_n: int | None = None, block_k: int | None = None,
-                num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
+                num_warps: int | None = None, num_stages: int | None = None, norm_weight: torch.Tensor | None = None,
+                eps: float = 0.0, residual: torch.Tensor | None = None, swiglu: bool = False) -> torch.Tensor:
     """The Triton kernel; same arguments and result as `gemv_reference`, for one row (M == 1). Launch settings not
-    given come from `launch_settings` (tuned, else the defaults)."""
-    triton, kernel = _kernel()
+    given come from `launch_settings` for the weight's shape (tuned, else the defaults)."""
+    triton, plain_kernel, fused_kernel = _kernel()
     if x.dim() != 2 or x.shape[0] != 1:
         raise ValueError(f"gemv_triton computes one row: x must be [1, K], got {tuple(x.shape)}")
-    n, k = weight.shape
+    rows, k = weight.shape
     if x.shape[1] != k:
         raise ValueError(f"x has {x.shape[1]} columns but the weight {tuple(weight.shape)} expects {k}")
     if weight.stride(1) != 1 or x.stride(1) != 1:
         raise ValueError("gemv_triton needs x and the weight contiguous in K (the weight's rows)")
-    default_n, default_k, default_warps, default_stages = launch_settings(n, k, weight.dtype, weight.device.type)
+    if swiglu and rows % 2:
+        raise ValueError(f"swiglu needs the gate and up weights stacked (an even number of rows), got {rows}")
+    n = rows // 2 if swiglu else rows
+    if norm_weight is not None and norm_weight.shape != (k,):
+        raise ValueError(f"norm_weight must have shape ({k},), got {tuple(norm_weight.shape)}")
+    if residual is not None and residual.shape != (1, n):
+        raise ValueError(f"residual must have shape (1, {n}), got {tuple(residual.shape)}")
+    default_n, default_k, default_warps, default_stages = launch_settings(rows, k, weight.dtype, weight.device.type)
     block_n, block_k = block_n or default_n, block_k or default_k
     num_warps, num_stages = num_warps or default_warps, num_stages or default_stages
     y = torch.empty(1, n, device=x.device, dtype=x.dtype)
-    kernel[(triton.cdiv(n, block_n),)](x, weight, y, n, k, weight.stride(0), BLOCK_N=block_n, BLOCK_K=block_k,
-                                       num_warps=num_warps, num_stages=num_stages)
+    grid = (triton.cdiv(n, block_n),)
+    if norm_weight is None and residual is None and not swiglu:  # the kernel measured on the H200
+        plain_kernel[grid](x, weight, y, n, k, weight.stride(0), BLOCK_N=block_n, BLOCK_K=block_k,
+                           num_warps=num_warps, num_stages=num_stages)
+        return y
+    norm = norm_weight.contiguous() if norm_weight is not None else x  # x: an unused pointer
+    res = residual.contiguous() if residual is not None else x
+    fused_kernel[grid](x, weight, y, norm, res, n, k, weight.stride(0), eps, BLOCK_N=block_n, BLOCK_K=block_k,
+                       NORM=norm_weight is not None, SWIGLU=swiglu, RESIDUAL=residual is not None,
+                       num_warps=num_warps, num_stages=num_stages)
     return y
 
 
 @torch.library.custom_op("hypenet::gemv", mutates_args=())
-def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T for x [M, K]: the Triton kernel on CUDA for one row, else the reference."""
+def gemv(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+         residual: torch.Tensor | None = None, swiglu: bool = False) -> torch.Tensor:
+    """`gemv_reference` for x [M, K]: the Triton kernel on CUDA for one row, else the reference."""
     if x.is_cuda and x.shape[0] == 1 and triton_available():
-        return gemv_triton(x.contiguous(), weight)
-    return gemv_reference(x, weight)
+        return gemv_triton(x.contiguous(), weight, norm_weight=norm_weight, eps=eps, residual=residual, swiglu=swiglu)
+    return gemv_reference(x, weight, norm_weight, eps, residual, swiglu)
 
 
 @gemv.register_fake
-def _(x, weight):
-    return x.new_empty(x.shape[0], weight.shape[0])
+def _(x, weight, norm_weight=None, eps=0.0, residual=None, swiglu=False):
+    return x.new_empty(x.shape[0], weight.shape[0] // 2 if swiglu else weight.shape[0])
 
 
-def project(x: torch.Tensor, module_or_weight, use_gemv: bool) -> torch.Tensor:
-    """A projection of the engine's decode step: through `gemv` when asked (and the linear has no bias), else
-    F.linear. x: [..., K]; module_or_weight: an nn.Linear or a weight [N, K]."""
+def project(x: torch.Tensor, module_or_weight, use_gemv: bool, norm: torch.nn.Module | None = None,
+            residual: torch.Tensor | None = None, swiglu: bool = False, fuse: bool = False) -> torch.Tensor:
+    """A projection of the engine's decode step, with what surrounds it: residual + act(norm(x) W^T).
+
+    x: [..., K]; module_or_weight: an nn.Linear or a weight [N, K]; norm: an RMSNorm module (`weight`, `eps`) applied
+    to x first; swiglu: the weight stacks gate and up, SiLU(gate) * up is returned; residual: added at the end.
+    With use_gemv (and no bias) the product is a `gemv` call (one Triton kernel on CUDA at batch 1), and with fuse
+    the norm, SiLU-gate and residual run inside it; everything else is PyTorch ops (norm through the module)."""
     weight = getattr(module_or_weight, "weight", module_or_weight)
     bias = getattr(module_or_weight, "bias", None)
-    if not use_gemv or bias is not None:
-        return F.linear(x, weight, bias)
-    return gemv(x.reshape(-1, x.shape[-1]), weight).reshape(*x.shape[:-1], weight.shape[0])
+    use_gemv = use_gemv and bias is None
+    if use_gemv and fuse:
+        out = weight.shape[0] // 2 if swiglu else weight.shape[0]
+        flat = residual.reshape(-1, out) if residual is not None else None
+        y = gemv(x.reshape(-1, x.shape[-1]), weight, None if norm is None else norm.weight,
+                 0.0 if norm is None else norm.eps, flat, swiglu)
+        return y.reshape(*x.shape[:-1], out)
+    h = x if norm is None else norm(x)
+    if use_gemv:
+        y = gemv(h.reshape(-1, h.shape[-1]), weight).reshape(*h.shape[:-1], weight.shape[0])
+    else:
+        y = F.linear(h, weight, bias)
+    if swiglu:
+        gate, up = y.chunk(2, dim=-1)
+        y = F.silu(gate) * up
+    return y if residual is None else residual + y
 
 
 __all__ = ["TUNE_CONFIGS", "default_blocks", "gemv", "gemv_reference", "gemv_triton", "launch_settings", "project",
