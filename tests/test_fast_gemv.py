@@ -10,7 +10,7 @@ from conftest import in_triton_interpreter, needs_triton
 
 from hypenet.fast import FastHypeNet
 from hypenet.fast import gemv as gemv_module
-from hypenet.fast.gemv import default_blocks, gemv, launch_settings, project, tune
+from hypenet.fast.gemv import default_blocks, gemv, is_tuned, launch_settings, project, tune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,6 +54,16 @@ def test_tune_keeps_the_fastest_settings_per_shape(monkeypatch):
     assert launch_settings(6, 4, torch.float32, "cpu") == (16, 256, 8, 3)  # remembered per shape, dtype, device
     assert launch_settings(6, 4, torch.bfloat16, "cpu") == (*default_blocks(6, 4), 4, 3)
     assert launch_settings(6, 4, torch.float32, "cuda") == (*default_blocks(6, 4), 4, 3)
+    assert is_tuned(6, 4, torch.float32, "cpu") and not is_tuned(6, 4, torch.float32, "cuda")
+    # no setting runs for a shape: it stays untuned, and the engine will not take the kernel for it
+    assert tune([torch.zeros(5, 4)], configs[2:], timer) == {} and not is_tuned(5, 4, torch.float32, "cpu")
+    from hypenet.fast.engine import _all_tuned
+
+    assert _all_tuned(weights, strict=True, where="test")
+    with pytest.warns(UserWarning, match=r"shapes \[\(5, 4\)\] on test: the decode step uses cuBLAS instead"):
+        assert not _all_tuned([*weights, torch.zeros(5, 4)], strict=False, where="test")
+    with pytest.raises(RuntimeError, match="build the engine with gemv='cublas'"):
+        _all_tuned([torch.zeros(5, 4)], strict=True, where="test")
     fake_ms[(8, 512, 4, 4)] = 1.0
     assert tune(weights, configs, timer) == {}  # known shapes are skipped
     assert tune(weights[:1], configs, timer, again=True)[(6, 4)]["settings"] == (8, 512, 4, 4)

@@ -31,6 +31,7 @@ and tests/test_fast_engine.py compares the two.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ from torch import nn
 from ..model.lightning import lightning_attention, lightning_attention_recurrent
 from ..model.modeling_hypenet import apply_rope, build_mixer_context
 from .attention import decode_attention, prefill_attention, triton_available
-from .gemv import project, tune
+from .gemv import is_tuned, project, tune
 from .recurrent import lightning_step
 
 DEFAULT_PREFILL_CHUNK = 65536
@@ -349,6 +350,7 @@ class FastHypeNet:
         self.fused_lightning_step = fused_lightning_step
         if gemv not in ("auto", "cublas", "triton"):
             raise ValueError(f"gemv must be 'auto', 'cublas' or 'triton', got {gemv!r}")
+        asked_for_triton = gemv == "triton"
         if gemv == "auto":
             gemv = "triton" if self.device.type == "cuda" and triton_available() else "cublas"
         self.gemv = gemv == "triton" and max_batch == 1
@@ -366,7 +368,9 @@ class FastHypeNet:
         regions = (_embed, hybrid_layer, _last_logits)
         self.gemv_tuning = {}  # (N, K) -> the launch settings chosen and every candidate's time (CUDA, gemv only)
         if self.gemv and on_cuda and triton_available():
-            self.gemv_tuning = tune(self._gemv_weights())
+            weights = self._gemv_weights()
+            self.gemv_tuning = tune(weights)
+            self.gemv = _all_tuned(weights, strict=asked_for_triton, where=torch.cuda.get_device_name(self.device))
         if self.compiled:  # the same compiled layer serves every layer of a mixer type
             _allow_recompiles()
             options = {**_COMPILE_OPTIONS, **(compile_options or {})}
@@ -514,6 +518,20 @@ class FastHypeNet:
                 break
             logits = self.decode(token)
         return torch.cat([input_ids.to(self.device), torch.stack(new_tokens, dim=1)], dim=1)
+
+
+def _all_tuned(weights: list[torch.Tensor], strict: bool, where: str) -> bool:
+    """Whether `tune` found a launch setting of the Triton matrix-vector kernel for every weight's shape. If not:
+    strict (gemv="triton" asked for) raises, else a warning says that the decode step falls back to cuBLAS."""
+    failed = sorted({tuple(w.shape) for w in weights if not is_tuned(*w.shape, w.dtype, w.device.type)})
+    if not failed:
+        return True
+    message = f"the Triton matrix-vector kernel ran with none of its launch settings for weight shapes {failed} on " \
+        f"{where}"
+    if strict:
+        raise RuntimeError(f"{message}; build the engine with gemv='cublas' (or 'auto')")
+    warnings.warn(f"{message}: the decode step uses cuBLAS instead", stacklevel=3)
+    return False
 
 
 def _allow_recompiles(limit: int = 64) -> None:

@@ -151,6 +151,11 @@ def launch_settings(n: int, k: int, dtype: torch.dtype, device_type: str = "cuda
     return _TUNED.get((n, k, dtype, device_type)) or (*default_blocks(n, k), 4, 3)
 
 
+def is_tuned(n: int, k: int, dtype: torch.dtype, device_type: str = "cuda") -> bool:
+    """Whether `tune` found a launch setting that runs for a weight [n, k] of this dtype on this kind of device."""
+    return (n, k, dtype, device_type) in _TUNED
+
+
 def tune(weights: list[torch.Tensor], configs=TUNE_CONFIGS, timer=None, again: bool = False
          ) -> dict[tuple[int, int], dict]:
     """Time `configs` for every shape among `weights` (2-D, one device and dtype) and keep the fastest per shape;
@@ -278,5 +283,5 @@ def project(x: torch.Tensor, module_or_weight, use_gemv: bool, norm: torch.nn.Mo
     return y if residual is None else residual + y
 
 
-__all__ = ["TUNE_CONFIGS", "default_blocks", "gemv", "gemv_reference", "gemv_triton", "launch_settings", "project",
-           "tune"]
+__all__ = ["TUNE_CONFIGS", "default_blocks", "gemv", "gemv_reference", "gemv_triton", "is_tuned", "launch_settings",
+           "project", "tune"]
