@@ -303,7 +303,8 @@ class FastHypeNet:
         (F.linear) or "triton": with max_batch 1, the decode step's projections through `fast.gemv`'s Triton
         matrix-vector kernel (on CUDA; elsewhere its reference, F.linear), its launch settings tuned per weight shape
         on the model's weights first (`fast.gemv.tune`, a few seconds). On the H200 it beat cuBLAS at every
-        HypeNet-2B decode shape, 1.03-1.44x (results/fast_bench/gemv/).
+        HypeNet-2B decode shape, 1.03-1.44x (results/fast_bench/gemv/). If none of its launch settings runs for a
+        weight shape, "auto" falls back to cuBLAS with a warning and "triton" raises.
     gemv_fusion: with the Triton matrix-vector kernel, run the RMSNorm before each projection, SiLU(gate) * up and
         the residual adds inside it (`gemv_fused_kernel`: three fewer kernels per layer). Opt-in: checked on the CPU
         (Triton's interpreter), not yet measured on the GPU. False: those stay with Inductor, as with cuBLAS.
