@@ -175,9 +175,9 @@ def tune(weights: list[torch.Tensor], configs=TUNE_CONFIGS, timer=None, again: b
         x = torch.randn(1, k, device=group[0].device, dtype=group[0].dtype)
         times = {}
         for settings in configs:
-            block_n, block_k, warps, stages = settings
 
             def calls(settings=settings):
+                block_n, block_k, warps, stages = settings
                 for w in group:
                     gemv_triton(x, w, block_n, block_k, num_warps=warps, num_stages=stages)
 
