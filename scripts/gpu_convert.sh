@@ -14,12 +14,13 @@
 #
 # Inputs (no network there; see ../shared/GPU.md):
 #   TEACHER  the teacher's GGUF (default runs/gpu/SmolLM2-135M-Instruct.Q4_1.gguf); when missing, it is reassembled
-#            from the halves .carry/p1/gguf.part1 + .carry/p2/gguf.part2, carried by two calls back to back, and
-#            checked against .carry/p2/gguf.sha256
+#            from its parts .carry/p1/gguf.part1, .carry/p2/gguf.part2, ... (in that order), carried by calls back to
+#            back (64 MiB each), and checked against the gguf.sha256 carried beside one of them
 #   CORPUS   the built-in corpus as one file (default .carry/c/corpus.jsonl.xz, carried with the wheels), made on a
 #            machine that has it by `python -m hypenet.data export .carry/c/corpus.jsonl.xz`: the same documents in
 #            the same order, so the same held-out split
-#   TRITON_CACHE  (optional, default .carry/triton_cache.tgz) the triton_cache.tgz an earlier lease sent back
+#   TRITON_CACHE  (optional, default .carry/triton_cache.txz) the triton_cache.txz an earlier lease sent back (xz:
+#            ~3 MB where gzip made 12-15 MB, so it fits one carry with the wheels, the corpus and a third of the teacher)
 #   TEACHER_EVAL  (optional) an earlier `hypenet eval` folder of the teacher, reused when its settings match (or
 #            differ only in asking for fewer NIAH lengths)
 #            (results/gpu_convert/eval/teacher: the teacher's 6-minute evaluation need not run again)
@@ -28,6 +29,7 @@
 #            selection, stages 2-3, export and evaluation, and the lease goes to the ablations
 #   ABLATIONS  (optional) 0: no even / none ablations: HALO's conversion, evaluation and comparison with the teacher,
 #            then the training speed; e.g. to try a setting: CONVERT_OPTIONS="--set ..." RUNS=runs/gpu-try
+#   TRAIN_SPEED  (optional) 0: leave out the training-speed benchmark at the end
 #   WHEELS   (default .whl/) wheels of what the image lacks (flash-linear-attention, fla-core, gguf, transformers >= 5.24),
 #            installed into /tmp/site once per machine
 set -uo pipefail
@@ -38,7 +40,7 @@ RUNS=${RUNS:-runs/gpu}
 TEACHER=${TEACHER:-$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf}
 CORPUS=${CORPUS:-.carry/c/corpus.jsonl.xz}
 WHEELS=${WHEELS:-.whl}
-TRITON_CACHE=${TRITON_CACHE:-.carry/triton_cache.tgz}
+TRITON_CACHE=${TRITON_CACHE:-.carry/triton_cache.txz}
 OUT=${OUT:-$RUNS/out}
 # CONFIG, EVAL_OPTIONS and SPEED_OPTIONS can be replaced (tests/test_gpu_convert_script.py runs this on a CPU);
 # CONVERT_OPTIONS are added to every conversion, e.g. "--set stage1.align_attention=true" (RUNS: a new folder then).
@@ -70,8 +72,8 @@ pack() {  # the results so far, without weights, into $OUT (at most 8 files come
     tar czf "$OUT/gpu_convert.tgz" -C "$RUNS" results logs
     # Triton's compiled kernels and autotuning results: carried back in, they save the next lease minutes.
     if [ -d "$HOME/.triton/cache" ]; then
-        tar czf "$OUT/triton_cache.tgz" -C "$HOME/.triton/cache" .
-        [ "$(stat -c %s "$OUT/triton_cache.tgz")" -lt 16000000 ] || rm -f "$OUT/triton_cache.tgz"
+        XZ_OPT="-6 -T0" tar cJf "$OUT/triton_cache.txz" -C "$HOME/.triton/cache" .
+        [ "$(stat -c %s "$OUT/triton_cache.txz")" -lt 16000000 ] || rm -f "$OUT/triton_cache.txz"
     fi
 }
 
@@ -110,16 +112,18 @@ setup() {
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
     fi
     if [ ! -e "$TEACHER" ]; then  # a .gguf file or a checkpoint folder
-        [ -f .carry/p1/gguf.part1 ] && [ -f .carry/p2/gguf.part2 ] \
-            || { echo "no teacher at $TEACHER and not both halves under .carry/p1, .carry/p2"; return 1; }
-        cat .carry/p1/gguf.part1 .carry/p2/gguf.part2 >"$TEACHER.tmp"
-        echo "$(cat .carry/p2/gguf.sha256)  $TEACHER.tmp" | sha256sum --check --quiet - \
-            || { rm -f "$TEACHER.tmp"; echo "the reassembled teacher does not match .carry/p2/gguf.sha256"; return 1; }
+        local parts=() sums=(.carry/*/gguf.sha256) n=1
+        while [ -f ".carry/p$n/gguf.part$n" ]; do parts+=(".carry/p$n/gguf.part$n"); n=$((n + 1)); done
+        [ "${#parts[@]}" -gt 0 ] && [ -f "${sums[0]}" ] \
+            || { echo "no teacher at $TEACHER, and no parts .carry/p1/gguf.part1, ... with a .carry/*/gguf.sha256"; return 1; }
+        cat "${parts[@]}" >"$TEACHER.tmp"
+        echo "$(cat "${sums[0]}")  $TEACHER.tmp" | sha256sum --check --quiet - || { rm -f "$TEACHER.tmp"
+            echo "the teacher reassembled from ${parts[*]} does not match ${sums[0]}: a part missing?"; return 1; }
         mv "$TEACHER.tmp" "$TEACHER"
     fi
     [ -f "$CORPUS" ] || { echo "no corpus at $CORPUS (python -m hypenet.data export corpus.jsonl.xz)"; return 1; }
     if [ -f "$TRITON_CACHE" ]; then  # kernels compiled by an earlier lease on the same image
-        mkdir -p "$HOME/.triton/cache" && tar xzf "$TRITON_CACHE" -C "$HOME/.triton/cache"
+        mkdir -p "$HOME/.triton/cache" && tar xf "$TRITON_CACHE" -C "$HOME/.triton/cache"
     fi
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
     if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv; fi
@@ -185,10 +189,13 @@ if [ "${ABLATIONS:-1}" != 0 ]; then
     step ablation "${HYPENET[@]}" compare "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" "$RUNS/eval/hypenet-even" \
         "$RUNS/eval/hypenet-none" --labels teacher,halo,even,none --out "$RUNS/ablation"
 fi
-step train_speed python3 -m hypenet.bench.train --out "$RUNS/train_speed" "${SPEED_ARGS[@]}"
+if [ "${TRAIN_SPEED:-1}" != 0 ]; then
+    step train_speed python3 -m hypenet.bench.train --out "$RUNS/train_speed" "${SPEED_ARGS[@]}"
+fi
 pack
 if [ "${ABLATIONS:-1}" = 0 ]; then
-    say "all done (ABLATIONS=0: HALO, its evaluation and the training speed): results in $OUT/gpu_convert.tgz"
+    say "all done (ABLATIONS=0: HALO, its evaluation$([ "${TRAIN_SPEED:-1}" = 0 ] || echo ' and the training speed')):" \
+        "results in $OUT/gpu_convert.tgz"
 else
     say "all done: results in $OUT/gpu_convert.tgz"
 fi
