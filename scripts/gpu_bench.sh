@@ -16,12 +16,14 @@
 #                                      # autotune/ instead of gemv/)
 #   bash scripts/gpu_bench.sh gemv     # the Triton matrix-vector kernel: its GPU check, its launch settings timed
 #                                      # against cuBLAS, then batch-1 decode with it (profiled) at 128K-1M, and
-#                                      # with the norms / SiLU-gate / residual adds inside it (fused/); ~8-9 min
+#                                      # with the norms / SiLU-gate / residual adds inside it (fused/); ~4 min
+#   bash scripts/gpu_bench.sh fusion   # HypeNet-2B at 128K (profiled) with each part of that work inside the kernel
+#                                      # apart: fusion_none/, fusion_residual/, ...; ~3-4 min
 #
 # Writes into $OUT (the device tool's folder) or runs/gpu_bench/<part>: bench.json, bench.md, bench_decode.png,
 # log.txt, machine.txt (+ fast_check.json/.md, check_log.txt for `batched`): at most 8 files.
 set -uo pipefail
-part=${1:?usage: bash scripts/gpu_bench.sh main|batched|prefill|decode|gemv}
+part=${1:?usage: bash scripts/gpu_bench.sh main|batched|prefill|decode|gemv|fusion}
 out=${OUT:-runs/gpu_bench/$part}
 mkdir -p "$out"
 if [ ! -d /tmp/site/fla ]; then  # once per machine (two parts may run side by side, one on each GPU)
@@ -87,5 +89,15 @@ case $part in
     decode_bench 120 fused hypenet-2b --contexts 128K,512K --gemv triton --gemv-fusion || status=1
     (( status == 0 ))
     ;;
-  *) echo "unknown part '$part': main, batched, prefill, decode or gemv"; exit 2 ;;
+  fusion)
+    # which of the work around the matrix-vector products pays inside the kernel: HypeNet-2B at 128K, profiled,
+    # without fusion, then with the residual adds, SiLU-gate + residual, and the norms inside it (one process each)
+    status=0
+    for parts in none residual swiglu,residual norm; do
+      if [ "$parts" = none ]; then fusion=(); else fusion=(--gemv-fusion "$parts"); fi
+      decode_bench 110 "fusion_${parts/,/_}" hypenet-2b --contexts 128K --gemv triton "${fusion[@]}" || status=1
+    done
+    (( status == 0 ))
+    ;;
+  *) echo "unknown part '$part': main, batched, prefill, decode, gemv or fusion"; exit 2 ;;
 esac

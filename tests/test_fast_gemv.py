@@ -102,6 +102,16 @@ def test_engine_routes_decode_projections_through_the_op(monkeypatch):
         (True, False, False)]
     # what the engine tunes on CUDA is what its decode step passes to the op, weight for weight
     assert sorted(tuple(w.shape) for w in engine._gemv_weights()) == sorted(calls[:len(calls) // 4])
+    # some of the parts: SiLU-gate and residual inside the op, the norms left to PyTorch
+    fused.clear()
+    some = FastHypeNet(model, max_batch=1, max_len=16, prefill_chunk=8, gemv="triton", gemv_fusion="residual, swiglu")
+    assert some.gemv_fusion == ("swiglu", "residual")
+    some.prefill(ids[:, :10])
+    assert rel_err(some.decode(ids[:, 10]), decoded[0]) <= 1e-6
+    assert fused == [(False, False, False), (False, True, False), (False, False, True), (False, True, False)] * 5 + [
+        (False, False, False)]
+    with pytest.raises(ValueError, match=r"unknown gemv fusion part\(s\) \['rope'\]: choose among norm, swiglu"):
+        FastHypeNet(model, max_batch=1, max_len=16, gemv="triton", gemv_fusion="norm,rope")
     # without gemv_fusion (the default): the same products through the op, the work around them left to PyTorch
     fused.clear()
     apart = FastHypeNet(model, max_batch=1, max_len=16, prefill_chunk=8, gemv="triton")
@@ -232,3 +242,23 @@ def test_gpu_check_of_the_engine_with_the_kernel_runs_on_cpu(tmp_path):
     for dtype in ("float32", "bfloat16"):
         for variant in ("gemv=triton", "gemv=triton, gemv_fusion"):
             assert cases[(dtype, f"batch 1, {variant}: 8 decode steps vs model.forward")]["ok"]
+
+
+def test_fusion_parts_and_the_bench_option():
+    """fusion_parts reads True / False / comma lists / iterables in FUSION_PARTS' order; `hypenet bench
+    --gemv-fusion` takes all parts without a list, a checked list with one, and refuses unknown parts."""
+    import argparse
+
+    from hypenet.bench.cli import register
+    from hypenet.fast.gemv import FUSION_PARTS, fusion_parts
+
+    assert fusion_parts(True) == FUSION_PARTS == ("norm", "swiglu", "residual")
+    assert fusion_parts(False) == fusion_parts(None) == fusion_parts("") == fusion_parts([]) == ()
+    assert fusion_parts("residual, norm") == fusion_parts(["residual", "norm"]) == ("norm", "residual")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    parse = lambda *extra: parser.parse_args(["bench", "tiny-hypenet", *extra]).gemv_fusion  # noqa: E731
+    assert parse() == "" and parse("--gemv-fusion") == "norm,swiglu,residual"
+    assert parse("--gemv-fusion", "residual,swiglu") == "swiglu,residual"
+    with pytest.raises(SystemExit):
+        parse("--gemv-fusion", "rope")

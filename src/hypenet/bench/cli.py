@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..fast import DEFAULT_PREFILL_CHUNK
+from ..fast.gemv import FUSION_PARTS, fusion_parts
 from .run import DTYPES, BenchSettings, run
 from .shapes import SHAPES
 
@@ -17,6 +18,14 @@ def tokens(text: str) -> list[int]:
     for item in (x.strip().upper() for x in text.split(",") if x.strip()):
         values.append(int(float(item[:-1]) * scale[item[-1]]) if item[-1] in scale else int(item))
     return values
+
+
+def _fusion_parts(text: str) -> str:
+    """--gemv-fusion's list, checked: 'residual, swiglu' -> 'swiglu,residual'."""
+    try:
+        return ",".join(fusion_parts(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def register(subparsers) -> None:
@@ -56,9 +65,11 @@ def register(subparsers) -> None:
     parser.add_argument("--gemv", choices=["auto", "cublas", "triton"], default="auto",
                         help="batch-1 decode projections: the Triton matrix-vector kernel of hypenet.fast.gemv "
                              "('triton'; what 'auto' takes on CUDA) or cuBLAS ('cublas')")
-    parser.add_argument("--gemv-fusion", action="store_true",
-                        help="with the Triton matrix-vector kernel, run the norms, SiLU-gate and residual adds inside "
-                             "it (FastHypeNet(gemv_fusion=True); not yet measured on a GPU)")
+    parser.add_argument("--gemv-fusion", nargs="?", type=_fusion_parts, const=",".join(FUSION_PARTS), default="",
+                        metavar="PARTS",
+                        help="with the Triton matrix-vector kernel, run work around the projections inside it: a "
+                             f"comma list of {', '.join(FUSION_PARTS)} (all of them when no list is given; "
+                             "FastHypeNet(gemv_fusion=...))")
     parser.add_argument("--profile", action="store_true",
                         help="after each decode timing, run a few steps under torch.profiler: kernels per step, GPU "
                              "busy time by kind of kernel, time between kernels (profile_*.txt, bench.md)")

@@ -61,7 +61,7 @@ class BenchSettings:
     fused_lightning_step: bool = True  # False: the lightning recurrence compiled inline (for comparison)
     max_autotune: bool = False  # compile the decode step with fast.engine.MAX_AUTOTUNE
     gemv: str = "auto"  # batch-1 decode projections: "triton" (fast.gemv's kernel; auto on CUDA) or "cublas"
-    gemv_fusion: bool = False  # with the Triton kernel: norms, SiLU-gate and residual adds inside it (opt-in)
+    gemv_fusion: str = ""  # with the Triton kernel: the work run inside it, a comma list of fast.gemv.FUSION_PARTS
     profile: bool = False  # profile a few decode steps per case: profile_<model>_b<batch>_<context>.txt
     time_budget_s: float = 480.0
     out: Path = Path("runs/bench")

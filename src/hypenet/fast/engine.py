@@ -11,8 +11,8 @@ A few ideas, each aimed at where the time goes at long context:
   the norms, RoPE and gates around them; the whole step is captured in one CUDA graph. At batch 1 the products can
   go through the Triton matrix-vector kernel of `gemv.py` instead of cuBLAS (the default on CUDA: faster than
   cuBLAS at every HypeNet-2B shape on the H200; its launch settings are tuned on the model's own weights when the
-  engine is built); with gemv_fusion (opt-in, not yet measured) it also takes in the RMSNorm before a projection,
-  SiLU(gate) * up and the residual add.
+  engine is built); with gemv_fusion (opt-in) it also takes in the RMSNorm before a projection, SiLU(gate) * up
+  and the residual add, or some of them.
   Compilation is regional: one layer function, compiled once per mixer type and reused by every layer.
 - **Chunked prefill.** The prompt goes through in chunks of `prefill_chunk` tokens: attention over the cached
   prefix and the chunk itself (on CUDA in bf16, cuDNN's kernels on the two blocks apart, merged by log-sum-exp;
@@ -41,7 +41,7 @@ from torch import nn
 from ..model.lightning import lightning_attention, lightning_attention_recurrent
 from ..model.modeling_hypenet import apply_rope, build_mixer_context
 from .attention import decode_attention, prefill_attention, triton_available
-from .gemv import is_tuned, project, tune
+from .gemv import fusion_parts, is_tuned, project, tune
 from .recurrent import lightning_step
 
 DEFAULT_PREFILL_CHUNK = 65536
@@ -129,7 +129,7 @@ class Chunk:
     slot: torch.Tensor | None = None
     fused_step: bool = True  # decode: the lightning step as the `lightning_step` op (False: the recurrence inline)
     gemv: bool = False  # decode: projections through the `gemv` op (the Triton kernel on CUDA at batch 1)
-    gemv_fusion: bool = False  # with gemv: the norms, SiLU-gate and residual adds inside the `gemv` calls
+    gemv_fusion: tuple[str, ...] = ()  # with gemv: the parts (fast.gemv.FUSION_PARTS) run inside the `gemv` calls
 
 
 # ---------------------------------------------------------------------- the model, written for a static cache
@@ -139,7 +139,7 @@ def hybrid_layer(layer: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, 
                  start: torch.Tensor) -> torch.Tensor:
     """One decoder layer (h = x + Mixer(norm(x)); out = h + MLP(norm(h))) over T tokens per row, cache in place.
     Each sublayer returns the residual stream with its output added: with chunk.gemv and chunk.gemv_fusion the norm
-    before a projection and the residual add after one run inside its matrix-vector kernel."""
+    before a projection and the residual add after one can run inside its matrix-vector kernel."""
     if layer.mixer_type == "attention":
         x = _attention(layer.self_attn, x, layer.input_layernorm, ctx, buffers, chunk, start)
     else:
@@ -149,7 +149,7 @@ def hybrid_layer(layer: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, 
 
 
 def _input_projections(mixer: nn.Module, x: torch.Tensor, norm: nn.Module, fused: torch.Tensor | None,
-                       use_gemv: bool = False, fuse: bool = False) -> list[torch.Tensor]:
+                       use_gemv: bool = False, fuse: tuple[str, ...] = ()) -> list[torch.Tensor]:
     """norm(x) Wq, norm(x) Wk, norm(x) Wv and, when the mixer has an output gate, norm(x) Wg (before its sigmoid)."""
     names = [n for n in _INPUT_PROJECTIONS if hasattr(mixer, n)]
     if fused is None:
@@ -160,7 +160,7 @@ def _input_projections(mixer: nn.Module, x: torch.Tensor, norm: nn.Module, fused
 
 
 def _mlp(mlp: nn.Module, x: torch.Tensor, norm: nn.Module, fused: torch.Tensor | None, silu: bool = False,
-         use_gemv: bool = False, fuse: bool = False) -> torch.Tensor:
+         use_gemv: bool = False, fuse: tuple[str, ...] = ()) -> torch.Tensor:
     """x + MLP(norm(x)); with the gate/up weights stacked and a SiLU MLP (`silu`), norm, gate/up and SiLU(gate) * up
     are one projection."""
     if fused is not None and silu:
@@ -251,7 +251,8 @@ def _embed(body: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor):
     return x, build_mixer_context(body.config, body.rotary_emb, x, position_ids=positions)
 
 
-def _last_logits(model: nn.Module, x: torch.Tensor, use_gemv: bool = False, fuse: bool = False) -> torch.Tensor:
+def _last_logits(model: nn.Module, x: torch.Tensor, use_gemv: bool = False, fuse: tuple[str, ...] = ()
+                 ) -> torch.Tensor:
     return project(x[:, -1], model.lm_head, use_gemv, norm=model.model.norm, fuse=fuse).float()
 
 
@@ -305,9 +306,11 @@ class FastHypeNet:
         on the model's weights first (`fast.gemv.tune`, a few seconds). On the H200 it beat cuBLAS at every
         HypeNet-2B decode shape, 1.03-1.44x (results/fast_bench/gemv/). If none of its launch settings runs for a
         weight shape, "auto" falls back to cuBLAS with a warning and "triton" raises.
-    gemv_fusion: with the Triton matrix-vector kernel, run the RMSNorm before each projection, SiLU(gate) * up and
-        the residual adds inside it (`gemv_fused_kernel`: three fewer kernels per layer). Opt-in: checked on the CPU
-        (Triton's interpreter), not yet measured on the GPU. False: those stay with Inductor, as with cuBLAS.
+    gemv_fusion: with the Triton matrix-vector kernel, run some of the work around the projections inside it
+        (`gemv_fused_kernel`): True for all of it, or some of "norm" (the RMSNorm before each projection), "swiglu"
+        (SiLU(gate) * up after the stacked gate/up) and "residual" (the residual adds), as a list or a comma list.
+        Opt-in: on the H200 all three together made the 128K step slower, 2.68 against 2.48 ms
+        (results/fast_bench/gemv/). False (default): that work stays with Inductor, as with cuBLAS.
     compile_options: Inductor options added to the engine's own (`MAX_AUTOTUNE`: let Inductor time its Triton
         matmul templates against cuBLAS for each of the step's matrix-vector products and fuse their neighbours
         into them; compiling then takes minutes).
@@ -327,7 +330,7 @@ class FastHypeNet:
         fused_lightning_step: bool = True,
         compile_options: dict | None = None,
         gemv: str = "auto",
-        gemv_fusion: bool = False,
+        gemv_fusion: bool | str | tuple[str, ...] = False,
     ):
         config = model.config
         if getattr(config, "model_type", None) != "hypenet":
@@ -355,7 +358,7 @@ class FastHypeNet:
         if gemv == "auto":
             gemv = "triton" if self.device.type == "cuda" and triton_available() else "cublas"
         self.gemv = gemv == "triton" and max_batch == 1
-        self.gemv_fusion = gemv_fusion
+        self.gemv_fusion = fusion_parts(gemv_fusion)
         self.length = 0  # slots filled in every row
         # The decode step's inputs live in fixed buffers, so that a captured graph reads the current values.
         self._token = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)

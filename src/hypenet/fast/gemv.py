@@ -255,33 +255,55 @@ def _(x, weight, norm_weight=None, eps=0.0, residual=None, swiglu=False):
     return x.new_empty(x.shape[0], weight.shape[0] // 2 if swiglu else weight.shape[0])
 
 
+# The work around a projection that `gemv_fused_kernel` can take in (`project`'s fuse, FastHypeNet's gemv_fusion)
+FUSION_PARTS = ("norm", "swiglu", "residual")
+
+
+def fusion_parts(spec) -> tuple[str, ...]:
+    """The parts of FUSION_PARTS named by spec: True (all), False / None / "" (none), a comma list ("swiglu,residual")
+    or an iterable of names; in FUSION_PARTS' order."""
+    if spec is True:
+        return FUSION_PARTS
+    if spec is False or spec is None:
+        return ()
+    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
+    names = [n for n in names if n]
+    unknown = sorted(set(names) - set(FUSION_PARTS))
+    if unknown:
+        raise ValueError(f"unknown gemv fusion part(s) {unknown}: choose among {', '.join(FUSION_PARTS)} "
+                         "(or True for all of them)")
+    return tuple(n for n in FUSION_PARTS if n in names)
+
+
 def project(x: torch.Tensor, module_or_weight, use_gemv: bool, norm: torch.nn.Module | None = None,
-            residual: torch.Tensor | None = None, swiglu: bool = False, fuse: bool = False) -> torch.Tensor:
+            residual: torch.Tensor | None = None, swiglu: bool = False, fuse=()) -> torch.Tensor:
     """A projection of the engine's decode step, with what surrounds it: residual + act(norm(x) W^T).
 
     x: [..., K]; module_or_weight: an nn.Linear or a weight [N, K]; norm: an RMSNorm module (`weight`, `eps`) applied
     to x first; swiglu: the weight stacks gate and up, SiLU(gate) * up is returned; residual: added at the end.
-    With use_gemv (and no bias) the product is a `gemv` call (one Triton kernel on CUDA at batch 1), and with fuse
-    the norm, SiLU-gate and residual run inside it; everything else is PyTorch ops (norm through the module)."""
+    With use_gemv (and no bias) the product is a `gemv` call (one Triton kernel on CUDA at batch 1), and the parts
+    of the surrounding work named by fuse (`fusion_parts`: "norm", "swiglu", "residual", or True for all) run
+    inside it; everything else is PyTorch ops (the norm through its module)."""
     weight = getattr(module_or_weight, "weight", module_or_weight)
     bias = getattr(module_or_weight, "bias", None)
     use_gemv = use_gemv and bias is None
-    if use_gemv and fuse:
-        out = weight.shape[0] // 2 if swiglu else weight.shape[0]
-        flat = residual.reshape(-1, out) if residual is not None else None
-        y = gemv(x.reshape(-1, x.shape[-1]), weight, None if norm is None else norm.weight,
-                 0.0 if norm is None else norm.eps, flat, swiglu)
-        return y.reshape(*x.shape[:-1], out)
-    h = x if norm is None else norm(x)
+    parts = fusion_parts(fuse) if use_gemv else ()
+    fused_norm = norm is not None and "norm" in parts
+    fused_swiglu = swiglu and "swiglu" in parts
+    fused_residual = residual is not None and "residual" in parts
+    h = x if norm is None or fused_norm else norm(x)
     if use_gemv:
-        y = gemv(h.reshape(-1, h.shape[-1]), weight).reshape(*h.shape[:-1], weight.shape[0])
+        out = weight.shape[0] // 2 if fused_swiglu else weight.shape[0]
+        y = gemv(h.reshape(-1, h.shape[-1]), weight, norm.weight if fused_norm else None,
+                 norm.eps if fused_norm else 0.0, residual.reshape(-1, out) if fused_residual else None,
+                 fused_swiglu).reshape(*h.shape[:-1], out)
     else:
         y = F.linear(h, weight, bias)
-    if swiglu:
+    if swiglu and not fused_swiglu:
         gate, up = y.chunk(2, dim=-1)
         y = F.silu(gate) * up
-    return y if residual is None else residual + y
+    return y if residual is None or fused_residual else residual + y
 
 
-__all__ = ["TUNE_CONFIGS", "default_blocks", "gemv", "gemv_reference", "gemv_triton", "is_tuned", "launch_settings",
+__all__ = ["FUSION_PARTS", "TUNE_CONFIGS", "default_blocks", "fusion_parts", "gemv", "gemv_reference", "gemv_triton", "is_tuned", "launch_settings",
            "project", "tune"]
