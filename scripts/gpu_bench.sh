@@ -95,7 +95,7 @@ case $part in
     status=0
     for parts in none residual swiglu,residual norm; do
       if [ "$parts" = none ]; then fusion=(); else fusion=(--gemv-fusion "$parts"); fi
-      decode_bench 110 "fusion_${parts/,/_}" hypenet-2b --contexts 128K --gemv triton "${fusion[@]}" || status=1
+      decode_bench 130 "fusion_${parts/,/_}" hypenet-2b --contexts 128K --gemv triton "${fusion[@]}" || status=1
     done
     (( status == 0 ))
     ;;

@@ -112,9 +112,16 @@ def test_engine_routes_decode_projections_through_the_op(monkeypatch):
         (False, False, False)]
     with pytest.raises(ValueError, match=r"unknown gemv fusion part\(s\) \['rope'\]: choose among norm, swiglu"):
         FastHypeNet(model, max_batch=1, max_len=16, gemv="triton", gemv_fusion="norm,rope")
-    # without gemv_fusion (the default): the same products through the op, the work around them left to PyTorch
+    # the default: the residual adds inside the op
     fused.clear()
-    apart = FastHypeNet(model, max_batch=1, max_len=16, prefill_chunk=8, gemv="triton")
+    default = FastHypeNet(model, max_batch=1, max_len=16, prefill_chunk=8, gemv="triton")
+    assert default.gemv_fusion == ("residual",)
+    default.prefill(ids[:, :10])
+    assert rel_err(default.decode(ids[:, 10]), decoded[0]) <= 1e-6
+    assert fused == [(False, False, False), (False, True, False)] * 10 + [(False, False, False)]
+    # without fusion: the same products through the op, the work around them left to PyTorch
+    fused.clear()
+    apart = FastHypeNet(model, max_batch=1, max_len=16, prefill_chunk=8, gemv="triton", gemv_fusion="none")
     apart.prefill(ids[:, :10])
     assert rel_err(apart.decode(ids[:, 10]), decoded[0]) <= 1e-6
     assert fused == [(False, False, False)] * 21
@@ -240,8 +247,8 @@ def test_gpu_check_of_the_engine_with_the_kernel_runs_on_cpu(tmp_path):
     rows = json.loads((tmp_path / "fast_check.json").read_text())["results"]
     cases = {(r["dtype"], r["case"]): r for r in rows if r["check"] == "engine"}
     for dtype in ("float32", "bfloat16"):
-        for variant in ("gemv=triton", "gemv=triton, gemv_fusion"):
-            assert cases[(dtype, f"batch 1, {variant}: 8 decode steps vs model.forward")]["ok"]
+        for variant in ("residual", "none", "norm,swiglu,residual"):
+            assert cases[(dtype, f"batch 1, gemv=triton, gemv_fusion={variant}: 8 decode steps vs model.forward")]["ok"]
 
 
 def test_fusion_parts_and_the_bench_option():
@@ -258,7 +265,8 @@ def test_fusion_parts_and_the_bench_option():
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     parse = lambda *extra: parser.parse_args(["bench", "tiny-hypenet", *extra]).gemv_fusion  # noqa: E731
-    assert parse() == "" and parse("--gemv-fusion") == "norm,swiglu,residual"
+    assert parse() == "residual" and parse("--gemv-fusion") == "norm,swiglu,residual"
+    assert parse("--gemv-fusion", "none") == "none" and fusion_parts("none") == ()
     assert parse("--gemv-fusion", "residual,swiglu") == "swiglu,residual"
     with pytest.raises(SystemExit):
         parse("--gemv-fusion", "rope")

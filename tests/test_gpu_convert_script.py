@@ -161,8 +161,8 @@ def test_without_ablations_the_run_ends_after_the_comparison(setup):
     (runs / "done").mkdir(parents=True)
     for step in ("setup", "convert_halo", "eval_teacher", "eval_halo", "compare"):
         (runs / "done" / step).write_text("0")
-    run = run_script({**env, "RUNS": str(runs), "OUT": str(root / "out_no_speed"), "ABLATIONS": "0", "TRAIN_SPEED": "0"},
-                     deadline=300)
+    run = run_script({**env, "RUNS": str(runs), "OUT": str(root / "out_no_speed"), "ABLATIONS": "0",
+                      "TRAIN_SPEED": "0"}, deadline=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all done (ABLATIONS=0: HALO, its evaluation):" in run.stdout
     assert "] start " not in run.stdout and not (runs / "train_speed").exists()

@@ -21,9 +21,9 @@ def tokens(text: str) -> list[int]:
 
 
 def _fusion_parts(text: str) -> str:
-    """--gemv-fusion's list, checked: 'residual, swiglu' -> 'swiglu,residual'."""
+    """--gemv-fusion's list, checked: 'residual, swiglu' -> 'swiglu,residual'; 'none' stays."""
     try:
-        return ",".join(fusion_parts(text))
+        return ",".join(fusion_parts(text)) or "none"
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -65,11 +65,11 @@ def register(subparsers) -> None:
     parser.add_argument("--gemv", choices=["auto", "cublas", "triton"], default="auto",
                         help="batch-1 decode projections: the Triton matrix-vector kernel of hypenet.fast.gemv "
                              "('triton'; what 'auto' takes on CUDA) or cuBLAS ('cublas')")
-    parser.add_argument("--gemv-fusion", nargs="?", type=_fusion_parts, const=",".join(FUSION_PARTS), default="",
-                        metavar="PARTS",
-                        help="with the Triton matrix-vector kernel, run work around the projections inside it: a "
-                             f"comma list of {', '.join(FUSION_PARTS)} (all of them when no list is given; "
-                             "FastHypeNet(gemv_fusion=...))")
+    parser.add_argument("--gemv-fusion", nargs="?", type=_fusion_parts, const=",".join(FUSION_PARTS),
+                        default="residual", metavar="PARTS",
+                        help="with the Triton matrix-vector kernel, the work around the projections run inside it: a "
+                             f"comma list of {', '.join(FUSION_PARTS)}, or none (default residual; all of them when "
+                             "no list is given; FastHypeNet(gemv_fusion=...))")
     parser.add_argument("--profile", action="store_true",
                         help="after each decode timing, run a few steps under torch.profiler: kernels per step, GPU "
                              "busy time by kind of kernel, time between kernels (profile_*.txt, bench.md)")

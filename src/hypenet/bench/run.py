@@ -61,7 +61,7 @@ class BenchSettings:
     fused_lightning_step: bool = True  # False: the lightning recurrence compiled inline (for comparison)
     max_autotune: bool = False  # compile the decode step with fast.engine.MAX_AUTOTUNE
     gemv: str = "auto"  # batch-1 decode projections: "triton" (fast.gemv's kernel; auto on CUDA) or "cublas"
-    gemv_fusion: str = ""  # with the Triton kernel: the work run inside it, a comma list of fast.gemv.FUSION_PARTS
+    gemv_fusion: str = "residual"  # with the Triton kernel: the work run inside it (fast.gemv.FUSION_PARTS; "none")
     profile: bool = False  # profile a few decode steps per case: profile_<model>_b<batch>_<context>.txt
     time_budget_s: float = 480.0
     out: Path = Path("runs/bench")
@@ -150,7 +150,9 @@ class Bench:
         contexts = sorted(set(s.contexts) | {c for c in prefill_contexts if c <= max(s.contexts)})
         if self.remaining() < _ASSUMED_SETUP_S:
             for context in contexts:
-                self.record({**self.base_row(source, "fast", batch, context), "status": "skipped: time budget"})
+                self.record({**self.base_row(source, "fast", batch, context), "status":
+                             f"skipped: time budget (a model's setup needs ~{_ASSUMED_SETUP_S:.0f} s, "
+                             f"{max(0, self.remaining()):.0f} s left; raise --time-budget-s)"})
             return
         model = engine = None
         try:

@@ -267,13 +267,13 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
         rows.append(compared({**row, "case": f"left-padded batch row {b} (pad {pad}) vs alone, prefill + 4 steps"},
                              batched[b], torch.stack(alone), tolerance))
     # batch 1 with the decode projections through the Triton matrix-vector kernel (fast.gemv)
-    # (and with the norms, SiLU-gate and residual adds inside that kernel: gemv_fusion)
-    for fusion in (False, True):
+    # with the residual adds inside that kernel (the default), with nothing and with everything it can take inside
+    for fusion in ("residual", "none", "norm,swiglu,residual"):
         del engine
         engine = FastHypeNet(model, max_batch=1, max_len=1024, prefill_chunk=256, gemv="triton", gemv_fusion=fusion)
         engine.prefill(ids[:1, :692])
         decoded = torch.stack([engine.decode(ids[:1, t]) for t in range(692, 700)], dim=1)
-        case = "batch 1, gemv=triton" + (", gemv_fusion" if fusion else "") + ": 8 decode steps vs model.forward"
+        case = f"batch 1, gemv=triton, gemv_fusion={fusion}: 8 decode steps vs model.forward"
         rows.append(compared({**row, "case": case}, decoded, reference[:1, 692:700], tolerance))
     del engine, model
     if device == "cuda":

@@ -11,8 +11,8 @@ A few ideas, each aimed at where the time goes at long context:
   the norms, RoPE and gates around them; the whole step is captured in one CUDA graph. At batch 1 the products can
   go through the Triton matrix-vector kernel of `gemv.py` instead of cuBLAS (the default on CUDA: faster than
   cuBLAS at every HypeNet-2B shape on the H200; its launch settings are tuned on the model's own weights when the
-  engine is built); with gemv_fusion (opt-in) it also takes in the RMSNorm before a projection, SiLU(gate) * up
-  and the residual add, or some of them.
+  engine is built), and it adds the residual stream to its output (gemv_fusion; the RMSNorm before a projection
+  and SiLU(gate) * up can go inside it too, on request: slower on the H200).
   Compilation is regional: one layer function, compiled once per mixer type and reused by every layer.
 - **Chunked prefill.** The prompt goes through in chunks of `prefill_chunk` tokens: attention over the cached
   prefix and the chunk itself (on CUDA in bf16, cuDNN's kernels on the two blocks apart, merged by log-sum-exp;
@@ -306,11 +306,12 @@ class FastHypeNet:
         on the model's weights first (`fast.gemv.tune`, a few seconds). On the H200 it beat cuBLAS at every
         HypeNet-2B decode shape, 1.03-1.44x (results/fast_bench/gemv/). If none of its launch settings runs for a
         weight shape, "auto" falls back to cuBLAS with a warning and "triton" raises.
-    gemv_fusion: with the Triton matrix-vector kernel, run some of the work around the projections inside it
-        (`gemv_fused_kernel`): True for all of it, or some of "norm" (the RMSNorm before each projection), "swiglu"
-        (SiLU(gate) * up after the stacked gate/up) and "residual" (the residual adds), as a list or a comma list.
-        Opt-in: on the H200 all three together made the 128K step slower, 2.68 against 2.48 ms
-        (results/fast_bench/gemv/). False (default): that work stays with Inductor, as with cuBLAS.
+    gemv_fusion: with the Triton matrix-vector kernel, the work around the projections run inside it
+        (`gemv_fused_kernel`): some of "norm" (the RMSNorm before each projection), "swiglu" (SiLU(gate) * up after
+        the stacked gate/up) and "residual" (the residual adds), as a list or a comma list; True for all of them,
+        False or "none" for none (that work then stays with Inductor, as with cuBLAS). Default "residual": on the
+        H200 it made the 128K step 2.44 ms against 2.46-2.47 without, with the same numbers; "swiglu" added 0.07 ms,
+        "norm" 0.3 ms (results/fast_bench/gemv/).
     compile_options: Inductor options added to the engine's own (`MAX_AUTOTUNE`: let Inductor time its Triton
         matmul templates against cuBLAS for each of the step's matrix-vector products and fuse their neighbours
         into them; compiling then takes minutes).
@@ -330,7 +331,7 @@ class FastHypeNet:
         fused_lightning_step: bool = True,
         compile_options: dict | None = None,
         gemv: str = "auto",
-        gemv_fusion: bool | str | tuple[str, ...] = False,
+        gemv_fusion: bool | str | tuple[str, ...] = "residual",
     ):
         config = model.config
         if getattr(config, "model_type", None) != "hypenet":
