@@ -107,6 +107,30 @@ def test_chunked_prefill_equals_one_chunk(split, monkeypatch):
         assert rel_err(engine.decode(ids[:, -1]), expected_next) <= 1e-5, chunk
 
 
+def test_prefill_split_attribute_reaches_the_attention(monkeypatch):
+    """engine.prefill_split is passed to every prefill attention call (None: prefill_attention's own choice); with
+    the split forced on and off the logits agree."""
+    seen = []
+    original = attention.prefill_attention
+
+    def recorded(q, k, v, scale, split=None):
+        seen.append(split)
+        return original(q, k, v, scale, split)
+
+    monkeypatch.setattr("hypenet.fast.engine.prefill_attention", recorded)
+    model = tiny_model()
+    ids = torch.randint(1, 101, (1, 20), generator=torch.Generator().manual_seed(4))
+    engine = FastHypeNet(model, max_len=32, prefill_chunk=8)
+    assert engine.prefill_split is None
+    logits = {}
+    for split in (None, True, False):
+        seen.clear()
+        engine.prefill_split = split
+        logits[split] = engine.prefill(ids)
+        assert seen == [split] * 6  # 3 chunks x 2 attention layers
+    assert rel_err(logits[True], logits[None]) <= 1e-5 and rel_err(logits[False], logits[None]) <= 1e-5
+
+
 def test_left_padded_batch_equals_each_prompt_alone_and_model_generate():
     model = tiny_model()
     torch.manual_seed(4)

@@ -254,6 +254,15 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
         rows.append(measured({**row, "case": "info: prefill logits (1 chunk) vs model.forward"},
                              engine.prefill(ids[:, :692]), reference[:, 691]))
         engine.prefill_chunk = chunked
+        # Three chunks through one bottom-right-causal SDPA call each instead of the default (on CUDA the cuDNN split)
+        engine.prefill_split = False
+        unsplit = engine.prefill(ids[:, :692])
+        rows.append(measured({**row, "case": "info: prefill logits (3 chunks, prefill_split=False) vs model.forward"},
+                             unsplit, reference[:, 691]))
+        unsplit_decoded = torch.stack([engine.decode(ids[:, t]) for t in range(692, 700)], dim=1)
+        rows.append(measured({**row, "case": "info: 8 decode steps after it vs model.forward"},
+                             unsplit_decoded, reference[:, 692:700]))
+        engine.prefill_split = None
     # left padding: row 1 is 300 tokens shorter; each row must equal the same row prefilled and decoded alone
     mask = torch.ones_like(ids[:, :600])
     mask[1, :300] = 0

@@ -126,6 +126,7 @@ class Chunk:
     rows: slice | None = None  # prefill only
     lo: int = 0
     hi: int = 0
+    split: bool | None = None  # prefill: fast.attention.prefill_attention's split (None: its default)
     slot: torch.Tensor | None = None
     fused_step: bool = True  # decode: the lightning step as the `lightning_step` op (False: the recurrence inline)
     gemv: bool = False  # decode: projections through the `gemv` op (the Triton kernel on CUDA at batch 1)
@@ -202,7 +203,7 @@ def _attention(attn: nn.Module, x: torch.Tensor, norm: nn.Module, ctx, buffers: 
         keys[chunk.rows, :, chunk.hi - seq_len:chunk.hi] = k
         values[chunk.rows, :, chunk.hi - seq_len:chunk.hi] = v
         o = prefill_attention(q.transpose(1, 2), keys[chunk.rows, :, chunk.lo:chunk.hi],
-                              values[chunk.rows, :, chunk.lo:chunk.hi], head_dim**-0.5).transpose(1, 2)
+                              values[chunk.rows, :, chunk.lo:chunk.hi], head_dim**-0.5, chunk.split).transpose(1, 2)
     o = o.reshape(batch, seq_len, heads * head_dim)
     if gate:
         o = o * torch.sigmoid(gate[0])
@@ -293,6 +294,9 @@ class FastHypeNet:
         tokens = engine.generate(input_ids, max_new_tokens=256)
 
     max_batch, max_len: the cache's size (prompt + generated tokens per row); batches up to max_batch rows run.
+    prefill_chunk: tokens per prefill chunk. The attribute `prefill_split` (None: `fast.attention.prefill_attention`'s
+        choice, cuDNN's split on CUDA in bf16/fp16; False: one bottom-right-causal SDPA call per chunk, slower at long
+        context, closer to `model.forward`'s own attention) can be set at any time.
     compile / cuda_graph: torch.compile the decode step / capture it in a CUDA graph (default: on for CUDA models).
     fuse_projections: repack each layer's q/k/v(/gate) weights and its MLP's gate/up weights into one tensor each,
         in place: the modules keep views into it, so the model computes exactly what it did and no memory is added,
@@ -345,6 +349,7 @@ class FastHypeNet:
         weight = model.model.embed_tokens.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.max_batch, self.max_len, self.prefill_chunk = max_batch, max_len, prefill_chunk
+        self.prefill_split: bool | None = None
         self.cache = StaticHybridCache.allocate(config, max_batch, max_len, self.dtype, self.device)
         if fuse_projections:
             for layer, buffers in zip(model.model.layers, self.cache.layers):
@@ -438,7 +443,7 @@ class FastHypeNet:
             ids = input_ids[:, begin:begin + self.prefill_chunk]
             positions = torch.arange(begin, begin + ids.shape[1], device=self.device).expand(num_rows, -1)
             x, ctx = _embed(self.model.model, ids, positions)
-            chunk = Chunk(rows, lo=lo, hi=lo + begin + ids.shape[1])
+            chunk = Chunk(rows, lo=lo, hi=lo + begin + ids.shape[1], split=self.prefill_split)
             for layer, buffers in zip(self.model.model.layers, self.cache.layers):
                 x = hybrid_layer(layer, x, ctx, buffers, chunk, self.cache.start)
         return _last_logits(self.model, x)
