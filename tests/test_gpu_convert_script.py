@@ -166,3 +166,36 @@ def test_without_ablations_the_run_ends_after_the_comparison(setup):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all done (ABLATIONS=0: HALO, its evaluation):" in run.stdout
     assert "] start " not in run.stdout and not (runs / "train_speed").exists()
+
+
+def test_teacher_is_reassembled_from_carried_parts(tmp_path):
+    """Without a teacher file, setup joins .carry/p1/gguf.part1, .carry/p2/gguf.part2, ... in order and checks them
+    against the carried gguf.sha256; a wrong or missing part is an error that says so."""
+    import hashlib
+    import shutil
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(SCRIPT, tmp_path / "scripts" / SCRIPT.name)  # the script runs from its repository's root
+    pieces = [b"GGUF-", b"teacher-", b"bytes"]
+    for n, piece in enumerate(pieces, start=1):
+        (tmp_path / ".carry" / f"p{n}").mkdir(parents=True)
+        (tmp_path / ".carry" / f"p{n}" / f"gguf.part{n}").write_bytes(piece)
+    (tmp_path / ".carry" / "p3" / "gguf.sha256").write_text(hashlib.sha256(b"".join(pieces)).hexdigest() + "\n")
+    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "WHEELS": str(tmp_path / "no-wheels"),
+           "CORPUS": str(tmp_path / "no-corpus.jsonl.xz"), "OUT": str(tmp_path / "out")}
+
+    def setup_step() -> tuple[subprocess.CompletedProcess, str]:
+        run = subprocess.run(["bash", str(tmp_path / "scripts" / SCRIPT.name), "60"], env=env, capture_output=True,
+                             text=True, timeout=120)
+        return run, (tmp_path / "runs" / "logs" / "setup.log").read_text()
+
+    run, log = setup_step()  # the teacher is there; setup then stops at the missing corpus
+    teacher = tmp_path / "runs" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert teacher.read_bytes() == b"".join(pieces)
+    assert run.returncode == 1 and "no corpus at" in log
+    teacher.unlink()
+    (tmp_path / ".carry" / "p2" / "gguf.part2").write_bytes(b"other-")
+    run, log = setup_step()
+    assert run.returncode == 1 and not teacher.exists()
+    assert ("the teacher reassembled from .carry/p1/gguf.part1 .carry/p2/gguf.part2 .carry/p3/gguf.part3 does not "
+            "match .carry/p3/gguf.sha256") in log
