@@ -18,7 +18,8 @@
 #                                      # against cuBLAS, then batch-1 decode with it (profiled) at 128K-1M, and
 #                                      # with the norms / SiLU-gate / residual adds inside it (fused/); ~4 min
 #   bash scripts/gpu_bench.sh fusion   # HypeNet-2B at 128K (profiled) with each part of that work inside the kernel
-#                                      # apart: fusion_none/, fusion_residual/, ...; ~3-4 min
+#                                      # apart: fusion_none/, fusion_residual/, ...; ~2 min each; FUSIONS="residual
+#                                      # norm,residual" picks the variants (default: none residual swiglu,residual norm)
 #
 # Writes into $OUT (the device tool's folder) or runs/gpu_bench/<part>: bench.json, bench.md, bench_decode.png,
 # log.txt, machine.txt (+ fast_check.json/.md, check_log.txt for `batched`): at most 8 files.
@@ -93,9 +94,9 @@ case $part in
     # which of the work around the matrix-vector products pays inside the kernel: HypeNet-2B at 128K, profiled,
     # without fusion, then with the residual adds, SiLU-gate + residual, and the norms inside it (one process each)
     status=0
-    for parts in none residual swiglu,residual norm; do
+    for parts in ${FUSIONS:-none residual swiglu,residual norm}; do
       if [ "$parts" = none ]; then fusion=(); else fusion=(--gemv-fusion "$parts"); fi
-      decode_bench 130 "fusion_${parts/,/_}" hypenet-2b --contexts 128K --gemv triton "${fusion[@]}" || status=1
+      decode_bench 130 "fusion_${parts//,/_}" hypenet-2b --contexts 128K --gemv triton "${fusion[@]}" || status=1
     done
     (( status == 0 ))
     ;;

@@ -177,7 +177,9 @@ packed = torch.randn(300, 64)
 x = torch.randn(1, 64)
 assert torch.allclose(gemv_triton(x, packed[100:228]), F.linear(x, packed[100:228]), rtol=1e-5, atol=1e-5)
 
-# norm before, SiLU-gate, residual after: the kernel rounds where the reference (eager PyTorch) does
+# norm before, SiLU-gate, residual after. SiLU-gate and residual: the kernel rounds where the reference (eager
+# PyTorch) does. The norm: one pass, the normalised x never rounded, so in bf16 it is as close to fp64 as the
+# reference is, not equal to it.
 from hypenet.fast.gemv import gemv_reference
 for dtype in (torch.float32, torch.bfloat16):
     for n, k in [(24, 96), (37, 1030)]:
@@ -190,9 +192,17 @@ for dtype in (torch.float32, torch.bfloat16):
                 expected = gemv_reference(x, w, **options)
                 assert out.shape == expected.shape and out.dtype == dtype, (options, out.shape, expected.shape)
                 error = ((out.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
-                # bf16: the kernel rounds where the reference does (to nearest even, through the bits: Triton's
-                # interpreter would truncate); only the order of the sums differs, one bf16 step at most
-                assert error <= (1e-5 if dtype == torch.float32 else 2**-8), (dtype, n, k, options, error)
+                if dtype == torch.float32:
+                    assert error <= 1e-5, (n, k, options, error)
+                elif "norm_weight" not in options:
+                    # rounded to nearest even through the bits (Triton's interpreter would truncate); only the order
+                    # of the sums differs, one bf16 step at most
+                    assert error <= 2**-8, (n, k, options, error)
+                else:
+                    exact = gemv_reference(x.double(), w.double(), **{
+                        key: v.double() if torch.is_tensor(v) else v for key, v in options.items()})
+                    off = [((y.double() - exact).norm() / exact.norm()).item() for y in (out, expected)]
+                    assert error <= 2**-6 and off[0] <= 2**-7, (n, k, options, error, off)
 print("ok")
 """
 

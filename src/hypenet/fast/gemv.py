@@ -91,8 +91,11 @@ def _kernel():
             acc += w.to(tl.float32) * x[None, :]
         tl.store(Y + rows, tl.sum(acc, 1).to(Y.dtype.element_ty), mask=row_mask)
 
-    # gemv_kernel with the RMSNorm of x before, SiLU(gate) * up of stacked gate/up rows, and a residual add after,
-    # each rounded to the output's dtype where eager PyTorch rounds
+    # gemv_kernel with the RMSNorm of x before, SiLU(gate) * up of stacked gate/up rows, and a residual add after.
+    # SiLU-gate and residual round to the output's dtype where eager PyTorch rounds. The norm does not: in one pass
+    # over x it sums x's squares beside the product with (norm weight * x) and scales the sums by 1/RMS at the end,
+    # so the normalised x is never rounded to dtype as the model's RMSNorm rounds it (in bf16 the outputs differ from
+    # the reference by about one rounding step).
     @triton.jit
     def gemv_fused_kernel(X, W, Y, NW, R, N, K, stride_wn, eps, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           NORM: tl.constexpr, SWIGLU: tl.constexpr, RESIDUAL: tl.constexpr):
@@ -100,31 +103,32 @@ def _kernel():
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = rows < N
         w_rows = W + rows.to(tl.int64)[:, None] * stride_wn
-        if NORM:  # every program reads x once more (K values, from L2) for its RMS
-            squares = tl.zeros([BLOCK_K], tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                cols = k0 + tl.arange(0, BLOCK_K)
-                x = tl.load(X + cols, mask=cols < K, other=0.0).to(tl.float32)
-                squares += x * x
-            rstd = 1.0 / tl.sqrt(tl.sum(squares, 0) / K + eps)
         acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        squares = tl.zeros([BLOCK_K], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             col_mask = cols < K
             x = tl.load(X + cols, mask=col_mask, other=0.0).to(tl.float32)
-            if NORM:  # weight * (x * rstd).to(dtype), in dtype, as HypeNetRMSNorm
-                scale = tl.load(NW + cols, mask=col_mask, other=0.0).to(tl.float32)
-                x = _rounded(scale * _rounded(x * rstd, dtype), dtype)
+            if NORM:  # one pass: x's squares summed beside the product of weight * x, scaled by 1/RMS at the end
+                squares += x * x
+                x = x * tl.load(NW + cols, mask=col_mask, other=0.0).to(tl.float32)
             mask = row_mask[:, None] & col_mask[None, :]
             w = tl.load(w_rows + cols[None, :], mask=mask, other=0.0)
             acc += w.to(tl.float32) * x[None, :]
             if SWIGLU:  # the up rows sit N rows below the gate rows
                 w_up = tl.load(w_rows + N * stride_wn + cols[None, :], mask=mask, other=0.0)
                 acc_up += w_up.to(tl.float32) * x[None, :]
-        y = _rounded(tl.sum(acc, 1), dtype)
+        y = tl.sum(acc, 1)
+        if NORM:
+            rstd = 1.0 / tl.sqrt(tl.sum(squares, 0) / K + eps)
+            y = y * rstd
+        y = _rounded(y, dtype)
         if SWIGLU:  # SiLU(gate) in dtype, times up, in dtype
-            y = _rounded(_rounded(y * tl.sigmoid(y), dtype) * _rounded(tl.sum(acc_up, 1), dtype), dtype)
+            up = tl.sum(acc_up, 1)
+            if NORM:
+                up = up * rstd
+            y = _rounded(_rounded(y * tl.sigmoid(y), dtype) * _rounded(up, dtype), dtype)
         if RESIDUAL:
             y = _rounded(y + tl.load(R + rows, mask=row_mask, other=0.0).to(tl.float32), dtype)
         tl.store(Y + rows, y.to(dtype), mask=row_mask)  # exact: y is already a value of dtype
