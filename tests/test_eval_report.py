@@ -73,3 +73,17 @@ def test_compare_report_rows_and_figures(tmp_path):
 def test_heatmap_png_written(tmp_path):
     path = plot_niah_heatmap(STUDENT["niah"]["tasks"]["single_1"], tmp_path / "sub" / "heat.png", "student single_1")
     assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 5000
+
+
+def test_report_without_scored_perplexity_draws_no_perplexity_figure(tmp_path):
+    """`hypenet eval --ppl-docs 0` (NIAH only) leaves every bucket without tokens: the report is written with the
+    NIAH figure alone instead of failing on a log-scaled plot of nothing."""
+    empty = perplexity([1.0, 1.0, 1.0])
+    empty.update(docs=0, nll=None, ppl=None)
+    for bucket in empty["buckets"]:
+        bucket.update(tokens=0, docs=0, nll=None, ppl=None)
+    markdown, figures = compare(TEACHER, {**STUDENT, "perplexity": empty}, None, tmp_path)
+    assert {f.name for f in figures} == {"niah_accuracy_vs_length.png", "perplexity_by_position.png"}
+    from hypenet.eval.report import write_report
+    _, alone = write_report([("student", {**STUDENT, "perplexity": empty})], tmp_path / "alone", "student")
+    assert [f.name for f in alone] == ["niah_accuracy_vs_length.png"]

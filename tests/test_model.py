@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -256,6 +257,42 @@ def test_padded_chunked_prefill_with_cache_equals_unpadded():
         logits = torch.cat([first, second], 1)
         for i, p in enumerate(prompts):
             assert (logits[i, -len(p):] - model(p[None]).logits[0]).abs().max().item() <= 1e-4
+
+
+def test_left_padding_runs_attention_row_by_row_without_a_dense_mask():
+    """Left padding (what generate() passes) builds no [B, 1, T, past + T] mask, which takes 64 GiB for 4 rows at
+    128K tokens: each row attends over its own real keys, equal to the masked path, padded queries seeing only
+    themselves. Right padding keeps the mask; a cache without padding takes a lower-right causal bias."""
+    from torch.nn.attention.bias import CausalBias
+
+    from hypenet.model.modeling_hypenet import _attention_by_row, build_mixer_context
+
+    model = tiny_hypenet()
+    past, new = 4, 6
+    hidden = torch.randn(4, new, 36)
+    # real tokens from key 2 (padding only in the cache), from 0, from 7 (3 padded queries), none
+    valid = torch.tensor([[0] * 2 + [1] * 8, [1] * 10, [0] * 7 + [1] * 3, [0] * 10]).bool()
+    ctx = build_mixer_context(model.config, model.model.rotary_emb, hidden, valid.long(), past_length=past)
+    assert ctx.attn_mask is None and not ctx.is_causal and ctx.key_start == [2, 0, 7, 10]
+
+    torch.manual_seed(2)
+    q, k, v = torch.randn(4, 6, new, 8), torch.randn(4, 2, past + new, 8), torch.randn(4, 2, past + new, 8)
+    query, key = torch.arange(past, past + new)[:, None], torch.arange(past + new)[None, :]
+    allowed = ((key <= query) & valid[:, None, None, :]) | (key == query)
+    masked = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=0.3, enable_gqa=True)
+    by_row = _attention_by_row(q, k, v, ctx.key_start, 0.3, gqa=True)
+    assert (by_row - masked).abs().max().item() <= 1e-6
+    assert torch.equal(by_row[3], v[3, :, past:].repeat_interleave(3, dim=0))  # a padded query: its own value
+
+    right = build_mixer_context(model.config, model.model.rotary_emb, hidden[:1], torch.tensor([[1] * 8 + [0] * 2]),
+                                past_length=past)
+    assert right.key_start is None and right.attn_mask.shape == (1, 1, new, past + new)
+    cached = build_mixer_context(model.config, model.model.rotary_emb, hidden, None, past_length=past)
+    assert isinstance(cached.attn_mask, CausalBias) and cached.key_start is None
+    # one new token per row (decode): the small [B, 1, 1, past + 1] mask, not a loop over rows
+    step = build_mixer_context(model.config, model.model.rotary_emb, hidden[:, :1], valid.long()[:, :5],
+                               past_length=past)
+    assert step.key_start is None and step.attn_mask.shape == (4, 1, 1, past + 1)
 
 
 def test_sampling_generate_runs_and_is_seeded():

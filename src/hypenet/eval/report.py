@@ -179,7 +179,8 @@ def write_figures(runs: Sequence[tuple[str, dict]], out_dir: str | Path, prefix:
         figures.append(plot_accuracy_vs_length({label: n["by_length"] for label, n in columns},
                                                out_dir / f"{prefix}niah_accuracy_vs_length.png",
                                                "NIAH accuracy (average over tasks)"))
-    ppl = {label: r["perplexity"]["buckets"] for label, r in runs if r.get("perplexity")}
+    ppl = {label: r["perplexity"]["buckets"] for label, r in runs  # runs that scored tokens (not --ppl-docs 0)
+           if r.get("perplexity") and any(b["ppl"] is not None for b in r["perplexity"]["buckets"])}
     if ppl:
         figures.append(plot_perplexity_by_bucket(ppl, out_dir / f"{prefix}perplexity_by_position.png",
                                                  "Perplexity by token position"))

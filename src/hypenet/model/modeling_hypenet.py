@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -93,7 +94,11 @@ class MixerContext:
     positions: [B, T] true 0-based token positions (left padding and the cache are accounted for).
     cos, sin: RoPE tables at `positions`.
     token_valid: [B, T] bool, False at padded positions; None when nothing is padded.
-    attn_mask: [B, 1, T, past+T] bool for SDPA (True = attend), or None with `is_causal` telling SDPA what to do.
+    attn_mask: [B, 1, T, past+T] bool for SDPA (True = attend), a lower-right causal bias (a cache and no padding), or
+        None with `is_causal` telling SDPA what to do.
+    key_start: with left padding and T > 1: per row, the index of its first real token among past + T; softmax
+        attention then runs row by row on the unpadded keys instead of through a [B, 1, T, past+T] mask (64 GiB for
+        4 rows at 128K tokens).
     logit_scale: [B, T] HyPE query scale ln(t + a) / ln(a), or None when scaling is off.
     """
 
@@ -104,6 +109,7 @@ class MixerContext:
     attn_mask: torch.Tensor | None
     is_causal: bool
     logit_scale: torch.Tensor | None
+    key_start: list[int] | None = None
 
 
 def build_mixer_context(
@@ -144,15 +150,18 @@ def build_mixer_context(
             position_ids = torch.arange(past_length, total, device=device).unsqueeze(0).expand(batch, -1)
     position_ids = position_ids.to(device).expand(batch, -1)
 
-    attn_mask, is_causal = None, False
-    if key_valid is not None or (past_length > 0 and seq_len > 1):
+    attn_mask, is_causal, key_start = None, False, None
+    if key_valid is not None and seq_len > 1 and not bool((key_valid[:, :-1] & ~key_valid[:, 1:]).any()):
+        key_start = (total - key_valid.sum(-1)).tolist()  # left padding: every row's real tokens are a suffix
+    elif key_valid is not None:
         query_index = torch.arange(past_length, total, device=device)[:, None]
         key_index = torch.arange(total, device=device)[None, :]
         allowed = (key_index <= query_index)[None, None]  # [1, 1, T, total]
-        if key_valid is not None:
-            # A padded query would see no key at all (NaN softmax): let every token always see itself.
-            allowed = (allowed & key_valid[:, None, None, :]) | (key_index == query_index)[None, None]
+        # A padded query would see no key at all (NaN softmax): let every token always see itself.
+        allowed = (allowed & key_valid[:, None, None, :]) | (key_index == query_index)[None, None]
         attn_mask = allowed.expand(batch, 1, seq_len, total)
+    elif past_length > 0 and seq_len > 1:
+        attn_mask = causal_lower_right(seq_len, total)
     elif seq_len > 1:
         is_causal = True
 
@@ -160,7 +169,7 @@ def build_mixer_context(
     a = config.attention_logit_scaling_base
     logit_scale = None if a is None else torch.log(position_ids.float() + a) / math.log(a)
     token_valid = None if key_valid is None else key_valid[:, -seq_len:]
-    return MixerContext(position_ids, cos, sin, token_valid, attn_mask, is_causal, logit_scale)
+    return MixerContext(position_ids, cos, sin, token_valid, attn_mask, is_causal, logit_scale, key_start)
 
 
 class HypeNetMLP(nn.Module):
@@ -180,6 +189,30 @@ def _repeat_kv_for_sdpa(q: torch.Tensor) -> bool:
     flash kernel runs and the memory-efficient one has no GQA, so SDPA would fall back to the math path, which
     materialises T x T scores (144 GiB at 64K tokens)."""
     return q.is_cuda and q.dtype == torch.float32
+
+
+def _attention_by_row(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: list[int], scale: float,
+                      gqa: bool) -> torch.Tensor:
+    """Causal SDPA over left-padded rows, one row at a time on its real keys: q [B, H, T, D] holds the last T of the
+    past + T positions of k, v [B, Hkv, past + T, D]; row b's real tokens start at key_start[b]. A padded query sees
+    only itself (its own value), as in the masked path."""
+    batch, heads, seq_len, _ = q.shape
+    total = k.shape[2]
+    past = total - seq_len
+    o = torch.empty_like(q)
+    for b, start in enumerate(key_start):
+        first = min(max(start - past, 0), seq_len)  # the first real query
+        if first:
+            o[b, :, :first] = v[b, :, past:past + first].repeat_interleave(heads // v.shape[1], dim=0)
+        if first == seq_len:
+            continue
+        kb, vb = k[b:b + 1, :, start:], v[b:b + 1, :, start:]
+        queries, keys = seq_len - first, total - start
+        mask = None if queries == keys or queries == 1 else causal_lower_right(queries, keys)
+        o[b:b + 1, :, first:] = F.scaled_dot_product_attention(
+            q[b:b + 1, :, first:], kb, vb, attn_mask=mask, is_causal=queries == keys and queries > 1, scale=scale,
+            enable_gqa=gqa)
+    return o
 
 
 class HypeNetAttention(nn.Module):
@@ -219,9 +252,12 @@ class HypeNetAttention(nn.Module):
             k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
             v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
             gqa = False
-        o = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal, scale=self.head_dim**-0.5, enable_gqa=gqa,
-        )
+        if ctx.key_start is not None:
+            o = _attention_by_row(q, k, v, ctx.key_start, self.head_dim**-0.5, gqa)
+        else:
+            o = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal, scale=self.head_dim**-0.5, enable_gqa=gqa,
+            )
         o = o.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)
         if self.config.attention_output_gate:
             o = o * torch.sigmoid(self.g_proj(x))
