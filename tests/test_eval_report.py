@@ -77,7 +77,7 @@ def test_heatmap_png_written(tmp_path):
 
 def test_report_without_scored_perplexity_draws_no_perplexity_figure(tmp_path):
     """`hypenet eval --ppl-docs 0` (NIAH only) leaves every bucket without tokens: the report is written with the
-    NIAH figure alone instead of failing on a log-scaled plot of nothing."""
+    NIAH figure and table alone instead of failing on a log-scaled plot of nothing."""
     empty = perplexity([1.0, 1.0, 1.0])
     empty.update(docs=0, nll=None, ppl=None)
     for bucket in empty["buckets"]:
@@ -87,3 +87,4 @@ def test_report_without_scored_perplexity_draws_no_perplexity_figure(tmp_path):
     from hypenet.eval.report import write_report
     _, alone = write_report([("student", {**STUDENT, "perplexity": empty})], tmp_path / "alone", "student")
     assert [f.name for f in alone] == ["niah_accuracy_vs_length.png"]
+    assert "Perplexity" not in (tmp_path / "alone" / "report.md").read_text()

@@ -69,8 +69,13 @@ def _models_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
     return ["## Models", ""] + _table(["", *[label for label, _ in runs]], rows)
 
 
+def _scored_perplexity(results: dict) -> bool:
+    """Whether an evaluation scored any token for perplexity (`hypenet eval --ppl-docs 0` scores none)."""
+    return bool(results.get("perplexity")) and any(b["ppl"] is not None for b in results["perplexity"]["buckets"])
+
+
 def _perplexity_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
-    ppl_runs = [(label, r["perplexity"]) for label, r in runs if r.get("perplexity")]
+    ppl_runs = [(label, r["perplexity"]) for label, r in runs if _scored_perplexity(r)]
     if not ppl_runs:
         return []
     edges = sorted({(b["start"], b["end"]) for _, p in ppl_runs for b in p["buckets"]})
@@ -179,8 +184,7 @@ def write_figures(runs: Sequence[tuple[str, dict]], out_dir: str | Path, prefix:
         figures.append(plot_accuracy_vs_length({label: n["by_length"] for label, n in columns},
                                                out_dir / f"{prefix}niah_accuracy_vs_length.png",
                                                "NIAH accuracy (average over tasks)"))
-    ppl = {label: r["perplexity"]["buckets"] for label, r in runs  # runs that scored tokens (not --ppl-docs 0)
-           if r.get("perplexity") and any(b["ppl"] is not None for b in r["perplexity"]["buckets"])}
+    ppl = {label: r["perplexity"]["buckets"] for label, r in runs if _scored_perplexity(r)}
     if ppl:
         figures.append(plot_perplexity_by_bucket(ppl, out_dir / f"{prefix}perplexity_by_position.png",
                                                  "Perplexity by token position"))
