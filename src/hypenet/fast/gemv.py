@@ -15,11 +15,11 @@ kernel beat cuBLAS at every HypeNet-2B decode shape (results/fast_bench/gemv/), 
 at batch 1 on CUDA (`FastHypeNet(..., gemv="auto")`).
 
 With the work around a projection (`gemv_fused_kernel`, the engine's `gemv_fusion`): the RMSNorm before it,
-SiLU(gate) * up after a stacked gate/up product, the residual add after it, each rounded where eager PyTorch rounds,
-so that a step keeps the reference's numbers. On the H200 only the residual add paid
-(results/fast_bench/gemv_fusion/): HypeNet-2B at 128K 2.44 ms against 2.46-2.47 without; with the norm inside,
-every program reads x once more for its RMS and the step took 2.76 ms. So the engine fuses the residual add by
-default, the rest on request.
+SiLU(gate) * up after a stacked gate/up product, the residual add after it. SiLU-gate and residual round where eager
+PyTorch rounds, so that a step keeps the reference's numbers; the norm is one pass (x's squares summed beside the
+product, 1/RMS applied to the sums), as close to fp64 as PyTorch but not equal to it. On the H200 only the residual
+add paid (results/fast_bench/gemv_fusion/): HypeNet-2B at 128K 2.44 ms against 2.46-2.47 without; with the norm
+inside 2.61 ms (2.76 ms when it read x twice). So the engine fuses the residual add by default, the rest on request.
 
 Launch settings: `tune` times the candidate settings (`TUNE_CONFIGS`) on the weights the kernel will read, one
 weight after another from a CUDA graph (so that none is served from L2, as in a decode step), and remembers the
