@@ -152,8 +152,9 @@ from hypenet.cli import build_parser
 saved = json.load(open(sys.argv[1]))["settings"]
 now = vars(build_parser().parse_args(["eval", "model", *sys.argv[2:]]))
 keys = ["niah_lengths", "niah_depths", "niah_samples", "tasks", "chat_template", "ppl_max_len", "ppl_docs",
-        "ppl_heldout_fraction", "seed", "yarn"]
-different = [k for k in keys if saved.get(k) != now.get(k)]
+        "ppl_heldout_fraction", "ppl_score_len", "seed", "yarn", "haystack_heldout"]
+before = {"haystack_heldout": False}  # what evaluations made before the option existed did
+different = [k for k in keys if saved.get(k, before.get(k)) != now.get(k)]
 fewer = different == ["niah_lengths"] and set(now["niah_lengths"]) <= set(saved["niah_lengths"] or [])
 if different and not fewer:
     sys.exit(f"{sys.argv[1]} was run with other settings ({different}); leave it out to evaluate again")

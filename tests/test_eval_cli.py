@@ -67,3 +67,61 @@ def test_eval_perplexity_and_document_haystack_from_a_local_source(model_dir, tm
     assert results["niah"]["tasks"]["single_2"]["by_length"]["300"]["by_depth"].keys() == {"0.5"}
     assert "## Perplexity by token position" in (out / "report.md").read_text()
     assert (out / "perplexity_by_position.png").is_file()
+
+
+def test_haystack_from_heldout_documents_only(model_dir, tmp_path, monkeypatch):
+    """--haystack-heldout: the single_2/3 haystacks come from the documents HALO's split holds out (text a student
+    converted on that source never trained on), each one exactly; the setting is recorded with the results."""
+    from transformers import AutoTokenizer
+
+    from hypenet.data import tokenize_corpus
+    from hypenet.eval.documents import heldout_documents
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # hypenet.data caches tokenised corpora under ~/.cache
+    source = tmp_path / "docs.jsonl"
+    texts = [" ".join([doc] * k) for k in range(1, 9) for doc in HAYSTACK_DOCS]
+    source.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    corpus = tokenize_corpus(str(source), tokenizer, heldout_fraction=0.3, seed=0, progress=False)
+    held_out = [t for t in texts if any(len(d) == len(tokenizer(t)["input_ids"]) + 1 and
+                                        d[:-1].tolist() == tokenizer(t)["input_ids"] for d in corpus.heldout_docs)]
+    assert 0 < len(held_out) == len(corpus.heldout_docs) < len(texts)
+
+    haystack = heldout_documents(tokenizer, str(source), heldout_fraction=0.3, progress=False)
+    assert haystack == held_out  # every held-out document, in corpus order, and nothing HALO trains on
+    assert heldout_documents(tokenizer, str(source), 0.3, max_chars=1, progress=False) == held_out[:1]
+    with pytest.raises(ValueError, match="no held-out document at heldout_fraction=0.0"):
+        heldout_documents(tokenizer, str(source), heldout_fraction=0.0, progress=False)
+
+    out = tmp_path / "eval"
+    assert main([str(model_dir), "--evals", "niah", "--tasks", "single_2", "--haystack", str(source),
+                 "--haystack-heldout", "--ppl-heldout-fraction", "0.3", "--niah-lengths", "300", "--niah-depths",
+                 "0.5", "--niah-samples", "1", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["haystack_heldout"] is True
+    assert results["niah"]["tasks"]["single_2"]["by_length"]["300"]["by_depth"].keys() == {"0.5"}
+
+
+def test_perplexity_scored_over_fewer_tokens_of_the_same_documents(model_dir, tmp_path, monkeypatch):
+    """--ppl-score-len: the documents are the ones --ppl-max-len chooses (the longest held-out ones first), each
+    scored over its first N tokens only: a teacher within its window on a long-context run's documents."""
+    from hypenet.eval.documents import heldout_token_docs
+    from hypenet.eval.models import load_model_for_eval
+    from hypenet.eval.perplexity import perplexity_by_bucket
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": " ".join([doc] * k)}) + "\n"
+                              for k in range(1, 9) for doc in HAYSTACK_DOCS))
+    common = [str(model_dir), "--evals", "ppl", "--ppl-source", str(source), "--ppl-docs", "2",
+              "--ppl-heldout-fraction", "0.3", "--device", "cpu", "--no-progress"]
+    assert main([*common, "--ppl-max-len", "200", "--ppl-score-len", "64", "--out", str(tmp_path / "a")]) == 0
+    scored = json.loads((tmp_path / "a" / "results.json").read_text())["perplexity"]
+
+    model, tokenizer = load_model_for_eval(str(model_dir), "cpu")
+    docs = heldout_token_docs(tokenizer, 2, 200, str(source), 0.3, progress=False)
+    assert scored == perplexity_by_bucket(model, docs, 64, progress=False)
+    assert scored["max_len"] == 64 and scored["buckets"][0]["tokens"] == sum(min(len(d), 64) - 1 for d in docs)
+    # --ppl-max-len 64 alone would choose its documents for 64 tokens: here, other ones
+    assert [len(d) for d in heldout_token_docs(tokenizer, 2, 64, str(source), 0.3, progress=False)] != \
+        [len(d) for d in docs]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -142,6 +143,27 @@ def test_earlier_evaluations_are_reused_only_with_the_same_settings(setup):
     assert "NIAH at [400, 600] (these runs ask for [600])" in (runs / "logs" / "eval_teacher.log").read_text()
     copied = (runs / "eval" / "teacher" / "results.json").read_text()
     assert copied == (earlier / "teacher" / "results.json").read_text()
+    # an evaluation from before --haystack-heldout existed (no such setting): it took the haystack from the first
+    # documents, so it is reused as that, and refused for held-out haystacks
+    older = root / "older_eval"
+    shutil.copytree(earlier, older)
+    for label in ("teacher", "hypenet-halo"):
+        results = json.loads((older / label / "results.json").read_text())
+        del results["settings"]["haystack_heldout"]
+        (older / label / "results.json").write_text(json.dumps(results))
+    for name, options in (("older_same", EVAL_OPTIONS), ("older_heldout", EVAL_OPTIONS + " --haystack-heldout")):
+        runs = root / name
+        (runs / "done").mkdir(parents=True)
+        for step in ["stage1_halo", "share_stage1_even", *STEPS_LATER]:
+            (runs / "done" / step).write_text("0")
+        run = run_script({**env, "RUNS": str(runs), "OUT": str(root / f"out_{name}"), "EVAL_OPTIONS": options,
+                          "TEACHER_EVAL": str(older / "teacher"), "HALO_EVAL": str(older / "hypenet-halo")},
+                         deadline=600)
+        log = (runs / "logs" / "eval_teacher.log").read_text()
+        if name == "older_same":
+            assert run.returncode == 0 and "all done" in run.stdout and "same settings" in log, run.stdout + log
+        else:
+            assert run.returncode == 1 and "was run with other settings (['haystack_heldout'])" in log, log
 
 
 def test_without_ablations_the_run_ends_after_the_comparison(setup):
@@ -172,8 +194,6 @@ def test_teacher_is_reassembled_from_carried_parts(tmp_path):
     """Without a teacher file, setup joins .carry/p1/gguf.part1, .carry/p2/gguf.part2, ... in order and checks them
     against the carried gguf.sha256; a wrong or missing part is an error that says so."""
     import hashlib
-    import shutil
-
     (tmp_path / "scripts").mkdir()
     shutil.copy(SCRIPT, tmp_path / "scripts" / SCRIPT.name)  # the script runs from its repository's root
     pieces = [b"GGUF-", b"teacher-", b"bytes"]

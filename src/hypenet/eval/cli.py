@@ -69,6 +69,10 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
                       help="NIAH tasks (default single_1,single_2,single_3)")
     niah.add_argument("--haystack", default="builtin",
                       help="hypenet.data document source for the real-text haystacks of single_2/3 (default builtin)")
+    niah.add_argument("--haystack-heldout", action="store_true",
+                      help="take those haystacks from the held-out documents of --haystack only (HALO's split, "
+                           "as for perplexity: --ppl-heldout-fraction, --seed), text that a student converted on "
+                           "that source never trained on (default: its first documents)")
     niah.add_argument("--chat-template", action="store_true",
                       help="wrap prompts in the tokenizer's chat template (default: plain text, as RULER base models)")
     niah.add_argument("--yarn", action="store_true",
@@ -83,6 +87,9 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     ppl = parser.add_argument_group("perplexity")
     ppl.add_argument("--ppl-max-len", type=int, default=None,
                      help="tokens per document evaluated (default: the longest NIAH length)")
+    ppl.add_argument("--ppl-score-len", type=int, default=None,
+                     help="score only the first N tokens of each document (chosen for --ppl-max-len as usual), "
+                          "e.g. a teacher within its window on the documents of a long-context run (default: all)")
     ppl.add_argument("--ppl-docs", type=int, default=8, help="held-out documents (default 8)")
     ppl.add_argument("--ppl-source", default="builtin", help="hypenet.data document source (default builtin)")
     ppl.add_argument("--ppl-heldout-fraction", type=float, default=None,
@@ -144,7 +151,7 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
             model, tokenizer, args.lm_eval, args.lm_eval_include_path, args.batch_size, _limit(args.limit),
             args.lm_eval_fewshot, args.seed))
     if "niah" in evals:
-        haystack = _haystack_docs(args)
+        haystack = _haystack_docs(args, tokenizer)
         records = _timed(results, "niah", lambda: _niah(model, tokenizer, args, args.niah_lengths, haystack,
                                                          _phases(results, "niah")))
         heatmaps += _write_niah(results, "niah", records, out_dir)
@@ -178,22 +185,32 @@ def _limit(limit: float | None):
 
 
 def _perplexity(model, tokenizer, args) -> dict:
-    from .documents import DEFAULT_HELDOUT_FRACTION, heldout_token_docs
+    from .documents import heldout_token_docs
     from .perplexity import perplexity_by_bucket
 
     max_len = args.ppl_max_len or max(args.niah_lengths)
-    fraction = args.ppl_heldout_fraction if args.ppl_heldout_fraction is not None else DEFAULT_HELDOUT_FRACTION
-    docs = heldout_token_docs(tokenizer, args.ppl_docs, max_len, args.ppl_source, fraction, args.seed,
-                              progress=not args.no_progress)
-    return perplexity_by_bucket(model, docs, max_len, progress=not args.no_progress)
+    docs = heldout_token_docs(tokenizer, args.ppl_docs, max_len, args.ppl_source, _heldout_fraction(args),
+                              args.seed, progress=not args.no_progress)
+    score_len = min(args.ppl_score_len or max_len, max_len)
+    return perplexity_by_bucket(model, docs, score_len, progress=not args.no_progress)
 
 
-def _haystack_docs(args) -> list[str] | None:
-    from .documents import load_documents
+def _heldout_fraction(args) -> float:
+    from .documents import DEFAULT_HELDOUT_FRACTION
+
+    return args.ppl_heldout_fraction if args.ppl_heldout_fraction is not None else DEFAULT_HELDOUT_FRACTION
+
+
+def _haystack_docs(args, tokenizer) -> list[str] | None:
+    from .documents import heldout_documents, load_documents
     from .niah import get_task
 
-    needs_documents = any(get_task(t).haystack == "documents" for t in args.tasks)
-    return load_documents(args.haystack) if needs_documents else None
+    if not any(get_task(t).haystack == "documents" for t in args.tasks):
+        return None
+    if args.haystack_heldout:
+        return heldout_documents(tokenizer, args.haystack, _heldout_fraction(args), args.seed,
+                                 progress=not args.no_progress)
+    return load_documents(args.haystack)
 
 
 def _niah_cache(args) -> Path | None:

@@ -22,6 +22,24 @@ def load_documents(source: str = "builtin", max_chars: int = 2_000_000) -> list[
     return documents
 
 
+def heldout_documents(tokenizer, source: str = "builtin", heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
+                      seed: int = 0, max_chars: int = 2_000_000, progress: bool = True) -> list[str]:
+    """The held-out documents of `source` (HALO's split for this fraction and seed) as text, in corpus order, about
+    max_chars characters in all: NIAH haystacks that a student converted on `source` never trained on. The texts
+    are the documents' token ids decoded (EOS dropped), which gives the text back for a byte-level tokenizer."""
+    corpus = tokenize_corpus(source, tokenizer, heldout_fraction=heldout_fraction, seed=seed, progress=progress)
+    documents, total = [], 0
+    for ids in corpus.heldout_docs:
+        documents.append(tokenizer.decode(ids[:-1].tolist()))
+        total += len(documents[-1])
+        if total >= max_chars:
+            break
+    if not documents:
+        raise ValueError(f"{source} has no held-out document at heldout_fraction={heldout_fraction}: raise the "
+                         "fraction (--ppl-heldout-fraction) or leave out --haystack-heldout")
+    return documents
+
+
 def heldout_token_docs(tokenizer, n_docs: int, max_len: int, source: str = "builtin",
                        heldout_fraction: float = DEFAULT_HELDOUT_FRACTION, seed: int = 0,
                        progress: bool = True) -> list[np.ndarray]:
