@@ -70,6 +70,53 @@ def test_tune_keeps_the_fastest_settings_per_shape(monkeypatch):
     assert launch_settings(6, 4, torch.float32, "cpu") == (8, 512, 4, 4)
 
 
+def test_fused_loops_are_tuned_apart_from_the_plain_kernel(monkeypatch):
+    """tune(loop="norm"): the kernel is timed with the norm inside its loop and the winner kept for that loop only;
+    a loop never tuned takes the plain kernel's settings. The engine names which weights take which loop."""
+    from test_fast_engine import tiny_model
+
+    from hypenet.fast.gemv import loop_variant
+
+    monkeypatch.setattr(gemv_module, "_TUNED", {})
+    launched = []
+    monkeypatch.setattr(gemv_module, "gemv_triton", lambda x, w, *settings, **kw: launched.append((settings, kw)))
+    fake_ms = {(2, 1024, 4, 3): 2.0, (4, 1024, 4, 3): 3.0}
+
+    def timer(fn):
+        launched.clear()
+        fn()
+        blocks, kw = launched[0]
+        settings = (*blocks, kw["num_warps"], kw["num_stages"])
+        faster = 2.0 if kw.get("norm_weight") is not None and settings[0] == 4 else 0.0  # 4 rows win with the norm
+        return fake_ms[settings] - faster
+
+    weights = [torch.zeros(6, 4)]
+    assert tune(weights, list(fake_ms), timer)[(6, 4)]["settings"] == (2, 1024, 4, 3)
+    assert launched[0][1].get("norm_weight") is None and not launched[0][1]["swiglu"]
+    assert loop_variant(True, False) == "norm" and loop_variant(True, True) == "norm,swiglu"
+    report = tune(weights, list(fake_ms), timer, loop="norm")
+    assert report == {(6, 4, "norm"): {"settings": (4, 1024, 4, 3), "ms": {(2, 1024, 4, 3): 2.0, (4, 1024, 4, 3): 1.0}}}
+    assert launched[0][1]["norm_weight"].shape == (4,)
+    assert launch_settings(6, 4, torch.float32, "cpu", loop="norm") == (4, 1024, 4, 3)
+    assert launch_settings(6, 4, torch.float32, "cpu") == (2, 1024, 4, 3)
+    assert launch_settings(6, 4, torch.float32, "cpu", loop="swiglu") == (2, 1024, 4, 3)  # the plain kernel's
+    assert is_tuned(6, 4, torch.float32, "cpu", loop="norm") and not is_tuned(6, 4, torch.float32, "cpu", "swiglu")
+
+    model = tiny_model()
+    engine = FastHypeNet(model, max_batch=1, max_len=16, gemv="triton", gemv_fusion="norm,swiglu,residual")
+    groups = engine._fused_loop_weights()
+    layers = model.config.num_hidden_layers
+    assert sorted(groups) == ["norm", "norm,swiglu"]
+    assert [w.data_ptr() for w in groups["norm"]] == [
+        *[b.input_weight.data_ptr() for b in engine.cache.layers], model.lm_head.weight.data_ptr()]
+    assert len(groups["norm,swiglu"]) == layers and all(w.shape[0] == 2 * model.config.intermediate_size
+                                                         for w in groups["norm,swiglu"])
+    only_residual = FastHypeNet(model, max_batch=1, max_len=16, gemv="triton", gemv_fusion="residual")
+    assert only_residual._fused_loop_weights() == {}
+    swiglu = FastHypeNet(model, max_batch=1, max_len=16, gemv="triton", gemv_fusion="swiglu")
+    assert list(swiglu._fused_loop_weights()) == ["swiglu"]
+
+
 def test_engine_routes_decode_projections_through_the_op(monkeypatch):
     from test_fast_engine import rel_err, tiny_model
 

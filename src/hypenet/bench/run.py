@@ -192,8 +192,9 @@ class Bench:
                     compile=compile_step, cuda_graph=s.cuda_graph, fused_lightning_step=s.fused_lightning_step,
                     compile_options=MAX_AUTOTUNE if s.max_autotune else None, gemv=s.gemv,
                     gemv_fusion=s.gemv_fusion), self.device)
-                for (n, k), found in engine.gemv_tuning.items():  # the Triton GEMV's launch settings, per shape
-                    self.meta.setdefault("gemv_settings", {})[f"{n}x{k}"] = {
+                for key, found in engine.gemv_tuning.items():  # the Triton GEMV's launch settings, per shape
+                    name = "x".join(map(str, key[:2])) + "".join(f" {loop}" for loop in key[2:])  # "NxK[ norm]"
+                    self.meta.setdefault("gemv_settings", {})[name] = {
                         "block_n_block_k_warps_stages": list(found["settings"]),
                         "us_per_call": round(found["ms"][found["settings"]] * 1e3, 2)}
                 return engine, setup_s, contexts

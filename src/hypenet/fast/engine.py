@@ -41,7 +41,7 @@ from torch import nn
 from ..model.lightning import lightning_attention, lightning_attention_recurrent
 from ..model.modeling_hypenet import apply_rope, build_mixer_context
 from .attention import decode_attention, prefill_attention, triton_available
-from .gemv import fusion_parts, is_tuned, project, tune
+from .gemv import fusion_parts, is_tuned, loop_variant, project, tune
 from .recurrent import lightning_step
 
 DEFAULT_PREFILL_CHUNK = 65536
@@ -376,11 +376,14 @@ class FastHypeNet:
         if self.graphed and not on_cuda:
             raise ValueError("cuda_graph=True needs the model on a CUDA device")
         regions = (_embed, hybrid_layer, _last_logits)
-        self.gemv_tuning = {}  # (N, K) -> the launch settings chosen and every candidate's time (CUDA, gemv only)
+        # (N, K), or (N, K, loop variant) for the fused loops -> the launch settings chosen and every candidate's time
+        self.gemv_tuning = {}
         if self.gemv and on_cuda and triton_available():
             weights = self._gemv_weights()
             self.gemv_tuning = tune(weights)
             self.gemv = _all_tuned(weights, strict=asked_for_triton, where=torch.cuda.get_device_name(self.device))
+            for loop, fused_weights in self._fused_loop_weights().items():  # the norm / SiLU-gate in the loop
+                self.gemv_tuning.update(tune(fused_weights, loop=loop))
         if self.compiled:  # the same compiled layer serves every layer of a mixer type
             _allow_recompiles()
             options = {**_COMPILE_OPTIONS, **(compile_options or {})}
@@ -407,6 +410,21 @@ class FastHypeNet:
             weights += [m for group in groups for m in group]
         weights.append(self.model.lm_head)
         return [getattr(m, "weight", m) for m in weights if getattr(m, "bias", None) is None]
+
+    def _fused_loop_weights(self) -> dict[str, list[torch.Tensor]]:
+        """The weights whose `gemv` calls take the norm and/or SiLU-gate inside the kernel's loop (gemv_fusion), by
+        `loop_variant`: the packed input projections, the packed SiLU MLP's gate/up, the LM head. Tuned apart from
+        the plain kernel: the loop loads more per slice, so other launch settings may win."""
+        norm, swiglu = "norm" in self.gemv_fusion, "swiglu" in self.gemv_fusion
+        groups: dict[str, list[torch.Tensor]] = {}
+        for buffers in self.cache.layers:
+            if norm and buffers.input_weight is not None:
+                groups.setdefault(loop_variant(norm=True), []).append(buffers.input_weight)
+            if buffers.mlp_weight is not None and buffers.mlp_silu and (norm or swiglu):
+                groups.setdefault(loop_variant(norm, swiglu), []).append(buffers.mlp_weight)
+        if norm and getattr(self.model.lm_head, "bias", None) is None:
+            groups.setdefault(loop_variant(norm=True), []).append(self.model.lm_head.weight)
+        return groups
 
     # ------------------------------------------------------------------ prefill
 

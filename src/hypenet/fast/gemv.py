@@ -23,8 +23,9 @@ inside 2.61 ms (2.76 ms when it read x twice). So the engine fuses the residual 
 
 Launch settings: `tune` times the candidate settings (`TUNE_CONFIGS`) on the weights the kernel will read, one
 weight after another from a CUDA graph (so that none is served from L2, as in a decode step), and remembers the
-fastest per weight shape; `gemv_triton` uses it from then on (else `default_blocks`). The engine tunes its own
-weights before it captures its decode step.
+fastest per weight shape; `gemv_triton` uses it from then on (else `default_blocks`). The fused kernel with the
+norm or SiLU-gate inside its loop loads more per slice and is tuned apart (`tune(..., loop="norm")`); without that
+it takes the plain kernel's settings. The engine tunes its own weights before it captures its decode step.
 
 This file imports only torch and (lazily) triton: kernels never import models.
 """
@@ -148,44 +149,57 @@ def default_blocks(n: int, k: int) -> tuple[int, int]:
 TUNE_CONFIGS = [(2, 1024, 4, 3), (2, 1024, 4, 4), (2, 2048, 4, 3), (2, 512, 4, 4), (4, 1024, 4, 3), (4, 512, 4, 4),
                 (1, 1024, 4, 3), (8, 1024, 4, 3)]
 
-# (N, K, dtype, device type) -> the launch settings `tune` found fastest
+# (N, K, dtype, device type, loop) -> the launch settings `tune` found fastest; loop is "" for the plain kernel, else
+# the fused parts that change its inner loop ("norm", "swiglu", "norm,swiglu": `loop_variant`)
 _TUNED: dict[tuple, tuple[int, int, int, int]] = {}
 
 
-def launch_settings(n: int, k: int, dtype: torch.dtype, device_type: str = "cuda") -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for a weight [n, k]: the tuned ones, else `default_blocks`, 4, 3."""
-    return _TUNED.get((n, k, dtype, device_type)) or (*default_blocks(n, k), 4, 3)
+def loop_variant(norm: bool = False, swiglu: bool = False) -> str:
+    """The name under which `tune` keeps launch settings for the kernel with these parts in its loop (the residual
+    add comes after the loop and leaves it as the plain kernel's)."""
+    return ",".join(part for part, on in (("norm", norm), ("swiglu", swiglu)) if on)
 
 
-def is_tuned(n: int, k: int, dtype: torch.dtype, device_type: str = "cuda") -> bool:
+def launch_settings(n: int, k: int, dtype: torch.dtype, device_type: str = "cuda", loop: str = ""
+                    ) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for a weight [n, k]: the ones tuned for this loop variant, else the
+    plain kernel's tuned ones, else `default_blocks`, 4, 3."""
+    return (_TUNED.get((n, k, dtype, device_type, loop)) or _TUNED.get((n, k, dtype, device_type, ""))
+            or (*default_blocks(n, k), 4, 3))
+
+
+def is_tuned(n: int, k: int, dtype: torch.dtype, device_type: str = "cuda", loop: str = "") -> bool:
     """Whether `tune` found a launch setting that runs for a weight [n, k] of this dtype on this kind of device."""
-    return (n, k, dtype, device_type) in _TUNED
+    return (n, k, dtype, device_type, loop) in _TUNED
 
 
-def tune(weights: list[torch.Tensor], configs=TUNE_CONFIGS, timer=None, again: bool = False
-         ) -> dict[tuple[int, int], dict]:
+def tune(weights: list[torch.Tensor], configs=TUNE_CONFIGS, timer=None, again: bool = False, loop: str = ""
+         ) -> dict[tuple, dict]:
     """Time `configs` for every shape among `weights` (2-D, one device and dtype) and keep the fastest per shape;
-    shapes tuned before are skipped unless `again`.
+    shapes tuned before are skipped unless `again`. loop: tune the fused kernel with these parts in its loop
+    (`loop_variant`: "norm", "swiglu", "norm,swiglu") instead of the plain one.
 
     timer(fn) -> ms: by default the median of CUDA-graph replays of fn, which calls the kernel once on each weight
     of that shape in turn (a decode step's order: every weight comes from memory, not L2). Settings that fail to
-    compile are skipped. Returns {(N, K): {"settings": best, "ms": {settings: ms per call}}}."""
+    compile are skipped. Returns {(N, K) (plain) or (N, K, loop): {"settings": best, "ms": {settings: ms per call}}}."""
     timer = timer or _graph_timer
     by_shape: dict[tuple[int, int], list[torch.Tensor]] = {}
     for w in weights:
         by_shape.setdefault(tuple(w.shape), []).append(w)
     report = {}
     for (n, k), group in by_shape.items():
-        if not again and (n, k, group[0].dtype, group[0].device.type) in _TUNED:
+        if not again and (n, k, group[0].dtype, group[0].device.type, loop) in _TUNED:
             continue
         x = torch.randn(1, k, device=group[0].device, dtype=group[0].dtype)
+        fused = {"norm_weight": torch.ones_like(x[0]), "eps": 1e-6} if "norm" in loop else {}
+        fused["swiglu"] = "swiglu" in loop
         times = {}
         for settings in configs:
 
             def calls(settings=settings):
                 block_n, block_k, warps, stages = settings
                 for w in group:
-                    gemv_triton(x, w, block_n, block_k, num_warps=warps, num_stages=stages)
+                    gemv_triton(x, w, block_n, block_k, num_warps=warps, num_stages=stages, **fused)
 
             try:
                 times[settings] = timer(calls) / len(group)
@@ -193,8 +207,8 @@ def tune(weights: list[torch.Tensor], configs=TUNE_CONFIGS, timer=None, again: b
                 continue
         if times:
             best = min(times, key=times.get)
-            _TUNED[(n, k, group[0].dtype, group[0].device.type)] = best
-            report[(n, k)] = {"settings": best, "ms": times}
+            _TUNED[(n, k, group[0].dtype, group[0].device.type, loop)] = best
+            report[(n, k, loop) if loop else (n, k)] = {"settings": best, "ms": times}
     return report
 
 
@@ -230,7 +244,8 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, block_n: int | None = Non
         raise ValueError(f"norm_weight must have shape ({k},), got {tuple(norm_weight.shape)}")
     if residual is not None and residual.shape != (1, n):
         raise ValueError(f"residual must have shape (1, {n}), got {tuple(residual.shape)}")
-    default_n, default_k, default_warps, default_stages = launch_settings(rows, k, weight.dtype, weight.device.type)
+    default_n, default_k, default_warps, default_stages = launch_settings(
+        rows, k, weight.dtype, weight.device.type, loop_variant(norm_weight is not None, swiglu))
     block_n, block_k = block_n or default_n, block_k or default_k
     num_warps, num_stages = num_warps or default_warps, num_stages or default_stages
     y = torch.empty(1, n, device=x.device, dtype=x.dtype)
@@ -312,4 +327,4 @@ def project(x: torch.Tensor, module_or_weight, use_gemv: bool, norm: torch.nn.Mo
 
 
 __all__ = ["FUSION_PARTS", "TUNE_CONFIGS", "default_blocks", "fusion_parts", "gemv", "gemv_reference", "gemv_triton",
-           "is_tuned", "launch_settings", "project", "tune"]
+           "is_tuned", "launch_settings", "loop_variant", "project", "tune"]
