@@ -314,8 +314,9 @@ class FastHypeNet:
         (`gemv_fused_kernel`): some of "norm" (the RMSNorm before each projection), "swiglu" (SiLU(gate) * up after
         the stacked gate/up) and "residual" (the residual adds), as a list or a comma list; True for all of them,
         False or "none" for none (that work then stays with Inductor, as with cuBLAS). Default "residual": on the
-        H200 it made the 128K step 2.44 ms against 2.46-2.47 without, with the same numbers; "swiglu" added 0.07 ms,
-        "norm" 0.17 ms (results/fast_bench/gemv_fusion/).
+        H200 it made the 128K step 2.44 ms against 2.46-2.47 without, with the same numbers; "norm,residual" with its
+        loop tuned apart took 2.40 ms but moves the bf16 step further from model.forward (1.50e-2 against 1.23e-2
+        with all three parts) (results/fast_bench/gemv_fusion/).
     compile_options: Inductor options added to the engine's own (`MAX_AUTOTUNE`: let Inductor time its Triton
         matmul templates against cuBLAS for each of the step's matrix-vector products and fuse their neighbours
         into them; compiling then takes minutes).

@@ -17,9 +17,11 @@ at batch 1 on CUDA (`FastHypeNet(..., gemv="auto")`).
 With the work around a projection (`gemv_fused_kernel`, the engine's `gemv_fusion`): the RMSNorm before it,
 SiLU(gate) * up after a stacked gate/up product, the residual add after it. SiLU-gate and residual round where eager
 PyTorch rounds, so that a step keeps the reference's numbers; the norm is one pass (x's squares summed beside the
-product, 1/RMS applied to the sums), as close to fp64 as PyTorch but not equal to it. On the H200 only the residual
-add paid (results/fast_bench/gemv_fusion/): HypeNet-2B at 128K 2.44 ms against 2.46-2.47 without; with the norm
-inside 2.61 ms (2.76 ms when it read x twice). So the engine fuses the residual add by default, the rest on request.
+product, 1/RMS applied to the sums), as close to fp64 as PyTorch but not equal to it. On the H200
+(results/fast_bench/gemv_fusion/) the residual add paid: HypeNet-2B at 128K 2.44 ms against 2.46-2.47 without. The
+norm took 2.61 ms at the plain kernel's launch settings, and 2.40 ms with its loop tuned apart (8 rows per
+program), but moves the bf16 step further from the model's own roundings. So the engine fuses the residual add by
+default, the norm and SiLU-gate on request.
 
 Launch settings: `tune` times the candidate settings (`TUNE_CONFIGS`) on the weights the kernel will read, one
 weight after another from a CUDA graph (so that none is served from L2, as in a decode step), and remembers the
