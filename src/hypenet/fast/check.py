@@ -157,8 +157,9 @@ def check_gemv(dtype: torch.dtype, device: str = "cuda", kernel=None) -> list[di
         rows.append(compared({"check": "gemv", "dtype": str(dtype).removeprefix("torch."), "case": f"N={n} K={k}"},
                              kernel(x, w), x.double() @ w.double().T, TOLERANCE[dtype]))
     # with the decode step's work around it (RMSNorm before, SiLU-gate of stacked gate/up, residual add after):
-    # against fp64, and against the same steps in PyTorch in the same dtype (the same roundings; in bf16 the two
-    # still differ by the order of their sums, about as much as each differs from fp64)
+    # against fp64, and against the same steps in PyTorch in the same dtype (the same roundings, except that the
+    # kernel's one-pass norm never rounds the normalised x; in bf16 the two also differ by the order of their sums,
+    # about as much as each differs from fp64)
     for n, k, what in [(8192, 2048, "norm"), (12288, 2048, "norm+swiglu"), (2048, 6144, "residual")]:
         torch.manual_seed(1)
         x = torch.randn(1, k, device=device, dtype=dtype)

@@ -49,7 +49,8 @@ def gemv_reference(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Ten
       times the weight in the model's dtype);
     - swiglu: the weight stacks gate and up ([2I, K]); returns SiLU(x Wg) * (x Wu), [M, I];
     - residual: [M, N] added to the result (the residual stream).
-    Each step rounds to x's dtype where eager PyTorch does, which the Triton kernel repeats."""
+    Each step rounds to x's dtype where eager PyTorch does, which the Triton kernel repeats (except inside the
+    norm: the kernel never rounds the normalised x)."""
     if norm_weight is not None:
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
