@@ -17,6 +17,16 @@ def model_dir(tmp_path_factory):
     return path
 
 
+# a local document source of 24 texts of different lengths (each haystack document repeated 1-8 times)
+SOURCE_TEXTS = [" ".join([doc] * k) for k in range(1, 9) for doc in HAYSTACK_DOCS]
+
+
+def write_source(folder):
+    source = folder / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": text}) + "\n" for text in SOURCE_TEXTS))
+    return source
+
+
 def test_eval_niah_with_yarn_writes_results_report_and_figures(model_dir, tmp_path):
     out = tmp_path / "eval"
     assert main([str(model_dir), "--evals", "niah", "--tasks", "single_1", "--niah-lengths", "240,400",
@@ -51,9 +61,7 @@ def test_eval_niah_with_yarn_writes_results_report_and_figures(model_dir, tmp_pa
 
 def test_eval_perplexity_and_document_haystack_from_a_local_source(model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # hypenet.data caches tokenised corpora under ~/.cache
-    source = tmp_path / "docs.jsonl"
-    source.write_text("".join(json.dumps({"text": " ".join([doc] * k)}) + "\n"
-                              for k in range(1, 9) for doc in HAYSTACK_DOCS))
+    source = write_source(tmp_path)
     out = tmp_path / "eval"
     assert main([str(model_dir), "--tasks", "single_2", "--haystack", str(source), "--niah-lengths", "300",
                  "--niah-depths", "0.5", "--niah-samples", "2", "--ppl-source", str(source), "--ppl-docs", "3",
@@ -78,9 +86,8 @@ def test_haystack_from_heldout_documents_only(model_dir, tmp_path, monkeypatch):
     from hypenet.eval.documents import heldout_documents
 
     monkeypatch.setenv("HOME", str(tmp_path))  # hypenet.data caches tokenised corpora under ~/.cache
-    source = tmp_path / "docs.jsonl"
-    texts = [" ".join([doc] * k) for k in range(1, 9) for doc in HAYSTACK_DOCS]
-    source.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    source = write_source(tmp_path)
+    texts = SOURCE_TEXTS
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     corpus = tokenize_corpus(str(source), tokenizer, heldout_fraction=0.3, seed=0, progress=False)
     held_out = [t for t in texts if any(len(d) == len(tokenizer(t)["input_ids"]) + 1 and
@@ -110,9 +117,7 @@ def test_perplexity_scored_over_fewer_tokens_of_the_same_documents(model_dir, tm
     from hypenet.eval.perplexity import perplexity_by_bucket
 
     monkeypatch.setenv("HOME", str(tmp_path))
-    source = tmp_path / "docs.jsonl"
-    source.write_text("".join(json.dumps({"text": " ".join([doc] * k)}) + "\n"
-                              for k in range(1, 9) for doc in HAYSTACK_DOCS))
+    source = write_source(tmp_path)
     common = [str(model_dir), "--evals", "ppl", "--ppl-source", str(source), "--ppl-docs", "2",
               "--ppl-heldout-fraction", "0.3", "--device", "cpu", "--no-progress"]
     assert main([*common, "--ppl-max-len", "200", "--ppl-score-len", "64", "--out", str(tmp_path / "a")]) == 0

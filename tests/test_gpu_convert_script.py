@@ -97,6 +97,13 @@ STEPS_LATER = ["compare", "convert_even", "eval_even", "share_stage1_none", "con
                "train_speed"]
 
 
+def mark_done(runs: Path, steps) -> None:
+    """Record steps as finished in a runs folder, as the script does, so that a run starts after them."""
+    (runs / "done").mkdir(parents=True)
+    for step in steps:
+        (runs / "done" / step).write_text("0")
+
+
 def test_earlier_evaluations_are_reused_only_with_the_same_settings(setup):
     """TEACHER_EVAL and HALO_EVAL: the teacher's and the HALO student's evaluations are copied instead of run again,
     and HALO itself only runs stage 1 (what the ablations share); other evaluation settings are refused.
@@ -108,9 +115,7 @@ def test_earlier_evaluations_are_reused_only_with_the_same_settings(setup):
     other_options = EVAL_OPTIONS.replace("--niah-samples 1", "--niah-samples 2")
     for name, options in (("same", EVAL_OPTIONS), ("other", other_options)):
         runs = root / f"reuse_{name}"
-        (runs / "done").mkdir(parents=True)
-        for step in STEPS_LATER:  # left to run: setup, HALO's stage 1, the two reused evaluations, sharing stage 1
-            (runs / "done" / step).write_text("0")
+        mark_done(runs, STEPS_LATER)  # left to run: setup, HALO's stage 1, the two reused evaluations, sharing stage 1
         run = run_script({**env, "RUNS": str(runs), "OUT": str(root / f"out_{name}"),
                           "TEACHER_EVAL": str(earlier / "teacher"), "HALO_EVAL": str(earlier / "hypenet-halo"),
                           "EVAL_OPTIONS": options, "CONVERT_OPTIONS": "--set stage1.align_attention=true"},
@@ -133,9 +138,7 @@ def test_earlier_evaluations_are_reused_only_with_the_same_settings(setup):
             assert "was run with other settings (['niah_samples'])" in log
     # fewer NIAH lengths than the earlier evaluations: reused, with all their lengths
     runs = root / "reuse_fewer"
-    (runs / "done").mkdir(parents=True)
-    for step in ["stage1_halo", "share_stage1_even", *STEPS_LATER]:
-        (runs / "done" / step).write_text("0")
+    mark_done(runs, ["stage1_halo", "share_stage1_even", *STEPS_LATER])
     run = run_script({**env, "RUNS": str(runs), "OUT": str(root / "out_fewer"),
                       "TEACHER_EVAL": str(earlier / "teacher"), "HALO_EVAL": str(earlier / "hypenet-halo"),
                       "EVAL_OPTIONS": EVAL_OPTIONS.replace("400,600", "600")}, deadline=600)
@@ -153,9 +156,7 @@ def test_earlier_evaluations_are_reused_only_with_the_same_settings(setup):
         (older / label / "results.json").write_text(json.dumps(results))
     for name, options in (("older_same", EVAL_OPTIONS), ("older_heldout", EVAL_OPTIONS + " --haystack-heldout")):
         runs = root / name
-        (runs / "done").mkdir(parents=True)
-        for step in ["stage1_halo", "share_stage1_even", *STEPS_LATER]:
-            (runs / "done" / step).write_text("0")
+        mark_done(runs, ["stage1_halo", "share_stage1_even", *STEPS_LATER])
         run = run_script({**env, "RUNS": str(runs), "OUT": str(root / f"out_{name}"), "EVAL_OPTIONS": options,
                           "TEACHER_EVAL": str(older / "teacher"), "HALO_EVAL": str(older / "hypenet-halo")},
                          deadline=600)
@@ -169,9 +170,7 @@ def test_earlier_evaluations_are_reused_only_with_the_same_settings(setup):
 def test_without_ablations_the_run_ends_after_the_comparison(setup):
     root, env = setup
     runs = root / "no_ablations"
-    (runs / "done").mkdir(parents=True)
-    for step in ("setup", "convert_halo", "eval_teacher", "eval_halo", "compare"):
-        (runs / "done" / step).write_text("0")
+    mark_done(runs, ("setup", "convert_halo", "eval_teacher", "eval_halo", "compare"))
     run = run_script({**env, "RUNS": str(runs), "OUT": str(root / "out_no_ablations"), "ABLATIONS": "0"}, deadline=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all done (ABLATIONS=0: HALO, its evaluation and the training speed)" in run.stdout
@@ -180,9 +179,7 @@ def test_without_ablations_the_run_ends_after_the_comparison(setup):
     assert (root / "out_no_ablations" / "gpu_convert.tgz").is_file()
     # TRAIN_SPEED=0 leaves the training-speed benchmark out as well
     runs = root / "no_ablations_no_speed"
-    (runs / "done").mkdir(parents=True)
-    for step in ("setup", "convert_halo", "eval_teacher", "eval_halo", "compare"):
-        (runs / "done" / step).write_text("0")
+    mark_done(runs, ("setup", "convert_halo", "eval_teacher", "eval_halo", "compare"))
     run = run_script({**env, "RUNS": str(runs), "OUT": str(root / "out_no_speed"), "ABLATIONS": "0",
                       "TRAIN_SPEED": "0"}, deadline=300)
     assert run.returncode == 0, run.stdout + run.stderr
