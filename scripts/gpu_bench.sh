@@ -19,7 +19,8 @@
 #                                      # with the norms / SiLU-gate / residual adds inside it (fused/); ~4 min
 #   bash scripts/gpu_bench.sh fusion   # HypeNet-2B at 128K (profiled) with each part of that work inside the kernel
 #                                      # apart: fusion_none/, fusion_residual/, ...; ~2 min each; FUSIONS="residual
-#                                      # norm,residual" picks the variants (default: none residual swiglu,residual norm)
+#                                      # norm,residual" picks the variants (default: none residual swiglu,residual norm);
+#                                      # a variant ending in :pdl runs with --pdl (fusion_residual_pdl/, ...)
 #
 # Writes into $OUT (the device tool's folder) or runs/gpu_bench/<part>: bench.json, bench.md, bench_decode.png,
 # log.txt, machine.txt (+ fast_check.json/.md, check_log.txt for `batched`): at most 8 files.
@@ -94,9 +95,12 @@ case $part in
     # which of the work around the matrix-vector products pays inside the kernel: HypeNet-2B at 128K, profiled,
     # without fusion, then with the residual adds, SiLU-gate + residual, and the norms inside it (one process each)
     status=0
-    for parts in ${FUSIONS:-none residual swiglu,residual norm}; do
+    for variant in ${FUSIONS:-none residual swiglu,residual norm}; do
+      parts=${variant%:pdl}; pdl=(); suffix=
+      if [ "$parts" != "$variant" ]; then pdl=(--pdl); suffix=_pdl; fi
       if [ "$parts" = none ]; then fusion=(); else fusion=(--gemv-fusion "$parts"); fi
-      decode_bench 130 "fusion_${parts//,/_}" hypenet-2b --contexts 128K --gemv triton "${fusion[@]}" || status=1
+      decode_bench 130 "fusion_${parts//,/_}$suffix" hypenet-2b --contexts 128K --gemv triton "${fusion[@]}" "${pdl[@]}" \
+        || status=1
     done
     (( status == 0 ))
     ;;

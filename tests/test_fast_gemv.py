@@ -250,6 +250,16 @@ for dtype in (torch.float32, torch.bfloat16):
                         key: v.double() if torch.is_tensor(v) else v for key, v in options.items()})
                     off = [((y.double() - exact).norm() / exact.norm()).item() for y in (out, expected)]
                     assert error <= 2**-6 and off[0] <= 2**-7, (n, k, options, error, off)
+
+# pdl=True: the first weight slice read before the loop (before the wait for the kernel before, on a GPU that launches
+# with PDL; here the same kernel without the wait): the same products in the same order, the same bits
+for dtype in (torch.float32, torch.bfloat16):
+    for n, k, block_k in [(24, 96, 32), (37, 1030, 64), (16, 8, 32)]:
+        x, scale = torch.randn(1, k).to(dtype), torch.randn(k).to(dtype)
+        w, residual = (torch.randn(2 * n, k) / k**0.5).to(dtype), torch.randn(1, n).to(dtype)
+        for options in [{}, dict(norm_weight=scale, eps=1e-6, swiglu=True), dict(residual=residual, swiglu=True)]:
+            peeled = gemv_triton(x, w, block_n=2, block_k=block_k, pdl=True, **options)
+            assert torch.equal(peeled, gemv_triton(x, w, block_n=2, block_k=block_k, **options)), (n, k, options)
 print("ok")
 """
 

@@ -62,6 +62,7 @@ class BenchSettings:
     max_autotune: bool = False  # compile the decode step with fast.engine.MAX_AUTOTUNE
     gemv: str = "auto"  # batch-1 decode projections: "triton" (fast.gemv's kernel; auto on CUDA) or "cublas"
     gemv_fusion: str = "residual"  # with the Triton kernel: the work run inside it (fast.gemv.FUSION_PARTS; "none")
+    pdl: bool = False  # the decode step's kernels launched with programmatic dependent launch (FastHypeNet(pdl=))
     profile: bool = False  # profile a few decode steps per case: profile_<model>_b<batch>_<context>.txt
     time_budget_s: float = 480.0
     out: Path = Path("runs/bench")
@@ -191,7 +192,7 @@ class Bench:
                     model, max_batch=batch, max_len=contexts[-1] + extra, prefill_chunk=s.prefill_chunk,
                     compile=compile_step, cuda_graph=s.cuda_graph, fused_lightning_step=s.fused_lightning_step,
                     compile_options=MAX_AUTOTUNE if s.max_autotune else None, gemv=s.gemv,
-                    gemv_fusion=s.gemv_fusion), self.device)
+                    gemv_fusion=s.gemv_fusion, pdl=s.pdl), self.device)
                 for key, found in engine.gemv_tuning.items():  # the Triton GEMV's launch settings, per shape
                     name = "x".join(map(str, key[:2])) + "".join(f" {loop}" for loop in key[2:])  # "NxK[ norm]"
                     self.meta.setdefault("gemv_settings", {})[name] = {

@@ -135,6 +135,38 @@ def triton_available() -> bool:
 
 
 @functools.cache
+def _programmatic_launch_capable(device_index: int) -> bool:
+    if torch.cuda.get_device_capability(device_index) < (9, 0):
+        return False
+    from triton.language.extra import cuda
+
+    return hasattr(cuda, "gdc_wait") and hasattr(cuda, "gdc_launch_dependents")
+
+
+def programmatic_launch_usable(device: torch.device | str) -> bool:
+    """Whether this package's Triton kernels can be launched with programmatic dependent launch (PDL) on `device`:
+    CUDA with compute capability 9.0 or later (Hopper) and a Triton with gdc_wait. A kernel launched so may start
+    while the kernel before it in the stream still runs; it waits for that kernel's results (gdc_wait) before it
+    reads them, and lets the kernel after it start early (gdc_launch_dependents)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not triton_available():
+        return False
+    return _programmatic_launch_capable(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def programmatic_launch_options(pdl: bool, device: torch.device) -> dict:
+    """A kernel launch's PDL options: USE_GDC (the kernel's constexpr switch for gdc_wait / gdc_launch_dependents)
+    and Triton's launch_pdl. pdl on a CUDA device that cannot (`programmatic_launch_usable`) raises; off CUDA (Triton's
+    CPU interpreter) the kernel runs without them."""
+    if not pdl or device.type != "cuda":
+        return {"USE_GDC": False}
+    if not programmatic_launch_usable(device):
+        raise ValueError(f"programmatic dependent launch needs compute capability 9.0 or later and a Triton with "
+                         f"gdc_wait; {torch.cuda.get_device_name(device)} cannot: run with pdl=False")
+    return {"USE_GDC": True, "launch_pdl": True}
+
+
+@functools.cache
 def _multiprocessor_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -160,8 +192,11 @@ def _kernels():
         stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
         scale, num_kv_heads, num_splits,
         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IEEE_DOT: tl.constexpr,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IEEE_DOT: tl.constexpr, USE_GDC: tl.constexpr,
     ):
+        if USE_GDC:  # launched with PDL: wait for the kernel before (q, the new slot), let the next one start
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         row_head = tl.program_id(0)
         split = tl.program_id(1)
         b = row_head // num_kv_heads
@@ -222,8 +257,11 @@ def _kernels():
         PartOut, PartLse, Out,
         stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
         num_heads, num_splits,
-        BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, USE_GDC: tl.constexpr,
     ):
+        if USE_GDC:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         row_head = tl.program_id(0)
         b = row_head // num_heads
         h = row_head % num_heads
@@ -243,11 +281,12 @@ def _kernels():
 
 def decode_attention_triton(
     q, k_cache, v_cache, start, end, scale: float,
-    num_splits: int | None = None, block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
+    num_splits: int | None = None, block_n: int = 64, num_warps: int = 4, num_stages: int = 2, pdl: bool = False,
 ) -> torch.Tensor:
     """The split-KV kernels; same arguments and result as `decode_attention_reference`.
 
     Needs q and the caches' last dim contiguous. fp32 inputs use full-precision (IEEE) dots, not TF32.
+    pdl: both kernels launched with programmatic dependent launch (`programmatic_launch_options`).
     """
     triton, split_kv_kernel, merge_splits_kernel = _kernels()
     batch, num_heads, head_dim = q.shape
@@ -261,6 +300,7 @@ def decode_attention_triton(
     part_lse = torch.empty(batch, num_heads, num_splits, device=q.device, dtype=torch.float32)
     out = torch.empty_like(q)
     block_d = max(16, triton.next_power_of_2(head_dim))
+    launch = programmatic_launch_options(pdl, q.device)
     split_kv_kernel[(batch * kv_heads, num_splits)](
         q, k_cache, v_cache, start, end, part_out, part_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -269,13 +309,13 @@ def decode_attention_triton(
         scale, kv_heads, num_splits,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         HEAD_DIM=head_dim, BLOCK_D=block_d, IEEE_DOT=q.dtype == torch.float32,
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages, **launch,
     )
     merge_splits_kernel[(batch * num_heads,)](
         part_out, part_lse, out,
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
         out.stride(0), out.stride(1), num_heads, num_splits,
-        BLOCK_S=max(2, triton.next_power_of_2(num_splits)), HEAD_DIM=head_dim, BLOCK_D=block_d,
+        BLOCK_S=max(2, triton.next_power_of_2(num_splits)), HEAD_DIM=head_dim, BLOCK_D=block_d, **launch,
     )
     return out
 
@@ -283,15 +323,18 @@ def decode_attention_triton(
 @torch.library.custom_op("hypenet::decode_attention", mutates_args=())
 def decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor, end: torch.Tensor, scale: float,
+    pdl: bool = False,
 ) -> torch.Tensor:
-    """Decode attention over the valid slots of a static cache: the Triton kernels on CUDA, else the reference."""
+    """Decode attention over the valid slots of a static cache: the Triton kernels on CUDA (pdl: launched with
+    programmatic dependent launch), else the reference."""
     if q.is_cuda and triton_available():
-        return decode_attention_triton(q.contiguous(), k_cache, v_cache, start.contiguous(), end.contiguous(), scale)
+        return decode_attention_triton(q.contiguous(), k_cache, v_cache, start.contiguous(), end.contiguous(), scale,
+                                       pdl=pdl)
     return decode_attention_reference(q, k_cache, v_cache, start, end, scale)
 
 
 @decode_attention.register_fake
-def _(q, k_cache, v_cache, start, end, scale):
+def _(q, k_cache, v_cache, start, end, scale, pdl=False):
     return torch.empty_like(q)
 
 
@@ -303,5 +346,7 @@ __all__ = [
     "attention_with_lse",
     "merge_attention",
     "prefill_attention",
+    "programmatic_launch_options",
+    "programmatic_launch_usable",
     "triton_available",
 ]

@@ -51,6 +51,7 @@ from .attention import (  # noqa: E402
     decode_attention_triton,
     default_num_splits,
     prefill_attention,
+    programmatic_launch_usable,
 )
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
@@ -174,6 +175,9 @@ def check_gemv(dtype: torch.dtype, device: str = "cuda", kernel=None) -> list[di
         rows.append(compared({**row, "case": f"N={n} K={k} {what} vs fp64"}, out, exact, TOLERANCE[dtype]))
         rows.append(compared({**row, "case": f"N={n} K={k} {what} vs PyTorch in {row['dtype']}"}, out,
                              gemv_reference(x, w, **options), TOLERANCE[dtype]))
+        if kernel is gemv_triton and programmatic_launch_usable(device):  # first slice read before the wait
+            rows.append(compared({**row, "case": f"N={n} K={k} {what}, pdl vs without (exact)"},
+                                 kernel(x, w, pdl=True, **options), out, 0.0))
     return rows
 
 
@@ -278,13 +282,22 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
                              batched[b], torch.stack(alone), tolerance))
     # batch 1 with the decode projections through the Triton matrix-vector kernel (fast.gemv)
     # with the residual adds inside that kernel (the default), with nothing and with everything it can take inside
-    for fusion in ("residual", "none", "norm,swiglu,residual"):
+    # then (on a GPU that can) every kernel of the step launched with programmatic dependent launch: the same numbers
+    by_fusion = {}
+    pdl_cases = [(f, True) for f in ("residual", "norm,swiglu,residual") if programmatic_launch_usable(device)]
+    for fusion, pdl in [(f, False) for f in ("residual", "none", "norm,swiglu,residual")] + pdl_cases:
         del engine
-        engine = FastHypeNet(model, max_batch=1, max_len=1024, prefill_chunk=256, gemv="triton", gemv_fusion=fusion)
+        engine = FastHypeNet(model, max_batch=1, max_len=1024, prefill_chunk=256, gemv="triton", gemv_fusion=fusion,
+                             pdl=pdl)
         engine.prefill(ids[:1, :692])
         decoded = torch.stack([engine.decode(ids[:1, t]) for t in range(692, 700)], dim=1)
-        case = f"batch 1, gemv=triton, gemv_fusion={fusion}: 8 decode steps vs model.forward"
-        rows.append(compared({**row, "case": case}, decoded, reference[:1, 692:700], tolerance))
+        if pdl:
+            case = f"batch 1, gemv=triton, gemv_fusion={fusion}, pdl: 8 decode steps vs the same without pdl (exact)"
+            rows.append(compared({**row, "case": case}, decoded, by_fusion[fusion], 0.0))
+        else:
+            by_fusion[fusion] = decoded
+            case = f"batch 1, gemv=triton, gemv_fusion={fusion}: 8 decode steps vs model.forward"
+            rows.append(compared({**row, "case": case}, decoded, reference[:1, 692:700], tolerance))
     del engine, model
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..model.lightning import lightning_attention, lightning_attention_recurrent
 from ..model.modeling_hypenet import apply_rope, build_mixer_context
-from .attention import decode_attention, prefill_attention, triton_available
+from .attention import decode_attention, prefill_attention, programmatic_launch_usable, triton_available
 from .gemv import fusion_parts, is_tuned, loop_variant, project, tune
 from .recurrent import lightning_step
 
@@ -53,6 +53,10 @@ DEFAULT_PREFILL_CHUNK = 65536
 # size of bf16's own error (decode rel. err 1.35e-2 vs 7.0e-3 eager, CPU, hypenet.fast.check's model). The extra
 # conversions are register-only instructions inside the fused kernels: no memory traffic, no extra launches.
 _COMPILE_OPTIONS = {"emulate_precision_casts": True}
+
+# Inductor options of the compiled decode step with pdl: Inductor's own kernels launched with programmatic dependent
+# launch too, so that every kernel of the step may start while the one before it ends.
+_PDL_COMPILE_OPTIONS = {"triton.enable_pdl": True}
 
 # compile_options for FastHypeNet: Inductor picks each matmul's kernel by timing (cuBLAS or its own Triton templates,
 # which can take the neighbouring elementwise work in) and tunes its kernels' launch settings.
@@ -131,6 +135,7 @@ class Chunk:
     fused_step: bool = True  # decode: the lightning step as the `lightning_step` op (False: the recurrence inline)
     gemv: bool = False  # decode: projections through the `gemv` op (the Triton kernel on CUDA at batch 1)
     gemv_fusion: tuple[str, ...] = ()  # with gemv: the parts (fast.gemv.FUSION_PARTS) run inside the `gemv` calls
+    pdl: bool = False  # decode: this package's kernels launched with programmatic dependent launch
 
 
 # ---------------------------------------------------------------------- the model, written for a static cache
@@ -146,34 +151,34 @@ def hybrid_layer(layer: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, 
     else:
         x = _lightning(layer.linear_attn, x, layer.input_layernorm, ctx, buffers, chunk)
     return _mlp(layer.mlp, x, layer.post_attention_layernorm, buffers.mlp_weight, buffers.mlp_silu, chunk.gemv,
-                chunk.gemv_fusion)
+                chunk.gemv_fusion, chunk.pdl)
 
 
 def _input_projections(mixer: nn.Module, x: torch.Tensor, norm: nn.Module, fused: torch.Tensor | None,
-                       use_gemv: bool = False, fuse: tuple[str, ...] = ()) -> list[torch.Tensor]:
+                       chunk: Chunk) -> list[torch.Tensor]:
     """norm(x) Wq, norm(x) Wk, norm(x) Wv and, when the mixer has an output gate, norm(x) Wg (before its sigmoid)."""
     names = [n for n in _INPUT_PROJECTIONS if hasattr(mixer, n)]
     if fused is None:
         h = norm(x)
-        return [project(h, getattr(mixer, n), use_gemv) for n in names]
+        return [project(h, getattr(mixer, n), chunk.gemv, pdl=chunk.pdl) for n in names]
     sizes = [getattr(mixer, n).out_features for n in names]
-    return list(project(x, fused, use_gemv, norm=norm, fuse=fuse).split(sizes, dim=-1))
+    return list(project(x, fused, chunk.gemv, norm=norm, fuse=chunk.gemv_fusion, pdl=chunk.pdl).split(sizes, dim=-1))
 
 
 def _mlp(mlp: nn.Module, x: torch.Tensor, norm: nn.Module, fused: torch.Tensor | None, silu: bool = False,
-         use_gemv: bool = False, fuse: tuple[str, ...] = ()) -> torch.Tensor:
+         use_gemv: bool = False, fuse: tuple[str, ...] = (), pdl: bool = False) -> torch.Tensor:
     """x + MLP(norm(x)); with the gate/up weights stacked and a SiLU MLP (`silu`), norm, gate/up and SiLU(gate) * up
     are one projection."""
     if fused is not None and silu:
-        hidden = project(x, fused, use_gemv, norm=norm, swiglu=True, fuse=fuse)
+        hidden = project(x, fused, use_gemv, norm=norm, swiglu=True, fuse=fuse, pdl=pdl)
     else:
         h = norm(x)
         if fused is None:
-            gate, up = project(h, mlp.gate_proj, use_gemv), project(h, mlp.up_proj, use_gemv)
+            gate, up = project(h, mlp.gate_proj, use_gemv, pdl=pdl), project(h, mlp.up_proj, use_gemv, pdl=pdl)
         else:
-            gate, up = project(h, fused, use_gemv).chunk(2, dim=-1)
+            gate, up = project(h, fused, use_gemv, pdl=pdl).chunk(2, dim=-1)
         hidden = mlp.act_fn(gate) * up
-    return project(hidden, mlp.down_proj, use_gemv, residual=x, fuse=fuse)
+    return project(hidden, mlp.down_proj, use_gemv, residual=x, fuse=fuse, pdl=pdl)
 
 
 def _attention(attn: nn.Module, x: torch.Tensor, norm: nn.Module, ctx, buffers: LayerBuffers, chunk: Chunk,
@@ -182,7 +187,7 @@ def _attention(attn: nn.Module, x: torch.Tensor, norm: nn.Module, ctx, buffers: 
     cfg = attn.config
     batch, seq_len, _ = x.shape
     heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    q, k, v, *gate = _input_projections(attn, x, norm, buffers.input_weight, chunk.gemv, chunk.gemv_fusion)
+    q, k, v, *gate = _input_projections(attn, x, norm, buffers.input_weight, chunk)
     q = q.view(batch, seq_len, heads, head_dim)
     k = k.view(batch, seq_len, kv_heads, head_dim)
     v = v.view(batch, seq_len, kv_heads, head_dim)
@@ -198,7 +203,7 @@ def _attention(attn: nn.Module, x: torch.Tensor, norm: nn.Module, ctx, buffers: 
         keys.index_copy_(2, chunk.slot, k)
         values.index_copy_(2, chunk.slot, v)
         end = (chunk.slot + 1).repeat(batch)  # every row's newest token is at `slot`
-        o = decode_attention(q[:, 0], keys, values, start, end, head_dim**-0.5)[:, None]
+        o = decode_attention(q[:, 0], keys, values, start, end, head_dim**-0.5, chunk.pdl)[:, None]
     else:
         keys[chunk.rows, :, chunk.hi - seq_len:chunk.hi] = k
         values[chunk.rows, :, chunk.hi - seq_len:chunk.hi] = v
@@ -207,7 +212,7 @@ def _attention(attn: nn.Module, x: torch.Tensor, norm: nn.Module, ctx, buffers: 
     o = o.reshape(batch, seq_len, heads * head_dim)
     if gate:
         o = o * torch.sigmoid(gate[0])
-    return project(o, attn.o_proj, chunk.gemv, residual=x, fuse=chunk.gemv_fusion)
+    return project(o, attn.o_proj, chunk.gemv, residual=x, fuse=chunk.gemv_fusion, pdl=chunk.pdl)
 
 
 def _lightning(lin: nn.Module, x: torch.Tensor, norm: nn.Module, ctx, buffers: LayerBuffers,
@@ -217,14 +222,14 @@ def _lightning(lin: nn.Module, x: torch.Tensor, norm: nn.Module, ctx, buffers: L
     batch, seq_len, _ = x.shape
     heads, head_dim = cfg.num_attention_heads, cfg.head_dim
     shape = (batch, seq_len, heads, head_dim)
-    q, k, v, *gate = _input_projections(lin, x, norm, buffers.input_weight, chunk.gemv, chunk.gemv_fusion)
+    q, k, v, *gate = _input_projections(lin, x, norm, buffers.input_weight, chunk)
     q, k, v = q.view(shape), k.view(shape), v.view(shape)
     if cfg.lightning_qk_norm:
         q, k = lin.q_norm(q), lin.k_norm(k)
     q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
     log_decay = lin.log_decay.float()
     if chunk.slot is not None and chunk.fused_step:  # one kernel, the state updated in its buffer
-        o = lightning_step(q[:, 0], k[:, 0], v[:, 0], log_decay, buffers.state, head_dim**-0.5)[:, None]
+        o = lightning_step(q[:, 0], k[:, 0], v[:, 0], log_decay, buffers.state, head_dim**-0.5, chunk.pdl)[:, None]
     else:
         g = log_decay.expand(batch, seq_len, heads)
         if chunk.slot is not None:
@@ -242,7 +247,7 @@ def _lightning(lin: nn.Module, x: torch.Tensor, norm: nn.Module, ctx, buffers: L
         o = lin.o_norm(o)
     if gate:
         o = o * torch.sigmoid(gate[0])
-    return project(o, lin.o_proj, chunk.gemv, residual=x, fuse=chunk.gemv_fusion)
+    return project(o, lin.o_proj, chunk.gemv, residual=x, fuse=chunk.gemv_fusion, pdl=chunk.pdl)
 
 
 def _embed(body: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor):
@@ -252,9 +257,9 @@ def _embed(body: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor):
     return x, build_mixer_context(body.config, body.rotary_emb, x, position_ids=positions)
 
 
-def _last_logits(model: nn.Module, x: torch.Tensor, use_gemv: bool = False, fuse: tuple[str, ...] = ()
-                 ) -> torch.Tensor:
-    return project(x[:, -1], model.lm_head, use_gemv, norm=model.model.norm, fuse=fuse).float()
+def _last_logits(model: nn.Module, x: torch.Tensor, use_gemv: bool = False, fuse: tuple[str, ...] = (),
+                 pdl: bool = False) -> torch.Tensor:
+    return project(x[:, -1], model.lm_head, use_gemv, norm=model.model.norm, fuse=fuse, pdl=pdl).float()
 
 
 # ---------------------------------------------------------------------- weight repacking
@@ -317,6 +322,12 @@ class FastHypeNet:
         H200 it made the 128K step 2.44 ms against 2.46-2.47 without, with the same numbers; "norm,residual" with its
         loop tuned apart took 2.40 ms but moves the bf16 step further from model.forward (1.50e-2 against 1.23e-2
         with all three parts) (results/fast_bench/gemv_fusion/).
+    pdl: launch every kernel of the decode step with programmatic dependent launch (CUDA, compute capability 9.0+):
+        this package's kernels (matrix-vector products, split-KV attention, lightning step) and, through Inductor's
+        `triton.enable_pdl`, the compiled ones. Each may then start while the kernel before it ends: it sets up,
+        reads what does not depend on that kernel (the matrix-vector kernel its first weight slice), and waits for
+        that kernel's results before it reads them. The same arithmetic as without. Off by default until measured
+        (results/fast_bench/).
     compile_options: Inductor options added to the engine's own (`MAX_AUTOTUNE`: let Inductor time its Triton
         matmul templates against cuBLAS for each of the step's matrix-vector products and fuse their neighbours
         into them; compiling then takes minutes).
@@ -337,6 +348,7 @@ class FastHypeNet:
         compile_options: dict | None = None,
         gemv: str = "auto",
         gemv_fusion: bool | str | tuple[str, ...] = "residual",
+        pdl: bool = False,
     ):
         config = model.config
         if getattr(config, "model_type", None) != "hypenet":
@@ -366,6 +378,12 @@ class FastHypeNet:
             gemv = "triton" if self.device.type == "cuda" and triton_available() else "cublas"
         self.gemv = gemv == "triton" and max_batch == 1
         self.gemv_fusion = fusion_parts(gemv_fusion)
+        if pdl and not programmatic_launch_usable(self.device):
+            where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
+            raise ValueError(f"pdl=True (programmatic dependent launch) needs a CUDA GPU of compute capability 9.0 or "
+                             f"later (Hopper) and a Triton with gdc_wait; the model is on {where}: build the engine "
+                             "with pdl=False")
+        self.pdl = pdl
         self.length = 0  # slots filled in every row
         # The decode step's inputs live in fixed buffers, so that a captured graph reads the current values.
         self._token = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)
@@ -387,7 +405,7 @@ class FastHypeNet:
                 self.gemv_tuning.update(tune(fused_weights, loop=loop))
         if self.compiled:  # the same compiled layer serves every layer of a mixer type
             _allow_recompiles()
-            options = {**_COMPILE_OPTIONS, **(compile_options or {})}
+            options = {**_COMPILE_OPTIONS, **(_pdl_compile_options() if pdl else {}), **(compile_options or {})}
             regions = tuple(torch.compile(fn, fullgraph=True, dynamic=False, options=options) for fn in regions)
         self._decode_embed, self._decode_layer, self._decode_logits = regions
         self._graph = self._graph_logits = None
@@ -474,10 +492,10 @@ class FastHypeNet:
         start = self.cache.start
         x, ctx = self._decode_embed(self.model.model, self._token, self._slot - start[:, None])
         chunk = Chunk(slot=self._slot, fused_step=self.fused_lightning_step, gemv=self.gemv,
-                      gemv_fusion=self.gemv_fusion)
+                      gemv_fusion=self.gemv_fusion, pdl=self.pdl)
         for layer, buffers in zip(self.model.model.layers, self.cache.layers):
             x = self._decode_layer(layer, x, ctx, buffers, chunk, start)
-        return self._decode_logits(self.model, x, self.gemv, self.gemv_fusion)
+        return self._decode_logits(self.model, x, self.gemv, self.gemv_fusion, self.pdl)
 
     def _capture(self) -> None:
         """Warm up (compile, autotune) on a side stream, then record the decode step in a CUDA graph."""
@@ -561,6 +579,18 @@ def _all_tuned(weights: list[torch.Tensor], strict: bool, where: str) -> bool:
         raise RuntimeError(f"{message}; build the engine with gemv='cublas' (or 'auto')")
     warnings.warn(f"{message}: the decode step uses cuBLAS instead", stacklevel=3)
     return False
+
+
+def _pdl_compile_options() -> dict:
+    """_PDL_COMPILE_OPTIONS where this torch's Inductor has them (torch 2.10+); else only this package's kernels are
+    launched with PDL, and a warning says so."""
+    import torch._inductor.config as inductor_config
+
+    if hasattr(inductor_config.triton, "enable_pdl"):
+        return _PDL_COMPILE_OPTIONS
+    warnings.warn(f"torch {torch.__version__}'s Inductor cannot launch its kernels with programmatic dependent launch "
+                  "(triton.enable_pdl): with pdl=True only hypenet's own kernels are", stacklevel=3)
+    return {}
 
 
 def _allow_recompiles(limit: int = 64) -> None:

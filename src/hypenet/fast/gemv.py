@@ -39,7 +39,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .attention import triton_available
+from .attention import programmatic_launch_options, triton_available
 
 
 def gemv_reference(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
@@ -68,7 +68,8 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    global _rounded  # a jit function finds the functions it calls among its module's globals
+    global _rounded, _weight_slice, _accumulate, _products  # a jit function finds the functions it calls
+    # among its module's globals
 
     # v (fp32) rounded to dtype and back, to nearest even as PyTorch rounds; for bf16 through the bits, so that
     # Triton's CPU interpreter (which truncates in `.to(bfloat16)`) rounds as the GPU does
@@ -81,18 +82,64 @@ def _kernel():
         else:
             return v.to(dtype).to(tl.float32)
 
+    # The weight slices a program reads first, issued before it waits for the kernel before it (PEEL, with
+    # programmatic dependent launch): the weights never depend on that kernel, only x (and the residual) do.
     @triton.jit
-    def gemv_kernel(X, W, Y, N, K, stride_wn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_mask = rows < N
+    def _weight_slice(w_rows, up_offset, cols, mask, SWIGLU: tl.constexpr):
+        w = tl.load(w_rows + cols[None, :], mask=mask, other=0.0)
+        w_up = w
+        if SWIGLU:  # the up rows sit up_offset elements below the gate rows
+            w_up = tl.load(w_rows + up_offset + cols[None, :], mask=mask, other=0.0)
+        return w, w_up
+
+    # One slice of the product: x's slice (times the norm weight, its squares summed) against the weight slices.
+    @triton.jit
+    def _accumulate(X, NW, cols, col_mask, w, w_up, acc, acc_up, squares, NORM: tl.constexpr,
+                    SWIGLU: tl.constexpr):
+        x = tl.load(X + cols, mask=col_mask, other=0.0).to(tl.float32)
+        if NORM:  # one pass: x's squares summed beside the product of weight * x, scaled by 1/RMS at the end
+            squares += x * x
+            x = x * tl.load(NW + cols, mask=col_mask, other=0.0).to(tl.float32)
+        acc += w.to(tl.float32) * x[None, :]
+        if SWIGLU:
+            acc_up += w_up.to(tl.float32) * x[None, :]
+        return acc, acc_up, squares
+
+    # With USE_GDC (the launch asked for programmatic dependent launch, Hopper and later) a program may start while
+    # the kernel before it still runs: it reads its first weight slices, then waits for that kernel's results
+    # (gdc_wait) before it reads x, and lets the kernel after it start (gdc_launch_dependents). PEEL reads the first
+    # slice before the loop, as USE_GDC needs; the same arithmetic in the same order as the plain loop.
+    @triton.jit
+    def _products(X, W, NW, N, K, stride_wn, rows, row_mask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  NORM: tl.constexpr, SWIGLU: tl.constexpr, PEEL: tl.constexpr, USE_GDC: tl.constexpr):
         w_rows = W + rows.to(tl.int64)[:, None] * stride_wn
+        up_offset = N * stride_wn
         acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        squares = tl.zeros([BLOCK_K], tl.float32)
+        first = 0
+        if PEEL:
+            cols = tl.arange(0, BLOCK_K)
+            col_mask = cols < K
+            w, w_up = _weight_slice(w_rows, up_offset, cols, row_mask[:, None] & col_mask[None, :], SWIGLU)
+            if USE_GDC:
+                tl.extra.cuda.gdc_wait()
+                tl.extra.cuda.gdc_launch_dependents()
+            acc, acc_up, squares = _accumulate(X, NW, cols, col_mask, w, w_up, acc, acc_up, squares, NORM, SWIGLU)
+            first = BLOCK_K
+        for k0 in range(first, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             col_mask = cols < K
-            x = tl.load(X + cols, mask=col_mask, other=0.0).to(tl.float32)
-            w = tl.load(w_rows + cols[None, :], mask=row_mask[:, None] & col_mask[None, :], other=0.0)
-            acc += w.to(tl.float32) * x[None, :]
+            w, w_up = _weight_slice(w_rows, up_offset, cols, row_mask[:, None] & col_mask[None, :], SWIGLU)
+            acc, acc_up, squares = _accumulate(X, NW, cols, col_mask, w, w_up, acc, acc_up, squares, NORM, SWIGLU)
+        return acc, acc_up, squares
+
+    @triton.jit
+    def gemv_kernel(X, W, Y, N, K, stride_wn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PEEL: tl.constexpr,
+                    USE_GDC: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_mask = rows < N
+        acc, _, _ = _products(X, W, X, N, K, stride_wn, rows, row_mask, BLOCK_N, BLOCK_K, False, False, PEEL, USE_GDC)
         tl.store(Y + rows, tl.sum(acc, 1).to(Y.dtype.element_ty), mask=row_mask)
 
     # gemv_kernel with the RMSNorm of x before, SiLU(gate) * up of stacked gate/up rows, and a residual add after.
@@ -102,27 +149,13 @@ def _kernel():
     # the reference by about one rounding step).
     @triton.jit
     def gemv_fused_kernel(X, W, Y, NW, R, N, K, stride_wn, eps, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          NORM: tl.constexpr, SWIGLU: tl.constexpr, RESIDUAL: tl.constexpr):
+                          NORM: tl.constexpr, SWIGLU: tl.constexpr, RESIDUAL: tl.constexpr, PEEL: tl.constexpr,
+                          USE_GDC: tl.constexpr):
         dtype = Y.dtype.element_ty
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = rows < N
-        w_rows = W + rows.to(tl.int64)[:, None] * stride_wn
-        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-        acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-        squares = tl.zeros([BLOCK_K], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
-            col_mask = cols < K
-            x = tl.load(X + cols, mask=col_mask, other=0.0).to(tl.float32)
-            if NORM:  # one pass: x's squares summed beside the product of weight * x, scaled by 1/RMS at the end
-                squares += x * x
-                x = x * tl.load(NW + cols, mask=col_mask, other=0.0).to(tl.float32)
-            mask = row_mask[:, None] & col_mask[None, :]
-            w = tl.load(w_rows + cols[None, :], mask=mask, other=0.0)
-            acc += w.to(tl.float32) * x[None, :]
-            if SWIGLU:  # the up rows sit N rows below the gate rows
-                w_up = tl.load(w_rows + N * stride_wn + cols[None, :], mask=mask, other=0.0)
-                acc_up += w_up.to(tl.float32) * x[None, :]
+        acc, acc_up, squares = _products(X, W, NW, N, K, stride_wn, rows, row_mask, BLOCK_N, BLOCK_K, NORM, SWIGLU,
+                                         PEEL, USE_GDC)
         y = tl.sum(acc, 1)
         if NORM:
             rstd = 1.0 / tl.sqrt(tl.sum(squares, 0) / K + eps)
@@ -229,9 +262,14 @@ def _graph_timer(fn) -> float:
 
 def gemv_triton(x: torch.Tensor, weight: torch.Tensor, block_n: int | None = None, block_k: int | None = None,
                 num_warps: int | None = None, num_stages: int | None = None, norm_weight: torch.Tensor | None = None,
-                eps: float = 0.0, residual: torch.Tensor | None = None, swiglu: bool = False) -> torch.Tensor:
+                eps: float = 0.0, residual: torch.Tensor | None = None, swiglu: bool = False, pdl: bool = False
+                ) -> torch.Tensor:
     """The Triton kernel; same arguments and result as `gemv_reference`, for one row (M == 1). Launch settings not
-    given come from `launch_settings` for the weight's shape (tuned, else the defaults)."""
+    given come from `launch_settings` for the weight's shape (tuned, else the defaults).
+
+    pdl: launch with programmatic dependent launch (CUDA, compute capability 9.0+; `programmatic_launch_usable`):
+    the kernel may start while the one before it runs, reads its first weight slice, then waits for that kernel's
+    results before it reads x. Elsewhere (Triton's CPU interpreter) the same kernel without the wait."""
     triton, plain_kernel, fused_kernel = _kernel()
     if x.dim() != 2 or x.shape[0] != 1:
         raise ValueError(f"gemv_triton computes one row: x must be [1, K], got {tuple(x.shape)}")
@@ -251,31 +289,33 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, block_n: int | None = Non
         rows, k, weight.dtype, weight.device.type, loop_variant(norm_weight is not None, swiglu))
     block_n, block_k = block_n or default_n, block_k or default_k
     num_warps, num_stages = num_warps or default_warps, num_stages or default_stages
+    launch = {"num_warps": num_warps, "num_stages": num_stages, "PEEL": pdl,
+              **programmatic_launch_options(pdl, x.device)}
     y = torch.empty(1, n, device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(n, block_n),)
     if norm_weight is None and residual is None and not swiglu:  # the kernel measured on the H200
-        plain_kernel[grid](x, weight, y, n, k, weight.stride(0), BLOCK_N=block_n, BLOCK_K=block_k,
-                           num_warps=num_warps, num_stages=num_stages)
+        plain_kernel[grid](x, weight, y, n, k, weight.stride(0), BLOCK_N=block_n, BLOCK_K=block_k, **launch)
         return y
     norm = norm_weight.contiguous() if norm_weight is not None else x  # x: an unused pointer
     res = residual.contiguous() if residual is not None else x
     fused_kernel[grid](x, weight, y, norm, res, n, k, weight.stride(0), eps, BLOCK_N=block_n, BLOCK_K=block_k,
-                       NORM=norm_weight is not None, SWIGLU=swiglu, RESIDUAL=residual is not None,
-                       num_warps=num_warps, num_stages=num_stages)
+                       NORM=norm_weight is not None, SWIGLU=swiglu, RESIDUAL=residual is not None, **launch)
     return y
 
 
 @torch.library.custom_op("hypenet::gemv", mutates_args=())
 def gemv(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-         residual: torch.Tensor | None = None, swiglu: bool = False) -> torch.Tensor:
-    """`gemv_reference` for x [M, K]: the Triton kernel on CUDA for one row, else the reference."""
+         residual: torch.Tensor | None = None, swiglu: bool = False, pdl: bool = False) -> torch.Tensor:
+    """`gemv_reference` for x [M, K]: the Triton kernel on CUDA for one row (pdl: launched with programmatic
+    dependent launch), else the reference."""
     if x.is_cuda and x.shape[0] == 1 and triton_available():
-        return gemv_triton(x.contiguous(), weight, norm_weight=norm_weight, eps=eps, residual=residual, swiglu=swiglu)
+        return gemv_triton(x.contiguous(), weight, norm_weight=norm_weight, eps=eps, residual=residual, swiglu=swiglu,
+                           pdl=pdl)
     return gemv_reference(x, weight, norm_weight, eps, residual, swiglu)
 
 
 @gemv.register_fake
-def _(x, weight, norm_weight=None, eps=0.0, residual=None, swiglu=False):
+def _(x, weight, norm_weight=None, eps=0.0, residual=None, swiglu=False, pdl=False):
     return x.new_empty(x.shape[0], weight.shape[0] // 2 if swiglu else weight.shape[0])
 
 
@@ -300,14 +340,15 @@ def fusion_parts(spec) -> tuple[str, ...]:
 
 
 def project(x: torch.Tensor, module_or_weight, use_gemv: bool, norm: torch.nn.Module | None = None,
-            residual: torch.Tensor | None = None, swiglu: bool = False, fuse=()) -> torch.Tensor:
+            residual: torch.Tensor | None = None, swiglu: bool = False, fuse=(), pdl: bool = False) -> torch.Tensor:
     """A projection of the engine's decode step, with what surrounds it: residual + act(norm(x) W^T).
 
     x: [..., K]; module_or_weight: an nn.Linear or a weight [N, K]; norm: an RMSNorm module (`weight`, `eps`) applied
     to x first; swiglu: the weight stacks gate and up, SiLU(gate) * up is returned; residual: added at the end.
     With use_gemv (and no bias) the product is a `gemv` call (one Triton kernel on CUDA at batch 1), and the parts
     of the surrounding work named by fuse (`fusion_parts`: "norm", "swiglu", "residual", or True for all) run
-    inside it; everything else is PyTorch ops (the norm through its module)."""
+    inside it; everything else is PyTorch ops (the norm through its module). pdl: `gemv`'s kernel launched with
+    programmatic dependent launch."""
     weight = getattr(module_or_weight, "weight", module_or_weight)
     bias = getattr(module_or_weight, "bias", None)
     use_gemv = use_gemv and bias is None
@@ -320,7 +361,7 @@ def project(x: torch.Tensor, module_or_weight, use_gemv: bool, norm: torch.nn.Mo
         out = weight.shape[0] // 2 if fused_swiglu else weight.shape[0]
         y = gemv(h.reshape(-1, h.shape[-1]), weight, norm.weight if fused_norm else None,
                  norm.eps if fused_norm else 0.0, residual.reshape(-1, out) if fused_residual else None,
-                 fused_swiglu).reshape(*h.shape[:-1], out)
+                 fused_swiglu, pdl).reshape(*h.shape[:-1], out)
     else:
         y = F.linear(h, weight, bias)
     if swiglu and not fused_swiglu:

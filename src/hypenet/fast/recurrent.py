@@ -23,7 +23,7 @@ import functools
 
 import torch
 
-from .attention import triton_available
+from .attention import programmatic_launch_options, triton_available
 
 
 def lightning_step_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
@@ -50,7 +50,11 @@ def _kernel():
         stride_sb, stride_sh, stride_sk, stride_ob, stride_oh,
         num_heads, scale,
         DIM_K: tl.constexpr, DIM_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+        USE_GDC: tl.constexpr,
     ):
+        if USE_GDC:  # launched with PDL: wait for the kernel before (q, k, v), let the next one start
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         row_head = tl.program_id(0)
         b = row_head // num_heads
         h = row_head % num_heads
@@ -74,9 +78,11 @@ def _kernel():
 
 
 def lightning_step_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
-                          state: torch.Tensor, scale: float, block_v: int = 32, num_warps: int = 4) -> torch.Tensor:
+                          state: torch.Tensor, scale: float, block_v: int = 32, num_warps: int = 4, pdl: bool = False
+                          ) -> torch.Tensor:
     """The Triton kernel; same arguments and result as `lightning_step_reference`. Needs an fp32 state whose last
-    two dims are contiguous, and q, k, v contiguous in their last dim."""
+    two dims are contiguous, and q, k, v contiguous in their last dim. pdl: launched with programmatic dependent
+    launch (`fast.attention.programmatic_launch_options`)."""
     triton, kernel = _kernel()
     batch, heads, dim_k = q.shape
     dim_v = v.shape[-1]
@@ -93,7 +99,7 @@ def lightning_step_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log
         state.stride(0), state.stride(1), state.stride(2), out.stride(0), out.stride(1),
         heads, scale,
         DIM_K=dim_k, DIM_V=dim_v, BLOCK_K=triton.next_power_of_2(dim_k), BLOCK_V=block_v,
-        num_warps=num_warps,
+        num_warps=num_warps, **programmatic_launch_options(pdl, q.device),
     )
     return out
 
@@ -104,17 +110,17 @@ def triton_step_usable(state: torch.Tensor) -> bool:
 
 @torch.library.custom_op("hypenet::lightning_step", mutates_args=("state",))
 def lightning_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
-                   state: torch.Tensor, scale: float) -> torch.Tensor:
-    """One decode step of a lightning layer, state updated in place: the Triton kernel on CUDA (fp32 state), else
-    the reference."""
+                   state: torch.Tensor, scale: float, pdl: bool = False) -> torch.Tensor:
+    """One decode step of a lightning layer, state updated in place: the Triton kernel on CUDA (fp32 state; pdl:
+    launched with programmatic dependent launch), else the reference."""
     if triton_step_usable(state):
         return lightning_step_triton(q.contiguous(), k.contiguous(), v.contiguous(), log_decay.contiguous(), state,
-                                     scale)
+                                     scale, pdl=pdl)
     return lightning_step_reference(q, k, v, log_decay, state, scale)
 
 
 @lightning_step.register_fake
-def _(q, k, v, log_decay, state, scale):
+def _(q, k, v, log_decay, state, scale, pdl=False):
     return q.new_empty(*q.shape[:-1], v.shape[-1])
 
 
