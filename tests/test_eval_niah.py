@@ -190,6 +190,32 @@ def test_batches_respect_the_token_cap(tokenizer):
         assert len(batch) <= 3 and (len(batch) == 1 or lengths[0] * len(batch) <= 1300)
 
 
+def test_padded_batches_keep_their_dense_mask_under_the_cap(tokenizer, monkeypatch):
+    from hypenet.eval import niah
+    from hypenet.eval.niah import _batches
+
+    samples = build_niah_grid(tokenizer, ["single_1", "single_2"], [400], [0.0, 0.5, 1.0], 2, seed=0,
+                              haystack_docs=HAYSTACK_DOCS)
+    lengths = sorted({s.n_tokens for s in samples})
+    assert len(lengths) > 1  # real-text haystacks: prompts of different lengths, so batches are padded
+    longest = lengths[-1]
+    batches = _batches(samples, batch_size=16, max_batch_tokens=None, max_mask_elements=3 * longest**2)
+    assert sorted(i for b in batches for i in b) == list(range(len(samples)))
+    for batch in batches:
+        rows = [samples[i].n_tokens for i in batch]
+        assert len(set(rows)) == 1 or len(rows) * rows[0] ** 2 <= 3 * longest**2
+    assert max(map(len, batches)) > 1
+    # prompts of one length need no mask: the cap leaves them batched
+    same = [s for s in samples if s.n_tokens == samples[0].n_tokens] * 4
+    assert _batches(same, batch_size=64, max_batch_tokens=None, max_mask_elements=1) == [list(range(len(same)))]
+    # transformers models get the cap, HypeNet (row-by-row attention for padded rows) does not
+    seen = []
+    monkeypatch.setattr(niah, "_batches", lambda *args: seen.append(args[3]) or [])
+    niah.generate_answers(tiny_llama(tokenizer), tokenizer, samples, progress=False)
+    niah.generate_answers(tiny_hypenet(tokenizer), tokenizer, samples, progress=False)
+    assert seen == [niah.MAX_PADDED_MASK_ELEMENTS, None]
+
+
 def test_batches_never_mix_answer_budgets(tokenizer):
     from hypenet.eval.niah import _batches
 

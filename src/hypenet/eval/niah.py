@@ -305,17 +305,28 @@ def score(sample: NiahSample, output: str) -> bool:
     return sample.value in output
 
 
-def _batches(samples: Sequence[NiahSample], batch_size: int, max_batch_tokens: int | None) -> list[list[int]]:
+# A padded batch through a transformers model builds a dense [B, 1, T, T] attention mask (and SDPA leaves its flash
+# kernel for it): at most this many mask elements per padded batch (8 GiB in bf16). At 64K tokens that is one row:
+# 8 rows of 61.5K-token prompts asked for a 56 GiB mask on the H200 (results/gpu_convert/README.md, eighth lease).
+MAX_PADDED_MASK_ELEMENTS = 2**32
+
+
+def _batches(samples: Sequence[NiahSample], batch_size: int, max_batch_tokens: int | None,
+             max_mask_elements: int | None = None) -> list[list[int]]:
     """Indices grouped by answer budget, then longest first (least padding, and an out-of-memory error shows up in
-    the first batch). A batch decodes for its largest budget, so 12-token answers never wait on 64-token ones."""
+    the first batch). A batch decodes for its largest budget, so 12-token answers never wait on 64-token ones.
+    max_mask_elements: a batch whose prompts differ in length (padded) keeps rows x longest^2 under it."""
     order = sorted(range(len(samples)), key=lambda i: (samples[i].max_new_tokens, samples[i].n_tokens), reverse=True)
     batches, current = [], []
     for i in order:
         # Sorted longest first within a budget, so the batch's first sample sets its padded length.
         longest = samples[current[0]].n_tokens if current else samples[i].n_tokens
         too_many_tokens = max_batch_tokens is not None and longest * (len(current) + 1) > max_batch_tokens
+        padded = samples[i].n_tokens != longest  # sorted: then every row after the first is shorter or equal
+        too_large_mask = padded and max_mask_elements is not None \
+            and longest**2 * (len(current) + 1) > max_mask_elements
         other_budget = bool(current) and samples[current[0]].max_new_tokens != samples[i].max_new_tokens
-        if current and (len(current) == batch_size or too_many_tokens or other_budget):
+        if current and (len(current) == batch_size or too_many_tokens or too_large_mask or other_budget):
             batches.append(current)
             current = []
         current.append(i)
@@ -327,7 +338,9 @@ def _batches(samples: Sequence[NiahSample], batch_size: int, max_batch_tokens: i
 @torch.no_grad()
 def generate_answers(model, tokenizer, samples: Sequence[NiahSample], batch_size: int = 8,
                      max_batch_tokens: int | None = None, progress: bool = True) -> list[str]:
-    """Greedy answers for every sample, batched with left padding; progress (with ETA) counted in prompt tokens."""
+    """Greedy answers for every sample, batched with left padding; progress (with ETA) counted in prompt tokens.
+    Padded batches of a model other than HypeNet (which attends row by row on each row's real tokens) keep their
+    dense attention mask under MAX_PADDED_MASK_ELEMENTS."""
     from transformers import GenerationConfig
 
     if tokenizer.padding_side != "left":
@@ -337,7 +350,8 @@ def generate_answers(model, tokenizer, samples: Sequence[NiahSample], batch_size
     device = next(model.parameters()).device
     outputs: list[str] = [""] * len(samples)
     bar = tqdm(total=sum(s.n_tokens for s in samples), unit="tok", unit_scale=True, desc="NIAH", disable=not progress)
-    for batch in _batches(samples, batch_size, max_batch_tokens):
+    dense_mask = getattr(model.config, "model_type", None) != "hypenet"
+    for batch in _batches(samples, batch_size, max_batch_tokens, MAX_PADDED_MASK_ELEMENTS if dense_mask else None):
         chosen = [samples[i] for i in batch]
         encoded = tokenizer([s.prompt for s in chosen], return_tensors="pt", padding=True,
                             add_special_tokens=chosen[0].add_special_tokens).to(device)
