@@ -1,8 +1,9 @@
 """Programmatic dependent launch (PDL) of the decode step's kernels (`FastHypeNet(pdl=True)`, `hypenet bench --pdl`):
 who may ask for it, that the engine passes it to every kernel op of the decode step and only there, and that it
-changes no number. The launch itself needs a Hopper GPU: `python -m hypenet.fast.check` compares the engine and the
-matrix-vector kernel with and without it there, exactly; the kernel's peeled first slice (read before the wait)
-runs in Triton's CPU interpreter in tests/test_fast_gemv.py."""
+changes no number of this package's kernels. The launch itself needs a Hopper GPU: `python -m hypenet.fast.check`
+compares the matrix-vector kernel with and without it there (exactly), and the engine with it against
+`model.forward`; the kernel's peeled first slice (read before the wait) runs in Triton's CPU interpreter in
+tests/test_fast_gemv.py."""
 
 import pytest
 import torch

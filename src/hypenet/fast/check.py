@@ -282,7 +282,9 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
                              batched[b], torch.stack(alone), tolerance))
     # batch 1 with the decode projections through the Triton matrix-vector kernel (fast.gemv)
     # with the residual adds inside that kernel (the default), with nothing and with everything it can take inside
-    # then (on a GPU that can) every kernel of the step launched with programmatic dependent launch: the same numbers
+    # then (on a GPU that can) every kernel of the step launched with programmatic dependent launch. Against the same
+    # engine without it for information: its own kernels compute the same bits (the gemv rows above), but Inductor
+    # compiles and tunes the step's other kernels again (on the H200 in fp32: 3.4e-7, not 0)
     by_fusion = {}
     pdl_cases = [(f, True) for f in ("residual", "norm,swiglu,residual") if programmatic_launch_usable(device)]
     for fusion, pdl in [(f, False) for f in ("residual", "none", "norm,swiglu,residual")] + pdl_cases:
@@ -291,13 +293,13 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
                              pdl=pdl)
         engine.prefill(ids[:1, :692])
         decoded = torch.stack([engine.decode(ids[:1, t]) for t in range(692, 700)], dim=1)
+        name = f"batch 1, gemv=triton, gemv_fusion={fusion}{', pdl' if pdl else ''}"
+        rows.append(compared({**row, "case": f"{name}: 8 decode steps vs model.forward"}, decoded,
+                             reference[:1, 692:700], tolerance))
         if pdl:
-            case = f"batch 1, gemv=triton, gemv_fusion={fusion}, pdl: 8 decode steps vs the same without pdl (exact)"
-            rows.append(compared({**row, "case": case}, decoded, by_fusion[fusion], 0.0))
+            rows.append(measured({**row, "case": f"info: {name}: vs the same without pdl"}, decoded, by_fusion[fusion]))
         else:
             by_fusion[fusion] = decoded
-            case = f"batch 1, gemv=triton, gemv_fusion={fusion}: 8 decode steps vs model.forward"
-            rows.append(compared({**row, "case": case}, decoded, reference[:1, 692:700], tolerance))
     del engine, model
     if device == "cuda":
         torch.cuda.empty_cache()

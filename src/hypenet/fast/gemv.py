@@ -29,6 +29,11 @@ fastest per weight shape; `gemv_triton` uses it from then on (else `default_bloc
 norm or SiLU-gate inside its loop loads more per slice and is tuned apart (`tune(..., loop="norm")`); without that
 it takes the plain kernel's settings. The engine tunes its own weights before it captures its decode step.
 
+Programmatic dependent launch (`pdl`, the engine's `pdl=True`): the kernel may start while the one before it runs; it
+reads its first weight slice (which never depends on that kernel), then waits for that kernel's results before it
+reads x. The same products in the same order as without (tested in Triton's interpreter and on the H200, bit for
+bit). On the H200 the whole step launched so took 2.29 ms at 128K against 2.44 (results/fast_bench/pdl/).
+
 This file imports only torch and (lazily) triton: kernels never import models.
 """
 
