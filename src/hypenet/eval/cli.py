@@ -11,7 +11,7 @@ from pathlib import Path
 
 DEFAULT_NIAH_LENGTHS = "1024,2048,4096,8192,16384,32768,65536"
 DEFAULT_NIAH_DEPTHS = "0,0.25,0.5,0.75,1"
-EVALS = ("ppl", "niah", "lm_eval")
+EVALS = ("ppl", "niah", "lm_eval", "needle_attention")
 
 
 def _ints(text: str) -> list[int]:
@@ -100,6 +100,10 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
                     help="folder with extra lm-eval task YAMLs (repeatable)")
     lm.add_argument("--lm-eval-fewshot", type=int, default=None, help="few-shot examples (default: task's own)")
     lm.add_argument("--limit", type=float, default=None, help="lm-eval: documents per task (int) or fraction")
+    attention = parser.add_argument_group("needle attention (--evals needle_attention; a diagnostic, no scores)")
+    attention.add_argument("--needle-attention-samples", type=int, default=2,
+                           help="NIAH samples per task x length x depth whose attention on the needle is measured, "
+                                "the NIAH options' grid otherwise (default 2)")
     run = parser.add_argument_group("run")
     run.add_argument("--batch-size", type=int, default=8, help="NIAH generation and lm-eval batch size (default 8)")
     run.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
@@ -150,6 +154,9 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
         results["lm_eval"] = _timed(results, "lm_eval", lambda: run_lm_eval(
             model, tokenizer, args.lm_eval, args.lm_eval_include_path, args.batch_size, _limit(args.limit),
             args.lm_eval_fewshot, args.seed))
+    if "needle_attention" in evals:  # before NIAH, whose --yarn reloads the model
+        heatmaps.append(_timed(results, "needle_attention", lambda: _needle_attention(model, tokenizer, args, results,
+                                                                                      out_dir)))
     if "niah" in evals:
         haystack = _haystack_docs(args, tokenizer)
         records = _timed(results, "niah", lambda: _niah(model, tokenizer, args, args.niah_lengths, haystack,
@@ -232,6 +239,21 @@ def _niah(model, tokenizer, args, lengths, haystack, timing: dict | None = None)
         for name, seconds in phases.items():
             timing[name] = timing.get(name, 0.0) + seconds
     return records
+
+
+def _needle_attention(model, tokenizer, args, results: dict, out_dir: Path) -> Path:
+    """Where the attention layers look on the NIAH grid's prompts (`needle_attention`): results["needle_attention"]
+    and needle_attention.png."""
+    from .needle_attention import evaluate_needle_attention
+    from .niah import build_niah_grid
+    from .plots import plot_needle_attention
+
+    samples = build_niah_grid(tokenizer, args.tasks, args.niah_lengths, args.niah_depths,
+                              args.needle_attention_samples, args.seed, _haystack_docs(args, tokenizer),
+                              args.chat_template, _niah_cache(args))
+    results["needle_attention"] = evaluate_needle_attention(model, tokenizer, samples, progress=not args.no_progress)
+    return plot_needle_attention(results["needle_attention"], out_dir / "needle_attention.png",
+                                 f"{results['label']}: where the last token's attention goes")
 
 
 def _niah_with_yarn(spec, args, haystack, results) -> list[dict]:

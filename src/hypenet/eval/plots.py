@@ -33,6 +33,31 @@ def plot_niah_heatmap(task_result: dict, path: str | Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def plot_needle_attention(result: dict, path: str | Path, title: str) -> Path:
+    """`evaluate_needle_attention`'s result: one panel per task, attention layer on x, the needle's share of the last
+    query's attention for the head that looks most at it (solid) and averaged over heads (dotted), one colour per
+    length; grey: the share an even spread would give."""
+    tasks = sorted(result["tasks"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks) + 1, 3.8), squeeze=False, sharey=True)
+    layers = result["layers"]
+    for ax, task in zip(axes[0], tasks):
+        by_length = result["tasks"][task]
+        for i, length in enumerate(sorted(by_length, key=int)):
+            cell, color = by_length[length], f"C{i}"
+            ax.plot(range(len(layers)), [100 * v for v in cell["max_head"]], marker="o", color=color,
+                    label=length_label(int(length)))
+            ax.plot(range(len(layers)), [100 * v for v in cell["mean"]], linestyle=":", color=color)
+            ax.axhline(100 * cell["uniform"], color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xticks(range(len(layers)), [name.split()[-1] for name in layers], fontsize=7)
+        ax.set_xlabel("attention layer")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("attention on the needle (%)")
+    axes[0][-1].legend(title="length", fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def plot_accuracy_vs_length(series: dict[str, dict[str, float]], path: str | Path, title: str) -> Path:
     """One line per model (label -> {length: accuracy in [0, 1]}), log2 length axis."""
     fig, ax = plt.subplots(figsize=(6.5, 4))

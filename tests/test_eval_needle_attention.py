@@ -1,0 +1,112 @@
+"""Where the attention layers look on a NIAH prompt (`hypenet.eval.needle_attention`, `--evals needle_attention`):
+the last query's probabilities as SDPA weighs them, captured from the model's own attention calls, on the needle's
+tokens."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_eval_cli import model_dir  # noqa: F401  (fixture)
+from test_eval_tiny import HAYSTACK_DOCS, tiny_hypenet, tiny_llama, tiny_tokenizer
+
+from hypenet.eval.__main__ import main
+from hypenet.eval.needle_attention import (
+    evaluate_needle_attention,
+    last_query_attention,
+    last_query_probabilities,
+    needle_token_span,
+)
+from hypenet.eval.niah import NIAH_TASKS, build_niah_grid, needle_sentence
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+def causal_lower_right(queries: int, keys: int) -> torch.Tensor:
+    return torch.ones(queries, keys, dtype=torch.bool).tril(keys - queries)
+
+
+@pytest.mark.parametrize("case", ["causal", "bool mask", "float mask", "no mask, 1 query", "scale"])
+def test_probabilities_weigh_the_values_as_sdpa_does(case):
+    torch.manual_seed(0)
+    queries = 1 if case == "no mask, 1 query" else 7
+    q, k, v = torch.randn(2, 6, queries, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
+    options = {"enable_gqa": True}
+    if case == "causal":
+        options["is_causal"] = True
+    elif case == "bool mask":
+        options["attn_mask"] = causal_lower_right(queries, 7) & (torch.arange(7) != 2)  # key 2 hidden
+    elif case == "float mask":
+        options["attn_mask"] = torch.randn(2, 1, queries, 7)
+    elif case == "scale":
+        options["scale"] = 0.3
+    p = last_query_probabilities(q, k, options.get("attn_mask"), options.get("is_causal", False),
+                                 options.get("scale"))
+    assert p.shape == (2, 6, 7) and torch.allclose(p.sum(-1), torch.ones(2, 6))
+    expected = F.scaled_dot_product_attention(q, k, v, **options)[..., -1, :]
+    assert torch.allclose(torch.einsum("bhs,bhsd->bhd", p, v.repeat_interleave(2, dim=1)), expected, atol=1e-6)
+    if case == "bool mask":
+        assert torch.all(p[..., 2] == 0)
+
+
+def test_a_causal_call_with_fewer_queries_than_keys_is_refused():
+    with pytest.raises(ValueError, match="aligns the causal mask top-left"):
+        last_query_probabilities(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4), is_causal=True)
+
+
+def test_captured_rows_are_the_transformers_attention_weights(tokenizer):
+    model = tiny_llama(tokenizer)
+    ids = torch.randint(3, len(tokenizer), (1, 50))
+    records = []
+    with torch.no_grad(), last_query_attention(records):
+        logits = model(ids).logits
+    assert F.scaled_dot_product_attention.__name__ == "scaled_dot_product_attention"  # restored
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, logits)  # the calls themselves ran unchanged
+        model.set_attn_implementation("eager")
+        weights = model(ids, output_attentions=True).attentions
+    assert len(records) == len(weights) == 2
+    for captured, eager in zip(records, weights):
+        assert torch.allclose(captured, eager[:, :, -1, :].float(), atol=1e-6)
+
+
+def test_hypenet_attention_layers_are_captured_and_named(tokenizer):
+    model = tiny_hypenet(tokenizer)
+    samples = build_niah_grid(tokenizer, ["single_1", "single_2"], [300, 420], [0.5], 1, seed=3,
+                              haystack_docs=HAYSTACK_DOCS)
+    result = evaluate_needle_attention(model, tokenizer, samples, progress=False)
+    assert result["layers"] == ["layer 1"]  # the one attention layer among lightning layers
+    assert set(result["tasks"]) == {"single_1", "single_2"}
+    for by_length in result["tasks"].values():
+        assert set(by_length) == {"300", "420"}
+        for cell in by_length.values():
+            assert cell["samples"] == 1 and len(cell["mean"]) == len(cell["max_head"]) == 1
+            assert 0 < cell["mean"][0] <= cell["max_head"][0] <= 1 and 0 < cell["uniform"] < 0.2
+
+
+def test_needle_span_holds_the_needle(tokenizer):
+    samples = build_niah_grid(tokenizer, list(NIAH_TASKS), [300], [0.0, 0.5, 1.0], 1, seed=1,
+                              haystack_docs=HAYSTACK_DOCS)
+    for sample in samples:
+        first, last = needle_token_span(tokenizer, sample)
+        ids = tokenizer(sample.prompt, add_special_tokens=sample.add_special_tokens)["input_ids"]
+        needle = needle_sentence(NIAH_TASKS[sample.task], sample.key, sample.value)
+        assert needle in tokenizer.decode(ids[first:last])
+        # no wider than it: without its first or last token the needle is cut
+        assert needle not in tokenizer.decode(ids[first + 1:last])
+        assert needle not in tokenizer.decode(ids[first:last - 1])
+
+
+def test_eval_cli_writes_where_the_attention_goes(model_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "attention"
+    assert main([str(model_dir), "--evals", "needle_attention", "--tasks", "single_1", "--niah-lengths", "200,240",
+                 "--niah-depths", "0.5", "--needle-attention-samples", "2", "--device", "cpu", "--out", str(out),
+                 "--label", "tiny", "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    attention = results["needle_attention"]
+    assert attention["layers"] == ["layer 0", "layer 1"]
+    assert {length: cell["samples"] for length, cell in attention["tasks"]["single_1"].items()} == {"200": 2, "240": 2}
+    assert (out / "needle_attention.png").is_file() and "needle_attention.png" in (out / "report.md").read_text()
