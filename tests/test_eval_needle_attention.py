@@ -110,3 +110,8 @@ def test_eval_cli_writes_where_the_attention_goes(model_dir, tmp_path):  # noqa:
     assert attention["layers"] == ["layer 0", "layer 1"]
     assert {length: cell["samples"] for length, cell in attention["tasks"]["single_1"].items()} == {"200": 2, "240": 2}
     assert (out / "needle_attention.png").is_file() and "needle_attention.png" in (out / "report.md").read_text()
+    # compare: every model's layers on one figure (a HypeNet student has points at its attention layers only)
+    compare_out = tmp_path / "compare"
+    assert main(["compare", str(out), str(out / "results.json"), "--out", str(compare_out)]) == 0
+    assert (compare_out / "needle_attention.png").is_file()
+    assert "needle_attention.png" in (compare_out / "report.md").read_text()

@@ -154,9 +154,9 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
         results["lm_eval"] = _timed(results, "lm_eval", lambda: run_lm_eval(
             model, tokenizer, args.lm_eval, args.lm_eval_include_path, args.batch_size, _limit(args.limit),
             args.lm_eval_fewshot, args.seed))
-    if "needle_attention" in evals:  # before NIAH, whose --yarn reloads the model
-        heatmaps.append(_timed(results, "needle_attention", lambda: _needle_attention(model, tokenizer, args, results,
-                                                                                      out_dir)))
+    if "needle_attention" in evals:  # before NIAH, whose --yarn reloads the model (report.md draws it)
+        results["needle_attention"] = _timed(results, "needle_attention",
+                                             lambda: _needle_attention(model, tokenizer, args))
     if "niah" in evals:
         haystack = _haystack_docs(args, tokenizer)
         records = _timed(results, "niah", lambda: _niah(model, tokenizer, args, args.niah_lengths, haystack,
@@ -241,19 +241,15 @@ def _niah(model, tokenizer, args, lengths, haystack, timing: dict | None = None)
     return records
 
 
-def _needle_attention(model, tokenizer, args, results: dict, out_dir: Path) -> Path:
-    """Where the attention layers look on the NIAH grid's prompts (`needle_attention`): results["needle_attention"]
-    and needle_attention.png."""
+def _needle_attention(model, tokenizer, args) -> dict:
+    """Where the attention layers look on the NIAH grid's prompts (`needle_attention`)."""
     from .needle_attention import evaluate_needle_attention
     from .niah import build_niah_grid
-    from .plots import plot_needle_attention
 
     samples = build_niah_grid(tokenizer, args.tasks, args.niah_lengths, args.niah_depths,
                               args.needle_attention_samples, args.seed, _haystack_docs(args, tokenizer),
                               args.chat_template, _niah_cache(args))
-    results["needle_attention"] = evaluate_needle_attention(model, tokenizer, samples, progress=not args.no_progress)
-    return plot_needle_attention(results["needle_attention"], out_dir / "needle_attention.png",
-                                 f"{results['label']}: where the last token's attention goes")
+    return evaluate_needle_attention(model, tokenizer, samples, progress=not args.no_progress)
 
 
 def _niah_with_yarn(spec, args, haystack, results) -> list[dict]:

@@ -33,27 +33,30 @@ def plot_niah_heatmap(task_result: dict, path: str | Path, title: str) -> Path:
     return _save(fig, path)
 
 
-def plot_needle_attention(result: dict, path: str | Path, title: str) -> Path:
-    """`evaluate_needle_attention`'s result: one panel per task, attention layer on x, the needle's share of the last
-    query's attention for the head that looks most at it (solid) and averaged over heads (dotted), one colour per
-    length; grey: the share an even spread would give."""
-    tasks = sorted(result["tasks"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks) + 1, 3.8), squeeze=False, sharey=True)
-    layers = result["layers"]
+def plot_needle_attention(series: dict[str, dict], path: str | Path, title: str) -> Path:
+    """`evaluate_needle_attention` results (label -> result): one panel per task, the decoder layer on x (a HypeNet
+    student has points only at its attention layers), the needle's share of the last token's attention for the head
+    that looks most at it; one colour per model, one line style per length; grey: an even spread's share."""
+    tasks = sorted({task for result in series.values() for task in result["tasks"]})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks) + 1, 3.8), squeeze=False, sharey=True)
+    styles = ("-", "--", ":", "-.")
     for ax, task in zip(axes[0], tasks):
-        by_length = result["tasks"][task]
-        for i, length in enumerate(sorted(by_length, key=int)):
-            cell, color = by_length[length], f"C{i}"
-            ax.plot(range(len(layers)), [100 * v for v in cell["max_head"]], marker="o", color=color,
-                    label=length_label(int(length)))
-            ax.plot(range(len(layers)), [100 * v for v in cell["mean"]], linestyle=":", color=color)
-            ax.axhline(100 * cell["uniform"], color="grey", linewidth=0.8, linestyle="--")
-        ax.set_xticks(range(len(layers)), [name.split()[-1] for name in layers], fontsize=7)
-        ax.set_xlabel("attention layer")
+        uniform = None
+        for m, (label, result) in enumerate(series.items()):
+            layers = [int(name.split()[-1]) for name in result["layers"]]
+            by_length = result["tasks"].get(task, {})
+            for i, length in enumerate(sorted(by_length, key=int)):
+                cell = by_length[length]
+                ax.plot(layers, [100 * v for v in cell["max_head"]], marker="o", markersize=4, color=f"C{m}",
+                        linestyle=styles[i % len(styles)], label=f"{label}, {length_label(int(length))}")
+                uniform = cell["uniform"] if uniform is None else uniform
+        if uniform is not None:
+            ax.axhline(100 * uniform, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlabel("decoder layer")
         ax.set_title(task)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("attention on the needle (%)")
-    axes[0][-1].legend(title="length", fontsize=8)
+    axes[0][0].set_ylabel("attention on the needle, most-looking head (%)")
+    axes[0][-1].legend(fontsize=7)
     fig.suptitle(title)
     return _save(fig, path)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .plots import length_label, plot_accuracy_vs_length, plot_perplexity_by_bucket
+from .plots import length_label, plot_accuracy_vs_length, plot_needle_attention, plot_perplexity_by_bucket
 
 _MISSING = "-"
 
@@ -188,6 +188,10 @@ def write_figures(runs: Sequence[tuple[str, dict]], out_dir: str | Path, prefix:
     if ppl:
         figures.append(plot_perplexity_by_bucket(ppl, out_dir / f"{prefix}perplexity_by_position.png",
                                                  "Perplexity by token position"))
+    attention = {label: r["needle_attention"] for label, r in runs if r.get("needle_attention")}
+    if attention:
+        figures.append(plot_needle_attention(attention, out_dir / f"{prefix}needle_attention.png",
+                                             "Where the last token's attention goes"))
     return figures
 
 
