@@ -16,6 +16,7 @@ from hypenet.eval.needle_attention import (
     last_query_attention,
     last_query_probabilities,
     needle_token_span,
+    query_probabilities,
 )
 from hypenet.eval.niah import NIAH_TASKS, build_niah_grid, needle_sentence
 
@@ -50,6 +51,17 @@ def test_probabilities_weigh_the_values_as_sdpa_does(case):
     assert torch.allclose(torch.einsum("bhs,bhsd->bhd", p, v.repeat_interleave(2, dim=1)), expected, atol=1e-6)
     if case == "bool mask":
         assert torch.all(p[..., 2] == 0)
+
+
+@pytest.mark.parametrize("mask", [None, "bool"])
+def test_probabilities_of_chosen_queries(mask):
+    torch.manual_seed(1)
+    q, k, v = torch.randn(1, 4, 9, 8), torch.randn(1, 2, 9, 8), torch.randn(1, 2, 9, 8)
+    options = {"is_causal": True} if mask is None else {"attn_mask": causal_lower_right(9, 9) & (torch.arange(9) > 0)}
+    p = query_probabilities(q, k, options.get("attn_mask"), options.get("is_causal", False), rows=[2, 5, -1])
+    expected = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **options)[:, :, [2, 5, 8]]
+    assert torch.allclose(p @ v.repeat_interleave(2, dim=1), expected, atol=1e-6)
+    assert torch.all(p[:, :, 0, 3:] == 0)  # query 2 sees keys 0-2 only
 
 
 def test_a_causal_call_with_fewer_queries_than_keys_is_refused():

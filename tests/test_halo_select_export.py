@@ -20,6 +20,7 @@ from hypenet.halo.select import (
     SelectionResult,
     even_layers,
     halo_scores,
+    needle_attention,
     probe_sweep,
     select_layers,
     swap_attention,
@@ -193,6 +194,13 @@ def test_probes_are_seeded_and_well_formed(tokenizer, heldout_docs):
     rows, positions = first.value_slots.T
     assert torch.equal(first.input_ids[rows, positions + 1], first.value_tokens)  # a slot predicts the next token
     assert len(first.value_tokens) == 3 * 2 * 6  # 128 // 64 keys per sample, 6 digits each
+    # each question points at the needle it asks for: the needle ends with the 6 value digits and "." that follow
+    # the question, after the question's last token
+    assert first.lookups.shape == (3 * 2, 4) and first.lookups[:, 0].tolist() == [0, 0, 1, 1, 2, 2]
+    for row, position, start, end in first.lookups.tolist():
+        ids = first.input_ids[row].tolist()
+        assert ids[end - 7:end - 1] == ids[position + 1:position + 7] and ids[end - 8] == ids[position]
+        assert ids[end - 1] == tokenizer.convert_tokens_to_ids(".") and end <= position
     # each scored value also appears earlier in its sample, as a needle
     for row in range(3):
         sample = first.input_ids[row].tolist()
@@ -239,6 +247,28 @@ def test_select_layers_halo(teacher, tokenizer, stage1_layers, heldout_docs):
     assert result.scores == halo_scores(result.recall, result.commonsense)
     assert result.settings["recall_context"] == 96 and result.settings["seconds"] >= 0
     assert json.loads(json.dumps(result.to_dict()))["attention_layers"] == result.attention_layers
+    assert set(result.needle_attention) == set(range(LAYERS))
+    assert all(0 < v <= 1 for v in result.needle_attention.values())
+
+
+def test_needle_attention_is_the_teachers_attention_on_the_asked_needle(teacher, tokenizer, heldout_docs):
+    probes = build_probes(tokenizer, heldout_docs, recall_samples=2, context=128, commonsense_tokens=64, seed=5)
+    looks = needle_attention(teacher, probes)
+    teacher.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            weights = [teacher(probes.input_ids[row:row + 1], output_attentions=True).attentions for row in (0, 1)]
+    finally:
+        teacher.set_attn_implementation("sdpa")
+    for layer in range(LAYERS):
+        expected = [float(weights[row][layer][0, :, position, start:end].sum(-1).max())
+                    for row, position, start, end in probes.lookups.tolist()]
+        assert looks[layer] == pytest.approx(sum(expected) / len(expected), abs=1e-5)
+    teacher.set_attn_implementation("eager")
+    try:
+        assert needle_attention(teacher, probes) is None  # no SDPA call to see
+    finally:
+        teacher.set_attn_implementation("sdpa")
 
 
 def test_lm_eval_missing_gives_install_hint(teacher, tokenizer, stage1_layers, monkeypatch):
@@ -376,6 +406,7 @@ def test_write_report(tmp_path):
     selection = SelectionResult(
         [2, 5], "halo", 8, scores={i: float(i % 3) for i in range(8)}, recall={i: 0.5 for i in range(8)},
         commonsense={i: 0.9 for i in range(8)}, baseline={"recall": 0.9, "commonsense": 1.0},
+        needle_attention={i: 0.1 * i for i in range(8)},
     )
     report = {
         "teacher": "tiny",
@@ -391,6 +422,7 @@ def test_write_report(tmp_path):
     assert json.loads(json_path.read_text()) == report
     md = md_path.read_text()
     assert "| stage1 | 1000 | 3 | 1.5 | 2 | 1 |" in md
-    assert "| 2 | yes | 0.5 | 0.9 | 2 |" in md and "| 1 |  | 0.5 | 0.9 | 1 |" in md
+    assert "| 2 | yes | 0.5 | 0.9 | 2 | 0.2 |" in md and "| 1 |  | 0.5 | 0.9 | 1 | 0.1 |" in md
+    assert "needles most in layers [6, 7]" in md and "of these, [6, 7] become recurrent layers" in md
     assert "a = 500" in md and "| off | 3.2 |" in md and "student_loss" in md
     assert (tmp_path / "report.png").stat().st_size > 0 and "report.png" in md

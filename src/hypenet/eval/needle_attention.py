@@ -36,33 +36,48 @@ def _sdpa_arguments(args: tuple, kwargs: dict) -> tuple:
     return given.get("attn_mask"), given.get("is_causal", False), given.get("scale"), given.get("enable_gqa", False)
 
 
-def last_query_probabilities(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                             is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
-    """The attention probabilities of the last query over all keys, [B, H, S] in fp32, as SDPA would weigh them.
-    query [B, H, T, D]; key [B, Hkv, S, D] (grouped heads repeated); attn_mask broadcastable to [B, H, T, S] (bool:
-    True = attend; float: added). With is_causal, T must equal S (the last query then sees every key)."""
-    if is_causal and query.shape[-2] != key.shape[-2]:
-        raise ValueError(f"is_causal with {query.shape[-2]} queries over {key.shape[-2]} keys: SDPA aligns the causal "
+def query_probabilities(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                        is_causal: bool = False, scale: float | None = None, rows: Sequence[int] = (-1,)
+                        ) -> torch.Tensor:
+    """The attention probabilities of the queries `rows` over all keys, [B, H, len(rows), S] in fp32, as SDPA would
+    weigh them. query [B, H, T, D]; key [B, Hkv, S, D] (grouped heads repeated); attn_mask broadcastable to
+    [B, H, T, S] (bool: True = attend; float: added). With is_causal, T must equal S."""
+    queries = query.shape[-2]
+    if is_causal and queries != key.shape[-2]:
+        raise ValueError(f"is_causal with {queries} queries over {key.shape[-2]} keys: SDPA aligns the causal "
                          "mask top-left, so the last query would not see the last keys; pass an explicit mask")
-    q, k = query[..., -1:, :].float(), key.float()
+    index = torch.tensor([r % queries for r in rows], device=query.device)
+    q, k = query.index_select(-2, index).float(), key.float()
     if k.shape[-3] != q.shape[-3]:
         k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
     scores = (q @ k.transpose(-1, -2)) * (scale if scale is not None else q.shape[-1] ** -0.5)
     if attn_mask is not None:
-        mask = attn_mask[..., -1:, :]
+        mask = attn_mask.expand(*attn_mask.shape[:-2], queries, attn_mask.shape[-1]).index_select(-2, index)
         scores = scores.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else scores + mask.float()
-    return torch.softmax(scores, dim=-1)[..., 0, :]
+    if is_causal:
+        scores = scores.masked_fill(torch.arange(k.shape[-2], device=q.device) > index[:, None], -math.inf)
+    return torch.softmax(scores, dim=-1)
+
+
+def last_query_probabilities(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                             is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
+    """`query_probabilities` of the last query, [B, H, S] (with is_causal it sees every key)."""
+    return query_probabilities(query, key, attn_mask, is_causal, scale)[..., 0, :]
 
 
 @contextlib.contextmanager
-def last_query_attention(records: list):
+def last_query_attention(records: list, rows: Sequence[int] | None = None):
     """While active, every scaled_dot_product_attention call appends its last query's probabilities ([B, H, S],
-    fp32, on its device) to records, in call order, and returns what it would have returned."""
+    fp32, on its device) to records, in call order (with rows: those queries', [B, H, len(rows), S]), and returns
+    what it would have returned."""
     original = F.scaled_dot_product_attention
 
     def recorded(query, key, value, *args, **kwargs):
         attn_mask, is_causal, scale, _ = _sdpa_arguments(args, kwargs)
-        records.append(last_query_probabilities(query, key, attn_mask, is_causal, scale))
+        if rows is None:
+            records.append(last_query_probabilities(query, key, attn_mask, is_causal, scale))
+        else:
+            records.append(query_probabilities(query, key, attn_mask, is_causal, scale, rows))
         return original(query, key, value, *args, **kwargs)
 
     F.scaled_dot_product_attention = recorded
@@ -132,4 +147,4 @@ def evaluate_needle_attention(model, tokenizer, samples: Sequence[NiahSample], p
 
 
 __all__ = ["attention_layer_names", "evaluate_needle_attention", "last_query_attention", "last_query_probabilities",
-           "needle_token_span"]
+           "needle_token_span", "query_probabilities"]

@@ -54,12 +54,15 @@ class ProbeSet:
     value_slots: [M, 2] (row, position) whose next-token prediction must be a value token.
     value_tokens: [M] the value token expected at each slot.
     is_text: [N] True for held-out text rows (the commonsense probe).
+    lookups: [K, 4] (row, position, needle start, needle end) per question of a recall row: the position that
+        predicts the value's first token, and the tokens [start, end) of the needle it asks for.
     """
 
     input_ids: torch.Tensor
     value_slots: torch.Tensor
     value_tokens: torch.Tensor
     is_text: torch.Tensor
+    lookups: torch.Tensor | None = None
 
     @property
     def context(self) -> int:
@@ -73,7 +76,12 @@ class ProbeSet:
             in_batch = (self.value_slots[:, 0] >= start) & (self.value_slots[:, 0] < stop)
             slots = self.value_slots[in_batch] - torch.tensor([start, 0])
             rows = slice(start, stop)
-            batches.append(ProbeSet(self.input_ids[rows], slots, self.value_tokens[in_batch], self.is_text[rows]))
+            lookups = None
+            if self.lookups is not None:
+                in_rows = (self.lookups[:, 0] >= start) & (self.lookups[:, 0] < stop)
+                lookups = self.lookups[in_rows] - torch.tensor([start, 0, 0, 0])
+            batches.append(ProbeSet(self.input_ids[rows], slots, self.value_tokens[in_batch], self.is_text[rows],
+                                    lookups))
         return batches
 
     @torch.no_grad()
@@ -135,23 +143,26 @@ def build_probes(
     text = _token_stream(heldout_text, tokenizer, text_rows * context)
     haystack = _token_stream(heldout_docs, tokenizer, context)
 
-    rows, slots, targets = [], [], []
+    rows, slots, targets, lookups = [], [], [], []
     for sample in range(recall_samples):
-        ids, value_positions = _recall_sample(tokenizer, haystack, context, rng)
+        ids, value_positions, questions = _recall_sample(tokenizer, haystack, context, rng)
         rows.append(ids)
         for p in value_positions:
             slots.append((sample, p - 1))
             targets.append(ids[p])
+        lookups += [(sample, *question) for question in questions]
     text_chunks = text[: text_rows * context].reshape(text_rows, context)
     input_ids = torch.tensor(np.concatenate([np.stack(rows), text_chunks]), dtype=torch.long)
     is_text = torch.arange(len(input_ids)) >= recall_samples
-    return ProbeSet(input_ids, torch.tensor(slots, dtype=torch.long), torch.tensor(targets, dtype=torch.long), is_text)
+    return ProbeSet(input_ids, torch.tensor(slots, dtype=torch.long), torch.tensor(targets, dtype=torch.long), is_text,
+                    torch.tensor(lookups, dtype=torch.long))
 
 
 def _recall_sample(
     tokenizer, haystack: np.ndarray, context: int, rng: np.random.Generator
-) -> tuple[np.ndarray, list[int]]:
-    """One multi-key haystack of exactly `context` tokens, and the positions of its scored value tokens."""
+) -> tuple[np.ndarray, list[int], list[tuple[int, int, int]]]:
+    """One multi-key haystack of exactly `context` tokens, the positions of its scored value tokens, and per question
+    (the position predicting its value's first token, the asked needle's first token, one past its last)."""
     num_keys = min(len(KEY_WORDS), max(1, context // TOKENS_PER_KEY))
     while True:
         keys = rng.choice(len(KEY_WORDS), size=num_keys, replace=False)
@@ -169,17 +180,20 @@ def _recall_sample(
     start = int(rng.integers(0, len(haystack) - hay_len + 1))
     hay = haystack[start : start + hay_len].tolist()
     cuts = np.sort(rng.integers(0, hay_len + 1, size=num_keys)).tolist()
-    ids, previous = [], 0
+    ids, previous, spans = [], 0, []
     for cut, needle in zip(cuts, needles):
-        ids += hay[previous:cut] + needle
+        ids += hay[previous:cut]
+        spans.append((len(ids), len(ids) + len(needle)))
+        ids += needle
         previous = cut
     ids += hay[previous:]
-    value_positions = []
+    value_positions, questions = [], []
     for j in rng.permutation(num_keys):
         ids += prefixes[j]
+        questions.append((len(ids) - 1, *spans[j]))
         value_positions += range(len(ids), len(ids) + len(value_ids[j]))
         ids += value_ids[j] + end
-    return np.asarray(ids, dtype=np.int64), value_positions
+    return np.asarray(ids, dtype=np.int64), value_positions, questions
 
 
 def _builtin_documents(tokenizer, needed: int) -> list[np.ndarray]:

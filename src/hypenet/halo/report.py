@@ -9,7 +9,8 @@ The report dict (every key optional; the pipeline fills what it has):
         "<name>": {"tokens": int, "steps": int, "wall_time_s": float,
                    "losses": [[step, loss], ...], ...any extra fields},
       },
-      "selection": SelectionResult.to_dict(),        # attention_layers, strategy, scores, recall, commonsense, baseline
+      "selection": SelectionResult.to_dict(),        # attention_layers, strategy, scores, recall, commonsense, baseline,
+                                                     # needle_attention (the teacher's, per layer, on the recall probes)
       "export": export_checkpoint(...)'s dict,       # path, logit_scaling_base, losses {"off"|"500"...: loss}, warnings
       "heldout": {"<metric>": float, ...},           # held-out evaluation numbers, e.g. {"teacher_loss": ..}
       "<other>": str | int | float,                  # listed at the top (e.g. teacher_parameters, wall_time_s)
@@ -65,10 +66,19 @@ def _selection_section(selection: dict) -> list[str]:
         lines += ["Settings: " + ", ".join(f"{k} {_fmt(v)}" for k, v in settings.items()) + ".", ""]
     if baseline := selection.get("baseline"):
         lines += ["Unmodified teacher: " + ", ".join(f"{k} {_fmt(v)}" for k, v in baseline.items()) + ".", ""]
+    looks = _per_layer(selection.get("needle_attention"))
+    if looks:
+        retrieving = sorted(sorted(looks, key=lambda i: -looks[i])[:len(chosen)])
+        missed = [i for i in retrieving if i not in chosen]
+        lines += [f"The teacher's attention finds the recall probes' needles most in layers {retrieving} (needle "
+                  "attention: the share of the asking position's attention on the asked needle, for the head that "
+                  "looks most at it)" + (f"; of these, {missed} become recurrent layers." if missed else "."), ""]
     if scores:
         order = sorted(scores, key=lambda i: -scores[i])
-        rows = [[i, "yes" if i in chosen else "", recall.get(i), commonsense.get(i), scores[i]] for i in order]
-        lines += _table(["layer", "attention", "recall R", "commonsense C", "score s"], rows)
+        rows = [[i, "yes" if i in chosen else "", recall.get(i), commonsense.get(i), scores[i]]
+                + ([looks.get(i)] if looks else []) for i in order]
+        lines += _table(["layer", "attention", "recall R", "commonsense C", "score s"]
+                        + (["needle attention"] if looks else []), rows)
     return lines
 
 

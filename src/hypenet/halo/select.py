@@ -53,6 +53,8 @@ class SelectionResult:
     recall: dict[int, float] | None = None
     commonsense: dict[int, float] | None = None
     baseline: dict[str, float] | None = None  # the unmodified teacher's recall/commonsense (+ next-token accuracy)
+    # per layer, the teacher's attention on the asked needle when a recall probe asks (`needle_attention`)
+    needle_attention: dict[int, float] | None = None
     settings: dict = field(default_factory=dict)  # probe settings and timing
 
     def mixer_types(self, num_layers: int | None = None) -> list[str]:
@@ -230,6 +232,35 @@ def probe_sweep(
     return baseline, recall, commonsense
 
 
+@torch.no_grad()
+def needle_attention(teacher: PreTrainedModel, probes: ProbeSet, device: torch.device | str | None = None
+                     ) -> dict[int, float] | None:
+    """Where the unmodified teacher looks when a recall probe asks for a needle: per layer, the share of the asking
+    position's attention on the asked needle's tokens, for the head that looks most at it, averaged over the
+    questions. Layers that retrieve together can each be replaced alone at little recall cost, so HALO's scores can
+    miss them; this shows them (the conversion report lists both). None when the teacher's attention does not go
+    through scaled_dot_product_attention (e.g. attn_implementation="eager")."""
+    from ..eval.needle_attention import last_query_attention
+
+    if probes.lookups is None or not len(probes.lookups):
+        return None
+    device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    sums: torch.Tensor | None = None
+    for row in probes.lookups[:, 0].unique().tolist():
+        lookups = probes.lookups[probes.lookups[:, 0] == row]
+        records: list[torch.Tensor] = []
+        with last_query_attention(records, rows=lookups[:, 1].tolist()):
+            teacher.model(input_ids=probes.input_ids[row:row + 1].to(device), use_cache=False)
+        if len(records) != teacher.config.num_hidden_layers:
+            return None
+        on_needle = torch.stack([  # [layers, questions]: the head that looks most at its needle
+            torch.stack([p[0, :, q, start:end].sum(-1).max() for q, (_, _, start, end) in enumerate(lookups.tolist())])
+            for p in records]).cpu()
+        sums = on_needle.sum(-1) if sums is None else sums + on_needle.sum(-1)
+    shares = sums / len(probes.lookups)
+    return {i: float(v) for i, v in enumerate(shares)}
+
+
 def _lm_eval_sweep(teacher, tokenizer, stage1_layers, tasks, limit, config, progress):
     probe = LmEvalProbe(teacher, tokenizer, tasks, limit)
     base_recall, base_commonsense = probe()
@@ -318,11 +349,16 @@ def select_layers(
         baseline, recall, commonsense = probe_sweep(
             teacher, probes, stage1_layers, config=config, batch_size=batch_size, device=device, progress=progress
         )
+    looks = needle_attention(teacher, probes, device) if lm_eval_tasks is None else None
     settings.update(num_attention=k, seconds=round(time.perf_counter() - start, 2))
     scores = halo_scores(recall, commonsense)
     layers = top_k_layers(scores, recall, k)
     log.info("HALO keeps attention in layers %s (scores %s)", layers, {i: round(scores[i], 3) for i in layers})
-    return SelectionResult(layers, strategy, num_layers, scores, recall, commonsense, baseline, settings)
+    if looks:
+        retrieving = sorted(sorted(looks, key=lambda i: -looks[i])[:k])
+        log.info("the teacher's attention finds the probes' needles most in layers %s", retrieving)
+    return SelectionResult(layers, strategy, num_layers, scores, recall, commonsense, baseline,
+                           needle_attention=looks, settings=settings)
 
 
 __all__ = [
@@ -330,6 +366,7 @@ __all__ = [
     "SelectionResult",
     "even_layers",
     "halo_scores",
+    "needle_attention",
     "probe_sweep",
     "select_layers",
     "swap_attention",
