@@ -127,3 +127,24 @@ def test_eval_cli_writes_where_the_attention_goes(model_dir, tmp_path):  # noqa:
     assert main(["compare", str(out), str(out / "results.json"), "--out", str(compare_out)]) == 0
     assert (compare_out / "needle_attention.png").is_file()
     assert "needle_attention.png" in (compare_out / "report.md").read_text()
+
+
+def test_halo_probe_attention_script(model_dir, tmp_path, monkeypatch):  # noqa: F811
+    import importlib.util
+    from pathlib import Path
+
+    from hypenet.eval import documents
+
+    path = Path(__file__).parent.parent / "scripts" / "halo_probe_attention.py"
+    spec = importlib.util.spec_from_file_location("halo_probe_attention", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    texts = [" ".join([doc] * 20) for doc in HAYSTACK_DOCS]
+    monkeypatch.setattr(documents, "heldout_token_docs", lambda tokenizer, n, *args, **kwargs: [
+        tokenizer(text)["input_ids"] for text in texts[:n]])
+    out = tmp_path / "probe.json"
+    assert script.main(["--model", str(model_dir), "--samples", "2", "--context", "128", "--top", "2",
+                        "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    for name in ("filler", "heldout"):
+        assert set(results[name]["needle_attention"]) == {"0", "1"} and len(results[name]["top"]) == 2
