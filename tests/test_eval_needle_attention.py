@@ -12,8 +12,8 @@ from test_eval_tiny import HAYSTACK_DOCS, tiny_hypenet, tiny_llama, tiny_tokeniz
 
 from hypenet.eval.__main__ import main
 from hypenet.eval.needle_attention import (
+    captured_attention,
     evaluate_needle_attention,
-    last_query_attention,
     last_query_probabilities,
     needle_token_span,
     query_probabilities,
@@ -73,7 +73,7 @@ def test_captured_rows_are_the_transformers_attention_weights(tokenizer):
     model = tiny_llama(tokenizer)
     ids = torch.randint(3, len(tokenizer), (1, 50))
     records = []
-    with torch.no_grad(), last_query_attention(records):
+    with torch.no_grad(), captured_attention(records):
         logits = model(ids).logits
     assert F.scaled_dot_product_attention.__name__ == "scaled_dot_product_attention"  # restored
     with torch.no_grad():

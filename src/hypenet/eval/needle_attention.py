@@ -5,10 +5,12 @@ A diagnostic for a student that answers NIAH from one haystack and not from anot
 lease: 100% with repeated filler, 0% with real text at 4K, where the teacher finds the needle): does any attention
 layer still find the needle in real text, and the answer is lost after it, or does none?
 
-The probabilities are taken from the model's own attention calls: while `last_query_attention` is active, every
+The probabilities are taken from the model's own attention calls: while `captured_attention` is active, every
 `torch.nn.functional.scaled_dot_product_attention` call (transformers' SDPA attention, HypeNet's attention layers)
-also computes softmax(q_last k^T * scale + mask_last) for its last query, in fp32, and the call itself runs
-unchanged. So it works for any model whose attention goes through SDPA, and costs one [heads, keys] row per layer.
+also computes softmax(q k^T * scale + mask) for its last query (or chosen queries), in fp32, and the call itself
+runs unchanged. So it works for any model whose attention goes through SDPA, and costs one [heads, keys] row per
+layer and query. HALO's conversion report uses it too, at its recall probe's questions
+(`hypenet.halo.select.needle_attention`).
 
 `evaluate_needle_attention` runs the prompts of a NIAH grid (no generation) and returns per task and length, per
 attention layer: the mass on the needle averaged over heads and samples, and that of the head that looks most at it.
@@ -66,10 +68,10 @@ def last_query_probabilities(query: torch.Tensor, key: torch.Tensor, attn_mask: 
 
 
 @contextlib.contextmanager
-def last_query_attention(records: list, rows: Sequence[int] | None = None):
-    """While active, every scaled_dot_product_attention call appends its last query's probabilities ([B, H, S],
-    fp32, on its device) to records, in call order (with rows: those queries', [B, H, len(rows), S]), and returns
-    what it would have returned."""
+def captured_attention(records: list, rows: Sequence[int] | None = None):
+    """While active, every scaled_dot_product_attention call appends attention probabilities (fp32, on its device) to
+    records, in call order: its last query's, [B, H, S], or with rows those queries', [B, H, len(rows), S]; and
+    returns what it would have returned."""
     original = F.scaled_dot_product_attention
 
     def recorded(query, key, value, *args, **kwargs):
@@ -125,7 +127,7 @@ def evaluate_needle_attention(model, tokenizer, samples: Sequence[NiahSample], p
         ids = tokenizer(sample.prompt, add_special_tokens=sample.add_special_tokens,
                         return_tensors="pt")["input_ids"].to(device)
         records: list[torch.Tensor] = []
-        with last_query_attention(records):
+        with captured_attention(records):
             model(input_ids=ids, logits_to_keep=1)
         if not records:
             raise ValueError("the model made no scaled_dot_product_attention call: load it with "
@@ -146,5 +148,5 @@ def evaluate_needle_attention(model, tokenizer, samples: Sequence[NiahSample], p
     return result
 
 
-__all__ = ["attention_layer_names", "evaluate_needle_attention", "last_query_attention", "last_query_probabilities",
+__all__ = ["attention_layer_names", "captured_attention", "evaluate_needle_attention", "last_query_probabilities",
            "needle_token_span", "query_probabilities"]

@@ -240,7 +240,7 @@ def needle_attention(teacher: PreTrainedModel, probes: ProbeSet, device: torch.d
     questions. Layers that retrieve together can each be replaced alone at little recall cost, so HALO's scores can
     miss them; this shows them (the conversion report lists both). None when the teacher's attention does not go
     through scaled_dot_product_attention (e.g. attn_implementation="eager")."""
-    from ..eval.needle_attention import last_query_attention
+    from ..eval.needle_attention import captured_attention
 
     if probes.lookups is None or not len(probes.lookups):
         return None
@@ -249,7 +249,7 @@ def needle_attention(teacher: PreTrainedModel, probes: ProbeSet, device: torch.d
     for row in probes.lookups[:, 0].unique().tolist():
         lookups = probes.lookups[probes.lookups[:, 0] == row]
         records: list[torch.Tensor] = []
-        with last_query_attention(records, rows=lookups[:, 1].tolist()):
+        with captured_attention(records, rows=lookups[:, 1].tolist()):
             teacher.model(input_ids=probes.input_ids[row:row + 1].to(device), use_cache=False)
         if len(records) != teacher.config.num_hidden_layers:
             return None
