@@ -16,29 +16,27 @@ Writes results.json (accuracy per choice and task, the settings) and prints a ma
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 
-@contextlib.contextmanager
 def windowed_attention(full_layers: set[int], num_layers: int, window: int):
     """While active, the SDPA calls of layers not in full_layers (the i-th call of a forward is layer i mod
     num_layers) attend only to the last `window` keys before each query, causally; the others run unchanged."""
-    original = F.scaled_dot_product_attention
+    from hypenet.eval.needle_attention import patched_sdpa, sdpa_arguments
+
     calls = 0
 
-    def patched(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+    def windowed(original, query, key, value, *args, **kwargs):
         nonlocal calls
         layer = calls % num_layers
         calls += 1
         if layer in full_layers:
-            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                            scale=scale, **kwargs)
+            return original(query, key, value, *args, **kwargs)
+        attn_mask, _, scale = sdpa_arguments(args, kwargs)
         queries, keys = query.shape[-2], key.shape[-2]
         q_pos = torch.arange(keys - queries, keys, device=query.device)[:, None]
         k_pos = torch.arange(keys, device=query.device)[None, :]
@@ -46,14 +44,10 @@ def windowed_attention(full_layers: set[int], num_layers: int, window: int):
         if attn_mask is not None:
             mask = mask & attn_mask if attn_mask.dtype == torch.bool else \
                 torch.where(mask, attn_mask, torch.tensor(float("-inf"), dtype=attn_mask.dtype))
-        return original(query, key, value, attn_mask=mask, dropout_p=dropout_p, is_causal=False, scale=scale,
-                        **kwargs)
+        extra = {name: kwargs[name] for name in ("enable_gqa",) if name in kwargs}
+        return original(query, key, value, attn_mask=mask, scale=scale, **extra)
 
-    F.scaled_dot_product_attention = patched
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = original
+    return patched_sdpa(windowed)
 
 
 def _choice(text: str) -> tuple[str, list[int]]:

@@ -30,12 +30,24 @@ import torch.nn.functional as F
 from .niah import NiahSample, get_task, needle_sentence
 
 
-def _sdpa_arguments(args: tuple, kwargs: dict) -> tuple:
-    """(attn_mask, is_causal, scale, enable_gqa) of an SDPA call, from keywords or positions."""
-    names = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-    given = dict(zip(names, args))
+def sdpa_arguments(args: tuple, kwargs: dict) -> tuple:
+    """(attn_mask, is_causal, scale) of an SDPA call after (query, key, value), from keywords or positions."""
+    given = dict(zip(("attn_mask", "dropout_p", "is_causal", "scale"), args))
     given.update(kwargs)
-    return given.get("attn_mask"), given.get("is_causal", False), given.get("scale"), given.get("enable_gqa", False)
+    return given.get("attn_mask"), given.get("is_causal", False), given.get("scale")
+
+
+@contextlib.contextmanager
+def patched_sdpa(replacement):
+    """While active, torch.nn.functional.scaled_dot_product_attention is replacement(original, query, key, value,
+    *args, **kwargs): every caller that looks it up at call time (transformers' SDPA attention, HypeNet's attention
+    layers) goes through it."""
+    original = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = lambda *args, **kwargs: replacement(original, *args, **kwargs)
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
 
 
 def query_probabilities(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None = None,
@@ -72,21 +84,16 @@ def captured_attention(records: list, rows: Sequence[int] | None = None):
     """While active, every scaled_dot_product_attention call appends attention probabilities (fp32, on its device) to
     records, in call order: its last query's, [B, H, S], or with rows those queries', [B, H, len(rows), S]; and
     returns what it would have returned."""
-    original = F.scaled_dot_product_attention
-
-    def recorded(query, key, value, *args, **kwargs):
-        attn_mask, is_causal, scale, _ = _sdpa_arguments(args, kwargs)
+    def recorded(original, query, key, value, *args, **kwargs):
+        attn_mask, is_causal, scale = sdpa_arguments(args, kwargs)
         if rows is None:
             records.append(last_query_probabilities(query, key, attn_mask, is_causal, scale))
         else:
             records.append(query_probabilities(query, key, attn_mask, is_causal, scale, rows))
         return original(query, key, value, *args, **kwargs)
 
-    F.scaled_dot_product_attention = recorded
-    try:
+    with patched_sdpa(recorded):
         yield records
-    finally:
-        F.scaled_dot_product_attention = original
 
 
 def needle_token_span(tokenizer, sample: NiahSample) -> tuple[int, int]:
@@ -149,4 +156,4 @@ def evaluate_needle_attention(model, tokenizer, samples: Sequence[NiahSample], p
 
 
 __all__ = ["attention_layer_names", "captured_attention", "evaluate_needle_attention", "last_query_probabilities",
-           "needle_token_span", "query_probabilities"]
+           "needle_token_span", "patched_sdpa", "query_probabilities", "sdpa_arguments"]

@@ -150,8 +150,7 @@ def hybrid_layer(layer: nn.Module, x: torch.Tensor, ctx, buffers: LayerBuffers, 
         x = _attention(layer.self_attn, x, layer.input_layernorm, ctx, buffers, chunk, start)
     else:
         x = _lightning(layer.linear_attn, x, layer.input_layernorm, ctx, buffers, chunk)
-    return _mlp(layer.mlp, x, layer.post_attention_layernorm, buffers.mlp_weight, buffers.mlp_silu, chunk.gemv,
-                chunk.gemv_fusion, chunk.pdl)
+    return _mlp(layer.mlp, x, layer.post_attention_layernorm, buffers.mlp_weight, buffers.mlp_silu, chunk)
 
 
 def _input_projections(mixer: nn.Module, x: torch.Tensor, norm: nn.Module, fused: torch.Tensor | None,
@@ -165,10 +164,11 @@ def _input_projections(mixer: nn.Module, x: torch.Tensor, norm: nn.Module, fused
     return list(project(x, fused, chunk.gemv, norm=norm, fuse=chunk.gemv_fusion, pdl=chunk.pdl).split(sizes, dim=-1))
 
 
-def _mlp(mlp: nn.Module, x: torch.Tensor, norm: nn.Module, fused: torch.Tensor | None, silu: bool = False,
-         use_gemv: bool = False, fuse: tuple[str, ...] = (), pdl: bool = False) -> torch.Tensor:
+def _mlp(mlp: nn.Module, x: torch.Tensor, norm: nn.Module, fused: torch.Tensor | None, silu: bool,
+         chunk: Chunk) -> torch.Tensor:
     """x + MLP(norm(x)); with the gate/up weights stacked and a SiLU MLP (`silu`), norm, gate/up and SiLU(gate) * up
     are one projection."""
+    use_gemv, fuse, pdl = chunk.gemv, chunk.gemv_fusion, chunk.pdl
     if fused is not None and silu:
         hidden = project(x, fused, use_gemv, norm=norm, swiglu=True, fuse=fuse, pdl=pdl)
     else:
