@@ -209,6 +209,28 @@ def test_probes_are_seeded_and_well_formed(tokenizer, heldout_docs):
         assert any(sample[s : s + 6] == value for s in range(slots[0] - 6))
 
 
+def test_question_probes_ask_in_other_words(tokenizer, heldout_docs):
+    repeat = build_probes(tokenizer, heldout_docs, recall_samples=2, context=256, commonsense_tokens=64, seed=4)
+    probes = build_probes(tokenizer, heldout_docs, recall_samples=2, context=256, commonsense_tokens=64, seed=4,
+                          recall_style="question")
+    assert probes.input_ids.shape == repeat.input_ids.shape
+    assert len(probes.lookups) == len(repeat.lookups) == 2 * 4  # same keys per row: 256 // 64
+    encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    for row, position, start, end in probes.lookups.tolist():
+        ids = probes.input_ids[row].tolist()
+        # the asked needle is "The special magic number for {key} is {value}." (6 value digits, then ".")
+        [key] = [k for k in probes_module.KEY_WORDS
+                 if ids[start:end - 7] == encode(probes_module.NEEDLE_PREFIX.format(key=k))]
+        question = encode(probes_module.RECALL_QUESTIONS["question"].format(key=key))
+        assert ids[position + 1 - len(question):position + 1] == question  # the question ends at the asking position
+        assert ids[position + 1:position + 7] == ids[end - 7:end - 1]  # and the needle's value follows it
+        assert ids[position - 2:position + 1] != ids[end - 10:end - 7]  # not after the needle's own last words
+    rows, positions = probes.value_slots.T
+    assert torch.equal(probes.input_ids[rows, positions + 1], probes.value_tokens)
+    with pytest.raises(ValueError, match="unknown recall_style 'quiz'.*'repeat', 'question'"):
+        build_probes(tokenizer, heldout_docs, recall_samples=1, context=256, recall_style="quiz")
+
+
 def test_probes_without_heldout_use_filler_haystack(tokenizer, monkeypatch):
     monkeypatch.setattr(probes_module, "_builtin_documents", lambda tok, needed: [np.arange(13, 40)])
     probes = build_probes(tokenizer, None, recall_samples=1, context=96, commonsense_tokens=96)
@@ -249,6 +271,13 @@ def test_select_layers_halo(teacher, tokenizer, stage1_layers, heldout_docs):
     assert json.loads(json.dumps(result.to_dict()))["attention_layers"] == result.attention_layers
     assert set(result.needle_attention) == set(range(LAYERS))
     assert all(0 < v <= 1 for v in result.needle_attention.values())
+    asked = select_layers(
+        teacher, tokenizer, stage1_layers, heldout_docs=heldout_docs, recall_samples=2, recall_context=96,
+        commonsense_tokens=96, progress=False, recall_style="question",
+    )
+    assert asked.settings["recall_style"] == "question" and result.settings["recall_style"] == "repeat"
+    # other recall rows (asked in other words), the same commonsense rows
+    assert asked.needle_attention != result.needle_attention and asked.commonsense == result.commonsense
 
 
 def test_needle_attention_is_the_teachers_attention_on_the_asked_needle(teacher, tokenizer, heldout_docs):

@@ -87,6 +87,9 @@ class SelectConfig:
     # commonsense_tokens of held-out text go through the teacher once per layer, batch_size rows at a time.
     recall_samples: int = 32
     recall_context: int = 1024
+    # How the recall probe asks for a needle's value (halo/probes.py RECALL_QUESTIONS): "repeat" its words, which a
+    # copying head can complete, or a "question" in other words, answered as RULER's NIAH is.
+    recall_style: str = "repeat"
     commonsense_tokens: int = 16384
     batch_size: int = 8
     # Or lm-evaluation-harness tasks (the paper's: squad_completion, fda, swde / hellaswag, arc_easy, arc_challenge).
@@ -282,6 +285,12 @@ def validate(config: ConvertConfig) -> None:
             raise HaloError(f"{name}.tokens must be positive; got {stage.tokens}")
     if config.select.strategy not in ("halo", "even", "manual", "none"):
         raise HaloError(f"select.strategy must be 'halo', 'even', 'manual' or 'none'; got {config.select.strategy!r}")
+    from .probes import RECALL_QUESTIONS
+
+    if config.select.recall_style not in RECALL_QUESTIONS:
+        raise HaloError(
+            f"select.recall_style must be one of {list(RECALL_QUESTIONS)}; got {config.select.recall_style!r}"
+        )
     if config.select.strategy == "manual" and not config.select.manual_layers:
         raise HaloError("select.strategy=manual needs select.manual_layers, e.g. --set select.manual_layers=2,5,9")
     if (config.select.lm_eval_recall is None) != (config.select.lm_eval_commonsense is None):

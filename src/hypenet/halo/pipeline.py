@@ -232,6 +232,7 @@ def _run_select(conv: Conversion) -> dict:
             conv.teacher, conv.tokenizer, conv.stage1_layers() if cfg.strategy == "halo" else None,
             strategy=cfg.strategy, num_attention=cfg.num_attention, manual_layers=cfg.manual_layers,
             heldout_docs=conv.corpus.heldout_docs, recall_samples=cfg.recall_samples, recall_context=cfg.recall_context,
+            recall_style=cfg.recall_style,
             commonsense_tokens=cfg.commonsense_tokens, batch_size=cfg.batch_size, lm_eval_tasks=lm_eval,
             lm_eval_limit=cfg.lm_eval_limit, seed=conv.config.seed, device=conv.state.device,
         )

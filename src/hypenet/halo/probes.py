@@ -5,9 +5,12 @@ The built-in probes need no network and cost a few batched forward passes per la
 
 - Recall: multi-key needle-in-a-haystack. A haystack of held-out text (or RULER's filler sentences) hides needles
   "The special magic number for {key} is {value}." at random depths; the sample ends by stating every key again,
-  shuffled, "The special magic number for {key} is", followed by its value. The values are scored under teacher
-  forcing: R = fraction of value tokens whose argmax prediction is right. A 6-digit value is several tokens, and
-  each of them can only be predicted by retrieving the matching needle from far back in the context.
+  shuffled, "The special magic number for {key} is", followed by its value (recall_style "repeat"), or asks for it
+  in other words, "What is the number for {key} mentioned in the text above? ..." ("question"): a copying head can
+  complete the first, the second has to be answered by the key, as RULER's NIAH questions are. The values are
+  scored under teacher forcing: R = fraction of value tokens whose argmax prediction is right. A 6-digit value is
+  several tokens, and each of them can only be predicted by retrieving the matching needle from far back in the
+  context.
 - Commonsense: top-1 next-token agreement with the unmodified teacher on held-out text, at every position:
   how much of the teacher's language modelling survives the replacement.
 
@@ -36,6 +39,14 @@ KEY_WORDS = (
 NEEDLE_PREFIX = " The special magic number for {key} is"
 NEEDLE_VALUE = " {value}"
 NEEDLE_END = "."
+# How a recall sample asks for a needle's value: the words just before the value.
+# "repeat" says the needle's own words again, which a copying (induction) head can complete;
+# "question" asks in other words, as RULER's NIAH does, so the answer has to be found by the key.
+RECALL_QUESTIONS = {
+    "repeat": NEEDLE_PREFIX,
+    "question": " What is the number for {key} mentioned in the text above? The number for {key} mentioned in the text"
+                " above is",
+}
 VALUE_DIGITS = 6
 # RULER NIAH-Single-1's haystack (SPEC section 6), used when no held-out documents are given.
 FILLER_TEXT = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -127,16 +138,21 @@ def build_probes(
     context: int = 1024,
     commonsense_tokens: int = 16384,
     seed: int = 0,
+    recall_style: str = "repeat",
 ) -> ProbeSet:
     """The recall and commonsense probe sequences, all of `context` tokens, reproducible from `seed`.
 
     heldout_docs: token-id arrays of held-out documents (haystacks and the commonsense text); without them the
     recall haystack is RULER's filler and the commonsense text is hypenet's built-in documents.
+    recall_style: how the recall samples ask for a value (RECALL_QUESTIONS): "repeat" the needle's words or ask a
+    "question" in other words.
     """
     if recall_samples < 1 or commonsense_tokens < 1:
         raise ValueError(
             f"recall_samples ({recall_samples}) and commonsense_tokens ({commonsense_tokens}) must both be >= 1"
         )
+    if recall_style not in RECALL_QUESTIONS:
+        raise ValueError(f"unknown recall_style {recall_style!r}; choose one of {list(RECALL_QUESTIONS)}")
     rng = np.random.default_rng(seed)
     text_rows = math.ceil(commonsense_tokens / context)
     heldout_text = heldout_docs if heldout_docs else _builtin_documents(tokenizer, text_rows * context)
@@ -145,7 +161,7 @@ def build_probes(
 
     rows, slots, targets, lookups = [], [], [], []
     for sample in range(recall_samples):
-        ids, value_positions, questions = _recall_sample(tokenizer, haystack, context, rng)
+        ids, value_positions, questions = _recall_sample(tokenizer, haystack, context, rng, recall_style)
         rows.append(ids)
         for p in value_positions:
             slots.append((sample, p - 1))
@@ -159,7 +175,7 @@ def build_probes(
 
 
 def _recall_sample(
-    tokenizer, haystack: np.ndarray, context: int, rng: np.random.Generator
+    tokenizer, haystack: np.ndarray, context: int, rng: np.random.Generator, style: str = "repeat"
 ) -> tuple[np.ndarray, list[int], list[tuple[int, int, int]]]:
     """One multi-key haystack of exactly `context` tokens, the positions of its scored value tokens, and per question
     (the position predicting its value's first token, the asked needle's first token, one past its last)."""
@@ -168,10 +184,11 @@ def _recall_sample(
         keys = rng.choice(len(KEY_WORDS), size=num_keys, replace=False)
         values = rng.choice(9 * 10 ** (VALUE_DIGITS - 1), size=num_keys, replace=False) + 10 ** (VALUE_DIGITS - 1)
         prefixes = [_encode(tokenizer, NEEDLE_PREFIX.format(key=KEY_WORDS[k])) for k in keys]
+        asks = [_encode(tokenizer, RECALL_QUESTIONS[style].format(key=KEY_WORDS[k])) for k in keys]
         value_ids = [_encode(tokenizer, NEEDLE_VALUE.format(value=v)) for v in values]
         end = _encode(tokenizer, NEEDLE_END)
         needles = [p + v + end for p, v in zip(prefixes, value_ids)]
-        hay_len = context - 2 * sum(len(n) for n in needles)
+        hay_len = context - sum(len(n) for n in needles) - sum(len(a + v + end) for a, v in zip(asks, value_ids))
         if hay_len >= 0:
             break
         if num_keys == 1:
@@ -189,7 +206,7 @@ def _recall_sample(
     ids += hay[previous:]
     value_positions, questions = [], []
     for j in rng.permutation(num_keys):
-        ids += prefixes[j]
+        ids += asks[j]
         questions.append((len(ids) - 1, *spans[j]))
         value_positions += range(len(ids), len(ids) + len(value_ids[j]))
         ids += value_ids[j] + end
@@ -263,4 +280,4 @@ class LmEvalProbe:
         return self._mean_score(self.tasks["recall"]), self._mean_score(self.tasks["commonsense"])
 
 
-__all__ = ["KEY_WORDS", "LmEvalProbe", "ProbeSet", "build_probes"]
+__all__ = ["KEY_WORDS", "RECALL_QUESTIONS", "LmEvalProbe", "ProbeSet", "build_probes"]

@@ -287,6 +287,7 @@ def select_layers(
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
+    recall_style: str = "repeat",
     lm_eval_tasks: dict[str, list[str]] | None = None,
     lm_eval_limit: int | float | None = None,
     batch_size: int = 8,
@@ -299,6 +300,7 @@ def select_layers(
     of recall_context tokens) go through the teacher once per layer, batch_size rows at a time. On a 2-core CPU
     use small settings: recall_samples=2, recall_context=256, commonsense_tokens=256 take about a minute for the
     30-layer embedded teacher. On a GPU the defaults take seconds (~3 s for it in bf16 on an H200).
+    recall_style: how the recall probe asks for a value (halo/probes.py RECALL_QUESTIONS).
     lm_eval_tasks: {"recall": [...], "commonsense": [...]} measures with lm-evaluation-harness instead
     (lm_eval_limit: its per-task example limit).
     """
@@ -340,11 +342,11 @@ def select_layers(
     else:
         settings = {
             "probes": "builtin", "recall_samples": recall_samples, "recall_context": recall_context,
-            "commonsense_tokens": commonsense_tokens, "seed": seed,
+            "recall_style": recall_style, "commonsense_tokens": commonsense_tokens, "seed": seed,
         }
         probes = build_probes(
             tokenizer, heldout_docs, recall_samples=recall_samples, context=recall_context,
-            commonsense_tokens=commonsense_tokens, seed=seed,
+            commonsense_tokens=commonsense_tokens, seed=seed, recall_style=recall_style,
         )
         baseline, recall, commonsense = probe_sweep(
             teacher, probes, stage1_layers, config=config, batch_size=batch_size, device=device, progress=progress
