@@ -2,6 +2,7 @@
 conversion report now shows), with the probe's haystack of RULER's filler and of held-out documents.
 
     python scripts/halo_probe_attention.py --out results/needle_attention/halo_probe/results.json
+    python scripts/halo_probe_attention.py --recall-style question --out results/needle_attention/halo_probe/question.json
 
 Compare with `hypenet eval --evals needle_attention` on RULER-style NIAH prompts (results/needle_attention/): the
 probe repeats the needle's own words as its question ("The special magic number for apple is"), NIAH asks in other
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="builtin", help="document source of the held-out haystacks")
     parser.add_argument("--samples", type=int, default=8, help="recall probe rows (default 8)")
     parser.add_argument("--context", type=int, default=2048, help="probe length in tokens (HALO's GPU default 2048)")
+    parser.add_argument("--recall-style", default="repeat", choices=["repeat", "question"],
+                        help="how the probe asks for a value (select.recall_style; default repeat)")
     parser.add_argument("--top", type=int, default=7, help="how many layers to list (default 7)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"settings": {k: str(v) for k, v in vars(args).items()}}
     for name, haystack in (("filler", None), ("heldout", list(docs))):
         probes = build_probes(tokenizer, haystack, recall_samples=args.samples, context=args.context,
-                              commonsense_tokens=args.context, seed=0)
+                              commonsense_tokens=args.context, seed=0, recall_style=args.recall_style)
         looks = needle_attention(model, probes)
         order = sorted(looks, key=lambda i: -looks[i])
         results[name] = {"needle_attention": looks, "top": sorted(order[:args.top])}
