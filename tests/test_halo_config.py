@@ -55,6 +55,7 @@ def test_overrides_are_converted_to_the_field_types():
         ("stage1=3", "is a section"),
         ("seed", "is not KEY=VALUE"),
         ("stage1.schedule=linear", "'cosine' or 'constant'"),
+        ("export.logit_scaling_extend=-1", "export.logit_scaling_extend must be >= 0"),
         ("select.recall_style=quiz", r"select.recall_style must be one of \['repeat', 'question'\]; got 'quiz'"),
     ],
 )

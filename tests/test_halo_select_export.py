@@ -353,6 +353,51 @@ def test_choose_logit_scaling_base_falls_back_to_longest(student):
         choose_logit_scaling_base(student, docs, (None, 1), train_context=64)
 
 
+def _fake_loss(monkeypatch, loss_of_base):
+    """Make the long-context loss a function of the logit-scaling base the model is set to."""
+    from hypenet.halo import export as export_module
+
+    def loss(model, docs, scored_from, device):
+        return loss_of_base(model.config.attention_logit_scaling_base)
+
+    monkeypatch.setattr(export_module, "long_context_loss", loss)
+
+
+def test_logit_scaling_search_goes_past_the_grid_edge(student, monkeypatch):
+    import warnings
+
+    from hypenet.halo.export import GridEdgeWarning
+
+    docs = [np.arange(2, 122)]
+    _fake_loss(monkeypatch, lambda a: 1 / a)  # falls without end: each extension doubles the last base
+    with pytest.warns(GridEdgeWarning, match="still falling at logit-scaling base 1600, the largest tried"):
+        best, losses = choose_logit_scaling_base(student, docs, (100, 200), train_context=40, extend=3)
+    assert best == 1600 and list(losses) == [100, 200, 400, 800, 1600]
+    _fake_loss(monkeypatch, lambda a: a)  # rises: halve the smallest while the base stays > 1
+    best, losses = choose_logit_scaling_base(student, docs, (8, 16), train_context=40, extend=5)
+    assert best == 2 and list(losses) == [8, 16, 4, 2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GridEdgeWarning)  # a minimum inside the grid, or off: nothing to extend
+        _fake_loss(monkeypatch, lambda a: (np.log(a) - np.log(450)) ** 2)
+        best, losses = choose_logit_scaling_base(student, docs, (100, 200, 500, 1000), train_context=40, extend=4)
+        assert best == 500 and list(losses) == [100, 200, 500, 1000]
+        _fake_loss(monkeypatch, lambda a: 0.0 if a is None else 1 / a)
+        best, losses = choose_logit_scaling_base(student, docs, (None, 100, 200), train_context=40, extend=4)
+        assert best is None and list(losses) == [None, 100, 200]
+    assert student.config.attention_logit_scaling_base is None  # restored
+    with pytest.raises(ValueError, match="extend must be >= 0"):
+        choose_logit_scaling_base(student, docs, (100, 200), train_context=40, extend=-1)
+
+
+def test_export_reports_the_extended_search(student, tokenizer, tmp_path, monkeypatch):
+    _fake_loss(monkeypatch, lambda a: 9.0 if a is None else 1 / a)
+    info = export_checkpoint(student, tokenizer, tmp_path / "ckpt", [np.arange(2, 122)], candidates=(200, None, 100),
+                             train_context=40, extend=1)
+    assert info["logit_scaling_base"] == 400 and list(info["losses"]) == ["off", "100", "200", "400"]
+    assert len(info["warnings"]) == 1 and "still falling at logit-scaling base 400" in info["warnings"][0]
+    student.config.attention_logit_scaling_base = None
+
+
 def test_export_loads_without_hypenet_and_generates_the_same(student, tokenizer, tmp_path):
     rng = np.random.default_rng(1)
     docs = [rng.integers(0, student.config.vocab_size, size=90) for _ in range(2)]
@@ -363,8 +408,10 @@ def test_export_loads_without_hypenet_and_generates_the_same(student, tokenizer,
         student, tokenizer, out, docs, candidates=(None, 50, 500), train_context=32, eval_len=80,
         extra_info={"teacher": "tiny-qwen3"},
     )
-    assert info["path"] == str(out) and set(info["losses"]) == {"off", "50", "500"}
-    assert info["warnings"] == []  # other libraries' warnings during the search are not the export's
+    assert info["path"] == str(out) and list(info["losses"]) == ["off", "50", "500"]
+    # other libraries' warnings during the search are not the export's; a best base at the grid's edge is
+    at_edge = min(info["losses"], key=info["losses"].get) != "off"  # 50 or 500: the edges of two numbers
+    assert len(info["warnings"]) == at_edge and all("still falling" in note for note in info["warnings"])
     config = json.loads((out / "config.json").read_text())
     assert config["attention_logit_scaling_base"] == info["logit_scaling_base"] == student.config.attention_logit_scaling_base
     assert config["auto_map"] == {

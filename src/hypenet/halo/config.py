@@ -103,6 +103,8 @@ class ExportConfig:
     """The exported checkpoint: HyPE's logit-scaling base `a` is the candidate with the lowest long-document loss."""
 
     logit_scaling_candidates: list[float] = field(default_factory=lambda: [100.0, 200.0, 500.0, 1000.0, 2000.0])
+    # While the best base is the largest (smallest) tried, up to this many more, each twice (half) the last.
+    logit_scaling_extend: int = 4
     max_docs: int = 16  # the longest held-out documents scored
     eval_len: int | None = None  # tokens scored per document; None = 4 x stage3.seq_len
 
@@ -286,6 +288,12 @@ def validate(config: ConvertConfig) -> None:
     if config.select.strategy not in ("halo", "even", "manual", "none"):
         raise HaloError(f"select.strategy must be 'halo', 'even', 'manual' or 'none'; got {config.select.strategy!r}")
     from .probes import RECALL_QUESTIONS
+
+    if config.export.logit_scaling_extend < 0:
+        raise HaloError(
+            f"export.logit_scaling_extend must be >= 0 (more bases to try past the candidates' edge); "
+            f"got {config.export.logit_scaling_extend}"
+        )
 
     if config.select.recall_style not in RECALL_QUESTIONS:
         raise HaloError(

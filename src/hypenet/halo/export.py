@@ -2,7 +2,9 @@
 
 The attention layers scale the query at position t by ln(t + a) / ln(a) at inference only (SPEC 2.2). `a` is
 picked by the mean next-token loss on held-out documents longer than the training context, counting only the
-tokens at positions >= train_context: the length-generalisation region that the scaling exists for.
+tokens at positions >= train_context: the length-generalisation region that the scaling exists for. When the best
+candidate is the largest (or smallest) one, the search goes on past it (export.logit_scaling_extend): every
+conversion of the embedded teacher so far found its lowest loss at the grid's largest base, 2000.
 The checkpoint loads with `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`, no hypenet needed.
 """
 
@@ -66,8 +68,30 @@ def long_context_loss(model: HypeNetForCausalLM, docs: Sequence[np.ndarray], sco
     return total / count
 
 
-class ShortDocumentsWarning(UserWarning):
+class ScalingSearchWarning(UserWarning):
+    """Something the user should know about how `a` was chosen (recorded in the export's report)."""
+
+
+class ShortDocumentsWarning(ScalingSearchWarning):
     """No held-out document is longer than the training context: `a` was chosen on shorter ones."""
+
+
+class GridEdgeWarning(ScalingSearchWarning):
+    """The loss was still falling at the largest (or smallest) base tried: the minimum lies beyond it."""
+
+
+def _next_base(losses: dict[float | None, float]) -> float | None:
+    """The base to try next when the best so far is at an edge of the numeric ones tried (twice the largest, or half
+    the smallest while > 1); None when the best is inside them, is `off`, or fewer than two numbers were tried."""
+    best = min(losses, key=losses.get)  # the earliest of equal losses
+    numeric = sorted(a for a in losses if a is not None)
+    if best is None or len(numeric) < 2:
+        return None
+    if best == numeric[-1]:
+        return 2 * best
+    if best == numeric[0] and best / 2 > 1:
+        return best / 2
+    return None
 
 
 def choose_logit_scaling_base(
@@ -77,16 +101,22 @@ def choose_logit_scaling_base(
     eval_len: int | None = None,
     train_context: int = 512,
     device=None,
+    extend: int = 0,
 ) -> tuple[float | None, dict[float | None, float]]:
-    """(the candidate `a` with the lowest long-context loss, loss per candidate); None means scaling off.
+    """(the `a` with the lowest long-context loss, loss per base tried); None means scaling off.
 
     long_docs: token-id arrays of held-out documents; those longer than train_context are cut to eval_len
     (default 4 x train_context) and scored at positions >= train_context. If none is longer, the longest is used
     (with a warning). The model's own `a` is restored afterwards; ties go to the earlier candidate.
+    extend: when the best number is the largest of two or more tried, try up to `extend` more bases, each twice the
+    last, while the loss keeps falling (half the smallest, while > 1, when the smallest is best): a minimum at the
+    edge of the grid is not a minimum. Warns if the loss still falls at the last base tried.
     """
     bad = [a for a in candidates if a is not None and not a > 1]
     if not candidates or bad:
         raise ValueError(f"logit-scaling candidates must be None (off) or numbers > 1; got {list(candidates)}")
+    if extend < 0:
+        raise ValueError(f"extend must be >= 0 (more bases to try beyond the candidates); got {extend}")
     eval_len = 4 * train_context if eval_len is None else eval_len
     if eval_len <= train_context:
         raise ValueError(f"eval_len ({eval_len}) must exceed train_context ({train_context}) to test length generalisation")
@@ -95,16 +125,32 @@ def choose_logit_scaling_base(
         warnings.warn(warning, ShortDocumentsWarning, stacklevel=2)
     original, was_training = model.config.attention_logit_scaling_base, model.training
     model.eval()
-    losses = {}
+    losses: dict[float | None, float] = {}
+
+    def measure(a: float | None) -> None:
+        model.config.attention_logit_scaling_base = a  # read by build_mixer_context at every forward
+        losses[a] = long_context_loss(model, docs, scored_from, device)
+        log.info("logit-scaling base %s: long-context loss %.4f", scaling_label(a), losses[a])
+
     try:
         for a in candidates:
-            model.config.attention_logit_scaling_base = a  # read by build_mixer_context at every forward
-            losses[a] = long_context_loss(model, docs, scored_from, device)
-            log.info("logit-scaling base %s: long-context loss %.4f", scaling_label(a), losses[a])
+            if a not in losses:
+                measure(a)
+        for _ in range(extend):
+            if (a := _next_base(losses)) is None:
+                break
+            measure(a)
     finally:
         model.config.attention_logit_scaling_base = original
         model.train(was_training)
-    best = min(candidates, key=lambda a: losses[a])
+    best = min(losses, key=losses.get)
+    if _next_base(losses) is not None:
+        warnings.warn(
+            f"the long-context loss was still falling at logit-scaling base {scaling_label(best)}, the "
+            f"{'largest' if best == max(a for a in losses if a is not None) else 'smallest'} tried: the best base "
+            "lies beyond it; raise export.logit_scaling_extend or give candidates past it",
+            GridEdgeWarning, stacklevel=2,
+        )
     return best, losses
 
 
@@ -125,12 +171,14 @@ def export_checkpoint(
     device=None,
     extra_info: dict | None = None,
     logit_scaling_base: float | None | str = "auto",
+    extend: int = 0,
 ) -> dict:
-    """Choose `a` (unless logit_scaling_base is given: a number, or None for off), write it into the config, and
-    save model + tokenizer + remote code to out_dir atomically (written beside it, then renamed into place).
+    """Choose `a` (unless logit_scaling_base is given: a number, or None for off; `extend` as in
+    choose_logit_scaling_base), write it into the config, and save model + tokenizer + remote code to out_dir
+    atomically (written beside it, then renamed into place).
 
-    Returns {"path", "logit_scaling_base", "losses" (candidate label -> loss), "warnings"}; the same, plus
-    extra_info, is written to out_dir/halo_export.json.
+    Returns {"path", "logit_scaling_base", "losses" (label of each base tried, off first, then ascending -> loss),
+    "warnings"}; the same, plus extra_info, is written to out_dir/halo_export.json.
     """
     out_dir = Path(out_dir)
     losses, notes = {}, []
@@ -139,11 +187,13 @@ def export_checkpoint(
     elif logit_scaling_base == "auto":
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            a, by_candidate = choose_logit_scaling_base(student, long_docs, candidates, eval_len, train_context, device)
-        notes = [str(w.message) for w in caught if issubclass(w.category, ShortDocumentsWarning)]  # not torch's
+            a, by_base = choose_logit_scaling_base(student, long_docs, candidates, eval_len, train_context, device,
+                                                   extend)
+        notes = [str(w.message) for w in caught if issubclass(w.category, ScalingSearchWarning)]  # not torch's
         for note in notes:
             log.warning(note)
-        losses = {scaling_label(c): loss for c, loss in by_candidate.items()}
+        ordered = sorted(by_base, key=lambda base: (base is not None, base or 0))
+        losses = {scaling_label(base): by_base[base] for base in ordered}
     elif logit_scaling_base is None or logit_scaling_base > 1:
         a = logit_scaling_base
     else:
@@ -167,4 +217,11 @@ def export_checkpoint(
     return info
 
 
-__all__ = ["LOGIT_SCALING_CANDIDATES", "choose_logit_scaling_base", "export_checkpoint", "long_context_loss"]
+__all__ = [
+    "LOGIT_SCALING_CANDIDATES",
+    "GridEdgeWarning",
+    "ShortDocumentsWarning",
+    "choose_logit_scaling_base",
+    "export_checkpoint",
+    "long_context_loss",
+]
