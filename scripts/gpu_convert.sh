@@ -30,6 +30,8 @@
 #   ABLATIONS  (optional) 0: no even / none ablations: HALO's conversion, evaluation and comparison with the teacher,
 #            then the training speed; e.g. to try a setting: CONVERT_OPTIONS="--set ..." RUNS=runs/gpu-try
 #   TRAIN_SPEED  (optional) 0: leave out the training-speed benchmark at the end
+#   NEEDLE_ATTENTION  (optional) 0: leave out where each student's attention finds the NIAH needle (`hypenet eval
+#            --evals needle_attention`, NEEDLE_OPTIONS; ~30 s each) after its evaluation
 #   WHEELS   (default .whl/) wheels of what the image lacks (flash-linear-attention, fla-core, gguf, transformers >= 5.24),
 #            installed into /tmp/site once per machine
 set -uo pipefail
@@ -48,6 +50,8 @@ CONFIG=${CONFIG:-configs/gpu-smollm2.yaml}
 read -r -a CONVERT_ARGS <<<"${CONVERT_OPTIONS:-}"
 read -r -a EVAL_ARGS <<<"${EVAL_OPTIONS:---niah-lengths 4096,8192,16384,32768,65536 --niah-samples 2 --batch-size 16 --max-batch-tokens 524288 --ppl-docs 8 --ppl-max-len 65536}"
 EVAL_ARGS+=(--ppl-source "$CORPUS" --haystack "$CORPUS" --no-progress)
+read -r -a NEEDLE_ARGS <<<"${NEEDLE_OPTIONS:---tasks single_1,single_2 --niah-lengths 4096,32768 --haystack-heldout}"
+NEEDLE_ARGS+=(--haystack "$CORPUS" --no-progress)
 read -r -a SPEED_ARGS <<<"${SPEED_OPTIONS:-}"
 mkdir -p "$RUNS/done" "$RUNS/logs" "$OUT"
 export RUNS TEACHER CORPUS WHEELS OUT CONFIG TRITON_CACHE TEACHER_EVAL HALO_EVAL
@@ -66,7 +70,7 @@ pack() {  # the results so far, without weights, into $OUT (at most 8 files come
         cp "$RUNS/$run"/report.* "$RUNS/$run"/*.png "$RUNS/$run/config.yaml" "$keep/convert_$run/" 2>/dev/null
         cp "$RUNS/$run/model/halo_export.json" "$keep/convert_$run/" 2>/dev/null
     done
-    for dir in eval compare ablation train_speed; do
+    for dir in eval needle_attention compare ablation train_speed; do
         [ -d "$RUNS/$dir" ] && cp -r "$RUNS/$dir" "$keep/"
     done
     tar czf "$OUT/gpu_convert.tgz" -C "$RUNS" results logs
@@ -89,8 +93,8 @@ step() {
     say "start $name (${left}s left)"
     local began=$SECONDS
     # timeout runs programs, not functions: a child bash gets this script's functions and arrays first.
-    timeout --signal=INT --kill-after=30 "$left" bash -c "$(declare -f setup convert share_stage1 evaluate reuse_or_evaluate)
-        $(declare -p HYPENET EVAL_ARGS CONVERT_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
+    timeout --signal=INT --kill-after=30 "$left" bash -c "$(declare -f setup convert share_stage1 evaluate reuse_or_evaluate needles)
+        $(declare -p HYPENET EVAL_ARGS CONVERT_ARGS NEEDLE_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
     local rc=$?
     if [ "$rc" -eq 0 ]; then
         echo $((SECONDS - began)) >"$RUNS/done/$name"
@@ -169,6 +173,12 @@ evaluate() {  # evaluate LABEL MODEL [more eval options]
     "${HYPENET[@]}" eval "$model" --label "$label" --out "$RUNS/eval/$label" "${EVAL_ARGS[@]}" "$@"
 }
 
+needles() {  # needles LABEL MODEL: the share of each attention layer's last-token attention on the NIAH needle
+    local label=$1 model=$2
+    "${HYPENET[@]}" eval "$model" --label "$label" --evals needle_attention --out "$RUNS/needle_attention/$label" \
+        "${NEEDLE_ARGS[@]}"
+}
+
 say "gpu_convert: deadline ${DEADLINE}s"
 step setup setup
 if [ -n "${HALO_EVAL:-}" ]; then
@@ -178,12 +188,14 @@ else
 fi
 step eval_teacher reuse_or_evaluate teacher "$TEACHER" "${TEACHER_EVAL:-}" --yarn
 step eval_halo reuse_or_evaluate hypenet-halo "$RUNS/halo/model" "${HALO_EVAL:-}"
+[ "${NEEDLE_ATTENTION:-1}" = 0 ] || [ -n "${HALO_EVAL:-}" ] || step needles_halo needles hypenet-halo "$RUNS/halo/model"
 step compare "${HYPENET[@]}" compare "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" \
     --labels teacher,hypenet-halo --out "$RUNS/compare"
 if [ "${ABLATIONS:-1}" != 0 ]; then
     step share_stage1_even share_stage1 even
     step convert_even convert convert even --set select.strategy=even
     step eval_even evaluate hypenet-even "$RUNS/even/model"
+    [ "${NEEDLE_ATTENTION:-1}" = 0 ] || step needles_even needles hypenet-even "$RUNS/even/model"
     step share_stage1_none share_stage1 none
     step convert_none convert convert none --set select.strategy=none
     step eval_none evaluate hypenet-none "$RUNS/none/model"

@@ -30,6 +30,7 @@ TINY_CONFIG = {
 EVAL_OPTIONS = ("--niah-lengths 400,600 --niah-depths 0.5 --niah-samples 1 --tasks single_1,single_2 "
                 "--batch-size 2 --ppl-docs 2 --ppl-max-len 600 --device cpu")
 SPEED_OPTIONS = "tiny-hypenet --device cpu --steps 2 --warmup-steps 1 --stages stage2"
+NEEDLE_OPTIONS = "--tasks single_1 --niah-lengths 400 --niah-depths 0.5 --needle-attention-samples 1 --device cpu"
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def setup(tmp_path_factory):
         **os.environ, "TEACHER": str(make_teacher(root / "teacher", "qwen3", make_tokenizer(documents))),
         "CORPUS": str(corpus), "CONFIG": str(config), "RUNS": str(root / "runs"), "OUT": str(root / "out"),
         "WHEELS": str(root / "no-wheels"), "EVAL_OPTIONS": EVAL_OPTIONS, "SPEED_OPTIONS": SPEED_OPTIONS,
+        "NEEDLE_OPTIONS": NEEDLE_OPTIONS,
         "HOME": str(root),  # tokenised corpora are cached under ~/.cache
     }
     return root, env
@@ -68,8 +70,9 @@ def test_whole_run_packs_every_result_and_a_rerun_skips_it(setup):
     run = run_script(env, deadline=1500)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "all done" in run.stdout
-    steps = ["setup", "convert_halo", "eval_teacher", "eval_halo", "compare", "train_speed", "share_stage1_even",
-             "convert_even", "eval_even", "share_stage1_none", "convert_none", "eval_none", "ablation"]
+    steps = ["setup", "convert_halo", "eval_teacher", "eval_halo", "needles_halo", "compare", "train_speed",
+             "share_stage1_even", "convert_even", "eval_even", "needles_even", "share_stage1_none", "convert_none",
+             "eval_none", "ablation"]
     assert sorted(p.name for p in (root / "runs" / "done").iterdir()) == sorted(steps)
 
     with tarfile.open(root / "out" / "gpu_convert.tgz") as archive:
@@ -77,6 +80,7 @@ def test_whole_run_packs_every_result_and_a_rerun_skips_it(setup):
         report = lambda run: json.load(archive.extractfile(f"results/convert_{run}/report.json"))  # noqa: E731
         halo, even, none = report("halo"), report("even"), report("none")
         ablation = archive.extractfile("results/ablation/report.md").read().decode()
+        needles = json.load(archive.extractfile("results/needle_attention/hypenet-halo/results.json"))
     for name in ("results/eval/teacher/results.json", "results/eval/hypenet-halo/results.json",
                  "results/compare/report.md", "results/train_speed/train_speed.json", "logs/summary.log"):
         assert name in names, name
@@ -87,14 +91,18 @@ def test_whole_run_packs_every_result_and_a_rerun_skips_it(setup):
     assert even["stages"]["stage1"] == halo["stages"]["stage1"] == none["stages"]["stage1"]
     assert even["stages"]["stage2"]["tokens"] == halo["stages"]["stage2"]["tokens"] == none["stages"]["stage2"]["tokens"]
     assert ablation.startswith("# teacher vs halo vs even vs none")
+    # where each student with attention layers looks (the all-RNN one has none)
+    assert needles["needle_attention"]["layers"] == [f"layer {i}" for i in halo["selection"]["attention_layers"]]
+    assert "results/needle_attention/hypenet-even/results.json" in names
+    assert not [n for n in names if n.startswith("results/needle_attention/hypenet-none")]
 
     again = run_script(env, deadline=1500)
     assert again.returncode == 0 and "all done" in again.stdout
     assert "start" not in again.stdout  # every step was skipped
 
 
-STEPS_LATER = ["compare", "convert_even", "eval_even", "share_stage1_none", "convert_none", "eval_none", "ablation",
-               "train_speed"]
+STEPS_LATER = ["compare", "convert_even", "eval_even", "needles_even", "share_stage1_none", "convert_none", "eval_none",
+               "ablation", "train_speed"]
 
 
 def mark_done(runs: Path, steps) -> None:
@@ -170,7 +178,7 @@ def test_earlier_evaluations_are_reused_only_with_the_same_settings(setup):
 def test_without_ablations_the_run_ends_after_the_comparison(setup):
     root, env = setup
     runs = root / "no_ablations"
-    mark_done(runs, ("setup", "convert_halo", "eval_teacher", "eval_halo", "compare"))
+    mark_done(runs, ("setup", "convert_halo", "eval_teacher", "eval_halo", "needles_halo", "compare"))
     run = run_script({**env, "RUNS": str(runs), "OUT": str(root / "out_no_ablations"), "ABLATIONS": "0"}, deadline=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all done (ABLATIONS=0: HALO, its evaluation and the training speed)" in run.stdout
@@ -180,7 +188,7 @@ def test_without_ablations_the_run_ends_after_the_comparison(setup):
     # TRAIN_SPEED=0 leaves the training-speed benchmark out as well
     runs = root / "no_ablations_no_speed"
     mark_done(runs, ("setup", "convert_halo", "eval_teacher", "eval_halo", "compare"))
-    run = run_script({**env, "RUNS": str(runs), "OUT": str(root / "out_no_speed"), "ABLATIONS": "0",
+    run = run_script({**env, "RUNS": str(runs), "OUT": str(root / "out_no_speed"), "ABLATIONS": "0", "NEEDLE_ATTENTION": "0",
                       "TRAIN_SPEED": "0"}, deadline=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all done (ABLATIONS=0: HALO, its evaluation):" in run.stdout
