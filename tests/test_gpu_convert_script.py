@@ -188,7 +188,8 @@ def test_without_ablations_the_run_ends_after_the_comparison(setup):
     # TRAIN_SPEED=0 leaves the training-speed benchmark out as well
     runs = root / "no_ablations_no_speed"
     mark_done(runs, ("setup", "convert_halo", "eval_teacher", "eval_halo", "compare"))
-    run = run_script({**env, "RUNS": str(runs), "OUT": str(root / "out_no_speed"), "ABLATIONS": "0", "NEEDLE_ATTENTION": "0",
+    run = run_script({**env, "RUNS": str(runs), "OUT": str(root / "out_no_speed"), "ABLATIONS": "0",
+                      "NEEDLE_ATTENTION": "0",
                       "TRAIN_SPEED": "0"}, deadline=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all done (ABLATIONS=0: HALO, its evaluation):" in run.stdout
