@@ -289,15 +289,14 @@ def validate(config: ConvertConfig) -> None:
         raise HaloError(f"select.strategy must be 'halo', 'even', 'manual' or 'none'; got {config.select.strategy!r}")
     from .probes import RECALL_QUESTIONS
 
+    if config.select.recall_style not in RECALL_QUESTIONS:
+        raise HaloError(
+            f"select.recall_style must be one of {list(RECALL_QUESTIONS)}; got {config.select.recall_style!r}"
+        )
     if config.export.logit_scaling_extend < 0:
         raise HaloError(
             f"export.logit_scaling_extend must be >= 0 (more bases to try past the candidates' edge); "
             f"got {config.export.logit_scaling_extend}"
-        )
-
-    if config.select.recall_style not in RECALL_QUESTIONS:
-        raise HaloError(
-            f"select.recall_style must be one of {list(RECALL_QUESTIONS)}; got {config.select.recall_style!r}"
         )
     if config.select.strategy == "manual" and not config.select.manual_layers:
         raise HaloError("select.strategy=manual needs select.manual_layers, e.g. --set select.manual_layers=2,5,9")
