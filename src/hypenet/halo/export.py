@@ -144,11 +144,11 @@ def choose_logit_scaling_base(
         model.config.attention_logit_scaling_base = original
         model.train(was_training)
     best = min(losses, key=losses.get)
-    if _next_base(losses) is not None:
+    if (beyond := _next_base(losses)) is not None:
         warnings.warn(
             f"the long-context loss was still falling at logit-scaling base {scaling_label(best)}, the "
-            f"{'largest' if best == max(a for a in losses if a is not None) else 'smallest'} tried: the best base "
-            "lies beyond it; raise export.logit_scaling_extend or give candidates past it",
+            f"{'largest' if beyond > best else 'smallest'} tried: the best base lies beyond it; raise "
+            "export.logit_scaling_extend or give candidates past it",
             GridEdgeWarning, stacklevel=2,
         )
     return best, losses
