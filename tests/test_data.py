@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 import sys
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from hypenet.data import (
@@ -322,3 +323,65 @@ def test_tokenized_corpus_feeds_packed_chunks(jsonl, tokenizer, tmp_path):
     chunks = PackedChunks(corpus.train_tokens, seq_len=32, seed=0)
     batch = next(chunks.batches(4))
     assert batch.shape == (4, 32) and int(batch.max()) < len(tokenizer)
+
+
+# ---------------------------------------------------------------- unwrapped paragraphs (training documents only)
+
+WRAPPED = (
+    "Title\n\n"
+    "It was a dislike so little just, every imputed fault\nwas so magnified by fancy,\nthat she never saw her.\n\n"
+    "Code, indented:\n    x = 1\n    y = 2\n\n"
+    "- a list item\n- another one\n\n"
+    "A second paragraph of\nwrapped prose.  \n  \n"
+    "Last one\nends here."
+)
+
+
+def test_unwrap_joins_wrapped_prose_and_keeps_everything_else():
+    from hypenet.data.unwrap import unwrap_paragraphs
+
+    joined = unwrap_paragraphs(WRAPPED, 1.0, random.Random(0))
+    assert joined == (
+        "Title\n\n"
+        "It was a dislike so little just, every imputed fault was so magnified by fancy, that she never saw her.\n\n"
+        "Code, indented:\n    x = 1\n    y = 2\n\n"
+        "- a list item\n- another one\n\n"
+        "A second paragraph of wrapped prose.  \n  \n"
+        "Last one ends here."
+    )
+    assert unwrap_paragraphs(WRAPPED, 0.0, random.Random(0)) == WRAPPED
+    # one draw per wrapped-prose paragraph, in order: the same generator state gives the same choice
+    some = [unwrap_paragraphs(WRAPPED, 0.5, random.Random(seed)) for seed in range(40)]
+    assert some == [unwrap_paragraphs(WRAPPED, 0.5, random.Random(seed)) for seed in range(40)]
+    assert {WRAPPED, joined} < set(some)  # none, all and mixes of the three paragraphs occur
+    assert all(text.replace("\n", " ").split() == WRAPPED.replace("\n", " ").split() for text in some)
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\], got -0.1"):
+        unwrap_paragraphs(WRAPPED, -0.1, random.Random(0))
+
+
+def test_unwrapped_training_documents_leave_the_heldout_split_as_read(tmp_path, tokenizer):
+    words = [[f"doc{i}"] + [WORDS[(i + j) % 50] for j in range(6 + 3 * i)] for i in range(N_DOCS)]
+    docs = ["\n".join(" ".join(w[k:k + 4]) for k in range(0, len(w), 4)) for w in words]  # 4 words a line
+    path = tmp_path / "wrapped.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    newline_tokenizer = PreTrainedTokenizerFast(tokenizer_object=_newline_aware(tokenizer), unk_token="<unk>",
+                                                eos_token="<eos>")
+    plain = corpus_of(path, newline_tokenizer, tmp_path, heldout_fraction=0.2, min_heldout_docs=12)
+    unwrapped = corpus_of(path, newline_tokenizer, tmp_path, heldout_fraction=0.2, min_heldout_docs=12,
+                          unwrap_paragraphs=1.0)
+    newline = newline_tokenizer.convert_tokens_to_ids("\n")
+    assert [d.tolist() for d in unwrapped.heldout_docs] == [d.tolist() for d in plain.heldout_docs]
+    assert all(newline in d.tolist() for d in plain.heldout_docs)  # held out as read, line breaks and all
+    assert newline in plain.train_tokens.tolist() and newline not in unwrapped.train_tokens.tolist()
+    assert np.array_equal(plain.train_tokens[plain.train_tokens != newline], unwrapped.train_tokens)
+    with pytest.raises(ValueError, match=r"unwrap_paragraphs must be in \[0, 1\], got 2"):
+        corpus_of(path, newline_tokenizer, tmp_path, unwrap_paragraphs=2)
+
+
+def _newline_aware(tokenizer) -> Tokenizer:
+    """The test's word-level tokenizer with "\\n" as a token of its own (it splits on spaces only)."""
+    vocab = dict(tokenizer.get_vocab())
+    vocab["\n"] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[^ \n]+|\n"), behavior="removed", invert=True)
+    return backend

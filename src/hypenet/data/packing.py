@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import random
 import shutil
 import tempfile
 import warnings
@@ -25,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .sources import iter_documents, source_files
+from .unwrap import unwrap_paragraphs as unwrap_text
 
 __all__ = ["PackedChunks", "TokenizedCorpus", "default_cache_dir", "describe_corpus", "tokenize_corpus",
            "tokenizer_fingerprint"]
@@ -92,7 +94,7 @@ def _token_dtype(tokenizer) -> np.dtype:
 def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, max_tokens: int | None = None,
                     seed: int = 0, cache_dir: str | Path | None = None, min_heldout_docs: int = 1,
                     progress: bool = True, text_field: str = "text", long_doc_tokens: int = 16384,
-                    long_heldout_fraction: float = 0.25) -> TokenizedCorpus:
+                    long_heldout_fraction: float = 0.25, unwrap_paragraphs: float = 0.0) -> TokenizedCorpus:
     """Tokenise the documents of `source` (see iter_documents) with `tokenizer` into a TokenizedCorpus.
 
     No special tokens are added except EOS, appended after each document. Document i is held out when a hash of
@@ -101,7 +103,10 @@ def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, m
     one) and reading goes on to make up for them. Documents of at least long_doc_tokens tokens are held out at the
     higher rate long_heldout_fraction (same hash), so that evaluation beyond the training context and the choice of
     the logit-scaling base have long documents that training never saw. Reading stops once max_tokens training tokens are there (None:
-    the whole source), and train_tokens is cut to exactly max_tokens. The result is cached under cache_dir (default
+    the whole source), and train_tokens is cut to exactly max_tokens. unwrap_paragraphs > 0: the training documents
+    (not the held-out ones, which keep the source's format) have that share of their hard-wrapped paragraphs joined
+    into one line each (`data.unwrap.unwrap_paragraphs`, seeded by (seed, i)); which documents are held out does not
+    change. The result is cached under cache_dir (default
     ~/.cache/hypenet/corpora) keyed by the source's files, the tokenizer's vocabulary and these settings, so the
     next call with the same inputs loads it (train_tokens memory-mapped) instead of tokenising again.
     """
@@ -110,6 +115,8 @@ def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, m
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
     if max_tokens is not None and max_tokens <= 0:
         raise ValueError(f"max_tokens must be positive or None, got {max_tokens}")
+    if not 0 <= unwrap_paragraphs <= 1:
+        raise ValueError(f"unwrap_paragraphs must be in [0, 1], got {unwrap_paragraphs}")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token; set tokenizer.eos_token first")
@@ -118,6 +125,8 @@ def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, m
                 "tokenizer": tokenizer_fingerprint(tokenizer), "eos": eos, "heldout_fraction": heldout_fraction,
                 "max_tokens": max_tokens, "seed": seed, "min_heldout_docs": min_heldout_docs,
                 "long_doc_tokens": long_doc_tokens, "long_heldout_fraction": long_heldout_fraction}
+    if unwrap_paragraphs:  # only when used, so that the caches made before the option existed stay valid
+        settings["unwrap_paragraphs"] = unwrap_paragraphs
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     cached = folder / key
@@ -125,20 +134,28 @@ def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, m
         return _load(cached)
 
     dtype = _token_dtype(tokenizer)
-    documents = enumerate(_tokenized(iter_documents(source, text_field=text_field), tokenizer, dtype, progress, source))
+    texts = iter_documents(source, text_field=text_field)
+    if unwrap_paragraphs:  # each document, then its unwrapped copy: the pair is tokenised in the same batches
+        texts = (text for index, original in enumerate(texts) for text in
+                 (original, unwrap_text(original, unwrap_paragraphs, random.Random(f"unwrap:{seed}:{index}"))))
+    stream = _tokenized(texts, tokenizer, dtype, progress, source)
+    # (document as read, document to train on): the first decides the split and is what is held out
+    documents = enumerate(zip(stream, stream) if unwrap_paragraphs else ((doc, doc) for doc in stream))
     train, heldout, train_hashes = [], [], []  # train_hashes[j]: the hash of train[j]'s document
+    train_originals = []  # train_originals[j]: train[j] as read (held out instead when min_heldout_docs asks)
 
     def read_until_budget() -> None:
         n_train = sum(len(doc) for doc in train)
-        for index, doc in documents:
+        for index, (doc, train_doc) in documents:
             u = _unit_hash(seed, index)
             rate = max(heldout_fraction, long_heldout_fraction) if len(doc) >= long_doc_tokens else heldout_fraction
             if u < rate:
                 heldout.append(doc)
             else:
-                train.append(doc)
+                train.append(train_doc)
+                train_originals.append(doc)
                 train_hashes.append(u)
-                n_train += len(doc)
+                n_train += len(train_doc)
                 if max_tokens is not None and n_train >= max_tokens:
                     return
 
@@ -146,8 +163,9 @@ def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, m
     shortfall = min(min_heldout_docs - len(heldout), len(train) - 1) if heldout_fraction > 0 else 0
     if shortfall > 0:  # too few documents fell below the threshold: also hold out the smallest hashes of the rest
         moved = set(np.argsort(train_hashes, kind="stable")[:shortfall].tolist())
-        heldout += [doc for j, doc in enumerate(train) if j in moved]
+        heldout += [doc for j, doc in enumerate(train_originals) if j in moved]
         train = [doc for j, doc in enumerate(train) if j not in moved]
+        train_originals = [doc for j, doc in enumerate(train_originals) if j not in moved]
         train_hashes = [u for j, u in enumerate(train_hashes) if j not in moved]
         read_until_budget()  # refill the training tokens the moved documents took
 

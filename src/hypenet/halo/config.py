@@ -114,6 +114,9 @@ class DataConfig:
     source: str = "builtin"  # "builtin", a path (txt/jsonl/parquet/folder) or "hf:NAME[:CONFIG][:SPLIT]"
     heldout_fraction: float = 0.01
     max_tokens: int | None = None  # tokens to read from the source; None = what the largest stage budget needs
+    # share of the training documents' hard-wrapped paragraphs joined into one line each (data/unwrap.py); held-out
+    # documents keep the source's format. 0 = the text as read.
+    unwrap_paragraphs: float = 0.0
 
 
 @dataclass
@@ -276,6 +279,10 @@ def load_config(
 
 
 def validate(config: ConvertConfig) -> None:
+    if not 0 <= config.data.unwrap_paragraphs <= 1:
+        raise HaloError(
+            f"data.unwrap_paragraphs is a share of paragraphs, in [0, 1]; got {config.data.unwrap_paragraphs}"
+        )
     for name in ("stage1", "stage2", "stage3"):
         stage = getattr(config, name)
         if stage.schedule not in ("cosine", "constant"):
