@@ -20,7 +20,8 @@
 #   bash scripts/gpu_bench.sh fusion   # HypeNet-2B at 128K (profiled) with each part of that work inside the kernel
 #                                      # apart: fusion_none/, fusion_residual/, ...; ~2 min each; FUSIONS="residual
 #                                      # norm,residual" picks the variants (default: none residual swiglu,residual norm);
-#                                      # a variant ending in :pdl runs with --pdl (fusion_residual_pdl/, ...);
+#                                      # a variant ending in :pdl runs with --pdl on, the others with --pdl off
+#                                      # (fusion_residual_pdl/, ...; the other parts take the default, --pdl auto);
 #                                      # CONTEXTS="128K,512K" and FUSION_SECONDS=200 for longer contexts
 #
 # Writes into $OUT (the device tool's folder) or runs/gpu_bench/<part>: bench.json, bench.md, bench_decode.png,
@@ -97,8 +98,8 @@ case $part in
     # without fusion, then with the residual adds, SiLU-gate + residual, and the norms inside it (one process each)
     status=0
     for variant in ${FUSIONS:-none residual swiglu,residual norm}; do
-      parts=${variant%:pdl}; pdl=(); suffix=
-      if [ "$parts" != "$variant" ]; then pdl=(--pdl); suffix=_pdl; fi
+      parts=${variant%:pdl}; pdl=(--pdl off); suffix=
+      if [ "$parts" != "$variant" ]; then pdl=(--pdl on); suffix=_pdl; fi
       if [ "$parts" = none ]; then fusion=(); else fusion=(--gemv-fusion "$parts"); fi
       decode_bench "${FUSION_SECONDS:-130}" "fusion_${parts//,/_}$suffix" hypenet-2b --contexts "${CONTEXTS:-128K}" \
         --gemv triton "${fusion[@]}" "${pdl[@]}" || status=1

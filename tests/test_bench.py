@@ -52,12 +52,14 @@ def test_bench_profile_and_inline_recurrence_on_cpu(tmp_path):
     code = main(["tiny-hypenet", "--device", "cpu", "--dtype", "fp32", "--contexts", "40", "--prefill-contexts", "",
                  "--transformers-contexts", "", "--decode-tokens", "2", "--warmup-tokens", "1", "--profile",
                  "--no-fused-lightning-step", "--max-autotune", "--gemv", "triton", "--gemv-fusion",
-                 "--out", str(tmp_path)])
+                 "--pdl", "off", "--out", str(tmp_path)])
     assert code == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["settings"]["fused_lightning_step"] is False and report["settings"]["max_autotune"] is True
     assert report["settings"]["gemv"] == "triton" and report["settings"]["gemv_fusion"] == "norm,swiglu,residual"
+    assert report["settings"]["pdl"] is False
     (row,) = report["results"]
+    assert row["pdl"] is False  # what the engine did
     profile = row["profile"]
     assert profile["calls"] == 5 and profile["wall_ms"] > 0 and profile["table"] == "profile_tiny-hypenet_b1_40.txt"
     assert profile["gpu_busy_ms"] is None and profile["kernels_per_call"] is None  # no GPU: host time only

@@ -26,6 +26,17 @@ def test_only_a_gpu_that_can_launch_so_is_asked_to():
         FastHypeNet(tiny_model(), max_len=16, pdl=True)
 
 
+def test_auto_launches_so_at_batch_1_where_the_gpu_can(monkeypatch):
+    model = tiny_model()
+    assert FastHypeNet(model, max_len=16).pdl is False  # the default, "auto", on a CPU
+    with pytest.raises(ValueError, match="pdl must be 'auto', True or False, got 'yes'"):
+        FastHypeNet(model, max_len=16, pdl="yes")
+    monkeypatch.setattr(engine_module, "programmatic_launch_usable", lambda device: True)  # as on an H200
+    assert FastHypeNet(model, max_batch=1, max_len=16).pdl is True
+    assert FastHypeNet(model, max_batch=2, max_len=16).pdl is False  # bf16 logits not checked there yet
+    assert FastHypeNet(model, max_batch=1, max_len=16, pdl=False).pdl is False
+
+
 def test_a_gpu_before_hopper_is_told_to_run_without(monkeypatch):
     monkeypatch.setattr(attention, "programmatic_launch_usable", lambda device: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
@@ -72,3 +83,18 @@ def test_inductor_launches_its_kernels_so_where_it_can(monkeypatch):
     monkeypatch.delattr(inductor_config.triton, "enable_pdl")
     with pytest.warns(UserWarning, match="cannot launch its kernels with programmatic dependent launch"):
         assert engine_module._pdl_compile_options() == {}
+
+
+def test_gpu_check_compares_the_engine_with_and_without_pdl(monkeypatch):
+    """`python -m hypenet.fast.check` on a GPU that can launch so: batch 2 and batch 1 with pdl, each against
+    model.forward and against the same engine without it (here on the CPU, where the ops run without the launch)."""
+    from hypenet.fast import check
+
+    for module in (check, engine_module):
+        monkeypatch.setattr(module, "programmatic_launch_usable", lambda device: True)
+    rows = {r["case"]: r for r in check.check_engine(torch.float32, "cpu")}
+    assert rows["batch 2, pdl: 8 decode steps vs model.forward"]["ok"]
+    assert rows["info: batch 2, pdl: vs the same without pdl"]["rel_err"] == 0
+    for fusion in ("residual", "norm,swiglu,residual"):
+        assert rows[f"batch 1, gemv=triton, gemv_fusion={fusion}, pdl: 8 decode steps vs model.forward"]["ok"]
+        assert rows[f"info: batch 1, gemv=triton, gemv_fusion={fusion}, pdl: vs the same without pdl"]["rel_err"] == 0

@@ -70,9 +70,10 @@ def register(subparsers) -> None:
                         help="with the Triton matrix-vector kernel, the work around the projections run inside it: a "
                              f"comma list of {', '.join(FUSION_PARTS)}, or none (default residual; all of them when "
                              "no list is given; FastHypeNet(gemv_fusion=...))")
-    parser.add_argument("--pdl", action="store_true",
+    parser.add_argument("--pdl", nargs="?", choices=["auto", "on", "off"], const="on", default="auto",
                         help="launch every kernel of the decode step with programmatic dependent launch (Hopper and "
-                             "later: each may start while the one before it ends; FastHypeNet(pdl=True))")
+                             "later: each may start while the one before it ends): on (also --pdl alone), off, or "
+                             "auto (default: on at batch 1 where the GPU can; FastHypeNet(pdl=...))")
     parser.add_argument("--profile", action="store_true",
                         help="after each decode timing, run a few steps under torch.profiler: kernels per step, GPU "
                              "busy time by kind of kernel, time between kernels (profile_*.txt, bench.md)")
@@ -92,7 +93,7 @@ def run_bench(args: argparse.Namespace) -> int:
         cuda_graph=False if args.no_cuda_graph else None,
         fused_lightning_step=not args.no_fused_lightning_step, max_autotune=args.max_autotune, profile=args.profile,
         gemv=args.gemv,
-        gemv_fusion=args.gemv_fusion, pdl=args.pdl,
+        gemv_fusion=args.gemv_fusion, pdl={"auto": "auto", "on": True, "off": False}[args.pdl],
         time_budget_s=args.time_budget_s, out=args.out,
     )
     report = run(settings)

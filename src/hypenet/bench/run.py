@@ -62,7 +62,9 @@ class BenchSettings:
     max_autotune: bool = False  # compile the decode step with fast.engine.MAX_AUTOTUNE
     gemv: str = "auto"  # batch-1 decode projections: "triton" (fast.gemv's kernel; auto on CUDA) or "cublas"
     gemv_fusion: str = "residual"  # with the Triton kernel: the work run inside it (fast.gemv.FUSION_PARTS; "none")
-    pdl: bool = False  # the decode step's kernels launched with programmatic dependent launch (FastHypeNet(pdl=))
+    # the decode step's kernels launched with programmatic dependent launch: "auto" (at batch 1 where the GPU can),
+    # True or False (FastHypeNet(pdl=)); each result row records what its engine did ("pdl")
+    pdl: bool | str = "auto"
     profile: bool = False  # profile a few decode steps per case: profile_<model>_b<batch>_<context>.txt
     time_budget_s: float = 480.0
     out: Path = Path("runs/bench")
@@ -169,7 +171,7 @@ class Bench:
             for context in contexts:
                 row = self.base_row(source, "fast", batch, context)
                 row.update(setup_s=setup_s, prefill_warmup_s=warmup_s, compiled=compiled, cuda_graph=engine.graphed,
-                           cache_gib=engine.cache.nbytes / 2**30)
+                           pdl=engine.pdl, cache_gib=engine.cache.nbytes / 2**30)
                 prefill = context in prefill_contexts
                 self.guarded(row, lambda: self.engine_case(engine, model, row, batch, context, prefill),
                              estimate_s=self.prefill_estimate(model.config, batch, context) if prefill else 5.0)

@@ -242,6 +242,7 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
     decoded = torch.stack([engine.decode(ids[:, t]) for t in range(692, 700)], dim=1)
     rows.append(compared({**row, "case": "8 decode steps (graph replay) vs model.forward"}, decoded,
                          reference[:, 692:700], tolerance))
+    batch2_decoded = decoded
     if dtype != torch.float32:
         # For scale: a bf16 difference anywhere (a kernel's accumulation order) grows through bf16's rounding chains
         # to the size of bf16's own error, which the same weights computed in fp32 show.
@@ -280,6 +281,14 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
         alone += [engine.decode(ids[b:b + 1, 600 + t])[0] for t in range(4)]
         rows.append(compared({**row, "case": f"left-padded batch row {b} (pad {pad}) vs alone, prefill + 4 steps"},
                              batched[b], torch.stack(alone), tolerance))
+    if programmatic_launch_usable(device):  # batch 2 with programmatic dependent launch (off there by default)
+        del engine
+        engine = FastHypeNet(model, max_batch=2, max_len=1024, prefill_chunk=256, pdl=True)
+        engine.prefill(ids[:, :692])
+        decoded = torch.stack([engine.decode(ids[:, t]) for t in range(692, 700)], dim=1)
+        rows.append(compared({**row, "case": "batch 2, pdl: 8 decode steps vs model.forward"}, decoded,
+                             reference[:, 692:700], tolerance))
+        rows.append(measured({**row, "case": "info: batch 2, pdl: vs the same without pdl"}, decoded, batch2_decoded))
     # batch 1 with the decode projections through the Triton matrix-vector kernel (fast.gemv)
     # with the residual adds inside that kernel (the default), with nothing and with everything it can take inside
     # then (on a GPU that can) every kernel of the step launched with programmatic dependent launch. Against the same

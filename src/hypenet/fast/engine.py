@@ -329,8 +329,11 @@ class FastHypeNet:
         that kernel's results before it reads them. This package's kernels compute the same bits as without (Inductor
         compiles and tunes its own kernels again: 3.4e-7 apart in fp32 on the H200). On the H200 it made the 128K
         step 2.29 ms against 2.44 (default fusion), and 2.17 ms (1.21x the floor) with gemv_fusion="norm,swiglu,
-        residual" (results/fast_bench/pdl/). Off by default: its bf16 error against model.forward is not measured
-        yet.
+        residual" (results/fast_bench/pdl/), and at 512K / 1M 4.78 / 8.06 ms (1.08x / 1.02x the floor;
+        results/fast_bench/pdl/long_context/). "auto" (default): on at max_batch 1 on a GPU that can
+        (`programmatic_launch_usable`), where the H200's bf16 check found the logits identical with and without it;
+        off for larger batches (there it took 0-4% off the step, but its bf16 logits are not checked yet) and
+        elsewhere. True on a GPU that cannot raises.
     compile_options: Inductor options added to the engine's own (`MAX_AUTOTUNE`: let Inductor time its Triton
         matmul templates against cuBLAS for each of the step's matrix-vector products and fuse their neighbours
         into them; compiling then takes minutes).
@@ -351,7 +354,7 @@ class FastHypeNet:
         compile_options: dict | None = None,
         gemv: str = "auto",
         gemv_fusion: bool | str | tuple[str, ...] = "residual",
-        pdl: bool = False,
+        pdl: bool | str = "auto",
     ):
         config = model.config
         if getattr(config, "model_type", None) != "hypenet":
@@ -381,6 +384,10 @@ class FastHypeNet:
             gemv = "triton" if self.device.type == "cuda" and triton_available() else "cublas"
         self.gemv = gemv == "triton" and max_batch == 1
         self.gemv_fusion = fusion_parts(gemv_fusion)
+        if pdl == "auto":
+            pdl = max_batch == 1 and programmatic_launch_usable(self.device)
+        elif not isinstance(pdl, bool):
+            raise ValueError(f"pdl must be 'auto', True or False, got {pdl!r}")
         if pdl and not programmatic_launch_usable(self.device):
             where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
             raise ValueError(f"pdl=True (programmatic dependent launch) needs a CUDA GPU of compute capability 9.0 or "
