@@ -1,0 +1,79 @@
+"""How NIAH answers begin: per run and task, the share that starts with a line break, beside the accuracy.
+
+A student distilled on hard-wrapped text may break the line where the answer should begin and go on with the
+haystack's prose instead of the needle's value (results/gpu_convert/README.md, "Tenth lease"). This reads the
+`niah_samples.jsonl` that `hypenet eval` writes next to its results and prints a markdown table:
+
+    python scripts/niah_answer_starts.py results/gpu_convert/*/eval/*/niah_samples.jsonl [--lengths 4096,8192]
+        [--out table.md]
+
+An answer starts with a line break when its first character other than a space or tab is a newline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+
+def starts_with_line_break(output: str) -> bool:
+    return output.lstrip(" \t")[:1] in ("\n", "\r")
+
+
+def answer_starts(rows: list[dict]) -> dict[str, dict[str, int]]:
+    """Per task: answers, right answers, answers starting with a line break, and right answers among the others."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"answers": 0, "right": 0, "line_break": 0,
+                                                              "right_without_line_break": 0})
+    for row in rows:
+        c = counts[row["task"]]
+        broke = starts_with_line_break(row["output"])
+        c["answers"] += 1
+        c["right"] += bool(row["correct"])
+        c["line_break"] += broke
+        c["right_without_line_break"] += bool(row["correct"]) and not broke
+    return dict(sorted(counts.items()))
+
+
+def run_label(path: Path) -> str:
+    """results/gpu_convert/RUN/eval/LABEL/niah_samples.jsonl -> RUN/LABEL (the two folders that name a run)."""
+    parts = path.parent.parts
+    return "/".join(p for p in (parts[-3] if len(parts) >= 3 and parts[-2] == "eval" else None, parts[-1]) if p)
+
+
+def table(files: list[Path], lengths: set[int] | None = None) -> str:
+    """The markdown table of `answer_starts` for each file's rows (only those of context lengths in `lengths`)."""
+    lines = ["| run | task | answers | right | start with a line break | right among the others |",
+             "|---|---|---|---|---|---|"]
+    for path in files:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if lengths is None or int(r["context_len"]) in lengths]
+        for task, c in answer_starts(rows).items():
+            others = c["answers"] - c["line_break"]
+            lines.append(f"| {run_label(path)} | {task} | {c['answers']} | {100 * c['right'] / c['answers']:.0f}% | "
+                         f"{100 * c['line_break'] / c['answers']:.0f}% | {c['right_without_line_break']} / {others} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+", type=Path, help="niah_samples.jsonl files written by `hypenet eval`")
+    parser.add_argument("--lengths", help="only these context lengths, e.g. 4096,8192 (default: all)")
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        parser.error(f"no such file: {', '.join(missing)} (hypenet eval writes niah_samples.jsonl beside results.json)")
+    try:
+        lengths = {int(n) for n in args.lengths.split(",")} if args.lengths else None
+    except ValueError:
+        parser.error(f"--lengths takes token counts separated by commas, e.g. 4096,8192; got {args.lengths!r}")
+    text = table(args.files, lengths)
+    print(text, end="")
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
