@@ -138,7 +138,8 @@ def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, m
     if unwrap_paragraphs:  # each document, then its unwrapped copy: the pair is tokenised in the same batches
         texts = (text for index, original in enumerate(texts) for text in
                  (original, unwrap_text(original, unwrap_paragraphs, random.Random(f"unwrap:{seed}:{index}"))))
-    stream = _tokenized(texts, tokenizer, dtype, progress, source)
+    stream = _tokenized(texts, tokenizer, dtype, progress, f"{source} and its unwrapped copies" if unwrap_paragraphs
+                        else source)
     # (document as read, document to train on): the first decides the split and is what is held out
     documents = enumerate(zip(stream, stream) if unwrap_paragraphs else ((doc, doc) for doc in stream))
     train, heldout, train_hashes = [], [], []  # train_hashes[j]: the hash of train[j]'s document
