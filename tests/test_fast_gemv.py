@@ -316,6 +316,14 @@ def test_gpu_check_of_the_engine_with_the_kernel_runs_on_cpu(tmp_path):
     for dtype in ("float32", "bfloat16"):
         for variant in ("residual", "none", "norm,swiglu,residual"):
             assert cases[(dtype, f"batch 1, gemv=triton, gemv_fusion={variant}: 8 decode steps vs model.forward")]["ok"]
+            # in bf16, also how far each is from the same weights in fp32 (the reference's own distance beside it)
+            name = f"info: batch 1, gemv=triton, gemv_fusion={variant}: vs the same weights in fp32"
+            to_fp32 = cases.get((dtype, name))
+            assert (to_fp32 is None) == (dtype == "float32")
+            if to_fp32:
+                reference_to_fp32 = cases[(dtype, "info: model.forward, row 0, positions 692-699 vs the same weights "
+                                                  "in fp32")]
+                assert 0 < to_fp32["rel_err"] < 5 * reference_to_fp32["rel_err"]
 
 
 def test_fusion_parts_and_the_bench_option():

@@ -243,6 +243,7 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
     rows.append(compared({**row, "case": "8 decode steps (graph replay) vs model.forward"}, decoded,
                          reference[:, 692:700], tolerance))
     batch2_decoded = decoded
+    exact = None  # bf16: the same weights' logits in fp32 at positions 691-699, to see which engine is nearer them
     if dtype != torch.float32:
         # For scale: a bf16 difference anywhere (a kernel's accumulation order) grows through bf16's rounding chains
         # to the size of bf16's own error, which the same weights computed in fp32 show.
@@ -295,6 +296,9 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
     # engine without it for information: its own kernels compute the same bits (the gemv rows above), but Inductor
     # compiles and tunes the step's other kernels again (on the H200 in fp32: 3.4e-7, not 0)
     by_fusion = {}
+    if exact is not None:  # what the rows "vs the same weights in fp32" below compare with
+        case = "info: model.forward, row 0, positions 692-699 vs the same weights in fp32"
+        rows.append(measured({**row, "case": case}, reference[:1, 692:700], exact[:1, 1:]))
     pdl_cases = [(f, True) for f in ("residual", "norm,swiglu,residual") if programmatic_launch_usable(device)]
     for fusion, pdl in [(f, False) for f in ("residual", "none", "norm,swiglu,residual")] + pdl_cases:
         del engine
@@ -309,6 +313,9 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
             rows.append(measured({**row, "case": f"info: {name}: vs the same without pdl"}, decoded, by_fusion[fusion]))
         else:
             by_fusion[fusion] = decoded
+            if exact is not None:  # e.g. the norm inside the kernel rounds less than model.forward: nearer fp32?
+                rows.append(measured({**row, "case": f"info: {name}: vs the same weights in fp32"}, decoded,
+                                     exact[:1, 1:]))
     del engine, model
     if device == "cuda":
         torch.cuda.empty_cache()
