@@ -1,7 +1,7 @@
 """Hard-wrapped paragraphs joined into one line each: a training-data option against a formatting habit.
 
 Most of the built-in corpus is hard-wrapped at ~70 characters (the Gutenberg books, the reST manuals). Distilled
-on it, every student so far learnt to break the line there: asked for a NIAH needle hidden in such text, 96-100% of
+on it, every student so far breaks the line there: asked for a NIAH needle hidden in such text, 74-100% of
 its answers start with a newline where the teacher's almost never do (results/gpu_convert/README.md, "Tenth
 lease"). `unwrap_paragraphs` joins the lines of a share of the paragraphs of a training document, so that the
 student also sees long lines inside wrapped text and learns from the teacher what follows them. Held-out documents
