@@ -85,11 +85,12 @@ case $part in
     ;;
   gemv)
     # the matrix-vector kernel's GPU check (plain and with the norm / SiLU-gate / residual inside), its tuning table
-    # against cuBLAS and the engine with it, then batch-1 decode with it (profiled): HypeNet-2B and Qwen3-1.7B in
-    # the engine at 128K/512K/1M, then HypeNet-2B with the norms, SiLU-gate and residual adds inside it (fused/)
+    # against cuBLAS and the engine with it, then batch-1 decode with the plain kernel (profiled): HypeNet-2B and
+    # Qwen3-1.7B in the engine at 128K/512K/1M, then HypeNet-2B with the norms, SiLU-gate and residual adds inside it
+    # (fused/, the engine's default)
     timeout 170 python3 -m hypenet.fast.check --only gemv,engine,time_gemv --out "$out" 2>&1 | tee "$out/check_log.txt"
     status=${PIPESTATUS[0]}
-    decode_bench 200 . hypenet-2b qwen3-1.7b --contexts 128K,512K,1M --gemv triton || status=1
+    decode_bench 200 . hypenet-2b qwen3-1.7b --contexts 128K,512K,1M --gemv triton --gemv-fusion none || status=1
     decode_bench 120 fused hypenet-2b --contexts 128K,512K --gemv triton --gemv-fusion || status=1
     (( status == 0 ))
     ;;
@@ -100,9 +101,8 @@ case $part in
     for variant in ${FUSIONS:-none residual swiglu,residual norm}; do
       parts=${variant%:pdl}; pdl=(--pdl off); suffix=
       if [ "$parts" != "$variant" ]; then pdl=(--pdl on); suffix=_pdl; fi
-      if [ "$parts" = none ]; then fusion=(); else fusion=(--gemv-fusion "$parts"); fi
       decode_bench "${FUSION_SECONDS:-130}" "fusion_${parts//,/_}$suffix" hypenet-2b --contexts "${CONTEXTS:-128K}" \
-        --gemv triton "${fusion[@]}" "${pdl[@]}" || status=1
+        --gemv triton --gemv-fusion "$parts" "${pdl[@]}" || status=1
     done
     (( status == 0 ))
     ;;

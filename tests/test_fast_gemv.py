@@ -159,12 +159,19 @@ def test_engine_routes_decode_projections_through_the_op(monkeypatch):
         (False, False, False)]
     with pytest.raises(ValueError, match=r"unknown gemv fusion part\(s\) \['rope'\]: choose among norm, swiglu"):
         FastHypeNet(model, max_batch=1, max_len=16, gemv="triton", gemv_fusion="norm,rope")
-    # the default: the residual adds inside the op
+    # the default: all of it inside the op, as with gemv_fusion=True
     fused.clear()
     default = FastHypeNet(model, max_batch=1, max_len=16, prefill_chunk=8, gemv="triton")
-    assert default.gemv_fusion == ("residual",)
+    assert default.gemv_fusion == ("norm", "swiglu", "residual")
     default.prefill(ids[:, :10])
     assert rel_err(default.decode(ids[:, 10]), decoded[0]) <= 1e-6
+    assert fused == [(True, False, False), (False, True, False), (True, False, True), (False, True, False)] * 5 + [
+        (True, False, False)]
+    # only the residual adds inside the op
+    fused.clear()
+    residual = FastHypeNet(model, max_batch=1, max_len=16, prefill_chunk=8, gemv="triton", gemv_fusion="residual")
+    residual.prefill(ids[:, :10])
+    assert rel_err(residual.decode(ids[:, 10]), decoded[0]) <= 1e-6
     assert fused == [(False, False, False), (False, True, False)] * 10 + [(False, False, False)]
     # without fusion: the same products through the op, the work around them left to PyTorch
     fused.clear()
@@ -340,7 +347,8 @@ def test_fusion_parts_and_the_bench_option():
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     parse = lambda *extra: parser.parse_args(["bench", "tiny-hypenet", *extra]).gemv_fusion  # noqa: E731
-    assert parse() == "residual" and parse("--gemv-fusion") == "norm,swiglu,residual"
+    assert parse() == parse("--gemv-fusion") == "norm,swiglu,residual"
+    assert parse("--gemv-fusion", "residual") == "residual"
     assert parse("--gemv-fusion", "none") == "none" and fusion_parts("none") == ()
     assert parse("--gemv-fusion", "residual,swiglu") == "swiglu,residual"
     with pytest.raises(SystemExit):

@@ -26,14 +26,15 @@ def test_only_a_gpu_that_can_launch_so_is_asked_to():
         FastHypeNet(tiny_model(), max_len=16, pdl=True)
 
 
-def test_auto_launches_so_at_batch_1_where_the_gpu_can(monkeypatch):
+def test_auto_launches_so_where_the_gpu_can(monkeypatch):
     model = tiny_model()
     assert FastHypeNet(model, max_len=16).pdl is False  # the default, "auto", on a CPU
     with pytest.raises(ValueError, match="pdl must be 'auto', True or False, got 'yes'"):
         FastHypeNet(model, max_len=16, pdl="yes")
     monkeypatch.setattr(engine_module, "programmatic_launch_usable", lambda device: True)  # as on an H200
     assert FastHypeNet(model, max_batch=1, max_len=16).pdl is True
-    assert FastHypeNet(model, max_batch=2, max_len=16).pdl is False  # bf16 logits not checked there yet
+    assert FastHypeNet(model, max_batch=2, max_len=16).pdl is True  # batch 2: the same bf16 bits on the H200
+    assert FastHypeNet(model, max_batch=2, max_len=16, pdl=False).pdl is False
     assert FastHypeNet(model, max_batch=1, max_len=16, pdl=False).pdl is False
 
 

@@ -66,14 +66,14 @@ def register(subparsers) -> None:
                         help="batch-1 decode projections: the Triton matrix-vector kernel of hypenet.fast.gemv "
                              "('triton'; what 'auto' takes on CUDA) or cuBLAS ('cublas')")
     parser.add_argument("--gemv-fusion", nargs="?", type=_fusion_parts, const=",".join(FUSION_PARTS),
-                        default="residual", metavar="PARTS",
+                        default=",".join(FUSION_PARTS), metavar="PARTS",
                         help="with the Triton matrix-vector kernel, the work around the projections run inside it: a "
-                             f"comma list of {', '.join(FUSION_PARTS)}, or none (default residual; all of them when "
-                             "no list is given; FastHypeNet(gemv_fusion=...))")
+                             f"comma list of {', '.join(FUSION_PARTS)}, or none (default and with no list: all of "
+                             "them; FastHypeNet(gemv_fusion=...))")
     parser.add_argument("--pdl", nargs="?", choices=["auto", "on", "off"], const="on", default="auto",
                         help="launch every kernel of the decode step with programmatic dependent launch (Hopper and "
                              "later: each may start while the one before it ends): on (also --pdl alone), off, or "
-                             "auto (default: on at batch 1 where the GPU can; FastHypeNet(pdl=...))")
+                             "auto (default: on where the GPU can; FastHypeNet(pdl=...))")
     parser.add_argument("--profile", action="store_true",
                         help="after each decode timing, run a few steps under torch.profiler: kernels per step, GPU "
                              "busy time by kind of kernel, time between kernels (profile_*.txt, bench.md)")

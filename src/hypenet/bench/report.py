@@ -140,7 +140,7 @@ def plot_decode(results: list[dict], path: Path) -> Path | None:
             series.setdefault(row["model"], []).append(row)
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 5.2))
     for label, rows in series.items():
         rows = sorted(rows, key=lambda r: r["context_len"])
         x = [r["context_len"] for r in rows]
@@ -155,7 +155,7 @@ def plot_decode(results: list[dict], path: Path) -> Path | None:
     ax.set_ylabel("time per output token (ms)")
     ax.set_title("Decode, batch 1")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: never over a line
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

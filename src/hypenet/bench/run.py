@@ -61,8 +61,8 @@ class BenchSettings:
     fused_lightning_step: bool = True  # False: the lightning recurrence compiled inline (for comparison)
     max_autotune: bool = False  # compile the decode step with fast.engine.MAX_AUTOTUNE
     gemv: str = "auto"  # batch-1 decode projections: "triton" (fast.gemv's kernel; auto on CUDA) or "cublas"
-    gemv_fusion: str = "residual"  # with the Triton kernel: the work run inside it (fast.gemv.FUSION_PARTS; "none")
-    # the decode step's kernels launched with programmatic dependent launch: "auto" (at batch 1 where the GPU can),
+    gemv_fusion: str = "norm,swiglu,residual"  # with the Triton kernel: the work run inside it (as FastHypeNet; "none")
+    # the decode step's kernels launched with programmatic dependent launch: "auto" (wherever the GPU can),
     # True or False (FastHypeNet(pdl=)); each result row records what its engine did ("pdl")
     pdl: bool | str = "auto"
     profile: bool = False  # profile a few decode steps per case: profile_<model>_b<batch>_<context>.txt

@@ -11,8 +11,8 @@ A few ideas, each aimed at where the time goes at long context:
   the norms, RoPE and gates around them; the whole step is captured in one CUDA graph. At batch 1 the products can
   go through the Triton matrix-vector kernel of `gemv.py` instead of cuBLAS (the default on CUDA: faster than
   cuBLAS at every HypeNet-2B shape on the H200; its launch settings are tuned on the model's own weights when the
-  engine is built), and it adds the residual stream to its output (gemv_fusion; the RMSNorm before a projection
-  and SiLU(gate) * up can go inside it too, on request: slower on the H200).
+  engine is built), and the RMSNorm before a projection, SiLU(gate) * up and the residual add run inside it
+  (gemv_fusion).
   Compilation is regional: one layer function, compiled once per mixer type and reused by every layer.
 - **Chunked prefill.** The prompt goes through in chunks of `prefill_chunk` tokens: attention over the cached
   prefix and the chunk itself (on CUDA in bf16, cuDNN's kernels on the two blocks apart, merged by log-sum-exp;
@@ -41,7 +41,7 @@ from torch import nn
 from ..model.lightning import lightning_attention, lightning_attention_recurrent
 from ..model.modeling_hypenet import apply_rope, build_mixer_context
 from .attention import decode_attention, prefill_attention, programmatic_launch_usable, triton_available
-from .gemv import fusion_parts, is_tuned, loop_variant, project, tune
+from .gemv import FUSION_PARTS, fusion_parts, is_tuned, loop_variant, project, tune
 from .recurrent import lightning_step
 
 DEFAULT_PREFILL_CHUNK = 65536
@@ -318,22 +318,26 @@ class FastHypeNet:
     gemv_fusion: with the Triton matrix-vector kernel, the work around the projections run inside it
         (`gemv_fused_kernel`): some of "norm" (the RMSNorm before each projection), "swiglu" (SiLU(gate) * up after
         the stacked gate/up) and "residual" (the residual adds), as a list or a comma list; True for all of them,
-        False or "none" for none (that work then stays with Inductor, as with cuBLAS). Default "residual": on the
-        H200 it made the 128K step 2.44 ms against 2.46-2.47 without, with the same numbers; "norm,residual" with its
-        loop tuned apart took 2.40 ms but moves the bf16 step further from model.forward (1.50e-2 against 1.23e-2
-        with all three parts) (results/fast_bench/gemv_fusion/).
+        False or "none" for none (that work then stays with Inductor, as with cuBLAS). Default: all three
+        (`fast.gemv.FUSION_PARTS`). On the H200, with PDL, the HypeNet-2B step took 2.19 / 4.67 / 7.96 ms at 128K /
+        512K / 1M (1.23x / 1.06x / 1.00x the floor; results/fast_bench/main_fused/) against 2.30 / 4.78 / 8.06 ms
+        with only the residual adds inside (results/fast_bench/pdl/long_context/). Its bf16 logits are 1.50e-2 from
+        model.forward's (residual only: 1.23e-2), yet nearer the same weights computed in fp32 (1.53e-2) than
+        model.forward's own bf16 logits are (1.56e-2; residual only: 1.58e-2): the norm inside the kernel rounds
+        differently from model.forward, not worse (results/fast_bench/check_fp32_distance/). "residual" stays
+        closest to model.forward's rounding.
     pdl: launch every kernel of the decode step with programmatic dependent launch (CUDA, compute capability 9.0+):
         this package's kernels (matrix-vector products, split-KV attention, lightning step) and, through Inductor's
         `triton.enable_pdl`, the compiled ones. Each may then start while the kernel before it ends: it sets up,
         reads what does not depend on that kernel (the matrix-vector kernel its first weight slice), and waits for
         that kernel's results before it reads them. This package's kernels compute the same bits as without (Inductor
         compiles and tunes its own kernels again: 3.4e-7 apart in fp32 on the H200). On the H200 it made the 128K
-        step 2.29 ms against 2.44 (default fusion), and 2.17 ms (1.21x the floor) with gemv_fusion="norm,swiglu,
-        residual" (results/fast_bench/pdl/), and at 512K / 1M 4.78 / 8.06 ms (1.08x / 1.02x the floor;
-        results/fast_bench/pdl/long_context/). "auto" (default): on at max_batch 1 on a GPU that can
-        (`programmatic_launch_usable`), where the H200's bf16 check found the logits identical with and without it;
-        off for larger batches (there it took 0-4% off the step, but its bf16 logits are not checked yet) and
-        elsewhere. True on a GPU that cannot raises.
+        step 2.29 ms against 2.44 with only the residual inside the matrix-vector kernel, and 2.17 ms (1.21x the
+        floor) with gemv_fusion="norm,swiglu,residual" (results/fast_bench/pdl/); at batch 8 it took 2-4% off, at
+        batch 32 nothing (results/fast_bench/pdl/long_context/). "auto" (default): on wherever the GPU can
+        (`programmatic_launch_usable`), at any batch size: the H200's bf16 check found the logits the same bits with
+        and without it at batch 1 and 2 (results/fast_bench/check_fp32_distance/). Off elsewhere; True on a GPU
+        that cannot raises.
     compile_options: Inductor options added to the engine's own (`MAX_AUTOTUNE`: let Inductor time its Triton
         matmul templates against cuBLAS for each of the step's matrix-vector products and fuse their neighbours
         into them; compiling then takes minutes).
@@ -353,7 +357,7 @@ class FastHypeNet:
         fused_lightning_step: bool = True,
         compile_options: dict | None = None,
         gemv: str = "auto",
-        gemv_fusion: bool | str | tuple[str, ...] = "residual",
+        gemv_fusion: bool | str | tuple[str, ...] = FUSION_PARTS,
         pdl: bool | str = "auto",
     ):
         config = model.config
@@ -385,7 +389,7 @@ class FastHypeNet:
         self.gemv = gemv == "triton" and max_batch == 1
         self.gemv_fusion = fusion_parts(gemv_fusion)
         if pdl == "auto":
-            pdl = max_batch == 1 and programmatic_launch_usable(self.device)
+            pdl = programmatic_launch_usable(self.device)
         elif not isinstance(pdl, bool):
             raise ValueError(f"pdl must be 'auto', True or False, got {pdl!r}")
         if pdl and not programmatic_launch_usable(self.device):

@@ -20,8 +20,10 @@ PyTorch rounds, so that a step keeps the reference's numbers; the norm is one pa
 product, 1/RMS applied to the sums), as close to fp64 as PyTorch but not equal to it. On the H200
 (results/fast_bench/gemv_fusion/) the residual add paid: HypeNet-2B at 128K 2.44 ms against 2.46-2.47 without. The
 norm took 2.61 ms at the plain kernel's launch settings, and 2.40 ms with its loop tuned apart (8 rows per
-program), but moves the bf16 step further from the model's own roundings. So the engine fuses the residual add by
-default, the norm and SiLU-gate on request.
+program), and 2.19 ms with the SiLU-gate inside too and programmatic dependent launch (results/fast_bench/main_fused/).
+It moves the bf16 step further from the model's own roundings (1.50e-2 against 1.23e-2) but not from the same weights
+in fp32 (1.53e-2, where model.forward's bf16 logits are 1.56e-2; results/fast_bench/check_fp32_distance/). So the
+engine fuses all three by default (`FUSION_PARTS`); gemv_fusion="residual" keeps the model's roundings closest.
 
 Launch settings: `tune` times the candidate settings (`TUNE_CONFIGS`) on the weights the kernel will read, one
 weight after another from a CUDA graph (so that none is served from L2, as in a decode step), and remembers the
