@@ -5,7 +5,9 @@ on it, every student so far breaks the line there: asked for a NIAH needle hidde
 its answers start with a newline where the teacher's almost never do (results/gpu_convert/README.md, "Tenth
 lease"). `unwrap_paragraphs` joins the lines of a share of the paragraphs of a training document, so that the
 student also sees long lines inside wrapped text and learns from the teacher what follows them. Held-out documents
-(perplexity, NIAH haystacks, the logit-scaling search) keep their source's format (`tokenize_corpus`).
+(perplexity, NIAH haystacks, the logit-scaling search) keep their source's format (`tokenize_corpus`). On the H200,
+with half of the paragraphs joined, none of a student's answers inside the teacher's window started with a newline
+and NIAH-Single-2 rose from 2% to 24% over 4K-64K ("Eleventh lease").
 """
 
 from __future__ import annotations
