@@ -257,6 +257,18 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
                              reference[:, 691:700], exact))
         rows.append(measured({**row, "case": "info: engine prefill + 8 steps vs the same weights in fp32"},
                              torch.cat([prefill[:, None], decoded], dim=1), exact))
+        # The reference's own decode path, what generate() runs: model.forward one token at a time with its cache
+        with torch.no_grad():
+            out = model(ids[:, :692], use_cache=True)
+            stepped = []
+            for t in range(692, 700):
+                out = model(ids[:, t:t + 1], cache=out.past_key_values, use_cache=True)
+                stepped.append(out.logits[:, -1].float())
+        stepped = torch.stack(stepped, dim=1)
+        rows.append(measured({**row, "case": "info: model.forward with its cache, 8 steps, vs model.forward"},
+                             stepped, reference[:, 692:700]))
+        rows.append(measured({**row, "case": "info: 8 decode steps vs model.forward with its cache"}, decoded,
+                             stepped))
         # One chunk: the reference's own sequence of ops, so what differs is the layer code, not the chunking.
         chunked, engine.prefill_chunk = engine.prefill_chunk, ids.shape[1]
         rows.append(measured({**row, "case": "info: prefill logits (1 chunk) vs model.forward"},
