@@ -359,6 +359,16 @@ def test_unwrap_joins_wrapped_prose_and_keeps_everything_else():
         unwrap_paragraphs(WRAPPED, -0.1, random.Random(0))
 
 
+def test_wrapped_chars_counts_the_paragraphs_unwrap_can_join():
+    from hypenet.data.unwrap import wrapped_chars
+
+    joinable = ["It was a dislike so little just, every imputed fault\nwas so magnified by fancy,\nthat she never saw "
+                "her.", "A second paragraph of\nwrapped prose.  ", "Last one\nends here."]
+    assert all(p in WRAPPED for p in joinable)
+    assert wrapped_chars(WRAPPED) == sum(map(len, joinable))
+    assert wrapped_chars("one line only") == wrapped_chars("") == wrapped_chars("- a\n- b") == 0
+
+
 def test_unwrapped_training_documents_leave_the_heldout_split_as_read(tmp_path, tokenizer):
     words = [[f"doc{i}"] + [WORDS[(i + j) % 50] for j in range(6 + 3 * i)] for i in range(N_DOCS)]
     docs = ["\n".join(" ".join(w[k:k + 4]) for k in range(0, len(w), 4)) for w in words]  # 4 words a line
@@ -366,9 +376,15 @@ def test_unwrapped_training_documents_leave_the_heldout_split_as_read(tmp_path, 
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     newline_tokenizer = PreTrainedTokenizerFast(tokenizer_object=_newline_aware(tokenizer), unk_token="<unk>",
                                                 eos_token="<eos>")
-    plain = corpus_of(path, newline_tokenizer, tmp_path, heldout_fraction=0.2, min_heldout_docs=12)
-    unwrapped = corpus_of(path, newline_tokenizer, tmp_path, heldout_fraction=0.2, min_heldout_docs=12,
-                          unwrap_paragraphs=1.0)
+    with pytest.warns(UserWarning, match=r"100% of the text read from .*wrapped.jsonl is hard-wrapped prose .* "
+                                         r"consider `--set data.unwrap_paragraphs=0.5`"):
+        plain = corpus_of(path, newline_tokenizer, tmp_path, heldout_fraction=0.2, min_heldout_docs=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no hint when the option is on, nor for text in long lines
+        unwrapped = corpus_of(path, newline_tokenizer, tmp_path, heldout_fraction=0.2, min_heldout_docs=12,
+                              unwrap_paragraphs=1.0)
+        (tmp_path / "lines.jsonl").write_text("".join(json.dumps({"text": d.replace("\n", " ")}) + "\n" for d in docs))
+        corpus_of(tmp_path / "lines.jsonl", newline_tokenizer, tmp_path, heldout_fraction=0.2, min_heldout_docs=12)
     newline = newline_tokenizer.convert_tokens_to_ids("\n")
     assert [d.tolist() for d in unwrapped.heldout_docs] == [d.tolist() for d in plain.heldout_docs]
     assert all(newline in d.tolist() for d in plain.heldout_docs)  # held out as read, line breaks and all

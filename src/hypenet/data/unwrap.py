@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import re
 
-__all__ = ["unwrap_paragraphs"]
+__all__ = ["unwrap_paragraphs", "wrapped_chars"]
 
 # a blank line (spaces allowed) and any whitespace after it: what separates paragraphs; kept as it is
 _PARAGRAPH_BREAK = re.compile(r"(\n[ \t]*\n\s*)")
@@ -46,3 +46,8 @@ def unwrap_paragraphs(text: str, fraction: float, rng: random.Random) -> str:
         if _is_wrapped_prose(lines) and rng.random() < fraction:
             parts[i] = " ".join([line.rstrip() for line in lines[:-1]] + [lines[-1]])  # none indented after the first
     return "".join(parts)
+
+
+def wrapped_chars(text: str) -> int:
+    """How many of `text`'s characters lie in wrapped-prose paragraphs, the ones `unwrap_paragraphs` can join."""
+    return sum(len(part) for part in _PARAGRAPH_BREAK.split(text)[::2] if _is_wrapped_prose(part.split("\n")))

@@ -150,7 +150,7 @@ PRESETS: dict[str, dict] = {
     "cpu": {
         "device": "cpu",
         "checkpoint_every": 5,
-        "data": {"max_tokens": 200_000},
+        "data": {"max_tokens": 200_000, "unwrap_paragraphs": 0.5},
         "stage1": {"tokens": 24_576, "seq_len": 256, "batch_size": 8, "warmup_steps": 2},
         "select": {"recall_samples": 8, "recall_context": 256, "commonsense_tokens": 1024, "batch_size": 4},
         "stage2": {"tokens": 16_384, "seq_len": 256, "batch_size": 4, "warmup_steps": 2, "logits_chunk": 512},
