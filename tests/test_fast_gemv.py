@@ -336,6 +336,10 @@ def test_gpu_check_of_the_engine_with_the_kernel_runs_on_cpu(tmp_path):
     engine = cases[("bfloat16", "info: 8 decode steps vs model.forward with its cache")]["rel_err"]
     assert 0 < stepped < 1e-2 and 0 < engine < 1e-2
     assert ("float32", "info: model.forward with its cache, 8 steps, vs model.forward") not in cases
+    # and model.forward with the lightning layers in PyTorch: on the CPU that is what "auto" runs anyway
+    assert cases[("bfloat16", "info: model.forward, lightning in PyTorch, vs model.forward")]["rel_err"] == 0
+    in_torch = cases[("bfloat16", "info: 8 decode steps vs model.forward, lightning in PyTorch")]["rel_err"]
+    assert in_torch == cases[("bfloat16", "8 decode steps (graph replay) vs model.forward")]["rel_err"]
 
 
 def test_fusion_parts_and_the_bench_option():

@@ -269,6 +269,17 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
                              stepped, reference[:, 692:700]))
         rows.append(measured({**row, "case": "info: 8 decode steps vs model.forward with its cache"}, decoded,
                              stepped))
+        # model.forward with the lightning layers in PyTorch (on CUDA "auto" takes fla's chunk kernels)
+        backend, model.config.lightning_backend = model.config.lightning_backend, "torch"
+        with torch.no_grad():
+            plain = model(ids).logits.float()
+        model.config.lightning_backend = backend
+        rows.append(measured({**row, "case": "info: model.forward, lightning in PyTorch, vs model.forward"},
+                             plain[:, 691:700], reference[:, 691:700]))
+        rows.append(measured({**row, "case": "info: 8 decode steps vs model.forward, lightning in PyTorch"}, decoded,
+                             plain[:, 692:700]))
+        rows.append(measured({**row, "case": "info: model.forward, lightning in PyTorch, vs the same weights in fp32"},
+                             plain[:, 691:700], exact))
         # One chunk: the reference's own sequence of ops, so what differs is the layer code, not the chunking.
         chunked, engine.prefill_chunk = engine.prefill_chunk, ids.shape[1]
         rows.append(measured({**row, "case": "info: prefill logits (1 chunk) vs model.forward"},
