@@ -11,6 +11,7 @@
 # checkpoints the optimizer step in flight and continues from it next time), and the script stops there. Run the
 # same command again until it prints "all done".
 # After every step the results so far are packed into $OUT/gpu_convert.tgz (reports, JSON, PNG, logs; no weights).
+# Each comparison also counts how the models' NIAH answers begin (answer_starts.md, scripts/niah_answer_starts.py).
 #
 # Inputs (no network there; see ../shared/GPU.md):
 #   TEACHER  the teacher's GGUF (default runs/gpu/SmolLM2-135M-Instruct.Q4_1.gguf); when missing, it is reassembled
@@ -94,7 +95,7 @@ step() {
     local began=$SECONDS
     # timeout runs programs, not functions: a child bash gets this script's functions and arrays first.
     timeout --signal=INT --kill-after=30 "$left" bash -c "$(declare -f setup convert share_stage1 evaluate \
-        reuse_or_evaluate needles)
+        reuse_or_evaluate needles compare_runs)
         $(declare -p HYPENET EVAL_ARGS CONVERT_ARGS NEEDLE_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
     local rc=$?
     if [ "$rc" -eq 0 ]; then
@@ -174,6 +175,13 @@ evaluate() {  # evaluate LABEL MODEL [more eval options]
     "${HYPENET[@]}" eval "$model" --label "$label" --out "$RUNS/eval/$label" "${EVAL_ARGS[@]}" "$@"
 }
 
+compare_runs() {  # compare_runs OUT LABELS EVAL...: the side-by-side report, then how each one's NIAH answers begin
+    local out=$1 labels=$2 samples=() dir; shift 2
+    "${HYPENET[@]}" compare "$@" --labels "$labels" --out "$out" || return 1
+    for dir in "$@"; do [ -f "$dir/niah_samples.jsonl" ] && samples+=("$dir/niah_samples.jsonl"); done
+    [ "${#samples[@]}" -eq 0 ] || python3 scripts/niah_answer_starts.py "${samples[@]}" --out "$out/answer_starts.md"
+}
+
 needles() {  # needles LABEL MODEL: the share of each attention layer's last-token attention on the NIAH needle
     local label=$1 model=$2
     "${HYPENET[@]}" eval "$model" --label "$label" --evals needle_attention --out "$RUNS/needle_attention/$label" \
@@ -190,8 +198,7 @@ fi
 step eval_teacher reuse_or_evaluate teacher "$TEACHER" "${TEACHER_EVAL:-}" --yarn
 step eval_halo reuse_or_evaluate hypenet-halo "$RUNS/halo/model" "${HALO_EVAL:-}"
 [ "${NEEDLE_ATTENTION:-1}" = 0 ] || [ -n "${HALO_EVAL:-}" ] || step needles_halo needles hypenet-halo "$RUNS/halo/model"
-step compare "${HYPENET[@]}" compare "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" \
-    --labels teacher,hypenet-halo --out "$RUNS/compare"
+step compare compare_runs "$RUNS/compare" teacher,hypenet-halo "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo"
 if [ "${ABLATIONS:-1}" != 0 ]; then
     step share_stage1_even share_stage1 even
     step convert_even convert convert even --set select.strategy=even
@@ -200,8 +207,8 @@ if [ "${ABLATIONS:-1}" != 0 ]; then
     step share_stage1_none share_stage1 none
     step convert_none convert convert none --set select.strategy=none
     step eval_none evaluate hypenet-none "$RUNS/none/model"
-    step ablation "${HYPENET[@]}" compare "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" "$RUNS/eval/hypenet-even" \
-        "$RUNS/eval/hypenet-none" --labels teacher,halo,even,none --out "$RUNS/ablation"
+    step ablation compare_runs "$RUNS/ablation" teacher,halo,even,none "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" \
+        "$RUNS/eval/hypenet-even" "$RUNS/eval/hypenet-none"
 fi
 if [ "${TRAIN_SPEED:-1}" != 0 ]; then
     step train_speed python3 -m hypenet.bench.train --out "$RUNS/train_speed" "${SPEED_ARGS[@]}"

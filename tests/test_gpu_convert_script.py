@@ -80,9 +80,11 @@ def test_whole_run_packs_every_result_and_a_rerun_skips_it(setup):
         report = lambda run: json.load(archive.extractfile(f"results/convert_{run}/report.json"))  # noqa: E731
         halo, even, none = report("halo"), report("even"), report("none")
         ablation = archive.extractfile("results/ablation/report.md").read().decode()
+        starts = archive.extractfile("results/ablation/answer_starts.md").read().decode()
         needles = json.load(archive.extractfile("results/needle_attention/hypenet-halo/results.json"))
     for name in ("results/eval/teacher/results.json", "results/eval/hypenet-halo/results.json",
-                 "results/compare/report.md", "results/train_speed/train_speed.json", "logs/summary.log"):
+                 "results/compare/report.md", "results/compare/answer_starts.md",
+                 "results/train_speed/train_speed.json", "logs/summary.log"):
         assert name in names, name
     assert not [n for n in names if n.endswith(".safetensors")]  # no weights come back
     assert halo["selection"]["strategy"] == "halo" and len(halo["selection"]["attention_layers"]) == 1
@@ -91,6 +93,10 @@ def test_whole_run_packs_every_result_and_a_rerun_skips_it(setup):
     assert even["stages"]["stage1"] == halo["stages"]["stage1"] == none["stages"]["stage1"]
     assert even["stages"]["stage2"]["tokens"] == halo["stages"]["stage2"]["tokens"] == none["stages"]["stage2"]["tokens"]
     assert ablation.startswith("# teacher vs halo vs even vs none")
+    # how each model's NIAH answers begin: one row per model and task
+    assert [line.split(" | ")[0:2] for line in starts.splitlines()[2:]] == [
+        [f"| runs/{label}", task] for label in ("teacher", "hypenet-halo", "hypenet-even", "hypenet-none")
+        for task in ("single_1", "single_2")]
     # where each student with attention layers looks (the all-RNN one has none)
     assert needles["needle_attention"]["layers"] == [f"layer {i}" for i in halo["selection"]["attention_layers"]]
     assert "results/needle_attention/hypenet-even/results.json" in names
