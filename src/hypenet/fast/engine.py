@@ -322,10 +322,10 @@ class FastHypeNet:
         (`fast.gemv.FUSION_PARTS`). On the H200, with PDL, the HypeNet-2B step took 2.19 / 4.67 / 7.96 ms at 128K /
         512K / 1M (1.23x / 1.06x / 1.00x the floor; results/fast_bench/main_fused/) against 2.30 / 4.78 / 8.06 ms
         with only the residual adds inside (results/fast_bench/pdl/long_context/). Its bf16 logits are 1.50e-2 from
-        model.forward's (residual only: 1.23e-2), yet nearer the same weights computed in fp32 (1.53e-2) than
-        model.forward's own bf16 logits are (1.56e-2; residual only: 1.58e-2): the norm inside the kernel rounds
-        differently from model.forward, not worse (results/fast_bench/check_fp32_distance/). "residual" stays
-        closest to model.forward's rounding.
+        model.forward's (with only the residual inside: 1.23e-2), yet nearer the same weights computed in fp32
+        (1.53e-2) than model.forward's own bf16 logits are (1.56e-2; with only the residual inside: 1.58e-2): the
+        norm inside the kernel rounds differently from model.forward, not worse
+        (results/fast_bench/check_fp32_distance/). "residual" stays closest to model.forward's rounding.
     pdl: launch every kernel of the decode step with programmatic dependent launch (CUDA, compute capability 9.0+):
         this package's kernels (matrix-vector products, split-KV attention, lightning step) and, through Inductor's
         `triton.enable_pdl`, the compiled ones. Each may then start while the kernel before it ends: it sets up,
