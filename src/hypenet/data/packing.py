@@ -138,12 +138,12 @@ def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, m
 
     dtype = _token_dtype(tokenizer)
     texts = iter_documents(source, text_field=text_field)
-    wrapped = [0, 0]  # characters in wrapped-prose paragraphs, characters read (without unwrap_paragraphs)
-    if not unwrap_paragraphs:
-        texts = _counting_wrapped(texts, wrapped)
+    wrapped = [0, 0]  # characters in wrapped-prose paragraphs, characters read (counted without unwrap_paragraphs)
     if unwrap_paragraphs:  # each document, then its unwrapped copy: the pair is tokenised in the same batches
         texts = (text for index, original in enumerate(texts) for text in
                  (original, unwrap_text(original, unwrap_paragraphs, random.Random(f"unwrap:{seed}:{index}"))))
+    else:
+        texts = _counting_wrapped(texts, wrapped)
     stream = _tokenized(texts, tokenizer, dtype, progress, f"{source} and its unwrapped copies" if unwrap_paragraphs
                         else source)
     # (document as read, document to train on): the first decides the split and is what is held out
