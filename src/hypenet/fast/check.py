@@ -16,9 +16,11 @@ the largest elementwise error over max|ref| is reported beside it):
   engine   FastHypeNet (compiled + CUDA graph) vs HypeNetForCausalLM.forward on a small random mixed HypeNet:
            prefill logits and 8 decode steps; a left-padded batch vs each row alone; fp32 and bf16 (fp32 runs the
            lightning prefill through the PyTorch backend: fla's fp32 kernels autotune for minutes on a fresh
-           machine, and scripts/gpu_check_kernels.py already checks them). bf16 adds rows for information: the
-           reference and the engine against the same weights in fp32 (bf16's own error, the scale of any bf16
-           difference), and a prefill in one chunk (no chunking: what remains is the layer code's).
+           machine, and scripts/gpu_check_kernels.py already checks them). bf16 also checks each engine against
+           the same weights computed in fp32: at most 2x model.forward's own distance to them (flash-attention's
+           test of its bf16 kernels). Rows for information: the reference's other paths (its cached decode, the
+           lightning layers in PyTorch) against it, and a prefill in one chunk (no chunking: what remains is the
+           layer code's).
 Timing (bf16): the lightning step at batch 1/8/32 (Triton vs the compiled reference + copy, from a CUDA graph);
 the decode step's matrix-vector products, cuBLAS vs the Triton kernel with a few block sizes (CUDA graphs of 28);
 (batch 1, 16 query / 8 KV heads, d=128) the decode kernel at 128K/512K/1M with a few launch settings,
@@ -75,6 +77,16 @@ def compared(row: dict, out: torch.Tensor, ref: torch.Tensor, tolerance: float) 
     """row + rel_err/max_err of out vs ref, and ok when within tolerance and finite."""
     row = measured(row, out, ref)
     return {**row, "ok": row["rel_err"] <= tolerance and bool(torch.isfinite(out).all())}
+
+
+def within_reference_distance(row: dict, out: torch.Tensor, exact: torch.Tensor, reference: torch.Tensor,
+                              factor: float = 2.0) -> dict:
+    """bf16: row + rel_err of out vs the same weights computed in fp32 (exact), ok when at most factor x the
+    reference's own distance to them (flash-attention's test of its bf16 kernels, with its factor 2). A test that
+    holds however a kernel orders its sums, where one against the bf16 reference measures that order's rounding."""
+    bound = factor * rel_err(reference, exact)
+    row = measured({**row, "bound": bound}, out, exact)
+    return {**row, "ok": row["rel_err"] <= bound and bool(torch.isfinite(out).all())}
 
 
 def fp64_decode_reference(q, k, v, start, end, scale):
@@ -255,8 +267,9 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
         del exact_model
         rows.append(measured({**row, "case": "info: model.forward vs the same weights in fp32, positions 691-699"},
                              reference[:, 691:700], exact))
-        rows.append(measured({**row, "case": "info: engine prefill + 8 steps vs the same weights in fp32"},
-                             torch.cat([prefill[:, None], decoded], dim=1), exact))
+        case = "engine prefill + 8 steps vs the same weights in fp32, at most 2x model.forward's distance"
+        rows.append(within_reference_distance({**row, "case": case}, torch.cat([prefill[:, None], decoded], dim=1),
+                                              exact, reference[:, 691:700]))
         # The reference's own decode path, what generate() runs: model.forward one token at a time with its cache
         with torch.no_grad():
             out = model(ids[:, :692], use_cache=True)
@@ -338,8 +351,9 @@ def check_engine(dtype: torch.dtype, device: str = "cuda") -> list[dict]:
         else:
             by_fusion[fusion] = decoded
             if exact is not None:  # e.g. the norm inside the kernel rounds less than model.forward: nearer fp32?
-                rows.append(measured({**row, "case": f"info: {name}: vs the same weights in fp32"}, decoded,
-                                     exact[:1, 1:]))
+                rows.append(within_reference_distance(
+                    {**row, "case": f"{name}: vs the same weights in fp32, at most 2x model.forward's distance"},
+                    decoded, exact[:1, 1:], reference[:1, 692:700]))
     del engine, model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -498,7 +512,8 @@ def write_results(rows: list[dict], out: Path, gpu: str, complete: bool) -> str:
     (out / "fast_check.json").write_text(json.dumps(info, indent=2) + "\n")
     lines = ["| check | dtype | case | rel err | max err | ms | GB/s or TFLOP/s | ok |", "|---" * 8 + "|"]
     for r in rows:
-        cells = [r.get("check"), r.get("dtype", ""), r.get("case"),
+        case = r.get("case", "") + (f" (bound {r['bound']:.2e})" if "bound" in r else "")
+        cells = [r.get("check"), r.get("dtype", ""), case,
                  f"{r['rel_err']:.2e}" if "rel_err" in r else "", f"{r['max_err']:.2e}" if "max_err" in r else "",
                  f"{r['ms']:.3f}" if "ms" in r else (f"{r['seconds']:.1f} s" if "seconds" in r else ""),
                  f"{r['kv_read_gbps']:.0f} GB/s" if "kv_read_gbps" in r else
