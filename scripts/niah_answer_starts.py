@@ -1,4 +1,5 @@
-"""How NIAH answers begin: per run and task, the share that starts with a line break, beside the accuracy.
+"""How NIAH answers begin: per run and task, the share that starts with a line break, beside the accuracy, and the
+misses that are the needle's value with one character left out.
 
 A student distilled on hard-wrapped text may break the line where the answer should begin and go on with the
 haystack's prose instead of the needle's value (results/gpu_convert/README.md, "Tenth lease"). This reads the
@@ -7,7 +8,10 @@ haystack's prose instead of the needle's value (results/gpu_convert/README.md, "
     python scripts/niah_answer_starts.py results/gpu_convert/*/eval/*/niah_samples.jsonl [--lengths 4096,8192]
         [--out table.md]
 
-An answer starts with a line break when its first character other than a space or tab is a newline.
+An answer starts with a line break when its first character other than a space or tab is a newline. A miss drops one
+character when its first word (without a leading colon and trailing punctuation) is the value less one of its
+characters, e.g. 664827 for 6648274: the needle found, its copy one token short (results/gpu_convert/README.md,
+"Twelfth lease").
 """
 
 from __future__ import annotations
@@ -22,10 +26,18 @@ def starts_with_line_break(output: str) -> bool:
     return output.lstrip(" \t")[:1] in ("\n", "\r")
 
 
+def drops_one_character(output: str, value: str) -> bool:
+    """Whether the answer's first word is `value` with exactly one of its characters left out."""
+    words = output.strip().lstrip(":").split()
+    first = words[0].rstrip(".,;:!?\"'") if words else ""
+    return len(first) == len(value) - 1 and any(value[:i] + value[i + 1:] == first for i in range(len(value)))
+
+
 def answer_starts(rows: list[dict]) -> dict[str, dict[str, int]]:
-    """Per task: answers, right answers, answers starting with a line break, and right answers among the others."""
+    """Per task: answers, right answers, answers starting with a line break, right answers among the others, and
+    misses that drop one character of the value."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {"answers": 0, "right": 0, "line_break": 0,
-                                                              "right_without_line_break": 0})
+                                                              "right_without_line_break": 0, "dropped_one": 0})
     for row in rows:
         c = counts[row["task"]]
         broke = starts_with_line_break(row["output"])
@@ -33,26 +45,33 @@ def answer_starts(rows: list[dict]) -> dict[str, dict[str, int]]:
         c["right"] += bool(row["correct"])
         c["line_break"] += broke
         c["right_without_line_break"] += bool(row["correct"]) and not broke
+        c["dropped_one"] += not row["correct"] and drops_one_character(row["output"], str(row.get("value", "")))
     return dict(sorted(counts.items()))
 
 
 def run_label(path: Path) -> str:
-    """results/gpu_convert/RUN/eval/LABEL/niah_samples.jsonl -> RUN/LABEL (the two folders that name a run)."""
+    """results/gpu_convert/RUN/eval/LABEL/niah_samples.jsonl -> RUN/LABEL (the two folders that name a run);
+    RUN/eval_OTHER/LABEL/niah_samples.jsonl (another evaluation of the run) -> RUN/eval_OTHER/LABEL."""
     parts = path.parent.parts
-    return "/".join(p for p in (parts[-3] if len(parts) >= 3 and parts[-2] == "eval" else None, parts[-1]) if p)
+    if len(parts) >= 3 and parts[-2] == "eval":
+        return f"{parts[-3]}/{parts[-1]}"
+    if len(parts) >= 3 and parts[-2].startswith("eval"):
+        return "/".join(parts[-3:])
+    return parts[-1]
 
 
 def table(files: list[Path], lengths: set[int] | None = None) -> str:
     """The markdown table of `answer_starts` for each file's rows (only those of context lengths in `lengths`)."""
-    lines = ["| run | task | answers | right | start with a line break | right among the others |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| run | task | answers | right | start with a line break | right among the others | misses one character "
+             "short |", "|---|---|---|---|---|---|---|"]
     for path in files:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         rows = [r for r in rows if lengths is None or int(r["context_len"]) in lengths]
         for task, c in answer_starts(rows).items():
             others = c["answers"] - c["line_break"]
             lines.append(f"| {run_label(path)} | {task} | {c['answers']} | {100 * c['right'] / c['answers']:.0f}% | "
-                         f"{100 * c['line_break'] / c['answers']:.0f}% | {c['right_without_line_break']} / {others} |")
+                         f"{100 * c['line_break'] / c['answers']:.0f}% | {c['right_without_line_break']} / {others} | "
+                         f"{c['dropped_one']} / {c['answers'] - c['right']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,19 +12,31 @@ starts = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(starts)
 
 ROWS = [
-    {"task": "single_2", "context_len": 4096, "output": "\nthe number of the whale's tail-fin", "correct": False},
-    {"task": "single_2", "context_len": 4096, "output": " \nthe number 6377450.", "correct": True},
-    {"task": "single_2", "context_len": 8192, "output": " 7392396.", "correct": True},
-    {"task": "single_1", "context_len": 4096, "output": " 1234.", "correct": False},
+    {"task": "single_2", "context_len": 4096, "output": "\nthe number of the whale's tail-fin", "correct": False,
+     "value": "1949650"},
+    {"task": "single_2", "context_len": 4096, "output": " \nthe number 6377450.", "correct": True, "value": "6377450"},
+    {"task": "single_2", "context_len": 8192, "output": " 7392396.", "correct": True, "value": "7392396"},
+    {"task": "single_1", "context_len": 4096, "output": " 664827.\n\nThe special", "correct": False,
+     "value": "6648274"},
 ]
 
 
 def test_counts_line_break_starts_per_task():
     assert starts.starts_with_line_break(" \t\nx") and not starts.starts_with_line_break(" x\n")
     assert starts.answer_starts(ROWS) == {
-        "single_1": {"answers": 1, "right": 0, "line_break": 0, "right_without_line_break": 0},
-        "single_2": {"answers": 3, "right": 2, "line_break": 2, "right_without_line_break": 1},
+        "single_1": {"answers": 1, "right": 0, "line_break": 0, "right_without_line_break": 0, "dropped_one": 1},
+        "single_2": {"answers": 3, "right": 2, "line_break": 2, "right_without_line_break": 1, "dropped_one": 0},
     }
+
+
+def test_a_miss_one_character_short_is_the_value_less_one_character():
+    assert starts.drops_one_character(" 664827.\n\nThe special", "6648274")  # the last digit left out
+    assert starts.drops_one_character(": 625303, and", "6253003")  # one of two zeros
+    assert starts.drops_one_character(" 446df597-f662-488d-be10-5b0f0aecc22.", "446df597-f662-488d-be10-5b0f0aecc22f")
+    assert not starts.drops_one_character(" 6648274.", "6648274")  # right, not short
+    assert not starts.drops_one_character(" 664828.", "6648274")  # short and wrong
+    assert not starts.drops_one_character(" 66482.", "6648274")  # two short
+    assert not starts.drops_one_character("", "6648274") and not starts.drops_one_character("\n\n", "6648274")
 
 
 def test_table_labels_runs_and_filters_lengths(tmp_path, capsys):
@@ -34,11 +46,18 @@ def test_table_labels_runs_and_filters_lengths(tmp_path, capsys):
     starts.main([str(path), "--lengths", "4096", "--out", str(tmp_path / "t.md")])
     printed = capsys.readouterr().out
     assert printed == (tmp_path / "t.md").read_text()
-    assert printed.splitlines()[2:] == ["| lease/student | single_1 | 1 | 0% | 0% | 0 / 1 |",
-                                        "| lease/student | single_2 | 2 | 50% | 100% | 0 / 0 |"]
+    assert printed.splitlines()[2:] == ["| lease/student | single_1 | 1 | 0% | 0% | 0 / 1 | 1 / 1 |",
+                                        "| lease/student | single_2 | 2 | 50% | 100% | 0 / 0 | 0 / 1 |"]
     with pytest.raises(SystemExit):
         starts.main([str(path), "--lengths", "4K"])
     assert "--lengths takes token counts" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         starts.main([str(tmp_path / "missing.jsonl")])
     assert "no such file" in capsys.readouterr().err
+
+
+def test_run_labels_name_the_run_and_any_other_evaluation_of_it():
+    assert starts.run_label(Path("results/gpu_convert/lease/eval/student/niah_samples.jsonl")) == "lease/student"
+    assert starts.run_label(Path("results/gpu_convert/lease/eval_6_samples/student/niah_samples.jsonl")) == \
+        "lease/eval_6_samples/student"
+    assert starts.run_label(Path("student/niah_samples.jsonl")) == "student"
