@@ -311,6 +311,37 @@ def test_ranks_split_the_global_batch():
     assert all(torch.equal(a, b) for a, b in zip(resumed, shards[1][2:]))
 
 
+@pytest.mark.filterwarnings("ignore:dataset has 1000 tokens")
+def test_repeat_spans_write_an_earlier_span_again_in_that_share_of_the_chunks():
+    plain = PackedChunks(TOKENS, 250, seed=0)  # 4 chunks; token value = position
+    chunks = PackedChunks(TOKENS, 250, seed=0, repeat_spans=0.5)
+    rows, originals = torch.cat(list(chunks.batches(4, num_steps=25))), torch.cat(list(plain.batches(4, num_steps=25)))
+    changed = 0
+    for row, original in zip(rows.numpy(), originals.numpy()):
+        differ = np.flatnonzero(row != original)
+        if not len(differ):
+            continue
+        changed += 1
+        # one span [target, target + length) holds the tokens of an earlier span [source, source + length) of the
+        # first half; every other token is where it was cut
+        target = differ[0]
+        source = int(np.flatnonzero(original == row[target])[0])
+        length = differ[-1] - target + 1
+        assert 8 <= length <= 64 and source + length <= 125 and source + length <= target
+        assert np.array_equal(row[target:target + length], original[source:source + length])
+    assert 35 <= changed <= 65  # of 100 served; and the same ones, spans and all, in every run and from any step
+    assert rows.tolist() == torch.cat(list(chunks.batches(4, num_steps=25))).tolist()
+    assert torch.equal(torch.cat(list(chunks.batches(4, start_step=10, num_steps=15))), rows[40:])
+    assert torch.equal(torch.cat([torch.cat(list(chunks.batches(4, num_steps=25, rank=r, world_size=2)))
+                                  for r in range(2)]).sort(dim=0).values, rows.sort(dim=0).values)
+    every = torch.cat(list(PackedChunks(TOKENS, 250, seed=0, repeat_spans=1.0).batches(4, num_steps=1)))
+    assert not any(torch.equal(a, b) for a, b in zip(every, originals[:4]))
+    short = PackedChunks(TOKENS, 16, seed=0, repeat_spans=1.0)  # under 4 x 8 tokens: nothing to repeat
+    assert torch.equal(next(short.batches(4)), next(PackedChunks(TOKENS, 16, seed=0).batches(4)))
+    with pytest.raises(ValueError, match=r"repeat_spans is a share of the chunks served, in \[0, 1\]; got 2"):
+        PackedChunks(TOKENS, 250, repeat_spans=2)
+
+
 def test_chunk_errors():
     with pytest.raises(ValueError, match="multiple of world_size"):
         next(PackedChunks(TOKENS, 10).batches(6, world_size=4))

@@ -432,3 +432,19 @@ def test_stage1_can_align_the_attention_that_stage2_keeps(assets, tmp_path):
     assert student.config.mixer_types[2] == "attention"
     for name, value in student.model.layers[2].self_attn.state_dict().items():
         assert torch.allclose(value, attention[f"2.{name}"], atol=1e-6), name
+
+
+def test_repeat_spans_reach_the_chunks_of_stages_2_and_3_only():
+    """data.repeat_spans: stage 1 aligns attention outputs on the text as cut; stages 2 and 3 get the repeated spans."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from hypenet.halo.pipeline import Conversion
+
+    config = load_config(overrides=["data.repeat_spans=0.25", "stage1.seq_len=64", "stage2.seq_len=128",
+                                    "stage3.seq_len=256"])
+    conversion = SimpleNamespace(config=config, corpus=SimpleNamespace(train_tokens=np.arange(4096, dtype=np.uint32)))
+    chunks = {name: Conversion.chunks(conversion, name) for name in ("stage1", "stage2", "stage3")}
+    assert [chunks[name].repeat_spans for name in ("stage1", "stage2", "stage3")] == [0.0, 0.25, 0.25]
+    assert [chunks[name].seq_len for name in ("stage1", "stage2", "stage3")] == [64, 128, 256]

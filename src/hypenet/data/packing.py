@@ -34,6 +34,7 @@ __all__ = ["PackedChunks", "TokenizedCorpus", "default_cache_dir", "describe_cor
 
 CACHE_FORMAT = 1  # bump when the cached files or the tokenisation change meaning
 TOKENIZE_BATCH_CHARS = 4_000_000  # text handed to the fast tokenizer per call; it tokenises a batch on all cores
+REPEAT_SPAN_TOKENS = (8, 64)  # PackedChunks(repeat_spans=...): the shortest and longest span written again
 WRAPPED_HINT_SHARE = 0.2  # unwrap_paragraphs off: warn when at least this share of the text read is wrapped prose
 # (the built-in corpus: 26% of its characters; students distilled on it broke the line where the teacher did not)
 
@@ -72,8 +73,8 @@ def describe_corpus(corpus: TokenizedCorpus) -> dict:
     }
 
 
-def _unit_hash(seed: int, index: int) -> float:
-    """A uniform number in [0, 1) fixed by (seed, document index)."""
+def _unit_hash(seed: int, index: int | str) -> float:
+    """A uniform number in [0, 1) fixed by (seed, index)."""
     digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2**64
 
@@ -251,6 +252,20 @@ def _load(folder: Path) -> TokenizedCorpus:
     )
 
 
+def repeat_span(chunk: np.ndarray, rng: np.random.Generator, shortest: int, longest: int) -> np.ndarray:
+    """A copy of `chunk` in which a span of `shortest` to `longest` tokens from its first half is written again, over
+    the tokens there, at a random place after it: text the teacher continues by copying, as it copies a needle's
+    value. A chunk shorter than 4 x shortest comes back as it is."""
+    if len(chunk) < 4 * shortest:
+        return chunk
+    length = int(rng.integers(shortest, min(longest, len(chunk) // 4) + 1))
+    source = int(rng.integers(0, len(chunk) // 2 - length + 1))
+    target = int(rng.integers(source + length, len(chunk) - length + 1))
+    out = chunk.copy()
+    out[target:target + length] = chunk[source:source + length]
+    return out
+
+
 class PackedChunks:
     """Fixed-length training chunks cut from a flat token array, served in a seeded, resumable order.
 
@@ -259,13 +274,21 @@ class PackedChunks:
     Chunks are read as one stream, epoch after epoch, each epoch in its own permutation seeded by (seed, epoch);
     global batch s holds stream items s*batch_size ... (s+1)*batch_size - 1. Batch s is therefore a function of
     (tokens, seq_len, seed, batch_size, s) alone: resuming at start_step=k gives exactly the batches k, k+1, ... of
-    an uninterrupted run, whatever the number of processes.
+    an uninterrupted run, whatever the number of processes. With repeat_spans > 0 that share of the items served
+    has a span of span_tokens tokens from its first half written again later in it (`repeat_span`), also a function
+    of (seed, item) alone.
     """
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int = 0):
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int = 0, repeat_spans: float = 0.0,
+                 span_tokens: tuple[int, int] = REPEAT_SPAN_TOKENS):
         if seq_len <= 0:
             raise ValueError(f"seq_len must be positive, got {seq_len}")
+        if not 0 <= repeat_spans <= 1:
+            raise ValueError(f"repeat_spans is a share of the chunks served, in [0, 1]; got {repeat_spans}")
+        if not 0 < span_tokens[0] <= span_tokens[1]:
+            raise ValueError(f"span_tokens must be (shortest, longest) with 0 < shortest <= longest; got {span_tokens}")
         self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
+        self.repeat_spans, self.span_tokens = repeat_spans, span_tokens
         self.num_chunks = len(tokens) // seq_len
         self._permutation: tuple[int, np.ndarray] | None = None  # the last epoch's order, (epoch, permutation)
         self._warned = False
@@ -282,6 +305,14 @@ class PackedChunks:
         if self._permutation is None or self._permutation[0] != epoch:
             self._permutation = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_chunks))
         return self._permutation[1]
+
+    def served(self, item: int) -> np.ndarray:
+        """Stream item `item`: its chunk, with a span repeated in it for a `repeat_spans` share of the items (chosen,
+        like the span, by (seed, item) alone)."""
+        chunk = self.chunk(int(self.order(item // self.num_chunks)[item % self.num_chunks]))
+        if self.repeat_spans and _unit_hash(self.seed, f"repeat:{item}") < self.repeat_spans:
+            chunk = repeat_span(chunk, np.random.default_rng([self.seed, 0x5EED, item]), *self.span_tokens)
+        return chunk
 
     def batches(self, batch_size: int, start_step: int = 0, num_steps: int | None = None, *,
                 rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
@@ -308,8 +339,7 @@ class PackedChunks:
             first = step * batch_size + rank * local
             if num_steps is None:
                 self._warn_if_repeating(first + local)
-            rows = [self.chunk(int(self.order(item // self.num_chunks)[item % self.num_chunks]))
-                    for item in range(first, first + local)]
+            rows = [self.served(item) for item in range(first, first + local)]
             yield torch.from_numpy(np.stack(rows).astype(np.int64))
             step += 1
 

@@ -117,6 +117,10 @@ class DataConfig:
     # share of the training documents' hard-wrapped paragraphs joined into one line each (data/unwrap.py); held-out
     # documents keep the source's format. 0 = the text as read.
     unwrap_paragraphs: float = 0.0
+    # share of the stage-2 and stage-3 training chunks in which a span of 8-64 tokens from the chunk's first half is
+    # written again later in it (data.packing.repeat_span): practice in copying what was read, as a needle's value
+    # is copied. 0 = the chunks as cut. An experiment, not part of the paper's recipe.
+    repeat_spans: float = 0.0
 
 
 @dataclass
@@ -282,6 +286,10 @@ def validate(config: ConvertConfig) -> None:
     if not 0 <= config.data.unwrap_paragraphs <= 1:
         raise HaloError(
             f"data.unwrap_paragraphs is a share of paragraphs, in [0, 1]; got {config.data.unwrap_paragraphs}"
+        )
+    if not 0 <= config.data.repeat_spans <= 1:
+        raise HaloError(
+            f"data.repeat_spans is a share of the training chunks, in [0, 1]; got {config.data.repeat_spans}"
         )
     for name in ("stage1", "stage2", "stage3"):
         stage = getattr(config, name)

@@ -118,7 +118,9 @@ class Conversion:
                 f"the data {self.config.data.source!r} has {available} training tokens, fewer than one {name} sequence "
                 f"({name}.seq_len={seq_len}): give more data or lower {name}.seq_len"
             )
-        return PackedChunks(self.corpus.train_tokens, seq_len, seed=self.config.seed)
+        # stage 1 aligns attention outputs on the text as cut; stages 2 and 3 may also practise copying spans
+        repeat = self.config.data.repeat_spans if name in ("stage2", "stage3") else 0.0
+        return PackedChunks(self.corpus.train_tokens, seq_len, seed=self.config.seed, repeat_spans=repeat)
 
     def train(self, name: str, objective: nn.Module, config) -> engine.TrainResult:
         return engine.train(name, objective, config, self.chunks(name), self.stage_dir(name), self.settings)
