@@ -308,6 +308,8 @@ def test_ctrl_c_stops_two_processes_at_one_step_and_resume_trains_the_rest(asset
     last = read_losses(out / "stages" / "stage2")[-1]["step"]
     assert last < 32, "stage 2 finished before the signal"
     assert [p.name for p in (out / "stages" / "stage2" / "checkpoints").iterdir()] == [f"step-{last:08d}"]
+    saved = {p.name for p in (out / "stages" / "stage2" / "checkpoints" / f"step-{last:08d}").iterdir()}
+    assert {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"} <= saved, saved  # both processes'
     assert stderr.count(f"stage2: stopped by signal after step {last};") == 2  # both processes at that step
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, timeout=300)

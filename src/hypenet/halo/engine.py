@@ -331,6 +331,9 @@ def save_checkpoint(acc: Accelerator, stage_dir: Path, state: dict) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
     acc.save_state(str(tmp), safe_serialization=False)  # torch.save keeps tied weights (safetensors drops them)
+    # every process writes its own RNG state into tmp: rename only once all have (else a late one makes tmp again,
+    # and the checkpoint lacks its file)
+    acc.wait_for_everyone()
     if acc.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps(state))
         os.replace(tmp, final)
