@@ -11,7 +11,7 @@ from pathlib import Path
 
 DEFAULT_NIAH_LENGTHS = "1024,2048,4096,8192,16384,32768,65536"
 DEFAULT_NIAH_DEPTHS = "0,0.25,0.5,0.75,1"
-EVALS = ("ppl", "niah", "lm_eval", "needle_attention")
+EVALS = ("ppl", "niah", "lm_eval", "needle_attention", "copy")
 
 
 def _ints(text: str) -> list[int]:
@@ -94,6 +94,12 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     ppl.add_argument("--ppl-source", default="builtin", help="hypenet.data document source (default builtin)")
     ppl.add_argument("--ppl-heldout-fraction", type=float, default=None,
                      help="held-out split of the source, as in HALO's data.heldout_fraction (default: HALO's)")
+    copying = parser.add_argument_group("copying a span read earlier (--evals copy; held-out documents of "
+                                        "--ppl-source)")
+    copying.add_argument("--copy-lengths", type=_ints, default=None,
+                         help="sample lengths in tokens (default: the NIAH lengths)")
+    copying.add_argument("--copy-span", type=int, default=32, help="tokens copied per sample (default 32)")
+    copying.add_argument("--copy-samples", type=int, default=8, help="samples (documents) per length (default 8)")
     lm = parser.add_argument_group("lm-evaluation-harness")
     lm.add_argument("--lm-eval", type=_names, default=None, metavar="TASKS", help="comma list of lm-eval tasks")
     lm.add_argument("--lm-eval-include-path", action="append", default=None,
@@ -148,6 +154,8 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
 
     if "ppl" in evals:
         results["perplexity"] = _timed(results, "ppl", lambda: _perplexity(model, tokenizer, args))
+    if "copy" in evals:
+        results["copy"] = _timed(results, "copy", lambda: _copy(model, tokenizer, args))
     if "lm_eval" in evals:
         from .lm_eval_adapter import run_lm_eval
 
@@ -200,6 +208,17 @@ def _perplexity(model, tokenizer, args) -> dict:
                               args.seed, progress=not args.no_progress)
     score_len = min(args.ppl_score_len or max_len, max_len)
     return perplexity_by_bucket(model, docs, score_len, progress=not args.no_progress)
+
+
+def _copy(model, tokenizer, args) -> dict:
+    from .copying import evaluate_copy
+    from .documents import heldout_token_docs
+
+    lengths = args.copy_lengths or args.niah_lengths
+    docs = heldout_token_docs(tokenizer, args.copy_samples, max(lengths), args.ppl_source, _heldout_fraction(args),
+                              args.seed, progress=not args.no_progress)
+    return evaluate_copy(model, docs, lengths, args.copy_span, args.copy_samples, args.seed,
+                         progress=not args.no_progress)
 
 
 def _heldout_fraction(args) -> float:

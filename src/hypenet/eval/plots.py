@@ -61,7 +61,8 @@ def plot_needle_attention(series: dict[str, dict], path: str | Path, title: str)
     return _save(fig, path)
 
 
-def plot_accuracy_vs_length(series: dict[str, dict[str, float]], path: str | Path, title: str) -> Path:
+def plot_accuracy_vs_length(series: dict[str, dict[str, float]], path: str | Path, title: str,
+                            ylabel: str = "NIAH accuracy (%)") -> Path:
     """One line per model (label -> {length: accuracy in [0, 1]}), log2 length axis."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for label, by_length in series.items():
@@ -69,7 +70,7 @@ def plot_accuracy_vs_length(series: dict[str, dict[str, float]], path: str | Pat
         ax.plot([int(ln) for ln in lengths], [100 * by_length[ln] for ln in lengths], marker="o", label=label)
     _log2_length_axis(ax, {int(ln) for s in series.values() for ln in s})
     ax.set_ylim(-3, 103)
-    ax.set_ylabel("NIAH accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -119,6 +119,29 @@ def _niah_section(columns: Sequence[tuple[str, dict]]) -> list[str]:
     return lines
 
 
+def _copy_runs(runs: Sequence[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    return [(label, r["copy"]) for label, r in runs if r.get("copy")]
+
+
+def _copy_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
+    """`evaluate_copy` results: per length, token accuracy / exact / last token (%) of each model."""
+    scored = _copy_runs(runs)
+    if not scored:
+        return []
+    lengths = sorted({int(ln) for _, c in scored for ln in c["by_length"]})
+    rows = []
+    for length in lengths:
+        cells = [c["by_length"].get(str(length), {}) for _, c in scored]
+        rows.append([length_label(length), *[
+            " / ".join(_pct(cell.get(key)) for key in ("token_accuracy", "exact", "last_token"))
+            + f" ({cell.get('samples', 0)})" if cell else _MISSING for cell in cells]])
+    spans = sorted({c["span"] for _, c in scored})
+    return (["## Copying a span read earlier (%)", "",
+             f"Token accuracy / exact copies / last token right (samples), copies of {', '.join(map(str, spans))} "
+             "tokens from the first quarter of a held-out document (`hypenet.eval.copying`).", ""]
+            + _table(["length", *[label for label, _ in scored]], rows))
+
+
 def _lm_eval_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
     scored = [(label, r["lm_eval"]) for label, r in runs if r.get("lm_eval")]
     if not scored:
@@ -168,6 +191,7 @@ def render_markdown(runs: Sequence[tuple[str, dict]], bench: dict | list | None 
     lines += _models_section(runs)
     lines += _perplexity_section(runs)
     lines += _niah_section(columns)
+    lines += _copy_section(runs)
     lines += _lm_eval_section(runs)
     lines += _bench_section(bench)
     if figures:
@@ -188,6 +212,11 @@ def write_figures(runs: Sequence[tuple[str, dict]], out_dir: str | Path, prefix:
     if ppl:
         figures.append(plot_perplexity_by_bucket(ppl, out_dir / f"{prefix}perplexity_by_position.png",
                                                  "Perplexity by token position"))
+    copies = {label: {ln: cell["token_accuracy"] for ln, cell in c["by_length"].items()
+                      if cell.get("token_accuracy") is not None} for label, c in _copy_runs(runs)}
+    if copies:
+        figures.append(plot_accuracy_vs_length(copies, out_dir / f"{prefix}copy_accuracy_vs_length.png",
+                                               "Copying a span read earlier", ylabel="copied tokens right (%)"))
     attention = {label: r["needle_attention"] for label, r in runs if r.get("needle_attention")}
     if attention:
         figures.append(plot_needle_attention(attention, out_dir / f"{prefix}needle_attention.png",
