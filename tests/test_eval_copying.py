@@ -39,11 +39,15 @@ def oracle(stop_short: bool = False):
 def test_scores_a_perfect_copier_a_copier_that_stops_short_and_skips_short_documents():
     perfect = evaluate_copy(None, DOCS, [256, 512], span=16, samples=4, predict=oracle(), progress=False)
     assert perfect == {"span": 16, "by_length": {
-        length: {"samples": 4, "token_accuracy": 1.0, "exact": 1.0, "last_token": 1.0} for length in ("256", "512")}}
+        length: {"samples": 4, "token_accuracy": 1.0, "second_half": 1.0, "last_token": 1.0, "exact": 1.0,
+                 "by_position": [1.0] * 15} for length in ("256", "512")}}
     short = evaluate_copy(None, DOCS[:3] + [DOCS[3][:300]], [256, 512], span=16, samples=4,
                           predict=oracle(stop_short=True), progress=False)["by_length"]
-    assert short["256"] == {"samples": 4, "token_accuracy": 14 / 15, "exact": 0.0, "last_token": 0.0}
+    assert short["256"] == {"samples": 4, "token_accuracy": 14 / 15, "second_half": 7 / 8, "last_token": 0.0,
+                            "exact": 0.0, "by_position": [1.0] * 14 + [0.0]}
     assert short["512"]["samples"] == 3  # the fourth document is too short for 512
+    assert evaluate_copy(None, DOCS, [256], span=16, samples=4, predict=lambda ids, first: torch.full(
+        (len(ids) - 1 - first,), -1), progress=False)["by_length"]["256"]["token_accuracy"] == 0.0
 
 
 @pytest.mark.parametrize("make_model", [tiny_llama, tiny_hypenet])

@@ -124,7 +124,7 @@ def _copy_runs(runs: Sequence[tuple[str, dict]]) -> list[tuple[str, dict]]:
 
 
 def _copy_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
-    """`evaluate_copy` results: per length, token accuracy / exact / last token (%) of each model."""
+    """`evaluate_copy` results: per length, token accuracy / second half / last token (%) of each model."""
     scored = _copy_runs(runs)
     if not scored:
         return []
@@ -133,12 +133,13 @@ def _copy_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
     for length in lengths:
         cells = [c["by_length"].get(str(length), {}) for _, c in scored]
         rows.append([length_label(length), *[
-            " / ".join(_pct(cell.get(key)) for key in ("token_accuracy", "exact", "last_token"))
+            " / ".join(_pct(cell.get(key)) for key in ("token_accuracy", "second_half", "last_token"))
             + f" ({cell.get('samples', 0)})" if cell else _MISSING for cell in cells]])
     spans = sorted({c["span"] for _, c in scored})
     return (["## Copying a span read earlier (%)", "",
-             f"Token accuracy / exact copies / last token right (samples), copies of {', '.join(map(str, spans))} "
-             "tokens from the first quarter of a held-out document (`hypenet.eval.copying`).", ""]
+             "Copied tokens predicted right: all / in the copy's second half / the last one (samples); copies of "
+             f"{', '.join(map(str, spans))} tokens from the first quarter of a held-out document "
+             "(`hypenet.eval.copying`).", ""]
             + _table(["length", *[label for label, _ in scored]], rows))
 
 
