@@ -72,3 +72,6 @@ def test_eval_copy_from_the_command_line_writes_a_table_and_a_plot(model_dir, tm
     report = (out / "report.md").read_text()
     assert "## Copying a span read earlier (%)" in report and "| length | tiny |" in report
     assert (out / "copy_accuracy_vs_length.png").is_file()
+    with pytest.raises(SystemExit, match=r"at least 8 x --copy-span \(256\); got span 32, lengths \[128\]"):
+        main([str(model_dir), "--evals", "copy", "--copy-lengths", "128,512", "--device", "cpu", "--out", str(out),
+              "--no-progress"])

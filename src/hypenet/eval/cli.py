@@ -128,6 +128,12 @@ def _selected_evals(args) -> list[str]:
         raise SystemExit("--evals lm_eval needs --lm-eval TASKS (comma list of lm-eval task names).")
     if args.lm_eval and "lm_eval" not in evals:
         evals.append("lm_eval")
+    if "copy" in evals:  # before the model loads
+        lengths = args.copy_lengths or args.niah_lengths
+        short = [length for length in lengths if length < 8 * args.copy_span]
+        if args.copy_span < 2 or short:
+            raise SystemExit(f"--evals copy needs --copy-span of at least 2 and every length at least 8 x --copy-span "
+                             f"({8 * args.copy_span}); got span {args.copy_span}, lengths {short or lengths}.")
     return evals
 
 
