@@ -9,8 +9,7 @@ model's greedy prediction of each (with the true tokens before it) is scored:
 
 - token accuracy: the share of those span - 1 tokens predicted right;
 - second half: the same over the copy's second half, where a model that has recognised the copy should make no
-  mistake (the SmolLM2-135M teacher needs ~15 tokens of a copy to follow it: at 1K it gets a copy's second token
-  right in 6% of the samples, the third in 50%);
+  mistake (the SmolLM2-135M teacher needs ~15 tokens of a copy to follow it: results/copy_eval/);
 - last token: the share of samples whose last copied token is right (where a copy stopped short goes wrong);
 - exact: the share of samples with every scored token right;
 - by position: the accuracy per copied token (from the second), over the samples.
