@@ -10,7 +10,8 @@
 # runs/gpu/done/ and skipped next time, a step still running at the deadline is interrupted with SIGINT (a conversion
 # checkpoints the optimizer step in flight and continues from it next time), and the script stops there. Run the
 # same command again until it prints "all done".
-# After every step the results so far are packed into $OUT/gpu_convert.tgz (reports, JSON, PNG, logs; no weights).
+# After every step the results so far are packed into $OUT/gpu_convert.tgz (reports, JSON, PNG, logs; no weights);
+# when the script stops, Triton's kernel cache too ($OUT/triton_cache.txz, for the next lease to carry).
 # Each comparison also counts how the models' NIAH answers begin (answer_starts.md, scripts/niah_answer_starts.py).
 #
 # Inputs (no network there; see ../shared/GPU.md):
@@ -28,8 +29,9 @@
 #   HALO_EVAL  (optional) an earlier evaluation of the HALO student (results/gpu_convert/eval/hypenet-halo), reused
 #            when its settings match: then only HALO's stage 1 runs again (the ablations start from it), not its
 #            selection, stages 2-3, export and evaluation, and the lease goes to the ablations
-#   ABLATIONS  (optional) 0: no even / none ablations: HALO's conversion, evaluation and comparison with the teacher,
-#            then the training speed; e.g. to try a setting: CONVERT_OPTIONS="--set ..." RUNS=runs/gpu-try
+#   ABLATIONS  (optional) which ablations run, "even,none" by default: "even" or "none" runs that one alone (e.g. the
+#            one a lease had no time for); 0: none of them: HALO's conversion, evaluation and comparison with the
+#            teacher, then the training speed; e.g. to try a setting: CONVERT_OPTIONS="--set ..." RUNS=runs/gpu-try
 #   TRAIN_SPEED  (optional) 0: leave out the training-speed benchmark at the end
 #   NEEDLE_ATTENTION  (optional) 0: leave out where each student's attention finds the NIAH needle (`hypenet eval
 #            --evals needle_attention`, NEEDLE_OPTIONS; ~30 s each) after its evaluation
@@ -54,6 +56,16 @@ EVAL_ARGS+=(--ppl-source "$CORPUS" --haystack "$CORPUS" --no-progress)
 read -r -a NEEDLE_ARGS <<<"${NEEDLE_OPTIONS:---tasks single_1,single_2 --niah-lengths 4096,32768 --haystack-heldout}"
 NEEDLE_ARGS+=(--haystack "$CORPUS" --no-progress)
 read -r -a SPEED_ARGS <<<"${SPEED_OPTIONS:-}"
+case "${ABLATIONS:-1}" in
+    1) ABLATION_RUNS=(even none) ;;
+    0) ABLATION_RUNS=() ;;
+    *) read -r -a ABLATION_RUNS <<<"${ABLATIONS//,/ }" ;;
+esac
+for run in "${ABLATION_RUNS[@]}"; do
+    case "$run" in even | none) ;; *) echo "ABLATIONS=$ABLATIONS: each ablation is even or none (or 0 for none of them)" >&2
+        exit 2 ;;
+    esac
+done
 mkdir -p "$RUNS/done" "$RUNS/logs" "$OUT"
 export RUNS TEACHER CORPUS WHEELS OUT CONFIG TRITON_CACHE TEACHER_EVAL HALO_EVAL
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=true
@@ -62,8 +74,9 @@ HYPENET=(python3 -m hypenet.cli)
 
 say() { printf '[%4ds] %s\n' $((SECONDS - START)) "$*" | tee -a "$RUNS/logs/summary.log"; }
 
-pack() {  # the results so far, without weights, into $OUT (at most 8 files come back from there)
-    local keep=$RUNS/results
+pack() {  # pack [final]: the results so far, without weights, into $OUT (at most 8 files come back from there);
+    # `final` (the script is about to stop) adds Triton's kernel cache, which takes ~14 s to pack
+    local keep=$RUNS/results run dir
     rm -rf "$keep" && mkdir -p "$keep"
     for run in halo even none; do
         [ -d "$RUNS/$run" ] || continue
@@ -76,7 +89,7 @@ pack() {  # the results so far, without weights, into $OUT (at most 8 files come
     done
     tar czf "$OUT/gpu_convert.tgz" -C "$RUNS" results logs
     # Triton's compiled kernels and autotuning results: carried back in, they save the next lease minutes.
-    if [ -d "$HOME/.triton/cache" ]; then
+    if [ "${1:-}" = final ] && [ -d "$HOME/.triton/cache" ]; then
         XZ_OPT="-6 -T0" tar cJf "$OUT/triton_cache.txz" -C "$HOME/.triton/cache" .
         [ "$(stat -c %s "$OUT/triton_cache.txz")" -lt 16000000 ] || rm -f "$OUT/triton_cache.txz"
     fi
@@ -89,7 +102,7 @@ step() {
     local left=$((DEADLINE - (SECONDS - START)))
     if [ "$left" -lt 45 ]; then
         say "deadline: stopping before $name; run the same command again to continue"
-        pack; exit 0
+        pack final; exit 0
     fi
     say "start $name (${left}s left)"
     local began=$SECONDS
@@ -107,10 +120,10 @@ step() {
     tail -n 25 "$RUNS/logs/$name.log"
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 130 ]; then
         say "deadline: $name interrupted after $((SECONDS - began))s; run the same command again to continue it"
-        pack; exit 0
+        pack final; exit 0
     fi
     say "FAILED $name (exit $rc), log: $RUNS/logs/$name.log"
-    pack; exit 1
+    pack final; exit 1
 }
 
 setup() {
@@ -199,22 +212,23 @@ step eval_teacher reuse_or_evaluate teacher "$TEACHER" "${TEACHER_EVAL:-}" --yar
 step eval_halo reuse_or_evaluate hypenet-halo "$RUNS/halo/model" "${HALO_EVAL:-}"
 [ "${NEEDLE_ATTENTION:-1}" = 0 ] || [ -n "${HALO_EVAL:-}" ] || step needles_halo needles hypenet-halo "$RUNS/halo/model"
 step compare compare_runs "$RUNS/compare" teacher,hypenet-halo "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo"
-if [ "${ABLATIONS:-1}" != 0 ]; then
-    step share_stage1_even share_stage1 even
-    step convert_even convert convert even --set select.strategy=even
-    step eval_even evaluate hypenet-even "$RUNS/even/model"
-    [ "${NEEDLE_ATTENTION:-1}" = 0 ] || step needles_even needles hypenet-even "$RUNS/even/model"
-    step share_stage1_none share_stage1 none
-    step convert_none convert convert none --set select.strategy=none
-    step eval_none evaluate hypenet-none "$RUNS/none/model"
-    step ablation compare_runs "$RUNS/ablation" teacher,halo,even,none "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo" \
-        "$RUNS/eval/hypenet-even" "$RUNS/eval/hypenet-none"
+for run in "${ABLATION_RUNS[@]}"; do  # the same budget from the same stage 1, attention placed otherwise
+    step "share_stage1_$run" share_stage1 "$run"
+    step "convert_$run" convert convert "$run" --set "select.strategy=$run"
+    step "eval_$run" evaluate "hypenet-$run" "$RUNS/$run/model"
+    # the all-RNN student has no attention layer to look with
+    [ "${NEEDLE_ATTENTION:-1}" = 0 ] || [ "$run" = none ] || step "needles_$run" needles "hypenet-$run" "$RUNS/$run/model"
+done
+if [ "${#ABLATION_RUNS[@]}" -gt 0 ]; then
+    labels=teacher,halo && evals=("$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo")
+    for run in "${ABLATION_RUNS[@]}"; do labels+=",$run" && evals+=("$RUNS/eval/hypenet-$run"); done
+    step ablation compare_runs "$RUNS/ablation" "$labels" "${evals[@]}"
 fi
 if [ "${TRAIN_SPEED:-1}" != 0 ]; then
     step train_speed python3 -m hypenet.bench.train --out "$RUNS/train_speed" "${SPEED_ARGS[@]}"
 fi
-pack
-if [ "${ABLATIONS:-1}" = 0 ]; then
+pack final
+if [ "${#ABLATION_RUNS[@]}" -eq 0 ]; then
     say "all done (ABLATIONS=0: HALO, its evaluation$([ "${TRAIN_SPEED:-1}" = 0 ] || echo ' and the training speed')):" \
         "results in $OUT/gpu_convert.tgz"
 else

@@ -59,10 +59,16 @@ def run_script(env: dict, deadline: int) -> subprocess.CompletedProcess:
 
 def test_deadline_stops_before_a_step_and_keeps_nothing_half_done(setup):
     root, env = setup
+    cache = root / ".triton" / "cache"  # HOME is root: a kernel compiled by an earlier step
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "kernel.cubin").write_bytes(b"\x7fELF")
     run = run_script({**env, "RUNS": str(root / "early"), "OUT": str(root / "early_out")}, deadline=10)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "deadline: stopping before setup; run the same command again to continue" in run.stdout
     assert not list((root / "early" / "done").iterdir())
+    # what stops the script packs the kernel cache for the next lease
+    with tarfile.open(root / "early_out" / "triton_cache.txz") as archive:
+        assert archive.extractfile("./kernel.cubin").read() == b"\x7fELF"
 
 
 def test_whole_run_packs_every_result_and_a_rerun_skips_it(setup):
@@ -200,6 +206,30 @@ def test_without_ablations_the_run_ends_after_the_comparison(setup):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all done (ABLATIONS=0: HALO, its evaluation):" in run.stdout
     assert "] start " not in run.stdout and not (runs / "train_speed").exists()
+
+
+def test_ablations_can_be_run_one_at_a_time(setup):
+    """ABLATIONS=none runs only the all-RNN student (e.g. the one a lease had no time for) and compares it with the
+    teacher and HALO; a strategy that is not an ablation is refused before anything runs."""
+    root, env = setup
+    bad = run_script({**env, "RUNS": str(root / "bad_ablations"), "ABLATIONS": "even,manual"}, deadline=60)
+    assert bad.returncode == 2 and "ABLATIONS=even,manual: each ablation is even or none" in bad.stderr
+    assert not (root / "bad_ablations").exists()
+    earlier = root / "runs"
+    if not (earlier / "eval" / "hypenet-halo" / "results.json").is_file():
+        pytest.skip("needs the whole run of the test above")
+    runs = root / "only_none"
+    shutil.copytree(earlier / "halo" / "stages" / "stage1", runs / "halo" / "stages" / "stage1")
+    shutil.copy(earlier / "halo" / "config.yaml", runs / "halo" / "config.yaml")
+    for label in ("teacher", "hypenet-halo"):
+        shutil.copytree(earlier / "eval" / label, runs / "eval" / label)
+    mark_done(runs, ("setup", "convert_halo", "eval_teacher", "eval_halo", "needles_halo", "compare"))
+    run = run_script({**env, "RUNS": str(runs), "OUT": str(root / "out_only_none"), "ABLATIONS": "none",
+                      "TRAIN_SPEED": "0"}, deadline=600)
+    assert run.returncode == 0 and "all done" in run.stdout, run.stdout + run.stderr
+    started = [line.split("] start ")[1].split()[0] for line in run.stdout.splitlines() if "] start " in line]
+    assert started == ["share_stage1_none", "convert_none", "eval_none", "ablation"]
+    assert (runs / "ablation" / "report.md").read_text().startswith("# teacher vs halo vs none")
 
 
 def test_teacher_is_reassembled_from_carried_parts(tmp_path):
