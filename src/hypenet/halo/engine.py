@@ -181,6 +181,17 @@ def prepare_fsdp(acc: Accelerator, objective: nn.Module, name: str) -> None:
     log.info("%s: FSDP2 shard units: %s (and the rest as one root unit)", name, ", ".join(units) or "none")
 
 
+def configure_deepspeed(ds_config: dict, config: TrainConfig, micro: int, accumulation: int, processes: int) -> None:
+    """Set this stage's batch, accumulation and clipping in the DeepSpeed config (in place).
+
+    One accelerate DeepSpeed plugin serves every stage of a conversion. accelerate fills only the values left "auto",
+    so the first stage's would stay for the next ones: a stage with another batch size would fail DeepSpeed's batch
+    check, and one with another accumulation or clipping would silently run with the first stage's. DeepSpeed clips
+    the gradients itself (accelerate's clip_grad_norm_ does nothing under it), and 0 turns clipping off, as here."""
+    ds_config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accumulation,
+                     train_batch_size=micro * accumulation * processes, gradient_clipping=float(config.grad_clip))
+
+
 def _micro_batch_size(config: TrainConfig, processes: int, name: str) -> tuple[int, int]:
     """(sequences per forward, forwards per step) on each process."""
     if config.batch_size % processes:
@@ -237,8 +248,8 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
     steps = config.steps()
     micro, accumulation = _micro_batch_size(config, PartialState(cpu=run.cpu).num_processes, name)
     acc = Accelerator(cpu=run.cpu, mixed_precision=run.mixed_precision, gradient_accumulation_steps=accumulation)
-    if acc.state.deepspeed_plugin is not None:  # DeepSpeed needs the per-GPU batch; we feed tensors, not a DataLoader
-        acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
+    if acc.state.deepspeed_plugin is not None:
+        configure_deepspeed(acc.state.deepspeed_plugin.deepspeed_config, config, micro, accumulation, acc.num_processes)
     # (a generator: no list keeps the unsharded weights alive once FSDP has sharded them)
     optimizer = torch.optim.AdamW((p for p in objective.parameters() if p.requires_grad), lr=config.lr,
                                   betas=(0.9, 0.95), weight_decay=0.0)
@@ -315,11 +326,34 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
     if stopping:
         raise KeyboardInterrupt
     wall = wall_before + time.perf_counter() - began
-    # a collective under FSDP / ZeRO-3: every process takes part
-    state_dict = acc.get_state_dict(model) if run.gather_weights else None
+    state_dict = gather_state_dict(acc, model) if run.gather_weights else None
     acc.wait_for_everyone()
     return TrainResult(steps, steps * tokens_per_step, wall, losses, resumed_from,
                        state_dict if acc.is_main_process else None, acc.num_processes, acc.distributed_type.value)
+
+
+def gather_state_dict(acc: Accelerator, model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The trained objective's full weights on the main process (None on the others); a collective under FSDP and
+    DeepSpeed, so every process calls it.
+
+    Under DeepSpeed the trained weights are its fp32 master copies: the module's own are bf16 under mixed precision
+    and, under ZeRO-3, shards. accelerate's own gathering would round them to 16 bits, and under ZeRO-3 refuses
+    unless the launch config sets `zero3_save_16bit_model`; the next stage would start from rounded weights."""
+    if acc.distributed_type != DistributedType.DEEPSPEED:
+        return acc.get_state_dict(model)
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    full, seen = {}, {}
+    for key, tensor in acc.unwrap_model(model).state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:  # tied weights: one gather, every key
+            value = safe_get_full_fp32_param(tensor) if tensor.requires_grad else None
+            if value is None:  # frozen weights and buffers: the module's own, gathered under ZeRO-3
+                with deepspeed.zero.GatheredParameters([tensor] if isinstance(tensor, nn.Parameter) else []):
+                    value = tensor.detach().clone()
+            seen[id(tensor)] = value.cpu() if acc.is_main_process else None
+        full[key] = seen[id(tensor)]
+    return full if acc.is_main_process else None
 
 
 def save_checkpoint(acc: Accelerator, stage_dir: Path, state: dict) -> Path:
