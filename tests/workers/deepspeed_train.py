@@ -4,11 +4,13 @@ processes (ACCELERATE_USE_DEEPSPEED=true, ACCELERATE_DEEPSPEED_ZERO_STAGE).
 
 accelerate starts DeepSpeed only on accelerators, so on the CPU the accelerate state is made by hand with the gloo
 backend (DeepSpeed's CPU accelerator, DS_ACCELERATOR=cpu); from there on the engine runs as under `accelerate launch
---config_file configs/accelerate-zero3.yaml` on GPUs. Environment: STAGES (stage2, or stage2,stage3: stage 3, with
-another batch split, starts from stage 2's saved weights, as in a conversion), MIXED_PRECISION (no or bf16), STOP_AT
-(send this process SIGINT after that optimizer step of stage 2), RESUME=1, START (with STAGES=stage3: the stage-2
-weights to start from). The main process writes each stage's
-trained weights (weights.safetensors) and result.json into argv[1]/STAGE, and, alone, the weights it started from.
+--config_file configs/accelerate-zero3.yaml` on GPUs. Environment:
+- STAGES, e.g. stage1,stage2,stage3: each with its own batch split; stage 3 starts from stage 2's saved weights, as
+  in a conversion; START (with STAGES=stage3): the stage-2 weights to start from;
+- MIXED_PRECISION: no or bf16;
+- STOP_AT: send this process SIGINT after that optimizer step of stage 2; RESUME=1 continues from the checkpoint.
+The main process writes each stage's trained weights (weights.safetensors) and result.json into argv[1]/STAGE, and,
+alone, the weights it started from (initial.safetensors).
 """
 
 import json
@@ -23,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from hypenet.data import PackedChunks
-from hypenet.halo import engine, stage2, stage3
+from hypenet.halo import engine, stage1, stage2, stage3
 from hypenet.halo.config import TrainConfig
 from hypenet.teachers import build_hypenet_from_teacher
 
@@ -38,8 +40,9 @@ torch.manual_seed(0)
 config = Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                      num_key_value_heads=2, head_dim=16, max_position_embeddings=256, tie_word_embeddings=True)
 teacher = Qwen3ForCausalLM(config).eval().requires_grad_(False)
-# stage 3 takes 4 sequences a step as 1 per forward: 2 forwards on each of 2 processes, 4 on one
-CONFIGS = {"stage2": TrainConfig(tokens=6 * 4 * 32, seq_len=32, batch_size=4, lr=1e-2, warmup_steps=1),
+# stage 1 takes 8 sequences a step, stage 2 4, stage 3 4 as 1 per forward: 2 forwards on each of 2 processes
+CONFIGS = {"stage1": TrainConfig(tokens=6 * 8 * 32, seq_len=32, batch_size=8, lr=1e-2, warmup_steps=1),
+           "stage2": TrainConfig(tokens=6 * 4 * 32, seq_len=32, batch_size=4, lr=1e-2, warmup_steps=1),
            "stage3": TrainConfig(tokens=6 * 4 * 32, seq_len=32, batch_size=4, micro_batch_size=1, lr=1e-2,
                                  warmup_steps=1, grad_clip=0.5)}
 chunks = PackedChunks(np.random.default_rng(0).integers(0, 128, 4000), 32, seed=0)
@@ -55,6 +58,9 @@ def student(weights: dict | None = None):
 
 
 def objective(stage: str, weights: dict | None) -> torch.nn.Module:
+    if stage == "stage1":
+        torch.manual_seed(1)
+        return stage1.LayerAlignment(teacher, align_attention=True)
     if stage == "stage2":
         return stage2.Distillation(student(weights), teacher, logits_chunk=32)
     return stage3.LanguageModeling(student(weights), logits_chunk=32, gradient_checkpointing=True)
@@ -68,7 +74,7 @@ def after_step(step: int) -> None:
 weights = load_file(os.environ["START"]) if os.environ.get("START") else None  # stage 3 alone: stage 2's weights
 for stage in os.environ.get("STAGES", "stage2").split(","):
     stage_dir = out / stage
-    trained = objective(stage, weights)
+    trained = objective(stage, weights if stage == "stage3" else None)
     if not deepspeed:  # where training starts from, to measure how far it moved the weights
         stage_dir.mkdir(parents=True, exist_ok=True)
         save_file({k: w.detach().clone() for k, w in trained.state_dict().items()}, stage_dir / "initial.safetensors")
