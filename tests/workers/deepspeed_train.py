@@ -1,6 +1,6 @@
-"""Run by tests/test_halo_deepspeed.py: HALO stages through `engine.train` on a tiny random Qwen3 teacher, in one
-process as a conversion runs them, either alone or under `torch.distributed.run` with DeepSpeed ZeRO on 2 gloo
-processes (ACCELERATE_USE_DEEPSPEED=true, ACCELERATE_DEEPSPEED_ZERO_STAGE).
+"""Run by tests/test_halo_deepspeed.py: HALO stages through `engine.train` on the tiny random Qwen3 teacher of
+tiny_halo.py, in one process as a conversion runs them, either alone or under `torch.distributed.run` with DeepSpeed
+ZeRO on 2 gloo processes (ACCELERATE_USE_DEEPSPEED=true, ACCELERATE_DEEPSPEED_ZERO_STAGE).
 
 accelerate starts DeepSpeed only on accelerators, so on the CPU the accelerate state is made by hand with the gloo
 backend (DeepSpeed's CPU accelerator, DS_ACCELERATOR=cpu); from there on the engine runs as under `accelerate launch
@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from tiny_halo import objective, tiny_teacher
 
 from hypenet.data import PackedChunks
-from hypenet.halo import engine, stage1, stage2, stage3
+from hypenet.halo import engine
 from hypenet.halo.config import TrainConfig
-from hypenet.teachers import build_hypenet_from_teacher
 
 out = Path(sys.argv[1])
 deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
@@ -36,10 +35,7 @@ if deepspeed:
 
     PartialState(cpu=False, backend="gloo")  # the engine's Accelerator takes this state over
 
-torch.manual_seed(0)
-config = Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                     num_key_value_heads=2, head_dim=16, max_position_embeddings=256, tie_word_embeddings=True)
-teacher = Qwen3ForCausalLM(config).eval().requires_grad_(False)
+teacher = tiny_teacher()
 # stage 1 takes 8 sequences a step, stage 2 4, stage 3 4 as 1 per forward: 2 forwards on each of 2 processes
 CONFIGS = {"stage1": TrainConfig(tokens=6 * 8 * 32, seq_len=32, batch_size=8, lr=1e-2, warmup_steps=1),
            "stage2": TrainConfig(tokens=6 * 4 * 32, seq_len=32, batch_size=4, lr=1e-2, warmup_steps=1),
@@ -47,23 +43,6 @@ CONFIGS = {"stage1": TrainConfig(tokens=6 * 8 * 32, seq_len=32, batch_size=8, lr
                                  warmup_steps=1, grad_clip=0.5)}
 chunks = PackedChunks(np.random.default_rng(0).integers(0, 128, 4000), 32, seed=0)
 stop_at = int(os.environ.get("STOP_AT", "0"))
-
-
-def student(weights: dict | None = None):
-    torch.manual_seed(1)
-    model = build_hypenet_from_teacher(teacher, ["lightning", "attention", "lightning"], lightning_layers=None).float()
-    if weights is not None:  # stage 3 starts from stage 2's student, loaded as a conversion loads it
-        model.load_state_dict({k.removeprefix("student."): w for k, w in weights.items()})
-    return model
-
-
-def objective(stage: str, weights: dict | None) -> torch.nn.Module:
-    if stage == "stage1":
-        torch.manual_seed(1)
-        return stage1.LayerAlignment(teacher, align_attention=True)
-    if stage == "stage2":
-        return stage2.Distillation(student(weights), teacher, logits_chunk=32)
-    return stage3.LanguageModeling(student(weights), logits_chunk=32, gradient_checkpointing=True)
 
 
 def after_step(step: int) -> None:
@@ -74,7 +53,7 @@ def after_step(step: int) -> None:
 weights = load_file(os.environ["START"]) if os.environ.get("START") else None  # stage 3 alone: stage 2's weights
 for stage in os.environ.get("STAGES", "stage2").split(","):
     stage_dir = out / stage
-    trained = objective(stage, weights if stage == "stage3" else None)
+    trained = objective(stage, teacher, weights if stage == "stage3" else None)
     if not deepspeed:  # where training starts from, to measure how far it moved the weights
         stage_dir.mkdir(parents=True, exist_ok=True)
         save_file({k: w.detach().clone() for k, w in trained.state_dict().items()}, stage_dir / "initial.safetensors")

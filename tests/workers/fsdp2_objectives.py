@@ -14,31 +14,15 @@ import torch
 import torch.distributed as dist
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+from tiny_halo import objective as tiny_objective
+from tiny_halo import tiny_teacher
 from torch.distributed.fsdp import FSDPModule
-from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from hypenet.halo import compiling, engine, stage1, stage2, stage3
-from hypenet.teachers import build_hypenet_from_teacher
+from hypenet.halo import compiling, engine
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
-torch.manual_seed(0)
-config = Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                     num_key_value_heads=2, head_dim=16, max_position_embeddings=256, tie_word_embeddings=True)
-teacher = Qwen3ForCausalLM(config).eval().requires_grad_(False)
-mixers = ["lightning", "attention", "lightning"]
-
-
-def objective(name: str) -> torch.nn.Module:
-    torch.manual_seed(1)  # the same new weights (gates, lightning parts) on every process and for the reference
-    if name == "stage1":
-        return stage1.LayerAlignment(teacher, align_attention=True)
-    student = build_hypenet_from_teacher(teacher, mixers, lightning_layers=None).float()
-    if name.startswith("stage2"):
-        return stage2.Distillation(student, teacher, logits_chunk=32)
-    return stage3.LanguageModeling(student, logits_chunk=32, gradient_checkpointing=True)
-
-
+teacher = tiny_teacher()
 plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
 accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), distributed_type=DistributedType.FSDP,
                               torch_device_mesh=None, mixed_precision="no", is_main_process=rank == 0,
@@ -54,13 +38,13 @@ report = {}
 for name in ("stage1", "stage2", "stage3", "stage2-compiled", "stage2-bf16"):
     bf16 = name.endswith("bf16")
     autocast = torch.autocast("cpu", torch.bfloat16, enabled=bf16)
-    reference = objective(name)
+    reference = tiny_objective(name, teacher)
     with autocast:
         loss = reference(input_ids)
     loss.backward()
     expected = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
 
-    sharded = objective(name)
+    sharded = tiny_objective(name, teacher)
     layers = compiling.layers_to_compile(sharded) if name.endswith("compiled") else []
     with compiling.compiled_layers(layers, backend="aot_eager"):
         engine.prepare_fsdp(bf16_accelerator if bf16 else accelerator, sharded, name)
