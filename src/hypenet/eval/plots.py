@@ -62,12 +62,19 @@ def plot_needle_attention(series: dict[str, dict], path: str | Path, title: str)
 
 
 def plot_accuracy_vs_length(series: dict[str, dict[str, float]], path: str | Path, title: str,
-                            ylabel: str = "NIAH accuracy (%)") -> Path:
-    """One line per model (label -> {length: accuracy in [0, 1]}), log2 length axis."""
+                            ylabel: str = "NIAH accuracy (%)", controls: dict[str, dict[str, float]] | None = None,
+                            control_label: str = "control") -> Path:
+    """One line per model (label -> {length: accuracy in [0, 1]}), log2 length axis; a model's control (the same
+    measurement without what it should use), if any, dashed in its colour."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for label, by_length in series.items():
         lengths = sorted(by_length, key=int)
-        ax.plot([int(ln) for ln in lengths], [100 * by_length[ln] for ln in lengths], marker="o", label=label)
+        (line,) = ax.plot([int(ln) for ln in lengths], [100 * by_length[ln] for ln in lengths], marker="o", label=label)
+        control = (controls or {}).get(label)
+        if control:
+            lengths = sorted(control, key=int)
+            ax.plot([int(ln) for ln in lengths], [100 * control[ln] for ln in lengths], marker="x", linestyle="--",
+                    color=line.get_color(), label=f"{label}, {control_label}")
     _log2_length_axis(ax, {int(ln) for s in series.values() for ln in s})
     ax.set_ylim(-3, 103)
     ax.set_ylabel(ylabel)

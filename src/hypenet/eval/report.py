@@ -134,12 +134,15 @@ def _copy_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
         cells = [c["by_length"].get(str(length), {}) for _, c in scored]
         rows.append([length_label(length), *[
             " / ".join(_pct(cell.get(key)) for key in ("token_accuracy", "second_half", "last_token"))
-            + f" ({cell.get('samples', 0)})" if cell else _MISSING for cell in cells]])
+            + f" ({cell.get('samples', 0)})"
+            + (f"; without it {_pct(cell['control_accuracy'])}" if cell.get("control_accuracy") is not None else "")
+            if cell else _MISSING for cell in cells]])
     spans = sorted({c["span"] for _, c in scored})
     return (["## Copying a span read earlier (%)", "",
              "Copied tokens predicted right: all / in the copy's second half / the last one (samples); copies of "
              f"{', '.join(map(str, spans))} tokens from the first quarter of a held-out document "
-             "(`hypenet.eval.copying`).", ""]
+             "(`hypenet.eval.copying`). \"without it\": all, with the original replaced by another document's tokens "
+             "(the control: what the model predicts without having read the span).", ""]
             + _table(["length", *[label for label, _ in scored]], rows))
 
 
@@ -215,9 +218,12 @@ def write_figures(runs: Sequence[tuple[str, dict]], out_dir: str | Path, prefix:
                                                  "Perplexity by token position"))
     copies = {label: {ln: cell["token_accuracy"] for ln, cell in c["by_length"].items()
                       if cell.get("token_accuracy") is not None} for label, c in _copy_runs(runs)}
+    controls = {label: {ln: cell["control_accuracy"] for ln, cell in c["by_length"].items()
+                        if cell.get("control_accuracy") is not None} for label, c in _copy_runs(runs)}
     if copies:
         figures.append(plot_accuracy_vs_length(copies, out_dir / f"{prefix}copy_accuracy_vs_length.png",
-                                               "Copying a span read earlier", ylabel="copied tokens right (%)"))
+                                               "Copying a span read earlier", ylabel="copied tokens right (%)",
+                                               controls=controls, control_label="without the original"))
     attention = {label: r["needle_attention"] for label, r in runs if r.get("needle_attention")}
     if attention:
         figures.append(plot_needle_attention(attention, out_dir / f"{prefix}needle_attention.png",
