@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import DistributedType
 from torch import nn
 
 from ..model import HypeNetForCausalLM
@@ -65,8 +66,14 @@ class Conversion:
         cpu = config.device == "cpu" or not torch.cuda.is_available()
         self.state = PartialState(cpu=cpu)
         precision = config.mixed_precision if config.mixed_precision != "auto" else ("no" if cpu else "bf16")
+        # A state made before this one (by the caller, as the tests do with DeepSpeed's CPU accelerator) stays as it
+        # was: PartialState ignores `cpu` once initialised. Under DeepSpeed the engine's Accelerator(cpu=True) would
+        # leave DeepSpeed's state without its plugin (AttributeError: 'AcceleratorState' object has no attribute
+        # 'mixed_precision'); with cpu=False it runs on the state's device, the CPU included. Every other state (one
+        # process, DDP, FSDP) gets `cpu` as before.
+        engine_cpu = cpu and self.state.distributed_type != DistributedType.DEEPSPEED
         self.settings = engine.RunSettings(
-            checkpoint_every=config.checkpoint_every, resume=resume, cpu=cpu, mixed_precision=precision,
+            checkpoint_every=config.checkpoint_every, resume=resume, cpu=engine_cpu, mixed_precision=precision,
             tensorboard_dir=self.out / "tensorboard" if config.tensorboard else None, compile=config.compile,
         )
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # the frozen teacher needs no fp32 master
