@@ -127,6 +127,33 @@ def read_losses(stage_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (stage_dir / "losses.jsonl").read_text().splitlines()]
 
 
+def ctrl_c_in_two_process_stage2(command: list[str], env: dict, out: Path) -> tuple[int, str]:
+    """Start `command` (a 2-process run writing into `out`) as a terminal's foreground job, a process group of its
+    own, and press Ctrl-C once stage 2 has trained 2 steps: SIGINT to the launcher and both workers. Both workers
+    must stop after the same step, with one checkpoint of it. Returns (that step, the run's stderr)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    wait_for_stage2_steps(process, out)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0, stderr[-3000:]
+    last = read_losses(out / "stages" / "stage2")[-1]["step"]
+    assert last < 32, "stage 2 finished before the signal"
+    assert stderr.count(f"stage2: stopped by signal after step {last};") == 2, stderr[-3000:]  # both, at that step
+    assert [p.name for p in (out / "stages" / "stage2" / "checkpoints").iterdir()] == [f"step-{last:08d}"]
+    return last, stderr
+
+
+def steps_after_resume(out: Path, resumed_from: int) -> list[dict]:
+    """Stage 2's loss records after its one resume, which must be from step `resumed_from` and train the rest."""
+    records = read_losses(out / "stages" / "stage2")
+    (resume_at,) = [i for i, r in enumerate(records) if r.get("event") == "resume"]
+    assert records[resume_at]["step"] == resumed_from
+    after = records[resume_at + 1:]
+    assert [r["step"] for r in after] == list(range(resumed_from + 1, 33))
+    return after
+
+
 @pytest.fixture(scope="module")
 def qwen3_conversion(assets):
     """One uninterrupted conversion of the tiny Qwen3, shared by the tests that compare against it."""
@@ -135,7 +162,8 @@ def qwen3_conversion(assets):
     return out, report
 
 
-def check_conversion(out: Path, report: dict) -> None:
+def check_conversion(out: Path, report: dict):
+    """Every stage trained and is reported; the exported model loads and generates (returned)."""
     stages = report["stages"]
     assert list(stages) == ["stage1", "stage2", "stage3"]
     for name, stage in stages.items():
@@ -152,6 +180,7 @@ def check_conversion(out: Path, report: dict) -> None:
     inputs = tokenizer("The cat sees a", return_tensors="pt")
     generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 5
+    return model
 
 
 def test_convert_tiny_qwen3(qwen3_conversion):
@@ -298,27 +327,13 @@ def test_ctrl_c_stops_two_processes_at_one_step_and_resume_trains_the_rest(asset
     reference_out, _ = qwen3_conversion
     out = assets["root"] / "ddp-interrupted"
     command, env = two_process_stage2(reference_out, out)
-    # a process group of its own, as a terminal's foreground job: Ctrl-C signals the whole group
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                               start_new_session=True)
-    wait_for_stage2_steps(process, out)
-    os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0 and stderr.count("stopped by signal after step") == 2, stderr[-3000:]
-    last = read_losses(out / "stages" / "stage2")[-1]["step"]
-    assert last < 32, "stage 2 finished before the signal"
-    assert [p.name for p in (out / "stages" / "stage2" / "checkpoints").iterdir()] == [f"step-{last:08d}"]
+    last, _ = ctrl_c_in_two_process_stage2(command, env, out)
     saved = {p.name for p in (out / "stages" / "stage2" / "checkpoints" / f"step-{last:08d}").iterdir()}
     assert {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"} <= saved, saved  # both processes'
-    assert stderr.count(f"stage2: stopped by signal after step {last};") == 2  # both processes at that step
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    records = read_losses(out / "stages" / "stage2")
-    (resume_at,) = [i for i, r in enumerate(records) if r.get("event") == "resume"]
-    assert records[resume_at]["step"] == last
-    after = records[resume_at + 1:]
-    assert [r["step"] for r in after] == list(range(last + 1, 33))
+    after = steps_after_resume(out, last)
     single = {r["step"]: r["loss"] for r in read_losses(reference_out / "stages" / "stage2")}
     assert [r["loss"] for r in after] == pytest.approx([single[r["step"]] for r in after], rel=1e-4)
 

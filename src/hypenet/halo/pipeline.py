@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import DistributedType
 from torch import nn
 
 from ..model import HypeNetForCausalLM
@@ -65,8 +66,14 @@ class Conversion:
         cpu = config.device == "cpu" or not torch.cuda.is_available()
         self.state = PartialState(cpu=cpu)
         precision = config.mixed_precision if config.mixed_precision != "auto" else ("no" if cpu else "bf16")
+        # A state made before this one (by the caller, as the tests do with DeepSpeed's CPU accelerator) stays as it
+        # was: PartialState ignores `cpu` once initialised. Under DeepSpeed the engine's Accelerator(cpu=True) would
+        # leave DeepSpeed's state without its plugin (AttributeError: 'AcceleratorState' object has no attribute
+        # 'mixed_precision'); with cpu=False it runs on the state's device, the CPU included. Every other state (one
+        # process, DDP, FSDP) gets `cpu` as before.
+        engine_cpu = cpu and self.state.distributed_type != DistributedType.DEEPSPEED
         self.settings = engine.RunSettings(
-            checkpoint_every=config.checkpoint_every, resume=resume, cpu=cpu, mixed_precision=precision,
+            checkpoint_every=config.checkpoint_every, resume=resume, cpu=engine_cpu, mixed_precision=precision,
             tensorboard_dir=self.out / "tensorboard" if config.tensorboard else None, compile=config.compile,
         )
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # the frozen teacher needs no fp32 master
@@ -136,9 +143,13 @@ class Conversion:
             model.save_pretrained(self.stage_dir(name) / MODEL_DIR, state_dict=weights)
         self.state.wait_for_everyone()
 
-    def load_model(self, name: str) -> HypeNetForCausalLM:
+    def load_model(self, name: str, alone: bool = False) -> HypeNetForCausalLM:
+        """A stage's saved model on this process's device. Every process loads it for the next stage's training
+        (under DeepSpeed ZeRO-3 transformers builds it sharded); alone=True: only this process loads it, whole, to
+        run it by itself (the export)."""
         path = self.stage_dir(name) / MODEL_DIR
-        return HypeNetForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.state.device)
+        with unsharded_loading() if alone else contextlib.nullcontext():
+            return HypeNetForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.state.device)
 
     def release_teacher(self) -> None:
         """Stage 3 and export need only the tokenizer: free the teacher's memory."""
@@ -261,10 +272,32 @@ def _run_export(conv: Conversion) -> dict:
     bf16 = conv.settings.mixed_precision == "bf16"
     with user_errors("export"), torch.autocast(conv.state.device.type, dtype=torch.bfloat16, enabled=bf16):
         return export_checkpoint(
-            conv.load_model("stage3"), conv.tokenizer, conv.out / MODEL_DIR, longest_docs,
+            conv.load_model("stage3", alone=True), conv.tokenizer, conv.out / MODEL_DIR, longest_docs,
             candidates=cfg.logit_scaling_candidates, train_context=train_context, eval_len=cfg.eval_len,
             device=conv.state.device, extend=cfg.logit_scaling_extend,
         )
+
+
+@contextlib.contextmanager
+def unsharded_loading():
+    """`from_pretrained` builds the whole model on this process alone, also under DeepSpeed ZeRO-3.
+
+    Once accelerate has selected a ZeRO-3 config (the first stage's Accelerator), transformers builds every model it
+    loads under deepspeed.zero.Init, whatever the config's zero3_init_flag: sharded over all processes, a collective.
+    A model that one process loads to run by itself would wait there for the others forever (NCCL or gloo time out),
+    and its sharded weights would not run outside a DeepSpeed engine anyway."""
+    from transformers.integrations import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    if not is_deepspeed_zero3_enabled():
+        yield
+        return
+    from accelerate.state import AcceleratorState
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        AcceleratorState().deepspeed_plugin.set_deepspeed_weakref()  # as accelerate had it, for the stages after
 
 
 @contextlib.contextmanager

@@ -1,0 +1,17 @@
+"""Run by tests/test_halo_deepspeed.py: `hypenet convert` (argv[1:]) under `torch.distributed.run` with DeepSpeed ZeRO
+on 2 gloo processes (ACCELERATE_USE_DEEPSPEED=true, ACCELERATE_DEEPSPEED_ZERO_STAGE, DS_ACCELERATOR=cpu).
+
+accelerate starts DeepSpeed only on accelerators, so on the CPU the accelerate state is made here by hand, as in
+deepspeed_train.py; the conversion takes it over as it would the state `accelerate launch --config_file
+configs/accelerate-zero3.yaml` makes on GPUs."""
+
+import sys
+from datetime import timedelta
+
+from accelerate import PartialState
+
+from hypenet.cli import main
+
+# a process left waiting in a collective (one that the other never joins) fails in minutes, not gloo's default 30
+PartialState(cpu=False, backend="gloo", timeout=timedelta(minutes=3))
+sys.exit(main(sys.argv[1:]))
