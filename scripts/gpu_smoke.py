@@ -4,6 +4,9 @@ backward), and the exported checkpoint must load through AutoModelForCausalLM an
 
     PYTHONPATH=src python3 scripts/gpu_smoke.py [--device cuda] [--out DIR]
 
+Under DeepSpeed ZeRO-3 on one GPU (needs deepspeed):
+    accelerate launch --config_file configs/accelerate-zero3.yaml --num_processes 1 scripts/gpu_smoke.py
+
 It reuses the CPU tests' tiny teacher and documents (tests/test_halo_pipeline.py), so the two check the same thing.
 """
 
@@ -31,6 +34,7 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hypenet.cli import main as hypenet
+    from hypenet.halo.pipeline import unsharded_loading
 
     root = Path(tempfile.mkdtemp(prefix="hypenet-gpu-smoke-"))
     out = args.out or root / "out"
@@ -44,7 +48,9 @@ def main() -> int:
         print("gpu smoke: conversion FAILED", flush=True)
         return 1
     report = json.loads((out / "report.json").read_text())
-    model = AutoModelForCausalLM.from_pretrained(out / "model", trust_remote_code=True, dtype=torch.bfloat16).to(args.device)
+    with unsharded_loading():  # under `accelerate launch` with DeepSpeed ZeRO-3, the whole model, not shards
+        model = AutoModelForCausalLM.from_pretrained(out / "model", trust_remote_code=True,
+                                                     dtype=torch.bfloat16).to(args.device)
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
     ids = tokenizer("The cat sees a red bird.", return_tensors="pt").input_ids.to(args.device)
     generated = model.generate(ids, max_new_tokens=8, do_sample=False)
