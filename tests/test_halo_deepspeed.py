@@ -158,6 +158,8 @@ def test_zero3_conversion_matches_one_process(zero3_conversion, qwen3_conversion
         assert stderr.count(f"{name}: 2 process(es), DEEPSPEED, mixed precision no,") == 2, stderr[-3000:]
     assert all((out / "stages" / name / "done.json").is_file() for name in STAGES)
     report = json.loads((out / "report.json").read_text())
+    assert {(s["processes"], s["distributed"]) for s in report["stages"].values()} == {(2, "DEEPSPEED")}
+    assert (out / "report.md").read_text().count(" | 2 (DEEPSPEED) |") == 3
     model = check_conversion(out, report)  # every stage trained; the export loads and generates
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 

@@ -184,7 +184,11 @@ def check_conversion(out: Path, report: dict):
 
 
 def test_convert_tiny_qwen3(qwen3_conversion):
-    check_conversion(*qwen3_conversion)
+    out, report = qwen3_conversion
+    check_conversion(out, report)
+    # how each stage ran, in the report and its table
+    assert {(s["processes"], s["distributed"]) for s in report["stages"].values()} == {(1, "NO")}
+    assert (out / "report.md").read_text().count(" | 1 (NO) |") == 3
 
 
 def test_convert_tiny_llama(assets):

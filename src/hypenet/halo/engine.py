@@ -80,7 +80,8 @@ class TrainResult:
         return {k[len(start) :]: v for k, v in self.state_dict.items() if k.startswith(start)}
 
     def summary(self, max_points: int = 200) -> dict:
-        """What the report shows: budget, time, the mean loss of the first and last 10% of steps, a loss curve."""
+        """What the report shows: budget, time, the mean loss of the first and last 10% of steps, a loss curve, and
+        how it ran (processes, accelerate's distributed type)."""
         tenth = max(1, len(self.losses) // 10)
         every = max(1, math.ceil(len(self.losses) / max_points))
         return {
@@ -90,6 +91,8 @@ class TrainResult:
             "initial_loss": sum(self.losses[:tenth]) / tenth,
             "final_loss": sum(self.losses[-tenth:]) / tenth,
             "losses": [[s + 1, self.losses[s]] for s in range(0, len(self.losses), every)],
+            "processes": self.processes,
+            "distributed": self.distributed,
         }
 
 

@@ -51,11 +51,13 @@ def _stages_section(stages: dict) -> list[str]:
     rows = []
     for name, stage in stages.items():
         losses = stage.get("losses") or []
+        ran_on = f"{stage['processes']} ({stage['distributed']})" if "processes" in stage else None  # (older runs)
         rows.append([
             name, stage.get("tokens"), stage.get("steps"), stage.get("wall_time_s"),
-            losses[0][1] if losses else None, losses[-1][1] if losses else None,
+            losses[0][1] if losses else None, losses[-1][1] if losses else None, ran_on,
         ])
-    return ["## Stages", ""] + _table(["stage", "tokens", "steps", "wall time (s)", "first loss", "last loss"], rows)
+    return ["## Stages", ""] + _table(
+        ["stage", "tokens", "steps", "wall time (s)", "first loss", "last loss", "processes"], rows)
 
 
 def _selection_section(selection: dict) -> list[str]:
