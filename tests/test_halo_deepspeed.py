@@ -7,6 +7,7 @@ conversion of test_halo_pipeline.py, and a conversion stopped by Ctrl-C resumes 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -205,3 +206,27 @@ def test_zero3_conversion_stopped_by_ctrl_c_resumes_to_the_same_export(assets, z
     weights = load_file(out / "model" / "model.safetensors")
     for name, weight in load_file(reference_out / "model" / "model.safetensors").items():
         torch.testing.assert_close(weights[name], weight, rtol=0, atol=0)
+
+
+def test_zero3_conversion_resumed_at_stage3_matches_one_process(assets, qwen3_conversion):  # noqa: F811
+    """`--resume` of a conversion whose stages up to stage 2 are done, under ZeRO-3: no stage trained before in this
+    run, so stage 3 loads stage 2's model whole and DeepSpeed shards it (an uninterrupted run loads it sharded). From
+    the one-process conversion's stage 2, stage 3 and the export end where that conversion's do."""
+    reference_out, reference = qwen3_conversion
+    out = assets["root"] / "zero3-from-stage2"
+    for part in ("stages/stage1", "stages/select", "stages/stage2"):
+        shutil.copytree(reference_out / part, out / part)
+    shutil.copy(reference_out / "config.yaml", out / "config.yaml")
+    command, env = zero3_convert(assets, out, "--resume")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("stage2: already done, skipping") == 2
+    report = json.loads((out / "report.json").read_text())
+    stage3 = report["stages"]["stage3"]
+    assert (stage3["processes"], stage3["distributed"]) == (2, "DEEPSPEED")
+    expected = reference["stages"]["stage3"]["losses"]
+    # measured: losses within rel 9e-8, weights within 1.2e-6 (the summation order of the sharded gradients)
+    assert [v for _, v in stage3["losses"]] == pytest.approx([v for _, v in expected], rel=1e-6)
+    weights = load_file(out / "model" / "model.safetensors")
+    for name, weight in load_file(reference_out / "model" / "model.safetensors").items():
+        torch.testing.assert_close(weights[name], weight, rtol=1e-4, atol=1e-5)
