@@ -7,7 +7,6 @@ conversion of test_halo_pipeline.py, and a conversion stopped by Ctrl-C resumes 
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from test_halo_pipeline import (  # noqa: F401  (assets, qwen3_conversion: fixtu
     assets,
     check_conversion,
     cli_args,
+    copy_done_stages,
     ctrl_c_in_two_process_stage2,
     qwen3_conversion,
     read_losses,
@@ -214,9 +214,7 @@ def test_zero3_conversion_resumed_at_stage3_matches_one_process(assets, qwen3_co
     the one-process conversion's stage 2, stage 3 and the export end where that conversion's do."""
     reference_out, reference = qwen3_conversion
     out = assets["root"] / "zero3-from-stage2"
-    for part in ("stages/stage1", "stages/select", "stages/stage2"):
-        shutil.copytree(reference_out / part, out / part)
-    shutil.copy(reference_out / "config.yaml", out / "config.yaml")
+    copy_done_stages(reference_out, out, "stage1", "select", "stage2")
     command, env = zero3_convert(assets, out, "--resume")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -294,12 +294,17 @@ def test_ctrl_c_checkpoints_the_step_in_flight(assets):
     assert last < 32 and [p.name for p in (out / "stages" / "stage2" / "checkpoints").iterdir()] == [f"step-{last:08d}"]
 
 
+def copy_done_stages(reference_out: Path, out: Path, *names: str) -> None:
+    """Start `out` as a conversion whose stages `names` are done: theirs and the config from `reference_out`."""
+    for name in names:
+        shutil.copytree(reference_out / "stages" / name, out / "stages" / name)
+    shutil.copy(reference_out / "config.yaml", out / "config.yaml")
+
+
 def two_process_stage2(reference_out: Path, out: Path) -> tuple[list[str], dict]:
     """(command, environment) of stage 2 on 2 gloo processes (torchrun) in `out`, from the reference conversion's
     stage 1 and selection."""
-    for part in ("stages/stage1", "stages/select"):
-        shutil.copytree(reference_out / part, out / part)
-    shutil.copy(reference_out / "config.yaml", out / "config.yaml")
+    copy_done_stages(reference_out, out, "stage1", "select")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "hypenet.cli", "stage2", "--out", str(out)]
     return command, {**os.environ, "OMP_NUM_THREADS": "1"}
