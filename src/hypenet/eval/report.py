@@ -216,10 +216,11 @@ def write_figures(runs: Sequence[tuple[str, dict]], out_dir: str | Path, prefix:
     if ppl:
         figures.append(plot_perplexity_by_bucket(ppl, out_dir / f"{prefix}perplexity_by_position.png",
                                                  "Perplexity by token position"))
-    copies = {label: {ln: cell["token_accuracy"] for ln, cell in c["by_length"].items()
-                      if cell.get("token_accuracy") is not None} for label, c in _copy_runs(runs)}
-    controls = {label: {ln: cell["control_accuracy"] for ln, cell in c["by_length"].items()
-                        if cell.get("control_accuracy") is not None} for label, c in _copy_runs(runs)}
+    def by_length(key: str) -> dict[str, dict[str, float]]:  # label -> {length: that accuracy}, where measured
+        return {label: {ln: cell[key] for ln, cell in c["by_length"].items() if cell.get(key) is not None}
+                for label, c in _copy_runs(runs)}
+
+    copies, controls = by_length("token_accuracy"), by_length("control_accuracy")
     if copies:
         figures.append(plot_accuracy_vs_length(copies, out_dir / f"{prefix}copy_accuracy_vs_length.png",
                                                "Copying a span read earlier", ylabel="copied tokens right (%)",
