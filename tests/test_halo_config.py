@@ -85,9 +85,10 @@ def test_example_config_files_match_the_presets(name):
     assert load_config(files=[CONFIGS / f"{name}.yaml"]) == load_config(name)
 
 
-def test_the_gpu_recipe_loads_and_joins_half_of_the_wrapped_paragraphs():
+def test_the_gpu_recipe_loads_joins_half_of_the_wrapped_paragraphs_and_repeats_spans():
     config = load_config(files=[CONFIGS / "gpu-smollm2.yaml"])
     assert config.device == "cuda" and config.compile
     assert config.data.unwrap_paragraphs == 0.5 and config.data.max_tokens == 11_000_000
+    assert config.data.repeat_spans == 0.5
     assert (config.stage2.tokens, config.stage2.seq_len, config.stage2.batch_size) == (48_000_000, 4096, 12)
     assert config.select.strategy == "halo"
