@@ -8,6 +8,7 @@ from test_eval_tiny import HAYSTACK_DOCS, tiny_hypenet, tiny_llama, tiny_tokeniz
 
 from hypenet.eval.niah import (
     NIAH_TASKS,
+    accuracy_interval,
     build_niah_grid,
     build_niah_sample,
     generate_answers,
@@ -162,6 +163,26 @@ def test_summarize_accuracy_and_averages():
     assert summary["by_length"] == {"1024": pytest.approx(0.875), "2048": 0.0}
     assert summary["average"] == pytest.approx(0.4375)
     assert summary["num_samples"] == 7
+    assert single_1["by_length"]["1024"]["samples"] == 3 and single_1["by_length"]["2048"]["samples"] == 2
+
+
+@pytest.mark.parametrize("correct, answers, expected", [
+    # scipy.stats.binomtest(correct, answers).proportion_ci(method="wilson"), scipy 1.16
+    (45, 90, (0.3988372282354734, 0.6011627717645266)),
+    (0, 10, (0.0, 0.27753279986288926)),
+    (10, 10, (0.7224672001371109, 1.0)),
+    (27, 30, (0.7437891742081592, 0.9654001112526657)),
+])
+def test_accuracy_interval_is_wilsons(correct, answers, expected):
+    assert accuracy_interval(correct / answers, answers) == pytest.approx(expected, abs=1e-12)
+
+
+def test_accuracy_interval_narrows_with_answers_and_needs_one():
+    low_30, high_30 = accuracy_interval(0.5, 30)
+    low_90, high_90 = accuracy_interval(0.5, 90)
+    assert low_30 < low_90 < 0.5 < high_90 < high_30
+    with pytest.raises(ValueError, match="at least one answer"):
+        accuracy_interval(0.5, 0)
 
 
 @pytest.mark.parametrize("make_model", [tiny_llama, tiny_hypenet])

@@ -1,8 +1,8 @@
 """Reports and figures from crafted eval results."""
 
-from hypenet.eval.niah import summarize
+from hypenet.eval.niah import accuracy_interval, summarize
 from hypenet.eval.plots import plot_niah_heatmap
-from hypenet.eval.report import compare
+from hypenet.eval.report import compare, niah_answers, niah_columns
 
 
 def niah_summary(accuracy_by_length, tasks=("single_1", "single_2")):
@@ -88,3 +88,28 @@ def test_report_without_scored_perplexity_draws_no_perplexity_figure(tmp_path):
     _, alone = write_report([("student", {**STUDENT, "perplexity": empty})], tmp_path / "alone", "student")
     assert [f.name for f in alone] == ["niah_accuracy_vs_length.png"]
     assert "Perplexity" not in (tmp_path / "alone" / "report.md").read_text()
+
+
+def test_average_over_tasks_shows_wilson_intervals_from_the_answers(tmp_path):
+    """Each length's average over tasks carries its 95% interval and answer count (2 tasks x 3 depths x 4 samples =
+    24 answers); results written before cells counted their answers get num_samples spread evenly over the cells,
+    and none when it does not spread evenly."""
+    markdown, _ = compare(TEACHER, STUDENT, None, tmp_path)
+    average = markdown.split("### average over tasks")[1]
+    low, high = accuracy_interval(0.75, 24)
+    assert f"| 4K | 25.0 (12-45, n=24) | 75.0 ({100 * low:.0f}-{100 * high:.0f}, n=24) | 75.0 (" in average
+    assert "| average | 75.0 (" in average and "n=72) |" in average
+    assert "### single_2" in markdown and "| 4K | 25.0 | 75.0 | 75.0 |" in markdown.split("### average")[0]
+
+    def uncounted(niah, num_samples):
+        tasks = {name: {**task, "by_length": {ln: {k: v for k, v in cell.items() if k != "samples"}
+                                              for ln, cell in task["by_length"].items()}}
+                 for name, task in niah["tasks"].items()}
+        return {**niah, "tasks": tasks, "num_samples": num_samples}
+
+    old = {**STUDENT, "niah": uncounted(STUDENT["niah"], 72)}
+    assert niah_answers(niah_columns("s", old)[0][1]) == {"1024": 24, "2048": 24, "4096": 24, "average": 72}
+    uneven = {**STUDENT, "niah": uncounted(STUDENT["niah"], 71)}
+    assert niah_answers(niah_columns("s", uneven)[0][1])["average"] is None
+    markdown, _ = compare(TEACHER, uneven, None, tmp_path / "uneven")
+    assert "| 4K | 25.0 (12-45, n=24) | 75.0 (" in markdown and "| 75.0 |" in markdown.split("### average")[1]

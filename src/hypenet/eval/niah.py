@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -19,7 +20,7 @@ import zlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from statistics import mean
+from statistics import NormalDist, mean
 from typing import Sequence
 
 import torch
@@ -379,13 +380,27 @@ def summarize(records: Sequence[dict]) -> dict:
         lengths = {}
         for length in sorted(by_length):
             by_depth = {f"{d:g}": mean(v) for d, v in sorted(by_length[length].items())}
-            lengths[str(length)] = {"accuracy": mean(by_depth.values()), "by_depth": by_depth}
+            lengths[str(length)] = {"accuracy": mean(by_depth.values()), "by_depth": by_depth,
+                                    "samples": sum(map(len, by_length[length].values()))}
         tasks[task] = {"accuracy": mean(v["accuracy"] for v in lengths.values()), "by_length": lengths}
     all_lengths = sorted({int(ln) for t in tasks.values() for ln in t["by_length"]})
     by_length = {str(ln): mean(t["by_length"][str(ln)]["accuracy"] for t in tasks.values() if str(ln) in t["by_length"])
                  for ln in all_lengths}
     return {"tasks": tasks, "by_length": by_length, "average": mean(by_length.values()) if by_length else None,
             "num_samples": len(records)}
+
+
+def accuracy_interval(accuracy: float, answers: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy measured on `answers` answers: where the true rate plausibly lies, given
+    how few needles a cell holds. Unlike the normal approximation it stays inside [0, 1] and is not empty at 0% or
+    100%."""
+    if answers <= 0:
+        raise ValueError(f"an accuracy interval needs at least one answer, got {answers}")
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    spread = z * z / answers
+    centre = (accuracy + spread / 2) / (1 + spread)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / answers + spread / (4 * answers)) / (1 + spread)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def sample_records(samples: Sequence[NiahSample], outputs: Sequence[str]) -> list[dict]:

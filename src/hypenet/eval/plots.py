@@ -63,13 +63,23 @@ def plot_needle_attention(series: dict[str, dict], path: str | Path, title: str)
 
 def plot_accuracy_vs_length(series: dict[str, dict[str, float]], path: str | Path, title: str,
                             ylabel: str = "NIAH accuracy (%)", controls: dict[str, dict[str, float]] | None = None,
-                            control_label: str = "control") -> Path:
+                            control_label: str = "control",
+                            intervals: dict[str, dict[str, tuple[float, float]]] | None = None) -> Path:
     """One line per model (label -> {length: accuracy in [0, 1]}), log2 length axis; a model's control (the same
-    measurement without what it should use), if any, dashed in its colour."""
+    measurement without what it should use), if any, dashed in its colour; a model's intervals (label -> {length:
+    (low, high)}), if any, as error bars, each model's points nudged sideways so that the bars stay apart."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, by_length in series.items():
+    for i, (label, by_length) in enumerate(series.items()):
         lengths = sorted(by_length, key=int)
-        (line,) = ax.plot([int(ln) for ln in lengths], [100 * by_length[ln] for ln in lengths], marker="o", label=label)
+        bars = (intervals or {}).get(label, {})
+        nudge = 2 ** (0.04 * (i - (len(series) - 1) / 2)) if intervals else 1.0
+        x, y = [int(ln) * nudge for ln in lengths], [100 * by_length[ln] for ln in lengths]
+        (line,) = ax.plot(x, y, marker="o", label=label)
+        if bars:
+            shown = [j for j, ln in enumerate(lengths) if ln in bars]
+            ax.errorbar([x[j] for j in shown], [y[j] for j in shown], fmt="none", ecolor=line.get_color(), alpha=0.5,
+                        capsize=3, yerr=[[y[j] - 100 * bars[lengths[j]][0] for j in shown],
+                                         [100 * bars[lengths[j]][1] - y[j] for j in shown]])
         control = (controls or {}).get(label)
         if control:
             lengths = sorted(control, key=int)

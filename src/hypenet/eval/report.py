@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from .niah import accuracy_interval
 from .plots import length_label, plot_accuracy_vs_length, plot_needle_attention, plot_perplexity_by_bucket
 
 _MISSING = "-"
@@ -13,11 +14,39 @@ _MISSING = "-"
 def niah_columns(label: str, results: dict) -> list[tuple[str, dict]]:
     """NIAH result columns of one model: as-is, and with YaRN when it was also run that way."""
     columns = []
-    if results.get("niah"):
-        columns.append((label, results["niah"]))
-    if results.get("niah_yarn"):
-        columns.append((f"{label} + YaRN", _with_as_is_below_trained_window(results["niah"], results["niah_yarn"])))
+    as_is, yarn = _with_cell_samples(results.get("niah")), _with_cell_samples(results.get("niah_yarn"))
+    if as_is:
+        columns.append((label, as_is))
+    if yarn:
+        columns.append((f"{label} + YaRN", _with_as_is_below_trained_window(as_is, yarn)))
     return columns
+
+
+def _with_cell_samples(niah: dict | None) -> dict | None:
+    """`niah` with every task-length cell's number of answers (`samples`). Results written before cells counted
+    them get `num_samples` spread evenly over their cells when it divides evenly (every grid cell holds the same
+    number of samples), and no count otherwise."""
+    if not niah:
+        return niah
+    cells = [cell for task in niah["tasks"].values() for cell in task["by_length"].values()]
+    if all("samples" in cell for cell in cells) or not cells or niah.get("num_samples", 0) % len(cells):
+        return niah
+    per_cell = niah["num_samples"] // len(cells)
+    tasks = {name: {**task, "by_length": {ln: {**cell, "samples": per_cell} for ln, cell in task["by_length"].items()}}
+             for name, task in niah["tasks"].items()}
+    return {**niah, "tasks": tasks}
+
+
+def niah_answers(niah: dict) -> dict[str, int | None]:
+    """Answers behind each length's average over tasks (None where a cell has no count), and "average": all of them."""
+    answers: dict[str, int | None] = {}
+    for task in niah["tasks"].values():
+        for ln, cell in task["by_length"].items():
+            counted = answers.get(ln, 0)
+            answers[ln] = None if counted is None or "samples" not in cell else counted + cell["samples"]
+    counts = list(answers.values())
+    answers["average"] = None if None in counts or not counts else sum(counts)
+    return answers
 
 
 def _with_as_is_below_trained_window(as_is: dict | None, yarn: dict) -> dict:
@@ -113,10 +142,23 @@ def _niah_section(columns: Sequence[tuple[str, dict]]) -> list[str]:
         rows.append(["average", *[_pct(r.get("accuracy")) for r in results]])
         lines += [f"### {task}", ""] + _table(["length", *labels], rows)
     lengths = sorted({int(ln) for _, n in columns for ln in n["by_length"]})
-    rows = [[length_label(ln), *[_pct(n["by_length"].get(str(ln))) for _, n in columns]] for ln in lengths]
-    rows.append(["average", *[_pct(n.get("average")) for _, n in columns]])
-    lines += ["### average over tasks", ""] + _table(["length", *labels], rows)
-    return lines
+    answers = [niah_answers(n) for _, n in columns]
+    rows = [[length_label(ln), *[_pct_with_interval(n["by_length"].get(str(ln)), a.get(str(ln)))
+                                 for (_, n), a in zip(columns, answers)]] for ln in lengths]
+    rows.append(["average", *[_pct_with_interval(n.get("average"), a["average"])
+                              for (_, n), a in zip(columns, answers)]])
+    lines += ["### average over tasks", ""]
+    if any(a["average"] for a in answers):
+        lines += ["In brackets: the 95% interval (Wilson score) from the number of answers behind the average, which "
+                  "counts each answer once (tasks weigh alike when they hold as many answers).", ""]
+    return lines + _table(["length", *labels], rows)
+
+
+def _pct_with_interval(accuracy: float | None, answers: int | None) -> str:
+    if accuracy is None or not answers:
+        return _pct(accuracy)
+    low, high = accuracy_interval(accuracy, answers)
+    return f"{100 * accuracy:.1f} ({100 * low:.0f}-{100 * high:.0f}, n={answers})"
 
 
 def _copy_runs(runs: Sequence[tuple[str, dict]]) -> list[tuple[str, dict]]:
@@ -209,9 +251,12 @@ def write_figures(runs: Sequence[tuple[str, dict]], out_dir: str | Path, prefix:
     figures = []
     columns = [c for label, r in runs for c in niah_columns(label, r)]
     if columns:
+        intervals = {label: {ln: accuracy_interval(n["by_length"][ln], answers) for ln, answers in
+                             niah_answers(n).items() if answers and ln in n["by_length"]} for label, n in columns}
+        title = "NIAH accuracy (average over tasks)" + (", 95% intervals" if any(intervals.values()) else "")
         figures.append(plot_accuracy_vs_length({label: n["by_length"] for label, n in columns},
-                                               out_dir / f"{prefix}niah_accuracy_vs_length.png",
-                                               "NIAH accuracy (average over tasks)"))
+                                               out_dir / f"{prefix}niah_accuracy_vs_length.png", title,
+                                               intervals=intervals))
     ppl = {label: r["perplexity"]["buckets"] for label, r in runs if _scored_perplexity(r)}
     if ppl:
         figures.append(plot_perplexity_by_bucket(ppl, out_dir / f"{prefix}perplexity_by_position.png",
