@@ -75,7 +75,8 @@ def test_zero3_matches_one_process(zero3, stage):
     """ZeRO-3 shards every weight over the 2 processes. Stage 1 takes 8 sequences a step, stage 2 4; stage 3 takes
     its 4 as 2 forwards per process and recomputes its checkpointed layers."""
     (result, weights), (expected, expected_weights) = outcome(zero3 / "zero3" / stage), outcome(zero3 / "one" / stage)
-    assert (result["distributed"], result["processes"]) == ("DEEPSPEED", 2)
+    assert (result["distributed"], result["processes"], result["zero_stage"]) == ("DEEPSPEED", 2, 3)
+    assert (expected["distributed"], expected["zero_stage"]) == ("NO", None)
     assert result["losses"] == pytest.approx(expected["losses"], rel=1e-5)
     assert weights.keys() == expected_weights.keys()
     assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
@@ -107,7 +108,7 @@ def test_zero2_bf16_gathers_the_fp32_master_weights(zero3):
     out = zero3 / "zero2-bf16"
     run_worker(out, zero_stage=2, MIXED_PRECISION="bf16")
     result, weights = outcome(out / "stage2")
-    assert (result["distributed"], result["processes"]) == ("DEEPSPEED", 2)
+    assert (result["distributed"], result["processes"], result["zero_stage"]) == ("DEEPSPEED", 2, 2)
     assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
     trained = weights["student.model.layers.1.self_attn.q_proj.weight"]
     assert not torch.equal(trained.bfloat16().float(), trained)  # not bf16 values stored in fp32
@@ -156,11 +157,12 @@ def test_zero3_conversion_matches_one_process(zero3_conversion, qwen3_conversion
     out, stderr = zero3_conversion
     reference_out, reference = qwen3_conversion
     for name in ("stage1", "stage2", "stage3"):  # really DeepSpeed, in both processes
-        assert stderr.count(f"{name}: 2 process(es), DEEPSPEED, mixed precision no,") == 2, stderr[-3000:]
+        assert stderr.count(f"{name}: 2 process(es), DEEPSPEED ZeRO-3, mixed precision no,") == 2, stderr[-3000:]
     assert all((out / "stages" / name / "done.json").is_file() for name in STAGES)
     report = json.loads((out / "report.json").read_text())
-    assert {(s["processes"], s["distributed"]) for s in report["stages"].values()} == {(2, "DEEPSPEED")}
-    assert (out / "report.md").read_text().count(" | 2 (DEEPSPEED) |") == 3
+    assert {(s["processes"], s["distributed"], s["zero_stage"]) for s in report["stages"].values()} == {
+        (2, "DEEPSPEED", 3)}
+    assert (out / "report.md").read_text().count(" | 2 (DEEPSPEED, ZeRO-3) |") == 3
     model = check_conversion(out, report)  # every stage trained; the export loads and generates
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
@@ -221,7 +223,7 @@ def test_zero3_conversion_resumed_at_stage3_matches_one_process(assets, qwen3_co
     assert result.stderr.count("stage2: already done, skipping") == 2
     report = json.loads((out / "report.json").read_text())
     stage3 = report["stages"]["stage3"]
-    assert (stage3["processes"], stage3["distributed"]) == (2, "DEEPSPEED")
+    assert (stage3["processes"], stage3["distributed"], stage3["zero_stage"]) == (2, "DEEPSPEED", 3)
     expected = reference["stages"]["stage3"]["losses"]
     # measured: losses within rel 9e-8, weights within 1.2e-6 (the summation order of the sharded gradients)
     assert [v for _, v in stage3["losses"]] == pytest.approx([v for _, v in expected], rel=1e-6)

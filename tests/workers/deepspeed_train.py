@@ -65,7 +65,7 @@ for stage in os.environ.get("STAGES", "stage2").split(","):
         save_file({k: w.clone() for k, w in result.state_dict.items()}, stage_dir / "weights.safetensors")
         (stage_dir / "result.json").write_text(json.dumps({
             "losses": result.losses, "distributed": result.distributed, "processes": result.processes,
-            "resumed_from": result.resumed_from}))
+            "zero_stage": result.zero_stage, "resumed_from": result.resumed_from}))
     if deepspeed:
         torch.distributed.barrier()  # the main process has written the weights
     weights = load_file(stage_dir / "weights.safetensors")

@@ -70,6 +70,7 @@ class TrainResult:
     state_dict: dict | None = None  # the trained objective's full weights (main process only; gathered under FSDP)
     processes: int = 1
     distributed: str = "NO"  # accelerate's distributed type: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
+    zero_stage: int | None = None  # the ZeRO stage DeepSpeed ran (None when not under DeepSpeed)
 
     def weights(self, prefix: str) -> dict | None:
         """The trained weights of the objective's submodule `prefix` (e.g. "student"), with names relative to it
@@ -81,10 +82,10 @@ class TrainResult:
 
     def summary(self, max_points: int = 200) -> dict:
         """What the report shows: budget, time, the mean loss of the first and last 10% of steps, a loss curve, and
-        how it ran (processes, accelerate's distributed type)."""
+        how it ran (processes, accelerate's distributed type and, under DeepSpeed, the ZeRO stage)."""
         tenth = max(1, len(self.losses) // 10)
         every = max(1, math.ceil(len(self.losses) / max_points))
-        return {
+        summary = {
             "steps": self.steps,
             "tokens": self.tokens,
             "wall_time_s": round(self.wall_time, 2),
@@ -94,6 +95,9 @@ class TrainResult:
             "processes": self.processes,
             "distributed": self.distributed,
         }
+        if self.zero_stage is not None:
+            summary["zero_stage"] = self.zero_stage
+        return summary
 
 
 def lr_lambda(config: TrainConfig, total_steps: int):
@@ -259,8 +263,12 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, steps))
     prepare_fsdp(acc, objective, name)
     model, optimizer = acc.prepare(objective, optimizer)
+    # the stage DeepSpeed's engine runs (the plugin's zero_stage says 2 when a DeepSpeed config file leaves the stage
+    # out, and DeepSpeed then runs stage 0)
+    zero_stage = model.zero_optimization_stage() if acc.distributed_type == DistributedType.DEEPSPEED else None
+    ran_on = acc.distributed_type.value + (f" ZeRO-{zero_stage}" if zero_stage is not None else "")
     log.info("%s: %d process(es), %s, mixed precision %s, %d step(s) of %d x %d tokens", name, acc.num_processes,
-             acc.distributed_type.value, run.mixed_precision, steps, config.batch_size, config.seq_len)
+             ran_on, run.mixed_precision, steps, config.batch_size, config.seq_len)
     acc.register_for_checkpointing(scheduler)  # stepped here once per optimizer step, not through accelerate
 
     start, losses, wall_before, resumed_from = 0, [], 0.0, None
@@ -332,7 +340,8 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
     state_dict = gather_state_dict(acc, model) if run.gather_weights else None
     acc.wait_for_everyone()
     return TrainResult(steps, steps * tokens_per_step, wall, losses, resumed_from,
-                       state_dict if acc.is_main_process else None, acc.num_processes, acc.distributed_type.value)
+                       state_dict if acc.is_main_process else None, acc.num_processes, acc.distributed_type.value,
+                       zero_stage)
 
 
 def gather_state_dict(acc: Accelerator, model: nn.Module) -> dict[str, torch.Tensor] | None:

@@ -51,7 +51,9 @@ def _stages_section(stages: dict) -> list[str]:
     rows = []
     for name, stage in stages.items():
         losses = stage.get("losses") or []
-        ran_on = f"{stage['processes']} ({stage['distributed']})" if "processes" in stage else None  # (older runs)
+        # how it ran (older runs did not record it), with the ZeRO stage under DeepSpeed
+        zero = f", ZeRO-{stage['zero_stage']}" if "zero_stage" in stage else ""
+        ran_on = f"{stage['processes']} ({stage['distributed']}{zero})" if "processes" in stage else None
         rows.append([
             name, stage.get("tokens"), stage.get("steps"), stage.get("wall_time_s"),
             losses[0][1] if losses else None, losses[-1][1] if losses else None, ran_on,
