@@ -14,6 +14,7 @@ from hypenet.eval.niah import (
     generate_answers,
     needle_sentence,
     sample_records,
+    sample_seed,
     score,
     split_sentences,
     summarize,
@@ -90,6 +91,19 @@ def test_values_are_seeded_and_unique(tokenizer):
             assert str(uuid.UUID(sample.value)) == sample.value
 
 
+def test_threads_build_the_grid_that_one_sample_at_a_time_builds(tokenizer):
+    """Keys and values are drawn in grid order before the prompts are built in threads: the grid is the same as
+    build_niah_sample's, one sample after another with one set of used values, for any number of threads."""
+    lengths, depths = [300, 400], [0.0, 0.5, 1.0]
+    used: set[str] = set()
+    one_by_one = [build_niah_sample(tokenizer, task, length, depth, sample_seed(0, task, length, depth, i),
+                                    HAYSTACK_DOCS, False, used)
+                  for task in TASKS for length in lengths for depth in depths for i in range(2)]
+    for workers in (1, 4):
+        assert build_niah_grid(tokenizer, TASKS, lengths, depths, 2, seed=0, haystack_docs=HAYSTACK_DOCS,
+                               workers=workers) == one_by_one
+
+
 def test_grid_cache_returns_the_same_samples_without_rebuilding(tokenizer, tmp_path, monkeypatch):
     import hypenet.eval.niah as niah
 
@@ -100,7 +114,7 @@ def test_grid_cache_returns_the_same_samples_without_rebuilding(tokenizer, tmp_p
     def fail(*args, **kwargs):
         raise AssertionError("a cached grid must not be rebuilt")
 
-    monkeypatch.setattr(niah, "build_niah_sample", fail)
+    monkeypatch.setattr(niah, "_build_sample", fail)
     assert build_niah_grid(tokenizer, seed=0, cache_dir=tmp_path, **grid) == built
     for changed in (dict(seed=1), dict(haystack_docs=HAYSTACK_DOCS[:-1]), dict(lengths=[320])):
         with pytest.raises(AssertionError, match="must not be rebuilt"):  # another key: built afresh

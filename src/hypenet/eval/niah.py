@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import re
 import uuid
 import zlib
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import NormalDist, mean
@@ -222,10 +224,16 @@ def build_niah_sample(tokenizer, task: str | NiahTask, context_len: int, depth: 
     `used_values` set to every sample of a run to keep values unique across it.
     """
     task = get_task(task) if isinstance(task, str) else task
-    if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"needle depth must be a fraction in [0, 1]; got {depth}.")
     rng = random.Random(seed)
     key, value = draw_key_and_value(task, rng, used_values)
+    return _build_sample(tokenizer, task, context_len, depth, seed, rng, key, value, haystack_docs, chat_template)
+
+
+def _build_sample(tokenizer, task: NiahTask, context_len: int, depth: float, seed: int, rng: random.Random, key: str,
+                  value: str, haystack_docs: Sequence[str] | None, chat_template: bool) -> NiahSample:
+    """build_niah_sample after its key and value are drawn: `rng` goes on to pick where the haystack starts."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"needle depth must be a fraction in [0, 1]; got {depth}.")
     needle = needle_sentence(task, key, value)
     add_special_tokens = not chat_template
     overhead = count_tokens(tokenizer, _render_prompt(tokenizer, task, key, needle, chat_template), add_special_tokens)
@@ -258,8 +266,10 @@ GRID_CACHE_FORMAT = 1  # bump when the prompts a grid's settings produce change
 
 def build_niah_grid(tokenizer, tasks: Sequence[str], lengths: Sequence[int], depths: Sequence[float],
                     samples_per_cell: int, seed: int = 0, haystack_docs: Sequence[str] | None = None,
-                    chat_template: bool = False, cache_dir: str | Path | None = None) -> list[NiahSample]:
-    """Samples for every (task, length, depth) cell; values unique across the whole grid.
+                    chat_template: bool = False, cache_dir: str | Path | None = None,
+                    workers: int | None = None) -> list[NiahSample]:
+    """Samples for every (task, length, depth) cell; values unique across the whole grid. `workers` threads build
+    the prompts (default: the CPU count, at most 8); the grid is the same for any number of them.
 
     With cache_dir, the grid is saved there under a key of everything that decides it (the tokenizer's full
     definition, the haystack texts, the settings) and loaded next time: a teacher and its students share a
@@ -272,12 +282,17 @@ def build_niah_grid(tokenizer, tasks: Sequence[str], lengths: Sequence[int], dep
         if path.is_file():
             with gzip.open(path, "rt", encoding="utf-8") as f:
                 return [NiahSample(**row) for row in json.load(f)]
+    # Keys and values are drawn in grid order (each value unique across the grid); the prompts, which is where the
+    # time goes (tokenising up to the context length, several times), are then built in threads: the tokenizer's
+    # Rust core runs without the GIL, and each sample's haystack depends on its own seeded rng alone.
     used_values: set[str] = set()
-    samples = [
-        build_niah_sample(tokenizer, task, length, depth, sample_seed(seed, task, length, depth, i), haystack_docs,
-                          chat_template, used_values)
-        for task in tasks for length in lengths for depth in depths for i in range(samples_per_cell)
-    ]
+    drawn = []
+    for task, length, depth, i in itertools.product(tasks, lengths, depths, range(samples_per_cell)):
+        sample_rng = random.Random(own_seed := sample_seed(seed, task, length, depth, i))
+        key, value = draw_key_and_value(get_task(task), sample_rng, used_values)
+        drawn.append((get_task(task), length, depth, own_seed, sample_rng, key, value))
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        samples = list(pool.map(lambda d: _build_sample(tokenizer, *d, haystack_docs, chat_template), drawn))
     if path is not None:  # written beside, then renamed: a reader never sees half a file
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
