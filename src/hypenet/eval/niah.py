@@ -288,9 +288,9 @@ def build_niah_grid(tokenizer, tasks: Sequence[str], lengths: Sequence[int], dep
     used_values: set[str] = set()
     drawn = []
     for task, length, depth, i in itertools.product(tasks, lengths, depths, range(samples_per_cell)):
-        sample_rng = random.Random(own_seed := sample_seed(seed, task, length, depth, i))
-        key, value = draw_key_and_value(get_task(task), sample_rng, used_values)
-        drawn.append((get_task(task), length, depth, own_seed, sample_rng, key, value))
+        sample_rng, niah_task = random.Random(own_seed := sample_seed(seed, task, length, depth, i)), get_task(task)
+        key, value = draw_key_and_value(niah_task, sample_rng, used_values)
+        drawn.append((niah_task, length, depth, own_seed, sample_rng, key, value))
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         samples = list(pool.map(lambda d: _build_sample(tokenizer, *d, haystack_docs, chat_template), drawn))
     if path is not None:  # written beside, then renamed: a reader never sees half a file

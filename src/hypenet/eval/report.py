@@ -49,6 +49,14 @@ def niah_answers(niah: dict) -> dict[str, int | None]:
     return answers
 
 
+def niah_intervals(niah: dict) -> dict[str, tuple[float, float, int]]:
+    """(low, high, answers): the 95% interval of each length's average over tasks and of the overall "average", where
+    the answers behind it are counted."""
+    accuracies = {**niah["by_length"], "average": niah.get("average")}
+    return {key: (*accuracy_interval(accuracies[key], n), n) for key, n in niah_answers(niah).items()
+            if n and accuracies.get(key) is not None}
+
+
 def _with_as_is_below_trained_window(as_is: dict | None, yarn: dict) -> dict:
     """YaRN runs only beyond the trained window; below it, the model is unchanged, so show the as-is accuracy."""
     if not as_is:
@@ -142,22 +150,22 @@ def _niah_section(columns: Sequence[tuple[str, dict]]) -> list[str]:
         rows.append(["average", *[_pct(r.get("accuracy")) for r in results]])
         lines += [f"### {task}", ""] + _table(["length", *labels], rows)
     lengths = sorted({int(ln) for _, n in columns for ln in n["by_length"]})
-    answers = [niah_answers(n) for _, n in columns]
-    rows = [[length_label(ln), *[_pct_with_interval(n["by_length"].get(str(ln)), a.get(str(ln)))
-                                 for (_, n), a in zip(columns, answers)]] for ln in lengths]
-    rows.append(["average", *[_pct_with_interval(n.get("average"), a["average"])
-                              for (_, n), a in zip(columns, answers)]])
+    intervals = [niah_intervals(n) for _, n in columns]
+    rows = [[length_label(ln), *[_pct_with_interval(n["by_length"].get(str(ln)), i.get(str(ln)))
+                                 for (_, n), i in zip(columns, intervals)]] for ln in lengths]
+    rows.append(["average", *[_pct_with_interval(n.get("average"), i.get("average"))
+                              for (_, n), i in zip(columns, intervals)]])
     lines += ["### average over tasks", ""]
-    if any(a["average"] for a in answers):
+    if any(intervals):
         lines += ["In brackets: the 95% interval (Wilson score) from the number of answers behind the average, which "
                   "counts each answer once (tasks weigh alike when they hold as many answers).", ""]
     return lines + _table(["length", *labels], rows)
 
 
-def _pct_with_interval(accuracy: float | None, answers: int | None) -> str:
-    if accuracy is None or not answers:
+def _pct_with_interval(accuracy: float | None, interval: tuple[float, float, int] | None) -> str:
+    if accuracy is None or interval is None:
         return _pct(accuracy)
-    low, high = accuracy_interval(accuracy, answers)
+    low, high, answers = interval
     return f"{100 * accuracy:.1f} ({100 * low:.0f}-{100 * high:.0f}, n={answers})"
 
 
@@ -251,8 +259,8 @@ def write_figures(runs: Sequence[tuple[str, dict]], out_dir: str | Path, prefix:
     figures = []
     columns = [c for label, r in runs for c in niah_columns(label, r)]
     if columns:
-        intervals = {label: {ln: accuracy_interval(n["by_length"][ln], answers) for ln, answers in
-                             niah_answers(n).items() if answers and ln in n["by_length"]} for label, n in columns}
+        intervals = {label: {ln: (low, high) for ln, (low, high, _) in niah_intervals(n).items() if ln != "average"}
+                     for label, n in columns}
         title = "NIAH accuracy (average over tasks)" + (", 95% intervals" if any(intervals.values()) else "")
         figures.append(plot_accuracy_vs_length({label: n["by_length"] for label, n in columns},
                                                out_dir / f"{prefix}niah_accuracy_vs_length.png", title,
