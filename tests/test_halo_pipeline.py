@@ -475,3 +475,26 @@ def test_repeat_spans_reach_the_chunks_of_stages_2_and_3_only():
     chunks = {name: Conversion.chunks(conversion, name) for name in ("stage1", "stage2", "stage3")}
     assert [chunks[name].repeat_spans for name in ("stage1", "stage2", "stage3")] == [0.0, 0.25, 0.25]
     assert [chunks[name].seq_len for name in ("stage1", "stage2", "stage3")] == [64, 128, 256]
+
+
+@pytest.mark.parametrize("overrides, split_seed", [(["seed=1"], 1), (["seed=1", "data.seed=0"], 0)])
+def test_data_seed_fixes_the_split_while_seed_changes_the_training(overrides, split_seed, monkeypatch):
+    """data.seed decides the held-out split (and which paragraphs are joined); `seed` alone then changes only the
+    training: the chunks' order, the repeated spans, the new weights' initialisation."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import hypenet.data
+    from hypenet.halo.pipeline import Conversion
+
+    calls = []
+    monkeypatch.setattr(hypenet.data, "tokenize_corpus", lambda source, tokenizer, **kwargs: calls.append(kwargs) or
+                        SimpleNamespace(train_tokens=np.arange(4096, dtype=np.uint32)))
+    config = load_config("cpu", overrides=overrides + ["stage2.seq_len=128"])
+    conversion = SimpleNamespace(config=config, tokenizer=None,
+                                 state=SimpleNamespace(main_process_first=contextlib.nullcontext))
+    conversion.corpus = Conversion.corpus.func(conversion)
+    assert calls[0]["seed"] == split_seed
+    assert Conversion.chunks(conversion, "stage2").seed == 1

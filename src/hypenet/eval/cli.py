@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 DEFAULT_NIAH_LENGTHS = "1024,2048,4096,8192,16384,32768,65536"
 DEFAULT_NIAH_DEPTHS = "0,0.25,0.5,0.75,1"
-EVALS = ("ppl", "niah", "lm_eval", "needle_attention", "copy")
+EVALS = ("ppl", "niah", "niah_forced", "lm_eval", "needle_attention", "copy")
 
 
 def _ints(text: str) -> list[int]:
@@ -158,6 +159,7 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     _log(f"{label}: {results['footprint']['parameters'] / 1e6:.1f}M parameters on {model.device}, "
          f"loaded in {results['timing_s']['load']:.1f}s")
 
+    haystack = functools.cache(lambda: _haystack_docs(args, tokenizer))  # read once, by the evaluations that need it
     if "ppl" in evals:
         results["perplexity"] = _timed(results, "ppl", lambda: _perplexity(model, tokenizer, args))
     if "copy" in evals:
@@ -170,16 +172,18 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
             args.lm_eval_fewshot, args.seed))
     if "needle_attention" in evals:  # before NIAH, whose --yarn reloads the model (report.md draws it)
         results["needle_attention"] = _timed(results, "needle_attention",
-                                             lambda: _needle_attention(model, tokenizer, args))
+                                             lambda: _needle_attention(model, tokenizer, args, haystack()))
+    if "niah_forced" in evals:  # before NIAH, whose --yarn reloads the model
+        results["niah_forced"] = _timed(results, "niah_forced",
+                                        lambda: _niah_forced(model, tokenizer, args, haystack(), out_dir))
     if "niah" in evals:
-        haystack = _haystack_docs(args, tokenizer)
-        records = _timed(results, "niah", lambda: _niah(model, tokenizer, args, args.niah_lengths, haystack,
+        records = _timed(results, "niah", lambda: _niah(model, tokenizer, args, args.niah_lengths, haystack(),
                                                          _phases(results, "niah")))
         heatmaps += _write_niah(results, "niah", records, out_dir)
         if args.yarn:
             del model
             gc.collect()
-            records = _timed(results, "niah_yarn", lambda: _niah_with_yarn(spec, args, haystack, results))
+            records = _timed(results, "niah_yarn", lambda: _niah_with_yarn(spec, args, haystack(), results))
             if records:
                 heatmaps += _write_niah(results, "niah_yarn", records, out_dir)
     results["timing_s"]["total"] = time.perf_counter() - started
@@ -266,15 +270,30 @@ def _niah(model, tokenizer, args, lengths, haystack, timing: dict | None = None)
     return records
 
 
-def _needle_attention(model, tokenizer, args) -> dict:
+def _needle_attention(model, tokenizer, args, haystack) -> dict:
     """Where the attention layers look on the NIAH grid's prompts (`needle_attention`)."""
     from .needle_attention import evaluate_needle_attention
     from .niah import build_niah_grid
 
     samples = build_niah_grid(tokenizer, args.tasks, args.niah_lengths, args.niah_depths,
-                              args.needle_attention_samples, args.seed, _haystack_docs(args, tokenizer),
-                              args.chat_template, _niah_cache(args))
+                              args.needle_attention_samples, args.seed, haystack, args.chat_template,
+                              _niah_cache(args))
     return evaluate_needle_attention(model, tokenizer, samples, progress=not args.no_progress)
+
+
+def _niah_forced(model, tokenizer, args, haystack, out_dir: Path) -> dict:
+    """The NIAH grid's answers scored with the answer given (`niah_forced`); per-sample rows to
+    niah_forced_samples.jsonl."""
+    from .niah import build_niah_grid
+    from .niah_forced import evaluate_forced, summarize_forced
+
+    samples = build_niah_grid(tokenizer, args.tasks, args.niah_lengths, args.niah_depths, args.niah_samples,
+                              args.seed, haystack, args.chat_template, _niah_cache(args))
+    records = evaluate_forced(model, tokenizer, samples, progress=not args.no_progress)
+    with open(out_dir / "niah_forced_samples.jsonl", "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    return summarize_forced(records)
 
 
 def _niah_with_yarn(spec, args, haystack, results) -> list[dict]:

@@ -196,6 +196,34 @@ def _copy_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
             + _table(["length", *[label for label, _ in scored]], rows))
 
 
+def _forced_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
+    """`summarize_forced` results (`niah_forced`): per task and length, start / exact / rest (%) and the first value
+    token's median rank, of each model."""
+    scored = [(label, r["niah_forced"]) for label, r in runs if r.get("niah_forced")]
+    if not scored:
+        return []
+    lines = ["## NIAH answers given (teacher forcing, %)", "",
+             "With the answer \" \" + value appended to each NIAH prompt, the model's greedy prediction of each of its "
+             "tokens (`hypenet.eval.niah_forced`): start = it begins the value / exact = it predicts every answer "
+             "token / rest = the value's later tokens predicted right, given the true ones before them; in brackets "
+             "the median rank of the value's first token (0 = the model's choice) and the samples.", ""]
+    for task in sorted({t for _, f in scored for t in f["tasks"]}):
+        results = [f["tasks"].get(task, {}) for _, f in scored]
+        lengths = sorted({int(ln) for r in results for ln in r.get("by_length", {})})
+        rows = [[length_label(ln), *[_forced_cell(r.get("by_length", {}).get(str(ln))) for r in results]]
+                for ln in lengths]
+        rows.append(["all", *[_forced_cell(r or None) for r in results]])
+        lines += [f"### {task}", ""] + _table(["length", *[label for label, _ in scored]], rows)
+    return lines
+
+
+def _forced_cell(cell: dict | None) -> str:
+    if not cell:
+        return _MISSING
+    return (" / ".join(_pct(cell.get(key)) for key in ("start", "exact", "rest"))
+            + f" (rank {cell['first_rank_median']:g}, n={cell['samples']})")
+
+
 def _lm_eval_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
     scored = [(label, r["lm_eval"]) for label, r in runs if r.get("lm_eval")]
     if not scored:
@@ -245,6 +273,7 @@ def render_markdown(runs: Sequence[tuple[str, dict]], bench: dict | list | None 
     lines += _models_section(runs)
     lines += _perplexity_section(runs)
     lines += _niah_section(columns)
+    lines += _forced_section(runs)
     lines += _copy_section(runs)
     lines += _lm_eval_section(runs)
     lines += _bench_section(bench)

@@ -121,6 +121,10 @@ class DataConfig:
     # written again later in it (data.packing.repeat_span): practice in copying what was read, as a needle's value
     # is copied. 0 = the chunks as cut. An experiment, not part of the paper's recipe.
     repeat_spans: float = 0.0
+    # seed of the held-out split and of which paragraphs are joined; None = the run's seed. A run with another `seed`
+    # and data.seed fixed trains on the same documents (in another order, from another initialisation) and leaves
+    # the same documents out for evaluation: how far two such runs differ is the spread between training seeds.
+    seed: int | None = None
 
 
 @dataclass

@@ -107,7 +107,8 @@ class Conversion:
             with self.state.main_process_first():  # the others then load the tokenised cache
                 corpus = tokenize_corpus(
                     data.source, self.tokenizer, heldout_fraction=data.heldout_fraction, max_tokens=max_tokens,
-                    seed=self.config.seed, unwrap_paragraphs=data.unwrap_paragraphs,
+                    seed=self.config.seed if data.seed is None else data.seed,
+                    unwrap_paragraphs=data.unwrap_paragraphs,
                 )
         except (OSError, ValueError) as error:  # a missing file, an unreadable format, no documents
             raise HaloError(f"cannot read the data {data.source!r}: {error}") from error
