@@ -84,7 +84,9 @@ def test_evaluate_forced_keeps_the_samples_order_and_where_they_stand():
     assert [(r["context_len"], r["seed"], r["value"]) for r in records] == [(240, 0, samples[0].value),
                                                                            (320, 1, samples[1].value)]
     prompt, answer, first = answer_ids(tokenizer, samples[1])
-    assert records[1]["hits"] == score_answer(answer_logits(model, prompt, answer), answer, first)["hits"]
+    logits = answer_logits(model, prompt, answer)
+    assert records[1]["hits"] == score_answer(logits, answer, first)["hits"]
+    assert records[1]["choice"] == tokenizer.decode([int(logits[0].argmax())])
 
 
 def test_eval_niah_forced_from_the_command_line(model_dir, tmp_path):  # noqa: F811
@@ -93,6 +95,7 @@ def test_eval_niah_forced_from_the_command_line(model_dir, tmp_path):  # noqa: F
                  "--niah-depths", "0,1", "--niah-samples", "2", "--device", "cpu", "--out", str(out), "--label",
                  "tiny", "--no-progress", "--niah-cache", "none"]) == 0
     results = json.loads((out / "results.json").read_text())
+    assert set(results["timing_s"]["niah_forced_phases"]) == {"build_s", "score_s"}
     cells = results["niah_forced"]["tasks"]["single_1"]["by_length"]
     assert set(cells) == {"240", "320"} and all(c["samples"] == 4 for c in cells.values())
     forced = [json.loads(line) for line in (out / "niah_forced_samples.jsonl").read_text().splitlines()]

@@ -27,8 +27,9 @@ extra() {  # extra NAME NEEDS_SECONDS COMMAND...
 }
 GRID=(--niah-lengths 4096,8192,16384,32768,65536 --niah-samples 6 --haystack .carry/c/corpus.jsonl.xz --haystack-heldout
       --batch-size 16 --max-batch-tokens 524288 --no-progress)
-extra niah6 420 python3 -m hypenet.cli eval $RUNS/halo/model --label hypenet-seed1 --evals niah_forced,niah "${GRID[@]}" \
-  --out $RUNS/eval_6_samples/hypenet-seed1
+# the teacher's short step first: it used the time left after the conversion in the lease's fourth call
 extra forced_teacher 100 python3 -m hypenet.cli eval $RUNS/SmolLM2-135M-Instruct.Q4_1.gguf --label teacher \
   --evals niah_forced "${GRID[@]}" --niah-lengths 4096,8192 --out $RUNS/eval_6_samples/teacher
+extra niah6 420 python3 -m hypenet.cli eval $RUNS/halo/model --label hypenet-seed1 --evals niah_forced,niah "${GRID[@]}" \
+  --out $RUNS/eval_6_samples/hypenet-seed1
 echo "[lease16] extras done ($(left)s left)"

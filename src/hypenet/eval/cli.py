@@ -175,7 +175,8 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
                                              lambda: _needle_attention(model, tokenizer, args, haystack()))
     if "niah_forced" in evals:  # before NIAH, whose --yarn reloads the model
         results["niah_forced"] = _timed(results, "niah_forced",
-                                        lambda: _niah_forced(model, tokenizer, args, haystack(), out_dir))
+                                        lambda: _niah_forced(model, tokenizer, args, haystack(), out_dir,
+                                                             _phases(results, "niah_forced")))
     if "niah" in evals:
         records = _timed(results, "niah", lambda: _niah(model, tokenizer, args, args.niah_lengths, haystack(),
                                                          _phases(results, "niah")))
@@ -281,15 +282,18 @@ def _needle_attention(model, tokenizer, args, haystack) -> dict:
     return evaluate_needle_attention(model, tokenizer, samples, progress=not args.no_progress)
 
 
-def _niah_forced(model, tokenizer, args, haystack, out_dir: Path) -> dict:
+def _niah_forced(model, tokenizer, args, haystack, out_dir: Path, timing: dict) -> dict:
     """The NIAH grid's answers scored with the answer given (`niah_forced`); per-sample rows to
-    niah_forced_samples.jsonl."""
+    niah_forced_samples.jsonl, seconds spent building the grid and scoring to `timing`."""
     from .niah import build_niah_grid
     from .niah_forced import evaluate_forced, summarize_forced
 
+    started = time.perf_counter()
     samples = build_niah_grid(tokenizer, args.tasks, args.niah_lengths, args.niah_depths, args.niah_samples,
                               args.seed, haystack, args.chat_template, _niah_cache(args))
+    built = time.perf_counter()
     records = evaluate_forced(model, tokenizer, samples, progress=not args.no_progress)
+    timing.update(build_s=built - started, score_s=time.perf_counter() - built)
     with open(out_dir / "niah_forced_samples.jsonl", "w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")

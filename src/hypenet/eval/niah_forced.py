@@ -64,8 +64,9 @@ def score_answer(logits: torch.Tensor, answer: Sequence[int], first: int) -> dic
 
 
 def evaluate_forced(model, tokenizer, samples: Sequence[NiahSample], progress: bool = True) -> list[dict]:
-    """One record per sample: where it stands in the grid (task, context_len, depth, seed, key, value) and its
-    scores; longest prompts first, so an out-of-memory error shows at once."""
+    """One record per sample: where it stands in the grid (task, context_len, depth, seed, key, value), the token the
+    model would write first (`choice`, decoded) and its scores; longest prompts first, so an out-of-memory error shows
+    at once."""
     order = sorted(range(len(samples)), key=lambda i: samples[i].n_tokens, reverse=True)
     records: list[dict | None] = [None] * len(samples)
     bar = tqdm(total=sum(s.n_tokens for s in samples), unit="tok", unit_scale=True, desc="NIAH forced",
@@ -73,9 +74,10 @@ def evaluate_forced(model, tokenizer, samples: Sequence[NiahSample], progress: b
     for i in order:
         sample = samples[i]
         prompt, answer, first = answer_ids(tokenizer, sample)
-        scores = score_answer(answer_logits(model, prompt, answer), answer, first)
+        logits = answer_logits(model, prompt, answer)
         records[i] = {"task": sample.task, "context_len": sample.context_len, "depth": sample.depth,
-                      "seed": sample.seed, "key": sample.key, "value": sample.value, **scores}
+                      "seed": sample.seed, "key": sample.key, "value": sample.value,
+                      "choice": tokenizer.decode([int(logits[0].argmax())]), **score_answer(logits, answer, first)}
         bar.update(sample.n_tokens)
     bar.close()
     return records
