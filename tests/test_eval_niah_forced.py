@@ -26,6 +26,17 @@ def test_the_answer_is_a_space_and_the_value_after_the_prompt_as_encoded(task):
     assert begun and sample.value.startswith(begun)
 
 
+def test_another_answer_form_begins_the_value_after_its_own_words():
+    tokenizer = tiny_tokenizer()
+    sample = build_niah_sample(tokenizer, "single_1", 400, 0.5, seed=3)
+    prompt, answer, first = answer_ids(tokenizer, sample, ": {value}")
+    assert tokenizer.decode(answer) == ": " + sample.value
+    assert tokenizer.decode(answer[:first]).strip() == ":"  # the colon (and the space) come before the value
+    assert sample.value.startswith(tokenizer.decode(answer[:first + 1]).strip(": "))
+    with pytest.raises(ValueError, match="must hold {value} once"):
+        answer_ids(tokenizer, sample, "the answer")
+
+
 @pytest.mark.parametrize("make_model", [tiny_llama, tiny_hypenet])
 def test_answer_logits_are_the_full_forwards_logits_at_the_answers_positions(make_model):
     model = make_model(tiny_tokenizer()).double()
@@ -106,3 +117,15 @@ def test_eval_niah_forced_from_the_command_line(model_dir, tmp_path):  # noqa: F
     report = (out / "report.md").read_text()
     assert "## NIAH answers given (teacher forcing, %)" in report and "| length | tiny |" in report
     assert report.count("(rank ") == 3  # two lengths and "all"
+    assert results["niah_forced"]["answer"] == " {value}" and "With the answer ' {value}' appended" in report
+
+    colon = tmp_path / "colon"  # the needle's own form
+    assert main([str(model_dir), "--evals", "niah_forced", "--forced-answer", ": {value}", "--tasks", "single_1",
+                 "--niah-lengths", "240", "--niah-depths", "0", "--niah-samples", "1", "--device", "cpu", "--out",
+                 str(colon), "--no-progress", "--niah-cache", "none"]) == 0
+    row = json.loads((colon / "niah_forced_samples.jsonl").read_text())
+    assert row["answer_tokens"] == len(tiny_tokenizer()(": " + row["value"])["input_ids"])
+    assert json.loads((colon / "results.json").read_text())["niah_forced"]["answer"] == ": {value}"
+    with pytest.raises(SystemExit, match="--forced-answer must hold {value} once"):
+        main([str(model_dir), "--evals", "niah_forced", "--forced-answer", ":", "--device", "cpu", "--out",
+              str(colon), "--no-progress"])

@@ -74,6 +74,9 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
                       help="take those haystacks from the held-out documents of --haystack only (HALO's split, "
                            "as for perplexity: --ppl-heldout-fraction, --seed), text that a student converted on "
                            "that source never trained on (default: its first documents)")
+    niah.add_argument("--forced-answer", default=" {value}",
+                      help="--evals niah_forced: the answer appended to each prompt, {value} standing for the "
+                           "needle's value (default ' {value}'; ': {value}' is the needle's own form)")
     niah.add_argument("--chat-template", action="store_true",
                       help="wrap prompts in the tokenizer's chat template (default: plain text, as RULER base models)")
     niah.add_argument("--yarn", action="store_true",
@@ -129,6 +132,9 @@ def _selected_evals(args) -> list[str]:
         raise SystemExit("--evals lm_eval needs --lm-eval TASKS (comma list of lm-eval task names).")
     if args.lm_eval and "lm_eval" not in evals:
         evals.append("lm_eval")
+    if "niah_forced" in evals and args.forced_answer.count("{value}") != 1:  # before the model loads
+        raise SystemExit(f"--forced-answer must hold {{value}} once, e.g. ' {{value}}' or ': {{value}}'; got "
+                         f"{args.forced_answer!r}.")
     if "copy" in evals:  # before the model loads
         lengths = args.copy_lengths or args.niah_lengths
         short = [length for length in lengths if length < 8 * args.copy_span]
@@ -292,12 +298,12 @@ def _niah_forced(model, tokenizer, args, haystack, out_dir: Path, timing: dict) 
     samples = build_niah_grid(tokenizer, args.tasks, args.niah_lengths, args.niah_depths, args.niah_samples,
                               args.seed, haystack, args.chat_template, _niah_cache(args))
     built = time.perf_counter()
-    records = evaluate_forced(model, tokenizer, samples, progress=not args.no_progress)
+    records = evaluate_forced(model, tokenizer, samples, progress=not args.no_progress, answer=args.forced_answer)
     timing.update(build_s=built - started, score_s=time.perf_counter() - built)
     with open(out_dir / "niah_forced_samples.jsonl", "w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
-    return summarize_forced(records)
+    return {"answer": args.forced_answer, **summarize_forced(records)}
 
 
 def _niah_with_yarn(spec, args, haystack, results) -> list[dict]:

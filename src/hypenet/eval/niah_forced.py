@@ -3,17 +3,18 @@ copy the rest once it has begun?
 
 Generation scores a NIAH answer as a whole: a model that never begins the value and one that begins it and drifts off
 after a few characters both score 0. The students of the GPU leases answer NIAH-Single-3 (UUIDs) with prose where the
-teacher answers with the UUID (results/gpu_convert/README.md, "Fifteenth lease"), and generation cannot say whether
-they cannot find the needle or only cannot start the copy. This appends the value to each prompt of the same NIAH
-grid, " " + value (the answer prefix ends with "is"), runs the model once over the whole sequence and scores its
-greedy prediction of each answer token with the true tokens before it:
+teacher answers with the UUID, and generation cannot say whether they cannot find the needle or only cannot start the
+copy (they copy it, once begun: results/gpu_convert/README.md, "Sixteenth lease"). This appends the value to each
+prompt of the same NIAH grid, " " + value by default (the answer prefix ends with "is"; `answer` gives another form,
+e.g. ": {value}" as the needle has it), runs the model once over the whole sequence and scores its greedy prediction
+of each answer token with the true tokens before it:
 
 - start: every answer token up to the value's first character predicted right, i.e. greedy decoding begins the value
-  (with this tokenizer: the space, then the value's first character);
+  (with SmolLM2's tokenizer and the default form: the space, then the value's first character);
 - first rank: the rank of the value's first token among the vocabulary at its position (0 = the model's choice);
 - rest: the share of the value's later tokens predicted right, given the true ones before them (the copy once begun);
-- exact: every answer token predicted right, i.e. greedy decoding would write exactly " " + value (it can still be
-  right in generation by another path, e.g. ": " + value, which RULER's string match also accepts).
+- exact: every answer token predicted right, i.e. greedy decoding would write exactly the answer (it can still be
+  right in generation by another path, e.g. ": " + value for " " + value, which RULER's string match accepts).
 
 A value is random (7 digits or a UUID), so what a model predicts without having read it is near chance: ~10% per
 digit. One sequence per forward pass (no padding), the LM head on the answer's positions only.
@@ -30,13 +31,21 @@ from tqdm.auto import tqdm
 
 from .niah import NiahSample
 
+DEFAULT_ANSWER = " {value}"
 
-def answer_ids(tokenizer, sample: NiahSample) -> tuple[list[int], list[int], int]:
-    """(prompt ids, answer ids, index of the answer token holding the value's first character) for the answer
-    " " + value after the prompt. The answer is encoded on its own, as generation would append it token by token."""
+
+def answer_ids(tokenizer, sample: NiahSample, answer: str = DEFAULT_ANSWER) -> tuple[list[int], list[int], int]:
+    """(prompt ids, answer ids, index of the answer token holding the value's first character) for the answer after
+    the prompt: `answer` with {value} replaced by the sample's value (e.g. ": {value}", the needle's own words after
+    "is"). The answer is encoded on its own, as generation would append it token by token."""
+    if answer.count("{value}") != 1:
+        raise ValueError(f"the answer form must hold {{value}} once, e.g. ' {{value}}' or ': {{value}}'; "
+                         f"got {answer!r}")
+    before = answer.index("{value}")
     prompt = tokenizer(sample.prompt, add_special_tokens=sample.add_special_tokens)["input_ids"]
-    encoded = tokenizer(" " + sample.value, add_special_tokens=False, return_offsets_mapping=True)
-    first = next((i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > 1), None)
+    encoded = tokenizer(answer.replace("{value}", sample.value), add_special_tokens=False,
+                        return_offsets_mapping=True)
+    first = next((i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > before), None)
     if first is None:
         raise ValueError(f"the tokenizer's offsets do not locate the value {sample.value!r} in its answer")
     return list(prompt), list(encoded["input_ids"]), first
@@ -63,7 +72,8 @@ def score_answer(logits: torch.Tensor, answer: Sequence[int], first: int) -> dic
             "rest": sum(rest) / len(rest) if rest else None, "exact": all(hits), "hits": hits}
 
 
-def evaluate_forced(model, tokenizer, samples: Sequence[NiahSample], progress: bool = True) -> list[dict]:
+def evaluate_forced(model, tokenizer, samples: Sequence[NiahSample], progress: bool = True,
+                    answer: str = DEFAULT_ANSWER) -> list[dict]:
     """One record per sample: where it stands in the grid (task, context_len, depth, seed, key, value), the token the
     model would write first (`choice`, decoded) and its scores; longest prompts first, so an out-of-memory error shows
     at once."""
@@ -73,11 +83,12 @@ def evaluate_forced(model, tokenizer, samples: Sequence[NiahSample], progress: b
                disable=not progress)
     for i in order:
         sample = samples[i]
-        prompt, answer, first = answer_ids(tokenizer, sample)
-        logits = answer_logits(model, prompt, answer)
+        prompt, answer_tokens, first = answer_ids(tokenizer, sample, answer)
+        logits = answer_logits(model, prompt, answer_tokens)
         records[i] = {"task": sample.task, "context_len": sample.context_len, "depth": sample.depth,
                       "seed": sample.seed, "key": sample.key, "value": sample.value,
-                      "choice": tokenizer.decode([int(logits[0].argmax())]), **score_answer(logits, answer, first)}
+                      "choice": tokenizer.decode([int(logits[0].argmax())]),
+                      **score_answer(logits, answer_tokens, first)}
         bar.update(sample.n_tokens)
     bar.close()
     return records

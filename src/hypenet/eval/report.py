@@ -202,8 +202,9 @@ def _forced_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
     scored = [(label, r["niah_forced"]) for label, r in runs if r.get("niah_forced")]
     if not scored:
         return []
+    forms = " / ".join(sorted({repr(f.get("answer", " {value}")) for _, f in scored}))
     lines = ["## NIAH answers given (teacher forcing, %)", "",
-             "With the answer \" \" + value appended to each NIAH prompt, the model's greedy prediction of each of its "
+             f"With the answer {forms} appended to each NIAH prompt, the model's greedy prediction of each of its "
              "tokens (`hypenet.eval.niah_forced`): start = it begins the value / exact = it predicts every answer "
              "token / rest = the value's later tokens predicted right, given the true ones before them; in brackets "
              "the median rank of the value's first token (0 = the model's choice) and the samples.", ""]
