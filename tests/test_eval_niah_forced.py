@@ -60,10 +60,10 @@ def test_scores_of_a_copy_that_begins_stops_short_or_never_begins():
         "answer_tokens": 5, "start": True, "first_rank": 0, "rest": 1.0, "exact": True, "hits": [True] * 5}
     short = score_answer(one_hot_logits([1, 4, 5, 6, 0]), answer, first)  # the last token wrong
     assert (short["start"], short["rest"], short["exact"], short["first_rank"]) == (True, 2 / 3, False, 0)
-    # the space predicted, then another first character: 11 other tokens tie below the one chosen
+    # the space predicted, then another first character: one token above the value's (rank 1), ten tie with it
     prose = score_answer(one_hot_logits([1, 9, 5, 6, 7]), answer, first)
     assert (prose["start"], prose["rest"], prose["exact"], prose["first_rank"]) == (False, 1.0, False, 1)
-    assert prose["first_logprob"] == pytest.approx(-math.log(math.exp(5) + 11), abs=1e-6)  # logit 0 of 5, 0 x 11
+    assert prose["first_logprob"] == pytest.approx(-math.log(math.exp(5) + 11), abs=1e-6)  # logits 5 and 0 x 11
     no_space = score_answer(one_hot_logits([3, 4, 5, 6, 7]), answer, first)  # the value's token right, the space not
     assert (no_space["start"], no_space["exact"]) == (False, False)
     one_token = score_answer(one_hot_logits([4]), [4], 0)  # a value in one token has no later tokens
