@@ -132,9 +132,13 @@ def _selected_evals(args) -> list[str]:
         raise SystemExit("--evals lm_eval needs --lm-eval TASKS (comma list of lm-eval task names).")
     if args.lm_eval and "lm_eval" not in evals:
         evals.append("lm_eval")
-    if "niah_forced" in evals and args.forced_answer.count("{value}") != 1:  # before the model loads
-        raise SystemExit(f"--forced-answer must hold {{value}} once, e.g. ' {{value}}' or ': {{value}}'; got "
-                         f"{args.forced_answer!r}.")
+    if "niah_forced" in evals:  # before the model loads
+        from .niah_forced import check_answer_form
+
+        try:
+            check_answer_form(args.forced_answer, "--forced-answer")
+        except ValueError as error:
+            raise SystemExit(f"{error}.") from None
     if "copy" in evals:  # before the model loads
         lengths = args.copy_lengths or args.niah_lengths
         short = [length for length in lengths if length < 8 * args.copy_span]
@@ -277,26 +281,29 @@ def _niah(model, tokenizer, args, lengths, haystack, timing: dict | None = None)
     return records
 
 
+def _niah_grid(tokenizer, args, haystack, samples_per_cell: int) -> list:
+    """The NIAH options' grid with `samples_per_cell`, from the grid cache when it was built before."""
+    from .niah import build_niah_grid
+
+    return build_niah_grid(tokenizer, args.tasks, args.niah_lengths, args.niah_depths, samples_per_cell, args.seed,
+                           haystack, args.chat_template, _niah_cache(args))
+
+
 def _needle_attention(model, tokenizer, args, haystack) -> dict:
     """Where the attention layers look on the NIAH grid's prompts (`needle_attention`)."""
     from .needle_attention import evaluate_needle_attention
-    from .niah import build_niah_grid
 
-    samples = build_niah_grid(tokenizer, args.tasks, args.niah_lengths, args.niah_depths,
-                              args.needle_attention_samples, args.seed, haystack, args.chat_template,
-                              _niah_cache(args))
+    samples = _niah_grid(tokenizer, args, haystack, args.needle_attention_samples)
     return evaluate_needle_attention(model, tokenizer, samples, progress=not args.no_progress)
 
 
 def _niah_forced(model, tokenizer, args, haystack, out_dir: Path, timing: dict) -> dict:
     """The NIAH grid's answers scored with the answer given (`niah_forced`); per-sample rows to
     niah_forced_samples.jsonl, seconds spent building the grid and scoring to `timing`."""
-    from .niah import build_niah_grid
     from .niah_forced import evaluate_forced, summarize_forced
 
     started = time.perf_counter()
-    samples = build_niah_grid(tokenizer, args.tasks, args.niah_lengths, args.niah_depths, args.niah_samples,
-                              args.seed, haystack, args.chat_template, _niah_cache(args))
+    samples = _niah_grid(tokenizer, args, haystack, args.niah_samples)
     built = time.perf_counter()
     records = evaluate_forced(model, tokenizer, samples, progress=not args.no_progress, answer=args.forced_answer)
     timing.update(build_s=built - started, score_s=time.perf_counter() - built)

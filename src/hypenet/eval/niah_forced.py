@@ -34,13 +34,17 @@ from .niah import NiahSample
 DEFAULT_ANSWER = " {value}"
 
 
+def check_answer_form(answer: str, name: str = "the answer form") -> None:
+    """An answer form holds {value} exactly once (`name`: what the error calls it)."""
+    if answer.count("{value}") != 1:
+        raise ValueError(f"{name} must hold {{value}} once, e.g. ' {{value}}' or ': {{value}}'; got {answer!r}")
+
+
 def answer_ids(tokenizer, sample: NiahSample, answer: str = DEFAULT_ANSWER) -> tuple[list[int], list[int], int]:
     """(prompt ids, answer ids, index of the answer token holding the value's first character) for the answer after
     the prompt: `answer` with {value} replaced by the sample's value (e.g. ": {value}", the needle's own words after
     "is"). The answer is encoded on its own, as generation would append it token by token."""
-    if answer.count("{value}") != 1:
-        raise ValueError(f"the answer form must hold {{value}} once, e.g. ' {{value}}' or ': {{value}}'; "
-                         f"got {answer!r}")
+    check_answer_form(answer)
     before = answer.index("{value}")
     prompt = tokenizer(sample.prompt, add_special_tokens=sample.add_special_tokens)["input_ids"]
     encoded = tokenizer(answer.replace("{value}", sample.value), add_special_tokens=False,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .niah import accuracy_interval
+from .niah_forced import DEFAULT_ANSWER
 from .plots import length_label, plot_accuracy_vs_length, plot_needle_attention, plot_perplexity_by_bucket
 
 _MISSING = "-"
@@ -202,7 +203,7 @@ def _forced_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
     scored = [(label, r["niah_forced"]) for label, r in runs if r.get("niah_forced")]
     if not scored:
         return []
-    forms = " / ".join(sorted({repr(f.get("answer", " {value}")) for _, f in scored}))
+    forms = " / ".join(sorted({repr(f.get("answer", DEFAULT_ANSWER)) for _, f in scored}))
     lines = ["## NIAH answers given (teacher forcing, %)", "",
              f"With the answer {forms} appended to each NIAH prompt, the model's greedy prediction of each of its "
              "tokens (`hypenet.eval.niah_forced`): start = it begins the value / exact = it predicts every answer "
