@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from hypenet.cli import main
+from hypenet.eval.models import load_model_for_eval
 from hypenet.halo.config import HaloError, load_config
 from hypenet.halo.pipeline import convert, run_stages
 from hypenet.halo.stage1 import LayerAlignment
@@ -180,6 +181,11 @@ def check_conversion(out: Path, report: dict):
     inputs = tokenizer("The cat sees a", return_tensors="pt")
     generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 5
+    # the models before the export (no logit scaling) come with the tokenizer too: each folder loads as it is
+    for stage in ("stage2", "stage3"):
+        before, its_tokenizer = load_model_for_eval(out / "stages" / stage / "model", "cpu")
+        assert before.config.attention_logit_scaling_base is None
+        assert its_tokenizer.get_vocab() == tokenizer.get_vocab()
     return model
 
 

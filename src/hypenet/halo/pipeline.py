@@ -139,9 +139,11 @@ class Conversion:
         return stage1.load_layers(self.stage_dir("stage1"), config, self.state.device, name)
 
     def save_model(self, model: HypeNetForCausalLM, weights: dict, name: str) -> None:
-        """Save a stage's model as an HF checkpoint, with the full weights the engine gathered (FSDP shards them)."""
+        """Save a stage's model as an HF checkpoint, with the full weights the engine gathered (FSDP shards them), and
+        the tokenizer, so that `hypenet eval` and `from_pretrained` take the folder as it is."""
         if self.is_main_process:
             model.save_pretrained(self.stage_dir(name) / MODEL_DIR, state_dict=weights)
+            self.tokenizer.save_pretrained(self.stage_dir(name) / MODEL_DIR)
         self.state.wait_for_everyone()
 
     def load_model(self, name: str, alone: bool = False) -> HypeNetForCausalLM:
