@@ -35,6 +35,12 @@
 #   TRAIN_SPEED  (optional) 0: leave out the training-speed benchmark at the end
 #   NEEDLE_ATTENTION  (optional) 0: leave out where each student's attention finds the NIAH needle (`hypenet eval
 #            --evals needle_attention`, NEEDLE_OPTIONS; ~30 s each) after its evaluation
+#   HALO_MORE_EVAL  (optional) `hypenet eval` options for one more evaluation of the HALO student after the
+#            comparison, into $RUNS/eval_more/hypenet-halo, e.g. "--evals niah_forced,niah --niah-samples 6
+#            --niah-lengths 4096,8192,16384,32768,65536 --haystack-heldout --batch-size 16 --max-batch-tokens 524288"
+#   STAGE_EVAL  (optional) `hypenet eval` options for the HALO run's stage-2 and stage-3 models (before the export's
+#            logit scaling), into $RUNS/eval_stages/stage2 and stage3: which stage moved what. Neither runs with
+#            HALO_EVAL (no HALO model is made then)
 #   WHEELS   (default .whl/) wheels of what the image lacks (flash-linear-attention, fla-core, gguf, transformers >= 5.24),
 #            installed into /tmp/site once per machine
 set -uo pipefail
@@ -84,7 +90,7 @@ pack() {  # pack [final]: the results so far, without weights, into $OUT (at mos
         cp "$RUNS/$run"/report.* "$RUNS/$run"/*.png "$RUNS/$run/config.yaml" "$keep/convert_$run/" 2>/dev/null
         cp "$RUNS/$run/model/halo_export.json" "$keep/convert_$run/" 2>/dev/null
     done
-    for dir in eval needle_attention compare ablation train_speed; do
+    for dir in eval eval_more eval_stages needle_attention compare ablation train_speed; do
         [ -d "$RUNS/$dir" ] && cp -r "$RUNS/$dir" "$keep/"
     done
     tar czf "$OUT/gpu_convert.tgz" -C "$RUNS" results logs
@@ -108,7 +114,7 @@ step() {
     local began=$SECONDS
     # timeout runs programs, not functions: a child bash gets this script's functions and arrays first.
     timeout --signal=INT --kill-after=30 "$left" bash -c "$(declare -f setup convert share_stage1 evaluate \
-        reuse_or_evaluate needles compare_runs)
+        reuse_or_evaluate evaluate_more needles compare_runs)
         $(declare -p HYPENET EVAL_ARGS CONVERT_ARGS NEEDLE_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
     local rc=$?
     if [ "$rc" -eq 0 ]; then
@@ -195,6 +201,13 @@ compare_runs() {  # compare_runs OUT LABELS EVAL...: the side-by-side report, th
     [ "${#samples[@]}" -eq 0 ] || python3 scripts/niah_answer_starts.py "${samples[@]}" --out "$out/answer_starts.md"
 }
 
+evaluate_more() {  # evaluate_more OUT LABEL MODEL OPTIONS: an evaluation of its own (HALO_MORE_EVAL, STAGE_EVAL)
+    local out=$1 label=$2 model=$3 options=()
+    read -r -a options <<<"$4"
+    "${HYPENET[@]}" eval "$model" --label "$label" --out "$out" "${options[@]}" --ppl-source "$CORPUS" \
+        --haystack "$CORPUS" --no-progress
+}
+
 needles() {  # needles LABEL MODEL: the share of each attention layer's last-token attention on the NIAH needle
     local label=$1 model=$2
     "${HYPENET[@]}" eval "$model" --label "$label" --evals needle_attention --out "$RUNS/needle_attention/$label" \
@@ -212,6 +225,14 @@ step eval_teacher reuse_or_evaluate teacher "$TEACHER" "${TEACHER_EVAL:-}" --yar
 step eval_halo reuse_or_evaluate hypenet-halo "$RUNS/halo/model" "${HALO_EVAL:-}"
 [ "${NEEDLE_ATTENTION:-1}" = 0 ] || [ -n "${HALO_EVAL:-}" ] || step needles_halo needles hypenet-halo "$RUNS/halo/model"
 step compare compare_runs "$RUNS/compare" teacher,hypenet-halo "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo"
+if [ -n "${HALO_MORE_EVAL:-}" ] && [ -z "${HALO_EVAL:-}" ]; then  # (with HALO_EVAL there is no HALO model here)
+    step eval_more_halo evaluate_more "$RUNS/eval_more/hypenet-halo" hypenet-halo "$RUNS/halo/model" "$HALO_MORE_EVAL"
+fi
+if [ -n "${STAGE_EVAL:-}" ] && [ -z "${HALO_EVAL:-}" ]; then  # the models before the export: they lack its logit scaling
+    for stage in stage2 stage3; do
+        step "eval_$stage" evaluate_more "$RUNS/eval_stages/$stage" "$stage" "$RUNS/halo/stages/$stage/model" "$STAGE_EVAL"
+    done
+fi
 for run in "${ABLATION_RUNS[@]}"; do  # the same budget from the same stage 1, attention placed otherwise
     step "share_stage1_$run" share_stage1 "$run"
     step "convert_$run" convert convert "$run" --set "select.strategy=$run"

@@ -142,12 +142,15 @@ def test_earlier_evaluations_are_reused_only_with_the_same_settings(setup):
         mark_done(runs, STEPS_LATER if name == "same" else ["setup", "stage1_halo", "share_stage1_even", *STEPS_LATER])
         run = run_script({**env, "RUNS": str(runs), "OUT": str(root / f"out_{name}"),
                           "TEACHER_EVAL": str(earlier / "teacher"), "HALO_EVAL": str(earlier / "hypenet-halo"),
-                          "EVAL_OPTIONS": options, "CONVERT_OPTIONS": "--set stage1.align_attention=true"},
+                          "EVAL_OPTIONS": options, "CONVERT_OPTIONS": "--set stage1.align_attention=true",
+                          "HALO_MORE_EVAL": "--evals niah", "STAGE_EVAL": "--evals niah"},
                          deadline=600)
         log = (runs / "logs" / "eval_teacher.log").read_text()
         if name == "same":
             assert run.returncode == 0 and "all done" in run.stdout, run.stdout + log
             assert "start stage1_halo" in run.stdout and "convert_halo" not in run.stdout
+            # no HALO model is made here, so none of its extra evaluations runs
+            assert "eval_more_halo" not in run.stdout and "eval_stage" not in run.stdout
             assert [p.name for p in (runs / "halo" / "stages").iterdir()] == ["stage1"]
             # CONVERT_OPTIONS reach the conversion: its stage 1 also aligned the attention students
             assert yaml.safe_load((runs / "halo" / "config.yaml").read_text())["stage1"]["align_attention"] is True
@@ -212,6 +215,36 @@ def test_without_ablations_the_run_ends_after_the_comparison(setup):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all done (ABLATIONS=0: HALO, its evaluation):" in run.stdout
     assert "] start " not in run.stdout and not (runs / "train_speed").exists()
+
+
+MORE_EVAL = "--tasks single_1 --niah-lengths 400 --niah-depths 0.5 --niah-samples 1 --device cpu"
+
+
+def test_more_evaluations_of_the_halo_student_and_its_stage_models(setup):
+    """HALO_MORE_EVAL: one more evaluation of the HALO student; STAGE_EVAL: its stage-2 and stage-3 models evaluated
+    as they are (their folders hold the tokenizer); both packed with the results."""
+    root, env = setup
+    earlier = root / "runs"
+    if not (earlier / "halo" / "model").is_dir():
+        pytest.skip("needs the whole run of the test above")
+    runs = root / "more_evals"
+    shutil.copytree(earlier / "halo", runs / "halo")
+    mark_done(runs, ("setup", "convert_halo", "eval_teacher", "eval_halo", "needles_halo", "compare"))
+    run = run_script({**env, "RUNS": str(runs), "OUT": str(root / "out_more_evals"), "ABLATIONS": "0",
+                      "TRAIN_SPEED": "0", "HALO_MORE_EVAL": "--evals niah_forced " + MORE_EVAL,
+                      "STAGE_EVAL": "--evals niah " + MORE_EVAL}, deadline=300)
+    assert run.returncode == 0 and "all done" in run.stdout, run.stdout + run.stderr
+    started = [line.split("] start ")[1].split()[0] for line in run.stdout.splitlines() if "] start " in line]
+    assert started == ["eval_more_halo", "eval_stage2", "eval_stage3"]
+    with tarfile.open(root / "out_more_evals" / "gpu_convert.tgz") as archive:
+        more = json.load(archive.extractfile("results/eval_more/hypenet-halo/results.json"))
+        stages = [json.load(archive.extractfile(f"results/eval_stages/{stage}/results.json"))
+                  for stage in ("stage2", "stage3")]
+    assert more["label"] == "hypenet-halo" and more["evals"] == ["niah_forced"]
+    assert list(more["niah_forced"]["tasks"]) == ["single_1"]
+    for stage, results in zip(("stage2", "stage3"), stages):
+        assert results["label"] == stage and results["model"].endswith(f"halo/stages/{stage}/model")
+        assert results["evals"] == ["niah"] and list(results["niah"]["tasks"]["single_1"]["by_length"]) == ["400"]
 
 
 def test_ablations_can_be_run_one_at_a_time(setup):
