@@ -2,6 +2,7 @@
 
 import json
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -10,7 +11,14 @@ from test_eval_tiny import HAYSTACK_DOCS, tiny_hypenet, tiny_llama, tiny_tokeniz
 
 from hypenet.eval.__main__ import main
 from hypenet.eval.niah import build_niah_sample
-from hypenet.eval.niah_forced import answer_ids, answer_logits, evaluate_forced, score_answer, summarize_forced
+from hypenet.eval.niah_forced import (
+    FIRST_TOKENS_KEPT,
+    answer_ids,
+    answer_logits,
+    evaluate_forced,
+    score_answer,
+    summarize_forced,
+)
 
 
 @pytest.mark.parametrize("task", ["single_1", "single_3"])
@@ -74,17 +82,20 @@ def test_summary_per_task_and_length():
     def record(task, length, start, rank, rest, exact):
         return {"task": task, "context_len": length, "start": start, "first_rank": rank, "rest": rest, "exact": exact}
 
-    summary = summarize_forced([record("single_3", 4096, True, 0, 1.0, True), record("single_3", 4096, False, 7, 0.5,
-                                                                                      False),
-                                record("single_3", 8192, False, 3, None, False), record("single_1", 4096, True, 0,
-                                                                                        0.75, False)])
+    records = [record("single_3", 4096, True, 0, 1.0, True), record("single_3", 4096, False, 7, 0.5, False),
+               record("single_3", 8192, False, 3, None, False), record("single_1", 4096, True, 0, 0.75, False)]
+    for r, choice in zip(records, [" ", " the", " ", None]):
+        if choice:  # the last as from before `choice` was recorded
+            r["choice"] = choice
+    summary = summarize_forced(records)
     assert summary["num_samples"] == 4
     assert summary["tasks"]["single_3"]["by_length"] == {
         "4096": {"samples": 2, "start": 0.5, "first_rank_median": 3.5, "rest": 0.75, "exact": 0.5},
         "8192": {"samples": 1, "start": 0.0, "first_rank_median": 3, "rest": None, "exact": 0.0}}
     overall = {k: v for k, v in summary["tasks"]["single_3"].items() if k != "by_length"}
-    assert overall == {"samples": 3, "start": 1 / 3, "first_rank_median": 3, "rest": 0.75, "exact": 1 / 3}
-    assert summary["tasks"]["single_1"]["exact"] == 0.0
+    assert overall == {"samples": 3, "start": 1 / 3, "first_rank_median": 3, "rest": 0.75, "exact": 1 / 3,
+                       "choices": [[" ", 2], [" the", 1]]}
+    assert summary["tasks"]["single_1"]["exact"] == 0.0 and summary["tasks"]["single_1"]["choices"] == []
 
 
 def test_evaluate_forced_keeps_the_samples_order_and_where_they_stand():
@@ -117,6 +128,11 @@ def test_eval_niah_forced_from_the_command_line(model_dir, tmp_path):  # noqa: F
     report = (out / "report.md").read_text()
     assert "## NIAH answers given (teacher forcing, %)" in report and "| length | tiny |" in report
     assert report.count("(rank ") == 3  # two lengths and "all"
+    # the first tokens the model would write, counted over the samples
+    firsts = Counter(r["choice"] for r in forced).most_common(FIRST_TOKENS_KEPT)
+    assert results["niah_forced"]["tasks"]["single_1"]["choices"] == [[token, n] for token, n in firsts]
+    assert ("First token each model would write (samples, all lengths): tiny: "
+            + ", ".join(f"`{token!r}` {n}" for token, n in firsts) + ".") in report
     assert results["niah_forced"]["answer"] == " {value}" and "With the answer ' {value}' appended" in report
 
     colon = tmp_path / "colon"  # the needle's own form

@@ -23,7 +23,7 @@ digit. One sequence per forward pass (no padding), the LM head on the answer's p
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Sequence
 
 import torch
@@ -98,9 +98,14 @@ def evaluate_forced(model, tokenizer, samples: Sequence[NiahSample], progress: b
     return records
 
 
+FIRST_TOKENS_KEPT = 5
+
+
 def summarize_forced(records: Sequence[dict]) -> dict:
     """Per task and length: samples, start and exact (shares), the median first rank, the mean of rest over the
-    samples that have later value tokens; and per task, the same over all its lengths."""
+    samples that have later value tokens; and per task, the same over all its lengths, with `choices`: the tokens the
+    model would write first, as [token, samples] from the most frequent (the first FIRST_TOKENS_KEPT; records made
+    before `choice` was recorded are not counted)."""
     cells: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         cells[r["task"]][int(r["context_len"])].append(r)
@@ -112,7 +117,12 @@ def summarize_forced(records: Sequence[dict]) -> dict:
                 "rest": statistics.mean(rests) if rests else None,
                 "exact": statistics.mean(r["exact"] for r in rows)}
 
+    def choices(rows: list[dict]) -> list[list]:
+        counts = Counter(r["choice"] for r in rows if "choice" in r)
+        return [[token, n] for token, n in counts.most_common(FIRST_TOKENS_KEPT)]
+
     return {"tasks": {task: {"by_length": {str(ln): cell(rows) for ln, rows in sorted(by_length.items())},
-                             **cell([r for rows in by_length.values() for r in rows])}
+                             **cell(every := [r for rows in by_length.values() for r in rows]),
+                             "choices": choices(every)}
                       for task, by_length in sorted(cells.items())},
             "num_samples": len(records)}

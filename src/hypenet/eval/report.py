@@ -216,6 +216,10 @@ def _forced_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
                 for ln in lengths]
         rows.append(["all", *[_forced_cell(r or None) for r in results]])
         lines += [f"### {task}", ""] + _table(["length", *[label for label, _ in scored]], rows)
+        firsts = [f"{label}: " + ", ".join(f"`{token!r}` {n}" for token, n in r["choices"])
+                  for (label, _), r in zip(scored, results) if r.get("choices")]
+        if firsts:
+            lines += ["First token each model would write (samples, all lengths): " + "; ".join(firsts) + ".", ""]
     return lines
 
 
