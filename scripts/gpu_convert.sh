@@ -58,7 +58,8 @@ OUT=${OUT:-$RUNS/out}
 CONFIG=${CONFIG:-configs/gpu-smollm2.yaml}
 read -r -a CONVERT_ARGS <<<"${CONVERT_OPTIONS:-}"
 read -r -a EVAL_ARGS <<<"${EVAL_OPTIONS:---niah-lengths 4096,8192,16384,32768,65536 --niah-samples 2 --batch-size 16 --max-batch-tokens 524288 --ppl-docs 8 --ppl-max-len 65536}"
-EVAL_ARGS+=(--ppl-source "$CORPUS" --haystack "$CORPUS" --no-progress)
+DATA_ARGS=(--ppl-source "$CORPUS" --haystack "$CORPUS" --no-progress)  # what every evaluation reads, and how
+EVAL_ARGS+=("${DATA_ARGS[@]}")
 read -r -a NEEDLE_ARGS <<<"${NEEDLE_OPTIONS:---tasks single_1,single_2 --niah-lengths 4096,32768 --haystack-heldout}"
 NEEDLE_ARGS+=(--haystack "$CORPUS" --no-progress)
 read -r -a SPEED_ARGS <<<"${SPEED_OPTIONS:-}"
@@ -115,7 +116,7 @@ step() {
     # timeout runs programs, not functions: a child bash gets this script's functions and arrays first.
     timeout --signal=INT --kill-after=30 "$left" bash -c "$(declare -f setup convert share_stage1 evaluate \
         reuse_or_evaluate evaluate_more needles compare_runs)
-        $(declare -p HYPENET EVAL_ARGS CONVERT_ARGS NEEDLE_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
+        $(declare -p HYPENET EVAL_ARGS DATA_ARGS CONVERT_ARGS NEEDLE_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
     local rc=$?
     if [ "$rc" -eq 0 ]; then
         echo $((SECONDS - began)) >"$RUNS/done/$name"
@@ -204,8 +205,7 @@ compare_runs() {  # compare_runs OUT LABELS EVAL...: the side-by-side report, th
 evaluate_more() {  # evaluate_more OUT LABEL MODEL OPTIONS: an evaluation of its own (HALO_MORE_EVAL, STAGE_EVAL)
     local out=$1 label=$2 model=$3 options=()
     read -r -a options <<<"$4"
-    "${HYPENET[@]}" eval "$model" --label "$label" --out "$out" "${options[@]}" --ppl-source "$CORPUS" \
-        --haystack "$CORPUS" --no-progress
+    "${HYPENET[@]}" eval "$model" --label "$label" --out "$out" "${options[@]}" "${DATA_ARGS[@]}"
 }
 
 needles() {  # needles LABEL MODEL: the share of each attention layer's last-token attention on the NIAH needle
