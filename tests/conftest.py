@@ -9,6 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` (the README's test command) runs two workers on CI's two cores: one thread each, and one for the
+    # processes their tests start (OMP_NUM_THREADS is inherited)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 @pytest.fixture
 def one_thread():
