@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -420,6 +421,53 @@ def test_resume_refuses_other_settings(assets, qwen3_conversion, capsys):
     out, _ = qwen3_conversion
     assert main(["convert", *cli_args(assets, "qwen3", out), "--resume", "--set", "stage2.lr=5e-4"]) == 1
     assert "other settings for stage2.lr" in capsys.readouterr().err
+
+
+def test_a_stage_from_another_conversion_branches_it(assets, qwen3_conversion, tmp_path, capsys):
+    """`hypenet stage3 --from A --out B --set stage3.lr=...`: B gets A's finished stages 1-2 and settings, trains its
+    own stage 3 from A's stage 2 (the same first loss, then another course) and exports; A is left as it was. Settings
+    of the copied stages cannot change, and B must not hold stages of another conversion."""
+    reference, _ = qwen3_conversion
+    before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
+    branch = tmp_path / "branch"
+    assert main(["stage3", "--from", str(reference), "--out", str(branch), "--set", "stage3.lr=5e-4"]) == 0
+    assert main(["export", "--out", str(branch)]) == 0
+    for name in ("stage1", "select", "stage2"):
+        assert (branch / "stages" / name / "done.json").read_text() == \
+            (reference / "stages" / name / "done.json").read_text()
+    ours, theirs = (read_losses(out / "stages" / "stage3") for out in (branch, reference))
+    assert ours[0]["loss"] == theirs[0]["loss"] and ours[-1]["loss"] != theirs[-1]["loss"]
+    config, reference_config = (yaml.safe_load((out / "config.yaml").read_text()) for out in (branch, reference))
+    assert config["stage3"]["lr"] == 5e-4 and reference_config["stage3"]["lr"] != 5e-4
+    assert config["stage2"] == reference_config["stage2"] and config["teacher"] == reference_config["teacher"]
+    report = json.loads((branch / "report.json").read_text())
+    assert report["stages"]["stage2"] == json.loads((reference / "report.json").read_text())["stages"]["stage2"]
+    assert (branch / "model" / "config.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
+    # run again with --resume: the branch is there, nothing is copied or trained again
+    assert main(["stage3", "--from", str(reference), "--out", str(branch), "--resume"]) == 0
+    assert read_losses(branch / "stages" / "stage3") == ours
+    capsys.readouterr()
+
+    refusals = [
+        (["stage3", "--from", str(reference), "--out", str(tmp_path / "other"), "--set", "stage2.lr=1e-2"],
+         "its stage1, select, stage2 were run with other settings for stage2.lr"),
+        (["stage3", "--from", str(tmp_path / "nothing"), "--out", str(tmp_path / "other")], "no conversion there"),
+        (["stage3", "--from", str(reference), "--out", str(reference)], "leave out --from to continue"),
+    ]
+    for args, message in refusals:
+        assert main(args) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+    unfinished = tmp_path / "unfinished"  # A's stage 2 not done
+    copy_done_stages(reference, unfinished, "stage1", "select")
+    assert main(["stage3", "--from", str(unfinished), "--out", str(tmp_path / "other")]) == 1
+    assert "its stage2 is not finished; finish it there first" in capsys.readouterr().err
+    elsewhere = tmp_path / "elsewhere"  # B holds a stage 2 of its own
+    copy_done_stages(reference, elsewhere, "stage1", "select", "stage2")
+    (elsewhere / "stages" / "stage2" / "done.json").write_text(json.dumps({"steps": 1}))
+    assert main(["stage3", "--from", str(reference), "--out", str(elsewhere)]) == 1
+    assert "already holds a finished stage2 that is not the one in" in capsys.readouterr().err
 
 
 def test_attention_rope_keeps_the_teachers_rope_in_the_attention_layers(assets, tmp_path):

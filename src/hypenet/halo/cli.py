@@ -33,14 +33,20 @@ def register(subparsers) -> None:
         resume = parser.add_mutually_exclusive_group()
         resume.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
         resume.add_argument("--overwrite", action="store_true", help="replace what --out holds for these stages")
+        if name not in ("convert", "stage1"):
+            parser.add_argument("--from", dest="start_from", metavar="DIR",
+                                help="start from the finished stages before this one in another conversion's folder: "
+                                     "they (and its settings, changed by --set) are copied into --out")
         parser.set_defaults(func=lambda args, name=name: run(name, args))
 
 
 def build_config(command: str, args: argparse.Namespace):
-    """The config of a command: the one saved in --out (when continuing a conversion there), or the defaults,
-    then --preset, --config files, --set overrides and the named flags."""
+    """The config of a command: the one saved in --out (when continuing a conversion there) or in --from, or the
+    defaults, then --preset, --config files, --set overrides and the named flags."""
     out = Path(args.out or "hypenet-out")
     saved = out / "config.yaml"
+    if not saved.is_file() and getattr(args, "start_from", None):
+        saved = Path(args.start_from) / "config.yaml"
     fresh = command == "convert" and not args.resume  # a new conversion (--overwrite included) starts from defaults
     base = read_config(saved) if saved.is_file() and not fresh else None
     return load_config(
@@ -57,7 +63,8 @@ def run(command: str, args: argparse.Namespace) -> int:
     try:
         config = build_config(command, args)
         stages = list(STAGES) if command == "convert" else [command]
-        run_stages(config, stages, resume=args.resume, overwrite=args.overwrite)
+        run_stages(config, stages, resume=args.resume, overwrite=args.overwrite,
+                   start_from=getattr(args, "start_from", None))
     except HaloError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -183,11 +183,7 @@ class Conversion:
         saved_path = self.out / CONFIG_FILE
         if saved_path.is_file():
             started = [name for name in STAGES if self.stage_dir(name).exists()]
-            locked = set(started) | ({"teacher", "data", "seed"} if started else set())
-            clashes = [
-                key for key in config_differences(read_config(saved_path), self.requested)
-                if key.split(".")[0] in locked and key.split(".")[0] not in RUN_FIELDS
-            ]
+            clashes = settings_clashes(read_config(saved_path), self.requested, started)
             if clashes:
                 raise HaloError(
                     f"{self.out} was run with other settings for {', '.join(clashes)} (see {saved_path}); keep them, "
@@ -214,6 +210,48 @@ class Conversion:
             "export": done.get("export"),
             "config": to_dict(self.config),
         }
+
+
+def settings_clashes(saved: ConvertConfig, requested: ConvertConfig, started: list[str]) -> list[str]:
+    """The settings of `requested` that differ from `saved` where it matters: those of the stages already (partly)
+    run, and the teacher, data and seed they were run with."""
+    locked = set(started) | ({"teacher", "data", "seed"} if started else set())
+    return [
+        key for key in config_differences(saved, requested)
+        if key.split(".")[0] in locked and key.split(".")[0] not in RUN_FIELDS
+    ]
+
+
+def check_start_from(source: Path, out: Path, config: ConvertConfig, earlier: list[str]) -> None:
+    """`hypenet STAGE --from SOURCE --out OUT`: SOURCE must hold a conversion whose stages before STAGE are done,
+    made with the settings asked for here; OUT may hold those stages only as copies of SOURCE's (a branch resumed)."""
+    if source.resolve() == out.resolve():
+        raise HaloError(f"--from and --out are both {out}; leave out --from to continue the conversion there")
+    if not (source / CONFIG_FILE).is_file():
+        raise HaloError(f"--from {source}: no conversion there (it has no {CONFIG_FILE})")
+    missing = [name for name in earlier if done_info(source, name) is None]
+    if missing:
+        raise HaloError(f"--from {source}: its {missing[0]} is not finished; finish it there first "
+                        f"(hypenet {missing[0]} --out {source} --resume)")
+    clashes = settings_clashes(read_config(source / CONFIG_FILE), config, earlier)
+    if clashes:
+        raise HaloError(f"--from {source}: its {', '.join(earlier)} were run with other settings for "
+                        f"{', '.join(clashes)} (see {source / CONFIG_FILE}); keep them, or run those stages again")
+    for name in earlier:
+        mine = done_info(out, name)
+        if mine is not None and mine != done_info(source, name):
+            raise HaloError(f"{out} already holds a finished {name} that is not the one in {source}: "
+                            "choose a new --out for the branch")
+
+
+def copy_earlier_stages(source: Path, out: Path, earlier: list[str]) -> None:
+    """Copy SOURCE's finished stages `earlier` into OUT where OUT lacks them (a half-copied one is copied again)."""
+    for name in earlier:
+        if done_info(out, name) is None:
+            target = out / "stages" / name
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source / "stages" / name, target.with_name(name + ".copying"), dirs_exist_ok=True)
+            (target.with_name(name + ".copying")).rename(target)
 
 
 def check_tokenizer(teacher, tokenizer, spec: str) -> None:
@@ -315,17 +353,26 @@ def user_errors(step: str):
 STAGE_RUNNERS = {"stage1": stage1.run, "select": _run_select, "stage2": _run_stage2, "stage3": _run_stage3, "export": _run_export}
 
 
-def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run `stages` (all of them: a conversion) into config.out; return the report. See the module docstring."""
+def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = False, overwrite: bool = False,
+               start_from: str | Path | None = None) -> dict:
+    """Run `stages` (all of them: a conversion) into config.out; return the report. See the module docstring.
+    `start_from`: another conversion's folder, whose finished stages before `stages` are copied into config.out
+    first (`hypenet stage3 --from A --out B --set stage3.lr=...` tries another stage 3 on A's stage 2)."""
     if resume and overwrite:
         raise HaloError("pass either --resume (continue) or --overwrite (start again), not both")
     out, whole = Path(config.out), list(stages) == list(STAGES)
     first = STAGES.index(stages[0])
+    earlier = list(STAGES[:first])
+    if start_from is not None:
+        if not earlier or whole:
+            raise HaloError("--from starts a single stage after stage 1 (select, stage2, stage3 or export) from the "
+                            "stages before it in another conversion")
+        check_start_from(Path(start_from), out, config, earlier)
     if whole:
         existing = [out] if out.exists() and any(out.iterdir()) else []
     else:
         existing = [out / "stages" / name for name in stages if (out / "stages" / name).exists()]
-        missing = [name for name in STAGES[:first] if done_info(out, name) is None]
+        missing = [name for name in earlier if done_info(out if start_from is None else Path(start_from), name) is None]
         if missing:
             raise HaloError(
                 f"{stages[0]} needs the result of {missing[0]} in {out}: run `hypenet {missing[0]} --out {out}` first "
@@ -339,6 +386,8 @@ def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool =
     if overwrite and conv.is_main_process:
         for path in [out] if whole else [out / "stages" / name for name in STAGES[first:]]:
             shutil.rmtree(path, ignore_errors=True)
+    if start_from is not None and conv.is_main_process:
+        copy_earlier_stages(Path(start_from), out, earlier)
     conv.state.wait_for_everyone()
     conv.record_config()
 
