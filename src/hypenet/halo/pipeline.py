@@ -372,7 +372,8 @@ def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool =
         existing = [out] if out.exists() and any(out.iterdir()) else []
     else:
         existing = [out / "stages" / name for name in stages if (out / "stages" / name).exists()]
-        missing = [name for name in earlier if done_info(out if start_from is None else Path(start_from), name) is None]
+        # (with --from, check_start_from found them done there)
+        missing = [name for name in earlier if done_info(out, name) is None] if start_from is None else []
         if missing:
             raise HaloError(
                 f"{stages[0]} needs the result of {missing[0]} in {out}: run `hypenet {missing[0]} --out {out}` first "
