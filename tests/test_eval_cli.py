@@ -130,3 +130,22 @@ def test_perplexity_scored_over_fewer_tokens_of_the_same_documents(model_dir, tm
     # --ppl-max-len 64 alone would choose its documents for 64 tokens: here, other ones
     assert [len(d) for d in heldout_token_docs(tokenizer, 2, 64, str(source), 0.3, progress=False)] != \
         [len(d) for d in docs]
+
+
+def test_niah_lengths_run_in_two_parts_merge_into_the_evaluation_of_both(model_dir, tmp_path):
+    grid = ["--evals", "niah,niah_forced", "--tasks", "single_1,single_3", "--niah-depths", "0,0.5",
+            "--niah-samples", "2", "--batch-size", "3", "--device", "cpu", "--no-progress"]
+    assert main([str(model_dir), *grid, "--niah-lengths", "200,300", "--out", str(tmp_path / "both")]) == 0
+    assert main([str(model_dir), *grid, "--niah-lengths", "300", "--out", str(tmp_path / "300")]) == 0
+    assert main([str(model_dir), *grid, "--niah-lengths", "200", "--out", str(tmp_path / "200")]) == 0
+    assert main(["merge-evals", str(tmp_path / "300"), str(tmp_path / "200"), "--out", str(tmp_path / "merged")]) == 0
+    both = json.loads((tmp_path / "both" / "results.json").read_text())
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert merged["niah"] == both["niah"] and merged["niah_forced"] == both["niah_forced"]
+    assert merged["settings"]["niah_lengths"] == [200, 300]
+
+    def samples(folder):
+        rows = [json.loads(line) for line in (tmp_path / folder / "niah_samples.jsonl").read_text().splitlines()]
+        return sorted(rows, key=lambda r: (r["task"], r["context_len"], r["depth"], r["seed"]))
+
+    assert samples("merged") == samples("both")  # the same prompts, answered alike

@@ -1,4 +1,4 @@
-"""`hypenet eval MODEL` and `hypenet compare TEACHER STUDENT`."""
+"""`hypenet eval MODEL`, `hypenet compare TEACHER STUDENT` and `hypenet merge-evals PART PART`."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _names(text: str) -> list[str]:
 
 
 def register(subparsers) -> None:
-    """Add the `eval` and `compare` subcommands to an argparse subparsers object."""
+    """Add the `eval`, `compare` and `merge-evals` subcommands to an argparse subparsers object."""
     eval_parser = subparsers.add_parser(
         "eval", help="perplexity per length bucket, NIAH, lm-eval on one model",
         description="Evaluate a causal LM (HF directory, .gguf file, or 'teacher' for the embedded SmolLM2-135M): "
@@ -55,6 +55,20 @@ def register(subparsers) -> None:
                                      "else teacher,student1,student2,...)")
     _add_eval_options(compare_parser)
     compare_parser.set_defaults(func=run_compare)
+
+    merge_parser = subparsers.add_parser(
+        "merge-evals", help="one evaluation from parts of it run separately (e.g. NIAH lengths split across jobs)",
+        description="Merge evaluations of one model that were run in parts, e.g. `hypenet eval --niah-lengths "
+                    "4096,8192` and `--niah-lengths 16384,32768` in two jobs, into one folder as a single `hypenet "
+                    "eval` would have written it: results.json with every NIAH summary recomputed from the parts' "
+                    "samples, the samples files, heatmaps and report.md. The parts must share the model and the "
+                    "NIAH grid settings (depths, samples, tasks, haystack, seed) and not repeat a length; other "
+                    "evaluations (perplexity, copy, lm-eval) are taken from the one part that ran each.")
+    merge_parser.add_argument("parts", metavar="PART", nargs="+", help="eval output folders (or their results.json)")
+    merge_parser.add_argument("--out", type=Path, required=True, help="new folder for the merged evaluation")
+    merge_parser.add_argument("--label", default=None, help="name of the model in the report (default: the first "
+                                                           "part's)")
+    merge_parser.set_defaults(func=run_merge)
 
 
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
@@ -307,9 +321,7 @@ def _niah_forced(model, tokenizer, args, haystack, out_dir: Path, timing: dict) 
     built = time.perf_counter()
     records = evaluate_forced(model, tokenizer, samples, progress=not args.no_progress, answer=args.forced_answer)
     timing.update(build_s=built - started, score_s=time.perf_counter() - built)
-    with open(out_dir / "niah_forced_samples.jsonl", "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
+    _write_samples(out_dir / "niah_forced_samples.jsonl", records)
     return {"answer": args.forced_answer, **summarize_forced(records)}
 
 
@@ -340,12 +352,22 @@ def _niah_with_yarn(spec, args, haystack, results) -> list[dict]:
 
 def _write_niah(results: dict, name: str, records: list[dict], out_dir: Path) -> list[Path]:
     from .niah import summarize
-    from .plots import plot_niah_heatmap
 
     results[name] = summarize(records)
-    with open(out_dir / f"{name}_samples.jsonl", "w") as f:
+    _write_samples(out_dir / f"{name}_samples.jsonl", records)
+    return _niah_heatmaps(results, name, out_dir)
+
+
+def _write_samples(path: Path, records: list[dict]) -> None:
+    with open(path, "w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
+
+
+def _niah_heatmaps(results: dict, name: str, out_dir: Path) -> list[Path]:
+    """One accuracy heatmap (length x depth) per task of results[name] (niah or niah_yarn)."""
+    from .plots import plot_niah_heatmap
+
     variant = " + YaRN" if name == "niah_yarn" else ""
     return [plot_niah_heatmap(task_result, out_dir / f"{name}_{task}.png", f"{results['label']}{variant}: NIAH {task}")
             for task, task_result in results[name]["tasks"].items()]
@@ -387,4 +409,28 @@ def run_compare(args) -> int:
     bench = json.loads(args.bench.read_text()) if args.bench else None
     write_report(runs, args.out, " vs ".join(labels), bench)
     _log(f"wrote {args.out}/report.md")
+    return 0
+
+
+def run_merge(args) -> int:
+    from .merge import SAMPLED, MergeError, merge_evaluations
+    from .report import write_report
+
+    try:
+        parts = [Path(p).resolve() for p in args.parts]
+        if args.out.resolve() in [p if p.is_dir() else p.parent for p in parts]:
+            raise MergeError(f"--out {args.out} is one of the parts; write the merged evaluation to a new folder.")
+        results, records = merge_evaluations(args.parts, args.label)
+    except MergeError as error:
+        raise SystemExit(f"merge-evals: {error}") from None
+    args.out.mkdir(parents=True, exist_ok=True)
+    heatmaps = []
+    for name, rows in records.items():
+        _write_samples(args.out / SAMPLED[name], rows)
+        if name != "niah_forced":
+            heatmaps += _niah_heatmaps(results, name, args.out)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    write_report([(results["label"], results)], args.out, f"Evaluation of {results['label']}",
+                 extra_figures=heatmaps)
+    _log(f"merged {len(args.parts)} evaluations into {args.out}/results.json and report.md")
     return 0
