@@ -56,8 +56,8 @@ def _lengths(records: list[dict]) -> set[int]:
 
 
 def merge_evaluations(parts: list[str | Path], label: str | None = None) -> tuple[dict, dict[str, list[dict]]]:
-    """The merged results (NIAH summaries left to the caller, which recomputes them from the records) and the merged
-    per-sample records of each NIAH evaluation. Raises MergeError when the parts do not fit together."""
+    """The merged results, every NIAH summary recomputed from the parts' samples, and the merged per-sample records
+    of each NIAH evaluation. Raises MergeError when the parts do not fit together."""
     from .niah import summarize
     from .niah_forced import summarize_forced
 
@@ -67,24 +67,20 @@ def merge_evaluations(parts: list[str | Path], label: str | None = None) -> tupl
     first_path, first, _ = loaded[0]
     merged_records: dict[str, list[dict]] = {}
     owner: dict[tuple[str, int], Path] = {}  # (NIAH evaluation, length) -> the part that measured it
-    whole_owner: dict[str, Path] = {}
+    grid: dict[str, tuple[Path, dict]] = {}  # NIAH evaluation -> the first part that ran it, and its settings
+    whole: dict[str, tuple[Path, object]] = {}  # other evaluation -> the part that ran it, and its results
     for path, results, records in loaded:
         if results.get("footprint") != first.get("footprint"):
             raise MergeError(f"{path} and {first_path} are evaluations of different models (their footprints "
                              f"differ: {results.get('footprint')} vs {first.get('footprint')}).")
         for name, rows in records.items():
             settings = list(GRID_SETTINGS) + (["forced_answer"] if name == "niah_forced" else [])
-            for earlier_path, earlier, earlier_records in loaded:
-                if earlier_path == path:
-                    break
-                if name not in earlier_records:
-                    continue
-                different = [k for k in settings if results["settings"].get(k) != earlier["settings"].get(k)]
-                if different:
-                    shown = ", ".join(f"{k}: {earlier['settings'].get(k)!r} vs {results['settings'].get(k)!r}"
-                                      for k in different)
-                    raise MergeError(f"{name} of {earlier_path} and {path} were run with other NIAH settings "
-                                     f"({shown}); only parts of one grid, differing in --niah-lengths, merge.")
+            earlier_path, earlier = grid.setdefault(name, (path, results["settings"]))
+            different = [k for k in settings if results["settings"].get(k) != earlier.get(k)]
+            if different:
+                shown = ", ".join(f"{k}: {earlier.get(k)!r} vs {results['settings'].get(k)!r}" for k in different)
+                raise MergeError(f"{name} of {earlier_path} and {path} were run with other NIAH settings "
+                                 f"({shown}); only parts of one grid, differing in --niah-lengths, merge.")
             for length in sorted(_lengths(rows)):
                 if (name, length) in owner:
                     raise MergeError(f"{name} at {length} tokens is in both {owner[name, length]} and {path}; each "
@@ -93,10 +89,10 @@ def merge_evaluations(parts: list[str | Path], label: str | None = None) -> tupl
             merged_records.setdefault(name, []).extend(rows)
         for key in WHOLE:
             if key in results:
-                if key in whole_owner:
-                    raise MergeError(f"{key} is in both {whole_owner[key]} and {path}; each evaluation other than "
+                if key in whole:
+                    raise MergeError(f"{key} is in both {whole[key][0]} and {path}; each evaluation other than "
                                      "NIAH may come from one part only.")
-                whole_owner[key] = path
+                whole[key] = (path, results[key])
 
     merged = {"model": first["model"], "label": label or first["label"],
               "evals": [e for e in _eval_order(loaded) if any(e in r["evals"] for _, r, _ in loaded)],
@@ -105,8 +101,8 @@ def merge_evaluations(parts: list[str | Path], label: str | None = None) -> tupl
               "merged_from": [str(path) for path, _, _ in loaded]}
     niah_lengths = sorted({length for (_, length) in owner})
     merged["settings"]["niah_lengths"] = niah_lengths or first["settings"].get("niah_lengths")
-    for key, path in whole_owner.items():
-        merged[key] = next(r for p, r, _ in loaded if p == path)[key]
+    for key, (_, value) in whole.items():
+        merged[key] = value
     yarn = [r["yarn"] for _, r, _ in loaded if "yarn" in r]
     if yarn:
         trained = {y["trained_context_length"] for y in yarn}
