@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..eval.plots import length_label  # noqa: E402
+from ..eval.plots import length_label, save_figure  # noqa: E402
 
 K = 1024
 COLUMNS = [
@@ -157,8 +157,7 @@ def plot_decode(results: list[dict], path: Path) -> Path | None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: never over a line
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
     return path
 
 
@@ -191,8 +190,7 @@ def plot_profile(results: list[dict], path: Path) -> Path | None:
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
     return path
 
 

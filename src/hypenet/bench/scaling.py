@@ -126,6 +126,8 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")  # files only; no display on servers and CI
     import matplotlib.pyplot as plt
 
+    from ..eval.plots import save_figure
+
     figure, (curves, diffs) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, height_ratios=[2, 1])
     base = result["runs"][0]["losses"]
     for i, r in enumerate(result["runs"]):
@@ -144,8 +146,7 @@ def plot(result: dict, path: Path) -> None:
     diffs.set_xlabel("optimizer step")
     diffs.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
 
 
 def run(named: list[str], stage: str, out: Path, noise: str | None = None, command: str = "") -> dict:

@@ -109,6 +109,8 @@ def _plot(report: dict, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..eval.plots import save_figure
+
     panels = len(stages) + bool(scores)
     fig, axes = plt.subplots(panels, 1, figsize=(8, 3 * panels), squeeze=False)
     axes = axes[:, 0]
@@ -126,8 +128,7 @@ def _plot(report: dict, path: Path) -> bool:
         ax.bar(layers, [scores[i] for i in layers], color=colors)
         ax.set(title="HALO layer scores (red: attention kept)", xlabel="layer", ylabel="score s")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return True
 
 
