@@ -95,7 +95,7 @@ def merge_evaluations(parts: list[str | Path], label: str | None = None) -> tupl
                 whole[key] = (path, results[key])
 
     merged = {"model": first["model"], "label": label or first["label"],
-              "evals": [e for e in _eval_order(loaded) if any(e in r["evals"] for _, r, _ in loaded)],
+              "evals": _eval_order(loaded),
               "timing_s": {"total": sum(r.get("timing_s", {}).get("total", 0.0) for _, r, _ in loaded)},
               "settings": dict(first["settings"]), "footprint": first["footprint"],
               "merged_from": [str(path) for path, _, _ in loaded]}
