@@ -38,6 +38,15 @@
 #   HALO_MORE_EVAL  (optional) `hypenet eval` options for one more evaluation of the HALO student after the
 #            comparison, into $RUNS/eval_more/hypenet-halo, e.g. "--evals niah_forced,niah --niah-samples 6
 #            --niah-lengths 4096,8192,16384,32768,65536 --haystack-heldout --batch-size 16 --max-batch-tokens 524288"
+#   MORE_EVAL_LENGTHS  (optional) HALO_MORE_EVAL in parts, one step each, e.g. "4096,8192 16384,32768,65536" (each
+#            part's --niah-lengths; a part fits a 10-minute call where the whole grid does not), merged afterwards with
+#            `hypenet merge-evals` into $RUNS/eval_more/LABEL together with the student's evaluation when that ran no
+#            NIAH (e.g. EVAL_OPTIONS with --evals ppl,copy): one folder with its perplexity and its NIAH grid
+#   BRANCH  (optional) `hypenet stage3` options for a second stage 3 from the HALO run's stage 2, e.g. "--set
+#            stage3.tokens=24M" (`hypenet stage3 --from`: the HALO run's saved settings are the base), into
+#            $RUNS/branch, exported and evaluated as the HALO student is (EVAL_OPTIONS, then HALO_MORE_EVAL), and
+#            compared with it in $RUNS/compare_branch (their eval_more folders when MORE_EVAL_LENGTHS merged them);
+#            BRANCH_LABEL names it (default hypenet-branch). Runs after all of the HALO student's evaluations
 #   STAGE_EVAL  (optional) `hypenet eval` options for the HALO run's stage-2 and stage-3 models (before the export's
 #            logit scaling), into $RUNS/eval_stages/stage2 and stage3: which stage moved what. Neither runs with
 #            HALO_EVAL (no HALO model is made then)
@@ -63,6 +72,7 @@ EVAL_ARGS+=("${DATA_ARGS[@]}")
 read -r -a NEEDLE_ARGS <<<"${NEEDLE_OPTIONS:---tasks single_1,single_2 --niah-lengths 4096,32768 --haystack-heldout}"
 NEEDLE_ARGS+=(--haystack "$CORPUS" --no-progress)
 read -r -a SPEED_ARGS <<<"${SPEED_OPTIONS:-}"
+read -r -a BRANCH_ARGS <<<"${BRANCH:-}"
 case "${ABLATIONS:-1}" in
     1) ABLATION_RUNS=(even none) ;;
     0) ABLATION_RUNS=() ;;
@@ -85,13 +95,13 @@ pack() {  # pack [final]: the results so far, without weights, into $OUT (at mos
     # `final` (the script is about to stop) adds Triton's kernel cache, which takes ~14 s to pack
     local keep=$RUNS/results run dir
     rm -rf "$keep" && mkdir -p "$keep"
-    for run in halo even none; do
+    for run in halo branch even none; do
         [ -d "$RUNS/$run" ] || continue
         mkdir -p "$keep/convert_$run"
         cp "$RUNS/$run"/report.* "$RUNS/$run"/*.png "$RUNS/$run/config.yaml" "$keep/convert_$run/" 2>/dev/null
         cp "$RUNS/$run/model/halo_export.json" "$keep/convert_$run/" 2>/dev/null
     done
-    for dir in eval eval_more eval_stages needle_attention compare ablation train_speed; do
+    for dir in eval eval_more eval_parts eval_stages needle_attention compare compare_branch ablation train_speed; do
         [ -d "$RUNS/$dir" ] && cp -r "$RUNS/$dir" "$keep/"
     done
     tar czf "$OUT/gpu_convert.tgz" -C "$RUNS" results logs
@@ -114,9 +124,9 @@ step() {
     say "start $name (${left}s left)"
     local began=$SECONDS
     # timeout runs programs, not functions: a child bash gets this script's functions and arrays first.
-    timeout --signal=INT --kill-after=30 "$left" bash -c "$(declare -f setup convert share_stage1 evaluate \
-        reuse_or_evaluate evaluate_more needles compare_runs)
-        $(declare -p HYPENET EVAL_ARGS DATA_ARGS CONVERT_ARGS NEEDLE_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
+    timeout --signal=INT --kill-after=30 "$left" bash -c "$(declare -f setup convert branch share_stage1 evaluate \
+        reuse_or_evaluate evaluate_more merge_more needles compare_runs)
+        $(declare -p HYPENET EVAL_ARGS DATA_ARGS CONVERT_ARGS NEEDLE_ARGS BRANCH_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
     local rc=$?
     if [ "$rc" -eq 0 ]; then
         echo $((SECONDS - began)) >"$RUNS/done/$name"
@@ -159,6 +169,12 @@ convert() {  # convert COMMAND RUN [--set ...]: HALO (`convert`, or one stage) i
     local command=$1 run=$2; shift 2
     "${HYPENET[@]}" "$command" --teacher "$TEACHER" --data "$CORPUS" --config "$CONFIG" --out "$RUNS/$run" --resume \
         "${CONVERT_ARGS[@]}" "$@"
+}
+
+branch() {  # branch COMMAND [options]: one stage of BRANCH (`stage3 --from ...`, then `export`) in runs/gpu/branch; no
+    # --config: the HALO run's saved settings, copied by --from, are the base, changed only by BRANCH
+    local command=$1; shift
+    "${HYPENET[@]}" "$command" --teacher "$TEACHER" --data "$CORPUS" --out "$RUNS/branch" --resume "${BRANCH_ARGS[@]}" "$@"
 }
 
 share_stage1() {  # the ablations start from the HALO run's stage 1 (it trains every layer, whatever is selected)
@@ -208,6 +224,28 @@ evaluate_more() {  # evaluate_more OUT LABEL MODEL OPTIONS: an evaluation of its
     "${HYPENET[@]}" eval "$model" --label "$label" --out "$out" "${options[@]}" "${DATA_ARGS[@]}"
 }
 
+merge_more() {  # merge_more LABEL PART...: MORE_EVAL_LENGTHS' parts into eval_more/LABEL, with LABEL's evaluation
+    # when it ran no NIAH (merge-evals takes one NIAH grid: the parts')
+    local label=$1 evaluation=(); shift
+    python3 -c 'import json, sys; sys.exit(bool({"niah", "niah_forced"} & set(json.load(open(sys.argv[1]))["evals"])))' \
+        "$RUNS/eval/$label/results.json" && evaluation=("$RUNS/eval/$label")
+    rm -rf "$RUNS/eval_more/$label"
+    "${HYPENET[@]}" merge-evals "${evaluation[@]}" "$@" --label "$label" --out "$RUNS/eval_more/$label"
+}
+
+more_steps() {  # more_steps NAME LABEL MODEL: HALO_MORE_EVAL of MODEL, as one step or one per MORE_EVAL_LENGTHS part
+    local name=$1 label=$2 model=$3 lengths i=0 parts=()
+    if [ -z "${MORE_EVAL_LENGTHS:-}" ]; then
+        step "eval_more_$name" evaluate_more "$RUNS/eval_more/$label" "$label" "$model" "$HALO_MORE_EVAL"
+        return
+    fi
+    for lengths in $MORE_EVAL_LENGTHS; do
+        i=$((i + 1)) && parts+=("$RUNS/eval_parts/$label-$i")
+        step "eval_more_${name}_$i" evaluate_more "${parts[-1]}" "$label" "$model" "$HALO_MORE_EVAL --niah-lengths $lengths"
+    done
+    step "merge_more_$name" merge_more "$label" "${parts[@]}"
+}
+
 needles() {  # needles LABEL MODEL: the share of each attention layer's last-token attention on the NIAH needle
     local label=$1 model=$2
     "${HYPENET[@]}" eval "$model" --label "$label" --evals needle_attention --out "$RUNS/needle_attention/$label" \
@@ -226,12 +264,23 @@ step eval_halo reuse_or_evaluate hypenet-halo "$RUNS/halo/model" "${HALO_EVAL:-}
 [ "${NEEDLE_ATTENTION:-1}" = 0 ] || [ -n "${HALO_EVAL:-}" ] || step needles_halo needles hypenet-halo "$RUNS/halo/model"
 step compare compare_runs "$RUNS/compare" teacher,hypenet-halo "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo"
 if [ -n "${HALO_MORE_EVAL:-}" ] && [ -z "${HALO_EVAL:-}" ]; then  # (with HALO_EVAL there is no HALO model here)
-    step eval_more_halo evaluate_more "$RUNS/eval_more/hypenet-halo" hypenet-halo "$RUNS/halo/model" "$HALO_MORE_EVAL"
+    more_steps halo hypenet-halo "$RUNS/halo/model"
 fi
 if [ -n "${STAGE_EVAL:-}" ] && [ -z "${HALO_EVAL:-}" ]; then  # the models before the export: they lack its logit scaling
     for stage in stage2 stage3; do
         step "eval_$stage" evaluate_more "$RUNS/eval_stages/$stage" "$stage" "$RUNS/halo/stages/$stage/model" "$STAGE_EVAL"
     done
+fi
+if [ -n "${BRANCH:-}" ] && [ -z "${HALO_EVAL:-}" ]; then  # another stage 3 from HALO's stage 2
+    label=${BRANCH_LABEL:-hypenet-branch}
+    step stage3_branch branch stage3 --from "$RUNS/halo"
+    step export_branch branch export
+    step eval_branch evaluate "$label" "$RUNS/branch/model"
+    [ -z "${HALO_MORE_EVAL:-}" ] || more_steps branch "$label" "$RUNS/branch/model"
+    evaluations=eval  # the fullest evaluation of each: the merged one, when there is one
+    if [ -n "${HALO_MORE_EVAL:-}" ] && [ -n "${MORE_EVAL_LENGTHS:-}" ]; then evaluations=eval_more; fi
+    step compare_branch compare_runs "$RUNS/compare_branch" "hypenet-halo,$label" "$RUNS/$evaluations/hypenet-halo" \
+        "$RUNS/$evaluations/$label"
 fi
 for run in "${ABLATION_RUNS[@]}"; do  # the same budget from the same stage 1, attention placed otherwise
     step "share_stage1_$run" share_stage1 "$run"

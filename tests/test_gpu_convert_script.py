@@ -247,6 +247,51 @@ def test_more_evaluations_of_the_halo_student_and_its_stage_models(setup):
         assert results["evals"] == ["niah"] and list(results["niah"]["tasks"]["single_1"]["by_length"]) == ["400"]
 
 
+def test_a_stage3_branch_and_more_evaluations_in_parts(setup):
+    """BRANCH: a second stage 3 from the HALO run's stage 2, exported, evaluated like the HALO student and compared
+    with it; MORE_EVAL_LENGTHS: HALO_MORE_EVAL in one step per part of its NIAH lengths, merged with the student's
+    evaluation when that ran no NIAH."""
+    root, env = setup
+    earlier = root / "runs"
+    if not (earlier / "eval" / "hypenet-halo" / "results.json").is_file():
+        pytest.skip("needs the whole run of the test above")
+    runs = root / "branch"
+    shutil.copytree(earlier / "halo", runs / "halo")
+    shutil.copytree(earlier / "eval" / "hypenet-halo", runs / "eval" / "hypenet-halo")  # its NIAH: not merged
+    mark_done(runs, ("setup", "convert_halo", "eval_teacher", "eval_halo", "needles_halo", "compare"))
+    env = {**env, "RUNS": str(runs), "OUT": str(root / "out_branch"), "ABLATIONS": "0", "TRAIN_SPEED": "0",
+           "NEEDLE_ATTENTION": "0", "EVAL_OPTIONS": "--evals ppl --ppl-docs 2 --ppl-max-len 600 --device cpu",
+           "HALO_MORE_EVAL": "--evals niah " + MORE_EVAL, "MORE_EVAL_LENGTHS": "400 600",
+           "BRANCH": "--set stage3.lr=0.002", "BRANCH_LABEL": "lr-2e-3"}
+    run = run_script(env, deadline=900)
+    assert run.returncode == 0 and "all done" in run.stdout, run.stdout[-4000:] + run.stderr[-4000:]
+    started = [line.split("] start ")[1].split()[0] for line in run.stdout.splitlines() if "] start " in line]
+    assert started == ["eval_more_halo_1", "eval_more_halo_2", "merge_more_halo", "stage3_branch", "export_branch",
+                       "eval_branch", "eval_more_branch_1", "eval_more_branch_2", "merge_more_branch", "compare_branch"]
+    with tarfile.open(root / "out_branch" / "gpu_convert.tgz") as archive:
+        results = lambda path: json.load(archive.extractfile(f"results/{path}"))  # noqa: E731
+        halo, branch = results("eval_more/hypenet-halo/results.json"), results("eval_more/lr-2e-3/results.json")
+        report = results("convert_branch/report.json")
+        settings = yaml.safe_load(archive.extractfile("results/convert_branch/config.yaml"))
+        compared = archive.extractfile("results/compare_branch/report.md").read().decode()
+        parts = [results(f"eval_parts/lr-2e-3-{i}/results.json") for i in (1, 2)]
+    # each part evaluated one length; the merged folder holds both, and the branch's perplexity beside them
+    assert [list(part["niah"]["tasks"]["single_1"]["by_length"]) for part in parts] == [["400"], ["600"]]
+    for merged in (halo, branch):
+        assert list(merged["niah"]["tasks"]["single_1"]["by_length"]) == ["400", "600"]
+    assert "perplexity" in branch and branch["label"] == "lr-2e-3" and branch["model"].endswith("branch/model")
+    assert "perplexity" not in halo  # its evaluation ran NIAH of its own, at 2 samples: not merged with these
+    # the branch is the HALO run's settings with stage 3's learning rate changed, from its stage 2
+    before = yaml.safe_load((runs / "halo" / "config.yaml").read_text())
+    assert settings["stage3"]["lr"] == 0.002 and before["stage3"]["lr"] != 0.002
+    same = lambda config: {k: v for k, v in config.items() if k not in ("stage3", "out")}  # noqa: E731
+    assert same(settings) == same(before) and settings["out"].endswith("branch/branch")
+    assert report["stages"]["stage2"] == json.loads((runs / "halo" / "report.json").read_text())["stages"]["stage2"]
+    assert compared.startswith("# hypenet-halo vs lr-2e-3")
+    again = run_script(env, deadline=300)
+    assert again.returncode == 0 and "all done" in again.stdout and "] start " not in again.stdout
+
+
 def test_ablations_can_be_run_one_at_a_time(setup):
     """ABLATIONS=none runs only the all-RNN student (e.g. the one a lease had no time for) and compares it with the
     teacher and HALO; a strategy that is not an ablation is refused before anything runs."""
