@@ -46,7 +46,8 @@
 #            stage3.tokens=24M" (`hypenet stage3 --from`: the HALO run's saved settings are the base), into
 #            $RUNS/branch, exported and evaluated as the HALO student is (EVAL_OPTIONS, then HALO_MORE_EVAL), and
 #            compared with it in $RUNS/compare_branch (their eval_more folders when MORE_EVAL_LENGTHS merged them);
-#            BRANCH_LABEL names it (default hypenet-branch). Runs after all of the HALO student's evaluations
+#            BRANCH_LABEL names it (default hypenet-branch). Runs after all of the HALO student's evaluations (not with
+#            HALO_EVAL: no HALO run is made then)
 #   STAGE_EVAL  (optional) `hypenet eval` options for the HALO run's stage-2 and stage-3 models (before the export's
 #            logit scaling), into $RUNS/eval_stages/stage2 and stage3: which stage moved what. Neither runs with
 #            HALO_EVAL (no HALO model is made then)
