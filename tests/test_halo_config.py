@@ -66,6 +66,15 @@ def test_bad_overrides_are_explained(override, message):
         load_config(overrides=[override])
 
 
+def test_an_export_length_within_the_training_context_is_refused_before_anything_runs():
+    """The export scores positions past stage 3's context; a length that has none fails when the config is read, not
+    after the three stages have trained."""
+    message = r"export.eval_len \(4096\) must exceed stage3.seq_len \(4096\).*--set export.eval_len=16384"
+    with pytest.raises(HaloError, match=message):
+        load_config(overrides=["stage3.seq_len=4096", "export.eval_len=4096"])
+    assert load_config(overrides=["stage3.seq_len=4096", "export.eval_len=4097"]).export.eval_len == 4097
+
+
 def test_unknown_preset_lists_the_presets():
     with pytest.raises(HaloError, match="choose one of: paper, cpu, smoke"):
         load_config("huge")

@@ -317,6 +317,12 @@ def validate(config: ConvertConfig) -> None:
             f"export.logit_scaling_extend must be >= 0 (more bases to try past the candidates' edge); "
             f"got {config.export.logit_scaling_extend}"
         )
+    if config.export.eval_len is not None and config.export.eval_len <= config.stage3.seq_len:
+        raise HaloError(
+            f"export.eval_len ({config.export.eval_len}) must exceed stage3.seq_len ({config.stage3.seq_len}), the "
+            f"training context: the export chooses its logit scaling on positions past it; e.g. --set "
+            f"export.eval_len={4 * config.stage3.seq_len}, or leave it out (4 x stage3.seq_len)"
+        )
     if config.select.strategy == "manual" and not config.select.manual_layers:
         raise HaloError("select.strategy=manual needs select.manual_layers, e.g. --set select.manual_layers=2,5,9")
     if (config.select.lm_eval_recall is None) != (config.select.lm_eval_commonsense is None):
