@@ -7,9 +7,11 @@
 #   bash scripts/gpu_convert.sh [DEADLINE_SECONDS]        (default 560)
 #
 # Resumable by design, for device leases of 10-minute commands: every finished step is recorded under
-# runs/gpu/done/ and skipped next time, a step still running at the deadline is interrupted with SIGINT (a conversion
-# checkpoints the optimizer step in flight and continues from it next time), and the script stops there. Run the
-# same command again until it prints "all done".
+# runs/gpu/done/ and skipped next time, a step still running STOP_GRACE seconds (default 50) before the deadline is
+# interrupted with SIGINT (a conversion checkpoints the optimizer step in flight and continues from it next time),
+# killed if it has not stopped 20 s before the deadline, and the script stops there, its results packed, by the
+# deadline: a device call's limit (timeout_s) above the deadline is never reached. Run the same command again until it
+# prints "all done".
 # After every step the results so far are packed into $OUT/gpu_convert.tgz (reports, JSON, PNG, logs; no weights);
 # when the script stops, Triton's kernel cache too ($OUT/triton_cache.txz, for the next lease to carry).
 # Each comparison also counts how the models' NIAH answers begin (answer_starts.md, scripts/niah_answer_starts.py).
@@ -53,9 +55,13 @@
 #            HALO_EVAL (no HALO model is made then)
 #   WHEELS   (default .whl/) wheels of what the image lacks (flash-linear-attention, fla-core, gguf, transformers >= 5.24),
 #            installed into /tmp/site once per machine
+#   STOP_GRACE  (optional, default 50) seconds before the deadline at which a running step is interrupted: up to
+#            STOP_GRACE - 20 s for it to stop, 20 s to pack the results and Triton's cache
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEADLINE=${1:-560}
+STOP_GRACE=${STOP_GRACE:-50}
+[ "$STOP_GRACE" -gt 20 ] 2>/dev/null || { echo "STOP_GRACE=$STOP_GRACE: seconds, more than the 20 kept for packing" >&2; exit 2; }
 START=$SECONDS
 RUNS=${RUNS:-runs/gpu}
 TEACHER=${TEACHER:-$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -118,14 +124,15 @@ step() {
     local name=$1; shift
     [ -f "$RUNS/done/$name" ] && return 0
     local left=$((DEADLINE - (SECONDS - START)))
-    if [ "$left" -lt 45 ]; then
+    local run_for=$((left - STOP_GRACE))  # the rest: to stop it (SIGINT, then SIGKILL) and pack, 20 s of it packing
+    if [ "$run_for" -lt 30 ]; then
         say "deadline: stopping before $name; run the same command again to continue"
         pack final; exit 0
     fi
     say "start $name (${left}s left)"
     local began=$SECONDS
     # timeout runs programs, not functions: a child bash gets this script's functions and arrays first.
-    timeout --signal=INT --kill-after=30 "$left" bash -c "$(declare -f setup convert branch share_stage1 evaluate \
+    timeout --signal=INT --kill-after=$((STOP_GRACE - 20)) "$run_for" bash -c "$(declare -f setup convert branch share_stage1 evaluate \
         reuse_or_evaluate evaluate_more merge_more needles compare_runs)
         $(declare -p HYPENET EVAL_ARGS DATA_ARGS CONVERT_ARGS NEEDLE_ARGS BRANCH_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
     local rc=$?
@@ -136,7 +143,7 @@ step() {
         return 0
     fi
     tail -n 25 "$RUNS/logs/$name.log"
-    if [ "$rc" -eq 124 ] || [ "$rc" -eq 130 ]; then
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 130 ] || [ "$rc" -eq 137 ]; then  # timeout's SIGINT, or its SIGKILL after it
         say "deadline: $name interrupted after $((SECONDS - began))s; run the same command again to continue it"
         pack final; exit 0
     fi

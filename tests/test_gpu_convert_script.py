@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,39 @@ def test_deadline_stops_before_a_step_and_keeps_nothing_half_done(setup):
     # what stops the script packs the kernel cache for the next lease
     with tarfile.open(root / "early_out" / "triton_cache.txz") as archive:
         assert archive.extractfile("./kernel.cubin").read() == b"\x7fELF"
+
+
+def test_a_step_that_ignores_the_interrupt_is_killed_and_the_script_ends_by_its_deadline(setup, tmp_path):
+    """The twenty-third lease: a step started with 95 s left, interrupted at the deadline, was still running when the
+    device call's limit (15 s past the deadline) killed the whole call. Now the step is interrupted STOP_GRACE s
+    before the deadline and killed 20 s before it, and the script has packed and exited by the deadline."""
+    root, env = setup
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # setup's last command is python3: here one that ignores SIGINT, as a step stuck in I/O or in a C call would
+    fake = bin_dir / "python3"
+    fake.write_text("#!/usr/bin/env bash\ntrap '' INT\nsleep 120\n")
+    fake.chmod(0o755)
+    runs = tmp_path / "runs"
+    deadline, grace = 55, 23
+    began = time.monotonic()
+    run = run_script({**env, "PATH": f"{bin_dir}:{env['PATH']}", "RUNS": str(runs), "OUT": str(tmp_path / "out"),
+                      "STOP_GRACE": str(grace)}, deadline=deadline)
+    took = time.monotonic() - began
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "deadline: setup interrupted after" in run.stdout
+    assert not (runs / "done" / "setup").exists()
+    assert (tmp_path / "out" / "gpu_convert.tgz").exists()
+    # interrupted at deadline - grace (32 s), killed 3 s later, packed: exited by the deadline (the old script sent
+    # SIGINT at the deadline and SIGKILL 30 s after it)
+    assert deadline - grace - 3 < took < deadline, (took, run.stdout)
+
+
+def test_stop_grace_must_leave_time_to_stop_a_step(setup, tmp_path):
+    root, env = setup
+    run = run_script({**env, "RUNS": str(tmp_path / "runs"), "STOP_GRACE": "10"}, deadline=300)
+    assert run.returncode == 2
+    assert "STOP_GRACE=10: seconds, more than the 20 kept for packing" in run.stderr
 
 
 def test_whole_run_packs_every_result_and_a_rerun_skips_it(setup):
@@ -336,7 +370,7 @@ def test_teacher_is_reassembled_from_carried_parts(tmp_path):
            "CORPUS": str(tmp_path / "no-corpus.jsonl.xz"), "OUT": str(tmp_path / "out")}
 
     def setup_step() -> tuple[subprocess.CompletedProcess, str]:
-        run = subprocess.run(["bash", str(tmp_path / "scripts" / SCRIPT.name), "60"], env=env, capture_output=True,
+        run = subprocess.run(["bash", str(tmp_path / "scripts" / SCRIPT.name), "120"], env=env, capture_output=True,
                              text=True, timeout=120)
         return run, (tmp_path / "runs" / "logs" / "setup.log").read_text()
 
