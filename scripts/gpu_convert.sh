@@ -61,7 +61,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DEADLINE=${1:-560}
 STOP_GRACE=${STOP_GRACE:-50}
-[ "$STOP_GRACE" -gt 20 ] 2>/dev/null || { echo "STOP_GRACE=$STOP_GRACE: seconds, more than the 20 kept for packing" >&2; exit 2; }
+[ "$STOP_GRACE" -gt 20 ] 2>/dev/null \
+    || { echo "STOP_GRACE=$STOP_GRACE: seconds, more than the 20 kept for packing" >&2; exit 2; }
 START=$SECONDS
 RUNS=${RUNS:-runs/gpu}
 TEACHER=${TEACHER:-$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -132,8 +133,8 @@ step() {
     say "start $name (${left}s left)"
     local began=$SECONDS
     # timeout runs programs, not functions: a child bash gets this script's functions and arrays first.
-    timeout --signal=INT --kill-after=$((STOP_GRACE - 20)) "$run_for" bash -c "$(declare -f setup convert branch share_stage1 evaluate \
-        reuse_or_evaluate evaluate_more merge_more needles compare_runs)
+    timeout --signal=INT --kill-after=$((STOP_GRACE - 20)) "$run_for" bash -c "$(declare -f setup convert branch \
+        share_stage1 evaluate reuse_or_evaluate evaluate_more merge_more needles compare_runs)
         $(declare -p HYPENET EVAL_ARGS DATA_ARGS CONVERT_ARGS NEEDLE_ARGS BRANCH_ARGS)"$'\n''"$@"' step "$@" >>"$RUNS/logs/$name.log" 2>&1
     local rc=$?
     if [ "$rc" -eq 0 ]; then
