@@ -11,6 +11,7 @@ from hypenet.eval.niah import (
     accuracy_interval,
     build_niah_grid,
     build_niah_sample,
+    fisher_exact_p,
     generate_answers,
     needle_sentence,
     sample_records,
@@ -197,6 +198,29 @@ def test_accuracy_interval_narrows_with_answers_and_needs_one():
     assert low_30 < low_90 < 0.5 < high_90 < high_30
     with pytest.raises(ValueError, match="at least one answer"):
         accuracy_interval(0.5, 0)
+
+
+@pytest.mark.parametrize("right_a, answers_a, right_b, answers_b, expected", [
+    # scipy.stats.fisher_exact([[right_a, answers_a - right_a], [right_b, answers_b - right_b]]).pvalue, scipy 1.17
+    (3, 4, 1, 4, 0.48571428571428565),  # Fisher's tea tasting: 34 / 70
+    (151, 450, 200, 450, 0.0010236075110606625),
+    (78, 150, 120, 150, 4.457469960204067e-07),
+    (0, 10, 10, 10, 1.082508822446903e-05),
+    (19, 60, 3, 60, 0.0002467346509378469),
+    (3, 150, 3, 150, 1.0),
+    (5, 10, 5, 12, 1.0),
+])
+def test_fisher_exact_p_is_fishers_two_sided_test(right_a, answers_a, right_b, answers_b, expected):
+    assert fisher_exact_p(right_a, answers_a, right_b, answers_b) == pytest.approx(expected, rel=1e-12)
+    # the test does not depend on which model is called a
+    assert fisher_exact_p(right_b, answers_b, right_a, answers_a) == pytest.approx(expected, rel=1e-12)
+
+
+def test_fisher_exact_p_refuses_impossible_counts():
+    with pytest.raises(ValueError, match="11 right of 10 answers"):
+        fisher_exact_p(11, 10, 3, 10)
+    with pytest.raises(ValueError, match="0 right of 0 answers: each model needs answers"):
+        fisher_exact_p(3, 10, 0, 0)
 
 
 @pytest.mark.parametrize("make_model", [tiny_llama, tiny_hypenet])

@@ -6,9 +6,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from hypenet.eval.niah import accuracy_interval, summarize
+from hypenet.eval.niah import accuracy_interval, fisher_exact_p, summarize
 from hypenet.eval.plots import plot_niah_heatmap, save_figure
-from hypenet.eval.report import compare, niah_answers, niah_columns
+from hypenet.eval.report import compare, niah_answers, niah_columns, niah_right, render_markdown
 
 
 def niah_summary(accuracy_by_length, tasks=("single_1", "single_2")):
@@ -123,6 +123,14 @@ def test_report_without_scored_perplexity_draws_no_perplexity_figure(tmp_path):
     assert "Perplexity" not in (tmp_path / "alone" / "report.md").read_text()
 
 
+def uncounted(niah, num_samples):
+    """NIAH results as written before cells counted their answers: only the total, num_samples."""
+    tasks = {name: {**task, "by_length": {ln: {k: v for k, v in cell.items() if k != "samples"}
+                                          for ln, cell in task["by_length"].items()}}
+             for name, task in niah["tasks"].items()}
+    return {**niah, "tasks": tasks, "num_samples": num_samples}
+
+
 def test_average_over_tasks_shows_wilson_intervals_from_the_answers(tmp_path):
     """Each length's average over tasks carries its 95% interval and answer count (2 tasks x 3 depths x 4 samples =
     24 answers); results written before cells counted their answers get num_samples spread evenly over the cells,
@@ -134,15 +142,35 @@ def test_average_over_tasks_shows_wilson_intervals_from_the_answers(tmp_path):
     assert "| average | 75.0 (" in average and "n=72) |" in average
     assert "### single_2" in markdown and "| 4K | 25.0 | 75.0 | 75.0 |" in markdown.split("### average")[0]
 
-    def uncounted(niah, num_samples):
-        tasks = {name: {**task, "by_length": {ln: {k: v for k, v in cell.items() if k != "samples"}
-                                              for ln, cell in task["by_length"].items()}}
-                 for name, task in niah["tasks"].items()}
-        return {**niah, "tasks": tasks, "num_samples": num_samples}
-
     old = {**STUDENT, "niah": uncounted(STUDENT["niah"], 72)}
     assert niah_answers(niah_columns("s", old)[0][1]) == {"1024": 24, "2048": 24, "4096": 24, "average": 72}
     uneven = {**STUDENT, "niah": uncounted(STUDENT["niah"], 71)}
     assert niah_answers(niah_columns("s", uneven)[0][1])["average"] is None
     markdown, _ = compare(TEACHER, uneven, None, tmp_path / "uneven")
     assert "| 4K | 25.0 (12-45, n=24) | 75.0 (" in markdown and "| 75.0 |" in markdown.split("### average")[1]
+
+
+def test_pairs_of_models_compare_answers_right_on_the_cells_both_were_asked(tmp_path):
+    """Each pair of NIAH columns: answers right on the task-length cells both measured, with Fisher's exact test;
+    a model measured at fewer lengths is compared on those, and one whose answers are not counted is left out."""
+    assert niah_right(STUDENT["niah"])[("single_1", "2048")] == (9, 12)  # 3 depths x 4 samples, 75% right
+    short = {"model": "short", "niah": niah_summary({4096: 0.5})}
+    markdown, _ = compare(TEACHER, STUDENT, None, tmp_path)
+    pairs = markdown.split("### pairs of models")[1]
+    assert "| model A | model B | lengths | all tasks | single_1 | single_2 |" in pairs
+    # teacher: 12 + 12 + 3 right of 36 per task; student: 12 + 9 + 9
+    both = f"54 / 60 of 72 (p = {fisher_exact_p(54, 72, 60, 72):.2g})"
+    task = f"27 / 30 of 36 (p = {fisher_exact_p(27, 36, 30, 36):.2g})"
+    assert f"| teacher | student | 1K, 2K, 4K | {both} | {task} | {task} |" in pairs
+    # with YaRN the teacher is right 9 of 12 per task at 4K, and below its window it is the teacher as-is
+    yarn = f"66 / 60 of 72 (p = {fisher_exact_p(66, 72, 60, 72):.2g})"
+    assert f"| teacher + YaRN | student | 1K, 2K, 4K | {yarn} |" in pairs
+    assert "| teacher | teacher + YaRN | 1K, 2K, 4K | 54 / 66 of 72 (p = " in pairs
+
+    markdown = render_markdown([("student", STUDENT), ("short", short)])
+    assert f"| student | short | 4K | 18 / 12 of 24 (p = {fisher_exact_p(18, 24, 12, 24):.2g}) |" in markdown
+    # one model: no pairs
+    assert "### pairs of models" not in render_markdown([("student", STUDENT)])
+    # answers not counted (results from before cells counted them, unevenly spread): nothing to compare
+    unevenly = {**short, "niah": uncounted(short["niah"], 25)}
+    assert "### pairs of models" not in render_markdown([("student", STUDENT), ("short", unevenly)])

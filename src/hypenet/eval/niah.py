@@ -418,6 +418,24 @@ def accuracy_interval(accuracy: float, answers: int, confidence: float = 0.95) -
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def fisher_exact_p(right_a: int, answers_a: int, right_b: int, answers_b: int) -> float:
+    """Two-sided p-value of Fisher's exact test that two models answer right at the same rate: given how many
+    answers were right in all, the chance that they split between the models as unevenly as they did, or more so.
+    Exact integer arithmetic (the tables' hypergeometric weights), so tables as likely as the observed one count."""
+    for right, answers in ((right_a, answers_a), (right_b, answers_b)):
+        if answers <= 0 or not 0 <= right <= answers:
+            raise ValueError(f"{right} right of {answers} answers: each model needs answers, and at most as many "
+                             "right as it has")
+    right = right_a + right_b
+
+    def ways(k: int) -> int:  # tables with k right for model a: how many ways the right answers fall so
+        return math.comb(answers_a, k) * math.comb(answers_b, right - k)
+
+    observed = ways(right_a)
+    extreme = sum(w for k in range(max(0, right - answers_b), min(answers_a, right) + 1) if (w := ways(k)) <= observed)
+    return extreme / math.comb(answers_a + answers_b, right)
+
+
 def sample_records(samples: Sequence[NiahSample], outputs: Sequence[str]) -> list[dict]:
     """One JSON-able row per sample (prompt left out: it is rebuilt from the seed), for inspecting failures."""
     rows = []

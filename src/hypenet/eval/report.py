@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .niah import accuracy_interval
+from .niah import accuracy_interval, fisher_exact_p
 from .niah_forced import DEFAULT_ANSWER
 from .plots import length_label, plot_accuracy_vs_length, plot_needle_attention, plot_perplexity_by_bucket
 
@@ -160,7 +160,52 @@ def _niah_section(columns: Sequence[tuple[str, dict]]) -> list[str]:
     if any(intervals):
         lines += ["In brackets: the 95% interval (Wilson score) from the number of answers behind the average, which "
                   "counts each answer once (tasks weigh alike when they hold as many answers).", ""]
-    return lines + _table(["length", *labels], rows)
+    return lines + _table(["length", *labels], rows) + _pairs_section(columns)
+
+
+def niah_right(niah: dict) -> dict[tuple[str, str], tuple[int, int]]:
+    """(task, length) -> (answers right, answers) of each cell whose answers are counted and whose accuracy makes a
+    whole number of them (a mean over depths holding as many answers each)."""
+    counts = {}
+    for task, result in niah["tasks"].items():
+        for length, cell in result["by_length"].items():
+            if "samples" in cell and cell.get("accuracy") is not None:
+                right = cell["accuracy"] * cell["samples"]
+                if abs(right - round(right)) < 1e-6:
+                    counts[(task, length)] = (round(right), cell["samples"])
+    return counts
+
+
+def _pairs_section(columns: Sequence[tuple[str, dict]]) -> list[str]:
+    """Each pair of NIAH columns on the cells both were asked: answers right, and Fisher's exact test."""
+    counted = [(label, niah_right(n)) for label, n in columns]
+    tasks = sorted({task for _, counts in counted for task, _ in counts})
+    rows = []
+    for i, (label_a, a) in enumerate(counted):
+        for label_b, b in counted[i + 1:]:
+            shared = sorted(set(a) & set(b), key=lambda cell: (cell[0], int(cell[1])))
+            if not shared:
+                continue
+            lengths = ", ".join(length_label(ln) for ln in sorted({int(ln) for _, ln in shared}))
+            rows.append([label_a, label_b, lengths, _pair_cell(a, b, shared),
+                         *[_pair_cell(a, b, [c for c in shared if c[0] == task]) for task in tasks]])
+    if not rows:
+        return []
+    return ["### pairs of models", "",
+            "Answers right of those both models were asked (the task-length cells measured for both), and in brackets "
+            "the two-sided p-value of Fisher's exact test that both answer right at the same rate: how often the "
+            "needles alone would split the right answers this unevenly or more. It counts the needles' chance, not a "
+            "training seed's: two runs of one recipe can differ by more.", ""
+            ] + _table(["model A", "model B", "lengths", "all tasks", *tasks], rows)
+
+
+def _pair_cell(a: dict, b: dict, cells: Sequence[tuple[str, str]]) -> str:
+    if not cells:
+        return _MISSING
+    right_a, answers_a = (sum(a[c][i] for c in cells) for i in (0, 1))
+    right_b, answers_b = (sum(b[c][i] for c in cells) for i in (0, 1))
+    p = fisher_exact_p(right_a, answers_a, right_b, answers_b)
+    return f"{right_a} / {right_b} of {answers_a} (p = {p:.2g})"
 
 
 def _pct_with_interval(accuracy: float | None, interval: tuple[float, float, int] | None) -> str:
