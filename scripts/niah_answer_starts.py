@@ -1,5 +1,6 @@
-"""How NIAH answers begin: per run and task, the share that starts with a line break, beside the accuracy, and the
-misses that are the needle's value with one character left out.
+"""How NIAH answers begin: per run and task, the share that starts with a line break, beside the accuracy, the
+misses that are the needle's value with one character left out, and for number needles how many answers begin with
+the digit 1.
 
 A student distilled on hard-wrapped text may break the line where the answer should begin and go on with the
 haystack's prose instead of the needle's value (results/gpu_convert/README.md, "Tenth lease"). This reads the
@@ -12,12 +13,17 @@ An answer starts with a line break when its first character other than a space o
 character when its first word (without a leading colon and trailing punctuation) is the value less one of its
 characters, e.g. 664827 for 6648274: the needle found, its copy one token short (results/gpu_convert/README.md,
 "Twelfth lease").
+For a task whose values are numbers, "first digit 1" counts the answers whose first digit is 1 beside the values
+whose first digit is 1: a student that has lost the needle writes a short number that mostly begins with 1 (" 12.",
+" 10."), so the first count outgrows the second as NIAH-Single-1 falls (results/gpu_convert/README.md,
+"Twenty-third lease").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,11 +39,17 @@ def drops_one_character(output: str, value: str) -> bool:
     return len(first) == len(value) - 1 and any(value[:i] + value[i + 1:] == first for i in range(len(value)))
 
 
+def first_digit(text: str) -> str | None:
+    found = re.search(r"[0-9]", text)
+    return found.group() if found else None
+
+
 def answer_starts(rows: list[dict]) -> dict[str, dict[str, int]]:
-    """Per task: answers, right answers, answers starting with a line break, right answers among the others, and
-    misses that drop one character of the value."""
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"answers": 0, "right": 0, "line_break": 0,
-                                                              "right_without_line_break": 0, "dropped_one": 0})
+    """Per task: answers, right answers, answers starting with a line break, right answers among the others, misses
+    that drop one character of the value, answers and values whose first digit is 1, and values that are numbers."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {
+        "answers": 0, "right": 0, "line_break": 0, "right_without_line_break": 0, "dropped_one": 0,
+        "first_digit_1": 0, "values_first_digit_1": 0, "number_values": 0})
     for row in rows:
         c = counts[row["task"]]
         broke = starts_with_line_break(row["output"])
@@ -45,14 +57,21 @@ def answer_starts(rows: list[dict]) -> dict[str, dict[str, int]]:
         c["right"] += bool(row["correct"])
         c["line_break"] += broke
         c["right_without_line_break"] += bool(row["correct"]) and not broke
-        c["dropped_one"] += not row["correct"] and drops_one_character(row["output"], str(row.get("value", "")))
+        value = str(row.get("value", ""))
+        c["dropped_one"] += not row["correct"] and drops_one_character(row["output"], value)
+        c["first_digit_1"] += first_digit(row["output"]) == "1"
+        c["values_first_digit_1"] += first_digit(value) == "1"
+        c["number_values"] += value.isdigit()
     return dict(sorted(counts.items()))
 
 
 def run_label(path: Path) -> str:
     """results/gpu_convert/RUN/eval/LABEL/niah_samples.jsonl -> RUN/LABEL (the two folders that name a run);
-    RUN/eval_OTHER/LABEL/niah_samples.jsonl (another evaluation of the run) -> RUN/eval_OTHER/LABEL."""
+    RUN/eval_OTHER/LABEL/niah_samples.jsonl (another evaluation of the run) -> RUN/eval_OTHER/LABEL; a lease's returns
+    as they came back, RUN/LEASE/results/EVAL/LABEL/niah_samples.jsonl -> RUN/LEASE/EVAL/LABEL."""
     parts = path.parent.parts
+    if len(parts) >= 5 and parts[-3] == "results" and parts[-2].startswith("eval"):
+        return "/".join((*parts[-5:-3], *parts[-2:]))
     if len(parts) >= 3 and parts[-2] == "eval":
         return f"{parts[-3]}/{parts[-1]}"
     if len(parts) >= 3 and parts[-2].startswith("eval"):
@@ -63,7 +82,7 @@ def run_label(path: Path) -> str:
 def table(files: list[Path], lengths: set[int] | None = None) -> str:
     """The markdown table of `answer_starts` for each file's rows (only those of context lengths in `lengths`)."""
     lines = ["| run | task | answers | right | start with a line break | right among the others | misses one character "
-             "short |", "|---|---|---|---|---|---|---|"]
+             "short | first digit 1: answers / values |", "|---|---|---|---|---|---|---|---|"]
     for path in files:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         rows = [r for r in rows if lengths is None or int(r["context_len"]) in lengths]
@@ -71,8 +90,15 @@ def table(files: list[Path], lengths: set[int] | None = None) -> str:
             others = c["answers"] - c["line_break"]
             lines.append(f"| {run_label(path)} | {task} | {c['answers']} | {100 * c['right'] / c['answers']:.0f}% | "
                          f"{100 * c['line_break'] / c['answers']:.0f}% | {c['right_without_line_break']} / {others} | "
-                         f"{c['dropped_one']} / {c['answers'] - c['right']} |")
+                         f"{c['dropped_one']} / {c['answers'] - c['right']} | {_first_digits(c)} |")
     return "\n".join(lines) + "\n"
+
+
+def _first_digits(c: dict[str, int]) -> str:
+    """Answers / values whose first digit is 1, for a task whose values are all numbers."""
+    if c["number_values"] < c["answers"]:
+        return "-"
+    return f"{c['first_digit_1']} / {c['values_first_digit_1']}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,8 +24,10 @@ ROWS = [
 def test_counts_line_break_starts_per_task():
     assert starts.starts_with_line_break(" \t\nx") and not starts.starts_with_line_break(" x\n")
     assert starts.answer_starts(ROWS) == {
-        "single_1": {"answers": 1, "right": 0, "line_break": 0, "right_without_line_break": 0, "dropped_one": 1},
-        "single_2": {"answers": 3, "right": 2, "line_break": 2, "right_without_line_break": 1, "dropped_one": 0},
+        "single_1": {"answers": 1, "right": 0, "line_break": 0, "right_without_line_break": 0, "dropped_one": 1,
+                     "first_digit_1": 0, "values_first_digit_1": 0, "number_values": 1},
+        "single_2": {"answers": 3, "right": 2, "line_break": 2, "right_without_line_break": 1, "dropped_one": 0,
+                     "first_digit_1": 0, "values_first_digit_1": 1, "number_values": 3},
     }
 
 
@@ -46,8 +48,8 @@ def test_table_labels_runs_and_filters_lengths(tmp_path, capsys):
     starts.main([str(path), "--lengths", "4096", "--out", str(tmp_path / "t.md")])
     printed = capsys.readouterr().out
     assert printed == (tmp_path / "t.md").read_text()
-    assert printed.splitlines()[2:] == ["| lease/student | single_1 | 1 | 0% | 0% | 0 / 1 | 1 / 1 |",
-                                        "| lease/student | single_2 | 2 | 50% | 100% | 0 / 0 | 0 / 1 |"]
+    assert printed.splitlines()[2:] == ["| lease/student | single_1 | 1 | 0% | 0% | 0 / 1 | 1 / 1 | 0 / 0 |",
+                                        "| lease/student | single_2 | 2 | 50% | 100% | 0 / 0 | 0 / 1 | 0 / 1 |"]
     with pytest.raises(SystemExit):
         starts.main([str(path), "--lengths", "4K"])
     assert "--lengths takes token counts" in capsys.readouterr().err
@@ -61,3 +63,21 @@ def test_run_labels_name_the_run_and_any_other_evaluation_of_it():
     assert starts.run_label(Path("results/gpu_convert/lease/eval_6_samples/student/niah_samples.jsonl")) == \
         "lease/eval_6_samples/student"
     assert starts.run_label(Path("student/niah_samples.jsonl")) == "student"
+    assert starts.run_label(Path("default_seed1/lease24/results/eval_more/hypenet-halo/niah_samples.jsonl")) == \
+        "default_seed1/lease24/eval_more/hypenet-halo"
+
+
+def test_first_digit_1_counts_answers_and_values_of_number_needles():
+    """A student that lost the needle writes a short number beginning with 1 (" 12."): counted beside the values
+    beginning with 1, for tasks whose values are numbers only."""
+    rows = [{"task": "single_1", "context_len": 4096, "output": " 12.", "correct": False, "value": "6648274"},
+            {"task": "single_1", "context_len": 4096, "output": ": 1949650", "correct": True, "value": "1949650"},
+            {"task": "single_1", "context_len": 4096, "output": " the number 7392396", "correct": True,
+             "value": "7392396"},
+            {"task": "single_3", "context_len": 4096, "output": " 1b4e28ba-2fa1", "correct": False,
+             "value": "a8098c1a-f86e-11da-bd1a-00112444be1e"}]
+    assert starts.first_digit(" the number 7392396") == "7" and starts.first_digit("\nno digits") is None
+    counts = starts.answer_starts(rows)
+    assert (counts["single_1"]["first_digit_1"], counts["single_1"]["values_first_digit_1"]) == (2, 1)
+    assert starts._first_digits(counts["single_1"]) == "2 / 1"
+    assert starts._first_digits(counts["single_3"]) == "-"  # UUIDs are not numbers
