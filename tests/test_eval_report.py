@@ -169,6 +169,13 @@ def test_pairs_of_models_compare_answers_right_on_the_cells_both_were_asked(tmp_
 
     markdown = render_markdown([("student", STUDENT), ("short", short)])
     assert f"| student | short | 4K | 18 / 12 of 24 (p = {fisher_exact_p(18, 24, 12, 24):.2g}) |" in markdown
+    # models asked different numbers of needles per cell: each count with its own total
+    records = [{"task": "single_1", "context_len": 4096, "depth": depth, "correct": i < 5}
+               for depth in (0.0, 0.5, 1.0) for i in range(8)]
+    twice = {"model": "twice", "niah": summarize(records)}
+    cell = f"9 of 12 / 15 of 24 (p = {fisher_exact_p(9, 12, 15, 24):.2g})"  # single_1 at 4K only
+    markdown = render_markdown([("student", STUDENT), ("twice", twice)])
+    assert f"| student | twice | 4K | {cell} | {cell} | - |" in markdown
     # one model: no pairs
     assert "### pairs of models" not in render_markdown([("student", STUDENT)])
     # answers not counted (results from before cells counted them, unevenly spread): nothing to compare

@@ -205,6 +205,8 @@ def _pair_cell(a: dict, b: dict, cells: Sequence[tuple[str, str]]) -> str:
     right_a, answers_a = (sum(a[c][i] for c in cells) for i in (0, 1))
     right_b, answers_b = (sum(b[c][i] for c in cells) for i in (0, 1))
     p = fisher_exact_p(right_a, answers_a, right_b, answers_b)
+    if answers_a != answers_b:  # e.g. a teacher with 2 samples per cell beside a student with 6
+        return f"{right_a} of {answers_a} / {right_b} of {answers_b} (p = {p:.2g})"
     return f"{right_a} / {right_b} of {answers_a} (p = {p:.2g})"
 
 
