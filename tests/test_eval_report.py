@@ -147,7 +147,8 @@ def test_average_over_tasks_shows_wilson_intervals_from_the_answers(tmp_path):
     uneven = {**STUDENT, "niah": uncounted(STUDENT["niah"], 71)}
     assert niah_answers(niah_columns("s", uneven)[0][1])["average"] is None
     markdown, _ = compare(TEACHER, uneven, None, tmp_path / "uneven")
-    assert "| 4K | 25.0 (12-45, n=24) | 75.0 (" in markdown and "| 75.0 |" in markdown.split("### average")[1]
+    average = markdown.split("### average over tasks")[1].split("###")[0]  # the table, not the sections after it
+    assert "| 4K | 25.0 (12-45, n=24) | 75.0 (" in average and "| 75.0 |" in average
 
 
 def test_pairs_of_models_compare_answers_right_on_the_cells_both_were_asked(tmp_path):
@@ -181,3 +182,20 @@ def test_pairs_of_models_compare_answers_right_on_the_cells_both_were_asked(tmp_
     # answers not counted (results from before cells counted them, unevenly spread): nothing to compare
     unevenly = {**short, "niah": uncounted(short["niah"], 25)}
     assert "### pairs of models" not in render_markdown([("student", STUDENT), ("short", unevenly)])
+
+
+def test_accuracy_per_needle_depth_over_the_lengths_each_model_was_measured_at():
+    """Needles found only at the haystack's start (depth 0) by one model, everywhere but there by another."""
+    def found(at_start: bool, lengths):
+        return {"model": "m", "niah": summarize([
+            {"task": "single_1", "context_len": length, "depth": depth, "correct": (depth == 0.0) == at_start}
+            for length in lengths for depth in (0.0, 0.5, 1.0) for _ in range(2)])}
+    markdown = render_markdown([("start", found(True, (1024, 2048))), ("rest", found(False, (2048,)))])
+    depths = markdown.split("### single_1 by needle depth")[1].split("\n\n")[1]
+    assert depths.splitlines() == ["| depth | start | rest |", "|---|---|---|", "| 0% | 100.0 | 0.0 |",
+                                   "| 50% | 0.0 | 100.0 |", "| 100% | 0.0 | 100.0 |"]
+    # a cell right at one depth half the time, at another length always: the mean over lengths
+    half = summarize([{"task": "single_1", "context_len": length, "depth": 0.5, "correct": length == 2048 or i == 0}
+                      for length in (1024, 2048) for i in range(2)])
+    markdown = render_markdown([("half", {"model": "h", "niah": half})])
+    assert "| 50% | 75.0 |" in markdown.split("### single_1 by needle depth")[1]

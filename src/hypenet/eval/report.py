@@ -160,7 +160,30 @@ def _niah_section(columns: Sequence[tuple[str, dict]]) -> list[str]:
     if any(intervals):
         lines += ["In brackets: the 95% interval (Wilson score) from the number of answers behind the average, which "
                   "counts each answer once (tasks weigh alike when they hold as many answers).", ""]
-    return lines + _table(["length", *labels], rows) + _pairs_section(columns)
+    return lines + _table(["length", *labels], rows) + _pairs_section(columns) + _depth_section(columns)
+
+
+def _depth_section(columns: Sequence[tuple[str, dict]]) -> list[str]:
+    """Per task, each model's accuracy per needle depth, averaged over the lengths it was measured at."""
+    labels = [label for label, _ in columns]
+    lines = []
+    for task in sorted({t for _, n in columns for t in n["tasks"]}):
+        by_model = []
+        for _, niah in columns:
+            by_depth: dict[float, list[float]] = {}
+            for cell in niah["tasks"].get(task, {}).get("by_length", {}).values():
+                for depth, accuracy in cell.get("by_depth", {}).items():
+                    by_depth.setdefault(float(depth), []).append(accuracy)
+            by_model.append({depth: _mean(values) for depth, values in by_depth.items()})
+        depths = sorted({depth for accuracies in by_model for depth in accuracies})
+        if depths:
+            rows = [[f"{100 * depth:g}%", *[_pct(accuracies.get(depth)) for accuracies in by_model]]
+                    for depth in depths]
+            lines += [f"### {task} by needle depth", ""] + _table(["depth", *labels], rows)
+    if not lines:
+        return []
+    return ["Accuracy (%) per needle depth (0% = the haystack's start, 100% = its end, before the question), averaged "
+            "over the lengths each model was measured at.", ""] + lines
 
 
 def niah_right(niah: dict) -> dict[tuple[str, str], tuple[int, int]]:
