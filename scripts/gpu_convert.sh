@@ -215,9 +215,9 @@ PY
     mkdir -p "$RUNS/eval" && rm -rf "$RUNS/eval/$label" && cp -r "$saved" "$RUNS/eval/$label"
 }
 
-evaluate() {  # evaluate LABEL MODEL [more eval options]
+evaluate() {  # evaluate LABEL MODEL [more eval options]; a step interrupted part-way continues (--resume)
     local label=$1 model=$2; shift 2
-    "${HYPENET[@]}" eval "$model" --label "$label" --out "$RUNS/eval/$label" "${EVAL_ARGS[@]}" "$@"
+    "${HYPENET[@]}" eval "$model" --label "$label" --out "$RUNS/eval/$label" --resume "${EVAL_ARGS[@]}" "$@"
 }
 
 compare_runs() {  # compare_runs OUT LABELS EVAL...: the side-by-side report, then how each one's NIAH answers begin
@@ -230,7 +230,7 @@ compare_runs() {  # compare_runs OUT LABELS EVAL...: the side-by-side report, th
 evaluate_more() {  # evaluate_more OUT LABEL MODEL OPTIONS: an evaluation of its own (HALO_MORE_EVAL, STAGE_EVAL)
     local out=$1 label=$2 model=$3 options=()
     read -r -a options <<<"$4"
-    "${HYPENET[@]}" eval "$model" --label "$label" --out "$out" "${options[@]}" "${DATA_ARGS[@]}"
+    "${HYPENET[@]}" eval "$model" --label "$label" --out "$out" --resume "${options[@]}" "${DATA_ARGS[@]}"
 }
 
 merge_more() {  # merge_more LABEL PART...: MORE_EVAL_LENGTHS' parts into eval_more/LABEL, with LABEL's evaluation

@@ -149,3 +149,65 @@ def test_niah_lengths_run_in_two_parts_merge_into_the_evaluation_of_both(model_d
         return sorted(rows, key=lambda r: (r["task"], r["context_len"], r["depth"], r["seed"]))
 
     assert samples("merged") == samples("both")  # the same prompts, answered alike
+
+
+def test_an_evaluation_stopped_part_way_resumes_after_its_last_finished_evaluation(model_dir, tmp_path, monkeypatch):
+    """Each finished evaluation is saved to partial.json; --resume reads those back (the same model files and
+    options, or it refuses) and runs the rest, with the results of a run that was never stopped."""
+    import os
+
+    import hypenet.eval.cli as cli
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # hypenet.data caches tokenised corpora under ~/.cache
+    source = write_source(tmp_path)
+    options = ["--evals", "ppl,niah_forced,niah", "--tasks", "single_1", "--niah-lengths", "240", "--niah-depths",
+               "0,1", "--niah-samples", "1", "--ppl-source", str(source), "--ppl-docs", "2", "--ppl-max-len", "128",
+               "--device", "cpu", "--no-progress"]
+    assert main([str(model_dir), *options, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert not (tmp_path / "whole" / cli.PARTIAL).exists()  # a finished evaluation leaves none
+
+    out = tmp_path / "stopped"
+    niah = cli._niah
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_niah", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(model_dir), *options, "--out", str(out)])
+    partial = json.loads((out / cli.PARTIAL).read_text())
+    assert list(partial["done"]) == ["ppl", "niah_forced"] and not (out / "results.json").exists()
+
+    with pytest.raises(SystemExit, match=r"made with other options \(niah_samples\)"):
+        main([str(model_dir), *options, "--niah-samples", "2", "--out", str(out), "--resume"])
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a finished evaluation ran again")
+
+    monkeypatch.setattr(cli, "_niah", niah)
+    monkeypatch.setattr(cli, "_perplexity", not_again)
+    monkeypatch.setattr(cli, "_niah_forced", not_again)
+    assert main([str(model_dir), *options, "--out", str(out), "--resume"]) == 0
+    resumed = json.loads((out / "results.json").read_text())
+    for key in ("perplexity", "niah_forced", "niah", "footprint", "evals"):
+        assert resumed[key] == whole[key], key
+    assert resumed["timing_s"]["ppl"] == partial["done"]["ppl"]["timing_s"]["ppl"]  # as measured when it ran
+    assert (out / "niah_forced_samples.jsonl").read_text() == (tmp_path / "whole" / "niah_forced_samples.jsonl"
+                                                                ).read_text()
+    assert not (out / cli.PARTIAL).exists()
+
+    # a partial evaluation of the model as it was: refused once the model's files changed
+    (out / cli.PARTIAL).write_text(json.dumps(partial))
+    weights = next(model_dir.glob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    try:
+        with pytest.raises(SystemExit, match="is not the one .* was made with"):
+            main([str(model_dir), *options, "--out", str(out), "--resume"])
+    finally:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # without --resume it starts over: every evaluation runs
+    monkeypatch.setattr(cli, "_perplexity", not_again)
+    with pytest.raises(AssertionError, match="ran again"):
+        main([str(model_dir), *options, "--out", str(out)])

@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 DEFAULT_NIAH_LENGTHS = "1024,2048,4096,8192,16384,32768,65536"
 DEFAULT_NIAH_DEPTHS = "0,0.25,0.5,0.75,1"
@@ -135,6 +136,10 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, default=0,
                      help="seed of the NIAH samples, lm-eval, and the held-out split (HALO's seed; default 0)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an evaluation stopped part-way in the same --out: the evaluations it finished "
+                          "(saved one by one to partial.json) are read back, if the model's files and the options "
+                          "are the same; without it an evaluation starts over")
 
 
 def _selected_evals(args) -> list[str]:
@@ -166,15 +171,75 @@ def _log(message: str) -> None:
     print(f"[hypenet eval] {message}", file=sys.stderr, flush=True)
 
 
+PARTIAL = "partial.json"  # the evaluations finished so far, for --resume
+_NOT_SETTINGS = ("func", "resume", "no_progress")  # options that do not change what an evaluation measures
+
+
+def _model_files(spec: str) -> list:
+    """What identifies the model behind `spec` on disk: each file's name, size and modification time (a model
+    exported again to the same folder differs), or the spec itself when it names no file ('teacher')."""
+    path = Path(str(spec))
+    if not path.exists():
+        return [str(spec)]
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [[str(p.relative_to(path)) if path.is_dir() else p.name, p.stat().st_size, p.stat().st_mtime_ns]
+            for p in files]
+
+
+def _resumed(partial: Path, state: dict, resume: bool) -> dict:
+    """The evaluations an earlier run of the same model and options finished, saved in `partial` ({} without
+    --resume or without the file); a partial.json of another model or other options is refused."""
+    if not partial.is_file():
+        if resume:
+            _log(f"--resume: no {PARTIAL} in {partial.parent}; starting from the beginning")
+        return {}
+    if not resume:
+        _log(f"{partial} of an earlier run is replaced (--resume would continue it)")
+        return {}
+    saved = json.loads(partial.read_text())
+    if saved.get("model_files") != state["model_files"]:
+        raise SystemExit(f"--resume: the model at {state['model']} is not the one {partial} was made with (its files "
+                         "differ); run without --resume to evaluate it from the beginning.")
+    now = {k: v for k, v in state["settings"].items() if k not in _NOT_SETTINGS}
+    before = {k: v for k, v in saved.get("settings", {}).items() if k not in _NOT_SETTINGS}
+    different = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+    if different:
+        raise SystemExit(f"--resume: {partial} was made with other options ({', '.join(different)}); give the same "
+                         "options, or run without --resume to start over.")
+    done = saved.get("done", {})
+    _log(f"--resume: reusing {', '.join(done) or 'nothing'} from {partial}")
+    return done
+
+
 def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
-    """Run the selected evaluations of one model; write results.json, NIAH samples, PNGs and report.md to out_dir."""
+    """Run the selected evaluations of one model; write results.json, NIAH samples, PNGs and report.md to out_dir.
+    Each finished evaluation is saved to out_dir/partial.json, so that --resume continues after the last one."""
     from .models import load_model_for_eval, model_footprint
     from .report import write_report
 
     evals = _selected_evals(args)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"model": str(spec), "label": label, "evals": evals, "timing_s": {},
-               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}}
+               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                            if k not in ("func", "resume")}}
+    partial = out_dir / PARTIAL
+    state = {"model": str(spec), "model_files": _model_files(spec), "settings": results["settings"]}
+    done = _resumed(partial, state, getattr(args, "resume", False))
+    saved: dict = {}
+
+    def step(name: str, keys: Sequence[str], work) -> bool:
+        """Run one evaluation (`work` fills results[keys]), or read it back from an earlier run; save it to
+        partial.json. True when it ran."""
+        if name in done:
+            results.update(done[name]["results"])
+            results["timing_s"].update(done[name]["timing_s"])
+        else:
+            work()
+        saved[name] = {"results": {k: results[k] for k in keys if k in results},
+                       "timing_s": {k: v for k, v in results["timing_s"].items() if k in (name, f"{name}_phases")}}
+        partial.write_text(json.dumps({**state, "done": saved}))
+        return name not in done
+
     heatmaps: list[Path] = []
     started = time.perf_counter()
     model, tokenizer = load_model_for_eval(spec, args.device, args.dtype)
@@ -183,37 +248,50 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     _log(f"{label}: {results['footprint']['parameters'] / 1e6:.1f}M parameters on {model.device}, "
          f"loaded in {results['timing_s']['load']:.1f}s")
 
+    def put(key: str, name: str, work) -> None:
+        results[key] = _timed(results, name, work)
+
     haystack = functools.cache(lambda: _haystack_docs(args, tokenizer))  # read once, by the evaluations that need it
     if "ppl" in evals:
-        results["perplexity"] = _timed(results, "ppl", lambda: _perplexity(model, tokenizer, args))
+        step("ppl", ["perplexity"], lambda: put("perplexity", "ppl", lambda: _perplexity(model, tokenizer, args)))
     if "copy" in evals:
-        results["copy"] = _timed(results, "copy", lambda: _copy(model, tokenizer, args))
+        step("copy", ["copy"], lambda: put("copy", "copy", lambda: _copy(model, tokenizer, args)))
     if "lm_eval" in evals:
         from .lm_eval_adapter import run_lm_eval
 
-        results["lm_eval"] = _timed(results, "lm_eval", lambda: run_lm_eval(
+        step("lm_eval", ["lm_eval"], lambda: put("lm_eval", "lm_eval", lambda: run_lm_eval(
             model, tokenizer, args.lm_eval, args.lm_eval_include_path, args.batch_size, _limit(args.limit),
-            args.lm_eval_fewshot, args.seed))
+            args.lm_eval_fewshot, args.seed)))
     if "needle_attention" in evals:  # before NIAH, whose --yarn reloads the model (report.md draws it)
-        results["needle_attention"] = _timed(results, "needle_attention",
-                                             lambda: _needle_attention(model, tokenizer, args, haystack()))
+        step("needle_attention", ["needle_attention"], lambda: put(
+            "needle_attention", "needle_attention", lambda: _needle_attention(model, tokenizer, args, haystack())))
     if "niah_forced" in evals:  # before NIAH, whose --yarn reloads the model
-        results["niah_forced"] = _timed(results, "niah_forced",
-                                        lambda: _niah_forced(model, tokenizer, args, haystack(), out_dir,
-                                                             _phases(results, "niah_forced")))
+        step("niah_forced", ["niah_forced"], lambda: put(
+            "niah_forced", "niah_forced", lambda: _niah_forced(model, tokenizer, args, haystack(), out_dir,
+                                                               _phases(results, "niah_forced"))))
     if "niah" in evals:
-        records = _timed(results, "niah", lambda: _niah(model, tokenizer, args, args.niah_lengths, haystack(),
-                                                         _phases(results, "niah")))
-        heatmaps += _write_niah(results, "niah", records, out_dir)
+        def niah() -> None:
+            records = _timed(results, "niah", lambda: _niah(model, tokenizer, args, args.niah_lengths, haystack(),
+                                                             _phases(results, "niah")))
+            heatmaps.extend(_write_niah(results, "niah", records, out_dir))
+
+        if not step("niah", ["niah"], niah):  # its samples were written when it ran
+            heatmaps.extend(_niah_heatmaps(results, "niah", out_dir))
         if args.yarn:
-            del model
+            model = None  # the YaRN runs reload it, scaled for each length
             gc.collect()
-            records = _timed(results, "niah_yarn", lambda: _niah_with_yarn(spec, args, haystack(), results))
-            if records:
-                heatmaps += _write_niah(results, "niah_yarn", records, out_dir)
+
+            def niah_yarn() -> None:
+                records = _timed(results, "niah_yarn", lambda: _niah_with_yarn(spec, args, haystack(), results))
+                if records:
+                    heatmaps.extend(_write_niah(results, "niah_yarn", records, out_dir))
+
+            if not step("niah_yarn", ["niah_yarn", "yarn"], niah_yarn) and "niah_yarn" in results:
+                heatmaps.extend(_niah_heatmaps(results, "niah_yarn", out_dir))
     results["timing_s"]["total"] = time.perf_counter() - started
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     write_report([(label, results)], out_dir, f"Evaluation of {label}", extra_figures=heatmaps)
+    partial.unlink(missing_ok=True)
     _log(f"wrote {out_dir}/results.json and report.md in {results['timing_s']['total']:.0f}s")
     return results
 
