@@ -248,27 +248,30 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     _log(f"{label}: {results['footprint']['parameters'] / 1e6:.1f}M parameters on {model.device}, "
          f"loaded in {results['timing_s']['load']:.1f}s")
 
-    def put(key: str, name: str, work) -> None:
-        results[key] = _timed(results, name, work)
+    def timed_step(name: str, key: str, work) -> None:
+        """`step` of an evaluation whose result is what `work` returns, kept as results[key]."""
+        def run() -> None:
+            results[key] = _timed(results, name, work)
+
+        step(name, [key], run)
 
     haystack = functools.cache(lambda: _haystack_docs(args, tokenizer))  # read once, by the evaluations that need it
     if "ppl" in evals:
-        step("ppl", ["perplexity"], lambda: put("perplexity", "ppl", lambda: _perplexity(model, tokenizer, args)))
+        timed_step("ppl", "perplexity", lambda: _perplexity(model, tokenizer, args))
     if "copy" in evals:
-        step("copy", ["copy"], lambda: put("copy", "copy", lambda: _copy(model, tokenizer, args)))
+        timed_step("copy", "copy", lambda: _copy(model, tokenizer, args))
     if "lm_eval" in evals:
         from .lm_eval_adapter import run_lm_eval
 
-        step("lm_eval", ["lm_eval"], lambda: put("lm_eval", "lm_eval", lambda: run_lm_eval(
+        timed_step("lm_eval", "lm_eval", lambda: run_lm_eval(
             model, tokenizer, args.lm_eval, args.lm_eval_include_path, args.batch_size, _limit(args.limit),
-            args.lm_eval_fewshot, args.seed)))
+            args.lm_eval_fewshot, args.seed))
     if "needle_attention" in evals:  # before NIAH, whose --yarn reloads the model (report.md draws it)
-        step("needle_attention", ["needle_attention"], lambda: put(
-            "needle_attention", "needle_attention", lambda: _needle_attention(model, tokenizer, args, haystack())))
+        timed_step("needle_attention", "needle_attention",
+                   lambda: _needle_attention(model, tokenizer, args, haystack()))
     if "niah_forced" in evals:  # before NIAH, whose --yarn reloads the model
-        step("niah_forced", ["niah_forced"], lambda: put(
-            "niah_forced", "niah_forced", lambda: _niah_forced(model, tokenizer, args, haystack(), out_dir,
-                                                               _phases(results, "niah_forced"))))
+        timed_step("niah_forced", "niah_forced", lambda: _niah_forced(model, tokenizer, args, haystack(), out_dir,
+                                                                      _phases(results, "niah_forced")))
     if "niah" in evals:
         def niah() -> None:
             records = _timed(results, "niah", lambda: _niah(model, tokenizer, args, args.niah_lengths, haystack(),
