@@ -19,7 +19,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def test_defaults_are_the_paper_recipe_scaled_to_the_teacher():
     config = resolve(load_config(), teacher_params=1.72e9)
-    assert (config.stage1.tokens, config.stage2.tokens, config.stage3.tokens) == (320_000_000, 1_000_000_000, 1_000_000_000)
+    tokens = (config.stage1.tokens, config.stage2.tokens, config.stage3.tokens)
+    assert tokens == (320_000_000, 1_000_000_000, 1_000_000_000)
     assert (config.stage1.seq_len, config.stage2.seq_len, config.stage3.seq_len) == (512, 512, 16384)
     assert (config.stage1.batch_size, config.stage2.batch_size, config.stage3.batch_size) == (32, 96, 128)
     assert config.stage1.lr == 1e-3 and config.stage2.lr == 1e-4 and config.stage3.lr == 1e-5
@@ -100,5 +101,5 @@ def test_the_gpu_recipe_loads_joins_half_of_the_wrapped_paragraphs_and_repeats_s
     assert config.data.unwrap_paragraphs == 0.5 and config.data.max_tokens == 11_000_000
     assert config.data.repeat_spans == 0.5
     assert (config.stage2.tokens, config.stage2.seq_len, config.stage2.batch_size) == (48_000_000, 4096, 12)
-    assert (config.stage3.tokens, config.stage3.batch_size, config.stage3.lr) == (6_000_000, 8, 1e-4)
+    assert (config.stage3.tokens, config.stage3.batch_size, config.stage3.lr) == (6_000_000, 8, 1e-5)
     assert config.select.strategy == "halo"
