@@ -199,6 +199,26 @@ def test_auto_backend_on_cpu_uses_torch(monkeypatch):
     assert torch.equal(o, o_ref) and torch.equal(s, s_ref)
 
 
+def test_fla_check_imports_once_and_is_a_constant_in_compiled_code(monkeypatch):
+    """The first call tries the import (inside a compiled frame too); later ones, compiled or not, read the answer
+    without tracing anything: a full graph with no warning (functools.cache made dynamo warn at every layer)."""
+    import warnings
+
+    imports = []
+    monkeypatch.setattr(lightning, "_fla_available", None)
+    monkeypatch.setattr(lightning, "_import_fla", torch.compiler.disable(lambda: imports.append(1) or False))
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any dynamo warning fails the test
+        first = torch.compile(lambda x: x + 1 if lightning._fla_importable() else x - 1, backend="eager")
+        assert torch.equal(first(torch.zeros(2)), -torch.ones(2))
+        assert imports == [1] and lightning._fla_available is False
+        later = torch.compile(lambda x: x * 2 if lightning._fla_importable() else x * 3, backend="eager",
+                              fullgraph=True)
+        assert torch.equal(later(torch.ones(2)), torch.full((2,), 3.0))
+    assert imports == [1] and lightning._fla_importable() is False
+
+
 def test_unknown_backend_is_rejected():
     q, k, v, g, _ = make_inputs(1, 2, 1, 2, 2, per_token_g=False, seed=9)
     with pytest.raises(ValueError, match="choose 'auto', 'torch' or 'fla'"):

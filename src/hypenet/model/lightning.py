@@ -17,7 +17,6 @@ This file is a leaf: it imports only torch and the standard library (fla lazily)
 copied next to modeling_hypenet.py into every exported checkpoint.
 """
 
-import functools
 import math
 
 import torch
@@ -113,8 +112,23 @@ def lightning_attention_chunked(q, k, v, g, scale, initial_state=None, output_fi
     return o.to(q.dtype), (S if output_final_state else None)
 
 
-@functools.cache
+_fla_available: bool | None = None  # whether fla's kernels import: found by the first call of _fla_importable
+
+
 def _fla_importable() -> bool:
+    """Whether flash-linear-attention's kernels import, tried once per process.
+
+    The answer is kept in a module global, not behind functools.cache: a compiled layer (`compile: true`) reads the
+    global as a constant, guarded, where it would trace through a cached function (dynamo warns about each such call).
+    """
+    global _fla_available
+    if _fla_available is None:
+        _fla_available = _import_fla()
+    return _fla_available
+
+
+@torch.compiler.disable  # a first call inside a compiled layer runs the import eagerly
+def _import_fla() -> bool:
     try:
         import fla.ops.simple_gla  # noqa: F401
     except ImportError:
