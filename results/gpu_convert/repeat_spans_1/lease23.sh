@@ -9,11 +9,12 @@
 #      compared with A in compare_branch
 # RUNS, CONVERT_OPTIONS, BRANCH and BRANCH_LABEL, when set, replace its own (default_seed1/lease24.sh: another recipe,
 # the same lease; stage3_lr/lease25.sh: another branch too); so do GRID and MORE_EVAL_LENGTHS (stage2_79m/lease29.sh).
+# BRANCH set and empty: no branch (stage2_8k_79m/lease30.sh).
 GRID=${GRID:-"--evals niah_forced,niah --niah-samples 6 --haystack-heldout --batch-size 16 --max-batch-tokens 524288"}
 RUNS=${RUNS:-runs/gpu_rs1} CONVERT_OPTIONS=${CONVERT_OPTIONS:-"--set seed=2 --set data.seed=0 --set data.repeat_spans=1.0"} \
   ABLATIONS=0 TRAIN_SPEED=0 NEEDLE_ATTENTION=0 \
   TEACHER_EVAL=results/gpu_convert/manual_layers_heldout/eval/teacher-yarn \
   EVAL_OPTIONS="--niah-lengths 4096,8192,16384,32768,65536 --niah-samples 2 --batch-size 16 --max-batch-tokens 524288 --ppl-docs 8 --ppl-max-len 65536 --haystack-heldout --evals ppl,copy --copy-samples 16" \
   HALO_MORE_EVAL="$GRID" MORE_EVAL_LENGTHS=${MORE_EVAL_LENGTHS:-"4096,8192 16384 32768 65536"} \
-  BRANCH=${BRANCH:-"--set stage3.tokens=24M"} BRANCH_LABEL=${BRANCH_LABEL:-stage3-24m} \
+  BRANCH=${BRANCH-"--set stage3.tokens=24M"} BRANCH_LABEL=${BRANCH_LABEL:-stage3-24m} \
   bash scripts/gpu_convert.sh "${1:-575}"
