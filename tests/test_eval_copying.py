@@ -10,6 +10,7 @@ from test_eval_tiny import tiny_hypenet, tiny_llama, tiny_tokenizer
 
 from hypenet.eval.__main__ import main
 from hypenet.eval.copying import control_sample, copy_sample, evaluate_copy, greedy_predictions
+from hypenet.eval.report import copy_tokens_right
 
 DOCS = [list(range(1000 * d, 1000 * d + 600)) for d in range(4)]  # distinct tokens: a copy's original is unique
 
@@ -92,7 +93,10 @@ def test_eval_copy_from_the_command_line_writes_a_table_and_a_plot(model_dir, tm
     assert all(c["control_samples"] == c["samples"] and 0 <= c["control_accuracy"] <= 1 for c in cells.values())
     report = (out / "report.md").read_text()
     assert "## Copying a span read earlier (%)" in report and "| length | tiny |" in report
-    assert report.count("; without it ") == 2  # the control, in each length's cell
+    assert report.count("; without it ") == 3  # the control, in each length's cell and in the total
+    right, scored = copy_tokens_right(results["copy"])
+    assert scored == sum(c["samples"] for c in cells.values()) * 7
+    assert f"| all lengths: tokens right | {right} of {scored}; without it " in report
     assert (out / "copy_accuracy_vs_length.png").is_file()
     with pytest.raises(SystemExit, match=r"at least 8 x --copy-span \(256\); got span 32, lengths \[128\]"):
         main([str(model_dir), "--evals", "copy", "--copy-lengths", "128,512", "--device", "cpu", "--out", str(out),

@@ -1,14 +1,24 @@
 """Reports and figures from crafted eval results."""
 
 import io
+import math
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pytest
 from PIL import Image
 
 from hypenet.eval.niah import accuracy_interval, fisher_exact_p, summarize
 from hypenet.eval.plots import plot_niah_heatmap, save_figure
-from hypenet.eval.report import compare, niah_answers, niah_columns, niah_right, render_markdown
+from hypenet.eval.report import (
+    compare,
+    copy_tokens_right,
+    niah_answers,
+    niah_columns,
+    niah_right,
+    pooled_perplexity,
+    render_markdown,
+)
 
 
 def niah_summary(accuracy_by_length, tasks=("single_1", "single_2")):
@@ -24,7 +34,7 @@ def niah_summary(accuracy_by_length, tasks=("single_1", "single_2")):
 def perplexity(ppls):
     edges = [0, 1024, 2048, 4096]
     return {"max_len": 4096, "docs": 2, "nll": 2.0, "ppl": sum(ppls) / len(ppls),
-            "buckets": [{"start": a, "end": b, "tokens": 100, "docs": 2, "nll": 2.0, "ppl": p}
+            "buckets": [{"start": a, "end": b, "tokens": 100 * (b - a) // 1024, "docs": 2, "nll": math.log(p), "ppl": p}
                         for a, b, p in zip(edges[:-1], edges[1:], ppls)]}
 
 
@@ -60,7 +70,7 @@ def test_compare_report_rows_and_figures(tmp_path):
     assert "| KV cache per token (bf16) | 22.5 KiB | 5.2 KiB |" in markdown
     assert "| recurrent state per sequence (fp32) | 0 B | 3.2 MiB |" in markdown
     assert "| 0-1K | 20.00 | 21.00 | 1.050 | 100 |" in markdown
-    assert "| 2K-4K | 40.00 | 19.00 | 0.475 | 100 |" in markdown
+    assert "| 2K-4K | 40.00 | 19.00 | 0.475 | 200 |" in markdown
     # NIAH per task: teacher, teacher with YaRN (as-is inside its window), student.
     assert "| length | teacher | teacher + YaRN | student |" in markdown
     assert "### single_2" in markdown
@@ -199,3 +209,36 @@ def test_accuracy_per_needle_depth_over_the_lengths_each_model_was_measured_at()
                       for length in (1024, 2048) for i in range(2)])
     markdown = render_markdown([("half", {"model": "h", "niah": half})])
     assert "| 50% | 75.0 |" in markdown.split("### single_1 by needle depth")[1]
+
+
+def test_perplexity_within_and_past_the_trained_context_weighs_each_bucket_by_its_tokens(tmp_path):
+    """Issue 6's perplexity target is the one within the teacher's trained context: the report pools the buckets
+    inside it (token-weighted mean NLL, as one perplexity over those tokens) and those past it."""
+    teacher_within = math.exp((100 * math.log(20.0) + 100 * math.log(18.0)) / 200)
+    student_within = math.exp((100 * math.log(21.0) + 100 * math.log(18.9)) / 200)
+    assert pooled_perplexity(TEACHER["perplexity"], 0, 2048) == (pytest.approx(teacher_within), 200)
+    assert pooled_perplexity(STUDENT["perplexity"], 2048) == (pytest.approx(19.0), 200)
+    assert pooled_perplexity(STUDENT["perplexity"], 4096) == (None, 0)
+    markdown, _ = compare(TEACHER, STUDENT, None, tmp_path)
+    ratio = student_within / teacher_within
+    assert (f"| within the trained context (0-2K) | {teacher_within:.2f} | {student_within:.2f} | {ratio:.3f} | 200 |"
+            in markdown)
+    assert "| past it (2K-4K) | 40.00 | 19.00 | 0.475 | 200 |" in markdown
+    # more than two models: each value after the first with its ratio to the first model's
+    third = {**STUDENT, "perplexity": perplexity([20.0, 18.0, 20.0])}
+    markdown = render_markdown([("teacher", TEACHER), ("student", STUDENT), ("other", third)])
+    assert "| past it (2K-4K) | 40.00 | 19.00 (0.475x) | 20.00 (0.500x) | 200 |" in markdown
+    # no row where the trained context is not a bucket's edge, or no model says what it is
+    unknown = {**TEACHER, "footprint": {}}
+    assert "trained context (" not in render_markdown([("teacher", unknown), ("student", {**STUDENT, "footprint": {}})])
+
+
+def test_copy_totals_count_the_scored_tokens_of_every_length():
+    copy = {"span": 32, "by_length": {
+        "4096": {"samples": 16, "token_accuracy": 10 / 31, "control_samples": 16, "control_accuracy": 5 / 31},
+        "8192": {"samples": 5, "token_accuracy": 0.4, "control_samples": 0, "control_accuracy": None},
+        "16384": {"samples": 0, "token_accuracy": None, "control_samples": 0, "control_accuracy": None}}}
+    assert copy_tokens_right(copy) == (160 + 62, 21 * 31)
+    assert copy_tokens_right(copy, control=True) == (80, 16 * 31)
+    markdown = render_markdown([("student", {**STUDENT, "copy": copy})])
+    assert "| all lengths: tokens right | 222 of 651; without it 80 of 496 |" in markdown

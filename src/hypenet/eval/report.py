@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -112,8 +113,46 @@ def _scored_perplexity(results: dict) -> bool:
     return bool(results.get("perplexity")) and any(b["ppl"] is not None for b in results["perplexity"]["buckets"])
 
 
+def pooled_perplexity(perplexity: dict, start: int, end: int | None = None) -> tuple[float | None, int]:
+    """(perplexity, tokens) over the buckets that lie within [start, end) (end None: to the last), each bucket's
+    mean negative log-likelihood weighted by its tokens, as a perplexity over all of them would be."""
+    buckets = [b for b in perplexity["buckets"] if b["start"] >= start and (end is None or b["end"] <= end)
+               and b.get("nll") is not None and b["tokens"]]
+    tokens = sum(b["tokens"] for b in buckets)
+    if not tokens:
+        return None, 0
+    return math.exp(sum(b["nll"] * b["tokens"] for b in buckets) / tokens), tokens
+
+
+def _window_rows(ppl_runs: Sequence[tuple[str, dict]], window: int | None) -> list[list]:
+    """Rows for the positions within the shortest trained context of the compared models and past it (issue 6's
+    perplexity target is the one within the teacher's window); after the first model's column, each value with its
+    ratio to the first model's (in the ratio column when there are two models)."""
+    if not window or not any(b["start"] == window for _, p in ppl_runs for b in p["buckets"]):
+        return []
+    end = max(b["end"] for _, p in ppl_runs for b in p["buckets"])
+    rows = []
+    for name, (start, stop) in ((f"within the trained context (0-{length_label(window)})", (0, window)),
+                                (f"past it ({length_label(window)}-{length_label(end)})", (window, None))):
+        pooled = [pooled_perplexity(p, start, stop) for _, p in ppl_runs]
+        first = pooled[0][0]
+        cells = []
+        for i, (value, _) in enumerate(pooled):
+            cell = _MISSING if value is None else f"{value:.2f}"
+            if i and len(ppl_runs) > 2 and value is not None and first:
+                cell += f" ({value / first:.3f}x)"
+            cells.append(cell)
+        row = [name, *cells]
+        if len(ppl_runs) == 2:
+            row.append(_MISSING if None in (first, pooled[1][0]) else f"{pooled[1][0] / first:.3f}")
+        rows.append(row + [max(tokens for _, tokens in pooled)])
+    return rows
+
+
 def _perplexity_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
     ppl_runs = [(label, r["perplexity"]) for label, r in runs if _scored_perplexity(r)]
+    windows = [r.get("footprint", {}).get("trained_context_length") for _, r in runs if _scored_perplexity(r)]
+    window = min((w for w in windows if w), default=None)
     if not ppl_runs:
         return []
     edges = sorted({(b["start"], b["end"]) for _, p in ppl_runs for b in p["buckets"]})
@@ -134,7 +173,7 @@ def _perplexity_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
         a, b = ppl_runs[0][1]["ppl"], ppl_runs[1][1]["ppl"]
         overall.append(_MISSING if None in (a, b) else f"{b / a:.3f}")
     overall.append("")
-    return ["## Perplexity by token position", ""] + _table(header, rows + [overall])
+    return ["## Perplexity by token position", ""] + _table(header, rows + [overall] + _window_rows(ppl_runs, window))
 
 
 def _niah_section(columns: Sequence[tuple[str, dict]]) -> list[str]:
@@ -244,6 +283,21 @@ def _copy_runs(runs: Sequence[tuple[str, dict]]) -> list[tuple[str, dict]]:
     return [(label, r["copy"]) for label, r in runs if r.get("copy")]
 
 
+def copy_tokens_right(copy: dict, control: bool = False) -> tuple[int, int]:
+    """(right, scored): copied tokens predicted right over all lengths of an `evaluate_copy` result (span - 1 scored
+    per sample), or with control=True the same of its control samples."""
+    accuracy, samples = ("control_accuracy", "control_samples") if control else ("token_accuracy", "samples")
+    cells = [c for c in copy["by_length"].values() if c.get(accuracy) is not None and c.get(samples)]
+    scored = [c[samples] * (copy["span"] - 1) for c in cells]
+    return round(sum(c[accuracy] * n for c, n in zip(cells, scored))), sum(scored)
+
+
+def _copy_total(copy: dict) -> str:
+    right, scored = copy_tokens_right(copy)
+    control, control_scored = copy_tokens_right(copy, control=True)
+    return f"{right} of {scored}" + (f"; without it {control} of {control_scored}" if control_scored else "")
+
+
 def _copy_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
     """`evaluate_copy` results: per length, token accuracy / second half / last token (%) of each model."""
     scored = _copy_runs(runs)
@@ -258,6 +312,7 @@ def _copy_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
             + f" ({cell.get('samples', 0)})"
             + (f"; without it {_pct(cell['control_accuracy'])}" if cell.get("control_accuracy") is not None else "")
             if cell else _MISSING for cell in cells]])
+    rows.append(["all lengths: tokens right", *[_copy_total(c) for _, c in scored]])
     spans = sorted({c["span"] for _, c in scored})
     return (["## Copying a span read earlier (%)", "",
              "Copied tokens predicted right: all / in the copy's second half / the last one (samples); copies of "
