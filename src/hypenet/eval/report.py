@@ -150,11 +150,11 @@ def _window_rows(ppl_runs: Sequence[tuple[str, dict]], window: int | None) -> li
 
 
 def _perplexity_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
-    ppl_runs = [(label, r["perplexity"]) for label, r in runs if _scored_perplexity(r)]
-    windows = [r.get("footprint", {}).get("trained_context_length") for _, r in runs if _scored_perplexity(r)]
-    window = min((w for w in windows if w), default=None)
-    if not ppl_runs:
+    scored = [(label, r) for label, r in runs if _scored_perplexity(r)]
+    if not scored:
         return []
+    ppl_runs = [(label, r["perplexity"]) for label, r in scored]
+    window = min((w for _, r in scored if (w := r.get("footprint", {}).get("trained_context_length"))), default=None)
     edges = sorted({(b["start"], b["end"]) for _, p in ppl_runs for b in p["buckets"]})
     header = ["positions", *[label for label, _ in ppl_runs], "tokens"]
     if len(ppl_runs) == 2:
