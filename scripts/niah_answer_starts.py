@@ -17,6 +17,9 @@ For a task whose values are numbers, "first digit 1" counts the answers whose fi
 whose first digit is 1: a student that has lost the needle writes a short number that mostly begins with 1 (" 12.",
 " 10."), so the first count outgrows the second as NIAH-Single-1 falls (results/gpu_convert/README.md,
 "Twenty-third lease").
+A miss restates the prompt when it begins with "the special magic": the student writes the prompt's answer prefix
+("The special magic number for KEY mentioned in the provided text is") again instead of the value
+(results/gpu_convert/README.md, "Thirty-second lease").
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ def drops_one_character(output: str, value: str) -> bool:
     return len(first) == len(value) - 1 and any(value[:i] + value[i + 1:] == first for i in range(len(value)))
 
 
+def restates_prompt(output: str) -> bool:
+    """Whether the answer begins by writing the prompt's answer prefix ("the special magic ...") again."""
+    return output.strip().lower().startswith("the special magic")
+
+
 def first_digit(text: str) -> str | None:
     found = re.search(r"[0-9]", text)
     return found.group() if found else None
@@ -46,10 +54,11 @@ def first_digit(text: str) -> str | None:
 
 def answer_starts(rows: list[dict]) -> dict[str, dict[str, int]]:
     """Per task: answers, right answers, answers starting with a line break, right answers among the others, misses
-    that drop one character of the value, answers and values whose first digit is 1, and values that are numbers."""
+    that drop one character of the value, misses that restate the prompt, answers and values whose first digit is 1,
+    and values that are numbers."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {
         "answers": 0, "right": 0, "line_break": 0, "right_without_line_break": 0, "dropped_one": 0,
-        "first_digit_1": 0, "values_first_digit_1": 0, "number_values": 0})
+        "restated": 0, "first_digit_1": 0, "values_first_digit_1": 0, "number_values": 0})
     for row in rows:
         c = counts[row["task"]]
         broke = starts_with_line_break(row["output"])
@@ -59,6 +68,7 @@ def answer_starts(rows: list[dict]) -> dict[str, dict[str, int]]:
         c["right_without_line_break"] += bool(row["correct"]) and not broke
         value = str(row.get("value", ""))
         c["dropped_one"] += not row["correct"] and drops_one_character(row["output"], value)
+        c["restated"] += not row["correct"] and restates_prompt(row["output"])
         c["first_digit_1"] += first_digit(row["output"]) == "1"
         c["values_first_digit_1"] += first_digit(value) == "1"
         c["number_values"] += value.isdigit()
@@ -82,7 +92,8 @@ def run_label(path: Path) -> str:
 def table(files: list[Path], lengths: set[int] | None = None) -> str:
     """The markdown table of `answer_starts` for each file's rows (only those of context lengths in `lengths`)."""
     lines = ["| run | task | answers | right | start with a line break | right among the others | misses one character "
-             "short | first digit 1: answers / values |", "|---|---|---|---|---|---|---|---|"]
+             "short | misses restating the prompt | first digit 1: answers / values |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for path in files:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         rows = [r for r in rows if lengths is None or int(r["context_len"]) in lengths]
@@ -90,7 +101,7 @@ def table(files: list[Path], lengths: set[int] | None = None) -> str:
             others = c["answers"] - c["line_break"]
             lines.append(f"| {run_label(path)} | {task} | {c['answers']} | {100 * c['right'] / c['answers']:.0f}% | "
                          f"{100 * c['line_break'] / c['answers']:.0f}% | {c['right_without_line_break']} / {others} | "
-                         f"{c['dropped_one']} / {c['answers'] - c['right']} | {_first_digits(c)} |")
+                         f"{c['dropped_one']} / {c['answers'] - c['right']} | {c['restated']} | {_first_digits(c)} |")
     return "\n".join(lines) + "\n"
 
 
