@@ -50,6 +50,10 @@
 #            compared with it in $RUNS/compare_branch (their eval_more folders when MORE_EVAL_LENGTHS merged them);
 #            BRANCH_LABEL names it (default hypenet-branch). Runs after all of the HALO student's evaluations (not with
 #            HALO_EVAL: no HALO run is made then)
+#   BRANCH_PAIRED  (optional) 1, with BRANCH and MORE_EVAL_LENGTHS: the branch is made right after the HALO student's
+#            evaluation, then each part of MORE_EVAL_LENGTHS runs for both students before the next part (the
+#            branch's EVAL_OPTIONS evaluation after them), so that a lease ending part-way has both students
+#            measured at the same lengths; e.g. MORE_EVAL_LENGTHS="32768 65536 4096,8192,16384" for the long ones first
 #   STAGE_EVAL  (optional) `hypenet eval` options for the HALO run's stage-2 and stage-3 models (before the export's
 #            logit scaling), into $RUNS/eval_stages/stage2 and stage3: which stage moved what. Neither runs with
 #            HALO_EVAL (no HALO model is made then)
@@ -242,17 +246,27 @@ merge_more() {  # merge_more LABEL PART...: MORE_EVAL_LENGTHS' parts into eval_m
     "${HYPENET[@]}" merge-evals "${evaluation[@]}" "$@" --label "$label" --out "$RUNS/eval_more/$label"
 }
 
+more_part() {  # more_part NAME LABEL MODEL I LENGTHS: part I of MORE_EVAL_LENGTHS (NIAH at LENGTHS), a step of its own
+    step "eval_more_$1_$4" evaluate_more "$RUNS/eval_parts/$2-$4" "$2" "$3" "$HALO_MORE_EVAL --niah-lengths $5"
+}
+
+more_merge() {  # more_merge NAME LABEL: LABEL's parts of MORE_EVAL_LENGTHS merged into eval_more/LABEL
+    local parts=() i count
+    count=$(wc -w <<<"$MORE_EVAL_LENGTHS")
+    for ((i = 1; i <= count; i++)); do parts+=("$RUNS/eval_parts/$2-$i"); done
+    step "merge_more_$1" merge_more "$2" "${parts[@]}"
+}
+
 more_steps() {  # more_steps NAME LABEL MODEL: HALO_MORE_EVAL of MODEL, as one step or one per MORE_EVAL_LENGTHS part
-    local name=$1 label=$2 model=$3 lengths i=0 parts=()
+    local name=$1 label=$2 model=$3 lengths i=0
     if [ -z "${MORE_EVAL_LENGTHS:-}" ]; then
         step "eval_more_$name" evaluate_more "$RUNS/eval_more/$label" "$label" "$model" "$HALO_MORE_EVAL"
         return
     fi
     for lengths in $MORE_EVAL_LENGTHS; do
-        i=$((i + 1)) && parts+=("$RUNS/eval_parts/$label-$i")
-        step "eval_more_${name}_$i" evaluate_more "${parts[-1]}" "$label" "$model" "$HALO_MORE_EVAL --niah-lengths $lengths"
+        i=$((i + 1)) && more_part "$name" "$label" "$model" "$i" "$lengths"
     done
-    step "merge_more_$name" merge_more "$label" "${parts[@]}"
+    more_merge "$name" "$label"
 }
 
 needles() {  # needles LABEL MODEL: the share of each attention layer's last-token attention on the NIAH needle
@@ -272,7 +286,10 @@ step eval_teacher reuse_or_evaluate teacher "$TEACHER" "${TEACHER_EVAL:-}" --yar
 step eval_halo reuse_or_evaluate hypenet-halo "$RUNS/halo/model" "${HALO_EVAL:-}"
 [ "${NEEDLE_ATTENTION:-1}" = 0 ] || [ -n "${HALO_EVAL:-}" ] || step needles_halo needles hypenet-halo "$RUNS/halo/model"
 step compare compare_runs "$RUNS/compare" teacher,hypenet-halo "$RUNS/eval/teacher" "$RUNS/eval/hypenet-halo"
-if [ -n "${HALO_MORE_EVAL:-}" ] && [ -z "${HALO_EVAL:-}" ]; then  # (with HALO_EVAL there is no HALO model here)
+PAIRED=0  # BRANCH_PAIRED=1: each part of the grid for both students before the next part
+if [ "${BRANCH_PAIRED:-0}" = 1 ] && [ -n "${BRANCH:-}" ] && [ -n "${HALO_MORE_EVAL:-}" ] && [ -n "${MORE_EVAL_LENGTHS:-}" ] \
+    && [ -z "${HALO_EVAL:-}" ]; then PAIRED=1; fi
+if [ -n "${HALO_MORE_EVAL:-}" ] && [ -z "${HALO_EVAL:-}" ] && [ "$PAIRED" = 0 ]; then  # (HALO_EVAL: no HALO model here)
     more_steps halo hypenet-halo "$RUNS/halo/model"
 fi
 if [ -n "${STAGE_EVAL:-}" ] && [ -z "${HALO_EVAL:-}" ]; then  # the models before the export: they lack its logit scaling
@@ -284,8 +301,20 @@ if [ -n "${BRANCH:-}" ] && [ -z "${HALO_EVAL:-}" ]; then  # another stage 3 from
     label=${BRANCH_LABEL:-hypenet-branch}
     step stage3_branch branch stage3 --from "$RUNS/halo"
     step export_branch branch export
-    step eval_branch evaluate "$label" "$RUNS/branch/model"
-    [ -z "${HALO_MORE_EVAL:-}" ] || more_steps branch "$label" "$RUNS/branch/model"
+    if [ "$PAIRED" = 1 ]; then  # a lease that ends part-way leaves the lengths it reached measured for both
+        i=0
+        for lengths in $MORE_EVAL_LENGTHS; do
+            i=$((i + 1))
+            more_part halo hypenet-halo "$RUNS/halo/model" "$i" "$lengths"
+            more_part branch "$label" "$RUNS/branch/model" "$i" "$lengths"
+        done
+        step eval_branch evaluate "$label" "$RUNS/branch/model"
+        more_merge halo hypenet-halo
+        more_merge branch "$label"
+    else
+        step eval_branch evaluate "$label" "$RUNS/branch/model"
+        [ -z "${HALO_MORE_EVAL:-}" ] || more_steps branch "$label" "$RUNS/branch/model"
+    fi
     evaluations=eval  # the fullest evaluation of each: the merged one, when there is one
     if [ -n "${HALO_MORE_EVAL:-}" ] && [ -n "${MORE_EVAL_LENGTHS:-}" ]; then evaluations=eval_more; fi
     step compare_branch compare_runs "$RUNS/compare_branch" "hypenet-halo,$label" "$RUNS/$evaluations/hypenet-halo" \

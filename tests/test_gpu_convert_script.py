@@ -281,22 +281,29 @@ def test_more_evaluations_of_the_halo_student_and_its_stage_models(setup):
         assert results["evals"] == ["niah"] and list(results["niah"]["tasks"]["single_1"]["by_length"]) == ["400"]
 
 
-def test_a_stage3_branch_and_more_evaluations_in_parts(setup):
-    """BRANCH: a second stage 3 from the HALO run's stage 2, exported, evaluated like the HALO student and compared
-    with it; MORE_EVAL_LENGTHS: HALO_MORE_EVAL in one step per part of its NIAH lengths, merged with the student's
-    evaluation when that ran no NIAH."""
+def branch_env(setup, name: str, **more) -> tuple[Path, Path, dict]:
+    """A run folder with the whole run's HALO conversion and evaluation done, and the environment of a stage-3 branch
+    (lr 2e-3) with the HALO student's grid in two parts, one NIAH length each: (root, runs, env)."""
     root, env = setup
     earlier = root / "runs"
     if not (earlier / "eval" / "hypenet-halo" / "results.json").is_file():
         pytest.skip("needs the whole run of the test above")
-    runs = root / "branch"
+    runs = root / name
     shutil.copytree(earlier / "halo", runs / "halo")
     shutil.copytree(earlier / "eval" / "hypenet-halo", runs / "eval" / "hypenet-halo")  # its NIAH: not merged
     mark_done(runs, ("setup", "convert_halo", "eval_teacher", "eval_halo", "needles_halo", "compare"))
-    env = {**env, "RUNS": str(runs), "OUT": str(root / "out_branch"), "ABLATIONS": "0", "TRAIN_SPEED": "0",
+    env = {**env, "RUNS": str(runs), "OUT": str(root / f"out_{name}"), "ABLATIONS": "0", "TRAIN_SPEED": "0",
            "NEEDLE_ATTENTION": "0", "EVAL_OPTIONS": "--evals ppl --ppl-docs 2 --ppl-max-len 600 --device cpu",
            "HALO_MORE_EVAL": "--evals niah " + MORE_EVAL, "MORE_EVAL_LENGTHS": "400 600",
-           "BRANCH": "--set stage3.lr=0.002", "BRANCH_LABEL": "lr-2e-3"}
+           "BRANCH": "--set stage3.lr=0.002", "BRANCH_LABEL": "lr-2e-3", **more}
+    return root, runs, env
+
+
+def test_a_stage3_branch_and_more_evaluations_in_parts(setup):
+    """BRANCH: a second stage 3 from the HALO run's stage 2, exported, evaluated like the HALO student and compared
+    with it; MORE_EVAL_LENGTHS: HALO_MORE_EVAL in one step per part of its NIAH lengths, merged with the student's
+    evaluation when that ran no NIAH."""
+    root, runs, env = branch_env(setup, "branch")
     run = run_script(env, deadline=900)
     assert run.returncode == 0 and "all done" in run.stdout, run.stdout[-4000:] + run.stderr[-4000:]
     started = [line.split("] start ")[1].split()[0] for line in run.stdout.splitlines() if "] start " in line]
@@ -324,6 +331,29 @@ def test_a_stage3_branch_and_more_evaluations_in_parts(setup):
     assert compared.startswith("# hypenet-halo vs lr-2e-3")
     again = run_script(env, deadline=300)
     assert again.returncode == 0 and "all done" in again.stdout and "] start " not in again.stdout
+
+
+def test_a_paired_branch_runs_each_part_of_the_grid_for_both_students_in_turn(setup):
+    """BRANCH_PAIRED=1: the branch is made before the grid, then each part of MORE_EVAL_LENGTHS runs for the HALO
+    student and the branch before the next part, so a lease that ends part-way has both measured at the same lengths;
+    the branch's own evaluation and the merges come after the grid."""
+    root, runs, env = branch_env(setup, "paired", MORE_EVAL_LENGTHS="600 400", BRANCH_PAIRED="1")
+    run = run_script(env, deadline=900)
+    assert run.returncode == 0 and "all done" in run.stdout, run.stdout[-4000:] + run.stderr[-4000:]
+    started = [line.split("] start ")[1].split()[0] for line in run.stdout.splitlines() if "] start " in line]
+    assert started == ["stage3_branch", "export_branch", "eval_more_halo_1", "eval_more_branch_1", "eval_more_halo_2",
+                       "eval_more_branch_2", "eval_branch", "merge_more_halo", "merge_more_branch", "compare_branch"]
+    with tarfile.open(root / "out_paired" / "gpu_convert.tgz") as archive:
+        results = lambda path: json.load(archive.extractfile(f"results/{path}"))  # noqa: E731
+        merged = [results(f"eval_more/{label}/results.json") for label in ("hypenet-halo", "lr-2e-3")]
+        parts = {label: [results(f"eval_parts/{label}-{i}/results.json") for i in (1, 2)]
+                 for label in ("hypenet-halo", "lr-2e-3")}
+    for label, (first, second) in parts.items():  # the parts in MORE_EVAL_LENGTHS' order, each its own length
+        assert first["label"] == second["label"] == label
+        assert [list(part["niah"]["tasks"]["single_1"]["by_length"]) for part in (first, second)] == [["600"], ["400"]]
+    for evaluation in merged:
+        assert sorted(evaluation["niah"]["tasks"]["single_1"]["by_length"], key=int) == ["400", "600"]
+    assert "perplexity" in merged[1] and "perplexity" not in merged[0]
 
 
 def test_ablations_can_be_run_one_at_a_time(setup):
