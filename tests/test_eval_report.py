@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from hypenet.eval.niah import accuracy_interval, fisher_exact_p, summarize
-from hypenet.eval.plots import plot_niah_heatmap, save_figure
+from hypenet.eval.plots import _legend, plot_niah_heatmap, save_figure
 from hypenet.eval.report import (
     compare,
     copy_tokens_right,
@@ -116,6 +116,25 @@ def test_figures_are_saved_as_palette_pngs_that_look_like_matplotlibs(tmp_path):
     assert difference.mean() < 1.0
     assert path.stat().st_size < len(rendered.getvalue())
     assert not plt.get_fignums()  # closed
+
+
+@pytest.mark.parametrize("models", [4, 7])
+def test_a_legend_of_many_models_goes_below_the_axes_and_the_figure_grows_to_hold_it(models):
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i in range(models):
+        ax.plot([1, 2], [i, i], label=f"model {i}")
+    _legend(fig, ax)
+    fig.canvas.draw()
+    legend, axes_box = ax.get_legend(), ax.get_window_extent()
+    legend_box = legend.get_window_extent()
+    assert len(legend.get_texts()) == models
+    if models <= 4:
+        assert tuple(fig.get_size_inches()) == (6.5, 4)
+        assert axes_box.y0 <= legend_box.y0 and legend_box.y1 <= axes_box.y1  # inside the axes
+    else:
+        assert fig.get_size_inches()[1] == pytest.approx(4 + 0.2 * 4)  # 7 entries in two columns: 4 rows
+        assert legend_box.y1 < axes_box.y0  # wholly below the axes
+    plt.close(fig)
 
 
 def test_report_without_scored_perplexity_draws_no_perplexity_figure(tmp_path):

@@ -92,7 +92,7 @@ def plot_accuracy_vs_length(series: dict[str, dict[str, float]], path: str | Pat
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend(fig, ax)
     return _save(fig, path)
 
 
@@ -108,8 +108,21 @@ def plot_perplexity_by_bucket(series: dict[str, list[dict]], path: str | Path, t
     ax.set_ylabel("perplexity (log scale)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend(fig, ax)
     return _save(fig, path)
+
+
+def _legend(fig, ax, inside: int = 4) -> None:
+    """The legend inside the axes for up to `inside` entries; below them, in two columns, for more, the figure made
+    taller to hold it (a legend of many models inside the axes covers the long-context points)."""
+    entries = len(ax.get_legend_handles_labels()[1])
+    if entries <= inside:
+        ax.legend()
+        return
+    rows = -(-entries // 2)
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + 0.2 * rows)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
 
 
 def _log2_length_axis(ax, lengths: set[int]) -> None:
