@@ -1,5 +1,5 @@
 """The training engine's stop on a signal: the step in flight finishes, is checkpointed, and a resumed run continues
-exactly where the stopped one was."""
+exactly where the stopped one was. Its deterministic mode: on while training, off again after."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from torch import nn
 
 from hypenet.data import PackedChunks
 from hypenet.halo import engine
-from hypenet.halo.config import TrainConfig
+from hypenet.halo.config import HaloError, TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,3 +77,53 @@ def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path):
         train(tmp_path, after_step=signal_at(2, times=2))
     assert not (tmp_path / "checkpoints").exists()
     assert signal.getsignal(signal.SIGINT) is handler
+
+
+class RecordsDeterminism(NextTokenBigram):
+    """The bigram objective, noting whether PyTorch's deterministic algorithms are on at each forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, input_ids):
+        self.seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic))
+        return super().forward(input_ids)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_deterministic_training_is_on_for_the_stage_only_and_learns_the_same_on_the_cpu(tmp_path, deterministic):
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+    assert before == (False, False)
+    objective = RecordsDeterminism()
+    run = engine.RunSettings(checkpoint_every=100, cpu=True, deterministic=deterministic)
+    result = engine.train("stage", objective, CONFIG, chunks(), tmp_path / "run", run)
+    assert set(objective.seen) == {(deterministic, deterministic)}
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic) == before
+    assert result.losses == train(tmp_path / "reference").losses  # the CPU kernels are deterministic either way
+
+
+def test_deterministic_mode_sets_the_cublas_workspace_and_restores_the_rest_after_an_error(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="inside"):
+        with engine.deterministic_algorithms(True):
+            assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+            assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == engine.CUBLAS_WORKSPACE
+            raise ValueError("inside")
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own setting is kept
+    with engine.deterministic_algorithms(True):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+def test_an_op_without_a_deterministic_implementation_stops_with_a_hint():
+    # PyTorch's own words (at::globalContext().alertNotDeterministic); no CPU op raises them
+    words = ("index_add_cuda_ does not have a deterministic implementation, but you set "
+             "'torch.use_deterministic_algorithms(True)'.")
+    with pytest.raises(HaloError, match=r"stage2: deterministic is on.*index_add_cuda_.*drop --set deterministic=true"):
+        with engine.deterministic_algorithms(True, "stage2"):
+            raise RuntimeError(words)
+    with pytest.raises(RuntimeError, match="other"):  # any other error passes unchanged
+        with engine.deterministic_algorithms(True, "stage2"):
+            raise RuntimeError("other")
+    assert not torch.are_deterministic_algorithms_enabled()

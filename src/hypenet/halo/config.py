@@ -140,6 +140,11 @@ class ConvertConfig:
     # torch.compile each decoder layer of student and teacher in stages 2 and 3 (halo/compiling.py): fuses the
     # elementwise work around the matmuls. Costs a compilation at the start of each stage; for GPUs.
     compile: bool = False
+    # PyTorch's deterministic algorithms in the training stages (halo/engine.py, `deterministic_algorithms`), so that
+    # a run repeated on the same machine can repeat its losses: two GPU runs of one config and seed drifted apart
+    # after their first step (results/gpu_convert/README.md, "Thirty-fifth lease"). Slower; an op without a
+    # deterministic implementation stops the run with its name.
+    deterministic: bool = False
     # RoPE in the student's attention layers. HypeNet's HyPE removes it (NoPE attention, RoPE in the RNN layers), which
     # is what generalises past the teacher's window; True keeps the teacher's RoPE there: not HypeNet, an ablation of
     # what NoPE costs within the window (e.g. needle retrieval, which this teacher does through RoPE attention).

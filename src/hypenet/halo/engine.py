@@ -16,6 +16,7 @@ SIGTERM finishes the optimizer step in flight and checkpoints it before stopping
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -55,6 +56,7 @@ class RunSettings:
     tensorboard_dir: Path | None = None
     after_step: Callable[[int], None] | None = None  # called with the step number after every optimizer step
     compile: bool = False  # torch.compile the layers the objective names (halo/compiling.py)
+    deterministic: bool = False  # PyTorch's deterministic algorithms while training (`deterministic_algorithms`)
     # Gather the trained weights into TrainResult.state_dict at the end (a collective under FSDP / ZeRO-3). The
     # pipeline needs them; a throughput benchmark does not.
     gather_weights: bool = True
@@ -246,8 +248,40 @@ def train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_di
     layers = layers_to_compile(objective) if run.compile else []
     if run.compile and not layers:
         log.info("%s: compile is on, but this stage's objective names no layers to compile; it runs eagerly", name)
-    with compiled_layers(layers), StopOnSignal(name) as stop:
+    with deterministic_algorithms(run.deterministic, name), compiled_layers(layers), StopOnSignal(name) as stop:
         return _train(name, objective, config, chunks, Path(stage_dir), run, stop)
+
+
+# cuBLAS repeats its results only with a fixed workspace per stream (CUDA's documentation on reproducibility); PyTorch's
+# deterministic mode refuses cuBLAS matmuls on CUDA without this setting.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool, name: str = "training"):
+    """With `enabled`: PyTorch's deterministic algorithms (strict: an op that has none raises), cuDNN's deterministic
+    kernels without autotuning, and cuBLAS's fixed workspace (CUBLAS_WORKSPACE_CONFIG, when unset) for the block;
+    the previous settings come back after it. Triton kernels (flash-linear-attention's) are outside PyTorch's switch:
+    the ones this package runs have no atomic adds, but their autotuner may pick other tile sizes in another process.
+    An op without a deterministic implementation becomes a HaloError that names it."""
+    if not enabled:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    except RuntimeError as error:
+        if "does not have a deterministic implementation" not in str(error):
+            raise
+        raise HaloError(f"{name}: deterministic is on, and an op has no deterministic implementation: {error}. Run "
+                        "without it (drop --set deterministic=true) to train with that op.") from error
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
 
 
 def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_dir: Path,

@@ -47,7 +47,7 @@ DONE = "done.json"
 CONFIG_FILE = "config.yaml"
 MODEL_DIR = "model"
 # Settings that change how a run executes, not what it computes: they may differ when resuming.
-RUN_FIELDS = {"out", "device", "mixed_precision", "checkpoint_every", "tensorboard", "compile"}
+RUN_FIELDS = {"out", "device", "mixed_precision", "checkpoint_every", "tensorboard", "compile", "deterministic"}
 
 
 def done_info(out: Path, name: str) -> dict | None:
@@ -75,6 +75,7 @@ class Conversion:
         self.settings = engine.RunSettings(
             checkpoint_every=config.checkpoint_every, resume=resume, cpu=engine_cpu, mixed_precision=precision,
             tensorboard_dir=self.out / "tensorboard" if config.tensorboard else None, compile=config.compile,
+            deterministic=config.deterministic,
         )
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # the frozen teacher needs no fp32 master
         try:
