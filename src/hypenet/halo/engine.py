@@ -260,8 +260,8 @@ CUBLAS_WORKSPACE = ":4096:8"
 @contextlib.contextmanager
 def deterministic_algorithms(enabled: bool, name: str = "training"):
     """With `enabled`: PyTorch's deterministic algorithms (strict: an op that has none raises), cuDNN's deterministic
-    kernels without autotuning, and cuBLAS's fixed workspace (CUBLAS_WORKSPACE_CONFIG, when unset) for the block;
-    the previous settings come back after it. Triton kernels (flash-linear-attention's) are outside PyTorch's switch:
+    kernels without autotuning for the block, the previous settings back after it; and cuBLAS's fixed workspace
+    (CUBLAS_WORKSPACE_CONFIG, when unset; it stays set, as cuBLAS's workspaces may outlive the block). Triton kernels (flash-linear-attention's) are outside PyTorch's switch:
     the ones this package runs have no atomic adds, but their autotuner may pick other tile sizes in another process.
     An op without a deterministic implementation becomes a HaloError that names it."""
     if not enabled:
