@@ -156,27 +156,7 @@ step() {
     pack final; exit 1
 }
 
-setup() {
-    if [ -d "$WHEELS" ] && [ ! -d /tmp/site/fla ]; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
-    fi
-    if [ ! -e "$TEACHER" ]; then  # a .gguf file or a checkpoint folder
-        local parts=() sums=(.carry/*/gguf.sha256) n=1
-        while [ -f ".carry/p$n/gguf.part$n" ]; do parts+=(".carry/p$n/gguf.part$n"); n=$((n + 1)); done
-        [ "${#parts[@]}" -gt 0 ] && [ -f "${sums[0]}" ] \
-            || { echo "no teacher at $TEACHER, and no parts .carry/p1/gguf.part1, ... with a .carry/*/gguf.sha256"; return 1; }
-        cat "${parts[@]}" >"$TEACHER.tmp"
-        echo "$(cat "${sums[0]}")  $TEACHER.tmp" | sha256sum --check --quiet - || { rm -f "$TEACHER.tmp"
-            echo "the teacher reassembled from ${parts[*]} does not match ${sums[0]}: a part missing?"; return 1; }
-        mv "$TEACHER.tmp" "$TEACHER"
-    fi
-    [ -f "$CORPUS" ] || { echo "no corpus at $CORPUS (python -m hypenet.data export corpus.jsonl.xz)"; return 1; }
-    if [ -f "$TRITON_CACHE" ]; then  # kernels compiled by an earlier lease on the same image
-        mkdir -p "$HOME/.triton/cache" && tar xf "$TRITON_CACHE" -C "$HOME/.triton/cache"
-    fi
-    python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-    if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv; fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_setup.sh"  # setup: wheels, teacher, corpus, Triton cache
 
 convert() {  # convert COMMAND RUN [--set ...]: HALO (`convert`, or one stage) into runs/gpu/RUN, continuing whatever is there
     local command=$1 run=$2; shift 2

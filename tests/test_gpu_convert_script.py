@@ -390,7 +390,8 @@ def test_teacher_is_reassembled_from_carried_parts(tmp_path):
     against the carried gguf.sha256; a wrong or missing part is an error that says so."""
     import hashlib
     (tmp_path / "scripts").mkdir()
-    shutil.copy(SCRIPT, tmp_path / "scripts" / SCRIPT.name)  # the script runs from its repository's root
+    for script in (SCRIPT, SCRIPT.parent / "gpu_setup.sh"):  # the script runs from its repository's root
+        shutil.copy(script, tmp_path / "scripts" / script.name)
     pieces = [b"GGUF-", b"teacher-", b"bytes"]
     for n, piece in enumerate(pieces, start=1):
         (tmp_path / ".carry" / f"p{n}").mkdir(parents=True)

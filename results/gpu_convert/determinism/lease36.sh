@@ -24,13 +24,8 @@ HYPENET=(python3 -m hypenet.cli)
 OUT=${OUT:-$RUNS/out}
 mkdir -p "$RUNS/logs" "$OUT"
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-[ -d /tmp/site/fla ] || [ ! -d "$WHEELS" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$WHEELS"/*.whl
-if [ "${TEACHER%.gguf}" != "$TEACHER" ] && [ ! -e "$TEACHER" ]; then
-    cat .carry/p1/gguf.part1 .carry/p2/gguf.part2 .carry/p3/gguf.part3 .carry/p4/gguf.part4 .carry/p5/gguf.part5 >"$TEACHER"
-    echo "$(cat .carry/p5/gguf.sha256)  $TEACHER" | sha256sum --check - || { rm -f "$TEACHER"; exit 1; }
-fi
-if [ -f "$TRITON_CACHE" ]; then mkdir -p "$HOME/.triton/cache" && tar xf "$TRITON_CACHE" -C "$HOME/.triton/cache"; fi
+source scripts/gpu_setup.sh
+[ "$TEACHER" = embedded ] || setup || exit 1  # (the embedded teacher: a try on the CPU, nothing carried)
 summarize() {  # where the pairs' stage-2 losses first differ
     python3 scripts/compare_losses.py "$RUNS" det-1,det-2 plain-1,plain-2 det-1,plain-1 \
         >"$RUNS/summary.md" && cat "$RUNS/summary.md"
