@@ -141,9 +141,10 @@ class ConvertConfig:
     # elementwise work around the matmuls. Costs a compilation at the start of each stage; for GPUs.
     compile: bool = False
     # PyTorch's deterministic algorithms in the training stages (halo/engine.py, `deterministic_algorithms`), so that
-    # a run repeated on the same machine can repeat its losses: two GPU runs of one config and seed drifted apart
-    # after their first step (results/gpu_convert/README.md, "Thirty-fifth lease"). Slower; an op without a
-    # deterministic implementation stops the run with its name.
+    # a run repeated on the same machine repeats its losses: without it two GPU runs of one config and seed part after
+    # their first step; with it two H200 runs of 100 stage-2 steps matched at every step, at 1.12x stage 2's time and
+    # 1.41x stage 3's (results/gpu_convert/README.md, "Thirty-sixth lease"). An op without a deterministic
+    # implementation stops the run with its name.
     deterministic: bool = False
     # RoPE in the student's attention layers. HypeNet's HyPE removes it (NoPE attention, RoPE in the RNN layers), which
     # is what generalises past the teacher's window; True keeps the teacher's RoPE there: not HypeNet, an ablation of
