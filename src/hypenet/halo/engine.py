@@ -261,9 +261,11 @@ CUBLAS_WORKSPACE = ":4096:8"
 def deterministic_algorithms(enabled: bool, name: str = "training"):
     """With `enabled`: PyTorch's deterministic algorithms (strict: an op that has none raises), cuDNN's deterministic
     kernels without autotuning for the block, the previous settings back after it; and cuBLAS's fixed workspace
-    (CUBLAS_WORKSPACE_CONFIG, when unset; it stays set, as cuBLAS's workspaces may outlive the block). Triton kernels (flash-linear-attention's) are outside PyTorch's switch:
-    the ones this package runs have no atomic adds, but their autotuner may pick other tile sizes in another process.
-    An op without a deterministic implementation becomes a HaloError that names it."""
+    (CUBLAS_WORKSPACE_CONFIG, when unset; it stays set, as cuBLAS's workspaces may outlive the block). Triton kernels
+    (flash-linear-attention's) are outside PyTorch's switch: the ones this package runs have no atomic adds, but their
+    autotuner could pick other tile sizes in another process (on one H200, two processes logged the same 100 stage-2
+    losses and a third the same through its warm-up: results/gpu_convert/README.md, "Thirty-sixth lease"). An op
+    without a deterministic implementation becomes a HaloError that names it."""
     if not enabled:
         yield
         return
