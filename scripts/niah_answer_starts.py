@@ -20,6 +20,9 @@ whose first digit is 1: a student that has lost the needle writes a short number
 A miss restates the prompt when it begins with "the special magic": the student writes the prompt's answer prefix
 ("The special magic number for KEY mentioned in the provided text is") again instead of the value
 (results/gpu_convert/README.md, "Thirty-second lease").
+A miss breaks the line after a colon when it begins with ":" and a line break (":\n\nSUNYMAGIC_NUMBER"): the student
+ends the prompt's sentence and starts a new block instead of writing the value (results/gpu_convert/README.md,
+"Thirty-seventh lease").
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ def restates_prompt(output: str) -> bool:
     return output.strip().lower().startswith("the special magic")
 
 
+def breaks_after_colon(output: str) -> bool:
+    """Whether the answer is a colon and then a line break, spaces and tabs aside (":\n\nVEGAR")."""
+    rest = output.lstrip(" \t")
+    return rest[:1] == ":" and starts_with_line_break(rest[1:])
+
+
 def first_digit(text: str) -> str | None:
     found = re.search(r"[0-9]", text)
     return found.group() if found else None
@@ -54,11 +63,11 @@ def first_digit(text: str) -> str | None:
 
 def answer_starts(rows: list[dict]) -> dict[str, dict[str, int]]:
     """Per task: answers, right answers, answers starting with a line break, right answers among the others, misses
-    that drop one character of the value, misses that restate the prompt, answers and values whose first digit is 1,
-    and values that are numbers."""
+    that drop one character of the value, misses that restate the prompt, misses that break the line after a colon,
+    answers and values whose first digit is 1, and values that are numbers."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {
         "answers": 0, "right": 0, "line_break": 0, "right_without_line_break": 0, "dropped_one": 0,
-        "restated": 0, "first_digit_1": 0, "values_first_digit_1": 0, "number_values": 0})
+        "restated": 0, "colon_break": 0, "first_digit_1": 0, "values_first_digit_1": 0, "number_values": 0})
     for row in rows:
         c = counts[row["task"]]
         broke = starts_with_line_break(row["output"])
@@ -69,6 +78,7 @@ def answer_starts(rows: list[dict]) -> dict[str, dict[str, int]]:
         value = str(row.get("value", ""))
         c["dropped_one"] += not row["correct"] and drops_one_character(row["output"], value)
         c["restated"] += not row["correct"] and restates_prompt(row["output"])
+        c["colon_break"] += not row["correct"] and breaks_after_colon(row["output"])
         c["first_digit_1"] += first_digit(row["output"]) == "1"
         c["values_first_digit_1"] += first_digit(value) == "1"
         c["number_values"] += value.isdigit()
@@ -92,8 +102,9 @@ def run_label(path: Path) -> str:
 def table(files: list[Path], lengths: set[int] | None = None) -> str:
     """The markdown table of `answer_starts` for each file's rows (only those of context lengths in `lengths`)."""
     lines = ["| run | task | answers | right | start with a line break | right among the others | misses one character "
-             "short | misses restating the prompt | first digit 1: answers / values |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "short | misses restating the prompt | misses breaking the line after a colon | "
+             "first digit 1: answers / values |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for path in files:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         rows = [r for r in rows if lengths is None or int(r["context_len"]) in lengths]
@@ -101,7 +112,8 @@ def table(files: list[Path], lengths: set[int] | None = None) -> str:
             others = c["answers"] - c["line_break"]
             lines.append(f"| {run_label(path)} | {task} | {c['answers']} | {100 * c['right'] / c['answers']:.0f}% | "
                          f"{100 * c['line_break'] / c['answers']:.0f}% | {c['right_without_line_break']} / {others} | "
-                         f"{c['dropped_one']} / {c['answers'] - c['right']} | {c['restated']} | {_first_digits(c)} |")
+                         f"{c['dropped_one']} / {c['answers'] - c['right']} | {c['restated']} | {c['colon_break']} | "
+                         f"{_first_digits(c)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -25,9 +25,11 @@ def test_counts_line_break_starts_per_task():
     assert starts.starts_with_line_break(" \t\nx") and not starts.starts_with_line_break(" x\n")
     assert starts.answer_starts(ROWS) == {
         "single_1": {"answers": 1, "right": 0, "line_break": 0, "right_without_line_break": 0, "dropped_one": 1,
-                     "restated": 0, "first_digit_1": 0, "values_first_digit_1": 0, "number_values": 1},
+                     "restated": 0, "colon_break": 0, "first_digit_1": 0, "values_first_digit_1": 0,
+                     "number_values": 1},
         "single_2": {"answers": 3, "right": 2, "line_break": 2, "right_without_line_break": 1, "dropped_one": 0,
-                     "restated": 0, "first_digit_1": 0, "values_first_digit_1": 1, "number_values": 3},
+                     "restated": 0, "colon_break": 0, "first_digit_1": 0, "values_first_digit_1": 1,
+                     "number_values": 3},
     }
 
 
@@ -48,8 +50,8 @@ def test_table_labels_runs_and_filters_lengths(tmp_path, capsys):
     starts.main([str(path), "--lengths", "4096", "--out", str(tmp_path / "t.md")])
     printed = capsys.readouterr().out
     assert printed == (tmp_path / "t.md").read_text()
-    assert printed.splitlines()[2:] == ["| lease/student | single_1 | 1 | 0% | 0% | 0 / 1 | 1 / 1 | 0 | 0 / 0 |",
-                                        "| lease/student | single_2 | 2 | 50% | 100% | 0 / 0 | 0 / 1 | 0 | 0 / 1 |"]
+    assert printed.splitlines()[2:] == ["| lease/student | single_1 | 1 | 0% | 0% | 0 / 1 | 1 / 1 | 0 | 0 | 0 / 0 |",
+                                        "| lease/student | single_2 | 2 | 50% | 100% | 0 / 0 | 0 / 1 | 0 | 0 | 0 / 1 |"]
     with pytest.raises(SystemExit):
         starts.main([str(path), "--lengths", "4K"])
     assert "--lengths takes token counts" in capsys.readouterr().err
@@ -92,3 +94,16 @@ def test_a_miss_that_writes_the_answer_prefix_again_restates_the_prompt():
             {"task": "single_1", "context_len": 4096, "output": " the special magic number for sly-engine is 7978852",
              "correct": True, "value": "7978852"}]
     assert starts.answer_starts(rows)["single_1"]["restated"] == 1  # only misses are counted
+
+
+def test_a_miss_that_is_a_colon_and_a_line_break_is_counted():
+    """The thirty-seventh lease's student answered Single-1 past 16K with ":\n\nVEGAR\n..." instead of the value."""
+    assert starts.breaks_after_colon(":\n\nVEGAR\n") and starts.breaks_after_colon(" : \r\nX")
+    assert not starts.breaks_after_colon(": 7756841\n") and not starts.breaks_after_colon("\n:\n")
+    assert not starts.breaks_after_colon(" 7756841:\n")
+    rows = [{"task": "single_1", "context_len": 32768, "output": ":\n\nSUNYMAGIC_NUMBER", "correct": False,
+             "value": "7756841"},
+            {"task": "single_1", "context_len": 32768, "output": ":\n7756841", "correct": True, "value": "7756841"},
+            {"task": "single_1", "context_len": 32768, "output": " 1.\n\nThe special", "correct": False,
+             "value": "6606841"}]
+    assert starts.answer_starts(rows)["single_1"]["colon_break"] == 1  # only misses are counted
