@@ -1,4 +1,4 @@
-"""scripts/compare_losses.py: where two stage-2 runs' per-step losses first differ."""
+"""scripts/compare_losses.py: where two runs' per-step losses first differ, and whether two layer choices agree."""
 
 import importlib.util
 import json
@@ -27,3 +27,28 @@ def test_pairs_show_the_first_differing_step_the_largest_gap_and_step_times(tmp_
     assert rows[0] == "| a vs b | 3 | none | 0 | 0.300 / 0.300 |"
     assert rows[1] == "| a vs c | 3 | 2 | 0.1 | 0.300 / 0.300 |"  # (the resume event has no loss; step 4 only in c)
     assert rows[2] == "| a vs missing | 0 | none | nan | 0.300 / - |"
+
+
+def test_stage1_losses_are_read_from_their_own_stage(tmp_path, capsys):
+    for name, loss in (("a", 478.8), ("b", 478.8), ("c", 478.9)):
+        stage = tmp_path / name / "stages" / "stage1"
+        stage.mkdir(parents=True)
+        (stage / "losses.jsonl").write_text(json.dumps({"step": 1, "loss": loss, "seconds": 9.6}) + "\n")
+    compare_losses.main(tmp_path, ["a,b", "a,c"], stage="stage1")
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert rows == ["| a vs b | 1 | none | 0 | 9.600 / 9.600 |", "| a vs c | 1 | 1 | 0.1 | 9.600 / 9.600 |"]
+
+
+def test_layer_choices_compare_their_layers_and_scores(tmp_path, capsys):
+    choice = {"attention_layers": [7, 14], "scores": {"0": 0.5, "1": 2.0}, "recall": {"0": 0.9, "1": 0.8},
+              "commonsense": {"0": 1.0, "1": 0.9}, "wall_time_s": 11.5}
+    for name, changes in (("a", {}), ("b", {"wall_time_s": 12.0}),
+                          ("c", {"attention_layers": [7, 15], "recall": {"0": 0.9, "1": 0.75}})):
+        stage = tmp_path / name / "stages" / "select"
+        stage.mkdir(parents=True)
+        (stage / "done.json").write_text(json.dumps(choice | changes))
+    compare_losses.main(tmp_path, ["a,b", "a,c", "a,missing"], stage="select")
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert rows[0] == "| a vs b | 7,14 / 7,14 | yes | 0 |"  # (the time taken is not compared)
+    assert rows[1] == "| a vs c | 7,14 / 7,15 | no | 0.05 |"
+    assert rows[2] == "| a vs missing | - | - | - |"
