@@ -2,7 +2,21 @@
 # results/gpu_convert/ that source it): install the carried wheels (WHEELS) into /tmp/site, reassemble the teacher
 # (TEACHER) from the carried parts .carry/p1/gguf.part1, .carry/p2/gguf.part2, ... and check it against their
 # .carry/*/gguf.sha256, check the corpus (CORPUS), and unpack a carried Triton cache (TRITON_CACHE), then print the
-# versions and the GPU. Source it; it runs nothing itself.
+# versions and the GPU. Source it after setting RUNS (and DEADLINE and START, for `step`); it runs nothing itself.
+# The inputs' defaults, each replaced by the environment (scripts/gpu_convert.sh documents them):
+: "${TEACHER:=$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf}" "${CORPUS:=.carry/c/corpus.jsonl.xz}" "${WHEELS:=.whl}"
+: "${TRITON_CACHE:=.carry/triton_cache.txz}"
+
+timed_step() {  # timed_step LOGS NAME COMMAND...: COMMAND with what is left of DEADLINE (seconds after START) less
+    # 20 s for packing, stopped by SIGINT then (a conversion checkpoints and stops), its output in LOGS/NAME.log;
+    # returns 1 without running it when 30 s or less would be left
+    local logs=$1 name=$2 left; shift 2
+    left=$((DEADLINE - (SECONDS - START) - 20))
+    [ "$left" -gt 30 ] || { echo "deadline: stopping before $name; run the same command again"; return 1; }
+    echo "[$((SECONDS - START))s] $name ($left s left)"
+    timeout --signal=INT --kill-after=10 "$left" "$@" >"$logs/$name.log" 2>&1 || echo "  $name stopped: exit $?"
+    tail -2 "$logs/$name.log"
+}
 
 setup() {
     if [ -d "$WHEELS" ] && [ ! -d /tmp/site/fla ]; then

@@ -12,11 +12,7 @@ START=$SECONDS
 # RUNS, TEACHER, CORPUS, CONFIG, WHEELS, TRITON_CACHE, STAGE2_TOKENS and OPTIONS (more settings for stage 1, e.g.
 # `--preset smoke --set device=cpu`) can be replaced to try the script on a CPU.
 RUNS=${RUNS:-runs/det36}
-TEACHER=${TEACHER:-$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf}
-CORPUS=${CORPUS:-.carry/c/corpus.jsonl.xz}
 CONFIG=${CONFIG-configs/gpu-smollm2.yaml}  # (empty: none)
-WHEELS=${WHEELS:-.whl}
-TRITON_CACHE=${TRITON_CACHE:-.carry/triton_cache.txz}
 STAGE2_TOKENS=${STAGE2_TOKENS:-4915200}
 read -r -a OPTIONS <<<"${OPTIONS:-}"
 [ -z "$CONFIG" ] || OPTIONS=(--config "$CONFIG" "${OPTIONS[@]}")
@@ -35,14 +31,7 @@ pack() {
     echo "[$((SECONDS - START))s] packing"
     tar czf "$OUT/determinism.tgz" -C "$RUNS" logs $(cd "$RUNS" && ls -d */stages/*/losses.jsonl summary.md 2>/dev/null)
 }
-run() {  # run NAME COMMAND...: a step within the deadline, its output in logs/NAME.log
-    local name=$1 left; shift
-    left=$((DEADLINE - (SECONDS - START) - 20))
-    [ "$left" -gt 30 ] || { echo "deadline: stopping before $name"; pack; exit 0; }
-    echo "[$((SECONDS - START))s] $name ($left s left)"
-    timeout --signal=INT --kill-after=10 "$left" "$@" >"$RUNS/logs/$name.log" 2>&1 || echo "  $name stopped: exit $?"
-    tail -2 "$RUNS/logs/$name.log"
-}
+run() { timed_step "$RUNS/logs" "$@" || { pack; exit 0; }; }  # a step within the deadline (gpu_setup.sh)
 run stage1 "${HYPENET[@]}" stage1 --teacher "$TEACHER" --data "$CORPUS" \
     --out "$RUNS/base" --set seed=2 --set data.seed=0 "${OPTIONS[@]}" --resume
 run select "${HYPENET[@]}" select --out "$RUNS/base" --resume

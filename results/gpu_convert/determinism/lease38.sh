@@ -18,11 +18,7 @@ START=$SECONDS
 # `--preset smoke --set device=cpu`) can be replaced to try the script on a CPU.
 REF=${REF:-runs/det38}
 RUNS=${RUNS:-runs/gpu_d0}
-TEACHER=${TEACHER:-$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf}
-CORPUS=${CORPUS:-.carry/c/corpus.jsonl.xz}
 CONFIG=${CONFIG-configs/gpu-smollm2.yaml}  # (empty: none)
-WHEELS=${WHEELS:-.whl}
-TRITON_CACHE=${TRITON_CACHE:-.carry/triton_cache.txz}
 SETTINGS="--set seed=0 --set data.seed=0 --set deterministic=true"
 read -r -a OPTIONS <<<"$SETTINGS ${OPTIONS:-}"
 [ -z "$CONFIG" ] || OPTIONS=(--config "$CONFIG" "${OPTIONS[@]}")
@@ -40,17 +36,11 @@ pack() {  # ref against the conversion, as far as both have run
     tar czf "$OUT/determinism.tgz" -C "$REF" logs summary.md \
         $(cd "$REF" && ls -d ref/stages/*/losses.jsonl ref/stages/*/done.json 2>/dev/null)
 }
-run() {  # run NAME COMMAND...: a step of ref within the deadline, its output in logs/NAME.log
-    local name=$1 left; shift
-    left=$((DEADLINE - (SECONDS - START) - 20))
-    [ "$left" -gt 30 ] || { echo "deadline: stopping before $name; run the same command again"; pack; exit 0; }
-    echo "[$((SECONDS - START))s] $name ($left s left)"
-    timeout --signal=INT --kill-after=10 "$left" "$@" >"$REF/logs/$name.log" 2>&1 || echo "  $name stopped: exit $?"
-    tail -2 "$REF/logs/$name.log"
-}
+run() { timed_step "$REF/logs" "$@" || { pack; exit 0; }; }  # a step of ref within the deadline (gpu_setup.sh)
 if [ ! -f "$REF/ref/stages/select/done.json" ]; then
     [ "$TEACHER" = embedded ] || setup || exit 1  # (the embedded teacher: a try on the CPU, nothing carried)
-    run ref-stage1 "${HYPENET[@]}" stage1 --teacher "$TEACHER" --data "$CORPUS" --out "$REF/ref" "${OPTIONS[@]}" --resume
+    run ref-stage1 "${HYPENET[@]}" stage1 --teacher "$TEACHER" --data "$CORPUS" --out "$REF/ref" "${OPTIONS[@]}" \
+        --resume
     run ref-select "${HYPENET[@]}" select --out "$REF/ref" --resume
     [ -f "$REF/ref/stages/select/done.json" ] || { echo "ref not finished; run the same command again"; pack; exit 0; }
 fi
