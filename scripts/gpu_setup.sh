@@ -2,7 +2,8 @@
 # results/gpu_convert/ that source it): install the carried wheels (WHEELS) into /tmp/site, reassemble the teacher
 # (TEACHER) from the carried parts .carry/p1/gguf.part1, .carry/p2/gguf.part2, ... and check it against their
 # .carry/*/gguf.sha256, check the corpus (CORPUS), and unpack a carried Triton cache (TRITON_CACHE), then print the
-# versions and the GPU. Source it after setting RUNS (and DEADLINE and START, for `step`); it runs nothing itself.
+# versions and the GPU. Source it after setting RUNS (and DEADLINE and START, for `timed_step`); it runs nothing
+# itself.
 # The inputs' defaults, each replaced by the environment (scripts/gpu_convert.sh documents them):
 : "${TEACHER:=$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf}" "${CORPUS:=.carry/c/corpus.jsonl.xz}" "${WHEELS:=.whl}"
 : "${TRITON_CACHE:=.carry/triton_cache.txz}"
