@@ -69,10 +69,8 @@ STOP_GRACE=${STOP_GRACE:-50}
     || { echo "STOP_GRACE=$STOP_GRACE: seconds, more than the 20 kept for packing" >&2; exit 2; }
 START=$SECONDS
 RUNS=${RUNS:-runs/gpu}
-TEACHER=${TEACHER:-$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf}
-CORPUS=${CORPUS:-.carry/c/corpus.jsonl.xz}
-WHEELS=${WHEELS:-.whl}
-TRITON_CACHE=${TRITON_CACHE:-.carry/triton_cache.txz}
+# TEACHER, CORPUS, WHEELS and TRITON_CACHE take their defaults there; setup: wheels, teacher, corpus, Triton cache
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_setup.sh"
 OUT=${OUT:-$RUNS/out}
 # CONFIG, EVAL_OPTIONS and SPEED_OPTIONS can be replaced (tests/test_gpu_convert_script.py runs this on a CPU);
 # CONVERT_OPTIONS are added to every conversion, e.g. "--set stage1.align_attention=true" (RUNS: a new folder then).
@@ -155,8 +153,6 @@ step() {
     say "FAILED $name (exit $rc), log: $RUNS/logs/$name.log"
     pack final; exit 1
 }
-
-source "$(dirname "${BASH_SOURCE[0]}")/gpu_setup.sh"  # setup: wheels, teacher, corpus, Triton cache
 
 convert() {  # convert COMMAND RUN [--set ...]: HALO (`convert`, or one stage) into runs/gpu/RUN, continuing whatever is there
     local command=$1 run=$2; shift 2
