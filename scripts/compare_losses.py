@@ -29,7 +29,8 @@ def losses_table(runs: Path, pairs: list[str], stage: str = "stage2") -> list[st
         differ = [s for s in both if x[s]["loss"] != y[s]["loss"]]
         biggest = max((abs(x[s]["loss"] - y[s]["loss"]) for s in both), default=float("nan"))
         times = " / ".join(f"{statistics.median(r['seconds'] for r in z.values()):.3f}" if z else "-" for z in (x, y))
-        lines.append(f"| {a} vs {b} | {len(both)} | {differ[0] if differ else 'none'} | {biggest:.3g} | {times} |")
+        first = differ[0] if differ else "none" if both else "-"  # (no step in both: nothing compared)
+        lines.append(f"| {a} vs {b} | {len(both)} | {first} | {biggest:.3g} | {times} |")
     return lines
 
 

@@ -26,7 +26,7 @@ def test_pairs_show_the_first_differing_step_the_largest_gap_and_step_times(tmp_
     rows = capsys.readouterr().out.splitlines()[2:]
     assert rows[0] == "| a vs b | 3 | none | 0 | 0.300 / 0.300 |"
     assert rows[1] == "| a vs c | 3 | 2 | 0.1 | 0.300 / 0.300 |"  # (the resume event has no loss; step 4 only in c)
-    assert rows[2] == "| a vs missing | 0 | none | nan | 0.300 / - |"
+    assert rows[2] == "| a vs missing | 0 | - | nan | 0.300 / - |"  # no step in both: not "none differ"
 
 
 def test_stage1_losses_are_read_from_their_own_stage(tmp_path, capsys):
