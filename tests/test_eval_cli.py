@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_eval_tiny import HAYSTACK_DOCS, tiny_llama, tiny_tokenizer
+from test_eval_tiny import HAYSTACK_DOCS, tiny_hypenet, tiny_llama, tiny_tokenizer
 
 from hypenet.eval.__main__ import main
 
@@ -211,3 +211,22 @@ def test_an_evaluation_stopped_part_way_resumes_after_its_last_finished_evaluati
     monkeypatch.setattr(cli, "_perplexity", not_again)
     with pytest.raises(AssertionError, match="ran again"):
         main([str(model_dir), *options, "--out", str(out)])
+
+
+def test_logit_scaling_base_is_set_for_the_evaluation_and_reported(tmp_path, capsys):
+    tokenizer = tiny_tokenizer()
+    model_dir = tmp_path / "hypenet"
+    tiny_hypenet(tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    common = [str(model_dir), "--evals", "niah", "--tasks", "single_1", "--niah-lengths", "200", "--niah-depths",
+              "0.5", "--niah-samples", "1", "--device", "cpu", "--no-progress"]
+    assert main([*common, "--logit-scaling-base", "8000", "--out", str(tmp_path / "a")]) == 0
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["footprint"]["logit_scaling_base"] == 8000.0 and results["settings"]["logit_scaling_base"] == 8000.0
+    assert "| attention logit-scaling base (HyPE) | 8000 |" in (tmp_path / "a" / "report.md").read_text()
+    assert main([*common, "--out", str(tmp_path / "b")]) == 0  # without it: the checkpoint's own base
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["footprint"]["logit_scaling_base"] == 500.0
+    with pytest.raises(SystemExit) as stop:
+        main([*common, "--logit-scaling-base", "1", "--out", str(tmp_path / "c")])
+    assert stop.value.code == 2
+    assert "a number > 1" in capsys.readouterr().err

@@ -117,3 +117,20 @@ def test_the_command_writes_a_new_folder_and_refuses_a_part_as_out(parts, tmp_pa
         main(["merge-evals", str(short_dir), str(long_dir), "--out", str(long_dir)])
     with pytest.raises(SystemExit, match="merge-evals: niah at 4096 tokens is in both"):
         main(["merge-evals", str(short_dir), str(short_dir), "--out", str(tmp_path / "again")])
+
+
+def test_parts_at_other_logit_scaling_bases_are_refused_and_older_parts_without_one_merge(tmp_path):
+    """`hypenet eval --logit-scaling-base` changes the model's answers: its parts are not one evaluation. A part made
+    before the footprint named the base merges with one that names it."""
+    parts = {}
+    for name, length, base in (("a", 4096, 8000.0), ("b", 8192, 16000.0), ("older", 8192, None)):
+        folder = write_part(tmp_path / name, {"niah": niah_rows(length, [1] * 8)}, ["niah"])
+        results = json.loads((folder / "results.json").read_text())
+        if base is not None:
+            results["footprint"]["logit_scaling_base"] = base
+        (folder / "results.json").write_text(json.dumps(results))
+        parts[name] = folder
+    with pytest.raises(MergeError, match="another logit-scaling base"):
+        merge_evaluations([parts["a"], parts["b"]])
+    merged, _ = merge_evaluations([parts["a"], parts["older"]])
+    assert set(merged["niah"]["tasks"]["single_1"]["by_length"]) == {"4096", "8192"}

@@ -1,13 +1,15 @@
 """Eval model loading (local dir, YaRN) and cache sizes."""
 
 import pytest
-from test_eval_tiny import tiny_llama, tiny_tokenizer
+import torch
+from test_eval_tiny import tiny_hypenet, tiny_llama, tiny_tokenizer
 from transformers import LlamaConfig
 
 from hypenet.eval.models import (
     apply_rope_scaling,
     kv_cache_bytes_per_token,
     load_model_for_eval,
+    model_footprint,
     recurrent_state_bytes,
     trained_context_length,
     yarn_rope_scaling,
@@ -66,3 +68,32 @@ def test_hypenet_refuses_yarn(tmp_path):
     HypeNetConfig(num_hidden_layers=2, mixer_types=["attention", "lightning"]).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="no RoPE"):
         load_model_for_eval(tmp_path, device="cpu", rope_scaling=yarn_rope_scaling(256, 1024))
+
+
+def test_logit_scaling_base_replaces_a_hypenet_checkpoints_own(tmp_path):
+    """`hypenet eval --logit-scaling-base`: HyPE's inference-time base, set before the weights load; "off" switches
+    the scaling off; the weights are the same and the logits change."""
+    tokenizer = tiny_tokenizer()
+    tiny_hypenet(tokenizer).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    ids = torch.tensor([tokenizer("Bees visit flowers to collect nectar and pollen. " * 4)["input_ids"]])
+    logits = {}
+    for base in (None, 8000.0, "off"):
+        model, _ = load_model_for_eval(tmp_path, device="cpu", logit_scaling_base=base)
+        logits[base] = model(ids).logits
+        assert model.config.attention_logit_scaling_base == {None: 500.0, 8000.0: 8000.0, "off": None}[base]
+        assert model_footprint(model)["logit_scaling_base"] == {None: 500.0, 8000.0: 8000.0, "off": "off"}[base]
+    assert not torch.allclose(logits[None], logits[8000.0]) and not torch.allclose(logits[None], logits["off"])
+    # the first position attends to itself alone: the scaling cannot change it
+    torch.testing.assert_close(logits[None][:, 0], logits["off"][:, 0])
+    for bad in (1.0, 0.5, "8000"):
+        with pytest.raises(ValueError, match="a number > 1 .* or 'off'"):
+            load_model_for_eval(tmp_path, device="cpu", logit_scaling_base=bad)
+
+
+def test_logit_scaling_base_of_a_model_without_hype_is_refused(tmp_path):
+    tokenizer = tiny_tokenizer()
+    tiny_llama(tokenizer, max_position_embeddings=256).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="HyPE's setting of a HypeNet model.* a llama model: evaluate it without one"):
+        load_model_for_eval(tmp_path, device="cpu", logit_scaling_base=8000.0)

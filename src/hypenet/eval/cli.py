@@ -24,6 +24,20 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def _base(text: str) -> float | str:
+    """--logit-scaling-base: a number > 1, or off."""
+    if text.strip().lower() == "off":
+        return "off"
+    try:
+        base = float(text)
+    except ValueError:
+        base = None
+    if base is None or base <= 1:
+        raise argparse.ArgumentTypeError(f"a number > 1 (the export's choice is in the model's config.json as "
+                                         f"attention_logit_scaling_base), or off; got {text!r}")
+    return base
+
+
 def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -38,6 +52,9 @@ def register(subparsers) -> None:
     eval_parser.add_argument("model", metavar="MODEL", help="HF model directory, .gguf file, or 'teacher'/'embedded'")
     eval_parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/eval/<model name>)")
     eval_parser.add_argument("--label", default=None, help="name of the model in reports (default: from MODEL)")
+    eval_parser.add_argument("--logit-scaling-base", type=_base, default=None, metavar="A",
+                             help="a HypeNet model only: HyPE's logit-scaling base for this evaluation (a number > 1, "
+                                  "or off) instead of the one the export chose by held-out loss (its config.json)")
     _add_eval_options(eval_parser)
     eval_parser.set_defaults(func=run_eval)
 
@@ -242,7 +259,8 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
 
     heatmaps: list[Path] = []
     started = time.perf_counter()
-    model, tokenizer = load_model_for_eval(spec, args.device, args.dtype)
+    model, tokenizer = load_model_for_eval(spec, args.device, args.dtype,  # (compare has no --logit-scaling-base)
+                                           logit_scaling_base=getattr(args, "logit_scaling_base", None))
     results["timing_s"]["load"] = time.perf_counter() - started
     results["footprint"] = model_footprint(model)
     _log(f"{label}: {results['footprint']['parameters'] / 1e6:.1f}M parameters on {model.device}, "

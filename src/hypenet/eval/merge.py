@@ -70,9 +70,12 @@ def merge_evaluations(parts: list[str | Path], label: str | None = None) -> tupl
     grid: dict[str, tuple[Path, dict]] = {}  # NIAH evaluation -> the first part that ran it, and its settings
     whole: dict[str, tuple[Path, object]] = {}  # other evaluation -> the part that ran it, and its results
     for path, results, records in loaded:
-        if results.get("footprint") != first.get("footprint"):
-            raise MergeError(f"{path} and {first_path} are evaluations of different models (their footprints "
-                             f"differ: {results.get('footprint')} vs {first.get('footprint')}).")
+        mine, theirs = results.get("footprint") or {}, first.get("footprint") or {}
+        differ = sorted(k for k in mine.keys() & theirs.keys() if mine[k] != theirs[k])  # (keys older parts lack)
+        if differ or bool(mine) != bool(theirs):
+            raise MergeError(f"{path} and {first_path} are evaluations of different models, or of one model with "
+                             f"another logit-scaling base (their footprints differ: {results.get('footprint')} vs "
+                             f"{first.get('footprint')}).")
         for name, rows in records.items():
             settings = list(GRID_SETTINGS) + (["forced_answer"] if name == "niah_forced" else [])
             earlier_path, earlier = grid.setdefault(name, (path, results["settings"]))

@@ -59,12 +59,24 @@ def apply_rope_scaling(config, rope_scaling: dict) -> None:
         config.max_position_embeddings = int(round(rope["factor"] * rope["original_max_position_embeddings"]))
 
 
+def set_logit_scaling_base(config, base: float | str) -> None:
+    """Replace a HypeNet config's HyPE logit-scaling base `a` (queries scaled by ln(t + a) / ln(a) at position t), an
+    inference-time setting the export chose by held-out loss; "off" switches the scaling off."""
+    if not is_hypenet(config):
+        raise ValueError("a logit-scaling base is HyPE's setting of a HypeNet model's attention layers; this model is "
+                         f"a {getattr(config, 'model_type', 'non-HypeNet')} model: evaluate it without one.")
+    if base != "off" and not (isinstance(base, (int, float)) and base > 1):
+        raise ValueError(f"the logit-scaling base must be a number > 1 (the paper uses 500-900) or 'off'; got {base!r}")
+    config.attention_logit_scaling_base = None if base == "off" else float(base)
+
+
 def load_model_for_eval(spec: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
-                        rope_scaling: dict | None = None):
+                        rope_scaling: dict | None = None, logit_scaling_base: float | str | None = None):
     """(model, tokenizer) in eval mode; the tokenizer pads on the left (batched generation) and has a pad token.
 
     rope_scaling (e.g. from `yarn_rope_scaling`) is applied to the config before the weights load. A HypeNet
     checkpoint has no RoPE in its attention layers, so it is evaluated as-is and rope_scaling must be None.
+    logit_scaling_base (a HypeNet model only; a number > 1, or "off") replaces the checkpoint's own base; None keeps it.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -75,6 +87,8 @@ def load_model_for_eval(spec: str | Path, device: str | None = None, dtype: str 
         if is_hypenet(config):
             raise ValueError("a HypeNet model has no RoPE in its attention layers to scale: evaluate it without YaRN.")
         apply_rope_scaling(config, rope_scaling)
+    if logit_scaling_base is not None:
+        set_logit_scaling_base(config, logit_scaling_base)
     torch_device = resolve_device(device)
     model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=resolve_dtype(dtype, torch_device),
                                                  **location)
@@ -132,5 +146,6 @@ def model_footprint(model) -> dict:
         "kv_cache_bytes_per_token": kv_cache_bytes_per_token(config),
         "recurrent_state_bytes": recurrent_state_bytes(config),
         "trained_context_length": trained_context_length(config),
+        **({"logit_scaling_base": config.attention_logit_scaling_base or "off"} if is_hypenet(config) else {}),
     }
 

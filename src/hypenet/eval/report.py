@@ -95,6 +95,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines + [""]
 
 
+def _base(base) -> str:
+    return _MISSING if base is None else base if isinstance(base, str) else f"{base:g}"
+
+
 def _models_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
     footprints = [(label, r.get("footprint", {})) for label, r in runs]
     fields = [
@@ -103,6 +107,7 @@ def _models_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
         ("KV cache per token (bf16)", lambda f: _bytes(f.get("kv_cache_bytes_per_token"))),
         ("recurrent state per sequence (fp32)", lambda f: _bytes(f.get("recurrent_state_bytes"))),
         ("trained context", lambda f: f.get("trained_context_length", _MISSING)),
+        ("attention logit-scaling base (HyPE)", lambda f: _base(f.get("logit_scaling_base"))),
     ]
     rows = [[name] + [render(f) for _, f in footprints] for name, render in fields]
     return ["## Models", ""] + _table(["", *[label for label, _ in runs]], rows)
