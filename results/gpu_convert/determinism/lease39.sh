@@ -9,6 +9,9 @@
 #          repeat_spans_1/lease23.sh, no branch), its perplexity and copy eval, and the 6-sample NIAH grid on held-out
 #          haystacks, 32K and 64K first: seed 1 measured to 64K with the default recipe (the twenty-seventh lease's B,
 #          the only such run of seed 1, stopped at 16K)
+#   last   with the grid merged and time left in the call (140 s each), that student's 64K grid again at other
+#          logit-scaling bases (BASES, default "off 32000": `hypenet eval --logit-scaling-base`), each beside the
+#          export's own choice: how much HyPE's scaling and its base decide retrieval at 8x the teacher's window
 # Run from the repository root after the carry calls (scripts/gpu_carry.py prints them) as
 # `bash results/gpu_convert/determinism/lease39.sh 585`, repeated until it prints "all done". The check's logs,
 # losses, layer choice and summary.md come back in $OUT/determinism.tgz, the conversion's in $OUT/gpu_convert.tgz.
@@ -21,6 +24,7 @@ CHECK=${CHECK:-runs/det39}
 RUNS=${RUNS:-runs/gpu_d1}
 REFERENCE=${REFERENCE:-results/gpu_convert/determinism/lease38}
 CHECK_SECONDS=${CHECK_SECONDS:-100}
+read -r -a BASES <<<"${BASES:-off 32000}"
 CONFIG=${CONFIG-configs/gpu-smollm2.yaml}  # (empty: none)
 read -r -a OPTIONS <<<"--set seed=0 --set data.seed=0 --set deterministic=true ${OPTIONS:-}"
 [ -z "$CONFIG" ] || OPTIONS=(--config "$CONFIG" "${OPTIONS[@]}")
@@ -44,7 +48,7 @@ pack() {
     done >"$CHECK/summary.md" 2>&1
     cat "$CHECK/summary.md"
     tar czf "$OUT/determinism.tgz" -C "$CHECK" logs summary.md \
-        $(cd "$CHECK" && ls -d {ref,stage2}/stages/*/losses.jsonl ref/stages/*/done.json 2>/dev/null)
+        $(cd "$CHECK" && ls -d {ref,stage2}/stages/*/losses.jsonl ref/stages/*/done.json bases 2>/dev/null)
 }
 run() { timed_step "$CHECK/logs" "$@" || { pack; exit 0; }; }  # a step of the check within the deadline
 if [ ! -f "$CHECK/checked" ]; then
@@ -60,8 +64,17 @@ if [ ! -f "$CHECK/checked" ]; then
     pack
 fi
 left=$((DEADLINE - (SECONDS - START) - 10))
-RUNS=$RUNS TEACHER=$TEACHER CORPUS=$CORPUS WHEELS=$WHEELS TRITON_CACHE=$TRITON_CACHE \
+[ -f "$RUNS/done/merge_more_halo" ] || RUNS=$RUNS TEACHER=$TEACHER CORPUS=$CORPUS WHEELS=$WHEELS TRITON_CACHE=$TRITON_CACHE \
     CONVERT_OPTIONS="--set seed=1 --set data.seed=0 --set deterministic=true" BRANCH= \
     GRID="--evals niah --niah-samples 6 --haystack-heldout --batch-size 16 --max-batch-tokens 524288" \
     MORE_EVAL_LENGTHS="32768 65536 4096,8192,16384" bash results/gpu_convert/repeat_spans_1/lease23.sh "$left"
+if [ -f "$RUNS/done/merge_more_halo" ]; then  # the grid is merged: 64K at other bases while a call has time
+    for base in "${BASES[@]}"; do
+        [ -f "$CHECK/bases/$base/results.json" ] && continue
+        [ $((DEADLINE - (SECONDS - START))) -ge 140 ] || { echo "no time left for base $base"; break; }
+        run "base-$base" "${HYPENET[@]}" eval "$RUNS/halo/model" --logit-scaling-base "$base" --label "base $base" \
+            --out "$CHECK/bases/$base" --resume --evals niah --niah-samples 6 --niah-lengths 65536 --haystack-heldout \
+            --haystack "$CORPUS" --batch-size 16 --max-batch-tokens 524288 --no-progress
+    done
+fi
 pack
