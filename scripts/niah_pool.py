@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from hypenet.eval.niah import accuracy_interval  # noqa: E402
+from hypenet.eval.plots import length_label  # noqa: E402
 
 
 def counts(folder: Path) -> tuple[Counter, Counter]:
@@ -35,10 +36,6 @@ def counts(folder: Path) -> tuple[Counter, Counter]:
         asked[row["context_len"]] += 1
         right[row["context_len"]] += bool(row["correct"])
     return right, asked
-
-
-def length_name(tokens: int) -> str:
-    return f"{tokens // 1024}K" if tokens % 1024 == 0 else str(tokens)
 
 
 def pooled_table(folders: list[Path], labels: list[str]) -> str:
@@ -58,7 +55,7 @@ def pooled_table(folders: list[Path], labels: list[str]) -> str:
                 f"**{100 * right / asked:.1f}** ({100 * low:.0f}-{100 * high:.0f}) | {right} / {asked} |")
 
     for length in lengths:
-        lines.append(row(length_name(length), [(right[length], asked[length]) for right, asked in runs]))
+        lines.append(row(length_label(length), [(right[length], asked[length]) for right, asked in runs]))
     totals = [(sum(right[n] for n in lengths), sum(asked[n] for n in lengths)) for right, asked in runs]
     lines.append(row("all", totals))
     return "\n".join(lines) + "\n"
