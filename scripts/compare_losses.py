@@ -3,7 +3,11 @@ RUNS/NAME/stages/STAGE/losses.jsonl (STAGE: stage2 unless given; written by `hyp
 and prints a markdown table: the steps both logged, the first step whose loss differs at all, the largest difference,
 and each run's median step time (what `deterministic: true` costs). `--stage select` compares the layer choices
 instead (RUNS/NAME/stages/select/done.json): the attention layers, and the largest difference of any per-layer
-score, recall or commonsense value. Made for the determinism leases (results/gpu_convert/determinism/)."""
+score, recall or commonsense value. Made for the determinism leases (results/gpu_convert/determinism/).
+
+`python compare_losses.py --reports A/report.json,B/report.json` compares two whole conversions by their
+report.json instead (what a lease brings back): each stage's logged losses (stage 1 and 3 every step, stage 2 every
+tenth), the layer choice, and the export's long-context loss at each logit-scaling base and the base it chose."""
 
 from __future__ import annotations
 
@@ -19,18 +23,31 @@ def steps(runs: Path, name: str, stage: str = "stage2") -> dict[int, dict]:
     return {row["step"]: row for row in rows if "loss" in row}  # (a resumed run logs its step again: the last wins)
 
 
+def number_first(key) -> tuple:
+    """Steps and bases ("500", "2000", "off") in numeric order, names after them."""
+    try:
+        return 0, float(key), ""
+    except ValueError:
+        return 1, 0.0, str(key)
+
+
+def differences(x: dict, y: dict) -> tuple[int, object, float]:
+    """Keys in both, the first key whose value differs at all ("none"; "-" when none in both), the largest gap."""
+    both = sorted(set(x) & set(y), key=number_first)
+    differ = [k for k in both if x[k] != y[k]]
+    biggest = max((abs(x[k] - y[k]) for k in both), default=float("nan"))
+    return len(both), differ[0] if differ else "none" if both else "-", biggest
+
+
 def losses_table(runs: Path, pairs: list[str], stage: str = "stage2") -> list[str]:
     lines = ["| pair | steps in both | first step that differs | largest difference of the loss | "
              "median step time (s) |", "|---|---|---|---|---|"]
     for pair in pairs:
         a, b = pair.split(",")
         x, y = steps(runs, a, stage), steps(runs, b, stage)
-        both = sorted(set(x) & set(y))
-        differ = [s for s in both if x[s]["loss"] != y[s]["loss"]]
-        biggest = max((abs(x[s]["loss"] - y[s]["loss"]) for s in both), default=float("nan"))
+        both, first, biggest = differences(*({s: row["loss"] for s, row in z.items()} for z in (x, y)))
         times = " / ".join(f"{statistics.median(r['seconds'] for r in z.values()):.3f}" if z else "-" for z in (x, y))
-        first = differ[0] if differ else "none" if both else "-"  # (no step in both: nothing compared)
-        lines.append(f"| {a} vs {b} | {len(both)} | {first} | {biggest:.3g} | {times} |")
+        lines.append(f"| {a} vs {b} | {both} | {first} | {biggest:.3g} | {times} |")
     return lines
 
 
@@ -41,14 +58,46 @@ def selection_table(runs: Path, pairs: list[str]) -> list[str]:
         a, b = pair.split(",")
         x, y = (json.loads(p.read_text()) if p.is_file() else None
                 for p in (runs / name / "stages" / "select" / "done.json" for name in (a, b)))
-        if x is None or y is None:
-            lines.append(f"| {a} vs {b} | - | - | - |")
-            continue
-        gaps = [abs(x[key][layer] - y[key][layer]) for key in ("scores", "recall", "commonsense")
-                for layer in set(x.get(key, {})) & set(y.get(key, {}))]
-        same = "yes" if x["attention_layers"] == y["attention_layers"] else "no"
-        layers = " / ".join(",".join(map(str, z["attention_layers"])) for z in (x, y))
-        lines.append(f"| {a} vs {b} | {layers} | {same} | {max(gaps, default=float('nan')):.3g} |")
+        lines.append(f"| {a} vs {b} | {selection_cells(x, y)} |")
+    return lines
+
+
+def selection_cells(x: dict | None, y: dict | None) -> str:
+    """Two layer choices: their attention layers, whether they agree, the largest gap of a per-layer value."""
+    if x is None or y is None:
+        return "- | - | -"
+    gaps = [abs(x[key][layer] - y[key][layer]) for key in ("scores", "recall", "commonsense")
+            for layer in set(x.get(key, {})) & set(y.get(key, {}))]
+    same = "yes" if x["attention_layers"] == y["attention_layers"] else "no"
+    layers = " / ".join(",".join(map(str, z["attention_layers"])) for z in (x, y))
+    return f"{layers} | {same} | {max(gaps, default=float('nan')):.3g}"
+
+
+def base_label(export: dict) -> str:
+    if "logit_scaling_base" not in export:
+        return "-"
+    base = export["logit_scaling_base"]
+    return "off" if base is None else f"{base:g}"
+
+
+def reports_table(a: Path, b: Path) -> list[str]:
+    """Two conversions compared by their report.json: stages' logged losses, layer choice, export."""
+    x, y = (json.loads(p.read_text()) for p in (a, b))
+    lines = ["| stage | steps in both | first step that differs | largest difference of the loss | wall time (s) |",
+             "|---|---|---|---|---|"]
+    for stage in sorted(set(x.get("stages", {})) | set(y.get("stages", {}))):
+        runs = [z.get("stages", {}).get(stage, {}) for z in (x, y)]
+        both, first, biggest = differences(*({step: loss for step, loss in r.get("losses", [])} for r in runs))
+        times = " / ".join(f"{r['wall_time_s']:.0f}" if "wall_time_s" in r else "-" for r in runs)
+        lines.append(f"| {stage} | {both} | {first} | {biggest:.3g} | {times} |")
+    choices = selection_cells(x.get("selection"), y.get("selection"))
+    lines += ["", "| layer choice | attention layers | same layers | largest difference of a score, recall or "
+              "commonsense value |", "|---|---|---|---|", f"| select | {choices} |"]
+    ex, ey = (z.get("export") or {} for z in (x, y))
+    both, first, biggest = differences(ex.get("losses", {}), ey.get("losses", {}))
+    chosen = " / ".join(base_label(e) for e in (ex, ey))
+    lines += ["", "| export | bases in both | first base whose loss differs | largest difference of the loss | "
+              "base chosen |", "|---|---|---|---|---|", f"| export | {both} | {first} | {biggest:.3g} | {chosen} |"]
     return lines
 
 
@@ -59,10 +108,22 @@ def main(runs: Path, pairs: list[str], stage: str = "stage2") -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split(":")[0])
-    parser.add_argument("runs", type=Path, help="the folder that holds the runs")
-    parser.add_argument("pairs", nargs="+", help="pairs of run names, e.g. det-1,det-2")
+    parser.add_argument("runs", type=Path, nargs="?", help="the folder that holds the runs")
+    parser.add_argument("pairs", nargs="*", help="pairs of run names, e.g. det-1,det-2")
     parser.add_argument("--stage", default="stage2", help="stage1, stage2, stage3, or select (default stage2)")
+    parser.add_argument("--reports", help="two conversions' report.json joined by a comma: compare them whole")
     args = parser.parse_args()
+    if args.reports:
+        paths = [Path(p) for p in args.reports.split(",")]
+        if len(paths) != 2 or args.runs or args.pairs:
+            parser.error("--reports takes two report.json joined by a comma, and no RUNS or pairs")
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            parser.error(f"no such report: {', '.join(missing)} (a conversion writes OUT/report.json)")
+        print("\n".join(reports_table(*paths)))
+        raise SystemExit(0)
+    if args.runs is None or not args.pairs:
+        parser.error("give RUNS and at least one pair of run names (or --reports A,B)")
     bad = [p for p in args.pairs if p.count(",") != 1]
     if bad:
         parser.error(f"pairs are two run names joined by a comma, e.g. det-1,det-2; got {', '.join(bad)}")

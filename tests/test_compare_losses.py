@@ -52,3 +52,23 @@ def test_layer_choices_compare_their_layers_and_scores(tmp_path, capsys):
     assert rows[0] == "| a vs b | 7,14 / 7,14 | yes | 0 |"  # (the time taken is not compared)
     assert rows[1] == "| a vs c | 7,14 / 7,15 | no | 0.05 |"
     assert rows[2] == "| a vs missing | - | - | - |"
+
+
+def test_two_reports_compare_every_stage_the_layer_choice_and_the_export(tmp_path):
+    report = {"stages": {"stage1": {"losses": [[1, 470.5], [2, 460.25]], "wall_time_s": 30.2},
+                         "stage2": {"losses": [[1, 2.25], [10, 2.0]], "wall_time_s": 640.0}},
+              "selection": {"attention_layers": [7, 14], "scores": {"0": 0.5}, "recall": {}, "commonsense": {}},
+              "export": {"logit_scaling_base": 16000.0, "losses": {"8000": 2.875, "16000": 2.8725}}}
+    other = json.loads(json.dumps(report))
+    other["stages"]["stage2"] = {"losses": [[1, 2.25], [10, 2.125], [20, 1.5]], "wall_time_s": 660.4}
+    other["stages"]["stage3"] = {"losses": [[1, 3.0]]}
+    other["export"] = {"logit_scaling_base": None, "losses": {"8000": 2.75, "16000": 2.875, "off": 2.9}}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(report))
+    b.write_text(json.dumps(other))
+    lines = compare_losses.reports_table(a, b)
+    assert lines[2:5] == ["| stage1 | 2 | none | 0 | 30 / 30 |",
+                          "| stage2 | 2 | 10 | 0.125 | 640 / 660 |",  # (step 20: b alone)
+                          "| stage3 | 0 | - | nan | - / - |"]
+    assert "| select | 7,14 / 7,14 | yes | 0 |" in lines
+    assert lines[-1] == "| export | 2 | 8000 | 0.125 | 16000 / off |"  # (bases in numeric order, not as text)
