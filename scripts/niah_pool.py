@@ -6,7 +6,9 @@ Two runs of one config and seed on the GPU can differ by 40 answers of 450 (resu
 range what one run of it may give. Reads the `niah_samples.jsonl` that `hypenet eval` writes (or `hypenet merge-evals`
 merges) in each evaluation folder and prints a markdown table:
 
-    python scripts/niah_pool.py EVAL_DIR EVAL_DIR ... [--labels a,b,...] [--out table.md]
+    python scripts/niah_pool.py EVAL_DIR EVAL_DIR ... [--labels a,b,...] [--tasks single_1,...] [--out table.md]
+
+`--tasks` keeps those tasks' answers only (e.g. Single-1 alone, the task past the window depends on most).
 
 The interval counts the needles' chance only, as if all answers came from one model; it is narrower than the
 spread between runs when runs differ by more than their needles explain (compare the range).
@@ -25,21 +27,27 @@ from hypenet.eval.niah import accuracy_interval  # noqa: E402
 from hypenet.eval.plots import length_label  # noqa: E402
 
 
-def counts(folder: Path) -> tuple[Counter, Counter]:
-    """Answers right and answers asked per context length, all tasks together."""
+def counts(folder: Path, tasks: list[str] | None = None) -> tuple[Counter, Counter]:
+    """Answers right and answers asked per context length, all tasks (or those in `tasks`) together."""
     path = folder / "niah_samples.jsonl"
     if not path.is_file():
         raise SystemExit(f"no {path}: give evaluation folders of `hypenet eval --evals niah` (or merged ones)")
-    right, asked = Counter(), Counter()
+    right, asked, seen = Counter(), Counter(), set()
     for line in path.read_text().splitlines():
         row = json.loads(line)
+        seen.add(row["task"])
+        if tasks is not None and row["task"] not in tasks:
+            continue
         asked[row["context_len"]] += 1
         right[row["context_len"]] += bool(row["correct"])
+    missing = sorted(set(tasks or ()) - seen)
+    if missing:
+        raise SystemExit(f"{path} has no answers of {', '.join(missing)}; its tasks: {', '.join(sorted(seen))}")
     return right, asked
 
 
-def pooled_table(folders: list[Path], labels: list[str]) -> str:
-    runs = [counts(folder) for folder in folders]
+def pooled_table(folders: list[Path], labels: list[str], tasks: list[str] | None = None) -> str:
+    runs = [counts(folder, tasks) for folder in folders]
     lengths = sorted(set.intersection(*(set(asked) for _, asked in runs)))
     if not lengths:
         raise SystemExit("the runs share no context length: nothing to pool")
@@ -65,12 +73,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="evaluation folders with niah_samples.jsonl")
     parser.add_argument("--labels", help="comma-separated names of the runs (default: the folders)")
+    parser.add_argument("--tasks", help="comma-separated NIAH tasks to count (default: all), e.g. single_1")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args()
     labels = args.labels.split(",") if args.labels else [str(folder) for folder in args.folders]
     if len(labels) != len(args.folders):
         parser.error(f"{len(labels)} labels for {len(args.folders)} folders: give one label per folder")
-    text = pooled_table(args.folders, labels)
+    text = pooled_table(args.folders, labels, args.tasks.split(",") if args.tasks else None)
     print(text, end="")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

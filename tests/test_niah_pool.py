@@ -46,3 +46,18 @@ def test_runs_without_a_common_length_are_refused(tmp_path):
     b = write_samples(tmp_path / "b", [("single_1", 8192, True)])
     with pytest.raises(SystemExit, match="share no context length"):
         niah_pool.pooled_table([a, b], ["a", "b"])
+
+
+def test_tasks_keeps_those_tasks_answers_only(tmp_path):
+    a = write_samples(tmp_path / "a", [("single_1", 4096, True), ("single_2", 4096, False), ("single_3", 4096, False)])
+    b = write_samples(tmp_path / "b", [("single_1", 4096, False), ("single_2", 4096, True), ("single_3", 4096, True)])
+    rows = niah_pool.pooled_table([a, b], ["a", "b"], ["single_1"]).splitlines()
+    assert rows[2].startswith("| 4K | 100.0 | 0.0 | 0.0-100.0 | **50.0** (") and rows[2].endswith("| 1 / 2 |")
+    rows = niah_pool.pooled_table([a, b], ["a", "b"], ["single_2", "single_3"]).splitlines()
+    assert rows[2].startswith("| 4K | 0.0 | 100.0 | 0.0-100.0 | **50.0** (") and rows[2].endswith("| 2 / 4 |")
+
+
+def test_a_task_a_run_never_asked_is_refused(tmp_path):
+    a = write_samples(tmp_path / "a", [("single_1", 4096, True)])
+    with pytest.raises(SystemExit, match="has no answers of single_2; its tasks: single_1"):
+        niah_pool.pooled_table([a], ["a"], ["single_2"])
