@@ -115,11 +115,7 @@ pack() {  # pack [final]: the results so far, without weights, into $OUT (at mos
         [ -d "$RUNS/$dir" ] && cp -r "$RUNS/$dir" "$keep/"
     done
     tar czf "$OUT/gpu_convert.tgz" -C "$RUNS" results logs
-    # Triton's compiled kernels and autotuning results: carried back in, they save the next lease minutes.
-    if [ "${1:-}" = final ] && [ -d "$HOME/.triton/cache" ]; then
-        XZ_OPT="-6 -T0" tar cJf "$OUT/triton_cache.txz" -C "$HOME/.triton/cache" .
-        [ "$(stat -c %s "$OUT/triton_cache.txz")" -lt 16000000 ] || rm -f "$OUT/triton_cache.txz"
-    fi
+    [ "${1:-}" != final ] || pack_triton_cache "$OUT"
 }
 
 # step NAME COMMAND...: run once (skipped when runs/gpu/done/NAME exists), interrupted at the deadline.
