@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Next leases' items 1 and 2 (results/gpu_convert/README.md), one conversion serving both:
+#   convert  the thirty-ninth lease's conversion again (the default recipe, seed 1, `deterministic: true`) on the
+#            machine this lease gets; summary.md compares its report.json with the 39th's (REFERENCE) by
+#            `scripts/compare_losses.py --reports`: every stage's logged losses, the layer choice, the export's
+#            long-context loss per logit-scaling base and the base it chose. Does a whole deterministic conversion
+#            repeat in another lease? (The setup log now records the GPU's UUID; the 39th's did not.)
+#   grids    that student's 6-sample NIAH grid on held-out haystacks at other logit-scaling bases (GRIDS, each
+#            BASE:LENGTHS, BASE a number or `export`, the export's own choice), 8000 at 64K first: in the 39th the
+#            export chose 16000 and got 29 of 90 answers right at 64K, 32000 15 and no scaling 6 (same weights);
+#            across the default's six runs, those whose export chose 8000 got Single-1 at 64K 81 of 90, the two that
+#            chose 16000 42 of 60. Is 8000 better on one student, and what does it cost at 4K-32K?
+# Run from the repository root after the carry calls (scripts/gpu_carry.py prints them) as
+# `bash results/gpu_convert/determinism/lease40.sh 585`, repeated until it prints "all done". Everything comes back in
+# $OUT/lease40.tgz (logs, summary.md, the conversion's report and per-step losses, bases/), Triton's kernel cache in
+# $OUT/triton_cache.txz.
+set -uo pipefail
+DEADLINE=${1:-585}
+START=$SECONDS
+# RUNS, REFERENCE, TEACHER, CORPUS, CONFIG, WHEELS, TRITON_CACHE, GRIDS, GRID_OPTIONS and OPTIONS (more settings for
+# the conversion, e.g. `--set device=cpu`) can be replaced to try the script on a CPU.
+RUNS=${RUNS:-runs/gpu_d1}
+REFERENCE=${REFERENCE:-results/gpu_convert/determinism/lease39/results/convert_halo/report.json}
+read -r -a GRIDS <<<"${GRIDS:-8000:65536 export:65536 8000:4096,8192,16384 8000:32768 4000:65536 2000:65536}"
+read -r -a GRID_ARGS <<<"${GRID_OPTIONS:---niah-samples 6 --batch-size 16 --max-batch-tokens 524288}"
+CONFIG=${CONFIG-configs/gpu-smollm2.yaml}  # (empty: none)
+read -r -a OPTIONS <<<"--set seed=1 --set data.seed=0 --set deterministic=true ${OPTIONS:-}"
+[ -z "$CONFIG" ] || OPTIONS=(--config "$CONFIG" "${OPTIONS[@]}")
+HYPENET=(python3 -m hypenet.cli)
+OUT=${OUT:-$RUNS/out}
+mkdir -p "$RUNS/logs" "$RUNS/bases" "$OUT"
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source scripts/gpu_setup.sh
+
+pack() {  # what comes back: everything but the weights; the Triton cache when kernels were compiled since the last
+    local halo=$RUNS/halo
+    if [ -f "$halo/report.json" ]; then
+        python3 scripts/compare_losses.py --reports "$REFERENCE,$halo/report.json" >"$RUNS/summary.md" 2>&1
+        cat "$RUNS/summary.md"
+    fi
+    tar czf "$OUT/lease40.tgz" -C "$RUNS" logs bases $(cd "$RUNS" && ls -d summary.md halo/report.* halo/config.yaml \
+        halo/model/halo_export.json halo/stages/*/losses.jsonl halo/stages/select/done.json 2>/dev/null)
+    if [ ! -f "$RUNS/triton_packed" ] || [ -n "$(find "$HOME/.triton/cache" -newer "$RUNS/triton_packed" -print -quit 2>/dev/null)" ]; then
+        pack_triton_cache "$OUT" && touch "$RUNS/triton_packed"
+    fi
+}
+run() { timed_step "$RUNS/logs" "$@" || { pack; exit 0; }; }  # a step within the deadline, or pack and stop
+
+[ "$TEACHER" = embedded ] || setup >"$RUNS/logs/setup.log" 2>&1 || { cat "$RUNS/logs/setup.log"; exit 1; }
+if [ ! -f "$RUNS/halo/model/config.json" ]; then
+    run convert "${HYPENET[@]}" convert --teacher "$TEACHER" --data "$CORPUS" --out "$RUNS/halo" "${OPTIONS[@]}" --resume
+    [ -f "$RUNS/halo/model/config.json" ] || { echo "conversion not finished; run the same command again"; pack; exit 0; }
+fi
+for grid in "${GRIDS[@]}"; do
+    base=${grid%%:*} lengths=${grid#*:}
+    dir=$RUNS/bases/${base}_${lengths//,/_}
+    [ -f "$dir/results.json" ] && continue
+    if [ "$base" = export ]; then chosen=(); label="export's base"; else chosen=(--logit-scaling-base "$base"); label="base $base"; fi
+    run "grid-${base}_${lengths//,/_}" "${HYPENET[@]}" eval "$RUNS/halo/model" "${chosen[@]}" --label "$label" --out "$dir" \
+        --resume --evals niah --niah-lengths "$lengths" --haystack-heldout --haystack "$CORPUS" "${GRID_ARGS[@]}" \
+        --no-progress
+    [ -f "$dir/results.json" ] || { echo "grid $grid not finished; run the same command again"; pack; exit 0; }
+done
+pack
+echo "[$((SECONDS - START))s] all done"
