@@ -47,9 +47,9 @@ pack() {  # what comes back: everything but the weights; the Triton cache when k
 run() { timed_step "$RUNS/logs" "$@" || { pack; exit 0; }; }  # a step within the deadline, or pack and stop
 
 [ "$TEACHER" = embedded ] || setup >"$RUNS/logs/setup.log" 2>&1 || { cat "$RUNS/logs/setup.log"; exit 1; }
-if [ ! -f "$RUNS/halo/model/config.json" ]; then
+if [ ! -f "$RUNS/halo/report.json" ]; then  # (written once every stage, the export included, is done)
     run convert "${HYPENET[@]}" convert --teacher "$TEACHER" --data "$CORPUS" --out "$RUNS/halo" "${OPTIONS[@]}" --resume
-    [ -f "$RUNS/halo/model/config.json" ] || { echo "conversion not finished; run the same command again"; pack; exit 0; }
+    [ -f "$RUNS/halo/report.json" ] || { echo "conversion not finished; run the same command again"; pack; exit 0; }
 fi
 for grid in "${GRIDS[@]}"; do
     base=${grid%%:*} lengths=${grid#*:}
