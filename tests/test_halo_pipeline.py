@@ -417,6 +417,22 @@ def test_a_stage_alone_needs_the_stages_before_it(tmp_path, capsys):
     assert "run `hypenet stage1 --out" in capsys.readouterr().err
 
 
+def test_export_again_with_one_base_pins_it(qwen3_conversion, tmp_path):
+    """docs/EVAL.md: `hypenet export --out RUN --set 'export.logit_scaling_candidates=[A]' --overwrite` writes the
+    checkpoint with base A (its loss measured and reported, no search past it), the trained stages untouched."""
+    reference, _ = qwen3_conversion
+    out = tmp_path / "again"
+    shutil.copytree(reference, out)
+    weights = load_file(out / "stages" / "stage3" / "model" / "model.safetensors")
+    assert main(["export", "--out", str(out), "--set", "export.logit_scaling_candidates=[300]", "--overwrite"]) == 0
+    assert json.loads((out / "model" / "config.json").read_text())["attention_logit_scaling_base"] == 300
+    report = json.loads((out / "report.json").read_text())
+    assert report["export"]["logit_scaling_base"] == 300 and list(report["export"]["losses"]) == ["300"]
+    assert report["stages"] == json.loads((reference / "report.json").read_text())["stages"]
+    exported = load_file(out / "model" / "model.safetensors")
+    assert all(torch.equal(exported[name], tensor) for name, tensor in weights.items())
+
+
 def test_resume_refuses_other_settings(assets, qwen3_conversion, capsys):
     out, _ = qwen3_conversion
     assert main(["convert", *cli_args(assets, "qwen3", out), "--resume", "--set", "stage2.lr=5e-4"]) == 1
