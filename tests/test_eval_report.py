@@ -213,8 +213,9 @@ def test_pairs_of_models_compare_answers_right_on_the_cells_both_were_asked(tmp_
     assert "### pairs of models" not in render_markdown([("student", STUDENT), ("short", unevenly)])
 
 
-def test_accuracy_per_needle_depth_over_the_lengths_each_model_was_measured_at():
-    """Needles found only at the haystack's start (depth 0) by one model, everywhere but there by another."""
+def test_accuracy_per_needle_depth_over_the_lengths_every_model_was_measured_at():
+    """Needles found only at the haystack's start (depth 0) by one model, everywhere but there by another; models
+    measured at other lengths besides are compared at the lengths they share, each alone at its own."""
     def found(at_start: bool, lengths):
         return {"model": "m", "niah": summarize([
             {"task": "single_1", "context_len": length, "depth": depth, "correct": (depth == 0.0) == at_start}
@@ -223,6 +224,19 @@ def test_accuracy_per_needle_depth_over_the_lengths_each_model_was_measured_at()
     depths = markdown.split("### single_1 by needle depth")[1].split("\n\n")[1]
     assert depths.splitlines() == ["| depth | start | rest |", "|---|---|---|", "| 0% | 100.0 | 0.0 |",
                                    "| 50% | 0.0 | 100.0 |", "| 100% | 0.0 | 100.0 |"]
+    assert "averaged over the lengths every model was measured at (2K)." in markdown
+    # a model right everywhere at 1K and only at the start at 2K, beside one measured at 2K alone: 2K only
+    mixed = {"model": "m", "niah": summarize([
+        {"task": "single_1", "context_len": length, "depth": depth, "correct": length == 1024 or depth == 0.0}
+        for length in (1024, 2048) for depth in (0.0, 0.5, 1.0) for _ in range(2)])}
+    depths = render_markdown([("mixed", mixed), ("rest", found(False, (2048,)))])
+    assert "| 50% | 0.0 | 100.0 |" in depths.split("### single_1 by needle depth")[1]
+    alone = render_markdown([("mixed", mixed)])
+    assert "| 50% | 50.0 |" in alone.split("### single_1 by needle depth")[1]
+    assert "averaged over the lengths measured." in alone
+    apart = render_markdown([("mixed", mixed), ("far", found(False, (4096,)))])
+    assert "| 50% | 50.0 | 100.0 |" in apart.split("### single_1 by needle depth")[1]
+    assert "averaged over the lengths each model was measured at (they share none)." in apart
     # a cell right at one depth half the time, at another length always: the mean over lengths
     half = summarize([{"task": "single_1", "context_len": length, "depth": 0.5, "correct": length == 2048 or i == 0}
                       for length in (1024, 2048) for i in range(2)])

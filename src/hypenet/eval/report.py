@@ -208,14 +208,22 @@ def _niah_section(columns: Sequence[tuple[str, dict]]) -> list[str]:
 
 
 def _depth_section(columns: Sequence[tuple[str, dict]]) -> list[str]:
-    """Per task, each model's accuracy per needle depth, averaged over the lengths it was measured at."""
+    """Per task, each model's accuracy per needle depth, averaged over the lengths every model was measured at (each
+    model's own lengths when they share none): a model measured at 4K-64K beside one measured at 64K alone is
+    compared at 64K."""
     labels = [label for label, _ in columns]
+    measured = [{int(length) for result in niah["tasks"].values()
+                 for length, cell in result.get("by_length", {}).items() if cell.get("by_depth")}
+                for _, niah in columns]
+    shared = set.intersection(*measured) if measured else set()
     lines = []
     for task in sorted({t for _, n in columns for t in n["tasks"]}):
         by_model = []
         for _, niah in columns:
             by_depth: dict[float, list[float]] = {}
-            for cell in niah["tasks"].get(task, {}).get("by_length", {}).values():
+            for length, cell in niah["tasks"].get(task, {}).get("by_length", {}).items():
+                if shared and int(length) not in shared:
+                    continue
                 for depth, accuracy in cell.get("by_depth", {}).items():
                     by_depth.setdefault(float(depth), []).append(accuracy)
             by_model.append({depth: _mean(values) for depth, values in by_depth.items()})
@@ -226,8 +234,14 @@ def _depth_section(columns: Sequence[tuple[str, dict]]) -> list[str]:
             lines += [f"### {task} by needle depth", ""] + _table(["depth", *labels], rows)
     if not lines:
         return []
+    if not shared:
+        over = "the lengths each model was measured at (they share none)"
+    elif all(lengths == shared for lengths in measured):
+        over = "the lengths measured"
+    else:
+        over = f"the lengths every model was measured at ({', '.join(length_label(n) for n in sorted(shared))})"
     return ["Accuracy (%) per needle depth (0% = the haystack's start, 100% = its end, before the question), averaged "
-            "over the lengths each model was measured at.", ""] + lines
+            f"over {over}.", ""] + lines
 
 
 def niah_right(niah: dict) -> dict[tuple[str, str], tuple[int, int]]:
