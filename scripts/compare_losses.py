@@ -14,7 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from hypenet.halo.export import scaling_label  # noqa: E402
 
 
 def steps(runs: Path, name: str, stage: str = "stage2") -> dict[int, dict]:
@@ -74,10 +78,7 @@ def selection_cells(x: dict | None, y: dict | None) -> str:
 
 
 def base_label(export: dict) -> str:
-    if "logit_scaling_base" not in export:
-        return "-"
-    base = export["logit_scaling_base"]
-    return "off" if base is None else f"{base:g}"
+    return scaling_label(export["logit_scaling_base"]) if "logit_scaling_base" in export else "-"
 
 
 def reports_table(a: Path, b: Path) -> list[str]:
