@@ -436,6 +436,18 @@ def fisher_exact_p(right_a: int, answers_a: int, right_b: int, answers_b: int) -
     return extreme / math.comb(answers_a + answers_b, right)
 
 
+def mcnemar_exact_p(only_a: int, only_b: int) -> float:
+    """Two-sided p-value of McNemar's exact test for two models asked the same prompts: of the prompts exactly one of
+    them answered right (only_a by model a, only_b by model b), the chance that a fair coin splits them this unevenly
+    or more so. Prompts both (or neither) answered right say nothing about which model is better, so unlike
+    `fisher_exact_p` it pairs the answers and is not diluted by them. 1 when no prompt split the models."""
+    if only_a < 0 or only_b < 0:
+        raise ValueError(f"counts of prompts only one model answered right must be >= 0; got {only_a} and {only_b}")
+    split = only_a + only_b
+    tail = sum(math.comb(split, k) for k in range(min(only_a, only_b) + 1))
+    return min(1.0, 2 * tail / 2**split)
+
+
 def sample_records(samples: Sequence[NiahSample], outputs: Sequence[str]) -> list[dict]:
     """One JSON-able row per sample (prompt left out: it is rebuilt from the seed), for inspecting failures."""
     rows = []

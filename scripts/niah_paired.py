@@ -1,0 +1,89 @@
+"""Two evaluations that asked the same NIAH prompts, compared answer by answer: per context length (and task), how
+many prompts both answered right, only A, only B, neither, how many outputs are identical, and McNemar's exact test
+on the prompts that split them. For one model at two settings (e.g. two logit-scaling bases) or one conversion
+evaluated in two leases, where `hypenet compare`'s Fisher test, which treats the two sets of answers as unrelated,
+is weaker.
+
+    python scripts/niah_paired.py A/niah_samples.jsonl B/niah_samples.jsonl [--labels a,b] [--out table.md]
+
+A prompt is the same when its task, length, depth, seed, key, value and token count are; B may hold prompts A lacks
+(e.g. A is a 64K grid, B the 4K-64K one) and the other way round: only shared prompts are compared, and how many
+were left out is printed. Shared prompts at no length: an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from hypenet.eval.niah import mcnemar_exact_p  # noqa: E402
+from hypenet.eval.plots import length_label  # noqa: E402
+
+PROMPT = ("task", "context_len", "depth", "seed", "key", "value", "n_tokens")
+
+
+def answers(path: Path) -> dict[tuple, dict]:
+    """The samples of one `niah_samples.jsonl`, by the prompt they answer."""
+    if not path.is_file():
+        raise SystemExit(f"no {path}: give the niah_samples.jsonl of `hypenet eval --evals niah` (or merge-evals)")
+    rows = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        prompt = tuple(row[k] for k in PROMPT)
+        if prompt in rows:
+            raise SystemExit(f"{path} answers one prompt twice ({dict(zip(PROMPT, prompt))}): not one evaluation")
+        rows[prompt] = row
+    return rows
+
+
+def paired_table(a: dict[tuple, dict], b: dict[tuple, dict], labels: tuple[str, str]) -> tuple[str, int, int]:
+    """(markdown table, prompts only in a, prompts only in b)."""
+    shared = set(a) & set(b)
+    if not shared:
+        raise SystemExit("the two evaluations share no prompt: not the same grid (seed, haystack, lengths)")
+    first, second = labels
+    lines = [f"| length | task | prompts | both right | only {first} | only {second} | neither | {first} / {second} "
+             "right | identical outputs | McNemar p |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def row(length: str, task: str, prompts: list[tuple]) -> str:
+        right = [(a[p]["correct"], b[p]["correct"]) for p in prompts]
+        both, neither = sum(x and y for x, y in right), sum(not x and not y for x, y in right)
+        only_a, only_b = sum(x and not y for x, y in right), sum(y and not x for x, y in right)
+        same = sum(a[p]["output"] == b[p]["output"] for p in prompts)
+        return (f"| {length} | {task} | {len(prompts)} | {both} | {only_a} | {only_b} | {neither} | {both + only_a} / "
+                f"{both + only_b} | {same} | {mcnemar_exact_p(only_a, only_b):.2g} |")
+
+    lengths, tasks = sorted({p[1] for p in shared}), sorted({p[0] for p in shared})
+    for length in lengths:
+        at = [p for p in shared if p[1] == length]
+        lines += [row(length_label(length), task, [p for p in at if p[0] == task]) for task in tasks
+                  if any(p[0] == task for p in at)]
+        lines.append(row(f"**{length_label(length)}**", "**all**", at))
+    lines.append(row("**all**", "**all**", sorted(shared)))
+    return "\n".join(lines) + "\n", len(set(a) - shared), len(set(b) - shared)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("a", type=Path, help="niah_samples.jsonl of the first evaluation")
+    parser.add_argument("b", type=Path, help="niah_samples.jsonl of the second, same prompts")
+    parser.add_argument("--labels", default="A,B", help="comma-separated names of the two (default: A,B)")
+    parser.add_argument("--out", type=Path, help="also write the table here")
+    args = parser.parse_args()
+    labels = tuple(args.labels.split(","))
+    if len(labels) != 2:
+        raise SystemExit(f"--labels needs two names, got {len(labels)}: {args.labels}")
+    table, only_a, only_b = paired_table(answers(args.a), answers(args.b), labels)
+    note = (f"Prompts compared: those in both; left out: {only_a} only in {labels[0]} ({args.a}), {only_b} only in "
+            f"{labels[1]} ({args.b}). McNemar's exact test counts the prompts one answered right and the other not.\n")
+    text = f"{table}\n{note}"
+    print(text, end="")
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
