@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_without_hypenet
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-from conftest import run_without_hypenet
+from hypenet.eval.perplexity import token_nlls
 from hypenet.halo import probes as probes_module
-from hypenet.halo.export import choose_logit_scaling_base, export_checkpoint
+from hypenet.halo.export import band_label, choose_logit_scaling_base, export_checkpoint, position_bands, scaling_label
 from hypenet.halo.probes import build_probes
 from hypenet.halo.report import write_report
 from hypenet.halo.select import (
@@ -33,7 +34,8 @@ TEXT_WORDS = "a the of and to in is was it for on with as at by this that from w
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
-    words = {w for text in (probes_module.NEEDLE_PREFIX, probes_module.FILLER_TEXT) for w in text.replace(".", " ").split()}
+    texts = (probes_module.NEEDLE_PREFIX, probes_module.FILLER_TEXT)
+    words = {w for text in texts for w in text.replace(".", " ").split()}
     words |= set(probes_module.KEY_WORDS) | set(TEXT_WORDS)
     vocab = ["[UNK]", "<eos>", ".", *[str(d) for d in range(10)], *sorted(words)]
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
@@ -251,7 +253,8 @@ def test_probe_sweep_in_range_deterministic_and_replay_exact(teacher, tokenizer,
     head = teacher.get_output_embeddings()
     for i in (0, 5):
         with torch.no_grad():
-            _, teacher_top1 = probes.predict(teacher.model(input_ids=probes.input_ids, use_cache=False).last_hidden_state, head)
+            teacher_hidden = teacher.model(input_ids=probes.input_ids, use_cache=False).last_hidden_state
+            _, teacher_top1 = probes.predict(teacher_hidden, head)
             with swap_attention(teacher, i, stage1_layers[i]):
                 hidden = teacher.model(input_ids=probes.input_ids, use_cache=False).last_hidden_state
                 hits, top1 = probes.predict(hidden, head)
@@ -320,14 +323,18 @@ def student(teacher):
     return model
 
 
-def direct_long_context_loss(model, docs, a, scored_from):
+def direct_long_context_loss(model, docs, a, scored_from, end=None):
+    """The mean loss of the tokens at positions scored_from..end-1 (to each document's end by default)."""
     model.config.attention_logit_scaling_base = a
     nll, count = 0.0, 0
     for doc in docs:
         ids = torch.as_tensor(doc)[None]
+        stop = ids.shape[1] if end is None else min(end, ids.shape[1])
+        if stop <= scored_from:
+            continue
         out = logits(model, ids)[0]
-        nll += F.cross_entropy(out[scored_from - 1 : -1], ids[0, scored_from:], reduction="sum").item()
-        count += ids.shape[1] - scored_from
+        nll += F.cross_entropy(out[scored_from - 1 : stop - 1], ids[0, scored_from:stop], reduction="sum").item()
+        count += stop - scored_from
     model.config.attention_logit_scaling_base = None
     return nll / count
 
@@ -357,7 +364,7 @@ def _fake_loss(monkeypatch, loss_of_base):
     """Make the long-context loss a function of the logit-scaling base the model is set to."""
     from hypenet.halo import export as export_module
 
-    def loss(model, docs, scored_from, device):
+    def loss(model, docs, scored_from, device, by_band=None):
         return loss_of_base(model.config.attention_logit_scaling_base)
 
     monkeypatch.setattr(export_module, "long_context_loss", loss)
@@ -413,15 +420,15 @@ def test_export_loads_without_hypenet_and_generates_the_same(student, tokenizer,
     at_edge = min(info["losses"], key=info["losses"].get) != "off"  # 50 or 500: the edges of two numbers
     assert len(info["warnings"]) == at_edge and all("still falling" in note for note in info["warnings"])
     config = json.loads((out / "config.json").read_text())
-    assert config["attention_logit_scaling_base"] == info["logit_scaling_base"] == student.config.attention_logit_scaling_base
+    saved_base = config["attention_logit_scaling_base"]
+    assert saved_base == info["logit_scaling_base"] == student.config.attention_logit_scaling_base
     assert config["auto_map"] == {
         "AutoConfig": "configuration_hypenet.HypeNetConfig",
         "AutoModel": "modeling_hypenet.HypeNetModel",
         "AutoModelForCausalLM": "modeling_hypenet.HypeNetForCausalLM",
     }
-    assert {"model.safetensors", "modeling_hypenet.py", "configuration_hypenet.py", "lightning.py", "tokenizer.json"} <= {
-        p.name for p in out.iterdir()
-    }
+    files = {"model.safetensors", "modeling_hypenet.py", "configuration_hypenet.py", "lightning.py", "tokenizer.json"}
+    assert files <= {p.name for p in out.iterdir()}
     assert not (out / "stale.txt").exists() and not list(tmp_path.glob(".ckpt.*"))
     assert json.loads((out / "halo_export.json").read_text())["teacher"] == "tiny-qwen3"
 
@@ -461,7 +468,7 @@ def test_export_records_only_its_own_warnings(student, tokenizer, tmp_path, monk
 
 def test_export_with_explicit_base_skips_the_search(student, tokenizer, tmp_path):
     info = export_checkpoint(student, tokenizer, tmp_path / "fixed", logit_scaling_base=700)
-    assert info["logit_scaling_base"] == 700 and info["losses"] == {}
+    assert info["logit_scaling_base"] == 700 and info["losses"] == {} and info["losses_by_band"] == {}
     assert json.loads((tmp_path / "fixed" / "config.json").read_text())["attention_logit_scaling_base"] == 700
 
 
@@ -469,10 +476,91 @@ def test_export_of_an_all_rnn_model_searches_no_base(teacher, tokenizer, tmp_pat
     model = build_hypenet_from_teacher(teacher, ["lightning"] * LAYERS).eval()
     docs = [np.arange(5, 95)]
     info = export_checkpoint(model, tokenizer, tmp_path / "rnn", docs, train_context=32, eval_len=80)
-    assert info["logit_scaling_base"] is None and info["losses"] == {}
+    assert info["logit_scaling_base"] is None and info["losses"] == {} and info["losses_by_band"] == {}
     assert "no attention layer" in info["warnings"][0]
     config = json.loads((tmp_path / "rnn" / "config.json").read_text())
     assert config["attention_logit_scaling_base"] is None and "attention" not in config["mixer_types"]
+
+
+# ---- the long-context loss per position band (a diagnostic) ----------------------------------------------------
+
+
+def test_position_bands_and_labels():
+    assert position_bands(16384, 65536) == [(16384, 32768), (32768, 65536)]
+    assert [band_label(*b) for b in position_bands(16384, 65536)] == ["16K-32K", "32K-64K"]
+    assert position_bands(16384, 40000) == [(16384, 32768), (32768, 40000)]  # clipped at the longest document
+    assert [band_label(*b) for b in position_bands(16384, 40000)] == ["16K-32K", "32K-40000"]
+    assert position_bands(40, 100) == [(40, 80), (80, 100)] and band_label(40, 80) == "40-80"
+    assert position_bands(40, 80) == [(40, 80)]  # no band that no document reaches
+    assert position_bands(40, 81) == [(40, 80), (80, 81)]
+    assert band_label(512, 1000) == "512-1000" and band_label(512, 1024) == "512-1K"
+    assert position_bands(1, 5) == [(1, 2), (2, 4), (4, 5)]
+    for scored_from, longest in ((0, 10), (10, 10), (11, 10)):
+        with pytest.raises(ValueError, match="1 <= scored_from < the longest"):
+            position_bands(scored_from, longest)
+
+
+def test_band_losses_split_the_overall_loss(student):
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, student.config.vocab_size, size=n) for n in (120, 80, 30)]  # 120 is cut to 100
+    scored = [docs[0][:100], docs[1]]
+    candidates = (None, 2, 50, 1000)
+    by_band = {}
+    best, losses = choose_logit_scaling_base(student, docs, candidates, eval_len=100, train_context=40,
+                                             band_losses=by_band)
+    assert list(by_band) == list(losses) == list(candidates)
+    tokens = {"40-80": 40 + 40, "80-100": 20}  # positions 40..79 of both documents, 80..99 of the longer one
+    for a in candidates:
+        assert list(by_band[a]) == list(tokens)
+        weighted = sum(tokens[band] * loss for band, loss in by_band[a].items()) / sum(tokens.values())
+        assert weighted == pytest.approx(losses[a], rel=1e-6, abs=0)
+        direct = {band_label(start, end): direct_long_context_loss(student, scored, a, start, end)
+                  for start, end in ((40, 80), (80, 100))}
+        assert by_band[a] == pytest.approx(direct, rel=1e-5)
+    assert len({round(by_band[a]["80-100"], 6) for a in candidates}) > 1  # the bands really differ between bases
+    assert student.config.attention_logit_scaling_base is None
+
+
+def test_band_losses_leave_the_choice_unchanged(student):
+    """The same losses, bit for bit, as before the bands (the overall mean of token_nlls past scored_from)."""
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(0, student.config.vocab_size, size=n) for n in (130, 70, 101)]
+    candidates = (None, 2, 50, 1000)
+    before = {}
+    for a in candidates:  # the loss as the export computed it before the bands existed
+        student.config.attention_logit_scaling_base = a
+        nlls = [token_nlls(student, torch.as_tensor(d[:120]), logits_chunk=1024)[40 - 1:] for d in docs]
+        before[a] = sum(float(n.sum()) for n in nlls) / sum(n.numel() for n in nlls)
+    student.config.attention_logit_scaling_base = None
+    plain = choose_logit_scaling_base(student, docs, candidates, eval_len=120, train_context=40)
+    by_band = {}
+    banded = choose_logit_scaling_base(student, docs, candidates, eval_len=120, train_context=40, band_losses=by_band)
+    assert plain == banded and plain[1] == before and plain[0] == min(before, key=before.get)
+    assert list(by_band[None]) == ["40-80", "80-120"]
+
+
+def test_export_reports_losses_by_band(student, tokenizer, tmp_path):
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(0, student.config.vocab_size, size=n) for n in (90, 70)]
+    info = export_checkpoint(student, tokenizer, tmp_path / "ckpt", docs, candidates=(500, None, 50),
+                             train_context=32, eval_len=80)
+    by_band = info["losses_by_band"]
+    assert list(info["losses"]) == ["off", "50", "500"]
+    assert list(by_band) == ["32-64", "64-80"] and all(list(row) == list(info["losses"]) for row in by_band.values())
+    tokens = {"32-64": 32 + 32, "64-80": 16 + 6}
+    for base, loss in info["losses"].items():
+        weighted = sum(tokens[band] * by_band[band][base] for band in by_band) / sum(tokens.values())
+        assert weighted == pytest.approx(loss, rel=1e-6, abs=0)
+    assert json.loads((tmp_path / "ckpt" / "halo_export.json").read_text())["losses_by_band"] == by_band
+    student.config.attention_logit_scaling_base = None
+
+    _, md_path = write_report(tmp_path / "report", {"export": info})
+    md = md_path.read_text()
+    assert "| a | long-context loss | 32-64 | 64-80 |" in md and "chosen on the overall long-context loss" in md
+    rows = [line.split(" | ") for line in md.splitlines() if line.startswith(("| off ", "| 50 ", "| 500 "))]
+    assert len(rows) == 3 and all(sum("**" in cell for cell in column) >= 1 for column in list(zip(*rows))[1:])
+    chosen = scaling_label(info["logit_scaling_base"])
+    assert [row[0] for row in rows if row[1].startswith("**")] == [f"| {chosen}"]
 
 
 # ---- report ---------------------------------------------------------------------------------------------------
@@ -504,3 +592,36 @@ def test_write_report(tmp_path):
     assert "needles most in layers [6, 7]" in md and "of these, [6, 7] become recurrent layers" in md
     assert "a = 500" in md and "| off | 3.2 |" in md and "student_loss" in md
     assert (tmp_path / "report.png").stat().st_size > 0 and "report.png" in md
+
+
+EXPORT_TABLE = ["## Export", "", "Checkpoint `/x`; logit-scaling base a = 8000.", "", "| a | long-context loss |",
+                "|---|---|", "| off | 2.9 |", "| 8000 | 2.5 |", "| 16000 | 2.5 |", "", "> Warning: still falling"]
+
+
+def test_report_without_losses_by_band_renders_as_before(tmp_path):
+    export = {"path": "/x", "logit_scaling_base": 8000, "losses": {"off": 2.9, "8000": 2.50001, "16000": 2.50002},
+              "warnings": ["still falling"]}
+    for extra in ({}, {"losses_by_band": {}}):  # an old report, and a search-free export
+        md = write_report(tmp_path / str(len(extra)), {"export": {**export, **extra}})[1].read_text()
+        assert "\n".join(EXPORT_TABLE) in md and "**" not in md and "diagnostic" not in md
+
+
+def test_report_shows_losses_by_band(tmp_path):
+    export = {
+        "path": "/x", "logit_scaling_base": 8000, "warnings": [],
+        "losses": {"off": 2.9, "8000": 2.50001, "16000": 2.50002},
+        "losses_by_band": {"16K-32K": {"off": 2.8, "8000": 2.40003, "16000": 2.40001},
+                           "32K-64K": {"off": 3.0, "8000": 2.6, "16000": 2.61}},
+    }
+    md = write_report(tmp_path, {"export": export})[1].read_text()
+    assert "chosen on the overall long-context loss" in md and "diagnostic" in md
+    assert "\n".join([
+        "| a | long-context loss | 16K-32K | 32K-64K |",
+        "|---|---|---|---|",
+        "| off | 2.9 | 2.8 | 3 |",
+        "| 8000 | **2.50001** | 2.40003 | **2.6** |",
+        "| 16000 | 2.50002 | **2.40001** | 2.61 |",
+    ]) in md
+    del export["losses_by_band"]["32K-64K"]["16000"]  # a value missing from a band
+    md = write_report(tmp_path, {"export": export})[1].read_text()
+    assert "| 16000 | 2.50002 | **2.40001** | - |" in md

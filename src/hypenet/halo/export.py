@@ -5,6 +5,8 @@ picked by the mean next-token loss on held-out documents longer than the trainin
 tokens at positions >= train_context: the length-generalisation region that the scaling exists for. When the best
 candidate is the largest (or smallest) one, the search goes on past it (export.logit_scaling_extend): every
 conversion of the embedded teacher so far found its lowest loss at the grid's largest base, 2000.
+The same token losses are also reported per position band ([s, 2s), [2s, 4s), ... from the first scored position s),
+a diagnostic of where in the documents each base does well; the choice is made on the overall loss alone.
 The checkpoint loads with `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`, no hypenet needed.
 """
 
@@ -20,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..eval.perplexity import token_nlls
+from ..eval.perplexity import bucket_edges, token_nlls
+from ..eval.plots import length_label
 from ..model import HypeNetForCausalLM
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,8 @@ def _long_eval_docs(long_docs: Sequence, train_context: int, eval_len: int) -> t
     if long_enough:
         return long_enough, train_context, None
     if not docs or max(len(d) for d in docs) < 2:
-        raise ValueError("choosing the logit-scaling base needs held-out documents of at least 2 tokens; none were given")
+        raise ValueError("choosing the logit-scaling base needs held-out documents of at least 2 tokens; "
+                         "none were given")
     longest = max(docs, key=len)
     scored_from = len(longest) // 2
     return [longest], scored_from, (
@@ -56,15 +60,45 @@ def _long_eval_docs(long_docs: Sequence, train_context: int, eval_len: int) -> t
     )
 
 
+def position_bands(scored_from: int, longest: int) -> list[tuple[int, int]]:
+    """[(s, 2s), (2s, 4s), ...] from s = scored_from, the last band ending at `longest` (the longest document's
+    length): half-open ranges of the positions of predicted tokens, which together hold every scored token."""
+    if not 1 <= scored_from < longest:
+        raise ValueError(f"position bands need 1 <= scored_from < the longest document's length; got scored_from "
+                         f"{scored_from}, longest {longest}")
+    edges = bucket_edges(longest, scored_from)[1:]  # [0, s, 2s, ..., longest] without the 0
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def band_label(start: int, end: int) -> str:
+    """The label of positions [start, end): 16K-32K for [16384, 32768), plain numbers for other than multiples of
+    1024 (512-1000)."""
+    return f"{length_label(start)}-{length_label(end)}"
+
+
 @torch.no_grad()
-def long_context_loss(model: HypeNetForCausalLM, docs: Sequence[np.ndarray], scored_from: int, device=None) -> float:
-    """Mean next-token NLL over the tokens at positions >= scored_from of each document (one document at a time)."""
+def long_context_loss(model: HypeNetForCausalLM, docs: Sequence[np.ndarray], scored_from: int, device=None,
+                      by_band: dict[str, float] | None = None) -> float:
+    """Mean next-token NLL over the tokens at positions >= scored_from of each document (one document at a time).
+
+    by_band: filled with the mean NLL per position band (band_label -> loss, position_bands' order) from the same
+    token NLLs; their token-weighted mean is the returned loss.
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    bands = position_bands(scored_from, max(len(doc) for doc in docs))
+    band_sums, band_counts = [0.0] * len(bands), [0] * len(bands)
     total, count = 0.0, 0
     for doc in docs:
-        nlls = token_nlls(model, torch.as_tensor(doc, device=device), logits_chunk=HEAD_CHUNK)[scored_from - 1:]
-        total += float(nlls.sum())
-        count += nlls.numel()
+        nlls = token_nlls(model, torch.as_tensor(doc, device=device), logits_chunk=HEAD_CHUNK)  # [i]: position i + 1
+        scored = nlls[scored_from - 1:]
+        total += float(scored.sum())
+        count += scored.numel()
+        for b, (start, end) in enumerate(bands):
+            part = nlls[start - 1:min(end, len(doc)) - 1]
+            band_sums[b] += float(part.double().sum())
+            band_counts[b] += part.numel()
+    if by_band is not None:
+        by_band.update({band_label(*band): band_sum / n for band, band_sum, n in zip(bands, band_sums, band_counts)})
     return total / count
 
 
@@ -102,6 +136,7 @@ def choose_logit_scaling_base(
     train_context: int = 512,
     device=None,
     extend: int = 0,
+    band_losses: dict | None = None,
 ) -> tuple[float | None, dict[float | None, float]]:
     """(the `a` with the lowest long-context loss, loss per base tried); None means scaling off.
 
@@ -111,15 +146,20 @@ def choose_logit_scaling_base(
     extend: when the best number is the largest of two or more tried, try up to `extend` more bases, each twice the
     last, while the loss keeps falling (half the smallest, while > 1, when the smallest is best): a minimum at the
     edge of the grid is not a minimum. Warns if the loss still falls at the last base tried.
+    band_losses: filled with {base: {band label: loss}} for every base tried, the same token losses per position
+    band (position_bands), a diagnostic only: the choice is made on the overall loss.
     """
     bad = [a for a in candidates if a is not None and not a > 1]
     if not candidates or bad:
         raise ValueError(f"logit-scaling candidates must be None (off) or numbers > 1; got {list(candidates)}")
     if extend < 0:
         raise ValueError(f"extend must be >= 0 (more bases to try beyond the candidates); got {extend}")
+    if train_context < 1:
+        raise ValueError(f"train_context must be >= 1 (the first position scored); got {train_context}")
     eval_len = 4 * train_context if eval_len is None else eval_len
     if eval_len <= train_context:
-        raise ValueError(f"eval_len ({eval_len}) must exceed train_context ({train_context}) to test length generalisation")
+        raise ValueError(f"eval_len ({eval_len}) must exceed train_context ({train_context}) to test length "
+                         "generalisation")
     docs, scored_from, warning = _long_eval_docs(long_docs, train_context, eval_len)
     if warning:
         warnings.warn(warning, ShortDocumentsWarning, stacklevel=2)
@@ -129,8 +169,12 @@ def choose_logit_scaling_base(
 
     def measure(a: float | None) -> None:
         model.config.attention_logit_scaling_base = a  # read by build_mixer_context at every forward
-        losses[a] = long_context_loss(model, docs, scored_from, device)
-        log.info("logit-scaling base %s: long-context loss %.4f", scaling_label(a), losses[a])
+        by_band = {}
+        losses[a] = long_context_loss(model, docs, scored_from, device, by_band=by_band)
+        if band_losses is not None:
+            band_losses[a] = by_band
+        bands = "".join(f", {band} {loss:.4f}" for band, loss in by_band.items())
+        log.info("logit-scaling base %s: long-context loss %.4f%s", scaling_label(a), losses[a], bands)
 
     try:
         for a in candidates:
@@ -178,28 +222,33 @@ def export_checkpoint(
     atomically (written beside it, then renamed into place).
 
     Returns {"path", "logit_scaling_base", "losses" (label of each base tried, off first, then ascending -> loss),
-    "warnings"}; the same, plus extra_info, is written to out_dir/halo_export.json.
+    "losses_by_band" (band label -> the same for that position band; a diagnostic), "warnings"}; the same, plus
+    extra_info, is written to out_dir/halo_export.json. Without a search, losses and losses_by_band are empty.
     """
     out_dir = Path(out_dir)
-    losses, notes = {}, []
+    losses, losses_by_band, notes = {}, {}, []
     if logit_scaling_base == "auto" and "attention" not in student.config.mixer_types:
         a, notes = None, ["the model has no attention layer: logit scaling does not apply, so no base was searched"]
     elif logit_scaling_base == "auto":
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            by_base_band = {}
             a, by_base = choose_logit_scaling_base(student, long_docs, candidates, eval_len, train_context, device,
-                                                   extend)
+                                                   extend, band_losses=by_base_band)
         notes = [str(w.message) for w in caught if issubclass(w.category, ScalingSearchWarning)]  # not torch's
         for note in notes:
             log.warning(note)
         ordered = sorted(by_base, key=lambda base: (base is not None, base or 0))
         losses = {scaling_label(base): by_base[base] for base in ordered}
+        for band in by_base_band[ordered[0]]:
+            losses_by_band[band] = {scaling_label(base): by_base_band[base][band] for base in ordered}
     elif logit_scaling_base is None or logit_scaling_base > 1:
         a = logit_scaling_base
     else:
         raise ValueError(f"logit_scaling_base must be 'auto', None (off) or a number > 1; got {logit_scaling_base!r}")
     student.config.attention_logit_scaling_base = a
-    info = {"path": str(out_dir), "logit_scaling_base": a, "losses": losses, "warnings": notes}
+    info = {"path": str(out_dir), "logit_scaling_base": a, "losses": losses, "losses_by_band": losses_by_band,
+            "warnings": notes}
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = out_dir.with_name(f".{out_dir.name}.tmp"), out_dir.with_name(f".{out_dir.name}.old")
@@ -221,7 +270,9 @@ __all__ = [
     "LOGIT_SCALING_CANDIDATES",
     "GridEdgeWarning",
     "ShortDocumentsWarning",
+    "band_label",
     "choose_logit_scaling_base",
     "export_checkpoint",
     "long_context_loss",
+    "position_bands",
 ]

@@ -9,9 +9,11 @@ The report dict (every key optional; the pipeline fills what it has):
         "<name>": {"tokens": int, "steps": int, "wall_time_s": float,
                    "losses": [[step, loss], ...], ...any extra fields},
       },
-      "selection": SelectionResult.to_dict(),        # attention_layers, strategy, scores, recall, commonsense, baseline,
-                                                     # needle_attention (the teacher's, per layer, on the recall probes)
-      "export": export_checkpoint(...)'s dict,       # path, logit_scaling_base, losses {"off"|"500"...: loss}, warnings
+      "selection": SelectionResult.to_dict(),        # attention_layers, strategy, scores, recall, commonsense,
+                                                     # baseline, needle_attention (the teacher's, per layer, on the
+                                                     # recall probes)
+      "export": export_checkpoint(...)'s dict,       # path, logit_scaling_base, losses {"off"|"500"...: loss},
+                                                     # losses_by_band {"16K-32K"...: {"off"|"500"...: loss}}, warnings
       "heldout": {"<metric>": float, ...},           # held-out evaluation numbers, e.g. {"teacher_loss": ..}
       "<other>": str | int | float,                  # listed at the top (e.g. teacher_parameters, wall_time_s)
     }
@@ -64,7 +66,8 @@ def _stages_section(stages: dict) -> list[str]:
 
 def _selection_section(selection: dict) -> list[str]:
     chosen = selection.get("attention_layers", [])
-    lines = ["## Layer selection", "", f"Strategy `{selection.get('strategy')}`: attention kept in layers {chosen}.", ""]
+    lines = ["## Layer selection", "",
+             f"Strategy `{selection.get('strategy')}`: attention kept in layers {chosen}.", ""]
     scores, recall, commonsense = (_per_layer(selection.get(k)) for k in ("scores", "recall", "commonsense"))
     if settings := selection.get("settings"):
         lines += ["Settings: " + ", ".join(f"{k} {_fmt(v)}" for k, v in settings.items()) + ".", ""]
@@ -86,11 +89,27 @@ def _selection_section(selection: dict) -> list[str]:
     return lines
 
 
+def _losses_by_band_table(losses: dict, by_band: dict) -> list[str]:
+    """The export's losses, overall then per position band, one row per base; the lowest in each column in bold."""
+    columns = [losses, *by_band.values()]
+    lowest = [min((v for v in column.values() if v is not None), default=None) for column in columns]
+
+    def cell(value, low) -> str:  # 6 digits: the bases' losses often differ only in the 4th
+        return f"**{_fmt(value, 6)}**" if value is not None and value == low else _fmt(value, 6)
+
+    rows = [[label, *(cell(column.get(label), low) for column, low in zip(columns, lowest))] for label in losses]
+    return ["The base is chosen on the overall long-context loss; the loss per position band (positions of the "
+            "predicted tokens, doublings from the first scored one) is a diagnostic. Bold: the lowest in each "
+            "column.", ""] + _table(["a", "long-context loss", *by_band], rows)
+
+
 def _export_section(export: dict) -> list[str]:
     a = export.get("logit_scaling_base")
     chosen = _fmt(a) if a else "off"
     lines = ["## Export", "", f"Checkpoint `{export.get('path')}`; logit-scaling base a = {chosen}.", ""]
-    if losses := export.get("losses"):
+    if (losses := export.get("losses")) and (by_band := export.get("losses_by_band")):
+        lines += _losses_by_band_table(losses, by_band)
+    elif losses:
         lines += _table(["a", "long-context loss"], [[label, loss] for label, loss in losses.items()])
     for note in export.get("warnings") or []:
         lines += ["", f"> Warning: {note}"]
