@@ -433,6 +433,29 @@ def test_export_again_with_one_base_pins_it(qwen3_conversion, tmp_path):
     assert all(torch.equal(exported[name], tensor) for name, tensor in weights.items())
 
 
+def test_export_again_with_a_tolerance_writes_the_smallest_near_base(qwen3_conversion, tmp_path, monkeypatch):
+    """`hypenet export --out RUN --set export.logit_scaling_tolerance=T --overwrite`: the same search, and the base
+    written is the smallest whose loss is within T of the lowest. (The loss per base is made up, as the fortieth
+    lease's shape: the tiny student's own falls all the way to the smallest base, where no tolerance moves it.)"""
+    from hypenet.halo import export as export_module
+
+    made_up = {50.0: 1.0009, 500.0: 1.0, 5000.0: 1.02}
+    monkeypatch.setattr(export_module, "long_context_loss",
+                        lambda model, docs, scored_from, device, by_band=None:
+                        made_up[model.config.attention_logit_scaling_base])
+    reference, _ = qwen3_conversion
+    out = tmp_path / "again"
+    shutil.copytree(reference, out)
+    grid = ["--set", "export.logit_scaling_candidates=[50,500,5000]", "--set", "export.logit_scaling_extend=0"]
+    assert main(["export", "--out", str(out), *grid, "--set", "export.logit_scaling_tolerance=0.001",
+                 "--overwrite"]) == 0
+    export = json.loads((out / "report.json").read_text())["export"]
+    assert export["losses"] == {"50": 1.0009, "500": 1.0, "5000": 1.02} and export["tolerance"] == 0.001
+    assert export["lowest_loss_base"] == 500 and export["logit_scaling_base"] == 50
+    assert json.loads((out / "model" / "config.json").read_text())["attention_logit_scaling_base"] == 50
+    assert "within 0.1% of the lowest" in (out / "report.md").read_text()
+
+
 def test_resume_refuses_other_settings(assets, qwen3_conversion, capsys):
     out, _ = qwen3_conversion
     assert main(["convert", *cli_args(assets, "qwen3", out), "--resume", "--set", "stage2.lr=5e-4"]) == 1

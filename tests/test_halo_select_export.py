@@ -13,7 +13,14 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from hypenet.eval.perplexity import token_nlls
 from hypenet.halo import probes as probes_module
-from hypenet.halo.export import band_label, choose_logit_scaling_base, export_checkpoint, position_bands, scaling_label
+from hypenet.halo.export import (
+    band_label,
+    choose_logit_scaling_base,
+    export_checkpoint,
+    most_scaling_within,
+    position_bands,
+    scaling_label,
+)
 from hypenet.halo.probes import build_probes
 from hypenet.halo.report import write_report
 from hypenet.halo.select import (
@@ -402,6 +409,48 @@ def test_export_reports_the_extended_search(student, tokenizer, tmp_path, monkey
                              train_context=40, extend=1)
     assert info["logit_scaling_base"] == 400 and list(info["losses"]) == ["off", "100", "200", "400"]
     assert len(info["warnings"]) == 1 and "still falling at logit-scaling base 400" in info["warnings"][0]
+    student.config.attention_logit_scaling_base = None
+
+
+def test_most_scaling_within_a_tolerance_picks_the_smallest_near_base():
+    # the fortieth lease's export losses (results/gpu_convert/README.md): 8000 is 0.03% above 16000's lowest
+    losses = {None: 3.2, 4000: 2.8971, 8000: 2.8785, 16000: 2.8776, 32000: 2.8935}
+    assert most_scaling_within(losses, 0.001) == 8000
+    assert most_scaling_within(losses, 0.0001) == 16000  # only the lowest within 0.01%
+    assert most_scaling_within(losses, 0.01) == 4000
+    assert most_scaling_within({None: 1.0, 500: 1.5}, 0.1) is None  # off alone is near the lowest
+    assert most_scaling_within({None: 1.0, 500: 1.05}, 0.1) == 500  # any number scales more than off
+    with pytest.raises(ValueError, match="no base was scored"):
+        most_scaling_within({}, 0.001)
+
+
+def test_a_tolerance_changes_the_choice_not_the_search(student, monkeypatch):
+    docs = [np.arange(2, 122)]
+    loss_of = {100: 1.10, 200: 1.0005, 400: 1.0, 800: 1.02}
+    _fake_loss(monkeypatch, loss_of.get)
+    best, losses = choose_logit_scaling_base(student, docs, (100, 200, 400, 800), train_context=40, extend=2)
+    near_best, near_losses = choose_logit_scaling_base(student, docs, (100, 200, 400, 800), train_context=40,
+                                                       extend=2, tolerance=0.001)
+    assert (best, near_best) == (400, 200) and losses == near_losses == loss_of
+    with pytest.raises(ValueError, match="tolerance must be in \\[0, 1\\)"):
+        choose_logit_scaling_base(student, docs, (100, 200), train_context=40, tolerance=-0.1)
+
+
+def test_export_with_a_tolerance_reports_the_lowest_loss_base(student, tokenizer, tmp_path, monkeypatch):
+    _fake_loss(monkeypatch, {None: 2.0, 100: 1.0009, 200: 1.0, 400: 1.01}.get)
+    candidates = (None, 100, 200, 400)
+    info = export_checkpoint(student, tokenizer, tmp_path / "ckpt", [np.arange(2, 122)], candidates=candidates,
+                             train_context=40, tolerance=0.001)
+    assert info["logit_scaling_base"] == 100 and info["tolerance"] == 0.001 and info["lowest_loss_base"] == 200
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["attention_logit_scaling_base"] == 100
+    student.config.attention_logit_scaling_base = None
+    write_report(tmp_path / "report", {"export": info})
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert ("logit-scaling base a = 100: the smallest base whose loss is within 0.1% of the lowest "
+            "(`export.logit_scaling_tolerance`; the lowest-loss base: 200).") in markdown
+    plain = export_checkpoint(student, tokenizer, tmp_path / "plain", [np.arange(2, 122)], candidates=candidates,
+                              train_context=40)
+    assert plain["logit_scaling_base"] == 200 and "tolerance" not in plain and "lowest_loss_base" not in plain
     student.config.attention_logit_scaling_base = None
 
 

@@ -105,6 +105,10 @@ class ExportConfig:
     logit_scaling_candidates: list[float] = field(default_factory=lambda: [100.0, 200.0, 500.0, 1000.0, 2000.0])
     # While the best base is the largest (smallest) tried, up to this many more, each twice (half) the last.
     logit_scaling_extend: int = 4
+    # 0: the base with the lowest loss (the paper's rule). > 0: the smallest base (the most scaling) whose loss is
+    # within this fraction of the lowest, e.g. 0.001. On one SmolLM2 student bases 8000 and 16000 were 0.03% apart in
+    # loss and 8000 retrieved more at 64K (results/gpu_convert/README.md, "Fortieth lease"); measured on one student.
+    logit_scaling_tolerance: float = 0.0
     max_docs: int = 16  # the longest held-out documents scored
     eval_len: int | None = None  # tokens scored per document; None = 4 x stage3.seq_len
 
@@ -317,6 +321,12 @@ def validate(config: ConvertConfig) -> None:
     if config.select.recall_style not in RECALL_QUESTIONS:
         raise HaloError(
             f"select.recall_style must be one of {list(RECALL_QUESTIONS)}; got {config.select.recall_style!r}"
+        )
+    if not 0 <= config.export.logit_scaling_tolerance < 1:
+        raise HaloError(
+            "export.logit_scaling_tolerance must be in [0, 1): a fraction of the lowest loss within which the "
+            f"smallest base is chosen (e.g. 0.001; 0 = the lowest-loss base); got "
+            f"{config.export.logit_scaling_tolerance}"
         )
     if config.export.logit_scaling_extend < 0:
         raise HaloError(

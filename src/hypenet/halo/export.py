@@ -137,6 +137,7 @@ def choose_logit_scaling_base(
     device=None,
     extend: int = 0,
     band_losses: dict | None = None,
+    tolerance: float = 0.0,
 ) -> tuple[float | None, dict[float | None, float]]:
     """(the `a` with the lowest long-context loss, loss per base tried); None means scaling off.
 
@@ -148,12 +149,16 @@ def choose_logit_scaling_base(
     edge of the grid is not a minimum. Warns if the loss still falls at the last base tried.
     band_losses: filled with {base: {band label: loss}} for every base tried, the same token losses per position
     band (position_bands), a diagnostic only: the choice is made on the overall loss.
+    tolerance: > 0 chooses the most scaling (the smallest base) among the bases whose loss is within this fraction of
+    the lowest (`most_scaling_within`), instead of the lowest-loss base itself; the search is unchanged.
     """
     bad = [a for a in candidates if a is not None and not a > 1]
     if not candidates or bad:
         raise ValueError(f"logit-scaling candidates must be None (off) or numbers > 1; got {list(candidates)}")
     if extend < 0:
         raise ValueError(f"extend must be >= 0 (more bases to try beyond the candidates); got {extend}")
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"tolerance must be in [0, 1) (a fraction of the lowest loss, e.g. 0.001); got {tolerance}")
     if train_context < 1:
         raise ValueError(f"train_context must be >= 1 (the first position scored); got {train_context}")
     eval_len = 4 * train_context if eval_len is None else eval_len
@@ -187,15 +192,28 @@ def choose_logit_scaling_base(
     finally:
         model.config.attention_logit_scaling_base = original
         model.train(was_training)
-    best = min(losses, key=losses.get)
+    lowest = min(losses, key=losses.get)
     if (beyond := _next_base(losses)) is not None:
         warnings.warn(
-            f"the long-context loss was still falling at logit-scaling base {scaling_label(best)}, the "
-            f"{'largest' if beyond > best else 'smallest'} tried: the best base lies beyond it; raise "
+            f"the long-context loss was still falling at logit-scaling base {scaling_label(lowest)}, the "
+            f"{'largest' if beyond > lowest else 'smallest'} tried: the best base lies beyond it; raise "
             "export.logit_scaling_extend or give candidates past it",
             GridEdgeWarning, stacklevel=2,
         )
-    return best, losses
+    return (most_scaling_within(losses, tolerance) if tolerance else lowest), losses
+
+
+def most_scaling_within(losses: dict[float | None, float], tolerance: float) -> float | None:
+    """The base that scales the queries most (the smallest number; `off`, None, scales least) among those whose loss
+    is at most (1 + tolerance) x the lowest. The loss is an average over a few documents: bases within a small
+    fraction of each other are not told apart by it, while retrieval far past the training length can still differ
+    between them (results/gpu_convert/README.md, "Fortieth lease")."""
+    if not losses:
+        raise ValueError("no base was scored: nothing to choose from")
+    lowest = min(losses.values())
+    near = [a for a, loss in losses.items() if loss <= lowest + abs(lowest) * tolerance]
+    numbers = [a for a in near if a is not None]
+    return min(numbers) if numbers else None
 
 
 def _complete_auto_map(config_path: Path) -> None:
@@ -216,17 +234,19 @@ def export_checkpoint(
     extra_info: dict | None = None,
     logit_scaling_base: float | None | str = "auto",
     extend: int = 0,
+    tolerance: float = 0.0,
 ) -> dict:
-    """Choose `a` (unless logit_scaling_base is given: a number, or None for off; `extend` as in
+    """Choose `a` (unless logit_scaling_base is given: a number, or None for off; `extend` and `tolerance` as in
     choose_logit_scaling_base), write it into the config, and save model + tokenizer + remote code to out_dir
     atomically (written beside it, then renamed into place).
 
     Returns {"path", "logit_scaling_base", "losses" (label of each base tried, off first, then ascending -> loss),
-    "losses_by_band" (band label -> the same for that position band; a diagnostic), "warnings"}; the same, plus
-    extra_info, is written to out_dir/halo_export.json. Without a search, losses and losses_by_band are empty.
+    "losses_by_band" (band label -> the same for that position band; a diagnostic), "warnings"}, and with a
+    tolerance "tolerance" and "lowest_loss_base" (the base the loss alone would choose); the same, plus extra_info,
+    is written to out_dir/halo_export.json. Without a search, losses and losses_by_band are empty.
     """
     out_dir = Path(out_dir)
-    losses, losses_by_band, notes = {}, {}, []
+    losses, losses_by_band, notes, chosen_by = {}, {}, [], {}
     if logit_scaling_base == "auto" and "attention" not in student.config.mixer_types:
         a, notes = None, ["the model has no attention layer: logit scaling does not apply, so no base was searched"]
     elif logit_scaling_base == "auto":
@@ -234,7 +254,7 @@ def export_checkpoint(
             warnings.simplefilter("always")
             by_base_band = {}
             a, by_base = choose_logit_scaling_base(student, long_docs, candidates, eval_len, train_context, device,
-                                                   extend, band_losses=by_base_band)
+                                                   extend, band_losses=by_base_band, tolerance=tolerance)
         notes = [str(w.message) for w in caught if issubclass(w.category, ScalingSearchWarning)]  # not torch's
         for note in notes:
             log.warning(note)
@@ -242,13 +262,15 @@ def export_checkpoint(
         losses = {scaling_label(base): by_base[base] for base in ordered}
         for band in by_base_band[ordered[0]]:
             losses_by_band[band] = {scaling_label(base): by_base_band[base][band] for base in ordered}
+        if tolerance:
+            chosen_by = {"tolerance": tolerance, "lowest_loss_base": min(by_base, key=by_base.get)}
     elif logit_scaling_base is None or logit_scaling_base > 1:
         a = logit_scaling_base
     else:
         raise ValueError(f"logit_scaling_base must be 'auto', None (off) or a number > 1; got {logit_scaling_base!r}")
     student.config.attention_logit_scaling_base = a
     info = {"path": str(out_dir), "logit_scaling_base": a, "losses": losses, "losses_by_band": losses_by_band,
-            "warnings": notes}
+            **chosen_by, "warnings": notes}
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = out_dir.with_name(f".{out_dir.name}.tmp"), out_dir.with_name(f".{out_dir.name}.old")
@@ -274,5 +296,6 @@ __all__ = [
     "choose_logit_scaling_base",
     "export_checkpoint",
     "long_context_loss",
+    "most_scaling_within",
     "position_bands",
 ]

@@ -316,7 +316,7 @@ def _run_export(conv: Conversion) -> dict:
         return export_checkpoint(
             conv.load_model("stage3", alone=True), conv.tokenizer, conv.out / MODEL_DIR, longest_docs,
             candidates=cfg.logit_scaling_candidates, train_context=train_context, eval_len=cfg.eval_len,
-            device=conv.state.device, extend=cfg.logit_scaling_extend,
+            device=conv.state.device, extend=cfg.logit_scaling_extend, tolerance=cfg.logit_scaling_tolerance,
         )
 
 

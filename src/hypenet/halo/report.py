@@ -107,6 +107,11 @@ def _export_section(export: dict) -> list[str]:
     a = export.get("logit_scaling_base")
     chosen = _fmt(a) if a else "off"
     lines = ["## Export", "", f"Checkpoint `{export.get('path')}`; logit-scaling base a = {chosen}.", ""]
+    if tolerance := export.get("tolerance"):
+        lowest = export.get("lowest_loss_base")
+        lines[-2:] = [lines[-2][:-1] + f": the smallest base whose loss is within {100 * tolerance:g}% of the lowest "
+                      f"(`export.logit_scaling_tolerance`; the lowest-loss base: {_fmt(lowest) if lowest else 'off'}).",
+                      ""]
     if (losses := export.get("losses")) and (by_band := export.get("losses_by_band")):
         lines += _losses_by_band_table(losses, by_band)
     elif losses:
