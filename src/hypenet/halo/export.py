@@ -3,8 +3,9 @@
 The attention layers scale the query at position t by ln(t + a) / ln(a) at inference only (SPEC 2.2). `a` is
 picked by the mean next-token loss on held-out documents longer than the training context, counting only the
 tokens at positions >= train_context: the length-generalisation region that the scaling exists for. When the best
-candidate is the largest (or smallest) one, the search goes on past it (export.logit_scaling_extend): every
-conversion of the embedded teacher so far found its lowest loss at the grid's largest base, 2000.
+candidate is the largest (or smallest) one, the search goes on past it (export.logit_scaling_extend): the GPU
+conversions of the embedded teacher found their lowest loss at 4000-16000, past the grid's largest base, 2000.
+`export.logit_scaling_tolerance` > 0 writes the smallest base within that fraction of the lowest loss instead.
 The same token losses are also reported per position band ([s, 2s), [2s, 4s), ... from the first scored position s),
 a diagnostic of where in the documents each base does well; the choice is made on the overall loss alone.
 The checkpoint loads with `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`, no hypenet needed.

@@ -98,20 +98,21 @@ def _losses_by_band_table(losses: dict, by_band: dict) -> list[str]:
         return f"**{_fmt(value, 6)}**" if value is not None and value == low else _fmt(value, 6)
 
     rows = [[label, *(cell(column.get(label), low) for column, low in zip(columns, lowest))] for label in losses]
-    return ["The base is chosen on the overall long-context loss; the loss per position band (positions of the "
-            "predicted tokens, doublings from the first scored one) is a diagnostic. Bold: the lowest in each "
-            "column.", ""] + _table(["a", "long-context loss", *by_band], rows)
+    return ["The base is chosen on the overall long-context loss (the lowest, or with a tolerance the smallest base "
+            "near it); the loss per position band (positions of the predicted tokens, doublings from the first scored "
+            "one) is a diagnostic. Bold: the lowest in each column.", "",
+            *_table(["a", "long-context loss", *by_band], rows)]
 
 
 def _export_section(export: dict) -> list[str]:
     a = export.get("logit_scaling_base")
     chosen = _fmt(a) if a else "off"
-    lines = ["## Export", "", f"Checkpoint `{export.get('path')}`; logit-scaling base a = {chosen}.", ""]
+    how = ""
     if tolerance := export.get("tolerance"):
         lowest = export.get("lowest_loss_base")
-        lines[-2:] = [lines[-2][:-1] + f": the smallest base whose loss is within {100 * tolerance:g}% of the lowest "
-                      f"(`export.logit_scaling_tolerance`; the lowest-loss base: {_fmt(lowest) if lowest else 'off'}).",
-                      ""]
+        how = (f": the smallest base whose loss is within {100 * tolerance:g}% of the lowest "
+               f"(`export.logit_scaling_tolerance`; the lowest-loss base: {_fmt(lowest) if lowest else 'off'})")
+    lines = ["## Export", "", f"Checkpoint `{export.get('path')}`; logit-scaling base a = {chosen}{how}.", ""]
     if (losses := export.get("losses")) and (by_band := export.get("losses_by_band")):
         lines += _losses_by_band_table(losses, by_band)
     elif losses:
