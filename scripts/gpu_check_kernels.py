@@ -56,9 +56,8 @@ def trim_fla_autotuning():
     On a fresh machine the full autotuning compiles dozens of configs per kernel, dtype and decay kind (minutes
     for fp32); every config computes the same result, so the checks hold with fewer. Timings may differ a little.
     """
-    from triton.runtime.autotuner import Autotuner
-
     import fla.ops.simple_gla  # noqa: F401  (loads the kernels)
+    from triton.runtime.autotuner import Autotuner
 
     trimmed = 0
     for name, module in list(sys.modules.items()):
@@ -113,7 +112,8 @@ def check_case(candidate, reference, shape, dtype, T, device, seed):
     errs = {}
 
     def compare(name, out_candidate, out_reference):
-        errs[name] = {"o": rel_err(out_candidate[0], out_reference[0]), "state": rel_err(out_candidate[1], out_reference[1])}
+        errs[name] = {"o": rel_err(out_candidate[0], out_reference[0]),
+                      "state": rel_err(out_candidate[1], out_reference[1])}
 
     compare("prefill", candidate(q, k, v, g, scale, None, g_gamma), reference(q, k, v, g, scale, None, g_gamma))
     prefill_c = candidate(q, k, v, g, scale, state0, g_gamma)
@@ -180,7 +180,8 @@ def time_backends(candidate, reference, shape, dtype_name, T, device):
             for name, f in (("candidate", candidate), ("reference", reference))
         }
         rows.append(dict(op=op, shape=shape, dtype=dtype_name, **{f"{n}_ms": t for n, t in ms.items()}))
-        print(f"  {op} {dtype_name}: candidate {ms['candidate']:.3f} ms, reference {ms['reference']:.3f} ms", flush=True)
+        print(f"  {op} {dtype_name}: candidate {ms['candidate']:.3f} ms, "
+              f"reference {ms['reference']:.3f} ms", flush=True)
     return rows
 
 
@@ -208,7 +209,9 @@ def render_markdown(report):
         else:
             cells = [case.get("error", "not run").splitlines()[-1][:60]] + [""] * (len(CHECKS) - 1)
         ok = "yes" if case["passed"] else "**NO**"
-        lines.append(f"| {shape_name(case['shape'])} | {case['dtype']} | {case['T']} | " + " | ".join(cells) + f" | {ok} |")
+        lines.append(
+            f"| {shape_name(case['shape'])} | {case['dtype']} | {case['T']} | " + " | ".join(cells) + f" | {ok} |"
+        )
     if report["timings"]:
         lines += [
             "",
@@ -317,7 +320,8 @@ def main():
                     save()
                 if shape_index == 0:  # time the first shape only, before the second shape's checks
                     try:
-                        report["timings"] += time_backends(candidate, reference, shape, dtype_name, timing_length, device)
+                        report["timings"] += time_backends(candidate, reference, shape, dtype_name, timing_length,
+                                                           device)
                     except Exception:
                         report["timing_error"] = traceback.format_exc()
                         print(report["timing_error"], flush=True)

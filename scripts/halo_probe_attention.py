@@ -2,7 +2,8 @@
 conversion report now shows), with the probe's haystack of RULER's filler and of held-out documents.
 
     python scripts/halo_probe_attention.py --out results/needle_attention/halo_probe/results.json
-    python scripts/halo_probe_attention.py --recall-style question --out results/needle_attention/halo_probe/question.json
+    python scripts/halo_probe_attention.py --recall-style question \
+        --out results/needle_attention/halo_probe/question.json
 
 Compare with `hypenet eval --evals needle_attention` on RULER-style NIAH prompts (results/needle_attention/): the
 probe repeats the needle's own words as its question ("The special magic number for apple is"), NIAH asks in other

@@ -7,6 +7,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import left_padded, run_without_hypenet
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -22,7 +23,6 @@ from transformers import (
 )
 
 import hypenet  # noqa: F401  (registers the Auto classes)
-from conftest import left_padded, run_without_hypenet
 from hypenet.model import HypeNetCache, HypeNetConfig, HypeNetForCausalLM
 from hypenet.model.lightning import alibi_log_decay
 from hypenet.teachers import build_hypenet_from_teacher
@@ -301,7 +301,8 @@ def test_sampling_generate_runs_and_is_seeded():
     runs = []
     for _ in range(2):
         torch.manual_seed(3)
-        runs.append(model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=True, top_k=10, pad_token_id=0))
+        runs.append(model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=True, top_k=10,
+                                   pad_token_id=0))
     assert runs[0].shape == (2, 14) and torch.equal(runs[0], runs[1])
 
 

@@ -10,7 +10,8 @@ from hypenet.teachers.load import check_supported
 def test_embedded_teacher_loads_and_answers(tmp_path, monkeypatch):
     monkeypatch.setenv("HYPENET_CACHE", str(tmp_path))
     model, tokenizer = load_teacher()  # dequantises the GGUF once, then loads the cached safetensors
-    assert (model.config.model_type, model.config.num_hidden_layers, model.config.num_attention_heads) == ("llama", 30, 9)
+    assert (model.config.model_type, model.config.num_hidden_layers,
+            model.config.num_attention_heads) == ("llama", 30, 9)
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     again, _ = load_teacher()
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))

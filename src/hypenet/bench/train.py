@@ -11,7 +11,8 @@ Model FLOPs per token: 2N for each frozen forward (the teacher), 6N for each tra
 counts the parameters that multiply activations: the weights (and biases) of every Linear layer, the LM head
 included; a tied head is the embedding matrix, counted once as the head; the embedding lookup does no matmul.
 Attention-score FLOPs (QK^T, AV, the lightning recurrence) are not in N, and the recompute of gradient
-checkpointing (stage 3's layers, the logit slices of stages 2 and 3) is not counted: these are model FLOPs, not hardware FLOPs.
+checkpointing (stage 3's layers, the logit slices of stages 2 and 3) is not counted: these are model FLOPs, not
+hardware FLOPs.
 """
 
 from __future__ import annotations

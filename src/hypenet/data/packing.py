@@ -106,11 +106,11 @@ def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, m
     heldout_fraction > 0), the training documents with the smallest hashes are held out as well (never the last
     one) and reading goes on to make up for them. Documents of at least long_doc_tokens tokens are held out at the
     higher rate long_heldout_fraction (same hash), so that evaluation beyond the training context and the choice of
-    the logit-scaling base have long documents that training never saw. Reading stops once max_tokens training tokens are there (None:
-    the whole source), and train_tokens is cut to exactly max_tokens. unwrap_paragraphs > 0: the training documents
-    (not the held-out ones, which keep the source's format) have that share of their hard-wrapped paragraphs joined
-    into one line each (`data.unwrap.unwrap_paragraphs`, seeded by (seed, i)); which documents are held out does not
-    change. The result is cached under cache_dir (default
+    the logit-scaling base have long documents that training never saw. Reading stops once max_tokens training
+    tokens are there (None: the whole source), and train_tokens is cut to exactly max_tokens. unwrap_paragraphs > 0:
+    the training documents (not the held-out ones, which keep the source's format) have that share of their
+    hard-wrapped paragraphs joined into one line each (`data.unwrap.unwrap_paragraphs`, seeded by (seed, i)); which
+    documents are held out does not change. The result is cached under cache_dir (default
     ~/.cache/hypenet/corpora) keyed by the source's files, the tokenizer's vocabulary and these settings, so the
     next call with the same inputs loads it (train_tokens memory-mapped) instead of tokenising again.
     """

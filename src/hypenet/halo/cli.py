@@ -22,11 +22,16 @@ COMMANDS = {
 def register(subparsers) -> None:
     for name, help_text in COMMANDS.items():
         parser = subparsers.add_parser(name, help=help_text, description=help_text)
-        parser.add_argument("--teacher", help="HF checkpoint folder, hub id or .gguf file (default: embedded SmolLM2-135M-Instruct)")
-        parser.add_argument("--data", help="builtin (default), a .txt/.jsonl/.parquet file or folder, or hf:NAME[:CONFIG][:SPLIT]")
+        parser.add_argument("--teacher",
+                            help="HF checkpoint folder, hub id or .gguf file (default: embedded SmolLM2-135M-Instruct)")
+        parser.add_argument("--data",
+                            help="builtin (default), a .txt/.jsonl/.parquet file or folder, "
+                                 "or hf:NAME[:CONFIG][:SPLIT]")
         parser.add_argument("--out", help="output folder (default: hypenet-out)")
-        parser.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config file (repeatable)")
-        parser.add_argument("--preset", choices=sorted(PRESETS), help="paper (default budgets), cpu (~10 min on 2 cores) or smoke")
+        parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                            help="YAML config file (repeatable)")
+        parser.add_argument("--preset", choices=sorted(PRESETS),
+                            help="paper (default budgets), cpu (~10 min on 2 cores) or smoke")
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                             help="override any config field, e.g. --set stage2.lr=5e-5 --set stage1.tokens=10M")
         parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -69,6 +74,7 @@ def run(command: str, args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"interrupted; continue with: hypenet {command} --out {args.out or 'hypenet-out'} --resume", file=sys.stderr)
+        print(f"interrupted; continue with: hypenet {command} --out {args.out or 'hypenet-out'} --resume",
+              file=sys.stderr)
         return 130
     return 0

@@ -204,7 +204,8 @@ def configure_deepspeed(ds_config: dict, config: TrainConfig, micro: int, accumu
 def _micro_batch_size(config: TrainConfig, processes: int, name: str) -> tuple[int, int]:
     """(sequences per forward, forwards per step) on each process."""
     if config.batch_size % processes:
-        raise HaloError(f"{name}.batch_size ({config.batch_size}) must be a multiple of the number of processes ({processes})")
+        raise HaloError(f"{name}.batch_size ({config.batch_size}) must be a multiple of the number of processes "
+                        f"({processes})")
     per_process = config.batch_size // processes
     micro = config.micro_batch_size or per_process
     if per_process % micro:

@@ -15,7 +15,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
-def _sum_over_slices(loss_sum: Callable[..., torch.Tensor], tensors: tuple[torch.Tensor, ...], chunk_size: int) -> torch.Tensor:
+def _sum_over_slices(loss_sum: Callable[..., torch.Tensor], tensors: tuple[torch.Tensor, ...],
+                     chunk_size: int) -> torch.Tensor:
     """sum_s loss_sum(*(t[s] for t in tensors)) over slices s of `chunk_size` rows, each slice checkpointed."""
     rows = tensors[0].shape[0]
     total = tensors[0].new_zeros((), dtype=torch.float32)

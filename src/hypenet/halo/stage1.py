@@ -31,7 +31,8 @@ ATTENTION_LAYERS_FILE = "attention_layers.safetensors"  # with Stage1Config.alig
 
 
 @torch.no_grad()
-def teacher_attention_io(teacher: PreTrainedModel, input_ids: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def teacher_attention_io(teacher: PreTrainedModel,
+                         input_ids: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(inputs, outputs) of every teacher attention module for one forward pass: the normed hidden states it
     receives and what it adds to the residual stream."""
     num_layers = teacher.config.num_hidden_layers
@@ -44,7 +45,8 @@ def teacher_attention_io(teacher: PreTrainedModel, input_ids: torch.Tensor) -> t
 
         return record
 
-    handles = [teacher_attention(teacher, i).register_forward_hook(recorder(i), with_kwargs=True) for i in range(num_layers)]
+    handles = [teacher_attention(teacher, i).register_forward_hook(recorder(i), with_kwargs=True)
+               for i in range(num_layers)]
     try:
         teacher.model(input_ids=input_ids, use_cache=False)
     finally:

@@ -51,7 +51,8 @@ class Distillation(nn.Module):
 def run(conv: Conversion, attention_layers: list[int]) -> dict:
     """Build the hybrid from the teacher and the stage-1 layers, distil it, and save it as the stage's result."""
     teacher = conv.teacher
-    mixer_types = ["attention" if i in attention_layers else "lightning" for i in range(teacher.config.num_hidden_layers)]
+    mixer_types = ["attention" if i in attention_layers else "lightning"
+                   for i in range(teacher.config.num_hidden_layers)]
     torch.manual_seed(conv.config.seed)  # the attention output gates' initialisation (unless stage 1 trained them)
     student = build_hypenet_from_teacher(
         teacher, mixer_types, lightning_layers=conv.stage1_layers(),

@@ -107,7 +107,9 @@ class HypeNetConfig(PretrainedConfig):
             )
         unknown = sorted({m for m in self.mixer_types if m not in MIXER_TYPES})
         if unknown:
-            raise ValueError(f"mixer_types contains unknown mixer(s) {unknown}; expected each entry in {list(MIXER_TYPES)}.")
+            raise ValueError(
+                f"mixer_types contains unknown mixer(s) {unknown}; expected each entry in {list(MIXER_TYPES)}."
+            )
         if self.num_attention_heads <= 0 or self.num_key_value_heads <= 0 or self.head_dim <= 0:
             raise ValueError(
                 "num_attention_heads, num_key_value_heads and head_dim must be positive; got "
@@ -126,7 +128,9 @@ class HypeNetConfig(PretrainedConfig):
                 f"got {self.attention_logit_scaling_base}."
             )
         if self.lightning_backend not in ("auto", "torch", "fla"):
-            raise ValueError(f"lightning_backend must be one of 'auto', 'torch', 'fla'; got {self.lightning_backend!r}.")
+            raise ValueError(
+                f"lightning_backend must be one of 'auto', 'torch', 'fla'; got {self.lightning_backend!r}."
+            )
 
     @property
     def attention_layers(self) -> list[int]:

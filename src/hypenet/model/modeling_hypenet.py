@@ -51,7 +51,9 @@ class HypeNetRotaryEmbedding(nn.Module):
         super().__init__()
         self.config = config
         self.rope_type = config.rope_parameters.get("rope_type", "default")
-        self.rope_init = self.compute_default_rope_parameters if self.rope_type == "default" else ROPE_INIT_FUNCTIONS[self.rope_type]
+        self.rope_init = (
+            self.compute_default_rope_parameters if self.rope_type == "default" else ROPE_INIT_FUNCTIONS[self.rope_type]
+        )
         inv_freq, self.attention_scaling = self.rope_init(config)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
@@ -67,7 +69,9 @@ class HypeNetRotaryEmbedding(nn.Module):
     def compute_default_rope_parameters(config: HypeNetConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
         base = config.rope_parameters["rope_theta"]
         dim = config.head_dim
-        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim))
+        inv_freq = 1.0 / (
+            base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim)
+        )
         return inv_freq, 1.0
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,7 +225,9 @@ class HypeNetAttention(nn.Module):
     def __init__(self, config: HypeNetConfig, layer_idx: int):
         super().__init__()
         self.config, self.layer_idx = config, layer_idx
-        self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        )
         hidden, bias = config.hidden_size, config.attention_bias
         self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
@@ -430,7 +436,9 @@ class HypeNetModel(HypeNetPreTrainedModel):
             cache = None
         hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         past_length = cache.get_seq_length() if cache is not None else 0
-        ctx = build_mixer_context(self.config, self.rotary_emb, hidden_states, attention_mask, position_ids, past_length)
+        ctx = build_mixer_context(
+            self.config, self.rotary_emb, hidden_states, attention_mask, position_ids, past_length
+        )
         all_hidden_states = [] if output_hidden_states else None
         for layer in self.layers:
             if all_hidden_states is not None:
@@ -488,7 +496,8 @@ class HypeNetForCausalLM(HypeNetPreTrainedModel, GenerationMixin):
         )
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        """generate() builds a plain DynamicCache; give it our hybrid cache instead (same layers, plus a token count)."""
+        """generate() builds a plain DynamicCache; give it our hybrid cache instead (same layers, plus a token
+        count)."""
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
         for key in ("cache", "past_key_values"):
             if type(model_kwargs.get(key)) is DynamicCache:

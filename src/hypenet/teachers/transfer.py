@@ -99,7 +99,8 @@ def _mixer_from_teacher(mixer_class, gated: bool, teacher: PreTrainedModel, laye
     return layer
 
 
-def lightning_from_teacher(teacher: PreTrainedModel, layer_idx: int, config: HypeNetConfig) -> HypeNetLightningAttention:
+def lightning_from_teacher(teacher: PreTrainedModel, layer_idx: int,
+                           config: HypeNetConfig) -> HypeNetLightningAttention:
     """A lightning layer initialised from the teacher's attention in `layer_idx` (HALO stage 1's student)."""
     return _mixer_from_teacher(HypeNetLightningAttention, config.lightning_output_gate, teacher, layer_idx, config)
 
