@@ -58,6 +58,8 @@ def test_overrides_are_converted_to_the_field_types():
         ("stage1.schedule=linear", "'cosine' or 'constant'"),
         ("export.logit_scaling_extend=-1", "export.logit_scaling_extend must be >= 0"),
         ("export.logit_scaling_tolerance=1.5", r"export.logit_scaling_tolerance must be in \[0, 1\).*got 1.5"),
+        ("export.copy_probe=-1", "export.copy_probe is a number of copied spans per document"),
+        ("export.copy_probe_span=1", r"export.copy_probe_span must be at least 2 tokens and at most stage3.seq_len"),
         ("data.unwrap_paragraphs=1.5", r"data.unwrap_paragraphs is a share of paragraphs, in \[0, 1\]; got 1.5"),
         ("data.repeat_spans=-1", r"data.repeat_spans is a share of the training chunks, in \[0, 1\]; got -1"),
         ("select.recall_style=quiz", r"select.recall_style must be one of \['repeat', 'question'\]; got 'quiz'"),

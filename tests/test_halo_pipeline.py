@@ -34,7 +34,8 @@ from hypenet.halo.config import HaloError, load_config
 from hypenet.halo.pipeline import convert, run_stages
 from hypenet.halo.stage1 import LayerAlignment
 
-WORDS = "the a cat dog bird fish sees eats likes finds small big red blue green happy quick slow tree river house".split()
+WORDS = ("the a cat dog bird fish sees eats likes finds small big red blue green happy quick slow tree river "
+         "house").split()
 
 # Small enough for CI: 4 layers of width 64, sequences of 64 tokens (256 in stage 3).
 TINY = [
@@ -454,6 +455,30 @@ def test_export_again_with_a_tolerance_writes_the_smallest_near_base(qwen3_conve
     assert export["lowest_loss_base"] == 500 and export["logit_scaling_base"] == 50
     assert json.loads((out / "model" / "config.json").read_text())["attention_logit_scaling_base"] == 50
     assert "within 0.1% of the lowest" in (out / "report.md").read_text()
+
+
+def test_export_again_with_the_copy_probe(qwen3_conversion, tmp_path):
+    """`hypenet export --out RUN --set export.copy_probe=N --set export.logit_scaling_tolerance=T --overwrite`: the
+    same losses as the conversion's own export, the far-copy loss of every base beside them, and the base written
+    is the near one that copies best."""
+    from hypenet.halo.export import best_copy_within
+
+    reference, _ = qwen3_conversion
+    out = tmp_path / "again"
+    shutil.copytree(reference, out)
+    assert main(["export", "--out", str(out), "--set", "export.copy_probe=2", "--set", "export.copy_probe_span=8",
+                 "--set", "export.logit_scaling_tolerance=0.5", "--overwrite"]) == 0
+    export = json.loads((out / "report.json").read_text())["export"]
+    before = json.loads((reference / "report.json").read_text())["export"]
+    assert export["losses"] == before["losses"] and export["copy_probe"] == {"copies": 2, "span": 8}
+    assert list(export["copy_losses"]) == list(export["losses"])
+    number = {label: None if label == "off" else float(label) for label in export["losses"]}
+    losses = {number[label]: loss for label, loss in export["losses"].items()}
+    copied = {number[label]: loss for label, loss in export["copy_losses"].items()}
+    assert export["logit_scaling_base"] == best_copy_within(losses, copied, 0.5)
+    assert json.loads((out / "model" / "config.json").read_text())["attention_logit_scaling_base"] == \
+        export["logit_scaling_base"]
+    assert "far-copy loss" in (out / "report.md").read_text()
 
 
 def test_resume_refuses_other_settings(assets, qwen3_conversion, capsys):

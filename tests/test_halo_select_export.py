@@ -15,8 +15,12 @@ from hypenet.eval.perplexity import token_nlls
 from hypenet.halo import probes as probes_module
 from hypenet.halo.export import (
     band_label,
+    best_copy_within,
     choose_logit_scaling_base,
     export_checkpoint,
+    far_copies,
+    far_copy_docs,
+    far_copy_loss,
     most_scaling_within,
     position_bands,
     scaling_label,
@@ -610,6 +614,156 @@ def test_export_reports_losses_by_band(student, tokenizer, tmp_path):
     assert len(rows) == 3 and all(sum("**" in cell for cell in column) >= 1 for column in list(zip(*rows))[1:])
     chosen = scaling_label(info["logit_scaling_base"])
     assert [row[0] for row in rows if row[1].startswith("**")] == [f"| {chosen}"]
+
+
+# ---- the copy probe ---------------------------------------------------------------------------------------------
+
+
+def test_far_copies_stand_further_back_than_the_training_context():
+    doc = np.arange(1000, 1400)  # distinct tokens: a copy's original can be found by its values
+    ids, starts = far_copies(doc, 64, 5, 16, np.random.default_rng(0))
+    assert len(ids) == len(doc) and ids.dtype == np.int64 and len(starts) == 5
+    width = (400 - 64) // 5
+    copied = np.zeros(len(doc), dtype=bool)
+    for j, start in enumerate(starts):
+        assert 64 + j * width <= start <= 64 + (j + 1) * width - 16  # the j-th copy within the j-th slot
+        copied[start:start + 16] = True
+        sources = [p for p in range(start - 64 + 1) if np.array_equal(ids[p:p + 16], ids[start:start + 16])]
+        assert sources, f"copy {j} has no original at least 64 tokens before it"
+    assert np.array_equal(ids[~copied], doc[~copied]) and not np.array_equal(ids, doc)
+    again, again_starts = far_copies(doc, 64, 5, 16, np.random.default_rng(0))
+    assert np.array_equal(again, ids) and again_starts == starts  # drawn from the generator alone
+    assert np.array_equal(doc, np.arange(1000, 1400))  # the document itself is left as it was
+    for copies, span, scored_from, n in ((0, 16, 64, 400), (5, 1, 64, 400), (5, 65, 64, 400), (5, 16, 64, 143)):
+        with pytest.raises(ValueError, match="far copies need copies >= 1, 2 <= span <= scored_from"):
+            far_copies(np.arange(n), scored_from, copies, span, np.random.default_rng(0))
+    far_copies(np.arange(144), 64, 5, 16, np.random.default_rng(0))  # (144 - 64) // 5 == 16: just room
+
+
+def test_far_copy_docs_skip_documents_without_room():
+    docs = [np.arange(200), np.arange(70), np.arange(300)]
+    probes = far_copy_docs(docs, 40, 4, 8)
+    assert [len(ids) for ids, _ in probes] == [200, 300]  # the 30 tokens past 40 make 4 slots of 7, too few for 8
+    with pytest.raises(ValueError, match="needs a held-out document of at least 104 tokens .* the longest has 90"):
+        far_copy_docs([np.arange(90)], 40, 4, 16)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(probes, far_copy_docs(docs, 40, 4, 8)))
+
+
+def test_far_copy_loss_scores_each_copy_from_its_second_token(student):
+    rng = np.random.default_rng(4)
+    docs = [rng.integers(0, student.config.vocab_size, size=n) for n in (120, 96)]
+    probes = far_copy_docs(docs, 40, 3, 6)
+    student.config.attention_logit_scaling_base = 100
+    try:
+        loss = far_copy_loss(student, probes, 6)
+        nll, count = 0.0, 0
+        for ids, starts in probes:
+            ids = torch.as_tensor(ids)[None]
+            out = logits(student, ids)[0]
+            for start in starts:  # tokens start + 1 .. start + 5, predicted from the positions before them
+                nll += F.cross_entropy(out[start:start + 5], ids[0, start + 1:start + 6], reduction="sum").item()
+                count += 5
+    finally:
+        student.config.attention_logit_scaling_base = None
+    assert count == 2 * 3 * 5 and loss == pytest.approx(nll / count, rel=1e-5)
+
+
+def test_best_copy_within_picks_the_near_base_that_copies_best():
+    losses = {None: 3.2, 4000: 2.8971, 8000: 2.8785, 16000: 2.8776, 32000: 2.8935}
+    copied = {None: 5.0, 4000: 0.5, 8000: 1.2, 16000: 1.4, 32000: 2.0}
+    assert best_copy_within(losses, copied, 0.001) == 8000  # 4000 copies best but is 0.7% above the lowest loss
+    assert best_copy_within(losses, copied, 0.01) == 4000
+    assert best_copy_within(losses, {**copied, 8000: 1.6}, 0.001) == 16000
+    assert best_copy_within(losses, {**copied, 16000: 1.2}, 0.001) == 8000  # a tie goes to the most scaling
+    assert best_copy_within({None: 1.0, 500: 1.05}, {None: 2.0, 500: 2.0}, 0.1) == 500
+    with pytest.raises(ValueError, match="no far-copy loss for base\\(s\\) 16000"):
+        best_copy_within(losses, {8000: 1.0}, 0.001)
+
+
+def _fake_copy_loss(monkeypatch, loss_of_base):
+    from hypenet.halo import export as export_module
+
+    monkeypatch.setattr(export_module, "far_copy_loss",
+                        lambda model, probes, span, device: loss_of_base(model.config.attention_logit_scaling_base))
+
+
+def test_the_copy_probe_chooses_only_with_a_tolerance(student, monkeypatch):
+    docs = [np.arange(2, 122)]
+    loss_of = {100: 1.10, 200: 1.02, 400: 1.0008, 800: 1.0, 1600: 1.0005}
+    copy_of = {100: 0.1, 200: 0.9, 400: 0.8, 800: 0.9, 1600: 0.5}
+    _fake_loss(monkeypatch, loss_of.get)
+    _fake_copy_loss(monkeypatch, copy_of.get)
+    choices = {}
+    for tolerance in (0.0, 0.001):
+        copied = {}
+        choices[tolerance], losses = choose_logit_scaling_base(student, docs, (100, 200, 400), train_context=40,
+                                                               extend=2, tolerance=tolerance, copies=2,
+                                                               copy_span=8, copy_losses=copied)
+        assert losses == loss_of and copied == copy_of  # the bases the search went on to (800, 1600) too
+    assert choices == {0.0: 800, 0.001: 1600}  # the lowest loss; the best copier among 400, 800 and 1600
+    plain, _ = choose_logit_scaling_base(student, docs, (100, 200, 400), train_context=40, extend=2, tolerance=0.001)
+    assert plain == 400  # without the probe: the smallest near base
+    with pytest.raises(ValueError, match="copies must be >= 0"):
+        choose_logit_scaling_base(student, docs, (100, 200), train_context=40, copies=-1)
+
+
+def test_a_copy_probe_without_room_is_skipped_with_a_warning(student, tokenizer, tmp_path, monkeypatch):
+    """Documents too short for the copies (here 80 tokens past position 40 for 4 x 32) lose the probe, not the
+    export: a warning in the report, and with a tolerance the choice made as without the probe."""
+    from hypenet.halo.export import CopyProbeWarning
+
+    _fake_loss(monkeypatch, {100: 1.0005, 200: 1.0, 400: 1.1}.get)
+    with pytest.warns(CopyProbeWarning, match="needs a held-out document of at least 168 tokens.*probe was skipped; "
+                                              "the base is chosen as without it"):
+        copied = {}
+        best, _ = choose_logit_scaling_base(student, [np.arange(2, 122)], (100, 200, 400), train_context=40,
+                                            tolerance=0.001, copies=4, copy_losses=copied)
+    assert best == 100 and copied == {}
+    info = export_checkpoint(student, tokenizer, tmp_path / "ckpt", [np.arange(2, 122)], candidates=(100, 200, 400),
+                             train_context=40, copies=4)
+    student.config.attention_logit_scaling_base = None
+    assert info["logit_scaling_base"] == 200 and "copy_losses" not in info and "copy_probe" not in info
+    assert len(info["warnings"]) == 1 and "The copy probe was skipped" in info["warnings"][0]
+
+
+def test_export_reports_the_copy_probe(student, tokenizer, tmp_path):
+    rng = np.random.default_rng(5)
+    docs = [rng.integers(0, student.config.vocab_size, size=n) for n in (130, 110)]
+    kwargs = dict(candidates=(500, None, 50), train_context=32, eval_len=128)
+    plain = export_checkpoint(student, tokenizer, tmp_path / "plain", docs, **kwargs)
+    probed = export_checkpoint(student, tokenizer, tmp_path / "probed", docs, copies=3, copy_span=8, **kwargs)
+    student.config.attention_logit_scaling_base = None
+    assert probed["losses"] == plain["losses"] and probed["losses_by_band"] == plain["losses_by_band"]
+    assert probed["logit_scaling_base"] == plain["logit_scaling_base"]  # no tolerance: the probe only reports
+    assert "copy_losses" not in plain and "copy_probe" not in plain
+    assert probed["copy_probe"] == {"copies": 3, "span": 8} and list(probed["copy_losses"]) == ["off", "50", "500"]
+    probes = far_copy_docs([d[:128] for d in docs], 32, 3, 8)
+    for label, base in (("off", None), ("50", 50), ("500", 500)):
+        student.config.attention_logit_scaling_base = base
+        assert probed["copy_losses"][label] == pytest.approx(far_copy_loss(student, probes, 8), rel=1e-6)
+    student.config.attention_logit_scaling_base = None
+    assert len(set(probed["copy_losses"].values())) == 3
+    saved = json.loads((tmp_path / "probed" / "halo_export.json").read_text())
+    assert saved["copy_losses"] == probed["copy_losses"] and saved["copy_probe"] == probed["copy_probe"]
+    md = write_report(tmp_path / "report", {"export": probed})[1].read_text()
+    assert "Copy probe: 3 spans of 8 tokens per document" in md
+    assert "| a | long-context loss | far-copy loss | 32-64 | 64-128 |" in md
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in md.splitlines()
+            if line.startswith(("| off ", "| 50 ", "| 500 "))}
+    best_copier = min(probed["copy_losses"], key=probed["copy_losses"].get)
+    assert [label for label, row in rows.items() if row[2].startswith("**")] == [best_copier]
+    plain_md = write_report(tmp_path / "plain_report", {"export": plain})[1].read_text()
+    assert "far-copy" not in plain_md and "Copy probe" not in plain_md
+
+
+def test_report_names_the_copy_rule(tmp_path):
+    export = {"path": "/x", "logit_scaling_base": 8000, "warnings": [], "tolerance": 0.001, "lowest_loss_base": 16000,
+              "losses": {"8000": 2.8785, "16000": 2.8776}, "losses_by_band": {"16K-32K": {"8000": 2.8, "16000": 2.8}},
+              "copy_losses": {"8000": 1.2, "16000": 1.4}, "copy_probe": {"copies": 16, "span": 32}}
+    md = write_report(tmp_path, {"export": export})[1].read_text()
+    assert ("logit-scaling base a = 8000: the base with the lowest far-copy loss among those whose loss is within "
+            "0.1% of the lowest (`export.logit_scaling_tolerance`; the lowest-loss base: 16000).") in md
+    assert "| 8000 | 2.8785 | **1.2** | **2.8** |" in md and "| 16000 | **2.8776** | 1.4 | **2.8** |" in md
 
 
 # ---- report ---------------------------------------------------------------------------------------------------

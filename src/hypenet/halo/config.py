@@ -109,6 +109,10 @@ class ExportConfig:
     # within this fraction of the lowest, e.g. 0.001. On one SmolLM2 student bases 8000 and 16000 were 0.03% apart in
     # loss and 8000 retrieved more at 64K (results/gpu_convert/README.md, "Fortieth lease"); measured on one student.
     logit_scaling_tolerance: float = 0.0
+    # > 0: per held-out document, this many spans copied from further back than stage 3's context (halo/export.py,
+    # far_copies); their loss at each base is reported, and with a tolerance picks among the near bases. 0 = off.
+    copy_probe: int = 0
+    copy_probe_span: int = 32  # tokens per copied span (the first of each is not scored)
     max_docs: int = 16  # the longest held-out documents scored
     eval_len: int | None = None  # tokens scored per document; None = 4 x stage3.seq_len
 
@@ -248,7 +252,8 @@ def _apply(obj, values: dict, prefix: str = "") -> None:
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise HaloError(f"config field '{key}' is a section; set its fields, e.g. {key}.{next(iter(_field_types(type(current))))}=...")
+                example = next(iter(_field_types(type(current))))
+                raise HaloError(f"config field '{key}' is a section; set its fields, e.g. {key}.{example}=...")
             _apply(current, value, key + ".")
         else:
             setattr(obj, name, _coerce(value, types_[name], key))
@@ -328,6 +333,14 @@ def validate(config: ConvertConfig) -> None:
             f"smallest base is chosen (e.g. 0.001; 0 = the lowest-loss base); got "
             f"{config.export.logit_scaling_tolerance}"
         )
+    if config.export.copy_probe < 0:
+        raise HaloError(f"export.copy_probe is a number of copied spans per document (0 = off); got "
+                        f"{config.export.copy_probe}")
+    if not 2 <= config.export.copy_probe_span <= config.stage3.seq_len:
+        raise HaloError(
+            f"export.copy_probe_span must be at least 2 tokens and at most stage3.seq_len "
+            f"({config.stage3.seq_len}), the distance its originals stand at least; got {config.export.copy_probe_span}"
+        )
     if config.export.logit_scaling_extend < 0:
         raise HaloError(
             f"export.logit_scaling_extend must be >= 0 (more bases to try past the candidates' edge); "
@@ -372,7 +385,8 @@ def resolve(config: ConvertConfig, teacher_params: int) -> ConvertConfig:
     for name, paper_tokens in PAPER_TOKENS.items():
         stage = getattr(resolved, name)
         if stage.tokens is None:
-            stage.tokens = max(stage.batch_size * stage.seq_len, int(paper_tokens * teacher_params / PAPER_TEACHER_PARAMS))
+            scaled = int(paper_tokens * teacher_params / PAPER_TEACHER_PARAMS)
+            stage.tokens = max(stage.batch_size * stage.seq_len, scaled)
     if resolved.stage2.lr is None:
         resolved.stage2.lr = stage2_lr_for(teacher_params)
     for name in ("stage1", "stage3"):

@@ -8,6 +8,10 @@ conversions of the embedded teacher found their lowest loss at 4000-16000, past 
 `export.logit_scaling_tolerance` > 0 writes the smallest base within that fraction of the lowest loss instead.
 The same token losses are also reported per position band ([s, 2s), [2s, 4s), ... from the first scored position s),
 a diagnostic of where in the documents each base does well; the choice is made on the overall loss alone.
+`export.copy_probe` > 0 also measures, for each base, the loss of spans copied from further back than the training
+context (`far_copies`): retrieval past the trained span, which the scaling exists for and which the overall loss barely
+sees. It is reported beside the loss; with a tolerance, the base chosen is the one among the near bases that copies
+best.
 The checkpoint loads with `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`, no hypenet needed.
 """
 
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..eval.copying import DEFAULT_SPAN
 from ..eval.perplexity import bucket_edges, token_nlls
 from ..eval.plots import length_label
 from ..model import HypeNetForCausalLM
@@ -37,6 +42,7 @@ AUTO_MAP = {
 }
 EXPORT_INFO = "halo_export.json"
 HEAD_CHUNK = 1024  # positions per LM-head call, bounding the logits' memory
+COPY_SEED = 0  # the copy probe's places are drawn from this seed and the document's index, not the training seed
 
 
 def scaling_label(a: float | None) -> str:
@@ -103,12 +109,68 @@ def long_context_loss(model: HypeNetForCausalLM, docs: Sequence[np.ndarray], sco
     return total / count
 
 
+def far_copies(doc: np.ndarray, scored_from: int, copies: int, span: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+    """(ids, starts): `doc` with `copies` spans of `span` tokens written again past scored_from, and the copies'
+    first positions. The j-th copy lies at a random place within the j-th of `copies` equal slots of positions
+    [scored_from, len(doc)); its original starts at least scored_from tokens before it (uniformly between position 0
+    and that), so that only a layer that reads that far back can follow it. Copies are written in order, each from
+    the tokens as they stand then (an original never overlaps a later copy)."""
+    width = (len(doc) - scored_from) // copies if copies > 0 else 0
+    if copies < 1 or not 2 <= span <= scored_from or width < span:
+        raise ValueError(f"far copies need copies >= 1, 2 <= span <= scored_from and a slot of >= span tokens per "
+                         f"copy; got copies {copies}, span {span}, scored_from {scored_from}, a document of "
+                         f"{len(doc)} tokens")
+    ids = np.array(doc, dtype=np.int64)
+    starts = []
+    for j in range(copies):
+        start = scored_from + j * width + int(rng.integers(0, width - span + 1))
+        source = int(rng.integers(0, start - scored_from + 1))  # source + span <= start, as span <= scored_from
+        ids[start:start + span] = ids[source:source + span]
+        starts.append(start)
+    return ids, starts
+
+
+def far_copy_docs(docs: Sequence[np.ndarray], scored_from: int, copies: int,
+                  span: int) -> list[tuple[np.ndarray, list[int]]]:
+    """`far_copies` of each document with room for them (seeded by COPY_SEED and the document's index, so every base
+    and every run scores the same copies); ValueError when no document has room."""
+    probes = [far_copies(doc, scored_from, copies, span, np.random.default_rng([COPY_SEED, i]))
+              for i, doc in enumerate(docs) if (len(doc) - scored_from) // copies >= span]
+    if not probes:
+        longest = max(len(doc) for doc in docs)
+        raise ValueError(f"the copy probe needs a held-out document of at least {scored_from + copies * span} tokens "
+                         f"({copies} copies of {span} past position {scored_from}); the longest has {longest}: give "
+                         "fewer copies (export.copy_probe) or longer documents (export.eval_len)")
+    return probes
+
+
+@torch.no_grad()
+def far_copy_loss(model: HypeNetForCausalLM, probes: Sequence[tuple[np.ndarray, list[int]]], span: int,
+                  device=None) -> float:
+    """Mean next-token NLL of the copies' tokens from each copy's second on (nothing says where a copy begins), over
+    `far_copy_docs`' probes, one document at a time."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    total, count = 0.0, 0
+    for ids, starts in probes:
+        nlls = token_nlls(model, torch.as_tensor(ids, device=device), logits_chunk=HEAD_CHUNK)  # [i]: position i + 1
+        for start in starts:
+            part = nlls[start:start + span - 1]  # positions start + 1 .. start + span - 1
+            total += float(part.double().sum())
+            count += part.numel()
+    return total / count
+
+
 class ScalingSearchWarning(UserWarning):
     """Something the user should know about how `a` was chosen (recorded in the export's report)."""
 
 
 class ShortDocumentsWarning(ScalingSearchWarning):
     """No held-out document is longer than the training context: `a` was chosen on shorter ones."""
+
+
+class CopyProbeWarning(ScalingSearchWarning):
+    """The held-out documents had no room for the copy probe past the first scored position: it was skipped."""
 
 
 class GridEdgeWarning(ScalingSearchWarning):
@@ -139,6 +201,9 @@ def choose_logit_scaling_base(
     extend: int = 0,
     band_losses: dict | None = None,
     tolerance: float = 0.0,
+    copies: int = 0,
+    copy_span: int = DEFAULT_SPAN,
+    copy_losses: dict | None = None,
 ) -> tuple[float | None, dict[float | None, float]]:
     """(the `a` with the lowest long-context loss, loss per base tried); None means scaling off.
 
@@ -152,6 +217,10 @@ def choose_logit_scaling_base(
     band (position_bands), a diagnostic only: the choice is made on the overall loss.
     tolerance: > 0 chooses the most scaling (the smallest base) among the bases whose loss is within this fraction of
     the lowest (`most_scaling_within`), instead of the lowest-loss base itself; the search is unchanged.
+    copies: > 0 also measures, for every base tried, the loss of `copies` spans of `copy_span` tokens per document
+    copied from further back than train_context (`far_copy_docs`, `far_copy_loss`), into `copy_losses` ({base: loss});
+    with a tolerance the choice is then the base that copies best among the near ones (`best_copy_within`). Without
+    a tolerance the copy loss is a diagnostic and the choice is the lowest-loss base.
     """
     bad = [a for a in candidates if a is not None and not a > 1]
     if not candidates or bad:
@@ -162,6 +231,8 @@ def choose_logit_scaling_base(
         raise ValueError(f"tolerance must be in [0, 1) (a fraction of the lowest loss, e.g. 0.001); got {tolerance}")
     if train_context < 1:
         raise ValueError(f"train_context must be >= 1 (the first position scored); got {train_context}")
+    if copies < 0:
+        raise ValueError(f"copies must be >= 0 (spans copied per document for the copy probe; 0 = none); got {copies}")
     eval_len = 4 * train_context if eval_len is None else eval_len
     if eval_len <= train_context:
         raise ValueError(f"eval_len ({eval_len}) must exceed train_context ({train_context}) to test length "
@@ -169,9 +240,17 @@ def choose_logit_scaling_base(
     docs, scored_from, warning = _long_eval_docs(long_docs, train_context, eval_len)
     if warning:
         warnings.warn(warning, ShortDocumentsWarning, stacklevel=2)
+    probes = []
+    if copies:
+        try:
+            probes = far_copy_docs(docs, scored_from, copies, copy_span)
+        except ValueError as error:  # the training is done: report it rather than lose the export
+            rule = "; the base is chosen as without it" if tolerance else ""
+            warnings.warn(f"{error}. The copy probe was skipped{rule}", CopyProbeWarning, stacklevel=2)
     original, was_training = model.config.attention_logit_scaling_base, model.training
     model.eval()
     losses: dict[float | None, float] = {}
+    copied: dict[float | None, float] = {}
 
     def measure(a: float | None) -> None:
         model.config.attention_logit_scaling_base = a  # read by build_mixer_context at every forward
@@ -180,6 +259,9 @@ def choose_logit_scaling_base(
         if band_losses is not None:
             band_losses[a] = by_band
         bands = "".join(f", {band} {loss:.4f}" for band, loss in by_band.items())
+        if probes:
+            copied[a] = far_copy_loss(model, probes, copy_span, device)
+            bands += f", far-copy loss {copied[a]:.4f}"
         log.info("logit-scaling base %s: long-context loss %.4f%s", scaling_label(a), losses[a], bands)
 
     try:
@@ -201,7 +283,19 @@ def choose_logit_scaling_base(
             "export.logit_scaling_extend or give candidates past it",
             GridEdgeWarning, stacklevel=2,
         )
-    return (most_scaling_within(losses, tolerance) if tolerance else lowest), losses
+    if copy_losses is not None:
+        copy_losses.update(copied)
+    if not tolerance:
+        return lowest, losses
+    return (best_copy_within(losses, copied, tolerance) if copied else most_scaling_within(losses, tolerance)), losses
+
+
+def near_lowest(losses: dict[float | None, float], tolerance: float) -> list[float | None]:
+    """The bases whose loss is at most (1 + tolerance) x the lowest, in the order tried."""
+    if not losses:
+        raise ValueError("no base was scored: nothing to choose from")
+    lowest = min(losses.values())
+    return [a for a, loss in losses.items() if loss <= lowest + abs(lowest) * tolerance]
 
 
 def most_scaling_within(losses: dict[float | None, float], tolerance: float) -> float | None:
@@ -209,12 +303,20 @@ def most_scaling_within(losses: dict[float | None, float], tolerance: float) -> 
     is at most (1 + tolerance) x the lowest. The loss is an average over a few documents: bases within a small
     fraction of each other are not told apart by it, while retrieval far past the training length can still differ
     between them (results/gpu_convert/README.md, "Fortieth lease")."""
-    if not losses:
-        raise ValueError("no base was scored: nothing to choose from")
-    lowest = min(losses.values())
-    near = [a for a, loss in losses.items() if loss <= lowest + abs(lowest) * tolerance]
-    numbers = [a for a in near if a is not None]
+    numbers = [a for a in near_lowest(losses, tolerance) if a is not None]
     return min(numbers) if numbers else None
+
+
+def best_copy_within(losses: dict[float | None, float], copy_losses: dict[float | None, float],
+                     tolerance: float) -> float | None:
+    """The base with the lowest far-copy loss among those whose loss is at most (1 + tolerance) x the lowest (ties
+    go to the most scaling): the overall loss rules out the bases that predict text worse, the copies tell apart the
+    ones it cannot."""
+    near = near_lowest(losses, tolerance)
+    missing = [scaling_label(a) for a in near if a not in copy_losses]
+    if missing:
+        raise ValueError(f"no far-copy loss for base(s) {', '.join(missing)}")
+    return min(near, key=lambda a: (copy_losses[a], a is None, a or 0))
 
 
 def _complete_auto_map(config_path: Path) -> None:
@@ -236,26 +338,30 @@ def export_checkpoint(
     logit_scaling_base: float | None | str = "auto",
     extend: int = 0,
     tolerance: float = 0.0,
+    copies: int = 0,
+    copy_span: int = DEFAULT_SPAN,
 ) -> dict:
-    """Choose `a` (unless logit_scaling_base is given: a number, or None for off; `extend` and `tolerance` as in
-    choose_logit_scaling_base), write it into the config, and save model + tokenizer + remote code to out_dir
-    atomically (written beside it, then renamed into place).
+    """Choose `a` (unless logit_scaling_base is given: a number, or None for off; `extend`, `tolerance`, `copies` and
+    `copy_span` as in choose_logit_scaling_base), write it into the config, and save model + tokenizer + remote code
+    to out_dir atomically (written beside it, then renamed into place).
 
     Returns {"path", "logit_scaling_base", "losses" (label of each base tried, off first, then ascending -> loss),
-    "losses_by_band" (band label -> the same for that position band; a diagnostic), "warnings"}, and with a
-    tolerance "tolerance" and "lowest_loss_base" (the base the loss alone would choose); the same, plus extra_info,
-    is written to out_dir/halo_export.json. Without a search, losses and losses_by_band are empty.
+    "losses_by_band" (band label -> the same for that position band; a diagnostic), "warnings"}, with a tolerance
+    "tolerance" and "lowest_loss_base" (the base the loss alone would choose), and with copies "copy_losses" (label
+    -> far-copy loss) and "copy_probe" ({"copies", "span"} per document); the same, plus extra_info, is written to
+    out_dir/halo_export.json. Without a search, losses and losses_by_band are empty.
     """
     out_dir = Path(out_dir)
-    losses, losses_by_band, notes, chosen_by = {}, {}, [], {}
+    losses, losses_by_band, notes, chosen_by, copy_info = {}, {}, [], {}, {}
     if logit_scaling_base == "auto" and "attention" not in student.config.mixer_types:
         a, notes = None, ["the model has no attention layer: logit scaling does not apply, so no base was searched"]
     elif logit_scaling_base == "auto":
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            by_base_band = {}
+            by_base_band, by_base_copy = {}, {}
             a, by_base = choose_logit_scaling_base(student, long_docs, candidates, eval_len, train_context, device,
-                                                   extend, band_losses=by_base_band, tolerance=tolerance)
+                                                   extend, band_losses=by_base_band, tolerance=tolerance,
+                                                   copies=copies, copy_span=copy_span, copy_losses=by_base_copy)
         notes = [str(w.message) for w in caught if issubclass(w.category, ScalingSearchWarning)]  # not torch's
         for note in notes:
             log.warning(note)
@@ -265,13 +371,16 @@ def export_checkpoint(
             losses_by_band[band] = {scaling_label(base): by_base_band[base][band] for base in ordered}
         if tolerance:
             chosen_by = {"tolerance": tolerance, "lowest_loss_base": min(by_base, key=by_base.get)}
+        if by_base_copy:
+            copy_info = {"copy_losses": {scaling_label(base): by_base_copy[base] for base in ordered},
+                         "copy_probe": {"copies": copies, "span": copy_span}}
     elif logit_scaling_base is None or logit_scaling_base > 1:
         a = logit_scaling_base
     else:
         raise ValueError(f"logit_scaling_base must be 'auto', None (off) or a number > 1; got {logit_scaling_base!r}")
     student.config.attention_logit_scaling_base = a
     info = {"path": str(out_dir), "logit_scaling_base": a, "losses": losses, "losses_by_band": losses_by_band,
-            **chosen_by, "warnings": notes}
+            **chosen_by, **copy_info, "warnings": notes}
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = out_dir.with_name(f".{out_dir.name}.tmp"), out_dir.with_name(f".{out_dir.name}.old")
@@ -291,12 +400,18 @@ def export_checkpoint(
 
 __all__ = [
     "LOGIT_SCALING_CANDIDATES",
+    "CopyProbeWarning",
     "GridEdgeWarning",
     "ShortDocumentsWarning",
     "band_label",
+    "best_copy_within",
     "choose_logit_scaling_base",
     "export_checkpoint",
+    "far_copies",
+    "far_copy_docs",
+    "far_copy_loss",
     "long_context_loss",
     "most_scaling_within",
+    "near_lowest",
     "position_bands",
 ]

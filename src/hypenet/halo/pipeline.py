@@ -263,7 +263,8 @@ def check_tokenizer(teacher, tokenizer, spec: str) -> None:
             "the tokenizer belongs to another model; put the teacher's own tokenizer files next to its weights"
         )
     if tokenizer.eos_token_id is None:
-        raise HaloError(f"the tokenizer of teacher {spec} has no EOS token, which separates documents in the training data")
+        raise HaloError(f"the tokenizer of teacher {spec} has no EOS token, which separates documents in the training "
+                        "data")
     # Some checkpoints list other end tokens in their config than their tokenizer does: suspicious, not fatal.
     generation = getattr(teacher, "generation_config", None)
     teacher_eos = {
@@ -271,8 +272,8 @@ def check_tokenizer(teacher, tokenizer, spec: str) -> None:
         for i in (source if isinstance(source, list) else [source]) if i is not None
     }
     if teacher_eos and tokenizer.eos_token_id not in teacher_eos:
-        log.warning("the tokenizer's EOS id %d is not among the teacher's end tokens %s: is it the teacher's own tokenizer?",
-                    tokenizer.eos_token_id, sorted(teacher_eos))
+        log.warning("the tokenizer's EOS id %d is not among the teacher's end tokens %s: is it the teacher's own "
+                    "tokenizer?", tokenizer.eos_token_id, sorted(teacher_eos))
 
 
 def _run_select(conv: Conversion) -> dict:
@@ -317,6 +318,7 @@ def _run_export(conv: Conversion) -> dict:
             conv.load_model("stage3", alone=True), conv.tokenizer, conv.out / MODEL_DIR, longest_docs,
             candidates=cfg.logit_scaling_candidates, train_context=train_context, eval_len=cfg.eval_len,
             device=conv.state.device, extend=cfg.logit_scaling_extend, tolerance=cfg.logit_scaling_tolerance,
+            copies=cfg.copy_probe, copy_span=cfg.copy_probe_span,
         )
 
 
@@ -351,7 +353,9 @@ def user_errors(step: str):
         raise HaloError(f"{step}: {error}") from error
 
 
-STAGE_RUNNERS = {"stage1": stage1.run, "select": _run_select, "stage2": _run_stage2, "stage3": _run_stage3, "export": _run_export}
+STAGE_RUNNERS = {
+    "stage1": stage1.run, "select": _run_select, "stage2": _run_stage2, "stage3": _run_stage3, "export": _run_export,
+}
 
 
 def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = False, overwrite: bool = False,

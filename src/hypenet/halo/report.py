@@ -13,7 +13,8 @@ The report dict (every key optional; the pipeline fills what it has):
                                                      # baseline, needle_attention (the teacher's, per layer, on the
                                                      # recall probes)
       "export": export_checkpoint(...)'s dict,       # path, logit_scaling_base, losses {"off"|"500"...: loss},
-                                                     # losses_by_band {"16K-32K"...: {"off"|"500"...: loss}}, warnings
+                                                     # losses_by_band {"16K-32K"...: {"off"|"500"...: loss}}, warnings,
+                                                     # with the copy probe copy_losses and copy_probe
       "heldout": {"<metric>": float, ...},           # held-out evaluation numbers, e.g. {"teacher_loss": ..}
       "<other>": str | int | float,                  # listed at the top (e.g. teacher_parameters, wall_time_s)
     }
@@ -89,32 +90,43 @@ def _selection_section(selection: dict) -> list[str]:
     return lines
 
 
-def _losses_by_band_table(losses: dict, by_band: dict) -> list[str]:
-    """The export's losses, overall then per position band, one row per base; the lowest in each column in bold."""
-    columns = [losses, *by_band.values()]
+def _losses_by_band_table(losses: dict, by_band: dict, copy_losses: dict | None = None) -> list[str]:
+    """The export's losses, overall, far-copy (when measured), then per position band, one row per base; the lowest
+    in each column in bold."""
+    columns = [losses, *([copy_losses] if copy_losses else []), *by_band.values()]
     lowest = [min((v for v in column.values() if v is not None), default=None) for column in columns]
 
     def cell(value, low) -> str:  # 6 digits: the bases' losses often differ only in the 4th
         return f"**{_fmt(value, 6)}**" if value is not None and value == low else _fmt(value, 6)
 
     rows = [[label, *(cell(column.get(label), low) for column, low in zip(columns, lowest))] for label in losses]
-    return ["The base is chosen on the overall long-context loss (the lowest, or with a tolerance the smallest base "
-            "near it); the loss per position band (positions of the predicted tokens, doublings from the first scored "
-            "one) is a diagnostic. Bold: the lowest in each column.", "",
-            *_table(["a", "long-context loss", *by_band], rows)]
+    copy_note = (" The far-copy loss is that of spans copied from further back than the training context "
+                 "(`export.copy_probe`)." if copy_losses else "")
+    return ["The base is chosen on the overall long-context loss (the lowest; with a tolerance the smallest base near "
+            "it, or with the copy probe too the near base that copies best); the loss per position band (positions "
+            f"of the predicted tokens, doublings from the first scored one) is a diagnostic.{copy_note} Bold: the "
+            "lowest in each column.", "",
+            *_table(["a", "long-context loss", *(["far-copy loss"] if copy_losses else []), *by_band], rows)]
 
 
 def _export_section(export: dict) -> list[str]:
-    a = export.get("logit_scaling_base")
-    chosen = _fmt(a) if a else "off"
+    def base(a) -> str:  # as the table labels it: 16000, not 16,000
+        return "off" if a is None else f"{a:g}"
+
+    chosen = base(export.get("logit_scaling_base"))
     how = ""
     if tolerance := export.get("tolerance"):
         lowest = export.get("lowest_loss_base")
-        how = (f": the smallest base whose loss is within {100 * tolerance:g}% of the lowest "
-               f"(`export.logit_scaling_tolerance`; the lowest-loss base: {_fmt(lowest) if lowest else 'off'})")
+        copied = export.get("copy_losses")
+        rule = "the base with the lowest far-copy loss among those" if copied else "the smallest base"
+        how = (f": {rule} whose loss is within {100 * tolerance:g}% of the lowest "
+               f"(`export.logit_scaling_tolerance`; the lowest-loss base: {base(lowest)})")
     lines = ["## Export", "", f"Checkpoint `{export.get('path')}`; logit-scaling base a = {chosen}{how}.", ""]
+    if probe := export.get("copy_probe"):
+        lines += [f"Copy probe: {probe['copies']} spans of {probe['span']} tokens per document, each copied from "
+                  "further back than the training context.", ""]
     if (losses := export.get("losses")) and (by_band := export.get("losses_by_band")):
-        lines += _losses_by_band_table(losses, by_band)
+        lines += _losses_by_band_table(losses, by_band, export.get("copy_losses"))
     elif losses:
         lines += _table(["a", "long-context loss"], [[label, loss] for label, loss in losses.items()])
     for note in export.get("warnings") or []:
