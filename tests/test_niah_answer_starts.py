@@ -25,11 +25,11 @@ def test_counts_line_break_starts_per_task():
     assert starts.starts_with_line_break(" \t\nx") and not starts.starts_with_line_break(" x\n")
     assert starts.answer_starts(ROWS) == {
         "single_1": {"answers": 1, "right": 0, "line_break": 0, "right_without_line_break": 0, "dropped_one": 1,
-                     "restated": 0, "colon_break": 0, "first_digit_1": 0, "values_first_digit_1": 0,
-                     "number_values": 1},
+                     "restated": 0, "colon_break": 0, "began_value": 1, "reference": 0, "first_digit_1": 0,
+                     "values_first_digit_1": 0, "number_values": 1},
         "single_2": {"answers": 3, "right": 2, "line_break": 2, "right_without_line_break": 1, "dropped_one": 0,
-                     "restated": 0, "colon_break": 0, "first_digit_1": 0, "values_first_digit_1": 1,
-                     "number_values": 3},
+                     "restated": 0, "colon_break": 0, "began_value": 0, "reference": 0, "first_digit_1": 0,
+                     "values_first_digit_1": 1, "number_values": 3},
     }
 
 
@@ -50,8 +50,9 @@ def test_table_labels_runs_and_filters_lengths(tmp_path, capsys):
     starts.main([str(path), "--lengths", "4096", "--out", str(tmp_path / "t.md")])
     printed = capsys.readouterr().out
     assert printed == (tmp_path / "t.md").read_text()
-    assert printed.splitlines()[2:] == ["| lease/student | single_1 | 1 | 0% | 0% | 0 / 1 | 1 / 1 | 0 | 0 | 0 / 0 |",
-                                        "| lease/student | single_2 | 2 | 50% | 100% | 0 / 0 | 0 / 1 | 0 | 0 | 0 / 1 |"]
+    assert printed.splitlines()[2:] == [
+        "| lease/student | single_1 | 1 | 0% | 0% | 0 / 1 | 1 / 1 | 0 | 0 | 1 | 0 | 0 / 0 |",
+        "| lease/student | single_2 | 2 | 50% | 100% | 0 / 0 | 0 / 1 | 0 | 0 | 0 | 0 | 0 / 1 |"]
     with pytest.raises(SystemExit):
         starts.main([str(path), "--lengths", "4K"])
     assert "--lengths takes token counts" in capsys.readouterr().err
@@ -107,3 +108,20 @@ def test_a_miss_that_is_a_colon_and_a_line_break_is_counted():
             {"task": "single_1", "context_len": 32768, "output": " 1.\n\nThe special", "correct": False,
              "value": "6606841"}]
     assert starts.answer_starts(rows)["single_1"]["colon_break"] == 1  # only misses are counted
+
+
+def test_misses_that_begin_the_value_or_cite_a_reference():
+    """A miss that begins the value found the needle and lost the copy (" 7152." for 7152935); one that cites a
+    reference wrote the Bible haystack's chapter and verse (" 11:25") instead."""
+    assert starts.begins_value(" 7152.\n\n28:1", "7152935") and starts.begins_value(": 9517.", "9516563")
+    assert starts.begins_value(" 607.\n\n11:25", "6061680") and not starts.begins_value(" 72.", "7152935")
+    assert not starts.begins_value(" 1000.", "7152935") and not starts.begins_value(" 7", "7152935")
+    assert starts.begins_value(" 446df5", "446df597-f662") and not starts.begins_value(" 12", "12")
+    assert starts.cites_reference(" 11:25 The number of the powers") and starts.cites_reference(" 1:10:10:11:")
+    assert not starts.cites_reference(" 7152935.") and not starts.cites_reference(" 11.")
+    assert not starts.cites_reference(" the 11:25") and not starts.cites_reference("")
+    rows = [{"task": "single_2", "context_len": 4096, "output": " 11:25: 11:3", "correct": False, "value": "1949650"},
+            {"task": "single_2", "context_len": 4096, "output": " 1949.", "correct": False, "value": "1949650"},
+            {"task": "single_2", "context_len": 4096, "output": " 1949650.", "correct": True, "value": "1949650"}]
+    counts = starts.answer_starts(rows)["single_2"]
+    assert (counts["reference"], counts["began_value"], counts["right"]) == (1, 1, 1)  # a right answer is no miss
