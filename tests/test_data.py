@@ -22,6 +22,7 @@ from hypenet.data import (
     tokenize_corpus,
 )
 from hypenet.data.builtin import html_to_text, split_long
+from hypenet.data.packing import repeat_number
 
 WORDS = [f"w{i}" for i in range(50)]
 N_DOCS = 40
@@ -340,6 +341,55 @@ def test_repeat_spans_write_an_earlier_span_again_in_that_share_of_the_chunks():
     assert torch.equal(next(short.batches(4)), next(PackedChunks(TOKENS, 16, seed=0).batches(4)))
     with pytest.raises(ValueError, match=r"repeat_spans is a share of the chunks served, in \[0, 1\]; got 2"):
         PackedChunks(TOKENS, 250, repeat_spans=2)
+
+
+def digit_ids(text: str) -> list[int]:
+    """A tokenizer of numbers' text for the tests: each digit d is token 10_000 + d, the leading space dropped."""
+    return [10_000 + int(c) for c in text.strip()]
+
+
+def test_repeat_number_plants_a_number_and_copies_it_with_the_text_before_it():
+    chunk = np.arange(1000, 1400, dtype=np.uint32)
+    for seed in range(20):
+        out = repeat_number(chunk, np.random.default_rng(seed), digit_ids)
+        assert out.dtype == chunk.dtype and len(out) == len(chunk)
+        digits = np.flatnonzero(out >= 10_000)
+        n = len(digits) // 2
+        assert 5 <= n <= 10 and len(digits) == 2 * n and out[digits[0]] != 10_000  # 5-10 digits, not led by 0
+        first, second = digits[:n], digits[n:]
+        assert np.array_equal(np.diff(first), np.ones(n - 1)) and np.array_equal(np.diff(second), np.ones(n - 1))
+        assert first[-1] < len(chunk) // 2  # planted in the first half
+        assert np.array_equal(out[first], out[second])
+        lead = 0  # how many tokens before the copy equal those before the number (the chunk's tokens are distinct)
+        while lead < first[0] and out[second[0] - lead - 1] == out[first[0] - lead - 1]:
+            lead += 1
+        assert 4 <= lead <= 16  # the text before the number came with it
+        # every token but the number and the copy is where it was cut
+        changed = np.flatnonzero(out != chunk)
+        assert set(changed) <= set(first) | set(range(second[0] - lead, second[-1] + 1))
+    again = repeat_number(chunk, np.random.default_rng(3), digit_ids)
+    assert np.array_equal(again, repeat_number(chunk, np.random.default_rng(3), digit_ids))
+    short = np.arange(35, dtype=np.uint32)  # under 4 x (4 + 5) tokens: left as it is
+    assert repeat_number(short, np.random.default_rng(0), digit_ids, lead=(4, 4), digits=(5, 5)) is short
+
+
+@pytest.mark.filterwarnings("ignore:dataset has 1000 tokens")
+def test_repeat_numbers_replace_that_share_of_the_repeated_spans():
+    spans = PackedChunks(TOKENS, 250, seed=0, repeat_spans=0.5)
+    numbers = PackedChunks(TOKENS, 250, seed=0, repeat_spans=0.5, repeat_numbers=0.5, number_ids=digit_ids)
+    plain = torch.cat(list(PackedChunks(TOKENS, 250, seed=0).batches(4, num_steps=25)))
+    with_spans = torch.cat(list(spans.batches(4, num_steps=25)))
+    rows = torch.cat(list(numbers.batches(4, num_steps=25)))
+    planted = (rows >= 10_000).any(dim=1)
+    assert 10 <= int(planted.sum()) <= 40  # about a quarter of the 100 rows
+    changed = (with_spans != plain).any(dim=1)
+    assert not (planted & ~changed).any()  # numbers only in the rows that get a repeated span
+    assert torch.equal(rows[~planted], with_spans[~planted])  # the others keep their span
+    assert torch.equal(torch.cat(list(numbers.batches(4, start_step=10, num_steps=15))), rows[40:])  # resumable
+    with pytest.raises(ValueError, match="repeat_numbers needs number_ids"):
+        PackedChunks(TOKENS, 250, repeat_spans=0.5, repeat_numbers=0.5)
+    with pytest.raises(ValueError, match=r"repeat_numbers is a share of the chunks with a repeated span, in \[0, 1\]"):
+        PackedChunks(TOKENS, 250, repeat_spans=0.5, repeat_numbers=1.5, number_ids=digit_ids)
 
 
 def test_chunk_errors():

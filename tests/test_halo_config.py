@@ -62,6 +62,8 @@ def test_overrides_are_converted_to_the_field_types():
         ("export.copy_probe_span=1", r"export.copy_probe_span must be at least 2 tokens and at most stage3.seq_len"),
         ("data.unwrap_paragraphs=1.5", r"data.unwrap_paragraphs is a share of paragraphs, in \[0, 1\]; got 1.5"),
         ("data.repeat_spans=-1", r"data.repeat_spans is a share of the training chunks, in \[0, 1\]; got -1"),
+        ("data.repeat_numbers=1.5", r"data.repeat_numbers is a share of the chunks with a repeated span, in \[0, 1\]"),
+        ("data.repeat_numbers=0.5", r"with data.repeat_spans=0 no chunk gets a number: set both"),
         ("select.recall_style=quiz", r"select.recall_style must be one of \['repeat', 'question'\]; got 'quiz'"),
     ],
 )

@@ -593,6 +593,34 @@ def test_repeat_spans_reach_the_chunks_of_stages_2_and_3_only():
     chunks = {name: Conversion.chunks(conversion, name) for name in ("stage1", "stage2", "stage3")}
     assert [chunks[name].repeat_spans for name in ("stage1", "stage2", "stage3")] == [0.0, 0.25, 0.25]
     assert [chunks[name].seq_len for name in ("stage1", "stage2", "stage3")] == [64, 128, 256]
+    assert [chunks[name].repeat_numbers for name in ("stage1", "stage2", "stage3")] == [0.0, 0.0, 0.0]
+
+
+def test_repeat_numbers_reach_stages_2_and_3_tokenized_by_the_teachers_tokenizer(tmp_path):
+    """data.repeat_numbers: of the chunks with a repeated span, that share get a made-up number, written in the
+    teacher tokenizer's ids; stage 1 gets none."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from hypenet.halo.pipeline import Conversion
+
+    vocab = {"[UNK]": 0, **{str(d): 1 + d for d in range(10)}}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                   pre_tokenizers.Digits(individual_digits=True)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]")
+    config = load_config(overrides=["data.repeat_spans=1", "data.repeat_numbers=1", "stage2.seq_len=256",
+                                    "stage3.seq_len=256"])
+    tokens = np.arange(100, 4196, dtype=np.uint32)  # no digit's id (1-10) among them
+    conversion = SimpleNamespace(config=config, tokenizer=tokenizer, corpus=SimpleNamespace(train_tokens=tokens))
+    chunks = {name: Conversion.chunks(conversion, name) for name in ("stage1", "stage2", "stage3")}
+    assert [chunks[name].repeat_numbers for name in ("stage1", "stage2", "stage3")] == [0.0, 1.0, 1.0]
+    for row in next(chunks["stage2"].batches(4)).numpy():
+        digits = row[(row >= 1) & (row <= 10)]
+        assert 10 <= len(digits) <= 20 and len(digits) % 2 == 0  # a number of 5-10 digits, written twice
+        assert np.array_equal(digits[:len(digits) // 2], digits[len(digits) // 2:]) and digits[0] != 1  # not "0"
+    assert not any(((row >= 1) & (row <= 10)).any() for row in next(chunks["stage1"].batches(4)).numpy())
 
 
 @pytest.mark.parametrize("overrides, split_seed", [(["seed=1"], 1), (["seed=1", "data.seed=0"], 0)])

@@ -17,7 +17,7 @@ import random
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,8 @@ __all__ = ["PackedChunks", "TokenizedCorpus", "default_cache_dir", "describe_cor
 CACHE_FORMAT = 1  # bump when the cached files or the tokenisation change meaning
 TOKENIZE_BATCH_CHARS = 4_000_000  # text handed to the fast tokenizer per call; it tokenises a batch on all cores
 REPEAT_SPAN_TOKENS = (8, 64)  # PackedChunks(repeat_spans=...): the shortest and longest span written again
+NUMBER_DIGITS = (5, 10)  # PackedChunks(repeat_numbers=...): the fewest and most digits of a made-up number
+NUMBER_LEAD_TOKENS = (4, 16)  # ... and how many tokens of the text before it are copied with it
 WRAPPED_HINT_SHARE = 0.2  # unwrap_paragraphs off: warn when at least this share of the text read is wrapped prose
 # (the built-in corpus: 26% of its characters; students distilled on it broke the line where the teacher did not)
 
@@ -266,6 +268,29 @@ def repeat_span(chunk: np.ndarray, rng: np.random.Generator, shortest: int, long
     return out
 
 
+def repeat_number(chunk: np.ndarray, rng: np.random.Generator, number_ids: Callable[[str], Sequence[int]],
+                  digits: tuple[int, int] = NUMBER_DIGITS, lead: tuple[int, int] = NUMBER_LEAD_TOKENS) -> np.ndarray:
+    """A copy of `chunk` with a made-up number (" " and `digits` random digits, the first not 0, as `number_ids`
+    tokenizes it) written over the tokens at a random place in its first half, then that number with the `lead`
+    tokens of text before it written again at a random place after it: a value among the chunk's own text and
+    numbers, copied as a needle's value is, its first digits leading to the rest. A chunk shorter than 4 x the span
+    comes back as it is."""
+    count = int(rng.integers(digits[0], digits[1] + 1))
+    text = " " + str(int(rng.integers(1, 10))) + "".join(str(d) for d in rng.integers(0, 10, size=count - 1))
+    ids = np.asarray(number_ids(text), dtype=chunk.dtype)
+    before = int(rng.integers(lead[0], lead[1] + 1))
+    span = before + len(ids)
+    if len(ids) == 0 or len(chunk) < 4 * span:
+        return chunk
+    start = int(rng.integers(before, len(chunk) // 2 - len(ids) + 1))  # the number at [start, start + len(ids))
+    out = chunk.copy()
+    out[start:start + len(ids)] = ids
+    source = start - before
+    target = int(rng.integers(source + span, len(chunk) - span + 1))
+    out[target:target + span] = out[source:source + span]
+    return out
+
+
 class PackedChunks:
     """Fixed-length training chunks cut from a flat token array, served in a seeded, resumable order.
 
@@ -276,19 +301,27 @@ class PackedChunks:
     (tokens, seq_len, seed, batch_size, s) alone: resuming at start_step=k gives exactly the batches k, k+1, ... of
     an uninterrupted run, whatever the number of processes. With repeat_spans > 0 that share of the items served
     has a span of span_tokens tokens from its first half written again later in it (`repeat_span`), also a function
-    of (seed, item) alone.
+    of (seed, item) alone; with repeat_numbers > 0, that share of those items has a made-up number planted in it and
+    copied instead (`repeat_number`; number_ids tokenizes the number's text).
     """
 
     def __init__(self, tokens: np.ndarray, seq_len: int, seed: int = 0, repeat_spans: float = 0.0,
-                 span_tokens: tuple[int, int] = REPEAT_SPAN_TOKENS):
+                 span_tokens: tuple[int, int] = REPEAT_SPAN_TOKENS, repeat_numbers: float = 0.0,
+                 number_ids: Callable[[str], Sequence[int]] | None = None):
         if seq_len <= 0:
             raise ValueError(f"seq_len must be positive, got {seq_len}")
         if not 0 <= repeat_spans <= 1:
             raise ValueError(f"repeat_spans is a share of the chunks served, in [0, 1]; got {repeat_spans}")
         if not 0 < span_tokens[0] <= span_tokens[1]:
             raise ValueError(f"span_tokens must be (shortest, longest) with 0 < shortest <= longest; got {span_tokens}")
+        if not 0 <= repeat_numbers <= 1:
+            raise ValueError(f"repeat_numbers is a share of the chunks with a repeated span, in [0, 1]; got "
+                             f"{repeat_numbers}")
+        if repeat_numbers and number_ids is None:
+            raise ValueError("repeat_numbers needs number_ids, the tokenizer's ids of a number's text")
         self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
         self.repeat_spans, self.span_tokens = repeat_spans, span_tokens
+        self.repeat_numbers, self.number_ids = repeat_numbers, number_ids
         self.num_chunks = len(tokens) // seq_len
         self._permutation: tuple[int, np.ndarray] | None = None  # the last epoch's order, (epoch, permutation)
         self._warned = False
@@ -307,11 +340,15 @@ class PackedChunks:
         return self._permutation[1]
 
     def served(self, item: int) -> np.ndarray:
-        """Stream item `item`: its chunk, with a span repeated in it for a `repeat_spans` share of the items (chosen,
-        like the span, by (seed, item) alone)."""
+        """Stream item `item`: its chunk, with a span repeated in it for a `repeat_spans` share of the items, a
+        `repeat_numbers` share of those a made-up number (chosen, like the span, by (seed, item) alone)."""
         chunk = self.chunk(int(self.order(item // self.num_chunks)[item % self.num_chunks]))
         if self.repeat_spans and _unit_hash(self.seed, f"repeat:{item}") < self.repeat_spans:
-            chunk = repeat_span(chunk, np.random.default_rng([self.seed, 0x5EED, item]), *self.span_tokens)
+            rng = np.random.default_rng([self.seed, 0x5EED, item])
+            if self.repeat_numbers and _unit_hash(self.seed, f"number:{item}") < self.repeat_numbers:
+                chunk = repeat_number(chunk, rng, self.number_ids)
+            else:
+                chunk = repeat_span(chunk, rng, *self.span_tokens)
         return chunk
 
     def batches(self, batch_size: int, start_step: int = 0, num_steps: int | None = None, *,

@@ -129,6 +129,11 @@ class DataConfig:
     # written again later in it (data.packing.repeat_span): practice in copying what was read, as a needle's value
     # is copied. 0 = the chunks as cut. An experiment, not part of the paper's recipe.
     repeat_spans: float = 0.0
+    # share of those chunks whose repeated span is instead a made-up 5-10 digit number planted in the chunk's first half
+    # and written again later with the 4-16 tokens before it (data.packing.repeat_number): practice in copying a number
+    # among the text's own numbers, where the students' NIAH-Single-2 answers go astray (results/gpu_convert/
+    # default_pooled/README.md). 0 = spans only. An experiment, not part of the paper's recipe.
+    repeat_numbers: float = 0.0
     # seed of the held-out split and of which paragraphs are joined; None = the run's seed. A run with another `seed`
     # and data.seed fixed trains on the same documents (in another order, from another initialisation) and leaves
     # the same documents out for evaluation: how far two such runs differ is the spread between training seeds.
@@ -310,6 +315,15 @@ def validate(config: ConvertConfig) -> None:
         raise HaloError(
             f"data.repeat_spans is a share of the training chunks, in [0, 1]; got {config.data.repeat_spans}"
         )
+    if not 0 <= config.data.repeat_numbers <= 1:
+        raise HaloError(
+            f"data.repeat_numbers is a share of the chunks with a repeated span, in [0, 1]; got "
+            f"{config.data.repeat_numbers}"
+        )
+    if config.data.repeat_numbers and not config.data.repeat_spans:
+        raise HaloError("data.repeat_numbers is a share of the chunks that data.repeat_spans picks; with "
+                        "data.repeat_spans=0 no chunk gets a number: set both, e.g. --set data.repeat_spans=0.5 --set "
+                        "data.repeat_numbers=0.5")
     for name in ("stage1", "stage2", "stage3"):
         stage = getattr(config, name)
         if stage.schedule not in ("cosine", "constant"):

@@ -128,8 +128,14 @@ class Conversion:
                 f"({name}.seq_len={seq_len}): give more data or lower {name}.seq_len"
             )
         # stage 1 aligns attention outputs on the text as cut; stages 2 and 3 may also practise copying spans
-        repeat = self.config.data.repeat_spans if name in ("stage2", "stage3") else 0.0
-        return PackedChunks(self.corpus.train_tokens, seq_len, seed=self.config.seed, repeat_spans=repeat)
+        data = self.config.data
+        repeat = data.repeat_spans if name in ("stage2", "stage3") else 0.0
+        numbers, number_ids = (data.repeat_numbers if repeat else 0.0), None
+        if numbers:
+            tokenizer = self.tokenizer
+            number_ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        return PackedChunks(self.corpus.train_tokens, seq_len, seed=self.config.seed, repeat_spans=repeat,
+                            repeat_numbers=numbers, number_ids=number_ids)
 
     def train(self, name: str, objective: nn.Module, config) -> engine.TrainResult:
         return engine.train(name, objective, config, self.chunks(name), self.stage_dir(name), self.settings)
