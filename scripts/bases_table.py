@@ -22,10 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from hypenet.eval.plots import length_label  # noqa: E402
-
-
-def label(base: float | None) -> str:
-    return "off" if base is None else f"{base:g}"
+from hypenet.halo.export import scaling_label  # noqa: E402
 
 
 def read_export(path: Path) -> dict:
@@ -53,7 +50,7 @@ def read_grid(path: Path, export_base: float | None) -> tuple[str, dict[int, tup
         for length, cell in task["by_length"].items():
             right, asked = counts.setdefault(int(length), [0, 0])
             counts[int(length)] = [right + round(cell["accuracy"] * cell["samples"]), asked + cell["samples"]]
-    return label(base), {length: (right, asked) for length, (right, asked) in sorted(counts.items())}
+    return scaling_label(base), {length: (right, asked) for length, (right, asked) in sorted(counts.items())}
 
 
 def ranks(values: list[float]) -> list[float]:
@@ -91,7 +88,7 @@ def table(export: dict, grids: dict[str, dict[int, tuple[int, int]]]) -> str:
     losses.update(export.get("losses_by_band") or {})
     lengths = sorted({length for grid in grids.values() for length in grid})
     bases = [b for b in export["losses"] if b in grids] + [b for b in grids if b not in export["losses"]]
-    chosen = label(export.get("logit_scaling_base"))
+    chosen = scaling_label(export.get("logit_scaling_base"))
     head = ["a", *losses, *(f"NIAH {length_label(n)}" for n in lengths)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for base in bases:

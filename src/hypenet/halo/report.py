@@ -110,17 +110,16 @@ def _losses_by_band_table(losses: dict, by_band: dict, copy_losses: dict | None 
 
 
 def _export_section(export: dict) -> list[str]:
-    def base(a) -> str:  # as the table labels it: 16000, not 16,000
-        return "off" if a is None else f"{a:g}"
+    from .export import scaling_label  # as the table labels a base: 16000, not 16,000
 
-    chosen = base(export.get("logit_scaling_base"))
+    chosen = scaling_label(export.get("logit_scaling_base"))
     how = ""
     if tolerance := export.get("tolerance"):
         lowest = export.get("lowest_loss_base")
         copied = export.get("copy_losses")
         rule = "the base with the lowest far-copy loss among those" if copied else "the smallest base"
         how = (f": {rule} whose loss is within {100 * tolerance:g}% of the lowest "
-               f"(`export.logit_scaling_tolerance`; the lowest-loss base: {base(lowest)})")
+               f"(`export.logit_scaling_tolerance`; the lowest-loss base: {scaling_label(lowest)})")
     lines = ["## Export", "", f"Checkpoint `{export.get('path')}`; logit-scaling base a = {chosen}{how}.", ""]
     if probe := export.get("copy_probe"):
         lines += [f"Copy probe: {probe['copies']} spans of {probe['span']} tokens per document, each copied from "
