@@ -25,6 +25,7 @@ from transformers import (
 import hypenet  # noqa: F401  (registers the Auto classes)
 from hypenet.model import HypeNetCache, HypeNetConfig, HypeNetForCausalLM
 from hypenet.model.lightning import alibi_log_decay
+from hypenet.model.modeling_hypenet import HypeNetLightningLayer
 from hypenet.teachers import build_hypenet_from_teacher
 
 TINY = dict(vocab_size=89, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
@@ -306,6 +307,82 @@ def test_sampling_generate_runs_and_is_seeded():
     assert runs[0].shape == (2, 14) and torch.equal(runs[0], runs[1])
 
 
+def _states(cache: HypeNetCache) -> list[torch.Tensor]:
+    return [layer.recurrent_states[0] if hasattr(layer, "recurrent_states") else layer.keys for layer in cache.layers]
+
+
+@pytest.mark.parametrize("window", [1024, 4])  # 4: long forwards keep only their tail, and two forwards fold
+def test_recording_cache_rolls_back_to_a_cache_that_never_saw_the_tokens(monkeypatch, window):
+    """Assisted decoding verifies drafted tokens and crops the rejected ones: after crop(-n) every layer (keys and
+    values, recurrent states) and the next logits match a cache fed only the kept tokens."""
+    monkeypatch.setattr(HypeNetLightningLayer, "MIN_ROLLBACK", window)
+    model = tiny_hypenet()
+    seq = torch.randint(1, 97, (1, 25))
+    with torch.no_grad():
+        # (forwards as token ranges, tokens removed); [(0, 2), (2, 20)]: a long forward after a short one
+        cases = [([(0, 24)], 0), ([(0, 24)], 3), ([(0, 20), (20, 22), (22, 24)], 4), ([(0, 2), (2, 20)], 3),
+                 ([(0, 3)], 3)]
+        for forwards, remove in cases:
+            cache = HypeNetCache(model.config)
+            cache.activate_past_recording(recurrent_states_to_keep=2)
+            for a, b in forwards:
+                model(seq[:, a:b], cache=cache, use_cache=True)
+            cache.crop(-remove)
+            kept = forwards[-1][1] - remove
+            reference = HypeNetCache(model.config)
+            if kept:
+                model(seq[:, :kept], cache=reference, use_cache=True)
+            assert cache.get_seq_length() == kept
+            for got, want in zip(_states(cache), _states(reference)):
+                if want is None:  # nothing kept: no keys, a zero state
+                    assert got.numel() == 0 or not got.any()
+                else:
+                    assert got.shape == want.shape and (got - want).abs().max().item() <= 1e-5
+            nxt = seq[:, kept:kept + 1]
+            assert (model(nxt, cache=cache).logits - model(nxt, cache=reference).logits).abs().max().item() <= 1e-5
+
+
+def test_rollback_past_what_was_kept_is_refused(monkeypatch):
+    monkeypatch.setattr(HypeNetLightningLayer, "MIN_ROLLBACK", 4)
+    model = tiny_hypenet()
+    with torch.no_grad():
+        cache = HypeNetCache(model.config)
+        model(torch.randint(1, 97, (1, 9)), cache=cache, use_cache=True)
+        with pytest.raises(RuntimeError, match="the cache is not recording; call cache.activate_past_recording"):
+            cache.crop(-2)
+        cache = HypeNetCache(model.config)
+        cache.activate_past_recording(recurrent_states_to_keep=2)
+        model(torch.randint(1, 97, (1, 9)), cache=cache, use_cache=True)
+        with pytest.raises(RuntimeError, match="only the last 4 tokens were kept"):
+            cache.crop(-5)
+
+
+def test_assisted_and_prompt_lookup_decoding_equal_greedy(monkeypatch):
+    """Speculative decoding through generate(): drafts rejected part-way roll the cache back, and the tokens are
+    greedy's. The assistant is a HypeNet too, so its own cache rolls back as well."""
+    removed = []
+    crop = HypeNetLightningLayer.crop
+    monkeypatch.setattr(HypeNetLightningLayer, "crop", lambda self, n: removed.append(-n) or crop(self, n))
+    model = tiny_hypenet()
+    torch.manual_seed(1)
+    pattern = torch.randint(1, 97, (1, 6))
+    ids = torch.cat([pattern, torch.randint(1, 97, (1, 5)), pattern, pattern[:, :3]], 1)  # n-grams to look up
+    greedy = model.generate(ids, max_new_tokens=20, min_new_tokens=20, pad_token_id=0)
+    assistant = tiny_hypenet(mixers=("lightning", "lightning", "attention"))
+    for extra in (dict(prompt_lookup_num_tokens=4), dict(assistant_model=assistant)):
+        removed.clear()
+        out = model.generate(ids, max_new_tokens=20, min_new_tokens=20, pad_token_id=0, **extra)
+        assert torch.equal(out, greedy), extra
+        assert any(n > 0 for n in removed), f"no draft was rejected with {extra}: the test did not roll back"
+
+
+def test_static_cache_implementation_is_explained():
+    model = tiny_hypenet()
+    ids = torch.randint(1, 97, (2, 7))
+    with pytest.raises(ValueError, match="cache_implementation='static' is not supported.*hypenet generate"):
+        model.generate(ids, max_new_tokens=6, pad_token_id=0, cache_implementation="static")
+
+
 def test_mask_length_mismatch_is_explained():
     model = tiny_hypenet()
     with pytest.raises(ValueError, match="expected attention_mask.shape"):
@@ -327,6 +404,9 @@ def test_checkpoint_loads_with_only_torch_and_transformers(tmp_path):
         model = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         out = model.generate(torch.tensor({prompt.tolist()}), max_new_tokens=6, do_sample=False, pad_token_id=0)
+        looked_up = model.generate(torch.tensor({prompt.tolist()}), max_new_tokens=6, do_sample=False, pad_token_id=0,
+                                   prompt_lookup_num_tokens=2)
+        assert torch.equal(out, looked_up), (out, looked_up)
         print(out[0].tolist())
     """)
     result = run_without_hypenet(script, cwd=tmp_path)

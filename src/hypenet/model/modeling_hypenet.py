@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from torch.nn.attention.bias import causal_lower_right
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, LinearAttentionLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -317,10 +318,15 @@ class HypeNetLightningAttention(nn.Module):
             k, v = k.masked_fill(~valid[..., None], 0.0), v.masked_fill(~valid[..., None], 0.0)
             g, g_gamma = g * valid, None
         state = lightning_state(cache, self.layer_idx)
-        o, new_state = lightning_attention(
-            q, k, v, g, scale=self.head_dim**-0.5, initial_state=state, output_final_state=cache is not None,
-            backend=self.config.lightning_backend, chunk_size=self.config.lightning_chunk_size, g_gamma=g_gamma,
+        run = partial(
+            lightning_attention, scale=self.head_dim**-0.5, backend=self.config.lightning_backend,
+            chunk_size=self.config.lightning_chunk_size, g_gamma=g_gamma,
         )
+        layer = cache.layers[self.layer_idx] if cache is not None else None
+        if isinstance(layer, HypeNetLightningLayer) and layer.record_past:
+            o, new_state = self._recorded(layer, run, q, k, v, g, state)
+        else:
+            o, new_state = run(q, k, v, g, initial_state=state, output_final_state=cache is not None)
         if cache is not None:
             cache.update_recurrent_state(new_state, self.layer_idx)
         o = o.reshape(batch, seq_len, self.num_heads * self.head_dim).to(x.dtype)
@@ -329,6 +335,92 @@ class HypeNetLightningAttention(nn.Module):
         if self.config.lightning_output_gate:
             o = o * torch.sigmoid(self.g_proj(x))
         return self.o_proj(o)
+
+    @staticmethod
+    def _recorded(layer: HypeNetLightningLayer, run, q, k, v, g, state):
+        """The forward while the cache records for a rollback (assisted decoding): the tokens before the rollback
+        window run first, then the window's keys, values and decays are kept with the state before them."""
+        split = q.shape[1] - layer.rollback_window(q.shape[1])
+        outputs = []
+        if split > 0:
+            o, state = run(q[:, :split], k[:, :split], v[:, :split], g[:, :split], initial_state=state)
+            outputs.append(o)
+        layer.record(state, k[:, split:], v[:, split:], g[:, split:], restart=split > 0,
+                     replay=partial(_replay_state, run))
+        o, state = run(q[:, split:], k[:, split:], v[:, split:], g[:, split:], initial_state=state)
+        return torch.cat(outputs + [o], dim=1), state
+
+
+def _replay_state(run, state: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor):
+    """The recurrent state after tokens (k, v, g) starting from `state` (None: zeros)."""
+    return run(torch.zeros_like(k), k, v, g, initial_state=state, output_final_state=True)[1]
+
+
+class HypeNetLightningLayer(LinearAttentionLayer):
+    """A lightning layer's slot in the cache: its recurrent state, and while the cache records (assisted or
+    speculative decoding, which verifies drafted tokens and then drops the rejected ones) what rolling the state back
+    needs. A recurrent state cannot be un-written, so the layer keeps the state before the tokens seen since the last
+    `crop` and their keys, values and decays (a few KB per token, not a [H, d, d] state per token), and `crop(-n)`
+    replays all but the last n of them."""
+
+    MIN_ROLLBACK = 1024  # tokens a rollback may reach back, at least (more if the generator drafts more)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.recurrent_states_to_keep = 0
+        self._tail = None  # [state before, k, v, g, replay] since the last crop
+
+    def activate_past_recording(self, recurrent_states_to_keep: int | None = None, **kwargs):
+        self.record_past = True
+        self.recurrent_states_to_keep = recurrent_states_to_keep or 0
+        self._tail = None
+
+    def rollback_window(self, new_tokens: int) -> int:
+        """How many of `new_tokens` to keep for a rollback."""
+        return min(new_tokens, self._longest_rollback())
+
+    def _longest_rollback(self) -> int:
+        return max(self.recurrent_states_to_keep + 1, self.MIN_ROLLBACK)
+
+    def record(self, state, k, v, g, restart: bool, replay) -> None:
+        """Keep tokens (k, v, g) that follow recurrent state `state`; `restart` drops the tokens kept before."""
+        if self._tail is None or restart:
+            self._tail = [None if state is None else state.clone(), k, v, g, replay]
+        else:
+            self._tail[1:4] = [torch.cat([old, new], dim=1) for old, new in zip(self._tail[1:4], (k, v, g))]
+        excess = self._tail[1].shape[1] - self._longest_rollback()
+        if excess > 0:  # fold the oldest tokens into the state before
+            start, k, v, g, replay = self._tail
+            self._tail = [replay(start, k[:, :excess], v[:, :excess], g[:, :excess]), k[:, excess:], v[:, excess:],
+                          g[:, excess:], replay]
+
+    def update_recurrent_state(self, recurrent_states: torch.Tensor, state_idx: int = 0, **kwargs) -> torch.Tensor:
+        if not self.is_recurrent_states_initialized[state_idx]:
+            self.lazy_initialization(recurrent_states=recurrent_states, state_idx=state_idx)
+        self.recurrent_states[state_idx].copy_(recurrent_states)
+        return self.recurrent_states[state_idx]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last `-tokens_to_remove` tokens (0: only drop what was kept for a rollback)."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop takes minus the number of tokens to remove, got {tokens_to_remove}")
+        remove = -tokens_to_remove
+        self.cumulative_length_linear.sub_(remove)
+        if remove:
+            kept = 0 if self._tail is None else self._tail[1].shape[1]
+            if remove > kept:
+                raise RuntimeError(
+                    f"cannot roll a lightning layer's recurrent state back by {remove} tokens: "
+                    + ("the cache is not recording; call cache.activate_past_recording() before the forward"
+                       if not self.record_past else f"only the last {kept} tokens were kept")
+                )
+            start, k, v, g, replay = self._tail
+            state = start if remove == kept else replay(start, k[:, :-remove], v[:, :-remove], g[:, :-remove])
+            if state is None:
+                self.recurrent_states[0].zero_()
+            else:
+                self.recurrent_states[0].copy_(state)
+        self._tail = None
 
 
 def lightning_state(cache: Cache | None, layer_idx: int) -> torch.Tensor | None:
@@ -352,6 +444,9 @@ class HypeNetCache(DynamicCache):
 
     def __init__(self, config: HypeNetConfig, **kwargs):
         super().__init__(config=config, **kwargs)
+        for i, mixer in enumerate(config.mixer_types):
+            if mixer == "lightning":
+                self.layers[i] = HypeNetLightningLayer()
         self.seen_tokens = 0
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -360,6 +455,12 @@ class HypeNetCache(DynamicCache):
     def reset(self):
         super().reset()
         self.seen_tokens = 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last `-tokens_to_remove` tokens: attention layers drop their keys and values, lightning
+        layers replay their state (only while recording, see `HypeNetLightningLayer`)."""
+        super().crop(tokens_to_remove)
+        self.seen_tokens += min(tokens_to_remove, 0)
 
 
 MIXER_CLASSES = {"attention": HypeNetAttention, "lightning": HypeNetLightningAttention}
@@ -497,11 +598,23 @@ class HypeNetForCausalLM(HypeNetPreTrainedModel, GenerationMixin):
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """generate() builds a plain DynamicCache; give it our hybrid cache instead (same layers, plus a token
-        count)."""
+        count and lightning layers that can roll back for assisted decoding)."""
+        implementation = generation_config.cache_implementation
+        if implementation not in (None, "dynamic", "offloaded") and generation_config.use_cache is not False:
+            raise ValueError(
+                f"HypeNet generates with its own hybrid cache (HypeNetCache: keys and values for attention layers, a "
+                f"recurrent state for lightning layers); cache_implementation={implementation!r} is not supported. "
+                "Leave cache_implementation unset (or 'dynamic' / 'offloaded'); for a static cache with CUDA graphs "
+                "use hypenet's fast engine (`hypenet generate`, hypenet.fast.FastHypeNet)."
+            )
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
         for key in ("cache", "past_key_values"):
-            if type(model_kwargs.get(key)) is DynamicCache:
-                model_kwargs[key] = HypeNetCache(self.config)
+            built = model_kwargs.get(key)
+            if type(built) is DynamicCache:
+                cache = HypeNetCache(self.config, offloading=implementation == "offloaded")
+                if any(getattr(layer, "record_past", False) for layer in built.layers):  # an assistant's cache
+                    cache.activate_past_recording(recurrent_states_to_keep=generation_config.num_assistant_tokens)
+                model_kwargs[key] = cache
 
 
 __all__ = [
