@@ -307,6 +307,16 @@ def test_sampling_generate_runs_and_is_seeded():
     assert runs[0].shape == (2, 14) and torch.equal(runs[0], runs[1])
 
 
+def test_beam_search_with_the_cache_equals_recomputing_every_step():
+    """Beam search reorders the cache (keys, values and recurrent states) as beams are chosen; without a cache every
+    step recomputes the whole sequence, which is the reference. A left-padded batch of two prompts."""
+    model = tiny_hypenet()
+    ids, mask = left_padded([torch.randint(1, 97, (n,)) for n in (5, 8)])
+    runs = [model.generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, num_beams=3,
+                           num_return_sequences=2, pad_token_id=0, use_cache=use_cache) for use_cache in (True, False)]
+    assert runs[0].shape == (4, 16) and torch.equal(runs[0], runs[1])
+
+
 def _states(cache: HypeNetCache) -> list[torch.Tensor]:
     return [layer.recurrent_states[0] if hasattr(layer, "recurrent_states") else layer.keys for layer in cache.layers]
 
