@@ -1,0 +1,106 @@
+"""Prompt-lookup decoding through `generate()` against plain greedy decoding, on a copying task: are the tokens the
+same, how much faster is it, and how much of the text does the model copy?
+
+    python scripts/assisted_check.py teacher runs/smollm2-hypenet/model [--length 1024 --new 64 --lookup 10]
+
+Prompts: the --docs longest held-out documents of the built-in corpus (HALO's split, 1%), cut to --length tokens and
+followed by their first --cue tokens again; a model that copies continues with the document's next tokens, and
+prompt lookup drafts them from the prompt. Both runs are greedy, batch 1, on this machine's CPU (fp32) or --device.
+Prints a markdown table and writes JSON with --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from hypenet.data.packing import tokenize_corpus  # noqa: E402
+from hypenet.eval.models import load_model_for_eval  # noqa: E402
+
+
+def copy_prompts(docs: list[np.ndarray], length: int, cue: int, new: int) -> list[tuple[torch.Tensor, list[int]]]:
+    """(prompt, the tokens a copier writes next) per document: the document's first `length` tokens, then its first
+    `cue` tokens again; copying continues with tokens cue .. cue + new."""
+    out = []
+    for doc in docs:
+        prompt = np.concatenate([doc[:length], doc[:cue]])
+        out.append((torch.as_tensor(prompt, dtype=torch.long)[None], doc[cue:cue + new].tolist()))
+    return out
+
+
+def copied_prefix(generated: list[int], expected: list[int]) -> int:
+    """How many generated tokens follow the copy before the first difference."""
+    n = 0
+    for got, want in zip(generated, expected):
+        if got != want:
+            break
+        n += 1
+    return n
+
+
+def timed_generate(model, prompt: torch.Tensor, new: int, **extra) -> tuple[list[int], float]:
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(prompt.to(model.device), attention_mask=torch.ones_like(prompt).to(model.device),
+                             max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0, **extra)
+    if out.is_cuda:
+        torch.cuda.synchronize()
+    return out[0, prompt.shape[1]:].tolist(), time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+", help="HF model folders, .gguf files, or 'teacher' (the embedded one)")
+    parser.add_argument("--length", type=int, default=1024, help="document tokens in the prompt")
+    parser.add_argument("--cue", type=int, default=32, help="tokens of the document's start repeated after it")
+    parser.add_argument("--new", type=int, default=64, help="tokens generated")
+    parser.add_argument("--lookup", type=int, default=10, help="prompt_lookup_num_tokens (tokens drafted per step)")
+    parser.add_argument("--docs", type=int, default=4, help="documents")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON")
+    args = parser.parse_args(argv)
+    if args.cue + args.new > args.length:
+        raise SystemExit(f"--cue + --new must fit in --length; got {args.cue} + {args.new} > {args.length}")
+    rows = {}
+    for spec in args.models:
+        model, tokenizer = load_model_for_eval(spec, args.device)
+        corpus = tokenize_corpus("builtin", tokenizer, heldout_fraction=0.01, max_tokens=11_000_000)
+        longest = sorted(corpus.long_heldout_docs(args.length), key=len, reverse=True)[:args.docs]
+        if not longest:
+            raise SystemExit(f"no held-out document of {args.length} tokens for {spec}: give a smaller --length")
+        timed_generate(model, copy_prompts(longest[:1], 64, 8, 4)[0][0], 4)  # warm-up
+        samples = []
+        for prompt, expected in copy_prompts(longest, args.length, args.cue, args.new):
+            greedy, t_greedy = timed_generate(model, prompt, args.new)
+            lookup, t_lookup = timed_generate(model, prompt, args.new, prompt_lookup_num_tokens=args.lookup)
+            samples.append({"same_tokens": greedy == lookup, "copied": copied_prefix(greedy, expected),
+                            "greedy_s": t_greedy, "lookup_s": t_lookup})
+        rows[spec] = {
+            "same_tokens": sum(s["same_tokens"] for s in samples), "documents": len(samples),
+            "copied_mean": float(np.mean([s["copied"] for s in samples])),
+            "greedy_s": sum(s["greedy_s"] for s in samples), "lookup_s": sum(s["lookup_s"] for s in samples),
+            "samples": samples,
+        }
+        print(f"{spec}: {rows[spec]['same_tokens']}/{len(samples)} same, speed-up "
+              f"{rows[spec]['greedy_s'] / rows[spec]['lookup_s']:.2f}x", file=sys.stderr, flush=True)
+    print(f"| model | same tokens as greedy | tokens copied before the first miss (of {args.new}) | greedy s | "
+          "prompt lookup s | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for spec, row in rows.items():
+        print(f"| {spec} | {row['same_tokens']}/{row['documents']} | {row['copied_mean']:.1f} | "
+              f"{row['greedy_s']:.2f} | {row['lookup_s']:.2f} | {row['greedy_s'] / row['lookup_s']:.2f}x |")
+    if args.out:
+        settings = {k: v for k, v in vars(args).items() if k not in ("models", "out")}
+        args.out.write_text(json.dumps({"settings": settings, "models": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""scripts/assisted_check.py: prompt-lookup decoding against greedy on a copying prompt."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_model import tiny_hypenet  # noqa: E402
+
+SCRIPT = Path(__file__).parent.parent / "scripts" / "assisted_check.py"
+spec = importlib.util.spec_from_file_location("assisted_check", SCRIPT)
+assisted_check = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(assisted_check)
+
+
+def test_copy_prompt_repeats_the_start_and_expects_what_follows_it():
+    doc = np.arange(100, 140)
+    [(prompt, expected)] = assisted_check.copy_prompts([doc], length=30, cue=4, new=5)
+    assert prompt.tolist() == [list(range(100, 130)) + [100, 101, 102, 103]]
+    assert expected == [104, 105, 106, 107, 108]
+
+
+def test_copied_prefix_counts_up_to_the_first_miss():
+    assert assisted_check.copied_prefix([1, 2, 3, 9, 5], [1, 2, 3, 4, 5]) == 3
+    assert assisted_check.copied_prefix([7], [1, 2]) == 0
+    assert assisted_check.copied_prefix([1, 2], [1, 2]) == 2
+
+
+def test_timed_generate_gives_the_new_tokens_and_lookup_gives_the_same():
+    model = tiny_hypenet()
+    prompt = torch.tensor([[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6]])
+    greedy, seconds = assisted_check.timed_generate(model, prompt, 7)
+    assert len(greedy) == 7 and seconds > 0
+    full = model.generate(prompt, max_new_tokens=7, do_sample=False, pad_token_id=0)[0, 12:].tolist()
+    assert greedy == full
+    assert assisted_check.timed_generate(model, prompt, 7, prompt_lookup_num_tokens=3)[0] == greedy
