@@ -386,11 +386,13 @@ def test_assisted_and_prompt_lookup_decoding_equal_greedy(monkeypatch):
         assert any(n > 0 for n in removed), f"no draft was rejected with {extra}: the test did not roll back"
 
 
-def test_static_cache_implementation_is_explained():
+def test_static_cache_and_continuous_batching_are_explained():
     model = tiny_hypenet()
     ids = torch.randint(1, 97, (2, 7))
     with pytest.raises(ValueError, match="cache_implementation='static' is not supported.*hypenet generate"):
         model.generate(ids, max_new_tokens=6, pad_token_id=0, cache_implementation="static")
+    with pytest.raises(NotImplementedError, match="continuous batching .* Use generate"):
+        model.generate_batch([[5, 6, 7], [8, 9]])
 
 
 def test_mask_length_mismatch_is_explained():

@@ -596,6 +596,14 @@ class HypeNetForCausalLM(HypeNetPreTrainedModel, GenerationMixin):
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
         )
 
+    def init_continuous_batching(self, *args, **kwargs):
+        """Every continuous-batching entry point (generate_batch, the context manager) starts here."""
+        raise NotImplementedError(
+            "continuous batching (generate_batch) keeps keys and values in a paged cache, which has no place for the "
+            "lightning layers' recurrent states. Use generate() on a left-padded batch (exact: padding never enters "
+            "a state), or hypenet's fast engine (`hypenet generate`, hypenet.fast.FastHypeNet)."
+        )
+
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """generate() builds a plain DynamicCache; give it our hybrid cache instead (same layers, plus a token
         count and lightning layers that can roll back for assisted decoding)."""
