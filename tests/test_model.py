@@ -106,6 +106,51 @@ def test_all_attention_hypenet_reproduces_teacher(teacher_cls, config_cls, extra
             assert (expected - got)[valid].abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_output_attentions_are_the_teachers_eager_ones(padded):
+    """An all-attention student with RoPE kept computes its teacher's attention: the probabilities it returns equal
+    those of the teacher's eager attention, query by query, with and without left padding."""
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(LlamaConfig(**TINY, attn_implementation="eager")).eval()
+    student = build_hypenet_from_teacher(
+        teacher, ["attention"] * 3, attention_rope=True, attention_output_gate=False
+    ).eval()
+    ids = torch.randint(1, TINY["vocab_size"], (2, 12))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, :5] = 0
+    with torch.no_grad():
+        expected = teacher(ids, attention_mask=mask, output_attentions=True).attentions
+        got = student(ids, attention_mask=mask, output_attentions=True).attentions
+    assert len(got) == len(expected) == 3
+    real = mask.bool()
+    for want, have in zip(expected, got):
+        assert have.shape == want.shape == (2, TINY["num_attention_heads"], 12, 12)
+        rows = have.permute(0, 2, 1, 3)[real]  # [real queries, heads, keys]
+        assert (rows - want.permute(0, 2, 1, 3)[real]).abs().max().item() <= 1e-5
+
+
+def test_output_attentions_of_a_hybrid_with_a_cache_and_left_padding():
+    """None in place of each lightning layer; the attention layer's rows sum to one over the real keys only, and a
+    padded batch decoded through the cache gives each prompt's own probabilities."""
+    model = tiny_hypenet()
+    prompts = [torch.randint(1, 97, (n,)) for n in (4, 9)]
+    ids, mask = left_padded(prompts)
+    with torch.no_grad():
+        cache = HypeNetCache(model.config)
+        first = model(ids, attention_mask=mask, cache=cache, output_attentions=True).attentions
+        step = torch.tensor([[3], [4]])
+        mask2 = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+        second = model(step, attention_mask=mask2, cache=cache, output_attentions=True).attentions
+        assert [a is None for a in first] == [True, False, True, True] and second[1].shape == (2, 9, 1, 10)
+        for b, p in enumerate(prompts):
+            alone = model(torch.cat([p, step[b]])[None], output_attentions=True).attentions[1]
+            n = len(p)
+            assert (first[1][b, :, -n:, -n:] - alone[0, :, :n, :n]).abs().max().item() <= 1e-5
+            assert (second[1][b, :, :, -n - 1:] - alone[0, :, n:, :]).abs().max().item() <= 1e-5
+            assert second[1][b, :, :, :-n - 1].abs().sum().item() == 0.0  # nothing on padding
+
+
 def test_lightning_layers_take_teacher_kv_heads_repeated():
     torch.manual_seed(0)
     teacher = Qwen3ForCausalLM(Qwen3Config(**TINY)).eval()

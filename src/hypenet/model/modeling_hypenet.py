@@ -105,6 +105,7 @@ class MixerContext:
         attention then runs row by row on the unpadded keys instead of through a [B, 1, T, past+T] mask (64 GiB for
         4 rows at 128K tokens).
     logit_scale: [B, T] HyPE query scale ln(t + a) / ln(a), or None when scaling is off.
+    attention_weights: with output_attentions, the list each attention layer appends its probabilities to.
     """
 
     positions: torch.Tensor
@@ -115,6 +116,7 @@ class MixerContext:
     is_causal: bool
     logit_scale: torch.Tensor | None
     key_start: list[int] | None = None
+    attention_weights: list | None = None
 
 
 def build_mixer_context(
@@ -220,6 +222,24 @@ def _attention_by_row(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_sta
     return o
 
 
+def attention_probabilities(q: torch.Tensor, k: torch.Tensor, ctx: MixerContext, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) [B, H, T, past + T] in fp32 over the keys each query sees, as SDPA computes it inside
+    (for output_attentions; it materialises every score, so it is for short inputs and diagnostics)."""
+    heads, seq_len, total = q.shape[1], q.shape[2], k.shape[2]
+    k = k.repeat_interleave(heads // k.shape[1], dim=1)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if isinstance(ctx.attn_mask, torch.Tensor) and ctx.attn_mask.dtype == torch.bool:
+        allowed = ctx.attn_mask  # padding and causality, every query seeing at least itself
+    else:
+        query_index = torch.arange(total - seq_len, total, device=q.device)[:, None]
+        key_index = torch.arange(total, device=q.device)[None, :]
+        allowed = (key_index <= query_index)[None, None]
+        if ctx.key_start is not None:  # left padding: keys before the row's first real token are hidden
+            start = torch.tensor(ctx.key_start, device=q.device)[:, None, None, None]
+            allowed = (allowed & (key_index >= start)) | (key_index == query_index)
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+
+
 class HypeNetAttention(nn.Module):
     """The teacher's GQA softmax attention; HypeNet drops RoPE, adds an output gate and HyPE logit scaling."""
 
@@ -265,6 +285,8 @@ class HypeNetAttention(nn.Module):
             o = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal, scale=self.head_dim**-0.5, enable_gqa=gqa,
             )
+        if ctx.attention_weights is not None:
+            ctx.attention_weights.append(attention_probabilities(q, k, ctx, self.head_dim**-0.5))
         o = o.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)
         if self.config.attention_output_gate:
             o = o * torch.sigmoid(self.g_proj(x))
@@ -523,6 +545,7 @@ class HypeNetModel(HypeNetPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         past_key_values: Cache | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
@@ -541,10 +564,14 @@ class HypeNetModel(HypeNetPreTrainedModel):
             self.config, self.rotary_emb, hidden_states, attention_mask, position_ids, past_length
         )
         all_hidden_states = [] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
         for layer in self.layers:
             if all_hidden_states is not None:
                 all_hidden_states.append(hidden_states)
+            ctx.attention_weights = [] if all_attentions is not None and layer.mixer_type == "attention" else None
             hidden_states = layer(hidden_states, ctx, cache)
+            if all_attentions is not None:  # a lightning layer has no attention weights: None in its place
+                all_attentions.append(ctx.attention_weights[-1] if ctx.attention_weights else None)
         hidden_states = self.norm(hidden_states)
         if all_hidden_states is not None:
             all_hidden_states.append(hidden_states)
@@ -554,6 +581,7 @@ class HypeNetModel(HypeNetPreTrainedModel):
             last_hidden_state=hidden_states,
             cache=cache,
             hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+            attentions=tuple(all_attentions) if all_attentions is not None else None,
         )
 
 
@@ -579,12 +607,13 @@ class HypeNetForCausalLM(HypeNetPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: Cache | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
-            past_key_values=past_key_values,
+            past_key_values=past_key_values, output_attentions=output_attentions,
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -594,6 +623,7 @@ class HypeNetForCausalLM(HypeNetPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
     def init_continuous_batching(self, *args, **kwargs):
