@@ -159,3 +159,10 @@ def test_issue_targets_from_rows():
     assert targets["decode at 128K: t (transformers generate) / h"]["value"] == "34.5x"
     assert targets["decode at 512K: t (our engine) / h"]["met"]
     assert targets["prefill at 512K: t (transformers) / h"]["met"]  # 66 / 18 = 3.67
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_bench_without_a_gpu_says_to_pass_device_cpu(tmp_path):
+    with pytest.raises(SystemExit, match="none is visible; pass --device cpu"):
+        main(["tiny-hypenet", "--out", str(tmp_path / "b")])
+    assert not (tmp_path / "b").exists()

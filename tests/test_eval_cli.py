@@ -230,3 +230,13 @@ def test_logit_scaling_base_is_set_for_the_evaluation_and_reported(tmp_path, cap
         main([*common, "--logit-scaling-base", "1", "--out", str(tmp_path / "c")])
     assert stop.value.code == 2
     assert "a number > 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["eval"], ["generate", "--prompt", "hi", "--device", "cpu"]])
+def test_a_missing_model_is_one_line_not_a_traceback(tmp_path, capsys, command):
+    from hypenet.cli import main as hypenet
+
+    missing = tmp_path / "no-such-model"
+    assert hypenet([command[0], str(missing), *command[1:]]) == 2
+    said = capsys.readouterr().err.strip()
+    assert said == f"error: {missing} does not exist (neither a local folder or file nor a hub id)"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from ..fast import DEFAULT_PREFILL_CHUNK
 from ..fast.gemv import FUSION_PARTS, fusion_parts
 from .run import DTYPES, BenchSettings, run
@@ -84,6 +86,9 @@ def register(subparsers) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: hypenet bench times the models on a GPU and none is visible; pass --device cpu "
+                         "(with a tiny shape, e.g. tiny-hypenet) to try it here")
     settings = BenchSettings(
         models=args.models, contexts=args.contexts, batch_sizes=args.batch_sizes,
         prefill_contexts=args.prefill_contexts, teacher_prefill_contexts=args.teacher_prefill_contexts,

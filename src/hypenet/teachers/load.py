@@ -56,17 +56,17 @@ def resolve_teacher(spec: str | os.PathLike | None) -> tuple[str, str | None]:
     path = Path(spec)
     if spec.endswith(".gguf"):
         if not path.is_file():
-            raise FileNotFoundError(f"teacher GGUF file {spec} does not exist")
+            raise FileNotFoundError(f"GGUF file {spec} does not exist")
         return str(path.parent), path.name
     if path.exists():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
-                f"teacher folder {spec} has no config.json: pass a Hugging Face checkpoint folder, a .gguf file, "
+                f"folder {spec} has no config.json: pass a Hugging Face checkpoint folder, a .gguf file, "
                 f"a hub id, or '{EMBEDDED_TEACHER}' for the embedded SmolLM2-135M-Instruct"
             )
         return spec, None
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
-        raise FileNotFoundError(f"teacher {spec} does not exist (neither a local folder/file nor a hub id)")
+        raise FileNotFoundError(f"{spec} does not exist (neither a local folder or file nor a hub id)")
     return spec, None  # a hub id such as Qwen/Qwen3-1.7B
 
 
