@@ -12,6 +12,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    DynamicCache,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -410,6 +411,10 @@ def test_rollback_past_what_was_kept_is_refused(monkeypatch):
         model(torch.randint(1, 97, (1, 9)), cache=cache, use_cache=True)
         with pytest.raises(RuntimeError, match="only the last 4 tokens were kept"):
             cache.crop(-5)
+        plain = DynamicCache(config=model.config)  # transformers' own linear-attention layers
+        plain.activate_past_recording()
+        with pytest.raises(ValueError, match=r"create it with HypeNetCache\(model.config\)"):
+            model(torch.randint(1, 97, (1, 9)), cache=plain, use_cache=True)
 
 
 def test_assisted_and_prompt_lookup_decoding_equal_greedy(monkeypatch):

@@ -345,7 +345,12 @@ class HypeNetLightningAttention(nn.Module):
             chunk_size=self.config.lightning_chunk_size, g_gamma=g_gamma,
         )
         layer = cache.layers[self.layer_idx] if cache is not None else None
-        if isinstance(layer, HypeNetLightningLayer) and layer.record_past:
+        if getattr(layer, "record_past", False):
+            if not isinstance(layer, HypeNetLightningLayer):
+                raise ValueError(
+                    "this cache records for a rollback (assisted decoding), but its lightning layers cannot roll back a "
+                    "recurrent state: create it with HypeNetCache(model.config), or let generate() create it."
+                )
             o, new_state = self._recorded(layer, run, q, k, v, g, state)
         else:
             o, new_state = run(q, k, v, g, initial_state=state, output_final_state=cache is not None)
