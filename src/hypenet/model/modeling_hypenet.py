@@ -348,8 +348,8 @@ class HypeNetLightningAttention(nn.Module):
         if getattr(layer, "record_past", False):
             if not isinstance(layer, HypeNetLightningLayer):
                 raise ValueError(
-                    "this cache records for a rollback (assisted decoding), but its lightning layers cannot roll back a "
-                    "recurrent state: create it with HypeNetCache(model.config), or let generate() create it."
+                    "this cache records for a rollback (assisted decoding), but its lightning layers cannot roll "
+                    "back a recurrent state: create it with HypeNetCache(model.config), or let generate() create it."
                 )
             o, new_state = self._recorded(layer, run, q, k, v, g, state)
         else:
