@@ -432,7 +432,6 @@ class HypeNetLightningLayer(LinearAttentionLayer):
         if tokens_to_remove > 0:
             raise ValueError(f"crop takes minus the number of tokens to remove, got {tokens_to_remove}")
         remove = -tokens_to_remove
-        self.cumulative_length_linear.sub_(remove)
         if remove:
             kept = 0 if self._tail is None else self._tail[1].shape[1]
             if remove > kept:
