@@ -411,6 +411,9 @@ def test_rollback_past_what_was_kept_is_refused(monkeypatch):
         model(torch.randint(1, 97, (1, 9)), cache=cache, use_cache=True)
         with pytest.raises(RuntimeError, match="only the last 4 tokens were kept"):
             cache.crop(-5)
+        cache.reset()
+        with pytest.raises(RuntimeError, match="only the last 0 tokens were kept"):  # a reset forgets them too
+            cache.crop(-1)
         plain = DynamicCache(config=model.config)  # transformers' own linear-attention layers
         plain.activate_past_recording()
         with pytest.raises(ValueError, match=r"create it with HypeNetCache\(model.config\)"):

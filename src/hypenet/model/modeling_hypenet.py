@@ -421,6 +421,10 @@ class HypeNetLightningLayer(LinearAttentionLayer):
             self._tail = [replay(start, k[:, :excess], v[:, :excess], g[:, :excess]), k[:, excess:], v[:, excess:],
                           g[:, excess:], replay]
 
+    def reset(self) -> None:
+        super().reset()
+        self._tail = None
+
     def update_recurrent_state(self, recurrent_states: torch.Tensor, state_idx: int = 0, **kwargs) -> torch.Tensor:
         if not self.is_recurrent_states_initialized[state_idx]:
             self.lazy_initialization(recurrent_states=recurrent_states, state_idx=state_idx)
