@@ -3,9 +3,10 @@ same, how much faster is it, and how much of the text does the model copy?
 
     python scripts/assisted_check.py teacher runs/smollm2-hypenet/model [--length 1024 --new 64 --lookup 10]
 
-Prompts: the --docs longest held-out documents of the built-in corpus (HALO's split, 1%), cut to --length tokens and
-followed by their first --cue tokens again; a model that copies continues with the document's next tokens, and
-prompt lookup drafts them from the prompt. Both runs are greedy, batch 1, on this machine's CPU (fp32) or --device.
+Prompts: --docs held-out documents of the built-in corpus (HALO's split, as `hypenet eval` takes them for
+perplexity), cut to --length tokens and followed by their first --cue tokens again; a model that copies continues
+with the document's next tokens, and prompt lookup drafts them from the prompt. Both runs are greedy, batch 1, on
+this machine's CPU (fp32) or --device.
 Prints a markdown table and writes JSON with --out.
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from hypenet.data.packing import tokenize_corpus  # noqa: E402
+from hypenet.eval.documents import heldout_token_docs  # noqa: E402
 from hypenet.eval.models import load_model_for_eval  # noqa: E402
 
 
@@ -71,13 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for spec in args.models:
         model, tokenizer = load_model_for_eval(spec, args.device)
-        corpus = tokenize_corpus("builtin", tokenizer, heldout_fraction=0.01, max_tokens=11_000_000)
-        longest = sorted(corpus.long_heldout_docs(args.length), key=len, reverse=True)[:args.docs]
-        if not longest:
-            raise SystemExit(f"no held-out document of {args.length} tokens for {spec}: give a smaller --length")
-        timed_generate(model, copy_prompts(longest[:1], 64, 8, 4)[0][0], 4)  # warm-up
+        docs = heldout_token_docs(tokenizer, args.docs, args.length, progress=False)
+        timed_generate(model, copy_prompts(docs[:1], 64, 8, 4)[0][0], 4)  # warm-up
         samples = []
-        for prompt, expected in copy_prompts(longest, args.length, args.cue, args.new):
+        for prompt, expected in copy_prompts(docs, args.length, args.cue, args.new):
             greedy, t_greedy = timed_generate(model, prompt, args.new)
             lookup, t_lookup = timed_generate(model, prompt, args.new, prompt_lookup_num_tokens=args.lookup)
             samples.append({"same_tokens": greedy == lookup, "copied": copied_prefix(greedy, expected),
