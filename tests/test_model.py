@@ -67,6 +67,15 @@ def test_bad_config_names_the_field(kwargs, message):
     assert message in str(err.value)
 
 
+def test_a_too_old_transformers_is_refused_with_the_fix():
+    from hypenet.model.configuration_hypenet import MIN_TRANSFORMERS, check_transformers
+
+    check_transformers(MIN_TRANSFORMERS)
+    check_transformers("5.25.0")
+    with pytest.raises(ImportError, match=r"need transformers >= 5.24; this environment has 5.10.1: pip install -U"):
+        check_transformers("5.10.1")
+
+
 def test_auto_classes_are_registered():
     config = AutoConfig.for_model("hypenet", num_hidden_layers=2, mixer_types=["attention", "lightning"])
     assert isinstance(config, HypeNetConfig)

@@ -1,9 +1,28 @@
 """HypeNet configuration.
 
-This file ships inside every exported checkpoint (transformers remote code), so it imports only transformers.
+This file ships inside every exported checkpoint (transformers remote code), so it imports only transformers
+(and packaging, which transformers requires).
 """
 
+import transformers
+from packaging.version import Version
 from transformers import PretrainedConfig
+
+# The oldest transformers this code runs on (the same bound as hypenet's own requirement): its cache layers for
+# linear attention, `transformers.initialization` and the `cache` argument of v5 models.
+MIN_TRANSFORMERS = "5.24"
+
+
+def check_transformers(version: str = transformers.__version__) -> None:
+    """Refuse, with the fix, a transformers too old for HypeNet checkpoints (instead of a failed import later)."""
+    if Version(version) < Version(MIN_TRANSFORMERS):
+        raise ImportError(
+            f"HypeNet checkpoints need transformers >= {MIN_TRANSFORMERS}; this environment has {version}: "
+            f"pip install -U 'transformers>={MIN_TRANSFORMERS}'"
+        )
+
+
+check_transformers()
 
 MIXER_TYPES = ("attention", "lightning")
 # transformers' cache builds one layer cache per entry of `layer_types`; these are the names it knows.
