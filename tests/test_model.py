@@ -372,6 +372,20 @@ def test_beam_search_with_the_cache_equals_recomputing_every_step():
     assert runs[0].shape == (4, 16) and torch.equal(runs[0], runs[1])
 
 
+def test_chunked_prefill_in_generate_equals_one_prefill():
+    """generate(prefill_chunk_size=N) feeds a long prompt N tokens at a time (activation memory bounded by N): the
+    tokens are those of one prefill, left-padded batch included."""
+    model = tiny_hypenet()
+    chunks = []
+    model.model.register_forward_pre_hook(lambda module, args, kwargs: chunks.append(kwargs["input_ids"].shape[1]),
+                                          with_kwargs=True)
+    ids, mask = left_padded([torch.randint(1, 97, (n,)) for n in (9, 23)])
+    whole = model.generate(ids, attention_mask=mask, max_new_tokens=6, pad_token_id=0)
+    chunks.clear()
+    chunked = model.generate(ids, attention_mask=mask, max_new_tokens=6, pad_token_id=0, prefill_chunk_size=5)
+    assert chunks[:5] == [5, 5, 5, 5, 3] and torch.equal(chunked, whole)
+
+
 def _states(cache: HypeNetCache) -> list[torch.Tensor]:
     return [layer.recurrent_states[0] if hasattr(layer, "recurrent_states") else layer.keys for layer in cache.layers]
 
