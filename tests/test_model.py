@@ -159,6 +159,11 @@ def test_output_attentions_of_a_hybrid_with_a_cache_and_left_padding():
             assert (first[1][b, :, -n:, -n:] - alone[0, :, :n, :n]).abs().max().item() <= 1e-5
             assert (second[1][b, :, :, -n - 1:] - alone[0, :, n:, :]).abs().max().item() <= 1e-5
             assert second[1][b, :, :, :-n - 1].abs().sum().item() == 0.0  # nothing on padding
+        seq = torch.randint(1, 97, (1, 12))  # a chunk of several tokens after a cache (a lower-right causal bias)
+        cache = HypeNetCache(model.config)
+        model(seq[:, :7], cache=cache)
+        chunk = model(seq[:, 7:], cache=cache, output_attentions=True).attentions[1]
+        assert (chunk - model(seq, output_attentions=True).attentions[1][:, :, 7:]).abs().max().item() <= 1e-5
 
 
 def test_lightning_layers_take_teacher_kv_heads_repeated():
@@ -465,8 +470,9 @@ def test_assisted_and_prompt_lookup_decoding_equal_greedy(monkeypatch):
 def test_static_cache_and_continuous_batching_are_explained():
     model = tiny_hypenet()
     ids = torch.randint(1, 97, (2, 7))
-    with pytest.raises(ValueError, match="cache_implementation='static' is not supported.*hypenet generate"):
-        model.generate(ids, max_new_tokens=6, pad_token_id=0, cache_implementation="static")
+    for implementation in ("static", "offloaded"):
+        with pytest.raises(ValueError, match=f"cache_implementation='{implementation}' is not supported.*hypenet gen"):
+            model.generate(ids, max_new_tokens=6, pad_token_id=0, cache_implementation=implementation)
     with pytest.raises(NotImplementedError, match="continuous batching .* Use generate"):
         model.generate_batch([[5, 6, 7], [8, 9]])
 

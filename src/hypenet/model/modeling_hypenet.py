@@ -646,18 +646,18 @@ class HypeNetForCausalLM(HypeNetPreTrainedModel, GenerationMixin):
         """generate() builds a plain DynamicCache; give it our hybrid cache instead (same layers, plus a token
         count and lightning layers that can roll back for assisted decoding)."""
         implementation = generation_config.cache_implementation
-        if implementation not in (None, "dynamic", "offloaded") and generation_config.use_cache is not False:
+        if implementation not in (None, "dynamic") and generation_config.use_cache is not False:
             raise ValueError(
                 f"HypeNet generates with its own hybrid cache (HypeNetCache: keys and values for attention layers, a "
                 f"recurrent state for lightning layers); cache_implementation={implementation!r} is not supported. "
-                "Leave cache_implementation unset (or 'dynamic' / 'offloaded'); for a static cache with CUDA graphs "
-                "use hypenet's fast engine (`hypenet generate`, hypenet.fast.FastHypeNet)."
+                "Leave cache_implementation unset (or 'dynamic'); for a static cache with CUDA graphs use hypenet's "
+                "fast engine (`hypenet generate`, hypenet.fast.FastHypeNet)."
             )
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
         for key in ("cache", "past_key_values"):
             built = model_kwargs.get(key)
             if type(built) is DynamicCache:
-                cache = HypeNetCache(self.config, offloading=implementation == "offloaded")
+                cache = HypeNetCache(self.config)
                 if any(getattr(layer, "record_past", False) for layer in built.layers):  # an assistant's cache
                     cache.activate_past_recording(recurrent_states_to_keep=generation_config.num_assistant_tokens)
                 model_kwargs[key] = cache
