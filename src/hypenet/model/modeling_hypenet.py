@@ -391,6 +391,7 @@ class HypeNetLightningLayer(LinearAttentionLayer):
     replays all but the last n of them."""
 
     MIN_ROLLBACK = 1024  # tokens a rollback may reach back, at least (more if the generator drafts more)
+    is_croppable = True  # (transformers 5.24 says no for any layer with a recurrent state)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -486,6 +487,13 @@ class HypeNetCache(DynamicCache):
         super().reset()
         self.seen_tokens = 0
 
+    def activate_past_recording(self, recurrent_states_to_keep: int | None = None, **kwargs) -> None:
+        """Keep what rolling back the lightning states needs (the drafted tokens per step come from transformers
+        >= 5.25; attention layers can always drop keys)."""
+        for layer in self.layers:
+            if isinstance(layer, HypeNetLightningLayer):
+                layer.activate_past_recording(recurrent_states_to_keep)
+
     def crop(self, tokens_to_remove: int) -> None:
         """Forget the last `-tokens_to_remove` tokens: attention layers drop their keys and values, lightning
         layers replay their state (only while recording, see `HypeNetLightningLayer`)."""
@@ -525,7 +533,8 @@ class HypeNetPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["HypeNetDecoderLayer"]
     _supports_sdpa = True
-    _is_stateful = True
+    # transformers <= 5.24 refuses assisted generation for stateful models; HypeNetCache rolls its states back.
+    _is_stateful = False
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
