@@ -240,3 +240,22 @@ def test_a_missing_model_is_one_line_not_a_traceback(tmp_path, capsys, command):
     assert hypenet([command[0], str(missing), *command[1:]]) == 2
     said = capsys.readouterr().err.strip()
     assert said == f"error: {missing} does not exist (neither a local folder or file nor a hub id)"
+
+
+def test_only_missing_inputs_lose_their_traceback(monkeypatch, capsys):
+    """`error: ...` and exit 2 for a path the user named; any other FileNotFoundError is a bug: it keeps a traceback."""
+    from hypenet.cli import main as hypenet
+    from hypenet.errors import MissingInputError
+    from hypenet.eval import cli as eval_cli
+
+    def command(error):
+        def run(args):
+            raise error
+        return run
+
+    monkeypatch.setattr(eval_cli, "run_eval", command(MissingInputError("model x does not exist")))
+    assert hypenet(["eval", "x"]) == 2
+    assert capsys.readouterr().err == "error: model x does not exist\n"
+    monkeypatch.setattr(eval_cli, "run_eval", command(FileNotFoundError(2, "No such file", "internal.json")))
+    with pytest.raises(FileNotFoundError, match="internal.json"):
+        hypenet(["eval", "x"])

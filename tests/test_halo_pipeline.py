@@ -366,6 +366,21 @@ def test_missing_teacher(assets, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_an_output_that_cannot_be_a_folder_fails_before_the_teacher_loads(assets, tmp_path, capsys, monkeypatch):
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded")
+
+    monkeypatch.setattr("hypenet.halo.pipeline.Conversion", no_teacher)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    assert main(["convert", *cli_args(assets, "qwen3", a_file)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: --out {a_file} is a file; pass a folder"
+    below = a_file / "out"
+    assert main(["convert", *cli_args(assets, "qwen3", below)]) == 1
+    assert capsys.readouterr().err.strip().startswith(f"error: cannot create the output folder {below} (")
+    assert a_file.read_text() == "keep me"
+
+
 def test_existing_output_is_refused_and_kept(assets, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

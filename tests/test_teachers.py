@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from hypenet.errors import MissingInputError
 from hypenet.teachers import SUPPORTED_ARCHITECTURES, load_teacher, resolve_teacher
 from hypenet.teachers.load import check_supported
 
@@ -28,6 +29,9 @@ def test_bad_teacher_specs_say_what_is_accepted(tmp_path):
         resolve_teacher(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         resolve_teacher("./not/here")
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(MissingInputError, match=r"notes.txt is a file but not a \.gguf file: pass a Hugging Face"):
+        resolve_teacher(tmp_path / "notes.txt")
     assert resolve_teacher("Qwen/Qwen3-1.7B") == ("Qwen/Qwen3-1.7B", None)
 
 

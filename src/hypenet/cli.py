@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .errors import MissingInputError
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import register as register_bench
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except FileNotFoundError as error:  # a model, data or result path that is not there: no traceback for that
+    except MissingInputError as error:  # a model or data path the user named is not there: no traceback for that
         print(f"error: {error}", file=sys.stderr)
         return 2
 

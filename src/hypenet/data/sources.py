@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..errors import MissingInputError
 from .builtin import builtin_corpus_available, builtin_files, iter_builtin_documents
 
 __all__ = ["ACCEPTED", "builtin_corpus_available", "export_documents", "iter_documents", "source_files"]
@@ -83,7 +84,7 @@ def source_files(source: str) -> list[Path]:
         return []
     path = Path(source).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"data source {source!r} does not exist; accepted: {ACCEPTED}")
+        raise MissingInputError(f"data source {source!r} does not exist; accepted: {ACCEPTED}")
     if path.is_file():
         if file_format(path) not in READERS:
             raise ValueError(f"data source {source!r} has an unknown extension {''.join(path.suffixes)!r}; "

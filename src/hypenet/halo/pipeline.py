@@ -379,6 +379,8 @@ def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool =
             raise HaloError("--from starts a single stage after stage 1 (select, stage2, stage3 or export) from the "
                             "stages before it in another conversion")
         check_start_from(Path(start_from), out, config, earlier)
+    if out.exists() and not out.is_dir():
+        raise HaloError(f"--out {out} is a file; pass a folder")
     if whole:
         existing = [out] if out.exists() and any(out.iterdir()) else []
     else:
@@ -393,8 +395,19 @@ def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool =
     if existing and not (resume or overwrite):
         raise HaloError(f"{existing[0]} exists; pass --resume to continue it or --overwrite to replace it")
 
-    conv = Conversion(config, resume=resume)
-    conv.corpus  # a bad teacher, tokenizer or corpus fails here, before anything is overwritten
+    created = not out.exists()
+    try:  # before the teacher loads: an --out that cannot be written fails at once (exist_ok: safe on every rank)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise HaloError(f"cannot create the output folder {out} ({error.strerror}); pass another --out") from error
+    try:
+        conv = Conversion(config, resume=resume)
+        conv.corpus  # a bad teacher, tokenizer or corpus fails here, before anything is overwritten
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):  # leave no empty folder behind; rmdir keeps a folder with files
+                out.rmdir()
+        raise
     if overwrite and conv.is_main_process:
         for path in [out] if whole else [out / "stages" / name for name in STAGES[first:]]:
             shutil.rmtree(path, ignore_errors=True)

