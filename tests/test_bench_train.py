@@ -10,9 +10,10 @@ import pytest
 from transformers import Qwen3ForCausalLM
 
 from hypenet.bench import HYPENET_SHAPES, hypenet_config, teacher_config
-from hypenet.bench.train import TrainBenchSettings, matmul_parameters, run
+from hypenet.bench.train import TrainBenchSettings, run
 from hypenet.cli import main
 from hypenet.halo.config import HaloError
+from hypenet.halo.flops import matmul_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

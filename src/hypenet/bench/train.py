@@ -7,12 +7,8 @@ stage 3 `LanguageModeling` with gradient checkpointing) and trains it for a few 
 per-step `seconds` it writes to losses.jsonl; a stage's time per step is the median of the steps after the warm-up
 ones (CUDA/fla start-up and autotuning stay out of it).
 
-Model FLOPs per token: 2N for each frozen forward (the teacher), 6N for each trained forward and backward, where N
-counts the parameters that multiply activations: the weights (and biases) of every Linear layer, the LM head
-included; a tied head is the embedding matrix, counted once as the head; the embedding lookup does no matmul.
-Attention-score FLOPs (QK^T, AV, the lightning recurrence) are not in N, and the recompute of gradient
-checkpointing (stage 3's layers, the logit slices of stages 2 and 3) is not counted: these are model FLOPs, not
-hardware FLOPs.
+Model FLOPs per token are counted as `halo/flops.py` says (2N per frozen forward, 6N per trained forward and
+backward, N = the Linear layers' parameters): model FLOPs, not hardware FLOPs.
 """
 
 from __future__ import annotations
@@ -33,29 +29,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from torch import nn
 
 from ..data import PackedChunks
-from ..halo import engine, stage1, stage2, stage3
-from ..halo.config import ConvertConfig, HaloError, load_config, resolve
-from ..teachers import build_hypenet_from_teacher
+from ..halo import engine
+from ..halo.config import HaloError, load_config, resolve
+from ..halo.flops import FLOP_NOTE, H200_DENSE_BF16_TFLOPS, build_objective
 from .profile import StepProfiler
 from .run import free_memory, machine_info
 from .shapes import HYPENET_SHAPES, random_model, teacher_config
 
 STAGES = ("stage1", "stage2", "stage3")
-H200_DENSE_BF16_TFLOPS = 989.4  # NVIDIA's H200 SXM dense bf16 figure
 MEASURED_MATMUL_TFLOPS = 790.0  # an 8192^3 bf16 matmul through PyTorch on the H200 we run on (device README)
 # What the benchmark changes in the pipeline's defaults (the paper's stage shapes): a stage-2 micro batch that fits
 # one H200 next to the teacher, and a stage-3 batch that takes seconds, not minutes, per step.
 BENCH_DEFAULTS = ["stage2.micro_batch_size=16", "stage3.batch_size=8", "stage3.micro_batch_size=1"]
-FLOP_NOTE = (
-    "Model FLOPs per token: 2N per frozen forward (teacher), 6N per trained forward+backward; N = weights and "
-    "biases of the Linear layers (LM head included; a tied head counted once, as the head; the embedding lookup "
-    "excluded). Attention-score FLOPs (QK^T, AV, the lightning recurrence) are left out of N, and "
-    "gradient-checkpointing recompute is not counted (model FLOPs, not hardware FLOPs). Stage 1 runs the teacher "
-    "without its LM head, so its 2N leaves the head out."
-)
 
 
 @dataclass
@@ -88,34 +75,6 @@ def check_settings(settings: TrainBenchSettings) -> None:
         raise HaloError(f"device must be 'cuda' or 'cpu'; got {settings.device!r}")
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise HaloError("no GPU is visible; use --device cpu (with a tiny shape, e.g. tiny-hypenet)")
-
-
-def matmul_parameters(*modules: nn.Module) -> int:
-    """N of the 2N/6N count: parameters of the Linear layers of `modules`, each tensor once (a tied LM head is the
-    embedding matrix: counted once, as the head; an embedding lookup does no matmul)."""
-    seen = {}
-    for module in modules:
-        for linear in (m for m in module.modules() if isinstance(m, nn.Linear)):
-            seen.update((id(p), p.numel()) for p in linear.parameters(recurse=False))
-    return sum(seen.values())
-
-
-def build_objective(name: str, teacher, mixer_types: list[str], config: ConvertConfig):
-    """(the stage's objective, its FLOP terms [(what, factor, N)]) exactly as the pipeline builds them; the stage-2
-    and stage-3 students come straight from the teacher (stage-1 layers and the stage-2 checkpoint have the same
-    shapes as these fresh copies)."""
-    torch.manual_seed(config.seed)
-    if name == "stage1":
-        objective = stage1.LayerAlignment(teacher)
-        return objective, [("teacher forward without the LM head (frozen)", 2, matmul_parameters(teacher.model)),
-                           ("lightning students of every layer (trained)", 6, matmul_parameters(objective.students))]
-    student = build_hypenet_from_teacher(teacher, mixer_types, lightning_layers=None).float()
-    if name == "stage2":
-        objective = stage2.Distillation(student, teacher, config.stage2.logits_chunk)
-        return objective, [("teacher forward with the LM head (frozen)", 2, matmul_parameters(teacher)),
-                           ("student (trained)", 6, matmul_parameters(student))]
-    objective = stage3.LanguageModeling(student, config.stage3.logits_chunk, config.stage3.gradient_checkpointing)
-    return objective, [("student (trained)", 6, matmul_parameters(student))]
 
 
 def read_loss_log(stage_dir: Path) -> list[dict]:

@@ -35,6 +35,9 @@ def register(subparsers) -> None:
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                             help="override any config field, e.g. --set stage2.lr=5e-5 --set stage1.tokens=10M")
         parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+        parser.add_argument("--plan", action="store_true",
+                            help="print what this would do (stages, tokens, steps, FLOPs, time on an H200, what --out "
+                                 "holds) without loading weights or writing anything, then exit")
         resume = parser.add_mutually_exclusive_group()
         resume.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
         resume.add_argument("--overwrite", action="store_true", help="replace what --out holds for these stages")
@@ -68,6 +71,12 @@ def run(command: str, args: argparse.Namespace) -> int:
     try:
         config = build_config(command, args)
         stages = list(STAGES) if command == "convert" else [command]
+        if args.plan:
+            from .plan import make_plan, markdown
+
+            print(markdown(make_plan(config, stages, resume=args.resume, overwrite=args.overwrite,
+                                     start_from=getattr(args, "start_from", None))), end="")
+            return 0
         run_stages(config, stages, resume=args.resume, overwrite=args.overwrite,
                    start_from=getattr(args, "start_from", None))
     except HaloError as error:

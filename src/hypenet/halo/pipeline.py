@@ -364,11 +364,9 @@ STAGE_RUNNERS = {
 }
 
 
-def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = False, overwrite: bool = False,
-               start_from: str | Path | None = None) -> dict:
-    """Run `stages` (all of them: a conversion) into config.out; return the report. See the module docstring.
-    `start_from`: another conversion's folder, whose finished stages before `stages` are copied into config.out
-    first (`hypenet stage3 --from A --out B --set stage3.lr=...` tries another stage 3 on A's stage 2)."""
+def check_output(config: ConvertConfig, stages: list[str], resume: bool, overwrite: bool,
+                 start_from: str | Path | None) -> None:
+    """What run_stages checks before it loads anything: HaloError when --out (or --from) does not allow `stages`."""
     if resume and overwrite:
         raise HaloError("pass either --resume (continue) or --overwrite (start again), not both")
     out, whole = Path(config.out), list(stages) == list(STAGES)
@@ -394,6 +392,17 @@ def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool =
             )
     if existing and not (resume or overwrite):
         raise HaloError(f"{existing[0]} exists; pass --resume to continue it or --overwrite to replace it")
+
+
+def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = False, overwrite: bool = False,
+               start_from: str | Path | None = None) -> dict:
+    """Run `stages` (all of them: a conversion) into config.out; return the report. See the module docstring.
+    `start_from`: another conversion's folder, whose finished stages before `stages` are copied into config.out
+    first (`hypenet stage3 --from A --out B --set stage3.lr=...` tries another stage 3 on A's stage 2)."""
+    check_output(config, stages, resume, overwrite, start_from)
+    out, whole = Path(config.out), list(stages) == list(STAGES)
+    first = STAGES.index(stages[0])
+    earlier = list(STAGES[:first])
 
     created = not out.exists()
     try:  # before the teacher loads: an --out that cannot be written fails at once (exist_ok: safe on every rank)

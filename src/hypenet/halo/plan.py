@@ -1,0 +1,231 @@
+"""`hypenet convert --plan` (and `hypenet STAGE --plan`): what a conversion will do before it starts.
+
+It prints the teacher and the student it becomes, each stage's budget and batch shape, the model FLOPs, about how
+long they take on one H200, the data, and what --out already holds (finished stages, a stopped stage's checkpoint,
+whether the run would be refused). No weight is read and nothing is written: the teacher is built from its config on
+PyTorch's meta device, and every stage's objective from it by `halo.flops.build_objective`, so the FLOP counts are
+bench-train's (`halo/flops.py`).
+
+The times divide those FLOPs by the model-FLOPs utilisation `hypenet bench-train` measured on one H200 for the
+measured shape nearest in size to the teacher (`MEASURED_MFU`). They leave out layer selection and export
+(inference), loading, and the first step's compilation; with N GPUs divide them by about N (DDP and FSDP2 kept
+96-99% of one GPU's tokens/s per GPU, results/gpu_multi).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from ..teachers.load import cache_dir, check_supported, resolve_teacher
+from .config import PAPER_TEACHER_PARAMS, ConvertConfig, HaloError, read_config, resolve
+from .engine import latest_checkpoint
+from .flops import H200_DENSE_BF16_TFLOPS, build_objective
+from .pipeline import CONFIG_FILE, STAGES, check_output, done_info, settings_clashes
+
+TRAINED = ("stage1", "stage2", "stage3")
+# Model-FLOPs utilisation of stages 1, 2 and 3 measured by `hypenet bench-train` on one H200, by teacher size, eager
+# and with `compile: true` (stages 2 and 3 only; stage 1 is never compiled).
+MEASURED_MFU = {
+    # SmolLM2-135M -> HypeNet (results/gpu_convert/train_speed/profile_eager/smollm2, compile/smollm2)
+    134_515_008: {False: (0.040, 0.087, 0.072), True: (0.040, 0.126, 0.071)},
+    # Qwen3-1.7B -> HypeNet-2B (results/gpu_convert/train_speed/train_speed.json, compile_micro32/2b)
+    int(PAPER_TEACHER_PARAMS): {False: (0.209, 0.247, 0.200), True: (0.209, 0.425, 0.307)},
+}
+
+
+def teacher_config(spec: str):
+    """The teacher's transformers config, read without its weights (a GGUF file's header, or its dequantised cache)."""
+    location, gguf = resolve_teacher(spec)
+    cached = cache_dir() / "teachers" / Path(gguf).stem if gguf else None
+    try:
+        if cached is not None and (cached / "config.json").is_file():
+            config = AutoConfig.from_pretrained(cached)
+        else:
+            config = AutoConfig.from_pretrained(location, **({"gguf_file": gguf} if gguf else {}))
+        check_supported(config.model_type, location)
+    except (OSError, ValueError) as error:  # (a missing path is MissingInputError, from resolve_teacher above)
+        raise HaloError(f"cannot read the teacher's config {spec!r}: {error}") from error
+    return config
+
+
+def attention_layer_count(config: ConvertConfig, layers: int) -> int:
+    select = config.select
+    if select.strategy == "none":
+        return 0
+    if select.strategy == "manual":
+        return len(select.manual_layers or [])
+    return select.num_attention if select.num_attention is not None else layers // 4
+
+
+def nearest_mfu(teacher_parameters: int, compiled: bool) -> tuple[int, tuple[float, float, float]]:
+    size = min(MEASURED_MFU, key=lambda n: abs(math.log(n / teacher_parameters)))
+    return size, MEASURED_MFU[size][compiled]
+
+
+def stage_state(out: Path, name: str, steps: int | None) -> str:
+    done = done_info(out, name)
+    if done is not None:
+        steps = done.get("steps")
+        return "done" + (f" ({steps} step{'s' if steps != 1 else ''})" if steps is not None else "")
+    stage_dir = out / "stages" / name
+    if not stage_dir.exists():
+        return "to run"
+    checkpoint = latest_checkpoint(stage_dir)
+    if checkpoint is None:
+        return "started, no checkpoint yet: --resume starts it again"
+    return f"stopped at step {int(checkpoint.name.split('-')[1])} of {steps}: --resume continues from there"
+
+
+def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = False, overwrite: bool = False,
+              start_from: str | Path | None = None) -> dict:
+    """The plan as a dict (rendered by `markdown`)."""
+    out = Path(config.out)
+    try:
+        check_output(config, stages, resume, overwrite, start_from)
+        refusal = None
+    except HaloError as error:
+        refusal = str(error)
+    if refusal is None and resume and (out / CONFIG_FILE).is_file():
+        started = [name for name in STAGES if (out / "stages" / name).exists()]
+        clashes = settings_clashes(read_config(out / CONFIG_FILE), config, started)
+        if clashes:
+            refusal = f"{out} was run with other settings for {', '.join(clashes)} (see {out / CONFIG_FILE})"
+
+    teacher_cfg = teacher_config(config.teacher)
+    with torch.device("meta"):  # shapes only: no memory, no weights read
+        teacher = AutoModelForCausalLM.from_config(teacher_cfg)
+    teacher_parameters = sum(p.numel() for p in teacher.parameters())
+    resolved = resolve(config, teacher_parameters)
+    layers = teacher_cfg.num_hidden_layers
+    attention = attention_layer_count(resolved, layers)
+    # which layers keep attention changes no shape, so any `attention` of them give the student's counts
+    mixer_types = ["attention" if i < attention else "lightning" for i in range(layers)]
+    size, mfu = nearest_mfu(teacher_parameters, resolved.compile)
+
+    rows, student_parameters = [], None
+    with torch.device("meta"):
+        for index, name in enumerate(TRAINED):
+            stage = getattr(resolved, name)
+            objective, terms = build_objective(name, teacher, mixer_types, resolved)
+            if name == "stage2":
+                student_parameters = sum(p.numel() for p in objective.student.parameters())
+            flops = stage.tokens * sum(factor * n for _, factor, n in terms)
+            rows.append({
+                "stage": name, "tokens": stage.tokens, "seq_len": stage.seq_len, "batch_size": stage.batch_size,
+                "micro_batch_size": stage.micro_batch_size, "steps": stage.steps(), "lr": stage.lr,
+                "schedule": stage.schedule, "flops": flops, "mfu": mfu[index],
+                "h200_hours": flops / (mfu[index] * H200_DENSE_BF16_TFLOPS * 1e12) / 3600,
+            })
+    planned = [row for row in rows if row["stage"] in stages]
+    for row in rows:
+        row["state"] = stage_state(out, row["stage"], row["steps"])
+    head_dim = getattr(teacher_cfg, "head_dim", None) or teacher_cfg.hidden_size // teacher_cfg.num_attention_heads
+    kv_per_layer = 2 * teacher_cfg.num_key_value_heads * head_dim * 2  # K and V, bf16
+    data = resolved.data
+    return {
+        "teacher": {
+            "spec": config.teacher, "architecture": teacher_cfg.model_type, "parameters": teacher_parameters,
+            "layers": layers, "hidden_size": teacher_cfg.hidden_size, "heads": teacher_cfg.num_attention_heads,
+            "kv_heads": teacher_cfg.num_key_value_heads, "head_dim": head_dim,
+            "context": getattr(teacher_cfg, "max_position_embeddings", None),
+            "kv_cache_bytes_per_token": layers * kv_per_layer,
+        },
+        "student": {
+            "parameters": student_parameters, "attention_layers": attention, "strategy": resolved.select.strategy,
+            "kv_cache_bytes_per_token": attention * kv_per_layer,
+            # each lightning layer's [heads, head_dim, head_dim] fp32 state, whatever the context
+            "rnn_state_bytes": (layers - attention) * teacher_cfg.num_attention_heads * head_dim * head_dim * 4,
+        },
+        "data": {
+            "source": data.source, "heldout_fraction": data.heldout_fraction,
+            "tokens_read": data.max_tokens or max(row["tokens"] for row in rows),
+            "installed": data_installed(data.source),
+        },
+        "stages": rows,
+        "planned": [row["stage"] for row in planned] + [s for s in ("select", "export") if s in stages],
+        "select": resolved.select.strategy, "selection_state": stage_state(out, "select", None),
+        "export_state": stage_state(out, "export", None),
+        "logit_scaling_candidates": resolved.export.logit_scaling_candidates,
+        "total": {"tokens": sum(row["tokens"] for row in planned), "flops": sum(row["flops"] for row in planned),
+                  "h200_hours": sum(row["h200_hours"] for row in planned)},
+        "mfu_measured_at": size, "compile": resolved.compile,
+        "out": str(out), "refusal": refusal,
+    }
+
+
+def data_installed(source: str) -> str:
+    from ..data.sources import source_files
+
+    if source.startswith("hf:"):
+        return "a Hugging Face dataset: downloaded when the conversion starts"
+    try:
+        files = source_files(source)
+    except (OSError, ValueError) as error:
+        return f"no: {error}"
+    return f"yes ({len(files)} files)" if files else "no files found"
+
+
+def _count(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:g}"
+
+
+def _flops(n: float) -> str:
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}FLOP"
+    return f"{n:.3g} FLOP"
+
+
+def _hours(hours: float) -> str:
+    if hours < 1 / 60:
+        return f"{hours * 3600:.0f} s"
+    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h"
+
+
+def markdown(plan: dict) -> str:
+    t, s, d = plan["teacher"], plan["student"], plan["data"]
+    lines = [
+        f"# Plan: {t['spec']} -> HypeNet in {plan['out']}",
+        "",
+        f"- teacher: {t['architecture']}, {_count(t['parameters'])} parameters, {t['layers']} layers, hidden "
+        f"{t['hidden_size']}, {t['heads']} heads / {t['kv_heads']} KV heads of {t['head_dim']}, context "
+        f"{t['context']}",
+        f"- student: {_count(s['parameters'])} parameters; {s['attention_layers']} of {t['layers']} layers keep "
+        f"attention (chosen by `{s['strategy']}`), the others become Lightning Attention",
+        f"- KV cache per token (bf16): teacher {_count(t['kv_cache_bytes_per_token'])}B, student "
+        f"{_count(s['kv_cache_bytes_per_token'])}B, plus {_count(s['rnn_state_bytes'])}B of RNN state at any length",
+        f"- data: {d['source']} (installed: {d['installed']}); reads up to {_count(d['tokens_read'])} training "
+        f"tokens (a smaller corpus is repeated), {d['heldout_fraction']:.0%} of the documents held out",
+        "",
+        "| stage | tokens | seq len | batch (micro) | steps | lr | FLOPs | H200 time | in --out |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in plan["stages"]:
+        mark = "" if row["stage"] in plan["planned"] else " (not run by this command)"
+        micro = row["micro_batch_size"] or "all"
+        lines.append(
+            f"| {row['stage']}{mark} | {_count(row['tokens'])} | {row['seq_len']} | {row['batch_size']} ({micro}) | "
+            f"{row['steps']:,} | {row['lr']:g} {row['schedule']} | {_flops(row['flops'])} | "
+            f"{_hours(row['h200_hours'])} at {row['mfu']:.0%} MFU | {row['state']} |"
+        )
+    total = plan["total"]
+    lines += [
+        "",
+        f"Layer selection (`{plan['select']}`): {plan['selection_state']}. Export, choosing the logit-scaling base "
+        f"among {plan['logit_scaling_candidates']}: {plan['export_state']}.",
+        f"In all: {_count(total['tokens'])} training tokens, {_flops(total['flops'])} (model FLOPs), about "
+        f"{_hours(total['h200_hours'])} on one H200"
+        f" ({'with' if plan['compile'] else 'without'} `compile`; the MFU measured by bench-train at the "
+        f"{_count(plan['mfu_measured_at'])}-parameter teacher shape, the nearest measured; selection, export and "
+        "compilation not included; N GPUs take about 1/N of it).",
+    ]
+    if plan["refusal"]:
+        lines += ["", f"**As asked, this run would stop at once:** {plan['refusal']}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,128 @@
+"""`hypenet convert --plan`: budgets, FLOPs and the state of --out, computed without weights and writing nothing."""
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from hypenet.cli import main
+from hypenet.halo.config import HaloError, load_config, resolve
+from hypenet.halo.flops import H200_DENSE_BF16_TFLOPS, build_objective, matmul_parameters
+from hypenet.halo.plan import MEASURED_MFU, make_plan, markdown
+from hypenet.teachers import build_hypenet_from_teacher
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SMALL = ["stage1.tokens=4096", "stage2.tokens=8192", "stage2.batch_size=2", "stage3.tokens=4096", "stage3.seq_len=1024",
+         "stage3.batch_size=2"]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A config-only Qwen3 teacher folder: the plan reads no weights, so it needs none."""
+    path = tmp_path_factory.mktemp("plan") / "qwen3"
+    Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, max_position_embeddings=4096).save_pretrained(path)
+    return path
+
+
+def config_for(teacher_dir, out, *extra):
+    return load_config(overrides=[*SMALL, *extra], teacher=str(teacher_dir), out=str(out))
+
+
+def test_the_plan_counts_what_the_stages_would_build_from_real_weights(teacher_dir, tmp_path):
+    out = tmp_path / "run"
+    plan = make_plan(config_for(teacher_dir, out))
+    torch.manual_seed(0)
+    teacher = Qwen3ForCausalLM(Qwen3Config.from_pretrained(teacher_dir))  # real weights this time
+    n = sum(p.numel() for p in teacher.parameters())
+    resolved = resolve(config_for(teacher_dir, out), n)
+    mixers = ["attention"] * 2 + ["lightning"] * 6  # floor(8 / 4) attention layers
+    student = build_hypenet_from_teacher(teacher, mixers, lightning_layers=None)
+    assert plan["teacher"]["parameters"] == n and plan["student"]["parameters"] == sum(
+        p.numel() for p in student.parameters())
+    assert plan["student"]["attention_layers"] == 2
+    assert plan["teacher"]["kv_cache_bytes_per_token"] == 8 * 2 * 2 * 16 * 2
+    assert plan["student"]["kv_cache_bytes_per_token"] == 2 * 2 * 2 * 16 * 2
+    assert plan["student"]["rnn_state_bytes"] == 6 * 4 * 16 * 16 * 4
+    by_stage = {row["stage"]: row for row in plan["stages"]}
+    for name in ("stage1", "stage2", "stage3"):
+        stage = getattr(resolved, name)
+        _, terms = build_objective(name, teacher, mixers, resolved)
+        row = by_stage[name]
+        assert (row["tokens"], row["steps"], row["lr"]) == (stage.tokens, stage.steps(), stage.lr)
+        assert row["flops"] == stage.tokens * sum(factor * count for _, factor, count in terms)
+        assert row["h200_hours"] == pytest.approx(row["flops"] / (row["mfu"] * H200_DENSE_BF16_TFLOPS * 1e12) / 3600)
+        assert row["state"] == "to run"
+    assert by_stage["stage2"]["flops"] == 8192 * (2 * matmul_parameters(teacher) + 6 * matmul_parameters(student))
+    assert plan["mfu_measured_at"] == min(MEASURED_MFU)  # a tiny teacher is nearest the 135M measurement
+    assert [row["mfu"] for row in plan["stages"]] == list(MEASURED_MFU[min(MEASURED_MFU)][False])
+    assert plan["total"]["flops"] == sum(row["flops"] for row in plan["stages"])
+    assert plan["refusal"] is None and not out.exists()
+
+
+def test_stage1_flops_count_the_attention_students_when_they_are_aligned(teacher_dir, tmp_path):
+    plain = make_plan(config_for(teacher_dir, tmp_path / "a"))["stages"][0]["flops"]
+    aligned = make_plan(config_for(teacher_dir, tmp_path / "a", "stage1.align_attention=true"))["stages"][0]["flops"]
+    teacher = Qwen3ForCausalLM(Qwen3Config.from_pretrained(teacher_dir))
+    objective, _ = build_objective("stage1", teacher, [], config_for(teacher_dir, tmp_path / "a",
+                                                                    "stage1.align_attention=true"))
+    assert aligned - plain == 4096 * 6 * matmul_parameters(objective.attention_students)
+
+
+def test_the_plan_reads_what_out_holds(teacher_dir, tmp_path):
+    out = tmp_path / "run"
+    (out / "stages" / "stage1").mkdir(parents=True)
+    (out / "stages" / "stage1" / "done.json").write_text(json.dumps({"steps": 1, "tokens": 4096}))
+    (out / "stages" / "select").mkdir()
+    (out / "stages" / "select" / "done.json").write_text(json.dumps({}))
+    (out / "stages" / "stage2" / "checkpoints" / "step-00000005").mkdir(parents=True)
+    (out / "stages" / "stage2" / "checkpoints" / "step-00000006.tmp").mkdir()  # a half-written one is not counted
+    config = config_for(teacher_dir, out)
+    plan = make_plan(config)
+    states = {row["stage"]: row["state"] for row in plan["stages"]}
+    assert states == {"stage1": "done (1 step)", "stage3": "to run",
+                      "stage2": "stopped at step 5 of 8: --resume continues from there"}
+    assert plan["selection_state"] == "done" and plan["export_state"] == "to run"
+    assert plan["refusal"] == f"{out} exists; pass --resume to continue it or --overwrite to replace it"
+    assert "**As asked, this run would stop at once:**" in markdown(plan)
+    assert make_plan(config, resume=True)["refusal"] is None
+    assert make_plan(config, ["stage3"], resume=True)["refusal"] == (
+        f"stage3 needs the result of stage2 in {out}: run `hypenet stage2 --out {out}` first "
+        "(or `hypenet convert` for everything)")
+    only = make_plan(config, ["stage2"], resume=True)
+    assert only["planned"] == ["stage2"] and only["total"]["flops"] == only["stages"][1]["flops"]
+    assert "| stage1 (not run by this command) |" in markdown(only)
+
+
+def test_convert_plan_prints_and_writes_nothing(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["convert", "--plan", "--teacher", str(teacher_dir), "--out", str(out),
+                 *[arg for pair in SMALL for arg in ("--set", pair)]]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"# Plan: {teacher_dir} -> HypeNet in {out}\n")
+    assert "- student: " in printed and "2 of 8 layers keep attention" in printed
+    assert "| stage2 | 8.19K | 512 | 2 (all) | 8 | " in printed
+    assert not out.exists()
+
+
+def test_the_plan_refuses_an_unsupported_or_missing_teacher(tmp_path, capsys):
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(HaloError, match="cannot read the teacher's config .*teacher architecture 'gpt2'"):
+        make_plan(load_config(teacher=str(gpt2), out=str(tmp_path / "run")))
+    assert main(["convert", "--plan", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: {tmp_path / 'missing'} does not exist")
+
+
+def test_a_llama_teacher_without_head_dim_in_its_config(tmp_path):
+    path = tmp_path / "llama"
+    LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=4).save_pretrained(path)
+    plan = make_plan(load_config(overrides=SMALL, teacher=str(path), out=str(tmp_path / "run")))
+    teacher = LlamaForCausalLM(LlamaConfig.from_pretrained(path))
+    assert plan["teacher"]["head_dim"] == 16 and plan["teacher"]["parameters"] == sum(
+        p.numel() for p in teacher.parameters())
+    assert plan["student"]["attention_layers"] == 1
+
