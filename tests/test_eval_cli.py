@@ -259,3 +259,26 @@ def test_only_missing_inputs_lose_their_traceback(monkeypatch, capsys):
     monkeypatch.setattr(eval_cli, "run_eval", command(FileNotFoundError(2, "No such file", "internal.json")))
     with pytest.raises(FileNotFoundError, match="internal.json"):
         hypenet(["eval", "x"])
+
+
+def test_niah_tasks_are_checked_before_the_model_loads(tmp_path):
+    from hypenet.cli import main as hypenet
+
+    missing = str(tmp_path / "no-model")  # never reached: the options fail first
+    with pytest.raises(SystemExit, match=r"--tasks: unknown NIAH task 'single_4'; choose from \['single_1'"):
+        hypenet(["eval", missing, "--tasks", "single_1,single_4"])
+    with pytest.raises(SystemExit, match="--evals niah_forced gives one value as the answer; --tasks "
+                                         "multivalue,multiquery ask for several"):
+        hypenet(["eval", missing, "--evals", "niah_forced", "--tasks", "single_1,multivalue,multiquery"])
+
+
+def test_niah_forced_refuses_samples_asking_for_several_values():
+    from test_eval_tiny import HAYSTACK_DOCS
+
+    from hypenet.eval.niah import build_niah_sample
+    from hypenet.eval.niah_forced import evaluate_forced
+
+    tokenizer = tiny_tokenizer()
+    sample = build_niah_sample(tokenizer, "multiquery", 1200, 0.5, seed=0, haystack_docs=HAYSTACK_DOCS)
+    with pytest.raises(ValueError, match="task\\(s\\) multiquery ask for several"):
+        evaluate_forced(None, tokenizer, [sample])

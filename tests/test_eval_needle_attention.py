@@ -18,7 +18,7 @@ from hypenet.eval.needle_attention import (
     needle_token_span,
     query_probabilities,
 )
-from hypenet.eval.niah import NIAH_TASKS, build_niah_grid, needle_sentence
+from hypenet.eval.niah import NIAH_TASKS, SINGLE_TASKS, build_niah_grid, needle_sentence
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_hypenet_attention_layers_are_captured_and_named(tokenizer):
 
 
 def test_needle_span_holds_the_needle(tokenizer):
-    samples = build_niah_grid(tokenizer, list(NIAH_TASKS), [300], [0.0, 0.5, 1.0], 1, seed=1,
+    samples = build_niah_grid(tokenizer, list(SINGLE_TASKS), [300], [0.0, 0.5, 1.0], 1, seed=1,
                               haystack_docs=HAYSTACK_DOCS)
     for sample in samples:
         first, last = needle_token_span(tokenizer, sample)

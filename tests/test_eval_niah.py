@@ -8,6 +8,7 @@ from test_eval_tiny import HAYSTACK_DOCS, tiny_hypenet, tiny_llama, tiny_tokeniz
 
 from hypenet.eval.niah import (
     NIAH_TASKS,
+    SINGLE_TASKS,
     accuracy_interval,
     build_niah_grid,
     build_niah_sample,
@@ -21,7 +22,7 @@ from hypenet.eval.niah import (
     summarize,
 )
 
-TASKS = list(NIAH_TASKS)
+TASKS = list(SINGLE_TASKS)  # (the tasks with more needles: test_multi_needle_tasks_*)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +158,82 @@ def test_score_on_crafted_outputs(tokenizer):
     uuid_sample = build_niah_sample(tokenizer, "single_3", 300, 0.5, seed=5, haystack_docs=HAYSTACK_DOCS)
     assert score(uuid_sample, f" {uuid_sample.value}.")
     assert not score(uuid_sample, f" {uuid_sample.value[:-4]}")
+
+
+NEEDLE_START = re.compile(r"One of the special magic (?:number|uuid)s for (\S+) is: (\S+?)\.(?:\s|$)")
+MULTI = [name for name in NIAH_TASKS if name not in SINGLE_TASKS]
+
+
+def needles_in(sample):
+    """(key, value) of every needle sentence in the prompt's haystack, in order."""
+    return NEEDLE_START.findall(haystack_of(sample))
+
+
+@pytest.mark.parametrize("task", MULTI)
+def test_multi_needle_tasks_place_their_needles_as_ruler_does(tokenizer, task):
+    spec = NIAH_TASKS[task]
+    sample = build_niah_sample(tokenizer, task, 1500, 0.5, seed=11, haystack_docs=HAYSTACK_DOCS)
+    assert abs(sample.n_tokens - 1500) <= 0.02 * 1500
+    needles = needles_in(sample)
+    asked_keys = sample.keys or [sample.key]
+    answers = sample.answers or [sample.value]
+    assert len(asked_keys) == spec.queries and len(answers) == spec.answers == len(set(answers))
+    asked = [(k, v) for k, v in needles if k in asked_keys]
+    assert sorted(v for _, v in asked) == sorted(answers)  # every asked value is in the haystack, once
+    others = [(k, v) for k, v in needles if k not in asked_keys]
+    assert not {v for _, v in others} & set(answers)  # no other needle holds an asked value
+    if spec.haystack == "needles":  # the haystack is needles and nothing else
+        left = NEEDLE_START.sub("", haystack_of(sample)).strip()
+        assert len(needles) > 10  # the whole haystack, then the cut needle that fills the budget, nothing else
+        assert left.startswith(f"One of the special magic {spec.value_noun}s for") and "\n" not in left
+    else:
+        assert len(others) == spec.distractors
+    if spec.key_kind == "uuid":
+        assert all(str(uuid.UUID(k)) == k and str(uuid.UUID(v)) == v for k, v in needles)
+    # The first asked needle lands at the requested depth: within one sentence of it.
+    assert abs(sample.needle_depth - 0.5) < 0.06
+    assert f"One of the special magic {spec.value_noun}s for {sample.key} is: {sample.value}." in sample.prompt
+    if spec.answers == 1:
+        assert sample.prompt.endswith(f"The special magic {spec.value_noun} for {sample.key} mentioned in the "
+                                      "provided text is")
+    else:
+        named = asked_keys[0] if len(asked_keys) == 1 else ", ".join(asked_keys[:-1]) + " and " + asked_keys[-1]
+        assert sample.prompt.endswith(f"What are all the special magic numbers for {named} mentioned in the "
+                                      f"provided text? The special magic numbers for {named} mentioned in the "
+                                      "provided text are")
+        assert "you will be asked for some of them at the end." in sample.prompt
+
+
+def test_multi_needle_values_are_unique_across_a_grid(tokenizer):
+    grid = build_niah_grid(tokenizer, ["multivalue", "multiquery", "single_1"], [1200], [0.0, 1.0], 2,
+                           haystack_docs=HAYSTACK_DOCS)
+    asked = [value for sample in grid for value in (sample.answers or [sample.value])]
+    assert len(asked) == 2 * 2 * (4 + 4 + 1) == len(set(asked))
+
+
+def test_several_values_score_by_the_share_found(tokenizer):
+    sample = build_niah_sample(tokenizer, "multivalue", 1200, 0.5, seed=3, haystack_docs=HAYSTACK_DOCS)
+    a, b, c, d = sample.answers
+    outputs = [f" {a}, {b}, {c} and {d}.", f" {d}\n{b}", f" {a}", " none", f" {a}, {b}, {c}, {d[:-1]}"]
+    records = sample_records([sample] * len(outputs), outputs)
+    assert [r["recall"] for r in records] == [1.0, 0.5, 0.25, 0.0, 0.75]
+    assert [r["correct"] for r in records] == [True, False, False, False, False]
+    assert records[0]["answers"] == [a, b, c, d] and "keys" not in records[0]
+    summary = summarize(records)
+    assert summary["tasks"]["multivalue"]["accuracy"] == pytest.approx(0.5)  # RULER's mean share, not all-or-none
+    single = sample_records([build_niah_sample(tokenizer, "single_1", 300, 0.5, seed=3)], ["x"])[0]
+    assert "recall" not in single and "answers" not in single and "keys" not in single
+
+
+def test_needles_at_one_boundary_keep_their_order():
+    from hypenet.eval.niah import _insert_needles
+
+    sentences, counts = ["A b. ", "C d. ", "E f."], [3, 3, 3]
+    text, landed = _insert_needles(sentences, counts, " g", [("N1.", 0.5), ("N2.", 0.4), ("N3.", 1.0)])
+    # (a needle at the end goes before the cut sentence that fills the budget, as a single needle always has)
+    assert text == "A b. N1. N2. C d. E f. N3.  g"
+    assert landed == pytest.approx(3 / 9)  # where the first needle landed
+    assert _insert_needles(sentences, counts, "", [("N1.", 0.0)]) == ("N1. A b. C d. E f.", 0.0)
 
 
 def test_summarize_accuracy_and_averages():

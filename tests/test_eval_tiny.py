@@ -5,7 +5,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from hypenet.eval.models import prepare_tokenizer
-from hypenet.eval.niah import FILLER, NIAH_TASKS, needle_sentence, question_and_answer_prefix
+from hypenet.eval.niah import FILLER, NIAH_TASKS, SINGLE_TASKS, needle_sentence, question_and_answer_prefix
 
 HAYSTACK_DOCS = [
     "Rivers carve valleys over thousands of years. Their water carries sand and stone to the sea! "
@@ -20,7 +20,7 @@ HAYSTACK_DOCS = [
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE (any text encodes and decodes back) trained in milliseconds on the eval vocabulary."""
     texts = [FILLER, *HAYSTACK_DOCS, "0123456789 abcdef-"]
-    for task in NIAH_TASKS.values():
+    for task in (NIAH_TASKS[name] for name in SINGLE_TASKS):
         texts += [needle_sentence(task, "amber-anchor", "1234567"), *question_and_answer_prefix(task, "amber-anchor")]
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -99,9 +99,11 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
                       help=f"needle depths as fractions of the haystack (default {DEFAULT_NIAH_DEPTHS})")
     niah.add_argument("--niah-samples", type=int, default=4, help="samples per task x length x depth (default 4)")
     niah.add_argument("--tasks", type=_names, default=["single_1", "single_2", "single_3"],
-                      help="NIAH tasks (default single_1,single_2,single_3)")
+                      help="NIAH tasks (default single_1,single_2,single_3); also RULER's multikey_1, multikey_2, "
+                           "multikey_3, multivalue and multiquery")
     niah.add_argument("--haystack", default="builtin",
-                      help="hypenet.data document source for the real-text haystacks of single_2/3 (default builtin)")
+                      help="hypenet.data document source for the real-text haystacks of single_2/3, multikey_1, "
+                           "multivalue and multiquery (default builtin)")
     niah.add_argument("--haystack-heldout", action="store_true",
                       help="take those haystacks from the held-out documents of --haystack only (HALO's split, "
                            "as for perplexity: --ppl-heldout-fraction, --seed), text that a student converted on "
@@ -168,6 +170,17 @@ def _selected_evals(args) -> list[str]:
         raise SystemExit("--evals lm_eval needs --lm-eval TASKS (comma list of lm-eval task names).")
     if args.lm_eval and "lm_eval" not in evals:
         evals.append("lm_eval")
+    if {"niah", "niah_forced", "needle_attention"} & set(evals):  # before the model loads
+        from .niah import get_task
+
+        try:
+            tasks = [get_task(name) for name in args.tasks]
+        except ValueError as error:
+            raise SystemExit(f"--tasks: {error}") from None
+        several = [task.name for task in tasks if task.answers > 1]
+        if "niah_forced" in evals and several:
+            raise SystemExit(f"--evals niah_forced gives one value as the answer; --tasks {','.join(several)} ask for "
+                             "several (leave them out of this evaluation)")
     if "niah_forced" in evals:  # before the model loads
         from .niah_forced import check_answer_form
 

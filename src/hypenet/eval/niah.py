@@ -1,9 +1,16 @@
-"""RULER-style needle-in-a-haystack (NIAH-Single-1/2/3, SPEC section 6): build prompts, generate, score.
+"""RULER-style needle-in-a-haystack (NIAH-Single-1/2/3, SPEC section 6, and RULER's multi-key, multi-value and
+multi-query variants): build prompts, generate, score.
 
-A prompt is: a short instruction, a haystack of the requested token length with one needle sentence
+A prompt is: a short instruction, a haystack of the requested token length with the needle sentence
 "One of the special magic numbers for {key} is: {value}." at a sentence boundary nearest the requested depth,
 then the question and the answer prefix. The model answers greedily; a sample is right when the value string
 appears in its output.
+
+The other RULER NIAH tasks place more needles, each at a seeded random depth: multikey_1 three needles of other
+keys in the documents; multikey_2/3 a haystack made of nothing but needles of other keys (uuid keys and values in
+multikey_3); multivalue four needles of the asked key, all four values asked for; multiquery four keys asked for at
+once. A sample's score is then RULER's: the share of the asked values its output contains (`recall`); it is right
+when it contains them all.
 """
 
 from __future__ import annotations
@@ -49,15 +56,26 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])(?=\s)")
 @dataclass(frozen=True)
 class NiahTask:
     name: str
-    haystack: str  # "filler" (repeated FILLER) or "documents" (real text)
+    # "filler" (repeated FILLER), "documents" (real text) or "needles" (needle sentences of other keys and values)
+    haystack: str
     value_kind: str  # "digits" (7-digit number) or "uuid"
+    key_kind: str = "words"  # "words" (an adjective-noun pair) or "uuid"
+    distractors: int = 0  # needles of other keys besides the asked ones
+    values_per_key: int = 1  # needles of each asked key, each with its own value: all are asked for
+    queries: int = 1  # keys asked for at once
 
     @property
     def value_noun(self) -> str:
         return "number" if self.value_kind == "digits" else "uuid"
 
     @property
+    def answers(self) -> int:
+        return self.values_per_key * self.queries
+
+    @property
     def max_new_tokens(self) -> int:
+        if self.answers > 1:
+            return 128  # several values with their separators: RULER's budget
         # 7 digits fit in 12 tokens with room for ": ". A UUID is 36 characters, up to ~30 tokens in BPEs that split
         # digits; 64 leaves room for a model that restates the question before answering.
         return 12 if self.value_kind == "digits" else 64
@@ -67,7 +85,13 @@ NIAH_TASKS = {
     "single_1": NiahTask("single_1", haystack="filler", value_kind="digits"),
     "single_2": NiahTask("single_2", haystack="documents", value_kind="digits"),
     "single_3": NiahTask("single_3", haystack="documents", value_kind="uuid"),
+    "multikey_1": NiahTask("multikey_1", haystack="documents", value_kind="digits", distractors=3),
+    "multikey_2": NiahTask("multikey_2", haystack="needles", value_kind="digits"),
+    "multikey_3": NiahTask("multikey_3", haystack="needles", value_kind="uuid", key_kind="uuid"),
+    "multivalue": NiahTask("multivalue", haystack="documents", value_kind="digits", values_per_key=4),
+    "multiquery": NiahTask("multiquery", haystack="documents", value_kind="digits", queries=4),
 }
+SINGLE_TASKS = ("single_1", "single_2", "single_3")
 
 
 @dataclass
@@ -83,6 +107,13 @@ class NiahSample:
     n_tokens: int  # prompt length in tokens, as the runner encodes it
     needle_depth: float  # where the needle landed: haystack tokens before it / haystack tokens
     max_new_tokens: int
+    keys: list[str] | None = None  # every asked key, when a task asks for several (key is the first)
+    answers: list[str] | None = None  # every asked value, when a task asks for several (value is the first)
+
+
+def answers_of(sample: NiahSample) -> list[str]:
+    """The values a sample asks for: its one value, or all of them."""
+    return list(sample.answers) if sample.answers else [sample.value]
 
 
 def get_task(name: str) -> NiahTask:
@@ -95,30 +126,73 @@ def needle_sentence(task: NiahTask, key: str, value: str) -> str:
     return f"One of the special magic {task.value_noun}s for {key} is: {value}."
 
 
-def question_and_answer_prefix(task: NiahTask, key: str) -> tuple[str, str]:
+def question_and_answer_prefix(task: NiahTask, key: str | Sequence[str]) -> tuple[str, str]:
     noun = task.value_noun
-    return (f"What is the special magic {noun} for {key} mentioned in the provided text?",
-            f"The special magic {noun} for {key} mentioned in the provided text is")
+    if task.answers == 1:
+        return (f"What is the special magic {noun} for {key} mentioned in the provided text?",
+                f"The special magic {noun} for {key} mentioned in the provided text is")
+    keys = [key] if isinstance(key, str) else list(key)
+    named = keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
+    return (f"What are all the special magic {noun}s for {named} mentioned in the provided text?",
+            f"The special magic {noun}s for {named} mentioned in the provided text are")
 
 
 def _instruction(task: NiahTask) -> str:
     noun = task.value_noun
+    which = "one of them" if task.answers == 1 else "some of them"
     return (f"Some special magic {noun}s are hidden in the text below. Read it carefully: "
-            f"you will be asked for one of them at the end.")
+            f"you will be asked for {which} at the end.")
 
 
-def draw_key_and_value(task: NiahTask, rng: random.Random, used_values: set[str] | None = None) -> tuple[str, str]:
-    """A key and a value from `rng`; the value is redrawn until it is not in used_values (which it then joins)."""
-    key = f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}"
+def _draw_key(task: NiahTask, rng: random.Random) -> str:
+    if task.key_kind == "uuid":
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    return f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}"
+
+
+def _draw_value(task: NiahTask, rng: random.Random) -> str:
+    if task.value_kind == "digits":
+        return str(rng.randint(1_000_000, 9_999_999))
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _draw_unique_value(task: NiahTask, rng: random.Random, used_values: set[str] | None) -> str:
     while True:
-        if task.value_kind == "digits":
-            value = str(rng.randint(1_000_000, 9_999_999))
-        else:
-            value = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        value = _draw_value(task, rng)
         if used_values is None or value not in used_values:
             break
     if used_values is not None:
         used_values.add(value)
+    return value
+
+
+def draw_key_and_value(task: NiahTask, rng: random.Random, used_values: set[str] | None = None) -> tuple[str, str]:
+    """A key and a value from `rng`; the value is redrawn until it is not in used_values (which it then joins)."""
+    key = _draw_key(task, rng)
+    return key, _draw_unique_value(task, rng, used_values)
+
+
+def draw_asked(task: NiahTask, rng: random.Random, used_values: set[str] | None = None) -> list[tuple[str, str]]:
+    """The (key, value) needles a sample asks for: one for the single tasks (`draw_key_and_value`), else
+    values_per_key needles for each of `queries` different keys, every value unique in used_values."""
+    asked = [draw_key_and_value(task, rng, used_values)]
+    keys = [asked[0][0]]
+    while len(keys) < task.queries:
+        if (key := _draw_key(task, rng)) not in keys:
+            keys.append(key)
+    for key in keys:
+        while sum(k == key for k, _ in asked) < task.values_per_key:
+            asked.append((key, _draw_unique_value(task, rng, used_values)))
+    return asked
+
+
+def _draw_other(task: NiahTask, rng: random.Random, asked: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """A needle of a key not asked for, whose value is none of the asked values."""
+    keys, values = {k for k, _ in asked}, {v for _, v in asked}
+    while (key := _draw_key(task, rng)) in keys:
+        pass
+    while (value := _draw_value(task, rng)) in values:
+        pass
     return key, value
 
 
@@ -137,10 +211,15 @@ def split_sentences(text: str) -> list[str]:
 
 
 class _SentenceStream:
-    """Endless haystack sentences with their token counts: FILLER repeated, or documents cycled from a seeded start."""
+    """Endless haystack sentences with their token counts: FILLER repeated, documents cycled from a seeded start, or
+    needle sentences of keys and values other than the asked ones, drawn from `rng`."""
 
-    def __init__(self, tokenizer, task: NiahTask, rng: random.Random, haystack_docs: Sequence[str] | None):
-        if task.haystack == "filler":
+    def __init__(self, tokenizer, task: NiahTask, rng: random.Random, haystack_docs: Sequence[str] | None,
+                 asked: Sequence[tuple[str, str]] = ()):
+        self._needles = (task, rng, list(asked)) if task.haystack == "needles" else None
+        if self._needles:
+            self._docs = []
+        elif task.haystack == "filler":
             # Many copies per read: one tokenizer call per FILLER would dominate building a 64K haystack.
             self._docs = [(FILLER + " ") * 64]
         else:
@@ -151,7 +230,7 @@ class _SentenceStream:
                     f"texts, e.g. from hypenet.eval.documents.load_documents), or use task single_1."
                 )
         # Documents are cycled from a seeded start, so samples differ in their haystack too.
-        self._next_doc = rng.randrange(len(self._docs))
+        self._next_doc = rng.randrange(len(self._docs)) if self._docs else 0
         self.tokenizer = tokenizer
         self.sentences: list[str] = []
         self.token_counts: list[int] = []
@@ -160,9 +239,13 @@ class _SentenceStream:
         """Read documents until the stream holds at least n_tokens tokens."""
         total = sum(self.token_counts)
         while total < n_tokens:
-            doc = self._docs[self._next_doc % len(self._docs)]
-            self._next_doc += 1
-            sentences = split_sentences(doc)
+            if self._needles:
+                task, rng, asked = self._needles
+                sentences = [needle_sentence(task, *_draw_other(task, rng, asked)) + " " for _ in range(64)]
+            else:
+                doc = self._docs[self._next_doc % len(self._docs)]
+                self._next_doc += 1
+                sentences = split_sentences(doc)
             counts = [len(ids) for ids in self.tokenizer(sentences, add_special_tokens=False)["input_ids"]]
             self.sentences += sentences
             self.token_counts += counts
@@ -187,21 +270,27 @@ def _haystack(stream: _SentenceStream, budget: int) -> tuple[list[str], list[int
     return sentences, counts, tail
 
 
-def _insert_needle(sentences: list[str], counts: list[int], tail: str, needle: str, depth: float) -> tuple[str, float]:
-    """Haystack text with the needle at the sentence boundary nearest `depth`; also the depth it landed at."""
+def _insert_needles(sentences: list[str], counts: list[int], tail: str,
+                    needles: Sequence[tuple[str, float]]) -> tuple[str, float]:
+    """Haystack text with each (needle, depth) at the sentence boundary nearest its depth (needles at one boundary
+    in their given order); also the depth the first needle landed at."""
     total = sum(counts) or 1
     boundaries = [0]
     for count in counts:
         boundaries.append(boundaries[-1] + count)
-    index = min(range(len(boundaries)), key=lambda i: abs(boundaries[i] - depth * total))
-    before = "".join(sentences[:index])
-    after = "".join(sentences[index:]) + tail
-    separator = " " if before and not before[-1].isspace() else ""
-    text = before + separator + needle + (" " if after else "") + after
-    return text, boundaries[index] / total
+    at = [min(range(len(boundaries)), key=lambda i: abs(boundaries[i] - depth * total)) for _, depth in needles]
+    text, done = "", 0
+    for index in sorted(set(at)):
+        text += "".join(sentences[done:index])
+        done = index
+        for needle in (needle for (needle, _), where in zip(needles, at) if where == index):
+            text += (" " if text and not text[-1].isspace() else "") + needle
+        rest = "".join(sentences[index:]) + tail
+        text += " " if rest else ""
+    return text + "".join(sentences[done:]) + tail, boundaries[at[0]] / total
 
 
-def _render_prompt(tokenizer, task: NiahTask, key: str, haystack: str, chat_template: bool) -> str:
+def _render_prompt(tokenizer, task: NiahTask, key: str | Sequence[str], haystack: str, chat_template: bool) -> str:
     question, answer_prefix = question_and_answer_prefix(task, key)
     user = f"{_instruction(task)}\n\n{haystack.strip()}\n\n{question}"
     if not chat_template:
@@ -225,35 +314,44 @@ def build_niah_sample(tokenizer, task: str | NiahTask, context_len: int, depth: 
     """
     task = get_task(task) if isinstance(task, str) else task
     rng = random.Random(seed)
-    key, value = draw_key_and_value(task, rng, used_values)
-    return _build_sample(tokenizer, task, context_len, depth, seed, rng, key, value, haystack_docs, chat_template)
+    asked = draw_asked(task, rng, used_values)
+    return _build_sample(tokenizer, task, context_len, depth, seed, rng, asked, haystack_docs, chat_template)
 
 
-def _build_sample(tokenizer, task: NiahTask, context_len: int, depth: float, seed: int, rng: random.Random, key: str,
-                  value: str, haystack_docs: Sequence[str] | None, chat_template: bool) -> NiahSample:
-    """build_niah_sample after its key and value are drawn: `rng` goes on to pick where the haystack starts."""
+def _build_sample(tokenizer, task: NiahTask, context_len: int, depth: float, seed: int, rng: random.Random,
+                  asked: Sequence[tuple[str, str]], haystack_docs: Sequence[str] | None,
+                  chat_template: bool) -> NiahSample:
+    """build_niah_sample after its asked needles are drawn: `rng` goes on to draw the other needles and their depths
+    (tasks with more than one needle), then where the haystack starts. The first asked needle goes at `depth`."""
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"needle depth must be a fraction in [0, 1]; got {depth}.")
-    needle = needle_sentence(task, key, value)
+    keys = list(dict.fromkeys(key for key, _ in asked))
+    needles = [needle_sentence(task, key, value) for key, value in asked]
+    needles += [needle_sentence(task, *_draw_other(task, rng, asked)) for _ in range(task.distractors)]
+    placed = [(needles[0], depth)] + [(needle, rng.random()) for needle in needles[1:]]
+    question_keys = keys[0] if len(keys) == 1 else keys
     add_special_tokens = not chat_template
-    overhead = count_tokens(tokenizer, _render_prompt(tokenizer, task, key, needle, chat_template), add_special_tokens)
+    overhead = count_tokens(tokenizer, _render_prompt(tokenizer, task, question_keys, " ".join(needles),
+                                                      chat_template), add_special_tokens)
     if overhead >= context_len:
         raise ValueError(f"context length {context_len} is too short for a NIAH prompt: the template alone takes "
                          f"{overhead} tokens.")
-    stream = _SentenceStream(tokenizer, task, rng, haystack_docs)
+    stream = _SentenceStream(tokenizer, task, rng, haystack_docs, asked)
     # Token counts of the parts do not add up exactly (merges at the joins), so correct the budget until it fits.
     budget = context_len - overhead
     for _ in range(_MAX_FIT_ROUNDS):
         sentences, counts, tail = _haystack(stream, budget)
-        haystack, needle_depth = _insert_needle(sentences, counts, tail, needle, depth)
-        prompt = _render_prompt(tokenizer, task, key, haystack, chat_template)
+        haystack, needle_depth = _insert_needles(sentences, counts, tail, placed)
+        prompt = _render_prompt(tokenizer, task, question_keys, haystack, chat_template)
         n_tokens = count_tokens(tokenizer, prompt, add_special_tokens)
         if abs(n_tokens - context_len) <= LENGTH_TOLERANCE * context_len:
             break
         budget += context_len - n_tokens
-    return NiahSample(task=task.name, context_len=context_len, depth=depth, seed=seed, key=key, value=value,
-                      prompt=prompt, add_special_tokens=add_special_tokens, n_tokens=n_tokens,
-                      needle_depth=needle_depth, max_new_tokens=task.max_new_tokens)
+    several = task.answers > 1
+    return NiahSample(task=task.name, context_len=context_len, depth=depth, seed=seed, key=asked[0][0],
+                      value=asked[0][1], prompt=prompt, add_special_tokens=add_special_tokens, n_tokens=n_tokens,
+                      needle_depth=needle_depth, max_new_tokens=task.max_new_tokens,
+                      keys=keys if len(keys) > 1 else None, answers=[v for _, v in asked] if several else None)
 
 
 def sample_seed(base_seed: int, task: str, context_len: int, depth: float, index: int) -> int:
@@ -289,8 +387,7 @@ def build_niah_grid(tokenizer, tasks: Sequence[str], lengths: Sequence[int], dep
     drawn = []
     for task, length, depth, i in itertools.product(tasks, lengths, depths, range(samples_per_cell)):
         sample_rng, niah_task = random.Random(own_seed := sample_seed(seed, task, length, depth, i)), get_task(task)
-        key, value = draw_key_and_value(niah_task, sample_rng, used_values)
-        drawn.append((niah_task, length, depth, own_seed, sample_rng, key, value))
+        drawn.append((niah_task, length, depth, own_seed, sample_rng, draw_asked(niah_task, sample_rng, used_values)))
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         samples = list(pool.map(lambda d: _build_sample(tokenizer, *d, haystack_docs, chat_template), drawn))
     if path is not None:  # written beside, then renamed: a reader never sees half a file
@@ -317,8 +414,14 @@ def _grid_key(tokenizer, tasks, lengths, depths, samples_per_cell, seed, haystac
 
 
 def score(sample: NiahSample, output: str) -> bool:
-    """RULER's string match: right when the needle's value appears anywhere in the generated text."""
-    return sample.value in output
+    """RULER's string match: right when the needle's value (every asked value) appears anywhere in the output."""
+    return all(value in output for value in answers_of(sample))
+
+
+def recall(sample: NiahSample, output: str) -> float:
+    """RULER's score of a sample (string_match_all): the share of the asked values that appear in the output."""
+    values = answers_of(sample)
+    return sum(value in output for value in values) / len(values)
 
 
 # A padded batch through a transformers model builds a dense [B, 1, T, T] attention mask (and SDPA leaves its flash
@@ -385,11 +488,11 @@ def generate_answers(model, tokenizer, samples: Sequence[NiahSample], batch_size
 
 
 def summarize(records: Sequence[dict]) -> dict:
-    """Accuracy per task, length and depth from per-sample records (task, context_len, depth, correct), with
+    """Accuracy per task, length and depth from per-sample records (task, context_len, depth, correct or recall), with
     averages: a task's over its cells, a length's over the tasks run at it, the overall over lengths."""
     cells: dict[str, dict[int, dict[float, list[bool]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in records:
-        cells[r["task"]][int(r["context_len"])][float(r["depth"])].append(bool(r["correct"]))
+    for r in records:  # a sample's score: right or not, or the share of the values it was asked for (`recall`)
+        cells[r["task"]][int(r["context_len"])][float(r["depth"])].append(float(r.get("recall", r["correct"])))
     tasks = {}
     for task, by_length in sorted(cells.items()):
         lengths = {}
@@ -454,7 +557,11 @@ def sample_records(samples: Sequence[NiahSample], outputs: Sequence[str]) -> lis
     for sample, output in zip(samples, outputs):
         row = asdict(sample)
         del row["prompt"]
-        rows.append({**row, "output": output, "correct": score(sample, output)})
+        for name in ("keys", "answers"):  # only in tasks that ask for several values
+            if row[name] is None:
+                del row[name]
+        scores = {"recall": recall(sample, output)} if sample.answers else {}  # a task asking for several values
+        rows.append({**row, "output": output, "correct": score(sample, output), **scores})
     return rows
 
 

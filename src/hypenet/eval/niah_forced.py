@@ -81,6 +81,9 @@ def evaluate_forced(model, tokenizer, samples: Sequence[NiahSample], progress: b
     """One record per sample: where it stands in the grid (task, context_len, depth, seed, key, value), the token the
     model would write first (`choice`, decoded) and its scores; longest prompts first, so an out-of-memory error shows
     at once."""
+    several = sorted({sample.task for sample in samples if sample.answers})
+    if several:
+        raise ValueError(f"niah_forced gives one value as the answer; task(s) {', '.join(several)} ask for several")
     order = sorted(range(len(samples)), key=lambda i: samples[i].n_tokens, reverse=True)
     records: list[dict | None] = [None] * len(samples)
     bar = tqdm(total=sum(s.n_tokens for s in samples), unit="tok", unit_scale=True, desc="NIAH forced",
