@@ -1,6 +1,7 @@
 """The training engine's stop on a signal: the step in flight finishes, is checkpointed, and a resumed run continues
 exactly where the stopped one was. Its deterministic mode: on while training, off again after."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -127,3 +128,69 @@ def test_an_op_without_a_deterministic_implementation_stops_with_a_hint():
         with engine.deterministic_algorithms(True, "stage2"):
             raise RuntimeError("other")
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+class OutOfMemoryAbove(NextTokenBigram):
+    """NextTokenBigram on a device that holds at most `limit` sequences per forward, and that also runs out once
+    on its `flaky_call`-th forward (after other micro batches of the step have run their backward)."""
+
+    def __init__(self, limit: int, flaky_call: int | None = None):
+        super().__init__()
+        self.limit, self.flaky_call, self.calls, self.sizes = limit, flaky_call, 0, []
+
+    def forward(self, input_ids):
+        self.calls += 1
+        self.sizes.append(input_ids.shape[0])
+        if input_ids.shape[0] > self.limit or self.calls == self.flaky_call:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(input_ids)
+
+
+WHOLE_BATCH = TrainConfig(tokens=6 * 8 * 16, seq_len=16, batch_size=8, lr=1e-2, warmup_steps=1)  # micro: all 8
+
+
+def test_running_out_of_memory_halves_the_micro_batch_and_trains_the_same_step(tmp_path):
+    """8 sequences fail, then 4 fail after one micro batch of 4 ran its backward: the step goes on with 2 at a time,
+    the failed tries' gradients discarded, exactly as a run set to 2 from the start."""
+    run = engine.RunSettings(checkpoint_every=100, cpu=True)
+    reference = engine.train("stage2", NextTokenBigram(), dataclasses.replace(WHOLE_BATCH, micro_batch_size=2),
+                             chunks(), tmp_path / "reference", run)
+    objective = OutOfMemoryAbove(limit=4, flaky_call=3)  # calls: 8 (too many), 4 (ok), 4 (fails once), then 2s
+    shrunk = engine.train("stage2", objective, WHOLE_BATCH, chunks(), tmp_path / "shrunk", run)
+    assert objective.sizes[:7] == [8, 4, 4, 2, 2, 2, 2] and set(objective.sizes[7:]) == {2}
+    assert shrunk.losses == reference.losses
+    for name, weight in reference.state_dict.items():
+        torch.testing.assert_close(shrunk.state_dict[name], weight, rtol=0, atol=0)
+    events = [json.loads(line) for line in (tmp_path / "shrunk" / engine.LOSS_LOG).read_text().splitlines()]
+    assert [e for e in events if e.get("event") == "micro_batch"] == [
+        {"event": "micro_batch", "step": 1, "micro_batch_size": 4},
+        {"event": "micro_batch", "step": 1, "micro_batch_size": 2}]
+
+
+def test_a_resumed_run_keeps_the_smaller_micro_batch(tmp_path):
+    run = engine.RunSettings(checkpoint_every=100, cpu=True)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train("stage2", OutOfMemoryAbove(limit=2), WHOLE_BATCH, chunks(), tmp_path,
+                     dataclasses.replace(run, after_step=signal_at(3)))
+    again = OutOfMemoryAbove(limit=2)
+    resumed = engine.train("stage2", again, WHOLE_BATCH, chunks(), tmp_path, dataclasses.replace(run, resume=True))
+    assert resumed.resumed_from == 3 and set(again.sizes) == {2}  # no try at 8 or 4 again
+
+
+def test_out_of_memory_with_the_micro_batch_set_says_what_to_set(tmp_path):
+    config = dataclasses.replace(WHOLE_BATCH, micro_batch_size=4)
+    run = engine.RunSettings(checkpoint_every=100, cpu=True)
+    with pytest.raises(HaloError, match=r"stage3: out of memory at step 1 with 4 x 16 tokens per forward "
+                                        r"\(CUDA out of memory\. Tried to allocate 2\.00 GiB\)\. Set --set "
+                                        r"stage3\.micro_batch_size=2 \(a divisor of the 8 sequences each process "
+                                        r"takes per step\), then rerun with --resume\.$"):
+        engine.train("stage3", OutOfMemoryAbove(limit=2), config, chunks(), tmp_path, run)
+    with pytest.raises(HaloError, match=r"with 1 x 16 tokens per forward .*\. Even one sequence does not fit: "
+                                        r"shorten stage3\.seq_len or shard"):
+        engine.train("stage3", OutOfMemoryAbove(limit=0), WHOLE_BATCH, chunks(), tmp_path / "none", run)
+
+
+def test_smaller_micro_batches_divide_the_batch():
+    assert [engine.smaller_micro_batch(96, m) for m in (96, 48, 24, 12, 6, 3, 2, 1)] == [48, 24, 12, 6, 3, 1, 1, None]
+    assert engine.smaller_micro_batch(12, 12) == 6 and engine.smaller_micro_batch(10, 10) == 5
+    assert engine.smaller_micro_batch(7, 7) == 1

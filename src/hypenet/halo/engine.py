@@ -12,6 +12,12 @@ Resumption: optimizer step s always trains on batch s of the stage's `PackedChun
 of the step), so a run restored from the checkpoint of step s continues exactly where the interrupted one was.
 Checkpoints are written to `step-XXXXXXXX.tmp/` and renamed, so a crash never leaves a half-written one. Ctrl-C or
 SIGTERM finishes the optimizer step in flight and checkpoints it before stopping (`StopOnSignal`).
+
+Out of memory: with one process and `micro_batch_size` left unset (the whole batch per forward), a forward or
+backward that runs out of memory is run again with the micro batch halved (to a divisor of the batch), gradient
+accumulation making up the rest: the step is the same step, with the gradients of the failed try discarded and no
+weight updated. The micro batch in use is kept in the checkpoints, so a resumed run goes on with it. Set
+`micro_batch_size`, or run several processes, and running out of memory stops the stage with what to set instead.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType
+from accelerate.utils.memory import clear_device_cache
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -201,6 +208,23 @@ def configure_deepspeed(ds_config: dict, config: TrainConfig, micro: int, accumu
                      train_batch_size=micro * accumulation * processes, gradient_clipping=float(config.grad_clip))
 
 
+def smaller_micro_batch(per_process: int, micro: int) -> int | None:
+    """The largest divisor of the batch each process takes that is at most half of `micro` (None below 2)."""
+    return next((d for d in range(micro // 2, 0, -1) if per_process % d == 0), None)
+
+
+def _accumulated_loss(acc: Accelerator, model: nn.Module, batch: torch.Tensor, micro: int,
+                      accumulation: int) -> torch.Tensor:
+    """Forward and backward of one step's batch, `micro` sequences at a time; the step's mean loss."""
+    step_loss = torch.zeros((), device=acc.device)
+    for input_ids in batch.split(micro):
+        with acc.accumulate(model):
+            loss = model(input_ids)
+            acc.backward(loss)
+            step_loss += loss.detach().float() / accumulation
+    return step_loss
+
+
 def _micro_batch_size(config: TrainConfig, processes: int, name: str) -> tuple[int, int]:
     """(sequences per forward, forwards per step) on each process."""
     if config.batch_size % processes:
@@ -308,12 +332,18 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
              ran_on, run.mixed_precision, steps, config.batch_size, config.seq_len)
     acc.register_for_checkpointing(scheduler)  # stepped here once per optimizer step, not through accelerate
 
+    per_process = micro * accumulation
+    # the micro batch may shrink when a step runs out of memory: one process, no micro batch set (see the docstring)
+    shrinkable = config.micro_batch_size is None and acc.distributed_type == DistributedType.NO
     start, losses, wall_before, resumed_from = 0, [], 0.0, None
     checkpoint = latest_checkpoint(stage_dir) if run.resume else None
     if checkpoint is not None:
         acc.load_state(str(checkpoint))
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         start, losses, wall_before, resumed_from = state["step"], state["losses"], state["wall_time"], state["step"]
+        if shrinkable and state.get("micro_batch_size", micro) < micro:  # the interrupted run had shrunk it
+            micro = state["micro_batch_size"]
+            accumulation = acc.gradient_accumulation_steps = per_process // micro
     if acc.is_main_process:
         stage_dir.mkdir(parents=True, exist_ok=True)
     loss_log = LossLog(stage_dir, name, acc.is_main_process, run.tensorboard_dir)
@@ -333,12 +363,30 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
     for step, batch in enumerate(batches, start=start):
         tick = time.perf_counter()
         batch = batch.to(acc.device)
-        step_loss = torch.zeros((), device=acc.device)
-        for input_ids in batch.split(micro):
-            with acc.accumulate(model):
-                loss = model(input_ids)
-                acc.backward(loss)
-                step_loss += loss.detach().float() / accumulation
+        while True:
+            try:
+                step_loss = _accumulated_loss(acc, model, batch, micro, accumulation)
+                break
+            except torch.OutOfMemoryError as error:
+                smaller = smaller_micro_batch(per_process, micro) if shrinkable else None
+                if smaller is None:
+                    hint = smaller_micro_batch(per_process, micro)
+                    what = (f"Set --set {name}.micro_batch_size={hint} (a divisor of the {per_process} sequences "
+                            f"each process takes per step)" if hint else
+                            f"Even one sequence does not fit: shorten {name}.seq_len or shard the model over more GPUs "
+                            "(FSDP2 or DeepSpeed, see the README)")
+                    raise HaloError(
+                        f"{name}: out of memory at step {step + 1} with {micro} x {config.seq_len} tokens per forward "
+                        f"({str(error).splitlines()[0]}). {what}, then rerun with --resume."
+                    ) from error
+            # (out of the except block: the failed try's activations are free now) its gradients are discarded
+            optimizer.zero_grad(set_to_none=True)
+            clear_device_cache(garbage_collection=True)
+            log.warning("%s: out of memory at step %d with micro batch %d; going on with %d (--set %s.micro_batch_size"
+                        "=%d starts there)", name, step + 1, micro, smaller, name, smaller)
+            micro, accumulation = smaller, per_process // smaller
+            acc.gradient_accumulation_steps, acc.step = accumulation, 0
+            loss_log.write(event="micro_batch", step=step + 1, micro_batch_size=micro)
         step_loss = acc.reduce(step_loss, reduction="mean").item()
         if not math.isfinite(step_loss):
             last = latest_checkpoint(stage_dir)
@@ -365,7 +413,8 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
         stopping = stop.requested(acc)
         if (done % run.checkpoint_every == 0 and done < steps) or stopping:
             wall = wall_before + time.perf_counter() - began
-            saved = save_checkpoint(acc, stage_dir, {"step": done, "losses": losses, "wall_time": wall})
+            saved = save_checkpoint(acc, stage_dir, {"step": done, "losses": losses, "wall_time": wall,
+                                                     "micro_batch_size": micro})
         if stopping:
             log.warning("%s: stopped by signal after step %d; checkpoint %s", name, done, saved)
             break
