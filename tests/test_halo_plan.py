@@ -102,7 +102,7 @@ def test_convert_plan_prints_and_writes_nothing(teacher_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith(f"# Plan: {teacher_dir} -> HypeNet in {out}\n")
     assert "- student: " in printed and "2 of 8 layers keep attention" in printed
-    assert "| stage2 | 8.19K | 512 | 2 (all) | 8 | " in printed
+    assert "| stage2 | 8.19K | 512 | 2 (auto) | 8 | " in printed
     assert not out.exists()
 
 

@@ -209,7 +209,7 @@ def markdown(plan: dict) -> str:
     ]
     for row in plan["stages"]:
         mark = "" if row["stage"] in plan["planned"] else " (not run by this command)"
-        micro = row["micro_batch_size"] or "all"
+        micro = row["micro_batch_size"] or "auto"
         lines.append(
             f"| {row['stage']}{mark} | {_count(row['tokens'])} | {row['seq_len']} | {row['batch_size']} ({micro}) | "
             f"{row['steps']:,} | {row['lr']:g} {row['schedule']} | {_flops(row['flops'])} | "
@@ -225,6 +225,7 @@ def markdown(plan: dict) -> str:
         f" ({'with' if plan['compile'] else 'without'} `compile`; the MFU measured by bench-train at the "
         f"{_count(plan['mfu_measured_at'])}-parameter teacher shape, the nearest measured; selection, export and "
         "compilation not included; N GPUs take about 1/N of it).",
+        "Micro batch `auto`: the whole batch per forward, halved on one GPU whenever a forward runs out of memory.",
     ]
     if plan["refusal"]:
         lines += ["", f"**As asked, this run would stop at once:** {plan['refusal']}"]
