@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from hypenet.bench import fill_synthetic, hypenet_config
-from hypenet.bench.cli import main, tokens
+from hypenet.bench.cli import main
 from hypenet.bench.measure import cache_bytes, decode_floor, weight_bytes_per_step
 from hypenet.bench.report import issue_targets
 from hypenet.bench.shapes import random_model
 from hypenet.fast import FastHypeNet
 from hypenet.model import HypeNetForCausalLM
+from hypenet.units import tokens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -282,3 +282,12 @@ def test_niah_forced_refuses_samples_asking_for_several_values():
     sample = build_niah_sample(tokenizer, "multiquery", 1200, 0.5, seed=0, haystack_docs=HAYSTACK_DOCS)
     with pytest.raises(ValueError, match="task\\(s\\) multiquery ask for several"):
         evaluate_forced(None, tokenizer, [sample])
+
+
+def test_lengths_are_written_as_the_bench_writes_them():
+    from hypenet.cli import build_parser
+
+    args = build_parser().parse_args(["eval", "model", "--niah-lengths", "4K,1000,0.5K", "--copy-lengths", "64k"])
+    assert args.niah_lengths == [4096, 1000, 512] and args.copy_lengths == [65536]
+    compare = build_parser().parse_args(["compare", "teacher", "student", "--niah-lengths", "128K"])
+    assert compare.niah_lengths == [131072]

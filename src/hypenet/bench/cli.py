@@ -9,17 +9,9 @@ import torch
 
 from ..fast import DEFAULT_PREFILL_CHUNK
 from ..fast.gemv import FUSION_PARTS, fusion_parts
+from ..units import tokens
 from .run import DTYPES, BenchSettings, run
 from .shapes import SHAPES
-
-
-def tokens(text: str) -> list[int]:
-    """'32K,128K,1M' -> [32768, 131072, 1048576] (K = 1024 tokens, M = 1024K); '' -> []."""
-    scale = {"K": 1024, "M": 1024**2}
-    values = []
-    for item in (x.strip().upper() for x in text.split(",") if x.strip()):
-        values.append(int(float(item[:-1]) * scale[item[-1]]) if item[-1] in scale else int(item))
-    return values
 
 
 def _fusion_parts(text: str) -> str:

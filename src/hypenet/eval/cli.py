@@ -11,13 +11,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ..units import tokens
+
 DEFAULT_NIAH_LENGTHS = "1024,2048,4096,8192,16384,32768,65536"
 DEFAULT_NIAH_DEPTHS = "0,0.25,0.5,0.75,1"
 EVALS = ("ppl", "niah", "niah_forced", "lm_eval", "needle_attention", "copy")
-
-
-def _ints(text: str) -> list[int]:
-    return [int(float(x)) for x in text.split(",") if x.strip()]
 
 
 def _floats(text: str) -> list[float]:
@@ -93,8 +91,8 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evals", type=_names, default=None,
                         help=f"comma list from {','.join(EVALS)} (default ppl,niah; with --lm-eval alone: lm_eval)")
     niah = parser.add_argument_group("NIAH")
-    niah.add_argument("--niah-lengths", type=_ints, default=_ints(DEFAULT_NIAH_LENGTHS),
-                      help=f"prompt lengths in tokens (default {DEFAULT_NIAH_LENGTHS})")
+    niah.add_argument("--niah-lengths", type=tokens, default=tokens(DEFAULT_NIAH_LENGTHS),
+                      help=f"prompt lengths in tokens, e.g. 4K,64K (K = 1024; default {DEFAULT_NIAH_LENGTHS})")
     niah.add_argument("--niah-depths", type=_floats, default=_floats(DEFAULT_NIAH_DEPTHS),
                       help=f"needle depths as fractions of the haystack (default {DEFAULT_NIAH_DEPTHS})")
     niah.add_argument("--niah-samples", type=int, default=4, help="samples per task x length x depth (default 4)")
@@ -134,7 +132,7 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
                      help="held-out split of the source, as in HALO's data.heldout_fraction (default: HALO's)")
     copying = parser.add_argument_group("copying a span read earlier (--evals copy; held-out documents of "
                                         "--ppl-source)")
-    copying.add_argument("--copy-lengths", type=_ints, default=None,
+    copying.add_argument("--copy-lengths", type=tokens, default=None,
                          help="sample lengths in tokens (default: the NIAH lengths)")
     copying.add_argument("--copy-span", type=int, default=32, help="tokens copied per sample (default 32)")
     copying.add_argument("--copy-samples", type=int, default=8, help="samples (documents) per length (default 8)")
