@@ -185,6 +185,10 @@ def test_multi_needle_tasks_place_their_needles_as_ruler_does(tokenizer, task):
     if spec.haystack == "needles":  # the haystack is needles and nothing else
         left = NEEDLE_START.sub("", haystack_of(sample)).strip()
         assert len(needles) > 10  # the whole haystack, then the cut needle that fills the budget, nothing else
+        keys = [k for k, _ in needles]
+        assert len(set(keys)) == len(keys)  # no key twice while the key space allows
+        if spec.key_kind == "words3":  # the asked key looks like every other
+            assert all(re.fullmatch(r"[a-z]+-[a-z]+-[a-z]+", k) for k in keys)
         assert left.startswith(f"One of the special magic {spec.value_noun}s for") and "\n" not in left
     else:
         assert len(others) == spec.distractors

@@ -59,7 +59,9 @@ class NiahTask:
     # "filler" (repeated FILLER), "documents" (real text) or "needles" (needle sentences of other keys and values)
     haystack: str
     value_kind: str  # "digits" (7-digit number) or "uuid"
-    key_kind: str = "words"  # "words" (an adjective-noun pair) or "uuid"
+    # "words" (an adjective-noun pair: 528 keys), "words3" (adjective-noun-noun: 11,616, for haystacks of needles,
+    # whose keys then seldom repeat) or "uuid"
+    key_kind: str = "words"
     distractors: int = 0  # needles of other keys besides the asked ones
     values_per_key: int = 1  # needles of each asked key, each with its own value: all are asked for
     queries: int = 1  # keys asked for at once
@@ -86,7 +88,7 @@ NIAH_TASKS = {
     "single_2": NiahTask("single_2", haystack="documents", value_kind="digits"),
     "single_3": NiahTask("single_3", haystack="documents", value_kind="uuid"),
     "multikey_1": NiahTask("multikey_1", haystack="documents", value_kind="digits", distractors=3),
-    "multikey_2": NiahTask("multikey_2", haystack="needles", value_kind="digits"),
+    "multikey_2": NiahTask("multikey_2", haystack="needles", value_kind="digits", key_kind="words3"),
     "multikey_3": NiahTask("multikey_3", haystack="needles", value_kind="uuid", key_kind="uuid"),
     "multivalue": NiahTask("multivalue", haystack="documents", value_kind="digits", values_per_key=4),
     "multiquery": NiahTask("multiquery", haystack="documents", value_kind="digits", queries=4),
@@ -147,7 +149,8 @@ def _instruction(task: NiahTask) -> str:
 def _draw_key(task: NiahTask, rng: random.Random) -> str:
     if task.key_kind == "uuid":
         return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    return f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}"
+    key = f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}"
+    return f"{key}-{rng.choice(_KEY_NOUNS)}" if task.key_kind == "words3" else key
 
 
 def _draw_value(task: NiahTask, rng: random.Random) -> str:
@@ -186,11 +189,18 @@ def draw_asked(task: NiahTask, rng: random.Random, used_values: set[str] | None 
     return asked
 
 
-def _draw_other(task: NiahTask, rng: random.Random, asked: Sequence[tuple[str, str]]) -> tuple[str, str]:
-    """A needle of a key not asked for, whose value is none of the asked values."""
+def _draw_other(task: NiahTask, rng: random.Random, asked: Sequence[tuple[str, str]],
+                used_keys: set[str] | None = None) -> tuple[str, str]:
+    """A needle of a key not asked for, whose value is none of the asked values; with `used_keys`, also a key not
+    used yet while 100 draws find one (it then joins them)."""
     keys, values = {k for k, _ in asked}, {v for _, v in asked}
-    while (key := _draw_key(task, rng)) in keys:
-        pass
+    for _ in range(100):
+        if (key := _draw_key(task, rng)) not in keys and not (used_keys and key in used_keys):
+            break
+    while key in keys:
+        key = _draw_key(task, rng)
+    if used_keys is not None:
+        used_keys.add(key)
     while (value := _draw_value(task, rng)) in values:
         pass
     return key, value
@@ -216,7 +226,7 @@ class _SentenceStream:
 
     def __init__(self, tokenizer, task: NiahTask, rng: random.Random, haystack_docs: Sequence[str] | None,
                  asked: Sequence[tuple[str, str]] = ()):
-        self._needles = (task, rng, list(asked)) if task.haystack == "needles" else None
+        self._needles = (task, rng, list(asked), set()) if task.haystack == "needles" else None
         if self._needles:
             self._docs = []
         elif task.haystack == "filler":
@@ -240,8 +250,9 @@ class _SentenceStream:
         total = sum(self.token_counts)
         while total < n_tokens:
             if self._needles:
-                task, rng, asked = self._needles
-                sentences = [needle_sentence(task, *_draw_other(task, rng, asked)) + " " for _ in range(64)]
+                task, rng, asked, used_keys = self._needles
+                sentences = [needle_sentence(task, *_draw_other(task, rng, asked, used_keys)) + " "
+                             for _ in range(64)]
             else:
                 doc = self._docs[self._next_doc % len(self._docs)]
                 self._next_doc += 1
