@@ -275,3 +275,18 @@ def test_copy_totals_count_the_scored_tokens_of_every_length():
     assert copy_tokens_right(copy, control=True) == (80, 16 * 31)
     markdown = render_markdown([("student", {**STUDENT, "copy": copy})])
     assert "| all lengths: tokens right | 222 of 651; without it 80 of 496 |" in markdown
+
+
+def test_shares_of_several_values_are_not_counted_as_answers():
+    """multivalue and multiquery score the share of the asked values found: no Fisher counts, no interval over them."""
+    from hypenet.eval.niah import summarize
+
+    records = [{"task": "multivalue", "context_len": 1024, "depth": 0.5, "correct": False, "recall": 0.5},
+               {"task": "multivalue", "context_len": 1024, "depth": 0.5, "correct": False, "recall": 0.5},
+               {"task": "single_1", "context_len": 1024, "depth": 0.5, "correct": True}]
+    niah = summarize(records)
+    assert niah["tasks"]["multivalue"]["accuracy"] == 0.5
+    assert niah_right(niah) == {("single_1", "1024"): (1, 1)}
+    assert niah_answers(niah) == {"1024": None, "average": None}
+    single = summarize([r for r in records if r["task"] == "single_1"] * 2)
+    assert niah_answers(single) == {"1024": 2, "average": 2}

@@ -113,6 +113,12 @@ class NiahSample:
     answers: list[str] | None = None  # every asked value, when a task asks for several (value is the first)
 
 
+def scored_right_or_wrong(task: str) -> bool:
+    """Whether a task's samples score 1 or 0 (one value asked), so that its accuracies count answers; tasks asking for
+    several values score the share found. (A name this version does not know came from a single-value task.)"""
+    return task not in NIAH_TASKS or NIAH_TASKS[task].answers == 1
+
+
 def answers_of(sample: NiahSample) -> list[str]:
     """The values a sample asks for: its one value, or all of them."""
     return list(sample.answers) if sample.answers else [sample.value]

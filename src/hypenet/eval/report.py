@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from .niah import accuracy_interval, fisher_exact_p
+from .niah import accuracy_interval, fisher_exact_p, scored_right_or_wrong
 from .niah_forced import DEFAULT_ANSWER
 from .plots import length_label, plot_accuracy_vs_length, plot_needle_attention, plot_perplexity_by_bucket
 
@@ -42,10 +42,11 @@ def _with_cell_samples(niah: dict | None) -> dict | None:
 def niah_answers(niah: dict) -> dict[str, int | None]:
     """Answers behind each length's average over tasks (None where a cell has no count), and "average": all of them."""
     answers: dict[str, int | None] = {}
-    for task in niah["tasks"].values():
+    for name, task in niah["tasks"].items():
         for ln, cell in task["by_length"].items():
             counted = answers.get(ln, 0)
-            answers[ln] = None if counted is None or "samples" not in cell else counted + cell["samples"]
+            binary = scored_right_or_wrong(name)  # shares of several values found are not counts of answers
+            answers[ln] = None if counted is None or "samples" not in cell or not binary else counted + cell["samples"]
     counts = list(answers.values())
     answers["average"] = None if None in counts or not counts else sum(counts)
     return answers
@@ -250,7 +251,7 @@ def niah_right(niah: dict) -> dict[tuple[str, str], tuple[int, int]]:
     counts = {}
     for task, result in niah["tasks"].items():
         for length, cell in result["by_length"].items():
-            if "samples" in cell and cell.get("accuracy") is not None:
+            if "samples" in cell and cell.get("accuracy") is not None and scored_right_or_wrong(task):
                 right = cell["accuracy"] * cell["samples"]
                 if abs(right - round(right)) < 1e-6:
                     counts[(task, length)] = (round(right), cell["samples"])
