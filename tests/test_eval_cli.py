@@ -1,6 +1,7 @@
 """`python -m hypenet.eval` end to end on a tiny saved model: NIAH as-is and with YaRN, then `compare`."""
 
 import json
+import re
 
 import pytest
 from test_eval_tiny import HAYSTACK_DOCS, tiny_hypenet, tiny_llama, tiny_tokenizer
@@ -291,3 +292,18 @@ def test_lengths_are_written_as_the_bench_writes_them():
     assert args.niah_lengths == [4096, 1000, 512] and args.copy_lengths == [65536]
     compare = build_parser().parse_args(["compare", "teacher", "student", "--niah-lengths", "128K"])
     assert compare.niah_lengths == [131072]
+
+
+def test_a_niah_length_shorter_than_its_prompt_is_one_line(tmp_path, capsys):
+    from hypenet.cli import main as hypenet
+
+    tokenizer = tiny_tokenizer()
+    model_dir = tmp_path / "hypenet"
+    tiny_hypenet(tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    assert hypenet(["eval", str(model_dir), "--evals", "niah", "--tasks", "single_1", "--niah-lengths", "20",
+                    "--niah-depths", "0.5", "--niah-samples", "1", "--device", "cpu", "--no-progress",
+                    "--out", str(tmp_path / "out")]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: context length 20 is too short for a single_1 prompt: the template alone takes "
+                        r"\d+ tokens \(raise --niah-lengths\)\.", said)

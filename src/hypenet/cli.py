@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import MissingInputError
+from .errors import InvalidInputError, MissingInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except MissingInputError as error:  # a model or data path the user named is not there: no traceback for that
-        print(f"error: {error}", file=sys.stderr)
+    except (MissingInputError, InvalidInputError) as error:  # a path that is not there, a value that cannot work:
+        print(f"error: {error}", file=sys.stderr)  # the user's to fix, so no traceback
         return 2
 
 

@@ -8,3 +8,8 @@ class MissingInputError(FileNotFoundError):
 
     A subclass of FileNotFoundError, so that library callers catching that still do; the CLI catches only this, so
     a missing file that is hypenet's own bug keeps its traceback."""
+
+
+class InvalidInputError(ValueError):
+    """A value the user gave that cannot work (a NIAH length shorter than its prompt's template, ...). A subclass of
+    ValueError for library callers; the CLI prints its message alone, as for MissingInputError."""

@@ -35,6 +35,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InvalidInputError
+
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
 # Keys are "adjective-noun" pairs, so a key never collides with a word of the haystack by accident.
@@ -341,7 +343,7 @@ def _build_sample(tokenizer, task: NiahTask, context_len: int, depth: float, see
     """build_niah_sample after its asked needles are drawn: `rng` goes on to draw the other needles and their depths
     (tasks with more than one needle), then where the haystack starts. The first asked needle goes at `depth`."""
     if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"needle depth must be a fraction in [0, 1]; got {depth}.")
+        raise InvalidInputError(f"needle depth must be a fraction in [0, 1]; got {depth}.")
     keys = list(dict.fromkeys(key for key, _ in asked))
     needles = [needle_sentence(task, key, value) for key, value in asked]
     needles += [needle_sentence(task, *_draw_other(task, rng, asked)) for _ in range(task.distractors)]
@@ -351,8 +353,8 @@ def _build_sample(tokenizer, task: NiahTask, context_len: int, depth: float, see
     overhead = count_tokens(tokenizer, _render_prompt(tokenizer, task, question_keys, " ".join(needles),
                                                       chat_template), add_special_tokens)
     if overhead >= context_len:
-        raise ValueError(f"context length {context_len} is too short for a NIAH prompt: the template alone takes "
-                         f"{overhead} tokens.")
+        raise InvalidInputError(f"context length {context_len} is too short for a {task.name} prompt: the template "
+                                f"alone takes {overhead} tokens (raise --niah-lengths).")
     stream = _SentenceStream(tokenizer, task, rng, haystack_docs, asked)
     # Token counts of the parts do not add up exactly (merges at the joins), so correct the budget until it fits.
     budget = context_len - overhead
