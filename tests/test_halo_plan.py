@@ -104,6 +104,10 @@ def test_convert_plan_prints_and_writes_nothing(teacher_dir, tmp_path, capsys):
     assert "- student: " in printed and "2 of 8 layers keep attention" in printed
     assert "| stage2 | 8.19K | 512 | 2 (auto) | 8 | " in printed
     assert not out.exists()
+    on_cpu = "This run would train on the CPU (`device`, or no GPU visible): the H200 times do not apply to it."
+    assert (on_cpu in printed) == (not torch.cuda.is_available())
+    assert main(["convert", "--plan", "--teacher", str(teacher_dir), "--out", str(out), "--device", "cpu"]) == 0
+    assert on_cpu in capsys.readouterr().out
 
 
 def test_the_plan_refuses_an_unsupported_or_missing_teacher(tmp_path, capsys):

@@ -153,6 +153,7 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
         "total": {"tokens": sum(row["tokens"] for row in planned), "flops": sum(row["flops"] for row in planned),
                   "h200_hours": sum(row["h200_hours"] for row in planned)},
         "mfu_measured_at": size, "compile": resolved.compile,
+        "on_cpu": resolved.device == "cpu" or (resolved.device == "auto" and not torch.cuda.is_available()),
         "out": str(out), "refusal": refusal,
     }
 
@@ -227,6 +228,8 @@ def markdown(plan: dict) -> str:
         "compilation not included; N GPUs take about 1/N of it).",
         "Micro batch `auto`: the whole batch per forward, halved on one GPU whenever a forward runs out of memory.",
     ]
+    if plan["on_cpu"]:
+        lines.append("This run would train on the CPU (`device`, or no GPU visible): the H200 times do not apply to it.")
     if plan["refusal"]:
         lines += ["", f"**As asked, this run would stop at once:** {plan['refusal']}"]
     return "\n".join(lines) + "\n"
