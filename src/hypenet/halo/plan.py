@@ -229,7 +229,8 @@ def markdown(plan: dict) -> str:
         "Micro batch `auto`: the whole batch per forward, halved on one GPU whenever a forward runs out of memory.",
     ]
     if plan["on_cpu"]:
-        lines.append("This run would train on the CPU (`device`, or no GPU visible): the H200 times do not apply to it.")
+        lines.append("This run would train on the CPU (`device`, or no GPU visible): "
+                     "the H200 times do not apply to it.")
     if plan["refusal"]:
         lines += ["", f"**As asked, this run would stop at once:** {plan['refusal']}"]
     return "\n".join(lines) + "\n"
