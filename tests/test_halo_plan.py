@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCau
 from hypenet.cli import main
 from hypenet.halo.config import HaloError, load_config, resolve
 from hypenet.halo.flops import H200_DENSE_BF16_TFLOPS, build_objective, matmul_parameters
-from hypenet.halo.plan import MEASURED_MFU, make_plan, markdown
+from hypenet.halo.plan import MEASURED_MFU, logged_progress, make_plan, markdown
 from hypenet.teachers import build_hypenet_from_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -82,7 +82,16 @@ def test_the_plan_reads_what_out_holds(teacher_dir, tmp_path):
     plan = make_plan(config)
     states = {row["stage"]: row["state"] for row in plan["stages"]}
     assert states == {"stage1": "done (1 step)", "stage3": "to run",
-                      "stage2": "stopped at step 5 of 8: --resume continues from there"}
+                      "stage2": "started; checkpoint at step 5: --resume continues from there"}
+    log = out / "stages" / "stage2" / "losses.jsonl"
+    rows = [{"event": "resume", "step": 3}] + [{"step": i, "loss": 1.0, "seconds": t} for i, t in
+                                                 zip(range(1, 7), [9.0, 1.0, 2.0, 2.0, 2.0, 3.0])]
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    stage2 = make_plan(config)["stages"][1]["state"]
+    assert stage2.startswith("logged step 6 of 8 ") and stage2.endswith(
+        " ago; the other 2 at 2 s/step: about 4 s; checkpoint at step 5: --resume continues from there")
+    assert logged_progress(out / "stages" / "stage2", 8, now=log.stat().st_mtime + 150) == (
+        "logged step 6 of 8 2 min ago; the other 2 at 2 s/step: about 4 s")
     assert plan["selection_state"] == "done" and plan["export_state"] == "to run"
     assert plan["refusal"] == f"{out} exists; pass --resume to continue it or --overwrite to replace it"
     assert "**As asked, this run would stop at once:**" in markdown(plan)

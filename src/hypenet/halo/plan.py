@@ -14,7 +14,10 @@ measured shape nearest in size to the teacher (`MEASURED_MFU`). They leave out l
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -22,7 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..teachers.load import cache_dir, check_supported, resolve_teacher
 from .config import PAPER_TEACHER_PARAMS, ConvertConfig, HaloError, read_config, resolve
-from .engine import latest_checkpoint
+from .engine import LOSS_LOG, latest_checkpoint
 from .flops import H200_DENSE_BF16_TFLOPS, build_objective
 from .pipeline import CONFIG_FILE, STAGES, check_output, done_info, settings_clashes
 
@@ -66,6 +69,27 @@ def nearest_mfu(teacher_parameters: int, compiled: bool) -> tuple[int, tuple[flo
     return size, MEASURED_MFU[size][compiled]
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def logged_progress(stage_dir: Path, steps: int, now: float | None = None) -> str | None:
+    """Where a stage's loss log stands: its last step, how long ago it was written, and the time the steps left take
+    at the median of its last 20 steps' times (None before its first step)."""
+    path = stage_dir / LOSS_LOG
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    timed = [row for row in rows if "seconds" in row and "step" in row]
+    if not timed:
+        return None
+    last = timed[-1]["step"]
+    per_step = statistics.median(row["seconds"] for row in timed[-20:])
+    ago = (time.time() if now is None else now) - path.stat().st_mtime
+    return (f"logged step {last} of {steps} {_duration(ago)} ago; the other {steps - last} at "
+            f"{per_step:.3g} s/step: about {_duration((steps - last) * per_step)}")
+
+
 def stage_state(out: Path, name: str, steps: int | None) -> str:
     done = done_info(out, name)
     if done is not None:
@@ -74,10 +98,11 @@ def stage_state(out: Path, name: str, steps: int | None) -> str:
     stage_dir = out / "stages" / name
     if not stage_dir.exists():
         return "to run"
+    progress = logged_progress(stage_dir, steps) if steps else None
     checkpoint = latest_checkpoint(stage_dir)
-    if checkpoint is None:
-        return "started, no checkpoint yet: --resume starts it again"
-    return f"stopped at step {int(checkpoint.name.split('-')[1])} of {steps}: --resume continues from there"
+    saved = (f"checkpoint at step {int(checkpoint.name.split('-')[1])}: --resume continues from there" if checkpoint
+             else "no checkpoint yet: --resume starts it again")
+    return f"{progress}; {saved}" if progress else f"started; {saved}"
 
 
 def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = False, overwrite: bool = False,
