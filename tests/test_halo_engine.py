@@ -159,6 +159,8 @@ def test_running_out_of_memory_halves_the_micro_batch_and_trains_the_same_step(t
     shrunk = engine.train("stage2", objective, WHOLE_BATCH, chunks(), tmp_path / "shrunk", run)
     assert objective.sizes[:7] == [8, 4, 4, 2, 2, 2, 2] and set(objective.sizes[7:]) == {2}
     assert shrunk.losses == reference.losses
+    assert shrunk.micro_batch_shrunk == (8, 2) and shrunk.summary()["micro_batch_shrunk"] == [8, 2]
+    assert reference.micro_batch_shrunk is None and "micro_batch_shrunk" not in reference.summary()
     for name, weight in reference.state_dict.items():
         torch.testing.assert_close(shrunk.state_dict[name], weight, rtol=0, atol=0)
     events = [json.loads(line) for line in (tmp_path / "shrunk" / engine.LOSS_LOG).read_text().splitlines()]
@@ -175,6 +177,10 @@ def test_a_resumed_run_keeps_the_smaller_micro_batch(tmp_path):
     again = OutOfMemoryAbove(limit=2)
     resumed = engine.train("stage2", again, WHOLE_BATCH, chunks(), tmp_path, dataclasses.replace(run, resume=True))
     assert resumed.resumed_from == 3 and set(again.sizes) == {2}  # no try at 8 or 4 again
+    assert resumed.micro_batch_shrunk == (8, 2)
+    from hypenet.halo.report import _stages_section
+
+    assert "| 1 (NO) micro batch 8 -> 2 |" in "\n".join(_stages_section({"stage2": resumed.summary()}))
 
 
 def test_out_of_memory_with_the_micro_batch_set_says_what_to_set(tmp_path):

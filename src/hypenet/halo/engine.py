@@ -80,6 +80,8 @@ class TrainResult:
     processes: int = 1
     distributed: str = "NO"  # accelerate's distributed type: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
     zero_stage: int | None = None  # the ZeRO stage DeepSpeed ran (None when not under DeepSpeed)
+    # (first, last) micro batch when running out of memory made it smaller (None when it kept its size)
+    micro_batch_shrunk: tuple[int, int] | None = None
 
     def weights(self, prefix: str) -> dict | None:
         """The trained weights of the objective's submodule `prefix` (e.g. "student"), with names relative to it
@@ -106,6 +108,8 @@ class TrainResult:
         }
         if self.zero_stage is not None:
             summary["zero_stage"] = self.zero_stage
+        if self.micro_batch_shrunk is not None:
+            summary["micro_batch_shrunk"] = list(self.micro_batch_shrunk)
         return summary
 
 
@@ -332,7 +336,7 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
              ran_on, run.mixed_precision, steps, config.batch_size, config.seq_len)
     acc.register_for_checkpointing(scheduler)  # stepped here once per optimizer step, not through accelerate
 
-    per_process = micro * accumulation
+    per_process, first_micro = micro * accumulation, micro
     # the micro batch may shrink when a step runs out of memory: one process, no micro batch set (see the docstring)
     shrinkable = config.micro_batch_size is None and acc.distributed_type == DistributedType.NO
     start, losses, wall_before, resumed_from = 0, [], 0.0, None
@@ -427,7 +431,7 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
     acc.wait_for_everyone()
     return TrainResult(steps, steps * tokens_per_step, wall, losses, resumed_from,
                        state_dict if acc.is_main_process else None, acc.num_processes, acc.distributed_type.value,
-                       zero_stage)
+                       zero_stage, (first_micro, micro) if micro != first_micro else None)
 
 
 def gather_state_dict(acc: Accelerator, model: nn.Module) -> dict[str, torch.Tensor] | None:

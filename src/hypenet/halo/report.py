@@ -57,6 +57,8 @@ def _stages_section(stages: dict) -> list[str]:
         # how it ran (older runs did not record it), with the ZeRO stage under DeepSpeed
         zero = f", ZeRO-{stage['zero_stage']}" if "zero_stage" in stage else ""
         ran_on = f"{stage['processes']} ({stage['distributed']}{zero})" if "processes" in stage else None
+        if ran_on and "micro_batch_shrunk" in stage:  # out of memory at the first micro batch, on with the last
+            ran_on += " micro batch {} -> {}".format(*stage["micro_batch_shrunk"])
         rows.append([
             name, stage.get("tokens"), stage.get("steps"), stage.get("wall_time_s"),
             losses[0][1] if losses else None, losses[-1][1] if losses else None, ran_on,
