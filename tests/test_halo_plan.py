@@ -55,6 +55,10 @@ def test_the_plan_counts_what_the_stages_would_build_from_real_weights(teacher_d
         assert row["h200_hours"] == pytest.approx(row["flops"] / (row["mfu"] * H200_DENSE_BF16_TFLOPS * 1e12) / 3600)
         assert row["state"] == "to run"
     assert by_stage["stage2"]["flops"] == 8192 * (2 * matmul_parameters(teacher) + 6 * matmul_parameters(student))
+    teacher_bytes = n * (4 if plan["on_cpu"] else 2)  # the frozen teacher: fp32 on a CPU, bf16 on a GPU
+    student_bytes = sum(p.numel() for p in student.parameters()) * 16  # fp32 weights, gradients, AdamW's moments
+    assert by_stage["stage2"]["static_bytes"] == student_bytes + teacher_bytes
+    assert by_stage["stage3"]["static_bytes"] == student_bytes
     assert plan["mfu_measured_at"] == min(MEASURED_MFU)  # a tiny teacher is nearest the 135M measurement
     assert [row["mfu"] for row in plan["stages"]] == list(MEASURED_MFU[min(MEASURED_MFU)][False])
     assert plan["total"]["flops"] == sum(row["flops"] for row in plan["stages"])
@@ -139,3 +143,14 @@ def test_a_llama_teacher_without_head_dim_in_its_config(tmp_path):
         p.numel() for p in teacher.parameters())
     assert plan["student"]["attention_layers"] == 1
 
+
+
+def test_the_plan_says_when_a_stage_cannot_fit_one_h200(teacher_dir, tmp_path, monkeypatch):
+    import hypenet.halo.plan as plan_module
+
+    config = config_for(teacher_dir, tmp_path / "run", "device=cuda")
+    plan = make_plan(config)
+    assert not plan["on_cpu"] and "even before activations" not in markdown(plan)
+    stage2 = plan["stages"][1]["static_bytes"]
+    monkeypatch.setattr(plan_module, "H200_GIB", stage2 / 2**30 * 0.99)  # as if the GPU were just too small
+    assert ("**stage2 does not fit one H200" in markdown(plan)) and "stage1" not in markdown(plan).split("**")[1]

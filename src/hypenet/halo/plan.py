@@ -30,6 +30,11 @@ from .flops import H200_DENSE_BF16_TFLOPS, build_objective
 from .pipeline import CONFIG_FILE, STAGES, check_output, done_info, settings_clashes
 
 TRAINED = ("stage1", "stage2", "stage3")
+H200_GIB = 139  # what one H200 gives PyTorch, about
+# bytes per trained parameter kept for the whole stage: fp32 weights (mixed precision keeps fp32 masters), fp32
+# gradients, and AdamW's two fp32 moments
+TRAINED_BYTES = 4 + 4 + 8
+USES_TEACHER = ("stage1", "stage2")  # stage 3 trains without it (the pipeline frees it first)
 # Model-FLOPs utilisation of stages 1, 2 and 3 measured by `hypenet bench-train` on one H200, by teacher size, eager
 # and with `compile: true` (stages 2 and 3 only; stage 1 is never compiled).
 MEASURED_MFU = {
@@ -130,6 +135,7 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
     # which layers keep attention changes no shape, so any `attention` of them give the student's counts
     mixer_types = ["attention" if i < attention else "lightning" for i in range(layers)]
     size, mfu = nearest_mfu(teacher_parameters, resolved.compile)
+    on_cpu = resolved.device == "cpu" or (resolved.device == "auto" and not torch.cuda.is_available())
 
     rows, student_parameters = [], None
     with torch.device("meta"):
@@ -139,11 +145,14 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
             if name == "stage2":
                 student_parameters = sum(p.numel() for p in objective.student.parameters())
             flops = stage.tokens * sum(factor * n for _, factor, n in terms)
+            trained = sum(p.numel() for p in objective.parameters() if p.requires_grad)
+            teacher_bytes = teacher_parameters * (4 if on_cpu else 2) if name in USES_TEACHER else 0  # bf16 on GPU
             rows.append({
                 "stage": name, "tokens": stage.tokens, "seq_len": stage.seq_len, "batch_size": stage.batch_size,
                 "micro_batch_size": stage.micro_batch_size, "steps": stage.steps(), "lr": stage.lr,
                 "schedule": stage.schedule, "flops": flops, "mfu": mfu[index],
                 "h200_hours": flops / (mfu[index] * H200_DENSE_BF16_TFLOPS * 1e12) / 3600,
+                "static_bytes": trained * TRAINED_BYTES + teacher_bytes,
             })
     planned = [row for row in rows if row["stage"] in stages]
     for row in rows:
@@ -178,7 +187,7 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
         "total": {"tokens": sum(row["tokens"] for row in planned), "flops": sum(row["flops"] for row in planned),
                   "h200_hours": sum(row["h200_hours"] for row in planned)},
         "mfu_measured_at": size, "compile": resolved.compile,
-        "on_cpu": resolved.device == "cpu" or (resolved.device == "auto" and not torch.cuda.is_available()),
+        "on_cpu": on_cpu,
         "out": str(out), "refusal": refusal,
     }
 
@@ -230,8 +239,9 @@ def markdown(plan: dict) -> str:
         f"- data: {d['source']} (installed: {d['installed']}); reads up to {_count(d['tokens_read'])} training "
         f"tokens (a smaller corpus is repeated), {d['heldout_fraction']:.0%} of the documents held out",
         "",
-        "| stage | tokens | seq len | batch (micro) | steps | lr | FLOPs | H200 time | in --out |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| stage | tokens | seq len | batch (micro) | steps | lr | FLOPs | H200 time | memory before activations "
+        "| in --out |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in plan["stages"]:
         mark = "" if row["stage"] in plan["planned"] else " (not run by this command)"
@@ -239,7 +249,8 @@ def markdown(plan: dict) -> str:
         lines.append(
             f"| {row['stage']}{mark} | {_count(row['tokens'])} | {row['seq_len']} | {row['batch_size']} ({micro}) | "
             f"{row['steps']:,} | {row['lr']:g} {row['schedule']} | {_flops(row['flops'])} | "
-            f"{_hours(row['h200_hours'])} at {row['mfu']:.0%} MFU | {row['state']} |"
+            f"{_hours(row['h200_hours'])} at {row['mfu']:.0%} MFU | {row['static_bytes'] / 2**30:.3g} GiB | "
+            f"{row['state']} |"
         )
     total = plan["total"]
     lines += [
@@ -252,7 +263,15 @@ def markdown(plan: dict) -> str:
         f"{_count(plan['mfu_measured_at'])}-parameter teacher shape, the nearest measured; selection, export and "
         "compilation not included; N GPUs take about 1/N of it).",
         "Micro batch `auto`: the whole batch per forward, halved on one GPU whenever a forward runs out of memory.",
+        "Memory before activations: the trained weights, their gradients and AdamW's moments in fp32 (16 bytes per "
+        "parameter), plus the frozen teacher in stages 1 and 2; activations come on top, as the micro batch sets "
+        "them. FSDP2 or ZeRO-3 over N GPUs divides it by about N.",
     ]
+    too_large = [row["stage"] for row in plan["stages"] if row["static_bytes"] > H200_GIB * 2**30]
+    if too_large and not plan["on_cpu"]:
+        named = " and ".join(too_large) + (" do" if len(too_large) > 1 else " does")
+        lines.append(f"**{named} not fit one H200 ({H200_GIB} GiB) even before activations:** shard the training "
+                     "over several GPUs (FSDP2 or DeepSpeed ZeRO-3, see the README).")
     if plan["on_cpu"]:
         lines.append("This run would train on the CPU (`device`, or no GPU visible): "
                      "the H200 times do not apply to it.")
