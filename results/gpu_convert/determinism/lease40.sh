@@ -19,6 +19,11 @@ DEADLINE=${1:-585}
 START=$SECONDS
 # RUNS, REFERENCE, TEACHER, CORPUS, CONFIG, WHEELS, TRITON_CACHE, GRIDS, GRID_OPTIONS and OPTIONS (more settings for
 # the conversion, e.g. `--set device=cpu`) can be replaced to try the script on a CPU.
+# EXTRAS (none unless set; lease41.sh and lease42.sh set all three): short checks after the grids, each only when
+# time is left, into $RUNS/extras (Next leases, items 6-8): `ruler` RULER's multi-key, multi-value and multi-query
+# NIAH on the student and the teacher (RULER_LENGTHS, 2 samples per cell); `assisted` prompt-lookup decoding against
+# greedy through fla (scripts/assisted_check.py); `oom` bench-train's stage 2 at OOM_SHAPE with the micro batch unset,
+# which must halve it until a step fits (OOM_OPTIONS for the device and steps).
 RUNS=${RUNS:-runs/gpu_d1}
 REFERENCE=${REFERENCE:-results/gpu_convert/determinism/lease39/results/convert_halo/report.json}
 read -r -a GRIDS <<<"${GRIDS:-8000:65536 export:65536 8000:4096,8192,16384 8000:32768 4000:65536 2000:65536}"
@@ -28,7 +33,7 @@ read -r -a OPTIONS <<<"--set seed=1 --set data.seed=0 --set deterministic=true $
 [ -z "$CONFIG" ] || OPTIONS=(--config "$CONFIG" "${OPTIONS[@]}")
 HYPENET=(python3 -m hypenet.cli)
 OUT=${OUT:-$RUNS/out}
-mkdir -p "$RUNS/logs" "$RUNS/bases" "$OUT"
+mkdir -p "$RUNS/logs" "$RUNS/bases" "$RUNS/extras" "$OUT"
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 source scripts/gpu_setup.sh
 
@@ -38,7 +43,7 @@ pack() {  # what comes back: everything but the weights; the Triton cache when k
         python3 scripts/compare_losses.py --reports "$REFERENCE,$halo/report.json" >"$RUNS/summary.md" 2>&1
         cat "$RUNS/summary.md"
     fi
-    tar czf "$OUT/lease40.tgz" -C "$RUNS" logs bases $(cd "$RUNS" && ls -d summary.md halo/report.* halo/config.yaml \
+    tar czf "$OUT/lease40.tgz" -C "$RUNS" logs bases extras $(cd "$RUNS" && ls -d summary.md halo/report.* halo/config.yaml \
         halo/model/halo_export.json halo/stages/*/losses.jsonl halo/stages/select/done.json 2>/dev/null)
     if [ ! -f "$RUNS/triton_packed" ] || [ -n "$(find "$HOME/.triton/cache" -newer "$RUNS/triton_packed" -print -quit 2>/dev/null)" ]; then
         pack_triton_cache "$OUT" && touch "$RUNS/triton_packed"
@@ -60,6 +65,26 @@ for grid in "${GRIDS[@]}"; do
         --resume --evals niah --niah-lengths "$lengths" --haystack-heldout --haystack "$CORPUS" "${GRID_ARGS[@]}" \
         --no-progress
     [ -f "$dir/results.json" ] || { echo "grid $grid not finished; run the same command again"; pack; exit 0; }
+done
+read -r -a RULER_ARGS <<<"--evals niah --tasks multikey_1,multikey_2,multikey_3,multivalue,multiquery --niah-lengths \
+${RULER_LENGTHS:-4096,8192} --niah-samples 2 --haystack-heldout --haystack $CORPUS --batch-size 16 --no-progress --resume"
+for extra in ${EXTRAS:-}; do
+    case $extra in
+    ruler)
+        for who in student teacher; do
+            dir=$RUNS/extras/ruler_$who model=$RUNS/halo/model
+            [ "$who" = teacher ] && model=$TEACHER
+            [ -f "$dir/results.json" ] && continue
+            run "ruler-$who" "${HYPENET[@]}" eval "$model" --label "$who" --out "$dir" "${RULER_ARGS[@]}"
+        done ;;
+    assisted)
+        [ -f "$RUNS/extras/assisted_check.json" ] || run assisted python3 scripts/assisted_check.py "$TEACHER" \
+            "$RUNS/halo/model" ${ASSISTED_OPTIONS:---device cuda --length 4096} --out "$RUNS/extras/assisted_check.json" ;;
+    oom)
+        [ -f "$RUNS/extras/oom/train_speed.json" ] || run oom "${HYPENET[@]}" bench-train "${OOM_SHAPE:-hypenet-2b}" \
+            --stages stage2 --set stage2.micro_batch_size=null ${OOM_OPTIONS:---steps 3} --out "$RUNS/extras/oom" ;;
+    *) echo "EXTRAS: unknown check '$extra' (ruler, assisted, oom)"; exit 2 ;;
+    esac
 done
 pack
 echo "[$((SECONDS - START))s] all done"

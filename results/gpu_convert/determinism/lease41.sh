@@ -19,4 +19,5 @@ export GRIDS=${GRIDS:-8000:65536 export:65536 4000:65536 8000:4096,8192,16384 80
 #            lowest loss): does it rank 2000-16000 as their NIAH grids at 64K do? (~45 s more of the export)
 export OPTIONS="--set seed=0 --set export.copy_probe=16 ${OPTIONS:-}"  # after lease40.sh's `--set seed=1`: the last
                                                                       # setting of a key wins
+export EXTRAS=${EXTRAS-ruler assisted oom}  # after the grids, while time is left (lease40.sh; Next leases 6-8)
 exec bash "$(dirname "$0")/lease40.sh" "$@"

@@ -17,4 +17,5 @@ export REFERENCE=${REFERENCE:-results/gpu_convert/determinism/lease38/results/co
 export GRIDS=${GRIDS:-export:65536 export:4096,8192,16384 export:32768 8000:65536}
 export OPTIONS="--set seed=0 --set data.repeat_numbers=0.5 ${OPTIONS:-}"  # after lease40.sh's `--set seed=1`: the
                                                                          # last setting of a key wins
+export EXTRAS=${EXTRAS-ruler assisted oom}  # after the grids, while time is left (lease40.sh; Next leases 6-8)
 exec bash "$(dirname "$0")/lease40.sh" "$@"
