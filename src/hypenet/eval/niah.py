@@ -346,7 +346,8 @@ def _build_sample(tokenizer, task: NiahTask, context_len: int, depth: float, see
         raise InvalidInputError(f"needle depth must be a fraction in [0, 1]; got {depth}.")
     keys = list(dict.fromkeys(key for key, _ in asked))
     needles = [needle_sentence(task, key, value) for key, value in asked]
-    needles += [needle_sentence(task, *_draw_other(task, rng, asked)) for _ in range(task.distractors)]
+    distractor_keys: set[str] = set()  # (no two distractors share a key)
+    needles += [needle_sentence(task, *_draw_other(task, rng, asked, distractor_keys)) for _ in range(task.distractors)]
     placed = [(needles[0], depth)] + [(needle, rng.random()) for needle in needles[1:]]
     question_keys = keys[0] if len(keys) == 1 else keys
     add_special_tokens = not chat_template
