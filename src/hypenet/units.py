@@ -1,8 +1,10 @@
-"""Token counts as the command line writes them: '4K,32K,1M' (K = 1024 tokens, M = 1024K)."""
+"""Token counts as the command line writes them ('4K,32K,1M': K = 1024 tokens, M = 1024K), and byte sizes as
+reports write them ('5.2 KiB')."""
 
 from __future__ import annotations
 
 SCALE = {"K": 1024, "M": 1024**2}
+BYTE_UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
 
 
 def tokens(text: str) -> list[int]:
@@ -11,3 +13,11 @@ def tokens(text: str) -> list[int]:
     for item in (x.strip().upper() for x in text.split(",") if x.strip()):
         values.append(int(float(item[:-1]) * SCALE[item[-1]]) if item[-1] in SCALE else int(float(item)))
     return values
+
+
+def byte_size(value: int) -> str:
+    """5324 -> '5.2 KiB' (binary units, one decimal)."""
+    for unit, size in BYTE_UNITS:
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value} B"

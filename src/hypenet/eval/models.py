@@ -117,14 +117,14 @@ def attention_layer_count(config) -> int:
     return config.num_hidden_layers
 
 
-def _head_dim(config) -> int:
+def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def kv_cache_bytes_per_token(config, bytes_per_element: int = 2) -> int:
     """Bytes the KV cache grows by per token (bf16 by default): attention layers x (K and V) x kv heads x head dim."""
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    return attention_layer_count(config) * 2 * kv_heads * _head_dim(config) * bytes_per_element
+    return attention_layer_count(config) * 2 * kv_heads * head_dim(config) * bytes_per_element
 
 
 def recurrent_state_bytes(config, bytes_per_element: int = 4) -> int:
@@ -132,8 +132,8 @@ def recurrent_state_bytes(config, bytes_per_element: int = 4) -> int:
     if not is_hypenet(config):
         return 0
     lightning_layers = sum(1 for m in config.mixer_types if m == "lightning")
-    head_dim = _head_dim(config)
-    return lightning_layers * config.num_attention_heads * head_dim * head_dim * bytes_per_element
+    d = head_dim(config)
+    return lightning_layers * config.num_attention_heads * d * d * bytes_per_element
 
 
 def model_footprint(model) -> dict:

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from ..units import byte_size
 from .niah import accuracy_interval, fisher_exact_p, scored_right_or_wrong
 from .niah_forced import DEFAULT_ANSWER
 from .plots import length_label, plot_accuracy_vs_length, plot_needle_attention, plot_perplexity_by_bucket
@@ -82,12 +83,7 @@ def _pct(value: float | None) -> str:
 
 
 def _bytes(value: int | None) -> str:
-    if value is None:
-        return _MISSING
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if value >= size:
-            return f"{value / size:.1f} {unit}"
-    return f"{value} B"
+    return _MISSING if value is None else byte_size(value)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -188,14 +188,9 @@ class Conversion:
     def record_config(self) -> None:
         """Save config.yaml; refuse settings that contradict stages already (partly) run in this folder."""
         saved_path = self.out / CONFIG_FILE
-        if saved_path.is_file():
-            started = [name for name in STAGES if self.stage_dir(name).exists()]
-            clashes = settings_clashes(read_config(saved_path), self.requested, started)
-            if clashes:
-                raise HaloError(
-                    f"{self.out} was run with other settings for {', '.join(clashes)} (see {saved_path}); keep them, "
-                    "or start again with --overwrite or another --out"
-                )
+        refusal = saved_settings_refusal(self.out, self.requested)
+        if refusal:
+            raise HaloError(refusal)
         if self.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(self.requested, saved_path)
@@ -227,6 +222,18 @@ def settings_clashes(saved: ConvertConfig, requested: ConvertConfig, started: li
         key for key in config_differences(saved, requested)
         if key.split(".")[0] in locked and key.split(".")[0] not in RUN_FIELDS
     ]
+
+
+def saved_settings_refusal(out: Path, requested: ConvertConfig) -> str | None:
+    """Why `requested` may not go on in `out`: settings that differ from its config.yaml for stages already (partly)
+    run there; None when nothing clashes."""
+    saved_path = out / CONFIG_FILE
+    if not saved_path.is_file():
+        return None
+    started = [name for name in STAGES if (out / "stages" / name).exists()]
+    clashes = settings_clashes(read_config(saved_path), requested, started)
+    return (f"{out} was run with other settings for {', '.join(clashes)} (see {saved_path}); keep them, or start "
+            "again with --overwrite or another --out") if clashes else None
 
 
 def check_start_from(source: Path, out: Path, config: ConvertConfig, earlier: list[str]) -> None:

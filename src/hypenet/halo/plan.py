@@ -23,11 +23,13 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from ..teachers.load import cache_dir, check_supported, resolve_teacher
-from .config import PAPER_TEACHER_PARAMS, ConvertConfig, HaloError, read_config, resolve
+from ..eval.models import head_dim, kv_cache_bytes_per_token, recurrent_state_bytes
+from ..teachers.load import check_supported, dequantised_folder, resolve_teacher
+from ..units import byte_size
+from .config import PAPER_TEACHER_PARAMS, ConvertConfig, HaloError, resolve
 from .engine import LOSS_LOG, latest_checkpoint
 from .flops import H200_DENSE_BF16_TFLOPS, build_objective
-from .pipeline import CONFIG_FILE, STAGES, check_output, done_info, settings_clashes
+from .pipeline import STAGES, check_output, done_info, saved_settings_refusal
 
 TRAINED = ("stage1", "stage2", "stage3")
 H200_GIB = 139  # what one H200 gives PyTorch, about
@@ -48,7 +50,7 @@ MEASURED_MFU = {
 def teacher_config(spec: str):
     """The teacher's transformers config, read without its weights (a GGUF file's header, or its dequantised cache)."""
     location, gguf = resolve_teacher(spec)
-    cached = cache_dir() / "teachers" / Path(gguf).stem if gguf else None
+    cached = dequantised_folder(gguf) if gguf else None
     try:
         if cached is not None and (cached / "config.json").is_file():
             config = AutoConfig.from_pretrained(cached)
@@ -119,11 +121,8 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
         refusal = None
     except HaloError as error:
         refusal = str(error)
-    if refusal is None and resume and (out / CONFIG_FILE).is_file():
-        started = [name for name in STAGES if (out / "stages" / name).exists()]
-        clashes = settings_clashes(read_config(out / CONFIG_FILE), config, started)
-        if clashes:
-            refusal = f"{out} was run with other settings for {', '.join(clashes)} (see {out / CONFIG_FILE})"
+    if refusal is None and resume:
+        refusal = saved_settings_refusal(out, config)
 
     teacher_cfg = teacher_config(config.teacher)
     with torch.device("meta"):  # shapes only: no memory, no weights read
@@ -137,13 +136,13 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
     size, mfu = nearest_mfu(teacher_parameters, resolved.compile)
     on_cpu = resolved.device == "cpu" or (resolved.device == "auto" and not torch.cuda.is_available())
 
-    rows, student_parameters = [], None
+    rows, student = [], None
     with torch.device("meta"):
         for index, name in enumerate(TRAINED):
             stage = getattr(resolved, name)
             objective, terms = build_objective(name, teacher, mixer_types, resolved)
             if name == "stage2":
-                student_parameters = sum(p.numel() for p in objective.student.parameters())
+                student = objective.student
             flops = stage.tokens * sum(factor * n for _, factor, n in terms)
             trained = sum(p.numel() for p in objective.parameters() if p.requires_grad)
             teacher_bytes = teacher_parameters * (4 if on_cpu else 2) if name in USES_TEACHER else 0  # bf16 on GPU
@@ -157,22 +156,19 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
     planned = [row for row in rows if row["stage"] in stages]
     for row in rows:
         row["state"] = stage_state(out, row["stage"], row["steps"])
-    head_dim = getattr(teacher_cfg, "head_dim", None) or teacher_cfg.hidden_size // teacher_cfg.num_attention_heads
-    kv_per_layer = 2 * teacher_cfg.num_key_value_heads * head_dim * 2  # K and V, bf16
     data = resolved.data
     return {
         "teacher": {
             "spec": config.teacher, "architecture": teacher_cfg.model_type, "parameters": teacher_parameters,
             "layers": layers, "hidden_size": teacher_cfg.hidden_size, "heads": teacher_cfg.num_attention_heads,
-            "kv_heads": teacher_cfg.num_key_value_heads, "head_dim": head_dim,
+            "kv_heads": teacher_cfg.num_key_value_heads, "head_dim": head_dim(teacher_cfg),
             "context": getattr(teacher_cfg, "max_position_embeddings", None),
-            "kv_cache_bytes_per_token": layers * kv_per_layer,
+            "kv_cache_bytes_per_token": kv_cache_bytes_per_token(teacher_cfg),
         },
         "student": {
-            "parameters": student_parameters, "attention_layers": attention, "strategy": resolved.select.strategy,
-            "kv_cache_bytes_per_token": attention * kv_per_layer,
-            # each lightning layer's [heads, head_dim, head_dim] fp32 state, whatever the context
-            "rnn_state_bytes": (layers - attention) * teacher_cfg.num_attention_heads * head_dim * head_dim * 4,
+            "parameters": sum(p.numel() for p in student.parameters()), "attention_layers": attention,
+            "strategy": resolved.select.strategy, "kv_cache_bytes_per_token": kv_cache_bytes_per_token(student.config),
+            "rnn_state_bytes": recurrent_state_bytes(student.config),  # fp32, whatever the context
         },
         "data": {
             "source": data.source, "heldout_fraction": data.heldout_fraction,
@@ -218,12 +214,6 @@ def _flops(n: float) -> str:
     return f"{n:.3g} FLOP"
 
 
-def _hours(hours: float) -> str:
-    if hours < 1 / 60:
-        return f"{hours * 3600:.0f} s"
-    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h"
-
-
 def markdown(plan: dict) -> str:
     t, s, d = plan["teacher"], plan["student"], plan["data"]
     lines = [
@@ -234,8 +224,9 @@ def markdown(plan: dict) -> str:
         f"{t['context']}",
         f"- student: {_count(s['parameters'])} parameters; {s['attention_layers']} of {t['layers']} layers keep "
         f"attention (chosen by `{s['strategy']}`), the others become Lightning Attention",
-        f"- KV cache per token (bf16): teacher {_count(t['kv_cache_bytes_per_token'])}B, student "
-        f"{_count(s['kv_cache_bytes_per_token'])}B, plus {_count(s['rnn_state_bytes'])}B of RNN state at any length",
+        f"- KV cache per token (bf16): teacher {byte_size(t['kv_cache_bytes_per_token'])}, student "
+        f"{byte_size(s['kv_cache_bytes_per_token'])}, plus {byte_size(s['rnn_state_bytes'])} of RNN state at any "
+        "length",
         f"- data: {d['source']} (installed: {d['installed']}); reads up to {_count(d['tokens_read'])} training "
         f"tokens (a smaller corpus is repeated), {d['heldout_fraction']:.0%} of the documents held out",
         "",
@@ -249,7 +240,7 @@ def markdown(plan: dict) -> str:
         lines.append(
             f"| {row['stage']}{mark} | {_count(row['tokens'])} | {row['seq_len']} | {row['batch_size']} ({micro}) | "
             f"{row['steps']:,} | {row['lr']:g} {row['schedule']} | {_flops(row['flops'])} | "
-            f"{_hours(row['h200_hours'])} at {row['mfu']:.0%} MFU | {row['static_bytes'] / 2**30:.3g} GiB | "
+            f"{_duration(row['h200_hours'] * 3600)} at {row['mfu']:.0%} MFU | {byte_size(row['static_bytes'])} | "
             f"{row['state']} |"
         )
     total = plan["total"]
@@ -258,7 +249,7 @@ def markdown(plan: dict) -> str:
         f"Layer selection (`{plan['select']}`): {plan['selection_state']}. Export, choosing the logit-scaling base "
         f"among {plan['logit_scaling_candidates']}: {plan['export_state']}.",
         f"In all: {_count(total['tokens'])} training tokens, {_flops(total['flops'])} (model FLOPs), about "
-        f"{_hours(total['h200_hours'])} on one H200"
+        f"{_duration(total['h200_hours'] * 3600)} on one H200"
         f" ({'with' if plan['compile'] else 'without'} `compile`; the MFU measured by bench-train at the "
         f"{_count(plan['mfu_measured_at'])}-parameter teacher shape, the nearest measured; selection, export and "
         "compilation not included; N GPUs take about 1/N of it).",

@@ -43,6 +43,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HYPENET_CACHE", Path.home() / ".cache" / "hypenet"))
 
 
+def dequantised_folder(gguf: str) -> Path:
+    """Where `checkpoint_location` caches a GGUF teacher dequantised (it may not be there yet)."""
+    return cache_dir() / "teachers" / Path(gguf).stem
+
+
 def check_supported(model_type: str, where: str) -> None:
     if model_type not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_ARCHITECTURES.items())
@@ -82,7 +87,7 @@ def checkpoint_location(spec: str | os.PathLike | None) -> str:
     location, gguf = resolve_teacher(spec)
     if gguf is None:
         return location
-    cached = cache_dir() / "teachers" / Path(gguf).stem
+    cached = dequantised_folder(gguf)
     if not (cached / "model.safetensors").is_file():
         log.info("dequantising %s into %s (once)", gguf, cached)
         dequantised = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf, dtype=torch.float32)
