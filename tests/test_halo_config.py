@@ -108,3 +108,4 @@ def test_the_gpu_recipe_loads_joins_half_of_the_wrapped_paragraphs_and_repeats_s
     assert (config.stage2.tokens, config.stage2.seq_len, config.stage2.batch_size) == (79_000_000, 4096, 12)
     assert (config.stage3.tokens, config.stage3.batch_size, config.stage3.lr) == (6_000_000, 8, 1e-4)
     assert config.select.strategy == "halo"
+    assert config.export.logit_scaling_tolerance == 0.001

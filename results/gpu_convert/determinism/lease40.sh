@@ -49,6 +49,10 @@ pack() {  # what comes back: everything but the weights; the Triton cache when k
         pack_triton_cache "$OUT" && touch "$RUNS/triton_packed"
     fi
 }
+export_base() {  # the logit-scaling base the export wrote, as GRIDS name bases (8000)
+    python3 -c "import json, sys; a = json.load(open(sys.argv[1])).get('logit_scaling_base'); print(f'{a:g}' if a else 'off')" \
+        "$RUNS/halo/model/halo_export.json"
+}
 run() { timed_step "$RUNS/logs" "$@" || { pack; exit 0; }; }  # a step within the deadline, or pack and stop
 
 [ "$TEACHER" = embedded ] || setup >"$RUNS/logs/setup.log" 2>&1 || { cat "$RUNS/logs/setup.log"; exit 1; }
@@ -60,6 +64,9 @@ for grid in "${GRIDS[@]}"; do
     base=${grid%%:*} lengths=${grid#*:}
     dir=$RUNS/bases/${base}_${lengths//,/_}
     [ -f "$dir/results.json" ] && continue
+    if [ "$base" = "$(export_base)" ] && [[ " ${GRIDS[*]} " == *" export:$lengths "* ]]; then
+        echo "grid $grid: the export's base, measured by grid export:$lengths"; continue
+    fi
     if [ "$base" = export ]; then chosen=(); label="export's base"; else chosen=(--logit-scaling-base "$base"); label="base $base"; fi
     run "grid-${base}_${lengths//,/_}" "${HYPENET[@]}" eval "$RUNS/halo/model" "${chosen[@]}" --label "$label" --out "$dir" \
         --resume --evals niah --niah-lengths "$lengths" --haystack-heldout --haystack "$CORPUS" "${GRID_ARGS[@]}" \
