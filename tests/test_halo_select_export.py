@@ -2,6 +2,7 @@
 
 import json
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 from hypenet.eval.perplexity import token_nlls
 from hypenet.halo import probes as probes_module
 from hypenet.halo.export import (
+    NearTieWarning,
     band_label,
     best_copy_within,
     choose_logit_scaling_base,
@@ -516,7 +518,9 @@ def test_export_records_only_its_own_warnings(student, tokenizer, tmp_path, monk
     monkeypatch.setattr(export, "long_context_loss", noisy)
     short = [np.arange(5, 40)]  # shorter than the training context: the export's own warning
     info = export_checkpoint(student, tokenizer, tmp_path / "w", short, candidates=(None, 50), train_context=64)
-    assert len(info["warnings"]) == 1 and "longest one (35 tokens)" in info["warnings"][0]
+    assert "longest one (35 tokens)" in info["warnings"][0]
+    assert not any("Flash Attention" in note for note in info["warnings"])  # (the tiny random student's losses at
+    # off and 50 may also be a near tie: the export's own second warning)
 
 
 def test_export_with_explicit_base_skips_the_search(student, tokenizer, tmp_path):
@@ -723,7 +727,8 @@ def test_a_copy_probe_without_room_is_skipped_with_a_warning(student, tokenizer,
                              train_context=40, copies=4)
     student.config.attention_logit_scaling_base = None
     assert info["logit_scaling_base"] == 200 and "copy_losses" not in info and "copy_probe" not in info
-    assert len(info["warnings"]) == 1 and "The copy probe was skipped" in info["warnings"][0]
+    assert len(info["warnings"]) == 2 and "The copy probe was skipped" in info["warnings"][0]
+    assert "cannot tell logit-scaling base 100 from the lowest-loss base 200" in info["warnings"][1]  # 0.05% apart
 
 
 def test_export_reports_the_copy_probe(student, tokenizer, tmp_path):
@@ -828,3 +833,26 @@ def test_report_shows_losses_by_band(tmp_path):
     del export["losses_by_band"]["32K-64K"]["16000"]  # a value missing from a band
     md = write_report(tmp_path, {"export": export})[1].read_text()
     assert "| 16000 | 2.50002 | **2.40001** | - |" in md
+
+
+def test_a_near_tie_without_a_tolerance_is_reported_with_the_commands_to_act_on_it(student, tokenizer, tmp_path,
+                                                                                    monkeypatch):
+    # the forty-first lease's export losses: 8000 0.01% above 16000's lowest, 4000 0.54% above
+    loss_of = {None: 3.2, 4000: 2.8887, 8000: 2.8734, 16000: 2.8731, 32000: 2.8871}
+    _fake_loss(monkeypatch, loss_of.get)
+    with pytest.warns(NearTieWarning, match=r"cannot tell logit-scaling base 8000 from the lowest-loss base 16000 "
+                                            r"\(within 0.1%\).*--logit-scaling-base 8000.*"
+                                            r"export.logit_scaling_tolerance=0.001"):
+        best, _ = choose_logit_scaling_base(student, [np.arange(2, 122)], tuple(loss_of), train_context=40)
+    assert best == 16000  # a report, not a change of the paper's rule
+    info = export_checkpoint(student, tokenizer, tmp_path / "ckpt", [np.arange(2, 122)], candidates=tuple(loss_of),
+                             train_context=40)
+    assert info["logit_scaling_base"] == 16000 and len(info["warnings"]) == 1 and "8000" in info["warnings"][0]
+    student.config.attention_logit_scaling_base = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NearTieWarning)  # with the tolerance, or no near base: no such warning
+        assert choose_logit_scaling_base(student, [np.arange(2, 122)], tuple(loss_of), train_context=40,
+                                         tolerance=0.001)[0] == 8000
+        _fake_loss(monkeypatch, {None: 3.2, 8000: 2.8785, 16000: 2.8731}.get)  # 0.19% apart
+        best, _ = choose_logit_scaling_base(student, [np.arange(2, 122)], (None, 8000, 16000), train_context=40)
+        assert best == 16000

@@ -177,6 +177,16 @@ class GridEdgeWarning(ScalingSearchWarning):
     """The loss was still falling at the largest (or smallest) base tried: the minimum lies beyond it."""
 
 
+class NearTieWarning(ScalingSearchWarning):
+    """Without a tolerance, a base that scales more lies within NEAR_TIE of the lowest loss: the loss cannot tell the
+    two apart, while retrieval far past the training length can differ between them."""
+
+
+NEAR_TIE = 0.001  # the fraction of the lowest loss below which two bases are not told apart by it (results/gpu_convert/
+                  # README.md, "Forty-first lease": 0.01% and 0.03% between 8000 and 16000 on two students, whose
+                  # answers at 64K differed by 7 and 9 of 90)
+
+
 def _next_base(losses: dict[float | None, float]) -> float | None:
     """The base to try next when the best so far is at an edge of the numeric ones tried (twice the largest, or half
     the smallest while > 1); None when the best is inside them, is `off`, or fewer than two numbers were tried."""
@@ -286,6 +296,15 @@ def choose_logit_scaling_base(
     if copy_losses is not None:
         copy_losses.update(copied)
     if not tolerance:
+        near = most_scaling_within(losses, NEAR_TIE)
+        if near != lowest:
+            warnings.warn(
+                f"the held-out loss cannot tell logit-scaling base {scaling_label(near)} from the lowest-loss base "
+                f"{scaling_label(lowest)} (within {NEAR_TIE:.1%}); on two SmolLM2 students the smaller base retrieved "
+                f"more at 64K (docs/EVAL.md). `hypenet eval --logit-scaling-base {scaling_label(near)}` measures it; "
+                f"`hypenet export --out RUN --set export.logit_scaling_tolerance={NEAR_TIE} --overwrite` writes it",
+                NearTieWarning, stacklevel=2,
+            )
         return lowest, losses
     return (best_copy_within(losses, copied, tolerance) if copied else most_scaling_within(losses, tolerance)), losses
 
