@@ -1,6 +1,7 @@
 """`hypenet convert --plan`: budgets, FLOPs and the state of --out, computed without weights and writing nothing."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +155,19 @@ def test_the_plan_says_when_a_stage_cannot_fit_one_h200(teacher_dir, tmp_path, m
     stage2 = plan["stages"][1]["static_bytes"]
     monkeypatch.setattr(plan_module, "H200_GIB", stage2 / 2**30 * 0.99)  # as if the GPU were just too small
     assert ("**stage2 does not fit one H200" in markdown(plan)) and "stage1" not in markdown(plan).split("**")[1]
+
+
+def test_the_plan_says_how_the_export_will_choose_the_base():
+    from hypenet.halo.config import ExportConfig
+    from hypenet.halo.plan import export_rule
+
+    assert export_rule(ExportConfig()) == ("the logit-scaling base among 100, 200, 500, 1000, 2000 and up to 4 more "
+                                           "past the edge while the loss still falls there; the lowest held-out loss")
+    gpu = load_config(files=[Path(__file__).parents[1] / "configs" / "gpu-smollm2.yaml"]).export
+    assert export_rule(gpu).endswith("; the smallest base within 0.1% of the lowest held-out loss")
+    probed = ExportConfig(logit_scaling_candidates=[None, 8000.0], logit_scaling_extend=0, copy_probe=16)
+    assert export_rule(probed) == ("the logit-scaling base among off, 8000; the lowest held-out loss, the far-copy "
+                                   "loss of 16 spans per document reported beside it")
+    probed.logit_scaling_tolerance = 0.002
+    assert export_rule(probed).endswith("; the lowest far-copy loss among the bases within 0.2% of the lowest held-out "
+                                        "loss")

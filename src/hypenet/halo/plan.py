@@ -26,8 +26,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from ..eval.models import head_dim, kv_cache_bytes_per_token, recurrent_state_bytes
 from ..teachers.load import check_supported, dequantised_folder, resolve_teacher
 from ..units import byte_size
-from .config import PAPER_TEACHER_PARAMS, ConvertConfig, HaloError, resolve
+from .config import PAPER_TEACHER_PARAMS, ConvertConfig, ExportConfig, HaloError, resolve
 from .engine import LOSS_LOG, latest_checkpoint
+from .export import scaling_label
 from .flops import H200_DENSE_BF16_TFLOPS, build_objective
 from .pipeline import STAGES, check_output, done_info, saved_settings_refusal
 
@@ -179,13 +180,29 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
         "planned": [row["stage"] for row in planned] + [s for s in ("select", "export") if s in stages],
         "select": resolved.select.strategy, "selection_state": stage_state(out, "select", None),
         "export_state": stage_state(out, "export", None),
-        "logit_scaling_candidates": resolved.export.logit_scaling_candidates,
+        "export_rule": export_rule(resolved.export),
         "total": {"tokens": sum(row["tokens"] for row in planned), "flops": sum(row["flops"] for row in planned),
                   "h200_hours": sum(row["h200_hours"] for row in planned)},
         "mfu_measured_at": size, "compile": resolved.compile,
         "on_cpu": on_cpu,
         "out": str(out), "refusal": refusal,
     }
+
+
+def export_rule(export: ExportConfig) -> str:
+    """How the export will choose HyPE's logit-scaling base, in the words of its config."""
+    bases = ", ".join(scaling_label(a) for a in export.logit_scaling_candidates)
+    rule = f"the logit-scaling base among {bases}"
+    if export.logit_scaling_extend:
+        rule += f" and up to {export.logit_scaling_extend} more past the edge while the loss still falls there"
+    if export.logit_scaling_tolerance:
+        near = "the lowest far-copy loss among the bases" if export.copy_probe else "the smallest base"
+        rule += f"; {near} within {100 * export.logit_scaling_tolerance:g}% of the lowest held-out loss"
+    else:
+        rule += "; the lowest held-out loss"
+        if export.copy_probe:
+            rule += f", the far-copy loss of {export.copy_probe} spans per document reported beside it"
+    return rule
 
 
 def data_installed(source: str) -> str:
@@ -246,8 +263,8 @@ def markdown(plan: dict) -> str:
     total = plan["total"]
     lines += [
         "",
-        f"Layer selection (`{plan['select']}`): {plan['selection_state']}. Export, choosing the logit-scaling base "
-        f"among {plan['logit_scaling_candidates']}: {plan['export_state']}.",
+        f"Layer selection (`{plan['select']}`): {plan['selection_state']}. Export ({plan['export_rule']}): "
+        f"{plan['export_state']}.",
         f"In all: {_count(total['tokens'])} training tokens, {_flops(total['flops'])} (model FLOPs), about "
         f"{_duration(total['h200_hours'] * 3600)} on one H200"
         f" ({'with' if plan['compile'] else 'without'} `compile`; the MFU measured by bench-train at the "
