@@ -4,11 +4,16 @@ on the prompts that split them. For one model at two settings (e.g. two logit-sc
 evaluated in two leases, where `hypenet compare`'s Fisher test, which treats the two sets of answers as unrelated,
 is weaker.
 
-    python scripts/niah_paired.py A/niah_samples.jsonl B/niah_samples.jsonl [--labels a,b] [--out table.md]
+    python scripts/niah_paired.py A/niah_samples.jsonl B/niah_samples.jsonl [--and A2/... B2/...] [--labels a,b]
+        [--out table.md]
 
 A prompt is the same when its task, length, depth, seed, key, value and token count are; B may hold prompts A lacks
 (e.g. A is a 64K grid, B the 4K-64K one) and the other way round: only shared prompts are compared, and how many
 were left out is printed. Shared prompts at no length: an error.
+
+`--and A2 B2` (repeatable) adds more pairs of the same two settings, e.g. the same two bases on other students: each
+pair gets its table, then one table pools them, counting every pair's prompts apart (one prompt asked in two pairs
+is two prompts), with McNemar's exact test on the pooled split prompts.
 """
 
 from __future__ import annotations
@@ -66,20 +71,37 @@ def paired_table(a: dict[tuple, dict], b: dict[tuple, dict], labels: tuple[str, 
     return "\n".join(lines) + "\n", len(set(a) - shared), len(set(b) - shared)
 
 
+def pooled(pairs: list[tuple[dict[tuple, dict], dict[tuple, dict]]]) -> tuple[dict[tuple, dict], dict[tuple, dict]]:
+    """The pairs' answers as one pair: each prompt tagged with its pair's index (after the fields `paired_table`
+    reads by position), so that pairs that asked the same prompts count them apart."""
+    return tuple({(*prompt, i): row for i, pair in enumerate(pairs) for prompt, row in pair[side].items()}
+                 for side in (0, 1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("a", type=Path, help="niah_samples.jsonl of the first evaluation")
     parser.add_argument("b", type=Path, help="niah_samples.jsonl of the second, same prompts")
+    parser.add_argument("--and", dest="more", nargs=2, type=Path, action="append", default=[], metavar=("A2", "B2"),
+                        help="another pair of the same two settings (repeatable); a pooled table follows")
     parser.add_argument("--labels", default="A,B", help="comma-separated names of the two (default: A,B)")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args()
     labels = tuple(args.labels.split(","))
     if len(labels) != 2:
         raise SystemExit(f"--labels needs two names, got {len(labels)}: {args.labels}")
-    table, only_a, only_b = paired_table(answers(args.a), answers(args.b), labels)
-    note = (f"Prompts compared: those in both; left out: {only_a} only in {labels[0]} ({args.a}), {only_b} only in "
-            f"{labels[1]} ({args.b}). McNemar's exact test counts the prompts one answered right and the other not.\n")
-    text = f"{table}\n{note}"
+    paths = [(args.a, args.b), *map(tuple, args.more)]
+    pairs = [(answers(a), answers(b)) for a, b in paths]
+    parts = []
+    for (a, b), (path_a, path_b) in zip(pairs, paths):
+        table, only_a, only_b = paired_table(a, b, labels)
+        heading = f"## {path_a} against {path_b}\n\n" if len(pairs) > 1 else ""
+        parts.append(f"{heading}{table}\nPrompts compared: those in both; left out: {only_a} only in {labels[0]} "
+                     f"({path_a}), {only_b} only in {labels[1]} ({path_b}).\n")
+    if len(pairs) > 1:
+        parts.append(f"## The {len(pairs)} pairs pooled\n\n{paired_table(*pooled(pairs), labels)[0]}")
+    note = "McNemar's exact test counts the prompts one answered right and the other not.\n"
+    text = "\n".join(parts) + f"\n{note}"
     print(text, end="")
     if args.out:
         args.out.write_text(text)

@@ -69,3 +69,25 @@ def test_bad_inputs_say_what_is_wrong(tmp_path):
         niah_paired.answers(twice)
     with pytest.raises(SystemExit, match="no .*missing.jsonl: give the niah_samples.jsonl"):
         niah_paired.answers(tmp_path / "missing.jsonl")
+
+
+def test_pairs_are_pooled_with_each_pairs_prompts_counted_apart(tmp_path, monkeypatch, capsys):
+    # two students asked the same two prompts at settings A and B: pair 1 splits one each way, pair 2 both to B
+    a1 = write(tmp_path / "a1.jsonl", [sample(1, True, "1"), sample(2, False, "x")])
+    b1 = write(tmp_path / "b1.jsonl", [sample(1, False, "y"), sample(2, True, "2")])
+    a2 = write(tmp_path / "a2.jsonl", [sample(1, False, "z"), sample(2, False, "x")])
+    b2 = write(tmp_path / "b2.jsonl", [sample(1, True, "1"), sample(2, True, "2")])
+    a, b = niah_paired.pooled([(niah_paired.answers(a1), niah_paired.answers(b1)),
+                               (niah_paired.answers(a2), niah_paired.answers(b2))])
+    assert len(a) == len(b) == 4
+    table, only_a, only_b = niah_paired.paired_table(a, b, ("A", "B"))
+    assert f"| **all** | **all** | 4 | 0 | 1 | 3 | 0 | 1 / 3 | 0 | {mcnemar_exact_p(1, 3):.2g} |" in table
+    assert (only_a, only_b) == (0, 0)
+    out = tmp_path / "pooled.md"
+    monkeypatch.setattr("sys.argv", ["niah_paired.py", str(a1), str(b1), "--and", str(a2), str(b2), "--labels",
+                                     "x,y", "--out", str(out)])
+    niah_paired.main()
+    text = out.read_text()
+    assert text == capsys.readouterr().out
+    assert text.count("## ") == 3 and "## The 2 pairs pooled" in text
+    assert f"| **all** | **all** | 4 | 0 | 1 | 3 | 0 | 1 / 3 | 0 | {mcnemar_exact_p(1, 3):.2g} |" in text
