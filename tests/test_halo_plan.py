@@ -164,10 +164,10 @@ def test_the_plan_says_how_the_export_will_choose_the_base():
     assert export_rule(ExportConfig()) == ("the logit-scaling base among 100, 200, 500, 1000, 2000 and up to 4 more "
                                            "past the edge while the loss still falls there; the lowest held-out loss")
     gpu = load_config(files=[Path(__file__).parents[1] / "configs" / "gpu-smollm2.yaml"]).export
-    assert export_rule(gpu).endswith("; the smallest base within 0.1% of the lowest held-out loss")
+    assert export_rule(gpu).endswith("; the smallest base whose loss is within 0.1% of the lowest")
     probed = ExportConfig(logit_scaling_candidates=[None, 8000.0], logit_scaling_extend=0, copy_probe=16)
     assert export_rule(probed) == ("the logit-scaling base among off, 8000; the lowest held-out loss, the far-copy "
                                    "loss of 16 spans per document reported beside it")
     probed.logit_scaling_tolerance = 0.002
-    assert export_rule(probed).endswith("; the lowest far-copy loss among the bases within 0.2% of the lowest held-out "
-                                        "loss")
+    assert export_rule(probed).endswith("; the base with the lowest far-copy loss among those whose loss is within "
+                                        "0.2% of the lowest")

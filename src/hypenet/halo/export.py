@@ -49,6 +49,12 @@ def scaling_label(a: float | None) -> str:
     return "off" if a is None else f"{a:g}"
 
 
+def tolerance_rule(tolerance: float, copy_probe: bool) -> str:
+    """How `export.logit_scaling_tolerance` picks the base, as the plan and the report say it."""
+    near = "the base with the lowest far-copy loss among those" if copy_probe else "the smallest base"
+    return f"{near} whose loss is within {100 * tolerance:g}% of the lowest"
+
+
 def _long_eval_docs(long_docs: Sequence, train_context: int, eval_len: int) -> tuple[list[np.ndarray], int, str | None]:
     """(documents cut to eval_len, first scored position, warning or None)."""
     docs = [np.asarray(d, dtype=np.int64)[:eval_len] for d in long_docs]

@@ -28,7 +28,7 @@ from ..teachers.load import check_supported, dequantised_folder, resolve_teacher
 from ..units import byte_size
 from .config import PAPER_TEACHER_PARAMS, ConvertConfig, ExportConfig, HaloError, resolve
 from .engine import LOSS_LOG, latest_checkpoint
-from .export import scaling_label
+from .export import scaling_label, tolerance_rule
 from .flops import H200_DENSE_BF16_TFLOPS, build_objective
 from .pipeline import STAGES, check_output, done_info, saved_settings_refusal
 
@@ -196,8 +196,7 @@ def export_rule(export: ExportConfig) -> str:
     if export.logit_scaling_extend:
         rule += f" and up to {export.logit_scaling_extend} more past the edge while the loss still falls there"
     if export.logit_scaling_tolerance:
-        near = "the lowest far-copy loss among the bases" if export.copy_probe else "the smallest base"
-        rule += f"; {near} within {100 * export.logit_scaling_tolerance:g}% of the lowest held-out loss"
+        rule += f"; {tolerance_rule(export.logit_scaling_tolerance, bool(export.copy_probe))}"
     else:
         rule += "; the lowest held-out loss"
         if export.copy_probe:

@@ -112,15 +112,13 @@ def _losses_by_band_table(losses: dict, by_band: dict, copy_losses: dict | None 
 
 
 def _export_section(export: dict) -> list[str]:
-    from .export import scaling_label  # as the table labels a base: 16000, not 16,000
+    from .export import scaling_label, tolerance_rule  # as the table labels a base: 16000, not 16,000
 
     chosen = scaling_label(export.get("logit_scaling_base"))
     how = ""
     if tolerance := export.get("tolerance"):
         lowest = export.get("lowest_loss_base")
-        copied = export.get("copy_losses")
-        rule = "the base with the lowest far-copy loss among those" if copied else "the smallest base"
-        how = (f": {rule} whose loss is within {100 * tolerance:g}% of the lowest "
+        how = (f": {tolerance_rule(tolerance, bool(export.get('copy_losses')))} "
                f"(`export.logit_scaling_tolerance`; the lowest-loss base: {scaling_label(lowest)})")
     lines = ["## Export", "", f"Checkpoint `{export.get('path')}`; logit-scaling base a = {chosen}{how}.", ""]
     if probe := export.get("copy_probe"):
