@@ -7,6 +7,7 @@ import shlex
 import sys
 
 import pytest
+import torch
 from transformers import Qwen3ForCausalLM
 
 from hypenet.bench import HYPENET_SHAPES, hypenet_config, teacher_config
@@ -183,3 +184,45 @@ def test_compile_is_recorded_and_the_stages_train(tmp_path, monkeypatch):
     report = json.loads((out / "train_speed.json").read_text())
     assert report["compile"] is True and [r["status"] for r in report["stages"]] == ["ok", "ok"]
     assert "torch.compile in stages 2-3 (each decoder layer, the loss)" in (out / "train_speed.md").read_text()
+
+
+def test_an_out_of_memory_back_off_is_reported_with_the_micro_batch_it_ended_at(tmp_path, monkeypatch):
+    """With the micro batch unset, the engine halves it when a step runs out of memory (tested in
+    test_halo_engine.py); the benchmark reports the micro batch it went on with and leaves the retried step out of the
+    median. Here a forward of more than 2 sequences "runs out of memory"."""
+    from hypenet.halo import engine
+
+    real = engine._accumulated_loss
+
+    def limited(acc, model, batch, micro, accumulation):
+        if micro > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(acc, model, batch, micro, accumulation)
+
+    monkeypatch.setattr(engine, "_accumulated_loss", limited)
+    out = tmp_path / "speed"
+    code = main(["bench-train", "tiny-hypenet", "--device", "cpu", "--stages", "stage2", "--steps", "3",
+                 "--warmup-steps", "1", *TINY_STAGES, "--set", "stage2.batch_size=8", "--set",
+                 "stage2.micro_batch_size=null", "--out", str(out)])  # (the last setting of a key wins)
+    assert code == 0
+    row = json.loads((out / "train_speed.json").read_text())["stages"][0]
+    assert row["status"] == "ok" and row["batch_size"] == 8
+    assert row["first_micro_batch_size"] == 8 and row["micro_batch_size"] == 2
+    assert row["micro_batch_changes"] == [{"step": 1, "micro_batch_size": 4}, {"step": 1, "micro_batch_size": 2}]
+    log = row["engine_log"]
+    assert row["timed_steps"] == 2 and row["seconds_per_step"] == pytest.approx(
+        (log[1]["seconds"] + log[2]["seconds"]) / 2)
+    assert "| stage2 | 64 | 8 (8 → 4 → 2: out of memory at step 1) |" in (out / "train_speed.md").read_text()
+
+
+def test_a_back_off_inside_the_timed_steps_says_so(tmp_path):
+    from hypenet.bench.train import stage_row
+
+    settings = TrainBenchSettings(shape="tiny-hypenet", device="cpu", steps=2, warmup_steps=1)
+    config = type("Config", (), {"batch_size": 8, "seq_len": 64, "micro_batch_size": None})()
+    log = [{"step": 1, "loss": 1.0, "tokens": 512, "seconds": 1.0},
+           {"step": 2, "loss": 0.9, "tokens": 1024, "seconds": 3.0}]
+    row = stage_row("stage2", config, [("student", 6, 10)], log, settings, 1, None,
+                    [{"step": 2, "micro_batch_size": 4}])
+    assert row["status"] == "ok (the timed steps include an out-of-memory retry: time more --steps)"
+    assert row["seconds_per_step"] == 3.0 and row["micro_batch_size"] == 4 and row["first_micro_batch_size"] == 8

@@ -83,6 +83,14 @@ def read_loss_log(stage_dir: Path) -> list[dict]:
     return [record for record in map(json.loads, lines) if "step" in record and "event" not in record]
 
 
+def read_micro_batch_changes(stage_dir: Path) -> list[dict]:
+    """The engine's out-of-memory back-offs ({"step", "micro_batch_size"}: the step that ran out of memory and the
+    micro batch it went on with), in order; none when every step fitted or the micro batch was set."""
+    lines = (stage_dir / engine.LOSS_LOG).read_text().splitlines()
+    return [{"step": r["step"], "micro_batch_size": r["micro_batch_size"]}
+            for r in map(json.loads, lines) if r.get("event") == "micro_batch"]
+
+
 def launch_settings() -> dict:
     """What `accelerate launch` (or torchrun) told this process: the command line above is only this process's."""
     prefixes = ("ACCELERATE_USE_", "ACCELERATE_MIXED_PRECISION", "FSDP_", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
@@ -100,17 +108,30 @@ def peak_memory_gib(device: torch.device) -> float | None:
 
 
 def stage_row(name: str, train_config, terms, log: list[dict], settings: TrainBenchSettings, processes: int,
-              peak_mem_gib: float | None) -> dict:
-    """Tokens/s over all processes; per GPU and the MFU divide by their number (each GPU has the peak)."""
+              peak_mem_gib: float | None, shrinks: list[dict] | None = None) -> dict:
+    """Tokens/s over all processes; per GPU and the MFU divide by their number (each GPU has the peak). `shrinks`:
+    the engine's out-of-memory back-offs (read_micro_batch_changes); the row then gives the micro batch the stage
+    ended with, and a step that ran out of memory (and was run again smaller) is left out of the median. (The peak
+    memory then is the attempt that ran out: what the GPU holds, not what the smaller micro batch needs.)"""
     tokens_per_step = train_config.batch_size * train_config.seq_len
+    first_micro = train_config.micro_batch_size or train_config.batch_size
     timed = log[settings.warmup_steps:-1] if settings.profile else log[settings.warmup_steps:]
+    shrinks = shrinks or []
+    status = "ok"
+    if shrinks:
+        after = [r for r in timed if r["step"] > shrinks[-1]["step"]]
+        if after:
+            timed = after
+        else:
+            status = "ok (the timed steps include an out-of-memory retry: time more --steps)"
     seconds = statistics.median(r["seconds"] for r in timed)
     flops_per_token = sum(factor * n for _, factor, n in terms)
     tokens_per_s = tokens_per_step / seconds
     model_tflops = flops_per_token * tokens_per_s / 1e12
     return {
-        "stage": name, "status": "ok", "seq_len": train_config.seq_len, "batch_size": train_config.batch_size,
-        "micro_batch_size": train_config.micro_batch_size or train_config.batch_size,
+        "stage": name, "status": status, "seq_len": train_config.seq_len, "batch_size": train_config.batch_size,
+        "micro_batch_size": shrinks[-1]["micro_batch_size"] if shrinks else first_micro,
+        "first_micro_batch_size": first_micro, "micro_batch_changes": shrinks,
         "steps": len(log), "timed_steps": len(timed), "tokens_per_step": tokens_per_step,
         "seconds_per_step": seconds, "tokens_per_s": tokens_per_s, "tokens_per_s_per_gpu": tokens_per_s / processes,
         "flops_per_token": flops_per_token,
@@ -173,8 +194,8 @@ def run(settings: TrainBenchSettings) -> dict:
                 peak = peak_memory_gib(device)  # the largest over the processes (a collective)
                 if not processes.is_main_process:  # only the main one keeps the loss log and writes the report
                     continue
-                log = read_loss_log(Path(stage_dir))
-            row = stage_row(name, train_config, terms, log, settings, processes.num_processes, peak)
+                log, shrinks = read_loss_log(Path(stage_dir)), read_micro_batch_changes(Path(stage_dir))
+            row = stage_row(name, train_config, terms, log, settings, processes.num_processes, peak, shrinks)
             if profiler is not None:
                 row["profile"] = profiler.summary
         except torch.OutOfMemoryError as error:
@@ -235,7 +256,12 @@ def markdown(report: dict) -> str:
         losses = f"{log[0]['loss']:.4g} → {log[-1]['loss']:.4g}" if log else ""
         gflops = r["flops_per_token"] / 1e9 if "flops_per_token" in r else None
         status = r["status"] + (f": {r['error']}" if r.get("error") else "")
-        cells = [r["stage"], r["seq_len"], f"{r['batch_size']} ({r['micro_batch_size']})",
+        micro = r["micro_batch_size"]
+        if r.get("micro_batch_changes"):  # the engine's back-off: "96 (96 → 48 → 24: out of memory at step 1)"
+            chain = [r["first_micro_batch_size"], *(c["micro_batch_size"] for c in r["micro_batch_changes"])]
+            at = ", ".join(str(s) for s in sorted({c["step"] for c in r["micro_batch_changes"]}))
+            micro = f"{' → '.join(map(str, chain))}: out of memory at step {at}"
+        cells = [r["stage"], r["seq_len"], f"{r['batch_size']} ({micro})",
                  _cell(r.get("seconds_per_step"), ".3g"), _cell(r.get("tokens_per_s"), ",.0f"),
                  _cell(r.get("tokens_per_s_per_gpu"), ",.0f"), _cell(gflops, ".3g"),
                  _cell(r.get("model_tflops"), ".1f"), _cell(r.get("mfu"), ".1%"),
