@@ -333,6 +333,11 @@ def test_gpu_check_of_the_engine_with_the_kernel_runs_on_cpu(tmp_path):
                                                   "in fp32")]
                 assert to_fp32["ok"] and to_fp32["bound"] == pytest.approx(2 * reference_to_fp32["rel_err"])
                 assert 0 < to_fp32["rel_err"] <= to_fp32["bound"]
+                # and against model.forward within bf16's own error there (1e-2 at least)
+                direct = cases[(dtype, f"batch 1, gemv=triton, gemv_fusion={variant}: 8 decode steps vs "
+                                       "model.forward")]
+                assert direct["bound"] == max(1e-2, reference_to_fp32["rel_err"])
+                assert direct["rel_err"] <= direct["bound"]
     batch2 = cases[("bfloat16", "engine prefill + 8 steps vs the same weights in fp32, at most 2x model.forward's "
                                 "distance")]
     assert batch2["ok"] and 0 < batch2["rel_err"] <= batch2["bound"]
