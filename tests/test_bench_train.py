@@ -215,11 +215,14 @@ def test_an_out_of_memory_back_off_is_reported_with_the_micro_batch_it_ended_at(
     assert "| stage2 | 64 | 8 (8 → 4 → 2: out of memory at step 1) |" in (out / "train_speed.md").read_text()
 
 
-def test_a_back_off_inside_the_timed_steps_says_so(tmp_path):
+def test_a_back_off_inside_the_timed_steps_says_so():
+    import dataclasses
+
     from hypenet.bench.train import stage_row
+    from hypenet.halo.config import load_config
 
     settings = TrainBenchSettings(shape="tiny-hypenet", device="cpu", steps=2, warmup_steps=1)
-    config = type("Config", (), {"batch_size": 8, "seq_len": 64, "micro_batch_size": None})()
+    config = dataclasses.replace(load_config().stage2, batch_size=8, seq_len=64, micro_batch_size=None)
     log = [{"step": 1, "loss": 1.0, "tokens": 512, "seconds": 1.0},
            {"step": 2, "loss": 0.9, "tokens": 1024, "seconds": 3.0}]
     row = stage_row("stage2", config, [("student", 6, 10)], log, settings, 1, None,

@@ -112,7 +112,7 @@ def stage_row(name: str, train_config, terms, log: list[dict], settings: TrainBe
     """Tokens/s over all processes; per GPU and the MFU divide by their number (each GPU has the peak). `shrinks`:
     the engine's out-of-memory back-offs (read_micro_batch_changes); the row then gives the micro batch the stage
     ended with, and a step that ran out of memory (and was run again smaller) is left out of the median. (The peak
-    memory then is the attempt that ran out: what the GPU holds, not what the smaller micro batch needs.)"""
+    memory then includes the attempt that ran out: near what the GPU holds, not what the smaller micro batch needs.)"""
     tokens_per_step = train_config.batch_size * train_config.seq_len
     first_micro = train_config.micro_batch_size or train_config.batch_size
     timed = log[settings.warmup_steps:-1] if settings.profile else log[settings.warmup_steps:]
