@@ -77,18 +77,15 @@ def check_settings(settings: TrainBenchSettings) -> None:
         raise HaloError("no GPU is visible; use --device cpu (with a tiny shape, e.g. tiny-hypenet)")
 
 
-def read_loss_log(stage_dir: Path) -> list[dict]:
-    """The engine's per-step records (step, loss, lr, tokens, seconds)."""
-    lines = (stage_dir / engine.LOSS_LOG).read_text().splitlines()
-    return [record for record in map(json.loads, lines) if "step" in record and "event" not in record]
-
-
-def read_micro_batch_changes(stage_dir: Path) -> list[dict]:
-    """The engine's out-of-memory back-offs ({"step", "micro_batch_size"}: the step that ran out of memory and the
-    micro batch it went on with), in order; none when every step fitted or the micro batch was set."""
-    lines = (stage_dir / engine.LOSS_LOG).read_text().splitlines()
-    return [{"step": r["step"], "micro_batch_size": r["micro_batch_size"]}
-            for r in map(json.loads, lines) if r.get("event") == "micro_batch"]
+def read_loss_log(stage_dir: Path) -> tuple[list[dict], list[dict]]:
+    """The engine's per-step records (step, loss, lr, tokens, seconds), and its out-of-memory back-offs ({"step",
+    "micro_batch_size"}: the step that ran out of memory and the micro batch it went on with; none when every step
+    fitted or the micro batch was set), each in order."""
+    records = [json.loads(line) for line in (stage_dir / engine.LOSS_LOG).read_text().splitlines()]
+    steps = [r for r in records if "step" in r and "event" not in r]
+    shrinks = [{"step": r["step"], "micro_batch_size": r["micro_batch_size"]}
+               for r in records if r.get("event") == "micro_batch"]
+    return steps, shrinks
 
 
 def launch_settings() -> dict:
@@ -110,7 +107,7 @@ def peak_memory_gib(device: torch.device) -> float | None:
 def stage_row(name: str, train_config, terms, log: list[dict], settings: TrainBenchSettings, processes: int,
               peak_mem_gib: float | None, shrinks: list[dict] | None = None) -> dict:
     """Tokens/s over all processes; per GPU and the MFU divide by their number (each GPU has the peak). `shrinks`:
-    the engine's out-of-memory back-offs (read_micro_batch_changes); the row then gives the micro batch the stage
+    the engine's out-of-memory back-offs (read_loss_log); the row then gives the micro batch the stage
     ended with, and a step that ran out of memory (and was run again smaller) is left out of the median. (The peak
     memory then includes the attempt that ran out: near what the GPU holds, not what the smaller micro batch needs.)"""
     tokens_per_step = train_config.batch_size * train_config.seq_len
@@ -194,7 +191,7 @@ def run(settings: TrainBenchSettings) -> dict:
                 peak = peak_memory_gib(device)  # the largest over the processes (a collective)
                 if not processes.is_main_process:  # only the main one keeps the loss log and writes the report
                     continue
-                log, shrinks = read_loss_log(Path(stage_dir)), read_micro_batch_changes(Path(stage_dir))
+                log, shrinks = read_loss_log(Path(stage_dir))
             row = stage_row(name, train_config, terms, log, settings, processes.num_processes, peak, shrinks)
             if profiler is not None:
                 row["profile"] = profiler.summary
