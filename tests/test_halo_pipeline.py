@@ -30,6 +30,7 @@ from transformers import (
 
 from hypenet.cli import main
 from hypenet.eval.models import load_model_for_eval
+from hypenet.halo import pipeline
 from hypenet.halo.config import HaloError, load_config
 from hypenet.halo.pipeline import convert, run_stages
 from hypenet.halo.stage1 import LayerAlignment
@@ -408,6 +409,25 @@ def test_tokenizer_of_another_model(assets, tmp_path, capsys):
     args[args.index("--teacher") + 1] = str(teacher)
     assert main(["convert", *args]) == 1
     assert "belongs to another model" in capsys.readouterr().err
+
+
+def test_a_stage_that_runs_the_teacher_past_its_window_warns(assets, tmp_path, monkeypatch, recwarn):
+    # the teachers' window is 4096 tokens; stage 3 trains without the teacher and may go past it
+    config = tiny_config(assets, "qwen3", tmp_path / "out", "stage2.seq_len=8192", "stage3.seq_len=16384",
+                         "export.eval_len=32768")
+    ran = []
+    monkeypatch.setattr(pipeline, "STAGE_RUNNERS", {name: lambda conv, name=name: ran.append(name) or {}
+                                                    for name in pipeline.STAGES})
+    conversion = pipeline.Conversion(config)
+    recwarn.clear()
+    for name in ("stage1", "select", "stage3"):
+        conversion.run_stage(name)
+    assert [str(w.message) for w in recwarn if "context window" in str(w.message)] == []
+    with pytest.warns(UserWarning, match=r"stage2.seq_len=8192 is longer than the teacher's context window \(4096 "
+                                         r"tokens, its max_position_embeddings\): stage 2 distils the teacher's "
+                                         r"predictions there.* Keep it at most 4096"):
+        conversion.run_stage("stage2")
+    assert ran == ["stage1", "select", "stage3", "stage2"]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path, monkeypatch):

@@ -171,3 +171,18 @@ def test_the_plan_says_how_the_export_will_choose_the_base():
     probed.logit_scaling_tolerance = 0.002
     assert export_rule(probed).endswith("; the base with the lowest far-copy loss among those whose loss is within "
                                         "0.2% of the lowest")
+
+
+def test_the_plan_says_which_settings_run_the_teacher_past_its_window(teacher_dir, tmp_path):
+    # teacher_dir's window is 4096 tokens; stage 3 trains without the teacher and is not named
+    within = make_plan(config_for(teacher_dir, tmp_path / "run", "stage3.seq_len=8192", "export.eval_len=32768"))
+    assert within["beyond_teacher_window"] == [] and "Past the teacher's window" not in markdown(within)
+    past = make_plan(config_for(teacher_dir, tmp_path / "run", "stage1.seq_len=4097", "select.recall_context=8192",
+                                "stage2.seq_len=8192"))
+    assert [w.split(" is longer")[0] for w in past["beyond_teacher_window"]] == [
+        "stage1.seq_len=4097", "select.recall_context=8192", "stage2.seq_len=8192"]
+    lines = [line for line in markdown(past).splitlines() if line.startswith("**Past the teacher's window:**")]
+    assert len(lines) == 3 and all("(4096 tokens, its max_position_embeddings)" in line for line in lines)
+    # lm-eval tasks (select.lm_eval_*) or another strategy than HALO's score no recall on the built-in probes
+    even = make_plan(config_for(teacher_dir, tmp_path / "run", "select.recall_context=8192", "select.strategy=even"))
+    assert even["beyond_teacher_window"] == []

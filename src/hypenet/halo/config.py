@@ -410,6 +410,28 @@ def resolve(config: ConvertConfig, teacher_params: int) -> ConvertConfig:
     return resolved
 
 
+def beyond_teacher_window(config: ConvertConfig, context: int | None) -> list[str]:
+    """Warnings for the settings that run the teacher on sequences longer than its context window.
+
+    Stage 1 fits the teacher's attention outputs, HALO's selection scores recall with the teacher's other layers, and
+    stage 2 distils the teacher's next-token distribution; past the window the teacher was trained on, those targets
+    are what the student learns, however poor (the embedded teacher's perplexity at 8K-64K: 2,679 against 18 within
+    its 8K). Stage 3 trains without the teacher and is the stage to go longer. `context` is the teacher config's
+    `max_position_embeddings` (None: unknown, nothing to say).
+    """
+    if not context:
+        return []
+    uses = [("stage1.seq_len", config.stage1.seq_len, "stage 1 fits the teacher's attention outputs there"),
+            ("stage2.seq_len", config.stage2.seq_len, "stage 2 distils the teacher's predictions there")]
+    if config.select.strategy == "halo" and config.select.lm_eval_recall is None:
+        uses.insert(1, ("select.recall_context", config.select.recall_context,
+                        "layer selection scores recall with the teacher's other layers there"))
+    return [f"{name}={value} is longer than the teacher's context window ({context} tokens, its "
+            f"max_position_embeddings): {what}, past what the teacher was trained on. Keep it at most {context}; "
+            f"stage 3 (stage3.seq_len) trains without the teacher and is the stage to go longer."
+            for name, value, what in uses if value > context]
+
+
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 

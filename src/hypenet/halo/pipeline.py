@@ -18,6 +18,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from functools import cached_property
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from . import engine, stage1, stage2, stage3
 from .config import (
     ConvertConfig,
     HaloError,
+    beyond_teacher_window,
     config_differences,
     read_config,
     resolve,
@@ -173,6 +175,11 @@ class Conversion:
         if info is not None:
             log.info("%s: already done, skipping", name)
             return info
+        if self.is_main_process and self.teacher is not None:
+            context = getattr(self.teacher.config, "max_position_embeddings", None)
+            for warning in beyond_teacher_window(self.config, context):
+                if warning.startswith(f"{name}."):
+                    warnings.warn(warning, stacklevel=2)
         started = time.perf_counter()
         if self.is_main_process:
             self.stage_dir(name).mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from ..eval.models import head_dim, kv_cache_bytes_per_token, recurrent_state_bytes
 from ..teachers.load import check_supported, dequantised_folder, resolve_teacher
 from ..units import byte_size
-from .config import PAPER_TEACHER_PARAMS, ConvertConfig, ExportConfig, HaloError, resolve
+from .config import PAPER_TEACHER_PARAMS, ConvertConfig, ExportConfig, HaloError, beyond_teacher_window, resolve
 from .engine import LOSS_LOG, latest_checkpoint
 from .export import scaling_label, tolerance_rule
 from .flops import H200_DENSE_BF16_TFLOPS, build_objective
@@ -186,6 +186,7 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
         "mfu_measured_at": size, "compile": resolved.compile,
         "on_cpu": on_cpu,
         "out": str(out), "refusal": refusal,
+        "beyond_teacher_window": beyond_teacher_window(resolved, getattr(teacher_cfg, "max_position_embeddings", None)),
     }
 
 
@@ -279,6 +280,7 @@ def markdown(plan: dict) -> str:
         named = " and ".join(too_large) + (" do" if len(too_large) > 1 else " does")
         lines.append(f"**{named} not fit one H200 ({H200_GIB} GiB) even before activations:** shard the training "
                      "over several GPUs (FSDP2 or DeepSpeed ZeRO-3, see the README).")
+    lines += [f"**Past the teacher's window:** {warning}" for warning in plan["beyond_teacher_window"]]
     if plan["on_cpu"]:
         lines.append("This run would train on the CPU (`device`, or no GPU visible): "
                      "the H200 times do not apply to it.")
