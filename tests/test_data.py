@@ -450,7 +450,7 @@ def test_wrapped_chars_counts_the_paragraphs_unwrap_can_join():
     assert wrapped_chars("one line only") == wrapped_chars("") == wrapped_chars("- a\n- b") == 0
 
 
-def test_unwrapped_training_documents_leave_the_heldout_split_as_read(tmp_path, tokenizer):
+def test_unwrapped_training_documents_leave_the_heldout_split_as_read(tmp_path, tokenizer, monkeypatch):
     words = [[f"doc{i}"] + [WORDS[(i + j) % 50] for j in range(6 + 3 * i)] for i in range(N_DOCS)]
     docs = ["\n".join(" ".join(w[k:k + 4]) for k in range(0, len(w), 4)) for w in words]  # 4 words a line
     path = tmp_path / "wrapped.jsonl"
@@ -473,6 +473,15 @@ def test_unwrapped_training_documents_leave_the_heldout_split_as_read(tmp_path, 
     assert np.array_equal(plain.train_tokens[plain.train_tokens != newline], unwrapped.train_tokens)
     with pytest.raises(ValueError, match=r"unwrap_paragraphs must be in \[0, 1\], got 2"):
         corpus_of(path, newline_tokenizer, tmp_path, unwrap_paragraphs=2)
+    # evaluation reads held-out text as it is: the hint, a training setting, is not given there
+    from hypenet.data import packing
+    from hypenet.eval.documents import heldout_documents, heldout_token_docs
+
+    monkeypatch.setattr(packing, "default_cache_dir", lambda: tmp_path / "eval_cache")  # tokenised afresh
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert heldout_token_docs(newline_tokenizer, 2, 64, str(path), 0.2, progress=False)
+        assert heldout_documents(newline_tokenizer, str(path), 0.2, seed=1, progress=False)
 
 
 def _newline_aware(tokenizer) -> Tokenizer:

@@ -100,7 +100,8 @@ def _token_dtype(tokenizer) -> np.dtype:
 def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, max_tokens: int | None = None,
                     seed: int = 0, cache_dir: str | Path | None = None, min_heldout_docs: int = 1,
                     progress: bool = True, text_field: str = "text", long_doc_tokens: int = 16384,
-                    long_heldout_fraction: float = 0.25, unwrap_paragraphs: float = 0.0) -> TokenizedCorpus:
+                    long_heldout_fraction: float = 0.25, unwrap_paragraphs: float = 0.0,
+                    wrapped_hint: bool = True) -> TokenizedCorpus:
     """Tokenise the documents of `source` (see iter_documents) with `tokenizer` into a TokenizedCorpus.
 
     No special tokens are added except EOS, appended after each document. Document i is held out when a hash of
@@ -112,9 +113,11 @@ def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, m
     tokens are there (None: the whole source), and train_tokens is cut to exactly max_tokens. unwrap_paragraphs > 0:
     the training documents (not the held-out ones, which keep the source's format) have that share of their
     hard-wrapped paragraphs joined into one line each (`data.unwrap.unwrap_paragraphs`, seeded by (seed, i)); which
-    documents are held out does not change. The result is cached under cache_dir (default
-    ~/.cache/hypenet/corpora) keyed by the source's files, the tokenizer's vocabulary and these settings, so the
-    next call with the same inputs loads it (train_tokens memory-mapped) instead of tokenising again.
+    documents are held out does not change; with it off, a warning suggests it when much of the text read is wrapped
+    prose (wrapped_hint=False: no warning, for callers that do not train on the corpus). The result is cached under
+    cache_dir (default ~/.cache/hypenet/corpora) keyed by the source's files, the tokenizer's vocabulary and these
+    settings, so the next call with the same inputs loads it (train_tokens memory-mapped) instead of tokenising
+    again.
     """
     source = str(source)
     if not 0 <= heldout_fraction < 1:
@@ -179,7 +182,7 @@ def tokenize_corpus(source: str, tokenizer, *, heldout_fraction: float = 0.02, m
         train_hashes = [u for j, u in enumerate(train_hashes) if j not in moved]
         read_until_budget()  # refill the training tokens the moved documents took
 
-    if wrapped[1] and wrapped[0] >= WRAPPED_HINT_SHARE * wrapped[1]:
+    if wrapped_hint and wrapped[1] and wrapped[0] >= WRAPPED_HINT_SHARE * wrapped[1]:
         warnings.warn(
             f"{wrapped[0] / wrapped[1]:.0%} of the text read from {source} is hard-wrapped prose (paragraphs broken "
             "into short lines). Students distilled on such text learnt to break the line where the teacher would "

@@ -27,7 +27,8 @@ def heldout_documents(tokenizer, source: str = "builtin", heldout_fraction: floa
     """The held-out documents of `source` (HALO's split for this fraction and seed) as text, in corpus order, about
     max_chars characters in all: NIAH haystacks that a student converted on `source` never trained on. The texts
     are the documents' token ids decoded (EOS dropped), which gives the text back for a byte-level tokenizer."""
-    corpus = tokenize_corpus(source, tokenizer, heldout_fraction=heldout_fraction, seed=seed, progress=progress)
+    corpus = tokenize_corpus(source, tokenizer, heldout_fraction=heldout_fraction, seed=seed, progress=progress,
+                             wrapped_hint=False)  # the hint is a training setting; evaluation reads text as it is
     documents, total = [], 0
     for ids in corpus.heldout_docs:
         documents.append(tokenizer.decode(ids[:-1].tolist()))
@@ -49,7 +50,8 @@ def heldout_token_docs(tokenizer, n_docs: int, max_len: int, source: str = "buil
     fill up (the perplexity buckets report how many documents reach each length).
     """
     # HALO's own call (same fraction and seed, other settings at their defaults), so the split is the same.
-    corpus = tokenize_corpus(source, tokenizer, heldout_fraction=heldout_fraction, seed=seed, progress=progress)
+    corpus = tokenize_corpus(source, tokenizer, heldout_fraction=heldout_fraction, seed=seed, progress=progress,
+                             wrapped_hint=False)  # the hint is a training setting; evaluation reads text as it is
     long_docs = corpus.long_heldout_docs(max_len)
     others = sorted((d for d in corpus.heldout_docs if len(d) < max_len), key=len, reverse=True)
     return [doc[:max_len] for doc in (long_docs + others)[:n_docs]]
