@@ -1,11 +1,13 @@
 """Teacher loading: the embedded GGUF teacher, specs that point nowhere, unsupported architectures."""
 
+import re
+
 import pytest
 import torch
 
 from hypenet.errors import MissingInputError
 from hypenet.teachers import SUPPORTED_ARCHITECTURES, load_teacher, resolve_teacher
-from hypenet.teachers.load import check_supported
+from hypenet.teachers.load import check_supported, checkpoint_location
 
 
 def test_embedded_teacher_loads_and_answers(tmp_path, monkeypatch):
@@ -33,6 +35,26 @@ def test_bad_teacher_specs_say_what_is_accepted(tmp_path):
     with pytest.raises(MissingInputError, match=r"notes.txt is a file but not a \.gguf file: pass a Hugging Face"):
         resolve_teacher(tmp_path / "notes.txt")
     assert resolve_teacher("Qwen/Qwen3-1.7B") == ("Qwen/Qwen3-1.7B", None)
+
+
+def test_a_hub_id_that_cannot_be_had_is_named_with_what_to_pass(monkeypatch, capsys, tmp_path):
+    import huggingface_hub.constants
+
+    from hypenet.cli import main
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as without network, at once
+    expected = (r"nobody/no-such-model is not a local folder or file, and the Hugging Face hub could not give its "
+                r"config.json: .* Pass a checkpoint folder, a .gguf file or 'embedded'")
+    with pytest.raises(MissingInputError, match=expected):
+        checkpoint_location("nobody/no-such-model")
+    for command in (["generate", "nobody/no-such-model", "--prompt", "hi"],
+                    ["eval", "nobody/no-such-model", "--out", str(tmp_path / "eval")]):
+        assert main(command) == 2  # the message alone, no traceback
+        assert re.match("error: " + expected, capsys.readouterr().err)
+
+
+def test_teacher_names_the_embedded_model_everywhere():
+    assert resolve_teacher("teacher") == resolve_teacher("embedded") == resolve_teacher(None)
 
 
 def test_unsupported_architecture_lists_the_supported_ones():

@@ -57,7 +57,7 @@ def check_supported(model_type: str, where: str) -> None:
 def resolve_teacher(spec: str | os.PathLike | None) -> tuple[str, str | None]:
     """(directory or hub id, gguf file name or None) for a teacher spec."""
     spec = EMBEDDED_TEACHER if spec is None else str(spec)
-    if spec in (EMBEDDED_TEACHER, "smollm2", "default"):
+    if spec in (EMBEDDED_TEACHER, "teacher", "smollm2", "default"):
         gguf = embedded_teacher_gguf()
         return str(gguf.parent), gguf.name
     path = Path(spec)
@@ -78,6 +78,23 @@ def resolve_teacher(spec: str | os.PathLike | None) -> tuple[str, str | None]:
     return spec, None  # a hub id such as Qwen/Qwen3-1.7B
 
 
+def hub_config(repo_id: str) -> str:
+    """The local path of a hub model's config.json (downloaded or from the HF cache); MissingInputError when it
+    cannot be had (no such model, no network, a gated model without a token), with the hub's reason."""
+    from transformers.utils import cached_file
+
+    try:
+        return cached_file(repo_id, "config.json")
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MissingInputError(
+            f"{repo_id} is not a local folder or file, and the Hugging Face hub could not give its config.json: "
+            f"{reason} Pass a checkpoint folder, a .gguf file or '{EMBEDDED_TEACHER}' (the embedded "
+            "SmolLM2-135M-Instruct); for a hub model, check its id, the network and your token (`hf auth login`), or "
+            "download it where there is network (`hf download ID --local-dir DIR`) and pass DIR."
+        ) from error
+
+
 def checkpoint_location(spec: str | os.PathLike | None) -> str:
     """A folder or hub id that `from_pretrained` loads directly, for any teacher spec.
 
@@ -86,6 +103,8 @@ def checkpoint_location(spec: str | os.PathLike | None) -> str:
     """
     location, gguf = resolve_teacher(spec)
     if gguf is None:
+        if not Path(location).exists():  # a hub id: say so now, rather than in a traceback from the first load
+            hub_config(location)
         return location
     cached = dequantised_folder(gguf)
     if not (cached / "model.safetensors").is_file():
