@@ -146,6 +146,17 @@ def test_a_llama_teacher_without_head_dim_in_its_config(tmp_path):
 
 
 
+def test_a_teacher_of_fewer_than_four_layers_keeps_one_attention_layer_as_the_selection_does(tmp_path):
+    from hypenet.halo.select import default_num_attention
+
+    path = tmp_path / "three"
+    LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=4).save_pretrained(path)
+    plan = make_plan(load_config(overrides=SMALL, teacher=str(path), out=str(tmp_path / "run")))
+    assert plan["student"]["attention_layers"] == default_num_attention(3) == 1
+    assert "1 of 3 layers keep attention" in markdown(plan)
+
+
 def test_the_plan_says_when_a_stage_cannot_fit_one_h200(teacher_dir, tmp_path, monkeypatch):
     import hypenet.halo.plan as plan_module
 

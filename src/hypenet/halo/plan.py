@@ -31,6 +31,7 @@ from .engine import LOSS_LOG, latest_checkpoint
 from .export import scaling_label, tolerance_rule
 from .flops import H200_DENSE_BF16_TFLOPS, build_objective
 from .pipeline import STAGES, check_output, done_info, saved_settings_refusal
+from .select import default_num_attention
 
 TRAINED = ("stage1", "stage2", "stage3")
 H200_GIB = 139  # what one H200 gives PyTorch, about
@@ -69,7 +70,7 @@ def attention_layer_count(config: ConvertConfig, layers: int) -> int:
         return 0
     if select.strategy == "manual":
         return len(select.manual_layers or [])
-    return select.num_attention if select.num_attention is not None else layers // 4
+    return select.num_attention if select.num_attention is not None else default_num_attention(layers)
 
 
 def nearest_mfu(teacher_parameters: int, compiled: bool) -> tuple[int, tuple[float, float, float]]:
