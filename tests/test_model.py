@@ -377,6 +377,20 @@ def test_beam_search_with_the_cache_equals_recomputing_every_step():
     assert runs[0].shape == (4, 16) and torch.equal(runs[0], runs[1])
 
 
+def test_generate_reads_past_max_position_embeddings_with_max_new_tokens():
+    """max_position_embeddings is the teacher's window; generate takes it as the model's limit (README), and a
+    HypeNet goes past it when told how many tokens to add: greedy tokens, each the full forward's argmax."""
+    model = tiny_hypenet(max_position_embeddings=16)
+    prompt = torch.randint(1, 97, (1, 40))
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
+        assert out.shape == (1, 45)
+        for k in range(40, 45):
+            assert out[0, k] == model(out[:, :k]).logits[0, -1].argmax()
+    with pytest.raises(ValueError, match="max_new_tokens"):  # transformers' own refusal, as the README says
+        model.generate(prompt, do_sample=False, pad_token_id=0)
+
+
 def test_chunked_prefill_in_generate_equals_one_prefill():
     """generate(prefill_chunk_size=N) feeds a long prompt N tokens at a time (activation memory bounded by N): the
     tokens are those of one prefill, left-padded batch included."""
