@@ -97,3 +97,19 @@ def test_logit_scaling_base_of_a_model_without_hype_is_refused(tmp_path):
     tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="HyPE's setting of a HypeNet model.* a llama model: evaluate it without one"):
         load_model_for_eval(tmp_path, device="cpu", logit_scaling_base=8000.0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is visible")
+def test_a_cuda_device_without_a_gpu_or_an_unknown_device_is_refused_by_eval_and_generate(tmp_path, capsys):
+    from hypenet.cli import main
+
+    tokenizer = tiny_tokenizer()
+    tiny_hypenet(tokenizer).save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    capsys.readouterr()
+    for command in (["eval", str(tmp_path / "m"), "--out", str(tmp_path / "e")],
+                    ["generate", str(tmp_path / "m"), "--prompt", "hi"]):
+        assert main([*command, "--device", "cuda"]) == 2  # the message alone, no traceback
+        assert capsys.readouterr().err.startswith("error: --device cuda but no GPU is visible to torch")
+        assert main([*command, "--device", "gpu"]) == 2
+        assert "error: --device 'gpu' is not a device torch knows" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from hypenet.errors import InvalidInputError
 from hypenet.teachers import EMBEDDED_TEACHER
 from hypenet.teachers.load import checkpoint_location
 
@@ -17,9 +18,17 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """The device asked for (None: CUDA when a GPU is visible, else the CPU); a CUDA device without a GPU is refused."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise InvalidInputError(f"--device {device!r} is not a device torch knows ({error}); e.g. cpu, cuda, cuda:1")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"--device {device} but no GPU is visible to torch (torch.cuda.is_available() is "
+                                "False): pass --device cpu, or install torch's CUDA build on a machine with a GPU")
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -61,9 +61,10 @@ def register(subparsers) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
+    from ..eval.models import resolve_device
     from .engine import DEFAULT_PREFILL_CHUNK, FastHypeNet
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     model, tokenizer = load_hypenet(args.model, dtype, device)
     if args.tokenizer:
