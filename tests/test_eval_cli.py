@@ -273,6 +273,29 @@ def test_niah_tasks_are_checked_before_the_model_loads(tmp_path):
         hypenet(["eval", missing, "--evals", "niah_forced", "--tasks", "single_1,multivalue,multiquery"])
 
 
+@pytest.mark.parametrize("option, value, said", [
+    ("--niah-depths", "0,1.5", "comma list of fractions of the haystack in [0, 1]"),
+    ("--niah-lengths", "4K,0", "comma list of positive token counts"),
+    ("--niah-lengths", "4X", "comma list of positive token counts"),
+    ("--copy-lengths", "", "comma list of positive token counts"),
+    ("--niah-samples", "0", "a positive whole number"),
+    ("--batch-size", "-1", "a positive whole number"),
+    ("--ppl-max-len", "0", "a positive whole number"),
+    ("--ppl-docs", "two", "a positive whole number"),
+    ("--ppl-heldout-fraction", "1", "a fraction in [0, 1)"),
+    ("--dtype", "int8", "invalid choice: 'int8'"),
+])
+def test_an_option_that_cannot_work_is_refused_before_anything_runs(tmp_path, capsys, option, value, said):
+    from hypenet.cli import main as hypenet
+
+    for command in (["eval", str(tmp_path / "no-model")], ["compare", "teacher", str(tmp_path / "no-model")]):
+        with pytest.raises(SystemExit) as stop:  # argparse's usage error: nothing loaded, nothing written
+            hypenet([*command, option, value, "--out", str(tmp_path / "out")])
+        assert stop.value.code == 2
+        assert f"argument {option}: {said}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_niah_forced_refuses_samples_asking_for_several_values():
     from test_eval_tiny import HAYSTACK_DOCS
 

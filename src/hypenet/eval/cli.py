@@ -22,6 +22,49 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def _depths(text: str) -> list[float]:
+    """--niah-depths: fractions of the haystack in [0, 1], at least one."""
+    try:
+        depths = _floats(text)
+    except ValueError:
+        depths = None
+    if not depths or any(not 0 <= d <= 1 for d in depths):
+        raise argparse.ArgumentTypeError(f"comma list of fractions of the haystack in [0, 1], e.g. 0,0.5,1; got "
+                                         f"{text!r}")
+    return depths
+
+
+def _lengths(text: str) -> list[int]:
+    """--niah-lengths / --copy-lengths: positive token counts (K = 1024, M = 1024K), at least one."""
+    try:
+        lengths = tokens(text)
+    except (ValueError, KeyError):
+        lengths = None
+    if not lengths or any(n < 1 for n in lengths):
+        raise argparse.ArgumentTypeError(f"comma list of positive token counts, e.g. 4K,64K; got {text!r}")
+    return lengths
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a positive whole number; got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"a fraction in [0, 1); got {text!r}")
+    return value
+
+
 def _base(text: str) -> float | str:
     """--logit-scaling-base: a number > 1, or off."""
     if text.strip().lower() == "off":
@@ -88,14 +131,16 @@ def register(subparsers) -> None:
 
 
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
+    from .models import DTYPE_NAMES
+
     parser.add_argument("--evals", type=_names, default=None,
                         help=f"comma list from {','.join(EVALS)} (default ppl,niah; with --lm-eval alone: lm_eval)")
     niah = parser.add_argument_group("NIAH")
-    niah.add_argument("--niah-lengths", type=tokens, default=tokens(DEFAULT_NIAH_LENGTHS),
+    niah.add_argument("--niah-lengths", type=_lengths, default=tokens(DEFAULT_NIAH_LENGTHS),
                       help=f"prompt lengths in tokens, e.g. 4K,64K (K = 1024; default {DEFAULT_NIAH_LENGTHS})")
-    niah.add_argument("--niah-depths", type=_floats, default=_floats(DEFAULT_NIAH_DEPTHS),
+    niah.add_argument("--niah-depths", type=_depths, default=_floats(DEFAULT_NIAH_DEPTHS),
                       help=f"needle depths as fractions of the haystack (default {DEFAULT_NIAH_DEPTHS})")
-    niah.add_argument("--niah-samples", type=int, default=4, help="samples per task x length x depth (default 4)")
+    niah.add_argument("--niah-samples", type=_positive, default=4, help="samples per task x length x depth (default 4)")
     niah.add_argument("--tasks", type=_names, default=["single_1", "single_2", "single_3"],
                       help="NIAH tasks (default single_1,single_2,single_3); also RULER's multikey_1, multikey_2, "
                            "multikey_3, multivalue and multiquery")
@@ -113,29 +158,29 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
                       help="wrap prompts in the tokenizer's chat template (default: plain text, as RULER base models)")
     niah.add_argument("--yarn", action="store_true",
                       help="also run NIAH beyond the trained window with YaRN (factor = length / trained length)")
-    niah.add_argument("--trained-len", type=int, default=None,
+    niah.add_argument("--trained-len", type=_positive, default=None,
                       help="trained context length for --yarn (default: from the config)")
-    niah.add_argument("--max-batch-tokens", type=int, default=131072,
+    niah.add_argument("--max-batch-tokens", type=_positive, default=131072,
                       help="cap on batch size x prompt length for long prompts (default 131072)")
     niah.add_argument("--niah-cache", type=Path, default=None,
                       help="folder of built NIAH prompts, reused by every model with the same tokenizer and "
                            "settings (default $HYPENET_CACHE/niah, i.e. ~/.cache/hypenet/niah; 'none' to rebuild)")
     ppl = parser.add_argument_group("perplexity")
-    ppl.add_argument("--ppl-max-len", type=int, default=None,
+    ppl.add_argument("--ppl-max-len", type=_positive, default=None,
                      help="tokens per document evaluated (default: the longest NIAH length)")
-    ppl.add_argument("--ppl-score-len", type=int, default=None,
+    ppl.add_argument("--ppl-score-len", type=_positive, default=None,
                      help="score only the first N tokens of each document (chosen for --ppl-max-len as usual), "
                           "e.g. a teacher within its window on the documents of a long-context run (default: all)")
-    ppl.add_argument("--ppl-docs", type=int, default=8, help="held-out documents (default 8)")
+    ppl.add_argument("--ppl-docs", type=_positive, default=8, help="held-out documents (default 8)")
     ppl.add_argument("--ppl-source", default="builtin", help="hypenet.data document source (default builtin)")
-    ppl.add_argument("--ppl-heldout-fraction", type=float, default=None,
+    ppl.add_argument("--ppl-heldout-fraction", type=_fraction, default=None,
                      help="held-out split of the source, as in HALO's data.heldout_fraction (default: HALO's)")
     copying = parser.add_argument_group("copying a span read earlier (--evals copy; held-out documents of "
                                         "--ppl-source)")
-    copying.add_argument("--copy-lengths", type=tokens, default=None,
+    copying.add_argument("--copy-lengths", type=_lengths, default=None,
                          help="sample lengths in tokens (default: the NIAH lengths)")
     copying.add_argument("--copy-span", type=int, default=32, help="tokens copied per sample (default 32)")
-    copying.add_argument("--copy-samples", type=int, default=8, help="samples (documents) per length (default 8)")
+    copying.add_argument("--copy-samples", type=_positive, default=8, help="samples (documents) per length (default 8)")
     lm = parser.add_argument_group("lm-evaluation-harness")
     lm.add_argument("--lm-eval", type=_names, default=None, metavar="TASKS", help="comma list of lm-eval tasks")
     lm.add_argument("--lm-eval-include-path", action="append", default=None,
@@ -143,13 +188,15 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     lm.add_argument("--lm-eval-fewshot", type=int, default=None, help="few-shot examples (default: task's own)")
     lm.add_argument("--limit", type=float, default=None, help="lm-eval: documents per task (int) or fraction")
     attention = parser.add_argument_group("needle attention (--evals needle_attention; a diagnostic, no scores)")
-    attention.add_argument("--needle-attention-samples", type=int, default=2,
+    attention.add_argument("--needle-attention-samples", type=_positive, default=2,
                            help="NIAH samples per task x length x depth whose attention on the needle is measured, "
                                 "the NIAH options' grid otherwise (default 2)")
     run = parser.add_argument_group("run")
-    run.add_argument("--batch-size", type=int, default=8, help="NIAH generation and lm-eval batch size (default 8)")
+    run.add_argument("--batch-size", type=_positive, default=8,
+                     help="NIAH generation and lm-eval batch size (default 8)")
     run.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    run.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32")
+    run.add_argument("--dtype", default="auto", choices=DTYPE_NAMES,
+                     help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32 (or bfloat16, float16, float32)")
     run.add_argument("--seed", type=int, default=0,
                      help="seed of the NIAH samples, lm-eval, and the held-out split (HALO's seed; default 0)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")

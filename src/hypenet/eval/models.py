@@ -15,6 +15,7 @@ TEACHER_ALIASES = ("teacher",)
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
+DTYPE_NAMES = ("auto", *_DTYPES)  # what --dtype accepts
 
 
 def resolve_device(device: str | None) -> torch.device:
