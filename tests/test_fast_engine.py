@@ -283,9 +283,35 @@ def test_generate_command_on_a_saved_checkpoint(tmp_path, capsys):
     args = parser.parse_args(["generate", str(tmp_path), "--prompt", prompt, "--max-new-tokens", "6",
                               "--device", "cpu"])
     assert args.func(args) == 0
-    printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == tokenizer.decode(expected, skip_special_tokens=True)
-    assert "6 new tokens" in printed[1]
+    printed = capsys.readouterr().out.splitlines()  # (after any line a library prints on its first import)
+    assert printed[-2] == tokenizer.decode(expected, skip_special_tokens=True)
+    assert "6 new tokens" in printed[-1]
+
+
+def test_generate_refuses_options_that_cannot_work(tmp_path, capsys):
+    from hypenet.cli import main
+
+    tiny_model().save_pretrained(tmp_path)
+    word_tokenizer(101).save_pretrained(tmp_path)
+    command = ["generate", str(tmp_path), "--device", "cpu", "--no-compile"]
+    for option, value, said in (("--max-new-tokens", "0", "a positive whole number"),
+                                ("--top-k", "0", "a positive whole number"),
+                                ("--prefill-chunk", "-2", "a positive whole number"),
+                                ("--temperature", "-0.5", "a number >= 0"),
+                                ("--temperature", "nan", "a number >= 0")):
+        with pytest.raises(SystemExit) as stop:  # argparse's usage error, before the model loads
+            main([*command, "--prompt", "w5", option, value])
+        assert stop.value.code == 2 and f"argument {option}: {said}" in capsys.readouterr().err
+    # after the prompt is tokenised: the message alone (exit 2), no traceback
+    for extra, said in ((["--prompt", "w5 w17 w3", "--max-new-tokens", "6", "--max-len", "7"],
+                         "error: --max-len 7 cannot hold the prompt (3 tokens) and --max-new-tokens 6: give at least "
+                         "8"),
+                        (["--prompt", ""], "error: the prompt is empty (no tokens): give some text"),
+                        (["--prompt-file", str(tmp_path / "missing.txt")],
+                         f"error: --prompt-file {tmp_path / 'missing.txt'} does not exist")):
+        assert main([*command, *extra]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(said)
+    assert main([*command, "--prompt", "w5 w17 w3", "--max-new-tokens", "6", "--max-len", "8"]) == 0  # just enough
 
 
 def test_teacher_through_the_engine_matches_transformers():

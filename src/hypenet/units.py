@@ -1,7 +1,9 @@
-"""Token counts as the command line writes them ('4K,32K,1M': K = 1024 tokens, M = 1024K), and byte sizes as
-reports write them ('5.2 KiB')."""
+"""Token counts as the command line writes them ('4K,32K,1M': K = 1024 tokens, M = 1024K), byte sizes as reports
+write them ('5.2 KiB'), and the argparse types of numbers that must be positive."""
 
 from __future__ import annotations
+
+import argparse
 
 SCALE = {"K": 1024, "M": 1024**2}
 BYTE_UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
@@ -21,3 +23,21 @@ def byte_size(value: int) -> str:
         if value >= size:
             return f"{value / size:.1f} {unit}"
     return f"{value} B"
+
+
+def checked(convert, accept, expected: str):
+    """An argparse type: `convert(text)` if it works and `accept`s the value; else argparse's usage error saying
+    `expected` (e.g. checked(int, lambda n: n >= 1, "a positive whole number"))."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):  # NaN is accepted by no comparison
+            raise argparse.ArgumentTypeError(f"{expected}; got {text!r}")
+        return value
+    return parse
+
+
+positive_int = checked(int, lambda n: n >= 1, "a positive whole number")  # a count, a batch, a length
+non_negative_float = checked(float, lambda x: x >= 0, "a number >= 0")  # a temperature

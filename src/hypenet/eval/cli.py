@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..units import tokens
+from ..units import checked, positive_int, tokens
 
 DEFAULT_NIAH_LENGTHS = "1024,2048,4096,8192,16384,32768,65536"
 DEFAULT_NIAH_DEPTHS = "0,0.25,0.5,0.75,1"
@@ -45,24 +45,7 @@ def _lengths(text: str) -> list[int]:
     return lengths
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a positive whole number; got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"a fraction in [0, 1); got {text!r}")
-    return value
+_fraction = checked(float, lambda x: 0 <= x < 1, "a fraction in [0, 1)")
 
 
 def _base(text: str) -> float | str:
@@ -140,7 +123,8 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
                       help=f"prompt lengths in tokens, e.g. 4K,64K (K = 1024; default {DEFAULT_NIAH_LENGTHS})")
     niah.add_argument("--niah-depths", type=_depths, default=_floats(DEFAULT_NIAH_DEPTHS),
                       help=f"needle depths as fractions of the haystack (default {DEFAULT_NIAH_DEPTHS})")
-    niah.add_argument("--niah-samples", type=_positive, default=4, help="samples per task x length x depth (default 4)")
+    niah.add_argument("--niah-samples", type=positive_int, default=4,
+                      help="samples per task x length x depth (default 4)")
     niah.add_argument("--tasks", type=_names, default=["single_1", "single_2", "single_3"],
                       help="NIAH tasks (default single_1,single_2,single_3); also RULER's multikey_1, multikey_2, "
                            "multikey_3, multivalue and multiquery")
@@ -158,20 +142,20 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
                       help="wrap prompts in the tokenizer's chat template (default: plain text, as RULER base models)")
     niah.add_argument("--yarn", action="store_true",
                       help="also run NIAH beyond the trained window with YaRN (factor = length / trained length)")
-    niah.add_argument("--trained-len", type=_positive, default=None,
+    niah.add_argument("--trained-len", type=positive_int, default=None,
                       help="trained context length for --yarn (default: from the config)")
-    niah.add_argument("--max-batch-tokens", type=_positive, default=131072,
+    niah.add_argument("--max-batch-tokens", type=positive_int, default=131072,
                       help="cap on batch size x prompt length for long prompts (default 131072)")
     niah.add_argument("--niah-cache", type=Path, default=None,
                       help="folder of built NIAH prompts, reused by every model with the same tokenizer and "
                            "settings (default $HYPENET_CACHE/niah, i.e. ~/.cache/hypenet/niah; 'none' to rebuild)")
     ppl = parser.add_argument_group("perplexity")
-    ppl.add_argument("--ppl-max-len", type=_positive, default=None,
+    ppl.add_argument("--ppl-max-len", type=positive_int, default=None,
                      help="tokens per document evaluated (default: the longest NIAH length)")
-    ppl.add_argument("--ppl-score-len", type=_positive, default=None,
+    ppl.add_argument("--ppl-score-len", type=positive_int, default=None,
                      help="score only the first N tokens of each document (chosen for --ppl-max-len as usual), "
                           "e.g. a teacher within its window on the documents of a long-context run (default: all)")
-    ppl.add_argument("--ppl-docs", type=_positive, default=8, help="held-out documents (default 8)")
+    ppl.add_argument("--ppl-docs", type=positive_int, default=8, help="held-out documents (default 8)")
     ppl.add_argument("--ppl-source", default="builtin", help="hypenet.data document source (default builtin)")
     ppl.add_argument("--ppl-heldout-fraction", type=_fraction, default=None,
                      help="held-out split of the source, as in HALO's data.heldout_fraction (default: HALO's)")
@@ -180,7 +164,8 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     copying.add_argument("--copy-lengths", type=_lengths, default=None,
                          help="sample lengths in tokens (default: the NIAH lengths)")
     copying.add_argument("--copy-span", type=int, default=32, help="tokens copied per sample (default 32)")
-    copying.add_argument("--copy-samples", type=_positive, default=8, help="samples (documents) per length (default 8)")
+    copying.add_argument("--copy-samples", type=positive_int, default=8,
+                         help="samples (documents) per length (default 8)")
     lm = parser.add_argument_group("lm-evaluation-harness")
     lm.add_argument("--lm-eval", type=_names, default=None, metavar="TASKS", help="comma list of lm-eval tasks")
     lm.add_argument("--lm-eval-include-path", action="append", default=None,
@@ -188,11 +173,11 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     lm.add_argument("--lm-eval-fewshot", type=int, default=None, help="few-shot examples (default: task's own)")
     lm.add_argument("--limit", type=float, default=None, help="lm-eval: documents per task (int) or fraction")
     attention = parser.add_argument_group("needle attention (--evals needle_attention; a diagnostic, no scores)")
-    attention.add_argument("--needle-attention-samples", type=_positive, default=2,
+    attention.add_argument("--needle-attention-samples", type=positive_int, default=2,
                            help="NIAH samples per task x length x depth whose attention on the needle is measured, "
                                 "the NIAH options' grid otherwise (default 2)")
     run = parser.add_argument_group("run")
-    run.add_argument("--batch-size", type=_positive, default=8,
+    run.add_argument("--batch-size", type=positive_int, default=8,
                      help="NIAH generation and lm-eval batch size (default 8)")
     run.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     run.add_argument("--dtype", default="auto", choices=DTYPE_NAMES,

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InvalidInputError, MissingInputError
+from ..units import non_negative_float, positive_int
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -46,12 +49,13 @@ def register(subparsers) -> None:
     prompt.add_argument("--prompt", help="prompt text")
     prompt.add_argument("--prompt-file", type=Path, help="file holding the prompt text")
     parser.add_argument("--tokenizer", default=None, help="tokenizer to use when MODEL has none")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128)
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-k", type=positive_int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-len", type=int, default=None, help="cache length (default prompt + max-new-tokens)")
-    parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill chunk in tokens")
+    parser.add_argument("--max-len", type=positive_int, default=None,
+                        help="cache length (default prompt + max-new-tokens)")
+    parser.add_argument("--prefill-chunk", type=positive_int, default=None, help="prefill chunk in tokens")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default bf16 on a GPU, fp32 on CPU")
     parser.add_argument("--device", default=None, help="default cuda when available")
     parser.add_argument("--no-compile", action="store_true", help="no torch.compile (and no CUDA graph)")
@@ -64,6 +68,8 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..eval.models import resolve_device
     from .engine import DEFAULT_PREFILL_CHUNK, FastHypeNet
 
+    if args.prompt_file is not None and not args.prompt_file.is_file():
+        raise MissingInputError(f"--prompt-file {args.prompt_file} does not exist")
     device = resolve_device(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     model, tokenizer = load_hypenet(args.model, dtype, device)
@@ -73,6 +79,12 @@ def run_generate(args: argparse.Namespace) -> int:
         raise SystemExit(f"{args.model} has no tokenizer; pass --tokenizer NAME_OR_PATH")
     text = args.prompt if args.prompt is not None else args.prompt_file.read_text()
     input_ids = tokenizer(text, return_tensors="pt").input_ids.to(device)
+    if input_ids.shape[1] == 0:
+        raise InvalidInputError("the prompt is empty (no tokens): give some text")
+    needed = input_ids.shape[1] + args.max_new_tokens - 1  # the last new token is never cached
+    if args.max_len is not None and args.max_len < needed:
+        raise InvalidInputError(f"--max-len {args.max_len} cannot hold the prompt ({input_ids.shape[1]} tokens) and "
+                                f"--max-new-tokens {args.max_new_tokens}: give at least {needed}, or leave it out")
     max_len = args.max_len or input_ids.shape[1] + args.max_new_tokens
     engine = FastHypeNet(model, max_batch=1, max_len=max_len, prefill_chunk=args.prefill_chunk or DEFAULT_PREFILL_CHUNK,
                          compile=False if args.no_compile else None, cuda_graph=False if args.no_compile else None)
