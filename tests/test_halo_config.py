@@ -65,11 +65,26 @@ def test_overrides_are_converted_to_the_field_types():
         ("data.repeat_numbers=1.5", r"data.repeat_numbers is a share of the chunks with a repeated span, in \[0, 1\]"),
         ("data.repeat_numbers=0.5", r"with data.repeat_spans=0 no chunk gets a number: set both"),
         ("select.recall_style=quiz", r"select.recall_style must be one of \['repeat', 'question'\]; got 'quiz'"),
+        ("stage3.lr=-1e-5", r"stage3.lr must be positive; got -1e-05"),
+        ("stage1.lr=0", r"stage1.lr must be positive; got 0.0"),
+        ("stage1.min_lr=0.01", r"stage1.min_lr, where the cosine schedule ends, must be in \[0, stage1.lr\]; got 0.01"),
+        ("stage2.min_lr=-1", r"stage2.min_lr, where the cosine schedule ends, must be in \[0, stage2.lr\]"),
+        ("stage2.warmup_steps=-1", "stage2.warmup_steps must be >= 0; got -1"),
+        ("stage3.grad_clip=0", "stage3.grad_clip, the largest gradient norm, must be positive; got 0.0"),
+        ("stage2.micro_batch_size=0", r"stage2.micro_batch_size must be between 1 and stage2.batch_size \(96\)"),
+        ("stage2.micro_batch_size=97", r"stage2.micro_batch_size must be between 1 and stage2.batch_size \(96\)"),
+        ("data.heldout_fraction=1", r"data.heldout_fraction is a share of the documents, in \[0, 1\); got 1.0"),
+        ("select.num_attention=0", r"select.num_attention must be at least 1 \(select.strategy=none keeps none\)"),
     ],
 )
 def test_bad_overrides_are_explained(override, message):
     with pytest.raises(HaloError, match=message):
         load_config(overrides=[override])
+
+
+def test_a_constant_schedule_takes_any_positive_rate_below_min_lr():
+    # min_lr is where the cosine schedule ends; the constant one never reads it
+    assert load_config(overrides=["stage3.lr=1e-6", "stage3.schedule=constant"]).stage3.lr == 1e-6
 
 
 def test_an_export_length_within_the_training_context_is_refused_before_anything_runs():

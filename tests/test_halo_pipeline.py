@@ -430,6 +430,18 @@ def test_a_stage_that_runs_the_teacher_past_its_window_warns(assets, tmp_path, m
     assert ran == ["stage1", "select", "stage3", "stage2"]
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["select.num_attention=5"], "error: select.num_attention must be between 1 and the teacher's 4 layers; got 5"),
+    (["select.strategy=manual", "select.manual_layers=1,4"],
+     "error: attention layer indices [4] are out of range: the teacher has layers 0..3"),
+])
+def test_a_selection_the_teacher_cannot_have_stops_before_anything_is_written(assets, tmp_path, capsys, overrides,
+                                                                              message):
+    out = tmp_path / "out"
+    assert main(["convert", *cli_args(assets, "qwen3", out), *[a for o in overrides for a in ("--set", o)]]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message and not out.exists()
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path, monkeypatch):
     forward = LayerAlignment.forward
     calls = []

@@ -157,6 +157,18 @@ def test_a_teacher_of_fewer_than_four_layers_keeps_one_attention_layer_as_the_se
     assert "1 of 3 layers keep attention" in markdown(plan)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["select.num_attention=9"], "select.num_attention must be between 1 and the teacher's 8 layers; got 9"),
+    (["select.strategy=even", "select.num_attention=9"], "between 1 and the teacher's 8 layers; got 9"),
+    (["select.strategy=manual", "select.manual_layers=2,8"],
+     r"attention layer indices \[8\] are out of range: the teacher has layers 0..7"),
+])
+def test_a_selection_the_teacher_cannot_have_is_refused_by_the_plan(teacher_dir, tmp_path, overrides, message):
+    # (the conversion refuses it too: tests/test_halo_pipeline.py)
+    with pytest.raises(HaloError, match=message):
+        make_plan(config_for(teacher_dir, tmp_path / "run", *overrides))
+
+
 def test_the_plan_says_when_a_stage_cannot_fit_one_h200(teacher_dir, tmp_path, monkeypatch):
     import hypenet.halo.plan as plan_module
 

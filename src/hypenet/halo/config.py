@@ -334,6 +334,18 @@ def validate(config: ConvertConfig) -> None:
                 raise HaloError(f"{name}.{key} must be positive; got {getattr(stage, key)}")
         if stage.tokens is not None and stage.tokens < 1:
             raise HaloError(f"{name}.tokens must be positive; got {stage.tokens}")
+        if stage.lr is not None and not stage.lr > 0:
+            raise HaloError(f"{name}.lr must be positive; got {stage.lr}")
+        if not 0 <= stage.min_lr or (stage.schedule == "cosine" and stage.lr is not None and stage.min_lr > stage.lr):
+            raise HaloError(f"{name}.min_lr, where the cosine schedule ends, must be in [0, {name}.lr]; got "
+                            f"{stage.min_lr} (lr {stage.lr})")
+        if stage.warmup_steps < 0:
+            raise HaloError(f"{name}.warmup_steps must be >= 0; got {stage.warmup_steps}")
+        if not stage.grad_clip > 0:
+            raise HaloError(f"{name}.grad_clip, the largest gradient norm, must be positive; got {stage.grad_clip}")
+        if stage.micro_batch_size is not None and not 1 <= stage.micro_batch_size <= stage.batch_size:
+            raise HaloError(f"{name}.micro_batch_size must be between 1 and {name}.batch_size ({stage.batch_size}), "
+                            f"or unset; got {stage.micro_batch_size}")
     if config.select.strategy not in ("halo", "even", "manual", "none"):
         raise HaloError(f"select.strategy must be 'halo', 'even', 'manual' or 'none'; got {config.select.strategy!r}")
     from .probes import RECALL_QUESTIONS
@@ -367,6 +379,12 @@ def validate(config: ConvertConfig) -> None:
             f"training context: the export chooses its logit scaling on positions past it; e.g. --set "
             f"export.eval_len={4 * config.stage3.seq_len}, or leave it out (4 x stage3.seq_len)"
         )
+    if not 0 <= config.data.heldout_fraction < 1:
+        raise HaloError(f"data.heldout_fraction is a share of the documents, in [0, 1); got "
+                        f"{config.data.heldout_fraction}")
+    if config.select.num_attention is not None and config.select.num_attention < 1:
+        raise HaloError(f"select.num_attention must be at least 1 (select.strategy=none keeps none); got "
+                        f"{config.select.num_attention}")
     if config.select.strategy == "manual" and not config.select.manual_layers:
         raise HaloError("select.strategy=manual needs select.manual_layers, e.g. --set select.manual_layers=2,5,9")
     if (config.select.lm_eval_recall is None) != (config.select.lm_eval_commonsense is None):

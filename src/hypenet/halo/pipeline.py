@@ -41,6 +41,7 @@ from .config import (
     to_dict,
     write_text_atomic,
 )
+from .select import check_selection
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,12 @@ class Conversion:
         check_tokenizer(self.teacher, self.tokenizer, config.teacher)
         self.teacher_parameters = sum(p.numel() for p in self.teacher.parameters())
         self.config = resolve(config, self.teacher_parameters)
+        select = self.config.select
+        try:
+            check_selection(select.strategy, select.num_attention, select.manual_layers,
+                            self.teacher.config.num_hidden_layers)
+        except ValueError as error:
+            raise HaloError(str(error)) from None
 
     @property
     def is_main_process(self) -> bool:

@@ -31,7 +31,7 @@ from .engine import LOSS_LOG, latest_checkpoint
 from .export import scaling_label, tolerance_rule
 from .flops import H200_DENSE_BF16_TFLOPS, build_objective
 from .pipeline import STAGES, check_output, done_info, saved_settings_refusal
-from .select import default_num_attention
+from .select import check_selection, default_num_attention
 
 TRAINED = ("stage1", "stage2", "stage3")
 H200_GIB = 139  # what one H200 gives PyTorch, about
@@ -132,6 +132,10 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
     teacher_parameters = sum(p.numel() for p in teacher.parameters())
     resolved = resolve(config, teacher_parameters)
     layers = teacher_cfg.num_hidden_layers
+    try:
+        check_selection(resolved.select.strategy, resolved.select.num_attention, resolved.select.manual_layers, layers)
+    except ValueError as error:
+        raise HaloError(str(error)) from None
     attention = attention_layer_count(resolved, layers)
     # which layers keep attention changes no shape, so any `attention` of them give the student's counts
     mixer_types = ["attention" if i < attention else "lightning" for i in range(layers)]

@@ -104,6 +104,16 @@ def default_num_attention(num_layers: int) -> int:
     return max(1, num_layers // 4)
 
 
+def check_selection(strategy: str, num_attention: int | None, manual_layers: Sequence[int] | None,
+                    num_layers: int) -> None:
+    """A ValueError, before anything trains, for a selection this teacher's `num_layers` cannot have."""
+    if strategy == "manual":
+        check_layer_indices(list(manual_layers or []), num_layers)
+    elif strategy != "none" and num_attention is not None and not 1 <= num_attention <= num_layers:
+        raise ValueError(f"select.num_attention must be between 1 and the teacher's {num_layers} layers; got "
+                         f"{num_attention}")
+
+
 # ---- patching the teacher -------------------------------------------------------------------------------------
 
 
