@@ -167,3 +167,18 @@ def test_bench_without_a_gpu_says_to_pass_device_cpu(tmp_path):
     with pytest.raises(SystemExit, match="none is visible; pass --device cpu"):
         main(["tiny-hypenet", "--out", str(tmp_path / "b")])
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("option, value, said", [
+    ("--contexts", "0", "comma list of positive counts"),
+    ("--batch-sizes", "1,0", "comma list of positive counts"),
+    ("--decode-tokens", "0", "a positive whole number"),
+    ("--prefill-chunk", "-8", "a positive whole number"),
+    ("--warmup-tokens", "-1", "a whole number >= 0"),
+    ("--time-budget-s", "0", "a number > 0"),
+])
+def test_bench_refuses_options_that_cannot_work_before_anything_runs(tmp_path, capsys, option, value, said):
+    with pytest.raises(SystemExit) as stop:
+        main(["tiny-hypenet", "--device", "cpu", option, value, "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2 and f"argument {option}: {said}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -275,9 +275,9 @@ def test_niah_tasks_are_checked_before_the_model_loads(tmp_path):
 
 @pytest.mark.parametrize("option, value, said", [
     ("--niah-depths", "0,1.5", "comma list of fractions of the haystack in [0, 1]"),
-    ("--niah-lengths", "4K,0", "comma list of positive token counts"),
-    ("--niah-lengths", "4X", "comma list of positive token counts"),
-    ("--copy-lengths", "", "comma list of positive token counts"),
+    ("--niah-lengths", "4K,0", "comma list of positive counts"),
+    ("--niah-lengths", "4X", "comma list of positive counts"),
+    ("--copy-lengths", "", "comma list of positive counts"),
     ("--niah-samples", "0", "a positive whole number"),
     ("--batch-size", "-1", "a positive whole number"),
     ("--ppl-max-len", "0", "a positive whole number"),

@@ -9,7 +9,7 @@ import torch
 
 from ..fast import DEFAULT_PREFILL_CHUNK
 from ..fast.gemv import FUSION_PARTS, fusion_parts
-from ..units import tokens
+from ..units import non_negative_int, positive_float, positive_int, token_list, tokens
 from .run import DTYPES, BenchSettings, run
 from .shapes import SHAPES
 
@@ -32,19 +32,21 @@ def register(subparsers) -> None:
                     "(teachers as all-attention HypeNets); teachers also through transformers' generate. Writes "
                     "bench.json, bench.md and bench_decode.png to --out after every case.")
     parser.add_argument("models", nargs="+", metavar="MODEL", help="named shape or model path")
-    parser.add_argument("--contexts", type=tokens, default=tokens("32K,128K,512K,1M"),
+    parser.add_argument("--contexts", type=token_list, default=tokens("32K,128K,512K,1M"),
                         help="decode contexts, e.g. 128K,512K,1M (default 32K,128K,512K,1M)")
-    parser.add_argument("--prefill-contexts", type=tokens, default=tokens("128K,512K,1M"),
+    parser.add_argument("--prefill-contexts", type=token_list, default=tokens("128K,512K,1M"),
                         help="contexts whose prompt is prefilled for real and timed; other contexts decode from a "
                              "random cache of that length (default 128K,512K,1M; '' for none)")
-    parser.add_argument("--teacher-prefill-contexts", type=tokens, default=tokens("128K"),
+    parser.add_argument("--teacher-prefill-contexts", type=token_list, default=tokens("128K"),
                         help="the same for teachers in the fast engine (default 128K; '' for none)")
-    parser.add_argument("--transformers-contexts", type=tokens, default=tokens("128K,512K"),
+    parser.add_argument("--transformers-contexts", type=token_list, default=tokens("128K,512K"),
                         help="contexts for teachers through transformers' generate ('' to skip; default 128K,512K)")
-    parser.add_argument("--batch-sizes", type=tokens, default=[1], help="comma list (default 1)")
-    parser.add_argument("--decode-tokens", type=int, default=32, help="timed decode steps per case (default 32)")
-    parser.add_argument("--warmup-tokens", type=int, default=4, help="untimed decode steps first (default 4)")
-    parser.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
+    parser.add_argument("--batch-sizes", type=token_list, default=[1], help="comma list (default 1)")
+    parser.add_argument("--decode-tokens", type=positive_int, default=32,
+                        help="timed decode steps per case (default 32)")
+    parser.add_argument("--warmup-tokens", type=non_negative_int, default=4,
+                        help="untimed decode steps first (default 4)")
+    parser.add_argument("--prefill-chunk", type=positive_int, default=DEFAULT_PREFILL_CHUNK,
                         help=f"prefill chunk in tokens (default {DEFAULT_PREFILL_CHUNK})")
     parser.add_argument("--device", default="cuda", help="default cuda")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
@@ -71,7 +73,7 @@ def register(subparsers) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="after each decode timing, run a few steps under torch.profiler: kernels per step, GPU "
                              "busy time by kind of kernel, time between kernels (profile_*.txt, bench.md)")
-    parser.add_argument("--time-budget-s", type=float, default=480.0,
+    parser.add_argument("--time-budget-s", type=positive_float, default=480.0,
                         help="skip cases that would end after this many seconds (default 480)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)")
     parser.set_defaults(func=run_bench)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..units import checked, positive_int, tokens
+from ..units import checked, positive_int, token_list, tokens
 
 DEFAULT_NIAH_LENGTHS = "1024,2048,4096,8192,16384,32768,65536"
 DEFAULT_NIAH_DEPTHS = "0,0.25,0.5,0.75,1"
@@ -36,12 +36,10 @@ def _depths(text: str) -> list[float]:
 
 def _lengths(text: str) -> list[int]:
     """--niah-lengths / --copy-lengths: positive token counts (K = 1024, M = 1024K), at least one."""
-    try:
-        lengths = tokens(text)
-    except (ValueError, KeyError):
-        lengths = None
-    if not lengths or any(n < 1 for n in lengths):
-        raise argparse.ArgumentTypeError(f"comma list of positive token counts, e.g. 4K,64K; got {text!r}")
+    lengths = token_list(text)
+    if not lengths:
+        raise argparse.ArgumentTypeError(f"comma list of positive counts (K = 1024, M = 1024K), at least one, e.g. "
+                                         f"4K,64K; got {text!r}")
     return lengths
 
 
