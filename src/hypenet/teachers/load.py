@@ -86,7 +86,7 @@ def hub_config(repo_id: str) -> str:
     try:
         return cached_file(repo_id, "config.json")
     except OSError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".") + "."
         raise MissingInputError(
             f"{repo_id} is not a local folder or file, and the Hugging Face hub could not give its config.json: "
             f"{reason} Pass a checkpoint folder, a .gguf file or '{EMBEDDED_TEACHER}' (the embedded "
