@@ -17,18 +17,6 @@ def tokens(text: str) -> list[int]:
     return values
 
 
-def token_list(text: str) -> list[int]:
-    """argparse type: positive token counts as `tokens` reads them ('' -> [], for options where that means none)."""
-    try:
-        values = tokens(text)
-    except (ValueError, KeyError):
-        values = None
-    if values is None or any(n < 1 for n in values):
-        raise argparse.ArgumentTypeError(f"comma list of positive counts (K = 1024, M = 1024K), e.g. 4K,64K; "
-                                         f"got {text!r}")
-    return values
-
-
 def byte_size(value: int) -> str:
     """5324 -> '5.2 KiB' (binary units, one decimal)."""
     for unit, size in BYTE_UNITS:
@@ -51,6 +39,9 @@ def checked(convert, accept, expected: str):
     return parse
 
 
+# positive token counts as `tokens` reads them ('' -> [], for options where that means none)
+token_list = checked(tokens, lambda ns: all(n >= 1 for n in ns), "comma list of positive counts (K = 1024, M = 1024K), "
+                     "e.g. 4K,64K")
 positive_int = checked(int, lambda n: n >= 1, "a positive whole number")  # a count, a batch, a length
 non_negative_int = checked(int, lambda n: n >= 0, "a whole number >= 0")  # steps that may be none
 non_negative_float = checked(float, lambda x: x >= 0, "a number >= 0")  # a temperature

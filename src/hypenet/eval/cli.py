@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..units import checked, positive_int, token_list, tokens
+from ..units import checked, positive_int, tokens
 
 DEFAULT_NIAH_LENGTHS = "1024,2048,4096,8192,16384,32768,65536"
 DEFAULT_NIAH_DEPTHS = "0,0.25,0.5,0.75,1"
@@ -22,27 +22,12 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
-def _depths(text: str) -> list[float]:
-    """--niah-depths: fractions of the haystack in [0, 1], at least one."""
-    try:
-        depths = _floats(text)
-    except ValueError:
-        depths = None
-    if not depths or any(not 0 <= d <= 1 for d in depths):
-        raise argparse.ArgumentTypeError(f"comma list of fractions of the haystack in [0, 1], e.g. 0,0.5,1; got "
-                                         f"{text!r}")
-    return depths
-
-
-def _lengths(text: str) -> list[int]:
-    """--niah-lengths / --copy-lengths: positive token counts (K = 1024, M = 1024K), at least one."""
-    lengths = token_list(text)
-    if not lengths:
-        raise argparse.ArgumentTypeError(f"comma list of positive counts (K = 1024, M = 1024K), at least one, e.g. "
-                                         f"4K,64K; got {text!r}")
-    return lengths
-
-
+# --niah-depths: fractions of the haystack in [0, 1], at least one; --niah-lengths / --copy-lengths: positive token
+# counts (K = 1024, M = 1024K), at least one
+_depths = checked(_floats, lambda ds: bool(ds) and all(0 <= d <= 1 for d in ds),
+                  "comma list of fractions of the haystack in [0, 1], e.g. 0,0.5,1")
+_lengths = checked(tokens, lambda ns: bool(ns) and all(n >= 1 for n in ns),
+                   "comma list of positive counts (K = 1024, M = 1024K), at least one, e.g. 4K,64K")
 _fraction = checked(float, lambda x: 0 <= x < 1, "a fraction in [0, 1)")
 
 

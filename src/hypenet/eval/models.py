@@ -7,11 +7,7 @@ from pathlib import Path
 import torch
 
 from hypenet.errors import InvalidInputError
-from hypenet.teachers import EMBEDDED_TEACHER
 from hypenet.teachers.load import checkpoint_location
-
-# "teacher" reads naturally on the eval command line; hypenet.teachers knows the embedded model as "embedded".
-TEACHER_ALIASES = ("teacher",)
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -90,7 +86,7 @@ def load_model_for_eval(spec: str | Path, device: str | None = None, dtype: str 
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    directory = checkpoint_location(EMBEDDED_TEACHER if str(spec) in TEACHER_ALIASES else spec)  # GGUF: cached once
+    directory = checkpoint_location(spec)  # 'teacher' is the embedded model; a GGUF file is dequantised once
     location = {"trust_remote_code": True}
     config = AutoConfig.from_pretrained(directory, **location)
     if rope_scaling is not None:
