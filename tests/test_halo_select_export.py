@@ -4,6 +4,8 @@ import json
 import sys
 import warnings
 
+import matplotlib
+import matplotlib.pyplot
 import numpy as np
 import pytest
 import torch
@@ -28,7 +30,7 @@ from hypenet.halo.export import (
     scaling_label,
 )
 from hypenet.halo.probes import build_probes
-from hypenet.halo.report import write_report
+from hypenet.halo.report import report_figure, write_report
 from hypenet.halo.select import (
     SCORE_CLIP,
     SelectionResult,
@@ -833,6 +835,34 @@ def test_report_shows_losses_by_band(tmp_path):
     del export["losses_by_band"]["32K-64K"]["16000"]  # a value missing from a band
     md = write_report(tmp_path, {"export": export})[1].read_text()
     assert "| 16000 | 2.50002 | **2.40001** | - |" in md
+
+
+def test_report_figure_draws_the_curves_the_scores_and_the_bases():
+    report = {
+        "stages": {"stage1": {"losses": [[1, 400.0], [2, 150.0], [3, 12.0]]},  # 33x: a log axis
+                   "stage3": {"losses": [[1, 5.0], [2, 4.9], [3, 5.1]]}},
+        "selection": {"scores": {"0": 1.0, "1": 0.0, "2": 0.02, "3": 50.0}, "attention_layers": [0, 3]},
+        "export": {"logit_scaling_base": 500, "losses": {"off": 3.3, "100": 3.2, "500": 3.1, "2000": 3.15}},
+    }
+    fig = report_figure(report)
+    curve1, curve3, scores, bases = fig.axes
+    assert [ax.get_title() for ax in (curve1, curve3)] == ["stage1 loss", "stage3 loss"]
+    assert (curve1.get_yscale(), curve3.get_yscale()) == ("log", "linear")
+    assert list(curve3.get_xticks()) == [int(t) for t in curve3.get_xticks()]  # steps are whole numbers
+    # layer 1's score of 0 keeps its place on a log axis (linear below the smallest positive score)
+    assert scores.get_yscale() == "symlog" and scores.yaxis.get_transform().linthresh == 0.02
+    assert [bar.get_height() for bar in scores.patches] == [1.0, 0.0, 0.02, 50.0]
+    red = matplotlib.colors.to_rgba("tab:red")
+    assert [bar.get_facecolor() == red for bar in scores.patches] == [True, False, False, True]
+    assert bases.get_xscale() == "log"
+    by_style = {line.get_linestyle(): line for line in bases.get_lines()}
+    curve, written, off = by_style["-"], by_style["None"], by_style["--"]
+    assert list(curve.get_xdata()) == [100, 500, 2000] and list(curve.get_ydata()) == [3.2, 3.1, 3.15]
+    assert (list(written.get_xdata()), list(written.get_ydata())) == ([500], [3.1])
+    assert matplotlib.colors.same_color(written.get_color(), "tab:red")
+    assert list(off.get_ydata()) == [3.3, 3.3]  # logit scaling off: a level line
+    matplotlib.pyplot.close(fig)
+    assert report_figure({"teacher": "tiny"}) is None
 
 
 def test_a_near_tie_without_a_tolerance_is_reported_with_the_commands_to_act_on_it(student, tokenizer, tmp_path,

@@ -1,4 +1,5 @@
-"""The conversion report: report.json (the dict as is), report.md, and report.png (loss curves, layer scores).
+"""The conversion report: report.json (the dict as is), report.md, and report.png (loss curves, layer scores, the
+export's loss per logit-scaling base).
 
 The report dict (every key optional; the pipeline fills what it has):
 
@@ -133,43 +134,70 @@ def _export_section(export: dict) -> list[str]:
     return lines
 
 
-def _plot(report: dict, path: Path) -> bool:
-    """Loss curves per stage and the layer scores (selected layers highlighted); False when there is nothing to draw."""
+def _spread(values) -> bool:
+    """Whether the positive values span more than 20x, so that a log axis shows the small ones."""
+    positive = [v for v in values if v > 0]
+    return bool(positive) and max(positive) / min(positive) > 20
+
+
+def report_figure(report: dict):
+    """The report's figure, one panel each: every stage's loss curve, HALO's layer scores (the kept layers in red)
+    and the export's held-out loss per logit-scaling base (the base written in red); None when there is nothing to
+    draw."""
     stages = {n: s["losses"] for n, s in (report.get("stages") or {}).items() if s.get("losses")}
     selection = report.get("selection") or {}
     scores = _per_layer(selection.get("scores"))
-    if not stages and not scores:
-        return False
+    export = report.get("export") or {}
+    bases = {float(label): loss for label, loss in (export.get("losses") or {}).items()
+             if label != "off" and loss is not None}
+    if not stages and not scores and not bases:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    from ..eval.plots import save_figure
-
-    panels = len(stages) + bool(scores)
+    panels = len(stages) + bool(scores) + bool(bases)
     fig, axes = plt.subplots(panels, 1, figsize=(8, 3 * panels), squeeze=False)
-    axes = axes[:, 0]
-    for ax, (name, losses) in zip(axes, stages.items()):
+    axes = iter(axes[:, 0])
+    for name, losses in stages.items():
+        ax = next(axes)
         steps, values = zip(*losses)
         ax.plot(steps, values)
         ax.set(title=f"{name} loss", xlabel="step", ylabel="loss")
-        if min(values) > 0 and max(values) / min(values) > 20:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if min(values) > 0 and _spread(values):
             ax.set_yscale("log")
     if scores:
-        ax = axes[-1]
+        ax = next(axes)
         chosen = set(selection.get("attention_layers", []))
         layers = sorted(scores)
-        colors = ["tab:red" if i in chosen else "tab:gray" for i in layers]
-        ax.bar(layers, [scores[i] for i in layers], color=colors)
+        ax.bar(layers, [scores[i] for i in layers], color=["tab:red" if i in chosen else "tab:gray" for i in layers])
         ax.set(title="HALO layer scores (red: attention kept)", xlabel="layer", ylabel="score s")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if _spread(scores.values()):  # linear below the smallest positive score, so that a score of 0 has a place
+            ax.set_yscale("symlog", linthresh=min(v for v in scores.values() if v > 0))
+    if bases:
+        ax = next(axes)
+        xs = sorted(bases)
+        ax.plot(xs, [bases[x] for x in xs], marker="o", color="tab:blue")
+        if (off := (export.get("losses") or {}).get("off")) is not None:
+            ax.axhline(off, color="tab:gray", linestyle="--", label="logit scaling off")
+            ax.legend()
+        written = export.get("logit_scaling_base")
+        if written is not None and float(written) in bases:
+            ax.plot([float(written)], [bases[float(written)]], marker="o", markersize=9, color="tab:red",
+                    linestyle="none")
+        ax.set_xscale("log")
+        ax.set(title="export: held-out long-context loss per logit-scaling base (red: the base written)",
+               xlabel="logit-scaling base a", ylabel="loss")
     fig.tight_layout()
-    save_figure(fig, path, dpi=100)
-    return True
+    return fig
 
 
 def write_report(out_dir: str | Path, report: dict) -> tuple[Path, Path]:
-    """Write report.json, report.md and (when there are curves or scores) report.png into out_dir."""
+    """Write report.json, report.md and (when there is something to draw) report.png into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / REPORT_JSON, out_dir / REPORT_MD
@@ -184,10 +212,13 @@ def write_report(out_dir: str | Path, report: dict) -> tuple[Path, Path]:
             lines += section(report[key]) + [""]
     if heldout := report.get("heldout"):
         lines += ["## Held-out evaluation", ""] + _table(["metric", "value"], list(map(list, heldout.items()))) + [""]
-    if _plot(report, out_dir / REPORT_PNG):
-        lines += [f"![loss curves and layer scores]({REPORT_PNG})", ""]
+    if (fig := report_figure(report)) is not None:
+        from ..eval.plots import save_figure
+
+        save_figure(fig, out_dir / REPORT_PNG, dpi=100)
+        lines += [f"![loss curves, layer scores and the export's loss per logit-scaling base]({REPORT_PNG})", ""]
     md_path.write_text("\n".join(lines))
     return json_path, md_path
 
 
-__all__ = ["write_report"]
+__all__ = ["report_figure", "write_report"]
