@@ -186,17 +186,19 @@ def test_compile_is_recorded_and_the_stages_train(tmp_path, monkeypatch):
     assert "torch.compile in stages 2-3 (each decoder layer, the loss)" in (out / "train_speed.md").read_text()
 
 
-def test_an_out_of_memory_back_off_is_reported_with_the_micro_batch_it_ended_at(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("Triton Error [CUDA]: out of memory")], ids=["torch", "triton"])
+def test_an_out_of_memory_back_off_is_reported_with_the_micro_batch_it_ended_at(tmp_path, monkeypatch, error):
     """With the micro batch unset, the engine halves it when a step runs out of memory (tested in
     test_halo_engine.py); the benchmark reports the micro batch it went on with and leaves the retried step out of the
-    median. Here a forward of more than 2 sequences "runs out of memory"."""
+    median. Here a forward of more than 2 sequences "runs out of memory", as torch or a Triton kernel says it."""
     from hypenet.halo import engine
 
     real = engine._accumulated_loss
 
     def limited(acc, model, batch, micro, accumulation):
         if micro > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise error
         return real(acc, model, batch, micro, accumulation)
 
     monkeypatch.setattr(engine, "_accumulated_loss", limited)

@@ -134,15 +134,17 @@ class OutOfMemoryAbove(NextTokenBigram):
     """NextTokenBigram on a device that holds at most `limit` sequences per forward, and that also runs out once
     on its `flaky_call`-th forward (after other micro batches of the step have run their backward)."""
 
-    def __init__(self, limit: int, flaky_call: int | None = None):
+    def __init__(self, limit: int, flaky_call: int | None = None, error=torch.OutOfMemoryError,
+                 message: str = "CUDA out of memory. Tried to allocate 2.00 GiB"):
         super().__init__()
         self.limit, self.flaky_call, self.calls, self.sizes = limit, flaky_call, 0, []
+        self.error, self.message = error, message
 
     def forward(self, input_ids):
         self.calls += 1
         self.sizes.append(input_ids.shape[0])
         if input_ids.shape[0] > self.limit or self.calls == self.flaky_call:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise self.error(self.message)
         return super().forward(input_ids)
 
 
@@ -167,6 +169,19 @@ def test_running_out_of_memory_halves_the_micro_batch_and_trains_the_same_step(t
     assert [e for e in events if e.get("event") == "micro_batch"] == [
         {"event": "micro_batch", "step": 1, "micro_batch_size": 4},
         {"event": "micro_batch", "step": 1, "micro_batch_size": 2}]
+
+
+def test_a_triton_kernel_running_out_of_memory_halves_the_micro_batch_too(tmp_path):
+    """flash-linear-attention's Triton kernels run out as a RuntimeError, not torch's OutOfMemoryError (stage 2 at the
+    2B shape on an H100, at micro batch 24 after torch's errors at 96 and 48); other RuntimeErrors still stop the
+    stage as they are."""
+    run = engine.RunSettings(checkpoint_every=100, cpu=True)
+    triton = OutOfMemoryAbove(limit=2, error=RuntimeError, message="Triton Error [CUDA]: out of memory")
+    result = engine.train("stage2", triton, WHOLE_BATCH, chunks(), tmp_path / "triton", run)
+    assert result.micro_batch_shrunk == (8, 2) and triton.sizes[:3] == [8, 4, 2]
+    with pytest.raises(RuntimeError, match="^illegal memory access$"):
+        engine.train("stage2", OutOfMemoryAbove(limit=2, error=RuntimeError, message="illegal memory access"),
+                     WHOLE_BATCH, chunks(), tmp_path / "other", run)
 
 
 def test_a_resumed_run_keeps_the_smaller_micro_batch(tmp_path):

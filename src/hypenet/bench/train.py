@@ -195,13 +195,15 @@ def run(settings: TrainBenchSettings) -> dict:
             row = stage_row(name, train_config, terms, log, settings, processes.num_processes, peak, shrinks)
             if profiler is not None:
                 row["profile"] = profiler.summary
-        except torch.OutOfMemoryError as error:
-            row.update(status=f"does not fit: out of memory (lower --set {name}.micro_batch_size)",
-                       error=str(error).splitlines()[0])
         except Exception as error:  # noqa: BLE001  (one broken stage must not end a one-shot GPU run; a diverged
             # loss or a micro batch that does not divide the batch (HaloError) is reported in its row too)
-            traceback.print_exc()
-            row.update(status=f"error: {type(error).__name__}", error=str(error).splitlines()[0] if str(error) else "")
+            if engine.is_out_of_memory(error):  # torch's or a Triton kernel's, with the micro batch set
+                row.update(status=f"does not fit: out of memory (lower --set {name}.micro_batch_size)",
+                           error=str(error).splitlines()[0])
+            else:
+                traceback.print_exc()
+                row.update(status=f"error: {type(error).__name__}",
+                           error=str(error).splitlines()[0] if str(error) else "")
         finally:
             objective = None  # (drop the stage's model and optimizer before the next stage)
             free_memory()
