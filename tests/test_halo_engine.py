@@ -3,6 +3,7 @@ exactly where the stopped one was. Its deterministic mode: on while training, of
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 
@@ -166,19 +167,23 @@ def test_running_out_of_memory_halves_the_micro_batch_and_trains_the_same_step(t
     for name, weight in reference.state_dict.items():
         torch.testing.assert_close(shrunk.state_dict[name], weight, rtol=0, atol=0)
     events = [json.loads(line) for line in (tmp_path / "shrunk" / engine.LOSS_LOG).read_text().splitlines()]
+    oom = "CUDA out of memory. Tried to allocate 2.00 GiB"
     assert [e for e in events if e.get("event") == "micro_batch"] == [
-        {"event": "micro_batch", "step": 1, "micro_batch_size": 4},
-        {"event": "micro_batch", "step": 1, "micro_batch_size": 2}]
+        {"event": "micro_batch", "step": 1, "micro_batch_size": 4, "error": oom},
+        {"event": "micro_batch", "step": 1, "micro_batch_size": 2, "error": oom}]
 
 
-def test_a_triton_kernel_running_out_of_memory_halves_the_micro_batch_too(tmp_path):
+def test_a_triton_kernel_running_out_of_memory_halves_the_micro_batch_too(tmp_path, caplog):
     """flash-linear-attention's Triton kernels run out as a RuntimeError, not torch's OutOfMemoryError (stage 2 at the
     2B shape on an H100, at micro batch 24 after torch's errors at 96 and 48); other RuntimeErrors still stop the
     stage as they are."""
     run = engine.RunSettings(checkpoint_every=100, cpu=True)
     triton = OutOfMemoryAbove(limit=2, error=RuntimeError, message="Triton Error [CUDA]: out of memory")
-    result = engine.train("stage2", triton, WHOLE_BATCH, chunks(), tmp_path / "triton", run)
+    with caplog.at_level(logging.WARNING, logger=engine.log.name):
+        result = engine.train("stage2", triton, WHOLE_BATCH, chunks(), tmp_path / "triton", run)
     assert result.micro_batch_shrunk == (8, 2) and triton.sizes[:3] == [8, 4, 2]
+    assert "out of memory at step 1 with micro batch 8 (Triton Error [CUDA]: out of memory); going on with 4" in (
+        caplog.text)  # which error it was, torch's or a kernel's
     with pytest.raises(RuntimeError, match="^illegal memory access$"):
         engine.train("stage2", OutOfMemoryAbove(limit=2, error=RuntimeError, message="illegal memory access"),
                      WHOLE_BATCH, chunks(), tmp_path / "other", run)

@@ -383,6 +383,7 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
             except RuntimeError as error:  # torch.OutOfMemoryError is one
                 if not is_out_of_memory(error):
                     raise
+                reason = str(error).splitlines()[0]  # torch's or a Triton kernel's (the log says which)
                 smaller = smaller_micro_batch(per_process, micro) if shrinkable else None
                 if smaller is None:
                     hint = smaller_micro_batch(per_process, micro)
@@ -392,16 +393,16 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
                             "(FSDP2 or DeepSpeed, see the README)")
                     raise HaloError(
                         f"{name}: out of memory at step {step + 1} with {micro} x {config.seq_len} tokens per forward "
-                        f"({str(error).splitlines()[0]}). {what}, then rerun with --resume."
+                        f"({reason}). {what}, then rerun with --resume."
                     ) from error
             # (out of the except block: the failed try's activations are free now) its gradients are discarded
             optimizer.zero_grad(set_to_none=True)
             clear_device_cache(garbage_collection=True)
-            log.warning("%s: out of memory at step %d with micro batch %d; going on with %d (--set %s.micro_batch_size"
-                        "=%d starts there)", name, step + 1, micro, smaller, name, smaller)
+            log.warning("%s: out of memory at step %d with micro batch %d (%s); going on with %d (--set "
+                        "%s.micro_batch_size=%d starts there)", name, step + 1, micro, reason, smaller, name, smaller)
             micro, accumulation = smaller, per_process // smaller
             acc.gradient_accumulation_steps, acc.step = accumulation, 0
-            loss_log.write(event="micro_batch", step=step + 1, micro_batch_size=micro)
+            loss_log.write(event="micro_batch", step=step + 1, micro_batch_size=micro, error=reason)
         step_loss = acc.reduce(step_loss, reduction="mean").item()
         if not math.isfinite(step_loss):
             last = latest_checkpoint(stage_dir)
