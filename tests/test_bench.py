@@ -182,3 +182,20 @@ def test_bench_refuses_options_that_cannot_work_before_anything_runs(tmp_path, c
         main(["tiny-hypenet", "--device", "cpu", option, value, "--out", str(tmp_path / "out")])
     assert stop.value.code == 2 and f"argument {option}: {said}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("error, status", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB"), "does not fit: out of memory"),
+    (RuntimeError("Triton Error [CUDA]: out of memory"), "does not fit: out of memory"),  # a Triton kernel's
+    (RuntimeError("illegal memory access"), "error: RuntimeError"),
+], ids=["torch", "triton", "other"])
+def test_a_case_that_runs_out_of_memory_does_not_fit(tmp_path, error, status):
+    from hypenet.bench.run import Bench, BenchSettings
+
+    bench = Bench(BenchSettings(models=["tiny-hypenet"], contexts=[40], device="cpu", dtype="fp32", out=tmp_path))
+
+    def case():
+        raise error
+
+    bench.guarded(row := {"model": "tiny-hypenet", "context_len": 40}, case, estimate_s=0.0)
+    assert row["status"] == status and row["error"] == str(error) and bench.results == [row]

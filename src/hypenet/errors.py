@@ -1,4 +1,5 @@
-"""Errors that name a bad input. The `hypenet` command prints their message alone, with no traceback."""
+"""Errors that name a bad input (the `hypenet` command prints their message alone, with no traceback), and what
+counts as the device running out of memory."""
 
 from __future__ import annotations
 
@@ -13,3 +14,14 @@ class MissingInputError(FileNotFoundError):
 class InvalidInputError(ValueError):
     """A value the user gave that cannot work (a NIAH length shorter than its prompt's template, ...). A subclass of
     ValueError for library callers; the CLI prints its message alone, as for MissingInputError."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's OutOfMemoryError, or a kernel library's RuntimeError that says the device ran out: Triton raises
+    "Triton Error [CUDA]: out of memory" when a kernel (or its autotuning) cannot get memory, as a
+    flash-linear-attention kernel's autotuning did in stage 2 at the 2B shape on an H100, after torch's errors had
+    taken the micro batch from 96 to 24 (results/gpu_convert/train_speed/oom_backoff/)."""
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import is_out_of_memory
 from ..eval.plots import length_label
 from ..fast import DEFAULT_PREFILL_CHUNK, FastHypeNet
 from ..fast.cli import load_hypenet
@@ -323,14 +324,15 @@ class Bench:
             try:
                 case()
                 row["status"] = "ok"
-            except torch.OutOfMemoryError as error:
-                row["status"] = "does not fit: out of memory"
-                row["error"] = str(error).splitlines()[0]
-                row["peak_mem_gib"] = measure.peak_memory_gib(self.device)
             except Exception as error:  # noqa: BLE001  (one broken case must not end a one-shot GPU run)
-                traceback.print_exc()
-                row["status"] = f"error: {type(error).__name__}"
-                row["error"] = str(error).splitlines()[0] if str(error) else ""
+                if is_out_of_memory(error):  # torch's, or a Triton kernel's
+                    row["status"] = "does not fit: out of memory"
+                    row["error"] = str(error).splitlines()[0]
+                    row["peak_mem_gib"] = measure.peak_memory_gib(self.device)
+                else:
+                    traceback.print_exc()
+                    row["status"] = f"error: {type(error).__name__}"
+                    row["error"] = str(error).splitlines()[0] if str(error) else ""
             finally:
                 free_memory()
         self.record(row)

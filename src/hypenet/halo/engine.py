@@ -43,6 +43,7 @@ from accelerate.utils.memory import clear_device_cache
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import is_out_of_memory
 from .compiling import compiled_layers, layers_to_compile
 from .config import HaloError, TrainConfig
 
@@ -210,15 +211,6 @@ def configure_deepspeed(ds_config: dict, config: TrainConfig, micro: int, accumu
     the gradients itself (accelerate's clip_grad_norm_ does nothing under it), and 0 turns clipping off, as here."""
     ds_config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accumulation,
                      train_batch_size=micro * accumulation * processes, gradient_clipping=float(config.grad_clip))
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """torch's OutOfMemoryError, or a kernel library's RuntimeError that says the device ran out: Triton raises
-    "Triton Error [CUDA]: out of memory" when a kernel (or its autotuning) cannot get memory, as a
-    flash-linear-attention kernel's autotuning did in stage 2 at the 2B shape on an H100, after torch's errors had
-    taken the micro batch from 96 to 24 (results/gpu_convert/train_speed/oom_backoff/)."""
-    return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
 
 
 def smaller_micro_batch(per_process: int, micro: int) -> int | None:
