@@ -16,6 +16,11 @@ class InvalidInputError(ValueError):
     ValueError for library callers; the CLI prints its message alone, as for MissingInputError."""
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message as a report row or a log line gives it: its first line ("" when it has none)."""
+    return (str(error).splitlines() or [""])[0]
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """torch's OutOfMemoryError, or a kernel library's RuntimeError that says the device ran out: Triton raises
     "Triton Error [CUDA]: out of memory" when a kernel (or its autotuning) cannot get memory, as a

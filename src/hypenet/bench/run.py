@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import is_out_of_memory
+from ..errors import first_line, is_out_of_memory
 from ..eval.plots import length_label
 from ..fast import DEFAULT_PREFILL_CHUNK, FastHypeNet
 from ..fast.cli import load_hypenet
@@ -214,7 +214,7 @@ class Bench:
                 traceback.print_exc()
                 self.meta.setdefault("warnings", []).append(
                     f"{source.label} batch {batch}: torch.compile of the decode step failed "
-                    f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                    f"({type(error).__name__}: {first_line(error)}); "
                     "measured without compile")
                 free_memory()
                 compile_step = False
@@ -325,14 +325,13 @@ class Bench:
                 case()
                 row["status"] = "ok"
             except Exception as error:  # noqa: BLE001  (one broken case must not end a one-shot GPU run)
+                row["error"] = first_line(error)
                 if is_out_of_memory(error):  # torch's, or a Triton kernel's
                     row["status"] = "does not fit: out of memory"
-                    row["error"] = str(error).splitlines()[0]
                     row["peak_mem_gib"] = measure.peak_memory_gib(self.device)
                 else:
                     traceback.print_exc()
                     row["status"] = f"error: {type(error).__name__}"
-                    row["error"] = str(error).splitlines()[0] if str(error) else ""
             finally:
                 free_memory()
         self.record(row)

@@ -31,7 +31,7 @@ import torch
 from accelerate import PartialState
 
 from ..data import PackedChunks
-from ..errors import is_out_of_memory
+from ..errors import first_line, is_out_of_memory
 from ..halo import engine
 from ..halo.config import HaloError, load_config, resolve
 from ..halo.flops import FLOP_NOTE, H200_DENSE_BF16_TFLOPS, build_objective
@@ -198,13 +198,12 @@ def run(settings: TrainBenchSettings) -> dict:
                 row["profile"] = profiler.summary
         except Exception as error:  # noqa: BLE001  (one broken stage must not end a one-shot GPU run; a diverged
             # loss or a micro batch that does not divide the batch (HaloError) is reported in its row too)
+            row["error"] = first_line(error)
             if is_out_of_memory(error):  # torch's or a Triton kernel's, with the micro batch set
-                row.update(status=f"does not fit: out of memory (lower --set {name}.micro_batch_size)",
-                           error=str(error).splitlines()[0])
+                row["status"] = f"does not fit: out of memory (lower --set {name}.micro_batch_size)"
             else:
                 traceback.print_exc()
-                row.update(status=f"error: {type(error).__name__}",
-                           error=str(error).splitlines()[0] if str(error) else "")
+                row["status"] = f"error: {type(error).__name__}"
         finally:
             objective = None  # (drop the stage's model and optimizer before the next stage)
             free_memory()

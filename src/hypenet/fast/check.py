@@ -49,6 +49,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from ..errors import first_line  # noqa: E402
 from .attention import (  # noqa: E402
     cudnn_split_usable,
     decode_attention_reference,
@@ -485,7 +486,7 @@ def time_prefill_attention() -> list[dict]:
             ms = do_bench(fn, warmup=2, rep=20, return_mode="median")
             rows.append({"check": "timing", "case": case, "ms": ms, "tflops": flops / ms / 1e9})
         except RuntimeError as error:  # a backend that does not take these inputs
-            rows.append({"check": "timing", "case": f"{case}: {str(error).splitlines()[0][:80]}"})
+            rows.append({"check": "timing", "case": f"{case}: {first_line(error)[:80]}"})
 
     q = torch.randn(1, heads, chunk, head_dim, device="cuda", dtype=torch.bfloat16)
     k, v = torch.randn_like(q), torch.randn_like(q)

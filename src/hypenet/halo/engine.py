@@ -43,7 +43,7 @@ from accelerate.utils.memory import clear_device_cache
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import is_out_of_memory
+from ..errors import first_line, is_out_of_memory
 from .compiling import compiled_layers, layers_to_compile
 from .config import HaloError, TrainConfig
 
@@ -375,7 +375,7 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
             except RuntimeError as error:  # torch.OutOfMemoryError is one
                 if not is_out_of_memory(error):
                     raise
-                reason = str(error).splitlines()[0]  # torch's or a Triton kernel's (the log says which)
+                reason = first_line(error)  # torch's or a Triton kernel's (the log says which)
                 smaller = smaller_micro_batch(per_process, micro) if shrinkable else None
                 if smaller is None:
                     hint = smaller_micro_batch(per_process, micro)

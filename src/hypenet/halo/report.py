@@ -148,8 +148,8 @@ def report_figure(report: dict):
     selection = report.get("selection") or {}
     scores = _per_layer(selection.get("scores"))
     export = report.get("export") or {}
-    bases = {float(label): loss for label, loss in (export.get("losses") or {}).items()
-             if label != "off" and loss is not None}
+    export_losses = export.get("losses") or {}
+    bases = {float(label): loss for label, loss in export_losses.items() if label != "off" and loss is not None}
     if not stages and not scores and not bases:
         return None
     import matplotlib
@@ -182,7 +182,7 @@ def report_figure(report: dict):
         ax = next(axes)
         xs = sorted(bases)
         ax.plot(xs, [bases[x] for x in xs], marker="o", color="tab:blue")
-        if (off := (export.get("losses") or {}).get("off")) is not None:
+        if (off := export_losses.get("off")) is not None:
             ax.axhline(off, color="tab:gray", linestyle="--", label="logit scaling off")
             ax.legend()
         written = export.get("logit_scaling_base")
