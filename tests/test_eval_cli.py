@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import pytest
 from test_eval_tiny import HAYSTACK_DOCS, tiny_hypenet, tiny_llama, tiny_tokenizer
@@ -234,13 +235,45 @@ def test_logit_scaling_base_is_set_for_the_evaluation_and_reported(tmp_path, cap
 
 
 @pytest.mark.parametrize("command", [["eval"], ["generate", "--prompt", "hi", "--device", "cpu"]])
-def test_a_missing_model_is_one_line_not_a_traceback(tmp_path, capsys, command):
+def test_a_missing_model_is_one_line_not_a_traceback(tmp_path, capsys, command, monkeypatch):
     from hypenet.cli import main as hypenet
 
+    monkeypatch.chdir(tmp_path)
     missing = tmp_path / "no-such-model"
     assert hypenet([command[0], str(missing), *command[1:]]) == 2
     said = capsys.readouterr().err.strip()
     assert said == f"error: {missing} does not exist (neither a local folder or file nor a hub id)"
+    assert sorted(tmp_path.iterdir()) == []  # no empty runs/eval/no-such-model left behind
+
+
+def test_default_out_is_named_after_the_conversion_and_another_models_results_are_kept(model_dir, tmp_path, capsys,
+                                                                                        monkeypatch):
+    from hypenet.cli import main as hypenet
+    from hypenet.eval.cli import _default_label
+
+    monkeypatch.chdir(tmp_path)
+    for run in ("run_a", "run_b"):  # two conversions' exports: RUN/model
+        shutil.copytree(model_dir, tmp_path / run / "model")
+    (tmp_path / "weights.gguf").write_bytes(b"")
+    assert [_default_label(spec) for spec in ("run_a/model", str(tmp_path / "run_b" / "model"), "weights.gguf",
+                                              "Qwen/Qwen3-1.7B", "teacher", "model")] == [
+        "run_a", "run_b", "weights", "Qwen3-1.7B", "teacher", "model"]
+    common = ["--evals", "niah", "--tasks", "single_1", "--niah-lengths", "200", "--niah-depths", "0.5",
+              "--niah-samples", "1", "--device", "cpu", "--no-progress"]
+    for run in ("run_a", "run_b"):
+        assert hypenet(["eval", f"{run}/model", *common]) == 0
+        results = json.loads((tmp_path / "runs" / "eval" / run / "results.json").read_text())
+        assert results["model"] == f"{run}/model" and results["label"] == run
+    capsys.readouterr()
+    a_results = (tmp_path / "runs" / "eval" / "run_a" / "results.json").read_text()
+    assert hypenet(["eval", "run_b/model", *common, "--out", "runs/eval/run_a"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: runs/eval/run_a holds the evaluation of run_a/model; pass another --out (or --label), or --overwrite "
+        "to replace it")
+    assert (tmp_path / "runs" / "eval" / "run_a" / "results.json").read_text() == a_results
+    assert hypenet(["eval", "./run_a/model", *common, "--out", "runs/eval/run_a"]) == 0  # the same model: rewritten
+    assert hypenet(["eval", "run_b/model", *common, "--out", "runs/eval/run_a", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "runs" / "eval" / "run_a" / "results.json").read_text())["model"] == "run_b/model"
 
 
 def test_only_missing_inputs_lose_their_traceback(monkeypatch, capsys):

@@ -29,3 +29,24 @@ def test_unknown_task_names_the_fix():
     tokenizer = tiny_tokenizer()
     with pytest.raises(ValueError, match="lm-eval-include-path"):
         run_lm_eval(tiny_llama(tokenizer), tokenizer, ["no_such_task_xyz"], include_path=TASKS)
+
+
+def test_a_task_whose_dataset_cannot_be_fetched_is_one_line(tmp_path, monkeypatch, capsys):
+    import lm_eval
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    from hypenet.cli import main as hypenet
+
+    def offline(**kwargs):  # as datasets fails for a hub task's data that is not cached, with HF_HUB_OFFLINE=1
+        raise OfflineModeIsEnabled("Couldn't reach 'allenai/ai2_arc' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", offline)
+    tokenizer = tiny_tokenizer()
+    tiny_llama(tokenizer).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    assert hypenet(["eval", str(tmp_path / "model"), "--lm-eval", "hypenet_tiny_mc", "--lm-eval-include-path",
+                    str(TASKS), "--device", "cpu", "--out", str(tmp_path / "eval"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (  # after the loading messages, no traceback
+        "error: lm-eval could not fetch the dataset of hypenet_tiny_mc (Couldn't reach 'allenai/ai2_arc' on the Hub "
+        "(OfflineModeIsEnabled)). Run once where the hub can be reached (the datasets cache keeps it; then "
+        "HF_HUB_OFFLINE=1 works), or use tasks whose data is local (--lm-eval-include-path, docs/EVAL.md)")

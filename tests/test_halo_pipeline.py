@@ -4,6 +4,7 @@ conversion resumes to the same weights, two gloo processes match one, and bad in
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -365,6 +366,31 @@ def test_missing_teacher(assets, tmp_path, capsys):
     assert main(["convert", "--teacher", str(tmp_path / "no-such-teacher"), "--out", str(out)]) == 1
     assert "no-such-teacher" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_hypenet_alone_prints_its_commands_and_version(capsys):
+    from hypenet import __version__
+
+    assert main([]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("usage: hypenet [-h] [--version] COMMAND ...")
+    assert all(f"    {command} " in printed for command in ("convert", "eval", "compare", "bench", "generate"))
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out == f"hypenet {__version__}\n"
+
+
+def test_resume_of_a_folder_with_no_conversion_says_it_starts_one(assets, tmp_path, caplog):
+    out = tmp_path / "typo"  # a mistyped --out must not restart a long run unannounced
+    with caplog.at_level(logging.WARNING, logger="hypenet.halo.pipeline"):
+        assert main(["convert", "--teacher", str(tmp_path / "no-such-teacher"), "--out", str(out), "--resume"]) == 1
+    assert f"--resume: {out} holds no conversion yet; starting one from the beginning" in caplog.text
+    caplog.clear()
+    out.mkdir()
+    (out / "config.yaml").write_text("{}")
+    with caplog.at_level(logging.WARNING, logger="hypenet.halo.pipeline"):
+        main(["convert", "--teacher", str(tmp_path / "no-such-teacher"), "--out", str(out), "--resume"])
+    assert "holds no conversion yet" not in caplog.text
 
 
 def test_an_output_that_cannot_be_a_folder_fails_before_the_teacher_loads(assets, tmp_path, capsys, monkeypatch):

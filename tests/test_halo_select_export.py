@@ -876,8 +876,10 @@ def test_a_near_tie_without_a_tolerance_is_reported_with_the_commands_to_act_on_
         best, _ = choose_logit_scaling_base(student, [np.arange(2, 122)], tuple(loss_of), train_context=40)
     assert best == 16000  # a report, not a change of the paper's rule
     info = export_checkpoint(student, tokenizer, tmp_path / "ckpt", [np.arange(2, 122)], candidates=tuple(loss_of),
-                             train_context=40)
+                             train_context=40, run_dir=tmp_path)
     assert info["logit_scaling_base"] == 16000 and len(info["warnings"]) == 1 and "8000" in info["warnings"][0]
+    assert f"`hypenet export --out {tmp_path} --set export.logit_scaling_tolerance=0.001 --overwrite`" in \
+        info["warnings"][0]  # the conversion's own folder, not a placeholder
     student.config.attention_logit_scaling_base = None
     with warnings.catch_warnings():
         warnings.simplefilter("error", NearTieWarning)  # with the tolerance, or no near base: no such warning

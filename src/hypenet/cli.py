@@ -9,6 +9,7 @@ from .errors import InvalidInputError, MissingInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     from .bench.cli import register as register_bench
     from .bench.scaling import register as register_bench_scaling
     from .bench.train import register as register_bench_train
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .halo.cli import register as register_halo
 
     parser = argparse.ArgumentParser(prog="hypenet", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hypenet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register_halo(sub)
     register_eval(sub)
@@ -29,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # `hypenet` alone: what it can do, not a usage error
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import InvalidInputError
 from ..units import checked, positive_int, tokens
 
 DEFAULT_NIAH_LENGTHS = "1024,2048,4096,8192,16384,32768,65536"
@@ -58,7 +59,11 @@ def register(subparsers) -> None:
                     "optionally lm-evaluation-harness tasks. Writes results.json, report.md and PNGs to --out.")
     eval_parser.add_argument("model", metavar="MODEL", help="HF model directory, .gguf file, or 'teacher'/'embedded'")
     eval_parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/eval/<model name>)")
-    eval_parser.add_argument("--label", default=None, help="name of the model in reports (default: from MODEL)")
+    eval_parser.add_argument("--label", default=None,
+                             help="name of the model in reports and in the default --out (default: MODEL's name; "
+                                  "for a conversion's RUN/model folder, RUN's)")
+    eval_parser.add_argument("--overwrite", action="store_true",
+                             help="replace the results in --out when they are another model's (refused without it)")
     eval_parser.add_argument("--logit-scaling-base", type=_base, default=None, metavar="A",
                              help="a HypeNet model only: HyPE's logit-scaling base for this evaluation (a number > 1, "
                                   "or off) instead of the one the export chose by held-out loss (its config.json)")
@@ -215,7 +220,7 @@ def _log(message: str) -> None:
 
 
 PARTIAL = "partial.json"  # the evaluations finished so far, for --resume
-_NOT_SETTINGS = ("func", "resume", "no_progress")  # options that do not change what an evaluation measures
+_NOT_SETTINGS = ("func", "resume", "overwrite", "no_progress")  # options that do not change what an evaluation measures
 
 
 def _model_files(spec: str) -> list:
@@ -261,10 +266,9 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     from .report import write_report
 
     evals = _selected_evals(args)
-    out_dir.mkdir(parents=True, exist_ok=True)
     results = {"model": str(spec), "label": label, "evals": evals, "timing_s": {},
                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                            if k not in ("func", "resume")}}
+                            if k not in ("func", "resume", "overwrite")}}
     partial = out_dir / PARTIAL
     state = {"model": str(spec), "model_files": _model_files(spec), "settings": results["settings"]}
     done = _resumed(partial, state, getattr(args, "resume", False))
@@ -288,6 +292,7 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     model, tokenizer = load_model_for_eval(spec, args.device, args.dtype,  # (compare has no --logit-scaling-base)
                                            logit_scaling_base=getattr(args, "logit_scaling_base", None))
     results["timing_s"]["load"] = time.perf_counter() - started
+    out_dir.mkdir(parents=True, exist_ok=True)  # once the model is there: a failed load leaves no empty folder
     results["footprint"] = model_footprint(model)
     _log(f"{label}: {results['footprint']['parameters'] / 1e6:.1f}M parameters on {model.device}, "
          f"loaded in {results['timing_s']['load']:.1f}s")
@@ -499,12 +504,36 @@ def _niah_heatmaps(results: dict, name: str, out_dir: Path) -> list[Path]:
 
 
 def _default_label(spec: str) -> str:
-    return Path(str(spec)).stem if str(spec) not in ("teacher", "embedded") else "teacher"
+    """The model's name in reports and in the default --out: a folder's or hub id's last part (`Qwen3-1.7B`), a file's
+    name without its suffix, and for a converted model's `RUN/model` folder the conversion's name (RUN's)."""
+    if str(spec) in ("teacher", "embedded"):
+        return "teacher"
+    path = Path(str(spec))
+    if path.is_file():
+        return path.stem
+    if path.name == "model" and path.parent.name not in ("", ".", ".."):  # hypenet convert's export folder
+        return path.parent.name
+    return path.name
+
+
+def _check_out(out_dir: Path, spec: str, args) -> None:
+    """An --out holding another model's evaluation is not written over unless --overwrite says so."""
+    earlier = out_dir / "results.json"
+    if getattr(args, "overwrite", False) or not earlier.is_file():
+        return
+    try:
+        model = json.loads(earlier.read_text()).get("model")
+    except (ValueError, AttributeError):
+        model = None
+    if model != str(spec) and not (model and Path(model).exists() and Path(model).resolve() == Path(spec).resolve()):
+        raise InvalidInputError(f"{out_dir} holds the evaluation of {model or 'another model'}; pass another --out "
+                                "(or --label), or --overwrite to replace it")
 
 
 def run_eval(args) -> int:
     label = args.label or _default_label(args.model)
     out_dir = args.out or Path("runs/eval") / label
+    _check_out(out_dir, args.model, args)
     evaluate_model(args.model, args, out_dir, label)
     return 0
 

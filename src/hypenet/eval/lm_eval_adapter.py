@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import InvalidInputError, MissingInputError, first_line
+
 LM_EVAL_MISSING = (
     "lm-evaluation-harness is not installed: run `pip install 'hypenet[eval]'` (or `pip install lm-eval`) "
     "to use --lm-eval."
@@ -35,12 +37,18 @@ def run_lm_eval(model, tokenizer, tasks: Sequence[str], include_path: str | Path
     task_manager = TaskManager(include_path=paths or None)
     unknown = [t for t in tasks if t not in task_manager.all_tasks]
     if unknown:
-        raise ValueError(f"lm-eval does not know task(s) {unknown}; check the names (`lm-eval ls tasks`) or pass the "
-                         f"folder with their YAML files as --lm-eval-include-path.")
-    output = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=task_manager, limit=limit,
-                                     num_fewshot=num_fewshot, log_samples=False, bootstrap_iters=0,
-                                     random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                                     fewshot_random_seed=seed)
+        raise InvalidInputError(f"lm-eval does not know task(s) {unknown}; check the names (`lm-eval ls tasks`) or "
+                                "pass the folder with their YAML files as --lm-eval-include-path.")
+    try:
+        output = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=task_manager, limit=limit,
+                                         num_fewshot=num_fewshot, log_samples=False, bootstrap_iters=0,
+                                         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                         fewshot_random_seed=seed)
+    except ConnectionError as error:  # (huggingface_hub's OfflineModeIsEnabled is one) a task's dataset is not cached
+        raise MissingInputError(
+            f"lm-eval could not fetch the dataset of {', '.join(tasks)} ({first_line(error)}). Run once where the hub "
+            "can be reached (the datasets cache keeps it; then HF_HUB_OFFLINE=1 works), or use tasks whose data is "
+            "local (--lm-eval-include-path, docs/EVAL.md)") from error
     return {task: _metrics(values) for task, values in output["results"].items()}
 
 

@@ -220,6 +220,7 @@ def choose_logit_scaling_base(
     copies: int = 0,
     copy_span: int = DEFAULT_SPAN,
     copy_losses: dict | None = None,
+    run_dir: str | Path | None = None,
 ) -> tuple[float | None, dict[float | None, float]]:
     """(the `a` with the lowest long-context loss, loss per base tried); None means scaling off.
 
@@ -237,6 +238,7 @@ def choose_logit_scaling_base(
     copied from further back than train_context (`far_copy_docs`, `far_copy_loss`), into `copy_losses` ({base: loss});
     with a tolerance the choice is then the base that copies best among the near ones (`best_copy_within`). Without
     a tolerance the copy loss is a diagnostic and the choice is the lowest-loss base.
+    run_dir: the conversion's folder, which the near-tie warning's `hypenet export` command names.
     """
     bad = [a for a in candidates if a is not None and not a > 1]
     if not candidates or bad:
@@ -308,7 +310,8 @@ def choose_logit_scaling_base(
                 f"the held-out loss cannot tell logit-scaling base {scaling_label(near)} from the lowest-loss base "
                 f"{scaling_label(lowest)} (within {NEAR_TIE:.1%}); on two SmolLM2 students the smaller base retrieved "
                 f"more at 64K (docs/EVAL.md). `hypenet eval --logit-scaling-base {scaling_label(near)}` measures it; "
-                f"`hypenet export --out RUN --set export.logit_scaling_tolerance={NEAR_TIE} --overwrite` writes it",
+                f"`hypenet export --out {run_dir or 'RUN'} --set export.logit_scaling_tolerance={NEAR_TIE} "
+                "--overwrite` writes it",
                 NearTieWarning, stacklevel=2,
             )
         return lowest, losses
@@ -365,10 +368,11 @@ def export_checkpoint(
     tolerance: float = 0.0,
     copies: int = 0,
     copy_span: int = DEFAULT_SPAN,
+    run_dir: str | Path | None = None,
 ) -> dict:
-    """Choose `a` (unless logit_scaling_base is given: a number, or None for off; `extend`, `tolerance`, `copies` and
-    `copy_span` as in choose_logit_scaling_base), write it into the config, and save model + tokenizer + remote code
-    to out_dir atomically (written beside it, then renamed into place).
+    """Choose `a` (unless logit_scaling_base is given: a number, or None for off; `extend`, `tolerance`, `copies`,
+    `copy_span` and `run_dir` as in choose_logit_scaling_base), write it into the config, and save model + tokenizer +
+    remote code to out_dir atomically (written beside it, then renamed into place).
 
     Returns {"path", "logit_scaling_base", "losses" (label of each base tried, off first, then ascending -> loss),
     "losses_by_band" (band label -> the same for that position band; a diagnostic), "warnings"}, with a tolerance
@@ -386,7 +390,8 @@ def export_checkpoint(
             by_base_band, by_base_copy = {}, {}
             a, by_base = choose_logit_scaling_base(student, long_docs, candidates, eval_len, train_context, device,
                                                    extend, band_losses=by_base_band, tolerance=tolerance,
-                                                   copies=copies, copy_span=copy_span, copy_losses=by_base_copy)
+                                                   copies=copies, copy_span=copy_span, copy_losses=by_base_copy,
+                                                   run_dir=run_dir)
         notes = [str(w.message) for w in caught if issubclass(w.category, ScalingSearchWarning)]  # not torch's
         for note in notes:
             log.warning(note)

@@ -345,7 +345,7 @@ def _run_export(conv: Conversion) -> dict:
             conv.load_model("stage3", alone=True), conv.tokenizer, conv.out / MODEL_DIR, longest_docs,
             candidates=cfg.logit_scaling_candidates, train_context=train_context, eval_len=cfg.eval_len,
             device=conv.state.device, extend=cfg.logit_scaling_extend, tolerance=cfg.logit_scaling_tolerance,
-            copies=cfg.copy_probe, copy_span=cfg.copy_probe_span,
+            copies=cfg.copy_probe, copy_span=cfg.copy_probe_span, run_dir=conv.out,
         )
 
 
@@ -425,6 +425,9 @@ def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool =
     first = STAGES.index(stages[0])
     earlier = list(STAGES[:first])
 
+    if resume and whole and not (out.is_dir() and any(out.iterdir())):
+        log.warning("--resume: %s holds no conversion yet; starting one from the beginning (check --out if you meant "
+                    "to continue another)", out)
     created = not out.exists()
     try:  # before the teacher loads: an --out that cannot be written fails at once (exist_ok: safe on every rank)
         out.mkdir(parents=True, exist_ok=True)
