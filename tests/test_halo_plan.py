@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCau
 from hypenet.cli import main
 from hypenet.halo.config import HaloError, load_config, resolve
 from hypenet.halo.flops import H200_DENSE_BF16_TFLOPS, build_objective, matmul_parameters
-from hypenet.halo.plan import MEASURED_MFU, logged_progress, make_plan, markdown
+from hypenet.halo.plan import MEASURED_MFU, _duration, logged_progress, make_plan, markdown
 from hypenet.teachers import build_hypenet_from_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -209,3 +209,8 @@ def test_the_plan_says_which_settings_run_the_teacher_past_its_window(teacher_di
     # lm-eval tasks (select.lm_eval_*) or another strategy than HALO's score no recall on the built-in probes
     even = make_plan(config_for(teacher_dir, tmp_path / "run", "select.recall_context=8192", "select.strategy=even"))
     assert even["beyond_teacher_window"] == []
+
+
+def test_durations_are_written_in_a_readable_unit():
+    assert [_duration(s) for s in (0, 0.2, 0.6, 89, 90, 5399, 5400)] == [
+        "0 s", "<1 s", "1 s", "89 s", "2 min", "90 min", "1.5 h"]

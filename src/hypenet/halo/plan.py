@@ -79,6 +79,8 @@ def nearest_mfu(teacher_parameters: int, compiled: bool) -> tuple[int, tuple[flo
 
 
 def _duration(seconds: float) -> str:
+    if 0 < seconds < 0.5:  # (a smoke run's stages) not "0 s"
+        return "<1 s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
