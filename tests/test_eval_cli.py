@@ -268,12 +268,22 @@ def test_default_out_is_named_after_the_conversion_and_another_models_results_ar
     a_results = (tmp_path / "runs" / "eval" / "run_a" / "results.json").read_text()
     assert hypenet(["eval", "run_b/model", *common, "--out", "runs/eval/run_a"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: runs/eval/run_a holds the evaluation of run_a/model; pass another --out (or --label), or --overwrite "
-        "to replace it")
+        "error: runs/eval/run_a holds the evaluation of run_a/model; pass another --out, or --overwrite to replace "
+        "it")
     assert (tmp_path / "runs" / "eval" / "run_a" / "results.json").read_text() == a_results
     assert hypenet(["eval", "./run_a/model", *common, "--out", "runs/eval/run_a"]) == 0  # the same model: rewritten
     assert hypenet(["eval", "run_b/model", *common, "--out", "runs/eval/run_a", "--overwrite"]) == 0
     assert json.loads((tmp_path / "runs" / "eval" / "run_a" / "results.json").read_text())["model"] == "run_b/model"
+
+    # compare evaluates each model into --out/LABEL: a rerun with another student keeps the first one's evaluation
+    assert hypenet(["compare", "runs/eval/run_b", "run_a/model", "--out", "cmp", *common]) == 0
+    assert json.loads((tmp_path / "cmp" / "student" / "results.json").read_text())["model"] == "run_a/model"
+    capsys.readouterr()
+    assert hypenet(["compare", "runs/eval/run_b", "run_b/model", "--out", "cmp", *common]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: cmp/student holds the evaluation of run_a/model; pass another --out, or --overwrite to replace it")
+    assert hypenet(["compare", "runs/eval/run_b", "run_b/model", "--out", "cmp", "--overwrite", *common]) == 0
+    assert json.loads((tmp_path / "cmp" / "student" / "results.json").read_text())["model"] == "run_b/model"
 
 
 def test_only_missing_inputs_lose_their_traceback(monkeypatch, capsys):

@@ -83,6 +83,9 @@ def register(subparsers) -> None:
     compare_parser.add_argument("--labels", default=None,
                                 help="names of the models in the report (default teacher,student for two models, "
                                      "else teacher,student1,student2,...)")
+    compare_parser.add_argument("--overwrite", action="store_true",
+                                help="replace a model's evaluation in --out/LABEL when it is another model's (refused "
+                                     "without it)")
     _add_eval_options(compare_parser)
     compare_parser.set_defaults(func=run_compare)
 
@@ -517,7 +520,8 @@ def _default_label(spec: str) -> str:
 
 
 def _check_out(out_dir: Path, spec: str, args) -> None:
-    """An --out holding another model's evaluation is not written over unless --overwrite says so."""
+    """An --out (compare: --out/LABEL) holding another model's evaluation is not written over unless --overwrite says
+    so; the same model's is replaced."""
     earlier = out_dir / "results.json"
     if getattr(args, "overwrite", False) or not earlier.is_file():
         return
@@ -526,8 +530,8 @@ def _check_out(out_dir: Path, spec: str, args) -> None:
     except (ValueError, AttributeError):
         model = None
     if model != str(spec) and not (model and Path(model).exists() and Path(model).resolve() == Path(spec).resolve()):
-        raise InvalidInputError(f"{out_dir} holds the evaluation of {model or 'another model'}; pass another --out "
-                                "(or --label), or --overwrite to replace it")
+        raise InvalidInputError(f"{out_dir} holds the evaluation of {model or 'another model'}; pass another --out, "
+                                "or --overwrite to replace it")
 
 
 def run_eval(args) -> int:
@@ -544,6 +548,7 @@ def _results_or_evaluate(spec: str, args, out_dir: Path, label: str) -> dict:
         path = path / "results.json"
     if path.suffix == ".json" and path.is_file():
         return json.loads(path.read_text())
+    _check_out(out_dir, spec, args)
     return evaluate_model(spec, args, out_dir, label)
 
 
