@@ -491,3 +491,14 @@ def _newline_aware(tokenizer) -> Tokenizer:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[^ \n]+|\n"), behavior="removed", invert=True)
     return backend
+
+
+def test_documents_with_their_text_under_another_field_name_the_command_that_rewrites_them(tmp_path):
+    source = tmp_path / "docs.jsonl"
+    source.write_text(json.dumps({"body": "a document"}) + "\n")
+    with pytest.raises(ValueError) as error:
+        list(iter_documents(str(source)))
+    assert str(error.value) == (
+        f"{source}:1 has no field 'text' (found ['body']); pass text_field=... (from the command line, rewrite them "
+        "with the text under 'text': `python -m hypenet.data export OUT.jsonl --source SOURCE --text-field NAME`)")
+    assert list(iter_documents(str(source), text_field="body")) == ["a document"]

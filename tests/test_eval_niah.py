@@ -365,3 +365,25 @@ def test_batches_never_mix_answer_budgets(tokenizer):
     assert sorted(i for b in batches for i in b) == list(range(len(samples)))
     assert all(len({samples[i].max_new_tokens for i in batch}) == 1 for batch in batches)
     assert len(batches) == 2  # one batch per budget: digits (single_1, single_2) and UUIDs (single_3)
+
+
+class _NoTokens:
+    """A tokenizer that turns every text into no tokens, as transformers builds one for a folder without tokenizer
+    files."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, texts, **kwargs):
+        return {"input_ids": [[] for _ in texts] if isinstance(texts, list) else []}
+
+
+@pytest.mark.parametrize("task", ["single_1", "single_2", "multikey_2"])  # filler, documents, other needles
+def test_a_tokenizer_giving_no_tokens_is_refused_not_looped_on(tokenizer, task):
+    from hypenet.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="the tokenizer turns the haystack into no tokens"):
+        build_niah_sample(_NoTokens(tokenizer), task, 300, 0.5, seed=0, haystack_docs=HAYSTACK_DOCS)

@@ -37,6 +37,14 @@ def test_bad_teacher_specs_say_what_is_accepted(tmp_path):
     assert resolve_teacher("Qwen/Qwen3-1.7B") == ("Qwen/Qwen3-1.7B", None)
 
 
+@pytest.mark.parametrize("name", ["teacher", "smollm2", "default"])
+def test_a_local_folder_named_like_the_embedded_teacher_is_the_users_own(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text("{}")
+    assert resolve_teacher(name) == (name, None)
+
+
 def test_a_hub_id_that_cannot_be_had_is_named_with_what_to_pass(monkeypatch, capsys, tmp_path):
     import huggingface_hub.constants
 

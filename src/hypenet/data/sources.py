@@ -37,6 +37,10 @@ def file_format(path: Path) -> str:
     return path.suffix
 
 
+TEXT_FIELD_HINT = ("; pass text_field=... (from the command line, rewrite them with the text under 'text': "
+                   "`python -m hypenet.data export OUT.jsonl --source SOURCE --text-field NAME`)")
+
+
 def _read_txt(path: Path, text_field: str) -> Iterator[str]:
     with _open_text(path) as f:
         yield f.read()
@@ -53,7 +57,7 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
                 raise ValueError(f"{path}:{number} is not valid JSON ({error.msg})") from error
             if not isinstance(record, dict) or text_field not in record:
                 keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(f"{path}:{number} has no field {text_field!r} (found {keys}); pass text_field=...")
+                raise ValueError(f"{path}:{number} has no field {text_field!r} (found {keys}){TEXT_FIELD_HINT}")
             yield record[text_field]
 
 
@@ -65,7 +69,7 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
     table = pq.ParquetFile(path)
     if text_field not in table.schema_arrow.names:
         columns = table.schema_arrow.names
-        raise ValueError(f"{path} has no column {text_field!r} (columns: {columns}); pass text_field=...")
+        raise ValueError(f"{path} has no column {text_field!r} (columns: {columns}){TEXT_FIELD_HINT}")
     for batch in table.iter_batches(columns=[text_field], batch_size=1024):
         yield from batch.column(0).to_pylist()
 
@@ -112,7 +116,7 @@ def _hf_documents(spec: str, text_field: str) -> Iterator[str]:
 
 def _field(row: dict, text_field: str, what: str) -> str:
     if text_field not in row:
-        raise ValueError(f"{what} have no field {text_field!r} (found {sorted(row)}); pass text_field=...")
+        raise ValueError(f"{what} have no field {text_field!r} (found {sorted(row)}){TEXT_FIELD_HINT}")
     return row[text_field]
 
 

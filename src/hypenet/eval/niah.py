@@ -255,8 +255,12 @@ class _SentenceStream:
 
     def ensure(self, n_tokens: int) -> None:
         """Read documents until the stream holds at least n_tokens tokens."""
-        total = sum(self.token_counts)
+        total, empty = sum(self.token_counts), 0
         while total < n_tokens:
+            if empty > len(self._docs):  # every document read again and no token: it would loop forever
+                raise InvalidInputError(
+                    "the tokenizer turns the haystack into no tokens: does the model's folder hold its tokenizer "
+                    "files (tokenizer.json or tokenizer.model)?")
             if self._needles:
                 task, rng, asked, used_keys = self._needles
                 sentences = [needle_sentence(task, *_draw_other(task, rng, asked, used_keys)) + " "
@@ -269,6 +273,7 @@ class _SentenceStream:
             self.sentences += sentences
             self.token_counts += counts
             total += sum(counts)
+            empty = 0 if sum(counts) else empty + 1
 
 
 def _haystack(stream: _SentenceStream, budget: int) -> tuple[list[str], list[int], str]:

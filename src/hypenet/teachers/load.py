@@ -57,7 +57,8 @@ def check_supported(model_type: str, where: str) -> None:
 def resolve_teacher(spec: str | os.PathLike | None) -> tuple[str, str | None]:
     """(directory or hub id, gguf file name or None) for a teacher spec."""
     spec = EMBEDDED_TEACHER if spec is None else str(spec)
-    if spec in (EMBEDDED_TEACHER, "teacher", "smollm2", "default"):
+    if spec in (EMBEDDED_TEACHER, "teacher", "smollm2", "default") and not Path(spec).exists():  # (a local folder
+        # of that name is the user's own teacher)
         gguf = embedded_teacher_gguf()
         return str(gguf.parent), gguf.name
     path = Path(spec)
