@@ -223,7 +223,8 @@ def _log(message: str) -> None:
 
 
 PARTIAL = "partial.json"  # the evaluations finished so far, for --resume
-_NOT_SETTINGS = ("func", "resume", "overwrite", "no_progress")  # options that do not change what an evaluation measures
+_NOT_RECORDED = ("func", "resume", "overwrite")  # options left out of results.json's settings
+_NOT_SETTINGS = (*_NOT_RECORDED, "no_progress")  # options that do not change what an evaluation measures
 
 
 def _model_files(spec: str) -> list:
@@ -271,7 +272,7 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     evals = _selected_evals(args)
     results = {"model": str(spec), "label": label, "evals": evals, "timing_s": {},
                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                            if k not in ("func", "resume", "overwrite")}}
+                            if k not in _NOT_RECORDED}}
     partial = out_dir / PARTIAL
     state = {"model": str(spec), "model_files": _model_files(spec), "settings": results["settings"]}
     done = _resumed(partial, state, getattr(args, "resume", False))

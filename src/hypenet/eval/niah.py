@@ -272,8 +272,8 @@ class _SentenceStream:
             counts = [len(ids) for ids in self.tokenizer(sentences, add_special_tokens=False)["input_ids"]]
             self.sentences += sentences
             self.token_counts += counts
-            total += sum(counts)
-            empty = 0 if sum(counts) else empty + 1
+            added = sum(counts)
+            total, empty = total + added, 0 if added else empty + 1
 
 
 def _haystack(stream: _SentenceStream, budget: int) -> tuple[list[str], list[int], str]:

@@ -55,13 +55,13 @@ def check_supported(model_type: str, where: str) -> None:
 
 
 def resolve_teacher(spec: str | os.PathLike | None) -> tuple[str, str | None]:
-    """(directory or hub id, gguf file name or None) for a teacher spec."""
+    """(directory or hub id, gguf file name or None) for a teacher spec. The embedded teacher's names (`embedded`,
+    `teacher`, `smollm2`, `default`) mean it unless a local folder or file has that name: that is the user's own."""
     spec = EMBEDDED_TEACHER if spec is None else str(spec)
-    if spec in (EMBEDDED_TEACHER, "teacher", "smollm2", "default") and not Path(spec).exists():  # (a local folder
-        # of that name is the user's own teacher)
+    path = Path(spec)
+    if spec in (EMBEDDED_TEACHER, "teacher", "smollm2", "default") and not path.exists():
         gguf = embedded_teacher_gguf()
         return str(gguf.parent), gguf.name
-    path = Path(spec)
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise MissingInputError(f"GGUF file {spec} does not exist")
