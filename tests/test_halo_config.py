@@ -124,3 +124,20 @@ def test_the_gpu_recipe_loads_joins_half_of_the_wrapped_paragraphs_and_repeats_s
     assert (config.stage3.tokens, config.stage3.batch_size, config.stage3.lr) == (6_000_000, 8, 1e-4)
     assert config.select.strategy == "halo"
     assert config.export.logit_scaling_tolerance == 0.001
+
+
+def test_local_teacher_and_data_paths_are_saved_absolute(tmp_path, monkeypatch):
+    """`--teacher ./myqwen --data docs.jsonl`: the config holds absolute paths, so a run's config.yaml finds them from
+    any directory; names that are not local paths (hub ids, hf: datasets, builtin, the embedded teacher) stay."""
+    (tmp_path / "myqwen").mkdir()
+    (tmp_path / "docs.jsonl").write_text('{"text": "a"}\n')
+    monkeypatch.chdir(tmp_path)
+    config = load_config(teacher="./myqwen", data={"source": "docs.jsonl"})
+    assert (config.teacher, config.data.source) == (str(tmp_path / "myqwen"), str(tmp_path / "docs.jsonl"))
+    assert load_config(overrides=["teacher=myqwen"]).teacher == str(tmp_path / "myqwen")
+    for teacher, source in [("Qwen/Qwen3-1.7B", "hf:wikitext:wikitext-2-raw-v1"), ("embedded", "builtin"),
+                            ("missing-folder", "missing.jsonl")]:
+        config = load_config(teacher=teacher, data={"source": source})
+        assert (config.teacher, config.data.source) == (teacher, source)
+    (tmp_path / "builtin").mkdir()  # `builtin` is the offline corpus whatever the folder holds
+    assert load_config(data={"source": "builtin"}).data.source == "builtin"

@@ -304,6 +304,22 @@ def load_config(
     _apply(config, parse_overrides(list(overrides)))
     _apply(config, {k: v for k, v in top_level.items() if v is not None})
     validate(config)
+    return absolute_local_paths(config)
+
+
+def absolute_local_paths(config: ConvertConfig) -> ConvertConfig:
+    """`config` with a teacher and a data source that name a local file or folder given as absolute paths, so that a
+    run's config.yaml finds them again from any directory (`--resume`, `--from`) and `./qwen` and `qwen` are one
+    setting. Hub ids, `hf:` datasets, `builtin` and the embedded teacher's names (where no such path exists) stay as
+    they are. A relative path is resolved against the current directory."""
+
+    def absolute(value: str) -> str:
+        path = Path(value).expanduser()
+        return str(path.resolve()) if path.exists() else value
+
+    config.teacher = absolute(config.teacher)
+    if config.data.source != "builtin" and not config.data.source.startswith("hf:"):
+        config.data.source = absolute(config.data.source)
     return config
 
 

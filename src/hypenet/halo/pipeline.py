@@ -33,8 +33,10 @@ from . import engine, stage1, stage2, stage3
 from .config import (
     ConvertConfig,
     HaloError,
+    absolute_local_paths,
     beyond_teacher_window,
     config_differences,
+    from_dict,
     read_config,
     resolve,
     save_config,
@@ -51,6 +53,9 @@ CONFIG_FILE = "config.yaml"
 MODEL_DIR = "model"
 # Settings that change how a run executes, not what it computes: they may differ when resuming.
 RUN_FIELDS = {"out", "device", "mixed_precision", "checkpoint_every", "tensorboard", "compile", "deterministic"}
+# Per-stage fields that a resumed stage may change: how a step's sequences are split into forwards (the step and its
+# gradient are the same, up to the order of the sums), which is what an out-of-memory error asks the user to lower.
+STAGE_RUN_FIELDS = {"micro_batch_size"}
 
 
 def done_info(out: Path, name: str) -> dict | None:
@@ -232,9 +237,12 @@ def settings_clashes(saved: ConvertConfig, requested: ConvertConfig, started: li
     """The settings of `requested` that differ from `saved` where it matters: those of the stages already (partly)
     run, and the teacher, data and seed they were run with."""
     locked = set(started) | ({"teacher", "data", "seed"} if started else set())
+    # (a config.yaml written before paths were saved absolute holds them as typed, relative to where it was run)
+    saved, requested = (absolute_local_paths(from_dict(to_dict(config))) for config in (saved, requested))
     return [
         key for key in config_differences(saved, requested)
         if key.split(".")[0] in locked and key.split(".")[0] not in RUN_FIELDS
+        and key.split(".")[-1] not in STAGE_RUN_FIELDS
     ]
 
 
