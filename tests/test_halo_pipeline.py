@@ -437,6 +437,22 @@ def test_tokenizer_of_another_model(assets, tmp_path, capsys):
     assert "belongs to another model" in capsys.readouterr().err
 
 
+def test_a_teacher_folder_without_tokenizer_files_says_so(assets, tmp_path, capsys):
+    """Weights and config.json alone: convert and eval name the missing tokenizer files (transformers would give a
+    tokenizer of one token, which convert called another model's and eval's NIAH could not build a haystack with)."""
+    teacher = tmp_path / "weights-only"
+    teacher.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(assets["qwen3"] / name, teacher / name)
+    args = cli_args(assets, "qwen3", tmp_path / "out")
+    args[args.index("--teacher") + 1] = str(teacher)
+    assert main(["convert", *args]) == 1
+    assert "holds no tokenizer files (such as tokenizer.json" in capsys.readouterr().err
+    assert main(["eval", str(teacher), "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 2
+    assert "holds no tokenizer files" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "eval").exists()
+
+
 def test_a_stage_that_runs_the_teacher_past_its_window_warns(assets, tmp_path, monkeypatch, recwarn):
     # the teachers' window is 4096 tokens; stage 3 trains without the teacher and may go past it
     config = tiny_config(assets, "qwen3", tmp_path / "out", "stage2.seq_len=8192", "stage3.seq_len=16384",

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from hypenet.errors import InvalidInputError
-from hypenet.teachers.load import checkpoint_location
+from hypenet.teachers.load import checkpoint_location, load_tokenizer
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -84,7 +84,7 @@ def load_model_for_eval(spec: str | Path, device: str | None = None, dtype: str 
     checkpoint has no RoPE in its attention layers, so it is evaluated as-is and rope_scaling must be None.
     logit_scaling_base (a HypeNet model only; a number > 1, or "off") replaces the checkpoint's own base; None keeps it.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     directory = checkpoint_location(spec)  # 'teacher' is the embedded model; a GGUF file is dequantised once
     location = {"trust_remote_code": True}
@@ -99,7 +99,7 @@ def load_model_for_eval(spec: str | Path, device: str | None = None, dtype: str 
     model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=resolve_dtype(dtype, torch_device),
                                                  **location)
     model.to(torch_device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(directory, **location)
+    tokenizer = load_tokenizer(directory, **location)
     prepare_tokenizer(tokenizer)
     return model, tokenizer
 

@@ -127,6 +127,27 @@ def checkpoint_location(spec: str | os.PathLike | None) -> str:
     return str(cached)
 
 
+# Files from which transformers builds a tokenizer (a fast tokenizer's JSON, a SentencePiece or tiktoken model, a BPE
+# or WordPiece vocabulary, or a config naming a tokenizer class). A folder with none of them gets a tokenizer of one
+# token, with no error.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json",
+                   "vocab.txt")
+
+
+def load_tokenizer(location: str, **kwargs):
+    """AutoTokenizer for a checkpoint folder or hub id; MissingInputError when a local folder holds no tokenizer files
+    (transformers would give a tokenizer of one token, and what uses it would fail later, far from the cause)."""
+    folder = Path(location)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES) \
+            and not any(folder.glob("*.tiktoken")):
+        raise MissingInputError(
+            f"{location} holds no tokenizer files (such as tokenizer.json or tokenizer.model and "
+            "tokenizer_config.json): copy them from the checkpoint the weights came from into that folder "
+            "(`tokenizer.save_pretrained(folder)`)"
+        )
+    return AutoTokenizer.from_pretrained(location, **kwargs)
+
+
 def load_teacher(
     spec: str | os.PathLike | None = None,
     dtype: torch.dtype = torch.float32,
@@ -137,6 +158,6 @@ def load_teacher(
     config = AutoConfig.from_pretrained(location)
     check_supported(config.model_type, location)
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(location)
+    tokenizer = load_tokenizer(location)
     model.eval().requires_grad_(False)
     return model, tokenizer
