@@ -733,3 +733,26 @@ def test_data_seed_fixes_the_split_while_seed_changes_the_training(overrides, sp
     conversion.corpus = Conversion.corpus.func(conversion)
     assert calls[0]["seed"] == split_seed
     assert Conversion.chunks(conversion, "stage2").seed == 1
+
+
+def test_resume_from_another_directory_and_another_micro_batch(assets, qwen3_conversion, tmp_path, monkeypatch,
+                                                                capsys):
+    """A conversion's config.yaml finds its teacher and data from any directory, `./qwen3` and `qwen3` are one teacher,
+    and a resumed stage may take another micro batch size (what its out-of-memory error asks for); another teacher is
+    still refused."""
+    reference, _ = qwen3_conversion
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    root = assets["root"]
+    monkeypatch.chdir(root)
+    relative = ["--teacher", "./qwen3", "--data", "data.jsonl"]
+    assert main(["convert", "--out", str(out), "--resume", *relative, "--set", "stage2.micro_batch_size=2"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["teacher"], saved["data"]["source"]) == (str(root / "qwen3"), str(root / "data.jsonl"))
+    assert saved["stage2"]["micro_batch_size"] == 2
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", "--out", "run", "--resume"]) == 0  # the saved teacher and data, from elsewhere
+    capsys.readouterr()
+    monkeypatch.chdir(root)
+    assert main(["convert", "--out", str(out), "--resume", "--teacher", "llama"]) == 1
+    assert "other settings for teacher" in capsys.readouterr().err
