@@ -495,11 +495,19 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path, mon
 
     monkeypatch.setattr(LayerAlignment, "forward", diverging)
     out = tmp_path / "out"
-    with pytest.raises(HaloError, match="loss is nan at step 8.*step-00000005"):
+    with pytest.raises(HaloError, match="loss is nan at step 8.*step-00000005") as error:
         run_stages(tiny_config(assets, "qwen3", out), ["stage1"])
     stage_dir = out / "stages" / "stage1"
     assert [p.name for p in (stage_dir / "checkpoints").iterdir()] == ["step-00000005"]
     assert not (stage_dir / "done.json").exists()
+    # the command the error gives runs the stage again with a lower learning rate (a --resume would be refused: the
+    # stage's settings are kept)
+    command = f"hypenet stage1 --out {out} --overwrite --set stage1.lr=LOWER"
+    assert command in str(error.value)
+    monkeypatch.setattr(LayerAlignment, "forward", forward)
+    assert main(command.split()[1:-1] + ["stage1.lr=1e-4"]) == 0
+    assert json.loads((stage_dir / "done.json").read_text())["steps"] == 16
+    assert yaml.safe_load((out / "config.yaml").read_text())["stage1"]["lr"] == 1e-4
 
 
 def test_a_stage_alone_needs_the_stages_before_it(tmp_path, capsys):

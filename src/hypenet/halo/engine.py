@@ -399,9 +399,13 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
         if not math.isfinite(step_loss):
             last = latest_checkpoint(stage_dir)
             kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            # (not --resume: a resumed stage keeps its settings, lr included; the stage starts again with the new one)
+            again = (f" and run the stage again: hypenet {name} --out {stage_dir.parent.parent} --overwrite --set "
+                     f"{name}.lr=LOWER (then `hypenet convert --out {stage_dir.parent.parent} --resume` for the stages "
+                     "after it)" if stage_dir.parent.name == "stages" else "")
             raise HaloError(
                 f"{name}: the loss is {step_loss} at step {step + 1}; stopped before updating the weights ({kept}). "
-                f"Lower {name}.lr (or check the data), then rerun with --resume."
+                f"Lower {name}.lr (or check the data){again}."
             )
         if config.grad_clip > 0:
             acc.clip_grad_norm_(model.parameters(), config.grad_clip)
