@@ -214,3 +214,10 @@ def test_the_plan_says_which_settings_run_the_teacher_past_its_window(teacher_di
 def test_durations_are_written_in_a_readable_unit():
     assert [_duration(s) for s in (0, 0.2, 0.6, 89, 90, 5399, 5400)] == [
         "0 s", "<1 s", "1 s", "89 s", "2 min", "90 min", "1.5 h"]
+
+
+def test_flops_are_written_with_a_unit_prefix():
+    from hypenet.halo.plan import _flops
+
+    assert [_flops(n) for n in (3.1e20, 1.23e12, 8.05e8, 4.2e4, 999)] == \
+        ["310 EFLOP", "1.23 TFLOP", "805 MFLOP", "42 KFLOP", "999 FLOP"]

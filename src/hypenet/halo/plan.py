@@ -232,7 +232,7 @@ def _count(n: float) -> str:
 
 
 def _flops(n: float) -> str:
-    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9)):
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
             return f"{n / scale:.3g} {unit}FLOP"
     return f"{n:.3g} FLOP"
