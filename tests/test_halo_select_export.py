@@ -861,8 +861,12 @@ def test_report_figure_draws_the_curves_the_scores_and_the_bases():
     assert (list(written.get_xdata()), list(written.get_ydata())) == ([500], [3.1])
     assert matplotlib.colors.same_color(written.get_color(), "tab:red")
     assert list(off.get_ydata()) == [3.3, 3.3]  # logit scaling off: a level line
+    assert curve1.get_lines()[0].get_marker() in ("None", None)
     matplotlib.pyplot.close(fig)
     assert report_figure({"teacher": "tiny"}) is None
+    one_step = report_figure({"stages": {"stage3": {"losses": [[1, 5.0]]}}})  # a stage of one step is a dot
+    assert one_step.axes[0].get_lines()[0].get_marker() == "o"
+    matplotlib.pyplot.close(one_step)
 
 
 def test_a_near_tie_without_a_tolerance_is_reported_with_the_commands_to_act_on_it(student, tokenizer, tmp_path,

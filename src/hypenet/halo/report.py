@@ -164,7 +164,7 @@ def report_figure(report: dict):
     for name, losses in stages.items():
         ax = next(axes)
         steps, values = zip(*losses)
-        ax.plot(steps, values)
+        ax.plot(steps, values, marker="o" if len(steps) == 1 else None)  # (a line of one point draws nothing)
         ax.set(title=f"{name} loss", xlabel="step", ylabel="loss")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if min(values) > 0 and _spread(values):
