@@ -1,6 +1,8 @@
 """HALO layer selection, the logit-scaling choice, export and the report, on tiny random Qwen3 teachers."""
 
+import copy
 import json
+import logging
 import sys
 import warnings
 
@@ -494,6 +496,7 @@ def test_export_loads_without_hypenet_and_generates_the_same(student, tokenizer,
         expected = student.generate(torch.tensor(prompt), max_new_tokens=8, do_sample=False).tolist()
     code = f"""
 import json
+import logging
 import torch
 from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True).eval()
@@ -529,6 +532,26 @@ def test_export_with_explicit_base_skips_the_search(student, tokenizer, tmp_path
     info = export_checkpoint(student, tokenizer, tmp_path / "fixed", logit_scaling_base=700)
     assert info["logit_scaling_base"] == 700 and info["losses"] == {} and info["losses_by_band"] == {}
     assert json.loads((tmp_path / "fixed" / "config.json").read_text())["attention_logit_scaling_base"] == 700
+
+
+def test_export_of_a_teacher_without_an_end_token_stops_at_the_tokenizers_eos(student, tokenizer, tmp_path, caplog):
+    """A teacher config without eos_token_id: the export's config and generation config take the tokenizer's EOS, so
+    that generate() stops there; a model that names its own end token keeps it."""
+    model = copy.deepcopy(student)
+    model.config.eos_token_id = None
+    model.generation_config.eos_token_id = None
+    with caplog.at_level(logging.WARNING, logger="hypenet.halo.export"):
+        export_checkpoint(model, tokenizer, tmp_path / "eos", logit_scaling_base=700)
+    assert "names no end token" in caplog.text
+    eos = tokenizer.eos_token_id
+    assert json.loads((tmp_path / "eos" / "config.json").read_text())["eos_token_id"] == eos
+    assert json.loads((tmp_path / "eos" / "generation_config.json").read_text())["eos_token_id"] == eos
+    caplog.clear()
+    own = copy.deepcopy(student)
+    own.config.eos_token_id = own.generation_config.eos_token_id = 3
+    export_checkpoint(own, tokenizer, tmp_path / "own", logit_scaling_base=700)
+    assert json.loads((tmp_path / "own" / "config.json").read_text())["eos_token_id"] == 3 != eos
+    assert "names no end token" not in caplog.text
 
 
 def test_export_of_an_all_rnn_model_searches_no_base(teacher, tokenizer, tmp_path):

@@ -17,6 +17,7 @@ The checkpoint loads with `AutoModelForCausalLM.from_pretrained(path, trust_remo
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -353,6 +354,21 @@ def _complete_auto_map(config_path: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def end_at_the_tokenizers_eos(model, tokenizer) -> None:
+    """A teacher whose config names no end token gives a model whose generate() never stops at one: give its config
+    (and generation config) the tokenizer's EOS id, with a warning; a model that names one keeps it."""
+    eos = tokenizer.eos_token_id
+    generation = getattr(model, "generation_config", None)
+    if eos is None or model.config.eos_token_id is not None:
+        return
+    log.warning("the teacher's config names no end token: the export's config takes the tokenizer's EOS %r (id %d), "
+                "so that generate() stops there", tokenizer.eos_token, eos)
+    model.config.eos_token_id = eos
+    if generation is not None and generation.eos_token_id is None:
+        model.generation_config = copy.deepcopy(generation)  # (the teacher's own object, shared)
+        model.generation_config.eos_token_id = eos
+
+
 def export_checkpoint(
     student: HypeNetForCausalLM,
     tokenizer,
@@ -409,6 +425,7 @@ def export_checkpoint(
     else:
         raise ValueError(f"logit_scaling_base must be 'auto', None (off) or a number > 1; got {logit_scaling_base!r}")
     student.config.attention_logit_scaling_base = a
+    end_at_the_tokenizers_eos(student, tokenizer)
     info = {"path": str(out_dir), "logit_scaling_base": a, "losses": losses, "losses_by_band": losses_by_band,
             **chosen_by, **copy_info, "warnings": notes}
 
