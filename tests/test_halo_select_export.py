@@ -523,7 +523,7 @@ def test_export_records_only_its_own_warnings(student, tokenizer, tmp_path, monk
     monkeypatch.setattr(export, "long_context_loss", noisy)
     short = [np.arange(5, 40)]  # shorter than the training context: the export's own warning
     info = export_checkpoint(student, tokenizer, tmp_path / "w", short, candidates=(None, 50), train_context=64)
-    assert "longest one (35 tokens)" in info["warnings"][0]
+    assert "longest one (35 tokens)" in info["warnings"][0] and "data.heldout_fraction" in info["warnings"][0]
     assert not any("Flash Attention" in note for note in info["warnings"])  # (the tiny random student's losses at
     # off and 50 may also be a near tie: the export's own second warning)
 

@@ -69,8 +69,9 @@ def _long_eval_docs(long_docs: Sequence, train_context: int, eval_len: int) -> t
     scored_from = len(longest) // 2
     return [longest], scored_from, (
         f"no held-out document is longer than the training context ({train_context} tokens); the logit-scaling base "
-        f"was chosen on the longest one ({len(longest)} tokens), scoring positions >= {scored_from}. Give longer "
-        "documents (TokenizedCorpus.long_heldout_docs) for a choice that reflects length generalisation."
+        f"was chosen on the longest one ({len(longest)} tokens), scoring positions >= {scored_from}. For a choice that "
+        "reflects length generalisation, give documents longer than that context: a conversion takes them from its "
+        "data's held-out share (--data with long documents, or a larger data.heldout_fraction)."
     )
 
 
