@@ -499,6 +499,7 @@ def test_documents_with_their_text_under_another_field_name_the_command_that_rew
     with pytest.raises(ValueError) as error:
         list(iter_documents(str(source)))
     assert str(error.value) == (
-        f"{source}:1 has no field 'text' (found ['body']); pass text_field=... (from the command line, rewrite them "
-        "with the text under 'text': `python -m hypenet.data export OUT.jsonl --source SOURCE --text-field NAME`)")
+        f"{source}:1 has no field 'text' (found ['body']); pass text_field=... (hypenet convert: --set "
+        "data.text_field=NAME; for the other commands, rewrite them with the text under 'text': "
+        "`python -m hypenet.data export OUT.jsonl --source SOURCE --text-field NAME`)")
     assert list(iter_documents(str(source), text_field="body")) == ["a document"]

@@ -453,6 +453,23 @@ def test_a_teacher_folder_without_tokenizer_files_says_so(assets, tmp_path, caps
     assert not (tmp_path / "out").exists() and not (tmp_path / "eval").exists()
 
 
+def test_documents_with_their_text_under_another_field(assets, tmp_path):
+    """`--data docs.jsonl --set data.text_field=body`: the documents are read from that field; without it the error
+    names the setting."""
+    documents = make_documents(40, seed=3)
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "body": d}) + "\n" for i, d in enumerate(documents)))
+    config = tiny_config(assets, "qwen3", tmp_path / "out", "data.text_field=body")
+    config.data.source = str(data)
+    corpus = pipeline.Conversion(config).corpus
+    tokenizer = AutoTokenizer.from_pretrained(assets["qwen3"])
+    assert len(corpus.train_tokens) + sum(map(len, corpus.heldout_docs)) == \
+        sum(len(tokenizer(d)["input_ids"]) + 1 for d in documents)  # (each document and its EOS)
+    with pytest.raises(HaloError, match=r"has no field 'text' \(found \['body', 'id'\]\).*--set data.text_field=NAME"):
+        config.data.text_field = "text"
+        pipeline.Conversion(config).corpus
+
+
 def test_a_stage_that_runs_the_teacher_past_its_window_warns(assets, tmp_path, monkeypatch, recwarn):
     # the teachers' window is 4096 tokens; stage 3 trains without the teacher and may go past it
     config = tiny_config(assets, "qwen3", tmp_path / "out", "stage2.seq_len=8192", "stage3.seq_len=16384",

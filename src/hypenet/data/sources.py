@@ -37,7 +37,8 @@ def file_format(path: Path) -> str:
     return path.suffix
 
 
-TEXT_FIELD_HINT = ("; pass text_field=... (from the command line, rewrite them with the text under 'text': "
+TEXT_FIELD_HINT = ("; pass text_field=... (hypenet convert: --set data.text_field=NAME; for the other commands, "
+                   "rewrite them with the text under 'text': "
                    "`python -m hypenet.data export OUT.jsonl --source SOURCE --text-field NAME`)")
 
 

@@ -121,6 +121,7 @@ class ExportConfig:
 @dataclass
 class DataConfig:
     source: str = "builtin"  # "builtin", a path (txt/jsonl/parquet/folder) or "hf:NAME[:CONFIG][:SPLIT]"
+    text_field: str = "text"  # the field (.jsonl, hf:) or column (.parquet) that holds a document's text
     heldout_fraction: float = 0.01
     max_tokens: int | None = None  # tokens to read from the source; None = what the largest stage budget needs
     # share of the training documents' hard-wrapped paragraphs joined into one line each (data/unwrap.py); held-out

@@ -123,7 +123,7 @@ class Conversion:
                 corpus = tokenize_corpus(
                     data.source, self.tokenizer, heldout_fraction=data.heldout_fraction, max_tokens=max_tokens,
                     seed=self.config.seed if data.seed is None else data.seed,
-                    unwrap_paragraphs=data.unwrap_paragraphs,
+                    unwrap_paragraphs=data.unwrap_paragraphs, text_field=data.text_field,
                 )
         except (OSError, ValueError) as error:  # a missing file, an unreadable format, no documents
             raise HaloError(f"cannot read the data {data.source!r}: {error}") from error
