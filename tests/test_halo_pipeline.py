@@ -595,6 +595,26 @@ def test_export_again_with_the_copy_probe(qwen3_conversion, tmp_path):
     assert "far-copy loss" in (out / "report.md").read_text()
 
 
+def test_a_stage_stopped_before_its_first_checkpoint_may_change_its_settings(tmp_path):
+    """Out of memory at step 1 ("shorten stage1.seq_len, then rerun with --resume"): the stage left its folder and
+    loss log but no checkpoint, so a resume starts it again and may take another seq_len, even another teacher; once
+    it has a checkpoint (or is done), its settings and the teacher are kept."""
+    from hypenet.halo.config import save_config
+
+    out = tmp_path / "run"
+    saved = load_config("smoke", teacher="some/teacher")
+    (out / "stages" / "stage1").mkdir(parents=True)
+    save_config(saved, out / "config.yaml")
+    (out / "stages" / "stage1" / "losses.jsonl").write_text('{"event": "micro_batch", "step": 1}\n')
+    shorter = load_config("smoke", overrides=["stage1.seq_len=32"], teacher="other/teacher")
+    assert pipeline.saved_settings_refusal(out, shorter) is None
+    (out / "stages" / "stage1" / "checkpoints" / "step-00000002").mkdir(parents=True)
+    assert "other settings for teacher, stage1.seq_len" in pipeline.saved_settings_refusal(out, shorter)
+    shutil.rmtree(out / "stages" / "stage1" / "checkpoints")
+    (out / "stages" / "stage1" / "done.json").write_text("{}")
+    assert "other settings for teacher, stage1.seq_len" in pipeline.saved_settings_refusal(out, shorter)
+
+
 def test_resume_refuses_other_settings(assets, qwen3_conversion, capsys):
     out, _ = qwen3_conversion
     assert main(["convert", *cli_args(assets, "qwen3", out), "--resume", "--set", "stage2.lr=5e-4"]) == 1

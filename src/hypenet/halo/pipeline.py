@@ -234,8 +234,8 @@ class Conversion:
 
 
 def settings_clashes(saved: ConvertConfig, requested: ConvertConfig, started: list[str]) -> list[str]:
-    """The settings of `requested` that differ from `saved` where it matters: those of the stages already (partly)
-    run, and the teacher, data and seed they were run with."""
+    """The settings of `requested` that differ from `saved` where it matters: those of the `started` stages (which a
+    resumed run goes on from), and the teacher, data and seed they were run with."""
     locked = set(started) | ({"teacher", "data", "seed"} if started else set())
     # (a config.yaml written before paths were saved absolute holds them as typed, relative to where it was run)
     saved, requested = (absolute_local_paths(from_dict(to_dict(config))) for config in (saved, requested))
@@ -246,14 +246,20 @@ def settings_clashes(saved: ConvertConfig, requested: ConvertConfig, started: li
     ]
 
 
+def reused(out: Path, name: str) -> bool:
+    """Whether a resumed run would go on from what stage `name` left in `out`: it finished, or it wrote a checkpoint.
+    A stage stopped before its first checkpoint (out of memory at step 1, say) starts again from step 0, so its
+    settings may change."""
+    return done_info(out, name) is not None or engine.latest_checkpoint(out / "stages" / name) is not None
+
+
 def saved_settings_refusal(out: Path, requested: ConvertConfig) -> str | None:
-    """Why `requested` may not go on in `out`: settings that differ from its config.yaml for stages already (partly)
-    run there; None when nothing clashes."""
+    """Why `requested` may not go on in `out`: settings that differ from its config.yaml for the stages a resumed run
+    would go on from (`reused`); None when nothing clashes."""
     saved_path = out / CONFIG_FILE
     if not saved_path.is_file():
         return None
-    started = [name for name in STAGES if (out / "stages" / name).exists()]
-    clashes = settings_clashes(read_config(saved_path), requested, started)
+    clashes = settings_clashes(read_config(saved_path), requested, [name for name in STAGES if reused(out, name)])
     return (f"{out} was run with other settings for {', '.join(clashes)} (see {saved_path}); keep them, or start "
             "again with --overwrite or another --out") if clashes else None
 
