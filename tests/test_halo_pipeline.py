@@ -350,11 +350,18 @@ def test_ctrl_c_stops_two_processes_at_one_step_and_resume_trains_the_rest(asset
     last, _ = ctrl_c_in_two_process_stage2(command, env, out)
     saved = {p.name for p in (out / "stages" / "stage2" / "checkpoints" / f"step-{last:08d}").iterdir()}
     assert {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"} <= saved, saved  # both processes'
+    alone = assets["root"] / "ddp-interrupted-resumed-alone"
+    shutil.copytree(out, alone)
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = steps_after_resume(out, last)
     single = {r["step"]: r["loss"] for r in read_losses(reference_out / "stages" / "stage2")}
+    assert [r["loss"] for r in after] == pytest.approx([single[r["step"]] for r in after], rel=1e-4)
+    # resumed on one process instead (each process took half of the batch, which one process takes whole): the same
+    # course (a run that took the halves for a shrunk micro batch stepped the optimizer every other step)
+    assert main(["stage2", "--out", str(alone), "--resume"]) == 0
+    after = steps_after_resume(alone, last)
     assert [r["loss"] for r in after] == pytest.approx([single[r["step"]] for r in after], rel=1e-4)
 
 

@@ -346,9 +346,15 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
         acc.load_state(str(checkpoint))
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         start, losses, wall_before, resumed_from = state["step"], state["losses"], state["wall_time"], state["step"]
-        if shrinkable and state.get("micro_batch_size", micro) < micro:  # the interrupted run had shrunk it
+        # the interrupted run had shrunk its micro batch: go on with that one, if each process takes the batch it took
+        # (a run resumed on another number of processes splits the batch its own way)
+        if shrinkable and state.get("per_process") == per_process and state["micro_batch_size"] < micro:
             micro = state["micro_batch_size"]
             accumulation = acc.gradient_accumulation_steps = per_process // micro
+        # load_state restores accelerate's count of micro steps, whose remainder by the accumulation says when the
+        # optimizer steps; a checkpoint is taken after a whole step, so the next micro step begins one (with another
+        # accumulation the restored count would skip optimizer steps)
+        acc.step = 0
     if acc.is_main_process:
         stage_dir.mkdir(parents=True, exist_ok=True)
     loss_log = LossLog(stage_dir, name, acc.is_main_process, run.tensorboard_dir)
@@ -426,7 +432,7 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
         if (done % run.checkpoint_every == 0 and done < steps) or stopping:
             wall = wall_before + time.perf_counter() - began
             saved = save_checkpoint(acc, stage_dir, {"step": done, "losses": losses, "wall_time": wall,
-                                                     "micro_batch_size": micro})
+                                                     "micro_batch_size": micro, "per_process": per_process})
         if stopping:
             log.warning("%s: stopped by signal after step %d; checkpoint %s", name, done, saved)
             break
