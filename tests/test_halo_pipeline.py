@@ -145,6 +145,8 @@ def ctrl_c_in_two_process_stage2(command: list[str], env: dict, out: Path) -> tu
     last = read_losses(out / "stages" / "stage2")[-1]["step"]
     assert last < 32, "stage 2 finished before the signal"
     assert stderr.count(f"stage2: stopped by signal after step {last};") == 2, stderr[-3000:]  # both, at that step
+    assert stderr.count("interrupted; continue with the same launch on 2 processes and --resume (e.g. accelerate "
+                        f"launch ... -m hypenet.cli stage2 --out {out} --resume)") == 1, stderr[-3000:]
     assert [p.name for p in (out / "stages" / "stage2" / "checkpoints").iterdir()] == [f"step-{last:08d}"]
     return last, stderr
 

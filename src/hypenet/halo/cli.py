@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,20 @@ def build_config(command: str, args: argparse.Namespace):
     )
 
 
+def _is_main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def interrupted_hint(command: str, out: str) -> str:
+    """What to run after Ctrl-C: the command with --resume, under the same launcher when several processes ran it (a
+    resume on another number of processes continues too, with the batch split its own way)."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1:
+        return (f"interrupted; continue with the same launch on {processes} processes and --resume "
+                f"(e.g. accelerate launch ... -m hypenet.cli {command} --out {out} --resume)")
+    return f"interrupted; continue with: hypenet {command} --out {out} --resume"
+
+
 def run(command: str, args: argparse.Namespace) -> int:
     from .pipeline import STAGES, run_stages
 
@@ -83,7 +98,7 @@ def run(command: str, args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"interrupted; continue with: hypenet {command} --out {args.out or 'hypenet-out'} --resume",
-              file=sys.stderr)
+        if _is_main_rank():  # (once, not by every process)
+            print(interrupted_hint(command, args.out or "hypenet-out"), file=sys.stderr)
         return 130
     return 0
