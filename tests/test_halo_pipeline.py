@@ -462,6 +462,41 @@ def test_a_teacher_folder_without_tokenizer_files_says_so(assets, tmp_path, caps
     assert not (tmp_path / "out").exists() and not (tmp_path / "eval").exists()
 
 
+def test_data_of_one_document_is_refused_before_training(assets, tmp_path, capsys):
+    """A single .txt file is one document: nothing is held out for the export, which used to fail after every
+    training stage. Now the conversion stops at once and says what to give."""
+    data = tmp_path / "corpus.txt"
+    data.write_text("\n".join(make_documents(30)))
+    args = cli_args(assets, "qwen3", tmp_path / "out")
+    args[args.index("--data") + 1] = str(data)
+    assert main(["convert", *args]) == 1
+    assert ("leaves no document out of training: it holds one document (a .txt file is one document), and the export "
+            "chooses the logit-scaling base on held-out documents") in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["convert", *cli_args(assets, "qwen3", tmp_path / "out"), "--set", "data.heldout_fraction=0"]) == 1
+    assert "data.heldout_fraction is 0" in capsys.readouterr().err
+
+
+def test_a_stage_with_other_data_than_the_stages_before_it_is_refused_before_loading(assets, qwen3_conversion,
+                                                                                     tmp_path, monkeypatch, capsys):
+    """`hypenet export --out RUN --data OTHER --overwrite`: the stages before the export were trained on RUN's data,
+    so it is refused before the teacher or the data load, and the advice is to convert again (a stage's --overwrite
+    replaces that stage only)."""
+    reference, _ = qwen3_conversion
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    other = write_jsonl(tmp_path / "other.jsonl", make_documents(20, seed=5))
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the teacher was loaded")
+
+    monkeypatch.setattr(pipeline, "Conversion", no_loading)
+    assert main(["export", "--out", str(out), "--data", str(other), "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert (f"was run with other settings for data.source (see {out / 'config.yaml'}); keep them, or start the "
+            f"conversion again (hypenet convert --out {out} --overwrite) or in another --out") in err
+
+
 def test_documents_with_their_text_under_another_field(assets, tmp_path):
     """`--data docs.jsonl --set data.text_field=body`: the documents are read from that field; without it the error
     names the setting."""

@@ -129,6 +129,14 @@ class Conversion:
             raise HaloError(f"cannot read the data {data.source!r}: {error}") from error
         if len(corpus.train_tokens) == 0:
             raise HaloError(f"the data {data.source!r} holds no text: give a corpus with documents (see --data)")
+        if not corpus.heldout_docs:  # found now, not after the training stages (the export needs them)
+            why = ("data.heldout_fraction is 0" if data.heldout_fraction == 0 else
+                   "it holds one document (a .txt file is one document)")
+            raise HaloError(
+                f"the data {data.source!r} leaves no document out of training: {why}, and the export chooses the "
+                "logit-scaling base on held-out documents. Give several documents (a .jsonl file with one per line, or "
+                "a folder of .txt files) and keep data.heldout_fraction above 0"
+            )
         return corpus
 
     def chunks(self, name: str):
@@ -253,15 +261,16 @@ def reused(out: Path, name: str) -> bool:
     return done_info(out, name) is not None or engine.latest_checkpoint(out / "stages" / name) is not None
 
 
-def saved_settings_refusal(out: Path, requested: ConvertConfig) -> str | None:
+def saved_settings_refusal(out: Path, requested: ConvertConfig, replaced: tuple[str, ...] = ()) -> str | None:
     """Why `requested` may not go on in `out`: settings that differ from its config.yaml for the stages a resumed run
-    would go on from (`reused`); None when nothing clashes."""
+    would go on from (`reused`), leaving out the `replaced` ones (--overwrite); None when nothing clashes."""
     saved_path = out / CONFIG_FILE
     if not saved_path.is_file():
         return None
-    clashes = settings_clashes(read_config(saved_path), requested, [name for name in STAGES if reused(out, name)])
+    kept = [name for name in STAGES if name not in replaced and reused(out, name)]
+    clashes = settings_clashes(read_config(saved_path), requested, kept)
     return (f"{out} was run with other settings for {', '.join(clashes)} (see {saved_path}); keep them, or start "
-            "again with --overwrite or another --out") if clashes else None
+            f"the conversion again (hypenet convert --out {out} --overwrite) or in another --out") if clashes else None
 
 
 def check_start_from(source: Path, out: Path, config: ConvertConfig, earlier: list[str]) -> None:
@@ -427,6 +436,10 @@ def check_output(config: ConvertConfig, stages: list[str], resume: bool, overwri
             )
     if existing and not (resume or overwrite):
         raise HaloError(f"{existing[0]} exists; pass --resume to continue it or --overwrite to replace it")
+    if not (whole and overwrite):  # (before anything loads; record_config checks again once --from has copied)
+        refusal = saved_settings_refusal(out, config, replaced=tuple(STAGES[first:]) if overwrite else ())
+        if refusal:
+            raise HaloError(refusal)
 
 
 def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = False, overwrite: bool = False,
