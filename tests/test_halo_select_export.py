@@ -554,6 +554,20 @@ def test_export_of_a_teacher_without_an_end_token_stops_at_the_tokenizers_eos(st
     assert "names no end token" not in caplog.text
 
 
+def test_export_of_a_tokenizer_without_a_pad_token_pads_with_eos(student, tokenizer, tmp_path):
+    """Llama's and Mistral's tokenizers have no pad token: the export's pads with EOS, so that a batch of prompts of
+    different lengths can be padded; the tokenizer given is left as it was."""
+    from transformers import AutoTokenizer
+
+    unpadded = copy.deepcopy(tokenizer)
+    unpadded.pad_token = None
+    export_checkpoint(student, unpadded, tmp_path / "pad", logit_scaling_base=700)
+    exported = AutoTokenizer.from_pretrained(tmp_path / "pad", padding_side="left")
+    assert exported.pad_token == exported.eos_token == "<eos>" and unpadded.pad_token is None
+    batch = exported(["a b c", "a"], padding=True)["input_ids"]
+    assert len(batch[0]) == len(batch[1]) and batch[1][0] == exported.eos_token_id
+
+
 def test_export_of_an_all_rnn_model_searches_no_base(teacher, tokenizer, tmp_path):
     model = build_hypenet_from_teacher(teacher, ["lightning"] * LAYERS).eval()
     docs = [np.arange(5, 95)]

@@ -370,6 +370,17 @@ def end_at_the_tokenizers_eos(model, tokenizer) -> None:
         model.generation_config.eos_token_id = eos
 
 
+def with_padding(tokenizer):
+    """The tokenizer, or a copy that pads with its EOS token when it has no pad token (Llama's and Mistral's have
+    none), so that batches of prompts of different lengths (`tok(prompts, padding=True)`) work with the export."""
+    if tokenizer.pad_token is not None or tokenizer.eos_token is None:
+        return tokenizer
+    log.info("the tokenizer has no pad token: the export's pads with its EOS token %r", tokenizer.eos_token)
+    padded = copy.deepcopy(tokenizer)
+    padded.pad_token = padded.eos_token
+    return padded
+
+
 def export_checkpoint(
     student: HypeNetForCausalLM,
     tokenizer,
@@ -434,7 +445,7 @@ def export_checkpoint(
     tmp, old = out_dir.with_name(f".{out_dir.name}.tmp"), out_dir.with_name(f".{out_dir.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     student.save_pretrained(tmp)  # safetensors; with hypenet imported it also writes auto_map and the modeling files
-    tokenizer.save_pretrained(tmp)
+    with_padding(tokenizer).save_pretrained(tmp)
     _complete_auto_map(tmp / "config.json")
     (tmp / EXPORT_INFO).write_text(json.dumps({**info, **(extra_info or {})}, indent=2, default=str) + "\n")
     shutil.rmtree(old, ignore_errors=True)
