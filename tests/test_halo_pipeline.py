@@ -377,6 +377,19 @@ def test_missing_teacher(assets, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["stage1", "--from", "runs/a"], "usage: hypenet stage1 [-h]"),  # --from starts a stage after stage 1
+    (["convert", "--set", "stage2.lr", "1e-3"], "hypenet convert: error: unrecognized arguments: 1e-3 (--set takes "
+                                               "KEY=VALUE as one argument)"),
+    (["eval", "runs/a/model", "--nonsense"], "hypenet eval: error: unrecognized arguments: --nonsense\n"),
+])
+def test_an_argument_a_command_does_not_take_shows_that_commands_usage(args, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err and "usage: hypenet [-h] [--version] COMMAND" not in err
+
+
 def test_hypenet_alone_prints_its_commands_and_version(capsys):
     from hypenet import __version__
 

@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_bench(sub)
     register_bench_train(sub)
     register_bench_scaling(sub)
+    parser.commands = sub.choices  # (main: a command's own usage for arguments it does not take)
     return parser
 
 
@@ -34,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     if not (sys.argv[1:] if argv is None else argv):  # `hypenet` alone: what it can do, not a usage error
         parser.print_help()
         return 0
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse's own error names the top-level usage, which lists no command's arguments
+        given = list(sys.argv[1:] if argv is None else argv)
+        split = any(a == "--set" and given[i + 2:i + 3] and given[i + 2] in unknown for i, a in enumerate(given))
+        hint = " (--set takes KEY=VALUE as one argument)" if split else ""
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     try:
         return int(args.func(args) or 0)
     except (MissingInputError, InvalidInputError) as error:  # a path that is not there, a value that cannot work:
