@@ -459,6 +459,29 @@ def test_tokenizer_of_another_model(assets, tmp_path, capsys):
     assert "belongs to another model" in capsys.readouterr().err
 
 
+def test_a_tokenizer_with_tokens_past_the_embedding_names_them(assets, tmp_path, capsys):
+    """A tokenizer class that adds its own special tokens (Qwen2's `<|endoftext|>` on a tokenizer without it) past the
+    teacher's embedding: the error names the ids and tokens with no embedding, not "another model"; a tokenizer without
+    an EOS token says how to set one."""
+    teacher = tmp_path / "teacher"
+    shutil.copytree(assets["qwen3"], teacher)
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    rows = len(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.save_pretrained(teacher)
+    args = cli_args(assets, "qwen3", tmp_path / "out")
+    args[args.index("--teacher") + 1] = str(teacher)
+    assert main(["convert", *args]) == 1
+    assert (f"has {rows + 2} tokens but the teacher's embedding has {rows} rows; ids {rows} and up ('<|im_start|>', "
+            "'<|im_end|>') have no embedding") in capsys.readouterr().err
+    no_eos = make_tokenizer(make_documents(300))  # the teacher's own vocabulary
+    no_eos.eos_token = None
+    no_eos.save_pretrained(teacher)
+    assert main(["convert", *args]) == 1
+    assert "has no EOS token, which separates documents in the training data: set the teacher's own (tokenizer." \
+        "eos_token = '...'" in capsys.readouterr().err
+
+
 def test_a_teacher_folder_without_tokenizer_files_says_so(assets, tmp_path, capsys):
     """Weights and config.json alone: convert and eval name the missing tokenizer files (transformers would give a
     tokenizer of one token, which convert called another model's and eval's NIAH could not build a haystack with)."""

@@ -307,14 +307,23 @@ def copy_earlier_stages(source: Path, out: Path, earlier: list[str]) -> None:
 
 def check_tokenizer(teacher, tokenizer, spec: str) -> None:
     rows = teacher.get_input_embeddings().num_embeddings
-    if len(tokenizer) > rows or len(tokenizer) < 0.9 * rows:
+    if len(tokenizer) > rows:  # a few added tokens past the embedding (a tokenizer class that adds its own specials)
+        beyond = tokenizer.convert_ids_to_tokens(list(range(rows, min(len(tokenizer), rows + 5))))
+        raise HaloError(
+            f"the tokenizer of teacher {spec} has {len(tokenizer)} tokens but the teacher's embedding has {rows} rows; "
+            f"ids {rows} and up ({', '.join(map(repr, beyond))}{', ...' if len(tokenizer) > rows + 5 else ''}) have "
+            "no embedding. Use the teacher's own tokenizer files, or resize its embedding to the tokenizer "
+            "(model.resize_token_embeddings(len(tokenizer)), then save_pretrained)"
+        )
+    if len(tokenizer) < 0.9 * rows:
         raise HaloError(
             f"the tokenizer of teacher {spec} has {len(tokenizer)} tokens but the teacher's embedding has {rows} rows: "
             "the tokenizer belongs to another model; put the teacher's own tokenizer files next to its weights"
         )
     if tokenizer.eos_token_id is None:
         raise HaloError(f"the tokenizer of teacher {spec} has no EOS token, which separates documents in the training "
-                        "data")
+                        "data: set the teacher's own (tokenizer.eos_token = '...', then tokenizer.save_pretrained "
+                        "into the teacher's folder)")
     # Some checkpoints list other end tokens in their config than their tokenizer does: suspicious, not fatal.
     generation = getattr(teacher, "generation_config", None)
     teacher_eos = {
