@@ -82,7 +82,8 @@ def run(command: str, args: argparse.Namespace) -> int:
     from .pipeline import STAGES, run_stages
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("hypenet").setLevel(logging.INFO)
+    # progress lines once (the main process's); warnings from every process, which may differ
+    logging.getLogger("hypenet").setLevel(logging.INFO if _is_main_rank() else logging.WARNING)
     try:
         config = build_config(command, args)
         stages = list(STAGES) if command == "convert" else [command]
