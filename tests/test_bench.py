@@ -47,6 +47,32 @@ def test_bench_end_to_end_on_cpu(tmp_path):
     assert (tmp_path / "bench_decode.png").stat().st_size > 0
 
 
+def test_a_small_cpu_bench_measures_everything_at_its_contexts_in_fp32(tmp_path):
+    """`hypenet bench MODEL TEACHER --device cpu --contexts 40,64`: no list left at the GPU's 128K-1M (the transformers
+    teacher ran at 128K on a CPU, for over ten minutes) and fp32, not bf16."""
+    assert main(["tiny-hypenet", "tiny-qwen3", "--device", "cpu", "--contexts", "40,64", "--decode-tokens", "2",
+                 "--warmup-tokens", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    settings = report["settings"]
+    assert settings["dtype"] == "fp32"
+    assert settings["prefill_contexts"] == settings["teacher_prefill_contexts"] == \
+        settings["transformers_contexts"] == [40, 64]
+    assert {(r["shape"], r["engine"], r["context_len"], r["status"]) for r in report["results"]} == {
+        *((shape, "fast", context, "ok") for shape in ("tiny-hypenet", "tiny-qwen3") for context in (40, 64)),
+        ("tiny-qwen3", "transformers", 40, "ok"), ("tiny-qwen3", "transformers", 64, "ok")}
+
+
+def test_unset_context_lists_are_the_gpu_defaults_within_the_range_of_contexts():
+    from hypenet.bench.cli import DEFAULT_PREFILL, DEFAULT_TRANSFORMERS, within_contexts
+
+    everything = tokens("32K,128K,512K,1M")  # the default run is as it was
+    assert within_contexts(None, DEFAULT_PREFILL, everything) == tokens("128K,512K,1M")
+    assert within_contexts(None, DEFAULT_TRANSFORMERS, everything) == tokens("128K,512K")
+    assert within_contexts(None, DEFAULT_TRANSFORMERS, tokens("32K,128K")) == tokens("128K")  # not 512K
+    assert within_contexts(None, DEFAULT_PREFILL, tokens("2K,1K")) == tokens("1K,2K")
+    assert within_contexts([], DEFAULT_PREFILL, tokens("1K")) == []  # '' is none
+
+
 def test_bench_profile_and_inline_recurrence_on_cpu(tmp_path):
     """--profile: a few decode steps per case under torch.profiler (the table file, the summary in bench.json and
     bench.md); --no-fused-lightning-step: the engine decodes with the inline recurrence."""

@@ -34,13 +34,18 @@ def register(subparsers) -> None:
     parser.add_argument("models", nargs="+", metavar="MODEL", help="named shape or model path")
     parser.add_argument("--contexts", type=token_list, default=tokens("32K,128K,512K,1M"),
                         help="decode contexts, e.g. 128K,512K,1M (default 32K,128K,512K,1M)")
-    parser.add_argument("--prefill-contexts", type=token_list, default=tokens("128K,512K,1M"),
+    within = ("; when --contexts holds none of these, its own contexts, so that a small run such as --contexts 1K,2K "
+              "on a CPU measures everything at its lengths")
+    parser.add_argument("--prefill-contexts", type=token_list, default=None,
                         help="contexts whose prompt is prefilled for real and timed; other contexts decode from a "
-                             "random cache of that length (default 128K,512K,1M; '' for none)")
-    parser.add_argument("--teacher-prefill-contexts", type=token_list, default=tokens("128K"),
-                        help="the same for teachers in the fast engine (default 128K; '' for none)")
-    parser.add_argument("--transformers-contexts", type=token_list, default=tokens("128K,512K"),
-                        help="contexts for teachers through transformers' generate ('' to skip; default 128K,512K)")
+                             "random cache of that length (default: those of 128K,512K,1M within the range of "
+                             f"--contexts{within}; '' for none)")
+    parser.add_argument("--teacher-prefill-contexts", type=token_list, default=None,
+                        help=f"the same for teachers in the fast engine (default: 128K if within --contexts{within}; "
+                             "'' for none)")
+    parser.add_argument("--transformers-contexts", type=token_list, default=None,
+                        help="contexts for teachers through transformers' generate (default: those of 128K,512K "
+                             f"within the range of --contexts{within}; '' to skip)")
     parser.add_argument("--batch-sizes", type=token_list, default=[1], help="comma list (default 1)")
     parser.add_argument("--decode-tokens", type=positive_int, default=32,
                         help="timed decode steps per case (default 32)")
@@ -49,7 +54,8 @@ def register(subparsers) -> None:
     parser.add_argument("--prefill-chunk", type=positive_int, default=DEFAULT_PREFILL_CHUNK,
                         help=f"prefill chunk in tokens (default {DEFAULT_PREFILL_CHUNK})")
     parser.add_argument("--device", default="cuda", help="default cuda")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
+                        help="default auto: bf16 on a GPU, fp32 on a CPU (whose bf16 matmuls are slow and uneven)")
     parser.add_argument("--no-compile", action="store_true", help="decode step without torch.compile")
     parser.add_argument("--no-cuda-graph", action="store_true", help="decode step without CUDA graph capture")
     parser.add_argument("--no-fused-lightning-step", action="store_true",
@@ -79,16 +85,32 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_bench)
 
 
+DEFAULT_PREFILL, DEFAULT_TEACHER_PREFILL, DEFAULT_TRANSFORMERS = (tokens("128K,512K,1M"), tokens("128K"),
+                                                                  tokens("128K,512K"))
+
+
+def within_contexts(given: list[int] | None, default: list[int], contexts: list[int]) -> list[int]:
+    """A context list as given; unset, the defaults within the range of `contexts`, or `contexts` when none is."""
+    if given is not None:
+        return given
+    inside = [c for c in default if min(contexts) <= c <= max(contexts)]
+    return inside or sorted(contexts)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: hypenet bench times the models on a GPU and none is visible; pass --device cpu "
-                         "(with a tiny shape, e.g. tiny-hypenet) to try it here")
+                         "with a tiny shape or a small model and small --contexts (e.g. tiny-hypenet --contexts "
+                         "1K,2K) to try it here")
     settings = BenchSettings(
         models=args.models, contexts=args.contexts, batch_sizes=args.batch_sizes,
-        prefill_contexts=args.prefill_contexts, teacher_prefill_contexts=args.teacher_prefill_contexts,
-        transformers_contexts=args.transformers_contexts,
+        prefill_contexts=within_contexts(args.prefill_contexts, DEFAULT_PREFILL, args.contexts),
+        teacher_prefill_contexts=within_contexts(args.teacher_prefill_contexts, DEFAULT_TEACHER_PREFILL,
+                                                 args.contexts),
+        transformers_contexts=within_contexts(args.transformers_contexts, DEFAULT_TRANSFORMERS, args.contexts),
         decode_tokens=args.decode_tokens, warmup_tokens=args.warmup_tokens, prefill_chunk=args.prefill_chunk,
-        device=args.device, dtype=args.dtype, compile=False if args.no_compile else None,
+        device=args.device, dtype=args.dtype if args.dtype != "auto" else (
+            "fp32" if torch.device(args.device).type == "cpu" else "bf16"), compile=False if args.no_compile else None,
         cuda_graph=False if args.no_cuda_graph else None,
         fused_lightning_step=not args.no_fused_lightning_step, max_autotune=args.max_autotune, profile=args.profile,
         gemv=args.gemv,
