@@ -286,6 +286,41 @@ def test_default_out_is_named_after_the_conversion_and_another_models_results_ar
     assert json.loads((tmp_path / "cmp" / "student" / "results.json").read_text())["model"] == "run_b/model"
 
 
+def test_an_evaluation_replaced_resumed_when_finished_or_aimed_at_a_comparison(model_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    """The same model evaluated again into its folder with other evaluations: the earlier evaluation's plots and
+    samples go with it. `--resume` of a finished evaluation does nothing. An eval into a comparison's --out is
+    refused."""
+    from hypenet.cli import main as hypenet
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(model_dir, tmp_path / "run" / "model")
+    niah = ["--evals", "niah", "--tasks", "single_1", "--niah-lengths", "200", "--niah-depths", "0.5",
+            "--niah-samples", "1", "--device", "cpu", "--no-progress"]
+    out = tmp_path / "runs" / "eval" / "run"
+    assert hypenet(["eval", "run/model", *niah]) == 0
+    assert (out / "niah_samples.jsonl").is_file() and list(out.glob("niah_*.png"))
+    (out / "notes.txt").write_text("mine")
+    ppl = ["--evals", "ppl", "--ppl-docs", "1", "--ppl-max-len", "64", "--device", "cpu", "--no-progress"]
+    assert hypenet(["eval", "run/model", *ppl]) == 0
+    assert json.loads((out / "results.json").read_text())["evals"] == ["ppl"]
+    assert not (out / "niah_samples.jsonl").exists() and not list(out.glob("niah_*.png"))
+    assert (out / "notes.txt").read_text() == "mine" and (out / "perplexity_by_position.png").is_file()
+    capsys.readouterr()
+
+    before = (out / "results.json").read_text()
+    assert hypenet(["eval", "run/model", *ppl, "--resume"]) == 0
+    assert "already holds this evaluation, finished; nothing to do" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before
+    assert hypenet(["eval", "run/model", *ppl, "--ppl-docs", "2", "--resume"]) == 0  # other options: evaluated
+    assert json.loads((out / "results.json").read_text())["settings"]["ppl_docs"] == 2
+
+    assert hypenet(["compare", "runs/eval/run", "runs/eval/run", "--labels", "a,b", "--out", "cmp"]) == 0
+    capsys.readouterr()
+    assert hypenet(["eval", "run/model", *ppl, "--out", "cmp"]) == 2
+    assert "cmp holds a report that is not one model's evaluation (a comparison?)" in capsys.readouterr().err
+
+
 def test_only_missing_inputs_lose_their_traceback(monkeypatch, capsys):
     """`error: ...` and exit 2 for a path the user named; any other FileNotFoundError is a bug: it keeps a traceback."""
     from hypenet.cli import main as hypenet

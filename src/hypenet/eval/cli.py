@@ -263,6 +263,17 @@ def _resumed(partial: Path, state: dict, resume: bool) -> dict:
     return done
 
 
+def _finished(out_dir: Path, state: dict) -> dict | None:
+    """out_dir's results.json when it is the finished evaluation of the same model files with the same options."""
+    try:
+        earlier = json.loads((out_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    options = [{k: v for k, v in settings.items() if k not in _NOT_SETTINGS}
+               for settings in (earlier.get("settings", {}), state["settings"])]
+    return earlier if earlier.get("model_files") == state["model_files"] and options[0] == options[1] else None
+
+
 def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     """Run the selected evaluations of one model; write results.json, NIAH samples, PNGs and report.md to out_dir.
     Each finished evaluation is saved to out_dir/partial.json, so that --resume continues after the last one."""
@@ -275,7 +286,12 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
                             if k not in _NOT_RECORDED}}
     partial = out_dir / PARTIAL
     state = {"model": str(spec), "model_files": _model_files(spec), "settings": results["settings"]}
+    finished = _finished(out_dir, state) if getattr(args, "resume", False) and not partial.is_file() else None
+    if finished is not None:
+        _log(f"--resume: {out_dir}/results.json already holds this evaluation, finished; nothing to do")
+        return finished
     done = _resumed(partial, state, getattr(args, "resume", False))
+    replaced = (out_dir / "results.json").is_file() and not done  # an earlier evaluation, replaced by this one
     saved: dict = {}
 
     def step(name: str, keys: Sequence[str], work) -> bool:
@@ -292,7 +308,7 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
         return name not in done
 
     heatmaps: list[Path] = []
-    started = time.perf_counter()
+    started, begun = time.perf_counter(), time.time()
     model, tokenizer = load_model_for_eval(spec, args.device, args.dtype,  # (compare has no --logit-scaling-base)
                                            logit_scaling_base=getattr(args, "logit_scaling_base", None))
     results["timing_s"]["load"] = time.perf_counter() - started
@@ -345,9 +361,14 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
             if not step("niah_yarn", ["niah_yarn", "yarn"], niah_yarn) and "niah_yarn" in results:
                 heatmaps.extend(_niah_heatmaps(results, "niah_yarn", out_dir))
     results["timing_s"]["total"] = time.perf_counter() - started
+    results["model_files"] = state["model_files"]  # (a --resume of the finished evaluation knows it is done)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     write_report([(label, results)], out_dir, f"Evaluation of {label}", extra_figures=heatmaps)
     partial.unlink(missing_ok=True)
+    if replaced:  # the earlier evaluation's plots and samples that this one did not write again
+        for path in [*out_dir.glob("*.png"), *out_dir.glob("*_samples.jsonl")]:
+            if path.stat().st_mtime < begun:
+                path.unlink()
     _log(f"wrote {out_dir}/results.json and report.md in {results['timing_s']['total']:.0f}s")
     return results
 
@@ -524,7 +545,12 @@ def _check_out(out_dir: Path, spec: str, args) -> None:
     """An --out (compare: --out/LABEL) holding another model's evaluation is not written over unless --overwrite says
     so; the same model's is replaced."""
     earlier = out_dir / "results.json"
-    if getattr(args, "overwrite", False) or not earlier.is_file():
+    if getattr(args, "overwrite", False):
+        return
+    if not earlier.is_file():
+        if (out_dir / "report.md").is_file():  # `hypenet compare`'s --out: its report, the models' folders below it
+            raise InvalidInputError(f"{out_dir} holds a report that is not one model's evaluation (a comparison?); "
+                                    "pass another --out, or --overwrite to write over it")
         return
     try:
         model = json.loads(earlier.read_text()).get("model")
