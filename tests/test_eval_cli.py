@@ -29,11 +29,13 @@ def write_source(folder):
     return source
 
 
-def test_eval_niah_with_yarn_writes_results_report_and_figures(model_dir, tmp_path):
+def test_eval_niah_with_yarn_writes_results_report_and_figures(model_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main([str(model_dir), "--evals", "niah", "--tasks", "single_1", "--niah-lengths", "240,400",
                  "--niah-depths", "0,1", "--niah-samples", "1", "--yarn", "--batch-size", "2", "--device", "cpu",
                  "--out", str(out), "--label", "tiny", "--no-progress"]) == 0
+    assert ("NIAH lengths 400 are past tiny's context window (256 tokens, its max_position_embeddings): it is "
+            "evaluated there as it is, as the paper tests its teachers\n") in capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     assert set(results["niah"]["tasks"]["single_1"]["by_length"]) == {"240", "400"}
     assert set(results["niah_yarn"]["tasks"]["single_1"]["by_length"]) == {"400"}  # beyond the 256-token window

@@ -69,6 +69,7 @@ def test_compare_report_rows_and_figures(tmp_path):
     assert "| parameters | 134.5M | 150.0M |" in markdown
     assert "| KV cache per token (bf16) | 22.5 KiB | 5.2 KiB |" in markdown
     assert "| recurrent state per sequence (fp32) | 0 B | 3.2 MiB |" in markdown
+    assert "| trained context | 2048 | 2048 (its teacher's) |" in markdown
     assert "| 0-1K | 20.00 | 21.00 | 1.050 | 100 |" in markdown
     assert "| 2K-4K | 40.00 | 19.00 | 0.475 | 200 |" in markdown
     # NIAH per task: teacher, teacher with YaRN (as-is inside its window), student.

@@ -316,6 +316,14 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     results["footprint"] = model_footprint(model)
     _log(f"{label}: {results['footprint']['parameters'] / 1e6:.1f}M parameters on {model.device}, "
          f"loaded in {results['timing_s']['load']:.1f}s")
+    from .plots import length_label
+
+    window = results["footprint"]["trained_context_length"]
+    past = [n for n in args.niah_lengths if n > window] if "niah" in evals else []
+    if past and results["footprint"]["model_type"] != "hypenet":
+        _log(f"NIAH lengths {', '.join(map(length_label, past))} are past {label}'s context window ({window} tokens, "
+             "its max_position_embeddings): it is evaluated there as it is, as the paper tests its teachers"
+             + ("" if args.yarn else "; --yarn adds a run with YaRN's RoPE scaling"))
 
     def timed_step(name: str, key: str, work) -> None:
         """`step` of an evaluation whose result is what `work` returns, kept as results[key]."""

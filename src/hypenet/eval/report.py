@@ -103,7 +103,9 @@ def _models_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
         ("layers (attention)", lambda f: f"{f.get('layers', _MISSING)} ({f.get('attention_layers', _MISSING)})"),
         ("KV cache per token (bf16)", lambda f: _bytes(f.get("kv_cache_bytes_per_token"))),
         ("recurrent state per sequence (fp32)", lambda f: _bytes(f.get("recurrent_state_bytes"))),
-        ("trained context", lambda f: f.get("trained_context_length", _MISSING)),
+        # (a HypeNet keeps its teacher's max_position_embeddings, not the length its stage 3 trained at)
+        ("trained context", lambda f: f"{f.get('trained_context_length', _MISSING)}"
+                                      + (" (its teacher's)" if f.get("model_type") == "hypenet" else "")),
         ("attention logit-scaling base (HyPE)", lambda f: _base(f.get("logit_scaling_base"))),
     ]
     rows = [[name] + [render(f) for _, f in footprints] for name, render in fields]
