@@ -225,3 +225,12 @@ def test_a_case_that_runs_out_of_memory_does_not_fit(tmp_path, error, status):
 
     bench.guarded(row := {"model": "tiny-hypenet", "context_len": 40}, case, estimate_s=0.0)
     assert row["status"] == status and row["error"] == str(error) and bench.results == [row]
+
+
+def test_a_misspelt_shape_names_the_one_meant(tmp_path, capsys):
+    from hypenet.cli import main as hypenet
+
+    assert hypenet(["bench", "tiny-hypnet", "--device", "cpu", "--out", str(tmp_path / "b")]) == 2
+    assert "tiny-hypnet is neither a named shape nor a local model; did you mean tiny-hypenet?" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 from pathlib import Path
 
 import torch
 
+from ..errors import InvalidInputError
 from ..fast import DEFAULT_PREFILL_CHUNK
 from ..fast.gemv import FUSION_PARTS, fusion_parts
 from ..units import non_negative_int, positive_float, positive_int, token_list, tokens
@@ -102,6 +104,11 @@ def run_bench(args: argparse.Namespace) -> int:
         raise SystemExit("error: hypenet bench times the models on a GPU and none is visible; pass --device cpu "
                          "with a tiny shape or a small model and small --contexts (e.g. tiny-hypenet --contexts "
                          "1K,2K) to try it here")
+    for spec in args.models:  # a misspelt shape would be looked up on the hub, and fail there after retries
+        close = difflib.get_close_matches(spec, SHAPES, n=1) if spec not in SHAPES and not Path(spec).exists() else []
+        if close and "/" not in spec:
+            raise InvalidInputError(f"{spec} is neither a named shape nor a local model; did you mean {close[0]}? "
+                                    f"(named shapes: {', '.join(SHAPES)})")
     settings = BenchSettings(
         models=args.models, contexts=args.contexts, batch_sizes=args.batch_sizes,
         prefill_contexts=within_contexts(args.prefill_contexts, DEFAULT_PREFILL, args.contexts),
