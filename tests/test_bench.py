@@ -234,3 +234,15 @@ def test_a_misspelt_shape_names_the_one_meant(tmp_path, capsys):
     assert "tiny-hypnet is neither a named shape nor a local model; did you mean tiny-hypenet?" in \
         capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_a_model_is_named_as_hypenet_eval_names_it(tmp_path):
+    """A conversion's RUN/model is RUN (not "model"), a hub id keeps its whole last part (not "Qwen3-1")."""
+    from hypenet.bench.run import ModelSource
+
+    random_model(hypenet_config("tiny-hypenet"), torch.device("cpu"), torch.float32).save_pretrained(
+        tmp_path / "run-a" / "model")
+    cpu = torch.device("cpu")
+    converted = ModelSource(str(tmp_path / "run-a" / "model"), cpu, torch.float32)
+    assert (converted.label, converted.is_teacher) == ("run-a", False)
+    assert ModelSource("Qwen/Qwen3-1.7B", cpu, torch.float32).label == "Qwen3-1.7B"

@@ -251,13 +251,13 @@ def test_a_missing_model_is_one_line_not_a_traceback(tmp_path, capsys, command, 
 def test_default_out_is_named_after_the_conversion_and_another_models_results_are_kept(model_dir, tmp_path, capsys,
                                                                                         monkeypatch):
     from hypenet.cli import main as hypenet
-    from hypenet.eval.cli import _default_label
+    from hypenet.eval.cli import model_label
 
     monkeypatch.chdir(tmp_path)
     for run in ("run_a", "run_b"):  # two conversions' exports: RUN/model
         shutil.copytree(model_dir, tmp_path / run / "model")
     (tmp_path / "weights.gguf").write_bytes(b"")
-    assert [_default_label(spec) for spec in ("run_a/model", str(tmp_path / "run_b" / "model"), "weights.gguf",
+    assert [model_label(spec) for spec in ("run_a/model", str(tmp_path / "run_b" / "model"), "weights.gguf",
                                               "Qwen/Qwen3-1.7B", "teacher", "model")] == [
         "run_a", "run_b", "weights", "Qwen3-1.7B", "teacher", "model"]
     common = ["--evals", "niah", "--tasks", "single_1", "--niah-lengths", "200", "--niah-depths", "0.5",

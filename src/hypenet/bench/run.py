@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..errors import first_line, is_out_of_memory
+from ..eval.cli import model_label
 from ..eval.plots import length_label
 from ..fast import DEFAULT_PREFILL_CHUNK, FastHypeNet
 from ..fast.cli import load_hypenet
@@ -86,7 +87,7 @@ class ModelSource:
             path = Path(spec)
             self.is_teacher = not ((path / "config.json").is_file() and
                                    AutoConfig.from_pretrained(path, trust_remote_code=True).model_type == "hypenet")
-        self.label = spec if self.named else Path(spec).stem
+        self.label = spec if self.named else model_label(spec)  # as hypenet eval names it: RUN for RUN/model
 
     def transformers_model(self):
         if self.named:

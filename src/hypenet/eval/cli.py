@@ -536,7 +536,7 @@ def _niah_heatmaps(results: dict, name: str, out_dir: Path) -> list[Path]:
             for task, task_result in results[name]["tasks"].items()]
 
 
-def _default_label(spec: str) -> str:
+def model_label(spec: str) -> str:
     """The model's name in reports and in the default --out: a folder's or hub id's last part (`Qwen3-1.7B`), a file's
     name without its suffix, and for a converted model's `RUN/model` folder the conversion's name (RUN's)."""
     if str(spec) in ("teacher", "embedded"):
@@ -570,7 +570,7 @@ def _check_out(out_dir: Path, spec: str, args) -> None:
 
 
 def run_eval(args) -> int:
-    label = args.label or _default_label(args.model)
+    label = args.label or model_label(args.model)
     out_dir = args.out or Path("runs/eval") / label
     _check_out(out_dir, args.model, args)
     evaluate_model(args.model, args, out_dir, label)
