@@ -69,3 +69,16 @@ def test_unsupported_architecture_lists_the_supported_ones():
     with pytest.raises(ValueError) as err:
         check_supported("gpt2", "some/teacher")
     assert all(name in str(err.value) for name in SUPPORTED_ARCHITECTURES)
+
+
+def test_a_teachers_sliding_window_is_found_where_it_limits_attention():
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    from hypenet.teachers.transfer import sliding_window
+
+    assert sliding_window(MistralConfig(sliding_window=4096, max_position_embeddings=32768)) == 4096
+    assert sliding_window(MistralConfig(sliding_window=None)) is None
+    assert sliding_window(MistralConfig(sliding_window=4096, max_position_embeddings=4096)) is None  # no limit
+    assert sliding_window(Qwen3Config(sliding_window=4096, use_sliding_window=False)) is None  # Qwen3's default
+    assert sliding_window(Qwen2Config(sliding_window=2048, use_sliding_window=True)) == 2048
+    assert sliding_window(LlamaConfig()) is None

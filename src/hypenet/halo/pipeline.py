@@ -29,6 +29,7 @@ from torch import nn
 
 from ..model import HypeNetForCausalLM
 from ..teachers import hypenet_config_from_teacher, load_teacher
+from ..teachers.transfer import sliding_window
 from . import engine, stage1, stage2, stage3
 from .config import (
     ConvertConfig,
@@ -92,6 +93,11 @@ class Conversion:
         except (OSError, ValueError) as error:  # missing files, unknown hub id, unsupported architecture
             raise HaloError(f"cannot load the teacher {config.teacher!r}: {error}") from error
         check_tokenizer(self.teacher, self.tokenizer, config.teacher)
+        window = sliding_window(self.teacher.config)
+        if window is not None and self.state.is_main_process:
+            log.warning("the teacher attends within a sliding window of %d tokens; the student's attention layers "
+                        "attend to the whole sequence (HypeNet has no window), so past %d tokens they see more than "
+                        "the teacher they learn from", window, window)
         self.teacher_parameters = sum(p.numel() for p in self.teacher.parameters())
         self.config = resolve(config, self.teacher_parameters)
         select = self.config.select

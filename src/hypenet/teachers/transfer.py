@@ -25,6 +25,15 @@ def teacher_attention(teacher: PreTrainedModel, layer_idx: int) -> nn.Module:
     return teacher.model.layers[layer_idx].self_attn
 
 
+def sliding_window(teacher_config) -> int | None:
+    """The window a teacher's attention is limited to (Mistral's `sliding_window`; Qwen2's and Qwen3's when
+    `use_sliding_window` is on), or None. HypeNet's attention layers attend to the whole sequence."""
+    window = getattr(teacher_config, "sliding_window", None)
+    if not window or not getattr(teacher_config, "use_sliding_window", True):
+        return None
+    return int(window) if int(window) < teacher_config.max_position_embeddings else None
+
+
 def hypenet_config_from_teacher(teacher_config, mixer_types: list[str] | None = None, **overrides) -> HypeNetConfig:
     """A HypeNetConfig with the teacher's dimensions, norms, rotary settings and token ids.
 
