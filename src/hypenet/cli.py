@@ -32,13 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    if not (sys.argv[1:] if argv is None else argv):  # `hypenet` alone: what it can do, not a usage error
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:  # `hypenet` alone: what it can do, not a usage error
         parser.print_help()
         return 0
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse's own error names the top-level usage, which lists no command's arguments
-        given = list(sys.argv[1:] if argv is None else argv)
-        split = any(a == "--set" and given[i + 2:i + 3] and given[i + 2] in unknown for i, a in enumerate(given))
+        split = any(a == "--set" and argv[i + 2:i + 3] and argv[i + 2] in unknown for i, a in enumerate(argv))
         hint = " (--set takes KEY=VALUE as one argument)" if split else ""
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     try:
