@@ -202,20 +202,28 @@ def test_compiled_decode_step_traces_whole_and_matches(batch, gemv):
 def test_inductor_compiled_bf16_decode_rounds_like_eager():
     """In bf16 the compiled decode step (Inductor, what the GPU runs) rounds where eager PyTorch and the reference
     model do. Fused kernels otherwise keep intermediates in fp32 and the decode logits drift from model.forward by
-    bf16's own error (rel. err 1.6e-2 here, 6.7e-3 when rounding like eager)."""
+    bf16's own error (rel. err 1.6e-2 here, 6.7e-3 when rounding like eager).
+
+    Compared with a tolerance, not for equality: the CI machine's CPU gives eager's logits exactly, another x86 CPU
+    (the GPU machine's, results/gpu_tests/h100_2026-12-05) differs in some logits by a bf16 step or two, as its
+    matmul kernels round otherwise. Without the rounding (`emulate_precision_casts` off) 77% of the logits differ
+    here, 1.5e-2 relative."""
     model = tiny_model().to(torch.bfloat16)
     torch.manual_seed(6)
     ids = torch.randint(1, 101, (2, 24))
     with torch.no_grad():
         reference = model(ids).logits.float()
 
-    def logits(compile: bool) -> torch.Tensor:
-        engine = FastHypeNet(model, max_batch=2, max_len=32, prefill_chunk=8, compile=compile)
+    def logits(compile: bool, options: dict | None = None) -> torch.Tensor:
+        engine = FastHypeNet(model, max_batch=2, max_len=32, prefill_chunk=8, compile=compile, compile_options=options)
         return torch.stack([engine.prefill(ids[:, :16])] + [engine.decode(ids[:, t]) for t in range(16, 24)], dim=1)
 
+    eager = logits(compile=False)
     torch._dynamo.reset()
     compiled = logits(compile=True)
-    assert torch.equal(compiled, logits(compile=False))
+    torch._dynamo.reset()
+    unrounded = logits(compile=True, options={"emulate_precision_casts": False})
+    assert rel_err(compiled, eager) <= 0.25 * rel_err(unrounded, eager)
     assert rel_err(compiled, reference[:, 15:]) <= 1e-2
 
 
