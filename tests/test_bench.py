@@ -10,6 +10,7 @@ from hypenet.bench.cli import main
 from hypenet.bench.measure import cache_bytes, decode_floor, weight_bytes_per_step
 from hypenet.bench.report import issue_targets
 from hypenet.bench.shapes import random_model
+from hypenet.errors import InvalidInputError
 from hypenet.fast import FastHypeNet
 from hypenet.model import HypeNetForCausalLM
 from hypenet.units import tokens
@@ -190,7 +191,7 @@ def test_issue_targets_from_rows():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_bench_without_a_gpu_says_to_pass_device_cpu(tmp_path):
-    with pytest.raises(SystemExit, match="none is visible; pass --device cpu"):
+    with pytest.raises(InvalidInputError, match="none is visible; pass --device cpu"):
         main(["tiny-hypenet", "--out", str(tmp_path / "b")])
     assert not (tmp_path / "b").exists()
 

@@ -7,6 +7,7 @@ import shutil
 import pytest
 from test_eval_tiny import HAYSTACK_DOCS, tiny_hypenet, tiny_llama, tiny_tokenizer
 
+from hypenet.errors import InvalidInputError
 from hypenet.eval.__main__ import main
 
 
@@ -59,7 +60,7 @@ def test_eval_niah_with_yarn_writes_results_report_and_figures(model_dir, tmp_pa
     report = (ablation_out / "report.md").read_text()
     assert report.startswith("# t vs halo vs even")
     assert "| length | t | t + YaRN | halo | halo + YaRN | even | even + YaRN |" in report
-    with pytest.raises(SystemExit, match="needs 3 different names"):
+    with pytest.raises(InvalidInputError, match="needs 3 different names"):
         main(["compare", str(out), str(out), str(out), "--labels", "a,b", "--out", str(ablation_out)])
 
 
@@ -183,7 +184,7 @@ def test_an_evaluation_stopped_part_way_resumes_after_its_last_finished_evaluati
     partial = json.loads((out / cli.PARTIAL).read_text())
     assert list(partial["done"]) == ["ppl", "niah_forced"] and not (out / "results.json").exists()
 
-    with pytest.raises(SystemExit, match=r"made with other options \(niah_samples\)"):
+    with pytest.raises(InvalidInputError, match=r"made with other options \(niah_samples\)"):
         main([str(model_dir), *options, "--niah-samples", "2", "--out", str(out), "--resume"])
 
     def not_again(*args, **kwargs):
@@ -207,7 +208,7 @@ def test_an_evaluation_stopped_part_way_resumes_after_its_last_finished_evaluati
     stat = weights.stat()
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     try:
-        with pytest.raises(SystemExit, match="is not the one .* was made with"):
+        with pytest.raises(InvalidInputError, match="is not the one .* was made with"):
             main([str(model_dir), *options, "--out", str(out), "--resume"])
     finally:
         os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -342,15 +343,29 @@ def test_only_missing_inputs_lose_their_traceback(monkeypatch, capsys):
         hypenet(["eval", "x"])
 
 
-def test_niah_tasks_are_checked_before_the_model_loads(tmp_path):
+def test_niah_tasks_are_checked_before_the_model_loads(tmp_path, capsys):
     from hypenet.cli import main as hypenet
 
     missing = str(tmp_path / "no-model")  # never reached: the options fail first
-    with pytest.raises(SystemExit, match=r"--tasks: unknown NIAH task 'single_4'; choose from \['single_1'"):
-        hypenet(["eval", missing, "--tasks", "single_1,single_4"])
-    with pytest.raises(SystemExit, match="--evals niah_forced gives one value as the answer; --tasks "
-                                         "multivalue,multiquery ask for several"):
-        hypenet(["eval", missing, "--evals", "niah_forced", "--tasks", "single_1,multivalue,multiquery"])
+    assert hypenet(["eval", missing, "--tasks", "single_1,single_4"]) == 2
+    assert capsys.readouterr().err.startswith("error: --tasks: unknown NIAH task 'single_4'; choose from ['single_1'")
+    assert hypenet(["eval", missing, "--evals", "niah_forced", "--tasks", "single_1,multivalue,multiquery"]) == 2
+    assert capsys.readouterr().err.startswith("error: --evals niah_forced gives one value as the answer; --tasks "
+                                              "multivalue,multiquery ask for several")
+
+
+def test_python_m_entries_print_an_input_error_as_hypenet_does(tmp_path):
+    """`python -m hypenet.eval` and `python -m hypenet.bench` end as `hypenet eval` and `hypenet bench` do on an input
+    the user must fix: one line on stderr, exit code 2, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    for args, said in [(["hypenet.eval", str(tmp_path / "no-model"), "--tasks", "single_9"], "error: --tasks: "),
+                       (["hypenet.bench", "tiny-hypenet", "--out", str(tmp_path / "b")], "error: hypenet bench times")]:
+        done = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        assert done.returncode == 2 and done.stderr.startswith(said) and "Traceback" not in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("option, value, said", [

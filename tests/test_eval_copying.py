@@ -8,6 +8,7 @@ import torch
 from test_eval_cli import model_dir, write_source  # noqa: F401  (the module-scoped fixture)
 from test_eval_tiny import tiny_hypenet, tiny_llama, tiny_tokenizer
 
+from hypenet.errors import InvalidInputError
 from hypenet.eval.__main__ import main
 from hypenet.eval.copying import control_sample, copy_sample, evaluate_copy, greedy_predictions
 from hypenet.eval.report import copy_tokens_right
@@ -98,6 +99,6 @@ def test_eval_copy_from_the_command_line_writes_a_table_and_a_plot(model_dir, tm
     assert scored == sum(c["samples"] for c in cells.values()) * 7
     assert f"| all lengths: tokens right | {right} of {scored}; without it " in report
     assert (out / "copy_accuracy_vs_length.png").is_file()
-    with pytest.raises(SystemExit, match=r"at least 8 x --copy-span \(256\); got span 32, lengths \[128\]"):
+    with pytest.raises(InvalidInputError, match=r"at least 8 x --copy-span \(256\); got span 32, lengths \[128\]"):
         main([str(model_dir), "--evals", "copy", "--copy-lengths", "128,512", "--device", "cpu", "--out", str(out),
               "--no-progress"])

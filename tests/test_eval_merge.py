@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from hypenet.errors import InvalidInputError
 from hypenet.eval.__main__ import main
 from hypenet.eval.merge import MergeError, merge_evaluations
 from hypenet.eval.niah import summarize
@@ -113,9 +114,9 @@ def test_the_command_writes_a_new_folder_and_refuses_a_part_as_out(parts, tmp_pa
     for name in ("niah_single_1.png", "niah_accuracy_vs_length.png", "report.md", "niah_forced_samples.jsonl"):
         assert (out / name).is_file(), name
     assert "| 16K | 25.0 |" in (out / "report.md").read_text()  # single_1 at 16K: 1 of 2 at depth 0, 0 of 2 at 1
-    with pytest.raises(SystemExit, match="is one of the parts"):
+    with pytest.raises(InvalidInputError, match="is one of the parts"):
         main(["merge-evals", str(short_dir), str(long_dir), "--out", str(long_dir)])
-    with pytest.raises(SystemExit, match="merge-evals: niah at 4096 tokens is in both"):
+    with pytest.raises(InvalidInputError, match="merge-evals: niah at 4096 tokens is in both"):
         main(["merge-evals", str(short_dir), str(short_dir), "--out", str(tmp_path / "again")])
 
 

@@ -9,6 +9,7 @@ import torch
 from test_eval_cli import model_dir  # noqa: F401  (the module-scoped fixture)
 from test_eval_tiny import HAYSTACK_DOCS, tiny_hypenet, tiny_llama, tiny_tokenizer
 
+from hypenet.errors import InvalidInputError
 from hypenet.eval.__main__ import main
 from hypenet.eval.niah import build_niah_sample
 from hypenet.eval.niah_forced import (
@@ -142,6 +143,6 @@ def test_eval_niah_forced_from_the_command_line(model_dir, tmp_path):  # noqa: F
     row = json.loads((colon / "niah_forced_samples.jsonl").read_text())
     assert row["answer_tokens"] == len(tiny_tokenizer()(": " + row["value"])["input_ids"])
     assert json.loads((colon / "results.json").read_text())["niah_forced"]["answer"] == ": {value}"
-    with pytest.raises(SystemExit, match="--forced-answer must hold {value} once"):
+    with pytest.raises(InvalidInputError, match="--forced-answer must hold {value} once"):
         main([str(model_dir), "--evals", "niah_forced", "--forced-answer", ":", "--device", "cpu", "--out",
               str(colon), "--no-progress"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import InvalidInputError, MissingInputError
+from .errors import exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,11 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         split = any(a == "--set" and argv[i + 2:i + 3] and argv[i + 2] in unknown for i, a in enumerate(argv))
         hint = " (--set takes KEY=VALUE as one argument)" if split else ""
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
-    try:
-        return int(args.func(args) or 0)
-    except (MissingInputError, InvalidInputError) as error:  # a path that is not there, a value that cannot work:
-        print(f"error: {error}", file=sys.stderr)  # the user's to fix, so no traceback
-        return 2
+    return exit_code(lambda: args.func(args))  # an input the user must fix: one line, no traceback
 
 
 if __name__ == "__main__":

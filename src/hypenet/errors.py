@@ -16,6 +16,19 @@ class InvalidInputError(ValueError):
     ValueError for library callers; the CLI prints its message alone, as for MissingInputError."""
 
 
+def exit_code(command) -> int:
+    """Run a command-line entry (`command()`, returning its exit code or None) as `hypenet` and every `python -m
+    hypenet.X` run one: an input the user must fix is one line on stderr and exit code 2 (argparse's for a usage
+    error), with no traceback."""
+    import sys
+
+    try:
+        return int(command() or 0)
+    except (MissingInputError, InvalidInputError) as error:  # a path that is not there, a value that cannot work
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
 def first_line(error: BaseException) -> str:
     """An error's message as a report row or a log line gives it: its first line ("" when it has none)."""
     return (str(error).splitlines() or [""])[0]

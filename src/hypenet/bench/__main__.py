@@ -2,6 +2,7 @@
 
 import sys
 
+from ..errors import exit_code
 from .cli import main
 
-sys.exit(main())
+sys.exit(exit_code(main))

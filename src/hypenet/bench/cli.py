@@ -101,9 +101,9 @@ def within_contexts(given: list[int] | None, default: list[int], contexts: list[
 
 def run_bench(args: argparse.Namespace) -> int:
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("error: hypenet bench times the models on a GPU and none is visible; pass --device cpu "
-                         "with a tiny shape or a small model and small --contexts (e.g. tiny-hypenet --contexts "
-                         "1K,2K) to try it here")
+        raise InvalidInputError("hypenet bench times the models on a GPU and none is visible; pass --device cpu "
+                                "with a tiny shape or a small model and small --contexts (e.g. tiny-hypenet --contexts "
+                                "1K,2K) to try it here")
     for spec in args.models:  # a misspelt shape would be looked up on the hub, and fail there after retries
         close = difflib.get_close_matches(spec, SHAPES, n=1) if spec not in SHAPES and not Path(spec).exists() else []
         if close and "/" not in spec:

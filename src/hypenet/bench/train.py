@@ -334,4 +334,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from hypenet.errors import exit_code
+
+    sys.exit(exit_code(main))

@@ -186,9 +186,9 @@ def _selected_evals(args) -> list[str]:
     evals = list(args.evals) if args.evals is not None else (["lm_eval"] if args.lm_eval else ["ppl", "niah"])
     unknown = [e for e in evals if e not in EVALS]
     if unknown:
-        raise SystemExit(f"--evals: unknown evaluation(s) {unknown}; choose from {list(EVALS)}.")
+        raise InvalidInputError(f"--evals: unknown evaluation(s) {unknown}; choose from {list(EVALS)}.")
     if "lm_eval" in evals and not args.lm_eval:
-        raise SystemExit("--evals lm_eval needs --lm-eval TASKS (comma list of lm-eval task names).")
+        raise InvalidInputError("--evals lm_eval needs --lm-eval TASKS (comma list of lm-eval task names).")
     if args.lm_eval and "lm_eval" not in evals:
         evals.append("lm_eval")
     if {"niah", "niah_forced", "needle_attention"} & set(evals):  # before the model loads
@@ -197,24 +197,25 @@ def _selected_evals(args) -> list[str]:
         try:
             tasks = [get_task(name) for name in args.tasks]
         except ValueError as error:
-            raise SystemExit(f"--tasks: {error}") from None
+            raise InvalidInputError(f"--tasks: {error}") from None
         several = [task.name for task in tasks if task.answers > 1]
         if "niah_forced" in evals and several:
-            raise SystemExit(f"--evals niah_forced gives one value as the answer; --tasks {','.join(several)} ask for "
-                             "several (leave them out of this evaluation)")
+            raise InvalidInputError(f"--evals niah_forced gives one value as the answer; --tasks {','.join(several)} "
+                                    "ask for several (leave them out of this evaluation)")
     if "niah_forced" in evals:  # before the model loads
         from .niah_forced import check_answer_form
 
         try:
             check_answer_form(args.forced_answer, "--forced-answer")
         except ValueError as error:
-            raise SystemExit(f"{error}.") from None
+            raise InvalidInputError(f"{error}.") from None
     if "copy" in evals:  # before the model loads
         lengths = args.copy_lengths or args.niah_lengths
         short = [length for length in lengths if length < 8 * args.copy_span]
         if args.copy_span < 2 or short:
-            raise SystemExit(f"--evals copy needs --copy-span of at least 2 and every length at least 8 x --copy-span "
-                             f"({8 * args.copy_span}); got span {args.copy_span}, lengths {short or lengths}.")
+            raise InvalidInputError(f"--evals copy needs --copy-span of at least 2 and every length at least 8 x "
+                                    f"--copy-span ({8 * args.copy_span}); got span {args.copy_span}, lengths "
+                                    f"{short or lengths}.")
     return evals
 
 
@@ -250,14 +251,14 @@ def _resumed(partial: Path, state: dict, resume: bool) -> dict:
         return {}
     saved = json.loads(partial.read_text())
     if saved.get("model_files") != state["model_files"]:
-        raise SystemExit(f"--resume: the model at {state['model']} is not the one {partial} was made with (its files "
-                         "differ); run without --resume to evaluate it from the beginning.")
+        raise InvalidInputError(f"--resume: the model at {state['model']} is not the one {partial} was made with "
+                                "(its files differ); run without --resume to evaluate it from the beginning.")
     now = {k: v for k, v in state["settings"].items() if k not in _NOT_SETTINGS}
     before = {k: v for k, v in saved.get("settings", {}).items() if k not in _NOT_SETTINGS}
     different = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
     if different:
-        raise SystemExit(f"--resume: {partial} was made with other options ({', '.join(different)}); give the same "
-                         "options, or run without --resume to start over.")
+        raise InvalidInputError(f"--resume: {partial} was made with other options ({', '.join(different)}); give the "
+                                "same options, or run without --resume to start over.")
     done = saved.get("done", {})
     _log(f"--resume: reusing {', '.join(done) or 'nothing'} from {partial}")
     return done
@@ -598,7 +599,7 @@ def run_compare(args) -> int:
     else:
         labels = ["teacher"] + [f"student{i}" for i in range(1, len(specs))]
     if len(labels) != len(specs) or len(set(labels)) != len(labels):
-        raise SystemExit(f"--labels needs {len(specs)} different names, one per model; got {args.labels!r}.")
+        raise InvalidInputError(f"--labels needs {len(specs)} different names, one per model; got {args.labels!r}.")
     runs = [(label, _results_or_evaluate(spec, args, args.out / label, label)) for spec, label in zip(specs, labels)]
     bench = json.loads(args.bench.read_text()) if args.bench else None
     write_report(runs, args.out, " vs ".join(labels), bench)
@@ -616,7 +617,7 @@ def run_merge(args) -> int:
             raise MergeError(f"--out {args.out} is one of the parts; write the merged evaluation to a new folder.")
         results, records = merge_evaluations(args.parts, args.label)
     except MergeError as error:
-        raise SystemExit(f"merge-evals: {error}") from None
+        raise InvalidInputError(f"merge-evals: {error}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     heatmaps = []
     for name, rows in records.items():

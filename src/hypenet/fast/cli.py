@@ -76,7 +76,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     if tokenizer is None:
-        raise SystemExit(f"{args.model} has no tokenizer; pass --tokenizer NAME_OR_PATH")
+        raise InvalidInputError(f"{args.model} has no tokenizer; pass --tokenizer NAME_OR_PATH")
     text = args.prompt if args.prompt is not None else args.prompt_file.read_text()
     input_ids = tokenizer(text, return_tensors="pt").input_ids.to(device)
     if input_ids.shape[1] == 0:
