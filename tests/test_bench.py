@@ -228,6 +228,25 @@ def test_a_case_that_runs_out_of_memory_does_not_fit(tmp_path, error, status):
     assert row["status"] == status and row["error"] == str(error) and bench.results == [row]
 
 
+def test_the_time_budget_guesses_at_the_device_measured_speed(tmp_path, monkeypatch):
+    """The time budget's guess of a prefill scales the assumed H200 rates down by the device's measured matmul rate,
+    so that a slow device (here one of 1 GFLOP/s) skips a 64K prefill it would spend far longer on than the budget,
+    where the H200 rates guessed it at 2 s and ran it."""
+    from hypenet.bench import measure
+    from hypenet.bench.run import Bench, BenchSettings
+
+    bench = Bench(BenchSettings(models=["tiny-hypenet"], contexts=[1024, 65536], prefill_contexts=[65536],
+                                device="cpu", dtype="fp32", out=tmp_path, time_budget_s=100))
+    config = hypenet_config("tiny-hypenet")
+    at_h200_rates = bench.prefill_estimate(config, 1, 65536)
+    monkeypatch.setattr(measure, "matmul_flops", lambda device, dtype: 1e9)
+    bench.run()
+    assert bench.meta["matmul_tflops"] == 1e-3
+    assert bench.prefill_estimate(config, 1, 65536) - 2 == pytest.approx(5e5 * (at_h200_rates - 2))
+    status = {row["context_len"]: row["status"] for row in bench.results}
+    assert status[1024] == "ok" and status[65536].startswith("skipped: time budget (needs ~")
+
+
 def test_a_misspelt_shape_names_the_one_meant(tmp_path, capsys):
     from hypenet.cli import main as hypenet
 

@@ -47,6 +47,17 @@ def copy_bandwidth(device: torch.device, nbytes: int = 2**32, repeats: int = 20)
     return 2 * nbytes / statistics.median(seconds)
 
 
+def matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 4096, repeats: int = 10) -> float:
+    """Dense matmul rate in FLOP/s (median of `repeats` square products of `size`; 1024 off the GPU)."""
+    if device.type != "cuda":
+        size, repeats = min(size, 1024), 3
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    for _ in range(2):
+        a @ b
+    seconds = step_times(lambda: a @ b, repeats, device)
+    return 2 * size**3 / statistics.median(seconds)
+
+
 def step_times(step, count: int, device: torch.device) -> list[float]:
     """Seconds of each of `count` consecutive calls of step(): CUDA events on a GPU (no host sync in between)."""
     if device.type != "cuda":

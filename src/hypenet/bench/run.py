@@ -40,7 +40,8 @@ from .profile import profile_calls
 from .shapes import HYPENET_SHAPES, TEACHER_SHAPES, hypenet_config, random_model, teacher_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# Rough rates for the time-budget guess only (H200 bf16: attention kernels / dense matmuls), never reported.
+# Rough rates for the time-budget guess only (H200 bf16: attention kernels / dense matmuls), never reported. A slower
+# device (a CPU, a smaller GPU) scales both down by its measured matmul rate (Bench.run).
 _ASSUMED_ATTENTION_FLOPS, _ASSUMED_MATMUL_FLOPS, _ASSUMED_SETUP_S = 4.5e14, 5e14, 90.0
 PROFILED_STEPS = 5  # decode steps under the profiler per case (--profile), after the timed ones
 
@@ -117,6 +118,7 @@ class Bench:
     def run(self) -> dict:
         s = self.settings
         self.meta["bandwidth_gbps"] = measure.copy_bandwidth(self.device) / 1e9
+        self.meta["matmul_tflops"] = measure.matmul_flops(self.device, self.dtype) / 1e12
         self.write()
         for spec in s.models:
             source = ModelSource(spec, self.device, self.dtype)
@@ -349,7 +351,8 @@ class Bench:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         attention = sum(m == "attention" for m in mixers) * 2 * batch * context**2 * heads * head_dim
         dense = 2 * batch * context * 12 * config.num_hidden_layers * config.hidden_size**2
-        return attention / _ASSUMED_ATTENTION_FLOPS + dense / _ASSUMED_MATMUL_FLOPS + 2.0
+        slower = max(1.0, _ASSUMED_MATMUL_FLOPS / (self.meta.get("matmul_tflops", 0) * 1e12 or _ASSUMED_MATMUL_FLOPS))
+        return slower * (attention / _ASSUMED_ATTENTION_FLOPS + dense / _ASSUMED_MATMUL_FLOPS) + 2.0
 
 
 @torch.no_grad()
