@@ -456,10 +456,12 @@ def test_rollback_past_what_was_kept_is_refused(monkeypatch):
         cache.reset()
         with pytest.raises(RuntimeError, match="only the last 0 tokens were kept"):  # a reset forgets them too
             cache.crop(-1)
-        plain = DynamicCache(config=model.config)  # transformers' own linear-attention layers
-        plain.activate_past_recording()
-        with pytest.raises(ValueError, match=r"create it with HypeNetCache\(model.config\)"):
-            model(torch.randint(1, 97, (1, 9)), cache=plain, use_cache=True)
+        plain = DynamicCache(config=model.config)  # transformers' own linear-attention layers, recording:
+        plain.activate_past_recording()  # it becomes a HypeNetCache that records, so it rolls back
+        model(torch.randint(1, 97, (1, 9)), cache=plain, use_cache=True)
+        assert isinstance(plain, HypeNetCache) and plain.get_seq_length() == 9
+        plain.crop(-2)
+        assert plain.get_seq_length() == 7
 
 
 def test_assisted_and_prompt_lookup_decoding_equal_greedy(monkeypatch):
@@ -520,3 +522,81 @@ def test_checkpoint_loads_with_only_torch_and_transformers(tmp_path):
     result = run_without_hypenet(script, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == str(expected)
+
+
+# ---------------------------------------------------------------- as any transformers model
+
+
+@pytest.mark.parametrize("mixers", [("lightning", "attention", "lightning"), ("attention", "lightning")])
+@pytest.mark.parametrize("make", ["DynamicCache()", "DynamicCache(config=model.config)"])
+def test_a_dynamic_cache_made_by_the_caller_is_used_and_filled_in_place(mixers, make):
+    """A cache made as for any transformers model holds what HypeNet's forward and generate() add to it. Before, a
+    DynamicCache(config=...) took the states but counted no tokens when the first layer is a lightning layer (the
+    next tokens got positions from 0: logits 0.49 off), generate() swapped a caller's cache for a new one (the
+    prefix computed again, the caller's object left as it was) and DynamicCache() failed."""
+    model = tiny_hypenet(mixers=mixers)
+    ids = torch.randint(1, 97, (1, 12))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = eval(make, {"DynamicCache": DynamicCache, "model": model})
+        model(ids[:, :9], past_key_values=cache)
+        assert cache.get_seq_length() == 9
+        torch.testing.assert_close(model(ids[:, 9:], past_key_values=cache).logits, full[:, 9:])
+    greedy = model.generate(ids, max_new_tokens=5, do_sample=False)
+    prefilled = []
+    for scale in (1.0, 50.0):  # the prefix's states as computed, then made up: generate() reads them
+        cache = eval(make, {"DynamicCache": DynamicCache, "model": model})
+        with torch.no_grad():
+            model(ids[:, :9], past_key_values=cache)
+        for layer in cache.layers:
+            if isinstance(layer, HypeNetLightningLayer):
+                layer.recurrent_states[0].mul_(scale)
+        prefilled.append(model.generate(ids, past_key_values=cache, max_new_tokens=5, do_sample=False))
+        assert cache.get_seq_length() == 12 + 5 - 1  # the caller's cache, filled by generate()
+    assert torch.equal(prefilled[0], greedy) and not torch.equal(prefilled[1], greedy)
+
+
+def test_a_cache_that_cannot_hold_hypenets_states_is_refused():
+    model = tiny_hypenet()
+    teacher = Qwen3ForCausalLM(Qwen3Config(**TINY)).eval()
+    ids = torch.randint(1, 89, (1, 6))
+    used = DynamicCache()
+    with torch.no_grad():
+        teacher(ids, past_key_values=used)
+        with pytest.raises(ValueError, match=r"already holds tokens of another model .* pass a new DynamicCache\(\)"):
+            model(ids, past_key_values=used)
+        with pytest.raises(ValueError, match=r"in its own cache, which EncoderDecoderCache cannot be: pass"):
+            from transformers import EncoderDecoderCache
+
+            model(ids, past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()))
+
+
+def test_return_dict_false_and_the_configs_output_defaults_are_honoured():
+    """`loss, logits = model(..., return_dict=False)` unpacks tensors, as for the teacher (it unpacked the output's
+    keys, 'loss' and 'logits'); config.output_hidden_states and config.return_dict are the defaults."""
+    model = tiny_hypenet()
+    ids = torch.randint(1, 97, (2, 7))
+    with torch.no_grad():
+        out = model(ids, labels=ids, use_cache=False)
+        loss, logits = model(ids, labels=ids, use_cache=False, return_dict=False)
+        assert torch.equal(loss, out.loss) and torch.equal(logits, out.logits)
+        (hidden,) = model.model(ids, use_cache=False, return_dict=False)
+        assert torch.equal(hidden, model.model(ids, use_cache=False).last_hidden_state)
+        model.config.output_hidden_states = True  # (config.output_attentions needs attn_implementation "eager")
+        assert len(model(ids, use_cache=False).hidden_states) == 5
+        model.config.return_dict = False
+        assert isinstance(model(ids, use_cache=False), tuple)
+
+
+def test_compiled_fullgraph_with_a_padding_mask_equals_eager():
+    """torch.compile(fullgraph=True) with an attention_mask: the mask's shortcuts read its values, which a graph
+    cannot branch on ("Could not guard on data-dependent expression"); compiled, the mask takes the general path."""
+    model = tiny_hypenet()
+    ids = torch.randint(1, 97, (2, 8))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        for m in (mask, torch.ones_like(ids)):
+            torch.testing.assert_close(compiled(ids, attention_mask=m, use_cache=False).logits,
+                                       model(ids, attention_mask=m, use_cache=False).logits)

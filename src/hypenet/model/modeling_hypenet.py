@@ -147,7 +147,10 @@ def build_mixer_context(
                 f"{seq_len} are new: expected attention_mask.shape[-1] == {total}."
             )
         key_valid = attention_mask.to(device=device, dtype=torch.bool)
-        if bool(key_valid.all()):
+        # The shortcuts below read the mask's values, which torch.compile cannot branch on (fullgraph=True fails, and
+        # otherwise the graph breaks): compiled, a mask always takes the general path, which gives the same result.
+        compiling = torch.compiler.is_compiling()
+        if not compiling and bool(key_valid.all()):
             key_valid = None
 
     if position_ids is None:
@@ -158,7 +161,9 @@ def build_mixer_context(
     position_ids = position_ids.to(device).expand(batch, -1)
 
     attn_mask, is_causal, key_start = None, False, None
-    if key_valid is not None and seq_len > 1 and not bool((key_valid[:, :-1] & ~key_valid[:, 1:]).any()):
+    left_padded = (key_valid is not None and seq_len > 1 and not torch.compiler.is_compiling()
+                   and not bool((key_valid[:, :-1] & ~key_valid[:, 1:]).any()))
+    if left_padded:
         key_start = (total - key_valid.sum(-1)).tolist()  # left padding: every row's real tokens are a suffix
     elif key_valid is not None:
         query_index = torch.arange(past_length, total, device=device)[:, None]
@@ -462,7 +467,7 @@ def lightning_state(cache: Cache | None, layer_idx: int) -> torch.Tensor | None:
     if not hasattr(layer, "recurrent_states"):
         raise ValueError(
             f"cache layer {layer_idx} cannot hold a recurrent state ({type(layer).__name__}); create the cache with "
-            "HypeNetCache(model.config) (or DynamicCache(config=model.config)), or let the model create it."
+            "HypeNetCache(model.config) or DynamicCache(), or let the model create it."
         )
     return layer.recurrent_states[0] if layer.is_recurrent_states_initialized[0] else None
 
@@ -499,6 +504,35 @@ class HypeNetCache(DynamicCache):
         layers replay their state (only while recording, see `HypeNetLightningLayer`)."""
         super().crop(tokens_to_remove)
         self.seen_tokens += min(tokens_to_remove, 0)
+
+
+def own_cache(cache: Cache | None, config: HypeNetConfig, recurrent_states_to_keep: int | None = None):
+    """The cache a HypeNet runs with: a HypeNetCache as is; an unused DynamicCache, which a user makes as for any
+    transformers model (`DynamicCache()`, `DynamicCache(config=model.config)`) or generate() makes, turned into a
+    HypeNetCache in place, so that the caller's object holds what the forward adds. A DynamicCache's own
+    linear-attention layers would take the states, but it counts the tokens seen by its first layer's keys: with a
+    lightning first layer it says 0 after any prefill, and the next tokens would get the wrong positions."""
+    if cache is None or isinstance(cache, HypeNetCache) or type(cache).__name__ == "HypeNetCache":
+        return cache  # (by name too: hypenet's class beside a trust_remote_code checkpoint's copy of it)
+    if not isinstance(cache, DynamicCache):
+        raise ValueError(
+            f"HypeNet keeps its lightning layers' recurrent states in its own cache, which {type(cache).__name__} "
+            "cannot be: pass DynamicCache() or HypeNetCache(model.config), or let the model create it."
+        )
+    if any(getattr(layer, "is_initialized", False) or any(getattr(layer, "is_recurrent_states_initialized", ()))
+           for layer in cache.layers):
+        raise ValueError(
+            "this DynamicCache already holds tokens of another model (a HypeNet turns an unused DynamicCache into "
+            "its own cache at its first use): pass a new DynamicCache() or HypeNetCache(model.config)."
+        )
+    recording = any(getattr(layer, "record_past", False) for layer in cache.layers)  # an assistant's cache
+    fresh = HypeNetCache(config, offloading=getattr(cache, "offloading", False))
+    cache.__class__ = HypeNetCache  # the caller's object: generate() and the caller's next forward read it
+    cache.__dict__.clear()
+    cache.__dict__.update(fresh.__dict__)
+    if recording:
+        cache.activate_past_recording(recurrent_states_to_keep=recurrent_states_to_keep)
+    return cache
 
 
 MIXER_CLASSES = {"attention": HypeNetAttention, "lightning": HypeNetLightningAttention}
@@ -563,8 +597,9 @@ class HypeNetModel(HypeNetPreTrainedModel):
         output_hidden_states: bool | None = None,
         past_key_values: Cache | None = None,
         output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPast | tuple:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         cache = cache if cache is not None else past_key_values
@@ -575,6 +610,11 @@ class HypeNetModel(HypeNetPreTrainedModel):
             cache = HypeNetCache(self.config)
         if not use_cache:
             cache = None
+        cache = own_cache(cache, self.config)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         past_length = cache.get_seq_length() if cache is not None else 0
         ctx = build_mixer_context(
@@ -594,12 +634,13 @@ class HypeNetModel(HypeNetPreTrainedModel):
             all_hidden_states.append(hidden_states)
         if isinstance(cache, HypeNetCache):
             cache.seen_tokens += hidden_states.shape[1]
-        return BaseModelOutputWithPast(
+        output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             cache=cache,
             hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
             attentions=tuple(all_attentions) if all_attentions is not None else None,
         )
+        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
 
 class HypeNetForCausalLM(HypeNetPreTrainedModel, GenerationMixin):
@@ -625,12 +666,13 @@ class HypeNetForCausalLM(HypeNetPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: Cache | None = None,
         output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | tuple:
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
-            past_key_values=past_key_values, output_attentions=output_attentions,
+            past_key_values=past_key_values, output_attentions=output_attentions, return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -638,10 +680,11 @@ class HypeNetForCausalLM(HypeNetPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
+        output = CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
     def init_continuous_batching(self, *args, **kwargs):
         """Every continuous-batching entry point (generate_batch, the context manager) starts here."""
@@ -663,13 +706,9 @@ class HypeNetForCausalLM(HypeNetPreTrainedModel, GenerationMixin):
                 "fast engine (`hypenet generate`, hypenet.fast.FastHypeNet)."
             )
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        for key in ("cache", "past_key_values"):
-            built = model_kwargs.get(key)
-            if type(built) is DynamicCache:
-                cache = HypeNetCache(self.config)
-                if any(getattr(layer, "record_past", False) for layer in built.layers):  # an assistant's cache
-                    cache.activate_past_recording(recurrent_states_to_keep=generation_config.num_assistant_tokens)
-                model_kwargs[key] = cache
+        for key in ("cache", "past_key_values"):  # the caller's cache, or the one generate() built
+            if model_kwargs.get(key) is not None:
+                model_kwargs[key] = own_cache(model_kwargs[key], self.config, generation_config.num_assistant_tokens)
 
 
 __all__ = [
