@@ -88,6 +88,6 @@ def test_scaling_refuses_runs_that_are_not_alike(runs, tmp_path, capsys):
         run([f"one={root / 'one'}", f"ddp={root / 'ddp'}"], "stage2", tmp_path / "out", noise="one")
     with pytest.raises(HaloError, match=r"has no finished stage3 \(not run\)"):
         run([f"one={root / 'one'}", f"ddp={root / 'ddp'}"], "stage3", tmp_path / "out")
-    assert main(["bench-scaling", f"one={root / 'one'}", str(root / "ddp"), "--out", str(tmp_path / "out")]) == 1
+    assert main(["bench-scaling", f"one={root / 'one'}", str(root / "ddp"), "--out", str(tmp_path / "out")]) == 2
     assert "give each run as NAME=FOLDER" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

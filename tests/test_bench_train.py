@@ -90,7 +90,7 @@ def test_unknown_stage_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(HaloError, match=r"unknown stage 'stage4'; stages are: stage1, stage2, stage3"):
         run(TrainBenchSettings(shape="tiny-hypenet", stages=["stage1", "stage4"], device="cpu", out=tmp_path))
     assert main(["bench-train", "tiny-hypenet", "--device", "cpu", "--stages", "stage2,distill",
-                 "--out", str(tmp_path)]) == 1
+                 "--out", str(tmp_path)]) == 2
     assert "unknown stage 'distill'" in capsys.readouterr().err
     assert not (tmp_path / "train_speed.json").exists()
 

@@ -138,7 +138,7 @@ def test_export_writes_a_source_that_gives_the_same_corpus(jsonl, tokenizer, tmp
     carried = corpus_of(out, tokenizer, tmp_path, heldout_fraction=0.2)
     assert np.array_equal(original.train_tokens, carried.train_tokens)
     assert [d.tolist() for d in original.heldout_docs] == [d.tolist() for d in carried.heldout_docs]
-    assert main(["export", str(tmp_path / "bad.txt"), "--source", str(jsonl)]) == 1
+    assert main(["export", str(tmp_path / "bad.txt"), "--source", str(jsonl)]) == 2
     assert "name the file *.jsonl" in capsys.readouterr().err
     assert not list(tmp_path.glob(".*.tmp*"))
 

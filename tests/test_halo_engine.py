@@ -220,3 +220,34 @@ def test_smaller_micro_batches_divide_the_batch():
     assert [engine.smaller_micro_batch(96, m) for m in (96, 48, 24, 12, 6, 3, 2, 1)] == [48, 24, 12, 6, 3, 1, 1, None]
     assert engine.smaller_micro_batch(12, 12) == 6 and engine.smaller_micro_batch(10, 10) == 5
     assert engine.smaller_micro_batch(7, 7) == 1
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_error_that_keeps_the_last_one(tmp_path):
+    """A disk that fills up mid-save raised torch's "unexpected pos" with a traceback and left the half-written
+    checkpoint filling the disk; now it is removed, and the error says what is kept and to --resume."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from hypenet.halo.config import HaloError
+    from hypenet.halo.engine import save_checkpoint
+
+    def save_state(path, **kwargs):
+        Path(path).mkdir(parents=True)
+        (Path(path) / "model.bin").write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 12606912 vs 12606800")
+
+    acc = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None, save_state=save_state)
+    (tmp_path / "checkpoints" / "step-00000004").mkdir(parents=True)
+    said = (r"ran out of space while saving the checkpoint of step 6 \(.* GiB free now; \[enforce fail .*unexpected "
+            r"pos .*\); the half-written checkpoint is removed, step-00000004 is kept. Free some space, then continue "
+            r"with --resume.")
+    with pytest.raises(HaloError, match=said):
+        save_checkpoint(acc, tmp_path, {"step": 6})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000004"]
+
+    def broken(path, **kwargs):
+        raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError, match="something else"):  # any other error stays as it is
+        save_checkpoint(SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None, save_state=broken),
+                        tmp_path, {"step": 6})

@@ -374,7 +374,7 @@ def test_ctrl_c_stops_two_processes_at_one_step_and_resume_trains_the_rest(asset
 
 def test_missing_teacher(assets, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["convert", "--teacher", str(tmp_path / "no-such-teacher"), "--out", str(out)]) == 1
+    assert main(["convert", "--teacher", str(tmp_path / "no-such-teacher"), "--out", str(out)]) == 2
     assert "no-such-teacher" in capsys.readouterr().err
     assert not out.exists()
 
@@ -407,7 +407,7 @@ def test_hypenet_alone_prints_its_commands_and_version(capsys):
 def test_resume_of_a_folder_with_no_conversion_says_it_starts_one(assets, tmp_path, caplog):
     out = tmp_path / "typo"  # a mistyped --out must not restart a long run unannounced
     with caplog.at_level(logging.WARNING, logger="hypenet.halo.pipeline"):
-        assert main(["convert", "--teacher", str(tmp_path / "no-such-teacher"), "--out", str(out), "--resume"]) == 1
+        assert main(["convert", "--teacher", str(tmp_path / "no-such-teacher"), "--out", str(out), "--resume"]) == 2
     assert f"--resume: {out} holds no conversion yet; starting one from the beginning" in caplog.text
     caplog.clear()
     out.mkdir()
@@ -424,31 +424,84 @@ def test_an_output_that_cannot_be_a_folder_fails_before_the_teacher_loads(assets
     monkeypatch.setattr("hypenet.halo.pipeline.Conversion", no_teacher)
     a_file = tmp_path / "a-file"
     a_file.write_text("keep me")
-    assert main(["convert", *cli_args(assets, "qwen3", a_file)]) == 1
+    assert main(["convert", *cli_args(assets, "qwen3", a_file)]) == 2
     assert capsys.readouterr().err.strip() == f"error: --out {a_file} is a file; pass a folder"
     below = a_file / "out"
-    assert main(["convert", *cli_args(assets, "qwen3", below)]) == 1
-    assert capsys.readouterr().err.strip().startswith(f"error: cannot create the output folder {below} (")
+    assert main(["convert", *cli_args(assets, "qwen3", below)]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: cannot write in the output folder {below} (")
     assert a_file.read_text() == "keep me"
 
 
-def test_existing_output_is_refused_and_kept(assets, tmp_path, capsys):
+@pytest.mark.parametrize("flag", [[], ["--resume"], ["--overwrite"]])
+def test_a_folder_of_other_files_is_not_taken_over(assets, tmp_path, capsys, flag):
+    """--overwrite replaced the whole --out (a user's `--out .` emptied the folder); --resume started a conversion
+    among the files. A folder that holds no conversion is the user's: refused, whatever the flag, and kept."""
     out = tmp_path / "out"
-    out.mkdir()
+    (out / "src").mkdir(parents=True)
     (out / "precious.txt").write_text("keep me")
-    assert main(["convert", *cli_args(assets, "qwen3", out)]) == 1
-    assert "--resume" in capsys.readouterr().err and (out / "precious.txt").read_text() == "keep me"
+    assert main(["convert", *cli_args(assets, "qwen3", out), *flag]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out {out} holds files that are not a conversion's (precious.txt, src); pass a new or empty --out "
+        "(--overwrite replaces a conversion, not a folder of other files)")
+    assert (out / "precious.txt").read_text() == "keep me" and (out / "src").is_dir()
 
 
-def test_empty_dataset_fails_before_overwriting(assets, tmp_path, capsys):
+def test_overwrite_removes_only_what_a_conversion_wrote(qwen3_conversion, tmp_path):
+    """A stage run again with --overwrite removes the stages after it and the exported model and report made from
+    them (the old export stayed, as if made from the new stage); the whole conversion's --overwrite removes what a
+    conversion writes and keeps the user's own files beside it."""
+    from hypenet.halo.pipeline import remove_for_overwrite
+
+    reference, _ = qwen3_conversion
+    out = tmp_path / "again"
+    shutil.copytree(reference, out)
+    (out / "notes.txt").write_text("mine")
+    assert main(["stage3", "--out", str(out), "--overwrite", "--set", "stage3.lr=2e-4"]) == 0
+    assert (out / "stages" / "stage3" / "done.json").is_file() and not (out / "stages" / "export").exists()
+    assert not (out / "model").exists() and json.loads((out / "report.json").read_text())["student_path"] is None
+    remove_for_overwrite(out, whole=True, first=0)  # (the lock stays: the process that overwrites holds it)
+    assert sorted(p.name for p in out.iterdir()) == [".hypenet.lock", "notes.txt"]
+
+
+def test_two_processes_cannot_write_one_conversion(qwen3_conversion, tmp_path, capsys):
+    """A second process in a folder being converted resumed from the first one's checkpoint and both wrote the same
+    steps; the folder's lock refuses it."""
+    from hypenet.halo.pipeline import LOCK_FILE, hold_lock
+
+    reference, _ = qwen3_conversion
+    out = tmp_path / "again"
+    shutil.copytree(reference, out)
+    lock = hold_lock(out)  # (flock: a second open of the file conflicts even within one process)
+    try:
+        assert main(["export", "--out", str(out), "--overwrite"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"error: another hypenet process (pid {os.getpid()}) is writing {out}; wait for it to end, or pass another "
+            "--out")
+    finally:
+        lock.close()
+    assert main(["export", "--out", str(out), "--overwrite"]) == 0
+    assert (out / LOCK_FILE).is_file()  # (kept beside the conversion; a later process takes it again)
+
+
+def test_ctrl_c_before_anything_is_saved_says_to_run_the_command_again(tmp_path):
+    """`--resume` of a folder without config.yaml would start from the defaults, not from the options given."""
+    from hypenet.halo.cli import interrupted_before_anything_hint
+    from hypenet.halo.pipeline import CONFIG_FILE
+
+    assert interrupted_before_anything_hint(str(tmp_path / "never-made")) == (
+        "interrupted before anything was saved; run the same command again")
+    (tmp_path / CONFIG_FILE).write_text("seed: 0\n")
+    assert interrupted_before_anything_hint(str(tmp_path)) is None
+
+
+def test_empty_dataset_fails_before_overwriting(assets, qwen3_conversion, tmp_path, capsys):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "precious.txt").write_text("keep me")
+    shutil.copytree(qwen3_conversion[0], out)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     args = ["convert", "--teacher", str(assets["qwen3"]), "--data", str(empty), "--out", str(out), "--overwrite"]
-    assert main(args) == 1
-    assert str(empty) in capsys.readouterr().err and (out / "precious.txt").read_text() == "keep me"
+    assert main(args) == 2
+    assert str(empty) in capsys.readouterr().err and (out / "model" / "model.safetensors").is_file()
 
 
 def test_tokenizer_of_another_model(assets, tmp_path, capsys):
@@ -457,7 +510,7 @@ def test_tokenizer_of_another_model(assets, tmp_path, capsys):
     make_tokenizer(make_documents(50, seed=1), vocab_size=200).save_pretrained(teacher)
     args = cli_args(assets, "qwen3", tmp_path / "out")
     args[args.index("--teacher") + 1] = str(teacher)
-    assert main(["convert", *args]) == 1
+    assert main(["convert", *args]) == 2
     assert "belongs to another model" in capsys.readouterr().err
 
 
@@ -473,13 +526,13 @@ def test_a_tokenizer_with_tokens_past_the_embedding_names_them(assets, tmp_path,
     tokenizer.save_pretrained(teacher)
     args = cli_args(assets, "qwen3", tmp_path / "out")
     args[args.index("--teacher") + 1] = str(teacher)
-    assert main(["convert", *args]) == 1
+    assert main(["convert", *args]) == 2
     assert (f"has {rows + 2} tokens but the teacher's embedding has {rows} rows; ids {rows} and up ('<|im_start|>', "
             "'<|im_end|>') have no embedding") in capsys.readouterr().err
     no_eos = make_tokenizer(make_documents(300))  # the teacher's own vocabulary
     no_eos.eos_token = None
     no_eos.save_pretrained(teacher)
-    assert main(["convert", *args]) == 1
+    assert main(["convert", *args]) == 2
     assert "has no EOS token, which separates documents in the training data: set the teacher's own (tokenizer." \
         "eos_token = '...'" in capsys.readouterr().err
 
@@ -493,7 +546,7 @@ def test_a_teacher_folder_without_tokenizer_files_says_so(assets, tmp_path, caps
         shutil.copy(assets["qwen3"] / name, teacher / name)
     args = cli_args(assets, "qwen3", tmp_path / "out")
     args[args.index("--teacher") + 1] = str(teacher)
-    assert main(["convert", *args]) == 1
+    assert main(["convert", *args]) == 2
     assert "holds no tokenizer files (such as tokenizer.json" in capsys.readouterr().err
     assert main(["eval", str(teacher), "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 2
     assert "holds no tokenizer files" in capsys.readouterr().err
@@ -507,11 +560,11 @@ def test_data_of_one_document_is_refused_before_training(assets, tmp_path, capsy
     data.write_text("\n".join(make_documents(30)))
     args = cli_args(assets, "qwen3", tmp_path / "out")
     args[args.index("--data") + 1] = str(data)
-    assert main(["convert", *args]) == 1
+    assert main(["convert", *args]) == 2
     assert ("leaves no document out of training: it holds one document (a .txt file is one document), and the export "
             "chooses the logit-scaling base on held-out documents") in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-    assert main(["convert", *cli_args(assets, "qwen3", tmp_path / "out"), "--set", "data.heldout_fraction=0"]) == 1
+    assert main(["convert", *cli_args(assets, "qwen3", tmp_path / "out"), "--set", "data.heldout_fraction=0"]) == 2
     assert "data.heldout_fraction is 0" in capsys.readouterr().err
 
 
@@ -529,10 +582,11 @@ def test_a_stage_with_other_data_than_the_stages_before_it_is_refused_before_loa
         raise AssertionError("the teacher was loaded")
 
     monkeypatch.setattr(pipeline, "Conversion", no_loading)
-    assert main(["export", "--out", str(out), "--data", str(other), "--overwrite"]) == 1
+    assert main(["export", "--out", str(out), "--data", str(other), "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert (f"was run with other settings for data.source (see {out / 'config.yaml'}); keep them, or start the "
-            f"conversion again (hypenet convert --out {out} --overwrite) or in another --out") in err
+            f"conversion again with yours: `hypenet convert` with your options and --overwrite (it replaces the "
+            f"conversion in {out}), or another --out") in err
 
 
 def test_documents_with_their_text_under_another_field(assets, tmp_path):
@@ -579,7 +633,7 @@ def test_a_stage_that_runs_the_teacher_past_its_window_warns(assets, tmp_path, m
 def test_a_selection_the_teacher_cannot_have_stops_before_anything_is_written(assets, tmp_path, capsys, overrides,
                                                                               message):
     out = tmp_path / "out"
-    assert main(["convert", *cli_args(assets, "qwen3", out), *[a for o in overrides for a in ("--set", o)]]) == 1
+    assert main(["convert", *cli_args(assets, "qwen3", out), *[a for o in overrides for a in ("--set", o)]]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == message and not out.exists()
 
 
@@ -610,7 +664,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path, mon
 
 
 def test_a_stage_alone_needs_the_stages_before_it(tmp_path, capsys):
-    assert main(["stage2", "--out", str(tmp_path / "out")]) == 1
+    assert main(["stage2", "--out", str(tmp_path / "out")]) == 2
     assert "run `hypenet stage1 --out" in capsys.readouterr().err
 
 
@@ -699,7 +753,7 @@ def test_a_stage_stopped_before_its_first_checkpoint_may_change_its_settings(tmp
 
 def test_resume_refuses_other_settings(assets, qwen3_conversion, capsys):
     out, _ = qwen3_conversion
-    assert main(["convert", *cli_args(assets, "qwen3", out), "--resume", "--set", "stage2.lr=5e-4"]) == 1
+    assert main(["convert", *cli_args(assets, "qwen3", out), "--resume", "--set", "stage2.lr=5e-4"]) == 2
     assert "other settings for stage2.lr" in capsys.readouterr().err
 
 
@@ -736,17 +790,17 @@ def test_a_stage_from_another_conversion_branches_it(assets, qwen3_conversion, t
         (["stage3", "--from", str(reference), "--out", str(reference)], "leave out --from to continue"),
     ]
     for args, message in refusals:
-        assert main(args) == 1
+        assert main(args) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
     unfinished = tmp_path / "unfinished"  # A's stage 2 not done
     copy_done_stages(reference, unfinished, "stage1", "select")
-    assert main(["stage3", "--from", str(unfinished), "--out", str(tmp_path / "other")]) == 1
+    assert main(["stage3", "--from", str(unfinished), "--out", str(tmp_path / "other")]) == 2
     assert "its stage2 is not finished; finish it there first" in capsys.readouterr().err
     elsewhere = tmp_path / "elsewhere"  # B holds a stage 2 of its own
     copy_done_stages(reference, elsewhere, "stage1", "select", "stage2")
     (elsewhere / "stages" / "stage2" / "done.json").write_text(json.dumps({"steps": 1}))
-    assert main(["stage3", "--from", str(reference), "--out", str(elsewhere)]) == 1
+    assert main(["stage3", "--from", str(reference), "--out", str(elsewhere)]) == 2
     assert "already holds a finished stage2 that is not the one in" in capsys.readouterr().err
 
 
@@ -881,5 +935,5 @@ def test_resume_from_another_directory_and_another_micro_batch(assets, qwen3_con
     assert main(["convert", "--out", "run", "--resume"]) == 0  # the saved teacher and data, from elsewhere
     capsys.readouterr()
     monkeypatch.chdir(root)
-    assert main(["convert", "--out", str(out), "--resume", "--teacher", "llama"]) == 1
+    assert main(["convert", "--out", str(out), "--resume", "--teacher", "llama"]) == 2
     assert "other settings for teacher" in capsys.readouterr().err

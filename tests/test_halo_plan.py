@@ -102,10 +102,14 @@ def test_the_plan_reads_what_out_holds(teacher_dir, tmp_path):
     assert "**As asked, this run would stop at once:**" in markdown(plan)
     assert make_plan(config, resume=True)["refusal"] is None
     assert make_plan(config, ["stage3"], resume=True)["refusal"] == (
-        f"stage3 needs the result of stage2 in {out}: run `hypenet stage2 --out {out}` first "
-        "(or `hypenet convert` for everything)")
+        f"stage3 needs the result of stage2 in {out}: run `hypenet stage2 --out {out}` first, with your --teacher, "
+        "--data and --set options (or `hypenet convert` for everything)")
     only = make_plan(config, ["stage2"], resume=True)
     assert only["planned"] == ["stage2"] and only["total"]["flops"] == only["stages"][1]["flops"]
+    again = make_plan(config, ["select"], overwrite=True)  # what --overwrite would replace says so
+    assert [row["state"] for row in again["stages"]][::2] == ["done (1 step)", "to run"]
+    assert again["selection_state"] == "to run again: --overwrite replaces it (done)"
+    assert again["stages"][1]["state"].startswith("to run again: --overwrite replaces it (logged step 6 of 8 ")
     assert "| stage1 (not run by this command) |" in markdown(only)
 
 

@@ -185,7 +185,7 @@ def run_cli(args: argparse.Namespace) -> int:
         result = run(args.runs, args.stage, args.out, args.noise, command)
     except HaloError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     print(markdown(result, command))
     return 0
 

@@ -319,7 +319,7 @@ def run_cli(args: argparse.Namespace) -> int:
         report = run(settings)
     except HaloError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     if PartialState().is_main_process:  # (under `accelerate launch` the others have no rows)
         print(markdown(report))
     return 0 if all(r["status"] == "ok" or r["status"].startswith("does not fit") for r in report["stages"]) else 1

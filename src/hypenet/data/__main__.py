@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             count = export_documents(args.source, args.file, text_field=args.text_field)
         except (OSError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
-            return 1
+            return 2
         print(f"wrote {count} documents of {args.source} to {args.file}; use it as --data {args.file}")
         return 0
     if args.command == "install":

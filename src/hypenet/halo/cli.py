@@ -78,6 +78,16 @@ def interrupted_hint(command: str, out: str) -> str:
     return f"interrupted; continue with: hypenet {command} --out {out} --resume"
 
 
+def interrupted_before_anything_hint(out: str) -> str | None:
+    """After Ctrl-C before the conversion saved its settings: nothing to resume (--resume would start from the
+    defaults, not from the options given), so run the same command again."""
+    from .pipeline import CONFIG_FILE
+
+    if (Path(out) / CONFIG_FILE).is_file():
+        return None
+    return "interrupted before anything was saved; run the same command again"
+
+
 def run(command: str, args: argparse.Namespace) -> int:
     from .pipeline import STAGES, run_stages
 
@@ -95,11 +105,12 @@ def run(command: str, args: argparse.Namespace) -> int:
             return 0
         run_stages(config, stages, resume=args.resume, overwrite=args.overwrite,
                    start_from=getattr(args, "start_from", None))
-    except HaloError as error:
+    except HaloError as error:  # an input the user must fix: as every hypenet command ends on one (exit code 2)
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         if _is_main_rank():  # (once, not by every process)
-            print(interrupted_hint(command, args.out or "hypenet-out"), file=sys.stderr)
+            out = args.out or "hypenet-out"
+            print(interrupted_before_anything_hint(out) or interrupted_hint(command, out), file=sys.stderr)
         return 130
     return 0

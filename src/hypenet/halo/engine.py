@@ -23,6 +23,7 @@ weight updated. The micro batch in use is kept in the checkpoints, so a resumed 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -480,18 +481,36 @@ def save_checkpoint(acc: Accelerator, stage_dir: Path, state: dict) -> Path:
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp), safe_serialization=False)  # torch.save keeps tied weights (safetensors drops them)
-    # every process writes its own RNG state into tmp: rename only once all have (else a late one makes tmp again,
-    # and the checkpoint lacks its file)
-    acc.wait_for_everyone()
+    try:
+        acc.save_state(str(tmp), safe_serialization=False)  # torch.save keeps tied weights (safetensors drops them)
+        # every process writes its own RNG state into tmp: rename only once all have (else a late one makes tmp
+        # again, and the checkpoint lacks its file)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / "trainer_state.json").write_text(json.dumps(state))
+    except (OSError, RuntimeError) as error:
+        raise disk_full(error, tmp, state["step"]) or error
     if acc.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps(state))
         os.replace(tmp, final)
         for older in root.glob("step-*"):
             if older != final:
                 shutil.rmtree(older, ignore_errors=True)
     acc.wait_for_everyone()
     return final
+
+
+def disk_full(error: BaseException, tmp: Path, step: int) -> HaloError | None:
+    """The error to stop with when a checkpoint could not be written for want of disk space (torch's writer says
+    "unexpected pos" where the OS says ENOSPC), after removing the half-written one; None for any other error."""
+    if not (getattr(error, "errno", None) == errno.ENOSPC or "unexpected pos" in str(error)
+            or "No space left" in str(error)):
+        return None
+    shutil.rmtree(tmp, ignore_errors=True)
+    kept = sorted(p.name for p in tmp.parent.glob("step-*") if p.suffix != ".tmp")
+    free = shutil.disk_usage(tmp.parent).free / 2**30
+    return HaloError(f"the disk holding {tmp.parent} ran out of space while saving the checkpoint of step {step} "
+                     f"({free:.2f} GiB free now; {first_line(error)}); the half-written checkpoint is removed"
+                     + (f", {kept[-1]} is kept" if kept else "") + ". Free some space, then continue with --resume.")
 
 
 def remove_checkpoints(stage_dir: Path) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 STAGES = ("stage1", "select", "stage2", "stage3", "export")
 DONE = "done.json"
 CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".hypenet.lock"  # held by the process writing a conversion (two would write each other's checkpoints)
 MODEL_DIR = "model"
 # Settings that change how a run executes, not what it computes: they may differ when resuming.
 RUN_FIELDS = {"out", "device", "mixed_precision", "checkpoint_every", "tensorboard", "compile", "deterministic"}
@@ -276,7 +278,8 @@ def saved_settings_refusal(out: Path, requested: ConvertConfig, replaced: tuple[
     kept = [name for name in STAGES if name not in replaced and reused(out, name)]
     clashes = settings_clashes(read_config(saved_path), requested, kept)
     return (f"{out} was run with other settings for {', '.join(clashes)} (see {saved_path}); keep them, or start "
-            f"the conversion again (hypenet convert --out {out} --overwrite) or in another --out") if clashes else None
+            f"the conversion again with yours: `hypenet convert` with your options and --overwrite (it replaces the "
+            f"conversion in {out}), or another --out") if clashes else None
 
 
 def check_start_from(source: Path, out: Path, config: ConvertConfig, earlier: list[str]) -> None:
@@ -423,6 +426,65 @@ STAGE_RUNNERS = {
 }
 
 
+def conversion_entries(out: Path) -> tuple[str, ...]:
+    """What a conversion writes at the top of its --out: all that --overwrite may remove there."""
+    from .report import REPORT_JSON, REPORT_MD, REPORT_PNG
+
+    return (CONFIG_FILE, "stages", MODEL_DIR, REPORT_JSON, REPORT_MD, REPORT_PNG, "tensorboard", LOCK_FILE,
+            f".{MODEL_DIR}.tmp")
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """The files and folders in `out` that no conversion wrote, when it holds no conversion (no config.yaml and no
+    stages/): a folder of the user's own, which neither --resume nor --overwrite may take over."""
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if CONFIG_FILE in names or "stages" in names:
+        return []
+    return [name for name in names if name not in conversion_entries(out)]
+
+
+def remove_for_overwrite(out: Path, whole: bool, first: int) -> None:
+    """What --overwrite replaces: the whole conversion (only what a conversion writes; anything else in --out stays),
+    or the stages from the first one run on, with the exported model and the report made from them."""
+    own = conversion_entries(out)
+    if whole:
+        removed = [out / name for name in own if name != LOCK_FILE]
+        kept = sorted(p.name for p in out.iterdir() if p.name not in own)
+        if kept:
+            log.info("--overwrite: %s keeps what no conversion wrote: %s", out, ", ".join(kept))
+    else:
+        removed = [out / "stages" / name for name in STAGES[first:]]
+        removed += [out / name for name in own if name not in (CONFIG_FILE, "stages", "tensorboard", LOCK_FILE)]
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def hold_lock(out: Path):
+    """Take `out`'s lock for this process (the main one of a launch; released when it exits): HaloError while
+    another process converts there. A no-op where fcntl is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(out / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise HaloError(f"another hypenet process ({holder or 'pid unknown'}) is writing {out}; wait for it to end, "
+                        "or pass another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def check_output(config: ConvertConfig, stages: list[str], resume: bool, overwrite: bool,
                  start_from: str | Path | None) -> None:
     """What run_stages checks before it loads anything: HaloError when --out (or --from) does not allow `stages`."""
@@ -438,16 +500,21 @@ def check_output(config: ConvertConfig, stages: list[str], resume: bool, overwri
         check_start_from(Path(start_from), out, config, earlier)
     if out.exists() and not out.is_dir():
         raise HaloError(f"--out {out} is a file; pass a folder")
+    foreign = foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise HaloError(f"--out {out} holds files that are not a conversion's ({shown}); pass a new or empty --out "
+                        "(--overwrite replaces a conversion, not a folder of other files)")
     if whole:
-        existing = [out] if out.exists() and any(out.iterdir()) else []
+        existing = [out] if holds_anything(out) else []
     else:
         existing = [out / "stages" / name for name in stages if (out / "stages" / name).exists()]
         # (with --from, check_start_from found them done there)
         missing = [name for name in earlier if done_info(out, name) is None] if start_from is None else []
         if missing:
             raise HaloError(
-                f"{stages[0]} needs the result of {missing[0]} in {out}: run `hypenet {missing[0]} --out {out}` first "
-                "(or `hypenet convert` for everything)"
+                f"{stages[0]} needs the result of {missing[0]} in {out}: run `hypenet {missing[0]} --out {out}` first, "
+                "with your --teacher, --data and --set options (or `hypenet convert` for everything)"
             )
     if existing and not (resume or overwrite):
         raise HaloError(f"{existing[0]} exists; pass --resume to continue it or --overwrite to replace it")
@@ -464,28 +531,41 @@ def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool =
     first (`hypenet stage3 --from A --out B --set stage3.lr=...` tries another stage 3 on A's stage 2)."""
     check_output(config, stages, resume, overwrite, start_from)
     out, whole = Path(config.out), list(stages) == list(STAGES)
-    first = STAGES.index(stages[0])
-    earlier = list(STAGES[:first])
-
-    if resume and whole and not (out.is_dir() and any(out.iterdir())):
+    if resume and whole and not holds_anything(out):
         log.warning("--resume: %s holds no conversion yet; starting one from the beginning (check --out if you meant "
                     "to continue another)", out)
     created = not out.exists()
     try:  # before the teacher loads: an --out that cannot be written fails at once (exist_ok: safe on every rank)
         out.mkdir(parents=True, exist_ok=True)
+        lock = hold_lock(out) if os.environ.get("RANK", "0") == "0" else None  # (the main process of a launch)
     except OSError as error:
-        raise HaloError(f"cannot create the output folder {out} ({error.strerror}); pass another --out") from error
+        raise HaloError(f"cannot write in the output folder {out} ({error.strerror}); pass another --out") from error
     try:
-        conv = Conversion(config, resume=resume)
-        conv.corpus  # a bad teacher, tokenizer or corpus fails here, before anything is overwritten
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):  # leave no empty folder behind; rmdir keeps a folder with files
-                out.rmdir()
-        raise
+        return _run_stages(config, stages, resume, overwrite, start_from)
+    finally:
+        if lock is not None:
+            lock.close()  # (releases it)
+            if not holds_anything(out):  # a conversion stopped before it wrote anything leaves no folder behind
+                with contextlib.suppress(OSError):
+                    (out / LOCK_FILE).unlink()
+                    if created:
+                        out.rmdir()
+
+
+def holds_anything(out: Path) -> bool:
+    """Whether `out` holds more than a lock: anything a conversion, or a user, put there."""
+    return out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
+
+
+def _run_stages(config: ConvertConfig, stages: list[str], resume: bool, overwrite: bool,
+                start_from: str | Path | None) -> dict:
+    out, whole = Path(config.out), list(stages) == list(STAGES)
+    first = STAGES.index(stages[0])
+    earlier = list(STAGES[:first])
+    conv = Conversion(config, resume=resume)
+    conv.corpus  # a bad teacher, tokenizer or corpus fails here, before anything is overwritten
     if overwrite and conv.is_main_process:
-        for path in [out] if whole else [out / "stages" / name for name in STAGES[first:]]:
-            shutil.rmtree(path, ignore_errors=True)
+        remove_for_overwrite(out, whole, first)
     if start_from is not None and conv.is_main_process:
         copy_earlier_stages(Path(start_from), out, earlier)
     conv.state.wait_for_everyone()

@@ -162,8 +162,14 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
                 "static_bytes": trained * TRAINED_BYTES + teacher_bytes,
             })
     planned = [row for row in rows if row["stage"] in stages]
+    replaced = STAGES[STAGES.index(stages[0]):] if overwrite else ()
+
+    def state(name: str, steps: int | None) -> str:
+        found = stage_state(out, name, steps)
+        return f"to run again: --overwrite replaces it ({found})" if name in replaced and found != "to run" else found
+
     for row in rows:
-        row["state"] = stage_state(out, row["stage"], row["steps"])
+        row["state"] = state(row["stage"], row["steps"])
     data = resolved.data
     return {
         "teacher": {
@@ -185,8 +191,8 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
         },
         "stages": rows,
         "planned": [row["stage"] for row in planned] + [s for s in ("select", "export") if s in stages],
-        "select": resolved.select.strategy, "selection_state": stage_state(out, "select", None),
-        "export_state": stage_state(out, "export", None),
+        "select": resolved.select.strategy, "selection_state": state("select", None),
+        "export_state": state("export", None),
         "export_rule": export_rule(resolved.export),
         "total": {"tokens": sum(row["tokens"] for row in planned), "flops": sum(row["flops"] for row in planned),
                   "h200_hours": sum(row["h200_hours"] for row in planned)},
