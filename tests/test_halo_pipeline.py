@@ -937,3 +937,19 @@ def test_resume_from_another_directory_and_another_micro_batch(assets, qwen3_con
     monkeypatch.chdir(root)
     assert main(["convert", "--out", str(out), "--resume", "--teacher", "llama"]) == 2
     assert "other settings for teacher" in capsys.readouterr().err
+
+
+def test_sigterm_outside_training_ends_as_ctrl_c_does(tmp_path, capsys, monkeypatch):
+    """SIGTERM during the layer choice or the export killed the process with no word (exit -15); it now ends as
+    Ctrl-C does, with the hint and exit code 130, and the handler before it is put back."""
+    from hypenet.halo import pipeline
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # (the signal arrives before this ends)
+
+    monkeypatch.setattr(pipeline, "run_stages", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["select", "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted before anything was saved; run the same command again"
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .config import PRESETS, HaloError, load_config, read_config
@@ -78,6 +81,24 @@ def interrupted_hint(command: str, out: str) -> str:
     return f"interrupted; continue with: hypenet {command} --out {out} --resume"
 
 
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """SIGTERM (a scheduler's preemption, `timeout`) ends a conversion as Ctrl-C does, outside training too: during
+    the teacher's load, the layer choice or the export it killed the process with no word (exit -15). Training
+    installs its own handler (StopOnSignal: the step in flight is checkpointed first) and puts this one back."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def interrupted_before_anything_hint(out: str) -> str | None:
     """After Ctrl-C before the conversion saved its settings: nothing to resume (--resume would start from the
     defaults, not from the options given), so run the same command again."""
@@ -103,8 +124,9 @@ def run(command: str, args: argparse.Namespace) -> int:
             print(markdown(make_plan(config, stages, resume=args.resume, overwrite=args.overwrite,
                                      start_from=getattr(args, "start_from", None))), end="")
             return 0
-        run_stages(config, stages, resume=args.resume, overwrite=args.overwrite,
-                   start_from=getattr(args, "start_from", None))
+        with sigterm_as_ctrl_c():
+            run_stages(config, stages, resume=args.resume, overwrite=args.overwrite,
+                       start_from=getattr(args, "start_from", None))
     except HaloError as error:  # an input the user must fix: as every hypenet command ends on one (exit code 2)
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -426,7 +426,7 @@ STAGE_RUNNERS = {
 }
 
 
-def conversion_entries(out: Path) -> tuple[str, ...]:
+def conversion_entries() -> tuple[str, ...]:
     """What a conversion writes at the top of its --out: all that --overwrite may remove there."""
     from .report import REPORT_JSON, REPORT_MD, REPORT_PNG
 
@@ -440,13 +440,13 @@ def foreign_entries(out: Path) -> list[str]:
     names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if CONFIG_FILE in names or "stages" in names:
         return []
-    return [name for name in names if name not in conversion_entries(out)]
+    return [name for name in names if name not in conversion_entries()]
 
 
 def remove_for_overwrite(out: Path, whole: bool, first: int) -> None:
     """What --overwrite replaces: the whole conversion (only what a conversion writes; anything else in --out stays),
     or the stages from the first one run on, with the exported model and the report made from them."""
-    own = conversion_entries(out)
+    own = conversion_entries()
     if whole:
         removed = [out / name for name in own if name != LOCK_FILE]
         kept = sorted(p.name for p in out.iterdir() if p.name not in own)
