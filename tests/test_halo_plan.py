@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCau
 from hypenet.cli import main
 from hypenet.halo.config import HaloError, load_config, resolve
 from hypenet.halo.flops import H200_DENSE_BF16_TFLOPS, build_objective, matmul_parameters
-from hypenet.halo.plan import MEASURED_MFU, _duration, logged_progress, make_plan, markdown
+from hypenet.halo.plan import MEASURED_MFU, _duration, _flops, logged_progress, make_plan, markdown
 from hypenet.teachers import build_hypenet_from_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,7 +113,7 @@ def test_the_plan_reads_what_out_holds(teacher_dir, tmp_path):
     assert "| stage1 (not run by this command) |" in markdown(only)
 
 
-def test_convert_plan_prints_and_writes_nothing(teacher_dir, tmp_path, capsys):
+def test_convert_plan_prints_and_writes_nothing(teacher_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(["convert", "--plan", "--teacher", str(teacher_dir), "--out", str(out),
                  *[arg for pair in SMALL for arg in ("--set", pair)]]) == 0
@@ -125,7 +125,15 @@ def test_convert_plan_prints_and_writes_nothing(teacher_dir, tmp_path, capsys):
     on_cpu = "This run would train on the CPU (`device`, or no GPU visible): the H200 times do not apply to it."
     assert (on_cpu in printed) == (not torch.cuda.is_available())
     assert main(["convert", "--plan", "--teacher", str(teacher_dir), "--out", str(out), "--device", "cpu"]) == 0
-    assert on_cpu in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert on_cpu in printed
+    # ... with what the CPU's own measured rate makes of the FLOPs: a bound, here faked at 1 GFLOP/s
+    monkeypatch.setattr("hypenet.halo.plan.cpu_matmul_tflops", lambda: 1e-3)
+    plan = make_plan(config_for(teacher_dir, out, "device=cpu"))
+    seconds = plan["total"]["flops"] / 1e9
+    assert plan["cpu_matmul_tflops"] == 1e-3 and (
+        f"At this CPU's fp32 matmul rate, measured now (1 GFLOP/s), its {_flops(plan['total']['flops'])} take at least "
+        f"{_duration(seconds)}; a training step runs well below that rate") in markdown(plan)
 
 
 def test_the_plan_refuses_an_unsupported_or_missing_teacher(tmp_path, capsys):

@@ -197,7 +197,7 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
         "total": {"tokens": sum(row["tokens"] for row in planned), "flops": sum(row["flops"] for row in planned),
                   "h200_hours": sum(row["h200_hours"] for row in planned)},
         "mfu_measured_at": size, "compile": resolved.compile,
-        "on_cpu": on_cpu,
+        "on_cpu": on_cpu, "cpu_matmul_tflops": cpu_matmul_tflops() if on_cpu else None,
         "out": str(out), "refusal": refusal,
         "beyond_teacher_window": beyond_teacher_window(resolved, getattr(teacher_cfg, "max_position_embeddings", None)),
     }
@@ -235,6 +235,13 @@ def _count(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g}{unit}"
     return f"{n:g}"
+
+
+def cpu_matmul_tflops() -> float:
+    """This CPU's fp32 matmul rate (TFLOP/s), as `hypenet bench` measures a device's."""
+    from ..bench.measure import matmul_flops
+
+    return matmul_flops(torch.device("cpu"), torch.float32) / 1e12
 
 
 def _flops(n: float) -> str:
@@ -297,6 +304,11 @@ def markdown(plan: dict) -> str:
     if plan["on_cpu"]:
         lines.append("This run would train on the CPU (`device`, or no GPU visible): "
                      "the H200 times do not apply to it.")
+        if plan.get("cpu_matmul_tflops"):
+            seconds = total["flops"] / (plan["cpu_matmul_tflops"] * 1e12)
+            lines.append(f"At this CPU's fp32 matmul rate, measured now ({plan['cpu_matmul_tflops'] * 1e3:.3g} "
+                         f"GFLOP/s), its {_flops(total['flops'])} take at least {_duration(seconds)}; a training step "
+                         "runs well below that rate, so expect several times longer.")
     if plan["refusal"]:
         lines += ["", f"**As asked, this run would stop at once:** {plan['refusal']}"]
     return "\n".join(lines) + "\n"
