@@ -149,8 +149,7 @@ def build_mixer_context(
         key_valid = attention_mask.to(device=device, dtype=torch.bool)
         # The shortcuts below read the mask's values, which torch.compile cannot branch on (fullgraph=True fails, and
         # otherwise the graph breaks): compiled, a mask always takes the general path, which gives the same result.
-        compiling = torch.compiler.is_compiling()
-        if not compiling and bool(key_valid.all()):
+        if not torch.compiler.is_compiling() and bool(key_valid.all()):
             key_valid = None
 
     if position_ids is None:
@@ -512,8 +511,8 @@ def own_cache(cache: Cache | None, config: HypeNetConfig, recurrent_states_to_ke
     HypeNetCache in place, so that the caller's object holds what the forward adds. A DynamicCache's own
     linear-attention layers would take the states, but it counts the tokens seen by its first layer's keys: with a
     lightning first layer it says 0 after any prefill, and the next tokens would get the wrong positions."""
-    if cache is None or isinstance(cache, HypeNetCache) or type(cache).__name__ == "HypeNetCache":
-        return cache  # (by name too: hypenet's class beside a trust_remote_code checkpoint's copy of it)
+    if cache is None or isinstance(cache, HypeNetCache):  # (hypenet's own HypeNetCache given to a trust_remote_code
+        return cache                                       # checkpoint's copy of the class is adopted as below)
     if not isinstance(cache, DynamicCache):
         raise ValueError(
             f"HypeNet keeps its lightning layers' recurrent states in its own cache, which {type(cache).__name__} "
