@@ -425,3 +425,16 @@ def test_a_niah_length_shorter_than_its_prompt_is_one_line(tmp_path, capsys):
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert re.fullmatch(r"error: context length 20 is too short for a single_1 prompt: the template alone takes "
                         r"\d+ tokens \(raise --niah-lengths\)\.", said)
+
+
+def test_teacher_and_embedded_are_one_model_in_an_evaluations_folder(tmp_path):
+    """docs/EVAL.md's examples evaluate `teacher`, then `embedded`, into the default runs/eval/teacher: one model by
+    two names, so the second replaces the first's evaluation instead of being refused as another model's."""
+    from argparse import Namespace
+
+    from hypenet.eval.cli import _check_out
+
+    (tmp_path / "results.json").write_text(json.dumps({"model": "teacher"}))
+    _check_out(tmp_path, "embedded", Namespace(overwrite=False))
+    with pytest.raises(InvalidInputError, match="holds the evaluation of teacher; pass another --out"):
+        _check_out(tmp_path, str(tmp_path / "other-model"), Namespace(overwrite=False))

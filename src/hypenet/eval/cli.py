@@ -17,6 +17,7 @@ from ..units import checked, positive_int, tokens
 DEFAULT_NIAH_LENGTHS = "1024,2048,4096,8192,16384,32768,65536"
 DEFAULT_NIAH_DEPTHS = "0,0.25,0.5,0.75,1"
 EVALS = ("ppl", "niah", "niah_forced", "lm_eval", "needle_attention", "copy")
+EMBEDDED_NAMES = {"teacher", "embedded"}  # two names of the embedded SmolLM2 teacher
 
 
 def _floats(text: str) -> list[float]:
@@ -540,7 +541,7 @@ def _niah_heatmaps(results: dict, name: str, out_dir: Path) -> list[Path]:
 def model_label(spec: str) -> str:
     """The model's name in reports and in the default --out: a folder's or hub id's last part (`Qwen3-1.7B`), a file's
     name without its suffix, and for a converted model's `RUN/model` folder the conversion's name (RUN's)."""
-    if str(spec) in ("teacher", "embedded"):
+    if str(spec) in EMBEDDED_NAMES:
         return "teacher"
     path = Path(str(spec))
     if path.is_file():
@@ -565,7 +566,9 @@ def _check_out(out_dir: Path, spec: str, args) -> None:
         model = json.loads(earlier.read_text()).get("model")
     except (ValueError, AttributeError):
         model = None
-    if model != str(spec) and not (model and Path(model).exists() and Path(model).resolve() == Path(spec).resolve()):
+    same = model == str(spec) or {model, str(spec)} <= EMBEDDED_NAMES or (
+        model and Path(model).exists() and Path(model).resolve() == Path(spec).resolve())
+    if not same:
         raise InvalidInputError(f"{out_dir} holds the evaluation of {model or 'another model'}; pass another --out, "
                                 "or --overwrite to replace it")
 
