@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .config import PRESETS, HaloError, load_config, read_config
+from .config import PRESETS, HaloError, is_main_rank, load_config, read_config
 
 COMMANDS = {
     "convert": "convert a Transformer into a HypeNet hybrid: every HALO stage, then export and report",
@@ -67,10 +67,6 @@ def build_config(command: str, args: argparse.Namespace):
     )
 
 
-def _is_main_rank() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
-
 def interrupted_hint(command: str, out: str) -> str:
     """What to run after Ctrl-C: the command with --resume, under the same launcher when several processes ran it (a
     resume on another number of processes continues too, with the batch split its own way)."""
@@ -114,7 +110,7 @@ def run(command: str, args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # progress lines once (the main process's); warnings from every process, which may differ
-    logging.getLogger("hypenet").setLevel(logging.INFO if _is_main_rank() else logging.WARNING)
+    logging.getLogger("hypenet").setLevel(logging.INFO if is_main_rank() else logging.WARNING)
     try:
         config = build_config(command, args)
         stages = list(STAGES) if command == "convert" else [command]
@@ -131,7 +127,7 @@ def run(command: str, args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if _is_main_rank():  # (once, not by every process)
+        if is_main_rank():  # (once, not by every process)
             out = args.out or "hypenet-out"
             print(interrupted_before_anything_hint(out) or interrupted_hint(command, out), file=sys.stderr)
         return 130

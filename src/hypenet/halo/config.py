@@ -21,6 +21,12 @@ PAPER_TEACHER_PARAMS = 1.72e9
 PAPER_TOKENS = {"stage1": 320_000_000, "stage2": 1_000_000_000, "stage3": 1_000_000_000}
 
 
+
+def is_main_rank() -> bool:
+    """Whether this is the main process of a launch (torchrun and accelerate set RANK; one process: yes), before
+    accelerate's state exists."""
+    return os.environ.get("RANK", "0") == "0"
+
 class HaloError(RuntimeError):
     """A problem the user can fix (bad input, existing output, diverged loss): reported without a traceback."""
 

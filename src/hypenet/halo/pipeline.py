@@ -39,6 +39,7 @@ from .config import (
     beyond_teacher_window,
     config_differences,
     from_dict,
+    is_main_rank,
     read_config,
     resolve,
     save_config,
@@ -434,13 +435,16 @@ def conversion_entries() -> tuple[str, ...]:
             f".{MODEL_DIR}.tmp")
 
 
+def others(out: Path) -> list[str]:
+    """The files and folders in `out` that no conversion wrote."""
+    own = conversion_entries()
+    return sorted(p.name for p in out.iterdir() if p.name not in own) if out.is_dir() else []
+
+
 def foreign_entries(out: Path) -> list[str]:
-    """The files and folders in `out` that no conversion wrote, when it holds no conversion (no config.yaml and no
-    stages/): a folder of the user's own, which neither --resume nor --overwrite may take over."""
-    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if CONFIG_FILE in names or "stages" in names:
-        return []
-    return [name for name in names if name not in conversion_entries()]
+    """others(out) when `out` holds no conversion (no config.yaml and no stages/): a folder of the user's own, which
+    neither --resume nor --overwrite may take over."""
+    return [] if (out / CONFIG_FILE).exists() or (out / "stages").exists() else others(out)
 
 
 def remove_for_overwrite(out: Path, whole: bool, first: int) -> None:
@@ -449,7 +453,7 @@ def remove_for_overwrite(out: Path, whole: bool, first: int) -> None:
     own = conversion_entries()
     if whole:
         removed = [out / name for name in own if name != LOCK_FILE]
-        kept = sorted(p.name for p in out.iterdir() if p.name not in own)
+        kept = others(out)
         if kept:
             log.info("--overwrite: %s keeps what no conversion wrote: %s", out, ", ".join(kept))
     else:
@@ -537,7 +541,7 @@ def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool =
     created = not out.exists()
     try:  # before the teacher loads: an --out that cannot be written fails at once (exist_ok: safe on every rank)
         out.mkdir(parents=True, exist_ok=True)
-        lock = hold_lock(out) if os.environ.get("RANK", "0") == "0" else None  # (the main process of a launch)
+        lock = hold_lock(out) if is_main_rank() else None
     except OSError as error:
         raise HaloError(f"cannot write in the output folder {out} ({error.strerror}); pass another --out") from error
     try:
