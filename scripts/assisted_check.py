@@ -3,8 +3,8 @@ same, how much faster is it, and how much of the text does the model copy?
 
     python scripts/assisted_check.py teacher runs/smollm2-hypenet/model [--length 1024 --new 64 --lookup 10]
 
-Prompts: --docs held-out documents of the built-in corpus (HALO's split, as `hypenet eval` takes them for
-perplexity), cut to --length tokens and followed by their first --cue tokens again; a model that copies continues
+Prompts: --docs held-out documents of --source (default the built-in corpus; HALO's split, as `hypenet eval` takes
+them for perplexity), cut to --length tokens and followed by their first --cue tokens again; a model that copies continues
 with the document's next tokens, and prompt lookup drafts them from the prompt. Both runs are greedy, batch 1, on
 this machine's CPU (fp32) or --device.
 Prints a markdown table and writes JSON with --out.
@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new", type=int, default=64, help="tokens generated")
     parser.add_argument("--lookup", type=int, default=10, help="prompt_lookup_num_tokens (tokens drafted per step)")
     parser.add_argument("--docs", type=int, default=4, help="documents")
+    parser.add_argument("--source", default="builtin",
+                        help="hypenet.data document source: 'builtin' (installed by `python -m hypenet.data install`), "
+                             "or a .txt/.jsonl(.xz)/.parquet file or folder, e.g. the corpus a conversion trained on")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON")
     args = parser.parse_args(argv)
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for spec in args.models:
         model, tokenizer = load_model_for_eval(spec, args.device)
-        docs = heldout_token_docs(tokenizer, args.docs, args.length, progress=False)
+        docs = heldout_token_docs(tokenizer, args.docs, args.length, args.source, progress=False)
         timed_generate(model, copy_prompts(docs[:1], 64, 8, 4)[0][0], 4)  # warm-up
         samples = []
         for prompt, expected in copy_prompts(docs, args.length, args.cue, args.new):

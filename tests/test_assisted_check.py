@@ -37,3 +37,21 @@ def test_timed_generate_gives_the_new_tokens_and_lookup_gives_the_same():
     full = model.generate(prompt, max_new_tokens=7, do_sample=False, pad_token_id=0)[0, 12:].tolist()
     assert greedy == full
     assert assisted_check.timed_generate(model, prompt, 7, prompt_lookup_num_tokens=3)[0] == greedy
+
+
+def test_source_option_reaches_the_held_out_documents(monkeypatch, tmp_path):
+    """--source names the corpus the prompts come from (the device machine has the corpus file, not the built-in
+    corpus installed); without it the built-in corpus is read."""
+    sources = []
+
+    def docs(tokenizer, n_docs, max_len, source="builtin", **_):
+        sources.append(source)
+        return [np.arange(10, 10 + max_len) for _ in range(n_docs)]
+
+    monkeypatch.setattr(assisted_check, "load_model_for_eval", lambda spec, device: (tiny_hypenet(), None))
+    monkeypatch.setattr(assisted_check, "heldout_token_docs", docs)
+    common = ["tiny", "--length", "24", "--cue", "4", "--new", "3", "--docs", "1", "--lookup", "2"]
+    assert assisted_check.main(common + ["--source", "corpus.jsonl.xz", "--out", str(tmp_path / "a.json")]) == 0
+    assert assisted_check.main(common) == 0
+    assert sources == ["corpus.jsonl.xz", "builtin"]
+    assert (tmp_path / "a.json").exists()

@@ -86,7 +86,7 @@ for extra in ${EXTRAS:-}; do
         done ;;
     assisted)
         [ -f "$RUNS/extras/assisted_check.json" ] || run assisted python3 scripts/assisted_check.py "$TEACHER" \
-            "$RUNS/halo/model" ${ASSISTED_OPTIONS:---device cuda --length 4096} --out "$RUNS/extras/assisted_check.json" ;;
+            "$RUNS/halo/model" --source "$CORPUS" ${ASSISTED_OPTIONS:---device cuda --length 4096} --out "$RUNS/extras/assisted_check.json" ;;
     oom)
         [ -f "$RUNS/extras/oom/train_speed.json" ] || run oom "${HYPENET[@]}" bench-train "${OOM_SHAPE:-hypenet-2b}" \
             --stages stage2 --set stage2.micro_batch_size=null ${OOM_OPTIONS:---steps 3} --out "$RUNS/extras/oom" ;;
