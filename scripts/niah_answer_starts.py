@@ -27,7 +27,9 @@ A miss begins the value when its first word begins with the value's first two ch
 " 607." for 6061680; by chance about 1 in 100 for a number): the needle found, its copy stopped or gone astray. A
 miss cites a reference when its first word is two numbers joined by a colon (" 11:25", " 1:17"), the
 chapter-and-verse numbering of a Bible haystack, taken instead of the needle's value (results/gpu_convert/
-default_pooled/README.md).
+default_pooled/README.md). A miss writes a short number when the value is a number and the answer's first word is a
+number at least two digits shorter (" 1.", " 12345." for a 7-digit value): a number made up, not copied
+(results/gpu_convert/README.md, "Forty-fourth lease").
 """
 
 from __future__ import annotations
@@ -76,6 +78,12 @@ def cites_reference(output: str) -> bool:
     return re.match(r"[0-9]+:[0-9]+", _first_word(output)) is not None
 
 
+def writes_short_number(output: str, value: str) -> bool:
+    """Whether `value` is a number and the answer's first word a number at least two digits shorter."""
+    first = _first_word(output).rstrip(":")
+    return value.isdigit() and first.isdigit() and len(first) <= len(value) - 2
+
+
 def first_digit(text: str) -> str | None:
     found = re.search(r"[0-9]", text)
     return found.group() if found else None
@@ -84,11 +92,11 @@ def first_digit(text: str) -> str | None:
 def answer_starts(rows: list[dict]) -> dict[str, dict[str, int]]:
     """Per task: answers, right answers, answers starting with a line break, right answers among the others, misses
     that drop one character of the value, misses that restate the prompt, misses that break the line after a colon,
-    misses that begin the value, misses that cite a reference, answers and values whose first digit is 1, and values
-    that are numbers."""
+    misses that begin the value, misses that cite a reference, misses that write a short number, answers and values
+    whose first digit is 1, and values that are numbers."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {
         "answers": 0, "right": 0, "line_break": 0, "right_without_line_break": 0, "dropped_one": 0,
-        "restated": 0, "colon_break": 0, "began_value": 0, "reference": 0, "first_digit_1": 0,
+        "restated": 0, "colon_break": 0, "began_value": 0, "reference": 0, "short_number": 0, "first_digit_1": 0,
         "values_first_digit_1": 0, "number_values": 0})
     for row in rows:
         c = counts[row["task"]]
@@ -103,6 +111,7 @@ def answer_starts(rows: list[dict]) -> dict[str, dict[str, int]]:
         c["colon_break"] += not row["correct"] and breaks_after_colon(row["output"])
         c["began_value"] += not row["correct"] and begins_value(row["output"], value)
         c["reference"] += not row["correct"] and cites_reference(row["output"])
+        c["short_number"] += not row["correct"] and writes_short_number(row["output"], value)
         c["first_digit_1"] += first_digit(row["output"]) == "1"
         c["values_first_digit_1"] += first_digit(value) == "1"
         c["number_values"] += value.isdigit()
@@ -127,8 +136,8 @@ def table(files: list[Path], lengths: set[int] | None = None) -> str:
     """The markdown table of `answer_starts` for each file's rows (only those of context lengths in `lengths`)."""
     lines = ["| run | task | answers | right | start with a line break | right among the others | misses one character "
              "short | misses restating the prompt | misses breaking the line after a colon | misses beginning the "
-             "value | misses citing a reference | first digit 1: answers / values |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "value | misses citing a reference | misses writing a short number | first digit 1: answers / values |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in files:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         rows = [r for r in rows if lengths is None or int(r["context_len"]) in lengths]
@@ -137,7 +146,7 @@ def table(files: list[Path], lengths: set[int] | None = None) -> str:
             lines.append(f"| {run_label(path)} | {task} | {c['answers']} | {100 * c['right'] / c['answers']:.0f}% | "
                          f"{100 * c['line_break'] / c['answers']:.0f}% | {c['right_without_line_break']} / {others} | "
                          f"{c['dropped_one']} / {c['answers'] - c['right']} | {c['restated']} | {c['colon_break']} | "
-                         f"{c['began_value']} | {c['reference']} | {_first_digits(c)} |")
+                         f"{c['began_value']} | {c['reference']} | {c['short_number']} | {_first_digits(c)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -25,10 +25,12 @@ def test_counts_line_break_starts_per_task():
     assert starts.starts_with_line_break(" \t\nx") and not starts.starts_with_line_break(" x\n")
     assert starts.answer_starts(ROWS) == {
         "single_1": {"answers": 1, "right": 0, "line_break": 0, "right_without_line_break": 0, "dropped_one": 1,
-                     "restated": 0, "colon_break": 0, "began_value": 1, "reference": 0, "first_digit_1": 0,
+                     "restated": 0, "colon_break": 0, "began_value": 1, "reference": 0, "short_number": 0,
+                     "first_digit_1": 0,
                      "values_first_digit_1": 0, "number_values": 1},
         "single_2": {"answers": 3, "right": 2, "line_break": 2, "right_without_line_break": 1, "dropped_one": 0,
-                     "restated": 0, "colon_break": 0, "began_value": 0, "reference": 0, "first_digit_1": 0,
+                     "restated": 0, "colon_break": 0, "began_value": 0, "reference": 0, "short_number": 0,
+                     "first_digit_1": 0,
                      "values_first_digit_1": 1, "number_values": 3},
     }
 
@@ -51,8 +53,8 @@ def test_table_labels_runs_and_filters_lengths(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed == (tmp_path / "t.md").read_text()
     assert printed.splitlines()[2:] == [
-        "| lease/student | single_1 | 1 | 0% | 0% | 0 / 1 | 1 / 1 | 0 | 0 | 1 | 0 | 0 / 0 |",
-        "| lease/student | single_2 | 2 | 50% | 100% | 0 / 0 | 0 / 1 | 0 | 0 | 0 | 0 | 0 / 1 |"]
+        "| lease/student | single_1 | 1 | 0% | 0% | 0 / 1 | 1 / 1 | 0 | 0 | 1 | 0 | 0 | 0 / 0 |",
+        "| lease/student | single_2 | 2 | 50% | 100% | 0 / 0 | 0 / 1 | 0 | 0 | 0 | 0 | 0 | 0 / 1 |"]
     with pytest.raises(SystemExit):
         starts.main([str(path), "--lengths", "4K"])
     assert "--lengths takes token counts" in capsys.readouterr().err
@@ -125,3 +127,16 @@ def test_misses_that_begin_the_value_or_cite_a_reference():
             {"task": "single_2", "context_len": 4096, "output": " 1949650.", "correct": True, "value": "1949650"}]
     counts = starts.answer_starts(rows)["single_2"]
     assert (counts["reference"], counts["began_value"], counts["right"]) == (1, 1, 1)  # a right answer is no miss
+
+
+def test_a_miss_that_writes_a_number_two_digits_short_or_more_is_a_short_number():
+    """A student that has lost the needle makes up a short number (" 1.", " 12345." for a 7-digit value); a copy one
+    digit short, a reference or a word is not one."""
+    assert starts.writes_short_number(" 1. The special magic", "7152935")
+    assert starts.writes_short_number(": 12345.", "7152935") and starts.writes_short_number(" 13:", "7152935")
+    assert not starts.writes_short_number(" 715293.", "7152935") and not starts.writes_short_number(" 11:25", "7152935")
+    assert not starts.writes_short_number(" blue.", "7152935") and not starts.writes_short_number(" 1.", "446df597")
+    rows = [{"task": "single_1", "context_len": 4096, "output": " 1.", "correct": False, "value": "1949650"},
+            {"task": "single_1", "context_len": 4096, "output": " 12.", "correct": False, "value": "1949650"},
+            {"task": "single_1", "context_len": 4096, "output": " 19496.", "correct": True, "value": "19496"}]
+    assert starts.answer_starts(rows)["single_1"]["short_number"] == 2  # a right answer is no miss
