@@ -4,9 +4,9 @@ same, how much faster is it, and how much of the text does the model copy?
     python scripts/assisted_check.py teacher runs/smollm2-hypenet/model [--length 1024 --new 64 --lookup 10]
 
 Prompts: --docs held-out documents of --source (default the built-in corpus; HALO's split, as `hypenet eval` takes
-them for perplexity), cut to --length tokens and followed by their first --cue tokens again; a model that copies continues
-with the document's next tokens, and prompt lookup drafts them from the prompt. Both runs are greedy, batch 1, on
-this machine's CPU (fp32) or --device.
+them for perplexity), cut to --length tokens and followed by their first --cue tokens again; a model that copies
+continues with the document's next tokens, and prompt lookup drafts them from the prompt. Both runs are greedy, batch
+1, on this machine's CPU (fp32) or --device.
 Prints a markdown table and writes JSON with --out.
 """
 

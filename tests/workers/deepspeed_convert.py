@@ -13,5 +13,7 @@ from accelerate import PartialState
 from hypenet.cli import main
 
 # a process left waiting in a collective (one that the other never joins) fails in minutes, not gloo's default 30
-PartialState(cpu=False, backend="gloo", timeout=timedelta(minutes=3))
-sys.exit(main(sys.argv[1:]))
+state = PartialState(cpu=False, backend="gloo", timeout=timedelta(minutes=3))
+code = main(sys.argv[1:])
+state.destroy_process_group()  # the group is this worker's, made before the conversion (halo.cli.own_process_group)
+sys.exit(code)

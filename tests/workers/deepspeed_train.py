@@ -69,3 +69,5 @@ for stage in os.environ.get("STAGES", "stage2").split(","):
     if deepspeed:
         torch.distributed.barrier()  # the main process has written the weights
     weights = load_file(stage_dir / "weights.safetensors")
+if deepspeed:  # as `hypenet convert` does (halo.cli.own_process_group): a group left up has aborted a process at exit
+    torch.distributed.destroy_process_group()

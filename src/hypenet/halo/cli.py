@@ -105,7 +105,33 @@ def interrupted_before_anything_hint(out: str) -> str | None:
     return "interrupted before anything was saved; run the same command again"
 
 
+def process_group_up() -> bool:
+    """Whether a torch.distributed process group is up (without importing torch when nothing has)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def own_process_group():
+    """Take down the process group that a conversion's processes started (accelerate starts it under a launcher) as
+    the run ends, also on an error or Ctrl-C, as torch asks of a program before it exits. Left up to the interpreter's
+    exit, its threads are torn down in no set order; a 2-process gloo test worker that left it so aborted once after
+    its work was done ("terminate called without an active exception"). A group that was up before is the caller's
+    and stays."""
+    was_up = process_group_up()
+    try:
+        yield
+    finally:
+        if not was_up and process_group_up():
+            sys.modules["torch.distributed"].destroy_process_group()
+
+
 def run(command: str, args: argparse.Namespace) -> int:
+    with own_process_group():
+        return _run(command, args)
+
+
+def _run(command: str, args: argparse.Namespace) -> int:
     from .pipeline import STAGES, run_stages
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
