@@ -97,7 +97,8 @@ def test_auto_classes_are_registered():
         (MistralForCausalLM, MistralConfig, dict(tie_word_embeddings=False, sliding_window=None)),
     ],
 )
-def test_all_attention_hypenet_reproduces_teacher(teacher_cls, config_cls, extra):
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_all_attention_hypenet_reproduces_teacher(teacher_cls, config_cls, extra, attn_implementation):
     torch.manual_seed(0)
     teacher = teacher_cls(config_cls(**TINY, **extra)).eval()
     with torch.no_grad():
@@ -106,6 +107,8 @@ def test_all_attention_hypenet_reproduces_teacher(teacher_cls, config_cls, extra
     student = build_hypenet_from_teacher(
         teacher, ["attention"] * 3, attention_rope=True, attention_output_gate=False
     ).eval()
+    teacher.set_attn_implementation(attn_implementation)
+    student.set_attn_implementation(attn_implementation)
     ids = torch.randint(0, TINY["vocab_size"], (2, 40))
     mask = torch.ones_like(ids)
     mask[0, :7] = 0
@@ -116,8 +119,9 @@ def test_all_attention_hypenet_reproduces_teacher(teacher_cls, config_cls, extra
             assert (expected - got)[valid].abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("student_attention", ["sdpa", "eager"])  # sdpa: the eager fallback for output_attentions
 @pytest.mark.parametrize("padded", [False, True])
-def test_output_attentions_are_the_teachers_eager_ones(padded):
+def test_output_attentions_are_the_teachers_eager_ones(padded, student_attention):
     """An all-attention student with RoPE kept computes its teacher's attention: the probabilities it returns equal
     those of the teacher's eager attention, query by query, with and without left padding."""
     torch.manual_seed(0)
@@ -125,6 +129,7 @@ def test_output_attentions_are_the_teachers_eager_ones(padded):
     student = build_hypenet_from_teacher(
         teacher, ["attention"] * 3, attention_rope=True, attention_output_gate=False
     ).eval()
+    student.set_attn_implementation(student_attention)
     ids = torch.randint(1, TINY["vocab_size"], (2, 12))
     mask = torch.ones_like(ids)
     if padded:
@@ -499,6 +504,104 @@ def test_mask_length_mismatch_is_explained():
         model(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 3, dtype=torch.long))
 
 
+# ---------------------------------------------------------------- attn_implementation: sdpa and eager
+
+
+@pytest.fixture
+def sdpa_calls(monkeypatch):
+    """The number of torch scaled_dot_product_attention calls made so far (a list of one count)."""
+    calls, sdpa = [0], F.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        # the original in place during the call: a causal bias mask dispatches only when it is the function called
+        F.scaled_dot_product_attention = sdpa
+        try:
+            return sdpa(*args, **kwargs)
+        finally:
+            F.scaled_dot_product_attention = counted
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counted)
+    return calls
+
+
+def run_all_attention_paths(model) -> list[torch.Tensor]:
+    """Logits through every way the attention layers are called: no mask, left padding (row by row), a hole in the
+    mask (a dense mask), a chunk after a cache (lower-right causal), decode steps with and without padding."""
+    torch.manual_seed(3)
+    ids, left = left_padded([torch.randint(1, 97, (n,)) for n in (6, 13)])
+    hole = torch.ones_like(ids)
+    hole[1, 4:6] = 0
+    out = [model(ids).logits, model(ids, attention_mask=left).logits, model(ids, attention_mask=hole).logits]
+    cache = HypeNetCache(model.config)
+    out.append(model(ids[:, :7], cache=cache).logits)
+    out.append(model(ids[:, 7:], cache=cache).logits)  # several new tokens after a cache
+    out.append(model(torch.tensor([[5], [6]]), cache=cache).logits)  # decode, no padding
+    cache, mask = HypeNetCache(model.config), left
+    out.append(model(ids, attention_mask=mask, cache=cache).logits)
+    for token in (7, 8):  # decode after a left-padded prefill
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+        out.append(model(torch.full((2, 1), token), attention_mask=mask, cache=cache).logits)
+    return out
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(attention_logit_scaling_base=None), dict(attention_rope=True),
+                                       dict(attention_qk_norm=False, attention_output_gate=False)])
+def test_eager_attention_computes_what_sdpa_does(sdpa_calls, overrides):
+    """attn_implementation="eager" runs matmul + softmax (transformers' eager_attention_forward, no SDPA call) and
+    gives sdpa's logits with padding, a cache and decoding, with and without logit scaling, RoPE, QK-norm and the
+    output gate. Before, "eager" was recorded and SDPA ran anyway."""
+    model = tiny_hypenet(("attention", "lightning", "attention", "lightning"), **overrides)
+    assert model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        expected = run_all_attention_paths(model)
+        assert sdpa_calls[0] > 0
+        model.set_attn_implementation("eager")
+        assert model.config._attn_implementation == "eager" and model.model.config._attn_implementation == "eager"
+        sdpa_calls[0] = 0
+        got = run_all_attention_paths(model)
+    assert sdpa_calls[0] == 0
+    for want, have in zip(expected, got):
+        torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
+    ids, mask = left_padded([torch.randint(1, 97, (n,)) for n in (5, 11)])
+    eager = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    model.set_attn_implementation("sdpa")
+    assert torch.equal(eager, model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False))
+
+
+def test_output_attentions_under_eager_and_the_sdpa_fallback(sdpa_calls):
+    """Eager returns each attention layer's probabilities (None for a lightning layer): rows sum to one, nothing on
+    padding or future keys. sdpa cannot return them: it runs the eager path for that call, with a warning, as
+    transformers' models did before v5 (v5's sdpa warns and returns None)."""
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging as hf_logging
+
+    import hypenet.model.modeling_hypenet as modeling
+
+    model = tiny_hypenet(("lightning", "attention", "lightning", "attention"))
+    ids, mask = left_padded([torch.randint(1, 97, (n,)) for n in (4, 9)])
+    with torch.no_grad():
+        plain = model(ids, attention_mask=mask)
+        hf_logging.get_logger("").warning_once.cache_clear()  # warning_once: once per process
+        with CaptureLogger(modeling.logger) as log:
+            fallback = model(ids, attention_mask=mask, output_attentions=True)
+        assert "attn_implementation='sdpa' cannot return attention weights" in log.out
+        model.set_attn_implementation("eager")
+        sdpa_calls[0] = 0
+        with CaptureLogger(modeling.logger) as log:
+            eager = model(ids, attention_mask=mask, output_attentions=True)
+        assert log.out == "" and sdpa_calls[0] == 0
+    torch.testing.assert_close(eager.logits, plain.logits, atol=1e-5, rtol=1e-5)
+    assert [a is None for a in eager.attentions] == [True, False, True, False]
+    causal = torch.ones(9, 9).tril().bool()
+    for weights, same in zip(eager.attentions[1::2], fallback.attentions[1::2]):
+        assert weights.shape == (2, 9, 9, 9) and torch.equal(weights, same)
+        real = weights[mask.bool()]  # [real queries, heads, keys]
+        torch.testing.assert_close(real.sum(-1), torch.ones_like(real.sum(-1)))
+        assert weights[0, :, 5:, :5].abs().sum().item() == 0.0  # row 0's padding
+        assert weights[:, :, ~causal].abs().sum().item() == 0.0
+
+
 # ---------------------------------------------------------------- export through remote code
 
 
@@ -522,6 +625,40 @@ def test_checkpoint_loads_with_only_torch_and_transformers(tmp_path):
     result = run_without_hypenet(script, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == str(expected)
+
+
+def test_a_checkpoint_loaded_with_attn_implementation_eager_runs_eager(tmp_path):
+    """from_pretrained(..., trust_remote_code=True, attn_implementation="eager"): the checkpoint's own code runs
+    matmul + softmax (no SDPA call), sdpa's logits, and output_attentions returns the attention layer's weights;
+    set_attn_implementation switches back. Before, "eager" was recorded and SDPA ran anyway."""
+    model = tiny_hypenet(("lightning", "attention"))
+    model.save_pretrained(tmp_path / "ckpt")
+    script = textwrap.dedent(f"""
+        import torch
+        import torch.nn.functional as F
+        from transformers import AutoModelForCausalLM
+        calls, sdpa = [], F.scaled_dot_product_attention
+        F.scaled_dot_product_attention = lambda *args, **kwargs: calls.append(1) or sdpa(*args, **kwargs)
+        path, ids = {str(tmp_path / 'ckpt')!r}, torch.randint(1, 97, (2, 9))
+        default = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, attn_implementation="eager").eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert model.config._attn_implementation == "eager"
+        with torch.no_grad():
+            expected = default(ids).logits
+            assert len(calls) == 1, calls
+            out = model(ids, output_attentions=True)
+            assert len(calls) == 1, calls
+            torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5)
+            assert out.attentions[0] is None and out.attentions[1].shape == (2, 9, 9, 9)
+            model.set_attn_implementation("sdpa")
+            torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=1e-5)
+            assert len(calls) == 2, calls
+        print("ok")
+    """)
+    result = run_without_hypenet(script, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "ok"
 
 
 # ---------------------------------------------------------------- as any transformers model

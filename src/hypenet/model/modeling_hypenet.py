@@ -25,9 +25,13 @@ from transformers.cache_utils import Cache, DynamicCache, LinearAttentionLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.models.llama.modeling_llama import eager_attention_forward
+from transformers.utils import logging
 
 from .configuration_hypenet import HypeNetConfig
 from .lightning import alibi_log_decay, lightning_attention
+
+logger = logging.get_logger(__name__)
 
 
 class HypeNetRMSNorm(nn.Module):
@@ -105,7 +109,8 @@ class MixerContext:
         attention then runs row by row on the unpadded keys instead of through a [B, 1, T, past+T] mask (64 GiB for
         4 rows at 128K tokens).
     logit_scale: [B, T] HyPE query scale ln(t + a) / ln(a), or None when scaling is off.
-    attention_weights: with output_attentions, the list each attention layer appends its probabilities to.
+    attention_weights: with output_attentions, the list each attention layer appends its probabilities to (eager
+        attention's weights, [B, H, T, past + T] in the model's dtype).
     """
 
     positions: torch.Tensor
@@ -226,26 +231,61 @@ def _attention_by_row(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_sta
     return o
 
 
-def attention_probabilities(q: torch.Tensor, k: torch.Tensor, ctx: MixerContext, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale) [B, H, T, past + T] in fp32 over the keys each query sees, as SDPA computes it inside
-    (for output_attentions; it materialises every score, so it is for short inputs and diagnostics)."""
-    heads, seq_len, total = q.shape[1], q.shape[2], k.shape[2]
-    k = k.repeat_interleave(heads // k.shape[1], dim=1)
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+def allowed_keys(ctx: MixerContext, seq_len: int, total: int, device: torch.device) -> torch.Tensor | None:
+    """[B or 1, 1, T, past + T] bool, True where a query sees a key: causality, padding and every query seeing at
+    least itself, as the sdpa path applies them (`attn_mask`, `is_causal`, the lower-right bias or `key_start`); None
+    where every query sees every key (one new token, no padding)."""
     if isinstance(ctx.attn_mask, torch.Tensor) and ctx.attn_mask.dtype == torch.bool:
-        allowed = ctx.attn_mask  # padding and causality, every query seeing at least itself
-    else:
-        query_index = torch.arange(total - seq_len, total, device=q.device)[:, None]
-        key_index = torch.arange(total, device=q.device)[None, :]
-        allowed = (key_index <= query_index)[None, None]
-        if ctx.key_start is not None:  # left padding: keys before the row's first real token are hidden
-            start = torch.tensor(ctx.key_start, device=q.device)[:, None, None, None]
-            allowed = (allowed & (key_index >= start)) | (key_index == query_index)
-    return scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        return ctx.attn_mask  # padding and causality, every query seeing at least itself
+    if seq_len == 1 and ctx.key_start is None:
+        return None
+    query_index = torch.arange(total - seq_len, total, device=device)[:, None]
+    key_index = torch.arange(total, device=device)[None, :]
+    allowed = (key_index <= query_index)[None, None]
+    if ctx.key_start is not None:  # left padding: keys before the row's first real token are hidden
+        start = torch.tensor(ctx.key_start, device=device)[:, None, None, None]
+        allowed = (allowed & (key_index >= start)) | (key_index == query_index)
+    return allowed
+
+
+def eager_attention_mask(ctx: MixerContext, seq_len: int, total: int, q: torch.Tensor) -> torch.Tensor | None:
+    """`allowed_keys` as the additive mask transformers' eager attention takes (as its own masks for eager are): 0
+    where a query sees a key, the dtype's minimum elsewhere."""
+    allowed = allowed_keys(ctx, seq_len, total, q.device)
+    if allowed is None:
+        return None
+    return torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, torch.finfo(q.dtype).min)
+
+
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def attention_implementation(config: HypeNetConfig) -> str:
+    """The softmax attention layers' implementation, `config._attn_implementation` as transformers names it: "sdpa"
+    (the default, also for None: a layer built outside a model) or "eager" (matmul + softmax, transformers' own
+    `eager_attention_forward`, which returns the probabilities). Anything else is refused."""
+    implementation = getattr(config, "_attn_implementation", None) or "sdpa"
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(unsupported_attention_message(implementation))
+    return implementation
+
+
+def unsupported_attention_message(implementation: str) -> str:
+    return (
+        f"HypeNet does not support attn_implementation={implementation!r}: its softmax attention layers run "
+        "attn_implementation='sdpa' (the default; torch's scaled_dot_product_attention) or 'eager' (matmul + "
+        "softmax, which output_attentions=True needs); its lightning layers have their own kernels. Load the model "
+        "with one of those, or call model.set_attn_implementation('sdpa')."
+    )
 
 
 class HypeNetAttention(nn.Module):
-    """The teacher's GQA softmax attention; HypeNet drops RoPE, adds an output gate and HyPE logit scaling."""
+    """The teacher's GQA softmax attention; HypeNet drops RoPE, adds an output gate and HyPE logit scaling.
+
+    The softmax itself runs as `config._attn_implementation` says: "sdpa" (torch's scaled_dot_product_attention,
+    row by row under left padding) or "eager" (transformers' eager_attention_forward on the same masks), between the
+    same projections, norms, scaling and gate. output_attentions needs eager: under sdpa that call runs it.
+    """
 
     def __init__(self, config: HypeNetConfig, layer_idx: int):
         super().__init__()
@@ -253,6 +293,7 @@ class HypeNetAttention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = (
             config.num_attention_heads, config.num_key_value_heads, config.head_dim
         )
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads  # read by transformers' eager attention
         hidden, bias = config.hidden_size, config.attention_bias
         self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
@@ -278,20 +319,36 @@ class HypeNetAttention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
+        scale = self.head_dim**-0.5
+        eager = attention_implementation(self.config) == "eager"
+        if not eager and ctx.attention_weights is not None:
+            logger.warning_once(
+                "HypeNet: attn_implementation='sdpa' cannot return attention weights, so with output_attentions=True "
+                "the attention layers run the eager path (matmul + softmax) instead. Load the model with "
+                "attn_implementation='eager' to choose it and silence this warning."
+            )
+            eager = True
+        if eager:
+            mask = eager_attention_mask(ctx, seq_len, k.shape[2], q)
+            o, weights = eager_attention_forward(self, q, k, v, mask, scaling=scale)  # o: [B, T, H, d]
+            if ctx.attention_weights is not None:
+                ctx.attention_weights.append(weights)
+            return self._output(o.reshape(batch, seq_len, self.num_heads * self.head_dim), x)
         gqa = self.num_kv_heads != self.num_heads
         if gqa and _repeat_kv_for_sdpa(q):
             k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
             v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
             gqa = False
         if ctx.key_start is not None:
-            o = _attention_by_row(q, k, v, ctx.key_start, self.head_dim**-0.5, gqa)
+            o = _attention_by_row(q, k, v, ctx.key_start, scale, gqa)
         else:
             o = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal, scale=self.head_dim**-0.5, enable_gqa=gqa,
+                q, k, v, attn_mask=ctx.attn_mask, is_causal=ctx.is_causal, scale=scale, enable_gqa=gqa,
             )
-        if ctx.attention_weights is not None:
-            ctx.attention_weights.append(attention_probabilities(q, k, ctx, self.head_dim**-0.5))
-        o = o.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim)
+        return self._output(o.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim), x)
+
+    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """o [B, T, H * d] through the output gate and o_proj."""
         if self.config.attention_output_gate:
             o = o * torch.sigmoid(self.g_proj(x))
         return self.o_proj(o)
@@ -568,6 +625,12 @@ class HypeNetPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     # transformers <= 5.24 refuses assisted generation for stateful models; HypeNetCache rolls its states back.
     _is_stateful = False
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """set_attn_implementation works: the attention layers read config._attn_implementation at every call
+        (transformers guesses this from the source text, looking for its AttentionInterface)."""
+        return True
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
