@@ -2,6 +2,7 @@
 the lightning layer's equations, and loading exported checkpoints through remote code."""
 
 import math
+import re
 import textwrap
 
 import pytest
@@ -600,6 +601,24 @@ def test_output_attentions_under_eager_and_the_sdpa_fallback(sdpa_calls):
         torch.testing.assert_close(real.sum(-1), torch.ones_like(real.sum(-1)))
         assert weights[0, :, 5:, :5].abs().sum().item() == 0.0  # row 0's padding
         assert weights[:, :, ~causal].abs().sum().item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["flash_attention_2", "flex_attention", "paged|eager", "made_up"])
+def test_an_unsupported_attn_implementation_is_refused_with_what_hypenet_runs(name):
+    """Refused when the model is made and by set_attn_implementation, naming sdpa and eager (transformers accepted
+    any registered name, e.g. "paged|eager", and listed it as possible); set on the config directly, the forward
+    refuses it."""
+    message = rf"HypeNet does not support attn_implementation='{re.escape(name)}'.*'sdpa'.*or 'eager'"
+    config = tiny_hypenet().config
+    with pytest.raises(ValueError, match=message):
+        AutoModelForCausalLM.from_config(config, attn_implementation=name)
+    model = tiny_hypenet()
+    with pytest.raises(ValueError, match=message):
+        model.set_attn_implementation(name)
+    assert model.config._attn_implementation == "sdpa"
+    model.config._attn_implementation = name
+    with pytest.raises(ValueError, match=message), torch.no_grad():
+        model(torch.randint(1, 97, (1, 5)))
 
 
 # ---------------------------------------------------------------- export through remote code

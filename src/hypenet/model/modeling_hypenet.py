@@ -632,6 +632,14 @@ class HypeNetPreTrainedModel(PreTrainedModel):
         (transformers guesses this from the source text, looking for its AttentionInterface)."""
         return True
 
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """`attn_implementation` "sdpa" (the default) or "eager", through transformers' checks; anything else is
+        refused with what HypeNet runs (transformers would accept any registered attention function, e.g.
+        "paged|eager", and list it as possible)."""
+        if requested_attention is not None and requested_attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(unsupported_attention_message(requested_attention))
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, HypeNetLightningAttention):
