@@ -3,6 +3,7 @@ conversion resumes to the same weights, two gloo processes match one, and bad in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -307,6 +308,107 @@ def test_ctrl_c_checkpoints_the_step_in_flight(assets):
     assert f"continue with: hypenet convert --out {out} --resume" in stderr
     last = read_losses(out / "stages" / "stage2")[-1]["step"]
     assert last < 32 and [p.name for p in (out / "stages" / "stage2" / "checkpoints").iterdir()] == [f"step-{last:08d}"]
+
+
+def timed(function, into: list):
+    """`function`, appending the seconds each call takes to `into` (an interrupted call's too)."""
+    def call(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            into.append(time.perf_counter() - start)
+    return call
+
+
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def stopped_and_resumed(assets):
+    """A conversion stopped by Ctrl-C after stage 2's step 6 and resumed, in this process: its report, the seconds
+    each invocation took as a whole (`invocations`) and in the teacher's load and each stage (lists per name, of
+    both invocations), the stage's saved time at step 6 (before the stop), and each invocation's log lines."""
+    out = assets["root"] / "stopped-resumed-out"
+    config = tiny_config(assets, "qwen3", out)
+    measured = {name: [] for name in ("load_teacher", *pipeline.STAGES)}
+    result = {"measured": measured, "invocations": [], "logs": [], "out": out}
+    engine, train = pipeline.engine, pipeline.engine.train
+
+    def stop_stage2_at_step_6(name, objective, train_config, chunks, stage_dir, run):
+        if name == "stage2":
+            after_step = run.after_step
+
+            def after(step):
+                if after_step is not None:
+                    after_step(step)
+                if step == 6:
+                    saved = stage_dir / "wall_time.json"
+                    result["saved_at_6"] = json.loads(saved.read_text()) if saved.is_file() else None
+                    os.kill(os.getpid(), signal.SIGINT)
+            run = dataclasses.replace(run, after_step=after)
+        return train(name, objective, train_config, chunks, stage_dir, run)
+
+    logger, lines = logging.getLogger("hypenet.halo.pipeline"), Lines()
+    level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(pipeline, "load_teacher", timed(pipeline.load_teacher, measured["load_teacher"]))
+            for name in pipeline.STAGES:
+                patch.setitem(pipeline.STAGE_RUNNERS, name, timed(pipeline.STAGE_RUNNERS[name], measured[name]))
+            for resume in (False, True):
+                with patch.context() as first:
+                    if not resume:
+                        first.setattr(engine, "train", stop_stage2_at_step_6)
+                    start = time.perf_counter()
+                    try:
+                        result["report"] = convert(config, resume=resume)
+                    except KeyboardInterrupt:
+                        assert not resume
+                    result["invocations"].append(time.perf_counter() - start)
+                    result["logs"].append(lines.lines)
+                    lines.lines = []
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    assert len(measured["stage2"]) == 2 and len(measured["stage1"]) == 1, "stage 2 was not stopped and resumed"
+    return result
+
+
+def test_wall_times_add_up_every_invocation_of_a_stopped_and_resumed_conversion(stopped_and_resumed):
+    """A stage's wall_time_s counts every invocation that ran it (stage 2: the stopped one's and the resumed one's
+    time, setup and saving included); the report's wall_time_s adds each invocation's loading. Every measured
+    interval lies inside what the conversion counts, so its times are at least their sums (less rounding to 0.01 s),
+    and at most the two invocations' whole times."""
+    report, measured = stopped_and_resumed["report"], stopped_and_resumed["measured"]
+    rounding = 0.01 * (len(pipeline.STAGES) + 1)
+    stages = {**report["stages"], "select": report["selection"], "export": report["export"]}
+    for name in pipeline.STAGES:
+        assert stages[name]["wall_time_s"] >= sum(measured[name]) - 0.01, name
+    stage2 = report["stages"]["stage2"]
+    assert stage2["training_time_s"] <= stage2["wall_time_s"]
+    # saved after every training step: a SIGKILL'ed run's time counts too
+    assert stopped_and_resumed["saved_at_6"] is not None, "the stage's time was not saved during training"
+    saved = stopped_and_resumed["saved_at_6"]["wall_time_s"]
+    assert 0 < saved <= measured["stage2"][0] and stage2["wall_time_s"] >= saved + measured["stage2"][1] - 0.01
+    # the loading of both invocations (the teacher's load in each), with the stage each began with
+    assert report["loading_time_s"] >= sum(measured["load_teacher"]) - 0.01
+    assert report["stages"]["stage1"]["loading_time_s"] >= measured["load_teacher"][0] - 0.01
+    assert stage2["loading_time_s"] >= measured["load_teacher"][1] - 0.01
+    everything = sum(sum(seconds) for seconds in measured.values())
+    assert everything - rounding <= report["wall_time_s"] <= sum(stopped_and_resumed["invocations"]) + rounding
+    out = stopped_and_resumed["out"]
+    assert json.loads((out / "report.json").read_text())["wall_time_s"] == report["wall_time_s"]
+    assert "summed over every run of it, those stopped and resumed included" in (out / "report.md").read_text()
+    assert not list(out.glob("stages/*/wall_time.json"))  # (done.json holds it once a stage is done)
 
 
 def copy_done_stages(reference_out: Path, out: Path, *names: str) -> None:

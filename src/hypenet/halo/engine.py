@@ -75,7 +75,9 @@ class RunSettings:
 class TrainResult:
     steps: int
     tokens: int
-    wall_time: float  # seconds spent training, summed over interrupted and resumed runs
+    # seconds spent in the training loop, summed over interrupted and resumed runs up to the checkpoint each resume
+    # went on from (steps run again after a kill count once); building, loading and saving are not in it
+    wall_time: float
     losses: list[float] = field(default_factory=list)  # one per optimizer step
     resumed_from: int | None = None
     state_dict: dict | None = None  # the trained objective's full weights (main process only; gathered under FSDP)
@@ -94,14 +96,15 @@ class TrainResult:
         return {k[len(start) :]: v for k, v in self.state_dict.items() if k.startswith(start)}
 
     def summary(self, max_points: int = 200) -> dict:
-        """What the report shows: budget, time, the mean loss of the first and last 10% of steps, a loss curve, and
-        how it ran (processes, accelerate's distributed type and, under DeepSpeed, the ZeRO stage)."""
+        """What the report shows: budget, the training loop's time (`training_time_s`, see `wall_time`; the
+        pipeline adds the stage's whole `wall_time_s`), the mean loss of the first and last 10% of steps, a loss
+        curve, and how it ran (processes, accelerate's distributed type and, under DeepSpeed, the ZeRO stage)."""
         tenth = max(1, len(self.losses) // 10)
         every = max(1, math.ceil(len(self.losses) / max_points))
         summary = {
             "steps": self.steps,
             "tokens": self.tokens,
-            "wall_time_s": round(self.wall_time, 2),
+            "training_time_s": round(self.wall_time, 2),
             "initial_loss": sum(self.losses[:tenth]) / tenth,
             "final_loss": sum(self.losses[-tenth:]) / tenth,
             "losses": [[s + 1, self.losses[s]] for s in range(0, len(self.losses), every)],

@@ -2,9 +2,17 @@
 
 Output folder layout:
     config.yaml                 the settings of the conversion (a resumed or continued run must keep them)
-    stages/<stage>/             one folder per stage: done.json once finished, losses.jsonl, checkpoints/ meanwhile
+    stages/<stage>/             one folder per stage: done.json once finished, losses.jsonl, checkpoints/ and
+                                wall_time.json (the time spent in it so far) meanwhile
     model/                      the exported HypeNet checkpoint (AutoModelForCausalLM, trust_remote_code=True)
     report.json, report.md      losses per stage, selected layers and scores, tokens, wall time
+
+Wall time: a stage's `wall_time_s` is the wall-clock time spent in it (building, training, saving), summed over every
+invocation that ran it, those stopped part-way and resumed included; its `loading_time_s`, what the invocations that
+began with it spent before it (loading the teacher and the data). The report's `wall_time_s` is the sum of both over
+the stages. A stage's time so far is saved in its wall_time.json after every training step and when an invocation
+stops in it (Ctrl-C, SIGTERM, an error); a SIGKILL loses what that invocation spent since the last save (at most the
+step in flight while training).
 
 `convert` runs every stage, `run_stages(config, ["stage2"])` one (the `hypenet stage2` command); both skip stages
 that are done when resuming, and a stage's training resumes from its last checkpoint.
@@ -13,6 +21,7 @@ that are done when resuming, and a stage's training resumes from its last checkp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -52,6 +61,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("stage1", "select", "stage2", "stage3", "export")
 DONE = "done.json"
+WALL_TIME = "wall_time.json"  # a stage's time so far, over the invocations that ran it (until done.json holds it)
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".hypenet.lock"  # held by the process writing a conversion (two would write each other's checkpoints)
 MODEL_DIR = "model"
@@ -60,6 +70,27 @@ RUN_FIELDS = {"out", "device", "mixed_precision", "checkpoint_every", "tensorboa
 # Per-stage fields that a resumed stage may change: how a step's sequences are split into forwards (the step and its
 # gradient are the same, up to the order of the sums), which is what an out-of-memory error asks the user to lower.
 STAGE_RUN_FIELDS = {"micro_batch_size"}
+
+
+class StageClock:
+    """A stage's wall-clock time summed over the invocations that ran it: what the earlier ones spent (WALL_TIME in
+    its folder) plus this one's since `start`; and the time invocations spent loading before it (`loading`: this
+    invocation's, when it begins with this stage, is added to the earlier ones')."""
+
+    def __init__(self, stage_dir: Path, loading: float, main: bool):
+        self.path, self.main = stage_dir / WALL_TIME, main
+        saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.before = saved.get("wall_time_s", 0.0)
+        self.loading = saved.get("loading_time_s", 0.0) + loading
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def save(self) -> None:
+        """Write the time so far (the main process; the others' is the same stage's)."""
+        if self.main:
+            write_text_atomic(self.path, json.dumps({"wall_time_s": self.seconds(), "loading_time_s": self.loading}))
 
 
 def done_info(out: Path, name: str) -> dict | None:
@@ -73,6 +104,8 @@ class Conversion:
     def __init__(self, config: ConvertConfig, resume: bool = False):
         self.requested = config
         self.out = Path(config.out)
+        self.loading = 0.0  # seconds this invocation spent before its first stage (run_stages measures it)
+        self.clock: StageClock | None = None  # the stage running
         if config.device == "cuda" and not torch.cuda.is_available():
             raise HaloError("device=cuda but no GPU is visible; use --device cpu")
         cpu = config.device == "cpu" or not torch.cuda.is_available()
@@ -169,7 +202,16 @@ class Conversion:
                             repeat_numbers=numbers, number_ids=number_ids)
 
     def train(self, name: str, objective: nn.Module, config) -> engine.TrainResult:
-        return engine.train(name, objective, config, self.chunks(name), self.stage_dir(name), self.settings)
+        clock, after_step = self.clock, self.settings.after_step
+
+        def each_step(step: int) -> None:  # the stage's time so far, saved for a killed run's resume
+            if clock is not None:
+                clock.save()
+            if after_step is not None:
+                after_step(step)
+
+        settings = dataclasses.replace(self.settings, after_step=each_step)
+        return engine.train(name, objective, config, self.chunks(name), self.stage_dir(name), settings)
 
     def stage1_layers(self, name: str = stage1.LAYERS_FILE) -> dict[int, nn.Module]:
         """Stage 1's lightning students by layer (name=stage1.ATTENTION_LAYERS_FILE: its attention students, if any)."""
@@ -209,15 +251,25 @@ class Conversion:
             for warning in beyond_teacher_window(self.config, context):
                 if warning.startswith(f"{name}."):
                     warnings.warn(warning, stacklevel=2)
-        started = time.perf_counter()
         if self.is_main_process:
             self.stage_dir(name).mkdir(parents=True, exist_ok=True)
         self.state.wait_for_everyone()
-        info = STAGE_RUNNERS[name](self)
-        info.setdefault("wall_time_s", round(time.perf_counter() - started, 2))
+        # this invocation's loading counts with the first stage it runs
+        self.clock, self.loading = StageClock(self.stage_dir(name), self.loading, self.is_main_process), 0.0
+        try:
+            info = STAGE_RUNNERS[name](self)
+        except BaseException:  # Ctrl-C, SIGTERM, an error: the time spent counts when the stage is run again
+            with contextlib.suppress(OSError):
+                self.clock.save()
+            raise
+        finally:
+            clock, self.clock = self.clock, None
+        info["wall_time_s"] = round(clock.seconds(), 2)
+        info["loading_time_s"] = round(clock.loading, 2)
         if self.is_main_process:
             write_text_atomic(self.stage_dir(name) / DONE, json.dumps(info, indent=1))
             engine.remove_checkpoints(self.stage_dir(name))
+            (self.stage_dir(name) / WALL_TIME).unlink(missing_ok=True)
         self.state.wait_for_everyone()
         return info
 
@@ -236,13 +288,16 @@ class Conversion:
         """The conversion report (the schema of report.write_report): what the finished stages recorded."""
         done = {name: info for name in STAGES if (info := self.done(name)) is not None}
         trained = {name: done[name] for name in ("stage1", "stage2", "stage3") if name in done}
+        loading = sum(info.get("loading_time_s", 0.0) for info in done.values())  # (older runs did not record it)
         return {
             "teacher": self.config.teacher,
             "teacher_parameters": self.teacher_parameters,
             "data": self.config.data.source,
             "student_path": str(self.out / MODEL_DIR) if "export" in done else None,
             "tokens": sum(stage["tokens"] for stage in trained.values()),
-            "wall_time_s": round(sum(info["wall_time_s"] for info in done.values()), 2),
+            # every stage's time and the loading before it, over every invocation (the module docstring)
+            "wall_time_s": round(sum(info["wall_time_s"] for info in done.values()) + loading, 2),
+            "loading_time_s": round(loading, 2),
             "stages": trained,
             "selection": done.get("select"),
             "export": done.get("export"),
@@ -563,6 +618,7 @@ def holds_anything(out: Path) -> bool:
 
 def _run_stages(config: ConvertConfig, stages: list[str], resume: bool, overwrite: bool,
                 start_from: str | Path | None) -> dict:
+    began = time.perf_counter()
     out, whole = Path(config.out), list(stages) == list(STAGES)
     first = STAGES.index(stages[0])
     earlier = list(STAGES[:first])
@@ -575,6 +631,7 @@ def _run_stages(config: ConvertConfig, stages: list[str], resume: bool, overwrit
     conv.state.wait_for_everyone()
     conv.record_config()
 
+    conv.loading = time.perf_counter() - began
     for name in stages:
         conv.run_stage(name)
     report = conv.report()

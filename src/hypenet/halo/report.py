@@ -9,7 +9,11 @@ The report dict (every key optional; the pipeline fills what it has):
       "stages": {                                    # in pipeline order
         "<name>": {"tokens": int, "steps": int, "wall_time_s": float,
                    "losses": [[step, loss], ...], ...any extra fields},
-      },
+      },                                             # wall_time_s: seconds spent in the stage (building, training,
+                                                     # saving), summed over every invocation that ran it, stopped and
+                                                     # resumed ones included; loading_time_s: the loading (teacher,
+                                                     # data) of the invocations that began with it; training_time_s:
+                                                     # the training loop's alone (engine.TrainResult.wall_time)
       "selection": SelectionResult.to_dict(),        # attention_layers, strategy, scores, recall, commonsense,
                                                      # baseline, needle_attention (the teacher's, per layer, on the
                                                      # recall probes)
@@ -17,8 +21,8 @@ The report dict (every key optional; the pipeline fills what it has):
                                                      # losses_by_band {"16K-32K"...: {"off"|"500"...: loss}}, warnings,
                                                      # with the copy probe copy_losses and copy_probe
       "heldout": {"<metric>": float, ...},           # held-out evaluation numbers, e.g. {"teacher_loss": ..}
-      "<other>": str | int | float,                  # listed at the top (e.g. teacher_parameters, wall_time_s)
-    }
+      "<other>": str | int | float,                  # listed at the top (e.g. teacher_parameters, wall_time_s:
+    }                                                # the conversion's, every stage's and loading_time_s summed)
 
 Per-layer dicts may have int or str keys (JSON turns int keys into strings).
 """
@@ -64,8 +68,11 @@ def _stages_section(stages: dict) -> list[str]:
             name, stage.get("tokens"), stage.get("steps"), stage.get("wall_time_s"),
             losses[0][1] if losses else None, losses[-1][1] if losses else None, ran_on,
         ])
+    note = ("Wall time: the seconds spent in each stage (building, training, saving), summed over every run of it, "
+            "those stopped and resumed included. The total `wall_time_s` adds each run's loading of the teacher and "
+            "data (`loading_time_s`) and the layer selection and export.")
     return ["## Stages", ""] + _table(
-        ["stage", "tokens", "steps", "wall time (s)", "first loss", "last loss", "processes"], rows)
+        ["stage", "tokens", "steps", "wall time (s)", "first loss", "last loss", "processes"], rows) + ["", note]
 
 
 def _selection_section(selection: dict) -> list[str]:
