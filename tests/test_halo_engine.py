@@ -251,3 +251,50 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_error_that_keeps_the_last_
     with pytest.raises(RuntimeError, match="something else"):  # any other error stays as it is
         save_checkpoint(SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None, save_state=broken),
                         tmp_path, {"step": 6})
+
+
+class FakeClock:
+    """time.perf_counter for the engine that moves only when the objective runs: each forward advances it by the next
+    of `seconds`, so each step's measured time is known (the sum of its forwards')."""
+
+    def __init__(self, seconds):
+        self.now, self.seconds = 0.0, iter(seconds)
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class ClockedBigram(NextTokenBigram):
+    def __init__(self, clock: FakeClock):
+        super().__init__()
+        self.clock = clock
+
+    def forward(self, input_ids):
+        self.clock.now += next(self.clock.seconds)
+        return super().forward(input_ids)
+
+
+def test_progress_reports_the_tokens_per_second_of_the_median_step_after_the_first(tmp_path, monkeypatch):
+    """RunSettings.progress (the pipeline's estimate of the conversion's time left comes from it): after this run's
+    second step, then at every tenth of the stage (each step of 6) but the last, with the tokens of a step over the
+    median time of the run's last 20 steps, its first (warm-up) left out."""
+    step_seconds = [30.0, 2.0, 4.0, 1.0, 3.0, 5.0]  # per step; two forwards of half of it each (micro batch 2 of 4)
+    clock = FakeClock([s / 2 for s in step_seconds for _ in range(2)])
+    monkeypatch.setattr(engine, "time", clock)
+    calls = []
+    run = engine.RunSettings(checkpoint_every=100, cpu=True, progress=lambda *args: calls.append(args))
+    engine.train("stage", ClockedBigram(clock), CONFIG, chunks(), tmp_path, run)
+    tokens = CONFIG.batch_size * CONFIG.seq_len
+    medians = {2: 2.0, 3: 3.0, 4: 2.0, 5: 2.5}  # of steps 2..n
+    assert calls == [(n, 6, pytest.approx(tokens / m)) for n, m in medians.items()]
+    logged = [json.loads(line)["seconds"] for line in (tmp_path / engine.LOSS_LOG).read_text().splitlines()]
+    assert logged == step_seconds  # (the loss log's per-step times are the same clock's)
+
+
+def test_progress_is_due_after_two_steps_then_every_tenth_of_the_stage():
+    due = [done for done in range(1, 101) if engine.progress_due(done, done, 100)]
+    assert due == [2, 10, 20, 30, 40, 50, 60, 70, 80, 90]
+    # a resumed run (from step 37) measures its own steps first
+    assert [done for done in range(38, 101) if engine.progress_due(done - 37, done, 100)][:3] == [39, 40, 50]
+    assert engine.measured_tokens_per_s(100, [9.0]) == 100 / 9.0  # one step: the only measure there is
+    assert engine.measured_tokens_per_s(100, [9.0] + [1.0] * 30 + [2.0] * 11) == 100 / 2.0  # the last 20

@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -409,6 +410,48 @@ def test_wall_times_add_up_every_invocation_of_a_stopped_and_resumed_conversion(
     assert json.loads((out / "report.json").read_text())["wall_time_s"] == report["wall_time_s"]
     assert "summed over every run of it, those stopped and resumed included" in (out / "report.md").read_text()
     assert not list(out.glob("stages/*/wall_time.json"))  # (done.json holds it once a stage is done)
+
+
+def parse_estimate(line: str) -> tuple[str, str, dict[str, int], float]:
+    """(the time it says, the stage measured, the tokens it names by stage, its tokens/s) of an estimate's line."""
+    said, parts, stage, rate = re.fullmatch(
+        r"conversion: about (.+) of training left \(estimate: (.+) tokens at (\w+)'s ([\d,]+) tokens/s(; stages differ "
+        r"in cost per token)?; selection and export not counted\)", line).groups()[:4]
+    tokens = {name: int(count.replace(",", "")) for count, name in
+              (part.split(" of ") for part in parts.split(" + "))}
+    return said, stage, tokens, float(rate.replace(",", ""))
+
+
+def test_the_conversion_logs_its_time_left_from_the_stages_tokens_and_measured_throughput(stopped_and_resumed):
+    """At every tenth of a training stage (not at its last step), the line of the whole conversion's estimate: the
+    tokens left in this stage and those of the training stages after it (not those done: the resumed run's stage 2
+    names stage 3 alone), at this stage's tokens/s (its logged step times' median, this invocation's first step left
+    out), and the time those take."""
+    from hypenet.halo.plan import _duration
+
+    report, out = stopped_and_resumed["report"], stopped_and_resumed["out"]
+    budgets = {name: stage["tokens"] for name, stage in report["stages"].items()}  # 4096, 8192, 2048
+    seen = []
+    for invocation, lines in enumerate(stopped_and_resumed["logs"]):
+        estimates = [parse_estimate(line) for line in lines if line.startswith("conversion: about")]
+        for said, stage, tokens, rate in estimates:
+            seen.append((invocation, stage))
+            records = read_losses(out / "stages" / stage)
+            resumes = [i for i, r in enumerate(records) if r.get("event") == "resume"]
+            run = records[resumes[0] + 1:] if invocation == 1 and resumes else records[:resumes[0] if resumes else None]
+            steps, per_step = report["stages"][stage]["steps"], budgets[stage] // report["stages"][stage]["steps"]
+            later = {"stage1": ["stage2", "stage3"], "stage2": ["stage3"], "stage3": []}[stage]
+            assert list(tokens) == [stage, *later]
+            assert all(tokens[n] == budgets[n] for n in tokens if n != stage)
+            done = steps - tokens[stage] // per_step
+            assert tokens[stage] == (steps - done) * per_step
+            seconds = [r["seconds"] for r in run if "loss" in r and r["step"] <= done]
+            assert rate == pytest.approx(per_step / statistics.median(seconds[1:][-20:]), rel=5e-3, abs=0.5)
+            left = sum(tokens.values()) / rate
+            assert said in {_duration(left * f) for f in (0.99, 1, 1.01)}
+    # once two steps are measured, then at every tenth of the stage, in every stage each invocation trains
+    assert sorted(set(seen)) == [(0, "stage1"), (0, "stage2"), (1, "stage2"), (1, "stage3")]
+    assert seen.count((0, "stage1")) == 7  # after steps 2, 4, ..., 14 of 16
 
 
 def copy_done_stages(reference_out: Path, out: Path, *names: str) -> None:

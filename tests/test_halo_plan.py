@@ -233,3 +233,25 @@ def test_flops_are_written_with_a_unit_prefix():
 
     assert [_flops(n) for n in (3.1e20, 1.23e12, 8.05e8, 4.2e4, 999)] == \
         ["310 EFLOP", "1.23 TFLOP", "805 MFLOP", "42 KFLOP", "999 FLOP"]
+
+
+def test_the_time_left_is_the_tokens_it_names_at_the_throughput_it_names():
+    from hypenet.halo.plan import time_left
+
+    seconds, line = time_left("stage2", 3_000_000, 1500.0, {"stage3": 6_000_000})
+    assert seconds == 6000.0
+    assert line == ("conversion: about 1.7 h of training left (estimate: 3,000,000 of stage2 + 6,000,000 of stage3 "
+                    "tokens at stage2's 1,500 tokens/s; stages differ in cost per token; selection and export not "
+                    "counted)")
+    seconds, line = time_left("stage3", 4096, 512.0, {})  # the last training stage: no caveat about the others
+    assert seconds == 8.0 and line == ("conversion: about 8 s of training left (estimate: 4,096 of stage3 tokens at "
+                                       "stage3's 512 tokens/s; selection and export not counted)")
+
+
+def test_a_stage_trains_its_budget_in_whole_steps(teacher_dir, tmp_path):
+    from hypenet.halo.plan import trained_tokens
+
+    config = resolve(config_for(teacher_dir, tmp_path / "run", "stage1.tokens=5000", "stage1.seq_len=256",
+                                "stage1.batch_size=4"), 10**6)
+    assert trained_tokens(config, "stage1") == 4096  # 4 steps of 4 x 256
+    assert trained_tokens(config, "stage2") == config.stage2.steps() * config.stage2.batch_size * config.stage2.seq_len

@@ -6,7 +6,8 @@ data parallelism nor checkpointed). The loop owns everything else: accelerate (o
 as `accelerate launch` configures it; under FSDP2 the modules the objective names in `_no_split_modules` are the
 shard units (`prepare_fsdp`); bf16 autocast on GPU, fp32 on CPU), AdamW (0.9, 0.95) without weight decay,
 a warmup + cosine (or constant) schedule, gradient clipping and accumulation, a tqdm bar with tokens/s and ETA,
-a JSON-lines loss log, optional TensorBoard, and resumable checkpoints.
+the stage's measured tokens/s every tenth of its steps for a caller's estimate (`RunSettings.progress`: the pipeline's
+time left of the whole conversion), a JSON-lines loss log, optional TensorBoard, and resumable checkpoints.
 
 Resumption: optimizer step s always trains on batch s of the stage's `PackedChunks` (the data order is a function
 of the step), so a run restored from the checkpoint of step s continues exactly where the interrupted one was.
@@ -31,6 +32,8 @@ import math
 import os
 import shutil
 import signal
+import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +46,7 @@ from accelerate.utils import DistributedType
 from accelerate.utils.memory import clear_device_cache
 from torch import nn
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..errors import first_line, is_out_of_memory
 from .compiling import compiled_layers, layers_to_compile
@@ -64,6 +68,10 @@ class RunSettings:
     mixed_precision: str = "no"  # "bf16" or "no"
     tensorboard_dir: Path | None = None
     after_step: Callable[[int], None] | None = None  # called with the step number after every optimizer step
+    # Called on the main process once this run's second step is measured, then every tenth of the stage's steps (not
+    # after its last: `progress_due`), with (steps done, the stage's steps, tokens/s: `measured_tokens_per_s`). The
+    # pipeline estimates the whole conversion's time left from it.
+    progress: Callable[[int, int, float], None] | None = None
     compile: bool = False  # torch.compile the layers the objective names (halo/compiling.py)
     deterministic: bool = False  # PyTorch's deterministic algorithms while training (`deterministic_algorithms`)
     # Gather the trained weights into TrainResult.state_dict at the end (a collective under FSDP / ZeRO-3). The
@@ -131,6 +139,28 @@ def lr_lambda(config: TrainConfig, total_steps: int):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return multiplier
+
+
+def progress_due(trained: int, done: int, steps: int) -> bool:
+    """Whether to report the measured throughput after step `done` of the stage's `steps`, the `trained`-th step of
+    this run: once two steps are measured (the first is warm-up), then at every tenth of the stage, but not at its
+    last step (nothing of it is left to estimate)."""
+    return done < steps and (trained == 2 or (trained > 2 and done % math.ceil(steps / 10) == 0))
+
+
+def measured_tokens_per_s(tokens_per_step: int, step_seconds: list[float]) -> float:
+    """Tokens per second at the median time of this run's last 20 steps, its first (warm-up, compilation) left out
+    when there are more."""
+    recent = (step_seconds[1:] if len(step_seconds) > 1 else step_seconds)[-20:]
+    return tokens_per_step / statistics.median(recent)
+
+
+def log_above_bar():
+    """Log lines printed above the progress bar instead of through it, where the root logger prints to the console
+    (as the `hypenet` command sets it up); otherwise logging is left as it is."""
+    console = any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+                  for h in logging.root.handlers)
+    return logging_redirect_tqdm(tqdm_class=tqdm) if console else contextlib.nullcontext()
 
 
 def latest_checkpoint(stage_dir: Path) -> Path | None:
@@ -282,7 +312,8 @@ def train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_di
     layers = layers_to_compile(objective) if run.compile else []
     if run.compile and not layers:
         log.info("%s: compile is on, but this stage's objective names no layers to compile; it runs eagerly", name)
-    with deterministic_algorithms(run.deterministic, name), compiled_layers(layers), StopOnSignal(name) as stop:
+    with (deterministic_algorithms(run.deterministic, name), compiled_layers(layers), StopOnSignal(name) as stop,
+          log_above_bar()):
         return _train(name, objective, config, chunks, Path(stage_dir), run, stop)
 
 
@@ -374,6 +405,7 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
     bar = tqdm(total=steps, initial=start, desc=name, unit="step", disable=not acc.is_main_process, dynamic_ncols=True)
     model.train()
     began = time.perf_counter()
+    step_seconds = []  # this run's
     stopping = False  # (a run resumed at its last step trains no step)
     for step, batch in enumerate(batches, start=start):
         tick = time.perf_counter()
@@ -430,6 +462,9 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
         loss_log.write(step=done, loss=step_loss, lr=lr, tokens=done * tokens_per_step, seconds=round(seconds, 4))
         bar.set_postfix(loss=f"{step_loss:.4g}", tok_s=f"{tokens_per_step / seconds:,.0f}", refresh=False)
         bar.update(1)
+        step_seconds.append(seconds)
+        if run.progress is not None and acc.is_main_process and progress_due(done - start, done, steps):
+            run.progress(done, steps, measured_tokens_per_s(tokens_per_step, step_seconds))
         if run.after_step is not None:
             run.after_step(done)
         stopping = stop.requested(acc)

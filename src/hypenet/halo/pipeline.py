@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import logging
@@ -104,6 +105,7 @@ class Conversion:
     def __init__(self, config: ConvertConfig, resume: bool = False):
         self.requested = config
         self.out = Path(config.out)
+        self.running: list[str] = []  # the stages this invocation runs (run_stages sets them)
         self.loading = 0.0  # seconds this invocation spent before its first stage (run_stages measures it)
         self.clock: StageClock | None = None  # the stage running
         if config.device == "cuda" and not torch.cuda.is_available():
@@ -210,8 +212,23 @@ class Conversion:
             if after_step is not None:
                 after_step(step)
 
-        settings = dataclasses.replace(self.settings, after_step=each_step)
+        estimate = None
+        if len(self.running) > 1:  # a conversion, not a stage alone: log its time left
+            from . import plan  # noqa: F401 (imported here, once, rather than within the training loop)
+
+            estimate = functools.partial(self.log_time_left, name, config.batch_size * config.seq_len)
+        settings = dataclasses.replace(self.settings, after_step=each_step, progress=estimate)
         return engine.train(name, objective, config, self.chunks(name), self.stage_dir(name), settings)
+
+    def log_time_left(self, name: str, tokens_per_step: int, done: int, steps: int, tokens_per_s: float) -> None:
+        """Log the estimate of the time this conversion's training takes from here (`plan.time_left`): stage `name`'s
+        remaining steps and the training stages after it that this invocation runs, at `name`'s measured
+        tokens_per_s (the engine's `RunSettings.progress`)."""
+        from .plan import TRAINED, time_left, trained_tokens
+
+        later = {stage: trained_tokens(self.config, stage) for stage in self.running[self.running.index(name) + 1:]
+                 if stage in TRAINED and self.done(stage) is None}
+        log.info("%s", time_left(name, (steps - done) * tokens_per_step, tokens_per_s, later)[1])
 
     def stage1_layers(self, name: str = stage1.LAYERS_FILE) -> dict[int, nn.Module]:
         """Stage 1's lightning students by layer (name=stage1.ATTENTION_LAYERS_FILE: its attention students, if any)."""
@@ -631,7 +648,7 @@ def _run_stages(config: ConvertConfig, stages: list[str], resume: bool, overwrit
     conv.state.wait_for_everyone()
     conv.record_config()
 
-    conv.loading = time.perf_counter() - began
+    conv.running, conv.loading = list(stages), time.perf_counter() - began
     for name in stages:
         conv.run_stage(name)
     report = conv.report()

@@ -49,6 +49,25 @@ MEASURED_MFU = {
 }
 
 
+def trained_tokens(config: ConvertConfig, name: str) -> int:
+    """The tokens training stage `name` of a resolved config trains: its steps of batch_size x seq_len tokens (its
+    budget rounded down to whole steps, as the report counts them)."""
+    stage = getattr(config, name)
+    return stage.steps() * stage.batch_size * stage.seq_len
+
+
+def time_left(stage: str, tokens_left: int, tokens_per_s: float, later: dict[str, int]) -> tuple[float, str]:
+    """(seconds, a line saying them) that a conversion's remaining training takes at the measured throughput of the
+    stage it is in: `tokens_left` of `stage`, then the `later` training stages' tokens (by name), all at `stage`'s
+    `tokens_per_s`. An estimate, and a rough one past this stage: stages differ in cost per token (a teacher forward
+    or not, other sequence lengths), and layer selection, export and loading are not in it."""
+    seconds = (tokens_left + sum(later.values())) / tokens_per_s
+    parts = [f"{tokens:,} of {name}" for name, tokens in {stage: tokens_left, **later}.items()]
+    rough = "; stages differ in cost per token" if later else ""
+    return seconds, (f"conversion: about {_duration(seconds)} of training left (estimate: {' + '.join(parts)} tokens "
+                     f"at {stage}'s {tokens_per_s:,.0f} tokens/s{rough}; selection and export not counted)")
+
+
 def teacher_config(spec: str):
     """The teacher's transformers config, read without its weights (a GGUF file's header, or its dequantised cache)."""
     location, gguf = resolve_teacher(spec)
