@@ -214,8 +214,6 @@ class Conversion:
 
         estimate = None
         if len(self.running) > 1:  # a conversion, not a stage alone: log its time left
-            from . import plan  # noqa: F401 (imported here, once, rather than within the training loop)
-
             estimate = functools.partial(self.log_time_left, name, config.batch_size * config.seq_len)
         settings = dataclasses.replace(self.settings, after_step=each_step, progress=estimate)
         return engine.train(name, objective, config, self.chunks(name), self.stage_dir(name), settings)
