@@ -289,6 +289,23 @@ def test_default_out_is_named_after_the_conversion_and_another_models_results_ar
     assert json.loads((tmp_path / "cmp" / "student" / "results.json").read_text())["model"] == "run_b/model"
 
 
+def test_a_run_is_named_after_the_conversion_from_inside_its_folders_too(tmp_path, monkeypatch):
+    """`hypenet eval model` in RUN (or `.` in RUN/model, `..` below it) names RUN, as `RUN/model` does: the label
+    was "model" (and "" for `.`, whose default --out was runs/eval itself)."""
+    from hypenet.eval.cli import model_label
+
+    (tmp_path / "run_a" / "model" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "run_a")
+    assert [model_label(spec) for spec in ("model", "./model", "model/")] == ["run_a"] * 3
+    monkeypatch.chdir(tmp_path / "run_a" / "model")
+    assert [model_label(spec) for spec in (".", "../model")] == ["run_a"] * 2
+    monkeypatch.chdir(tmp_path / "run_a" / "model" / "sub")
+    assert model_label("..") == "run_a"
+    monkeypatch.chdir(tmp_path / "run_a")
+    assert model_label(".") == "run_a"  # a folder not named model keeps its own name
+    assert model_label(str(tmp_path / "run_a" / "model" / "sub")) == "sub"
+
+
 def test_an_evaluation_replaced_resumed_when_finished_or_aimed_at_a_comparison(model_dir, tmp_path, capsys,
                                                                                monkeypatch):
     """The same model evaluated again into its folder with other evaluations: the earlier evaluation's plots and

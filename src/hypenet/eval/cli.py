@@ -6,6 +6,7 @@ import argparse
 import functools
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -540,12 +541,16 @@ def _niah_heatmaps(results: dict, name: str, out_dir: Path) -> list[Path]:
 
 def model_label(spec: str) -> str:
     """The model's name in reports and in the default --out: a folder's or hub id's last part (`Qwen3-1.7B`), a file's
-    name without its suffix, and for a converted model's `RUN/model` folder the conversion's name (RUN's)."""
+    name without its suffix, and for a converted model's `RUN/model` folder the conversion's name (RUN's). A local
+    folder is named by where it is, as given from the working folder: `model` or `./model` in RUN, `..` in RUN/model/x
+    and `.` in RUN/model are RUN too (not "model", or "" for `.`)."""
     if str(spec) in EMBEDDED_NAMES:
         return "teacher"
     path = Path(str(spec))
     if path.is_file():
         return path.stem
+    if path.is_dir():  # (absolute, `..` taken out as written: a symlinked run keeps the name it was given by)
+        path = Path(os.path.abspath(path))
     if path.name == "model" and path.parent.name not in ("", ".", ".."):  # hypenet convert's export folder
         return path.parent.name
     return path.name
