@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidInputError, MissingInputError
 from ..units import non_negative_float, positive_int
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # --dtype: torch's dtype of each name
 
 
 def load_hypenet(spec: str, dtype: torch.dtype, device: str | torch.device):
@@ -63,6 +65,7 @@ def register(subparsers) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    import torch
     from transformers import AutoTokenizer
 
     from ..eval.models import resolve_device
@@ -71,7 +74,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.prompt_file is not None and not args.prompt_file.is_file():
         raise MissingInputError(f"--prompt-file {args.prompt_file} does not exist")
     device = resolve_device(args.device)
-    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    dtype = getattr(torch, DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")])
     model, tokenizer = load_hypenet(args.model, dtype, device)
     if args.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)

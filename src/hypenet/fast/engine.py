@@ -42,9 +42,8 @@ from ..model.lightning import lightning_attention, lightning_attention_recurrent
 from ..model.modeling_hypenet import apply_rope, build_mixer_context
 from .attention import decode_attention, prefill_attention, programmatic_launch_usable, triton_available
 from .gemv import FUSION_PARTS, fusion_parts, is_tuned, loop_variant, project, tune
+from .options import DEFAULT_PREFILL_CHUNK
 from .recurrent import lightning_step
-
-DEFAULT_PREFILL_CHUNK = 65536
 
 # Inductor options of the compiled decode step. emulate_precision_casts: round every bf16/fp16 intermediate to its
 # dtype as eager PyTorch does (and the prefill and HypeNetForCausalLM.forward do), instead of keeping the values

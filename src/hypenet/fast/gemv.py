@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import programmatic_launch_options, triton_available
+from .options import FUSION_PARTS, fusion_parts
 
 
 def gemv_reference(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
@@ -324,26 +325,6 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None
 @gemv.register_fake
 def _(x, weight, norm_weight=None, eps=0.0, residual=None, swiglu=False, pdl=False):
     return x.new_empty(x.shape[0], weight.shape[0] // 2 if swiglu else weight.shape[0])
-
-
-# The work around a projection that `gemv_fused_kernel` can take in (`project`'s fuse, FastHypeNet's gemv_fusion)
-FUSION_PARTS = ("norm", "swiglu", "residual")
-
-
-def fusion_parts(spec) -> tuple[str, ...]:
-    """The parts of FUSION_PARTS named by spec: True (all), False / None / "" / "none" (none), a comma list
-    ("swiglu,residual") or an iterable of names; in FUSION_PARTS' order."""
-    if spec is True:
-        return FUSION_PARTS
-    if spec is False or spec is None:
-        return ()
-    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
-    names = [n for n in names if n and n != "none"]
-    unknown = sorted(set(names) - set(FUSION_PARTS))
-    if unknown:
-        raise ValueError(f"unknown gemv fusion part(s) {unknown}: choose among {', '.join(FUSION_PARTS)} "
-                         "(or True for all of them)")
-    return tuple(n for n in FUSION_PARTS if n in names)
 
 
 def project(x: torch.Tensor, module_or_weight, use_gemv: bool, norm: torch.nn.Module | None = None,
