@@ -10,6 +10,17 @@ pipeline  every stage in order, into one output folder; cli: the `hypenet conver
 """
 
 from .config import ConvertConfig, HaloError, load_config
-from .pipeline import STAGES, convert, run_stages
+
+_PIPELINE_NAMES = ("STAGES", "convert", "run_stages")
+
+
+def __getattr__(name: str):
+    """PEP 562: the pipeline (torch, accelerate) loads when first asked for, not with the command line's parser."""
+    if name in _PIPELINE_NAMES:
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["STAGES", "ConvertConfig", "HaloError", "convert", "load_config", "run_stages"]

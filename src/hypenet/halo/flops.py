@@ -6,12 +6,12 @@ before it starts; there the teacher is a meta-device skeleton, so nothing is com
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from ..teachers import build_hypenet_from_teacher
-from . import stage1, stage2, stage3
 from .config import ConvertConfig
+
+if TYPE_CHECKING:  # (torch and the stages load with the objectives; bench-train's parser reads the H200 figure)
+    from torch import nn
 
 H200_DENSE_BF16_TFLOPS = 989.4  # NVIDIA's H200 SXM dense bf16 figure
 FLOP_NOTE = (
@@ -26,6 +26,8 @@ FLOP_NOTE = (
 def matmul_parameters(*modules: nn.Module) -> int:
     """N of the 2N/6N count: parameters of the Linear layers of `modules`, each tensor once (a tied LM head is the
     embedding matrix: counted once, as the head; an embedding lookup does no matmul)."""
+    from torch import nn
+
     seen = {}
     for module in modules:
         for linear in (m for m in module.modules() if isinstance(m, nn.Linear)):
@@ -37,6 +39,11 @@ def build_objective(name: str, teacher, mixer_types: list[str], config: ConvertC
     """(the stage's objective, its FLOP terms [(what, factor, N)]) exactly as the pipeline builds them; the stage-2
     and stage-3 students come straight from the teacher (stage-1 layers and the stage-2 checkpoint have the same
     shapes as these fresh copies)."""
+    import torch
+
+    from ..teachers import build_hypenet_from_teacher
+    from . import stage1, stage2, stage3
+
     torch.manual_seed(config.seed)
     if name == "stage1":
         objective = stage1.LayerAlignment(teacher, config.stage1.align_attention)
