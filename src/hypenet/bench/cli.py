@@ -6,13 +6,10 @@ import argparse
 import difflib
 from pathlib import Path
 
-import torch
-
 from ..errors import InvalidInputError
-from ..fast import DEFAULT_PREFILL_CHUNK
-from ..fast.gemv import FUSION_PARTS, fusion_parts
+from ..fast.cli import DTYPES
+from ..fast.options import DEFAULT_PREFILL_CHUNK, FUSION_PARTS, fusion_parts
 from ..units import non_negative_int, positive_float, positive_int, token_list, tokens
-from .run import DTYPES, BenchSettings, run
 from .shapes import SHAPES
 
 
@@ -100,6 +97,10 @@ def within_contexts(given: list[int] | None, default: list[int], contexts: list[
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .run import BenchSettings, run
+
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise InvalidInputError("hypenet bench times the models on a GPU and none is visible; pass --device cpu "
                                 "with a tiny shape or a small model and small --contexts (e.g. tiny-hypenet --contexts "

@@ -33,13 +33,12 @@ from ..errors import first_line, is_out_of_memory
 from ..eval.cli import model_label
 from ..eval.plots import length_label
 from ..fast import DEFAULT_PREFILL_CHUNK, FastHypeNet
-from ..fast.cli import load_hypenet
+from ..fast.cli import DTYPES, load_hypenet
 from ..fast.engine import MAX_AUTOTUNE
 from . import measure
 from .profile import profile_calls
 from .shapes import HYPENET_SHAPES, TEACHER_SHAPES, hypenet_config, random_model, teacher_config
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Rough rates for the time-budget guess only (H200 bf16: attention kernels / dense matmuls), never reported. A slower
 # device (a CPU, a smaller GPU) scales both down by its measured matmul rate (Bench.run).
 _ASSUMED_ATTENTION_FLOPS, _ASSUMED_MATMUL_FLOPS, _ASSUMED_SETUP_S = 4.5e14, 5e14, 90.0
@@ -107,7 +106,7 @@ class Bench:
     def __init__(self, settings: BenchSettings):
         self.settings = settings
         self.device = torch.device(settings.device)
-        self.dtype = DTYPES[settings.dtype]
+        self.dtype = getattr(torch, DTYPES[settings.dtype])
         self.deadline = time.monotonic() + settings.time_budget_s
         self.results: list[dict] = []
         self.meta = {"command": " ".join(sys.argv), "settings": _jsonable(asdict(settings)),

@@ -9,12 +9,13 @@ dtype. "tiny-*" shapes are for tests on the CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import Qwen3Config
+if TYPE_CHECKING:  # (the shapes' names and sizes are read by the command line's parser, before torch loads)
+    import torch
+    from transformers import Qwen3Config
 
-from ..model import HypeNetConfig, HypeNetForCausalLM
-from ..teachers import hypenet_config_from_teacher
+    from ..model import HypeNetConfig
 
 _QWEN3_COMMON = dict(vocab_size=151936, max_position_embeddings=40960, rms_norm_eps=1e-6, hidden_act="silu",
                      rope_parameters={"rope_type": "default", "rope_theta": 1e6})
@@ -65,6 +66,8 @@ def check_shape(name: str) -> str:
 
 
 def teacher_config(name: str) -> Qwen3Config:
+    from transformers import Qwen3Config
+
     return Qwen3Config(**TEACHER_SHAPES[check_shape(name)])
 
 
@@ -74,6 +77,8 @@ def hypenet_config(name: str) -> HypeNetConfig:
     The all-attention form (RoPE on, no output gate, no logit scaling, the teacher's QK-norm) computes exactly what
     the Qwen3 teacher computes, so the fast engine can run the teacher.
     """
+    from ..teachers import hypenet_config_from_teacher
+
     if check_shape(name) in TEACHER_SHAPES:
         config = teacher_config(name)
         return hypenet_config_from_teacher(config, ["attention"] * config.num_hidden_layers,
@@ -86,7 +91,10 @@ def hypenet_config(name: str) -> HypeNetConfig:
 
 def random_model(config, device: torch.device | str, dtype: torch.dtype, attn_implementation: str = "sdpa"):
     """A causal LM of `config` (HypeNetConfig or a transformers config) with random weights, made on `device`."""
+    import torch
     from transformers import AutoModelForCausalLM
+
+    from ..model import HypeNetConfig, HypeNetForCausalLM
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # initialise in the target dtype: no fp32 copy of a multi-GB model

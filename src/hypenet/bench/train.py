@@ -25,19 +25,15 @@ import tempfile
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from accelerate import PartialState
-
-from ..data import PackedChunks
 from ..errors import first_line, is_out_of_memory
-from ..halo import engine
 from ..halo.config import HaloError, load_config, resolve
-from ..halo.flops import FLOP_NOTE, H200_DENSE_BF16_TFLOPS, build_objective
-from .profile import StepProfiler
-from .run import free_memory, machine_info
+from ..halo.flops import H200_DENSE_BF16_TFLOPS
 from .shapes import HYPENET_SHAPES, random_model, teacher_config
+
+if TYPE_CHECKING:  # (torch, accelerate and the engine load with a run, not with the command line's parser)
+    import torch
 
 STAGES = ("stage1", "stage2", "stage3")
 MEASURED_MATMUL_TFLOPS = 790.0  # an 8192^3 bf16 matmul through PyTorch on the H200 we run on (device README)
@@ -74,6 +70,8 @@ def check_settings(settings: TrainBenchSettings) -> None:
                         f"{settings.warmup_steps}): the profiled last step is left out of the median")
     if settings.device not in ("cuda", "cpu"):
         raise HaloError(f"device must be 'cuda' or 'cpu'; got {settings.device!r}")
+    import torch
+
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise HaloError("no GPU is visible; use --device cpu (with a tiny shape, e.g. tiny-hypenet)")
 
@@ -82,7 +80,9 @@ def read_loss_log(stage_dir: Path) -> tuple[list[dict], list[dict]]:
     """The engine's per-step records (step, loss, lr, tokens, seconds), and its out-of-memory back-offs ({"step",
     "micro_batch_size"}: the step that ran out of memory and the micro batch it went on with; none when every step
     fitted or the micro batch was set), each in order."""
-    records = [json.loads(line) for line in (stage_dir / engine.LOSS_LOG).read_text().splitlines()]
+    from ..halo.engine import LOSS_LOG
+
+    records = [json.loads(line) for line in (stage_dir / LOSS_LOG).read_text().splitlines()]
     steps = [r for r in records if "step" in r and "event" not in r]
     shrinks = [{"step": r["step"], "micro_batch_size": r["micro_batch_size"]}
                for r in records if r.get("event") == "micro_batch"]
@@ -97,6 +97,8 @@ def launch_settings() -> dict:
 
 def peak_memory_gib(device: torch.device) -> float | None:
     """This stage's peak allocated memory on the busiest of the processes' GPUs (None on the CPU)."""
+    import torch
+
     if device.type != "cuda":
         return None
     peak = torch.tensor(float(torch.cuda.max_memory_allocated(device)), device=device)
@@ -143,6 +145,16 @@ def stage_row(name: str, train_config, terms, log: list[dict], settings: TrainBe
 
 def run(settings: TrainBenchSettings) -> dict:
     """Benchmark the requested stages in pipeline order; returns the report (also written to settings.out)."""
+    import numpy as np
+    import torch
+    from accelerate import PartialState
+
+    from ..data import PackedChunks
+    from ..halo import engine
+    from ..halo.flops import FLOP_NOTE, build_objective
+    from .profile import StepProfiler
+    from .run import free_memory, machine_info
+
     check_settings(settings)
     processes = PartialState(cpu=settings.device == "cpu")  # one, or those `accelerate launch` started
     device = processes.device  # this process's GPU
@@ -312,6 +324,8 @@ def register(subparsers) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     settings = TrainBenchSettings(shape=args.shape, stages=args.stages, steps=args.steps,
                                   warmup_steps=args.warmup_steps, overrides=args.overrides, device=args.device,
                                   peak_tflops=args.peak_tflops, out=args.out, profile=args.profile)

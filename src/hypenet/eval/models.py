@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from hypenet.errors import InvalidInputError
-from hypenet.teachers.load import checkpoint_location, load_tokenizer
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+# torch's dtype of each name (torch loads with a model, not with the command line's parser, which reads these names)
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16",
+           "fp16": "float16"}
 DTYPE_NAMES = ("auto", *_DTYPES)  # what --dtype accepts
 
 
 def resolve_device(device: str | None) -> torch.device:
     """The device asked for (None: CUDA when a GPU is visible, else the CPU); a CUDA device without a GPU is refused."""
+    import torch
+
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -30,13 +34,15 @@ def resolve_device(device: str | None) -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """bf16 on GPU, fp32 on CPU unless asked otherwise."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'.")
-    return _DTYPES[dtype]
+    return getattr(torch, _DTYPES[dtype])
 
 
 def is_hypenet(config) -> bool:
@@ -85,6 +91,8 @@ def load_model_for_eval(spec: str | Path, device: str | None = None, dtype: str 
     logit_scaling_base (a HypeNet model only; a number > 1, or "off") replaces the checkpoint's own base; None keeps it.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hypenet.teachers.load import checkpoint_location, load_tokenizer
 
     directory = checkpoint_location(spec)  # 'teacher' is the embedded model; a GGUF file is dequantised once
     location = {"trust_remote_code": True}
