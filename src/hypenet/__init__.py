@@ -1,20 +1,22 @@
 """hypenet: convert a pretrained Transformer into a HypeNet hybrid with the HALO pipeline.
 
-Importing hypenet registers HypeNet with transformers' Auto classes.
+Importing the model (`from hypenet import HypeNetForCausalLM`, or anything from `hypenet.model`) registers HypeNet with
+transformers' Auto classes. `import hypenet` alone imports neither torch nor transformers, so that the `hypenet`
+command answers --help and argument errors at once.
 """
-
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-from .model import HypeNetConfig, HypeNetForCausalLM, HypeNetModel
 
 __version__ = "0.1.0"
 
-AutoConfig.register("hypenet", HypeNetConfig, exist_ok=True)
-AutoModel.register(HypeNetConfig, HypeNetModel, exist_ok=True)
-AutoModelForCausalLM.register(HypeNetConfig, HypeNetForCausalLM, exist_ok=True)
-# save_pretrained writes auto_map and copies the modeling files, so checkpoints load with trust_remote_code alone.
-HypeNetConfig.register_for_auto_class()
-HypeNetModel.register_for_auto_class("AutoModel")
-HypeNetForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+_MODEL_NAMES = ("HypeNetConfig", "HypeNetForCausalLM", "HypeNetModel")
+
+
+def __getattr__(name: str):
+    """PEP 562: the model (torch, transformers) loads when first asked for."""
+    if name in _MODEL_NAMES:
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["HypeNetConfig", "HypeNetForCausalLM", "HypeNetModel", "__version__"]
