@@ -1,10 +1,13 @@
 """What the `hypenet` command imports: --help and argument errors answer without torch, transformers, accelerate or
-DeepSpeed (importing them took 5 s)."""
+DeepSpeed (importing them took 5 s), and DeepSpeed, which accelerate imports wherever it is installed, stays
+quiet about finding no GPU in a run that does not use it."""
 
 import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 FRAMEWORKS = {"torch", "transformers", "accelerate", "deepspeed", "numpy", "matplotlib", "triton"}
 
@@ -58,3 +61,46 @@ def test_the_package_and_its_model_classes_load_on_demand():
         print("ok")
     """)
     assert result.returncode == 0 and result.stdout.split()[-1] == "ok", result.stderr[-3000:]
+
+
+def test_a_cpu_benchmark_does_not_import_deepspeed(tmp_path):
+    result = run_python(f"""
+        import sys
+        from hypenet.cli import main
+
+        assert main(["bench", "tiny-hypenet", "--device", "cpu", "--contexts", "64", "--decode-tokens", "2",
+                     "--warmup-tokens", "1", "--no-compile", "--out", {str(tmp_path)!r}]) == 0
+        print(",".join(sorted({{name.split(".")[0] for name in sys.modules}})))
+    """)
+    assert "torch" in loaded_frameworks(result) and "deepspeed" not in loaded_frameworks(result)
+
+
+def test_deepspeed_imported_by_accelerate_is_quiet_unless_the_run_uses_it(tmp_path):
+    """A conversion imports DeepSpeed through accelerate's extract_model_from_parallel (Accelerator.get_state_dict,
+    save_pretrained) wherever it is installed; its import warns on a machine without a GPU. Under the hypenet
+    command that warning is dropped, unless accelerate launched the run with DeepSpeed."""
+    pytest.importorskip("deepspeed")
+    code = """
+        import contextlib, io, sys
+        import torch
+        from accelerate.utils import extract_model_from_parallel
+        from hypenet.cli import main
+
+        if sys.argv[1:] == ["cli"]:  # a command that runs (and here ends on a missing model) sets the filter
+            with contextlib.redirect_stderr(io.StringIO()):
+                assert main(["eval", "no-such-model-folder/"]) == 2
+        extract_model_from_parallel(torch.nn.Linear(2, 2))  # what a conversion's gathering and export call
+        assert "deepspeed" in sys.modules
+    """
+    notice = "Setting accelerator to CPU"
+
+    def output(*args, **env) -> str:
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
+                                timeout=300, env={**os.environ, **env}, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout + result.stderr
+
+    if notice not in output("plain"):
+        pytest.skip("DeepSpeed found an accelerator here: it has no notice to drop")
+    assert notice not in output("cli")
+    assert notice in output("cli", ACCELERATE_USE_DEEPSPEED="true")

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from .errors import exit_code
+
+# DeepSpeed's warning when it finds no GPU, which its import logs (to stdout) wherever it is installed
+DEEPSPEED_NO_GPU_NOTICE = "Setting accelerator to CPU"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +35,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_deepspeed_unless_used() -> None:
+    """Drop DeepSpeed's "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect
+    it." from a run that does not use DeepSpeed (one that accelerate did not launch with it).
+
+    hypenet imports DeepSpeed only for a DeepSpeed run, but accelerate imports it wherever it is installed:
+    `extract_model_from_parallel` (behind `Accelerator.get_state_dict` and `unwrap_model`, and transformers'
+    `save_pretrained`) runs `from deepspeed import DeepSpeedEngine` to check for a DeepSpeed-wrapped model whenever
+    `is_deepspeed_available()`. A conversion gathers each stage's weights and saves the export through them, so a CPU
+    conversion imports DeepSpeed (at the end of stage 1) and its import logs that line. Nothing is imported here:
+    DeepSpeed's logger is taken by its name, and keeps this filter when DeepSpeed sets it up."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":  # (as accelerate reads it)
+        return
+    logging.getLogger("DeepSpeed").addFilter(_not_the_no_gpu_notice)  # (once: a logger keeps one of each filter)
+
+
+def _not_the_no_gpu_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(DEEPSPEED_NO_GPU_NOTICE)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -41,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         split = any(a == "--set" and argv[i + 2:i + 3] and argv[i + 2] in unknown for i, a in enumerate(argv))
         hint = " (--set takes KEY=VALUE as one argument)" if split else ""
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    quiet_deepspeed_unless_used()
     return exit_code(lambda: args.func(args))  # an input the user must fix: one line, no traceback
 
 
