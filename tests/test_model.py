@@ -24,7 +24,6 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-import hypenet  # noqa: F401  (registers the Auto classes)
 from hypenet.model import HypeNetCache, HypeNetConfig, HypeNetForCausalLM
 from hypenet.model.lightning import alibi_log_decay
 from hypenet.model.modeling_hypenet import HypeNetLightningLayer
