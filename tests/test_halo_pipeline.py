@@ -23,6 +23,7 @@ import yaml
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -35,7 +36,7 @@ from transformers import (
 from hypenet.cli import main
 from hypenet.eval.models import load_model_for_eval
 from hypenet.halo import pipeline
-from hypenet.halo.config import HaloError, load_config
+from hypenet.halo.config import HaloError, load_config, read_config, resolve
 from hypenet.halo.pipeline import convert, run_stages
 from hypenet.halo.stage1 import LayerAlignment
 
@@ -412,29 +413,35 @@ def test_wall_times_add_up_every_invocation_of_a_stopped_and_resumed_conversion(
     assert not list(out.glob("stages/*/wall_time.json"))  # (done.json holds it once a stage is done)
 
 
-def parse_estimate(line: str) -> tuple[str, str, dict[str, int], float]:
-    """(the time it says, the stage measured, the tokens it names by stage, its tokens/s) of an estimate's line."""
-    said, parts, stage, rate = re.fullmatch(
-        r"conversion: about (.+) of training left \(estimate: (.+) tokens at (\w+)'s ([\d,]+) tokens/s(; stages differ "
-        r"in cost per token)?; selection and export not counted\)", line).groups()[:4]
-    tokens = {name: int(count.replace(",", "")) for count, name in
-              (part.split(" of ") for part in parts.split(" + "))}
-    return said, stage, tokens, float(rate.replace(",", ""))
+def parse_estimate(line: str) -> tuple[str, str, dict[str, int], dict[str, float]]:
+    """(the time it says, the stage measured, the tokens it names by stage, their tokens/s by stage) of an estimate's
+    line."""
+    said, parts = re.fullmatch(
+        r"conversion: about (.+) of training left \(estimate: (.+?)(; the later stages' .+)?; selection and export not "
+        r"counted\)", line).groups()[:2]
+    named = [re.fullmatch(r"([\d,]+) (?:tokens )?of (\w+) at (?:its measured )?([\d,]+)(?: tokens/s)?", part).groups()
+             for part in parts.split(", then ")]
+    tokens = {name: int(count.replace(",", "")) for count, name, _ in named}
+    rates = {name: float(rate.replace(",", "")) for _, name, rate in named}
+    return said, named[0][1], tokens, rates
 
 
 def test_the_conversion_logs_its_time_left_from_the_stages_tokens_and_measured_throughput(stopped_and_resumed):
     """At every tenth of a training stage (not at its last step), the line of the whole conversion's estimate: the
     tokens left in this stage and those of the training stages after it (not those done: the resumed run's stage 2
     names stage 3 alone), at this stage's tokens/s (its logged step times' median, this invocation's first step left
-    out), and the time those take."""
-    from hypenet.halo.plan import _duration
+    out) and the later ones' at that over their cost per token relative to it (`plan.relative_costs`, on this CPU the
+    ratio of model FLOPs per token), and the time those take."""
+    from hypenet.halo.plan import _duration, relative_costs
 
     report, out = stopped_and_resumed["report"], stopped_and_resumed["out"]
     budgets = {name: stage["tokens"] for name, stage in report["stages"].items()}  # 4096, 8192, 2048
+    config = resolve(load_config(base=read_config(out / "config.yaml")), report["teacher_parameters"])
+    teacher_cfg = AutoConfig.from_pretrained(report["teacher"])
     seen = []
     for invocation, lines in enumerate(stopped_and_resumed["logs"]):
         estimates = [parse_estimate(line) for line in lines if line.startswith("conversion: about")]
-        for said, stage, tokens, rate in estimates:
+        for said, stage, tokens, rates in estimates:
             seen.append((invocation, stage))
             records = read_losses(out / "stages" / stage)
             resumes = [i for i, r in enumerate(records) if r.get("event") == "resume"]
@@ -446,8 +453,12 @@ def test_the_conversion_logs_its_time_left_from_the_stages_tokens_and_measured_t
             done = steps - tokens[stage] // per_step
             assert tokens[stage] == (steps - done) * per_step
             seconds = [r["seconds"] for r in run if "loss" in r and r["step"] <= done]
-            assert rate == pytest.approx(per_step / statistics.median(seconds[1:][-20:]), rel=5e-3, abs=0.5)
-            left = sum(tokens.values()) / rate
+            rate = per_step / statistics.median(seconds[1:][-20:])
+            assert rates[stage] == pytest.approx(rate, rel=5e-3, abs=0.5)
+            cost = relative_costs(teacher_cfg, config, stage, gpu=False)
+            for name in later:
+                assert rates[name] == pytest.approx(rate / cost[name], rel=5e-3, abs=0.5)
+            left = sum(tokens[name] / rates[name] for name in tokens)
             assert said in {_duration(left * f) for f in (0.99, 1, 1.01)}
     # once two steps are measured, then at every tenth of the stage, in every stage each invocation trains
     assert sorted(set(seen)) == [(0, "stage1"), (0, "stage2"), (1, "stage2"), (1, "stage3")]

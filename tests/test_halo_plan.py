@@ -240,12 +240,39 @@ def test_the_time_left_is_the_tokens_it_names_at_the_throughput_it_names():
 
     seconds, line = time_left("stage2", 3_000_000, 1500.0, {"stage3": 6_000_000})
     assert seconds == 6000.0
-    assert line == ("conversion: about 1.7 h of training left (estimate: 3,000,000 of stage2 + 6,000,000 of stage3 "
-                    "tokens at stage2's 1,500 tokens/s; stages differ in cost per token; selection and export not "
-                    "counted)")
+    assert line == ("conversion: about 1.7 h of training left (estimate: 3,000,000 tokens of stage2 at its measured "
+                    "1,500 tokens/s, then 6,000,000 of stage3 at 1,500; the later stages' at this one's, though stages "
+                    "differ in cost per token; selection and export not counted)")
+    # with each later stage's cost per token relative to this one's: its tokens/s divided by it
+    seconds, line = time_left("stage1", 3_000, 1500.0, {"stage2": 6_000, "stage3": 1_500},
+                              {"stage1": 1.0, "stage2": 2.5, "stage3": 2.0})
+    assert seconds == 2 + 6_000 / 600 + 1_500 / 750
+    assert line == ("conversion: about 14 s of training left (estimate: 3,000 tokens of stage1 at its measured 1,500 "
+                    "tokens/s, then 6,000 of stage2 at 600, then 1,500 of stage3 at 750; the later stages' tokens/s "
+                    "inferred from this one's by their model FLOPs per token (on a GPU also bench-train's MFU); "
+                    "selection and export not counted)")
     seconds, line = time_left("stage3", 4096, 512.0, {})  # the last training stage: no caveat about the others
-    assert seconds == 8.0 and line == ("conversion: about 8 s of training left (estimate: 4,096 of stage3 tokens at "
-                                       "stage3's 512 tokens/s; selection and export not counted)")
+    assert seconds == 8.0 and line == ("conversion: about 8 s of training left (estimate: 4,096 tokens of stage3 at "
+                                       "its measured 512 tokens/s; selection and export not counted)")
+
+
+def test_the_stages_relative_cost_is_their_flops_per_token_and_on_a_gpu_the_measured_mfu(teacher_dir, tmp_path):
+    """The cost per token that turns one stage's measured tokens/s into the others': the plan's FLOPs per token, and
+    on a GPU over bench-train's MFU of each stage (stage 1 runs at a lower MFU there)."""
+    from hypenet.halo.plan import nearest_mfu, relative_costs
+
+    config = config_for(teacher_dir, tmp_path / "run")
+    plan = make_plan(config)
+    per_token = {row["stage"]: row["flops"] / row["tokens"] for row in plan["stages"]}
+    teacher_cfg = Qwen3Config.from_pretrained(teacher_dir)
+    resolved = resolve(config, plan["teacher"]["parameters"])
+    cpu = relative_costs(teacher_cfg, resolved, "stage1", gpu=False)
+    assert cpu == pytest.approx({name: per_token[name] / per_token["stage1"] for name in per_token}, rel=1e-12)
+    assert cpu["stage1"] == 1 and cpu["stage2"] > 1  # stage 2 trains the whole student beside the teacher
+    mfu = dict(zip(("stage1", "stage2", "stage3"), nearest_mfu(plan["teacher"]["parameters"], False)[1]))
+    gpu = relative_costs(teacher_cfg, resolved, "stage2", gpu=True)
+    assert gpu == pytest.approx({name: (per_token[name] / mfu[name]) / (per_token["stage2"] / mfu["stage2"])
+                                 for name in per_token}, rel=1e-12)
 
 
 def test_a_stage_trains_its_budget_in_whole_steps(teacher_dir, tmp_path):

@@ -38,6 +38,7 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType
 from torch import nn
 
+from ..errors import first_line
 from ..model import HypeNetForCausalLM
 from ..teachers import hypenet_config_from_teacher, load_teacher
 from ..teachers.transfer import sliding_window
@@ -226,7 +227,21 @@ class Conversion:
 
         later = {stage: trained_tokens(self.config, stage) for stage in self.running[self.running.index(name) + 1:]
                  if stage in TRAINED and self.done(stage) is None}
-        log.info("%s", time_left(name, (steps - done) * tokens_per_step, tokens_per_s, later)[1])
+        cost = self.relative_costs(name) if later else None
+        log.info("%s", time_left(name, (steps - done) * tokens_per_step, tokens_per_s, later, cost)[1])
+
+    @functools.cache  # (worked out once per stage; one Conversion per run)
+    def relative_costs(self, name: str) -> dict[str, float] | None:
+        """The training stages' time per token relative to stage `name`'s (`plan.relative_costs`), or None when it
+        cannot be worked out (the estimate then takes the later stages at `name`'s tokens/s, and says so)."""
+        from .plan import relative_costs
+
+        try:
+            return relative_costs(self.teacher.config, self.config, name, gpu=self.state.device.type == "cuda")
+        except Exception as error:  # an estimate must not stop a conversion
+            log.warning("conversion: the later stages' cost per token is unknown (%s); the estimate takes them at "
+                        "%s's tokens/s", first_line(error), name)
+            return None
 
     def stage1_layers(self, name: str = stage1.LAYERS_FILE) -> dict[int, nn.Module]:
         """Stage 1's lightning students by layer (name=stage1.ATTENTION_LAYERS_FILE: its attention students, if any)."""

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..eval.models import head_dim, kv_cache_bytes_per_token, recurrent_state_bytes
@@ -56,16 +57,52 @@ def trained_tokens(config: ConvertConfig, name: str) -> int:
     return stage.steps() * stage.batch_size * stage.seq_len
 
 
-def time_left(stage: str, tokens_left: int, tokens_per_s: float, later: dict[str, int]) -> tuple[float, str]:
-    """(seconds, a line saying them) that a conversion's remaining training takes at the measured throughput of the
-    stage it is in: `tokens_left` of `stage`, then the `later` training stages' tokens (by name), all at `stage`'s
-    `tokens_per_s`. An estimate, and a rough one past this stage: stages differ in cost per token (a teacher forward
-    or not, other sequence lengths), and layer selection, export and loading are not in it."""
-    seconds = (tokens_left + sum(later.values())) / tokens_per_s
-    parts = [f"{tokens:,} of {name}" for name, tokens in {stage: tokens_left, **later}.items()]
-    rough = "; stages differ in cost per token" if later else ""
-    return seconds, (f"conversion: about {_duration(seconds)} of training left (estimate: {' + '.join(parts)} tokens "
-                     f"at {stage}'s {tokens_per_s:,.0f} tokens/s{rough}; selection and export not counted)")
+def time_left(stage: str, tokens_left: int, tokens_per_s: float, later: dict[str, int],
+              cost: dict[str, float] | None = None) -> tuple[float, str]:
+    """(seconds, a line saying them) that a conversion's remaining training takes: `tokens_left` of `stage` at its
+    measured `tokens_per_s`, then the `later` training stages' tokens (by name), each at `stage`'s tokens/s divided by
+    its `cost` per token relative to `stage`'s (`relative_costs`; without it, 1: the same tokens/s). An estimate:
+    layer selection, export and loading are not in it, and a later stage's speed is inferred, not measured."""
+    cost = cost or {}
+    rates = {name: tokens_per_s / cost.get(name, 1.0) for name in later}
+    seconds = tokens_left / tokens_per_s + sum(tokens / rates[name] for name, tokens in later.items())
+    parts = [f"{tokens_left:,} tokens of {stage} at its measured {tokens_per_s:,.0f} tokens/s"]
+    parts += [f"{tokens:,} of {name} at {rates[name]:,.0f}" for name, tokens in later.items()]
+    basis = ""
+    if later:
+        basis = ("; the later stages' tokens/s inferred from this one's by their model FLOPs per token (on a GPU "
+                 "also bench-train's MFU)" if cost else
+                 "; the later stages' at this one's, though stages differ in cost per token")
+    return seconds, (f"conversion: about {_duration(seconds)} of training left (estimate: {', then '.join(parts)}"
+                     f"{basis}; selection and export not counted)")
+
+
+def stage_objectives(teacher, config: ConvertConfig) -> list[tuple[str, nn.Module, int]]:
+    """(name, objective, model FLOPs per token) of each training stage of a resolved config, built on the meta device
+    from a meta-device `teacher` (shapes only: no memory, no weights)."""
+    layers = teacher.config.num_hidden_layers
+    attention = attention_layer_count(config, layers)
+    # which layers keep attention changes no shape, so any `attention` of them give the student's counts
+    mixer_types = ["attention" if i < attention else "lightning" for i in range(layers)]
+    built = []
+    with torch.device("meta"):
+        for name in TRAINED:
+            objective, terms = build_objective(name, teacher, mixer_types, config)
+            built.append((name, objective, sum(factor * n for _, factor, n in terms)))
+    return built
+
+
+def relative_costs(teacher_cfg, config: ConvertConfig, stage: str, gpu: bool) -> dict[str, float]:
+    """Each training stage's time per token relative to `stage`'s: the ratio of their model FLOPs per token, and on a
+    GPU also of the MFU bench-train measured on one H200 for the nearest teacher shape (`MEASURED_MFU`: stage 1
+    reaches a third of stage 2's there). On a CPU the FLOPs alone (the README's CPU conversion: stage 1 ran at 260
+    tokens/s, stage 2 at 87, 2.6x the FLOPs per token)."""
+    with torch.device("meta"):
+        teacher = AutoModelForCausalLM.from_config(teacher_cfg)
+    teacher_parameters = sum(p.numel() for p in teacher.parameters())
+    per_token = {name: flops for name, _, flops in stage_objectives(teacher, config)}
+    mfu = dict(zip(TRAINED, nearest_mfu(teacher_parameters, config.compile)[1])) if gpu else dict.fromkeys(TRAINED, 1)
+    return {name: (per_token[name] / mfu[name]) / (per_token[stage] / mfu[stage]) for name in TRAINED}
 
 
 def teacher_config(spec: str):
@@ -158,28 +195,24 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
     except ValueError as error:
         raise HaloError(str(error)) from None
     attention = attention_layer_count(resolved, layers)
-    # which layers keep attention changes no shape, so any `attention` of them give the student's counts
-    mixer_types = ["attention" if i < attention else "lightning" for i in range(layers)]
     size, mfu = nearest_mfu(teacher_parameters, resolved.compile)
     on_cpu = resolved.device == "cpu" or (resolved.device == "auto" and not torch.cuda.is_available())
 
     rows, student = [], None
-    with torch.device("meta"):
-        for index, name in enumerate(TRAINED):
-            stage = getattr(resolved, name)
-            objective, terms = build_objective(name, teacher, mixer_types, resolved)
-            if name == "stage2":
-                student = objective.student
-            flops = stage.tokens * sum(factor * n for _, factor, n in terms)
-            trained = sum(p.numel() for p in objective.parameters() if p.requires_grad)
-            teacher_bytes = teacher_parameters * (4 if on_cpu else 2) if name in USES_TEACHER else 0  # bf16 on GPU
-            rows.append({
-                "stage": name, "tokens": stage.tokens, "seq_len": stage.seq_len, "batch_size": stage.batch_size,
-                "micro_batch_size": stage.micro_batch_size, "steps": stage.steps(), "lr": stage.lr,
-                "schedule": stage.schedule, "flops": flops, "mfu": mfu[index],
-                "h200_hours": flops / (mfu[index] * H200_DENSE_BF16_TFLOPS * 1e12) / 3600,
-                "static_bytes": trained * TRAINED_BYTES + teacher_bytes,
-            })
+    for index, (name, objective, per_token) in enumerate(stage_objectives(teacher, resolved)):
+        stage = getattr(resolved, name)
+        if name == "stage2":
+            student = objective.student
+        flops = stage.tokens * per_token
+        trained = sum(p.numel() for p in objective.parameters() if p.requires_grad)
+        teacher_bytes = teacher_parameters * (4 if on_cpu else 2) if name in USES_TEACHER else 0  # bf16 on GPU
+        rows.append({
+            "stage": name, "tokens": stage.tokens, "seq_len": stage.seq_len, "batch_size": stage.batch_size,
+            "micro_batch_size": stage.micro_batch_size, "steps": stage.steps(), "lr": stage.lr,
+            "schedule": stage.schedule, "flops": flops, "mfu": mfu[index],
+            "h200_hours": flops / (mfu[index] * H200_DENSE_BF16_TFLOPS * 1e12) / 3600,
+            "static_bytes": trained * TRAINED_BYTES + teacher_bytes,
+        })
     planned = [row for row in rows if row["stage"] in stages]
     replaced = STAGES[STAGES.index(stages[0]):] if overwrite else ()
 
