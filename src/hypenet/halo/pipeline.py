@@ -237,7 +237,8 @@ class Conversion:
         from .plan import relative_costs
 
         try:
-            return relative_costs(self.teacher.config, self.config, name, gpu=self.state.device.type == "cuda")
+            with unsharded_loading():  # (the main process alone builds the meta-device objectives, also under ZeRO-3)
+                return relative_costs(self.teacher.config, self.config, name, gpu=self.state.device.type == "cuda")
         except Exception as error:  # an estimate must not stop a conversion
             log.warning("conversion: the later stages' cost per token is unknown (%s); the estimate takes them at "
                         "%s's tokens/s", first_line(error), name)
