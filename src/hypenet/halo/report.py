@@ -55,9 +55,18 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines + ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
 
 
-def _stages_section(stages: dict) -> list[str]:
+def _stages_section(stages: dict, report: dict | None = None) -> list[str]:
+    """The training stages' table, in pipeline order with the layer selection's and the export's rows (their wall
+    time), and a last row of the loading, so that the wall times add up to the report's `wall_time_s`."""
+    report = report or {}
+    untrained = {"select": report.get("selection"), "export": report.get("export")}
+    order = [n for n in ("stage1", "select", "stage2", "stage3", "export") if n in stages or untrained.get(n)]
     rows = []
-    for name, stage in stages.items():
+    for name in order + [n for n in stages if n not in order]:
+        if name not in stages:
+            rows.append([name, None, None, untrained[name].get("wall_time_s"), None, None, None])
+            continue
+        stage = stages[name]
         losses = stage.get("losses") or []
         # how it ran (older runs did not record it), with the ZeRO stage under DeepSpeed
         zero = f", ZeRO-{stage['zero_stage']}" if "zero_stage" in stage else ""
@@ -68,9 +77,11 @@ def _stages_section(stages: dict) -> list[str]:
             name, stage.get("tokens"), stage.get("steps"), stage.get("wall_time_s"),
             losses[0][1] if losses else None, losses[-1][1] if losses else None, ran_on,
         ])
+    if report.get("loading_time_s") is not None:
+        rows.append(["loading (teacher, data)", None, None, report["loading_time_s"], None, None, None])
     note = ("Wall time: the seconds spent in each stage (building, training, saving), summed over every run of it, "
-            "those stopped and resumed included. The total `wall_time_s` adds each run's loading of the teacher and "
-            "data (`loading_time_s`) and the layer selection and export.")
+            "those stopped and resumed included, and the loading of the teacher and data by every run; together the "
+            "report's `wall_time_s` (a run's interpreter start and imports, a few seconds, are not in it).")
     return ["## Stages", ""] + _table(
         ["stage", "tokens", "steps", "wall time (s)", "first loss", "last loss", "processes"], rows) + ["", note]
 
@@ -214,7 +225,9 @@ def write_report(out_dir: str | Path, report: dict) -> tuple[Path, Path]:
     summary = [f"- {key}: {_fmt(value)}" for key, value in report.items() if isinstance(value, (str, int, float))]
     if summary:
         lines += summary + [""]
-    for key, section in (("stages", _stages_section), ("selection", _selection_section), ("export", _export_section)):
+    if report.get("stages"):
+        lines += _stages_section(report["stages"], report) + [""]
+    for key, section in (("selection", _selection_section), ("export", _export_section)):
         if report.get(key):
             lines += section(report[key]) + [""]
     if heldout := report.get("heldout"):

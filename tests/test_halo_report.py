@@ -1,0 +1,19 @@
+"""The conversion report's stage table (halo/report.py)."""
+
+from hypenet.halo.report import write_report
+
+
+def test_the_stage_table_has_every_stage_and_the_loading_in_pipeline_order(tmp_path):
+    """The layer selection and the export have rows with their wall time beside the training stages (their time was in
+    the total alone), and the loading a last row: the column adds up to the report's wall_time_s."""
+    trained = {name: {"tokens": 1024, "steps": 4, "wall_time_s": seconds, "losses": [[1, 2.0], [4, 1.0]]}
+               for name, seconds in (("stage1", 10.0), ("stage2", 30.0), ("stage3", 5.0))}
+    report = {"wall_time_s": 58.5, "loading_time_s": 1.5, "stages": trained,
+              "selection": {"strategy": "halo", "attention_layers": [1], "wall_time_s": 8.0},
+              "export": {"wall_time_s": 4.0}}
+    _, md = write_report(tmp_path, report)
+    table = md.read_text().split("## Stages")[1].split("\n\n")[1].splitlines()[2:]
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in table]
+    assert [row[0] for row in cells] == ["stage1", "select", "stage2", "stage3", "export", "loading (teacher, data)"]
+    assert sum(float(row[3]) for row in cells) == report["wall_time_s"]
+    assert cells[1][1:3] == ["-", "-"] and cells[2][1:3] == ["1024", "4"]
