@@ -227,21 +227,22 @@ class Conversion:
 
         later = {stage: trained_tokens(self.config, stage) for stage in self.running[self.running.index(name) + 1:]
                  if stage in TRAINED and self.done(stage) is None}
-        cost = self.relative_costs(name) if later else None
+        costs = self.stage_costs() if later else None
+        cost = {n: c / costs[name] for n, c in costs.items()} if costs else None
         log.info("%s", time_left(name, (steps - done) * tokens_per_step, tokens_per_s, later, cost)[1])
 
-    @functools.cache  # (worked out once per stage; one Conversion per run)
-    def relative_costs(self, name: str) -> dict[str, float] | None:
-        """The training stages' time per token relative to stage `name`'s (`plan.relative_costs`), or None when it
-        cannot be worked out (the estimate then takes the later stages at `name`'s tokens/s, and says so)."""
+    @functools.cache  # (worked out once per conversion: the ratio between any two stages follows from it)
+    def stage_costs(self) -> dict[str, float] | None:
+        """The training stages' time per token relative to stage 1's (`plan.relative_costs`), or None when it cannot
+        be worked out (the estimate then takes the later stages at the measured stage's tokens/s, and says so)."""
         from .plan import relative_costs
 
         try:
             with unsharded_loading():  # (the main process alone builds the meta-device objectives, also under ZeRO-3)
-                return relative_costs(self.teacher.config, self.config, name, gpu=self.state.device.type == "cuda")
+                return relative_costs(self.teacher.config, self.config, "stage1", gpu=self.state.device.type == "cuda")
         except Exception as error:  # an estimate must not stop a conversion
             log.warning("conversion: the later stages' cost per token is unknown (%s); the estimate takes them at "
-                        "%s's tokens/s", first_line(error), name)
+                        "the measured stage's tokens/s", first_line(error))
             return None
 
     def stage1_layers(self, name: str = stage1.LAYERS_FILE) -> dict[int, nn.Module]:
