@@ -525,6 +525,58 @@ def test_ctrl_c_stops_two_processes_at_one_step_and_resume_trains_the_rest(asset
     assert [r["loss"] for r in after] == pytest.approx([single[r["step"]] for r in after], rel=1e-4)
 
 
+def test_a_layer_selection_stopped_part_way_goes_on_from_the_layers_it_scored(qwen3_conversion, tmp_path,
+                                                                            monkeypatch, capsys, caplog):
+    """SIGTERM (as Ctrl-C) during the layer selection's sweep, at layer 2 of 4: the run says which layers' scores it
+    kept and how to go on (exit 130). `--resume` with other probe settings says so and scores every layer again;
+    `--resume` with the same ones scores layers 2 and 3 alone and records the uninterrupted conversion's selection,
+    and the file of the scores so far goes once done.json holds them."""
+    from hypenet.halo import select
+
+    reference_out, _ = qwen3_conversion
+    out = tmp_path / "run"
+    copy_done_stages(reference_out, out, "stage1")
+    partial = out / "stages" / "select" / "scored_layers.json"
+    swap, swapped = select.swap_attention, []
+
+    def run(*args: str, stop_at: int | None = None) -> int:
+        def swap_or_stop(teacher, layer_idx, *rest, **kwargs):
+            if layer_idx == stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)  # (the signal arrives before this ends)
+            swapped.append(layer_idx)
+            return swap(teacher, layer_idx, *rest, **kwargs)
+
+        swapped.clear()
+        caplog.clear()
+        with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="hypenet.halo.select"):
+            patch.setattr(select, "swap_attention", swap_or_stop)
+            return main(["select", "--out", str(out), *args])
+
+    assert run("--set", "select.recall_samples=3", stop_at=2) == 130
+    assert f"interrupted; continue with: hypenet select --out {out} --resume" in capsys.readouterr().err
+    assert (f"layer selection: interrupted at layer 2 of 4; the scores of layers 0-1 are kept in {partial}; --resume "
+            "goes on from layer 2") in caplog.messages
+    assert swapped == [0, 1] and list(json.loads(partial.read_text())["recall"]) == ["0", "1"]
+
+    assert run("--resume", "--set", "select.recall_samples=2", stop_at=2) == 130  # the reference's setting
+    assert (f"layer selection: starting again at layer 0: the 2 layers scored before ({partial}) were scored with "
+            "another probes.recall_samples") in caplog.messages
+    assert swapped == [0, 1]
+
+    assert run("--resume") == 0
+    assert "layer selection: resuming at layer 2 of 4 (2 scored before the stop)" in caplog.messages
+    assert swapped == [2, 3]
+    assert not partial.exists()
+    done, reference = (json.loads((run_dir / "stages" / "select" / "done.json").read_text())
+                       for run_dir in (out, reference_out))
+    for info in (done, reference):
+        for key in ("wall_time_s", "loading_time_s"):
+            info.pop(key)
+        info["settings"].pop("seconds")
+    assert done == reference
+
+
 # ---- bad input: a clear error, a non-zero exit, nothing lost ----------------------------------------------------
 
 

@@ -300,6 +300,114 @@ def test_select_layers_halo(teacher, tokenizer, stage1_layers, heldout_docs):
     assert asked.needle_attention != result.needle_attention and asked.commonsense == result.commonsense
 
 
+def stop_at_layer(monkeypatch, layer: int | None, swapped: list[int]):
+    """Patch the sweep's swap to record each layer it swaps into `swapped` and raise KeyboardInterrupt (Ctrl-C) at
+    `layer` (None: never)."""
+    from hypenet.halo import select as select_module
+
+    swap = select_module.swap_attention
+
+    def swap_or_stop(teacher, layer_idx, *args, **kwargs):
+        if layer_idx == layer:
+            raise KeyboardInterrupt
+        swapped.append(layer_idx)
+        return swap(teacher, layer_idx, *args, **kwargs)
+
+    monkeypatch.setattr(select_module, "swap_attention", swap_or_stop)
+
+
+def without_seconds(result: SelectionResult) -> dict:
+    values = result.to_dict()
+    values["settings"].pop("seconds")
+    return values
+
+
+def test_a_sweep_stopped_part_way_resumes_to_the_uninterrupted_result(teacher, tokenizer, stage1_layers, heldout_docs,
+                                                                     tmp_path, monkeypatch, caplog):
+    """Ctrl-C at layer 3 of 8 keeps layers 0-2's scores in the partial file; run again with the same fingerprint, the
+    sweep swaps only layers 3-7 and gives the uninterrupted sweep's result float for float (its needle attention and
+    choice too); with another fingerprint it says what differs and scores every layer again."""
+    settings = dict(heldout_docs=heldout_docs, recall_samples=2, recall_context=96, commonsense_tokens=150,
+                    batch_size=2, progress=False, seed=4)
+    expected = select_layers(teacher, tokenizer, stage1_layers, **settings)
+    partial, fingerprint = tmp_path / "scored_layers.json", {"teacher": "tiny", "stage1": "a"}
+    swapped = []
+    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="hypenet.halo.select"):
+        stop_at_layer(patch, 3, swapped)
+        with pytest.raises(KeyboardInterrupt):
+            select_layers(teacher, tokenizer, stage1_layers, partial=partial, fingerprint=fingerprint, **settings)
+    assert swapped == [0, 1, 2]
+    saved = json.loads(partial.read_text())
+    assert list(saved["recall"]) == ["0", "1", "2"] and saved["fingerprint"]["stage1"] == "a"
+    assert (f"layer selection: interrupted at layer 3 of {LAYERS}; the scores of layers 0-2 are kept in {partial}; "
+            "--resume goes on from layer 3") in caplog.messages
+
+    caplog.clear()
+    swapped.clear()
+    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="hypenet.halo.select"):
+        stop_at_layer(patch, None, swapped)
+        resumed = select_layers(teacher, tokenizer, stage1_layers, partial=partial, fingerprint=fingerprint,
+                                **settings)
+    assert swapped == list(range(3, LAYERS))  # the layers scored before are not scored again
+    assert f"layer selection: resuming at layer 3 of {LAYERS} (3 scored before the stop)" in caplog.messages
+    assert without_seconds(resumed) == without_seconds(expected)
+    assert resumed.settings["seconds"] >= saved["seconds"]  # the sweeps' time, the stopped one's included
+
+    for other, differs in (({"teacher": "tiny", "stage1": "b"}, "stage1"),
+                           ({"teacher": "tiny", "stage1": "a", "data": 1}, "data")):
+        partial.unlink()  # (the pipeline removes it once the choice is recorded)
+        with monkeypatch.context() as patch:
+            stop_at_layer(patch, 3, [])
+            with pytest.raises(KeyboardInterrupt):  # layers 0-2 saved with `fingerprint` again
+                select_layers(teacher, tokenizer, stage1_layers, partial=partial, fingerprint=fingerprint, **settings)
+        caplog.clear()
+        swapped.clear()
+        with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="hypenet.halo.select"):
+            stop_at_layer(patch, None, swapped)
+            again = select_layers(teacher, tokenizer, stage1_layers, partial=partial, fingerprint=other, **settings)
+        assert swapped == list(range(LAYERS))
+        assert (f"layer selection: starting again at layer 0: the 3 layers scored before ({partial}) were scored "
+                f"with another {differs}") in caplog.messages
+        assert without_seconds(again) == without_seconds(expected)
+    # other probe settings are another fingerprint too
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hypenet.halo.select"):
+        select_layers(teacher, tokenizer, stage1_layers, partial=partial, fingerprint=other,
+                      **{**settings, "seed": 5})
+    assert any(m.endswith("were scored with another probes.seed") for m in caplog.messages)
+
+
+def test_the_lm_eval_sweep_resumes_too(teacher, tokenizer, stage1_layers, tmp_path, monkeypatch, caplog):
+    """The lm-eval route keeps its scores as the built-in probes' do: stopped at layer 5, run again, it evaluates
+    layers 5-7 alone and records what an uninterrupted sweep records."""
+    from hypenet.halo import select as select_module
+
+    class FakeProbe:  # scores that depend on which layer is swapped: the swapped attention's output on fixed input
+        def __init__(self, teacher, tokenizer, tasks, limit):
+            self.teacher = teacher
+
+        def __call__(self):
+            with torch.no_grad():
+                out = self.teacher(input_ids=torch.arange(12)[None], use_cache=False).logits
+            return float(out.abs().mean()), float(out.std())
+
+    monkeypatch.setattr(select_module, "LmEvalProbe", FakeProbe)
+    settings = dict(lm_eval_tasks={"recall": ["swde"], "commonsense": ["piqa"]}, progress=False)
+    expected = select_layers(teacher, tokenizer, stage1_layers, **settings)
+    partial, swapped = tmp_path / "scored_layers.json", []
+    with monkeypatch.context() as patch:
+        stop_at_layer(patch, 5, swapped)
+        with pytest.raises(KeyboardInterrupt):
+            select_layers(teacher, tokenizer, stage1_layers, partial=partial, **settings)
+    swapped.clear()
+    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="hypenet.halo.select"):
+        stop_at_layer(patch, None, swapped)
+        resumed = select_layers(teacher, tokenizer, stage1_layers, partial=partial, **settings)
+    assert swapped == [5, 6, 7]
+    assert f"layer selection: resuming at layer 5 of {LAYERS} (5 scored before the stop)" in caplog.messages
+    assert without_seconds(resumed) == without_seconds(expected)
+
+
 def test_needle_attention_is_the_teachers_attention_on_the_asked_needle(teacher, tokenizer, heldout_docs):
     probes = build_probes(tokenizer, heldout_docs, recall_samples=2, context=128, commonsense_tokens=64, seed=5)
     looks = needle_attention(teacher, probes)

@@ -499,14 +499,15 @@ def read_config(path: str | Path) -> ConvertConfig:
     return from_dict(yaml.safe_load(Path(path).read_text()) or {})
 
 
+def flat_fields(values: dict, prefix: str = "") -> dict:
+    """Nested mappings as one, by dotted names: {"stage2": {"lr": 1e-3}} -> {"stage2.lr": 1e-3}."""
+    out = {}
+    for k, v in values.items():
+        out.update(flat_fields(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def config_differences(a: ConvertConfig, b: ConvertConfig) -> list[str]:
     """Dotted names of the fields that differ, e.g. ["stage2.lr"]."""
-
-    def flat(values: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in values.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    fa, fb = flat_fields(to_dict(a)), flat_fields(to_dict(b))
     return [k for k in fa if fa[k] != fb.get(k)]

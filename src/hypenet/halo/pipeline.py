@@ -3,7 +3,8 @@
 Output folder layout:
     config.yaml                 the settings of the conversion (a resumed or continued run must keep them)
     stages/<stage>/             one folder per stage: done.json once finished, losses.jsonl, checkpoints/ and
-                                wall_time.json (the time spent in it so far) meanwhile
+                                wall_time.json (the time spent in it so far) meanwhile; the layer selection's
+                                scored_layers.json: the scores of the layers swept so far, for a resumed sweep
     model/                      the exported HypeNet checkpoint (AutoModelForCausalLM, trust_remote_code=True)
     report.json, report.md      losses per stage, selected layers and scores, tokens, wall time
 
@@ -24,6 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -57,7 +59,7 @@ from .config import (
     to_dict,
     write_text_atomic,
 )
-from .select import check_selection
+from .select import SCORED_LAYERS, check_selection
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +303,8 @@ class Conversion:
         if self.is_main_process:
             write_text_atomic(self.stage_dir(name) / DONE, json.dumps(info, indent=1))
             engine.remove_checkpoints(self.stage_dir(name))
-            (self.stage_dir(name) / WALL_TIME).unlink(missing_ok=True)
+            for partial in (WALL_TIME, SCORED_LAYERS):  # (the layer selection's scores so far: done.json holds them)
+                (self.stage_dir(name) / partial).unlink(missing_ok=True)
         self.state.wait_for_everyone()
         return info
 
@@ -447,8 +450,24 @@ def _run_select(conv: Conversion) -> dict:
             recall_style=cfg.recall_style,
             commonsense_tokens=cfg.commonsense_tokens, batch_size=cfg.batch_size, lm_eval_tasks=lm_eval,
             lm_eval_limit=cfg.lm_eval_limit, seed=conv.config.seed, device=conv.state.device,
+            partial=conv.stage_dir("select") / SCORED_LAYERS, fingerprint=selection_fingerprint(conv),
         )
     return result.to_dict()
+
+
+def selection_fingerprint(conv: Conversion) -> dict:
+    """What decides the layer selection's scores besides its probes' settings (which `select_layers` adds): what a
+    resumed run must keep for the stages it goes on from (`settings_clashes`: the teacher, the data, the seed), the
+    stage-1 result the sweep swaps in (its done.json, as `check_start_from` tells one stage 1 from another), and the
+    teacher's precision and device (the same scores to the last float). A sweep stopped part-way goes on from the
+    layers it scored only when these are the same (`select.ScoredLayers`)."""
+    config = absolute_local_paths(from_dict(to_dict(conv.config)))
+    stage1_done = json.dumps(conv.done("stage1"), sort_keys=True)
+    return {
+        "teacher": config.teacher, "teacher_parameters": conv.teacher_parameters, "data": to_dict(config.data),
+        "seed": config.seed, "stage1": hashlib.sha256(stage1_done.encode()).hexdigest()[:16],
+        "dtype": str(next(conv.teacher.parameters()).dtype), "device": conv.state.device.type,
+    }
 
 
 def _run_stage2(conv: Conversion) -> dict:

@@ -12,6 +12,10 @@ Two tricks keep the sweep cheap. The swap patches the teacher in place (`swap_at
 And layers before i cannot see the swap, so their outputs are recorded once in an unmodified pass and replayed:
 the run for layer i computes only layers i..L-1 (half the model on average).
 
+Stopped part-way (Ctrl-C, SIGTERM, a crash), a sweep given a `ScoredLayers` file loses only the layer in flight: the
+scores of each finished layer are saved there with a fingerprint of what decides them, and a later sweep with the same
+fingerprint scores only the layers after them (the baseline pass is run again: it records what the layers replay).
+
 Strategy "even": layer round-down((j + 0.5) * L / k) for j = 0..k-1 (the centres of k equal slices).
 Strategy "manual": the given layer indices.
 Strategy "none": no attention at all, every layer an RNN (the ablation baseline of the paper).
@@ -20,10 +24,12 @@ Strategy "none": no attention at all, every layer an RNN (the ablation baseline 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,6 +39,7 @@ from transformers import PreTrainedModel
 from ..model import HypeNetCache, HypeNetConfig
 from ..model.modeling_hypenet import HypeNetRotaryEmbedding, build_mixer_context
 from ..teachers import hypenet_config_from_teacher, teacher_attention
+from .config import flat_fields, write_text_atomic
 from .probes import LmEvalProbe, ProbeSet, build_probes
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("halo", "even", "manual", "none")
 SCORE_EPS = 1e-10
 SCORE_CLIP = 50.0
+SCORED_LAYERS = "scored_layers.json"  # the pipeline's partial sweep, in the select stage's folder (`ScoredLayers`)
 
 
 @dataclass
@@ -195,6 +203,90 @@ def _recording_layer_outputs(layers: nn.ModuleList):
 # ---- the sweep ------------------------------------------------------------------------------------------------
 
 
+class ScoredLayers:
+    """The layers a sweep has scored so far. With a `path`, they are kept in that JSON file (written whole after each
+    layer) with the `fingerprint` of what decides the scores (a JSON mapping: the probes' settings, the teacher, the
+    stage-1 layers), and what an earlier sweep left there is read back when made: its scores when the fingerprints
+    match (the sweep then skips those layers), none when they differ. `seconds_before`: the time the earlier sweeps
+    spent, up to their last saved layer."""
+
+    def __init__(self, num_layers: int, path: str | Path | None = None, fingerprint: dict | None = None):
+        self.num_layers, self.path = num_layers, Path(path) if path is not None else None
+        self.fingerprint = json.loads(json.dumps(fingerprint or {}, sort_keys=True))  # as it reads back
+        self.recall: dict[int, float] = {}
+        self.commonsense: dict[int, float] = {}
+        self.seconds_before = 0.0
+        self.started = time.perf_counter()
+        if self.path is not None and self.path.is_file():
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            saved = json.loads(self.path.read_text())
+            recall = {int(i): float(v) for i, v in saved["recall"].items()}
+            commonsense = {int(i): float(v) for i, v in saved["commonsense"].items()}
+            fingerprint = saved["fingerprint"]
+        except (OSError, ValueError, KeyError, AttributeError) as error:
+            log.warning("layer selection: cannot read the layers scored before in %s (%s); starting again at layer 0",
+                        self.path, error)
+            return
+        if fingerprint != self.fingerprint:
+            ours, theirs = flat_fields(self.fingerprint), flat_fields(fingerprint)
+            differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+            log.warning("layer selection: starting again at layer 0: the %d layers scored before (%s) were scored "
+                        "with another %s", len(recall), self.path, ", ".join(differ))
+            return
+        self.recall, self.commonsense = recall, commonsense
+        self.seconds_before = float(saved.get("seconds", 0.0))
+        log.info("layer selection: resuming at layer %d of %d (%d scored before the stop)",
+                 self.next_layer(), self.num_layers, len(recall))
+
+    def next_layer(self) -> int:
+        """The first layer not scored yet (num_layers when all are)."""
+        return next((i for i in range(self.num_layers) if i not in self.recall), self.num_layers)
+
+    def seconds(self) -> float:
+        """The sweeps' time so far: the earlier ones' (to their last saved layer) and this one's."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def add(self, layer: int, recall: float, commonsense: float) -> None:
+        """Keep one more layer's scores (and write them with the others, given a path)."""
+        self.recall[layer], self.commonsense[layer] = recall, commonsense
+        if self.path is not None:
+            write_text_atomic(self.path, json.dumps({
+                "fingerprint": self.fingerprint, "num_layers": self.num_layers, "seconds": round(self.seconds(), 2),
+                "recall": self.recall, "commonsense": self.commonsense,
+            }))
+
+    def stopped(self, error: BaseException) -> None:
+        """Log what a stop of the selection keeps in the file (on Ctrl-C or SIGTERM; on an error once a layer is)."""
+        at, total = self.next_layer(), self.num_layers
+        interrupted = isinstance(error, KeyboardInterrupt)
+        if self.path is None or not (interrupted or at):
+            return
+        if at == total:
+            kept = f"the scores of all {total} layers are kept in {self.path}; --resume chooses from them"
+        elif at:
+            kept = f"the scores of layers 0-{at - 1} are kept in {self.path}; --resume goes on from layer {at}"
+        else:
+            kept = "no layer was scored yet"
+        why = "interrupted" if interrupted else f"stopped by an error ({type(error).__name__})"
+        log.warning("layer selection: %s at layer %d of %d; %s", why, at, total, kept)
+
+
+def _sweep_layers(score: Callable[[int], tuple[float, float]], scored: ScoredLayers, desc: str,
+                  progress: bool) -> tuple[dict[int, float], dict[int, float]]:
+    """(R_i, C_i) by layer: score(i) for every layer i that `scored` does not hold already, in order, each added to
+    `scored` as it is done (the progress bar counts those held as done)."""
+    with tqdm(total=scored.num_layers, initial=len(scored.recall), desc=desc, unit="layer",
+              disable=not progress) as bar:
+        for i in range(scored.num_layers):
+            if i not in scored.recall:
+                scored.add(i, *score(i))
+                bar.update(1)
+    return dict(sorted(scored.recall.items())), dict(sorted(scored.commonsense.items()))
+
+
 @torch.no_grad()
 def probe_sweep(
     teacher: PreTrainedModel,
@@ -205,8 +297,10 @@ def probe_sweep(
     batch_size: int = 8,
     device: torch.device | str | None = None,
     progress: bool = True,
+    scored: ScoredLayers | None = None,
 ) -> tuple[dict[str, float], dict[int, float], dict[int, float]]:
-    """(baseline, recall R_i, commonsense C_i) with the built-in probes, one swapped layer at a time."""
+    """(baseline, recall R_i, commonsense C_i) with the built-in probes, one swapped layer at a time; the layers
+    `scored` holds already are skipped, and each one done is added to it."""
     config = config if config is not None else hypenet_config_from_teacher(teacher.config)
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
     base, head, layers = teacher.model, teacher.get_output_embeddings(), teacher.model.layers
@@ -228,8 +322,7 @@ def probe_sweep(
         "next_token_accuracy": probes.next_token_accuracy(torch.cat(reference)),
     }
 
-    recall, commonsense = {}, {}
-    for i in tqdm(range(len(layers)), desc="layer selection", unit="layer", disable=not progress):
+    def score(i: int) -> tuple[float, float]:
         hits, agree = [], []
         with swap_attention(teacher, i, stage1_layers[i], config):
             for batch, outputs, top1_teacher in zip(batches, recorded, reference):
@@ -237,8 +330,10 @@ def probe_sweep(
                     value_hits, top1 = batch.predict(final_hidden(batch), head)
                 hits.append(value_hits)
                 agree.append((top1 == top1_teacher).flatten())
-        recall[i] = float(torch.cat(hits).float().mean())
-        commonsense[i] = float(torch.cat(agree).float().mean())
+        return float(torch.cat(hits).float().mean()), float(torch.cat(agree).float().mean())
+
+    scored = scored if scored is not None else ScoredLayers(len(layers))
+    recall, commonsense = _sweep_layers(score, scored, "layer selection", progress)
     return baseline, recall, commonsense
 
 
@@ -271,14 +366,16 @@ def needle_attention(teacher: PreTrainedModel, probes: ProbeSet, device: torch.d
     return {i: float(v) for i, v in enumerate(shares)}
 
 
-def _lm_eval_sweep(teacher, tokenizer, stage1_layers, tasks, limit, config, progress):
+def _lm_eval_sweep(teacher, tokenizer, stage1_layers, tasks, limit, config, progress, scored=None):
     probe = LmEvalProbe(teacher, tokenizer, tasks, limit)
     base_recall, base_commonsense = probe()
-    recall, commonsense = {}, {}
-    layers = range(len(teacher.model.layers))
-    for i in tqdm(layers, desc="layer selection (lm-eval)", unit="layer", disable=not progress):
+
+    def score(i: int) -> tuple[float, float]:
         with swap_attention(teacher, i, stage1_layers[i], config):
-            recall[i], commonsense[i] = probe()
+            return probe()
+
+    scored = scored if scored is not None else ScoredLayers(len(teacher.model.layers))
+    recall, commonsense = _sweep_layers(score, scored, "layer selection (lm-eval)", progress)
     return {"recall": base_recall, "commonsense": base_commonsense}, recall, commonsense
 
 
@@ -301,6 +398,8 @@ def select_layers(
     lm_eval_tasks: dict[str, list[str]] | None = None,
     lm_eval_limit: int | float | None = None,
     batch_size: int = 8,
+    partial: str | Path | None = None,
+    fingerprint: dict | None = None,
 ) -> SelectionResult:
     """The layers that keep softmax attention (the rest become lightning layers).
 
@@ -313,6 +412,10 @@ def select_layers(
     recall_style: how the recall probe asks for a value (halo/probes.py RECALL_QUESTIONS).
     lm_eval_tasks: {"recall": [...], "commonsense": [...]} measures with lm-evaluation-harness instead
     (lm_eval_limit: its per-task example limit).
+    partial: a JSON file that keeps the "halo" sweep's scores as each layer is done (`ScoredLayers`), so that a sweep
+    stopped part-way goes on where it stopped when run again; `fingerprint` (a JSON mapping) names what else decides
+    the scores besides the probes' settings here, e.g. the teacher and the stage-1 layers (the pipeline's). The
+    result is the same, float for float, as an uninterrupted sweep's; settings["seconds"] counts every sweep's time.
     """
     num_layers = teacher.config.num_hidden_layers
     if strategy not in STRATEGIES:
@@ -343,26 +446,34 @@ def select_layers(
     if missing:
         raise ValueError(f"strategy 'halo' needs a stage-1 RNN for every layer; missing layers {missing}")
     config = hypenet_config_from_teacher(teacher.config)
-    start = time.perf_counter()
     if lm_eval_tasks is not None:
         settings = {"probes": "lm-eval", "tasks": lm_eval_tasks, "limit": lm_eval_limit}
-        baseline, recall, commonsense = _lm_eval_sweep(
-            teacher, tokenizer, stage1_layers, lm_eval_tasks, lm_eval_limit, config, progress
-        )
     else:
         settings = {
             "probes": "builtin", "recall_samples": recall_samples, "recall_context": recall_context,
             "recall_style": recall_style, "commonsense_tokens": commonsense_tokens, "seed": seed,
         }
-        probes = build_probes(
-            tokenizer, heldout_docs, recall_samples=recall_samples, context=recall_context,
-            commonsense_tokens=commonsense_tokens, seed=seed, recall_style=recall_style,
-        )
-        baseline, recall, commonsense = probe_sweep(
-            teacher, probes, stage1_layers, config=config, batch_size=batch_size, device=device, progress=progress
-        )
-    looks = needle_attention(teacher, probes, device) if lm_eval_tasks is None else None
-    settings.update(num_attention=k, seconds=round(time.perf_counter() - start, 2))
+    # (the settings so far are the probes': the number of layers kept, k, decides no score)
+    scored = ScoredLayers(num_layers, partial, {**(fingerprint or {}), "probes": settings, "num_layers": num_layers})
+    try:
+        if lm_eval_tasks is not None:
+            baseline, recall, commonsense = _lm_eval_sweep(
+                teacher, tokenizer, stage1_layers, lm_eval_tasks, lm_eval_limit, config, progress, scored
+            )
+        else:
+            probes = build_probes(
+                tokenizer, heldout_docs, recall_samples=recall_samples, context=recall_context,
+                commonsense_tokens=commonsense_tokens, seed=seed, recall_style=recall_style,
+            )
+            baseline, recall, commonsense = probe_sweep(
+                teacher, probes, stage1_layers, config=config, batch_size=batch_size, device=device,
+                progress=progress, scored=scored,
+            )
+        looks = needle_attention(teacher, probes, device) if lm_eval_tasks is None else None
+    except BaseException as error:  # Ctrl-C, SIGTERM, an error: say what is kept
+        scored.stopped(error)
+        raise
+    settings.update(num_attention=k, seconds=round(scored.seconds(), 2))
     scores = halo_scores(recall, commonsense)
     layers = top_k_layers(scores, recall, k)
     log.info("HALO keeps attention in layers %s (scores %s)", layers, {i: round(scores[i], 3) for i in layers})
@@ -374,7 +485,9 @@ def select_layers(
 
 
 __all__ = [
+    "SCORED_LAYERS",
     "STRATEGIES",
+    "ScoredLayers",
     "SelectionResult",
     "even_layers",
     "halo_scores",
