@@ -113,6 +113,19 @@ def test_the_plan_reads_what_out_holds(teacher_dir, tmp_path):
     assert "| stage1 (not run by this command) |" in markdown(only)
 
 
+def test_the_plan_says_how_far_a_stopped_layer_selection_got(teacher_dir, tmp_path):
+    out = tmp_path / "run"
+    (out / "stages" / "stage1").mkdir(parents=True)
+    (out / "stages" / "stage1" / "done.json").write_text(json.dumps({"steps": 1, "tokens": 4096}))
+    (out / "stages" / "select").mkdir()
+    assert make_plan(config_for(teacher_dir, out))["selection_state"] == (
+        "started; no checkpoint yet: --resume starts it again")
+    (out / "stages" / "select" / "scored_layers.json").write_text(json.dumps(
+        {"fingerprint": {}, "num_layers": 8, "recall": {"0": 0.5, "1": 0.25, "2": 0.5}, "commonsense": {}}))
+    assert make_plan(config_for(teacher_dir, out))["selection_state"] == (
+        "started; 3 of 8 layers scored: --resume goes on from there (with the same settings)")
+
+
 def test_convert_plan_prints_and_writes_nothing(teacher_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(["convert", "--plan", "--teacher", str(teacher_dir), "--out", str(out),

@@ -32,7 +32,7 @@ from .engine import LOSS_LOG, latest_checkpoint
 from .export import scaling_label, tolerance_rule
 from .flops import H200_DENSE_BF16_TFLOPS, build_objective
 from .pipeline import STAGES, check_output, done_info, saved_settings_refusal
-from .select import check_selection, default_num_attention
+from .select import SCORED_LAYERS, check_selection, default_num_attention
 
 TRAINED = ("stage1", "stage2", "stage3")
 H200_GIB = 139  # what one H200 gives PyTorch, about
@@ -157,6 +157,14 @@ def logged_progress(stage_dir: Path, steps: int, now: float | None = None) -> st
             f"{per_step:.3g} s/step: about {_duration((steps - last) * per_step)}")
 
 
+def scored_layers(path: Path) -> dict | None:
+    """What a layer selection stopped part-way kept (`select.ScoredLayers`), or None."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def stage_state(out: Path, name: str, steps: int | None) -> str:
     done = done_info(out, name)
     if done is not None:
@@ -165,6 +173,10 @@ def stage_state(out: Path, name: str, steps: int | None) -> str:
     stage_dir = out / "stages" / name
     if not stage_dir.exists():
         return "to run"
+    scored = scored_layers(stage_dir / SCORED_LAYERS) if name == "select" else None
+    if scored:
+        return (f"started; {len(scored['recall'])} of {scored['num_layers']} layers scored: --resume goes on from "
+                "there (with the same settings)")
     progress = logged_progress(stage_dir, steps) if steps else None
     checkpoint = latest_checkpoint(stage_dir)
     saved = (f"checkpoint at step {int(checkpoint.name.split('-')[1])}: --resume continues from there" if checkpoint
