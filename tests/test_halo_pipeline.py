@@ -416,13 +416,15 @@ def test_wall_times_add_up_every_invocation_of_a_stopped_and_resumed_conversion(
 def parse_estimate(line: str) -> tuple[str, str, dict[str, int], dict[str, float]]:
     """(the time it says, the stage measured, the tokens it names by stage, their tokens/s by stage) of an estimate's
     line."""
-    said, parts = re.fullmatch(
-        r"conversion: about (.+) of training left \(estimate: (.+?)(; the later stages' .+)?; selection and export not "
-        r"counted\)", line).groups()[:2]
+    said, selection, parts, _, uncounted = re.fullmatch(
+        r"conversion: about (.+) of training( and layer selection)? left \(estimate: (.+?)(; the later stages' .+)?; "
+        r"(selection and export|export) not counted\)", line).groups()
     named = [re.fullmatch(r"([\d,]+) (?:tokens )?of (\w+) at (?:its measured )?([\d,]+)(?: tokens/s)?", part).groups()
              for part in parts.split(", then ")]
     tokens = {name: int(count.replace(",", "")) for count, name, _ in named}
     rates = {name: float(rate.replace(",", "")) for _, name, rate in named}
+    # the selection is counted, and said to be, where it is named
+    assert bool(selection) == ("select" in tokens) == (uncounted == "export"), line
     return said, named[0][1], tokens, rates
 
 
@@ -431,8 +433,9 @@ def test_the_conversion_logs_its_time_left_from_the_stages_tokens_and_measured_t
     tokens left in this stage and those of the training stages after it (not those done: the resumed run's stage 2
     names stage 3 alone), at this stage's tokens/s (its logged step times' median, this invocation's first step left
     out) and the later ones' at that over their cost per token relative to it (`plan.relative_costs`, on this CPU the
-    ratio of model FLOPs per token), and the time those take."""
-    from hypenet.halo.plan import _duration, relative_costs
+    ratio of model FLOPs per token), and the time those take. The layer selection's teacher passes are among the
+    later ones while it lies ahead (in stage 1)."""
+    from hypenet.halo.plan import _duration, relative_costs, selection_tokens
 
     report, out = stopped_and_resumed["report"], stopped_and_resumed["out"]
     budgets = {name: stage["tokens"] for name, stage in report["stages"].items()}  # 4096, 8192, 2048
@@ -447,9 +450,10 @@ def test_the_conversion_logs_its_time_left_from_the_stages_tokens_and_measured_t
             resumes = [i for i, r in enumerate(records) if r.get("event") == "resume"]
             run = records[resumes[0] + 1:] if invocation == 1 and resumes else records[:resumes[0] if resumes else None]
             steps, per_step = report["stages"][stage]["steps"], budgets[stage] // report["stages"][stage]["steps"]
-            later = {"stage1": ["stage2", "stage3"], "stage2": ["stage3"], "stage3": []}[stage]
+            later = {"stage1": ["select", "stage2", "stage3"], "stage2": ["stage3"], "stage3": []}[stage]
             assert list(tokens) == [stage, *later]
-            assert all(tokens[n] == budgets[n] for n in tokens if n != stage)
+            assert all(tokens[n] == budgets[n] for n in tokens if n not in (stage, "select"))
+            assert tokens.get("select", 0) == (selection_tokens(config, 4) if stage == "stage1" else 0)
             done = steps - tokens[stage] // per_step
             assert tokens[stage] == (steps - done) * per_step
             seconds = [r["seconds"] for r in run if "loss" in r and r["step"] <= done]

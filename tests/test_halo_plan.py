@@ -248,31 +248,41 @@ def test_flops_are_written_with_a_unit_prefix():
         ["310 EFLOP", "1.23 TFLOP", "805 MFLOP", "42 KFLOP", "999 FLOP"]
 
 
-def test_the_time_left_is_the_tokens_it_names_at_the_throughput_it_names():
+@pytest.mark.parametrize("stage, left, rate, later, cost, seconds, line", [
+    ("stage2", 3_000_000, 1500.0, {"stage3": 6_000_000}, None, 6000.0,
+     "conversion: about 1.7 h of training left (estimate: 3,000,000 tokens of stage2 at its measured 1,500 tokens/s, "
+     "then 6,000,000 of stage3 at 1,500; the later stages' at this one's, though stages differ in cost per token; "
+     "selection and export not counted)"),
+    # with each later stage's cost per token relative to this one's: its tokens/s divided by it
+    ("stage1", 3_000, 1500.0, {"stage2": 6_000, "stage3": 1_500}, {"stage1": 1.0, "stage2": 2.5, "stage3": 2.0},
+     2 + 6_000 / 600 + 1_500 / 750,
+     "conversion: about 14 s of training left (estimate: 3,000 tokens of stage1 at its measured 1,500 tokens/s, then "
+     "6,000 of stage2 at 600, then 1,500 of stage3 at 750; the later stages' tokens/s inferred from this one's by "
+     "their model FLOPs per token (on a GPU also bench-train's MFU); selection and export not counted)"),
+    # with the layer selection ahead (stage 1 measured): its teacher tokens at its own inferred tokens/s, in the line
+    ("stage1", 3_000, 1500.0, {"select": 30_000, "stage2": 6_000}, {"stage1": 1.0, "select": 0.25, "stage2": 2.5},
+     2 + 30_000 / 6_000 + 6_000 / 600,
+     "conversion: about 17 s of training and layer selection left (estimate: 3,000 tokens of stage1 at its measured "
+     "1,500 tokens/s, then 30,000 of select at 6,000, then 6,000 of stage2 at 600; the later stages' tokens/s "
+     "inferred from this one's by their model FLOPs per token (on a GPU also bench-train's MFU; the layer selection, "
+     "teacher passes, by its FLOPs alone); export not counted)"),
+    # the last training stage: no caveat about the others
+    ("stage3", 4096, 512.0, {}, None, 8.0,
+     "conversion: about 8 s of training left (estimate: 4,096 tokens of stage3 at its measured 512 tokens/s; "
+     "selection and export not counted)"),
+])
+def test_the_time_left_is_the_tokens_it_names_at_the_throughput_it_names(stage, left, rate, later, cost, seconds,
+                                                                        line):
     from hypenet.halo.plan import time_left
 
-    seconds, line = time_left("stage2", 3_000_000, 1500.0, {"stage3": 6_000_000})
-    assert seconds == 6000.0
-    assert line == ("conversion: about 1.7 h of training left (estimate: 3,000,000 tokens of stage2 at its measured "
-                    "1,500 tokens/s, then 6,000,000 of stage3 at 1,500; the later stages' at this one's, though stages "
-                    "differ in cost per token; selection and export not counted)")
-    # with each later stage's cost per token relative to this one's: its tokens/s divided by it
-    seconds, line = time_left("stage1", 3_000, 1500.0, {"stage2": 6_000, "stage3": 1_500},
-                              {"stage1": 1.0, "stage2": 2.5, "stage3": 2.0})
-    assert seconds == 2 + 6_000 / 600 + 1_500 / 750
-    assert line == ("conversion: about 14 s of training left (estimate: 3,000 tokens of stage1 at its measured 1,500 "
-                    "tokens/s, then 6,000 of stage2 at 600, then 1,500 of stage3 at 750; the later stages' tokens/s "
-                    "inferred from this one's by their model FLOPs per token (on a GPU also bench-train's MFU); "
-                    "selection and export not counted)")
-    seconds, line = time_left("stage3", 4096, 512.0, {})  # the last training stage: no caveat about the others
-    assert seconds == 8.0 and line == ("conversion: about 8 s of training left (estimate: 4,096 tokens of stage3 at "
-                                       "its measured 512 tokens/s; selection and export not counted)")
+    assert time_left(stage, left, rate, later, cost) == (seconds, line)
 
 
 def test_the_stages_relative_cost_is_their_flops_per_token_and_on_a_gpu_the_measured_mfu(teacher_dir, tmp_path):
     """The cost per token that turns one stage's measured tokens/s into the others': the plan's FLOPs per token, and
     on a GPU over bench-train's MFU of each stage (stage 1 runs at a lower MFU there)."""
-    from hypenet.halo.plan import nearest_mfu, relative_costs
+    from hypenet.halo.plan import nearest_mfu, relative_costs, selection_flops, selection_tokens
+    from hypenet.halo.stage1 import LayerAlignment
 
     config = config_for(teacher_dir, tmp_path / "run")
     plan = make_plan(config)
@@ -280,12 +290,22 @@ def test_the_stages_relative_cost_is_their_flops_per_token_and_on_a_gpu_the_meas
     teacher_cfg = Qwen3Config.from_pretrained(teacher_dir)
     resolved = resolve(config, plan["teacher"]["parameters"])
     cpu = relative_costs(teacher_cfg, resolved, "stage1", gpu=False)
+    # the layer selection's per token of its teacher passes: its FLOPs per token over the stage's, at the stage's MFU
+    with torch.device("meta"):
+        teacher = Qwen3ForCausalLM(teacher_cfg)
+        students = LayerAlignment(teacher).students
+    per_token["select"] = selection_flops(teacher, students, resolved) / selection_tokens(resolved, 8)
     assert cpu == pytest.approx({name: per_token[name] / per_token["stage1"] for name in per_token}, rel=1e-12)
     assert cpu["stage1"] == 1 and cpu["stage2"] > 1  # stage 2 trains the whole student beside the teacher
+    assert cpu["select"] < 1  # a forward pass, the layers before the swapped one replayed
     mfu = dict(zip(("stage1", "stage2", "stage3"), nearest_mfu(plan["teacher"]["parameters"], False)[1]))
+    mfu["select"] = mfu["stage2"]
     gpu = relative_costs(teacher_cfg, resolved, "stage2", gpu=True)
     assert gpu == pytest.approx({name: (per_token[name] / mfu[name]) / (per_token["stage2"] / mfu["stage2"])
                                  for name in per_token}, rel=1e-12)
+    # no sweep with the built-in probes, no cost for it
+    even = resolve(config_for(teacher_dir, tmp_path / "run", "select.strategy=even"), plan["teacher"]["parameters"])
+    assert "select" not in relative_costs(teacher_cfg, even, "stage1", gpu=False)
 
 
 def test_a_stage_trains_its_budget_in_whole_steps(teacher_dir, tmp_path):

@@ -408,6 +408,27 @@ def test_the_lm_eval_sweep_resumes_too(teacher, tokenizer, stage1_layers, tmp_pa
     assert without_seconds(resumed) == without_seconds(expected)
 
 
+def test_the_estimate_counts_the_flops_the_selection_runs(teacher, tokenizer, stage1_layers, heldout_docs):
+    """`plan.selection_flops`, by which the conversion's estimate infers the layer selection's time: the model FLOPs
+    of the Linear layers (matrix products) that the whole selection runs, sweep and needle attention, as torch's
+    FLOP counter counts them (the attention scores and the lightning recurrence, left out of model FLOPs, are the
+    batched products it counts apart)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hypenet.halo.config import load_config
+    from hypenet.halo.plan import selection_flops, selection_tokens
+
+    sizes = {"recall_samples": 3, "recall_context": 128, "commonsense_tokens": 200}
+    config = load_config(overrides=[f"select.{key}={value}" for key, value in sizes.items()])
+    with FlopCounterMode(display=False) as counter:
+        select_layers(teacher, tokenizer, stage1_layers, heldout_docs=heldout_docs, progress=False, **sizes)
+    counted = counter.get_flop_counts()["Global"]
+    assert selection_flops(teacher, stage1_layers, config) == counted[torch.ops.aten.mm]
+    assert selection_tokens(config, LAYERS) == (LAYERS + 1) * (3 + 2) * 128  # 200 tokens of text: 2 rows of 128
+    for other in (["select.strategy=even"], ["select.lm_eval_recall=[swde]", "select.lm_eval_commonsense=[piqa]"]):
+        assert selection_flops(teacher, stage1_layers, load_config(overrides=other)) is None
+
+
 def test_needle_attention_is_the_teachers_attention_on_the_asked_needle(teacher, tokenizer, heldout_docs):
     probes = build_probes(tokenizer, heldout_docs, recall_samples=2, context=128, commonsense_tokens=64, seed=5)
     looks = needle_attention(teacher, probes)

@@ -223,20 +223,28 @@ class Conversion:
 
     def log_time_left(self, name: str, tokens_per_step: int, done: int, steps: int, tokens_per_s: float) -> None:
         """Log the estimate of the time this conversion's training takes from here (`plan.time_left`): stage `name`'s
-        remaining steps and the training stages after it that this invocation runs, at `name`'s measured
-        tokens_per_s (the engine's `RunSettings.progress`)."""
-        from .plan import TRAINED, time_left, trained_tokens
+        remaining steps, the training stages after it that this invocation runs, and the layer selection where it is
+        ahead and its cost per token is known (the built-in probes' sweep), at `name`'s measured tokens_per_s (the
+        engine's `RunSettings.progress`)."""
+        from .plan import SELECT, TRAINED, selection_tokens, time_left, trained_tokens
 
-        later = {stage: trained_tokens(self.config, stage) for stage in self.running[self.running.index(name) + 1:]
-                 if stage in TRAINED and self.done(stage) is None}
-        costs = self.stage_costs() if later else None
+        ahead = [stage for stage in self.running[self.running.index(name) + 1:]
+                 if stage in (*TRAINED, SELECT) and self.done(stage) is None]
+        costs = self.stage_costs() if ahead else None
+        later = {}
+        for stage in ahead:
+            if stage in TRAINED:
+                later[stage] = trained_tokens(self.config, stage)
+            elif costs and SELECT in costs:  # (without its cost per token, left out: the line says so)
+                later[stage] = selection_tokens(self.config, self.teacher.config.num_hidden_layers)
         cost = {n: c / costs[name] for n, c in costs.items()} if costs else None
         log.info("%s", time_left(name, (steps - done) * tokens_per_step, tokens_per_s, later, cost)[1])
 
     @functools.cache  # (worked out once per conversion: the ratio between any two stages follows from it)
     def stage_costs(self) -> dict[str, float] | None:
-        """The training stages' time per token relative to stage 1's (`plan.relative_costs`), or None when it cannot
-        be worked out (the estimate then takes the later stages at the measured stage's tokens/s, and says so)."""
+        """The training stages' time per token relative to stage 1's, and the layer selection's where it sweeps with
+        the built-in probes (`plan.relative_costs`), or None when it cannot be worked out (the estimate then takes the
+        later training stages at the measured stage's tokens/s, and says so, and leaves the selection out)."""
         from .plan import relative_costs
 
         try:

@@ -35,6 +35,7 @@ from .pipeline import STAGES, check_output, done_info, saved_settings_refusal
 from .select import SCORED_LAYERS, check_selection, default_num_attention
 
 TRAINED = ("stage1", "stage2", "stage3")
+SELECT = "select"
 H200_GIB = 139  # what one H200 gives PyTorch, about
 # bytes per trained parameter kept for the whole stage: fp32 weights (mixed precision keeps fp32 masters), fp32
 # gradients, and AdamW's two fp32 moments
@@ -60,21 +61,25 @@ def trained_tokens(config: ConvertConfig, name: str) -> int:
 def time_left(stage: str, tokens_left: int, tokens_per_s: float, later: dict[str, int],
               cost: dict[str, float] | None = None) -> tuple[float, str]:
     """(seconds, a line saying them) that a conversion's remaining training takes: `tokens_left` of `stage` at its
-    measured `tokens_per_s`, then the `later` training stages' tokens (by name), each at `stage`'s tokens/s divided by
-    its `cost` per token relative to `stage`'s (`relative_costs`; without it, 1: the same tokens/s). An estimate:
-    layer selection, export and loading are not in it, and a later stage's speed is inferred, not measured."""
+    measured `tokens_per_s`, then the `later` stages' tokens (by name, in their order), each at `stage`'s tokens/s
+    divided by its `cost` per token relative to `stage`'s (`relative_costs`; without it, 1: the same tokens/s). The
+    later stages may include the layer selection (SELECT: its `selection_tokens`, with its cost). An estimate:
+    export and loading are not in it (nor the layer selection unless named), and a later stage's speed is
+    inferred, not measured."""
     cost = cost or {}
     rates = {name: tokens_per_s / cost.get(name, 1.0) for name in later}
     seconds = tokens_left / tokens_per_s + sum(tokens / rates[name] for name, tokens in later.items())
     parts = [f"{tokens_left:,} tokens of {stage} at its measured {tokens_per_s:,.0f} tokens/s"]
     parts += [f"{tokens:,} of {name} at {rates[name]:,.0f}" for name, tokens in later.items()]
+    selection = SELECT in later
     basis = ""
     if later:
         basis = ("; the later stages' tokens/s inferred from this one's by their model FLOPs per token (on a GPU "
-                 "also bench-train's MFU)" if cost else
-                 "; the later stages' at this one's, though stages differ in cost per token")
-    return seconds, (f"conversion: about {_duration(seconds)} of training left (estimate: {', then '.join(parts)}"
-                     f"{basis}; selection and export not counted)")
+                 f"also bench-train's MFU{'; the layer selection, teacher passes, by its FLOPs alone' * selection})"
+                 if cost else "; the later stages' at this one's, though stages differ in cost per token")
+    return seconds, (f"conversion: about {_duration(seconds)} of training{' and layer selection' * selection} left "
+                     f"(estimate: {', then '.join(parts)}{basis}; {'' if selection else 'selection and '}export not "
+                     "counted)")
 
 
 def stage_objectives(teacher, config: ConvertConfig) -> list[tuple[str, nn.Module, int]]:
@@ -92,17 +97,62 @@ def stage_objectives(teacher, config: ConvertConfig) -> list[tuple[str, nn.Modul
     return built
 
 
+def selection_tokens(config: ConvertConfig, layers: int) -> int | None:
+    """The tokens the layer selection runs through the teacher with the built-in probes (`select.probe_sweep`): a
+    baseline pass and one per layer, each over the recall_samples x recall_context tokens of the recall probes and
+    the commonsense text cut into rows of recall_context. None when there is no such sweep: a strategy other than
+    halo (no teacher pass), or lm-eval's tasks (their cost is not counted)."""
+    select = config.select
+    if select.strategy != "halo" or select.lm_eval_recall:
+        return None
+    context = select.recall_context
+    return (layers + 1) * (select.recall_samples + math.ceil(select.commonsense_tokens / context)) * context
+
+
+def selection_flops(teacher, students, config: ConvertConfig) -> float | None:
+    """The model FLOPs (2N per token and Linear weight, as `halo/flops.py` counts) of the layer selection's
+    `selection_tokens`, for `teacher` (meta-device shapes do) and stage 1's lightning `students` (by layer): the
+    baseline pass runs every layer; the pass of layer i only layers i..L-1 (those before it are replayed), layer i
+    with its student in place of its attention; the LM head runs where the probes score (the commonsense rows' every
+    position, the recall rows' value digits); and the needle-attention pass runs the teacher without its head over the
+    recall rows once more. None where `selection_tokens` is."""
+    from ..teachers import teacher_attention
+    from .flops import matmul_parameters
+    from .probes import KEY_WORDS, TOKENS_PER_KEY, VALUE_DIGITS
+
+    select, layers = config.select, teacher.model.layers
+    if selection_tokens(config, len(layers)) is None:
+        return None
+    context = select.recall_context
+    recall = select.recall_samples * context
+    text = math.ceil(select.commonsense_tokens / context) * context
+    values = select.recall_samples * min(len(KEY_WORDS), max(1, context // TOKENS_PER_KEY)) * VALUE_DIGITS
+    per_layer = [matmul_parameters(layer) for layer in layers]
+    passes = [sum(per_layer)] + [
+        sum(per_layer[i:]) - matmul_parameters(teacher_attention(teacher, i)) + matmul_parameters(students[i])
+        for i in range(len(layers))]
+    head = matmul_parameters(teacher.get_output_embeddings())
+    return 2 * (sum(passes) * (recall + text) + len(passes) * head * (text + values) + sum(per_layer) * recall)
+
+
 def relative_costs(teacher_cfg, config: ConvertConfig, stage: str, gpu: bool) -> dict[str, float]:
     """Each training stage's time per token relative to `stage`'s: the ratio of their model FLOPs per token, and on a
     GPU also of the MFU bench-train measured on one H200 for the nearest teacher shape (`MEASURED_MFU`: stage 1
     reaches a third of stage 2's there). On a CPU the FLOPs alone (the README's CPU conversion: stage 1 ran at 260
-    tokens/s, stage 2 at 87, 2.6x the FLOPs per token)."""
+    tokens/s, stage 2 at 87, 2.6x the FLOPs per token). And, where it runs the built-in probes, the layer selection's
+    (SELECT) per `selection_tokens` token: the ratio of its model FLOPs per token (`selection_flops`) to `stage`'s,
+    at `stage`'s MFU (none is measured for it)."""
     with torch.device("meta"):
         teacher = AutoModelForCausalLM.from_config(teacher_cfg)
     teacher_parameters = sum(p.numel() for p in teacher.parameters())
-    per_token = {name: flops for name, _, flops in stage_objectives(teacher, config)}
+    built = stage_objectives(teacher, config)
+    per_token = {name: flops for name, _, flops in built}
     mfu = dict(zip(TRAINED, nearest_mfu(teacher_parameters, config.compile)[1])) if gpu else dict.fromkeys(TRAINED, 1)
-    return {name: (per_token[name] / mfu[name]) / (per_token[stage] / mfu[stage]) for name in TRAINED}
+    costs = {name: (per_token[name] / mfu[name]) / (per_token[stage] / mfu[stage]) for name in TRAINED}
+    selection = selection_flops(teacher, built[0][1].students, config)  # (stage 1's objective holds the students)
+    if selection is not None:
+        costs[SELECT] = selection / selection_tokens(config, teacher_cfg.num_hidden_layers) / per_token[stage]
+    return costs
 
 
 def teacher_config(spec: str):
