@@ -413,9 +413,9 @@ def test_wall_times_add_up_every_invocation_of_a_stopped_and_resumed_conversion(
     assert not list(out.glob("stages/*/wall_time.json"))  # (done.json holds it once a stage is done)
 
 
-def parse_estimate(line: str) -> tuple[str, str, dict[str, int], dict[str, float]]:
+def parse_estimate(line: str, left_out: str = "export") -> tuple[str, str, dict[str, int], dict[str, float]]:
     """(the time it says, the stage measured, the tokens it names by stage, their tokens/s by stage) of an estimate's
-    line."""
+    line, which must say that it leaves `left_out` out."""
     said, selection, parts, _, uncounted = re.fullmatch(
         r"conversion: about (.+) of training( and layer selection)? left \(estimate: (.+?)(; the later stages' .+)?; "
         r"(selection and export|export) not counted\)", line).groups()
@@ -423,8 +423,8 @@ def parse_estimate(line: str) -> tuple[str, str, dict[str, int], dict[str, float
              for part in parts.split(", then ")]
     tokens = {name: int(count.replace(",", "")) for count, name, _ in named}
     rates = {name: float(rate.replace(",", "")) for _, name, rate in named}
-    # the selection is counted, and said to be, where it is named
-    assert bool(selection) == ("select" in tokens) == (uncounted == "export"), line
+    # the selection is counted, and said to be, where it is named; once done it is not said to be left out
+    assert bool(selection) == ("select" in tokens) and uncounted == left_out, line
     return said, named[0][1], tokens, rates
 
 
@@ -467,6 +467,29 @@ def test_the_conversion_logs_its_time_left_from_the_stages_tokens_and_measured_t
     # once two steps are measured, then at every tenth of the stage, in every stage each invocation trains
     assert sorted(set(seen)) == [(0, "stage1"), (0, "stage2"), (1, "stage2"), (1, "stage3")]
     assert seen.count((0, "stage1")) == 7  # after steps 2, 4, ..., 14 of 16
+
+
+@pytest.mark.parametrize("overrides, costs, named, uncounted", [
+    ([], {"stage1": 1.0, "stage2": 2.0, "stage3": 2.0, "select": 0.25}, ["select", "stage2", "stage3"], "export"),
+    ([], None, ["stage2", "stage3"], "selection and export"),  # no cost per token: the sweep is left out, and said so
+    (["select.lm_eval_recall=[swde]", "select.lm_eval_commonsense=[piqa]"],
+     {"stage1": 1.0, "stage2": 2.0, "stage3": 2.0}, ["stage2", "stage3"], "selection and export"),
+    (["select.strategy=even"], {"stage1": 1.0, "stage2": 2.0, "stage3": 2.0}, ["stage2", "stage3"], "export"),
+])
+def test_the_estimate_in_stage1_names_the_layer_selection_it_counts(overrides, costs, named, uncounted, caplog):
+    """In stage 1 of a conversion the layer selection lies ahead: its sweep with the built-in probes is counted where
+    its cost per token is known; a sweep of lm-eval's tasks, or one of unknown cost, is said to be left out; a
+    strategy that sweeps nothing is neither."""
+    from types import SimpleNamespace
+
+    config = resolve(load_config(overrides=overrides), 10**8)
+    conv = SimpleNamespace(running=list(pipeline.STAGES), done=lambda name: None, config=config,
+                           stage_costs=lambda: costs, teacher=SimpleNamespace(config=SimpleNamespace(
+                               num_hidden_layers=30)))
+    with caplog.at_level(logging.INFO, logger="hypenet.halo.pipeline"):
+        pipeline.Conversion.log_time_left(conv, "stage1", 2048, 2, 12, 400.0)
+    _, _, tokens, _ = parse_estimate(caplog.messages[-1], uncounted)
+    assert list(tokens) == ["stage1", *named]
 
 
 def copy_done_stages(reference_out: Path, out: Path, *names: str) -> None:

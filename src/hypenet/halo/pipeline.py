@@ -238,7 +238,10 @@ class Conversion:
             elif costs and SELECT in costs:  # (without its cost per token, left out: the line says so)
                 later[stage] = selection_tokens(self.config, self.teacher.config.num_hidden_layers)
         cost = {n: c / costs[name] for n, c in costs.items()} if costs else None
-        log.info("%s", time_left(name, (steps - done) * tokens_per_step, tokens_per_s, later, cost)[1])
+        # a sweep ahead but left out (lm-eval's tasks, or no cost per token) is named; one done, or none, is not
+        sweep_left_out = SELECT in ahead and SELECT not in later and self.config.select.strategy == "halo"
+        uncounted = "selection and export" if sweep_left_out else "export"
+        log.info("%s", time_left(name, (steps - done) * tokens_per_step, tokens_per_s, later, cost, uncounted)[1])
 
     @functools.cache  # (worked out once per conversion: the ratio between any two stages follows from it)
     def stage_costs(self) -> dict[str, float] | None:

@@ -59,13 +59,14 @@ def trained_tokens(config: ConvertConfig, name: str) -> int:
 
 
 def time_left(stage: str, tokens_left: int, tokens_per_s: float, later: dict[str, int],
-              cost: dict[str, float] | None = None) -> tuple[float, str]:
+              cost: dict[str, float] | None = None, uncounted: str | None = None) -> tuple[float, str]:
     """(seconds, a line saying them) that a conversion's remaining training takes: `tokens_left` of `stage` at its
     measured `tokens_per_s`, then the `later` stages' tokens (by name, in their order), each at `stage`'s tokens/s
     divided by its `cost` per token relative to `stage`'s (`relative_costs`; without it, 1: the same tokens/s). The
     later stages may include the layer selection (SELECT: its `selection_tokens`, with its cost). An estimate:
     export and loading are not in it (nor the layer selection unless named), and a later stage's speed is
-    inferred, not measured."""
+    inferred, not measured. `uncounted`: what the line says it leaves out (default: the export, and the selection
+    unless named)."""
     cost = cost or {}
     rates = {name: tokens_per_s / cost.get(name, 1.0) for name in later}
     seconds = tokens_left / tokens_per_s + sum(tokens / rates[name] for name, tokens in later.items())
@@ -77,9 +78,9 @@ def time_left(stage: str, tokens_left: int, tokens_per_s: float, later: dict[str
         basis = ("; the later stages' tokens/s inferred from this one's by their model FLOPs per token (on a GPU "
                  f"also bench-train's MFU{'; the layer selection, teacher passes, by its FLOPs alone' * selection})"
                  if cost else "; the later stages' at this one's, though stages differ in cost per token")
+    uncounted = uncounted or ("export" if selection else "selection and export")
     return seconds, (f"conversion: about {_duration(seconds)} of training{' and layer selection' * selection} left "
-                     f"(estimate: {', then '.join(parts)}{basis}; {'' if selection else 'selection and '}export not "
-                     "counted)")
+                     f"(estimate: {', then '.join(parts)}{basis}; {uncounted} not counted)")
 
 
 def stage_objectives(teacher, config: ConvertConfig) -> list[tuple[str, nn.Module, int]]:
