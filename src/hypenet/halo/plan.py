@@ -148,9 +148,10 @@ def relative_costs(teacher_cfg, config: ConvertConfig, stage: str, gpu: bool) ->
     teacher_parameters = sum(p.numel() for p in teacher.parameters())
     built = stage_objectives(teacher, config)
     per_token = {name: flops for name, _, flops in built}
+    stage1 = next(objective for name, objective, _ in built if name == "stage1")  # (it holds the students)
     mfu = dict(zip(TRAINED, nearest_mfu(teacher_parameters, config.compile)[1])) if gpu else dict.fromkeys(TRAINED, 1)
     costs = {name: (per_token[name] / mfu[name]) / (per_token[stage] / mfu[stage]) for name in TRAINED}
-    selection = selection_flops(teacher, built[0][1].students, config)  # (stage 1's objective holds the students)
+    selection = selection_flops(teacher, stage1.students, config)
     if selection is not None:
         costs[SELECT] = selection / selection_tokens(config, teacher_cfg.num_hidden_layers) / per_token[stage]
     return costs
