@@ -63,6 +63,39 @@ def test_the_package_and_its_model_classes_load_on_demand():
     assert result.returncode == 0 and result.stdout.split()[-1] == "ok", result.stderr[-3000:]
 
 
+def test_each_packages_lazy_names_resolve_and_list_and_no_other_name_does():
+    """The packages' lazy names (hypenet._lazy) are their submodules' objects, listed by dir() before they load;
+    hypenet.bench's `run` is the function even after the submodule of that name was imported by another of its
+    names; an unknown name is an AttributeError that names the package."""
+    result = run_python("""
+        import importlib, sys
+        lazy = [("hypenet", "model", ["HypeNetConfig", "HypeNetForCausalLM", "HypeNetModel"]),
+                ("hypenet.bench", "run", ["BenchSettings", "fill_synthetic", "run"]),
+                ("hypenet.fast", "attention", ["decode_attention", "decode_attention_reference", "prefill_attention"]),
+                ("hypenet.fast", "engine", ["FastHypeNet", "StaticHybridCache", "sample"]),
+                ("hypenet.halo", "pipeline", ["STAGES", "convert", "run_stages"])]
+        for package, submodule, names in lazy:
+            package = importlib.import_module(package)
+            assert set(names) <= set(dir(package)), (package.__name__, dir(package))
+        assert "torch" not in sys.modules, "dir() loaded torch"
+        import hypenet.bench
+        assert hypenet.bench.BenchSettings.__module__ == "hypenet.bench.run"
+        assert callable(hypenet.bench.run) and hypenet.bench.run is sys.modules["hypenet.bench.run"].run
+        for package, submodule, names in lazy:
+            package = importlib.import_module(package)
+            module = importlib.import_module(f"{package.__name__}.{submodule}")
+            for name in names:
+                assert getattr(package, name) is getattr(module, name), (package.__name__, name)
+            try:
+                package.no_such_name
+                raise AssertionError(f"{package.__name__}.no_such_name")
+            except AttributeError as error:
+                assert str(error) == f"module {package.__name__!r} has no attribute 'no_such_name'", error
+        print("ok")
+    """)
+    assert result.returncode == 0 and result.stdout.split()[-1] == "ok", result.stderr[-3000:]
+
+
 def test_a_cpu_benchmark_does_not_import_deepspeed(tmp_path):
     result = run_python(f"""
         import sys

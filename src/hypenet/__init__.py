@@ -5,18 +5,12 @@ transformers' Auto classes. `import hypenet` alone imports neither torch nor tra
 command answers --help and argument errors at once.
 """
 
+from ._lazy import lazy_names
+
 __version__ = "0.1.0"
 
-_MODEL_NAMES = ("HypeNetConfig", "HypeNetForCausalLM", "HypeNetModel")
-
-
-def __getattr__(name: str):
-    """PEP 562: the model (torch, transformers) loads when first asked for."""
-    if name in _MODEL_NAMES:
-        from . import model
-
-        return getattr(model, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+# the model (torch, transformers) loads when one of its classes is first asked for
+__getattr__, __dir__ = lazy_names(__name__, globals(), dict.fromkeys(
+    ("HypeNetConfig", "HypeNetForCausalLM", "HypeNetModel"), "model"))
 
 __all__ = ["HypeNetConfig", "HypeNetForCausalLM", "HypeNetModel", "__version__"]

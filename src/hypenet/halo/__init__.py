@@ -9,18 +9,11 @@ stage1/2/3  what each trained stage optimises; select and export: layer choice a
 pipeline  every stage in order, into one output folder; cli: the `hypenet convert|stage1|...` commands
 """
 
+from .._lazy import lazy_names
 from .config import ConvertConfig, HaloError, load_config
 
-_PIPELINE_NAMES = ("STAGES", "convert", "run_stages")
-
-
-def __getattr__(name: str):
-    """PEP 562: the pipeline (torch, accelerate) loads when first asked for, not with the command line's parser."""
-    if name in _PIPELINE_NAMES:
-        from . import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the pipeline (torch, accelerate) loads when one of these is first asked for
+__getattr__, __dir__ = lazy_names(__name__, globals(), dict.fromkeys(("STAGES", "convert", "run_stages"), "pipeline"))
 
 
 __all__ = ["STAGES", "ConvertConfig", "HaloError", "convert", "load_config", "run_stages"]
