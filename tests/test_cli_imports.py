@@ -1,6 +1,6 @@
-"""What the `hypenet` command imports: --help and argument errors answer without torch, transformers, accelerate or
-DeepSpeed (importing them took 5 s), and DeepSpeed, which accelerate imports wherever it is installed, stays
-quiet about finding no GPU in a run that does not use it."""
+"""What the `hypenet` command (and `python -m hypenet.data`) imports: --help and argument errors answer without
+torch, transformers, accelerate or DeepSpeed (importing them took 5 s), and DeepSpeed, which accelerate imports
+wherever it is installed, stays quiet about finding no GPU in a run that does not use it."""
 
 import os
 import subprocess
@@ -26,6 +26,7 @@ def test_help_and_argument_errors_import_no_framework():
     result = run_python("""
         import contextlib, io, sys
         from hypenet.cli import main
+        from hypenet.data.__main__ import main as data_main
 
         cases = [(["--help"], 0), (["--version"], 0), (["convert", "--help"], 0), (["stage2", "--help"], 0),
                  (["eval", "--help"], 0), (["compare", "--help"], 0), (["merge-evals", "--help"], 0),
@@ -33,7 +34,10 @@ def test_help_and_argument_errors_import_no_framework():
                  (["bench-scaling", "--help"], 0), (["convert", "--no-such-option"], 2), (["eval"], 2),
                  (["no-such-command"], 2), (["convert", "--preset", "no-such-preset"], 2),
                  (["bench", "tiny-hypenet", "--gemv-fusion", "no-such-part"], 2), (["eval", "m", "--dtype", "x"], 2)]
-        for argv, code in cases:
+        cases = [(main, argv, code) for argv, code in cases] + [  # and python -m hypenet.data's
+            (data_main, argv, code) for argv, code in [(["--help"], 0), ([], 2), (["no-such-command"], 2),
+                                                       (["export"], 2), (["status", "--no-such-option"], 2)]]
+        for main, argv, code in cases:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 try:
                     main(argv)

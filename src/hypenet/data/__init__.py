@@ -9,8 +9,13 @@
 docs/DATA.md describes the built-in corpus (`python -m hypenet.data install` sets it up) and its licences.
 """
 
-from .packing import PackedChunks, TokenizedCorpus, describe_corpus, tokenize_corpus
-from .sources import builtin_corpus_available, iter_documents
+from .._lazy import lazy_names
+
+# the packing (numpy, torch) and the sources load when one of these is first asked for, so that `python -m
+# hypenet.data --help` answers at once
+__getattr__, __dir__ = lazy_names(__name__, globals(), {
+    **dict.fromkeys(("PackedChunks", "TokenizedCorpus", "describe_corpus", "tokenize_corpus"), "packing"),
+    **dict.fromkeys(("builtin_corpus_available", "iter_documents"), "sources")})
 
 __all__ = [
     "PackedChunks",

@@ -6,18 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .builtin import (
-    PARTS,
-    builtin_corpus_available,
-    builtin_dir,
-    install_debian_parts,
-    install_npm_parts,
-    missing_parts,
-)
-from .sources import export_documents
+# The commands import what they use when they run: --help and argument errors answer at once (the package's lazy
+# names keep numpy and torch out of them).
 
 
 def status() -> int:
+    from .builtin import PARTS, builtin_corpus_available, builtin_dir
+
     for part in PARTS:
         files = part.files()
         state = "ok" if files else "MISSING"
@@ -40,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         if not args.file:
             parser.error("export needs the FILE to write, e.g. python -m hypenet.data export corpus.jsonl.xz")
+        from .sources import export_documents
+
         try:
             count = export_documents(args.source, args.file, text_field=args.text_field)
         except (OSError, ValueError) as error:
@@ -48,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {count} documents of {args.source} to {args.file}; use it as --data {args.file}")
         return 0
     if args.command == "install":
+        from .builtin import builtin_dir, install_debian_parts, install_npm_parts, missing_parts
+
         install_npm_parts(builtin_dir())
         if any(name.endswith("-docs") for name in missing_parts()):
             install_debian_parts()
