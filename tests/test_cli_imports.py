@@ -100,6 +100,17 @@ def test_each_packages_lazy_names_resolve_and_list_and_no_other_name_does():
     assert result.returncode == 0 and result.stdout.split()[-1] == "ok", result.stderr[-3000:]
 
 
+def test_the_plan_does_not_import_matplotlib():
+    """`hypenet convert --plan` imports the export (its logit-scaling rule) but draws nothing: matplotlib, 0.4 s of
+    its 5 s, stays out (the export's length labels come from hypenet.units, not the figures' module)."""
+    result = run_python("""
+        import sys
+        import hypenet.halo.plan
+        print(",".join(sorted({name.split(".")[0] for name in sys.modules})))
+    """)
+    assert "torch" in loaded_frameworks(result) and "matplotlib" not in loaded_frameworks(result)
+
+
 def test_a_cpu_benchmark_does_not_import_deepspeed(tmp_path):
     result = run_python(f"""
         import sys

@@ -1,5 +1,6 @@
-"""Token counts as the command line writes them ('4K,32K,1M': K = 1024 tokens, M = 1024K), byte sizes as reports
-write them ('5.2 KiB'), and the argparse types of numbers that must be positive."""
+"""Token counts as the command line writes them ('4K,32K,1M': K = 1024 tokens, M = 1024K) and as reports and figures
+label them ('32K'), byte sizes as reports write them ('5.2 KiB'), and the argparse types of numbers that must be
+positive."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ def tokens(text: str) -> list[int]:
     for item in (x.strip().upper() for x in text.split(",") if x.strip()):
         values.append(int(float(item[:-1]) * SCALE[item[-1]]) if item[-1] in SCALE else int(float(item)))
     return values
+
+
+def length_label(tokens: int) -> str:
+    """32768 -> '32K' (whole multiples of 1024), else the number: 1000 -> '1000'."""
+    return f"{tokens // 1024}K" if tokens and tokens % 1024 == 0 else str(tokens)
 
 
 def byte_size(value: int) -> str:

@@ -31,10 +31,10 @@ import torch
 
 from ..errors import first_line, is_out_of_memory
 from ..eval.cli import model_label
-from ..eval.plots import length_label
 from ..fast import DEFAULT_PREFILL_CHUNK, FastHypeNet
 from ..fast.cli import DTYPES, load_hypenet
 from ..fast.engine import MAX_AUTOTUNE
+from ..units import length_label
 from . import measure
 from .profile import profile_calls
 from .shapes import HYPENET_SHAPES, TEACHER_SHAPES, hypenet_config, random_model, teacher_config

@@ -319,7 +319,7 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     results["footprint"] = model_footprint(model)
     _log(f"{label}: {results['footprint']['parameters'] / 1e6:.1f}M parameters on {model.device}, "
          f"loaded in {results['timing_s']['load']:.1f}s")
-    from .plots import length_label
+    from ..units import length_label
 
     window = results["footprint"]["trained_context_length"]
     past = [n for n in args.niah_lengths if n > window] if "niah" in evals else []

@@ -11,9 +11,7 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402  (matplotlib's own dependency)
 
-
-def length_label(tokens: int) -> str:
-    return f"{tokens // 1024}K" if tokens and tokens % 1024 == 0 else str(tokens)
+from ..units import length_label  # noqa: E402  (also imported from here; without matplotlib, from hypenet.units)
 
 
 def plot_niah_heatmap(task_result: dict, path: str | Path, title: str) -> Path:

@@ -30,8 +30,8 @@ import torch
 
 from ..eval.copying import DEFAULT_SPAN
 from ..eval.perplexity import bucket_edges, token_nlls
-from ..eval.plots import length_label
 from ..model import HypeNetForCausalLM
+from ..units import length_label
 
 log = logging.getLogger(__name__)
 
