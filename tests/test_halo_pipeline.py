@@ -410,7 +410,41 @@ def test_wall_times_add_up_every_invocation_of_a_stopped_and_resumed_conversion(
     out = stopped_and_resumed["out"]
     assert json.loads((out / "report.json").read_text())["wall_time_s"] == report["wall_time_s"]
     assert "summed over every run of it, those stopped and resumed included" in (out / "report.md").read_text()
+    # called as a library, in a process that did other things first: its start-up is not the conversion's
+    assert "startup_time_s" not in report and "imports, a few seconds, are not in it" in (out / "report.md").read_text()
     assert not list(out.glob("stages/*/wall_time.json"))  # (done.json holds it once a stage is done)
+
+
+def test_the_commands_start_up_counts_in_the_wall_time(assets, tmp_path):
+    """`hypenet STAGE` counts its process's start-up (the interpreter, the imports: from the process's start, which
+    Linux's /proc tells, to the conversion's) with the stage it begins with: more than nothing, less than the process's
+    whole age; and the report's stage table, the start-up and loading its last row, adds up to its wall_time_s."""
+    if pipeline.process_age() is None:
+        pytest.skip("no /proc here: a process's start time is not known (the report says start-up is left out)")
+    out = tmp_path / "out"
+    code = f"""
+import json, sys
+from hypenet.cli import main
+from hypenet.halo.pipeline import process_age
+code = main(["stage1", *{cli_args(assets, "qwen3", out)!r}])
+print(json.dumps({{"code": code, "age": process_age()}}))
+"""
+    began = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    lifetime = time.perf_counter() - began  # (from before the process started to after it ended)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ended = json.loads(run.stdout.splitlines()[-1])
+    assert ended["code"] == 0
+    report = json.loads((out / "report.json").read_text())
+    stage1 = report["stages"]["stage1"]
+    assert 0 < report["startup_time_s"] == stage1["startup_time_s"] < ended["age"] < lifetime
+    # the rows of the conversion's time fit in the process's life (less rounding to 0.01 s and the start's 10 ms tick)
+    assert stage1["startup_time_s"] + stage1["loading_time_s"] + stage1["wall_time_s"] <= ended["age"] + 0.04
+    table = (out / "report.md").read_text().split("## Stages")[1].split("\n\n")[1].splitlines()[2:]
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in table]
+    assert [row[0] for row in cells] == ["stage1", "start-up and loading (interpreter, imports, teacher, data)"]
+    assert sum(float(row[3]) for row in cells) == pytest.approx(report["wall_time_s"], abs=0.011)
+    assert "every run's start-up (from its process's start" in (out / "report.md").read_text()
 
 
 def parse_estimate(line: str, left_out: str = "export") -> tuple[str, str, dict[str, int], dict[str, float]]:

@@ -17,3 +17,19 @@ def test_the_stage_table_has_every_stage_and_the_loading_in_pipeline_order(tmp_p
     assert [row[0] for row in cells] == ["stage1", "select", "stage2", "stage3", "export", "loading (teacher, data)"]
     assert sum(float(row[3]) for row in cells) == report["wall_time_s"]
     assert cells[1][1:3] == ["-", "-"] and cells[2][1:3] == ["1024", "4"]
+
+
+def test_the_start_up_shares_the_loadings_row_where_it_was_measured(tmp_path):
+    """With the start-up measured (startup_time_s: the `hypenet` command on Linux), the last row is the start-up and
+    the loading, the column still adds up to wall_time_s, and the note says start-up is in it; without, it says not."""
+    report = {"wall_time_s": 20.0, "loading_time_s": 1.5, "startup_time_s": 4.25,
+              "stages": {"stage1": {"tokens": 1024, "steps": 4, "wall_time_s": 14.25, "losses": [[1, 2.0]]}}}
+    text = write_report(tmp_path, report)[1].read_text()
+    table = text.split("## Stages")[1].split("\n\n")[1].splitlines()[2:]
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in table]
+    assert cells[-1][0] == "start-up and loading (interpreter, imports, teacher, data)" and cells[-1][3] == "5.75"
+    assert sum(float(row[3]) for row in cells) == report["wall_time_s"]
+    assert "every run's start-up (from its process's start" in text and "are not in it" not in text
+    del report["startup_time_s"]
+    text = write_report(tmp_path, report)[1].read_text()
+    assert "interpreter start and imports, a few seconds, are not in it" in text

@@ -148,7 +148,7 @@ def _run(command: str, args: argparse.Namespace) -> int:
             return 0
         with sigterm_as_ctrl_c():
             run_stages(config, stages, resume=args.resume, overwrite=args.overwrite,
-                       start_from=getattr(args, "start_from", None))
+                       start_from=getattr(args, "start_from", None), count_startup=True)
     except HaloError as error:  # an input the user must fix: as every hypenet command ends on one (exit code 2)
         print(f"error: {error}", file=sys.stderr)
         return 2

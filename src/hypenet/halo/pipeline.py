@@ -10,8 +10,10 @@ Output folder layout:
 
 Wall time: a stage's `wall_time_s` is the wall-clock time spent in it (building, training, saving), summed over every
 invocation that ran it, those stopped part-way and resumed included; its `loading_time_s`, what the invocations that
-began with it spent before it (loading the teacher and the data). The report's `wall_time_s` is the sum of both over
-the stages. A stage's time so far is saved in its wall_time.json after every training step and when an invocation
+began with it spent before it (loading the teacher and the data), and `startup_time_s`, their start-up (from the
+process's start to the conversion's: the interpreter and the imports), where a `hypenet` command ran it on a system
+that tells a process's start (Linux: `process_age`). The report's `wall_time_s` is the sum of them over the stages.
+A stage's time so far is saved in its wall_time.json after every training step and when an invocation
 stops in it (Ctrl-C, SIGTERM, an error); a SIGKILL loses what that invocation spent since the last save (at most the
 step in flight while training).
 
@@ -76,16 +78,30 @@ RUN_FIELDS = {"out", "device", "mixed_precision", "checkpoint_every", "tensorboa
 STAGE_RUN_FIELDS = {"micro_batch_size"}
 
 
+def process_age() -> float | None:
+    """Seconds since this process started, as the kernel tells it: /proc/self/stat's starttime (field 22, clock ticks
+    since boot) against the boot-time clock, to a tick (10 ms); None where there is no /proc (macOS, Windows)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # (field 2, the command's name, may hold spaces and ")")
+        return max(time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 class StageClock:
     """A stage's wall-clock time summed over the invocations that ran it: what the earlier ones spent (WALL_TIME in
     its folder) plus this one's since `start`; and the time invocations spent loading before it (`loading`: this
-    invocation's, when it begins with this stage, is added to the earlier ones')."""
+    invocation's, when it begins with this stage, is added to the earlier ones'), and starting up before that
+    (`startup`, the same way; None while no invocation's was measured)."""
 
-    def __init__(self, stage_dir: Path, loading: float, main: bool):
+    def __init__(self, stage_dir: Path, loading: float, main: bool, startup: float | None = None):
         self.path, self.main = stage_dir / WALL_TIME, main
         saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.before = saved.get("wall_time_s", 0.0)
         self.loading = saved.get("loading_time_s", 0.0) + loading
+        measured = [t for t in (saved.get("startup_time_s"), startup) if t is not None]
+        self.startup = sum(measured) if measured else None
         self.start = time.perf_counter()
 
     def seconds(self) -> float:
@@ -94,7 +110,8 @@ class StageClock:
     def save(self) -> None:
         """Write the time so far (the main process; the others' is the same stage's)."""
         if self.main:
-            write_text_atomic(self.path, json.dumps({"wall_time_s": self.seconds(), "loading_time_s": self.loading}))
+            times = {"wall_time_s": self.seconds(), "loading_time_s": self.loading, "startup_time_s": self.startup}
+            write_text_atomic(self.path, json.dumps({k: v for k, v in times.items() if v is not None}))
 
 
 def done_info(out: Path, name: str) -> dict | None:
@@ -110,6 +127,7 @@ class Conversion:
         self.out = Path(config.out)
         self.running: list[str] = []  # the stages this invocation runs (run_stages sets them)
         self.loading = 0.0  # seconds this invocation spent before its first stage (run_stages measures it)
+        self.startup: float | None = None  # ... and before the conversion began, where measured (run_stages)
         self.clock: StageClock | None = None  # the stage running
         if config.device == "cuda" and not torch.cuda.is_available():
             raise HaloError("device=cuda but no GPU is visible; use --device cpu")
@@ -299,8 +317,9 @@ class Conversion:
         if self.is_main_process:
             self.stage_dir(name).mkdir(parents=True, exist_ok=True)
         self.state.wait_for_everyone()
-        # this invocation's loading counts with the first stage it runs
-        self.clock, self.loading = StageClock(self.stage_dir(name), self.loading, self.is_main_process), 0.0
+        # this invocation's start-up and loading count with the first stage it runs
+        self.clock = StageClock(self.stage_dir(name), self.loading, self.is_main_process, self.startup)
+        self.loading, self.startup = 0.0, None
         try:
             info = STAGE_RUNNERS[name](self)
         except BaseException:  # Ctrl-C, SIGTERM, an error: the time spent counts when the stage is run again
@@ -311,6 +330,8 @@ class Conversion:
             clock, self.clock = self.clock, None
         info["wall_time_s"] = round(clock.seconds(), 2)
         info["loading_time_s"] = round(clock.loading, 2)
+        if clock.startup is not None:
+            info["startup_time_s"] = round(clock.startup, 2)
         if self.is_main_process:
             write_text_atomic(self.stage_dir(name) / DONE, json.dumps(info, indent=1))
             engine.remove_checkpoints(self.stage_dir(name))
@@ -335,15 +356,17 @@ class Conversion:
         done = {name: info for name in STAGES if (info := self.done(name)) is not None}
         trained = {name: done[name] for name in ("stage1", "stage2", "stage3") if name in done}
         loading = sum(info.get("loading_time_s", 0.0) for info in done.values())  # (older runs did not record it)
+        startup = [info["startup_time_s"] for info in done.values() if "startup_time_s" in info]  # (where measured)
         return {
             "teacher": self.config.teacher,
             "teacher_parameters": self.teacher_parameters,
             "data": self.config.data.source,
             "student_path": str(self.out / MODEL_DIR) if "export" in done else None,
             "tokens": sum(stage["tokens"] for stage in trained.values()),
-            # every stage's time and the loading before it, over every invocation (the module docstring)
-            "wall_time_s": round(sum(info["wall_time_s"] for info in done.values()) + loading, 2),
+            # every stage's time and the start-up and loading before it, over every invocation (the module docstring)
+            "wall_time_s": round(sum(info["wall_time_s"] for info in done.values()) + loading + sum(startup), 2),
             "loading_time_s": round(loading, 2),
+            **({"startup_time_s": round(sum(startup), 2)} if startup else {}),
             "stages": trained,
             "selection": done.get("select"),
             "export": done.get("export"),
@@ -646,10 +669,12 @@ def check_output(config: ConvertConfig, stages: list[str], resume: bool, overwri
 
 
 def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = False, overwrite: bool = False,
-               start_from: str | Path | None = None) -> dict:
+               start_from: str | Path | None = None, count_startup: bool = False) -> dict:
     """Run `stages` (all of them: a conversion) into config.out; return the report. See the module docstring.
     `start_from`: another conversion's folder, whose finished stages before `stages` are copied into config.out
-    first (`hypenet stage3 --from A --out B --set stage3.lr=...` tries another stage 3 on A's stage 2)."""
+    first (`hypenet stage3 --from A --out B --set stage3.lr=...` tries another stage 3 on A's stage 2).
+    `count_startup`: this process started for this conversion (the `hypenet` command), so the time from its start to
+    the conversion's counts (`startup_time_s`); not in a process that did other things first (a notebook, a test)."""
     check_output(config, stages, resume, overwrite, start_from)
     out, whole = Path(config.out), list(stages) == list(STAGES)
     if resume and whole and not holds_anything(out):
@@ -662,7 +687,7 @@ def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool =
     except OSError as error:
         raise HaloError(f"cannot write in the output folder {out} ({error.strerror}); pass another --out") from error
     try:
-        return _run_stages(config, stages, resume, overwrite, start_from)
+        return _run_stages(config, stages, resume, overwrite, start_from, count_startup)
     finally:
         if lock is not None:
             lock.close()  # (releases it)
@@ -679,8 +704,8 @@ def holds_anything(out: Path) -> bool:
 
 
 def _run_stages(config: ConvertConfig, stages: list[str], resume: bool, overwrite: bool,
-                start_from: str | Path | None) -> dict:
-    began = time.perf_counter()
+                start_from: str | Path | None, count_startup: bool = False) -> dict:
+    began, startup = time.perf_counter(), process_age() if count_startup else None
     out, whole = Path(config.out), list(stages) == list(STAGES)
     first = STAGES.index(stages[0])
     earlier = list(STAGES[:first])
@@ -693,7 +718,7 @@ def _run_stages(config: ConvertConfig, stages: list[str], resume: bool, overwrit
     conv.state.wait_for_everyone()
     conv.record_config()
 
-    conv.running, conv.loading = list(stages), time.perf_counter() - began
+    conv.running, conv.loading, conv.startup = list(stages), time.perf_counter() - began, startup
     for name in stages:
         conv.run_stage(name)
     report = conv.report()

@@ -12,8 +12,10 @@ The report dict (every key optional; the pipeline fills what it has):
       },                                             # wall_time_s: seconds spent in the stage (building, training,
                                                      # saving), summed over every invocation that ran it, stopped and
                                                      # resumed ones included; loading_time_s: the loading (teacher,
-                                                     # data) of the invocations that began with it; training_time_s:
-                                                     # the training loop's alone (engine.TrainResult.wall_time)
+                                                     # data) of the invocations that began with it, startup_time_s
+                                                     # (where measured) their start-up before it (interpreter,
+                                                     # imports); training_time_s: the training loop's alone
+                                                     # (engine.TrainResult.wall_time)
       "selection": SelectionResult.to_dict(),        # attention_layers, strategy, scores, recall, commonsense,
                                                      # baseline, needle_attention (the teacher's, per layer, on the
                                                      # recall probes)
@@ -22,7 +24,8 @@ The report dict (every key optional; the pipeline fills what it has):
                                                      # with the copy probe copy_losses and copy_probe
       "heldout": {"<metric>": float, ...},           # held-out evaluation numbers, e.g. {"teacher_loss": ..}
       "<other>": str | int | float,                  # listed at the top (e.g. teacher_parameters, wall_time_s:
-    }                                                # the conversion's, every stage's and loading_time_s summed)
+    }                                                # the conversion's, every stage's, loading_time_s and
+                                                     # startup_time_s summed)
 
 Per-layer dicts may have int or str keys (JSON turns int keys into strings).
 """
@@ -57,7 +60,8 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 def _stages_section(stages: dict, report: dict | None = None) -> list[str]:
     """The training stages' table, in pipeline order with the layer selection's and the export's rows (their wall
-    time), and a last row of the loading, so that the wall times add up to the report's `wall_time_s`."""
+    time), and a last row of the start-up (where measured) and loading, so that the wall times add up to the report's
+    `wall_time_s`."""
     report = report or {}
     untrained = {"select": report.get("selection"), "export": report.get("export")}
     order = [n for n in ("stage1", "select", "stage2", "stage3", "export") if n in stages or untrained.get(n)]
@@ -77,11 +81,19 @@ def _stages_section(stages: dict, report: dict | None = None) -> list[str]:
             name, stage.get("tokens"), stage.get("steps"), stage.get("wall_time_s"),
             losses[0][1] if losses else None, losses[-1][1] if losses else None, ran_on,
         ])
-    if report.get("loading_time_s") is not None:
+    startup = report.get("startup_time_s")
+    if startup is not None:
+        rows.append(["start-up and loading (interpreter, imports, teacher, data)", None, None,
+                     round(startup + report.get("loading_time_s", 0.0), 2), None, None, None])
+    elif report.get("loading_time_s") is not None:
         rows.append(["loading (teacher, data)", None, None, report["loading_time_s"], None, None, None])
     note = ("Wall time: the seconds spent in each stage (building, training, saving), summed over every run of it, "
-            "those stopped and resumed included, and the loading of the teacher and data by every run; together the "
-            "report's `wall_time_s` (a run's interpreter start and imports, a few seconds, are not in it).")
+            "those stopped and resumed included, and " + (
+                "every run's start-up (from its process's start: the interpreter, the imports) and loading of the "
+                "teacher and data; together the report's `wall_time_s`." if startup is not None else
+                "the loading of the teacher and data by every run; together the report's `wall_time_s` (a run's "
+                "interpreter start and imports, a few seconds, are not in it: the `hypenet` command counts them "
+                "where the system tells a process's start, on Linux)."))
     return ["## Stages", ""] + _table(
         ["stage", "tokens", "steps", "wall time (s)", "first loss", "last loss", "processes"], rows) + ["", note]
 
