@@ -56,6 +56,7 @@ def _not_the_no_gpu_notice(record: logging.LogRecord) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    own_command_line = argv is None  # (this process was started for this command: its start-up counts, halo.cli)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:  # `hypenet` alone: what it can do, not a usage error
         parser.print_help()
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         split = any(a == "--set" and argv[i + 2:i + 3] and argv[i + 2] in unknown for i, a in enumerate(argv))
         hint = " (--set takes KEY=VALUE as one argument)" if split else ""
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    args.own_command_line = own_command_line
     quiet_deepspeed_unless_used()
     return exit_code(lambda: args.func(args))  # an input the user must fix: one line, no traceback
 

@@ -148,7 +148,10 @@ def _run(command: str, args: argparse.Namespace) -> int:
             return 0
         with sigterm_as_ctrl_c():
             run_stages(config, stages, resume=args.resume, overwrite=args.overwrite,
-                       start_from=getattr(args, "start_from", None), count_startup=True)
+                       start_from=getattr(args, "start_from", None),
+                       # the process's start-up counts where it was started for this command (its own command line),
+                       # not where main([...]) is called from a longer-lived one (a notebook, a test)
+                       count_startup=getattr(args, "own_command_line", False))
     except HaloError as error:  # an input the user must fix: as every hypenet command ends on one (exit code 2)
         print(f"error: {error}", file=sys.stderr)
         return 2
