@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCau
 from hypenet.cli import main
 from hypenet.halo.config import HaloError, load_config, resolve
 from hypenet.halo.flops import H200_DENSE_BF16_TFLOPS, build_objective, matmul_parameters
-from hypenet.halo.plan import MEASURED_MFU, _duration, _flops, logged_progress, make_plan, markdown
+from hypenet.halo.plan import MEASURED_MFU, _count, _duration, _flops, logged_progress, make_plan, markdown
 from hypenet.teachers import build_hypenet_from_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -298,6 +298,13 @@ def test_the_stages_relative_cost_is_their_flops_per_token_and_on_a_gpu_the_meas
     assert cpu == pytest.approx({name: per_token[name] / per_token["stage1"] for name in per_token}, rel=1e-12)
     assert cpu["stage1"] == 1 and cpu["stage2"] > 1  # stage 2 trains the whole student beside the teacher
     assert cpu["select"] < 1  # a forward pass, the layers before the swapped one replayed
+    # --plan names the same sweep: its teacher passes, tokens and FLOPs
+    assert (plan["selection_tokens"], plan["selection_flops"]) == (
+        selection_tokens(resolved, 8), selection_flops(teacher, students, resolved))
+    assert (f"Layer selection (`halo`; 9 teacher passes over the probes, {_count(plan['selection_tokens'])} tokens in "
+            f"all, {_flops(plan['selection_flops'])}): to run.") in markdown(plan)
+    even = make_plan(config_for(teacher_dir, tmp_path / "run", "select.strategy=even"))  # no teacher pass
+    assert even["selection_tokens"] is None and "Layer selection (`even`): to run." in markdown(even)
     mfu = dict(zip(("stage1", "stage2", "stage3"), nearest_mfu(plan["teacher"]["parameters"], False)[1]))
     mfu["select"] = mfu["stage2"]
     gpu = relative_costs(teacher_cfg, resolved, "stage2", gpu=True)

@@ -262,9 +262,11 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
     size, mfu = nearest_mfu(teacher_parameters, resolved.compile)
     on_cpu = resolved.device == "cpu" or (resolved.device == "auto" and not torch.cuda.is_available())
 
-    rows, student = [], None
+    rows, student, students = [], None, None
     for index, (name, objective, per_token) in enumerate(stage_objectives(teacher, resolved)):
         stage = getattr(resolved, name)
+        if name == "stage1":
+            students = objective.students
         if name == "stage2":
             student = objective.student
         flops = stage.tokens * per_token
@@ -308,6 +310,9 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
         "stages": rows,
         "planned": [row["stage"] for row in planned] + [s for s in ("select", "export") if s in stages],
         "select": resolved.select.strategy, "selection_state": state("select", None),
+        # the built-in probes' sweep (None: no teacher pass, or lm-eval's tasks, not counted)
+        "selection_tokens": selection_tokens(resolved, layers),
+        "selection_flops": selection_flops(teacher, students, resolved),
         "export_state": state("export", None),
         "export_rule": export_rule(resolved.export),
         "total": {"tokens": sum(row["tokens"] for row in planned), "flops": sum(row["flops"] for row in planned),
@@ -397,10 +402,14 @@ def markdown(plan: dict) -> str:
             f"{row['state']} |"
         )
     total = plan["total"]
+    selection = ""
+    if plan.get("selection_tokens"):
+        selection = (f"; {t['layers'] + 1} teacher passes over the probes, {_count(plan['selection_tokens'])} tokens "
+                     f"in all, {_flops(plan['selection_flops'])}")
     lines += [
         "",
-        f"Layer selection (`{plan['select']}`): {plan['selection_state']}. Export ({plan['export_rule']}): "
-        f"{plan['export_state']}.",
+        f"Layer selection (`{plan['select']}`{selection}): {plan['selection_state']}. Export "
+        f"({plan['export_rule']}): {plan['export_state']}.",
         f"In all: {_count(total['tokens'])} training tokens, {_flops(total['flops'])} (model FLOPs), about "
         f"{_duration(total['h200_hours'] * 3600)} on one H200"
         f" ({'with' if plan['compile'] else 'without'} `compile`; the MFU measured by bench-train at the "
