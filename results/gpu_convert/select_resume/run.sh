@@ -7,7 +7,8 @@
 #      (stages/select/scored_layers.json); its log holds the estimate's lines from stage 1 on.
 #   2. `hypenet select --resume`: it must say it resumes at layer STOP_AT and score the rest alone.
 #   3. compare.json: the resumed selection's layers, scores, recall and commonsense against the fortieth lease's
-#      (REFERENCE), float for float.
+#      (REFERENCE), float for float. REFERENCE=own (with a shorter stage 1, e.g. OPTIONS="--set stage1.tokens=256K"
+#      when device time is short) runs an uninterrupted `hypenet select --from` the same stage 1 and compares with it.
 # Everything but weights comes back in $OUT/select_resume.tgz. RUNS, REFERENCE, TEACHER, CORPUS, CONFIG, OPTIONS and
 # STOP_AT can be replaced to try it on a CPU (TEACHER=embedded CORPUS=builtin CONFIG= OPTIONS="--preset smoke ...").
 set -uo pipefail
@@ -27,7 +28,8 @@ export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 source scripts/gpu_setup.sh
 pack() {
     tar czf "$OUT/select_resume.tgz" -C "$RUNS" logs $(cd "$RUNS" && ls -d compare.json halo/config.yaml \
-        halo/stages/*/done.json halo/stages/*/losses.jsonl halo/stages/*/wall_time.json 2>/dev/null)
+        halo/stages/*/done.json halo/stages/*/losses.jsonl halo/stages/*/wall_time.json ref/stages/select/done.json \
+        2>/dev/null)
 }
 trap pack EXIT
 [ "$TEACHER" = embedded ] || setup >"$RUNS/logs/setup.log" 2>&1 || { cat "$RUNS/logs/setup.log"; exit 1; }
@@ -51,6 +53,15 @@ if [ ! -f "$HALO/stages/select/done.json" ]; then
         >"$RUNS/logs/select_resumed.log" 2>&1
     echo "  select exit $?"
     grep -E "layer selection: |HALO keeps" "$RUNS/logs/select_resumed.log" | cut -c1-400
+fi
+if [ "$REFERENCE" = own ]; then  # an uninterrupted selection on the same stage 1, in another folder
+    REFERENCE=$RUNS/ref/stages/select/done.json
+    if [ ! -f "$REFERENCE" ]; then
+        echo "[$((SECONDS - START))s] select --from, uninterrupted"
+        timeout --signal=INT $((DEADLINE - (SECONDS - START) - 20)) "${HYPENET[@]}" select --teacher "$TEACHER" \
+            --data "$CORPUS" --out "$RUNS/ref" "${OPTIONS[@]}" --from "$HALO" >"$RUNS/logs/select_reference.log" 2>&1
+        echo "  select exit $?"
+    fi
 fi
 python3 - "$HALO/stages/select/done.json" "$REFERENCE" "$RUNS/compare.json" "$PARTIAL" <<'PY'
 import json, os, sys
