@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from hypenet.eval.plots import length_label  # noqa: E402
 from hypenet.halo.export import scaling_label  # noqa: E402
+from hypenet.units import length_label  # noqa: E402
 
 
 def read_export(path: Path) -> dict:

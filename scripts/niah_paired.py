@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from hypenet.eval.niah import mcnemar_exact_p  # noqa: E402
-from hypenet.eval.plots import length_label  # noqa: E402
+from hypenet.units import length_label  # noqa: E402
 
 PROMPT = ("task", "context_len", "depth", "seed", "key", "value", "n_tokens")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from hypenet.eval.niah import accuracy_interval  # noqa: E402
-from hypenet.eval.plots import length_label  # noqa: E402
+from hypenet.units import length_label  # noqa: E402
 
 
 def counts(folder: Path, tasks: list[str] | None = None) -> tuple[Counter, Counter]:

@@ -10,7 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..eval.plots import length_label, save_figure  # noqa: E402
+from ..eval.plots import save_figure  # noqa: E402
+from ..units import length_label  # noqa: E402
 
 K = 1024
 COLUMNS = [

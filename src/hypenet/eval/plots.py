@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402  (matplotlib's own dependency)
 
-from ..units import length_label  # noqa: E402  (also imported from here; without matplotlib, from hypenet.units)
+from ..units import length_label  # noqa: E402
 
 
 def plot_niah_heatmap(task_result: dict, path: str | Path, title: str) -> Path:

@@ -6,10 +6,10 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from ..units import byte_size
+from ..units import byte_size, length_label
 from .niah import accuracy_interval, fisher_exact_p, scored_right_or_wrong
 from .niah_forced import DEFAULT_ANSWER
-from .plots import length_label, plot_accuracy_vs_length, plot_needle_attention, plot_perplexity_by_bucket
+from .plots import plot_accuracy_vs_length, plot_needle_attention, plot_perplexity_by_bucket
 
 _MISSING = "-"
 
