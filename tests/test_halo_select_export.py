@@ -375,6 +375,12 @@ def test_a_sweep_stopped_part_way_resumes_to_the_uninterrupted_result(teacher, t
         select_layers(teacher, tokenizer, stage1_layers, partial=partial, fingerprint=other,
                       **{**settings, "seed": 5})
     assert any(m.endswith("were scored with another probes.seed") for m in caplog.messages)
+    # and so is another batch size: it can change the last bits of the scores on a GPU
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hypenet.halo.select"):
+        select_layers(teacher, tokenizer, stage1_layers, partial=partial, fingerprint=other,
+                      **{**settings, "seed": 5, "batch_size": 3})
+    assert any(m.endswith("were scored with another batch_size") for m in caplog.messages)
 
 
 def test_the_lm_eval_sweep_resumes_too(teacher, tokenizer, stage1_layers, tmp_path, monkeypatch, caplog):

@@ -453,8 +453,11 @@ def select_layers(
             "probes": "builtin", "recall_samples": recall_samples, "recall_context": recall_context,
             "recall_style": recall_style, "commonsense_tokens": commonsense_tokens, "seed": seed,
         }
-    # (the settings so far are the probes': the number of layers kept, k, decides no score)
-    scored = ScoredLayers(num_layers, partial, {**(fingerprint or {}), "probes": settings, "num_layers": num_layers})
+    # (the settings so far are the probes': the number of layers kept, k, decides no score; the batch size changes
+    # the last bits of a GPU's sums, so a resumed sweep keeps it to give an uninterrupted sweep's floats)
+    batching = {} if lm_eval_tasks is not None else {"batch_size": batch_size}
+    scored = ScoredLayers(num_layers, partial,
+                          {**(fingerprint or {}), "probes": settings, "num_layers": num_layers, **batching})
     try:
         if lm_eval_tasks is not None:
             baseline, recall, commonsense = _lm_eval_sweep(
