@@ -6,7 +6,9 @@
 # itself.
 # The inputs' defaults, each replaced by the environment (scripts/gpu_convert.sh documents them):
 : "${TEACHER:=$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf}" "${CORPUS:=.carry/c/corpus.jsonl.xz}" "${WHEELS:=.whl}"
-: "${TRITON_CACHE:=.carry/triton_cache.txz}"
+# Triton's cache: one carried for this lease, else the one committed (a fresh session's checkout has no .carry/)
+[ -n "${TRITON_CACHE:-}" ] || { TRITON_CACHE=.carry/triton_cache.txz
+    [ -f "$TRITON_CACHE" ] || TRITON_CACHE=results/gpu_convert/triton_cache.txz; }
 
 timed_step() {  # timed_step LOGS NAME COMMAND...: COMMAND with what is left of DEADLINE (seconds after START) less
     # 20 s for packing, stopped by SIGINT then (a conversion checkpoints and stops), its output in LOGS/NAME.log;
