@@ -448,6 +448,30 @@ print(json.dumps({{"code": code, "age": process_age()}}))
     assert "every run's start-up (from its process's start" in (out / "report.md").read_text()
 
 
+def test_under_a_launcher_the_commands_start_up_counts_from_the_launchers_start(tmp_path):
+    """A process that torchrun (as `accelerate launch` does for several GPUs) started: the command's age is the
+    launcher's, which imported torch before it started the worker, so more than the worker's own age and less than
+    the whole launch. A plain process with a launcher's variable in its environment (inherited, say) has its own age:
+    its parent is no launcher."""
+    if pipeline.process_age() is None:
+        pytest.skip("no /proc here: a process's start time is not known")
+    script = tmp_path / "ages.py"
+    script.write_text("import json\nfrom hypenet.halo.pipeline import command_age, process_age\n"
+                      "print(json.dumps({'command': command_age(), 'own': process_age()}))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(pipeline.__file__).parents[2]), "OMP_NUM_THREADS": "1"}
+    began = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                          str(script)], capture_output=True, text=True, env=env, timeout=300)
+    lifetime = time.perf_counter() - began
+    assert run.returncode == 0, run.stderr[-3000:]
+    launched = json.loads(run.stdout.splitlines()[-1])
+    assert launched["own"] + 0.5 < launched["command"] < lifetime  # (torchrun's own imports take seconds)
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                           env={**env, "TORCHELASTIC_RUN_ID": "inherited"})
+    alone = json.loads(plain.stdout.splitlines()[-1])
+    assert alone["command"] == pytest.approx(alone["own"], abs=0.05)  # (read a moment apart)
+
+
 def parse_estimate(line: str, left_out: str = "export") -> tuple[str, str, dict[str, int], dict[str, float]]:
     """(the time it says, the stage measured, the tokens it names by stage, their tokens/s by stage) of an estimate's
     line, which must say that it leaves `left_out` out."""

@@ -11,8 +11,9 @@ Output folder layout:
 Wall time: a stage's `wall_time_s` is the wall-clock time spent in it (building, training, saving), summed over every
 invocation that ran it, those stopped part-way and resumed included; its `loading_time_s`, what the invocations that
 began with it spent before it (loading the teacher and the data), and `startup_time_s`, their start-up (from the
-process's start to the conversion's: the interpreter and the imports), where a `hypenet` command ran it on a system
-that tells a process's start (Linux: `process_age`). The report's `wall_time_s` is the sum of them over the stages.
+process's start to the conversion's: the interpreter and the imports; under `accelerate launch` or torchrun from the
+launcher's start), where a `hypenet` command ran it on a system that tells a process's start (Linux: `command_age`).
+The report's `wall_time_s` is the sum of them over the stages.
 A stage's time so far is saved in its wall_time.json after every training step and when an invocation
 stops in it (Ctrl-C, SIGTERM, an error); a SIGKILL loses what that invocation spent since the last save (at most the
 step in flight while training).
@@ -78,15 +79,37 @@ RUN_FIELDS = {"out", "device", "mixed_precision", "checkpoint_every", "tensorboa
 STAGE_RUN_FIELDS = {"micro_batch_size"}
 
 
-def process_age() -> float | None:
-    """Seconds since this process started, as the kernel tells it: /proc/self/stat's starttime (field 22, clock ticks
-    since boot) against the boot-time clock, to a tick (10 ms); None where there is no /proc (macOS, Windows)."""
+def process_age(pid: int | str = "self") -> float | None:
+    """Seconds since process `pid` (this one by default) started, as the kernel tells it: /proc/PID/stat's starttime
+    (field 22, clock ticks since boot) against the boot-time clock, to a tick (10 ms); None where there is no /proc
+    (macOS, Windows) or no such process."""
     try:
-        stat = Path("/proc/self/stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()
         ticks = int(stat.rsplit(")", 1)[1].split()[19])  # (field 2, the command's name, may hold spaces and ")")
         return max(time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"), 0.0)
     except (OSError, ValueError, IndexError, AttributeError):
         return None
+
+
+# What a launcher that starts one process per GPU sets in their environment (torchrun's elastic agent; accelerate
+# launch's launcher for one process), and words of its command line
+LAUNCHED_ENV = ("TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU")
+LAUNCHERS = ("torchrun", "torch.distributed.run", "accelerate", "deepspeed")
+
+
+def command_age() -> float | None:
+    """Seconds since the command started: this process's age (`process_age`), or, in a process started by a launcher
+    (`accelerate launch`, torchrun: its parent, whose command line names it), the launcher's, whose own start-up
+    (importing torch and accelerate before it starts the workers) is the command's too."""
+    age = process_age()
+    if age is None or not any(name in os.environ for name in LAUNCHED_ENV):
+        return age
+    try:
+        command = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return age
+    launcher = process_age(os.getppid()) if any(word in command for word in LAUNCHERS) else None
+    return launcher if launcher is not None and launcher >= age else age
 
 
 class StageClock:
@@ -705,7 +728,7 @@ def holds_anything(out: Path) -> bool:
 
 def _run_stages(config: ConvertConfig, stages: list[str], resume: bool, overwrite: bool,
                 start_from: str | Path | None, count_startup: bool = False) -> dict:
-    began, startup = time.perf_counter(), process_age() if count_startup else None
+    began, startup = time.perf_counter(), command_age() if count_startup else None
     out, whole = Path(config.out), list(stages) == list(STAGES)
     first = STAGES.index(stages[0])
     earlier = list(STAGES[:first])

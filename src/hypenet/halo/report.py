@@ -89,8 +89,8 @@ def _stages_section(stages: dict, report: dict | None = None) -> list[str]:
         rows.append(["loading (teacher, data)", None, None, report["loading_time_s"], None, None, None])
     note = ("Wall time: the seconds spent in each stage (building, training, saving), summed over every run of it, "
             "those stopped and resumed included, and " + (
-                "every run's start-up (from its process's start: the interpreter, the imports) and loading of the "
-                "teacher and data; together the report's `wall_time_s`." if startup is not None else
+                "every run's start-up (from its process's start, or its launcher's: the interpreter, the imports) "
+                "and loading of the teacher and data; together the report's `wall_time_s`." if startup is not None else
                 "the loading of the teacher and data by every run; together the report's `wall_time_s` (a run's "
                 "interpreter start and imports, a few seconds, are not in it: the `hypenet` command counts them "
                 "where the system tells a process's start, on Linux)."))
