@@ -468,6 +468,7 @@ def test_under_a_launcher_the_commands_start_up_counts_from_the_launchers_start(
     assert launched["own"] + 0.5 < launched["command"] < lifetime  # (torchrun's own imports take seconds)
     plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
                            env={**env, "TORCHELASTIC_RUN_ID": "inherited"})
+    assert plain.returncode == 0, plain.stderr[-3000:]
     alone = json.loads(plain.stdout.splitlines()[-1])
     assert alone["command"] == pytest.approx(alone["own"], abs=0.05)  # (read a moment apart)
 
