@@ -451,13 +451,19 @@ print(json.dumps({{"code": code, "age": process_age()}}))
 def test_under_a_launcher_the_commands_start_up_counts_from_the_launchers_start(tmp_path):
     """A process that torchrun (as `accelerate launch` does for several GPUs) started: the command's age is the
     launcher's, which imported torch before it started the worker, so more than the worker's own age and less than
-    the whole launch. A plain process with a launcher's variable in its environment (inherited, say) has its own age:
-    its parent is no launcher."""
+    the whole launch; so is that of a process the worker started, whose grandparent is the launcher. A plain process
+    with a launcher's variable in its environment (inherited, say) has its own age: no near ancestor is a launcher."""
     if pipeline.process_age() is None:
         pytest.skip("no /proc here: a process's start time is not known")
     script = tmp_path / "ages.py"
-    script.write_text("import json\nfrom hypenet.halo.pipeline import command_age, process_age\n"
-                      "print(json.dumps({'command': command_age(), 'own': process_age()}))\n")
+    script.write_text("import json, os, subprocess, sys, time\n"
+                      "from hypenet.halo.pipeline import command_age, process_age\n"
+                      "ages = {'command': command_age(), 'own': process_age(), 'now': time.time()}\n"
+                      "if os.environ.get('LOCAL_RANK'):  # (the worker, not its child)\n"
+                      "    child = subprocess.run([sys.executable, __file__], capture_output=True, text=True,\n"
+                      "                           env={k: v for k, v in os.environ.items() if k != 'LOCAL_RANK'})\n"
+                      "    ages['child'] = child.stdout.splitlines()[-1] if child.returncode == 0 else child.stderr\n"
+                      "print(json.dumps(ages))\n")
     env = {**os.environ, "PYTHONPATH": str(Path(pipeline.__file__).parents[2]), "OMP_NUM_THREADS": "1"}
     began = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
@@ -466,6 +472,11 @@ def test_under_a_launcher_the_commands_start_up_counts_from_the_launchers_start(
     assert run.returncode == 0, run.stderr[-3000:]
     launched = json.loads(run.stdout.splitlines()[-1])
     assert launched["own"] + 0.5 < launched["command"] < lifetime  # (torchrun's own imports take seconds)
+    # one more process between (as an mpirun or a shell may stand between a launcher and its workers): the same start
+    child = json.loads(launched["child"])
+    assert child["own"] + 0.5 < child["command"] < lifetime
+    started = [ages["now"] - ages["command"] for ages in (launched, child)]  # (the launcher's start, each as read)
+    assert started[1] == pytest.approx(started[0], abs=0.05)
     plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
                            env={**env, "TORCHELASTIC_RUN_ID": "inherited"})
     assert plain.returncode == 0, plain.stderr[-3000:]

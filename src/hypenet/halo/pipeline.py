@@ -97,19 +97,36 @@ LAUNCHED_ENV = ("TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU")
 LAUNCHERS = ("torchrun", "torch.distributed.run", "accelerate", "deepspeed")
 
 
-def command_age() -> float | None:
+def parent_pid(pid: int | str) -> int | None:
+    """The parent of process `pid` (/proc/PID/stat's field 4); None where it is not known."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def command_age(ancestors: int = 3) -> float | None:
     """Seconds since the command started: this process's age (`process_age`), or, in a process started by a launcher
-    (`accelerate launch`, torchrun: its parent, whose command line names it), the launcher's, whose own start-up
-    (importing torch and accelerate before it starts the workers) is the command's too."""
+    (`accelerate launch`, torchrun), the launcher's, whose own start-up (importing torch and accelerate before it
+    starts the workers) is the command's too. The launcher is the nearest of this process's `ancestors` nearest
+    ancestors (its parent under torchrun; its grandparent where an mpirun or a shell stands between) whose command
+    line names one; only where a launcher's variable is set."""
     age = process_age()
     if age is None or not any(name in os.environ for name in LAUNCHED_ENV):
         return age
-    try:
-        command = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return age
-    launcher = process_age(os.getppid()) if any(word in command for word in LAUNCHERS) else None
-    return launcher if launcher is not None and launcher >= age else age
+    pid = os.getppid()
+    for _ in range(ancestors):
+        if pid is None or pid <= 1:
+            break
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            break
+        if any(word in command for word in LAUNCHERS):
+            launcher = process_age(pid)
+            return launcher if launcher is not None and launcher >= age else age
+        pid = parent_pid(pid)
+    return age
 
 
 class StageClock:
