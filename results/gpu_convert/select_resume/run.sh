@@ -9,8 +9,9 @@
 #   3. compare.json: the resumed selection's layers, scores, recall and commonsense against the fortieth lease's
 #      (REFERENCE), float for float. REFERENCE=own (with a shorter stage 1, e.g. OPTIONS="--set stage1.tokens=256K"
 #      when device time is short) runs an uninterrupted `hypenet select --from` the same stage 1 and compares with it.
-# Everything but weights comes back in $OUT/select_resume.tgz. RUNS, REFERENCE, TEACHER, CORPUS, CONFIG, OPTIONS and
-# STOP_AT can be replaced to try it on a CPU (TEACHER=embedded CORPUS=builtin CONFIG= OPTIONS="--preset smoke ...").
+# Everything but weights comes back in $OUT/select_resume.tgz, Triton's compiled kernels in $OUT/triton_cache.txz.
+# RUNS, REFERENCE, TEACHER, CORPUS, CONFIG, OPTIONS and STOP_AT can be replaced to try it on a CPU (TEACHER=embedded
+# CORPUS=builtin CONFIG= OPTIONS="--preset smoke ...").
 set -uo pipefail
 DEADLINE=${1:-585}
 START=$SECONDS
@@ -46,6 +47,8 @@ if [ ! -f "$HALO/stages/select/done.json" ]; then
         sleep 0.2
     done
     wait "$pid"; echo "  convert exit $?"
+    # stage 1's and the selection's compiled kernels, for results/gpu_convert/triton_cache.txz (gpu_setup.sh, ~14 s)
+    pack_triton_cache "$OUT"
     grep -E "conversion: about|layer selection: (interrupted|resuming)|interrupted" "$RUNS/logs/convert_stopped.log" | cut -c1-400
     [ -f "$PARTIAL" ] || { echo "no scored layers were kept: run the same command again"; exit 0; }
     echo "[$((SECONDS - START))s] select --resume"
