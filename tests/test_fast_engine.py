@@ -198,6 +198,22 @@ def test_compiled_decode_step_traces_whole_and_matches(batch, gemv):
     assert torch.equal(engine.generate(ids, max_new_tokens=6), expected)
 
 
+def inductor_cpu_rounds_like_eager() -> bool:
+    """Whether this torch's Inductor, compiling for the CPU with `emulate_precision_casts`, rounds a fused bf16
+    intermediate as eager PyTorch does (a product rounded to bf16 before it is used again). The C++ code generator
+    long ignored the option (pytorch/pytorch#136896, mended in 2026: #182882, #185847); torch 2.13's honours it, and
+    with the option off the same function differs from eager there."""
+    def fused(x, w):
+        return ((x * w) * 3 + x).sum(-1, dtype=torch.float32)
+
+    generator = torch.Generator().manual_seed(0)
+    x, w = (torch.randn(shape, generator=generator).to(torch.bfloat16) for shape in ((64, 64), (64,)))
+    torch._dynamo.reset()
+    compiled = torch.compile(fused, options={"emulate_precision_casts": True})(x, w)
+    torch._dynamo.reset()
+    return torch.equal(compiled, fused(x, w))
+
+
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="Inductor on CPU needs a C++ compiler")
 def test_inductor_compiled_bf16_decode_rounds_like_eager():
     """In bf16 the compiled decode step (Inductor, what the GPU runs) rounds where eager PyTorch and the reference
@@ -205,9 +221,12 @@ def test_inductor_compiled_bf16_decode_rounds_like_eager():
     bf16's own error (rel. err 1.6e-2 here, 6.7e-3 when rounding like eager).
 
     Compared with a tolerance, not for equality: the CI machine's CPU gives eager's logits exactly, another x86 CPU
-    (the GPU machine's, results/gpu_tests/h100_2026-12-05) differs in some logits by a bf16 step or two, as its
-    matmul kernels round otherwise. Without the rounding (`emulate_precision_casts` off) 77% of the logits differ
-    here, 1.5e-2 relative."""
+    might differ in some logits by a bf16 step or two where its matmul kernels round otherwise. Without the rounding
+    (`emulate_precision_casts` off) 77% of the logits differ here, 1.5e-2 relative. Skipped where torch's Inductor
+    does not round on the CPU even with the option (the GPU machine's torch 2.11: there the compiled logits equalled
+    those with the option off, results/gpu_tests/h100_2026-12-06)."""
+    if not inductor_cpu_rounds_like_eager():
+        pytest.skip(f"torch {torch.__version__}'s Inductor ignores emulate_precision_casts on the CPU")
     model = tiny_model().to(torch.bfloat16)
     torch.manual_seed(6)
     ids = torch.randint(1, 101, (2, 24))
