@@ -60,7 +60,8 @@ assert importlib.util.find_spec("hypenet") is None, "hypenet is importable in th
 
 def run_without_hypenet(script: str, cwd, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run a Python script where only torch and transformers (not hypenet) can be imported, as a user would (stdin
-    closed: a question the script asks goes unanswered)."""
-    env = dict(os.environ, PYTHONPATH="", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(Path(cwd) / "hf_modules"))
+    closed: a question the script asks goes unanswered). PYTHONPATH stays, less its entries that hold hypenet
+    (`_HIDE_HYPENET`): packages installed into a folder on it (the GPU machine's carried transformers) stay in use."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(Path(cwd) / "hf_modules"))
     return subprocess.run([sys.executable, "-c", _HIDE_HYPENET + script], cwd=cwd, env=env, capture_output=True,
                           stdin=subprocess.DEVNULL, text=True, timeout=timeout)
