@@ -51,6 +51,8 @@ from .recurrent import lightning_step
 # rounds in other places than the reference, and bf16's rounding chains turn that into a logit difference of the
 # size of bf16's own error (decode rel. err 1.35e-2 vs 7.0e-3 eager, CPU, hypenet.fast.check's model). The extra
 # conversions are register-only instructions inside the fused kernels: no memory traffic, no extra launches.
+# Inductor's C++ code (the CPU) honours the option only in recent torch: 2.13 does, 2.11 did not
+# (results/gpu_tests/h100_2026-12-06; pytorch/pytorch#136896), and there the compiled step drifts as without it.
 _COMPILE_OPTIONS = {"emulate_precision_casts": True}
 
 # Inductor options of the compiled decode step with pdl: Inductor's own kernels launched with programmatic dependent
