@@ -473,6 +473,7 @@ def test_under_a_launcher_the_commands_start_up_counts_from_the_launchers_start(
     launched = json.loads(run.stdout.splitlines()[-1])
     assert launched["own"] + 0.5 < launched["command"] < lifetime  # (torchrun's own imports take seconds)
     # one more process between (as an mpirun or a shell may stand between a launcher and its workers): the same start
+    assert launched["child"].startswith("{"), launched["child"][-3000:]  # (else the child's stderr)
     child = json.loads(launched["child"])
     assert child["own"] + 0.5 < child["command"] < lifetime
     started = [ages["now"] - ages["command"] for ages in (launched, child)]  # (the launcher's start, each as read)
