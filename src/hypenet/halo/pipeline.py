@@ -79,13 +79,18 @@ RUN_FIELDS = {"out", "device", "mixed_precision", "checkpoint_every", "tensorboa
 STAGE_RUN_FIELDS = {"micro_batch_size"}
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields from the third on (the state; the parent's pid next, the start time 20th): those after
+    field 2, the command's name, which may hold spaces and ")"."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def process_age(pid: int | str = "self") -> float | None:
     """Seconds since process `pid` (this one by default) started, as the kernel tells it: /proc/PID/stat's starttime
     (field 22, clock ticks since boot) against the boot-time clock, to a tick (10 ms); None where there is no /proc
     (macOS, Windows) or no such process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # (field 2, the command's name, may hold spaces and ")")
+        ticks = int(_stat_fields(pid)[19])
         return max(time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"), 0.0)
     except (OSError, ValueError, IndexError, AttributeError):
         return None
@@ -100,7 +105,7 @@ LAUNCHERS = ("torchrun", "torch.distributed.run", "accelerate", "deepspeed")
 def parent_pid(pid: int | str) -> int | None:
     """The parent of process `pid` (/proc/PID/stat's field 4); None where it is not known."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return int(_stat_fields(pid)[1])
     except (OSError, ValueError, IndexError):
         return None
 
