@@ -415,6 +415,29 @@ def test_wall_times_add_up_every_invocation_of_a_stopped_and_resumed_conversion(
     assert not list(out.glob("stages/*/wall_time.json"))  # (done.json holds it once a stage is done)
 
 
+def test_every_stage_records_the_machine_that_ran_it(stopped_and_resumed):
+    """Each stage's done.json, and so the report, names what ran it: here the CPU, in both invocations of the stopped
+    and resumed stage 2, so once."""
+    label = pipeline.machine_label("cpu")
+    assert label.startswith("CPU (") and label.endswith(f", torch {torch.__version__}")
+    report = stopped_and_resumed["report"]
+    stages = {**report["stages"], "select": report["selection"], "export": report["export"]}
+    assert {name: stages[name]["machines"] for name in pipeline.STAGES} == {name: [label] for name in pipeline.STAGES}
+    assert f"| {label} |" in (stopped_and_resumed["out"] / "report.md").read_text()
+
+
+def test_a_stage_resumed_on_another_machine_keeps_both_each_once(tmp_path):
+    """The machines of a stage's earlier invocations (its wall_time.json) come first; this one's is added once."""
+    h200, h100 = "NVIDIA H200, torch 2.11.0+cu130", "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130"
+    (tmp_path / pipeline.WALL_TIME).write_text(json.dumps({"wall_time_s": 5.0, "machines": [h200]}))
+    clock = pipeline.StageClock(tmp_path, 0.0, True, machine=h100)
+    assert clock.machines == [h200, h100]
+    clock.save()
+    saved = json.loads((tmp_path / pipeline.WALL_TIME).read_text())
+    assert saved["machines"] == [h200, h100] and saved["wall_time_s"] >= 5.0
+    assert pipeline.StageClock(tmp_path, 0.0, True, machine=h200).machines == [h200, h100]
+
+
 def test_the_commands_start_up_counts_in_the_wall_time(assets, tmp_path):
     """`hypenet STAGE` counts its process's start-up (the interpreter, the imports: from the process's start, which
     Linux's /proc tells, to the conversion's) with the stage it begins with: more than nothing, less than the process's

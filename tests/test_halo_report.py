@@ -33,3 +33,23 @@ def test_the_start_up_shares_the_loadings_row_where_it_was_measured(tmp_path):
     del report["startup_time_s"]
     text = write_report(tmp_path, report)[1].read_text()
     assert "interpreter start and imports, a few seconds, are not in it" in text
+
+
+def test_the_stage_table_names_each_stages_machines_in_the_order_they_ran_it(tmp_path):
+    """A stage stopped on one machine and resumed on another shows both (a deterministic run repeats on the same kind
+    of GPU only); the layer selection's and export's rows show theirs; a run from before machines were recorded shows
+    "-"."""
+    h200, h100 = "NVIDIA H200, torch 2.11.0+cu130", "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130"
+    report = {"wall_time_s": 30.0, "stages": {
+        "stage1": {"tokens": 1024, "steps": 4, "wall_time_s": 10.0, "losses": [[1, 2.0]], "machines": [h200]},
+        "stage2": {"tokens": 1024, "steps": 4, "wall_time_s": 15.0, "losses": [[1, 2.0]], "machines": [h200, h100]},
+        "stage3": {"tokens": 1024, "steps": 4, "wall_time_s": 5.0, "losses": [[1, 2.0]]}},
+        "selection": {"strategy": "halo", "attention_layers": [1], "wall_time_s": 0.0, "machines": [h200]}}
+    text = write_report(tmp_path, report)[1].read_text()
+    table = text.split("## Stages")[1].split("\n\n")[1].splitlines()
+    cells = {row[0]: row for row in ([c.strip() for c in line.strip("|").split("|")] for line in table)}
+    assert cells["stage"][-1] == "machine"
+    assert cells["stage1"][-1] == h200 and cells["select"][-1] == h200
+    assert cells["stage2"][-1] == f"{h200} then {h100}"
+    assert cells["stage3"][-1] == "-"
+    assert "repeats a run only on the same kind of GPU" in text

@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import time
 import warnings
@@ -134,19 +135,36 @@ def command_age(ancestors: int = 3) -> float | None:
     return age
 
 
+def machine_label(device: torch.device | str) -> str:
+    """What ran a stage, as its report names it: the GPU's name (or "CPU" and its architecture) and torch's version.
+    `deterministic: true` repeats a run on the same kind of GPU, not across kinds (docs/TRAINING.md), so a comparison
+    of two runs needs it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{device.type.upper()} ({platform.machine()})"
+    return f"{name}, torch {torch.__version__}"
+
+
 class StageClock:
     """A stage's wall-clock time summed over the invocations that ran it: what the earlier ones spent (WALL_TIME in
     its folder) plus this one's since `start`; and the time invocations spent loading before it (`loading`: this
     invocation's, when it begins with this stage, is added to the earlier ones'), and starting up before that
-    (`startup`, the same way; None while no invocation's was measured)."""
+    (`startup`, the same way; None while no invocation's was measured). `machines`: what ran those invocations
+    (`machine_label`), each once, in the order they first ran it; `machine` is this invocation's."""
 
-    def __init__(self, stage_dir: Path, loading: float, main: bool, startup: float | None = None):
+    def __init__(self, stage_dir: Path, loading: float, main: bool, startup: float | None = None,
+                 machine: str | None = None):
         self.path, self.main = stage_dir / WALL_TIME, main
         saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.before = saved.get("wall_time_s", 0.0)
         self.loading = saved.get("loading_time_s", 0.0) + loading
         measured = [t for t in (saved.get("startup_time_s"), startup) if t is not None]
         self.startup = sum(measured) if measured else None
+        self.machines = list(saved.get("machines", []))
+        if machine is not None and machine not in self.machines:
+            self.machines.append(machine)
         self.start = time.perf_counter()
 
     def seconds(self) -> float:
@@ -155,7 +173,8 @@ class StageClock:
     def save(self) -> None:
         """Write the time so far (the main process; the others' is the same stage's)."""
         if self.main:
-            times = {"wall_time_s": self.seconds(), "loading_time_s": self.loading, "startup_time_s": self.startup}
+            times = {"wall_time_s": self.seconds(), "loading_time_s": self.loading, "startup_time_s": self.startup,
+                     "machines": self.machines or None}
             write_text_atomic(self.path, json.dumps({k: v for k, v in times.items() if v is not None}))
 
 
@@ -363,7 +382,8 @@ class Conversion:
             self.stage_dir(name).mkdir(parents=True, exist_ok=True)
         self.state.wait_for_everyone()
         # this invocation's start-up and loading count with the first stage it runs
-        self.clock = StageClock(self.stage_dir(name), self.loading, self.is_main_process, self.startup)
+        self.clock = StageClock(self.stage_dir(name), self.loading, self.is_main_process, self.startup,
+                                machine_label(self.state.device))
         self.loading, self.startup = 0.0, None
         try:
             info = STAGE_RUNNERS[name](self)
@@ -377,6 +397,7 @@ class Conversion:
         info["loading_time_s"] = round(clock.loading, 2)
         if clock.startup is not None:
             info["startup_time_s"] = round(clock.startup, 2)
+        info["machines"] = clock.machines
         if self.is_main_process:
             write_text_atomic(self.stage_dir(name) / DONE, json.dumps(info, indent=1))
             engine.remove_checkpoints(self.stage_dir(name))

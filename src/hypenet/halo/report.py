@@ -68,7 +68,8 @@ def _stages_section(stages: dict, report: dict | None = None) -> list[str]:
     rows = []
     for name in order + [n for n in stages if n not in order]:
         if name not in stages:
-            rows.append([name, None, None, untrained[name].get("wall_time_s"), None, None, None])
+            info = untrained[name]
+            rows.append([name, None, None, info.get("wall_time_s"), None, None, None, _machines(info)])
             continue
         stage = stages[name]
         losses = stage.get("losses") or []
@@ -79,14 +80,14 @@ def _stages_section(stages: dict, report: dict | None = None) -> list[str]:
             ran_on += " micro batch {} -> {}".format(*stage["micro_batch_shrunk"])
         rows.append([
             name, stage.get("tokens"), stage.get("steps"), stage.get("wall_time_s"),
-            losses[0][1] if losses else None, losses[-1][1] if losses else None, ran_on,
+            losses[0][1] if losses else None, losses[-1][1] if losses else None, ran_on, _machines(stage),
         ])
     startup = report.get("startup_time_s")
     if startup is not None:
         rows.append(["start-up and loading (interpreter, imports, teacher, data)", None, None,
-                     round(startup + report.get("loading_time_s", 0.0), 2), None, None, None])
+                     round(startup + report.get("loading_time_s", 0.0), 2), None, None, None, None])
     elif report.get("loading_time_s") is not None:
-        rows.append(["loading (teacher, data)", None, None, report["loading_time_s"], None, None, None])
+        rows.append(["loading (teacher, data)", None, None, report["loading_time_s"], None, None, None, None])
     note = ("Wall time: the seconds spent in each stage (building, training, saving), summed over every run of it, "
             "those stopped and resumed included, and " + (
                 "every run's start-up (from its process's start, or its launcher's: the interpreter, the imports) "
@@ -94,8 +95,17 @@ def _stages_section(stages: dict, report: dict | None = None) -> list[str]:
                 "the loading of the teacher and data by every run; together the report's `wall_time_s` (a run's "
                 "interpreter start and imports, a few seconds, are not in it: the `hypenet` command counts them "
                 "where the system tells a process's start, on Linux)."))
+    note += (" Machine: what ran the stage (the main process's GPU, or the CPU, and torch's version), each machine "
+             "once when runs stopped and resumed ran on more than one; `deterministic: true` repeats a run only on the "
+             "same kind of GPU.")
     return ["## Stages", ""] + _table(
-        ["stage", "tokens", "steps", "wall time (s)", "first loss", "last loss", "processes"], rows) + ["", note]
+        ["stage", "tokens", "steps", "wall time (s)", "first loss", "last loss", "processes", "machine"],
+        rows) + ["", note]
+
+
+def _machines(stage: dict) -> str | None:
+    """A stage's machines as its row shows them (None for runs before they were recorded)."""
+    return " then ".join(stage["machines"]) if stage.get("machines") else None
 
 
 def _selection_section(selection: dict) -> list[str]:
