@@ -6,8 +6,10 @@ instead (RUNS/NAME/stages/select/done.json): the attention layers, and the large
 score, recall or commonsense value. Made for the determinism leases (results/gpu_convert/determinism/).
 
 `python compare_losses.py --reports A/report.json,B/report.json` compares two whole conversions by their
-report.json instead (what a lease brings back): each stage's logged losses (stage 1 and 3 every step, stage 2 every
-tenth), the layer choice, and the export's long-context loss at each logit-scaling base and the base it chose."""
+report.json instead (what a lease brings back): each stage's logged losses (a report keeps a long stage's every
+few steps, e.g. stage 2's 1,607 as every ninth: compare losses.jsonl for every step), the layer choice, the export's
+long-context loss at each logit-scaling base and the base it chose, and the machines each ran on (a deterministic
+run repeats on the same kind of GPU only)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from hypenet.halo.export import scaling_label  # noqa: E402
+
+# why two runs' machines matter (docs/TRAINING.md, "Determinism")
+NOT_ACROSS = ("`deterministic: true` repeats a run on the same kind of GPU and torch, not across kinds, so the "
+              "results may differ for that alone.")
 
 
 def steps(runs: Path, name: str, stage: str = "stage2") -> dict[int, dict]:
@@ -52,7 +58,28 @@ def losses_table(runs: Path, pairs: list[str], stage: str = "stage2") -> list[st
         both, first, biggest = differences(*({s: row["loss"] for s, row in z.items()} for z in (x, y)))
         times = " / ".join(f"{statistics.median(r['seconds'] for r in z.values()):.3f}" if z else "-" for z in (x, y))
         lines.append(f"| {a} vs {b} | {both} | {first} | {biggest:.3g} | {times} |")
-    return lines
+    return lines + machine_notes(runs, pairs, stage)
+
+
+def stage_machines(runs: Path, name: str, stage: str) -> list[str]:
+    """The machines that ran one run's stage: its done.json's `machines`, or an unfinished stage's wall_time.json's
+    (empty for runs before they were recorded)."""
+    for file in ("done.json", "wall_time.json"):
+        path = runs / name / "stages" / stage / file
+        if path.is_file():
+            return json.loads(path.read_text()).get("machines", [])
+    return []
+
+
+def machine_notes(runs: Path, pairs: list[str], stage: str) -> list[str]:
+    """A line for each pair whose stage ran on other machines: where a deterministic run does not repeat."""
+    notes = []
+    for pair in pairs:
+        a, b = pair.split(",")
+        x, y = (stage_machines(runs, name, stage) for name in (a, b))
+        if x and y and set(x) != set(y):
+            notes.append(f"{a} vs {b}: other machines ({' and '.join(x)} / {' and '.join(y)}). {NOT_ACROSS}")
+    return ["", *notes] if notes else []
 
 
 def selection_table(runs: Path, pairs: list[str]) -> list[str]:
@@ -63,7 +90,7 @@ def selection_table(runs: Path, pairs: list[str]) -> list[str]:
         x, y = (json.loads(p.read_text()) if p.is_file() else None
                 for p in (runs / name / "stages" / "select" / "done.json" for name in (a, b)))
         lines.append(f"| {a} vs {b} | {selection_cells(x, y)} |")
-    return lines
+    return lines + machine_notes(runs, pairs, "select")
 
 
 def selection_cells(x: dict | None, y: dict | None) -> str:
@@ -81,8 +108,16 @@ def base_label(export: dict) -> str:
     return scaling_label(export["logit_scaling_base"]) if "logit_scaling_base" in export else "-"
 
 
+def machines(report: dict) -> list[str]:
+    """The machines a conversion ran on (its stages', layer selection's and export's `machines`), each once; empty
+    for reports written before they were recorded."""
+    parts = [*report.get("stages", {}).values(), report.get("selection") or {}, report.get("export") or {}]
+    return list(dict.fromkeys(machine for part in parts for machine in part.get("machines", [])))
+
+
 def reports_table(a: Path, b: Path) -> list[str]:
-    """Two conversions compared by their report.json: stages' logged losses, layer choice, export."""
+    """Two conversions compared by their report.json: stages' logged losses, layer choice, export; and the machines
+    they ran on, with a warning where those differ."""
     x, y = (json.loads(p.read_text()) for p in (a, b))
     lines = ["| stage | steps in both | first step that differs | largest difference of the loss | wall time (s) |",
              "|---|---|---|---|---|"]
@@ -91,6 +126,10 @@ def reports_table(a: Path, b: Path) -> list[str]:
         both, first, biggest = differences(*({step: loss for step, loss in r.get("losses", [])} for r in runs))
         times = " / ".join(f"{r['wall_time_s']:.0f}" if "wall_time_s" in r else "-" for r in runs)
         lines.append(f"| {stage} | {both} | {first} | {biggest:.3g} | {times} |")
+    ran_on = [" and ".join(machines(z)) or "not recorded" for z in (x, y)]
+    lines += ["", f"Ran on: {ran_on[0]} / {ran_on[1]}."]
+    if machines(x) and machines(y) and set(machines(x)) != set(machines(y)):
+        lines[-1] += f" Other machines. {NOT_ACROSS}"
     choices = selection_cells(x.get("selection"), y.get("selection"))
     lines += ["", "| layer choice | attention layers | same layers | largest difference of a score, recall or "
               "commonsense value |", "|---|---|---|---|", f"| select | {choices} |"]

@@ -72,3 +72,40 @@ def test_two_reports_compare_every_stage_the_layer_choice_and_the_export(tmp_pat
                           "| stage3 | 0 | - | nan | - / - |"]
     assert "| select | 7,14 / 7,14 | yes | 0 |" in lines
     assert lines[-1] == "| export | 2 | 8000 | 0.125 | 16000 / off |"  # (bases in numeric order, not as text)
+
+
+H200, H100 = "NVIDIA H200, torch 2.11.0+cu130", "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130"
+
+
+def test_two_reports_name_their_machines_and_warn_when_they_differ(tmp_path):
+    """A deterministic run repeats on one kind of GPU only: the comparison says when the two ran on other machines."""
+    def report(*machines):
+        return {"stages": {"stage1": {"losses": [[1, 2.0]], "machines": [machines[0]]},
+                           "stage2": {"losses": [[1, 2.0]], "machines": list(machines)}},
+                "selection": {"attention_layers": [7], "machines": [machines[0]]}}
+    paths = {}
+    for name, content in (("h200", report(H200)), ("again", report(H200)), ("h100", report(H100)),
+                          ("both", report(H200, H100)), ("old", {"stages": {"stage1": {"losses": [[1, 2.0]]}}})):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(content))
+
+    def ran_on(a, b):
+        return next(line for line in compare_losses.reports_table(paths[a], paths[b]) if line.startswith("Ran on"))
+    assert ran_on("h200", "again") == f"Ran on: {H200} / {H200}."
+    assert ran_on("h200", "h100") == f"Ran on: {H200} / {H100}. Other machines. {compare_losses.NOT_ACROSS}"
+    assert ran_on("h200", "both").endswith(compare_losses.NOT_ACROSS)  # stage 2 resumed on the H100
+    assert ran_on("h200", "old") == f"Ran on: {H200} / not recorded."  # (no warning without both known)
+
+
+def test_runs_on_other_machines_get_a_note_under_the_table(tmp_path):
+    step = [{"step": 1, "loss": 2.0, "seconds": 0.5}]
+    for name, machines, file in (("a", [H200], "done.json"), ("b", [H200], "done.json"),
+                                 ("c", [H100], "wall_time.json"), ("d", None, "done.json")):
+        write_run(tmp_path, name, step)
+        saved = {"machines": machines} if machines else {}
+        (tmp_path / name / "stages" / "stage2" / file).write_text(json.dumps(saved))
+    lines = compare_losses.losses_table(tmp_path, ["a,b", "a,c", "a,d"])
+    assert lines[2:5] == ["| a vs b | 1 | none | 0 | 0.500 / 0.500 |", "| a vs c | 1 | none | 0 | 0.500 / 0.500 |",
+                          "| a vs d | 1 | none | 0 | 0.500 / 0.500 |"]
+    # c is still running (its wall_time.json); d is from before machines were recorded: no note for it
+    assert lines[5:] == ["", f"a vs c: other machines ({H200} / {H100}). {compare_losses.NOT_ACROSS}"]
