@@ -19,12 +19,10 @@ from __future__ import annotations
 import gc
 import json
 import math
-import platform
 import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -34,6 +32,7 @@ from ..eval.cli import model_label
 from ..fast import DEFAULT_PREFILL_CHUNK, FastHypeNet
 from ..fast.cli import DTYPES, load_hypenet
 from ..fast.engine import MAX_AUTOTUNE
+from ..machine import machine_info
 from ..units import length_label
 from . import measure
 from .profile import profile_calls
@@ -383,31 +382,6 @@ def free_memory() -> None:
 
 def _cache_gib(config, batch: int, max_len: int, dtype: torch.dtype) -> float:
     return sum(measure.cache_bytes(config, batch, max_len, dtype).values()) / 2**30
-
-
-def machine_info(device: torch.device) -> dict:
-    import transformers
-
-    info = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": str(device),
-    }
-    for package in ("triton", "fla"):
-        try:
-            info[package] = __import__(package).__version__
-        except ImportError:
-            info[package] = None
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30, sms=props.multi_processor_count,
-                    cuda=torch.version.cuda)
-    else:
-        info.update(gpu=None, cpu=platform.processor() or platform.machine(),
-                    note="CPU run: timings here are not results (only the GPU run's are)")
-    return info
 
 
 def _jsonable(value):

@@ -152,8 +152,9 @@ def run(settings: TrainBenchSettings) -> dict:
     from ..data import PackedChunks
     from ..halo import engine
     from ..halo.flops import FLOP_NOTE, build_objective
+    from ..machine import machine_info
     from .profile import StepProfiler
-    from .run import free_memory, machine_info
+    from .run import free_memory
 
     check_settings(settings)
     processes = PartialState(cpu=settings.device == "cpu")  # one, or those `accelerate launch` started

@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 import warnings
@@ -45,6 +44,7 @@ from accelerate.utils import DistributedType
 from torch import nn
 
 from ..errors import first_line
+from ..machine import machine_label
 from ..model import HypeNetForCausalLM
 from ..teachers import hypenet_config_from_teacher, load_teacher
 from ..teachers.transfer import sliding_window
@@ -133,18 +133,6 @@ def command_age(ancestors: int = 3) -> float | None:
             return launcher if launcher is not None and launcher >= age else age
         pid = parent_pid(pid)
     return age
-
-
-def machine_label(device: torch.device | str) -> str:
-    """What ran a stage, as its report names it: the GPU's name (or "CPU" and its architecture) and torch's version.
-    `deterministic: true` repeats a run on the same kind of GPU, not across kinds (docs/TRAINING.md), so a comparison
-    of two runs needs it."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"{device.type.upper()} ({platform.machine()})"
-    return f"{name}, torch {torch.__version__}"
 
 
 class StageClock:

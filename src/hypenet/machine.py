@@ -1,0 +1,50 @@
+"""What a run ran on, recorded beside what it measured: a benchmark's timings (`machine_info`), an evaluation's, and
+each conversion stage's (`machine_label`, the short form its report shows). Numbers from two machines differ for that
+alone: timings, and even the losses of a `deterministic: true` run, which repeat on one kind of GPU only
+(docs/TRAINING.md, "Determinism")."""
+
+from __future__ import annotations
+
+import platform
+from datetime import datetime, timezone
+
+import torch
+
+
+def machine_info(device: torch.device | str) -> dict:
+    """The date, the software's versions and the device: the GPU's name, memory, SM count and CUDA version, or the
+    CPU's name (with a note that CPU timings are not results)."""
+    import transformers
+
+    device = torch.device(device)
+    info = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": str(device),
+    }
+    for package in ("triton", "fla"):
+        try:
+            info[package] = __import__(package).__version__
+        except ImportError:
+            info[package] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30, sms=props.multi_processor_count,
+                    cuda=torch.version.cuda)
+    else:
+        info.update(gpu=None, cpu=platform.processor() or platform.machine(),
+                    note="CPU run: timings here are not results (only the GPU run's are)")
+    return info
+
+
+def machine_label(device: torch.device | str) -> str:
+    """One line for a report: the GPU's name (or the device type and the CPU's architecture) and torch's version, e.g.
+    "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130" or "CPU (x86_64), torch 2.13.0+cpu"."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{device.type.upper()} ({platform.machine()})"
+    return f"{name}, torch {torch.__version__}"
