@@ -5,6 +5,7 @@ import re
 import shutil
 
 import pytest
+import torch
 from test_eval_tiny import HAYSTACK_DOCS, tiny_hypenet, tiny_llama, tiny_tokenizer
 
 from hypenet.errors import InvalidInputError
@@ -47,10 +48,15 @@ def test_eval_niah_with_yarn_writes_results_report_and_figures(model_dir, tmp_pa
     for name in ("niah_single_1.png", "niah_yarn_single_1.png", "niah_accuracy_vs_length.png", "report.md"):
         assert (out / name).is_file(), name
     assert "| length | tiny | tiny + YaRN |" in (out / "report.md").read_text()
+    # what it ran on, beside its timings: the device and the software's versions, one line of it in the report
+    assert results["machine"]["device"] == "cpu" and results["machine"]["torch"] == torch.__version__
+    cell = f"CPU ({results['machine']['cpu']}), torch {torch.__version__}"
+    assert f"| evaluated on | {cell} |" in (out / "report.md").read_text()
 
     compare_out = tmp_path / "compare"
     assert main(["compare", str(out), str(out / "results.json"), "--out", str(compare_out)]) == 0
     report = (compare_out / "report.md").read_text()
+    assert f"| evaluated on | {cell} | {cell} |" in report
     assert "| length | teacher | teacher + YaRN | student | student + YaRN |" in report
     assert (compare_out / "niah_accuracy_vs_length.png").is_file()
 

@@ -280,6 +280,7 @@ def _finished(out_dir: Path, state: dict) -> dict | None:
 def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     """Run the selected evaluations of one model; write results.json, NIAH samples, PNGs and report.md to out_dir.
     Each finished evaluation is saved to out_dir/partial.json, so that --resume continues after the last one."""
+    from ..machine import machine_info
     from .models import load_model_for_eval, model_footprint
     from .report import write_report
 
@@ -317,6 +318,7 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     results["timing_s"]["load"] = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)  # once the model is there: a failed load leaves no empty folder
     results["footprint"] = model_footprint(model)
+    results["machine"] = machine_info(model.device)  # (of the run that finished it, when --resume went on elsewhere)
     _log(f"{label}: {results['footprint']['parameters'] / 1e6:.1f}M parameters on {model.device}, "
          f"loaded in {results['timing_s']['load']:.1f}s")
     from ..units import length_label

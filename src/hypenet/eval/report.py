@@ -109,7 +109,16 @@ def _models_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
         ("attention logit-scaling base (HyPE)", lambda f: _base(f.get("logit_scaling_base"))),
     ]
     rows = [[name] + [render(f) for _, f in footprints] for name, render in fields]
+    machines = [r.get("machine") for _, r in runs]
+    if any(machines):  # (results from before it was recorded have none)
+        rows.append(["evaluated on"] + [_machine(m) if m else _MISSING for m in machines])
     return ["## Models", ""] + _table(["", *[label for label, _ in runs]], rows)
+
+
+def _machine(info: dict) -> str:
+    """results.json's `machine` (hypenet.machine.machine_info) in a cell: the GPU, or the CPU, and torch's version."""
+    where = info.get("gpu") or (f"CPU ({info['cpu']})" if info.get("cpu") else info.get("device", _MISSING))
+    return f"{where}, torch {info.get('torch', _MISSING)}"
 
 
 def _scored_perplexity(results: dict) -> bool:
