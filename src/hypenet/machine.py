@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import platform
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 
@@ -34,17 +35,27 @@ def machine_info(device: torch.device | str) -> dict:
         info.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30, sms=props.multi_processor_count,
                     cuda=torch.version.cuda)
     else:
-        info.update(gpu=None, cpu=platform.processor() or platform.machine(),
-                    note="CPU run: timings here are not results (only the GPU run's are)")
+        info.update(gpu=None, cpu=cpu_name(), note="CPU run: timings here are not results (only the GPU run's are)")
     return info
+
+
+def cpu_name() -> str:
+    """The CPU's model name where Linux tells it (/proc/cpuinfo), else the architecture, e.g. "x86_64"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine_label(device: torch.device | str) -> str:
     """One line for a report: the GPU's name (or the device type and the CPU's architecture) and torch's version, e.g.
-    "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130" or "CPU (x86_64), torch 2.13.0+cpu"."""
+    "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130" or "CPU (Intel(R) Xeon(R) Processor), torch 2.13.0+cpu"."""
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"{device.type.upper()} ({platform.machine()})"
+        name = f"{device.type.upper()} ({cpu_name() if device.type == 'cpu' else platform.machine()})"
     return f"{name}, torch {torch.__version__}"
