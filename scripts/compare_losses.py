@@ -126,9 +126,9 @@ def reports_table(a: Path, b: Path) -> list[str]:
         both, first, biggest = differences(*({step: loss for step, loss in r.get("losses", [])} for r in runs))
         times = " / ".join(f"{r['wall_time_s']:.0f}" if "wall_time_s" in r else "-" for r in runs)
         lines.append(f"| {stage} | {both} | {first} | {biggest:.3g} | {times} |")
-    ran_on = [" and ".join(machines(z)) or "not recorded" for z in (x, y)]
-    lines += ["", f"Ran on: {ran_on[0]} / {ran_on[1]}."]
-    if machines(x) and machines(y) and set(machines(x)) != set(machines(y)):
+    mx, my = machines(x), machines(y)
+    lines += ["", f"Ran on: {' and '.join(mx) or 'not recorded'} / {' and '.join(my) or 'not recorded'}."]
+    if mx and my and set(mx) != set(my):
         lines[-1] += f" Other machines. {NOT_ACROSS}"
     choices = selection_cells(x.get("selection"), y.get("selection"))
     lines += ["", "| layer choice | attention layers | same layers | largest difference of a score, recall or "

@@ -51,11 +51,22 @@ def cpu_name() -> str:
 
 
 def machine_label(device: torch.device | str) -> str:
-    """One line for a report: the GPU's name (or the device type and the CPU's architecture) and torch's version, e.g.
-    "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130" or "CPU (Intel(R) Xeon(R) Processor), torch 2.13.0+cpu"."""
+    """One line for a report (`label` of the device's GPU or CPU name and torch's version), without machine_info's
+    imports, e.g. "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130" or "CPU (Intel(R) Xeon(R) Processor), torch
+    2.13.0+cpu"."""
     device = torch.device(device)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
+    return label({"device": str(device), "torch": torch.__version__,
+                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                  "cpu": cpu_name() if device.type == "cpu" else None})
+
+
+def label(info: dict) -> str:
+    """`machine_info`'s dict (or the part of it a report keeps) in one line: the GPU's name, or "CPU (its name)", or
+    the device type, then torch's version."""
+    if info.get("gpu"):
+        where = info["gpu"]
+    elif info.get("cpu"):
+        where = f"CPU ({info['cpu']})"
     else:
-        name = f"{device.type.upper()} ({cpu_name() if device.type == 'cpu' else platform.machine()})"
-    return f"{name}, torch {torch.__version__}"
+        where = str(info.get("device", "unknown device")).upper()
+    return f"{where}, torch {info.get('torch', 'unknown')}"

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from ..machine import label as machine_line
 from ..units import byte_size, length_label
 from .niah import accuracy_interval, fisher_exact_p, scored_right_or_wrong
 from .niah_forced import DEFAULT_ANSWER
@@ -111,14 +112,8 @@ def _models_section(runs: Sequence[tuple[str, dict]]) -> list[str]:
     rows = [[name] + [render(f) for _, f in footprints] for name, render in fields]
     machines = [r.get("machine") for _, r in runs]
     if any(machines):  # (results from before it was recorded have none)
-        rows.append(["evaluated on"] + [_machine(m) if m else _MISSING for m in machines])
+        rows.append(["evaluated on"] + [machine_line(m) if m else _MISSING for m in machines])
     return ["## Models", ""] + _table(["", *[label for label, _ in runs]], rows)
-
-
-def _machine(info: dict) -> str:
-    """results.json's `machine` (hypenet.machine.machine_info) in a cell: the GPU, or the CPU, and torch's version."""
-    where = info.get("gpu") or (f"CPU ({info['cpu']})" if info.get("cpu") else info.get("device", _MISSING))
-    return f"{where}, torch {info.get('torch', _MISSING)}"
 
 
 def _scored_perplexity(results: dict) -> bool:
