@@ -56,9 +56,10 @@ export_base() {  # the logit-scaling base the export wrote, as GRIDS name bases 
 run() { timed_step "$RUNS/logs" "$@" || { pack; exit 0; }; }  # a step within the deadline, or pack and stop
 
 [ "$TEACHER" = embedded ] || setup >"$RUNS/logs/setup.log" 2>&1 || { cat "$RUNS/logs/setup.log"; exit 1; }
-if [ ! -f "$RUNS/halo/report.json" ]; then  # (written once every stage, the export included, is done)
+if [ ! -f "$RUNS/halo/stages/export/done.json" ]; then  # (report.json alone is not enough: a stage run alone, as
+    # select_resume/run.sh's `hypenet select`, writes the report of the stages done so far)
     run convert "${HYPENET[@]}" convert --teacher "$TEACHER" --data "$CORPUS" --out "$RUNS/halo" "${OPTIONS[@]}" --resume
-    [ -f "$RUNS/halo/report.json" ] || { echo "conversion not finished; run the same command again"; pack; exit 0; }
+    [ -f "$RUNS/halo/stages/export/done.json" ] || { echo "conversion not finished; run the same command again"; pack; exit 0; }
 fi
 for grid in "${GRIDS[@]}"; do
     base=${grid%%:*} lengths=${grid#*:}
