@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -48,10 +49,29 @@ def test_source_option_reaches_the_held_out_documents(monkeypatch, tmp_path):
         sources.append(source)
         return [np.arange(10, 10 + max_len) for _ in range(n_docs)]
 
-    monkeypatch.setattr(assisted_check, "load_model_for_eval", lambda spec, device: (tiny_hypenet(), None))
+    monkeypatch.setattr(assisted_check, "load_model_for_eval", lambda spec, device, dtype: (tiny_hypenet(), None))
     monkeypatch.setattr(assisted_check, "heldout_token_docs", docs)
     common = ["tiny", "--length", "24", "--cue", "4", "--new", "3", "--docs", "1", "--lookup", "2"]
     assert assisted_check.main(common + ["--source", "corpus.jsonl.xz", "--out", str(tmp_path / "a.json")]) == 0
     assert assisted_check.main(common) == 0
     assert sources == ["corpus.jsonl.xz", "builtin"]
     assert (tmp_path / "a.json").exists()
+
+
+def test_parting_scores_the_first_token_that_differs():
+    """Where greedy and prompt lookup part, the logits there come from one forward pass over the prompt and greedy's
+    tokens before it: greedy's token is their largest, so it leads the other by at least the top-2 margin's sign."""
+    model = tiny_hypenet()
+    prompt = torch.tensor([[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6]])
+    greedy, _ = assisted_check.timed_generate(model, prompt, 6)
+    assert assisted_check.parting(model, prompt, greedy, list(greedy)) is None
+    other = list(greedy)
+    other[3] = (greedy[3] + 1) % model.config.vocab_size
+    parted = assisted_check.parting(model, prompt, greedy, other)
+    with torch.no_grad():
+        logits = model(torch.cat([prompt[0], torch.tensor(greedy[:3])])[None]).logits[0, -1]
+    top = logits.topk(2).values
+    assert parted["at"] == 3
+    assert parted["margin"] == pytest.approx(float(top[0] - top[1]), abs=1e-5)
+    assert parted["greedy_minus_lookup"] == pytest.approx(float(logits[greedy[3]] - logits[other[3]]), abs=1e-5)
+    assert parted["greedy_minus_lookup"] >= parted["margin"] - 1e-5  # greedy's token is the argmax there
