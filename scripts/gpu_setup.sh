@@ -1,9 +1,10 @@
 # `setup` for the scripts run on the device machine (scripts/gpu_convert.sh; the lease scripts under
-# results/gpu_convert/ that source it): install the carried wheels (WHEELS) into /tmp/site, reassemble the teacher
-# (TEACHER) from the carried parts .carry/p1/gguf.part1, .carry/p2/gguf.part2, ... and check it against their
-# .carry/*/gguf.sha256, check the corpus (CORPUS), and unpack a carried Triton cache (TRITON_CACHE), then print the
-# versions and the GPU. Source it after setting RUNS (and DEADLINE and START, for `timed_step`); it runs nothing
-# itself.
+# results/gpu_convert/ that source it): join the files carried in parts (`join_parts`: each file scripts/gpu_carry.py
+# split, .carry/p*/NAME.part1, NAME.part2, ... checked against the `sha256sum --check` line of their NAME.sha256 and
+# moved to the path it names; the teacher (TEACHER) from .carry/p*/gguf.part1, gguf.part2, ... checked against their
+# .carry/*/gguf.sha256), install the carried wheels (WHEELS) into /tmp/site when they are not all there yet, check the
+# corpus (CORPUS), and unpack a carried Triton cache (TRITON_CACHE), then print the versions and the GPU. Source it
+# after setting RUNS (and DEADLINE and START, for `timed_step`); it runs nothing itself.
 # The inputs' defaults, each replaced by the environment (scripts/gpu_convert.sh documents them):
 : "${TEACHER:=$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf}" "${CORPUS:=.carry/c/corpus.jsonl.xz}" "${WHEELS:=.whl}"
 # Triton's cache: one carried for this lease, else the one committed (a fresh session's checkout has no .carry/)
@@ -11,29 +12,64 @@
     [ -f "$TRITON_CACHE" ] || TRITON_CACHE=results/gpu_convert/triton_cache.txz; }
 
 timed_step() {  # timed_step LOGS NAME COMMAND...: COMMAND with what is left of DEADLINE (seconds after START) less
-    # 20 s for packing, stopped by SIGINT then (a conversion checkpoints and stops), its output in LOGS/NAME.log;
+    # 20 s for packing, stopped by SIGINT then (a conversion checkpoints and stops), its output added to LOGS/NAME.log;
     # returns 1 without running it when 30 s or less would be left
     local logs=$1 name=$2 left; shift 2
     left=$((DEADLINE - (SECONDS - START) - 20))
     [ "$left" -gt 30 ] || { echo "deadline: stopping before $name; run the same command again"; return 1; }
     echo "[$((SECONDS - START))s] $name ($left s left)"
-    timeout --signal=INT --kill-after=10 "$left" "$@" >"$logs/$name.log" 2>&1 || echo "  $name stopped: exit $?"
+    # appended: a step resumed by a later call keeps the earlier calls' output (how a stop went) above its own
+    echo "=== $(date -u +%FT%TZ) $name, $left s left" >>"$logs/$name.log"
+    timeout --signal=INT --kill-after=10 "$left" "$@" >>"$logs/$name.log" 2>&1 || echo "  $name stopped: exit $?"
     tail -2 "$logs/$name.log"
 }
 
-setup() {
-    if [ -d "$WHEELS" ] && [ ! -d /tmp/site/fla ]; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
-    fi
+parts_of() {  # parts_of NAME: .carry/p*/NAME.part1, NAME.part2, ... one per line, in order, each found in any p folder
+    local k=1 part
+    while part=$(ls .carry/p*/"$1.part$k" 2>/dev/null | head -1) && [ -n "$part" ]; do echo "$part"; k=$((k + 1)); done
+}
+
+join_parts() {  # join_parts: each file carried in parts that is not there yet, part K found in any .carry/p*
+    local sums name hex dest parts
+    for sums in .carry/p*/*.sha256; do  # a split file: NAME.sha256 holds "<sha256>  <where it belongs>"
+        [ -f "$sums" ] && [ "${sums##*/}" != gguf.sha256 ] || continue
+        name=${sums##*/}
+        name=${name%.sha256}
+        read -r hex dest <"$sums"
+        [ -n "$dest" ] || { echo "$sums names no file to join its parts into"; return 1; }
+        [ ! -e "$dest" ] || continue
+        mapfile -t parts < <(parts_of "$name")
+        [ "${#parts[@]}" -gt 0 ] || { echo "no parts .carry/p*/$name.part1, ... for $sums"; return 1; }
+        mkdir -p "$(dirname "$dest")" && cat "${parts[@]}" >"$dest.tmp"
+        echo "$hex  $dest.tmp" | sha256sum --check --quiet - || { rm -f "$dest.tmp"
+            echo "$dest reassembled from ${parts[*]} does not match $sums: a part missing?"; return 1; }
+        mv "$dest.tmp" "$dest"
+    done
     if [ ! -e "$TEACHER" ]; then  # a .gguf file or a checkpoint folder
-        local parts=() sums=(.carry/*/gguf.sha256) n=1
-        while [ -f ".carry/p$n/gguf.part$n" ]; do parts+=(".carry/p$n/gguf.part$n"); n=$((n + 1)); done
-        [ "${#parts[@]}" -gt 0 ] && [ -f "${sums[0]}" ] \
-            || { echo "no teacher at $TEACHER, and no parts .carry/p1/gguf.part1, ... with a .carry/*/gguf.sha256"; return 1; }
+        local teacher_sums=(.carry/*/gguf.sha256)
+        mapfile -t parts < <(parts_of gguf)
+        [ "${#parts[@]}" -gt 0 ] && [ -f "${teacher_sums[0]}" ] || {
+            echo "no teacher at $TEACHER, and no parts .carry/p1/gguf.part1, ... with a .carry/*/gguf.sha256"
+            return 1; }
         cat "${parts[@]}" >"$TEACHER.tmp"
-        echo "$(cat "${sums[0]}")  $TEACHER.tmp" | sha256sum --check --quiet - || { rm -f "$TEACHER.tmp"
-            echo "the teacher reassembled from ${parts[*]} does not match ${sums[0]}: a part missing?"; return 1; }
+        echo "$(cat "${teacher_sums[0]}")  $TEACHER.tmp" | sha256sum --check --quiet - || { rm -f "$TEACHER.tmp"
+            echo "the teacher reassembled from ${parts[*]} does not match ${teacher_sums[0]}: a part missing?"
+            return 1; }
         mv "$TEACHER.tmp" "$TEACHER"
+    fi
+}
+export -f parts_of join_parts  # for setup in a child bash that gets only setup (scripts/gpu_convert.sh's `step`)
+
+setup() {
+    join_parts || return 1
+    # a Triton cache carried in parts is there only now: it wins over the committed one, as a whole one would
+    [ "$TRITON_CACHE" != results/gpu_convert/triton_cache.txz ] || [ ! -f .carry/triton_cache.txz ] \
+        || TRITON_CACHE=.carry/triton_cache.txz
+    local wheels  # the wheels' names, as /tmp/site/.hypenet_wheels names those installed last
+    wheels=$(cd "$WHEELS" 2>/dev/null && ls -- *.whl 2>/dev/null)
+    if [ -n "$wheels" ] && [ "$wheels" != "$(cat /tmp/site/.hypenet_wheels 2>/dev/null)" ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            "$WHEELS"/*.whl && echo "$wheels" >/tmp/site/.hypenet_wheels
     fi
     [ -f "$CORPUS" ] || { echo "no corpus at $CORPUS (python -m hypenet.data export corpus.jsonl.xz)"; return 1; }
     if [ -f "$TRITON_CACHE" ]; then  # kernels compiled by an earlier lease on the same image

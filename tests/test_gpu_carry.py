@@ -3,6 +3,8 @@
 import hashlib
 import importlib.util
 import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -27,9 +29,26 @@ def test_plan_leaves_no_part_smaller_than_a_megabyte_in_a_full_call():
     assert carry.plan(10_000_000, [("wheels", 9_500_000)], 400_000)[0]["parts"] == [400_000]  # all that is left
 
 
-def test_plan_names_an_item_too_large_for_any_call():
-    with pytest.raises(ValueError, match=r"corpus \(12.0 MB\) does not fit in a call beside the tree"):
-        carry.plan(10_000_000, [("corpus", 12_000_000)], 1)
+def test_plan_splits_an_item_too_large_for_a_call_into_parts_that_fill_calls():
+    files = {"wheels": [("w/small.whl", 300_000), ("w/big.whl", 14_000_000)]}  # the corpus: one file of its name
+    items = [("wheels", 14_300_000), ("corpus", 12_000_000), ("cache", 3_000_000)]
+    calls = carry.plan(10_000_000, items, 25_000_000, files)
+    assert [c["carry"] for c in calls] == [["cache"], [], [], [], [], []]
+    assert [c["split"] for c in calls] == [[("w/small.whl", 300_000), ("w/big.whl", 6_700_000)],
+                                           [("w/big.whl", 7_300_000), ("corpus", 2_700_000)],
+                                           [("corpus", 9_300_000)], [], [], []]
+    # 0.7 MB left in call 3: less than a part's least, so the teacher starts in call 4
+    assert [c["parts"] for c in calls] == [[], [], [], [10_000_000], [10_000_000], [5_000_000]]
+    assert all(c["bytes"] == sum(s for _, s in c["split"]) + sum(c["parts"]) + (3_000_000 if c["carry"] else 0)
+               <= 10_000_000 for c in calls)
+    for stream, size in files["wheels"] + [("corpus", 12_000_000)]:
+        assert sum(s for c in calls for name, s in c["split"] if name == stream) == size
+    # a call with less room left than a part's least gets a part only when it is all that is left of its file
+    calls = carry.plan(10_000_000, [("cache", 9_500_000), ("corpus", 10_600_000)], 300_000)
+    assert [c["split"] for c in calls] == [[], [("corpus", 10_000_000)], [("corpus", 600_000)]]
+    assert [c["parts"] for c in calls] == [[300_000], [], []]
+    with pytest.raises(ValueError, match=r"two files split into parts of one name \(a.whl\)"):
+        carry.plan(10_000_000, [("w", 12_000_000)], 1, {"w": [("w/a.whl", 6_000_000), ("w/x/a.whl", 6_000_000)]})
 
 
 def _repo(tmp_path: Path) -> Path:
@@ -77,3 +96,84 @@ def test_main_refuses_a_tree_that_leaves_no_room(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         carry.main(["--teacher", str(tmp_path / "missing.gguf")])
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def _stream(repo: Path, name: str) -> list[Path]:
+    """A stream's parts, .carry/p*/NAME.part1, NAME.part2, ..., in K order."""
+    parts = sorted(repo.glob(f".carry/p*/{name}.part*"), key=lambda p: int(p.name.rsplit(".part", 1)[1]))
+    assert [p.name for p in parts] == [f"{name}.part{k}" for k in range(1, len(parts) + 1)]
+    return parts
+
+
+def _split_repo(tmp_path: Path, capsys, monkeypatch) -> tuple[Path, dict[str, bytes], list[str]]:
+    """_repo with a wheel and a corpus too large for a call, cut by main; returns the files split and the plan."""
+    repo = _repo(tmp_path)
+    originals = {".whl/a.whl": (repo / ".whl" / "a.whl").read_bytes(), ".whl/big.whl": os.urandom(3_000_000),
+                 ".carry/c/corpus.jsonl.xz": os.urandom(2_600_000), "teacher": os.urandom(4_100_000)}
+    for path, data in originals.items():
+        (tmp_path / "teacher.gguf" if path == "teacher" else repo / path).write_bytes(data)
+    monkeypatch.chdir(repo)
+    carry.main(["--teacher", str(tmp_path / "teacher.gguf"), "--per-call", "4000000"])  # 2.5 MB of room a call
+    return repo, originals, capsys.readouterr().out.splitlines()
+
+
+def test_main_splits_items_too_large_for_a_call_into_parts_with_their_checksums(tmp_path, capsys, monkeypatch):
+    repo, originals, printed = _split_repo(tmp_path, capsys, monkeypatch)
+    for path, data in originals.items():
+        name = "gguf" if path == "teacher" else Path(path).name
+        parts = _stream(repo, name)
+        assert b"".join(p.read_bytes() for p in parts) == data
+        assert [p.name for p in repo.glob(f".carry/*/{name}.sha256")] == [f"{name}.sha256"]
+        line = (parts[-1].parent / f"{name}.sha256").read_text()
+        digest = hashlib.sha256(data).hexdigest()
+        assert line == (f"{digest}\n" if path == "teacher" else f"{digest}  {path}\n")
+    folders = sorted(int(p.name[1:]) for p in repo.glob(".carry/p*"))
+    assert folders == list(range(1, len(folders) + 1))  # p7 removed
+    assert not (repo / ".carry" / "p1" / "gguf.part1").exists()  # the teacher follows the split files
+    assert printed[0].startswith("tree 1.5 MB; ") and len(printed) == len(folders) + 1
+    for n, line in enumerate(printed[1:], 1):
+        assert line.startswith(f"call {n}: carry .carry/p{n} (") and "install the wheels" not in line
+        assert float(line.split("(")[1].split(" MB")[0]) <= 4.0
+    assert printed[-1].endswith("then the lease's script")
+
+
+def _join(repo: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_setup.sh"
+    env = {**os.environ, "RUNS": str(tmp_path), "TEACHER": str(tmp_path / "t.gguf"), "WHEELS": ".whl",
+           "CORPUS": ".carry/c/corpus.jsonl.xz", "TRITON_CACHE": str(tmp_path / "none.txz")}
+    return subprocess.run(["bash", "-c", f"source {script}; join_parts"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_setup_joins_the_split_files_where_they_belong_and_refuses_a_wrong_part(tmp_path, capsys, monkeypatch):
+    repo, originals, _ = _split_repo(tmp_path, capsys, monkeypatch)
+    shutil.rmtree(repo / ".whl")  # what the device machine lacks
+    (repo / ".carry" / "c" / "corpus.jsonl.xz").unlink()
+    run = _join(repo, tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for path, data in originals.items():
+        assert (tmp_path / "t.gguf" if path == "teacher" else repo / path).read_bytes() == data
+    assert not list(repo.rglob("*.tmp")) and not list(tmp_path.glob("*.tmp"))
+    assert _join(repo, tmp_path).returncode == 0  # all there: nothing to do
+    (repo / ".whl" / "big.whl").unlink()
+    part = _stream(repo, "big.whl")[1]
+    part.write_bytes(b"x" + part.read_bytes()[1:])
+    run = _join(repo, tmp_path)
+    parts = " ".join(str(p.relative_to(repo)) for p in _stream(repo, "big.whl"))
+    sums = next(repo.glob(".carry/*/big.whl.sha256")).relative_to(repo)
+    assert run.returncode == 1
+    assert f".whl/big.whl reassembled from {parts} does not match {sums}: a part missing?" in run.stdout
+    assert not (repo / ".whl" / "big.whl").exists() and not (repo / ".whl" / "big.whl.tmp").exists()
+
+
+def test_timed_step_adds_each_call_to_the_step_log(tmp_path):
+    """A step resumed by a later call keeps the earlier calls' output in its log (how the earlier one stopped)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_setup.sh"
+    env = {**os.environ, "RUNS": str(tmp_path), "TRITON_CACHE": str(tmp_path / "none.txz")}
+    steps = "; ".join(f"timed_step {tmp_path} convert echo call-{n}" for n in (1, 2))
+    run = subprocess.run(["bash", "-c", f"source {script}; DEADLINE=600 START=$SECONDS; {steps}"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    lines = (tmp_path / "convert.log").read_text().splitlines()
+    assert [line for line in lines if not line.startswith("=== ")] == ["call-1", "call-2"]
+    assert len(lines) == 4 and all(re.fullmatch(r"=== \S+Z convert, 5[78]\d s left", lines[i]) for i in (0, 2))
