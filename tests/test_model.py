@@ -488,6 +488,24 @@ def test_assisted_and_prompt_lookup_decoding_equal_greedy(monkeypatch):
         assert any(n > 0 for n in removed), f"no draft was rejected with {extra}: the test did not roll back"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-linear-attention's kernels run on a GPU")
+def test_prompt_lookup_through_fla_on_a_gpu_equals_greedy(monkeypatch):
+    """The same on a GPU through flash-linear-attention's kernels, in fp32: drafts are verified by the chunked
+    kernel, greedy steps by the recurrent one, and rejected drafts are replayed out of the state by fla too. (In bf16
+    a near tie may round the other way, as it does for the teacher: scripts/assisted_check.py reports the margin.)"""
+    removed = []
+    crop = HypeNetLightningLayer.crop
+    monkeypatch.setattr(HypeNetLightningLayer, "crop", lambda self, n: removed.append(-n) or crop(self, n))
+    model = tiny_hypenet(head_dim=16, lightning_backend="fla").cuda()
+    torch.manual_seed(1)
+    pattern = torch.randint(1, 97, (1, 6))
+    ids = torch.cat([pattern, torch.randint(1, 97, (1, 5)), pattern, pattern[:, :3]], 1).cuda()
+    greedy = model.generate(ids, max_new_tokens=20, min_new_tokens=20, pad_token_id=0)
+    out = model.generate(ids, max_new_tokens=20, min_new_tokens=20, pad_token_id=0, prompt_lookup_num_tokens=4)
+    assert torch.equal(out, greedy)
+    assert any(n > 0 for n in removed), "no draft was rejected: the test did not roll back"
+
+
 def test_static_cache_and_continuous_batching_are_explained():
     model = tiny_hypenet()
     ids = torch.randint(1, 97, (2, 7))
