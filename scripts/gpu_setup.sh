@@ -45,7 +45,7 @@ join_parts() {  # join_parts: each file carried in parts that is not there yet, 
             echo "$dest reassembled from ${parts[*]} does not match $sums: a part missing?"; return 1; }
         mv "$dest.tmp" "$dest"
     done
-    if [ ! -e "$TEACHER" ]; then  # a .gguf file or a checkpoint folder
+    if [ "$TEACHER" != embedded ] && [ ! -e "$TEACHER" ]; then  # a .gguf file or a checkpoint folder (embedded: none)
         local teacher_sums=(.carry/*/gguf.sha256)
         mapfile -t parts < <(parts_of gguf)
         [ "${#parts[@]}" -gt 0 ] && [ -f "${teacher_sums[0]}" ] || {

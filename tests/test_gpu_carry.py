@@ -137,9 +137,9 @@ def test_main_splits_items_too_large_for_a_call_into_parts_with_their_checksums(
     assert printed[-1].endswith("then the lease's script")
 
 
-def _join(repo: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+def _join(repo: Path, tmp_path: Path, teacher: str | None = None) -> subprocess.CompletedProcess:
     script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_setup.sh"
-    env = {**os.environ, "RUNS": str(tmp_path), "TEACHER": str(tmp_path / "t.gguf"), "WHEELS": ".whl",
+    env = {**os.environ, "RUNS": str(tmp_path), "TEACHER": teacher or str(tmp_path / "t.gguf"), "WHEELS": ".whl",
            "CORPUS": ".carry/c/corpus.jsonl.xz", "TRITON_CACHE": str(tmp_path / "none.txz")}
     return subprocess.run(["bash", "-c", f"source {script}; join_parts"], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=60)
@@ -177,3 +177,16 @@ def test_timed_step_adds_each_call_to_the_step_log(tmp_path):
     lines = (tmp_path / "convert.log").read_text().splitlines()
     assert [line for line in lines if not line.startswith("=== ")] == ["call-1", "call-2"]
     assert len(lines) == 4 and all(re.fullmatch(r"=== \S+Z convert, 5[78]\d s left", lines[i]) for i in (0, 2))
+
+
+def test_join_without_a_teacher_joins_the_rest(tmp_path, capsys, monkeypatch):
+    """TEACHER=embedded (a call that carries only the wheels' parts, e.g. for the GPU-side tests): no teacher is
+    joined or asked for, the other files are."""
+    repo, originals, _ = _split_repo(tmp_path, capsys, monkeypatch)
+    shutil.rmtree(repo / ".whl")
+    for part in repo.glob(".carry/*/gguf.*"):
+        part.unlink()
+    run = _join(repo, tmp_path, teacher="embedded")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (repo / ".whl" / "big.whl").read_bytes() == originals[".whl/big.whl"]
+    assert _join(repo, tmp_path).returncode == 1  # a teacher asked for and not carried
