@@ -469,41 +469,32 @@ def test_rollback_past_what_was_kept_is_refused(monkeypatch):
         assert plain.get_seq_length() == 7
 
 
-def test_assisted_and_prompt_lookup_decoding_equal_greedy(monkeypatch):
+ON_GPU = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                     reason="flash-linear-attention's kernels run on a GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_GPU])
+def test_assisted_and_prompt_lookup_decoding_equal_greedy(monkeypatch, device):
     """Speculative decoding through generate(): drafts rejected part-way roll the cache back, and the tokens are
-    greedy's. The assistant is a HypeNet too, so its own cache rolls back as well."""
+    greedy's. The assistant is a HypeNet too, so its own cache rolls back as well. On a GPU the same goes through
+    flash-linear-attention's kernels, in fp32: drafts are verified by the chunked kernel, greedy steps by the
+    recurrent one, and rejected drafts are replayed out of the state by fla too. (In bf16 a near tie may round the
+    other way, as it does for the teacher: scripts/assisted_check.py reports the margin.)"""
     removed = []
     crop = HypeNetLightningLayer.crop
     monkeypatch.setattr(HypeNetLightningLayer, "crop", lambda self, n: removed.append(-n) or crop(self, n))
-    model = tiny_hypenet()
+    fla = dict(head_dim=16, lightning_backend="fla") if device == "cuda" else {}
+    model = tiny_hypenet(**fla).to(device)
     torch.manual_seed(1)
     pattern = torch.randint(1, 97, (1, 6))
-    ids = torch.cat([pattern, torch.randint(1, 97, (1, 5)), pattern, pattern[:, :3]], 1)  # n-grams to look up
+    ids = torch.cat([pattern, torch.randint(1, 97, (1, 5)), pattern, pattern[:, :3]], 1).to(device)  # n-grams
     greedy = model.generate(ids, max_new_tokens=20, min_new_tokens=20, pad_token_id=0)
-    assistant = tiny_hypenet(mixers=("lightning", "lightning", "attention"))
+    assistant = tiny_hypenet(mixers=("lightning", "lightning", "attention"), **fla).to(device)
     for extra in (dict(prompt_lookup_num_tokens=4), dict(assistant_model=assistant)):
         removed.clear()
         out = model.generate(ids, max_new_tokens=20, min_new_tokens=20, pad_token_id=0, **extra)
         assert torch.equal(out, greedy), extra
         assert any(n > 0 for n in removed), f"no draft was rejected with {extra}: the test did not roll back"
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-linear-attention's kernels run on a GPU")
-def test_prompt_lookup_through_fla_on_a_gpu_equals_greedy(monkeypatch):
-    """The same on a GPU through flash-linear-attention's kernels, in fp32: drafts are verified by the chunked
-    kernel, greedy steps by the recurrent one, and rejected drafts are replayed out of the state by fla too. (In bf16
-    a near tie may round the other way, as it does for the teacher: scripts/assisted_check.py reports the margin.)"""
-    removed = []
-    crop = HypeNetLightningLayer.crop
-    monkeypatch.setattr(HypeNetLightningLayer, "crop", lambda self, n: removed.append(-n) or crop(self, n))
-    model = tiny_hypenet(head_dim=16, lightning_backend="fla").cuda()
-    torch.manual_seed(1)
-    pattern = torch.randint(1, 97, (1, 6))
-    ids = torch.cat([pattern, torch.randint(1, 97, (1, 5)), pattern, pattern[:, :3]], 1).cuda()
-    greedy = model.generate(ids, max_new_tokens=20, min_new_tokens=20, pad_token_id=0)
-    out = model.generate(ids, max_new_tokens=20, min_new_tokens=20, pad_token_id=0, prompt_lookup_num_tokens=4)
-    assert torch.equal(out, greedy)
-    assert any(n > 0 for n in removed), "no draft was rejected: the test did not roll back"
 
 
 def test_static_cache_and_continuous_batching_are_explained():
