@@ -171,13 +171,17 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
 class StopOnSignal:
     """SIGINT or SIGTERM during training (Ctrl-C, `timeout`, a scheduler's preemption): the optimizer step in flight
     finishes, a checkpoint of it is written, and training stops with KeyboardInterrupt, so that `--resume` loses
-    nothing. A second signal stops at once (from the last checkpoint). Handlers are installed only in the main
-    thread and restored on exit. With several processes, one process's signal stops them all at the same step."""
+    nothing. A second signal at least `REPEAT_S` later stops at once (from the last checkpoint); one sooner is the
+    same stop delivered twice: GNU `timeout` signals its command and then the command's process group, so the
+    command gets the signal twice within microseconds, and taken as "again" that lost the step's checkpoint.
+    Handlers are installed only in the main thread and restored on exit. With several processes, one process's
+    signal stops them all at the same step."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_S = 1.0
 
     def __init__(self, name: str):
-        self.name, self.received, self._previous = name, None, {}
+        self.name, self.received, self._previous, self._first = name, None, {}, 0.0
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
@@ -190,12 +194,17 @@ class StopOnSignal:
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
+        now = time.monotonic()
         if self.received is not None:
+            if now - self._first < self.REPEAT_S:  # the first signal's twin (see the docstring)
+                log.debug("%s: %s again %.6f s after the first: the same stop delivered twice, one stop", self.name,
+                          signal.Signals(signum).name, now - self._first)
+                return
             self.__exit__()
             raise KeyboardInterrupt
-        self.received = signum
+        self.received, self._first = signum, now
         log.warning("%s: %s received: stopping after this optimizer step, once its checkpoint is written (signal "
-                    "again to stop at once)", self.name, signal.Signals(signum).name)
+                    "again, a second or more later, to stop at once)", self.name, signal.Signals(signum).name)
 
     def requested(self, acc: Accelerator) -> bool:
         if acc.num_processes == 1:
