@@ -8,8 +8,8 @@ counted as one stop when it comes within `StopOnSignal.REPEAT_S`.
 
 This script trains a small objective through `hypenet.halo.engine.train` in child processes, each stopped by
 `timeout --signal=INT --kill-after=10` at a random moment, and counts the stops that kept their step's checkpoint:
-with the engine as it is, and with REPEAT_S = 0 (every repeat is "again": the engine before the change). With the
-engine's debug log on, each twin the handler saw is logged, so the first mode counts them too.
+with the engine as it is, and with REPEAT_S = 0 (every repeat is "again": the engine before the change). The engine
+logs each twin it takes as one stop, so the first mode counts them too.
 
     python scripts/stop_signal_check.py --trials 32 --parallel 8 --device cuda --out results/stop_signal
 """
@@ -40,7 +40,7 @@ def child(stage_dir: Path, device: str, repeat_s: float | None) -> None:
     from hypenet.halo.config import TrainConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("hypenet.halo.engine").setLevel(logging.DEBUG)
+    logging.getLogger("hypenet.halo.engine").setLevel(logging.INFO)
     if repeat_s is not None:
         engine.StopOnSignal.REPEAT_S = repeat_s
 

@@ -197,7 +197,7 @@ class StopOnSignal:
         now = time.monotonic()
         if self.received is not None:
             if now - self._first < self.REPEAT_S:  # the first signal's twin (see the docstring)
-                log.debug("%s: %s again %.6f s after the first: the same stop delivered twice, one stop", self.name,
+                log.info("%s: %s again %.6f s after the first: the same stop delivered twice, one stop", self.name,
                           signal.Signals(signum).name, now - self._first)
                 return
             self.__exit__()
