@@ -181,7 +181,10 @@ def test_chunked_gradients_match_recurrent():
 
 
 def test_fla_backend_without_fla_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "fla", None)  # importing fla now fails, as where it is not installed
+    # importing fla now fails, as where it is not installed: its submodules too, which an earlier test may have
+    # imported where it is (a cached `fla.ops.simple_gla` imports without its parent)
+    for name in {"fla", "fla.ops", "fla.ops.simple_gla", *(m for m in sys.modules if m.startswith("fla."))}:
+        monkeypatch.setitem(sys.modules, name, None)
     q, k, v, g, _ = make_inputs(1, 4, 2, 4, 4, per_token_g=False, seed=7, dtype=torch.float32)
     with pytest.raises(ImportError, match="pip install flash-linear-attention"):
         lightning_attention(q, k, v, g, 0.5, backend="fla")
