@@ -143,7 +143,8 @@ step() {
     fi
     tail -n 25 "$RUNS/logs/$name.log"
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 130 ] || [ "$rc" -eq 137 ]; then  # timeout's SIGINT, or its SIGKILL after it
-        say "deadline: $name interrupted after $((SECONDS - began))s; run the same command again to continue it"
+        say "deadline: $name interrupted after $((SECONDS - began))s, exit $rc$(stop_reason "$rc" $((STOP_GRACE - 20)));" \
+            "run the same command again to continue it"
         pack final; exit 0
     fi
     say "FAILED $name (exit $rc), log: $RUNS/logs/$name.log"

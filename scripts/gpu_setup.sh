@@ -20,8 +20,19 @@ timed_step() {  # timed_step LOGS NAME COMMAND...: COMMAND with what is left of 
     echo "[$((SECONDS - START))s] $name ($left s left)"
     # appended: a step resumed by a later call keeps the earlier calls' output (how a stop went) above its own
     echo "=== $(date -u +%FT%TZ) $name, $left s left" >>"$logs/$name.log"
-    timeout --signal=INT --kill-after=10 "$left" "$@" >>"$logs/$name.log" 2>&1 || echo "  $name stopped: exit $?"
-    tail -2 "$logs/$name.log"
+    local code=0
+    timeout --signal=INT --kill-after=10 "$left" "$@" >>"$logs/$name.log" 2>&1 || code=$?
+    # in the log too: whether a stopped conversion ended by itself or was killed
+    if [ "$code" -eq 0 ]; then tail -2 "$logs/$name.log"
+    else tail -1 "$logs/$name.log"; echo "  $name stopped: exit $code$(stop_reason "$code" 10)" | tee -a "$logs/$name.log"
+    fi
+}
+
+stop_reason() {  # stop_reason CODE GRACE: what GNU timeout's exit code says of a step it stopped (empty for others)
+    case $1 in
+        124) echo " (the deadline's SIGINT; it ended within the $2 s after)" ;;
+        137) echo " (killed: still running $2 s after the deadline's SIGINT)" ;;
+    esac
 }
 
 parts_of() {  # parts_of NAME: .carry/p*/NAME.part1, NAME.part2, ... one per line, in order, each found in any p folder

@@ -179,6 +179,31 @@ def test_timed_step_adds_each_call_to_the_step_log(tmp_path):
     assert len(lines) == 4 and all(re.fullmatch(r"=== \S+Z convert, 5[78]\d s left", lines[i]) for i in (0, 2))
 
 
+def test_timed_step_says_in_the_log_how_a_stopped_step_ended(tmp_path):
+    """A step still running at the deadline gets SIGINT, then SIGKILL 10 s later: GNU timeout exits 124 when the step
+    ended within the 10 s, 137 when it had to be killed. The log says which (the three leases whose stop lost its
+    checkpoint could not tell). A stand-in `timeout` exits with the code each step names, to spare the test the
+    deadline's half minute (`timeout --signal=INT --kill-after=2 1 sleep 10` exits 124, and with a command that
+    ignores SIGINT 137)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_setup.sh"
+    fake = tmp_path / "bin" / "timeout"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nshift 3\nexec "$@"\n')  # drops --signal, --kill-after and the seconds
+    fake.chmod(0o755)
+    env = {**os.environ, "RUNS": str(tmp_path), "TRITON_CACHE": str(tmp_path / "none.txz"),
+           "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    steps = "; ".join(f"timed_step {tmp_path} {name} sh -c 'exit {code}'"
+                      for name, code in (("ends", 124), ("killed", 137), ("failed", 1), ("fine", 0)))
+    run = subprocess.run(["bash", "-c", f"source {script}; DEADLINE=600 START=$SECONDS; {steps}"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    last = {name: (tmp_path / f"{name}.log").read_text().splitlines()[-1] for name in ("ends", "killed", "failed")}
+    assert last == {"ends": "  ends stopped: exit 124 (the deadline's SIGINT; it ended within the 10 s after)",
+                    "killed": "  killed stopped: exit 137 (killed: still running 10 s after the deadline's SIGINT)",
+                    "failed": "  failed stopped: exit 1"}
+    assert all(line in run.stdout for line in last.values())
+    assert (tmp_path / "fine.log").read_text().splitlines()[-1].startswith("=== ")  # nothing added for a success
+
 def test_join_without_a_teacher_joins_the_rest(tmp_path, capsys, monkeypatch):
     """TEACHER=embedded (a call that carries only the wheels' parts, e.g. for the GPU-side tests): no teacher is
     joined or asked for, the other files are."""

@@ -93,6 +93,7 @@ def test_a_step_that_ignores_the_interrupt_is_killed_and_the_script_ends_by_its_
     took = time.monotonic() - began
     assert run.returncode == 0, run.stdout + run.stderr
     assert "deadline: setup interrupted after" in run.stdout
+    assert f"exit 137 (killed: still running {grace - 20} s after the deadline's SIGINT)" in run.stdout
     assert not (runs / "done" / "setup").exists()
     assert (tmp_path / "out" / "gpu_convert.tgz").exists()
     # interrupted at deadline - grace (32 s), killed 3 s later, packed: exited by the deadline (the old script sent
