@@ -173,7 +173,8 @@ class StopOnSignal:
     finishes, a checkpoint of it is written, and training stops with KeyboardInterrupt, so that `--resume` loses
     nothing. A second signal at least `REPEAT_S` later stops at once (from the last checkpoint); one sooner is the
     same stop delivered twice: GNU `timeout` signals its command and then the command's process group, so the
-    command gets the signal twice within microseconds, and taken as "again" that lost the step's checkpoint.
+    command gets the signal twice within microseconds, and taken as "again" it would stop without the step's
+    checkpoint.
     Handlers are installed only in the main thread and restored on exit. With several processes, one process's
     signal stops them all at the same step."""
 
@@ -198,7 +199,7 @@ class StopOnSignal:
         if self.received is not None:
             if now - self._first < self.REPEAT_S:  # the first signal's twin (see the docstring)
                 log.info("%s: %s again %.6f s after the first: the same stop delivered twice, one stop", self.name,
-                          signal.Signals(signum).name, now - self._first)
+                         signal.Signals(signum).name, now - self._first)
                 return
             self.__exit__()
             raise KeyboardInterrupt
