@@ -70,11 +70,12 @@ def trial(i: int, mode: str, args, root: Path) -> dict:
     command = ["timeout", "--signal=INT", "--kill-after=10", f"{after:.3f}", sys.executable, __file__, "--child",
                str(stage_dir), "--device", args.device, "--mode", mode]
     done = subprocess.run(command, capture_output=True, text=True)
-    steps = [json.loads(line).get("step") for line in (stage_dir / "losses.jsonl").read_text().splitlines()] \
-        if (stage_dir / "losses.jsonl").is_file() else []
+    from hypenet.halo.engine import CHECKPOINTS, LOSS_LOG
+
+    losses = stage_dir / LOSS_LOG
+    steps = [json.loads(line).get("step") for line in losses.read_text().splitlines()] if losses.is_file() else []
     last = max((s for s in steps if s is not None), default=0)
-    kept = sorted(p.name for p in (stage_dir / "checkpoints").glob("step-*")) if (stage_dir / "checkpoints").is_dir() \
-        else []
+    kept = sorted(p.name for p in (stage_dir / CHECKPOINTS).glob("step-*"))  # (none where the folder is missing)
     result = {
         "mode": mode, "trial": i, "signal_after_s": round(after, 3), "exit": done.returncode, "last_step": last,
         "checkpoints": kept, "kept": kept == [f"step-{last:08d}"] and last > 0,
