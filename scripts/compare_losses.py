@@ -3,7 +3,9 @@ RUNS/NAME/stages/STAGE/losses.jsonl (STAGE: stage2 unless given; written by `hyp
 and prints a markdown table: the steps both logged, the first step whose loss differs at all, the largest difference,
 and each run's median step time (what `deterministic: true` costs). `--stage select` compares the layer choices
 instead (RUNS/NAME/stages/select/done.json): the attention layers, and the largest difference of any per-layer
-score, recall or commonsense value. Made for the determinism leases (results/gpu_convert/determinism/).
+score, recall or commonsense value. Made for the determinism leases (results/gpu_convert/determinism/). `--plot
+PNG` also draws every named run's loss of that stage, each point the mean of the `--window` logged steps ending there
+(for runs that differ by a recipe, where the table's first differing step says little).
 
 `python compare_losses.py --reports A/report.json,B/report.json` compares two whole conversions by their
 report.json instead (what a lease brings back): each stage's logged losses (a report keeps a long stage's every
@@ -141,9 +143,44 @@ def reports_table(a: Path, b: Path) -> list[str]:
     return lines
 
 
-def main(runs: Path, pairs: list[str], stage: str = "stage2") -> None:
+def smoothed(rows: dict[int, dict], window: int) -> tuple[list[int], list[float]]:
+    """A run's logged steps in order, and at each the mean loss of the `window` logged steps ending there (of fewer
+    at the start)."""
+    order = sorted(rows)
+    losses = [rows[step]["loss"] for step in order]
+    means = [statistics.fmean(losses[max(0, i + 1 - window):i + 1]) for i in range(len(losses))]
+    return order, means
+
+
+def plot_losses(runs: Path, pairs: list[str], stage: str, out: Path, window: int) -> Path:
+    """Every run named in `pairs`, once, as its smoothed loss against the step (log scale), into the PNG `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hypenet.eval.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in dict.fromkeys(name for pair in pairs for name in pair.split(",")):
+        rows = steps(runs, name, stage)
+        if not rows:
+            raise SystemExit(f"{runs / name / 'stages' / stage / 'losses.jsonl'}: no losses to plot")
+        ax.plot(*smoothed(rows, window), label=name, linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{stage} loss (mean of {window} steps)" if window > 1 else f"{stage} loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, out, dpi=120)
+
+
+def main(runs: Path, pairs: list[str], stage: str = "stage2", plot: Path | None = None, window: int = 20) -> None:
     lines = selection_table(runs, pairs) if stage == "select" else losses_table(runs, pairs, stage)
     print("\n".join(lines))
+    if plot is not None:
+        print(f"\nplot: {plot_losses(runs, pairs, stage, plot, window)}")
 
 
 if __name__ == "__main__":
@@ -152,6 +189,8 @@ if __name__ == "__main__":
     parser.add_argument("pairs", nargs="*", help="pairs of run names, e.g. det-1,det-2")
     parser.add_argument("--stage", default="stage2", help="stage1, stage2, stage3, or select (default stage2)")
     parser.add_argument("--reports", help="two conversions' report.json joined by a comma: compare them whole")
+    parser.add_argument("--plot", type=Path, help="also draw the named runs' losses of the stage into this PNG")
+    parser.add_argument("--window", type=int, default=20, help="--plot: steps averaged into each point (default 20)")
     args = parser.parse_args()
     if args.reports:
         paths = [Path(p) for p in args.reports.split(",")]
@@ -167,4 +206,6 @@ if __name__ == "__main__":
     bad = [p for p in args.pairs if p.count(",") != 1]
     if bad:
         parser.error(f"pairs are two run names joined by a comma, e.g. det-1,det-2; got {', '.join(bad)}")
-    main(args.runs, args.pairs, args.stage)
+    if args.plot is not None and (args.stage == "select" or args.window < 1):
+        parser.error("--plot draws a training stage's losses (--stage stage1, stage2 or stage3), --window 1 or more")
+    main(args.runs, args.pairs, args.stage, args.plot, args.window)

@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 spec = importlib.util.spec_from_file_location("compare_losses",
                                               Path(__file__).parent.parent / "scripts" / "compare_losses.py")
 compare_losses = importlib.util.module_from_spec(spec)
@@ -109,3 +111,29 @@ def test_runs_on_other_machines_get_a_note_under_the_table(tmp_path):
                           "| a vs d | 1 | none | 0 | 0.500 / 0.500 |"]
     # c is still running (its wall_time.json); d is from before machines were recorded: no note for it
     assert lines[5:] == ["", f"a vs c: other machines ({H200} / {H100}). {compare_losses.NOT_ACROSS}"]
+
+
+def test_smoothed_losses_average_the_window_ending_at_each_logged_step():
+    rows = {3: {"loss": 3.0}, 1: {"loss": 1.0}, 2: {"loss": 2.0}, 5: {"loss": 6.0}}  # (step 4 not logged)
+    assert compare_losses.smoothed(rows, 2) == ([1, 2, 3, 5], [1.0, 1.5, 2.5, 4.5])
+    assert compare_losses.smoothed(rows, 1) == ([1, 2, 3, 5], [1.0, 2.0, 3.0, 6.0])
+
+
+def test_plot_draws_each_named_run_once_and_names_a_run_without_losses(tmp_path, capsys, monkeypatch):
+    import matplotlib.axes
+    from PIL import Image
+
+    step = [{"step": s, "loss": 3.0 / s, "seconds": 0.3} for s in range(1, 30)]
+    write_run(tmp_path, "a", step)
+    write_run(tmp_path, "b", step[:10])
+    drawn, plot = [], matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda ax, *xy, **kw: drawn.append((kw["label"], len(xy[0]))) or plot(ax, *xy, **kw))
+    compare_losses.main(tmp_path, ["a,b", "b,a"], plot=tmp_path / "losses.png", window=5)
+    assert capsys.readouterr().out.endswith(f"plot: {tmp_path / 'losses.png'}\n")
+    assert drawn == [("a", 29), ("b", 10)]
+    assert Image.open(tmp_path / "losses.png").format == "PNG"
+    with pytest.raises(SystemExit, match="no losses to plot") as stop:
+        compare_losses.plot_losses(tmp_path, ["a,missing"], "stage2", tmp_path / "other.png", 5)
+    assert str(stop.value).startswith(str(tmp_path / "missing" / "stages" / "stage2" / "losses.jsonl"))
+    assert not (tmp_path / "other.png").exists()
