@@ -161,11 +161,12 @@ def plot_losses(runs: Path, pairs: list[str], stage: str, out: Path, window: int
 
     from hypenet.eval.plots import save_figure
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in dict.fromkeys(name for pair in pairs for name in pair.split(",")):
-        rows = steps(runs, name, stage)
+    curves = {name: steps(runs, name, stage) for name in dict.fromkeys(n for pair in pairs for n in pair.split(","))}
+    for name, rows in curves.items():
         if not rows:
             raise SystemExit(f"{runs / name / 'stages' / stage / 'losses.jsonl'}: no losses to plot")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, rows in curves.items():
         ax.plot(*smoothed(rows, window), label=name, linewidth=1)
     ax.set_yscale("log")
     ax.set_xlabel("step")
