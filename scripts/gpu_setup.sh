@@ -40,6 +40,15 @@ parts_of() {  # parts_of NAME: .carry/p*/NAME.part1, NAME.part2, ... one per lin
     while part=$(ls .carry/p*/"$1.part$k" 2>/dev/null | head -1) && [ -n "$part" ]; do echo "$part"; k=$((k + 1)); done
 }
 
+assemble() {  # assemble DEST SHA256 SUMS WHAT PART...: the parts joined into DEST if they match SHA256 (read from
+    # SUMS); WHAT names DEST in the error otherwise
+    local dest=$1 hex=$2 sums=$3 what=$4; shift 4
+    mkdir -p "$(dirname "$dest")" && cat "$@" >"$dest.tmp"
+    echo "$hex  $dest.tmp" | sha256sum --check --quiet - || { rm -f "$dest.tmp"
+        echo "$what reassembled from $* does not match $sums: a part missing?"; return 1; }
+    mv "$dest.tmp" "$dest"
+}
+
 join_parts() {  # join_parts: each file carried in parts that is not there yet, part K found in any .carry/p*
     local sums name hex dest parts
     for sums in .carry/p*/*.sha256; do  # a split file: NAME.sha256 holds "<sha256>  <where it belongs>"
@@ -51,10 +60,7 @@ join_parts() {  # join_parts: each file carried in parts that is not there yet, 
         [ ! -e "$dest" ] || continue
         mapfile -t parts < <(parts_of "$name")
         [ "${#parts[@]}" -gt 0 ] || { echo "no parts .carry/p*/$name.part1, ... for $sums"; return 1; }
-        mkdir -p "$(dirname "$dest")" && cat "${parts[@]}" >"$dest.tmp"
-        echo "$hex  $dest.tmp" | sha256sum --check --quiet - || { rm -f "$dest.tmp"
-            echo "$dest reassembled from ${parts[*]} does not match $sums: a part missing?"; return 1; }
-        mv "$dest.tmp" "$dest"
+        assemble "$dest" "$hex" "$sums" "$dest" "${parts[@]}" || return 1
     done
     if [ "$TEACHER" != embedded ] && [ ! -e "$TEACHER" ]; then  # a .gguf file or a checkpoint folder (embedded: none)
         local teacher_sums=(.carry/*/gguf.sha256)
@@ -62,14 +68,10 @@ join_parts() {  # join_parts: each file carried in parts that is not there yet, 
         [ "${#parts[@]}" -gt 0 ] && [ -f "${teacher_sums[0]}" ] || {
             echo "no teacher at $TEACHER, and no parts .carry/p1/gguf.part1, ... with a .carry/*/gguf.sha256"
             return 1; }
-        cat "${parts[@]}" >"$TEACHER.tmp"
-        echo "$(cat "${teacher_sums[0]}")  $TEACHER.tmp" | sha256sum --check --quiet - || { rm -f "$TEACHER.tmp"
-            echo "the teacher reassembled from ${parts[*]} does not match ${teacher_sums[0]}: a part missing?"
-            return 1; }
-        mv "$TEACHER.tmp" "$TEACHER"
+        assemble "$TEACHER" "$(cat "${teacher_sums[0]}")" "${teacher_sums[0]}" "the teacher" "${parts[@]}"
     fi
 }
-export -f parts_of join_parts  # for setup in a child bash that gets only setup (scripts/gpu_convert.sh's `step`)
+export -f assemble parts_of join_parts  # for setup in a child bash that gets only setup (scripts/gpu_convert.sh's `step`)
 
 setup() {
     join_parts || return 1
