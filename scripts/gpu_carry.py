@@ -10,13 +10,17 @@ else the file's name), with NAME.sha256 beside its last part (for the teacher th
 repository root:
 
     python scripts/gpu_carry.py --teacher SmolLM2-135M-Instruct.Q4_1.gguf [--per-call 64000000] [--wheels .whl]
-        [--corpus .carry/c] [--cache .carry/triton_cache.txz]
+        [--corpus .carry/c] [--cache .carry/triton_cache.txz] [--cache-history PATH]
 
 It writes the parts and the checksums, removes the parts of an earlier cut, and prints one line per call: the paths to
 carry and the bytes with the tree. The wheels, the corpus and the cache go first, each that fits whole into the first
 call with room (the call that holds the wheels whole installs them; split wheels are installed by setup); then the
 split files' parts and the teacher's, in that order, fill what is left, call by call. Paths persist on the machine
 between calls while it is held, so the lease's script runs in the last call.
+
+The Triton cache is kept in git's history, not in the working tree, where it would travel with every call: when
+--cache is missing, it is written there from the last commit that added or changed --cache-history
+(results/gpu_convert/triton_cache.txz; to keep a newer one, commit it there, then remove it in the next commit).
 """
 
 from __future__ import annotations
@@ -37,6 +41,20 @@ def tree_bytes(root: Path) -> int:
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
                             check=True, capture_output=True).stdout.decode().split("\0")
     return sum((root / name).stat().st_size for name in set(listed) if name and (root / name).is_file())
+
+
+def cache_from_history(cache: Path, tracked: str, root: Path) -> str | None:
+    """Write `tracked` as it was in the last commit that added or changed it to `cache`; the commit, or None when
+    no commit has it."""
+    log = subprocess.run(["git", "log", "-1", "--format=%H", "--diff-filter=AM", "--", tracked], cwd=root,
+                         capture_output=True, text=True)  # fails in a repository without commits
+    found = log.stdout.strip()
+    if log.returncode or not found:
+        return None
+    blob = subprocess.run(["git", "show", f"{found}:{tracked}"], cwd=root, check=True, capture_output=True).stdout
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_bytes(blob)
+    return found
 
 
 def path_bytes(path: Path) -> int:
@@ -141,12 +159,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wheels", type=Path, default=Path(".whl"), help="folder of the wheels that setup installs")
     parser.add_argument("--corpus", type=Path, default=Path(".carry/c"), help="folder of the corpus")
     parser.add_argument("--cache", type=Path, default=Path(".carry/triton_cache.txz"),
-                        help="a Triton cache from an earlier lease (skipped when missing)")
+                        help="a Triton cache from an earlier lease (from --cache-history when missing)")
+    parser.add_argument("--cache-history", default="results/gpu_convert/triton_cache.txz",
+                        help="the repository path whose last committed version is the cache when --cache is missing "
+                             "('' for none)")
     parser.add_argument("--carry-dir", type=Path, default=Path(".carry"), help="where the parts are written")
     args = parser.parse_args(argv)
     for path in (args.teacher, args.wheels, args.corpus):
         if not path.exists():
             parser.error(f"no such file or folder: {path}")
+    if not args.cache.exists() and args.cache_history:
+        commit = cache_from_history(args.cache, args.cache_history, Path.cwd())
+        if commit:
+            print(f"{args.cache}: {args.cache_history} as committed in {commit[:7]}")
     tree = tree_bytes(Path.cwd())
     room = args.per_call - tree
     if room < MIN_PART:

@@ -23,8 +23,9 @@
 #   CORPUS   the built-in corpus as one file (default .carry/c/corpus.jsonl.xz, carried with the wheels), made on a
 #            machine that has it by `python -m hypenet.data export .carry/c/corpus.jsonl.xz`: the same documents in
 #            the same order, so the same held-out split
-#   TRITON_CACHE  (optional, default .carry/triton_cache.txz, else results/gpu_convert/triton_cache.txz, the one
-#            committed) the triton_cache.txz an earlier lease sent back (xz: ~3-7 MB where gzip made 12-15 MB)
+#   TRITON_CACHE  (optional, default .carry/triton_cache.txz, which scripts/gpu_carry.py writes from git's history of
+#            results/gpu_convert/triton_cache.txz) the triton_cache.txz an earlier lease sent back (xz: ~3-7 MB where
+#            gzip made 12-15 MB)
 #   TEACHER_EVAL  (optional) an earlier `hypenet eval` folder of the teacher, reused when its settings match (or
 #            differ only in asking for fewer NIAH lengths)
 #            (results/gpu_convert/eval/teacher: the teacher's 6-minute evaluation need not run again)

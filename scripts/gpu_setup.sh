@@ -7,9 +7,9 @@
 # after setting RUNS (and DEADLINE and START, for `timed_step`); it runs nothing itself.
 # The inputs' defaults, each replaced by the environment (scripts/gpu_convert.sh documents them):
 : "${TEACHER:=$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf}" "${CORPUS:=.carry/c/corpus.jsonl.xz}" "${WHEELS:=.whl}"
-# Triton's cache: one carried for this lease, else the one committed (a fresh session's checkout has no .carry/)
-[ -n "${TRITON_CACHE:-}" ] || { TRITON_CACHE=.carry/triton_cache.txz
-    [ -f "$TRITON_CACHE" ] || TRITON_CACHE=results/gpu_convert/triton_cache.txz; }
+# Triton's cache: the one carried for this lease, whole or in parts (scripts/gpu_carry.py writes it from git's history,
+# which keeps it out of the tree that every call copies)
+: "${TRITON_CACHE:=.carry/triton_cache.txz}"
 
 timed_step() {  # timed_step LOGS NAME COMMAND...: COMMAND with what is left of DEADLINE (seconds after START) less
     # 20 s for packing, stopped by SIGINT then (a conversion checkpoints and stops), its output added to LOGS/NAME.log;
@@ -75,9 +75,6 @@ export -f assemble parts_of join_parts  # for setup in a child bash that gets on
 
 setup() {
     join_parts || return 1
-    # a Triton cache carried in parts is there only now: it wins over the committed one, as a whole one would
-    [ "$TRITON_CACHE" != results/gpu_convert/triton_cache.txz ] || [ ! -f .carry/triton_cache.txz ] \
-        || TRITON_CACHE=.carry/triton_cache.txz
     local wheels  # the wheels' names, as /tmp/site/.hypenet_wheels names those installed last
     wheels=$(cd "$WHEELS" 2>/dev/null && ls -- *.whl 2>/dev/null)
     if [ -n "$wheels" ] && [ "$wheels" != "$(cat /tmp/site/.hypenet_wheels 2>/dev/null)" ]; then

@@ -86,6 +86,35 @@ def test_main_cuts_the_teacher_into_parts_that_join_to_it(tmp_path, capsys, monk
     assert all(float(line.split("(")[1].split(" MB")[0]) <= 5.1 for line in printed[1:])
 
 
+def test_main_takes_the_triton_cache_from_history_when_none_is_carried(tmp_path, capsys, monkeypatch):
+    repo = _repo(tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    tracked = repo / "results" / "cache.txz"
+    tracked.parent.mkdir()
+    for content in (b"first", b"second"):  # the last version committed is the one taken
+        tracked.write_bytes(content)
+        subprocess.run(git + ["add", "."], cwd=repo, check=True)
+        subprocess.run(git + ["commit", "-qm", "cache"], cwd=repo, check=True)
+    subprocess.run(git + ["rm", "-q", "results/cache.txz"], cwd=repo, check=True)
+    subprocess.run(git + ["commit", "-qm", "out of the tree"], cwd=repo, check=True)
+    (tmp_path / "teacher.gguf").write_bytes(b"g" * 10)
+    monkeypatch.chdir(repo)
+    cache = repo / ".carry" / "triton_cache.txz"
+    carry.main(["--teacher", str(tmp_path / "teacher.gguf"), "--cache-history", "results/cache.txz"])
+    printed = capsys.readouterr().out.splitlines()
+    assert cache.read_bytes() == b"second"
+    assert printed[0].startswith(".carry/triton_cache.txz: results/cache.txz as committed in ")
+    assert ".carry/triton_cache.txz" in printed[2]  # carried in the first call with room
+    cache.write_bytes(b"returned by the last lease")  # a cache already carried is kept
+    carry.main(["--teacher", str(tmp_path / "teacher.gguf"), "--cache-history", "results/cache.txz"])
+    assert cache.read_bytes() == b"returned by the last lease" and "as committed in" not in capsys.readouterr().out
+    cache.unlink()
+    carry.main(["--teacher", str(tmp_path / "teacher.gguf"), "--cache-history", ""])
+    assert not cache.exists() and ".carry/triton_cache.txz" not in capsys.readouterr().out
+    carry.main(["--teacher", str(tmp_path / "teacher.gguf"), "--cache-history", "results/never.txz"])
+    assert not cache.exists()
+
+
 def test_main_refuses_a_tree_that_leaves_no_room(tmp_path, capsys, monkeypatch):
     repo = _repo(tmp_path)
     (tmp_path / "teacher.gguf").write_bytes(b"g" * 10)
