@@ -21,9 +21,10 @@ START=$SECONDS
 # the conversion, e.g. `--set device=cpu`) can be replaced to try the script on a CPU.
 # EXTRAS (none unless set; lease41.sh and lease42.sh set all three): short checks after the grids, each only when
 # time is left, into $RUNS/extras (Next leases, items 6-8): `ruler` RULER's multi-key, multi-value and multi-query
-# NIAH on the student and the teacher (RULER_LENGTHS, 2 samples per cell); `assisted` prompt-lookup decoding against
-# greedy through fla (scripts/assisted_check.py); `oom` bench-train's stage 2 at OOM_SHAPE with the micro batch unset,
-# which must halve it until a step fits (OOM_OPTIONS for the device and steps).
+# NIAH on the student and the teacher (RULER_LENGTHS; RULER_SAMPLES per cell, 2 unless set); `assisted`
+# prompt-lookup decoding against greedy through fla (scripts/assisted_check.py); `oom` bench-train's stage 2 at
+# OOM_SHAPE with the micro batch unset, which must halve it until a step fits (OOM_OPTIONS for the device and steps).
+# GRIDS=" " (a space) runs no grid.
 RUNS=${RUNS:-runs/gpu_d1}
 REFERENCE=${REFERENCE:-results/gpu_convert/determinism/lease39/results/convert_halo/report.json}
 read -r -a GRIDS <<<"${GRIDS:-8000:65536 export:65536 8000:4096,8192,16384 8000:32768 4000:65536 2000:65536}"
@@ -75,7 +76,7 @@ for grid in "${GRIDS[@]}"; do
     [ -f "$dir/results.json" ] || { echo "grid $grid not finished; run the same command again"; pack; exit 0; }
 done
 read -r -a RULER_ARGS <<<"--evals niah --tasks multikey_1,multikey_2,multikey_3,multivalue,multiquery --niah-lengths \
-${RULER_LENGTHS:-4096,8192} --niah-samples 2 --haystack-heldout --haystack $CORPUS --batch-size 16 --no-progress --resume"
+${RULER_LENGTHS:-4096,8192} --niah-samples ${RULER_SAMPLES:-2} --haystack-heldout --haystack $CORPUS --batch-size 16 --no-progress --resume"
 for extra in ${EXTRAS:-}; do
     case $extra in
     ruler)
