@@ -99,8 +99,8 @@ def selection_cells(x: dict | None, y: dict | None) -> str:
     """Two layer choices: their attention layers, whether they agree, the largest gap of a per-layer value."""
     if x is None or y is None:
         return "- | - | -"
-    gaps = [abs(x[key][layer] - y[key][layer]) for key in ("scores", "recall", "commonsense")
-            for layer in set(x.get(key, {})) & set(y.get(key, {}))]
+    gaps = [abs(x[key][layer] - y[key][layer]) for key in ("scores", "recall", "commonsense")  # null: manual layers
+            for layer in set(x.get(key) or {}) & set(y.get(key) or {})]
     same = "yes" if x["attention_layers"] == y["attention_layers"] else "no"
     layers = " / ".join(",".join(map(str, z["attention_layers"])) for z in (x, y))
     return f"{layers} | {same} | {max(gaps, default=float('nan')):.3g}"

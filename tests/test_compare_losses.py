@@ -56,6 +56,13 @@ def test_layer_choices_compare_their_layers_and_scores(tmp_path, capsys):
     assert rows[2] == "| a vs missing | - | - | - |"
 
 
+def test_a_manual_layer_choice_has_no_scores_to_compare():
+    halo = {"attention_layers": [4, 7], "scores": {"0": 0.5}, "recall": {"0": 0.9}, "commonsense": {"0": 1.0}}
+    manual = {"attention_layers": [7, 14], "strategy": "manual", "scores": None, "recall": None, "commonsense": None}
+    assert compare_losses.selection_cells(halo, manual) == "4,7 / 7,14 | no | nan"
+    assert compare_losses.selection_cells(manual, manual) == "7,14 / 7,14 | yes | nan"
+
+
 def test_two_reports_compare_every_stage_the_layer_choice_and_the_export(tmp_path):
     report = {"stages": {"stage1": {"losses": [[1, 470.5], [2, 460.25]], "wall_time_s": 30.2},
                          "stage2": {"losses": [[1, 2.25], [10, 2.0]], "wall_time_s": 640.0}},
