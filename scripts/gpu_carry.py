@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -172,6 +173,10 @@ def main(argv: list[str] | None = None) -> None:
         commit = cache_from_history(args.cache, args.cache_history, Path.cwd())
         if commit:
             print(f"{args.cache}: {args.cache_history} as committed in {commit[:7]}")
+        else:
+            print(f"no Triton cache: {args.cache} is missing and no commit has {args.cache_history} (a shallow "
+                  "clone?); the lease compiles its kernels (~210 s more of stage 1 and the layer choice)",
+                  file=sys.stderr)
     tree = tree_bytes(Path.cwd())
     room = args.per_call - tree
     if room < MIN_PART:

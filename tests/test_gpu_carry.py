@@ -112,7 +112,7 @@ def test_main_takes_the_triton_cache_from_history_when_none_is_carried(tmp_path,
     carry.main(["--teacher", str(tmp_path / "teacher.gguf"), "--cache-history", ""])
     assert not cache.exists() and ".carry/triton_cache.txz" not in capsys.readouterr().out
     carry.main(["--teacher", str(tmp_path / "teacher.gguf"), "--cache-history", "results/never.txz"])
-    assert not cache.exists()
+    assert not cache.exists() and capsys.readouterr().err.startswith("no Triton cache: ")
 
 
 def test_main_refuses_a_tree_that_leaves_no_room(tmp_path, capsys, monkeypatch):
