@@ -76,7 +76,8 @@ for grid in "${GRIDS[@]}"; do
     [ -f "$dir/results.json" ] || { echo "grid $grid not finished; run the same command again"; pack; exit 0; }
 done
 read -r -a RULER_ARGS <<<"--evals niah --tasks multikey_1,multikey_2,multikey_3,multivalue,multiquery --niah-lengths \
-${RULER_LENGTHS:-4096,8192} --niah-samples ${RULER_SAMPLES:-2} --haystack-heldout --haystack $CORPUS --batch-size 16 --no-progress --resume"
+${RULER_LENGTHS:-4096,8192} --niah-samples ${RULER_SAMPLES:-2} --haystack-heldout --haystack $CORPUS --batch-size 16 \
+--no-progress --resume"
 for extra in ${EXTRAS:-}; do
     case $extra in
     ruler)
