@@ -1,9 +1,13 @@
 """`hypenet convert` takes down the torch.distributed process group its processes started (halo.cli)."""
 
+import sys
+import threading
+
 import torch.distributed as dist
 
 from hypenet.cli import main
 from hypenet.halo import pipeline
+from hypenet.halo.cli import take_down_process_group
 from hypenet.halo.config import HaloError
 
 
@@ -36,3 +40,22 @@ def test_a_group_that_was_up_before_is_left_to_its_owner(monkeypatch, tmp_path):
         assert dist.is_initialized()
     finally:
         dist.destroy_process_group()
+
+
+def test_taking_the_group_down_leaves_its_threads_the_gil(monkeypatch):
+    """A thread that waits for the GIL as the group goes down (a gloo thread freeing a collective's buffers) gets it
+    before the conversion's process exits: one still waiting when the interpreter finalizes aborts the process."""
+    order = []
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: order.append("group destroyed"))
+    woken = threading.Event()
+    waiter = threading.Thread(target=lambda: (woken.wait(), order.append("thread ran")))
+    waiter.start()
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(100)  # the main thread hands the GIL over only where it waits
+    try:
+        woken.set()  # the waiter can go on once it holds the GIL
+        take_down_process_group()
+        assert order == ["group destroyed", "thread ran"]
+    finally:
+        sys.setswitchinterval(before)
+        waiter.join()

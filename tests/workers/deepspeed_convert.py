@@ -11,9 +11,12 @@ from datetime import timedelta
 from accelerate import PartialState
 
 from hypenet.cli import main
+from hypenet.halo.cli import take_down_process_group
 
 # a process left waiting in a collective (one that the other never joins) fails in minutes, not gloo's default 30
-state = PartialState(cpu=False, backend="gloo", timeout=timedelta(minutes=3))
-code = main(sys.argv[1:])
-state.destroy_process_group()  # the group is this worker's, made before the conversion (halo.cli.own_process_group)
+PartialState(cpu=False, backend="gloo", timeout=timedelta(minutes=3))
+try:
+    code = main(sys.argv[1:])
+finally:  # the group is this worker's, made before the conversion, so the conversion leaves it up (halo.cli)
+    take_down_process_group()
 sys.exit(code)

@@ -26,6 +26,7 @@ from tiny_halo import objective, tiny_teacher
 
 from hypenet.data import PackedChunks
 from hypenet.halo import engine
+from hypenet.halo.cli import take_down_process_group
 from hypenet.halo.config import TrainConfig
 
 out = Path(sys.argv[1])
@@ -50,24 +51,27 @@ def after_step(step: int) -> None:
         os.kill(os.getpid(), signal.SIGINT)
 
 
-weights = load_file(os.environ["START"]) if os.environ.get("START") else None  # stage 3 alone: stage 2's weights
-for stage in os.environ.get("STAGES", "stage2").split(","):
-    stage_dir = out / stage
-    trained = objective(stage, teacher, weights if stage == "stage3" else None)
-    if not deepspeed:  # where training starts from, to measure how far it moved the weights
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: w.detach().clone() for k, w in trained.state_dict().items()}, stage_dir / "initial.safetensors")
-    run = engine.RunSettings(checkpoint_every=100, cpu=not deepspeed, resume=os.environ.get("RESUME") == "1",
-                             mixed_precision=os.environ.get("MIXED_PRECISION", "no"),
-                             after_step=after_step if stage == "stage2" else None)
-    result = engine.train(stage, trained, CONFIGS[stage], chunks, stage_dir, run)
-    if result.state_dict is not None:
-        save_file({k: w.clone() for k, w in result.state_dict.items()}, stage_dir / "weights.safetensors")
-        (stage_dir / "result.json").write_text(json.dumps({
-            "losses": result.losses, "distributed": result.distributed, "processes": result.processes,
-            "zero_stage": result.zero_stage, "resumed_from": result.resumed_from}))
+try:
+    weights = load_file(os.environ["START"]) if os.environ.get("START") else None  # stage 3 alone: stage 2's weights
+    for stage in os.environ.get("STAGES", "stage2").split(","):
+        stage_dir = out / stage
+        trained = objective(stage, teacher, weights if stage == "stage3" else None)
+        if not deepspeed:  # where training starts from, to measure how far it moved the weights
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            initial = {k: w.detach().clone() for k, w in trained.state_dict().items()}
+            save_file(initial, stage_dir / "initial.safetensors")
+        run = engine.RunSettings(checkpoint_every=100, cpu=not deepspeed, resume=os.environ.get("RESUME") == "1",
+                                 mixed_precision=os.environ.get("MIXED_PRECISION", "no"),
+                                 after_step=after_step if stage == "stage2" else None)
+        result = engine.train(stage, trained, CONFIGS[stage], chunks, stage_dir, run)
+        if result.state_dict is not None:
+            save_file({k: w.clone() for k, w in result.state_dict.items()}, stage_dir / "weights.safetensors")
+            (stage_dir / "result.json").write_text(json.dumps({
+                "losses": result.losses, "distributed": result.distributed, "processes": result.processes,
+                "zero_stage": result.zero_stage, "resumed_from": result.resumed_from}))
+        if deepspeed:
+            torch.distributed.barrier()  # the main process has written the weights
+        weights = load_file(stage_dir / "weights.safetensors")
+finally:  # also after the stop's KeyboardInterrupt, as `hypenet convert` does (halo.cli.own_process_group)
     if deepspeed:
-        torch.distributed.barrier()  # the main process has written the weights
-    weights = load_file(stage_dir / "weights.safetensors")
-if deepspeed:  # as `hypenet convert` does (halo.cli.own_process_group): a group left up has aborted a process at exit
-    torch.distributed.destroy_process_group()
+        take_down_process_group()

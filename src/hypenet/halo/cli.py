@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .config import PRESETS, HaloError, is_main_rank, load_config, read_config
@@ -111,19 +112,34 @@ def process_group_up() -> bool:
     return dist is not None and dist.is_available() and dist.is_initialized()
 
 
+# seconds without the GIL left to a process group's threads after it is taken down (take_down_process_group)
+TEARDOWN_GRACE_S = 0.2
+
+
+def take_down_process_group() -> None:
+    """Destroy the torch.distributed process groups, then leave their communication threads the GIL for a moment.
+
+    gloo's worker threads free a finished collective after it has returned to Python, and a barrier frees the
+    collectives queued before it. Their buffers may hold Python objects (DeepSpeed's parameters carry Python
+    attributes), so a thread needs the GIL to free them. One still waiting for it when the interpreter finalizes is
+    ended inside a C++ destructor, and the process aborts after its work is done: "terminate called without an
+    active exception", SIGABRT. A 2-process ZeRO-3 test worker did so in a few percent of its runs
+    (results/cpu_teardown/)."""
+    sys.modules["torch.distributed"].destroy_process_group()
+    time.sleep(TEARDOWN_GRACE_S)
+
+
 @contextlib.contextmanager
 def own_process_group():
     """Take down the process group that a conversion's processes started (accelerate starts it under a launcher) as
-    the run ends, also on an error or Ctrl-C, as torch asks of a program before it exits. Left up to the interpreter's
-    exit, its threads are torn down in no set order; a 2-process gloo test worker that left it so aborted once after
-    its work was done ("terminate called without an active exception"). A group that was up before is the caller's
-    and stays."""
+    the run ends, also on an error or Ctrl-C, as torch asks of a program before it exits (take_down_process_group).
+    A group that was up before is the caller's and stays."""
     was_up = process_group_up()
     try:
         yield
     finally:
         if not was_up and process_group_up():
-            sys.modules["torch.distributed"].destroy_process_group()
+            take_down_process_group()
 
 
 def run(command: str, args: argparse.Namespace) -> int:
