@@ -121,14 +121,16 @@ def reports_table(a: Path, b: Path) -> list[str]:
     """Two conversions compared by their report.json: stages' logged losses, layer choice, export; and the machines
     they ran on, with a warning where those differ."""
     x, y = (json.loads(p.read_text()) for p in (a, b))
-    lines = ["| stage | steps in both | first step that differs | largest difference of the loss | wall time (s) |",
-             "|---|---|---|---|---|"]
+    lines = ["| stage | logged steps in both | first step that differs | largest difference of the loss | "
+             "wall time (s) |", "|---|---|---|---|---|"]
     for stage in sorted(set(x.get("stages", {})) | set(y.get("stages", {}))):
         runs = [z.get("stages", {}).get(stage, {}) for z in (x, y)]
         both, first, biggest = differences(*({step: loss for step, loss in r.get("losses", [])} for r in runs))
         times = " / ".join(f"{r['wall_time_s']:.0f}" if "wall_time_s" in r else "-" for r in runs)
         lines.append(f"| {stage} | {both} | {first} | {biggest:.3g} | {times} |")
     mx, my = machines(x), machines(y)
+    lines += ["", "A report logs an evenly spaced part of a long stage's steps; the stages' losses.jsonl compare every "
+              "step (the runs and pairs arguments)."]
     lines += ["", f"Ran on: {' and '.join(mx) or 'not recorded'} / {' and '.join(my) or 'not recorded'}."]
     if mx and my and set(mx) != set(my):
         lines[-1] += f" Other machines. {NOT_ACROSS}"

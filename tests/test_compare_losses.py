@@ -76,6 +76,7 @@ def test_two_reports_compare_every_stage_the_layer_choice_and_the_export(tmp_pat
     a.write_text(json.dumps(report))
     b.write_text(json.dumps(other))
     lines = compare_losses.reports_table(a, b)
+    assert lines[0].startswith("| stage | logged steps in both |")  # (a report thins a long stage's losses)
     assert lines[2:5] == ["| stage1 | 2 | none | 0 | 30 / 30 |",
                           "| stage2 | 2 | 10 | 0.125 | 640 / 660 |",  # (step 20: b alone)
                           "| stage3 | 0 | - | nan | - / - |"]
