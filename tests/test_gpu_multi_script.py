@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -60,5 +61,7 @@ def test_whole_run_compares_and_packs_and_a_rerun_skips_it(env):
 def test_a_step_that_does_not_fit_before_the_deadline_waits(env, tmp_path):
     run = run_script({**env, "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out")}, "100", "single")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "deadline: single needs ~150s, 100s left; run the same command again to continue" in run.stdout
+    # the script's own start-up may take a second or more of the 100 on a loaded machine (a CI run read 99s)
+    said = re.search(r"deadline: single needs ~150s, (\d+)s left; run the same command again to continue", run.stdout)
+    assert said and 90 <= int(said.group(1)) <= 100, run.stdout
     assert not list((tmp_path / "runs" / "done").iterdir())
