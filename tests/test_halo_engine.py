@@ -292,7 +292,7 @@ class ClockedBigram(NextTokenBigram):
 
 def test_progress_reports_the_tokens_per_second_of_the_median_step_after_the_first(tmp_path, monkeypatch):
     """RunSettings.progress (the pipeline's estimate of the conversion's time left comes from it): after this run's
-    second step, then at every tenth of the stage (each step of 6) but the last, with the tokens of a step over the
+    fourth step, then at every tenth of the stage (each step of 6) but the last, with the tokens of a step over the
     median time of the run's last 20 steps, its first (warm-up) left out."""
     step_seconds = [30.0, 2.0, 4.0, 1.0, 3.0, 5.0]  # per step; two forwards of half of it each (micro batch 2 of 4)
     clock = FakeClock([s / 2 for s in step_seconds for _ in range(2)])
@@ -301,16 +301,19 @@ def test_progress_reports_the_tokens_per_second_of_the_median_step_after_the_fir
     run = engine.RunSettings(checkpoint_every=100, cpu=True, progress=lambda *args: calls.append(args))
     engine.train("stage", ClockedBigram(clock), CONFIG, chunks(), tmp_path, run)
     tokens = CONFIG.batch_size * CONFIG.seq_len
-    medians = {2: 2.0, 3: 3.0, 4: 2.0, 5: 2.5}  # of steps 2..n
+    medians = {4: 2.0, 5: 2.5}  # of steps 2..n
     assert calls == [(n, 6, pytest.approx(tokens / m)) for n, m in medians.items()]
     logged = [json.loads(line)["seconds"] for line in (tmp_path / engine.LOSS_LOG).read_text().splitlines()]
     assert logged == step_seconds  # (the loss log's per-step times are the same clock's)
 
 
-def test_progress_is_due_after_two_steps_then_every_tenth_of_the_stage():
+def test_progress_is_due_after_four_steps_then_every_tenth_of_the_stage():
     due = [done for done in range(1, 101) if engine.progress_due(done, done, 100)]
-    assert due == [2, 10, 20, 30, 40, 50, 60, 70, 80, 90]
+    assert due == [4, 10, 20, 30, 40, 50, 60, 70, 80, 90]
     # a resumed run (from step 37) measures its own steps first
-    assert [done for done in range(38, 101) if engine.progress_due(done - 37, done, 100)][:3] == [39, 40, 50]
+    assert [done for done in range(38, 101) if engine.progress_due(done - 37, done, 100)][:3] == [41, 50, 60]
+    # a tenth that falls before the fourth step is not reported: one or two steps after the warm-up say too little
+    assert [done for done in range(1, 17) if engine.progress_due(done, done, 16)] == [4, 6, 8, 10, 12, 14]
+    assert not [done for done in range(1, 4) if engine.progress_due(done, done, 4)]  # a stage of 4 steps: none
     assert engine.measured_tokens_per_s(100, [9.0]) == 100 / 9.0  # one step: the only measure there is
     assert engine.measured_tokens_per_s(100, [9.0] + [1.0] * 30 + [2.0] * 11) == 100 / 2.0  # the last 20

@@ -559,9 +559,11 @@ def test_the_conversion_logs_its_time_left_from_the_stages_tokens_and_measured_t
                 assert rates[name] == pytest.approx(rate / cost[name], rel=5e-3, abs=0.5)
             left = sum(tokens[name] / rates[name] for name in tokens)
             assert said in {_duration(left * f) for f in (0.99, 1, 1.01)}
-    # once two steps are measured, then at every tenth of the stage, in every stage each invocation trains
-    assert sorted(set(seen)) == [(0, "stage1"), (0, "stage2"), (1, "stage2"), (1, "stage3")]
-    assert seen.count((0, "stage1")) == 7  # after steps 2, 4, ..., 14 of 16
+    # once four steps are trained, then at every tenth of the stage, in every stage each invocation trains for more
+    # than four steps (not stage 3, whose last step is its fourth: nothing of it is left to estimate there)
+    assert report["stages"]["stage3"]["steps"] == pipeline.engine.FIRST_PROGRESS_STEP
+    assert sorted(set(seen)) == [(0, "stage1"), (0, "stage2"), (1, "stage2")]
+    assert seen.count((0, "stage1")) == 6  # after steps 4, 6, ..., 14 of 16
 
 
 @pytest.mark.parametrize("overrides, costs, named, uncounted", [

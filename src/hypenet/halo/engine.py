@@ -68,7 +68,7 @@ class RunSettings:
     mixed_precision: str = "no"  # "bf16" or "no"
     tensorboard_dir: Path | None = None
     after_step: Callable[[int], None] | None = None  # called with the step number after every optimizer step
-    # Called on the main process once this run's second step is measured, then every tenth of the stage's steps (not
+    # Called on the main process once this run's fourth step is measured, then every tenth of the stage's steps (not
     # after its last: `progress_due`), with (steps done, the stage's steps, tokens/s: `measured_tokens_per_s`). The
     # pipeline estimates the whole conversion's time left from it.
     progress: Callable[[int, int, float], None] | None = None
@@ -141,11 +141,18 @@ def lr_lambda(config: TrainConfig, total_steps: int):
     return multiplier
 
 
+# The run's step after which its throughput is first reported: three steps measured after the warm-up one. On the
+# GPU the second step alone could still be slow (stage 1 of the forty-seventh lease: 52.5K tokens/s at step 2, 80K
+# at steps 3-4, ~92K after), and the estimate made from it said 29 min where 15.6 were left.
+FIRST_PROGRESS_STEP = 4
+
+
 def progress_due(trained: int, done: int, steps: int) -> bool:
     """Whether to report the measured throughput after step `done` of the stage's `steps`, the `trained`-th step of
-    this run: once two steps are measured (the first is warm-up), then at every tenth of the stage, but not at its
-    last step (nothing of it is left to estimate)."""
-    return done < steps and (trained == 2 or (trained > 2 and done % math.ceil(steps / 10) == 0))
+    this run: once FIRST_PROGRESS_STEP steps are trained (the first is warm-up), then at every tenth of the stage,
+    but not at its last step (nothing of it is left to estimate)."""
+    return done < steps and (trained == FIRST_PROGRESS_STEP
+                             or (trained > FIRST_PROGRESS_STEP and done % math.ceil(steps / 10) == 0))
 
 
 def measured_tokens_per_s(tokens_per_step: int, step_seconds: list[float]) -> float:
