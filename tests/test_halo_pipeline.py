@@ -500,12 +500,14 @@ def test_under_a_launcher_the_commands_start_up_counts_from_the_launchers_start(
     child = json.loads(launched["child"])
     assert child["own"] + 0.5 < child["command"] < lifetime
     started = [ages["now"] - ages["command"] for ages in (launched, child)]  # (the launcher's start, each as read)
-    assert started[1] == pytest.approx(started[0], abs=0.05)
+    # (0.25 s: each is two clock reads that a loaded machine may part; the worker's start, the wrong answer, comes
+    # seconds after the launcher's)
+    assert started[1] == pytest.approx(started[0], abs=0.25)
     plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
                            env={**env, "TORCHELASTIC_RUN_ID": "inherited"})
     assert plain.returncode == 0, plain.stderr[-3000:]
     alone = json.loads(plain.stdout.splitlines()[-1])
-    assert alone["command"] == pytest.approx(alone["own"], abs=0.05)  # (read a moment apart)
+    assert alone["command"] == pytest.approx(alone["own"], abs=0.25)  # (read a moment apart; a parent is seconds older)
 
 
 def parse_estimate(line: str, left_out: str = "export") -> tuple[str, str, dict[str, int], dict[str, float]]:
