@@ -21,7 +21,8 @@ START=$SECONDS
 # the conversion, e.g. `--set device=cpu`) can be replaced to try the script on a CPU.
 # EXTRAS (none unless set; lease41.sh and lease42.sh set all three): short checks after the grids, each only when
 # time is left, into $RUNS/extras (Next leases, items 6-8): `ruler` RULER's multi-key, multi-value and multi-query
-# NIAH on the student and the teacher (RULER_LENGTHS; RULER_SAMPLES per cell, 2 unless set); `assisted`
+# NIAH on the student and the teacher (RULER_WHO to run one of them; RULER_LENGTHS; RULER_SAMPLES per cell, 2
+# unless set); `assisted`
 # prompt-lookup decoding against greedy through fla (scripts/assisted_check.py); `oom` bench-train's stage 2 at
 # OOM_SHAPE with the micro batch unset, which must halve it until a step fits (OOM_OPTIONS for the device and steps).
 # GRIDS=" " (a space) runs no grid.
@@ -81,7 +82,7 @@ ${RULER_LENGTHS:-4096,8192} --niah-samples ${RULER_SAMPLES:-2} --haystack-heldou
 for extra in ${EXTRAS:-}; do
     case $extra in
     ruler)
-        for who in student teacher; do
+        for who in ${RULER_WHO:-student teacher}; do
             dir=$RUNS/extras/ruler_$who model=$RUNS/halo/model
             [ "$who" = teacher ] && model=$TEACHER
             [ -f "$dir/results.json" ] && continue
