@@ -19,7 +19,8 @@ Each answer's first value-shaped word (digits for number tasks, a UUID for multi
 that holds it:
 - asked: one of the asked values (for multiquery and multivalue, any of them);
 - other needle: the value of a needle in the prompt that was not asked (a key mixed up);
-- near asked / near other needle: within two edits of such a value (a copy gone astray);
+- near asked / near other needle: within two edits of such a value, or its first three characters or more (a copy
+  gone astray or stopped: " 7152." for 7152935);
 - asked key / other key: a needle's key, the asked one (the question written back) or another (multikey_3's keys
   are UUIDs too);
 - in the prompt: elsewhere in the prompt's text;
@@ -77,6 +78,11 @@ def within_two_edits(a: str, b: str) -> bool:
     return previous[-1] <= 2
 
 
+def near(word: str, value: str) -> bool:
+    """A copy of `value` gone astray (within two edits) or stopped (its first three characters or more)."""
+    return within_two_edits(word, value) or (len(word) >= 3 and value.startswith(word))
+
+
 def classify(output: str, asked: list[str], asked_keys: list[str], prompt: str, task: str) -> str:
     """The class (CLASSES) of an answer's first value-shaped word."""
     match = re.search(value_pattern(task), output)
@@ -89,9 +95,9 @@ def classify(output: str, asked: list[str], asked_keys: list[str], prompt: str, 
         return "asked"
     if word in others:
         return "other needle"
-    if any(within_two_edits(word, value) for value in asked):
+    if any(near(word, value) for value in asked):
         return "near asked"
-    if any(within_two_edits(word, value) for value in others):
+    if any(near(word, value) for value in others):
         return "near other needle"
     if word in asked_keys:
         return "asked key"
@@ -166,8 +172,10 @@ def table(runs: list[tuple[str, list[dict]]]) -> str:
         for row in rows:
             for cell in ((row["task"], row["context_len"]), (row["task"], "all"), ("all", "all")):
                 cells.setdefault(cell, Counter())[row["class"]] += 1
-        for (task, length), counts in sorted(cells.items(), key=lambda c: (c[0][0] == "all", c[0][0],
-                                                                          str(c[0][1]) == "all", str(c[0][1]))):
+        order = sorted(cells, key=lambda cell: (cell[0] == "all", cell[0], cell[1] == "all",
+                                                cell[1] if isinstance(cell[1], int) else 0))
+        for task, length in order:
+            counts = cells[task, length]
             name = length_label(length) if isinstance(length, int) else length
             total = sum(counts.values())
             bold = "**" if "all" in (task, length) else ""
@@ -191,7 +199,7 @@ def recency_table(runs: list[tuple[str, list[dict]]]) -> str:
         for (task, last), counts in sorted(cells.items(), key=lambda c: (c[0][0], not c[0][1])):
             lines.append(f"| {label} | {task} | {'the last' if last else 'not the last'} | {sum(counts.values())} | "
                          + " | ".join(str(counts[c]) for c in RECENCY) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def main() -> None:
@@ -210,10 +218,12 @@ def main() -> None:
     tokenizer, grids = load_tokenizer(checkpoint_location(args.tokenizer)), {}
     runs = [(label, read_run(run, tokenizer, args.haystack, grids)) for label, run in zip(labels, args.runs)]
     text = (table(runs) + "\n\nEach answer's first value-shaped word, in the first class that holds it ("
-            + ", ".join(CLASSES) + ").\n\n" + recency_table(runs) + "\n\nTasks with needles of other keys, by "
-            "whether the asked needle is the prompt's last (nearest the question): the answer's first value-shaped "
-            "word is the asked value, the last needle's, another needle's, or none of them.\n"
-            "`scripts/niah_misses.py`.\n")
+            + ", ".join(CLASSES) + ").\n")
+    if recency := recency_table(runs):  # (only where prompts hold needles of other keys)
+        text += ("\n" + recency + "\n\nTasks with needles of other keys, by whether the asked needle is the prompt's "
+                 "last (nearest the question): the answer's first value-shaped word is the asked value, the last "
+                 "needle's, another needle's, or none of them.\n")
+    text += "`scripts/niah_misses.py`.\n"
     print(text)
     if args.out:
         args.out.write_text(text)

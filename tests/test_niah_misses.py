@@ -28,9 +28,13 @@ UUIDS = (f"One of the special magic uuids for {KEY} is: {VALUE}. "
     (" 1234567.", "asked"),
     (": 7654321. And", "other needle"),
     (" 123467.", "near asked"),  # one digit dropped
+    (" 1234.\n\n28:1", "near asked"),  # stopped after four digits
+    (" 76543", "near other needle"),  # stopped after five
     (" 7654821", "near other needle"),  # one digit changed
     (" 5550001", "in the prompt"),
-    (" 123.", "made up"),  # a part of a value is not a number of the prompt
+    (" 12.", "made up"),  # two digits are no copy begun, nor a number of the prompt
+    (" 234567", "near asked"),  # the first digit dropped
+    (" 4567", "made up"),  # a value's end is no copy begun
     (" 9990001", "made up"),
     (":\n\nThe answer", "none"),
 ])
@@ -113,3 +117,12 @@ def test_a_row_whose_prompt_is_not_rebuilt_is_refused(tmp_path):
     (run / "niah_samples.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(SystemExit, match=r"prompt of multikey_1 at 600 tokens .* is not the run's: give the haystack"):
         niah_misses.read_run(run, tokenizer)
+
+
+def test_lengths_are_tabled_in_order_and_single_needle_tasks_get_no_recency_table():
+    rows = [{"task": "single_2", "context_len": length, "class": cls}
+            for length, cls in ((16384, "made up"), (4096, "asked"), (8192, "in the prompt"), (4096, "near asked"))]
+    lines = niah_misses.table([("m", rows)]).splitlines()[2:]
+    assert [line.split(" | ")[2] for line in lines] == ["4K", "8K", "16K", "**all**", "**all**"]
+    assert lines[0] == "| m | single_2 | 4K | 2 | 1 | 0 | 1 | 0 | 0 | 0 | 0 | 0 | 0 |"
+    assert niah_misses.recency_table([("m", rows)]) == ""
