@@ -373,6 +373,57 @@ def test_repeat_number_plants_a_number_and_copies_it_with_the_text_before_it():
     assert repeat_number(short, np.random.default_rng(0), digit_ids, lead=(4, 4), digits=(5, 5)) is short
 
 
+def digit_runs(row: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of digit tokens (digit_ids') in a row."""
+    is_digit = np.concatenate([[False], row >= 10_000, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(is_digit))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def test_repeat_number_decoys_are_look_alikes_before_the_copy():
+    chunk = np.arange(1000, 1600, dtype=np.uint32)
+    for seed in range(20):
+        plain = repeat_number(chunk, np.random.default_rng(seed), digit_ids)
+        out = repeat_number(chunk, np.random.default_rng(seed), digit_ids, decoys=4)
+        runs = digit_runs(plain)
+        (first, end), (second, _) = runs  # the number and its copy, as without decoys
+        n = end - first
+        decoys = [run for run in digit_runs(out) if run not in runs]
+        assert all(out[a:b].tolist() == plain[a:b].tolist() for a, b in runs)  # the same number at the same places
+        assert 1 <= len(decoys) <= 4 and len(digit_runs(out)) == 2 + len(decoys)  # apart from each other and them
+        lead = 0
+        while out[second - lead - 1] == out[first - lead - 1]:
+            lead += 1
+        assert lead >= 4  # the text copied with the number is still there, before both
+        for a, b in decoys:
+            assert b - a == n and b <= second and out[a] != 10_000  # as many digits, before the copy, not led by 0
+            assert out[a:b].tolist() != out[first:end].tolist()  # another number
+            assert b < first - lead or a > end  # not over or against the number or the text before it
+        changed = set(np.flatnonzero(out != plain).tolist())
+        assert changed <= {i for a, b in decoys for i in range(a, b)}  # decoys only: nothing else moved
+    placed = sum(len(digit_runs(repeat_number(chunk, np.random.default_rng(s), digit_ids, decoys=4))) - 2
+                 for s in range(20))
+    assert placed >= 70  # nearly all 80 find room in 600 tokens
+    assert np.array_equal(repeat_number(chunk, np.random.default_rng(5), digit_ids, decoys=3),
+                          repeat_number(chunk, np.random.default_rng(5), digit_ids, decoys=3))
+
+
+@pytest.mark.filterwarnings("ignore:dataset has 1000 tokens")
+def test_number_decoys_go_with_repeat_numbers():
+    numbers = PackedChunks(TOKENS, 250, seed=0, repeat_spans=0.5, repeat_numbers=0.5, number_ids=digit_ids)
+    decoyed = PackedChunks(TOKENS, 250, seed=0, repeat_spans=0.5, repeat_numbers=0.5, number_ids=digit_ids,
+                           number_decoys=2)
+    rows, with_decoys = (torch.cat(list(c.batches(4, num_steps=25))) for c in (numbers, decoyed))
+    planted = (rows >= 10_000).any(dim=1)
+    assert torch.equal(with_decoys[~planted], rows[~planted])  # rows without a number are as they were
+    assert ((with_decoys[planted] >= 10_000).sum() > (rows[planted] >= 10_000).sum())
+    assert torch.equal(torch.cat(list(decoyed.batches(4, start_step=10, num_steps=15))), with_decoys[40:])
+    with pytest.raises(ValueError, match="number_decoys go beside the numbers that repeat_numbers plants"):
+        PackedChunks(TOKENS, 250, repeat_spans=0.5, number_decoys=2)
+    with pytest.raises(ValueError, match=r"number_decoys is a count of made-up numbers, 0 or more; got -1"):
+        PackedChunks(TOKENS, 250, repeat_spans=0.5, repeat_numbers=0.5, number_ids=digit_ids, number_decoys=-1)
+
+
 @pytest.mark.filterwarnings("ignore:dataset has 1000 tokens")
 def test_repeat_numbers_replace_that_share_of_the_repeated_spans():
     spans = PackedChunks(TOKENS, 250, seed=0, repeat_spans=0.5)

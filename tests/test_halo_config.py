@@ -64,6 +64,8 @@ def test_overrides_are_converted_to_the_field_types():
         ("data.repeat_spans=-1", r"data.repeat_spans is a share of the training chunks, in \[0, 1\]; got -1"),
         ("data.repeat_numbers=1.5", r"data.repeat_numbers is a share of the chunks with a repeated span, in \[0, 1\]"),
         ("data.repeat_numbers=0.5", r"with data.repeat_spans=0 no chunk gets a number: set both"),
+        ("data.number_decoys=4", r"data.number_decoys go beside the numbers that data.repeat_numbers plants"),
+        ("data.number_decoys=-1", r"data.number_decoys is a count of made-up numbers, 0 or more; got -1"),
         ("select.recall_style=quiz", r"select.recall_style must be one of \['repeat', 'question'\]; got 'quiz'"),
         ("stage3.lr=-1e-5", r"stage3.lr must be positive; got -1e-05"),
         ("stage1.lr=0", r"stage1.lr must be positive; got 0.0"),

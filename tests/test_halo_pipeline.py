@@ -1225,6 +1225,13 @@ def test_repeat_numbers_reach_stages_2_and_3_tokenized_by_the_teachers_tokenizer
         assert 10 <= len(digits) <= 20 and len(digits) % 2 == 0  # a number of 5-10 digits, written twice
         assert np.array_equal(digits[:len(digits) // 2], digits[len(digits) // 2:]) and digits[0] != 1  # not "0"
     assert not any(((row >= 1) & (row <= 10)).any() for row in next(chunks["stage1"].batches(4)).numpy())
+    decoyed = load_config(overrides=["data.repeat_spans=1", "data.repeat_numbers=1", "data.number_decoys=3",
+                                     "stage2.seq_len=256", "stage3.seq_len=256"])
+    conversion.config = decoyed
+    chunks = {name: Conversion.chunks(conversion, name) for name in ("stage1", "stage2", "stage3")}
+    assert [chunks[name].number_decoys for name in ("stage1", "stage2", "stage3")] == [0, 3, 3]
+    rows = next(chunks["stage2"].batches(4)).numpy()
+    assert all(((row >= 1) & (row <= 10)).sum() > 20 for row in rows)  # the number twice and decoys of its length
 
 
 @pytest.mark.parametrize("overrides, split_seed", [(["seed=1"], 1), (["seed=1", "data.seed=0"], 0)])

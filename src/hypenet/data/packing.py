@@ -37,6 +37,7 @@ TOKENIZE_BATCH_CHARS = 4_000_000  # text handed to the fast tokenizer per call; 
 REPEAT_SPAN_TOKENS = (8, 64)  # PackedChunks(repeat_spans=...): the shortest and longest span written again
 NUMBER_DIGITS = (5, 10)  # PackedChunks(repeat_numbers=...): the fewest and most digits of a made-up number
 NUMBER_LEAD_TOKENS = (4, 16)  # ... and how many tokens of the text before it are copied with it
+DECOY_TRIES = 8  # PackedChunks(number_decoys=...): places drawn for a decoy before it is left out
 WRAPPED_HINT_SHARE = 0.2  # unwrap_paragraphs off: warn when at least this share of the text read is wrapped prose
 # (the built-in corpus: 26% of its characters; students distilled on it broke the line where the teacher did not)
 
@@ -271,15 +272,24 @@ def repeat_span(chunk: np.ndarray, rng: np.random.Generator, shortest: int, long
     return out
 
 
+def made_up_number(rng: np.random.Generator, count: int) -> str:
+    """" " and `count` random digits, the first not 0."""
+    return " " + str(int(rng.integers(1, 10))) + "".join(str(d) for d in rng.integers(0, 10, size=count - 1))
+
+
 def repeat_number(chunk: np.ndarray, rng: np.random.Generator, number_ids: Callable[[str], Sequence[int]],
-                  digits: tuple[int, int] = NUMBER_DIGITS, lead: tuple[int, int] = NUMBER_LEAD_TOKENS) -> np.ndarray:
+                  digits: tuple[int, int] = NUMBER_DIGITS, lead: tuple[int, int] = NUMBER_LEAD_TOKENS,
+                  decoys: int = 0) -> np.ndarray:
     """A copy of `chunk` with a made-up number (" " and `digits` random digits, the first not 0, as `number_ids`
     tokenizes it) written over the tokens at a random place in its first half, then that number with the `lead`
     tokens of text before it written again at a random place after it: a value among the chunk's own text and
-    numbers, copied as a needle's value is, its first digits leading to the rest. A chunk shorter than 4 x the span
+    numbers, copied as a needle's value is, its first digits leading to the rest. With `decoys`, that many other
+    made-up numbers of as many digits are written at random places before the copy (not over or against the number,
+    the text copied with it or each other; one that finds no room after a few tries is left out): look-alikes that
+    only the text before the number tells apart, as a haystack of needles asks. A chunk shorter than 4 x the span
     comes back as it is."""
     count = int(rng.integers(digits[0], digits[1] + 1))
-    text = " " + str(int(rng.integers(1, 10))) + "".join(str(d) for d in rng.integers(0, 10, size=count - 1))
+    text = made_up_number(rng, count)
     ids = np.asarray(number_ids(text), dtype=chunk.dtype)
     before = int(rng.integers(lead[0], lead[1] + 1))
     span = before + len(ids)
@@ -291,6 +301,16 @@ def repeat_number(chunk: np.ndarray, rng: np.random.Generator, number_ids: Calla
     source = start - before
     target = int(rng.integers(source + span, len(chunk) - span + 1))
     out[target:target + span] = out[source:source + span]
+    taken = [(source, source + span), (target, target + span)]  # (the draws above are the same with or without)
+    for _ in range(decoys):
+        decoy = made_up_number(rng, count)
+        decoy_ids = np.asarray(number_ids(decoy), dtype=chunk.dtype) if decoy != text else ids[:0]
+        for _ in range(DECOY_TRIES if 0 < len(decoy_ids) <= target else 0):
+            at = int(rng.integers(0, target - len(decoy_ids) + 1))
+            if all(at + len(decoy_ids) < a or b < at for a, b in taken):  # (a token between: no two numbers join)
+                out[at:at + len(decoy_ids)] = decoy_ids
+                taken.append((at, at + len(decoy_ids)))
+                break
     return out
 
 
@@ -305,12 +325,12 @@ class PackedChunks:
     an uninterrupted run, whatever the number of processes. With repeat_spans > 0 that share of the items served
     has a span of span_tokens tokens from its first half written again later in it (`repeat_span`), also a function
     of (seed, item) alone; with repeat_numbers > 0, that share of those items has a made-up number planted in it and
-    copied instead (`repeat_number`; number_ids tokenizes the number's text).
+    copied instead (`repeat_number`; number_ids tokenizes the number's text), with number_decoys look-alikes.
     """
 
     def __init__(self, tokens: np.ndarray, seq_len: int, seed: int = 0, repeat_spans: float = 0.0,
                  span_tokens: tuple[int, int] = REPEAT_SPAN_TOKENS, repeat_numbers: float = 0.0,
-                 number_ids: Callable[[str], Sequence[int]] | None = None):
+                 number_ids: Callable[[str], Sequence[int]] | None = None, number_decoys: int = 0):
         if seq_len <= 0:
             raise ValueError(f"seq_len must be positive, got {seq_len}")
         if not 0 <= repeat_spans <= 1:
@@ -322,9 +342,13 @@ class PackedChunks:
                              f"{repeat_numbers}")
         if repeat_numbers and number_ids is None:
             raise ValueError("repeat_numbers needs number_ids, the tokenizer's ids of a number's text")
+        if isinstance(number_decoys, bool) or not isinstance(number_decoys, int) or number_decoys < 0:
+            raise ValueError(f"number_decoys is a count of made-up numbers, 0 or more; got {number_decoys!r}")
+        if number_decoys and not repeat_numbers:
+            raise ValueError("number_decoys go beside the numbers that repeat_numbers plants: set repeat_numbers too")
         self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
         self.repeat_spans, self.span_tokens = repeat_spans, span_tokens
-        self.repeat_numbers, self.number_ids = repeat_numbers, number_ids
+        self.repeat_numbers, self.number_ids, self.number_decoys = repeat_numbers, number_ids, number_decoys
         self.num_chunks = len(tokens) // seq_len
         self._permutation: tuple[int, np.ndarray] | None = None  # the last epoch's order, (epoch, permutation)
         self._warned = False
@@ -349,7 +373,7 @@ class PackedChunks:
         if self.repeat_spans and _unit_hash(self.seed, f"repeat:{item}") < self.repeat_spans:
             rng = np.random.default_rng([self.seed, 0x5EED, item])
             if self.repeat_numbers and _unit_hash(self.seed, f"number:{item}") < self.repeat_numbers:
-                chunk = repeat_number(chunk, rng, self.number_ids)
+                chunk = repeat_number(chunk, rng, self.number_ids, decoys=self.number_decoys)
             else:
                 chunk = repeat_span(chunk, rng, *self.span_tokens)
         return chunk

@@ -142,6 +142,11 @@ class DataConfig:
     # among the text's own numbers, where the students' NIAH-Single-2 answers go astray (results/gpu_convert/
     # default_pooled/README.md). 0 = spans only. An experiment, not part of the paper's recipe.
     repeat_numbers: float = 0.0
+    # made-up numbers of as many digits written beside each number that repeat_numbers plants, before its copy
+    # (data.packing.repeat_number's decoys): look-alikes that only the text before the number tells apart, as in a
+    # haystack of needles, where students make numbers up (results/gpu_convert/ruler_misses/). 0 = none. An
+    # experiment, not part of the paper's recipe.
+    number_decoys: int = 0
     # seed of the held-out split and of which paragraphs are joined; None = the run's seed. A run with another `seed`
     # and data.seed fixed trains on the same documents (in another order, from another initialisation) and leaves
     # the same documents out for evaluation: how far two such runs differ is the spread between training seeds.
@@ -348,6 +353,13 @@ def validate(config: ConvertConfig) -> None:
         raise HaloError("data.repeat_numbers is a share of the chunks that data.repeat_spans picks; with "
                         "data.repeat_spans=0 no chunk gets a number: set both, e.g. --set data.repeat_spans=0.5 --set "
                         "data.repeat_numbers=0.5")
+    decoys = config.data.number_decoys
+    if isinstance(decoys, bool) or not isinstance(decoys, int) or decoys < 0:
+        raise HaloError(f"data.number_decoys is a count of made-up numbers, 0 or more; got {decoys!r}")
+    if decoys and not config.data.repeat_numbers:
+        raise HaloError("data.number_decoys go beside the numbers that data.repeat_numbers plants; with "
+                        "data.repeat_numbers=0 there are none: set it too, e.g. --set data.repeat_spans=0.5 --set "
+                        "data.repeat_numbers=0.5 --set data.number_decoys=8")
     for name in ("stage1", "stage2", "stage3"):
         stage = getattr(config, name)
         if stage.schedule not in ("cosine", "constant"):

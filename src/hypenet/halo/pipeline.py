@@ -274,7 +274,8 @@ class Conversion:
             tokenizer = self.tokenizer
             number_ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         return PackedChunks(self.corpus.train_tokens, seq_len, seed=self.config.seed, repeat_spans=repeat,
-                            repeat_numbers=numbers, number_ids=number_ids)
+                            repeat_numbers=numbers, number_ids=number_ids,
+                            number_decoys=data.number_decoys if numbers else 0)
 
     def train(self, name: str, objective: nn.Module, config) -> engine.TrainResult:
         clock, after_step = self.clock, self.settings.after_step
