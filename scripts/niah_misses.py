@@ -103,8 +103,8 @@ def classify(output: str, asked: list[str], asked_keys: list[str], prompt: str, 
         return "asked key"
     if word in needles.values():
         return "other key"
-    if re.search(rf"(?<![0-9a-f-]){re.escape(word)}(?![0-9a-f-])" if task == "multikey_3" else
-                 rf"(?<!\d){re.escape(word)}(?!\d)", prompt):
+    edge = "[0-9a-f-]" if value_pattern(task) == UUID else r"\d"  # (a whole value, not a piece of a longer one)
+    if re.search(rf"(?<!{edge}){re.escape(word)}(?!{edge})", prompt):
         return "in the prompt"
     return "made up"
 

@@ -21,7 +21,8 @@ NUMBERS = ("Some text. One of the special magic numbers for amber-anchor is: 123
 KEY, OTHER_KEY = "0b2c3d4e-1111-4222-8333-944455566677", "aa11bb22-3c3c-4d4d-8e8e-9f9f00001111"
 VALUE, OTHER_VALUE = "12345678-aaaa-4bbb-8ccc-dddddddddddd", "87654321-ffff-4eee-9ddd-cccccccccccc"
 UUIDS = (f"One of the special magic uuids for {KEY} is: {VALUE}. "
-         f"One of the special magic uuids for {OTHER_KEY} is: {OTHER_VALUE}.")
+         f"One of the special magic uuids for {OTHER_KEY} is: {OTHER_VALUE}. "
+         "Order 11111111-2222-4333-8444-555555555555 came.")
 
 
 @pytest.mark.parametrize("output, expected", [
@@ -47,6 +48,7 @@ def test_a_number_answer_is_classed_by_the_prompts_needles(output, expected):
     (f" {OTHER_VALUE}", "other needle"),
     (f" {KEY}.", "asked key"),  # the question's key written back
     (f" {OTHER_KEY}", "other key"),
+    (" 11111111-2222-4333-8444-555555555555.", "in the prompt"),
     (" 00000000-0000-4000-8000-000000000000", "made up"),
     (" 20000000-0000-4222-4222-4222-4222", "none"),  # not UUID-shaped
 ])
