@@ -110,20 +110,16 @@ def classify(output: str, asked: list[str], asked_keys: list[str], prompt: str, 
 
 
 def rebuilt_prompts(settings: dict, tokenizer, haystack: str | None) -> dict[tuple, object]:
-    """A run's NIAH grid rebuilt from its `results.json` settings, by (task, length, depth, seed)."""
-    from hypenet.eval.documents import DEFAULT_HELDOUT_FRACTION, heldout_documents, load_documents
-    from hypenet.eval.niah import build_niah_grid, get_task
+    """A run's NIAH grid rebuilt from its `results.json` settings, by (task, length, depth, seed): its haystack read
+    as `hypenet eval` read it, and its prompts built as `hypenet eval` built them."""
+    from argparse import Namespace
 
-    source = haystack or settings["haystack"]
-    docs = None
-    if any(get_task(task).haystack == "documents" for task in settings["tasks"]):
-        if settings["haystack_heldout"]:
-            fraction = settings.get("ppl_heldout_fraction") or DEFAULT_HELDOUT_FRACTION
-            docs = heldout_documents(tokenizer, source, fraction, settings["seed"], progress=False)
-        else:
-            docs = load_documents(source)
-    grid = build_niah_grid(tokenizer, settings["tasks"], settings["niah_lengths"], settings["niah_depths"],
-                           settings["niah_samples"], settings["seed"], docs, settings["chat_template"])
+    from hypenet.eval.cli import _haystack_docs
+    from hypenet.eval.niah import build_niah_grid
+
+    args = Namespace(**{**settings, "haystack": haystack or settings["haystack"], "no_progress": True})
+    grid = build_niah_grid(tokenizer, args.tasks, args.niah_lengths, args.niah_depths, args.niah_samples, args.seed,
+                           _haystack_docs(args, tokenizer), args.chat_template)
     return {(s.task, s.context_len, s.depth, s.seed): s for s in grid}
 
 
