@@ -15,8 +15,10 @@ RUN_DIR holds `results.json` and `niah_samples.jsonl` (e.g. `extras/ruler_studen
 haystack path the run recorded (a GPU run's `.carry/c/corpus.jsonl.xz` is the file `python -m hypenet.data export`
 writes), `--tokenizer` the teacher whose tokenizer built the prompts (default: the embedded teacher).
 
-Each answer's first value-shaped word (digits for number tasks, a UUID for multikey_3) is put in the first class
-that holds it:
+Each answer's first value-shaped word is put in the first class that holds it. For number tasks that is its first
+run of digits; for UUID tasks (single_3, multikey_3) its first whole UUID, or where it holds none its first UUID-like
+word (8 hex characters and any dash-joined hex groups after them: a copy stopped part-way, " 446df597-f662-488d.", or
+a UUID made up with groups of the wrong length):
 - asked: one of the asked values (for multiquery and multivalue, any of them);
 - other needle: the value of a needle in the prompt that was not asked (a key mixed up);
 - near asked / near other needle: within two edits of such a value, or its first three characters or more (a copy
@@ -47,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 CLASSES = ("asked", "other needle", "near asked", "near other needle", "asked key", "other key",
            "in the prompt", "made up", "none")
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+UUID_LIKE = r"(?<![0-9A-Za-z])[0-9a-f]{8}(?:-[0-9a-f]+)*(?![0-9A-Za-z])"
 
 
 def value_pattern(task: str) -> str:
@@ -54,6 +57,14 @@ def value_pattern(task: str) -> str:
     from hypenet.eval.niah import get_task
 
     return UUID if get_task(task).value_kind == "uuid" else r"\d+"
+
+
+def answer_word(output: str, task: str) -> str | None:
+    """An answer's value-shaped word (see the module's docstring), or None where it has none."""
+    match = re.search(value_pattern(task), output)
+    if match is None and value_pattern(task) == UUID:
+        match = re.search(UUID_LIKE, output)
+    return match.group(0) if match else None
 
 
 def needles_of(prompt: str, task: str) -> dict[str, str]:
@@ -85,10 +96,9 @@ def near(word: str, value: str) -> bool:
 
 def classify(output: str, asked: list[str], asked_keys: list[str], prompt: str, task: str) -> str:
     """The class (CLASSES) of an answer's first value-shaped word."""
-    match = re.search(value_pattern(task), output)
-    if match is None:
+    word = answer_word(output, task)
+    if word is None:
         return "none"
-    word = match.group(0)
     needles = needles_of(prompt, task)
     others = [value for value in needles if value not in asked]
     if word in asked:
@@ -149,8 +159,7 @@ def read_run(run: Path, tokenizer, haystack: str | None = None, grids: dict | No
         row["class"] = classify(row["output"], asked, sample.keys or [sample.key], sample.prompt, row["task"])
         values = list(needles_of(sample.prompt, row["task"]))  # (in the prompt's order)
         if any(value not in asked for value in values):  # needles of other keys: where the asked one lies
-            word = re.search(value_pattern(row["task"]), row["output"])
-            word = word.group(0) if word else None
+            word = answer_word(row["output"], row["task"])
             row["asked_last"] = values[-1] in asked
             row["wrote"] = ("asked" if word in asked else "last needle" if word == values[-1] else
                             "other needle" if word in values else "else")

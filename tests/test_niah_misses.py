@@ -50,7 +50,13 @@ def test_a_number_answer_is_classed_by_the_prompts_needles(output, expected):
     (f" {OTHER_KEY}", "other key"),
     (" 11111111-2222-4333-8444-555555555555.", "in the prompt"),
     (" 00000000-0000-4000-8000-000000000000", "made up"),
-    (" 20000000-0000-4222-4222-4222-4222", "none"),  # not UUID-shaped
+    (" 20000000-0000-4222-4222-4222-4222", "made up"),  # UUID-like, its groups of the wrong length
+    (": 12345678-aaaa-4bbb.  It is", "near asked"),  # a copy stopped after three groups
+    (" 87654321-ffff-4eee-9ddd-ccccccccccc.", "near other needle"),  # one character short
+    (" 12345678-aaaa-4bbb-8ccc-dddddddddddd-87654321", "asked"),  # a whole UUID first
+    (" 1234567", "none"),  # too short to be begun as a UUID
+    (" the one in the text, defaced", "none"),  # hex letters inside a word are no UUID
+    (" deadbeefs-aaaa", "none"),
 ])
 def test_a_uuid_answer_is_classed_by_the_prompts_needles_and_keys(output, expected):
     assert niah_misses.classify(output, [VALUE], [KEY], UUIDS, "multikey_3") == expected
