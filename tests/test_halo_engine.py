@@ -88,6 +88,25 @@ def test_a_signal_delivered_twice_at_once_is_one_stop_with_its_checkpoint(tmp_pa
     assert train(tmp_path / "stopped", resume=True).losses == reference.losses
 
 
+def test_signal_trace_writes_the_stacks_at_the_signal_and_the_stop_keeps_its_checkpoint(tmp_path, monkeypatch,
+                                                                                          capfd, caplog):
+    """HYPENET_SIGNAL_TRACE: the signal's arrival is written with every thread's stack (where the process was), the
+    stop is the same as without it, and the handlers are put back after."""
+    monkeypatch.setenv(engine.StopOnSignal.TRACE_VARIABLE, "1")
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path, after_step=signal_at(2))
+    err = capfd.readouterr().err
+    assert "Current thread" in err and "in after_step" in err  # (where the main thread was: the test's os.kill)
+    assert "SIGINT received" in caplog.text  # Python's handler ran after the stacks were written
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000002"]
+    assert signal.getsignal(signal.SIGINT) is handler
+    monkeypatch.delenv(engine.StopOnSignal.TRACE_VARIABLE)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "untraced", after_step=signal_at(2))
+    assert "Current thread" not in capfd.readouterr().err
+
+
 def test_a_second_signal_later_stops_at_once_without_a_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(engine.StopOnSignal, "REPEAT_S", 0.05)
     handler = signal.getsignal(signal.SIGINT)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import faulthandler
 import functools
 import json
 import logging
@@ -183,23 +184,32 @@ class StopOnSignal:
     command gets the signal twice within microseconds, and taken as "again" it would stop without the step's
     checkpoint.
     Handlers are installed only in the main thread and restored on exit. With several processes, one process's
-    signal stops them all at the same step."""
+    signal stops them all at the same step.
+    With the environment variable HYPENET_SIGNAL_TRACE set (the GPU lease scripts set it), each signal's arrival also
+    writes every thread's stack to stderr (`faulthandler`, at the C level, before Python's handler runs): a stop
+    that ends without the handler's warning then shows whether the signal reached the process and where it was."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     REPEAT_S = 1.0
+    TRACE_VARIABLE = "HYPENET_SIGNAL_TRACE"
 
     def __init__(self, name: str):
-        self.name, self.received, self._previous, self._first = name, None, {}, 0.0
+        self.name, self.received, self._previous, self._first, self._traced = name, None, {}, 0.0, False
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+            self._traced = bool(os.environ.get(self.TRACE_VARIABLE)) and hasattr(faulthandler, "register")
+            for sig in self.SIGNALS if self._traced else ():  # (chained: Python's handler above runs after it)
+                faulthandler.register(sig, file=sys.__stderr__, all_threads=True, chain=True)
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
+            if self._traced:
+                faulthandler.unregister(sig)
             signal.signal(sig, handler)
-        self._previous = {}
+        self._previous, self._traced = {}, False
 
     def _handle(self, signum, frame) -> None:
         now = time.monotonic()
