@@ -101,10 +101,14 @@ def test_signal_trace_writes_the_stacks_at_the_signal_and_the_stop_keeps_its_che
     assert "SIGINT received" in caplog.text  # Python's handler ran after the stacks were written
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000002"]
     assert signal.getsignal(signal.SIGINT) is handler
-    monkeypatch.delenv(engine.StopOnSignal.TRACE_VARIABLE)
-    with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "untraced", after_step=signal_at(2))
-    assert "Current thread" not in capfd.readouterr().err
+    for off in (None, "0"):  # unset, or 0
+        if off is None:
+            monkeypatch.delenv(engine.StopOnSignal.TRACE_VARIABLE)
+        else:
+            monkeypatch.setenv(engine.StopOnSignal.TRACE_VARIABLE, off)
+        with pytest.raises(KeyboardInterrupt):
+            train(tmp_path / f"untraced-{off}", after_step=signal_at(2))
+        assert "Current thread" not in capfd.readouterr().err
 
 
 def test_a_second_signal_later_stops_at_once_without_a_checkpoint(tmp_path, monkeypatch):

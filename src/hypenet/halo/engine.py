@@ -185,9 +185,10 @@ class StopOnSignal:
     checkpoint.
     Handlers are installed only in the main thread and restored on exit. With several processes, one process's
     signal stops them all at the same step.
-    With the environment variable HYPENET_SIGNAL_TRACE set (the GPU lease scripts set it), each signal's arrival also
-    writes every thread's stack to stderr (`faulthandler`, at the C level, before Python's handler runs): a stop
-    that ends without the handler's warning then shows whether the signal reached the process and where it was."""
+    With the environment variable HYPENET_SIGNAL_TRACE set and not 0 (the GPU lease scripts set it), each signal's
+    arrival also writes every thread's stack to stderr (`faulthandler`, at the C level, before Python's handler
+    runs): a stop that ends without the handler's warning then shows whether the signal reached the process and
+    where it was."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     REPEAT_S = 1.0
@@ -199,7 +200,8 @@ class StopOnSignal:
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-            self._traced = bool(os.environ.get(self.TRACE_VARIABLE)) and hasattr(faulthandler, "register")
+            self._traced = (os.environ.get(self.TRACE_VARIABLE, "") not in ("", "0") and sys.__stderr__ is not None
+                            and hasattr(faulthandler, "register"))
             for sig in self.SIGNALS if self._traced else ():  # (chained: Python's handler above runs after it)
                 faulthandler.register(sig, file=sys.__stderr__, all_threads=True, chain=True)
         return self
