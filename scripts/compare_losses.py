@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from hypenet import files  # noqa: E402
 from hypenet.halo.export import scaling_label  # noqa: E402
 
 # why two runs' machines matter (docs/TRAINING.md, "Determinism")
@@ -31,7 +32,7 @@ NOT_ACROSS = ("`deterministic: true` repeats a run on the same kind of GPU and t
 
 def steps(runs: Path, name: str, stage: str = "stage2") -> dict[int, dict]:
     path = runs / name / "stages" / stage / "losses.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    rows = [json.loads(line) for line in files.read_text(path).splitlines()] if files.find(path) else []
     return {row["step"]: row for row in rows if "loss" in row}  # (a resumed run logs its step again: the last wins)
 
 

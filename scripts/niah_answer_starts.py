@@ -37,8 +37,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from hypenet import files  # noqa: E402
 
 
 def starts_with_line_break(output: str) -> bool:
@@ -132,14 +136,14 @@ def run_label(path: Path) -> str:
     return parts[-1]
 
 
-def table(files: list[Path], lengths: set[int] | None = None) -> str:
+def table(paths: list[Path], lengths: set[int] | None = None) -> str:
     """The markdown table of `answer_starts` for each file's rows (only those of context lengths in `lengths`)."""
     lines = ["| run | task | answers | right | start with a line break | right among the others | misses one character "
              "short | misses restating the prompt | misses breaking the line after a colon | misses beginning the "
              "value | misses citing a reference | misses writing a short number | first digit 1: answers / values |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for path in files:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for path in paths:
+        rows = [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
         rows = [r for r in rows if lengths is None or int(r["context_len"]) in lengths]
         for task, c in answer_starts(rows).items():
             others = c["answers"] - c["line_break"]
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lengths", help="only these context lengths, e.g. 4096,8192 (default: all)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
-    missing = [str(f) for f in args.files if not f.is_file()]
+    missing = [str(f) for f in args.files if files.find(f) is None]
     if missing:
         parser.error(f"no such file: {', '.join(missing)} (hypenet eval writes niah_samples.jsonl beside results.json)")
     try:

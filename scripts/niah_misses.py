@@ -45,6 +45,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from hypenet import files  # noqa: E402
 
 CLASSES = ("asked", "other needle", "near asked", "near other needle", "asked key", "other key",
            "in the prompt", "made up", "none")
@@ -148,7 +149,7 @@ def read_run(run: Path, tokenizer, haystack: str | None = None, grids: dict | No
     if key not in grids:
         grids[key] = rebuilt_prompts(settings, tokenizer, haystack)
     prompts = grids[key]
-    rows = [json.loads(line) for line in (run / "niah_samples.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in files.read_text(run / "niah_samples.jsonl").splitlines() if line.strip()]
     for row in rows:
         sample = prompts.get((row["task"], row["context_len"], row["depth"], row["seed"]))
         if sample is None or (sample.key, sample.value, sample.n_tokens) != (row["key"], row["value"], row["n_tokens"]):

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from hypenet import files  # noqa: E402
 from hypenet.eval.niah import mcnemar_exact_p  # noqa: E402
 from hypenet.units import length_label  # noqa: E402
 
@@ -32,10 +33,10 @@ PROMPT = ("task", "context_len", "depth", "seed", "key", "value", "n_tokens")
 
 def answers(path: Path) -> dict[tuple, dict]:
     """The samples of one `niah_samples.jsonl`, by the prompt they answer."""
-    if not path.is_file():
+    if files.find(path) is None:
         raise SystemExit(f"no {path}: give the niah_samples.jsonl of `hypenet eval --evals niah` (or merge-evals)")
     rows = {}
-    for line in path.read_text().splitlines():
+    for line in files.read_text(path).splitlines():
         row = json.loads(line)
         prompt = tuple(row[k] for k in PROMPT)
         if prompt in rows:

@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from hypenet import files  # noqa: E402
 from hypenet.eval.niah import accuracy_interval  # noqa: E402
 from hypenet.units import length_label  # noqa: E402
 
@@ -30,10 +31,10 @@ from hypenet.units import length_label  # noqa: E402
 def counts(folder: Path, tasks: list[str] | None = None) -> tuple[Counter, Counter]:
     """Answers right and answers asked per context length, all tasks (or those in `tasks`) together."""
     path = folder / "niah_samples.jsonl"
-    if not path.is_file():
+    if files.find(path) is None:
         raise SystemExit(f"no {path}: give evaluation folders of `hypenet eval --evals niah` (or merged ones)")
     right, asked, seen = Counter(), Counter(), set()
-    for line in path.read_text().splitlines():
+    for line in files.read_text(path).splitlines():
         row = json.loads(line)
         seen.add(row["task"])
         if tasks is not None and row["task"] not in tasks:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import lzma
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,16 @@ def test_pairs_show_the_first_differing_step_the_largest_gap_and_step_times(tmp_
     assert rows[0] == "| a vs b | 3 | none | 0 | 0.300 / 0.300 |"
     assert rows[1] == "| a vs c | 3 | 2 | 0.1 | 0.300 / 0.300 |"  # (the resume event has no loss; step 4 only in c)
     assert rows[2] == "| a vs missing | 0 | - | nan | 0.300 / - |"  # no step in both: not "none differ"
+
+
+def test_packed_losses_are_read_as_the_plain_ones(tmp_path):
+    rows = [{"step": 1, "loss": 2.6, "seconds": 0.5}, {"step": 2, "loss": 1.7, "seconds": 0.3}]
+    write_run(tmp_path, "a", rows)
+    write_run(tmp_path, "b", rows)
+    log = tmp_path / "b" / "stages" / "stage2" / "losses.jsonl"
+    log.with_name("losses.jsonl.xz").write_bytes(lzma.compress(log.read_bytes()))
+    log.unlink()
+    assert compare_losses.steps(tmp_path, "b") == compare_losses.steps(tmp_path, "a") == {r["step"]: r for r in rows}
 
 
 def test_stage1_losses_are_read_from_their_own_stage(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """`hypenet merge-evals`: parts of one evaluation (NIAH lengths run separately) become the evaluation of them all."""
 
 import json
+import lzma
 
 import pytest
 
@@ -100,8 +101,19 @@ def test_what_cannot_be_one_evaluation_is_refused(parts, tmp_path):
     with pytest.raises(MergeError, match="different models"):
         merge_evaluations([short_dir, other])
     (long_dir / "niah_samples.jsonl").unlink()
-    with pytest.raises(MergeError, match="no niah_samples.jsonl beside it"):
+    with pytest.raises(MergeError, match=r"no niah_samples.jsonl \(or niah_samples.jsonl.xz\) beside it"):
         merge_evaluations([short_dir, long_dir])
+
+
+def test_parts_whose_samples_are_packed_merge_as_the_plain_ones(parts):
+    short_dir, long_dir = parts[:2]
+    plain, plain_records = merge_evaluations([short_dir, long_dir], label="student")
+    for path in [*long_dir.glob("*_samples.jsonl")]:  # as results/ keeps them: xz -9, the plain file gone
+        path.with_name(path.name + ".xz").write_bytes(lzma.compress(path.read_bytes()))
+        path.unlink()
+    packed, packed_records = merge_evaluations([short_dir, long_dir], label="student")
+    assert (packed, packed_records) == (plain, plain_records)
+    assert len(packed_records["niah"]) == 24
 
 
 def test_the_command_writes_a_new_folder_and_refuses_a_part_as_out(parts, tmp_path):

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import lzma
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,10 @@ def test_table_labels_runs_and_filters_lengths(tmp_path, capsys):
     with pytest.raises(SystemExit):
         starts.main([str(tmp_path / "missing.jsonl")])
     assert "no such file" in capsys.readouterr().err
+    path.with_name("niah_samples.jsonl.xz").write_bytes(lzma.compress(path.read_bytes()))  # as results/ keeps it
+    path.unlink()
+    starts.main([str(path), "--lengths", "4096"])
+    assert capsys.readouterr().out == printed
 
 
 def test_run_labels_name_the_run_and_any_other_evaluation_of_it():

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import lzma
 import math
 from pathlib import Path
 
@@ -50,6 +51,17 @@ def test_prompts_are_paired_and_counted_per_length_and_task(tmp_path):
     assert rows[4] == "| **4K** | **all** | 5 | 2 | 1 | 1 | 1 | 3 / 3 | 2 | 1 |"
     assert rows[5] == "| **all** | **all** | 5 | 2 | 1 | 1 | 1 | 3 / 3 | 2 | 1 |" and len(rows) == 6
     assert (only_a, only_b) == (1, 0)
+
+
+def test_a_packed_samples_file_is_read_under_its_plain_name(tmp_path):
+    rows = [sample(1, True, "1"), sample(2, False, "z")]
+    plain = niah_paired.answers(write(tmp_path / "a.jsonl", rows))
+    packed = tmp_path / "b" / "niah_samples.jsonl"
+    packed.parent.mkdir()
+    packed.with_name("niah_samples.jsonl.xz").write_bytes(lzma.compress((tmp_path / "a.jsonl").read_bytes()))
+    assert niah_paired.answers(packed) == plain
+    with pytest.raises(SystemExit, match="no .*missing.jsonl"):
+        niah_paired.answers(tmp_path / "missing.jsonl")
 
 
 def test_a_lopsided_split_gets_a_small_p(tmp_path):

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import lzma
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,16 @@ def test_runs_are_pooled_per_length_over_all_tasks(tmp_path):
     assert rows[3].startswith("| 8K | 100.0 | 0.0 | 0.0-100.0 | **50.0** (")
     assert rows[4].startswith("| all | 75.0 | 50.0 | 50.0-75.0 | **62.5** (") and rows[4].endswith("| 5 / 8 |")
     assert len(rows) == 5
+
+
+def test_a_packed_samples_file_pools_as_the_plain_one(tmp_path):
+    rows = [("single_1", 4096, True), ("single_2", 4096, False)]
+    plain = write_samples(tmp_path / "plain", rows)
+    packed = write_samples(tmp_path / "packed", rows)
+    (packed / "niah_samples.jsonl.xz").write_bytes(lzma.compress((packed / "niah_samples.jsonl").read_bytes()))
+    (packed / "niah_samples.jsonl").unlink()
+    assert niah_pool.counts(packed) == niah_pool.counts(plain)
+    assert niah_pool.counts(packed)[0] == {4096: 1}
 
 
 def test_a_folder_without_samples_says_what_to_give(tmp_path):

@@ -379,7 +379,7 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     write_report([(label, results)], out_dir, f"Evaluation of {label}", extra_figures=heatmaps)
     partial.unlink(missing_ok=True)
     if replaced:  # the earlier evaluation's plots and samples that this one did not write again
-        for path in [*out_dir.glob("*.png"), *out_dir.glob("*_samples.jsonl")]:
+        for path in [*out_dir.glob("*.png"), *out_dir.glob("*_samples.jsonl"), *out_dir.glob("*_samples.jsonl.xz")]:
             if path.stat().st_mtime < begun:
                 path.unlink()
     _log(f"wrote {out_dir}/results.json and report.md in {results['timing_s']['total']:.0f}s")

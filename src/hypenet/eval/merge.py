@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hypenet import files
+
 # the settings that decide which NIAH prompts are built and how they are scored: they must agree across the parts
 GRID_SETTINGS = ("niah_depths", "niah_samples", "tasks", "haystack", "haystack_heldout", "ppl_heldout_fraction",
                  "chat_template", "seed")
@@ -44,10 +46,10 @@ def load_part(part: str | Path) -> tuple[Path, dict, dict[str, list[dict]]]:
         if name not in results:
             continue
         samples = path.parent / file
-        if not samples.is_file():
-            raise MergeError(f"{path} has {name} results but no {file} beside it: merging recomputes the summaries "
-                             "from the samples, so copy the whole evaluation folder.")
-        records[name] = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
+        if files.find(samples) is None:
+            raise MergeError(f"{path} has {name} results but no {file} (or {file}.xz) beside it: merging recomputes "
+                             "the summaries from the samples, so copy the whole evaluation folder.")
+        records[name] = [json.loads(line) for line in files.read_text(samples).splitlines() if line.strip()]
     return path, results, records
 
 
