@@ -125,7 +125,8 @@ def answer_starts(rows: list[dict]) -> dict[str, dict[str, int]]:
 def run_label(path: Path) -> str:
     """results/gpu_convert/RUN/eval/LABEL/niah_samples.jsonl -> RUN/LABEL (the two folders that name a run);
     RUN/eval_OTHER/LABEL/niah_samples.jsonl (another evaluation of the run) -> RUN/eval_OTHER/LABEL; a lease's returns
-    as they came back, RUN/LEASE/results/EVAL/LABEL/niah_samples.jsonl -> RUN/LEASE/EVAL/LABEL."""
+    as they came back, RUN/LEASE/results/EVAL/LABEL/niah_samples.jsonl -> RUN/LEASE/EVAL/LABEL; a grid at one
+    logit-scaling base, LEASE/bases/BASE/niah_samples.jsonl -> LEASE/BASE."""
     parts = path.parent.parts
     if len(parts) >= 5 and parts[-3] == "results" and parts[-2].startswith("eval"):
         return "/".join((*parts[-5:-3], *parts[-2:]))
@@ -133,6 +134,8 @@ def run_label(path: Path) -> str:
         return f"{parts[-3]}/{parts[-1]}"
     if len(parts) >= 3 and parts[-2].startswith("eval"):
         return "/".join(parts[-3:])
+    if len(parts) >= 3 and parts[-2] == "bases":
+        return f"{parts[-3]}/{parts[-1]}"
     return parts[-1]
 
 

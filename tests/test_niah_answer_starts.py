@@ -75,6 +75,7 @@ def test_run_labels_name_the_run_and_any_other_evaluation_of_it():
     assert starts.run_label(Path("student/niah_samples.jsonl")) == "student"
     assert starts.run_label(Path("default_seed1/lease24/results/eval_more/hypenet-halo/niah_samples.jsonl")) == \
         "default_seed1/lease24/eval_more/hypenet-halo"
+    assert starts.run_label(Path("determinism/lease51/bases/8000_merged/niah_samples.jsonl")) == "lease51/8000_merged"
 
 
 def test_first_digit_1_counts_answers_and_values_of_number_needles():
