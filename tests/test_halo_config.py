@@ -117,11 +117,17 @@ def test_example_config_files_match_the_presets(name):
     assert load_config(files=[CONFIGS / f"{name}.yaml"]) == load_config(name)
 
 
-def test_the_gpu_recipe_loads_joins_half_of_the_wrapped_paragraphs_and_repeats_spans():
+def test_the_gpu_recipe_loads_joins_half_of_the_wrapped_paragraphs_and_repeats_spans_and_numbers():
     config = load_config(files=[CONFIGS / "gpu-smollm2.yaml"])
     assert config.device == "cuda" and config.compile
     assert config.data.unwrap_paragraphs == 0.5 and config.data.max_tokens == 11_000_000
     assert config.data.repeat_spans == 0.5
+    assert (config.data.repeat_numbers, config.data.number_decoys) == (0.5, 8)
+    gpu = [CONFIGS / "gpu-smollm2.yaml"]
+    with pytest.raises(HaloError, match=r"or turn both off with --set data.repeat_numbers=0 --set data.number_decoys"):
+        load_config(files=gpu, overrides=["data.repeat_numbers=0"])
+    plain = load_config(files=gpu, overrides=["data.repeat_numbers=0", "data.number_decoys=0"])
+    assert (plain.data.repeat_numbers, plain.data.number_decoys, plain.data.repeat_spans) == (0.0, 0, 0.5)
     assert (config.stage2.tokens, config.stage2.seq_len, config.stage2.batch_size) == (79_000_000, 4096, 12)
     assert (config.stage3.tokens, config.stage3.batch_size, config.stage3.lr) == (6_000_000, 8, 1e-4)
     assert config.select.strategy == "halo"
