@@ -408,6 +408,36 @@ def test_repeat_number_decoys_are_look_alikes_before_the_copy():
                           repeat_number(chunk, np.random.default_rng(5), digit_ids, decoys=3))
 
 
+def test_repeat_number_says_where_each_number_went():
+    chunk = np.arange(1000, 1600, dtype=np.uint32)
+    for seed in range(20):
+        placed = []
+        out = repeat_number(chunk, np.random.default_rng(seed), digit_ids, decoys=4, placed=placed)
+        assert np.array_equal(out, repeat_number(chunk, np.random.default_rng(seed), digit_ids, decoys=4))
+        kinds = [kind for kind, _, _ in placed]
+        assert kinds[:2] == ["number", "copy"] and set(kinds[2:]) <= {"decoy"}
+        assert sorted((a, b) for _, a, b in placed) == digit_runs(out)  # every number written, and nothing else
+        (_, a, b), (_, c, d) = placed[:2]
+        assert out[a:b].tolist() == out[c:d].tolist() and b <= len(chunk) // 2 and b < c  # the copy after it
+    short = np.arange(35, dtype=np.uint32)
+    placed = []
+    assert repeat_number(short, np.random.default_rng(0), digit_ids, placed=placed) is short and placed == []
+
+
+@pytest.mark.filterwarnings("ignore:dataset has 1000 tokens")
+def test_served_says_where_the_numbers_went():
+    chunks = PackedChunks(TOKENS, 250, seed=0, repeat_spans=0.5, repeat_numbers=0.5, number_ids=digit_ids,
+                          number_decoys=2)
+    seen = 0
+    for item in range(40):
+        placed = []
+        row = chunks.served(item, placed=placed)
+        assert np.array_equal(row, chunks.served(item))
+        assert sorted((a, b) for _, a, b in placed) == digit_runs(row)
+        seen += bool(placed)
+    assert seen > 0  # some of the 40 items got a number (a share 0.25 of them)
+
+
 @pytest.mark.filterwarnings("ignore:dataset has 1000 tokens")
 def test_number_decoys_go_with_repeat_numbers():
     numbers = PackedChunks(TOKENS, 250, seed=0, repeat_spans=0.5, repeat_numbers=0.5, number_ids=digit_ids)

@@ -279,7 +279,7 @@ def made_up_number(rng: np.random.Generator, count: int) -> str:
 
 def repeat_number(chunk: np.ndarray, rng: np.random.Generator, number_ids: Callable[[str], Sequence[int]],
                   digits: tuple[int, int] = NUMBER_DIGITS, lead: tuple[int, int] = NUMBER_LEAD_TOKENS,
-                  decoys: int = 0) -> np.ndarray:
+                  decoys: int = 0, placed: list | None = None) -> np.ndarray:
     """A copy of `chunk` with a made-up number (" " and `digits` random digits, the first not 0, as `number_ids`
     tokenizes it) written over the tokens at a random place in its first half, then that number with the `lead`
     tokens of text before it written again at a random place after it: a value among the chunk's own text and
@@ -287,7 +287,8 @@ def repeat_number(chunk: np.ndarray, rng: np.random.Generator, number_ids: Calla
     made-up numbers of as many digits are written at random places before the copy (not over or against the number,
     the text copied with it or each other; one that finds no room after a few tries is left out): look-alikes that
     only the text before the number tells apart, as a haystack of needles asks. A chunk shorter than 4 x the span
-    comes back as it is."""
+    comes back as it is. `placed`, when given, gets (kind, start, end) for each number written, kind "number", "copy"
+    or "decoy" and [start, end) its tokens (the draws are the same with or without it)."""
     count = int(rng.integers(digits[0], digits[1] + 1))
     text = made_up_number(rng, count)
     ids = np.asarray(number_ids(text), dtype=chunk.dtype)
@@ -302,6 +303,8 @@ def repeat_number(chunk: np.ndarray, rng: np.random.Generator, number_ids: Calla
     target = int(rng.integers(source + span, len(chunk) - span + 1))
     out[target:target + span] = out[source:source + span]
     taken = [(source, source + span), (target, target + span)]  # (the draws above are the same with or without)
+    if placed is not None:
+        placed += [("number", start, start + len(ids)), ("copy", target + before, target + span)]
     for _ in range(decoys):
         decoy = made_up_number(rng, count)
         decoy_ids = np.asarray(number_ids(decoy), dtype=chunk.dtype) if decoy != text else ids[:0]
@@ -310,6 +313,8 @@ def repeat_number(chunk: np.ndarray, rng: np.random.Generator, number_ids: Calla
             if all(at + len(decoy_ids) < a or b < at for a, b in taken):  # (a token between: no two numbers join)
                 out[at:at + len(decoy_ids)] = decoy_ids
                 taken.append((at, at + len(decoy_ids)))
+                if placed is not None:
+                    placed.append(("decoy", at, at + len(decoy_ids)))
                 break
     return out
 
@@ -366,14 +371,15 @@ class PackedChunks:
             self._permutation = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_chunks))
         return self._permutation[1]
 
-    def served(self, item: int) -> np.ndarray:
+    def served(self, item: int, placed: list | None = None) -> np.ndarray:
         """Stream item `item`: its chunk, with a span repeated in it for a `repeat_spans` share of the items, a
-        `repeat_numbers` share of those a made-up number (chosen, like the span, by (seed, item) alone)."""
+        `repeat_numbers` share of those a made-up number (chosen, like the span, by (seed, item) alone). `placed`,
+        when given, gets where each made-up number went (`repeat_number`)."""
         chunk = self.chunk(int(self.order(item // self.num_chunks)[item % self.num_chunks]))
         if self.repeat_spans and _unit_hash(self.seed, f"repeat:{item}") < self.repeat_spans:
             rng = np.random.default_rng([self.seed, 0x5EED, item])
             if self.repeat_numbers and _unit_hash(self.seed, f"number:{item}") < self.repeat_numbers:
-                chunk = repeat_number(chunk, rng, self.number_ids, decoys=self.number_decoys)
+                chunk = repeat_number(chunk, rng, self.number_ids, decoys=self.number_decoys, placed=placed)
             else:
                 chunk = repeat_span(chunk, rng, *self.span_tokens)
         return chunk
