@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=None, help="stream items to serve (default: the stage's)")
     parser.add_argument("--out", type=Path, default=None, help="the markdown table's file (default: stdout)")
     args = parser.parse_args(argv)
+    if args.items is not None and args.items <= 0:
+        parser.error(f"--items is a count of stream items, 1 or more; got {args.items}")
 
     from hypenet.halo.config import load_config
     from hypenet.halo.pipeline import Conversion
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         conversion = Conversion(config)
         chunks = conversion.chunks(args.stage)
         stage = getattr(conversion.config, args.stage)
-        items = args.items if args.items is not None else stage.tokens // stage.seq_len
+        items = args.items if args.items is not None else stage.steps() * stage.batch_size  # what it trains on
 
         def served():
             for item in range(items):

@@ -81,3 +81,6 @@ def test_a_config_without_numbers_is_refused(teacher_and_data, tmp_path, capsys)
         joins.main(["--teacher", str(teacher), "--data", str(data), "--set", "data.repeat_spans=0.5"])
     assert "the config plants no made-up numbers: it needs data.repeat_spans and data.repeat_numbers" in \
         capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        joins.main(["--teacher", str(teacher), "--data", str(data), "--items", "0"])
+    assert "--items is a count of stream items, 1 or more; got 0" in capsys.readouterr().err
