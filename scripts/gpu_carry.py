@@ -45,11 +45,6 @@ def tree_files(root: Path) -> dict[str, int]:
     return {name: (root / name).stat().st_size for name in set(listed) if name and (root / name).is_file()}
 
 
-def tree_bytes(root: Path) -> int:
-    """The bytes a device call copies of the working tree."""
-    return sum(tree_files(root).values())
-
-
 def plain_records(files: dict[str, int]) -> list[str]:
     """The JSON-lines files under results/ not yet compressed: results/ keeps them as NAME.jsonl.xz (`xz -9`, about
     an eighth of the size; hypenet.files reads them under their plain names), so that every call carries less."""

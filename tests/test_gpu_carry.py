@@ -73,7 +73,7 @@ def test_main_cuts_the_teacher_into_parts_that_join_to_it(tmp_path, capsys, monk
     teacher = tmp_path / "teacher.gguf"
     teacher.write_bytes(os.urandom(4_100_000))
     monkeypatch.chdir(repo)
-    assert carry.tree_bytes(repo) == 1_200_000 + 300_000 + len(".carry/\n.whl/\n")
+    assert sum(carry.tree_files(repo).values()) == 1_200_000 + 300_000 + len(".carry/\n.whl/\n")
     carry.main(["--teacher", str(teacher), "--per-call", "5100000"])
     printed = capsys.readouterr().out.splitlines()
     parts = sorted(repo.glob(".carry/p*/gguf.part*"), key=lambda p: int(p.parent.name[1:]))
