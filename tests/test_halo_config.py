@@ -122,11 +122,13 @@ def test_the_gpu_recipe_loads_joins_half_of_the_wrapped_paragraphs_and_repeats_s
     assert config.device == "cuda" and config.compile
     assert config.data.unwrap_paragraphs == 0.5 and config.data.max_tokens == 11_000_000
     assert config.data.repeat_spans == 0.5
-    assert (config.data.repeat_numbers, config.data.number_decoys) == (0.5, 8)
+    assert (config.data.repeat_numbers, config.data.number_decoys) == (0.5, 0)  # the decoys: off since lease 52
     gpu = [CONFIGS / "gpu-smollm2.yaml"]
+    decoys = load_config(files=gpu, overrides=["data.number_decoys=8"])
+    assert (decoys.data.repeat_numbers, decoys.data.number_decoys) == (0.5, 8)
     with pytest.raises(HaloError, match=r"or turn both off with --set data.repeat_numbers=0 --set data.number_decoys"):
-        load_config(files=gpu, overrides=["data.repeat_numbers=0"])
-    plain = load_config(files=gpu, overrides=["data.repeat_numbers=0", "data.number_decoys=0"])
+        load_config(files=gpu, overrides=["data.number_decoys=8", "data.repeat_numbers=0"])
+    plain = load_config(files=gpu, overrides=["data.repeat_numbers=0"])
     assert (plain.data.repeat_numbers, plain.data.number_decoys, plain.data.repeat_spans) == (0.0, 0, 0.5)
     assert (config.stage2.tokens, config.stage2.seq_len, config.stage2.batch_size) == (79_000_000, 4096, 12)
     assert (config.stage3.tokens, config.stage3.batch_size, config.stage3.lr) == (6_000_000, 8, 1e-4)

@@ -360,7 +360,7 @@ def validate(config: ConvertConfig) -> None:
         raise HaloError("data.number_decoys go beside the numbers that data.repeat_numbers plants; with "
                         "data.repeat_numbers=0 there are none: set it too, e.g. --set data.repeat_spans=0.5 --set "
                         "data.repeat_numbers=0.5 --set data.number_decoys=8, or turn both off with --set "
-                        "data.repeat_numbers=0 --set data.number_decoys=0 (configs/gpu-smollm2.yaml sets both)")
+                        "data.repeat_numbers=0 --set data.number_decoys=0")
     for name in ("stage1", "stage2", "stage3"):
         stage = getattr(config, name)
         if stage.schedule not in ("cosine", "constant"):
