@@ -24,7 +24,9 @@ START=$SECONDS
 # NIAH on the student and the teacher (RULER_WHO to run one of them; RULER_LENGTHS; RULER_SAMPLES per cell, 2
 # unless set); `assisted`
 # prompt-lookup decoding against greedy through fla (scripts/assisted_check.py); `oom` bench-train's stage 2 at
-# OOM_SHAPE with the micro batch unset, which must halve it until a step fits (OOM_OPTIONS for the device and steps).
+# OOM_SHAPE with the micro batch unset, which must halve it until a step fits (OOM_OPTIONS for the device and steps);
+# `ppl` the student's perplexity per position bucket and copy eval at its export's base, with the settings of the
+# default recipe's evaluations (8 held-out documents of 64K, 16 copy samples per length; PPL_OPTIONS to replace them).
 # GRIDS=" " (a space) runs no grid.
 RUNS=${RUNS:-runs/gpu_d1}
 REFERENCE=${REFERENCE:-results/gpu_convert/determinism/lease39/results/convert_halo/report.json}
@@ -94,7 +96,12 @@ for extra in ${EXTRAS:-}; do
     oom)
         [ -f "$RUNS/extras/oom/train_speed.json" ] || run oom "${HYPENET[@]}" bench-train "${OOM_SHAPE:-hypenet-2b}" \
             --stages stage2 --set stage2.micro_batch_size=null ${OOM_OPTIONS:---steps 3} --out "$RUNS/extras/oom" ;;
-    *) echo "EXTRAS: unknown check '$extra' (ruler, assisted, oom)"; exit 2 ;;
+    ppl)
+        read -r -a PPL_ARGS <<<"${PPL_OPTIONS:---ppl-docs 8 --ppl-max-len 65536 --niah-lengths 4096,8192,16384,32768,65536 --copy-samples 16 --batch-size 16 --max-batch-tokens 524288}"
+        [ -f "$RUNS/extras/ppl_student/results.json" ] || run ppl-student "${HYPENET[@]}" eval "$RUNS/halo/model" \
+            --label student --out "$RUNS/extras/ppl_student" --evals ppl,copy --ppl-source "$CORPUS" --haystack "$CORPUS" \
+            --haystack-heldout "${PPL_ARGS[@]}" --no-progress --resume ;;
+    *) echo "EXTRAS: unknown check '$extra' (ruler, assisted, oom, ppl)"; exit 2 ;;
     esac
 done
 pack
