@@ -7,7 +7,7 @@ import torch
 
 from hypenet.errors import MissingInputError
 from hypenet.teachers import SUPPORTED_ARCHITECTURES, load_teacher, resolve_teacher
-from hypenet.teachers.load import check_supported, checkpoint_location
+from hypenet.teachers.load import check_supported, checkpoint_location, embedded_teacher_gguf, load_tokenizer
 
 
 def test_embedded_teacher_loads_and_answers(tmp_path, monkeypatch):
@@ -21,6 +21,17 @@ def test_embedded_teacher_loads_and_answers(tmp_path, monkeypatch):
     ids = tokenizer("The capital of France is", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_a_tokenizer_is_read_from_a_folder_that_holds_only_its_gguf(tmp_path):
+    gguf = embedded_teacher_gguf()
+    (tmp_path / gguf.name).symlink_to(gguf)
+    tokenizer = load_tokenizer(str(tmp_path), gguf_file=gguf.name)
+    assert tokenizer.decode(tokenizer(" 7152935")["input_ids"]) == " 7152935" and len(tokenizer) == 49152
+    with pytest.raises(MissingInputError, match=r"holds no GGUF file other.gguf: name one of \['SmolLM2-135M"):
+        load_tokenizer(str(tmp_path), gguf_file="other.gguf")
+    with pytest.raises(MissingInputError, match="holds no tokenizer files"):  # no GGUF named: the folder's own files
+        load_tokenizer(str(tmp_path))
 
 
 def test_bad_teacher_specs_say_what_is_accepted(tmp_path):

@@ -135,10 +135,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 
 def load_tokenizer(location: str, **kwargs):
-    """AutoTokenizer for a checkpoint folder or hub id; MissingInputError when a local folder holds no tokenizer files
-    (transformers would give a tokenizer of one token, and what uses it would fail later, far from the cause)."""
+    """AutoTokenizer for a checkpoint folder or hub id (`gguf_file=NAME`: the tokenizer in that GGUF file of the
+    folder); MissingInputError when a local folder holds no tokenizer files (transformers would give a tokenizer of
+    one token, and what uses it would fail later, far from the cause)."""
     folder = Path(location)
-    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES) \
+    gguf = kwargs.get("gguf_file")
+    if gguf and folder.is_dir():
+        if not (folder / gguf).is_file():
+            raise MissingInputError(f"{location} holds no GGUF file {gguf}: name one of "
+                                    f"{sorted(p.name for p in folder.glob('*.gguf')) or 'its files'}")
+    elif folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES) \
             and not any(folder.glob("*.tiktoken")):
         raise MissingInputError(
             f"{location} holds no tokenizer files (such as tokenizer.json or tokenizer.model and "
