@@ -32,6 +32,9 @@ def test_a_tokenizer_is_read_from_a_folder_that_holds_only_its_gguf(tmp_path):
         load_tokenizer(str(tmp_path), gguf_file="other.gguf")
     with pytest.raises(MissingInputError, match="holds no tokenizer files"):  # no GGUF named: the folder's own files
         load_tokenizer(str(tmp_path))
+    (tmp_path / gguf.name).unlink()
+    with pytest.raises(MissingInputError, match=f"holds no GGUF file {gguf.name}: it holds no .gguf file at all"):
+        load_tokenizer(str(tmp_path), gguf_file=gguf.name)
 
 
 def test_bad_teacher_specs_say_what_is_accepted(tmp_path):

@@ -142,8 +142,9 @@ def load_tokenizer(location: str, **kwargs):
     gguf = kwargs.get("gguf_file")
     if gguf and folder.is_dir():
         if not (folder / gguf).is_file():
-            raise MissingInputError(f"{location} holds no GGUF file {gguf}: name one of "
-                                    f"{sorted(p.name for p in folder.glob('*.gguf')) or 'its files'}")
+            present = sorted(p.name for p in folder.glob("*.gguf"))
+            raise MissingInputError(f"{location} holds no GGUF file {gguf}: "
+                                    + (f"name one of {present}" if present else "it holds no .gguf file at all"))
     elif folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES) \
             and not any(folder.glob("*.tiktoken")):
         raise MissingInputError(
