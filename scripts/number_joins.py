@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as out:  # nothing is written there: the conversion is only built
         data_source = [] if args.data is None else [f"data.source={args.data}"]
-        config = load_config(files=args.config, overrides=args.overrides + data_source + ["device=cpu"],
-                             teacher=args.teacher, out=out)
+        # (the numbers' items are the same without data.repeat_uuids, whose UUIDs this script does not count)
+        config = load_config(files=args.config, overrides=args.overrides + data_source + ["device=cpu",
+                             "data.repeat_uuids=0"], teacher=args.teacher, out=out)
         if not config.data.repeat_numbers or not config.data.repeat_spans:
             parser.error("the config plants no made-up numbers: it needs data.repeat_spans and data.repeat_numbers")
         conversion = Conversion(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 import warnings
 
@@ -22,7 +23,7 @@ from hypenet.data import (
     tokenize_corpus,
 )
 from hypenet.data.builtin import html_to_text, split_long
-from hypenet.data.packing import repeat_number
+from hypenet.data.packing import made_up_uuid, repeat_number
 
 WORDS = [f"w{i}" for i in range(50)]
 N_DOCS = 40
@@ -467,10 +468,72 @@ def test_repeat_numbers_replace_that_share_of_the_repeated_spans():
     assert not (planted & ~changed).any()  # numbers only in the rows that get a repeated span
     assert torch.equal(rows[~planted], with_spans[~planted])  # the others keep their span
     assert torch.equal(torch.cat(list(numbers.batches(4, start_step=10, num_steps=15))), rows[40:])  # resumable
-    with pytest.raises(ValueError, match="repeat_numbers needs number_ids"):
+    with pytest.raises(ValueError, match="repeat_numbers and repeat_uuids need number_ids"):
         PackedChunks(TOKENS, 250, repeat_spans=0.5, repeat_numbers=0.5)
     with pytest.raises(ValueError, match=r"repeat_numbers is a share of the chunks with a repeated span, in \[0, 1\]"):
         PackedChunks(TOKENS, 250, repeat_spans=0.5, repeat_numbers=1.5, number_ids=digit_ids)
+
+
+def value_ids(text: str) -> list[int]:
+    """digit_ids for numbers; a UUID's characters (with its dashes) each 20_000 + its code point, the space dropped."""
+    return [20_000 + ord(c) for c in text.strip()] if "-" in text else digit_ids(text)
+
+
+UUID_FORM = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def test_made_up_uuid_is_a_version_4_uuid_after_a_space():
+    texts = [made_up_uuid(np.random.default_rng(seed)) for seed in range(50)]
+    assert all(t[0] == " " and UUID_FORM.fullmatch(t[1:]) for t in texts)
+    assert len(set(texts)) == 50 and made_up_uuid(np.random.default_rng(7)) == texts[7]
+
+
+def test_repeat_number_plants_a_uuid_with_value_uuid():
+    chunk, decoys = np.arange(1000, 1600, dtype=np.uint32), 0
+    for seed in range(20):
+        placed = []
+        out = repeat_number(chunk, np.random.default_rng(seed), value_ids, decoys=3, placed=placed, value="uuid")
+        runs = sorted((a, b) for _, a, b in placed)
+        assert (out >= 10_000).sum() == sum(b - a for a, b in runs)  # nothing else written as a value
+        texts = ["".join(chr(int(t) - 20_000) for t in out[a:b]) for _, a, b in placed]
+        assert all(UUID_FORM.fullmatch(t) for t in texts)  # 36 characters, the value and every decoy a UUID
+        (_, a, b), (_, c, d) = placed[:2]
+        assert texts[0] == texts[1] and b <= len(chunk) // 2 and b < c  # planted in the first half, copied after it
+        assert len(set(texts)) == len(texts) - 1  # the decoys: other UUIDs (before the copy, where there is room)
+        decoys += len(placed) - 2
+        lead = 0
+        while out[c - lead - 1] == out[a - lead - 1]:
+            lead += 1
+        assert 4 <= lead <= 16  # the text before the UUID came with it
+    assert decoys >= 45  # most of the 60 find room (36 tokens each in 600; 54 with these seeds)
+    numbers = repeat_number(chunk, np.random.default_rng(3), value_ids)
+    assert np.array_equal(numbers, repeat_number(chunk, np.random.default_rng(3), digit_ids))  # the default: numbers
+    with pytest.raises(ValueError, match=r"value is what a made-up value is, one of number, uuid; got 'hex'"):
+        repeat_number(chunk, np.random.default_rng(0), value_ids, value="hex")
+
+
+@pytest.mark.filterwarnings("ignore:dataset has 1000 tokens")
+def test_repeat_uuids_take_their_share_from_the_spans_and_keep_the_numbers():
+    numbers = PackedChunks(TOKENS, 250, seed=0, repeat_spans=1.0, repeat_numbers=0.5, number_ids=value_ids)
+    both = PackedChunks(TOKENS, 250, seed=0, repeat_spans=1.0, repeat_numbers=0.5, number_ids=value_ids,
+                        repeat_uuids=0.25)
+    rows, with_uuids = (torch.cat(list(c.batches(4, num_steps=25))) for c in (numbers, both))
+    has_number = ((rows >= 10_000) & (rows < 20_000)).any(dim=1)
+    has_uuid = (with_uuids >= 20_000).any(dim=1)
+    assert 10 <= int(has_uuid.sum()) <= 40  # about a quarter of the 100 rows
+    assert not (has_uuid & has_number).any()  # taken from the spans' rows, not the numbers'
+    assert torch.equal(with_uuids[~has_uuid], rows[~has_uuid])  # every other row as it was, numbers and spans
+    assert torch.equal(torch.cat(list(both.batches(4, start_step=10, num_steps=15))), with_uuids[40:])  # resumable
+    uuids_alone = PackedChunks(TOKENS, 250, seed=0, repeat_spans=1.0, number_ids=value_ids, repeat_uuids=0.25,
+                               number_decoys=1)
+    alone = torch.cat(list(uuids_alone.batches(4, num_steps=25)))
+    assert not ((alone >= 10_000) & (alone < 20_000)).any() and (alone >= 20_000).any(dim=1).sum() >= 10
+    with pytest.raises(ValueError, match=r"repeat_uuids is a share of the chunks with a repeated span, in "
+                                         r"\[0, 1 - repeat_numbers\] = \[0, 0.5\]; got 0.75"):
+        PackedChunks(TOKENS, 250, repeat_spans=1.0, repeat_numbers=0.5, number_ids=value_ids, repeat_uuids=0.75)
+    with pytest.raises(ValueError, match="repeat_numbers and repeat_uuids need number_ids"):
+        PackedChunks(TOKENS, 250, repeat_spans=1.0, repeat_uuids=0.5)
+    PackedChunks(TOKENS, 250, repeat_spans=1.0, repeat_numbers=0.7, number_ids=value_ids, repeat_uuids=0.3)  # sum 1
 
 
 def test_chunk_errors():

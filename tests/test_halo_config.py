@@ -66,6 +66,9 @@ def test_overrides_are_converted_to_the_field_types():
         ("data.repeat_numbers=0.5", r"with data.repeat_spans=0 no chunk gets a number: set both"),
         ("data.number_decoys=4", r"data.number_decoys go beside the numbers that data.repeat_numbers plants"),
         ("data.number_decoys=-1", r"data.number_decoys is a count of made-up numbers, 0 or more; got -1"),
+        ("data.repeat_uuids=0.25", r"with data.repeat_spans=0 no chunk gets a UUID: set both"),
+        ("data.repeat_uuids=-0.1", r"data.repeat_uuids is a share of the chunks with a repeated span, beside "
+                                   r"data.repeat_numbers' \(together at most 1\): in \[0, 1\]; got -0.1"),
         ("select.recall_style=quiz", r"select.recall_style must be one of \['repeat', 'question'\]; got 'quiz'"),
         ("stage3.lr=-1e-5", r"stage3.lr must be positive; got -1e-05"),
         ("stage1.lr=0", r"stage1.lr must be positive; got 0.0"),
@@ -82,6 +85,17 @@ def test_overrides_are_converted_to_the_field_types():
 def test_bad_overrides_are_explained(override, message):
     with pytest.raises(HaloError, match=message):
         load_config(overrides=[override])
+
+
+def test_repeat_uuids_share_the_repeated_spans_with_repeat_numbers():
+    both = ["data.repeat_spans=1", "data.repeat_numbers=0.5"]
+    with pytest.raises(HaloError, match=r"\(together at most 1\): in \[0, 0.5\]; got 0.75"):
+        load_config(overrides=[*both, "data.repeat_uuids=0.75"])
+    config = load_config(overrides=[*both, "data.repeat_uuids=0.5", "data.number_decoys=2"])
+    assert (config.data.repeat_numbers, config.data.repeat_uuids, config.data.number_decoys) == (0.5, 0.5, 2)
+    alone = load_config(overrides=["data.repeat_spans=1", "data.repeat_uuids=0.25", "data.number_decoys=2"])
+    assert (alone.data.repeat_numbers, alone.data.repeat_uuids) == (0.0, 0.25)  # decoys beside the UUIDs alone
+    assert load_config().data.repeat_uuids == 0.0
 
 
 def test_a_constant_schedule_takes_any_positive_rate_below_min_lr():

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -1232,6 +1232,34 @@ def test_repeat_numbers_reach_stages_2_and_3_tokenized_by_the_teachers_tokenizer
     assert [chunks[name].number_decoys for name in ("stage1", "stage2", "stage3")] == [0, 3, 3]
     rows = next(chunks["stage2"].batches(4)).numpy()
     assert all(((row >= 1) & (row <= 10)).sum() > 20 for row in rows)  # the number twice and decoys of its length
+
+
+def test_repeat_uuids_reach_stages_2_and_3_tokenized_by_the_teachers_tokenizer():
+    """data.repeat_uuids: a share of the chunks with a repeated span get a made-up UUID in the teacher tokenizer's
+    ids, written twice; stage 1 gets none."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from hypenet.halo.pipeline import Conversion
+
+    characters = "0123456789abcdef-"
+    vocab = {"[UNK]": 0, **{c: 1 + i for i, c in enumerate(characters)}}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per character
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]")
+    config = load_config(overrides=["data.repeat_spans=1", "data.repeat_uuids=1", "stage2.seq_len=256",
+                                    "stage3.seq_len=256"])
+    tokens = np.arange(100, 4196, dtype=np.uint32)  # no character's id (1-17) among them
+    conversion = SimpleNamespace(config=config, tokenizer=tokenizer, corpus=SimpleNamespace(train_tokens=tokens))
+    chunks = {name: Conversion.chunks(conversion, name) for name in ("stage1", "stage2", "stage3")}
+    assert [chunks[name].repeat_uuids for name in ("stage1", "stage2", "stage3")] == [0.0, 1.0, 1.0]
+    for row in next(chunks["stage3"].batches(4)).numpy():
+        ids = row[(row >= 1) & (row <= len(characters))]
+        text = "".join(characters[i - 1] for i in ids)
+        assert len(text) == 2 * 36 and text[:36] == text[36:]  # 36 characters (the space: unknown), written twice
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", text[:36])
+    assert not any(((row >= 1) & (row <= len(characters))).any() for row in next(chunks["stage1"].batches(4)).numpy())
 
 
 @pytest.mark.parametrize("overrides, split_seed", [(["seed=1"], 1), (["seed=1", "data.seed=0"], 0)])

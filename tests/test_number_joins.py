@@ -73,6 +73,15 @@ def test_counts_a_conversions_stage_data(teacher_and_data, tmp_path, capsys):
     assert "| chunks with a made-up number | " in text and " of 16 (" in text.split("made-up number | ")[1]
     joins.main(["--config", str(config), "--teacher", str(teacher), "--data", str(data), "--items", "3"])
     assert "stage2's first 3 items" in capsys.readouterr().out
+    half = tmp_path / "half.yaml"  # half the chunks numbers, the other half UUIDs: the numbers' counts are those alone
+    half.write_text("data: {repeat_spans: 1.0, repeat_numbers: 0.5, number_decoys: 2}\n"
+                    "stage2: {tokens: 4096, seq_len: 256, batch_size: 4}\n")
+    capsys.readouterr()
+    tables = []
+    for extra in ([], ["--set", "data.repeat_uuids=0.5"]):
+        joins.main(["--config", str(half), "--teacher", str(teacher), "--data", str(data), *extra])
+        tables.append(capsys.readouterr().out)
+    assert tables[0] == tables[1] and "| chunks with a made-up number | " in tables[0]
 
 
 def test_a_config_without_numbers_is_refused(teacher_and_data, tmp_path, capsys):

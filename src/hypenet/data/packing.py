@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import tempfile
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ REPEAT_SPAN_TOKENS = (8, 64)  # PackedChunks(repeat_spans=...): the shortest and
 NUMBER_DIGITS = (5, 10)  # PackedChunks(repeat_numbers=...): the fewest and most digits of a made-up number
 NUMBER_LEAD_TOKENS = (4, 16)  # ... and how many tokens of the text before it are copied with it
 DECOY_TRIES = 8  # PackedChunks(number_decoys=...): places drawn for a decoy before it is left out
+VALUE_KINDS = ("number", "uuid")  # repeat_number(value=...): what a made-up value is
 WRAPPED_HINT_SHARE = 0.2  # unwrap_paragraphs off: warn when at least this share of the text read is wrapped prose
 # (the built-in corpus: 26% of its characters; students distilled on it broke the line where the teacher did not)
 
@@ -277,9 +279,14 @@ def made_up_number(rng: np.random.Generator, count: int) -> str:
     return " " + str(int(rng.integers(1, 10))) + "".join(str(d) for d in rng.integers(0, 10, size=count - 1))
 
 
+def made_up_uuid(rng: np.random.Generator) -> str:
+    """" " and a random version-4 UUID in its 8-4-4-4-12 hex form, as NIAH's Single-3 values are written."""
+    return " " + str(uuid.UUID(bytes=rng.bytes(16), version=4))
+
+
 def repeat_number(chunk: np.ndarray, rng: np.random.Generator, number_ids: Callable[[str], Sequence[int]],
                   digits: tuple[int, int] = NUMBER_DIGITS, lead: tuple[int, int] = NUMBER_LEAD_TOKENS,
-                  decoys: int = 0, placed: list | None = None) -> np.ndarray:
+                  decoys: int = 0, placed: list | None = None, value: str = "number") -> np.ndarray:
     """A copy of `chunk` with a made-up number (" " and `digits` random digits, the first not 0, as `number_ids`
     tokenizes it) written over the tokens at a random place in its first half, then that number with the `lead`
     tokens of text before it written again at a random place after it: a value among the chunk's own text and
@@ -288,9 +295,13 @@ def repeat_number(chunk: np.ndarray, rng: np.random.Generator, number_ids: Calla
     the text copied with it or each other; one that finds no room after a few tries is left out): look-alikes that
     only the text before the number tells apart, as a haystack of needles asks. A chunk shorter than 4 x the span
     comes back as it is. `placed`, when given, gets (kind, start, end) for each number written, kind "number", "copy"
-    or "decoy" and [start, end) its tokens (the draws are the same with or without it)."""
-    count = int(rng.integers(digits[0], digits[1] + 1))
-    text = made_up_number(rng, count)
+    or "decoy" and [start, end) its tokens (the draws are the same with or without it). With value="uuid" the value and
+    the decoys are made-up UUIDs (`made_up_uuid`) instead, `digits` unused: the values of NIAH's Single-3."""
+    if value not in VALUE_KINDS:
+        raise ValueError(f"value is what a made-up value is, one of {', '.join(VALUE_KINDS)}; got {value!r}")
+    count = int(rng.integers(digits[0], digits[1] + 1)) if value == "number" else 0
+    make = (lambda: made_up_number(rng, count)) if value == "number" else (lambda: made_up_uuid(rng))
+    text = make()
     ids = np.asarray(number_ids(text), dtype=chunk.dtype)
     before = int(rng.integers(lead[0], lead[1] + 1))
     span = before + len(ids)
@@ -306,7 +317,7 @@ def repeat_number(chunk: np.ndarray, rng: np.random.Generator, number_ids: Calla
     if placed is not None:
         placed += [("number", start, start + len(ids)), ("copy", target + before, target + span)]
     for _ in range(decoys):
-        decoy = made_up_number(rng, count)
+        decoy = make()
         decoy_ids = np.asarray(number_ids(decoy), dtype=chunk.dtype) if decoy != text else ids[:0]
         for _ in range(DECOY_TRIES if 0 < len(decoy_ids) <= target else 0):
             at = int(rng.integers(0, target - len(decoy_ids) + 1))
@@ -330,12 +341,14 @@ class PackedChunks:
     an uninterrupted run, whatever the number of processes. With repeat_spans > 0 that share of the items served
     has a span of span_tokens tokens from its first half written again later in it (`repeat_span`), also a function
     of (seed, item) alone; with repeat_numbers > 0, that share of those items has a made-up number planted in it and
-    copied instead (`repeat_number`; number_ids tokenizes the number's text), with number_decoys look-alikes.
+    copied instead (`repeat_number`; number_ids tokenizes the number's text), with number_decoys look-alikes; with
+    repeat_uuids > 0, another such share a made-up UUID (the numbers' items stay as they are without it).
     """
 
     def __init__(self, tokens: np.ndarray, seq_len: int, seed: int = 0, repeat_spans: float = 0.0,
                  span_tokens: tuple[int, int] = REPEAT_SPAN_TOKENS, repeat_numbers: float = 0.0,
-                 number_ids: Callable[[str], Sequence[int]] | None = None, number_decoys: int = 0):
+                 number_ids: Callable[[str], Sequence[int]] | None = None, number_decoys: int = 0,
+                 repeat_uuids: float = 0.0):
         if seq_len <= 0:
             raise ValueError(f"seq_len must be positive, got {seq_len}")
         if not 0 <= repeat_spans <= 1:
@@ -345,15 +358,20 @@ class PackedChunks:
         if not 0 <= repeat_numbers <= 1:
             raise ValueError(f"repeat_numbers is a share of the chunks with a repeated span, in [0, 1]; got "
                              f"{repeat_numbers}")
-        if repeat_numbers and number_ids is None:
-            raise ValueError("repeat_numbers needs number_ids, the tokenizer's ids of a number's text")
+        if not (0 <= repeat_uuids and repeat_numbers + repeat_uuids <= 1 + 1e-9):
+            raise ValueError(f"repeat_uuids is a share of the chunks with a repeated span, in [0, 1 - repeat_numbers]"
+                             f" = [0, {1 - repeat_numbers:g}]; got {repeat_uuids}")
+        if (repeat_numbers or repeat_uuids) and number_ids is None:
+            raise ValueError("repeat_numbers and repeat_uuids need number_ids, the tokenizer's ids of a value's text")
         if isinstance(number_decoys, bool) or not isinstance(number_decoys, int) or number_decoys < 0:
             raise ValueError(f"number_decoys is a count of made-up numbers, 0 or more; got {number_decoys!r}")
-        if number_decoys and not repeat_numbers:
-            raise ValueError("number_decoys go beside the numbers that repeat_numbers plants: set repeat_numbers too")
+        if number_decoys and not (repeat_numbers or repeat_uuids):
+            raise ValueError("number_decoys go beside the numbers that repeat_numbers plants (or the UUIDs of "
+                             "repeat_uuids): set repeat_numbers too")
         self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
         self.repeat_spans, self.span_tokens = repeat_spans, span_tokens
         self.repeat_numbers, self.number_ids, self.number_decoys = repeat_numbers, number_ids, number_decoys
+        self.repeat_uuids = repeat_uuids
         self.num_chunks = len(tokens) // seq_len
         self._permutation: tuple[int, np.ndarray] | None = None  # the last epoch's order, (epoch, permutation)
         self._warned = False
@@ -373,13 +391,17 @@ class PackedChunks:
 
     def served(self, item: int, placed: list | None = None) -> np.ndarray:
         """Stream item `item`: its chunk, with a span repeated in it for a `repeat_spans` share of the items, a
-        `repeat_numbers` share of those a made-up number (chosen, like the span, by (seed, item) alone). `placed`,
-        when given, gets where each made-up number went (`repeat_number`)."""
+        `repeat_numbers` share of those a made-up number and a `repeat_uuids` share a made-up UUID (chosen, like the
+        span, by (seed, item) alone). `placed`, when given, gets where each made-up value went (`repeat_number`)."""
         chunk = self.chunk(int(self.order(item // self.num_chunks)[item % self.num_chunks]))
         if self.repeat_spans and _unit_hash(self.seed, f"repeat:{item}") < self.repeat_spans:
             rng = np.random.default_rng([self.seed, 0x5EED, item])
-            if self.repeat_numbers and _unit_hash(self.seed, f"number:{item}") < self.repeat_numbers:
+            share = _unit_hash(self.seed, f"number:{item}") if self.repeat_numbers or self.repeat_uuids else 1.0
+            if share < self.repeat_numbers:
                 chunk = repeat_number(chunk, rng, self.number_ids, decoys=self.number_decoys, placed=placed)
+            elif share < self.repeat_numbers + self.repeat_uuids:  # (the hash's next interval: numbers' items kept)
+                chunk = repeat_number(chunk, rng, self.number_ids, decoys=self.number_decoys, placed=placed,
+                                      value="uuid")
             else:
                 chunk = repeat_span(chunk, rng, *self.span_tokens)
         return chunk

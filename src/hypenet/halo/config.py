@@ -147,6 +147,12 @@ class DataConfig:
     # haystack of needles, where students make numbers up (results/gpu_convert/ruler_misses/). 0 = none. An
     # experiment, not part of the paper's recipe.
     number_decoys: int = 0
+    # share of the chunks with a repeated span whose span is instead a made-up UUID (8-4-4-4-12 hex), planted and
+    # copied as repeat_numbers' numbers are (data.packing.repeat_number(value="uuid"); number_decoys made-up UUIDs
+    # beside it): practice in copying the values of NIAH's Single-3, which every student misses most (results/
+    # gpu_convert/FINDINGS.md). Taken from the spans' share: repeat_numbers + repeat_uuids <= 1, the numbers' chunks as
+    # without it. 0 = none. An experiment, not part of the paper's recipe.
+    repeat_uuids: float = 0.0
     # seed of the held-out split and of which paragraphs are joined; None = the run's seed. A run with another `seed`
     # and data.seed fixed trains on the same documents (in another order, from another initialisation) and leaves
     # the same documents out for evaluation: how far two such runs differ is the spread between training seeds.
@@ -353,10 +359,18 @@ def validate(config: ConvertConfig) -> None:
         raise HaloError("data.repeat_numbers is a share of the chunks that data.repeat_spans picks; with "
                         "data.repeat_spans=0 no chunk gets a number: set both, e.g. --set data.repeat_spans=0.5 --set "
                         "data.repeat_numbers=0.5")
+    uuids = config.data.repeat_uuids
+    if not (0 <= uuids and config.data.repeat_numbers + uuids <= 1 + 1e-9):
+        raise HaloError(f"data.repeat_uuids is a share of the chunks with a repeated span, beside data.repeat_numbers'"
+                        f" (together at most 1): in [0, {1 - config.data.repeat_numbers:g}]; got {uuids}")
+    if uuids and not config.data.repeat_spans:
+        raise HaloError("data.repeat_uuids is a share of the chunks that data.repeat_spans picks; with "
+                        "data.repeat_spans=0 no chunk gets a UUID: set both, e.g. --set data.repeat_spans=1 --set "
+                        "data.repeat_numbers=0.5 --set data.repeat_uuids=0.25")
     decoys = config.data.number_decoys
     if isinstance(decoys, bool) or not isinstance(decoys, int) or decoys < 0:
         raise HaloError(f"data.number_decoys is a count of made-up numbers, 0 or more; got {decoys!r}")
-    if decoys and not config.data.repeat_numbers:
+    if decoys and not (config.data.repeat_numbers or uuids):
         raise HaloError("data.number_decoys go beside the numbers that data.repeat_numbers plants; with "
                         "data.repeat_numbers=0 there are none: set it too, e.g. --set data.repeat_spans=0.5 --set "
                         "data.repeat_numbers=0.5 --set data.number_decoys=8, or turn both off with --set "

@@ -269,13 +269,14 @@ class Conversion:
         # stage 1 aligns attention outputs on the text as cut; stages 2 and 3 may also practise copying spans
         data = self.config.data
         repeat = data.repeat_spans if name in ("stage2", "stage3") else 0.0
-        numbers, number_ids = (data.repeat_numbers if repeat else 0.0), None
-        if numbers:
+        numbers, uuids = (data.repeat_numbers, data.repeat_uuids) if repeat else (0.0, 0.0)
+        number_ids = None
+        if numbers or uuids:
             tokenizer = self.tokenizer
             number_ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         return PackedChunks(self.corpus.train_tokens, seq_len, seed=self.config.seed, repeat_spans=repeat,
-                            repeat_numbers=numbers, number_ids=number_ids,
-                            number_decoys=data.number_decoys if numbers else 0)
+                            repeat_numbers=numbers, number_ids=number_ids, repeat_uuids=uuids,
+                            number_decoys=data.number_decoys if numbers or uuids else 0)
 
     def train(self, name: str, objective: nn.Module, config) -> engine.TrainResult:
         clock, after_step = self.clock, self.settings.after_step
