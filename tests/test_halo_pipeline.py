@@ -16,7 +16,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -1200,35 +1202,31 @@ def test_repeat_spans_reach_the_chunks_of_stages_2_and_3_only():
     assert [chunks[name].repeat_numbers for name in ("stage1", "stage2", "stage3")] == [0.0, 0.0, 0.0]
 
 
-def test_repeat_numbers_reach_stages_2_and_3_tokenized_by_the_teachers_tokenizer(tmp_path):
-    """data.repeat_numbers: of the chunks with a repeated span, that share get a made-up number, written in the
-    teacher tokenizer's ids; stage 1 gets none."""
-    from types import SimpleNamespace
-
-    import numpy as np
-
+def character_chunks(characters: str, overrides: list[str]) -> dict:
+    """Each stage's PackedChunks of a conversion with `overrides` (stages 2-3 on 256-token chunks) over the tokens
+    100-4195, its tokenizer one token per character, character i of `characters` token 1 + i (anything else 0)."""
     from hypenet.halo.pipeline import Conversion
 
-    vocab = {"[UNK]": 0, **{str(d): 1 + d for d in range(10)}}
-    words = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    words.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
-                                                   pre_tokenizers.Digits(individual_digits=True)])
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, **{c: 1 + i for i, c in enumerate(characters)}}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]")
-    config = load_config(overrides=["data.repeat_spans=1", "data.repeat_numbers=1", "stage2.seq_len=256",
-                                    "stage3.seq_len=256"])
-    tokens = np.arange(100, 4196, dtype=np.uint32)  # no digit's id (1-10) among them
+    config = load_config(overrides=[*overrides, "stage2.seq_len=256", "stage3.seq_len=256"])
+    tokens = np.arange(100, 4196, dtype=np.uint32)  # no character's id among them
     conversion = SimpleNamespace(config=config, tokenizer=tokenizer, corpus=SimpleNamespace(train_tokens=tokens))
-    chunks = {name: Conversion.chunks(conversion, name) for name in ("stage1", "stage2", "stage3")}
+    return {name: Conversion.chunks(conversion, name) for name in ("stage1", "stage2", "stage3")}
+
+
+def test_repeat_numbers_reach_stages_2_and_3_tokenized_by_the_teachers_tokenizer():
+    """data.repeat_numbers: of the chunks with a repeated span, that share get a made-up number, written in the
+    teacher tokenizer's ids; stage 1 gets none."""
+    chunks = character_chunks("0123456789", ["data.repeat_spans=1", "data.repeat_numbers=1"])
     assert [chunks[name].repeat_numbers for name in ("stage1", "stage2", "stage3")] == [0.0, 1.0, 1.0]
     for row in next(chunks["stage2"].batches(4)).numpy():
         digits = row[(row >= 1) & (row <= 10)]
         assert 10 <= len(digits) <= 20 and len(digits) % 2 == 0  # a number of 5-10 digits, written twice
         assert np.array_equal(digits[:len(digits) // 2], digits[len(digits) // 2:]) and digits[0] != 1  # not "0"
     assert not any(((row >= 1) & (row <= 10)).any() for row in next(chunks["stage1"].batches(4)).numpy())
-    decoyed = load_config(overrides=["data.repeat_spans=1", "data.repeat_numbers=1", "data.number_decoys=3",
-                                     "stage2.seq_len=256", "stage3.seq_len=256"])
-    conversion.config = decoyed
-    chunks = {name: Conversion.chunks(conversion, name) for name in ("stage1", "stage2", "stage3")}
+    chunks = character_chunks("0123456789", ["data.repeat_spans=1", "data.repeat_numbers=1", "data.number_decoys=3"])
     assert [chunks[name].number_decoys for name in ("stage1", "stage2", "stage3")] == [0, 3, 3]
     rows = next(chunks["stage2"].batches(4)).numpy()
     assert all(((row >= 1) & (row <= 10)).sum() > 20 for row in rows)  # the number twice and decoys of its length
@@ -1237,22 +1235,8 @@ def test_repeat_numbers_reach_stages_2_and_3_tokenized_by_the_teachers_tokenizer
 def test_repeat_uuids_reach_stages_2_and_3_tokenized_by_the_teachers_tokenizer():
     """data.repeat_uuids: a share of the chunks with a repeated span get a made-up UUID in the teacher tokenizer's
     ids, written twice; stage 1 gets none."""
-    from types import SimpleNamespace
-
-    import numpy as np
-
-    from hypenet.halo.pipeline import Conversion
-
     characters = "0123456789abcdef-"
-    vocab = {"[UNK]": 0, **{c: 1 + i for i, c in enumerate(characters)}}
-    words = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    words.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per character
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]")
-    config = load_config(overrides=["data.repeat_spans=1", "data.repeat_uuids=1", "stage2.seq_len=256",
-                                    "stage3.seq_len=256"])
-    tokens = np.arange(100, 4196, dtype=np.uint32)  # no character's id (1-17) among them
-    conversion = SimpleNamespace(config=config, tokenizer=tokenizer, corpus=SimpleNamespace(train_tokens=tokens))
-    chunks = {name: Conversion.chunks(conversion, name) for name in ("stage1", "stage2", "stage3")}
+    chunks = character_chunks(characters, ["data.repeat_spans=1", "data.repeat_uuids=1"])
     assert [chunks[name].repeat_uuids for name in ("stage1", "stage2", "stage3")] == [0.0, 1.0, 1.0]
     for row in next(chunks["stage3"].batches(4)).numpy():
         ids = row[(row >= 1) & (row <= len(characters))]
