@@ -294,9 +294,10 @@ def repeat_number(chunk: np.ndarray, rng: np.random.Generator, number_ids: Calla
     made-up numbers of as many digits are written at random places before the copy (not over or against the number,
     the text copied with it or each other; one that finds no room after a few tries is left out): look-alikes that
     only the text before the number tells apart, as a haystack of needles asks. A chunk shorter than 4 x the span
-    comes back as it is. `placed`, when given, gets (kind, start, end) for each number written, kind "number", "copy"
-    or "decoy" and [start, end) its tokens (the draws are the same with or without it). With value="uuid" the value and
-    the decoys are made-up UUIDs (`made_up_uuid`) instead, `digits` unused: the values of NIAH's Single-3."""
+    comes back as it is. `placed`, when given, gets (kind, start, end) for each value written, kind "number" (the
+    planted value, a UUID too), "copy" or "decoy" and [start, end) its tokens (the draws are the same with or without
+    it). With value="uuid" the value and the decoys are made-up UUIDs (`made_up_uuid`) instead, `digits` unused: the
+    values of NIAH's Single-3."""
     if value not in VALUE_KINDS:
         raise ValueError(f"value is what a made-up value is, one of {', '.join(VALUE_KINDS)}; got {value!r}")
     count = int(rng.integers(digits[0], digits[1] + 1)) if value == "number" else 0
