@@ -13,6 +13,7 @@ The tokenizer's digit tokens are those whose text begins with a digit (one token
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 from collections.abc import Iterable
@@ -61,30 +62,54 @@ def table(result: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a script that builds a stage's data as a conversion does (this one, teacher_copies.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", action="append", default=[], help="a conversion's YAML config (repeatable)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--teacher", default=None, help="the teacher (default: the config's)")
     parser.add_argument("--data", default=None, help="the corpus (default: the config's)")
     parser.add_argument("--stage", default="stage2", choices=("stage2", "stage3"))
-    parser.add_argument("--items", type=int, default=None, help="stream items to serve (default: the stage's)")
     parser.add_argument("--out", type=Path, default=None, help="the markdown table's file (default: stdout)")
+    return parser
+
+
+@contextlib.contextmanager
+def stage_conversion(args: argparse.Namespace, overrides: list[str] = ()):
+    """The config (with `overrides` after the options') and the Conversion that `stage_parser`'s options name, on the
+    CPU, built in a temporary folder that nothing is written to; no stage is run."""
+    from hypenet.halo.config import load_config
+    from hypenet.halo.pipeline import Conversion
+
+    with tempfile.TemporaryDirectory() as out:
+        data_source = [] if args.data is None else [f"data.source={args.data}"]
+        config = load_config(files=args.config, overrides=[*args.overrides, *data_source, "device=cpu", *overrides],
+                             teacher=args.teacher, out=out)
+        yield config, lambda: Conversion(config)
+
+
+def write_table(text: str, out: Path | None) -> None:
+    """A markdown table to stdout, or to the file `out`."""
+    if out is None:
+        print(text, end="")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=None, help="stream items to serve (default: the stage's)")
     args = parser.parse_args(argv)
     if args.items is not None and args.items <= 0:
         parser.error(f"--items is a count of stream items, 1 or more; got {args.items}")
 
-    from hypenet.halo.config import load_config
-    from hypenet.halo.pipeline import Conversion
-
-    with tempfile.TemporaryDirectory() as out:  # nothing is written there: the conversion is only built
-        data_source = [] if args.data is None else [f"data.source={args.data}"]
-        # (the numbers' items are the same without data.repeat_uuids, whose UUIDs this script does not count)
-        config = load_config(files=args.config, overrides=args.overrides + data_source + ["device=cpu",
-                             "data.repeat_uuids=0"], teacher=args.teacher, out=out)
+    # (the numbers' items are the same without data.repeat_uuids, whose UUIDs this script does not count)
+    with stage_conversion(args, ["data.repeat_uuids=0"]) as (config, build):
         if not config.data.repeat_numbers or not config.data.repeat_spans:
             parser.error("the config plants no made-up numbers: it needs data.repeat_spans and data.repeat_numbers")
-        conversion = Conversion(config)
+        conversion = build()
         chunks = conversion.chunks(args.stage)
         stage = getattr(conversion.config, args.stage)
         items = args.items if args.items is not None else stage.steps() * stage.batch_size  # what it trains on
@@ -100,13 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"Made-up numbers joined by the text's digits: {args.stage}'s first {items} items, seed {config.seed}, "
              f"repeat_spans {data.repeat_spans}, repeat_numbers {data.repeat_numbers}, number_decoys "
              f"{data.number_decoys}")
-    text = table(result, title)
-    if args.out is None:
-        print(text, end="")
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        print(f"wrote {args.out}")
+    write_table(table(result, title), args.out)
     return 0
 
 
