@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from number_joins import stage_conversion, stage_parser, write_table  # noqa: E402 (beside this script)
 
+LEAD_BUCKETS = ((4, 7), (8, 11), (12, 16))  # tokens of text copied before a value (packing.NUMBER_LEAD_TOKENS: 4-16)
 UUID_TEXT = re.compile(r" ?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -34,23 +35,31 @@ def copy_scores(rows: Iterable[tuple[np.ndarray, list, str]],
     """Over (row, placed, kind) triples (placed as `repeat_number` fills it; kind names the value, e.g. "number" or
     "uuid"): per kind, the values scored and, at the copy's first token and at its later ones, the tokens, those the
     teacher ranks first and the sum of its probabilities for them. `probabilities(row, positions)` gives the
-    teacher's next-token distribution at each position, [len(positions), vocab]; position p predicts row[p + 1]."""
+    teacher's next-token distribution at each position, [len(positions), vocab]; position p predicts row[p + 1].
+    The first token's counts are also kept by how many tokens of text before the value were copied with it
+    ("by_lead", in the LEAD_BUCKETS)."""
     scores: dict[str, dict] = {}
     for row, placed, kind in rows:
         copy = next(((start, end) for name, start, end in placed if name == "copy"), None)
-        if copy is None:
+        value = next((start for name, start, _ in placed if name == "number"), None)
+        if copy is None or value is None:
             continue
         start, end = copy
+        lead = 0  # the tokens before the copy that equal those before the value
+        while lead < value and row[start - lead - 1] == row[value - lead - 1]:
+            lead += 1
         targets = torch.as_tensor(row[start:end].astype(np.int64))
         probs = probabilities(row, list(range(start - 1, end - 1)))
         top = probs.argmax(dim=-1) == targets
         chosen = probs.gather(1, targets[:, None])[:, 0]
-        s = scores.setdefault(kind, {"values": 0, "first": [0, 0, 0.0], "rest": [0, 0, 0.0]})
+        s = scores.setdefault(kind, {"values": 0, "first": [0, 0, 0.0], "rest": [0, 0, 0.0], "by_lead": {}})
         s["values"] += 1
-        for part, sl in (("first", slice(0, 1)), ("rest", slice(1, None))):
-            s[part][0] += int(top[sl].numel())
-            s[part][1] += int(top[sl].sum())
-            s[part][2] += float(chosen[sl].sum())
+        bucket = next((f"{lo}-{hi}" for lo, hi in LEAD_BUCKETS if lo <= lead <= hi), "other")
+        for part, sl in (("first", slice(0, 1)), ("rest", slice(1, None)), (bucket, slice(0, 1))):
+            counts = s[part] if part in ("first", "rest") else s["by_lead"].setdefault(part, [0, 0, 0.0])
+            counts[0] += int(top[sl].numel())
+            counts[1] += int(top[sl].sum())
+            counts[2] += float(chosen[sl].sum())
     return scores
 
 
@@ -71,6 +80,14 @@ def table(scores: dict, title: str) -> str:
     lines = [f"# {title}", "", header, "|---|---|---|---|"]
     for kind, s in sorted(scores.items()):
         lines.append(f"| {kind} | {s['values']} | {cell(*s['first'])} | {cell(*s['rest'])} |")
+    lines += ["", "The first token by the tokens of text copied before the value:", "",
+              "| value | text copied before it | copies | first token: ranked first, mean probability |",
+              "|---|---|---|---|"]
+    order = [f"{lo}-{hi}" for lo, hi in LEAD_BUCKETS] + ["other"]
+    for kind, s in sorted(scores.items()):
+        for bucket in (b for b in order if b in s["by_lead"]):
+            counts = s["by_lead"][bucket]
+            lines.append(f"| {kind} | {bucket} tokens | {counts[0]} | {cell(*counts)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -25,11 +25,25 @@ def test_scores_the_first_token_of_each_copy_apart_from_the_rest():
         return probs
 
     scores = copies.copy_scores([(row, placed, "number"), (row, [], "number"), (row, placed, "uuid")], probabilities)
-    # (the row without a copy is left out)
-    assert scores["number"] == {"values": 1, "first": [1, 1, 1.0], "rest": [2, 1, pytest.approx(0.6)]}
+    # (the row without a copy is left out); the copy's two tokens before it, [3, 4], are not those before the value
+    assert scores["number"] == {"values": 1, "first": [1, 1, 1.0], "rest": [2, 1, pytest.approx(0.6)],
+                                "by_lead": {"other": [1, 1, 1.0]}}
     assert scores["uuid"]["values"] == 1
     text = copies.table(scores, "title")
     assert "| number | 1 | 1 of 1 (100.0%), p 1.000 | 1 of 2 (50.0%), p 0.300 |" in text
+    assert "| number | other tokens | 1 | 1 of 1 (100.0%), p 1.000 |" in text
+
+
+def test_the_first_token_is_also_counted_by_the_text_copied_before_the_value():
+    value = np.arange(100, 105)
+    text = np.arange(1, 41)
+    for lead, bucket in ((4, "4-7"), (9, "8-11"), (16, "12-16")):
+        row = np.concatenate([text[:20], value, text[20:35], text[20 - lead:20], value, [0]])
+        start = 20 + 5 + 15 + lead  # the copy's first value token
+        placed = [("number", 20, 25), ("copy", start, start + 5)]
+        scores = copies.copy_scores([(row, placed, "number")], lambda r, positions: torch.full((len(positions), 110),
+                                                                                             1 / 110))
+        assert scores["number"]["by_lead"] == {bucket: [1, 0, pytest.approx(1 / 110)]}
 
 
 def test_next_token_probabilities_are_the_models_at_those_positions(teacher_and_data):  # noqa: F811
@@ -55,8 +69,9 @@ def test_scores_a_conversions_stage_data(teacher_and_data, tmp_path, capsys):  #
     text = out.read_text()
     assert "stage2's made-up values: its first 6 stream items with one, seed 0" in text
     assert "repeat_numbers 0.5, repeat_uuids 0.5" in text
-    counts = [int(line.split(" | ")[1]) for line in text.splitlines() if line.startswith(("| number", "| uuid"))]
-    assert sum(counts) == 6  # every item of this stream has a value, each scored once
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith(("| number", "| uuid"))]
+    assert sum(int(r[1]) for r in rows if "tokens" not in r[1]) == 6  # every item here has a value, scored once
+    assert sum(int(r[2]) for r in rows if "tokens" in r[1]) == 6  # ... and counted once by its copied text
     with pytest.raises(SystemExit):
         copies.main(["--teacher", str(teacher), "--data", str(data), "--set", "data.repeat_spans=0.5"])
     assert "the config plants no made-up values" in capsys.readouterr().err
