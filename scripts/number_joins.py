@@ -64,7 +64,10 @@ def table(result: dict, title: str) -> str:
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
     """The options of a script that builds a stage's data as a conversion does (this one, teacher_copies.py)."""
+    from hypenet.halo.config import PRESETS
+
     parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a conversion's preset, as convert's")
     parser.add_argument("--config", action="append", default=[], help="a conversion's YAML config (repeatable)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--teacher", default=None, help="the teacher (default: the config's)")
@@ -83,8 +86,8 @@ def stage_conversion(args: argparse.Namespace, overrides: list[str] = ()):
 
     with tempfile.TemporaryDirectory() as out:
         data_source = [] if args.data is None else [f"data.source={args.data}"]
-        config = load_config(files=args.config, overrides=[*args.overrides, *data_source, "device=cpu", *overrides],
-                             teacher=args.teacher, out=out)
+        config = load_config(args.preset, files=args.config, teacher=args.teacher, out=out,
+                             overrides=[*args.overrides, *data_source, "device=cpu", *overrides])
         yield config, lambda: Conversion(config)
 
 

@@ -2,14 +2,16 @@
 and "Made-up UUIDs"): the distillation targets from which a student learns to copy them.
 
     python scripts/teacher_copies.py --config configs/gpu-smollm2.yaml [--set KEY=VALUE ...] [--stage stage2]
-        [--rows N] [--out FILE.md]
+        [--rows N] [--model STUDENT --device cuda] [--out FILE.md]
 
 It builds the stage's data as a conversion with that config does (teacher, corpus, seed; the teacher on the CPU in
 fp32, no training), serves the stage's stream items in order until N of them hold a made-up value, and runs the
 teacher over each of those up to the end of the value's copy. Per kind of value (a number, a UUID) it counts how
 often the teacher's most likely next token is the copy's token, and the teacher's mean probability of it: at the
 copy's first value token (the " " a needle's value begins with, which only the text copied before it leads to) and
-at the value's later tokens. It writes a markdown table (stdout, or --out)."""
+at the value's later tokens. With --model it scores that model instead (a converted student, on --device), on the
+same copies: does the student begin them more often than the teacher it learnt from? It writes a markdown table
+(stdout, or --out)."""
 
 from __future__ import annotations
 
@@ -67,9 +69,9 @@ def copy_scores(rows: Iterable[tuple[np.ndarray, list, str]],
 def next_token_probabilities(model, row: np.ndarray, positions: list[int]) -> torch.Tensor:
     """A causal LM's next-token distributions at `positions` of `row` (increasing), [len(positions), vocab]: the row
     run up to the last of them, the output head applied at those positions alone."""
-    ids = torch.as_tensor(row[:positions[-1] + 1].astype(np.int64))[None]
+    ids = torch.as_tensor(row[:positions[-1] + 1].astype(np.int64), device=model.device)[None]
     hidden = model.base_model(input_ids=ids).last_hidden_state[0, positions]
-    return model.get_output_embeddings()(hidden).float().softmax(dim=-1)
+    return model.get_output_embeddings()(hidden).float().softmax(dim=-1).cpu()
 
 
 def table(scores: dict, title: str) -> str:
@@ -94,6 +96,9 @@ def table(scores: dict, title: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=60, help="stream items with a made-up value to score (60)")
+    parser.add_argument("--model", default=None,
+                        help="score this model (e.g. a converted student's folder) instead of the teacher")
+    parser.add_argument("--device", default="cpu", help="where the scored model runs: cpu (default) or cuda")
     args = parser.parse_args(argv)
     if args.rows <= 0:
         parser.error(f"--rows is a count of stream items, 1 or more; got {args.rows}")
@@ -105,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
                          "data.repeat_uuids")
         conversion = build()
         chunks = conversion.chunks(args.stage)
-        teacher, tokenizer = conversion.teacher.float().eval(), conversion.tokenizer
+        tokenizer = conversion.tokenizer
+        if args.model is None:
+            model = conversion.teacher.float().eval().to(args.device)
+        else:
+            from hypenet.eval.models import load_model_for_eval
+
+            model, _ = load_model_for_eval(args.model, device=args.device, dtype=torch.float32)
         stage = getattr(conversion.config, args.stage)
         stream_items = stage.steps() * stage.batch_size  # what the stage trains on
 
@@ -124,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                     return
 
         rows = tqdm(planted(), total=args.rows, desc="scoring copies", unit="copy")
-        scores = copy_scores(rows, lambda row, positions: next_token_probabilities(teacher, row, positions))
+        scores = copy_scores(rows, lambda row, positions: next_token_probabilities(model, row, positions))
     scored = sum(s["values"] for s in scores.values())
-    title = (f"The teacher on the copies of {args.stage}'s made-up values: its first {scored} stream items with one, "
+    who = "The teacher" if args.model is None else f"{args.model}"
+    title = (f"{who} on the copies of {args.stage}'s made-up values: its first {scored} stream items with one, "
              f"seed {config.seed}, repeat_spans {data.repeat_spans}, repeat_numbers {data.repeat_numbers}, "
              f"repeat_uuids {data.repeat_uuids}, number_decoys {data.number_decoys}")
     write_table(table(scores, title), args.out)

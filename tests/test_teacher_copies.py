@@ -58,6 +58,33 @@ def test_next_token_probabilities_are_the_models_at_those_positions(teacher_and_
     torch.testing.assert_close(copies.next_token_probabilities(model, row, positions), full[positions])
 
 
+def test_next_token_probabilities_of_a_hypenet_student():
+    from test_model import tiny_hypenet
+
+    model = tiny_hypenet()
+    row = np.arange(3, 43, dtype=np.uint32)
+    with torch.no_grad():
+        full = model(torch.as_tensor(row[:31].astype(np.int64))[None]).logits[0].float().softmax(dim=-1)
+    torch.testing.assert_close(copies.next_token_probabilities(model, row, [0, 12, 30]), full[[0, 12, 30]])
+
+
+def test_scores_another_model_on_the_same_copies(teacher_and_data, tmp_path):  # noqa: F811
+    """--model scores that model on the teacher's data: the teacher's own folder gives the teacher's numbers."""
+    teacher, data = teacher_and_data
+    config = tmp_path / "values.yaml"
+    config.write_text("data: {repeat_spans: 1.0, repeat_numbers: 0.5, repeat_uuids: 0.5}\n"
+                      "stage2: {tokens: 4096, seq_len: 256, batch_size: 4}\n")
+    tables = []
+    for extra in ([], ["--model", str(teacher)]):
+        out = tmp_path / f"copies{len(tables)}.md"
+        copies.main(["--config", str(config), "--teacher", str(teacher), "--data", str(data), "--rows", "4",
+                     "--out", str(out), *extra])
+        tables.append(out.read_text().split("\n", 1))
+    assert tables[0][0].startswith("# The teacher on the copies") and tables[1][0].startswith(f"# {teacher} on the")
+    assert tables[0][1] == tables[1][1]
+    assert any(line.startswith(("| number | ", "| uuid | ")) for line in tables[0][1].splitlines())
+
+
 def test_scores_a_conversions_stage_data(teacher_and_data, tmp_path, capsys):  # noqa: F811
     teacher, data = teacher_and_data
     config = tmp_path / "values.yaml"

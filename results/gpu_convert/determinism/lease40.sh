@@ -26,7 +26,10 @@ START=$SECONDS
 # prompt-lookup decoding against greedy through fla (scripts/assisted_check.py); `oom` bench-train's stage 2 at
 # OOM_SHAPE with the micro batch unset, which must halve it until a step fits (OOM_OPTIONS for the device and steps);
 # `ppl` the student's perplexity per position bucket and copy eval at its export's base, with the settings of the
-# default recipe's evaluations (8 held-out documents of 64K, 16 copy samples per length; PPL_OPTIONS to replace them).
+# default recipe's evaluations (8 held-out documents of 64K, 16 copy samples per length; PPL_OPTIONS to replace them);
+# `copies` the student on the copies of the made-up values in its own stage-2 and stage-3 data
+# (scripts/teacher_copies.py --model; COPIES_STAGES, COPIES_ROWS (200), COPIES_DEVICE (cuda)): does it begin a copy
+# more often than the teacher it learnt from?
 # GRIDS=" " (a space) runs no grid.
 RUNS=${RUNS:-runs/gpu_d1}
 REFERENCE=${REFERENCE:-results/gpu_convert/determinism/lease39/results/convert_halo/report.json}
@@ -101,7 +104,13 @@ for extra in ${EXTRAS:-}; do
         [ -f "$RUNS/extras/ppl_student/results.json" ] || run ppl-student "${HYPENET[@]}" eval "$RUNS/halo/model" \
             --label student --out "$RUNS/extras/ppl_student" --evals ppl,copy --ppl-source "$CORPUS" --haystack "$CORPUS" \
             --haystack-heldout "${PPL_ARGS[@]}" --no-progress --resume ;;
-    *) echo "EXTRAS: unknown check '$extra' (ruler, assisted, oom, ppl)"; exit 2 ;;
+    copies)
+        for stage in ${COPIES_STAGES:-stage2 stage3}; do
+            [ -f "$RUNS/extras/copies_student_$stage.md" ] || run "copies-$stage" python3 scripts/teacher_copies.py \
+                "${OPTIONS[@]}" --teacher "$TEACHER" --data "$CORPUS" --stage "$stage" --model "$RUNS/halo/model" \
+                --device "${COPIES_DEVICE:-cuda}" --rows "${COPIES_ROWS:-200}" --out "$RUNS/extras/copies_student_$stage.md"
+        done ;;
+    *) echo "EXTRAS: unknown check '$extra' (ruler, assisted, oom, ppl, copies)"; exit 2 ;;
     esac
 done
 pack
