@@ -91,6 +91,14 @@ def stage_conversion(args: argparse.Namespace, overrides: list[str] = ()):
         yield config, lambda: Conversion(config)
 
 
+def served_with_places(chunks, items: int):
+    """(row, placed) for a PackedChunks' first `items` stream items, placed as `served` fills it (empty: no value)."""
+    for item in range(items):
+        placed: list = []
+        row = chunks.served(item, placed=placed)
+        yield row, placed
+
+
 def write_table(text: str, out: Path | None) -> None:
     """A markdown table to stdout, or to the file `out`."""
     if out is None:
@@ -117,13 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         stage = getattr(conversion.config, args.stage)
         items = args.items if args.items is not None else stage.steps() * stage.batch_size  # what it trains on
 
-        def served():
-            for item in range(items):
-                placed: list = []
-                row = chunks.served(item, placed=placed)
-                yield row, placed
-
-        result = count_joins(served(), digit_led(conversion.tokenizer))
+        result = count_joins(served_with_places(chunks, items), digit_led(conversion.tokenizer))
     data = config.data
     title = (f"Made-up numbers joined by the text's digits: {args.stage}'s first {items} items, seed {config.seed}, "
              f"repeat_spans {data.repeat_spans}, repeat_numbers {data.repeat_numbers}, number_decoys "

@@ -15,6 +15,7 @@ same copies: does the student begin them more often than the teacher it learnt f
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 from collections.abc import Callable, Iterable
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from number_joins import stage_conversion, stage_parser, write_table  # noqa: E402 (beside this script)
+from number_joins import served_with_places, stage_conversion, stage_parser, write_table  # noqa: E402 (beside this script)
 
 LEAD_BUCKETS = ((4, 7), (8, 11), (12, 16))  # tokens of text copied before a value (packing.NUMBER_LEAD_TOKENS: 4-16)
 UUID_TEXT = re.compile(r" ?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -121,18 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         stream_items = stage.steps() * stage.batch_size  # what the stage trains on
 
         def planted():
-            found = 0
-            for item in range(stream_items):
-                placed: list = []
-                row = chunks.served(item, placed=placed)
-                if not placed:
-                    continue
+            with_value = ((row, placed) for row, placed in served_with_places(chunks, stream_items) if placed)
+            for row, placed in itertools.islice(with_value, args.rows):
                 _, start, end = placed[0]
                 text = tokenizer.decode(row[start:end].tolist())
                 yield row, placed, "uuid" if UUID_TEXT.fullmatch(text) else "number"
-                found += 1
-                if found == args.rows:
-                    return
 
         rows = tqdm(planted(), total=args.rows, desc="scoring copies", unit="copy")
         scores = copy_scores(rows, lambda row, positions: next_token_probabilities(model, row, positions))
