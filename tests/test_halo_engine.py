@@ -1,11 +1,13 @@
 """The training engine's stop on a signal: the step in flight finishes, is checkpointed, and a resumed run continues
 exactly where the stopped one was. Its deterministic mode: on while training, off again after."""
 
+import ctypes
 import dataclasses
 import json
 import logging
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -109,6 +111,57 @@ def test_signal_trace_writes_the_stacks_at_the_signal_and_the_stop_keeps_its_che
         with pytest.raises(KeyboardInterrupt):
             train(tmp_path / f"untraced-{off}", after_step=signal_at(2))
         assert "Current thread" not in capfd.readouterr().err
+
+
+def replace_handler_at(step_to_replace: int, how: str, then_signal_at: int):
+    """After step `step_to_replace` a "library" puts SIG_IGN in the stop's place, in Python or in C (where Python's
+    signal.getsignal does not see it); at `then_signal_at` the SIGINT comes. Ignored, it would not stop training."""
+    signal_later = signal_at(then_signal_at)
+
+    def after_step(step: int) -> None:
+        if step == step_to_replace:
+            if how == "python":
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            else:
+                libc = ctypes.CDLL(None)
+                libc.signal.restype = ctypes.c_void_p
+                libc.signal(signal.SIGINT, ctypes.c_void_p(1))  # SIG_IGN
+                assert engine.os_signal_handler(signal.SIGINT) == 1
+        signal_later(step)
+    return after_step
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the OS's handler through sigaction (Linux)")
+@pytest.mark.parametrize("how", ["python", "c"])
+@pytest.mark.parametrize("traced", [False, True])
+def test_a_handler_replaced_while_training_is_reported_and_installed_again(tmp_path, monkeypatch, capfd, caplog, how,
+                                                                          traced):
+    if traced:
+        monkeypatch.setenv(engine.StopOnSignal.TRACE_VARIABLE, "1")
+    else:
+        monkeypatch.delenv(engine.StopOnSignal.TRACE_VARIABLE, raising=False)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path, after_step=replace_handler_at(2, how, then_signal_at=4))
+    assert "after step 2 the handler of SIGINT had been replaced" in caplog.text
+    assert "the OS: ignored" in caplog.text
+    assert "SIGINT received" in caplog.text
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000004"]
+    assert ("Current thread" in capfd.readouterr().err) == traced  # the trace was registered again
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert engine.os_signal_handler(signal.SIGINT) not in (0, 1)  # Python's own handler, back in the OS
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the OS's handler through sigaction (Linux)")
+def test_a_handler_replaced_after_every_step_is_logged_three_times_then_counted(tmp_path, caplog):
+    train(tmp_path, after_step=lambda step: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert [f"after step {s} the handler" in caplog.text for s in range(1, 7)] == [True] * 3 + [False] * 3
+    assert "replaced and installed again 6 times" in caplog.text
+
+
+def test_the_handlers_left_in_place_are_not_reported(tmp_path, caplog):
+    train(tmp_path)
+    assert "had been replaced" not in caplog.text
 
 
 def test_a_second_signal_later_stops_at_once_without_a_checkpoint(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ weight updated. The micro batch in use is kept in the checkpoints, so a resumed 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import faulthandler
 import functools
@@ -176,6 +177,33 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def os_signal_handler(sig: int) -> int | None:
+    """The handler the OS holds for a signal (its address; 0 is the default action, 1 ignored), read by sigaction(2)
+    without changing it: it differs from `signal.getsignal` when C code has replaced Python's. None where it cannot
+    be read (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = _libc()
+    action = ctypes.create_string_buffer(256)  # a struct sigaction; its first member is the handler
+    if libc is None or libc.sigaction(sig, None, action) != 0:
+        return None
+    return ctypes.c_void_p.from_buffer(action).value or 0
+
+
+@functools.cache
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def describe_handler(sig: int) -> str:
+    at = os_signal_handler(sig)
+    os_side = {None: "", 0: ", the OS: the default action", 1: ", the OS: ignored"}.get(at, f", the OS: {at:#x}")
+    return f"Python: {signal.getsignal(sig)!r}{os_side}"
+
+
 class StopOnSignal:
     """SIGINT or SIGTERM during training (Ctrl-C, `timeout`, a scheduler's preemption): the optimizer step in flight
     finishes, a checkpoint of it is written, and training stops with KeyboardInterrupt, so that `--resume` loses
@@ -193,25 +221,58 @@ class StopOnSignal:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     REPEAT_S = 1.0
     TRACE_VARIABLE = "HYPENET_SIGNAL_TRACE"
+    REPLACED_LOGGED = 3  # replaced handlers named in the log; later ones only counted
 
     def __init__(self, name: str):
         self.name, self.received, self._previous, self._first, self._traced = name, None, {}, 0.0, False
+        self._installed: dict[int, int | None] = {}  # the OS-level handler of each signal once installed
+        self._replaced = 0  # steps after which watch() found a handler replaced
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
             self._traced = (os.environ.get(self.TRACE_VARIABLE, "") not in ("", "0") and sys.__stderr__ is not None
                             and hasattr(faulthandler, "register"))
-            for sig in self.SIGNALS if self._traced else ():  # (chained: Python's handler above runs after it)
-                faulthandler.register(sig, file=sys.__stderr__, all_threads=True, chain=True)
+            self._install()
         return self
 
+    def _install(self) -> None:
+        for sig in self.SIGNALS:
+            if self._traced:  # (registered again: faulthandler puts its handler back in the OS only when it is not)
+                faulthandler.unregister(sig)
+            signal.signal(sig, self._handle)
+            if self._traced:  # (chained: Python's handler above runs after it)
+                faulthandler.register(sig, file=sys.__stderr__, all_threads=True, chain=True)
+        self._installed = {sig: os_signal_handler(sig) for sig in self.SIGNALS}
+
+    def watch(self, step: int) -> None:
+        """Called after each step: if a library has put another handler in the stop's place since (in Python, or in
+        C where Python's `signal.getsignal` does not see it), say so in the log and install the stop's again. A signal
+        that finds the default action there ends the process at once, without the step's checkpoint or a word in the
+        log, as five GPU leases' deadline stops ended (results/gpu_convert/stop_resume/; whether this was why is
+        not known)."""
+        if not self._previous:
+            return
+        replaced = [sig for sig in self.SIGNALS
+                    if signal.getsignal(sig) != self._handle or os_signal_handler(sig) != self._installed.get(sig)]
+        if replaced:
+            self._replaced += 1
+            if self._replaced <= self.REPLACED_LOGGED:
+                log.warning("%s: after step %d the handler of %s had been replaced (%s); installing the stop's again%s",
+                            self.name, step, ", ".join(signal.Signals(sig).name for sig in replaced),
+                            "; ".join(f"{signal.Signals(sig).name}: {describe_handler(sig)}" for sig in replaced),
+                            " (later replacements are counted, not logged)"
+                            if self._replaced == self.REPLACED_LOGGED else "")
+            self._install()
+
     def __exit__(self, *exc) -> None:
+        if self._replaced > self.REPLACED_LOGGED:
+            log.warning("%s: the stop's handlers were replaced and installed again %d times", self.name, self._replaced)
         for sig, handler in self._previous.items():
             if self._traced:
                 faulthandler.unregister(sig)
             signal.signal(sig, handler)
-        self._previous, self._traced = {}, False
+        self._previous, self._traced, self._replaced = {}, False, 0
 
     def _handle(self, signum, frame) -> None:
         now = time.monotonic()
@@ -496,6 +557,7 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
             run.progress(done, steps, measured_tokens_per_s(tokens_per_step, step_seconds))
         if run.after_step is not None:
             run.after_step(done)
+        stop.watch(done)
         stopping = stop.requested(acc)
         if (done % run.checkpoint_every == 0 and done < steps) or stopping:
             wall = wall_before + time.perf_counter() - began
