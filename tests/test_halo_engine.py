@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -157,6 +158,22 @@ def test_a_handler_replaced_after_every_step_is_logged_three_times_then_counted(
     train(tmp_path, after_step=lambda step: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert [f"after step {s} the handler" in caplog.text for s in range(1, 7)] == [True] * 3 + [False] * 3
     assert "replaced and installed again 6 times" in caplog.text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the OS's handler through sigaction (Linux)")
+def test_a_handler_installed_from_c_is_named_by_its_library_and_symbol():
+    libc = ctypes.CDLL(None)
+    libc.signal.restype = ctypes.c_void_p
+    getpid = ctypes.cast(libc.getpid, ctypes.c_void_p).value  # a harmless C function as SIGUSR1's "handler"
+    before = libc.signal(signal.SIGUSR1, ctypes.c_void_p(getpid))
+    try:
+        described = engine.describe_handler(signal.SIGUSR1)
+    finally:
+        libc.signal(signal.SIGUSR1, ctypes.c_void_p(before))
+    assert engine.os_signal_handler(signal.SIGUSR1) == (before or 0)
+    assert f"the OS: {getpid:#x} (in " in described
+    assert re.search(r"\(in \S*libc\.so[^,]*, \w*getpid\+0x0\)", described), described
+    assert engine.code_location(1) is None  # an address in no loaded file
 
 
 def test_the_handlers_left_in_place_are_not_reported(tmp_path, caplog):

@@ -198,9 +198,35 @@ def _libc():
         return None
 
 
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p), ("dli_sname", ctypes.c_char_p),
+                ("dli_saddr", ctypes.c_void_p)]
+
+
+def code_location(address: int) -> str | None:
+    """Where a code address lies, read by dladdr(3): "in FILE", with the nearest exported symbol at or before it
+    ("SYMBOL+0xOFF") where there is one, so that a handler some library installed names that library. None where the
+    address is in no loaded file, or dladdr is missing (not Linux or glibc)."""
+    libc = _libc()
+    dladdr = getattr(libc, "dladdr", None) if libc is not None else None
+    if dladdr is None:
+        return None
+    dladdr.argtypes, dladdr.restype = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)], ctypes.c_int
+    info = _DlInfo()
+    if not dladdr(address, ctypes.byref(info)) or not info.dli_fname:
+        return None
+    where = f"in {info.dli_fname.decode(errors='replace')}"
+    if info.dli_sname and info.dli_saddr:
+        where += f", {info.dli_sname.decode(errors='replace')}+{address - info.dli_saddr:#x}"
+    return where
+
+
 def describe_handler(sig: int) -> str:
     at = os_signal_handler(sig)
-    os_side = {None: "", 0: ", the OS: the default action", 1: ", the OS: ignored"}.get(at, f", the OS: {at:#x}")
+    os_side = {None: "", 0: ", the OS: the default action", 1: ", the OS: ignored"}.get(at)
+    if os_side is None:
+        where = code_location(at)
+        os_side = f", the OS: {at:#x}" + (f" ({where})" if where else "")
     return f"Python: {signal.getsignal(sig)!r}{os_side}"
 
 
