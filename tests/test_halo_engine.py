@@ -160,6 +160,52 @@ def test_a_handler_replaced_after_every_step_is_logged_three_times_then_counted(
     assert "replaced and installed again 6 times" in caplog.text
 
 
+def compile_triton_kernel() -> None:
+    """Compile a small Triton kernel for an sm_90 GPU, here without one (not run): Triton's LLVM sets its handlers."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    @triton.jit
+    def add_one(x, n, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(x + i, tl.load(x + i, mask=i < n) + 1, mask=i < n)
+
+    source = ASTSource(fn=add_one, signature={"x": "*fp32", "n": "i32", "BLOCK": "constexpr"},
+                       constexprs={"BLOCK": 128})
+    triton.compile(source, target=GPUTarget("cuda", 90, 32))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the OS's handler through sigaction (Linux)")
+def test_a_triton_compile_while_training_replaces_the_handlers_and_the_watch_names_and_reinstalls_them(
+        tmp_path, monkeypatch, caplog):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton_cache"))  # compiled, not loaded from a cache
+    seen = {}
+
+    def after_step(step: int) -> None:
+        if step == 2:
+            try:
+                compile_triton_kernel()
+            except Exception as error:  # (no ptxas for this platform, and such): not what this test is about
+                seen["error"] = error
+            seen["after compile"] = engine.describe_handler(signal.SIGINT)
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "run", after_step=after_step)
+    if "error" in seen:
+        pytest.skip(f"Triton could not compile here: {seen['error']!r}")
+    if "libtriton" not in seen["after compile"]:  # (a Triton whose LLVM leaves the handlers alone, or one compiled
+        pytest.skip(f"this Triton left SIGINT's handler alone: {seen['after compile']}")  # earlier in this process)
+    assert "after step 2 the handler of SIGINT, SIGTERM had been replaced" in caplog.text
+    assert "libtriton.so" in caplog.text  # the watch's warning names the library
+    assert "SIGINT received" in caplog.text
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-00000004"]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the OS's handler through sigaction (Linux)")
 def test_a_handler_installed_from_c_is_named_by_its_library_and_symbol():
     libc = ctypes.CDLL(None)
