@@ -284,11 +284,17 @@ class StopOnSignal:
         if replaced:
             self._replaced += 1
             if self._replaced <= self.REPLACED_LOGGED:
-                log.warning("%s: after step %d the handler of %s had been replaced (%s); installing the stop's again%s",
-                            self.name, step, ", ".join(signal.Signals(sig).name for sig in replaced),
-                            "; ".join(f"{signal.Signals(sig).name}: {describe_handler(sig)}" for sig in replaced),
-                            " (later replacements are counted, not logged)"
-                            if self._replaced == self.REPLACED_LOGGED else "")
+                # Triton's compiler (LLVM, in libtriton.so) puts its handlers in place of both whenever it compiles a
+                # kernel in this process: expected on a GPU, so said at INFO (results/gpu_convert/stop_resume/)
+                triton = all(signal.getsignal(sig) == self._handle
+                             and "libtriton" in (code_location(os_signal_handler(sig) or 0) or "") for sig in replaced)
+                log.log(logging.INFO if triton else logging.WARNING,
+                        "%s: after step %d the handler of %s had been replaced (%s)%s; installing the stop's again%s",
+                        self.name, step, ", ".join(signal.Signals(sig).name for sig in replaced),
+                        "; ".join(f"{signal.Signals(sig).name}: {describe_handler(sig)}" for sig in replaced),
+                        " by Triton's compiler (LLVM's handlers, set as it compiled a kernel)" if triton else "",
+                        " (later replacements are counted, not logged)"
+                        if self._replaced == self.REPLACED_LOGGED else "")
             self._install()
 
     def __exit__(self, *exc) -> None:
