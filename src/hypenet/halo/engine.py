@@ -284,8 +284,8 @@ class StopOnSignal:
         if replaced:
             self._replaced += 1
             if self._replaced <= self.REPLACED_LOGGED:
-                # Triton's compiler (LLVM, in libtriton.so) puts its handlers in place of both whenever it compiles a
-                # kernel in this process: expected on a GPU, so said at INFO (results/gpu_convert/stop_resume/)
+                # Triton's compiler (LLVM, in libtriton.so) puts its handlers in place of both the first time it
+                # compiles a kernel in a process: expected on a GPU, so said at INFO (results/gpu_convert/stop_resume/)
                 triton = all(signal.getsignal(sig) == self._handle
                              and "libtriton" in (code_location(os_signal_handler(sig) or 0) or "") for sig in replaced)
                 log.log(logging.INFO if triton else logging.WARNING,
