@@ -3,6 +3,7 @@ exactly where the stopped one was. Its deterministic mode: on while training, of
 
 import ctypes
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import re
 import signal
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,20 +163,12 @@ def test_a_handler_replaced_after_every_step_is_logged_three_times_then_counted(
 
 
 def compile_triton_kernel() -> None:
-    """Compile a small Triton kernel for an sm_90 GPU, here without one (not run): Triton's LLVM sets its handlers."""
-    import triton
-    import triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    @triton.jit
-    def add_one(x, n, BLOCK: tl.constexpr):
-        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        tl.store(x + i, tl.load(x + i, mask=i < n) + 1, mask=i < n)
-
-    source = ASTSource(fn=add_one, signature={"x": "*fp32", "n": "i32", "BLOCK": "constexpr"},
-                       constexprs={"BLOCK": 128})
-    triton.compile(source, target=GPUTarget("cuda", 90, 32))
+    """scripts/stop_signal_check.py's small Triton kernel, compiled for an sm_90 GPU without one (not run)."""
+    spec = importlib.util.spec_from_file_location(
+        "stop_signal_check", Path(__file__).parent.parent / "scripts" / "stop_signal_check.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.compile_triton_kernel("cpu")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the OS's handler through sigaction (Linux)")
@@ -384,7 +378,6 @@ def test_smaller_micro_batches_divide_the_batch():
 def test_a_full_disk_while_saving_a_checkpoint_is_one_error_that_keeps_the_last_one(tmp_path):
     """A disk that fills up mid-save raised torch's "unexpected pos" with a traceback and left the half-written
     checkpoint filling the disk; now it is removed, and the error says what is kept and to --resume."""
-    from pathlib import Path
     from types import SimpleNamespace
 
     from hypenet.halo.config import HaloError
