@@ -142,6 +142,32 @@ def trial(i: int, mode: str, args, root: Path) -> dict:
     return result
 
 
+def summarise(results: list[dict], modes: list[str]) -> dict:
+    """Per mode: the stops; those whose signal came before the child's first step ended (it was still importing or
+    in that step: no checkpoint to keep), and those after; how many of the latter kept their last step's checkpoint;
+    the twins ignored and the children that saw a handler in libtriton.so."""
+    summary = {}
+    for mode in modes:
+        rows = [r for r in results if r["mode"] == mode]
+        after_a_step = [r for r in rows if r["last_step"] > 0]
+        summary[mode] = {"stops": len(rows), "before_a_step": len(rows) - len(after_a_step),
+                         "after_a_step": len(after_a_step), "kept": sum(r["kept"] for r in after_a_step),
+                         "twins_ignored": sum(r["twins_ignored"] for r in rows),
+                         "handler_replaced": sum(r["handler_replaced"] for r in rows)}
+    return summary
+
+
+def table(summary: dict) -> list[str]:
+    lines = ["| a twin signal counted | stops | before a step ended | after one | of those, the last step's "
+             "checkpoint kept | twins the handler saw and ignored | a handler in libtriton.so seen |",
+             "|---|---|---|---|---|---|---|"]
+    for mode, s in summary.items():
+        twins = s["twins_ignored"] if MODES[mode]["repeat_s"] is None else "-"
+        lines.append(f"| {NAMES[mode]} | {s['stops']} | {s['before_a_step']} | {s['after_a_step']} | {s['kept']} "
+                     f"| {twins} | {s['handler_replaced']} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=16, help="stops per mode")
@@ -175,11 +201,7 @@ def main() -> None:
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
         results = list(pool.map(lambda job: trial(*job, args, root), jobs))
     shutil.rmtree(root, ignore_errors=True)
-    summary = {mode: {"stops": sum(r["mode"] == mode for r in results),
-                      "kept": sum(r["mode"] == mode and r["kept"] for r in results),
-                      "twins_ignored": sum(r["twins_ignored"] for r in results if r["mode"] == mode),
-                      "handler_replaced": sum(r["mode"] == mode and r["handler_replaced"] for r in results)}
-               for mode in modes}
+    summary = summarise(results, modes)
     args.out.mkdir(parents=True, exist_ok=True)
     info = {"device": args.device, "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
             "cpus": os.cpu_count(), "summary": summary, "trials": results}
@@ -190,11 +212,7 @@ def main() -> None:
     except ImportError:
         pass
     (args.out / "stop_signal.json").write_text(json.dumps(info, indent=1))
-    lines = ["| a twin signal counted | stops | checkpoint of the last step kept | twins the handler saw and ignored "
-             "| a handler in libtriton.so seen |", "|---|---|---|---|---|"]
-    for mode, s in summary.items():
-        twins = s["twins_ignored"] if MODES[mode]["repeat_s"] is None else "-"
-        lines.append(f"| {NAMES[mode]} | {s['stops']} | {s['kept']} | {twins} | {s['handler_replaced']} |")
+    lines = table(summary)
     (args.out / "stop_signal.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
