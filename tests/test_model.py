@@ -711,11 +711,11 @@ def test_a_dynamic_cache_made_by_the_caller_is_used_and_filled_in_place(mixers, 
     for scale in (1.0, 50.0):  # the prefix's states as computed, then made up: generate() reads them
         cache = eval(make, {"DynamicCache": DynamicCache, "model": model})
         with torch.no_grad():
-            model(ids[:, :9], past_key_values=cache)
+            model(ids[:, :9], cache=cache)  # (`cache`, transformers' name since 5.24; `past_key_values` above)
         for layer in cache.layers:
             if isinstance(layer, HypeNetLightningLayer):
                 layer.recurrent_states[0].mul_(scale)
-        prefilled.append(model.generate(ids, past_key_values=cache, max_new_tokens=5, do_sample=False))
+        prefilled.append(model.generate(ids, cache=cache, max_new_tokens=5, do_sample=False))
         assert cache.get_seq_length() == 12 + 5 - 1  # the caller's cache, filled by generate()
     assert torch.equal(prefilled[0], greedy) and not torch.equal(prefilled[1], greedy)
 
