@@ -256,7 +256,7 @@ class StopOnSignal:
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+            self._previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}  # (_install sets the stop's)
             self._traced = (os.environ.get(self.TRACE_VARIABLE, "") not in ("", "0") and sys.__stderr__ is not None
                             and hasattr(faulthandler, "register"))
             self._install()
