@@ -65,3 +65,11 @@ def run_without_hypenet(script: str, cwd, timeout: int = 300) -> subprocess.Comp
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(Path(cwd) / "hf_modules"))
     return subprocess.run([sys.executable, "-c", _HIDE_HYPENET + script], cwd=cwd, env=env, capture_output=True,
                           stdin=subprocess.DEVNULL, text=True, timeout=timeout)
+
+
+def load_script(name: str):
+    """scripts/NAME.py as a module (the scripts are not a package), for tests of its functions."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

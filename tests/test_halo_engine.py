@@ -3,7 +3,6 @@ exactly where the stopped one was. Its deterministic mode: on while training, of
 
 import ctypes
 import dataclasses
-import importlib.util
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from torch import nn
 
 from hypenet.data import PackedChunks
@@ -164,11 +164,7 @@ def test_a_handler_replaced_after_every_step_is_logged_three_times_then_counted(
 
 def compile_triton_kernel() -> None:
     """scripts/stop_signal_check.py's small Triton kernel, compiled for an sm_90 GPU without one (not run)."""
-    spec = importlib.util.spec_from_file_location(
-        "stop_signal_check", Path(__file__).parent.parent / "scripts" / "stop_signal_check.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    script.compile_triton_kernel("cpu")
+    load_script("stop_signal_check").compile_triton_kernel("cpu")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the OS's handler through sigaction (Linux)")

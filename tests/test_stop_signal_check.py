@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 SCRIPT = Path(__file__).parent.parent / "scripts" / "stop_signal_check.py"
 
@@ -28,19 +29,12 @@ def test_the_triton_modes_without_triton_say_what_to_install(tmp_path):
     assert "the triton modes need the `triton` package (pip install triton)" in done.stderr
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("stop_signal_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def trial(mode, last_step, kept, twins=0, replaced=False):
     return {"mode": mode, "last_step": last_step, "kept": kept, "twins_ignored": twins, "handler_replaced": replaced}
 
 
 def test_a_signal_before_the_first_step_ended_is_counted_apart_from_the_stops_that_could_keep_a_checkpoint():
-    check = load_script()
+    check = load_script("stop_signal_check")
     results = [trial("as_one", 0, False), trial("as_one", 193, True, twins=1), trial("as_one", 22, False),
                trial("triton_unwatched", 0, False), trial("triton_unwatched", 759, False, replaced=True),
                trial("triton_unwatched", 12, True, replaced=True)]
