@@ -10,11 +10,11 @@
 # Triton's cache: the one carried for this lease, whole or in parts (scripts/gpu_carry.py writes it from git's history,
 # which keeps it out of the tree that every call copies)
 : "${TRITON_CACHE:=.carry/triton_cache.txz}"
-# A stop by the deadline's SIGINT writes every thread's stack when the signal arrives (the training engine's
-# HYPENET_SIGNAL_TRACE, docs/TRAINING.md), and a crash its traceback (PYTHONFAULTHANDLER): four leases' deadline stops
-# ended without the engine's stop message and lost their last steps (results/gpu_convert/stop_resume/), and these
-# show in the step's log what the process was doing then.
-export HYPENET_SIGNAL_TRACE=${HYPENET_SIGNAL_TRACE-1} PYTHONFAULTHANDLER=${PYTHONFAULTHANDLER-1}
+# A crash writes its traceback (PYTHONFAULTHANDLER). The engine's signal trace (HYPENET_SIGNAL_TRACE, docs/TRAINING.md)
+# is off unless set: it was on from the fifty-first lease to the fifty-fifth, whose deadline stop it crashed (a
+# segmentation fault while it wrote the other threads' stacks); the lost stops it was for are explained, and mended
+# by the engine's watch (results/gpu_convert/stop_resume/).
+export PYTHONFAULTHANDLER=${PYTHONFAULTHANDLER-1}
 
 timed_step() {  # timed_step LOGS NAME COMMAND...: COMMAND with what is left of DEADLINE (seconds after START) less
     # 20 s for packing, stopped by SIGINT then (a conversion checkpoints and stops), its output added to LOGS/NAME.log;

@@ -239,10 +239,11 @@ class StopOnSignal:
     checkpoint.
     Handlers are installed only in the main thread and restored on exit. With several processes, one process's
     signal stops them all at the same step.
-    With the environment variable HYPENET_SIGNAL_TRACE set and not 0 (the GPU lease scripts set it), each signal's
-    arrival also writes every thread's stack to stderr (`faulthandler`, at the C level, before Python's handler
-    runs): a stop that ends without the handler's warning then shows whether the signal reached the process and
-    where it was."""
+    With the environment variable HYPENET_SIGNAL_TRACE set and not 0, each signal's arrival also writes every
+    thread's stack to stderr (`faulthandler`, at the C level, before Python's handler runs): a stop that ends without
+    the handler's warning then shows whether the signal reached the process and where it was. A diagnostic only:
+    faulthandler reads the other threads' frames while they run, and in one GPU conversion it so crashed the process
+    (a segmentation fault in the middle of the stacks, results/gpu_convert/determinism/lease55/)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     REPEAT_S = 1.0
