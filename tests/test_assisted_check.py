@@ -1,6 +1,5 @@
 """scripts/assisted_check.py: prompt-lookup decoding against greedy on a copying prompt."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -9,12 +8,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import load_script
 from test_model import tiny_hypenet  # noqa: E402
 
-SCRIPT = Path(__file__).parent.parent / "scripts" / "assisted_check.py"
-spec = importlib.util.spec_from_file_location("assisted_check", SCRIPT)
-assisted_check = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(assisted_check)
+assisted_check = load_script("assisted_check")
 
 
 def test_copy_prompt_repeats_the_start_and_expects_what_follows_it():

@@ -1,15 +1,11 @@
 """scripts/attention_knockout.py: the teacher's attention cut to a window in the chosen layers only."""
 
-import importlib.util
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from conftest import load_script
 
-spec = importlib.util.spec_from_file_location("attention_knockout",
-                                              Path(__file__).parent.parent / "scripts" / "attention_knockout.py")
-knockout = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(knockout)
+knockout = load_script("attention_knockout")
 
 
 def test_window_applies_to_the_other_layers_only():

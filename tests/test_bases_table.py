@@ -1,15 +1,12 @@
 """scripts/bases_table.py: one student's logit-scaling bases, the export's losses beside the NIAH answers right."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
-SCRIPT = Path(__file__).parent.parent / "scripts" / "bases_table.py"
-spec = importlib.util.spec_from_file_location("bases_table", SCRIPT)
-bases_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bases_table)
+bases_table = load_script("bases_table")
 
 
 def test_spearman_and_ranks():

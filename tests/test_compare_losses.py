@@ -1,16 +1,13 @@
 """scripts/compare_losses.py: where two runs' per-step losses first differ, and whether two layer choices agree."""
 
-import importlib.util
 import json
 import lzma
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
-spec = importlib.util.spec_from_file_location("compare_losses",
-                                              Path(__file__).parent.parent / "scripts" / "compare_losses.py")
-compare_losses = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare_losses)
+compare_losses = load_script("compare_losses")
 
 
 def write_run(runs: Path, name: str, rows: list[dict]) -> None:

@@ -130,15 +130,11 @@ def test_eval_cli_writes_where_the_attention_goes(model_dir, tmp_path):  # noqa:
 
 
 def test_halo_probe_attention_script(model_dir, tmp_path, monkeypatch):  # noqa: F811
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_script
 
     from hypenet.eval import documents
 
-    path = Path(__file__).parent.parent / "scripts" / "halo_probe_attention.py"
-    spec = importlib.util.spec_from_file_location("halo_probe_attention", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("halo_probe_attention")
     texts = [" ".join([doc] * 20) for doc in HAYSTACK_DOCS]
     monkeypatch.setattr(documents, "heldout_token_docs", lambda tokenizer, n, *args, **kwargs: [
         tokenizer(text)["input_ids"] for text in texts[:n]])

@@ -1,7 +1,6 @@
 """scripts/gpu_carry.py: what a lease carries, cut into device calls that fit beside the working tree."""
 
 import hashlib
-import importlib.util
 import os
 import re
 import shutil
@@ -9,10 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
-spec = importlib.util.spec_from_file_location("gpu_carry", Path(__file__).parent.parent / "scripts" / "gpu_carry.py")
-carry = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(carry)
+carry = load_script("gpu_carry")
 
 
 def test_plan_places_items_first_fit_then_fills_calls_with_the_teacher():

@@ -1,15 +1,11 @@
 """scripts/loss_spikes.py: loss spikes in a conversion's stages, read from `hypenet convert`'s report.json."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import load_script
 
-spec = importlib.util.spec_from_file_location("loss_spikes",
-                                              Path(__file__).parent.parent / "scripts" / "loss_spikes.py")
-loss_spikes = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(loss_spikes)
+loss_spikes = load_script("loss_spikes")
 
 
 def test_a_spike_is_a_point_over_factor_times_the_one_before():

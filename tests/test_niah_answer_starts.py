@@ -1,16 +1,13 @@
 """scripts/niah_answer_starts.py: how NIAH answers begin, counted from `hypenet eval`'s niah_samples.jsonl."""
 
-import importlib.util
 import json
 import lzma
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
-spec = importlib.util.spec_from_file_location("niah_answer_starts",
-                                              Path(__file__).parent.parent / "scripts" / "niah_answer_starts.py")
-starts = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(starts)
+starts = load_script("niah_answer_starts")
 
 ROWS = [
     {"task": "single_2", "context_len": 4096, "output": "\nthe number of the whale's tail-fin", "correct": False,

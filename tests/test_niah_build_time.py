@@ -1,16 +1,12 @@
 """scripts/niah_build_time.py: the NIAH grid timed per number of threads, on a tiny saved model's tokenizer."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
+from conftest import load_script
 from test_eval_cli import write_source
 from test_eval_tiny import tiny_llama, tiny_tokenizer
 
-spec = importlib.util.spec_from_file_location("niah_build_time",
-                                              Path(__file__).parent.parent / "scripts" / "niah_build_time.py")
-build_time = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(build_time)
+build_time = load_script("niah_build_time")
 
 
 def test_times_each_number_of_threads_and_checks_the_grids_match(tmp_path, capsys, monkeypatch):

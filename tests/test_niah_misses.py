@@ -1,20 +1,17 @@
 """scripts/niah_misses.py: what a multi-needle NIAH answer wrote, read against the prompt rebuilt from its seed."""
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 from test_eval_tiny import HAYSTACK_DOCS, tiny_tokenizer
 
 from hypenet.eval.documents import load_documents
 from hypenet.eval.niah import answers_of, build_niah_grid
 
-SCRIPT = Path(__file__).parent.parent / "scripts" / "niah_misses.py"
-spec = importlib.util.spec_from_file_location("niah_misses", SCRIPT)
-niah_misses = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(niah_misses)
+niah_misses = load_script("niah_misses")
 
 NUMBERS = ("Some text. One of the special magic numbers for amber-anchor is: 1234567. The year 5550001 came. "
            "One of the special magic numbers for keen-fox is: 7654321. More text.")

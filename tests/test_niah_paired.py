@@ -1,19 +1,16 @@
 """scripts/niah_paired.py and mcnemar_exact_p: two evaluations of the same NIAH prompts compared answer by answer."""
 
-import importlib.util
 import json
 import lzma
 import math
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from hypenet.eval.niah import mcnemar_exact_p
 
-SCRIPT = Path(__file__).parent.parent / "scripts" / "niah_paired.py"
-spec = importlib.util.spec_from_file_location("niah_paired", SCRIPT)
-niah_paired = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(niah_paired)
+niah_paired = load_script("niah_paired")
 
 
 def test_mcnemar_exact_p_is_the_two_sided_binomial_tail():

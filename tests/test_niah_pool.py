@@ -1,17 +1,15 @@
 """scripts/niah_pool.py: NIAH answers of several runs pooled per length, with each run's share and their range."""
 
-import importlib.util
 import json
 import lzma
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from hypenet.eval.niah import accuracy_interval
 
-spec = importlib.util.spec_from_file_location("niah_pool", Path(__file__).parent.parent / "scripts" / "niah_pool.py")
-niah_pool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(niah_pool)
+niah_pool = load_script("niah_pool")
 
 
 def write_samples(folder: Path, rows: list[tuple[str, int, bool]]) -> Path:

@@ -1,17 +1,13 @@
 """scripts/number_joins.py: how often stages 2-3's made-up numbers end right before a digit of the text."""
 
-import importlib.util
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 from test_halo_pipeline import make_teacher, make_tokenizer, write_jsonl
 
-spec = importlib.util.spec_from_file_location("number_joins",
-                                              Path(__file__).parent.parent / "scripts" / "number_joins.py")
-joins = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(joins)
+joins = load_script("number_joins")
 
 LED = np.zeros(20, dtype=bool)
 LED[10:] = True  # tokens 10-19 begin with a digit

@@ -1,18 +1,16 @@
 """scripts/plan_check.py: a report's recorded stage times beside the plan made again from the report's config."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 from transformers import Qwen3Config
 
 from hypenet.halo.config import load_config, to_dict
 from hypenet.halo.plan import make_plan
 
-spec = importlib.util.spec_from_file_location("plan_check", Path(__file__).parents[1] / "scripts" / "plan_check.py")
-plan_check = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(plan_check)
+plan_check = load_script("plan_check")
 
 
 def test_each_stage_is_set_beside_its_estimate(tmp_path, capsys):

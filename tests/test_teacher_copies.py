@@ -1,17 +1,13 @@
 """scripts/teacher_copies.py: how well the teacher predicts the copies of stages 2-3's made-up values."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from test_number_joins import teacher_and_data  # noqa: F401 (a fixture)
 
-spec = importlib.util.spec_from_file_location("teacher_copies",
-                                              Path(__file__).parent.parent / "scripts" / "teacher_copies.py")
-copies = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(copies)
+copies = load_script("teacher_copies")
 
 
 def test_scores_the_first_token_of_each_copy_apart_from_the_rest():
