@@ -223,6 +223,21 @@ def test_timed_step_adds_each_call_to_the_step_log(tmp_path):
     assert len(lines) == 4 and all(re.fullmatch(r"=== \S+Z convert, 5[78]\d s left", lines[i]) for i in (0, 2))
 
 
+def test_setup_turns_the_crash_traceback_on_and_leaves_the_signal_trace_to_the_caller(tmp_path):
+    """The lease scripts write a crash's traceback (PYTHONFAULTHANDLER) but no longer turn the engine's signal trace
+    on: its dump of every thread segfaulted the fifty-fifth lease's deadline stop. A caller who sets either keeps
+    its value."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_setup.sh"
+    base = {k: v for k, v in os.environ.items() if k not in ("HYPENET_SIGNAL_TRACE", "PYTHONFAULTHANDLER")}
+    show = 'echo "${HYPENET_SIGNAL_TRACE-unset} ${PYTHONFAULTHANDLER-unset}"'
+    for extra, expected in (({}, "unset 1"), ({"HYPENET_SIGNAL_TRACE": "1", "PYTHONFAULTHANDLER": "0"}, "1 0")):
+        env = {**base, **extra, "RUNS": str(tmp_path), "TRITON_CACHE": str(tmp_path / "none.txz")}
+        run = subprocess.run(["bash", "-c", f"source {script}; {show}"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.split("\n")[-2] == expected
+
+
 def test_timed_step_says_in_the_log_how_a_stopped_step_ended(tmp_path):
     """A step still running at the deadline gets SIGINT, then SIGKILL 10 s later: GNU timeout exits 124 when the step
     ended within the 10 s, 137 when it had to be killed. The log says which (the three leases whose stop lost its
