@@ -45,10 +45,14 @@ def tree_files(root: Path) -> dict[str, int]:
     return {name: (root / name).stat().st_size for name in set(listed) if name and (root / name).is_file()}
 
 
+RECORDS = (".jsonl", ".log")
+
+
 def plain_records(files: dict[str, int]) -> list[str]:
-    """The JSON-lines files under results/ not yet compressed: results/ keeps them as NAME.jsonl.xz (`xz -9`, about
-    an eighth of the size; hypenet.files reads them under their plain names), so that every call carries less."""
-    return sorted(name for name in files if name.startswith("results/") and name.endswith(".jsonl"))
+    """The JSON-lines files and logs under results/ not yet compressed: results/ keeps them as NAME.jsonl.xz and
+    NAME.log.xz (`xz -9`, about an eighth of the size; hypenet.files reads them under their plain names, and the notes
+    name the .xz), so that every call carries less."""
+    return sorted(name for name in files if name.startswith("results/") and name.endswith(RECORDS))
 
 
 def cache_from_history(cache: Path, tracked: str, root: Path) -> str | None:
@@ -188,8 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     tree = sum(files.values())
     plain = plain_records(files)
     if plain:
-        print(f"{len(plain)} JSON-lines file(s) under results/ not compressed ({sum(files[n] for n in plain) / MB:.1f} "
-              f"MB, e.g. {plain[0]}): `xz -9` them and commit, and every call carries about 7/8 of that less",
+        size = sum(files[n] for n in plain) / MB
+        print(f"{len(plain)} JSON-lines file(s) or log(s) under results/ not compressed ({size:.1f} MB, e.g. "
+              f"{plain[0]}): `xz -9` them and commit, and every call carries about 7/8 of that less",
               file=sys.stderr)
     room = args.per_call - tree
     if room < MIN_PART:

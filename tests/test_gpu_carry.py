@@ -84,19 +84,23 @@ def test_main_cuts_the_teacher_into_parts_that_join_to_it(tmp_path, capsys, monk
     assert all(float(line.split("(")[1].split(" MB")[0]) <= 5.1 for line in printed[1:])
 
 
-def test_main_names_json_lines_results_left_uncompressed(tmp_path, capsys, monkeypatch):
+def test_main_names_json_lines_and_logs_left_uncompressed_in_results(tmp_path, capsys, monkeypatch):
     repo = _repo(tmp_path)
     (repo / "results" / "lease").mkdir(parents=True)
     (repo / "results" / "lease" / "niah_samples.jsonl").write_text('{"correct": true}\n' * 1000)
     (repo / "results" / "lease" / "losses.jsonl.xz").write_bytes(b"packed")
+    (repo / "results" / "lease" / "convert.log").write_text("stage2: loss=1\n")
+    (repo / "results" / "lease" / "setup.log.xz").write_bytes(b"packed")
     (repo / "docs.jsonl").write_text("{}\n")  # outside results/: left alone
     (tmp_path / "teacher.gguf").write_bytes(b"g" * 10)
     monkeypatch.chdir(repo)
-    assert carry.plain_records(carry.tree_files(repo)) == ["results/lease/niah_samples.jsonl"]
+    assert carry.plain_records(carry.tree_files(repo)) == ["results/lease/convert.log",
+                                                           "results/lease/niah_samples.jsonl"]
     carry.main(["--teacher", str(tmp_path / "teacher.gguf"), "--per-call", "5100000"])
-    assert "1 JSON-lines file(s) under results/ not compressed (0.0 MB, e.g. results/lease/niah_samples.jsonl)" in \
-        capsys.readouterr().err
+    assert ("2 JSON-lines file(s) or log(s) under results/ not compressed (0.0 MB, e.g. results/lease/convert.log)"
+            in capsys.readouterr().err)
     (repo / "results" / "lease" / "niah_samples.jsonl").unlink()
+    (repo / "results" / "lease" / "convert.log").unlink()
     carry.main(["--teacher", str(tmp_path / "teacher.gguf"), "--per-call", "5100000"])
     assert "JSON-lines" not in capsys.readouterr().err
 
