@@ -74,6 +74,44 @@ def test_a_signal_checkpoints_the_finished_step_and_resume_continues_exactly(tmp
     assert [r.get("step") for r in records] == [1, 2, 3, 3, 4, 5, 6]  # the resume event sits at step 3
 
 
+class DiesWithItsSubprocess(NextTokenBigram):
+    """At the first micro batch of step `step` the stop's SIGINT comes, and the step then fails as one whose compiler
+    subprocess died of the same signal (Triton's, Inductor's: they share the process group). signal=False: it fails
+    without a signal."""
+
+    def __init__(self, step: int, signal: bool = True):
+        super().__init__()
+        self.calls, self.fail_at, self.signal = 0, (step - 1) * (CONFIG.batch_size // CONFIG.micro_batch_size), signal
+
+    def forward(self, input_ids):
+        self.calls += 1
+        if self.calls == self.fail_at + 1:
+            if self.signal:
+                os.kill(os.getpid(), signal.SIGINT)
+            raise RuntimeError("compile worker exited with -2 (SIGINT)")
+        return super().forward(input_ids)
+
+
+@pytest.mark.parametrize("fail_at", [4, 1])
+def test_a_step_that_fails_after_the_signal_stops_with_the_last_finished_steps_checkpoint(tmp_path, caplog, fail_at):
+    """A stop signal during a Triton or Inductor compile reaches the compiler's subprocess too, and the step fails with
+    it: the stop keeps the checkpoint of the step before (none at the first step) and resume continues exactly."""
+    reference = train(tmp_path / "reference")
+    run = engine.RunSettings(checkpoint_every=100, cpu=True)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        engine.train("stage", DiesWithItsSubprocess(fail_at), CONFIG, chunks(), tmp_path / "stopped", run)
+    assert isinstance(stopped.value.__cause__, RuntimeError)
+    assert (f"stage: stopped by signal during step {fail_at}, which failed as the signal came (RuntimeError: compile "
+            "worker exited with -2 (SIGINT);") in caplog.text
+    kept = sorted(p.name for p in (tmp_path / "stopped" / "checkpoints").glob("step-*"))
+    assert kept == ([f"step-{fail_at - 1:08d}"] if fail_at > 1 else [])
+    assert ("no checkpoint yet" in caplog.text) == (fail_at == 1)
+    resumed = train(tmp_path / "stopped", resume=True)
+    assert resumed.resumed_from == (fail_at - 1 if fail_at > 1 else None) and resumed.losses == reference.losses
+    with pytest.raises(RuntimeError, match="compile worker"):  # without a signal the error is the error
+        engine.train("stage", DiesWithItsSubprocess(2, signal=False), CONFIG, chunks(), tmp_path / "failed", run)
+
+
 def test_a_signal_at_the_last_step_still_stops_and_resume_returns_the_result(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path, after_step=signal_at(6))

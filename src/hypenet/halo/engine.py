@@ -238,7 +238,8 @@ class StopOnSignal:
     command gets the signal twice within microseconds, and taken as "again" it would stop without the step's
     checkpoint.
     Handlers are installed only in the main thread and restored on exit. With several processes, one process's
-    signal stops them all at the same step.
+    signal stops them all at the same step. A step that fails once the signal has come (a compiler's subprocess in
+    the same process group died of it) stops with the checkpoint of the step before (`_stop_in_failed_step`).
     With the environment variable HYPENET_SIGNAL_TRACE set and not 0, each signal's arrival also writes every
     thread's stack to stderr (`faulthandler`, at the C level, before Python's handler runs): a stop that ends without
     the handler's warning then shows whether the signal reached the process and where it was. A diagnostic only:
@@ -538,8 +539,12 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
             try:
                 step_loss = _accumulated_loss(acc, model, batch, micro, accumulation)
                 break
-            except RuntimeError as error:  # torch.OutOfMemoryError is one
-                if not is_out_of_memory(error):
+            except Exception as error:  # torch.OutOfMemoryError is a RuntimeError
+                if stop.received is not None:
+                    _stop_in_failed_step(name, error, acc, stage_dir, step, start, optimizer, bar, loss_log, {
+                        "step": step, "losses": losses, "wall_time": wall_before + time.perf_counter() - began,
+                        "micro_batch_size": micro, "per_process": per_process})
+                if not (isinstance(error, RuntimeError) and is_out_of_memory(error)):
                     raise
                 reason = first_line(error)  # torch's or a Triton kernel's (the log says which)
                 smaller = smaller_micro_batch(per_process, micro) if shrinkable else None
@@ -610,6 +615,25 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
     return TrainResult(steps, steps * tokens_per_step, wall, losses, resumed_from,
                        state_dict if acc.is_main_process else None, acc.num_processes, acc.distributed_type.value,
                        zero_stage, (first_micro, micro) if micro != first_micro else None)
+
+
+def _stop_in_failed_step(name: str, error: Exception, acc: Accelerator, stage_dir: Path, step: int, start: int,
+                         optimizer, bar, loss_log: LossLog, state: dict) -> None:
+    """A step failed after a stop signal came: the signal reached a subprocess of the step too (Ctrl-C and GNU
+    `timeout` signal the whole process group), such as Triton's or Inductor's compiler, which died of it. The weights
+    are still those after the last finished step (`step` of them), so that is the stop's checkpoint: written on one
+    process when this run finished a step (with several processes the others may wait in a collective, so none is
+    written; `--resume` then goes on from the last one). Raises KeyboardInterrupt, as a stop does."""
+    optimizer.zero_grad(set_to_none=True)  # the failed step's partial gradients
+    saved = latest_checkpoint(stage_dir)
+    if step > start and acc.num_processes == 1:
+        saved = save_checkpoint(acc, stage_dir, state)
+    log.warning("%s: stopped by signal during step %d, which failed as the signal came (%s: %s; a subprocess such as "
+                "a kernel compiler gets the same signal); %s", name, step + 1, type(error).__name__, first_line(error),
+                f"checkpoint {saved}" if saved else "no checkpoint yet")
+    bar.close()
+    loss_log.close()
+    raise KeyboardInterrupt from error
 
 
 def gather_state_dict(acc: Accelerator, model: nn.Module) -> dict[str, torch.Tensor] | None:
