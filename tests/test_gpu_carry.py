@@ -11,6 +11,7 @@ import pytest
 from conftest import load_script
 
 carry = load_script("gpu_carry")
+SETUP = Path(__file__).resolve().parent.parent / "scripts" / "gpu_setup.sh"
 
 
 def test_plan_places_items_first_fit_then_fills_calls_with_the_teacher():
@@ -186,7 +187,7 @@ def test_main_splits_items_too_large_for_a_call_into_parts_with_their_checksums(
 
 
 def _join(repo: Path, tmp_path: Path, teacher: str | None = None) -> subprocess.CompletedProcess:
-    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_setup.sh"
+    script = SETUP
     env = {**os.environ, "RUNS": str(tmp_path), "TEACHER": teacher or str(tmp_path / "t.gguf"), "WHEELS": ".whl",
            "CORPUS": ".carry/c/corpus.jsonl.xz", "TRITON_CACHE": str(tmp_path / "none.txz")}
     return subprocess.run(["bash", "-c", f"source {script}; join_parts"], cwd=repo, env=env, capture_output=True,
@@ -216,7 +217,7 @@ def test_setup_joins_the_split_files_where_they_belong_and_refuses_a_wrong_part(
 
 def test_timed_step_adds_each_call_to_the_step_log(tmp_path):
     """A step resumed by a later call keeps the earlier calls' output in its log (how the earlier one stopped)."""
-    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_setup.sh"
+    script = SETUP
     env = {**os.environ, "RUNS": str(tmp_path), "TRITON_CACHE": str(tmp_path / "none.txz")}
     steps = "; ".join(f"timed_step {tmp_path} convert echo call-{n}" for n in (1, 2))
     run = subprocess.run(["bash", "-c", f"source {script}; DEADLINE=600 START=$SECONDS; {steps}"], cwd=tmp_path,
@@ -231,7 +232,7 @@ def test_setup_turns_the_crash_traceback_on_and_leaves_the_signal_trace_to_the_c
     """The lease scripts write a crash's traceback (PYTHONFAULTHANDLER) but no longer turn the engine's signal trace
     on: its dump of every thread segfaulted the fifty-fifth lease's deadline stop. A caller who sets either keeps
     its value."""
-    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_setup.sh"
+    script = SETUP
     base = {k: v for k, v in os.environ.items() if k not in ("HYPENET_SIGNAL_TRACE", "PYTHONFAULTHANDLER")}
     show = 'echo "${HYPENET_SIGNAL_TRACE-unset} ${PYTHONFAULTHANDLER-unset}"'
     for extra, expected in (({}, "unset 1"), ({"HYPENET_SIGNAL_TRACE": "1", "PYTHONFAULTHANDLER": "0"}, "1 0")):
@@ -248,7 +249,7 @@ def test_timed_step_says_in_the_log_how_a_stopped_step_ended(tmp_path):
     checkpoint could not tell). A stand-in `timeout` exits with the code each step names, to spare the test the
     deadline's half minute (`timeout --signal=INT --kill-after=2 1 sleep 10` exits 124, and with a command that
     ignores SIGINT 137)."""
-    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_setup.sh"
+    script = SETUP
     fake = tmp_path / "bin" / "timeout"
     fake.parent.mkdir()
     fake.write_text('#!/bin/sh\nshift 3\nexec "$@"\n')  # drops --signal, --kill-after and the seconds

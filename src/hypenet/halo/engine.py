@@ -532,6 +532,11 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
     began = time.perf_counter()
     step_seconds = []  # this run's
     stopping = False  # (a run resumed at its last step trains no step)
+
+    def trainer_state(done: int) -> dict:  # what a checkpoint after `done` steps records beside the weights
+        return {"step": done, "losses": losses, "wall_time": wall_before + time.perf_counter() - began,
+                "micro_batch_size": micro, "per_process": per_process}
+
     for step, batch in enumerate(batches, start=start):
         tick = time.perf_counter()
         batch = batch.to(acc.device)
@@ -541,9 +546,8 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
                 break
             except Exception as error:  # torch.OutOfMemoryError is a RuntimeError
                 if stop.received is not None:
-                    _stop_in_failed_step(name, error, acc, stage_dir, step, start, optimizer, bar, loss_log, {
-                        "step": step, "losses": losses, "wall_time": wall_before + time.perf_counter() - began,
-                        "micro_batch_size": micro, "per_process": per_process})
+                    _stop_in_failed_step(name, error, acc, stage_dir, step, start, optimizer, bar, loss_log,
+                                         trainer_state(step))
                 if not (isinstance(error, RuntimeError) and is_out_of_memory(error)):
                     raise
                 reason = first_line(error)  # torch's or a Triton kernel's (the log says which)
@@ -599,9 +603,7 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
         stop.watch(done)
         stopping = stop.requested(acc)
         if (done % run.checkpoint_every == 0 and done < steps) or stopping:
-            wall = wall_before + time.perf_counter() - began
-            saved = save_checkpoint(acc, stage_dir, {"step": done, "losses": losses, "wall_time": wall,
-                                                     "micro_batch_size": micro, "per_process": per_process})
+            saved = save_checkpoint(acc, stage_dir, trainer_state(done))
         if stopping:
             log.warning("%s: stopped by signal after step %d; checkpoint %s", name, done, saved)
             break
