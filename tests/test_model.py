@@ -654,6 +654,33 @@ def test_checkpoint_loads_with_only_torch_and_transformers(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == str(expected)
 
 
+def test_the_tokenizer_loads_with_trust_remote_code_and_without_it_only_after_a_question(tmp_path):
+    """transformers 5 reads a folder's model config before its tokenizer's, so AutoTokenizer meets HypeNet's config
+    code: with trust_remote_code=True it loads silently (as the README's example has it); without, transformers asks
+    whether to run that code (unanswered here: stdin is closed) and then loads the same tokenizer."""
+    from test_eval_tiny import tiny_tokenizer
+
+    tiny_hypenet().save_pretrained(tmp_path / "ckpt")
+    tiny_tokenizer().save_pretrained(tmp_path / "ckpt")
+    text = "The capital of France is"
+    expected = tiny_tokenizer()(text)["input_ids"]
+    script = textwrap.dedent(f"""
+        from transformers import AutoTokenizer
+        trusted = AutoTokenizer.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True)
+        print("trusted", trusted({text!r})["input_ids"], flush=True)
+        asked = AutoTokenizer.from_pretrained({str(tmp_path / 'ckpt')!r})
+        print("asked", asked({text!r})["input_ids"], flush=True)
+    """)
+    result = run_without_hypenet(script, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout  # (the question, unanswered, ends without a line break: the next print follows it)
+    loaded = re.findall(r"(trusted|asked) (\[[\d, ]*\])", out)
+    assert loaded == [("trusted", str(expected)), ("asked", str(expected))], out
+    question = "Do you wish to run the custom code?"
+    assert out.count(question) == 1, out[-3000:]
+    assert out.index("trusted") < out.index(question) < out.index("asked"), out[-3000:]
+
+
 def test_a_checkpoint_loaded_with_attn_implementation_eager_runs_eager(tmp_path):
     """from_pretrained(..., trust_remote_code=True, attn_implementation="eager"): the checkpoint's own code runs
     matmul + softmax (no SDPA call), sdpa's logits, and output_attentions returns the attention layer's weights;
