@@ -251,8 +251,37 @@ def test_a_missing_model_is_one_line_not_a_traceback(tmp_path, capsys, command, 
     missing = tmp_path / "no-such-model"
     assert hypenet([command[0], str(missing), *command[1:]]) == 2
     said = capsys.readouterr().err.strip()
-    assert said == f"error: {missing} does not exist (neither a local folder or file nor a hub id)"
+    assert said == f"error: {missing} does not exist (not a local folder or file, nor a hub id)"
     assert sorted(tmp_path.iterdir()) == []  # no empty runs/eval/no-such-model left behind
+
+
+@pytest.mark.parametrize("command", [["eval"], ["generate", "--prompt", "hi", "--device", "cpu"]])
+def test_a_folder_with_a_config_but_no_weights_is_one_line_not_a_traceback(model_dir, tmp_path, capsys, command):
+    from hypenet.cli import main as hypenet
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for path in model_dir.iterdir():  # the config and the tokenizer, without model.safetensors
+        if path.suffix != ".safetensors":
+            shutil.copy(path, bare / path.name)
+    assert hypenet([command[0], str(bare), *command[1:]]) == 2
+    said = capsys.readouterr().err.strip()
+    assert said.startswith(f"error: {bare} has a config.json but no weights (model.safetensors"), said
+
+
+def test_an_out_that_is_a_file_is_refused_before_the_model_loads(model_dir, tmp_path, capsys, monkeypatch):
+    import hypenet.eval.models as eval_models
+    from hypenet.cli import main as hypenet
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(eval_models, "load_model_for_eval", loaded)
+    taken = tmp_path / "afile"
+    taken.write_text("mine\n")
+    assert hypenet(["eval", str(model_dir), "--evals", "ppl", "--out", str(taken)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {taken} is a file; pass a folder"
+    assert taken.read_text() == "mine\n"
 
 
 def test_default_out_is_named_after_the_conversion_and_another_models_results_are_kept(model_dir, tmp_path, capsys,

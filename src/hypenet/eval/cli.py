@@ -561,6 +561,8 @@ def model_label(spec: str) -> str:
 def _check_out(out_dir: Path, spec: str, args) -> None:
     """An --out (compare: --out/LABEL) holding another model's evaluation is not written over unless --overwrite says
     so; the same model's is replaced."""
+    if out_dir.exists() and not out_dir.is_dir():  # (before the model loads: it would fail only as it writes)
+        raise InvalidInputError(f"--out {out_dir} is a file; pass a folder")
     earlier = out_dir / "results.json"
     if getattr(args, "overwrite", False):
         return

@@ -75,7 +75,7 @@ def resolve_teacher(spec: str | os.PathLike | None) -> tuple[str, str | None]:
             )
         return spec, None
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
-        raise MissingInputError(f"{spec} does not exist (neither a local folder or file nor a hub id)")
+        raise MissingInputError(f"{spec} does not exist (not a local folder or file, nor a hub id)")
     return spec, None  # a hub id such as Qwen/Qwen3-1.7B
 
 
@@ -96,6 +96,10 @@ def hub_config(repo_id: str) -> str:
         ) from error
 
 
+# The suffixes of a checkpoint folder's weights, whole or sharded, in the formats transformers loads.
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
 def checkpoint_location(spec: str | os.PathLike | None) -> str:
     """A folder or hub id that `from_pretrained` loads directly, for any teacher spec.
 
@@ -106,6 +110,11 @@ def checkpoint_location(spec: str | os.PathLike | None) -> str:
     if gguf is None:
         if not Path(location).exists():  # a hub id: say so now, rather than in a traceback from the first load
             hub_config(location)
+        elif not any(path.suffix in WEIGHT_SUFFIXES for path in Path(location).iterdir()):  # (it has a config.json)
+            raise MissingInputError(
+                f"{location} has a config.json but no weights (model.safetensors, its shards and index, or "
+                "pytorch_model.bin): pass the folder the checkpoint was saved to whole (`save_pretrained`), or a "
+                ".gguf file")
         return location
     cached = dequantised_folder(gguf)
     if not (cached / "model.safetensors").is_file():
