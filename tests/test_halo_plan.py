@@ -159,6 +159,32 @@ def test_the_plan_refuses_an_unsupported_or_missing_teacher(tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith(f"error: {tmp_path / 'missing'} does not exist")
 
 
+def test_a_plan_whose_run_would_stop_is_printed_whole_and_exits_2(teacher_dir, tmp_path, capsys):
+    """A script can tell from --plan's exit code that the run, as asked, would stop: an --out that is a file, data
+    that is not there (the run would stop only after loading the teacher), a finished conversion."""
+    small = [arg for pair in SMALL for arg in ("--set", pair)]
+    taken = tmp_path / "afile"
+    taken.write_text("")
+    assert main(["convert", "--plan", "--teacher", str(teacher_dir), "--out", str(taken), *small]) == 2
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"# Plan: {teacher_dir} -> HypeNet in {taken}\n")
+    assert printed.endswith(f"**As asked, this run would stop at once:** --out {taken} is a file; pass a folder\n")
+    missing = tmp_path / "no-such-corpus"
+    assert main(["convert", "--plan", "--teacher", str(teacher_dir), "--out", str(tmp_path / "run"), *small,
+                 "--data", str(missing)]) == 2
+    printed = capsys.readouterr().out
+    assert f"**As asked, this run would stop at once:** the data ({missing}): " in printed
+    assert printed.count(str(missing)) >= 2  # also on the data line, as before
+    finished = tmp_path / "finished"
+    for stage in ("stage1", "select", "stage2", "stage3", "export"):
+        (finished / "stages" / stage).mkdir(parents=True)
+        (finished / "stages" / stage / "done.json").write_text("{}")
+    assert make_plan(config_for(teacher_dir, finished))["refusal"] == (
+        f"{finished} holds a finished conversion (its model: {finished / 'model'}); pass another --out, or "
+        "--overwrite to convert again")
+    assert main(["convert", "--plan", "--teacher", str(teacher_dir), "--out", str(tmp_path / "run"), *small]) == 0
+
+
 def test_a_llama_teacher_without_head_dim_in_its_config(tmp_path):
     path = tmp_path / "llama"
     LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,

@@ -159,9 +159,10 @@ def _run(command: str, args: argparse.Namespace) -> int:
         if args.plan:
             from .plan import make_plan, markdown
 
-            print(markdown(make_plan(config, stages, resume=args.resume, overwrite=args.overwrite,
-                                     start_from=getattr(args, "start_from", None))), end="")
-            return 0
+            plan = make_plan(config, stages, resume=args.resume, overwrite=args.overwrite,
+                             start_from=getattr(args, "start_from", None))
+            print(markdown(plan), end="")
+            return 2 if plan["refusal"] else 0  # (as the run would end: a script can tell)
         with sigterm_as_ctrl_c():
             run_stages(config, stages, resume=args.resume, overwrite=args.overwrite,
                        start_from=getattr(args, "start_from", None),

@@ -717,6 +717,9 @@ def check_output(config: ConvertConfig, stages: list[str], resume: bool, overwri
                 "with your --teacher, --data and --set options (or `hypenet convert` for everything)"
             )
     if existing and not (resume or overwrite):
+        if whole and done_info(out, "export") is not None:
+            raise HaloError(f"{out} holds a finished conversion (its model: {out / MODEL_DIR}); pass another --out, or "
+                            "--overwrite to convert again")
         raise HaloError(f"{existing[0]} exists; pass --resume to continue it or --overwrite to replace it")
     if not (whole and overwrite):  # (before anything loads; record_config checks again once --from has copied)
         refusal = saved_settings_refusal(out, config, replaced=tuple(STAGES[first:]) if overwrite else ())

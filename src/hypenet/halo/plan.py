@@ -289,6 +289,9 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
     for row in rows:
         row["state"] = state(row["stage"], row["steps"])
     data = resolved.data
+    installed = data_installed(data.source)
+    if refusal is None and installed.startswith("no"):  # the run would stop as it reads the data
+        refusal = f"the data ({data.source}): {installed.removeprefix('no: ')}"
     return {
         "teacher": {
             "spec": config.teacher, "architecture": teacher_cfg.model_type, "parameters": teacher_parameters,
@@ -305,7 +308,7 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
         "data": {
             "source": data.source, "heldout_fraction": data.heldout_fraction,
             "tokens_read": data.max_tokens or max(row["tokens"] for row in rows),
-            "installed": data_installed(data.source),
+            "installed": installed,
         },
         "stages": rows,
         "planned": [row["stage"] for row in planned] + [s for s in ("select", "export") if s in stages],
