@@ -1,6 +1,9 @@
 """`hypenet convert --plan`: budgets, FLOPs and the state of --out, computed without weights and writing nothing."""
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -183,6 +186,22 @@ def test_a_plan_whose_run_would_stop_is_printed_whole_and_exits_2(teacher_dir, t
         f"{finished} holds a finished conversion (its model: {finished / 'model'}); pass another --out, or "
         "--overwrite to convert again")
     assert main(["convert", "--plan", "--teacher", str(teacher_dir), "--out", str(tmp_path / "run"), *small]) == 0
+
+
+def test_a_warning_of_the_hubs_client_is_printed_once(teacher_dir, tmp_path):
+    """As `hypenet convert` sets up logging, a record of huggingface_hub's (its retries when the hub cannot be
+    reached) goes out through its own handler alone, not a second time through the command's."""
+    script = textwrap.dedent(f"""
+        import logging
+        from hypenet.cli import main
+        main(["convert", "--plan", "--teacher", {str(teacher_dir)!r}, "--out", {str(tmp_path / "run")!r}])
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        logging.getLogger("hypenet.halo").warning("ours")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("Retrying in 1s [Retry 1/5].") == 1, result.stderr
+    assert result.stderr.count("WARNING hypenet.halo: ours") == 1, result.stderr
 
 
 def test_a_llama_teacher_without_head_dim_in_its_config(tmp_path):

@@ -70,7 +70,8 @@ def test_a_hub_id_that_cannot_be_had_is_named_with_what_to_pass(monkeypatch, cap
     with pytest.raises(MissingInputError, match=expected):
         checkpoint_location("nobody/no-such-model")
     for command in (["generate", "nobody/no-such-model", "--prompt", "hi"],
-                    ["eval", "nobody/no-such-model", "--out", str(tmp_path / "eval")]):
+                    ["eval", "nobody/no-such-model", "--out", str(tmp_path / "eval")],
+                    ["convert", "--plan", "--teacher", "nobody/no-such-model", "--out", str(tmp_path / "run")]):
         assert main(command) == 2  # the message alone, no traceback
         assert re.match("error: " + expected, capsys.readouterr().err)
 

@@ -151,6 +151,9 @@ def _run(command: str, args: argparse.Namespace) -> int:
     from .pipeline import STAGES, run_stages
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # huggingface_hub prints its records (the hub's retries) through its own handler, and passes them on to ours too;
+    # once is enough (transformers' logger passes nothing on)
+    logging.getLogger("huggingface_hub").propagate = False
     # progress lines once (the main process's); warnings from every process, which may differ
     logging.getLogger("hypenet").setLevel(logging.INFO if is_main_rank() else logging.WARNING)
     try:

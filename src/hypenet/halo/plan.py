@@ -25,7 +25,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..eval.models import head_dim, kv_cache_bytes_per_token, recurrent_state_bytes
-from ..teachers.load import check_supported, dequantised_folder, resolve_teacher
+from ..teachers.load import check_supported, dequantised_folder, hub_config, resolve_teacher
 from ..units import byte_size
 from .config import PAPER_TEACHER_PARAMS, ConvertConfig, ExportConfig, HaloError, beyond_teacher_window, resolve
 from .engine import LOSS_LOG, latest_checkpoint
@@ -160,6 +160,8 @@ def relative_costs(teacher_cfg, config: ConvertConfig, stage: str, gpu: bool) ->
 def teacher_config(spec: str):
     """The teacher's transformers config, read without its weights (a GGUF file's header, or its dequantised cache)."""
     location, gguf = resolve_teacher(spec)
+    if gguf is None and not Path(location).exists():  # a hub id: what to do, when the hub cannot give its config
+        hub_config(location)
     cached = dequantised_folder(gguf) if gguf else None
     try:
         if cached is not None and (cached / "config.json").is_file():
