@@ -438,7 +438,8 @@ def markdown(plan: dict) -> str:
             seconds = total["flops"] / (plan["cpu_matmul_tflops"] * 1e12)
             lines.append(f"At this CPU's fp32 matmul rate, measured now ({plan['cpu_matmul_tflops'] * 1e3:.3g} "
                          f"GFLOP/s), its {_flops(total['flops'])} take at least {_duration(seconds)}; a training step "
-                         "runs well below that rate, so expect several times longer.")
+                         "runs well below that rate, so expect several times longer (and a rate measured while other "
+                         "work shares the CPU is too low: the bound then too high).")
     if plan["refusal"]:
         lines += ["", f"**As asked, this run would stop at once:** {plan['refusal']}"]
     return "\n".join(lines) + "\n"
