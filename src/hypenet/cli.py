@@ -1,4 +1,5 @@
-"""`hypenet` command line: convert (HALO), its stages, eval/compare, bench, bench-train, generate."""
+"""`hypenet` command line: convert (HALO), its stages, eval/compare/merge-evals, generate, bench, bench-train,
+bench-scaling."""
 
 from __future__ import annotations
 

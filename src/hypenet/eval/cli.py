@@ -57,8 +57,10 @@ def register(subparsers) -> None:
     eval_parser = subparsers.add_parser(
         "eval", help="perplexity per length bucket, NIAH, lm-eval on one model",
         description="Evaluate a causal LM (HF directory, .gguf file, or 'teacher' for the embedded SmolLM2-135M): "
-                    "perplexity per context-length bucket, RULER NIAH-Single-1/2/3 over lengths x depths, and "
-                    "optionally lm-evaluation-harness tasks. Writes results.json, report.md and PNGs to --out.")
+                    "perplexity per context-length bucket (ppl), RULER NIAH-Single-1/2/3 over lengths x depths "
+                    "(niah), and on request NIAH with the answer given (niah_forced), the copy eval (copy), the "
+                    "attention on the needle (needle_attention) and lm-evaluation-harness tasks (lm_eval): --evals. "
+                    "Writes results.json, report.md and PNGs to --out.")
     eval_parser.add_argument("model", metavar="MODEL", help="HF model directory, .gguf file, or 'teacher'/'embedded'")
     eval_parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/eval/<model name>)")
     eval_parser.add_argument("--label", default=None,
@@ -77,9 +79,10 @@ def register(subparsers) -> None:
         description="Side-by-side report of two or more models (a teacher and its students, or an ablation). Each "
                     "is an eval output (a results.json or the folder holding it) or a model, which is then evaluated "
                     "first with the eval options below.")
-    compare_parser.add_argument("teacher", metavar="TEACHER")
-    compare_parser.add_argument("students", metavar="STUDENT", nargs="+")
-    compare_parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+    compare_parser.add_argument("teacher", metavar="TEACHER", help="the first model (an eval output or a model)")
+    compare_parser.add_argument("students", metavar="STUDENT", nargs="+", help="the others, the same way")
+    compare_parser.add_argument("--out", type=Path, default=Path("runs/compare"),
+                                help="output folder (default runs/compare)")
     compare_parser.add_argument("--bench", type=Path, default=None,
                                 help="benchmark JSON: rows {model, context_len, <metric>: value} (speed, memory)")
     compare_parser.add_argument("--labels", default=None,
