@@ -284,6 +284,20 @@ def test_an_out_that_is_a_file_is_refused_before_the_model_loads(model_dir, tmp_
     assert taken.read_text() == "mine\n"
 
 
+def test_no_progress_also_turns_off_transformers_loading_bar(model_dir, tmp_path, capfd, monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    source = write_source(tmp_path)
+    common = [str(model_dir), "--evals", "ppl", "--ppl-source", str(source), "--ppl-docs", "1", "--ppl-max-len", "64",
+              "--ppl-heldout-fraction", "0.3", "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert "Loading weights" in capfd.readouterr().err  # (transformers' bar, shown without the option)
+    assert main([*common, "--no-progress", "--out", str(tmp_path / "b")]) == 0
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # on again for whatever the process does next
+
+
 def test_default_out_is_named_after_the_conversion_and_another_models_results_are_kept(model_dir, tmp_path, capsys,
                                                                                         monkeypatch):
     from hypenet.cli import main as hypenet

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import json
@@ -280,6 +281,21 @@ def _finished(out_dir: Path, state: dict) -> dict | None:
     return earlier if earlier.get("model_files") == state["model_files"] and options[0] == options[1] else None
 
 
+@contextlib.contextmanager
+def _quiet_loading(quiet: bool):
+    """With --no-progress, transformers' own bars (its "Loading weights" one) are off too while the model loads."""
+    from transformers.utils import logging as hf_logging
+
+    turned_off = quiet and hf_logging.is_progress_bar_enabled()
+    if turned_off:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if turned_off:
+            hf_logging.enable_progress_bar()
+
+
 def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     """Run the selected evaluations of one model; write results.json, NIAH samples, PNGs and report.md to out_dir.
     Each finished evaluation is saved to out_dir/partial.json, so that --resume continues after the last one."""
@@ -316,8 +332,9 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
 
     heatmaps: list[Path] = []
     started, begun = time.perf_counter(), time.time()
-    model, tokenizer = load_model_for_eval(spec, args.device, args.dtype,  # (compare has no --logit-scaling-base)
-                                           logit_scaling_base=getattr(args, "logit_scaling_base", None))
+    with _quiet_loading(args.no_progress):
+        model, tokenizer = load_model_for_eval(spec, args.device, args.dtype,  # (compare: no --logit-scaling-base)
+                                               logit_scaling_base=getattr(args, "logit_scaling_base", None))
     results["timing_s"]["load"] = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)  # once the model is there: a failed load leaves no empty folder
     results["footprint"] = model_footprint(model)
