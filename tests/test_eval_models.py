@@ -65,7 +65,7 @@ def test_load_local_dir_as_is_and_with_yarn(tmp_path):
 
 
 def test_hypenet_refuses_yarn(tmp_path):
-    HypeNetConfig(num_hidden_layers=2, mixer_types=["attention", "lightning"]).save_pretrained(tmp_path)
+    tiny_hypenet(tiny_tokenizer()).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="no RoPE"):
         load_model_for_eval(tmp_path, device="cpu", rope_scaling=yarn_rope_scaling(256, 1024))
 
