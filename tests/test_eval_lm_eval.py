@@ -50,3 +50,32 @@ def test_a_task_whose_dataset_cannot_be_fetched_is_one_line(tmp_path, monkeypatc
         "error: lm-eval could not fetch the dataset of hypenet_tiny_mc (Couldn't reach 'allenai/ai2_arc' on the Hub "
         "(OfflineModeIsEnabled)). Run once where the hub can be reached (the datasets cache keeps it; then "
         "HF_HUB_OFFLINE=1 works), or use tasks whose data is local (--lm-eval-include-path, docs/EVAL.md)")
+
+
+@pytest.mark.parametrize("option, value, said", [
+    ("--limit", "0", "argument --limit: a whole number of documents per task (at least 1) or a fraction of them "
+                     "(0 to 1); got '0'"),
+    ("--limit", "2.5", "argument --limit: a whole number of documents per task (at least 1) or a fraction of them "
+                       "(0 to 1); got '2.5'"),
+    ("--lm-eval-include-path", "no-such-folder", "error: --lm-eval-include-path no-such-folder is not a folder: pass "
+                                                 "the folder that holds the tasks' YAML files"),
+])
+def test_a_bad_limit_or_include_path_is_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys, option, value,
+                                                                          said):
+    import hypenet.eval.models as eval_models
+    from hypenet.cli import main as hypenet
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(eval_models, "load_model_for_eval", loaded)
+    monkeypatch.chdir(tmp_path)
+    command = ["eval", "embedded", "--lm-eval", "hypenet_tiny_mc", "--lm-eval-include-path", str(TASKS), option, value,
+               "--out", str(tmp_path / "eval")]
+    try:
+        code = hypenet(command)
+    except SystemExit as stop:  # argparse's usage error
+        code = stop.code
+    assert code == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()

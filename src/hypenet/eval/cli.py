@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, MissingInputError
 from ..units import checked, positive_int, tokens
 
 DEFAULT_NIAH_LENGTHS = "1024,2048,4096,8192,16384,32768,65536"
@@ -168,7 +168,9 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     lm.add_argument("--lm-eval-include-path", action="append", default=None,
                     help="folder with extra lm-eval task YAMLs (repeatable)")
     lm.add_argument("--lm-eval-fewshot", type=int, default=None, help="few-shot examples (default: task's own)")
-    lm.add_argument("--limit", type=float, default=None, help="lm-eval: documents per task (int) or fraction")
+    lm.add_argument("--limit", default=None, help="lm-eval: documents per task (int) or fraction",
+                    type=checked(float, lambda n: 0 < n < 1 or (n >= 1 and n == int(n)),
+                                 "a whole number of documents per task (at least 1) or a fraction of them (0 to 1)"))
     attention = parser.add_argument_group("needle attention (--evals needle_attention; a diagnostic, no scores)")
     attention.add_argument("--needle-attention-samples", type=positive_int, default=2,
                            help="NIAH samples per task x length x depth whose attention on the needle is measured, "
@@ -197,6 +199,10 @@ def _selected_evals(args) -> list[str]:
         raise InvalidInputError("--evals lm_eval needs --lm-eval TASKS (comma list of lm-eval task names).")
     if args.lm_eval and "lm_eval" not in evals:
         evals.append("lm_eval")
+    missing = [path for path in args.lm_eval_include_path or [] if not Path(path).is_dir()]
+    if "lm_eval" in evals and missing:  # (lm-eval would blame the tasks it then does not know)
+        raise MissingInputError(f"--lm-eval-include-path {missing[0]} is not a folder: pass the folder that holds "
+                                "the tasks' YAML files")
     if {"niah", "niah_forced", "needle_attention"} & set(evals):  # before the model loads
         from .niah import get_task
 

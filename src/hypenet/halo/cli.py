@@ -40,7 +40,7 @@ def register(subparsers) -> None:
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                             help="override any config field, e.g. --set stage2.lr=5e-5 --set stage1.tokens=10M")
         parser.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                            help="where to train (default auto: a GPU when one is visible); the same as --set device=")
+                            help="where to run (default auto: a GPU when one is visible); the same as --set device=")
         parser.add_argument("--plan", action="store_true",
                             help="print what this would do (stages, tokens, steps, FLOPs, time on an H200, what --out "
                                  "holds) without loading weights or writing anything, then exit")
