@@ -665,11 +665,14 @@ def test_a_layer_selection_stopped_part_way_goes_on_from_the_layers_it_scored(qw
     out = tmp_path / "run"
     copy_done_stages(reference_out, out, "stage1")
     partial = out / "stages" / "select" / "scored_layers.json"
-    swap, swapped = select.swap_attention, []
+    clock = out / "stages" / "select" / pipeline.WALL_TIME
+    swap, swapped, saved_before_stop = select.swap_attention, [], []
 
     def run(*args: str, stop_at: int | None = None) -> int:
         def swap_or_stop(teacher, layer_idx, *rest, **kwargs):
             if layer_idx == stop_at:
+                # the stage's time so far was saved with the last layer's scores (as a SIGKILL now would leave it)
+                saved_before_stop.append(json.loads(clock.read_text()) if clock.is_file() else None)
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(30)  # (the signal arrives before this ends)
             swapped.append(layer_idx)
@@ -686,6 +689,8 @@ def test_a_layer_selection_stopped_part_way_goes_on_from_the_layers_it_scored(qw
     assert (f"layer selection: interrupted at layer 2 of 4; the scores of layers 0-1 are kept in {partial}; --resume "
             "goes on from layer 2") in caplog.messages
     assert swapped == [0, 1] and list(json.loads(partial.read_text())["recall"]) == ["0", "1"]
+    assert saved_before_stop[0] is not None and 0 < saved_before_stop[0]["wall_time_s"] <= json.loads(
+        clock.read_text())["wall_time_s"], saved_before_stop
 
     assert run("--resume", "--set", "select.recall_samples=2", stop_at=2) == 130  # the reference's setting
     assert (f"layer selection: starting again at layer 0: the 2 layers scored before ({partial}) were scored with "

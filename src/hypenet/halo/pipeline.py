@@ -541,6 +541,7 @@ def _run_select(conv: Conversion) -> dict:
             commonsense_tokens=cfg.commonsense_tokens, batch_size=cfg.batch_size, lm_eval_tasks=lm_eval,
             lm_eval_limit=cfg.lm_eval_limit, seed=conv.config.seed, device=conv.state.device,
             partial=conv.stage_dir("select") / SCORED_LAYERS, fingerprint=selection_fingerprint(conv),
+            after_layer=conv.clock.save if conv.clock is not None else None,  # (a killed sweep's time counts too)
         )
     return result.to_dict()
 

@@ -208,10 +208,13 @@ class ScoredLayers:
     layer) with the `fingerprint` of what decides the scores (a JSON mapping: the probes' settings, the teacher, the
     stage-1 layers), and what an earlier sweep left there is read back when made: its scores when the fingerprints
     match (the sweep then skips those layers), none when they differ. `seconds_before`: the time the earlier sweeps
-    spent, up to their last saved layer."""
+    spent, up to their last saved layer. `after_save`: called after each layer's scores are written (the pipeline
+    saves the stage's time then, so that a killed sweep's time counts as its kept layers do)."""
 
-    def __init__(self, num_layers: int, path: str | Path | None = None, fingerprint: dict | None = None):
+    def __init__(self, num_layers: int, path: str | Path | None = None, fingerprint: dict | None = None,
+                 after_save: Callable[[], None] | None = None):
         self.num_layers, self.path = num_layers, Path(path) if path is not None else None
+        self.after_save = after_save
         self.fingerprint = json.loads(json.dumps(fingerprint or {}, sort_keys=True))  # as it reads back
         self.recall: dict[int, float] = {}
         self.commonsense: dict[int, float] = {}
@@ -257,6 +260,8 @@ class ScoredLayers:
                 "fingerprint": self.fingerprint, "num_layers": self.num_layers, "seconds": round(self.seconds(), 2),
                 "recall": self.recall, "commonsense": self.commonsense,
             }))
+            if self.after_save is not None:
+                self.after_save()
 
     def stopped(self, error: BaseException) -> None:
         """Log what a stop of the selection keeps in the file (on Ctrl-C or SIGTERM; on an error once a layer is)."""
@@ -400,6 +405,7 @@ def select_layers(
     batch_size: int = 8,
     partial: str | Path | None = None,
     fingerprint: dict | None = None,
+    after_layer: Callable[[], None] | None = None,
 ) -> SelectionResult:
     """The layers that keep softmax attention (the rest become lightning layers).
 
@@ -416,6 +422,7 @@ def select_layers(
     stopped part-way goes on where it stopped when run again; `fingerprint` (a JSON mapping) names what else decides
     the scores besides the probes' settings here, e.g. the teacher and the stage-1 layers (the pipeline's). The
     result is the same, float for float, as an uninterrupted sweep's; settings["seconds"] counts every sweep's time.
+    after_layer: called once each layer's scores are kept in `partial`.
     """
     num_layers = teacher.config.num_hidden_layers
     if strategy not in STRATEGIES:
@@ -457,7 +464,8 @@ def select_layers(
     # the last bits of a GPU's sums, so a resumed sweep keeps it to give an uninterrupted sweep's floats)
     batching = {} if lm_eval_tasks is not None else {"batch_size": batch_size}
     scored = ScoredLayers(num_layers, partial,
-                          {**(fingerprint or {}), "probes": settings, "num_layers": num_layers, **batching})
+                          {**(fingerprint or {}), "probes": settings, "num_layers": num_layers, **batching},
+                          after_layer)
     try:
         if lm_eval_tasks is not None:
             baseline, recall, commonsense = _lm_eval_sweep(
