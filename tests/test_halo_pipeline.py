@@ -208,7 +208,10 @@ def test_convert_tiny_qwen3(qwen3_conversion):
     # how each stage ran, in the report and its table
     assert {(s["processes"], s["distributed"]) for s in report["stages"].values()} == {(1, "NO")}
     assert not any("zero_stage" in s for s in report["stages"].values())  # only under DeepSpeed
-    assert (out / "report.md").read_text().count(" | 1 (NO) |") == 3
+    # one process, not distributed: "1"; each stage ran once
+    assert {s["runs"] for s in [*report["stages"].values(), report["selection"], report["export"]]} == {1}
+    table = [line for line in (out / "report.md").read_text().splitlines() if re.match(r"\| stage\d ", line)]
+    assert [line.split(" | ")[4:8:3] for line in table] == [["1", "1"]] * 3  # runs, processes
 
 
 def test_convert_tiny_llama(assets):
@@ -399,6 +402,11 @@ def test_wall_times_add_up_every_invocation_of_a_stopped_and_resumed_conversion(
         assert stages[name]["wall_time_s"] >= sum(measured[name]) - 0.01, name
     stage2 = report["stages"]["stage2"]
     assert stage2["training_time_s"] <= stage2["wall_time_s"]
+    # stage 2 was run twice (stopped, then resumed), the others once; the report's table says so
+    assert {name: stages[name]["runs"] for name in pipeline.STAGES} == {
+        "stage1": 1, "select": 1, "stage2": 2, "stage3": 1, "export": 1}
+    assert re.search(r"^\| stage2 \| [\d.]+ \| \d+ \| [\d.]+ \| 2 \| ", (stopped_and_resumed["out"] / "report.md")
+                     .read_text(), re.MULTILINE)
     # saved after every training step: a SIGKILL'ed run's time counts too
     assert stopped_and_resumed["saved_at_6"] is not None, "the stage's time was not saved during training"
     saved = stopped_and_resumed["saved_at_6"]["wall_time_s"]
@@ -703,8 +711,9 @@ def test_a_layer_selection_stopped_part_way_goes_on_from_the_layers_it_scored(qw
     assert not partial.exists()
     done, reference = (json.loads((run_dir / "stages" / "select" / "done.json").read_text())
                        for run_dir in (out, reference_out))
+    assert (done["runs"], reference["runs"]) == (3, 1)
     for info in (done, reference):
-        for key in ("wall_time_s", "loading_time_s"):
+        for key in ("wall_time_s", "loading_time_s", "runs"):
             info.pop(key)
         info["settings"].pop("seconds")
     assert done == reference

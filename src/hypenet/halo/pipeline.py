@@ -140,7 +140,9 @@ class StageClock:
     its folder) plus this one's since `start`; and the time invocations spent loading before it (`loading`: this
     invocation's, when it begins with this stage, is added to the earlier ones'), and starting up before that
     (`startup`, the same way; None while no invocation's was measured). `machines`: what ran those invocations
-    (`machine_label`), each once, in the order they first ran it; `machine` is this invocation's."""
+    (`machine_label`), each once, in the order they first ran it; `machine` is this invocation's. `runs`: how many
+    invocations ran it, this one included (those that saved their time: a run killed before its first save is not
+    counted)."""
 
     def __init__(self, stage_dir: Path, loading: float, main: bool, startup: float | None = None,
                  machine: str | None = None):
@@ -151,6 +153,7 @@ class StageClock:
         measured = [t for t in (saved.get("startup_time_s"), startup) if t is not None]
         self.startup = sum(measured) if measured else None
         self.machines = list(saved.get("machines", []))
+        self.runs = saved.get("runs", 0) + 1
         if machine is not None and machine not in self.machines:
             self.machines.append(machine)
         self.start = time.perf_counter()
@@ -162,7 +165,7 @@ class StageClock:
         """Write the time so far (the main process; the others' is the same stage's)."""
         if self.main:
             times = {"wall_time_s": self.seconds(), "loading_time_s": self.loading, "startup_time_s": self.startup,
-                     "machines": self.machines or None}
+                     "machines": self.machines or None, "runs": self.runs}
             write_text_atomic(self.path, json.dumps({k: v for k, v in times.items() if v is not None}))
 
 
@@ -388,6 +391,7 @@ class Conversion:
         if clock.startup is not None:
             info["startup_time_s"] = round(clock.startup, 2)
         info["machines"] = clock.machines
+        info["runs"] = clock.runs
         if self.is_main_process:
             write_text_atomic(self.stage_dir(name) / DONE, json.dumps(info, indent=1))
             engine.remove_checkpoints(self.stage_dir(name))

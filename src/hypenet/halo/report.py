@@ -69,25 +69,29 @@ def _stages_section(stages: dict, report: dict | None = None) -> list[str]:
     for name in order + [n for n in stages if n not in order]:
         if name not in stages:
             info = untrained[name]
-            rows.append([name, None, None, info.get("wall_time_s"), None, None, None, _machines(info)])
+            rows.append([name, None, None, info.get("wall_time_s"), info.get("runs"), None, None, None,
+                         _machines(info)])
             continue
         stage = stages[name]
         losses = stage.get("losses") or []
         # how it ran (older runs did not record it), with the ZeRO stage under DeepSpeed
         zero = f", ZeRO-{stage['zero_stage']}" if "zero_stage" in stage else ""
-        ran_on = f"{stage['processes']} ({stage['distributed']}{zero})" if "processes" in stage else None
+        ran_on = None
+        if "processes" in stage:  # (accelerate's NO: one process, not distributed)
+            ran_on = f"{stage['processes']}" + ("" if stage["distributed"] == "NO" and not zero else
+                                                f" ({stage['distributed']}{zero})")
         if ran_on and "micro_batch_shrunk" in stage:  # out of memory at the first micro batch, on with the last
             ran_on += " micro batch {} -> {}".format(*stage["micro_batch_shrunk"])
         rows.append([
-            name, stage.get("tokens"), stage.get("steps"), stage.get("wall_time_s"),
+            name, stage.get("tokens"), stage.get("steps"), stage.get("wall_time_s"), stage.get("runs"),
             losses[0][1] if losses else None, losses[-1][1] if losses else None, ran_on, _machines(stage),
         ])
     startup = report.get("startup_time_s")
     if startup is not None:
         rows.append(["start-up and loading (interpreter, imports, teacher, data)", None, None,
-                     round(startup + report.get("loading_time_s", 0.0), 2), None, None, None, None])
+                     round(startup + report.get("loading_time_s", 0.0), 2), None, None, None, None, None])
     elif report.get("loading_time_s") is not None:
-        rows.append(["loading (teacher, data)", None, None, report["loading_time_s"], None, None, None, None])
+        rows.append(["loading (teacher, data)", None, None, report["loading_time_s"], None, None, None, None, None])
     note = ("Wall time: the seconds spent in each stage (building, training, saving), summed over every run of it, "
             "those stopped and resumed included, and " + (
                 "every run's start-up (from its process's start, or its launcher's: the interpreter, the imports) "
@@ -95,11 +99,13 @@ def _stages_section(stages: dict, report: dict | None = None) -> list[str]:
                 "the loading of the teacher and data by every run; together the report's `wall_time_s` (a run's "
                 "interpreter start and imports, a few seconds, are not in it: the `hypenet` command counts them "
                 "where the system tells a process's start, on Linux)."))
-    note += (" Machine: what ran the stage (the main process's GPU, or the CPU, and torch's version), each machine "
+    note += (" Runs: how many runs of the command did the stage's work, 1 unless it was stopped and resumed (a run "
+             "killed before it saved its first step, or layer, is not counted)."
+             " Machine: what ran the stage (the main process's GPU, or the CPU, and torch's version), each machine "
              "once when runs stopped and resumed ran on more than one; `deterministic: true` repeats a run only on the "
              "same kind of GPU.")
     return ["## Stages", ""] + _table(
-        ["stage", "tokens", "steps", "wall time (s)", "first loss", "last loss", "processes", "machine"],
+        ["stage", "tokens", "steps", "wall time (s)", "runs", "first loss", "last loss", "processes", "machine"],
         rows) + ["", note]
 
 
