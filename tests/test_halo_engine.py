@@ -112,6 +112,22 @@ def test_a_step_that_fails_after_the_signal_stops_with_the_last_finished_steps_c
         engine.train("stage", DiesWithItsSubprocess(2, signal=False), CONFIG, chunks(), tmp_path / "failed", run)
 
 
+def test_a_resume_that_finds_logged_steps_but_no_checkpoint_says_it_starts_the_stage_again(tmp_path, caplog):
+    """A run that ended before its first checkpoint (a SIGKILL, or here a failed step 3) leaves logged steps and
+    nothing to resume from: --resume says so, and trains the stage from step 1 to the reference's losses."""
+    run = engine.RunSettings(checkpoint_every=100, cpu=True)
+    with pytest.raises(RuntimeError, match="compile worker"):
+        engine.train("stage", DiesWithItsSubprocess(3, signal=False), CONFIG, chunks(), tmp_path / "failed", run)
+    assert not list((tmp_path / "failed").glob("checkpoints/step-*"))
+    resumed = train(tmp_path / "failed", resume=True)
+    assert resumed.resumed_from is None and resumed.losses == train(tmp_path / "reference").losses
+    assert ("stage: --resume found no checkpoint of the run before, which had logged 2 step(s) and ended before its "
+            "first checkpoint (killed, or failed); starting the stage again at step 1") in caplog.messages
+    caplog.clear()
+    train(tmp_path / "fresh", resume=True)  # a stage never run before: nothing to say
+    assert not [m for m in caplog.messages if "no checkpoint of the run before" in m]
+
+
 def test_a_signal_at_the_last_step_still_stops_and_resume_returns_the_result(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path, after_step=signal_at(6))

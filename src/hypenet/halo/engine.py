@@ -404,6 +404,18 @@ def _micro_batch_size(config: TrainConfig, processes: int, name: str) -> tuple[i
     return micro, per_process // micro
 
 
+def logged_steps(path: Path) -> int:
+    """How many distinct optimizer steps a losses.jsonl holds (0 when there is none)."""
+    steps = set()
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if "loss" in record:
+                    steps.add(record.get("step"))
+    return len(steps)
+
+
 class LossLog:
     """Per-step losses as JSON lines (append-only, so a resumed run shows where it picked up) and TensorBoard."""
 
@@ -517,6 +529,12 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
         acc.step = 0
     if acc.is_main_process:
         stage_dir.mkdir(parents=True, exist_ok=True)
+    if run.resume and checkpoint is None and acc.is_main_process:
+        lost = logged_steps(stage_dir / LOSS_LOG)
+        if lost:  # (a run killed before its first checkpoint: every `checkpoint_every` steps and at a stop)
+            log.warning("%s: --resume found no checkpoint of the run before, which had logged %d step(s) and ended "
+                        "before its first checkpoint (killed, or failed); starting the stage again at step 1", name,
+                        lost)
     loss_log = LossLog(stage_dir, name, acc.is_main_process, run.tensorboard_dir)
     if resumed_from is not None:
         loss_log.write(event="resume", step=resumed_from)
