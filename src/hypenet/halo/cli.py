@@ -36,7 +36,8 @@ def register(subparsers) -> None:
         parser.add_argument("--config", action="append", default=[], metavar="FILE",
                             help="YAML config file (repeatable)")
         parser.add_argument("--preset", choices=sorted(PRESETS),
-                            help="paper (default budgets), cpu (~10 min on 2 cores) or smoke")
+                            help="paper (default budgets), cpu (~10 min on 2 cores) or smoke (a few steps per "
+                                 "stage, ~1-2 min on 2 cores: checks that everything runs)")
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                             help="override any config field, e.g. --set stage2.lr=5e-5 --set stage1.tokens=10M")
         parser.add_argument("--device", choices=["auto", "cpu", "cuda"],
