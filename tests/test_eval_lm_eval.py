@@ -19,7 +19,10 @@ def test_local_task_batched_equals_unbatched():
     single = run_lm_eval(model, tokenizer, ["hypenet_tiny_mc"], include_path=TASKS, batch_size=1)
     batched = run_lm_eval(model, tokenizer, ["hypenet_tiny_mc"], include_path=TASKS, batch_size=4)
     assert set(single) == {"hypenet_tiny_mc"}
-    assert set(single["hypenet_tiny_mc"]) == {"acc", "acc_norm"}
+    assert set(single["hypenet_tiny_mc"]) == {"acc", "acc_norm", "samples"}
+    assert single["hypenet_tiny_mc"]["samples"] == 6  # the task's 6 documents
+    limited = run_lm_eval(model, tokenizer, ["hypenet_tiny_mc"], include_path=TASKS, batch_size=4, limit=4)
+    assert limited["hypenet_tiny_mc"]["samples"] == 4
     assert 0.0 <= single["hypenet_tiny_mc"]["acc"] <= 1.0
     assert single["hypenet_tiny_mc"]["acc"] * 6 == pytest.approx(round(single["hypenet_tiny_mc"]["acc"] * 6))
     assert batched["hypenet_tiny_mc"] == pytest.approx(single["hypenet_tiny_mc"])

@@ -30,7 +30,8 @@ def _import_lm_eval():
 def run_lm_eval(model, tokenizer, tasks: Sequence[str], include_path: str | Path | Sequence[str | Path] | None = None,
                 batch_size: int = 8, limit: int | float | None = None, num_fewshot: int | None = None,
                 seed: int = 0) -> dict:
-    """Scores per task, {task: {metric: value}} (lm-eval's ",none" filter suffix dropped), plus its raw config."""
+    """Scores per task, {task: {metric: value}} (lm-eval's ",none" filter suffix dropped), with "samples": the
+    documents it scored (fewer than the task's with `limit`)."""
     lm_eval, HFLM, TaskManager = _import_lm_eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     paths = [str(p) for p in ([include_path] if isinstance(include_path, (str, Path)) else include_path or [])]
@@ -49,7 +50,9 @@ def run_lm_eval(model, tokenizer, tasks: Sequence[str], include_path: str | Path
             f"lm-eval could not fetch the dataset of {', '.join(tasks)} ({first_line(error)}). Run once where the hub "
             "can be reached (the datasets cache keeps it; then HF_HUB_OFFLINE=1 works), or use tasks whose data is "
             "local (--lm-eval-include-path, docs/EVAL.md)") from error
-    return {task: _metrics(values) for task, values in output["results"].items()}
+    counted = output.get("n-samples", {})
+    return {task: {**_metrics(values), **({"samples": counted[task]["effective"]} if task in counted else {})}
+            for task, values in output["results"].items()}
 
 
 def _metrics(values: dict) -> dict:
