@@ -7,6 +7,7 @@ run as the equivalent all-attention HypeNet (same outputs) so that it gets the s
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,10 +52,10 @@ def register(subparsers) -> None:
     prompt.add_argument("--prompt", help="prompt text")
     prompt.add_argument("--prompt-file", type=Path, help="file holding the prompt text")
     parser.add_argument("--tokenizer", default=None, help="tokenizer to use when MODEL has none")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=128)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128, help="default 128")
     parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-k", type=positive_int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--top-k", type=positive_int, default=None, help="sample from the k likeliest (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="of the sampling (default 0)")
     parser.add_argument("--max-len", type=positive_int, default=None,
                         help="cache length (default prompt + max-new-tokens)")
     parser.add_argument("--prefill-chunk", type=positive_int, default=None, help="prefill chunk in tokens")
@@ -100,5 +101,7 @@ def run_generate(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - begin
     new = output.shape[1] - input_ids.shape[1]
     print(tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True))
-    print(f"[{input_ids.shape[1]} prompt tokens, {new} new tokens in {seconds:.2f} s]")
+    # (the text alone on stdout, so that `hypenet generate ... > out.txt` keeps just it)
+    print(f"[{input_ids.shape[1]} prompt tokens, {new} new tokens in {seconds:.2f} s: {new / seconds:.1f} tokens/s, "
+          "prefill and compilation included]", file=sys.stderr)
     return 0
