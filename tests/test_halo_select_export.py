@@ -958,7 +958,7 @@ def test_write_report(tmp_path):
         "teacher": "tiny",
         "stages": {
             "stage1": {"tokens": 1000, "steps": 3, "wall_time_s": 1.5, "losses": [[1, 2.0], [2, 1.5], [3, 1.0]],
-                       "processes": 1, "distributed": "NO"},
+                       "processes": 1, "distributed": "NO", "runs": 2},
             "stage2": {"tokens": 2000, "steps": 2, "wall_time_s": 2.5, "losses": [[1, 4.0], [2, 3.0]],
                        "processes": 2, "distributed": "DEEPSPEED", "zero_stage": 2},
         },
@@ -969,7 +969,8 @@ def test_write_report(tmp_path):
     json_path, md_path = write_report(tmp_path, report)
     assert json.loads(json_path.read_text()) == report
     md = md_path.read_text()
-    assert "| stage1 | 1000 | 3 | 1.5 | 2 | 1 | 1 (NO) |" in md and "| 3 | 2 (DEEPSPEED, ZeRO-2) |" in md
+    # stage 1 run twice (stopped and resumed) on one process; stage 2's runs not recorded (a report from before them)
+    assert "| stage1 | 1000 | 3 | 1.5 | 2 | 2 | 1 | 1 |" in md and "| 2.5 | - | 4 | 3 | 2 (DEEPSPEED, ZeRO-2) |" in md
     assert "| 2 | yes | 0.5 | 0.9 | 2 | 0.2 |" in md and "| 1 |  | 0.5 | 0.9 | 1 | 0.1 |" in md
     assert "needles most in layers [6, 7]" in md and "of these, [6, 7] become recurrent layers" in md
     assert "a = 500" in md and "| off | 3.2 |" in md and "student_loss" in md
