@@ -404,16 +404,15 @@ def _micro_batch_size(config: TrainConfig, processes: int, name: str) -> tuple[i
     return micro, per_process // micro
 
 
-def logged_steps(path: Path) -> int:
-    """How many distinct optimizer steps a losses.jsonl holds (0 when there is none)."""
-    steps = set()
-    with contextlib.suppress(OSError):
-        for line in path.read_text().splitlines():
+def loss_records(stage_dir: Path) -> list[dict]:
+    """The records of a stage's LOSS_LOG, in order (none when it has none; a line a killed run cut short is left
+    out)."""
+    records = []
+    with contextlib.suppress(FileNotFoundError):
+        for line in (stage_dir / LOSS_LOG).read_text().splitlines():
             with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if "loss" in record:
-                    steps.add(record.get("step"))
-    return len(steps)
+                records.append(json.loads(line))
+    return records
 
 
 class LossLog:
@@ -530,7 +529,7 @@ def _train(name: str, objective: nn.Module, config: TrainConfig, chunks, stage_d
     if acc.is_main_process:
         stage_dir.mkdir(parents=True, exist_ok=True)
     if run.resume and checkpoint is None and acc.is_main_process:
-        lost = logged_steps(stage_dir / LOSS_LOG)
+        lost = len({record["step"] for record in loss_records(stage_dir) if "loss" in record})
         if lost:  # (a run killed before its first checkpoint: every `checkpoint_every` steps and at a stop)
             log.warning("%s: --resume found no checkpoint of the run before, which had logged %d step(s) and ended "
                         "before its first checkpoint (killed, or failed); starting the stage again at step 1", name,

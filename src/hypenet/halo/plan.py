@@ -28,7 +28,7 @@ from ..eval.models import head_dim, kv_cache_bytes_per_token, recurrent_state_by
 from ..teachers.load import check_supported, dequantised_folder, hub_config, resolve_teacher
 from ..units import byte_size
 from .config import PAPER_TEACHER_PARAMS, ConvertConfig, ExportConfig, HaloError, beyond_teacher_window, resolve
-from .engine import LOSS_LOG, latest_checkpoint
+from .engine import LOSS_LOG, latest_checkpoint, loss_records
 from .export import scaling_label, tolerance_rule
 from .flops import H200_DENSE_BF16_TFLOPS, build_objective
 from .pipeline import STAGES, check_output, done_info, saved_settings_refusal
@@ -199,14 +199,12 @@ def _duration(seconds: float) -> str:
 def logged_progress(stage_dir: Path, steps: int, now: float | None = None) -> str | None:
     """Where a stage's loss log stands: its last step, how long ago it was written, and the time the steps left take
     at the median of its last 20 steps' times (None before its first step)."""
-    path = stage_dir / LOSS_LOG
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    timed = [row for row in rows if "seconds" in row and "step" in row]
+    timed = [row for row in loss_records(stage_dir) if "seconds" in row and "step" in row]
     if not timed:
         return None
     last = timed[-1]["step"]
     per_step = statistics.median(row["seconds"] for row in timed[-20:])
-    ago = (time.time() if now is None else now) - path.stat().st_mtime
+    ago = (time.time() if now is None else now) - (stage_dir / LOSS_LOG).stat().st_mtime
     return (f"logged step {last} of {steps} {_duration(ago)} ago; the other {steps - last} at "
             f"{per_step:.3g} s/step: about {_duration((steps - last) * per_step)}")
 

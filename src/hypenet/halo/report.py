@@ -76,10 +76,9 @@ def _stages_section(stages: dict, report: dict | None = None) -> list[str]:
         losses = stage.get("losses") or []
         # how it ran (older runs did not record it), with the ZeRO stage under DeepSpeed
         zero = f", ZeRO-{stage['zero_stage']}" if "zero_stage" in stage else ""
-        ran_on = None
-        if "processes" in stage:  # (accelerate's NO: one process, not distributed)
-            ran_on = f"{stage['processes']}" + ("" if stage["distributed"] == "NO" and not zero else
-                                                f" ({stage['distributed']}{zero})")
+        ran_on = str(stage["processes"]) if "processes" in stage else None
+        if ran_on and (stage["distributed"] != "NO" or zero):  # (accelerate's NO: one process, not distributed)
+            ran_on += f" ({stage['distributed']}{zero})"
         if ran_on and "micro_batch_shrunk" in stage:  # out of memory at the first micro batch, on with the last
             ran_on += " micro batch {} -> {}".format(*stage["micro_batch_shrunk"])
         rows.append([

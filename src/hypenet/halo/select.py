@@ -208,13 +208,13 @@ class ScoredLayers:
     layer) with the `fingerprint` of what decides the scores (a JSON mapping: the probes' settings, the teacher, the
     stage-1 layers), and what an earlier sweep left there is read back when made: its scores when the fingerprints
     match (the sweep then skips those layers), none when they differ. `seconds_before`: the time the earlier sweeps
-    spent, up to their last saved layer. `after_save`: called after each layer's scores are written (the pipeline
+    spent, up to their last saved layer. `after_layer`: called after each layer's scores are written (the pipeline
     saves the stage's time then, so that a killed sweep's time counts as its kept layers do)."""
 
     def __init__(self, num_layers: int, path: str | Path | None = None, fingerprint: dict | None = None,
-                 after_save: Callable[[], None] | None = None):
+                 after_layer: Callable[[], None] | None = None):
         self.num_layers, self.path = num_layers, Path(path) if path is not None else None
-        self.after_save = after_save
+        self.after_layer = after_layer
         self.fingerprint = json.loads(json.dumps(fingerprint or {}, sort_keys=True))  # as it reads back
         self.recall: dict[int, float] = {}
         self.commonsense: dict[int, float] = {}
@@ -260,8 +260,8 @@ class ScoredLayers:
                 "fingerprint": self.fingerprint, "num_layers": self.num_layers, "seconds": round(self.seconds(), 2),
                 "recall": self.recall, "commonsense": self.commonsense,
             }))
-            if self.after_save is not None:
-                self.after_save()
+            if self.after_layer is not None:
+                self.after_layer()
 
     def stopped(self, error: BaseException) -> None:
         """Log what a stop of the selection keeps in the file (on Ctrl-C or SIGTERM; on an error once a layer is)."""
