@@ -1,6 +1,7 @@
 """`hypenet bench` on the CPU with tiny shapes (the runner, its report and its arithmetic; CPU timings mean nothing)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from hypenet.bench import fill_synthetic, hypenet_config
 from hypenet.bench.cli import main
 from hypenet.bench.measure import cache_bytes, decode_floor, weight_bytes_per_step
-from hypenet.bench.report import issue_targets
+from hypenet.bench.report import issue_targets, render_markdown
 from hypenet.bench.shapes import random_model
 from hypenet.errors import InvalidInputError
 from hypenet.fast import FastHypeNet
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ROW_KEYS = {"model", "shape", "engine", "kind", "batch_size", "context_len", "status", "ms_per_token",
-            "tokens_per_s", "peak_mem_gib", "floor_ms", "ratio_to_floor", "bytes_per_step_gb", "kv_state_gib"}
+            "tokens_per_s", "peak_mem_gib", "floor_ms", "ratio_to_floor", "bytes_per_step_gib", "kv_state_gib"}
 
 
 def test_bench_end_to_end_on_cpu(tmp_path):
@@ -160,6 +161,10 @@ def test_floor_counts_weights_kv_cache_and_states():
     floor = decode_floor(model, 1, 100, bandwidth=1e9)
     total = weights + sum(cache_bytes(model.config, 1, 100, torch.bfloat16).values())
     assert floor["floor_ms"] == pytest.approx(1000 * total / 1e9)
+    # bytes in GiB (2**30), as every memory figure of the benchmark; only the bandwidth is in (decimal) GB/s
+    assert floor["bytes_per_step_gib"] == pytest.approx(total / 2**30)
+    assert floor["weights_gib"] == pytest.approx(weights / 2**30)
+    assert not [key for key in floor if key.endswith("_gb")]
 
 
 def test_synthetic_cache_fills_only_the_context():
@@ -266,3 +271,50 @@ def test_a_model_is_named_as_hypenet_eval_names_it(tmp_path):
     converted = ModelSource(str(tmp_path / "run-a" / "model"), cpu, torch.float32)
     assert (converted.label, converted.is_teacher) == ("run-a", False)
     assert ModelSource("Qwen/Qwen3-1.7B", cpu, torch.float32).label == "Qwen3-1.7B"
+
+
+def results_table(markdown: str) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows of bench.md's "## Results" table, cell by cell."""
+    lines = markdown.split("## Results\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    header, _, *rows = ([cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines)
+    return header, rows
+
+
+def test_a_cpu_bench_report_has_no_empty_peak_memory_column(tmp_path):
+    """On a CPU there is no allocator peak to measure (torch.cuda's only): bench.md leaves the column out and says
+    why once, instead of a "peak GiB" column of empty cells; bench.json keeps null (not measured), never a number.
+    Memory is in GiB throughout; the bandwidth alone is in GB/s, said to be decimal."""
+    assert main(["tiny-hypenet", "--device", "cpu", "--contexts", "40", "--transformers-contexts", "",
+                 "--decode-tokens", "1", "--warmup-tokens", "0", "--out", str(tmp_path)]) == 0
+    markdown = (tmp_path / "bench.md").read_text()
+    header, rows = results_table(markdown)
+    assert not [column for column in header if "peak" in column]
+    assert len(rows) == 1 and all(len(row) == len(header) for row in rows)
+    empty = [column for i, column in enumerate(header) if all(not row[i] for row in rows)]
+    assert empty == [], f"columns with no value in any row: {empty}"
+    assert markdown.count("no peak-memory column") == 1 and "the device here is cpu" in markdown
+    assert "GB/s (10^9 bytes/s)" in markdown and "GiB (2^30 bytes)" in markdown
+    assert not re.search(r"\bGB\b(?!/s)", markdown)  # GB only as the bandwidth's GB/s
+    report = json.loads((tmp_path / "bench.json").read_text())
+    (row,) = report["results"]
+    assert row["status"] == "ok" and row["peak_mem_gib"] is None and row["prefill_peak_mem_gib"] is None
+    assert not [key for key in row if key.endswith("_gb")]
+    assert row["bytes_per_step_gib"] == pytest.approx(
+        row["weights_gib"] + row["kv_gib"] + row["state_gib"]) and row["kv_state_gib"] == pytest.approx(
+        row["kv_gib"] + row["state_gib"])
+    assert report["units"]["*_gib"] == "GiB (2**30 bytes)" and "10**9" in report["units"]["bandwidth_gbps"]
+
+
+def test_a_gpu_report_keeps_its_peak_memory_and_a_cpu_one_says_why_not():
+    row = {"model": "h (fast)", "shape": "h", "engine": "fast", "kind": "hypenet", "batch_size": 1,
+           "context_len": 1048576, "status": "ok", "prefill_s": 40.0, "ms_per_token": 2.0, "floor_ms": 1.8,
+           "ratio_to_floor": 1.11, "peak_mem_gib": 43.5, "prefill_peak_mem_gib": 43.1, "kv_state_gib": 1.0}
+    gpu = render_markdown({"device": "cuda:0", "results": [row]}, None)
+    header, rows = results_table(gpu)
+    assert "peak GiB" in header and rows[0][header.index("peak GiB")] == "43.5"
+    assert "no peak-memory column" not in gpu and "peak 43.1 GiB" in gpu  # the 1M prefill target
+    unmeasured = {**row, "peak_mem_gib": None, "prefill_peak_mem_gib": None}
+    cpu = render_markdown({"device": "cpu", "results": [unmeasured]}, None)
+    assert "peak GiB" not in results_table(cpu)[0] and cpu.count("no peak-memory column") == 1
+    (target,) = [t for t in issue_targets([unmeasured]) if "prefill of 1M" in t["target"]]
+    assert target["value"] == "40.0 s"  # no peak: none measured (it said "peak 0.0 GiB")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from hypenet.bench.scaling import run
+from hypenet.bench.scaling import markdown, run
 from hypenet.cli import main
 from hypenet.halo.config import HaloError
 
@@ -75,6 +75,7 @@ def test_scaling_compares_losses_and_speed_per_gpu(runs, tmp_path):
     assert ddp["per_gpu_of_reference"] == pytest.approx(speed / reports["one"]["stages"][0]["tokens_per_s"])
     table = (out / "scaling.md").read_text()
     assert "| ddp | 2 | MULTI_CPU | 2 |" in table and "Noise floor: one-micro1" in table
+    assert ddp["device"].startswith("cpu") and "peak GiB" not in table and table.count("no peak-memory column") == 1
     assert (out / "scaling.png").stat().st_size > 10_000
 
 
@@ -91,3 +92,28 @@ def test_scaling_refuses_runs_that_are_not_alike(runs, tmp_path, capsys):
     assert main(["bench-scaling", f"one={root / 'one'}", str(root / "ddp"), "--out", str(tmp_path / "out")]) == 2
     assert "give each run as NAME=FOLDER" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_scaling_shows_peak_memory_only_where_it_was_measured():
+    """Peak memory is the CUDA allocator's: CPU runs get no column of empty cells but one line that says why."""
+    def run_row(name, device, peak):
+        return {"run": name, "processes": 1, "distributed": "NO", "compile": False, "micro_batch_size": 2,
+                "seconds_per_step": 1.0, "tokens_per_s": 256.0, "tokens_per_s_per_gpu": 256.0,
+                "per_gpu_of_reference": 1.0, "mfu": 0.1, "device": device, "peak_mem_gib": peak,
+                "max_abs_loss_diff": 0.0, "mean_abs_loss_diff": 0.0, "max_rel_loss_diff": 0.0, "command": "c"}
+
+    result = {"stage": "stage2", "shape": "tiny-hypenet", "steps": 4, "batch_size": 4, "seq_len": 64,
+              "reference": "one", "noise": None, "noise_max_abs_loss_diff": None}
+
+    def table(runs):
+        text = markdown({**result, "runs": runs}, "c")
+        header, _, *rows = (line for line in text.splitlines() if line.startswith("|"))
+        return text, [c.strip() for c in header.strip("|").split("|")], [
+            [c.strip() for c in row.strip("|").split("|")] for row in rows]
+
+    text, header, rows = table([run_row("one", "cpu", None), run_row("two", "cpu", None)])
+    assert not [c for c in header if "peak" in c] and text.count("no peak-memory column") == 1
+    assert all(len(row) == len(header) and all(row) for row in rows)
+    text, header, rows = table([run_row("one", "cuda:0", 12.25), run_row("two", "cuda:0", 6.5)])
+    column = header.index("peak GiB per GPU")
+    assert [row[column] for row in rows] == ["12.2", "6.5"] and "no peak-memory column" not in text

@@ -11,7 +11,7 @@ import torch
 from transformers import Qwen3ForCausalLM
 
 from hypenet.bench import HYPENET_SHAPES, hypenet_config, teacher_config
-from hypenet.bench.train import TrainBenchSettings, run
+from hypenet.bench.train import TrainBenchSettings, markdown, run
 from hypenet.cli import main
 from hypenet.halo.config import HaloError
 from hypenet.halo.flops import matmul_parameters
@@ -231,3 +231,26 @@ def test_a_back_off_inside_the_timed_steps_says_so():
                     [{"step": 2, "micro_batch_size": 4}])
     assert row["status"] == "ok (the timed steps include an out-of-memory retry: time more --steps)"
     assert row["seconds_per_step"] == 3.0 and row["micro_batch_size"] == 4 and row["first_micro_batch_size"] == 8
+
+
+def test_a_cpu_bench_train_report_has_no_empty_peak_memory_column(tmp_path):
+    """No allocator peak on a CPU: train_speed.md leaves the "peak GiB" column out and says why once (it was a column
+    of empty cells); train_speed.json keeps null (not measured). A GPU report keeps the column."""
+    out = tmp_path / "speed"
+    assert main(["bench-train", "tiny-hypenet", "--device", "cpu", "--stages", "stage3", "--steps", "2",
+                 "--warmup-steps", "1", *TINY_STAGES, "--out", str(out)]) == 0
+    report = json.loads((out / "train_speed.json").read_text())
+    (row,) = report["stages"]
+    assert row["status"] == "ok" and row["peak_mem_gib"] is None and report["units"]["*_gib"] == "GiB (2**30 bytes)"
+
+    def table(text: str) -> tuple[list[str], list[str]]:
+        header, _, last = text.strip().splitlines()[-3:]
+        return ([cell.strip() for cell in line.strip().strip("|").split("|")] for line in (header, last))
+
+    text = (out / "train_speed.md").read_text()
+    header, cells = table(text)
+    assert "peak GiB" not in header and len(cells) == len(header) and all(cells), dict(zip(header, cells))
+    assert text.count("no peak-memory column") == 1 and "the device here is cpu" in text
+    gpu = markdown({**report, "device": "cuda:0", "stages": [{**row, "peak_mem_gib": 3.5}]})
+    header, cells = table(gpu)
+    assert cells[header.index("peak GiB")] == "3.5" and "no peak-memory column" not in gpu

@@ -25,8 +25,9 @@ def register(subparsers) -> None:
     """Add the `bench` subcommand to an argparse subparsers object."""
     parser = subparsers.add_parser(
         "bench", help="prefill/decode speed and memory vs the bandwidth floor (HypeNet vs teacher)",
-        description="Benchmark models on one device: prefill seconds, time per output token, tokens/s, peak memory, "
-                    "and the memory-bandwidth floor of a decode step with the ratio to it. MODEL is a named shape with "
+        description="Benchmark models on one device: prefill seconds, time per output token, tokens/s, peak GPU "
+                    "memory (GiB; measured on CUDA only), and the memory-bandwidth floor of a decode step with the "
+                    "ratio to it (bandwidth in GB/s, 10^9 bytes/s). MODEL is a named shape with "
                     f"random weights ({', '.join(SHAPES)}) or a checkpoint. Every model runs through the fast engine "
                     "(teachers as all-attention HypeNets); teachers also through transformers' generate. Writes "
                     "bench.json, bench.md and bench_decode.png to --out after every case.")

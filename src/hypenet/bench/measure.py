@@ -8,6 +8,8 @@ import time
 import torch
 from torch import nn
 
+from .memory import GIB
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -20,7 +22,8 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def peak_memory_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    """The CUDA allocator's peak since reset_peak_memory, in GiB; None off CUDA (not measured: see bench.memory)."""
+    return torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
 
 
 def timed(fn, device: torch.device):
@@ -104,16 +107,17 @@ def cache_bytes(config, batch: int, context: int, dtype: torch.dtype) -> dict[st
 
 
 def decode_floor(model: nn.Module, batch: int, context: int, bandwidth: float) -> dict[str, float]:
-    """The memory-bandwidth floor of one decode step: bytes read (weights + KV cache + states) / copy bandwidth."""
+    """The memory-bandwidth floor of one decode step: bytes read (weights + KV cache + states, in GiB) / copy
+    bandwidth (`bandwidth` in bytes/s)."""
     dtype = model.get_input_embeddings().weight.dtype
     weights = weight_bytes_per_step(model, batch)
     cache = cache_bytes(model.config, batch, context, dtype)
     total = weights + cache["kv"] + cache["state"]
     return {
-        "bytes_per_step_gb": total / 1e9,
-        "weights_gb": weights / 1e9,
-        "kv_gb": cache["kv"] / 1e9,
-        "state_gb": cache["state"] / 1e9,
+        "bytes_per_step_gib": total / GIB,
+        "weights_gib": weights / GIB,
+        "kv_gib": cache["kv"] / GIB,
+        "state_gib": cache["state"] / GIB,
         "floor_ms": 1000 * total / bandwidth,
     }
 

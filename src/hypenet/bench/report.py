@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..eval.plots import save_figure  # noqa: E402
 from ..units import length_label  # noqa: E402
+from .memory import UNITS, measures_peak_memory, peak_memory_note  # noqa: E402
 
 K = 1024
 COLUMNS = [
@@ -65,8 +66,10 @@ def issue_targets(results: list[dict]) -> list[dict]:
         add(f"decode at 512K: {teacher} (our engine) / {hypenet}", f"{speedup:.2f}x", ">= 3x", speedup >= 3)
     prefill_1m = _find(rows, shape=hypenet, engine="fast", context_len=1024 * K)
     if prefill_1m and prefill_1m.get("prefill_s") is not None:
-        add(f"{hypenet} prefill of 1M tokens completes", f"{prefill_1m['prefill_s']:.1f} s, peak "
-            f"{prefill_1m.get('prefill_peak_mem_gib') or 0:.1f} GiB", "completes", True)
+        peak = prefill_1m.get("prefill_peak_mem_gib")  # None off CUDA: not measured, so not shown
+        add(f"{hypenet} prefill of 1M tokens completes",
+            f"{prefill_1m['prefill_s']:.1f} s" + (f", peak {peak:.1f} GiB" if peak is not None else ""), "completes",
+            True)
     teacher_1m = [r for r in rows if r.get("shape") == teacher and r.get("context_len") == 1024 * K]
     for row in teacher_1m:
         add(f"{teacher} at 1M ({row['engine']})", row.get("status"), "report whether it fits",
@@ -82,17 +85,21 @@ def issue_targets(results: list[dict]) -> list[dict]:
 
 def render_markdown(report: dict, figure: str | None, profile_figure: str | None = None) -> str:
     results = report["results"]
+    peak = measures_peak_memory(report.get("device"))  # off CUDA: no peak column, and one line that says why
+    columns = [c for c in COLUMNS if peak or c[0] != "peak_mem_gib"]
     lines = ["# hypenet bench", ""]
     machine = ", ".join(f"{k} {report.get(k)}" for k in ("gpu", "torch", "transformers", "triton", "fla", "python")
                         if report.get(k))
     lines += [f"- machine: {machine}", f"- date: {report.get('date')}", f"- command: `{report.get('command')}`"]
     if report.get("bandwidth_gbps"):
-        lines.append(f"- copy bandwidth (read + write), measured in this run: {report['bandwidth_gbps']:.0f} GB/s")
+        lines.append(f"- copy bandwidth (read + write), measured in this run: {report['bandwidth_gbps']:.0f} GB/s "
+                     "(10^9 bytes/s)")
     lines += [f"- note: {report['note']}"] if report.get("note") else []
+    lines += [] if peak else [f"- note: {peak_memory_note(report.get('device'))}"]
     lines += [f"- warning: {w}" for w in report.get("warnings", [])]
     lines += ["", "Floor = bytes one decode step must read (weights + filled KV cache + recurrent states) / copy "
               "bandwidth. Contexts without a prefill time were decoded from a cache filled with random values "
-              "(decode reads the same bytes either way).", ""]
+              "(decode reads the same bytes either way). Memory in GiB (2^30 bytes).", ""]
     targets = issue_targets(results)
     if targets:
         lines += ["## Targets", "", "| target | value | goal | met |", "|---|---|---|---|"]
@@ -100,9 +107,9 @@ def render_markdown(report: dict, figure: str | None, profile_figure: str | None
             met = "" if t["met"] is None else ("yes" if t["met"] else "**no**")
             lines.append(f"| {t['target']} | {t['value']} | {t['goal']} | {met} {t['note']} |")
         lines.append("")
-    lines += ["## Results", "", "| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["## Results", "", "| " + " | ".join(c[1] for c in columns) + " |", "|" + "---|" * len(columns)]
     for row in results:
-        lines.append("| " + " | ".join(_cell(row.get(key), fmt) for key, _, fmt in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(row.get(key), fmt) for key, _, fmt in columns) + " |")
     lines += profile_lines(results)
     if profile_figure:
         lines += ["", f"![where a decode step's time goes]({profile_figure})"]
@@ -198,7 +205,7 @@ def plot_profile(results: list[dict], path: Path) -> Path | None:
 def write_report(report: dict, out_dir: str | Path, plot: bool = True) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {**report, "targets": issue_targets(report["results"])}
+    report = {**report, "units": UNITS, "targets": issue_targets(report["results"])}
     figure, profile_figure = out_dir / "bench_decode.png", out_dir / "bench_profile.png"
     if plot:
         figure = plot_decode(report["results"], figure)

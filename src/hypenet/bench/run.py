@@ -35,6 +35,7 @@ from ..fast.engine import MAX_AUTOTUNE
 from ..machine import machine_info
 from ..units import length_label
 from . import measure
+from .memory import GB, GIB
 from .profile import profile_calls
 from .shapes import HYPENET_SHAPES, TEACHER_SHAPES, hypenet_config, random_model, teacher_config
 
@@ -115,7 +116,7 @@ class Bench:
 
     def run(self) -> dict:
         s = self.settings
-        self.meta["bandwidth_gbps"] = measure.copy_bandwidth(self.device) / 1e9
+        self.meta["bandwidth_gbps"] = measure.copy_bandwidth(self.device) / GB
         self.meta["matmul_tflops"] = measure.matmul_flops(self.device, self.dtype) / 1e12
         self.write()
         for spec in s.models:
@@ -173,7 +174,7 @@ class Bench:
             for context in contexts:
                 row = self.base_row(source, "fast", batch, context)
                 row.update(setup_s=setup_s, prefill_warmup_s=warmup_s, compiled=compiled, cuda_graph=engine.graphed,
-                           pdl=engine.pdl, cache_gib=engine.cache.nbytes / 2**30)
+                           pdl=engine.pdl, cache_gib=engine.cache.nbytes / GIB)
                 prefill = context in prefill_contexts
                 self.guarded(row, lambda: self.engine_case(engine, model, row, batch, context, prefill),
                              estimate_s=self.prefill_estimate(model.config, batch, context) if prefill else 5.0)
@@ -247,7 +248,7 @@ class Bench:
             name = f"profile_{row['shape']}_b{batch}_{length_label(context)}.txt"
             row["profile"] = profile_calls(step, PROFILED_STEPS, self.device, s.out / name,
                                            f"{row['model']} decode step, batch {batch}, context {context}")
-        row["kv_state_gib"] = sum(measure.cache_bytes(model.config, batch, context, self.dtype).values()) / 2**30
+        row["kv_state_gib"] = sum(measure.cache_bytes(model.config, batch, context, self.dtype).values()) / GIB
         self.add_floor(row, model, batch, context)
 
     # ------------------------------------------------------------------ transformers
@@ -278,9 +279,9 @@ class Bench:
         """Contexts past the transformers runs: report what a one-pass prefill would need against device memory."""
         if self.device.type != "cuda":
             return
-        device_gib = torch.cuda.get_device_properties(self.device).total_memory / 2**30
+        device_gib = torch.cuda.get_device_properties(self.device).total_memory / GIB
         for context in sorted(c for c in self.settings.contexts if c > max(self.settings.transformers_contexts)):
-            need = {k: v / 2**30 for k, v in measure.one_pass_prefill_bytes(model, batch, context).items()}
+            need = {k: v / GIB for k, v in measure.one_pass_prefill_bytes(model, batch, context).items()}
             verdict = "does not fit" if need["total"] > device_gib else "would fit"
             self.record({**self.base_row(source, "transformers", batch, context), "estimated_need_gib": need["total"],
                          "status": f"not run, estimated: {verdict} (one-pass prefill needs >= {need['total']:.0f} GiB "
@@ -312,7 +313,7 @@ class Bench:
         gaps = [b - a for a, b in zip(stamps[warm:], stamps[warm + 1:])]
         row.update(measure.summarize_steps(gaps, batch))
         row["peak_mem_gib"] = measure.peak_memory_gib(device)
-        row["kv_state_gib"] = sum(measure.cache_bytes(model.config, batch, context, self.dtype).values()) / 2**30
+        row["kv_state_gib"] = sum(measure.cache_bytes(model.config, batch, context, self.dtype).values()) / GIB
         self.add_floor(row, model, batch, context)
 
     # ------------------------------------------------------------------ shared
@@ -338,7 +339,7 @@ class Bench:
         self.record(row)
 
     def add_floor(self, row: dict, model, batch: int, context: int) -> None:
-        floor = measure.decode_floor(model, batch, context, self.meta["bandwidth_gbps"] * 1e9)
+        floor = measure.decode_floor(model, batch, context, self.meta["bandwidth_gbps"] * GB)
         row.update(floor)
         row["ratio_to_floor"] = row["ms_per_token"] / floor["floor_ms"]
 
@@ -381,7 +382,7 @@ def free_memory() -> None:
 
 
 def _cache_gib(config, batch: int, max_len: int, dtype: torch.dtype) -> float:
-    return sum(measure.cache_bytes(config, batch, max_len, dtype).values()) / 2**30
+    return sum(measure.cache_bytes(config, batch, max_len, dtype).values()) / GIB
 
 
 def _jsonable(value):

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from ..halo.config import HaloError
+from .memory import measures_peak_memory, peak_memory_note
 
 COMPARED = ("shape", "teacher", "attention_layers", "mixed_precision")  # must agree between the runs
 SAME_STAGE = ("seq_len", "batch_size", "steps")
@@ -77,7 +78,7 @@ def compare(runs: list[dict], noise: str | None = None) -> dict:
             "compile": report.get("compile", False), "micro_batch_size": row["micro_batch_size"],
             "seconds_per_step": row["seconds_per_step"], "tokens_per_s": row["tokens_per_s"],
             "tokens_per_s_per_gpu": per_gpu, "per_gpu_of_reference": per_gpu / reference_per_gpu, "mfu": row["mfu"],
-            "peak_mem_gib": row.get("peak_mem_gib"),
+            "device": report.get("device"), "peak_mem_gib": row.get("peak_mem_gib"),
             "max_abs_loss_diff": max(diffs), "mean_abs_loss_diff": sum(diffs) / len(diffs),
             "max_rel_loss_diff": max(d / abs(b) for d, b in zip(diffs, base)),
             "losses": losses(run),
@@ -96,8 +97,19 @@ def _cell(value, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
 
+def _peak_cell(run: dict) -> str:
+    if not measures_peak_memory(run.get("device")):
+        return f"not measured ({run['device']})"
+    return _cell(run["peak_mem_gib"], ".1f")
+
+
 def markdown(result: dict, command: str) -> str:
     floor = result["noise_max_abs_loss_diff"]
+    # peak memory is measured on CUDA only: no column when no run has it (and one line that says why)
+    peak = any(measures_peak_memory(r.get("device")) for r in result["runs"])
+    columns = ["run", "GPUs", "distributed", "micro batch", "s/step", "tokens/s", "per GPU", "per GPU vs reference",
+               "MFU", *(["peak GiB per GPU"] if peak else []), "max abs loss diff", "mean abs loss diff",
+               "max rel loss diff"]
     lines = [
         f"# hypenet bench-scaling: {result['stage']} of {result['shape']}, {result['steps']} steps of "
         f"{result['batch_size']} x {result['seq_len']} tokens", "",
@@ -105,15 +117,15 @@ def markdown(result: dict, command: str) -> str:
         f"Reference: {result['reference']} (per GPU = 100%). Loss differences are taken step by step against it."
         + (f" Noise floor: {result['noise']}, the reference's setup with another accumulation split, drifts up to "
            f"{floor:.3g} from it." if floor is not None else ""), "",
-        "| run | GPUs | distributed | micro batch | s/step | tokens/s | per GPU | per GPU vs reference | MFU | "
-        "peak GiB per GPU | max abs loss diff | mean abs loss diff | max rel loss diff |",
-        "|" + "---|" * 13,
+        *([] if peak else [f"Note: {peak_memory_note(result['runs'][0].get('device'))}.", ""]),
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
     ]
     for r in result["runs"]:
         cells = [r["run"], r["processes"], r["distributed"] + (" + compile" if r["compile"] else ""),
                  r["micro_batch_size"], _cell(r["seconds_per_step"], ".3g"), _cell(r["tokens_per_s"], ",.0f"),
                  _cell(r["tokens_per_s_per_gpu"], ",.0f"), _cell(r["per_gpu_of_reference"], ".1%"),
-                 _cell(r["mfu"], ".1%"), _cell(r["peak_mem_gib"], ".1f"), _cell(r["max_abs_loss_diff"], ".3g"),
+                 _cell(r["mfu"], ".1%"), *([_peak_cell(r)] if peak else []), _cell(r["max_abs_loss_diff"], ".3g"),
                  _cell(r["mean_abs_loss_diff"], ".3g"), _cell(r["max_rel_loss_diff"], ".2%")]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     lines += ["", "Runs:", *(f"- {r['run']}: `{r['command']}`" for r in result["runs"])]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from ..errors import first_line, is_out_of_memory
 from ..halo.config import HaloError, load_config, resolve
 from ..halo.flops import H200_DENSE_BF16_TFLOPS
+from .memory import GIB, UNITS, measures_peak_memory, peak_memory_note
 from .shapes import HYPENET_SHAPES, random_model, teacher_config
 
 if TYPE_CHECKING:  # (torch, accelerate and the engine load with a run, not with the command line's parser)
@@ -96,7 +97,8 @@ def launch_settings() -> dict:
 
 
 def peak_memory_gib(device: torch.device) -> float | None:
-    """This stage's peak allocated memory on the busiest of the processes' GPUs (None on the CPU)."""
+    """This stage's peak allocated memory in GiB on the busiest of the processes' GPUs (None on the CPU: not
+    measured, see bench.memory)."""
     import torch
 
     if device.type != "cuda":
@@ -104,7 +106,7 @@ def peak_memory_gib(device: torch.device) -> float | None:
     peak = torch.tensor(float(torch.cuda.max_memory_allocated(device)), device=device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
-    return peak.item() / 2**30
+    return peak.item() / GIB
 
 
 def stage_row(name: str, train_config, terms, log: list[dict], settings: TrainBenchSettings, processes: int,
@@ -177,7 +179,7 @@ def run(settings: TrainBenchSettings) -> dict:
         "settings": {**asdict(settings), "out": str(settings.out)},
         "peak_tflops": settings.peak_tflops, "measured_matmul_tflops": MEASURED_MATMUL_TFLOPS,
         "flop_counting": FLOP_NOTE, **machine_info(device), "processes": processes.num_processes,
-        "distributed": None, "launch": launch_settings(), "stages": [],
+        "distributed": None, "launch": launch_settings(), "units": UNITS, "stages": [],
     }
     for name in (s for s in STAGES if s in settings.stages):
         stage_config = getattr(config, name)
@@ -258,10 +260,13 @@ def markdown(report: dict) -> str:
              f"step: the engine's (losses.jsonl), median of steps {warmup + 1} to {steps} of each stage.")
     peaks = (f"MFU against {report['peak_tflops']:g} TFLOP/s; 'of matmul' against the "
              f"{report['measured_matmul_tflops']:g} TFLOP/s of an 8192^3 bf16 matmul measured on the H200.")
+    device = report.get("device", report["settings"].get("device"))
+    peak = measures_peak_memory(device)  # off CUDA: no peak column, and one line that says why
     columns = ["stage", "seq", "batch (micro)", "s/step", "tokens/s", "per GPU", "GFLOP/token", "model TFLOP/s", "MFU",
-               "of matmul", "peak GiB", "loss first → last", "status"]
+               "of matmul", *(["peak GiB"] if peak else []), "loss first → last", "status"]
     lines = [f"# hypenet bench-train: {report['shape']} (teacher {report['teacher']}, random weights)", "", setup, "",
              f"Command: `{report['command']}`", "", f"{report['flop_counting']} {peaks}", "",
+             *([] if peak else [f"Note: {peak_memory_note(device)}.", ""]),
              *profile_lines(report), "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in report["stages"]:
         log = r.get("engine_log") or []
@@ -277,7 +282,8 @@ def markdown(report: dict) -> str:
                  _cell(r.get("seconds_per_step"), ".3g"), _cell(r.get("tokens_per_s"), ",.0f"),
                  _cell(r.get("tokens_per_s_per_gpu"), ",.0f"), _cell(gflops, ".3g"),
                  _cell(r.get("model_tflops"), ".1f"), _cell(r.get("mfu"), ".1%"),
-                 _cell(r.get("of_measured_matmul"), ".1%"), _cell(r.get("peak_mem_gib"), ".1f"), losses, status]
+                 _cell(r.get("of_measured_matmul"), ".1%"),
+                 *([_cell(r.get("peak_mem_gib"), ".1f")] if peak else []), losses, status]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
 
@@ -297,11 +303,11 @@ def register(subparsers) -> None:
                             "under accelerate launch)",
         description="Train the objective of each HALO stage for a few steps through the real training engine, on a "
                     "named HypeNet shape with random weights and random tokens: tokens/s, seconds per step, peak "
-                    "memory and model-FLOPs utilisation per stage. Writes train_speed.json and train_speed.md to "
-                    "--out. Stage shapes are the pipeline's config fields (defaults: stage1 seq 512 batch 32; "
-                    "stage2 seq 512 batch 96 micro 16; stage3 seq 16384 batch 8 micro 1), changed with --set. "
-                    "Under `accelerate launch` (DDP, or FSDP2 with --config_file configs/accelerate-fsdp.yaml) the "
-                    "batch is global and tokens/s are also given per GPU.")
+                    "GPU memory (GiB; CUDA only) and model-FLOPs utilisation per stage. Writes train_speed.json and "
+                    "train_speed.md to --out. Stage shapes are the pipeline's config fields (defaults: stage1 seq "
+                    "512 batch 32; stage2 seq 512 batch 96 micro 16; stage3 seq 16384 batch 8 micro 1), changed "
+                    "with --set. Under `accelerate launch` (DDP, or FSDP2 with --config_file "
+                    "configs/accelerate-fsdp.yaml) the batch is global and tokens/s are also given per GPU.")
     parser.add_argument("shape", nargs="?", default="hypenet-2b",
                         help=f"named HypeNet shape ({', '.join(HYPENET_SHAPES)}; default hypenet-2b)")
     parser.add_argument("--stages", type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
