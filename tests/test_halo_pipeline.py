@@ -809,8 +809,10 @@ def test_overwrite_removes_only_what_a_conversion_wrote(qwen3_conversion, tmp_pa
     assert main(["stage3", "--out", str(out), "--overwrite", "--set", "stage3.lr=2e-4"]) == 0
     assert (out / "stages" / "stage3" / "done.json").is_file() and not (out / "stages" / "export").exists()
     assert not (out / "model").exists() and json.loads((out / "report.json").read_text())["student_path"] is None
-    remove_for_overwrite(out, whole=True, first=0)  # (the lock stays: the process that overwrites holds it)
-    assert sorted(p.name for p in out.iterdir()) == [".hypenet.lock", "notes.txt"]
+    with pipeline.hold_lock(out):  # (the lock stays: the process that overwrites holds it)
+        remove_for_overwrite(out, whole=True, first=0)
+        assert sorted(p.name for p in out.iterdir()) == [".hypenet.lock", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
 def test_two_processes_cannot_write_one_conversion(qwen3_conversion, tmp_path, capsys):
@@ -830,7 +832,93 @@ def test_two_processes_cannot_write_one_conversion(qwen3_conversion, tmp_path, c
     finally:
         lock.close()
     assert main(["export", "--out", str(out), "--overwrite"]) == 0
-    assert (out / LOCK_FILE).is_file()  # (kept beside the conversion; a later process takes it again)
+    # a finished run leaves no lock file behind (the conversion's own run, nor this export)
+    assert not (reference / LOCK_FILE).exists() and not (out / LOCK_FILE).exists()
+
+
+def test_the_lock_file_goes_with_its_holder_and_still_excludes_a_second(tmp_path):
+    """The lock file was left in --out after every run. Its holder now removes it as it lets go (`Lock.release`, or
+    the end of its `with` block); while held, a second holder is refused."""
+    from hypenet.halo.pipeline import LOCK_FILE, hold_lock
+
+    with hold_lock(tmp_path) as lock:
+        assert (tmp_path / LOCK_FILE).read_text() == f"pid {os.getpid()}\n"
+        with pytest.raises(HaloError, match=f"another hypenet process \\(pid {os.getpid()}\\) is writing"):
+            hold_lock(tmp_path)  # (flock: a second open of the file conflicts even within one process)
+    assert not (tmp_path / LOCK_FILE).exists()
+    lock.release()  # (once is enough)
+    again = hold_lock(tmp_path)
+    again.release()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_taken_on_the_file_its_holder_removed_is_taken_again(tmp_path, monkeypatch):
+    """The race of a removed lock file: B opens the file while A holds it; A removes it and lets go; B's flock then
+    succeeds on a file no longer in the folder, where C would create and lock another: two holders. B sees that the
+    path is not the file it locked and locks the one there (a new one), so C is refused."""
+    import fcntl
+
+    from hypenet.halo.pipeline import LOCK_FILE, hold_lock
+
+    a = hold_lock(tmp_path)
+    flock, calls = fcntl.flock, []
+
+    def a_lets_go_first(handle, operation):  # B has opened A's file; A lets go before B's flock
+        if not calls:
+            a.release()
+        calls.append(os.fstat(handle.fileno()).st_nlink)  # (0: removed from the folder)
+        return flock(handle, operation)
+
+    monkeypatch.setattr(fcntl, "flock", a_lets_go_first)
+    b = hold_lock(tmp_path)
+    monkeypatch.setattr(fcntl, "flock", flock)
+    assert calls == [0, 1]  # locked A's removed file, then tried again on the one in the folder
+    assert os.fstat(b.handle.fileno()).st_ino == os.stat(tmp_path / LOCK_FILE).st_ino
+    with pytest.raises(HaloError, match="another hypenet process"):
+        hold_lock(tmp_path)  # C
+    b.release()
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def take_the_lock_again_and_again(out: Path, times: int, results) -> None:
+    """Try `times` times to take `out`'s lock; each time it is taken, check that no other holder is inside (a file
+    only a holder creates, exclusively), then let go. Puts (times taken, times another was inside) in `results`."""
+    from hypenet.halo.pipeline import hold_lock
+
+    taken = clashes = 0
+    for _ in range(times):
+        try:
+            lock = hold_lock(out)
+        except HaloError:
+            continue
+        taken += 1
+        try:
+            os.close(os.open(out / "inside", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.unlink(out / "inside")
+        except FileExistsError:
+            clashes += 1
+        lock.release()
+    results.put((taken, clashes))
+
+
+def test_processes_taking_and_releasing_the_lock_never_hold_it_together(tmp_path):
+    """4 processes take and release one folder's lock 2,000 times each (a fraction of a second): never two holders at
+    once, and no lock file left. (A release that let go before removing the file, or a holder that did not check that
+    it locked the file in the folder, had two holders hundreds of times in such a run.)"""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    workers = [context.Process(target=take_the_lock_again_and_again, args=(tmp_path, 2000, results))
+               for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0] * 4
+    ended = [results.get(timeout=10) for _ in workers]
+    assert sum(taken for taken, _ in ended) > 0 and [clashes for _, clashes in ended] == [0] * 4, ended
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ctrl_c_before_anything_is_saved_says_to_run_the_command_again(tmp_path):

@@ -71,7 +71,8 @@ STAGES = ("stage1", "select", "stage2", "stage3", "export")
 DONE = "done.json"
 WALL_TIME = "wall_time.json"  # a stage's time so far, over the invocations that ran it (until done.json holds it)
 CONFIG_FILE = "config.yaml"
-LOCK_FILE = ".hypenet.lock"  # held by the process writing a conversion (two would write each other's checkpoints)
+# held by the process writing a conversion (two would write each other's checkpoints), which removes it as it ends
+LOCK_FILE = ".hypenet.lock"
 MODEL_DIR = "model"
 # Settings that change how a run executes, not what it computes: they may differ when resuming.
 RUN_FIELDS = {"out", "device", "mixed_precision", "checkpoint_every", "tensorboard", "compile", "deterministic"}
@@ -667,27 +668,65 @@ def remove_for_overwrite(out: Path, whole: bool, first: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def hold_lock(out: Path):
-    """Take `out`'s lock for this process (the main one of a launch; released when it exits): HaloError while
-    another process converts there. A no-op where fcntl is missing (Windows)."""
+class Lock:
+    """`out`'s lock, held by this process (`hold_lock`) until `release` (or the end of a `with` block): releasing it
+    removes the lock file, so a finished conversion leaves none behind."""
+
+    def __init__(self, path: Path, handle):
+        self.path, self.handle = path, handle
+
+    def release(self) -> None:
+        if self.handle is None:
+            return
+        # unlinked while still held: a process that opened this file meanwhile takes the flock only once this one
+        # lets go, then finds that the path is no longer its file (hold_lock) and tries again; unlinked after the
+        # release, it could remove the file another process had just locked, and a third would lock a new one
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        self.handle.close()  # (releases the flock)
+        self.handle = None
+
+    close = release
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def hold_lock(out: Path) -> Lock | None:
+    """Take `out`'s lock for this process (the main one of a launch) until its `release` (or the process's exit,
+    which leaves the file): HaloError while another process converts there. A no-op where fcntl is missing
+    (Windows)."""
     try:
         import fcntl
     except ImportError:
         return None
-    handle = open(out / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip()
-        handle.close()
-        raise HaloError(f"another hypenet process ({holder or 'pid unknown'}) is writing {out}; wait for it to end, "
-                        "or pass another --out") from None
+    path = out / LOCK_FILE
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise HaloError(f"another hypenet process ({holder or 'pid unknown'}) is writing {out}; wait for it to "
+                            "end, or pass another --out") from None
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        mine = os.fstat(handle.fileno())
+        if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+            break
+        handle.close()  # the holder before removed this file as it let go (Lock.release): lock the one there now
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()}\n")
     handle.flush()
-    return handle
+    return Lock(path, handle)
 
 
 def check_output(config: ConvertConfig, stages: list[str], resume: bool, overwrite: bool,
@@ -754,12 +793,10 @@ def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool =
         return _run_stages(config, stages, resume, overwrite, start_from, count_startup)
     finally:
         if lock is not None:
-            lock.close()  # (releases it)
-            if not holds_anything(out):  # a conversion stopped before it wrote anything leaves no folder behind
+            lock.release()  # (and removes the lock file)
+            if created and not holds_anything(out):  # a conversion stopped before it wrote anything leaves no folder
                 with contextlib.suppress(OSError):
-                    (out / LOCK_FILE).unlink()
-                    if created:
-                        out.rmdir()
+                    out.rmdir()
 
 
 def holds_anything(out: Path) -> bool:
