@@ -1101,6 +1101,31 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path, mon
     assert yaml.safe_load((out / "config.yaml").read_text())["stage1"]["lr"] == 1e-4
 
 
+def test_export_resume_of_a_finished_export_says_so_without_loading_the_teacher(tmp_path, capsys, monkeypatch):
+    """`hypenet export --resume` where the export is done loaded the teacher (slow, and its memory) before finding
+    nothing to do. It says at once, as convert does of a finished conversion, that it is finished and where its model
+    is, and exits 0; without --resume the refusal says so too (not "exists; pass --resume")."""
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the teacher was loaded")
+
+    monkeypatch.setattr(pipeline, "Conversion", no_loading)
+    out = tmp_path / "run"
+    for name in pipeline.STAGES:
+        (out / "stages" / name).mkdir(parents=True)
+        (out / "stages" / name / "done.json").write_text("{}")
+    (out / "report.json").write_text(json.dumps({"student_path": str(out / "model")}))
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    finished = f"{out} holds a finished conversion (its model: {out / 'model'})"
+    assert main(["export", "--out", str(out), "--resume"]) == 0
+    assert capsys.readouterr().out == f"{finished}: its export is done, nothing to do (--overwrite exports it again)\n"
+    assert run_stages(load_config(out=str(out)), ["export"], resume=True) == {"student_path": str(out / "model")}
+    assert main(["export", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: {finished}; --overwrite exports it again\n"
+    assert main(["convert", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: {finished}; pass another --out, or --overwrite to convert again\n"
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # (no lock, nothing written)
+
+
 def test_a_stage_alone_needs_the_stages_before_it(tmp_path, capsys):
     assert main(["stage2", "--out", str(tmp_path / "out")]) == 2
     assert "run `hypenet stage1 --out" in capsys.readouterr().err

@@ -729,6 +729,20 @@ def hold_lock(out: Path) -> Lock | None:
     return Lock(path, handle)
 
 
+def finished_conversion(out: Path) -> str | None:
+    """What `convert` and `export` say of an --out whose export is done ("OUT holds a finished conversion (its model:
+    OUT/model)"); None while it is not."""
+    if done_info(out, "export") is None:
+        return None
+    return f"{out} holds a finished conversion (its model: {out / MODEL_DIR})"
+
+
+def nothing_to_do(out: Path, stages: list[str], resume: bool) -> str | None:
+    """What `hypenet export --resume` says, loading nothing, where the export is done already; None elsewhere."""
+    finished = finished_conversion(out) if resume and list(stages) == ["export"] else None
+    return f"{finished}: its export is done, nothing to do (--overwrite exports it again)" if finished else None
+
+
 def check_output(config: ConvertConfig, stages: list[str], resume: bool, overwrite: bool,
                  start_from: str | Path | None) -> None:
     """What run_stages checks before it loads anything: HaloError when --out (or --from) does not allow `stages`."""
@@ -761,9 +775,10 @@ def check_output(config: ConvertConfig, stages: list[str], resume: bool, overwri
                 "with your --teacher, --data and --set options (or `hypenet convert` for everything)"
             )
     if existing and not (resume or overwrite):
-        if whole and done_info(out, "export") is not None:
-            raise HaloError(f"{out} holds a finished conversion (its model: {out / MODEL_DIR}); pass another --out, or "
-                            "--overwrite to convert again")
+        finished = finished_conversion(out) if "export" in stages else None
+        if finished:
+            again = "pass another --out, or --overwrite to convert again" if whole else "--overwrite exports it again"
+            raise HaloError(f"{finished}; {again}")
         raise HaloError(f"{existing[0]} exists; pass --resume to continue it or --overwrite to replace it")
     if not (whole and overwrite):  # (before anything loads; record_config checks again once --from has copied)
         refusal = saved_settings_refusal(out, config, replaced=tuple(STAGES[first:]) if overwrite else ())
@@ -780,6 +795,11 @@ def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool =
     the conversion's counts (`startup_time_s`); not in a process that did other things first (a notebook, a test)."""
     check_output(config, stages, resume, overwrite, start_from)
     out, whole = Path(config.out), list(stages) == list(STAGES)
+    finished = nothing_to_do(out, stages, resume)
+    if finished:  # (before the teacher loads, which takes long for nothing)
+        if is_main_rank():
+            print(finished)
+        return saved_report(out)
     if resume and whole and not holds_anything(out):
         log.warning("--resume: %s holds no conversion yet; starting one from the beginning (check --out if you meant "
                     "to continue another)", out)
@@ -797,6 +817,16 @@ def run_stages(config: ConvertConfig, stages: list[str] = STAGES, resume: bool =
             if created and not holds_anything(out):  # a conversion stopped before it wrote anything leaves no folder
                 with contextlib.suppress(OSError):
                     out.rmdir()
+
+
+def saved_report(out: Path) -> dict:
+    """The report a finished run wrote in `out` (empty where it has none, or it cannot be read)."""
+    from .report import REPORT_JSON
+
+    try:
+        return json.loads((out / REPORT_JSON).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def holds_anything(out: Path) -> bool:
