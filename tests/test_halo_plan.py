@@ -189,6 +189,52 @@ def test_a_plan_whose_run_would_stop_is_printed_whole_and_exits_2(teacher_dir, t
     assert main(["convert", "--plan", "--teacher", str(teacher_dir), "--out", str(tmp_path / "run"), *small]) == 0
 
 
+def finish(out: Path, *stages: str) -> None:
+    """Mark `stages` done in `out` (the training stages with 4 steps)."""
+    for stage in stages:
+        (out / "stages" / stage).mkdir(parents=True, exist_ok=True)
+        (out / "stages" / stage / "done.json").write_text(json.dumps({"steps": 4} if stage[-1].isdigit() else {}))
+
+
+def test_export_plan_is_the_exports_own(teacher_dir, tmp_path, capsys):
+    """`hypenet export --plan` printed the whole conversion's plan (every stage's budget, "not run by this
+    command"); it says what the export alone would do: what it reads and writes, whether --out holds it done, and
+    why it would stop, with convert --plan's exit codes (2: the run as asked would stop at once)."""
+    out = tmp_path / "run"
+    export = ["export", "--plan", "--teacher", str(teacher_dir), "--out", str(out),
+              *[arg for pair in SMALL for arg in ("--set", pair)]]
+    assert main(export) == 2  # nothing before it
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"# Plan: hypenet export in {out}\n")
+    assert printed.endswith(f"**As asked, this run would stop at once:** export needs the result of stage1 in {out}: "
+                            f"run `hypenet stage1 --out {out}` first, with your --teacher, --data and --set options "
+                            "(or `hypenet convert` for everything)\n")
+    finish(out, "stage1", "select", "stage2", "stage3")
+    assert main(export) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert f"- reads: stage 3's model, {out / 'stages' / 'stage3' / 'model'} (stage3: done (4 steps))" in lines
+    assert f"- loads: the teacher {teacher_dir} (qwen3, " in printed
+    assert ("- scores: the 16 longest held-out documents, cut to 4,096 tokens and scored past stage 3's 1,024, to "
+            "choose the logit-scaling base among 100, 200, 500, 1000, 2000") in printed
+    assert (f"- writes: {out / 'model'}, {out / 'stages' / 'export' / 'done.json'}, {out / 'report.json'}, "
+            f"{out / 'report.md'}") in lines
+    assert lines[-1] == "- in --out: export to run"
+    assert "| stage" not in printed and "not run by this command" not in printed and "H200" not in printed
+    finish(out, "export")
+    assert main(export) == 2
+    assert capsys.readouterr().out.endswith(
+        f"- in --out: export done\n\n**As asked, this run would stop at once:** {out} holds a finished conversion (its "
+        f"model: {out / 'model'}); --overwrite exports it again\n")
+    assert main([*export, "--overwrite"]) == 0
+    assert "- in --out: export to run again: --overwrite replaces it (done)\n" in capsys.readouterr().out
+    assert main([*export, "--resume"]) == 0  # the run would do nothing: it reads and writes nothing
+    assert capsys.readouterr().out == (
+        f"# Plan: hypenet export in {out}\n\n- in --out: export done\n\n{out} holds a finished conversion (its model: "
+        f"{out / 'model'}): its export is done, nothing to do (--overwrite exports it again)\n")
+    assert sorted(p.name for p in out.iterdir()) == ["stages"]  # (a plan writes nothing)
+
+
 def test_a_warning_of_the_hubs_client_is_printed_once(teacher_dir, tmp_path):
     """As `hypenet convert` sets up logging, a record of huggingface_hub's (its retries when the hub cannot be
     reached) goes out through its own handler alone, not a second time through the command's."""

@@ -42,9 +42,11 @@ def register(subparsers) -> None:
                             help="override any config field, e.g. --set stage2.lr=5e-5 --set stage1.tokens=10M")
         parser.add_argument("--device", choices=["auto", "cpu", "cuda"],
                             help="where to run (default auto: a GPU when one is visible); the same as --set device=")
+        shown = ("what it reads and writes, how it chooses the base, what --out holds of it" if name == "export" else
+                 "stages, tokens, steps, FLOPs, time on an H200, what --out holds")
         parser.add_argument("--plan", action="store_true",
-                            help="print what this would do (stages, tokens, steps, FLOPs, time on an H200, what --out "
-                                 "holds) without loading weights or writing anything, then exit")
+                            help=f"print what this would do ({shown}) without loading weights or writing anything, "
+                                 "then exit")
         resume = parser.add_mutually_exclusive_group()
         resume.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
         resume.add_argument("--overwrite", action="store_true", help="replace what --out holds for these stages")

@@ -4,7 +4,8 @@ It prints the teacher and the student it becomes, each stage's budget and batch 
 long they take on one H200, the data, and what --out already holds (finished stages, a stopped stage's checkpoint,
 whether the run would be refused). No weight is read and nothing is written: the teacher is built from its config on
 PyTorch's meta device, and every stage's objective from it by `halo.flops.build_objective`, so the FLOP counts are
-bench-train's (`halo/flops.py`).
+bench-train's (`halo/flops.py`). `hypenet export --plan` prints the export's own plan (`make_export_plan`): what it
+reads and writes, how it chooses the base, and what --out holds of it.
 
 The times divide those FLOPs by the model-FLOPs utilisation `hypenet bench-train` measured on one H200 for the
 measured shape nearest in size to the teacher (`MEASURED_MFU`). They leave out layer selection and export
@@ -31,7 +32,8 @@ from .config import PAPER_TEACHER_PARAMS, ConvertConfig, ExportConfig, HaloError
 from .engine import LOSS_LOG, latest_checkpoint, loss_records
 from .export import scaling_label, tolerance_rule
 from .flops import H200_DENSE_BF16_TFLOPS, build_objective
-from .pipeline import STAGES, check_output, done_info, saved_settings_refusal
+from .pipeline import DONE, MODEL_DIR, STAGES, check_output, done_info, nothing_to_do, saved_settings_refusal
+from .report import REPORT_JSON, REPORT_MD
 from .select import SCORED_LAYERS, check_selection, default_num_attention
 
 TRAINED = ("stage1", "stage2", "stage3")
@@ -236,17 +238,28 @@ def stage_state(out: Path, name: str, steps: int | None) -> str:
     return f"{progress}; {saved}" if progress else f"started; {saved}"
 
 
-def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = False, overwrite: bool = False,
-              start_from: str | Path | None = None) -> dict:
-    """The plan as a dict (rendered by `markdown`)."""
-    out = Path(config.out)
+def run_refusal(config: ConvertConfig, stages: list[str], resume: bool, overwrite: bool,
+                start_from: str | Path | None) -> str | None:
+    """Why `run_stages` would refuse to start, before it loads anything (`check_output`); None when it would not."""
     try:
         check_output(config, stages, resume, overwrite, start_from)
-        refusal = None
     except HaloError as error:
-        refusal = str(error)
-    if refusal is None and resume:
-        refusal = saved_settings_refusal(out, config)
+        return str(error)
+    return saved_settings_refusal(Path(config.out), config) if resume else None
+
+
+def data_refusal(source: str, installed: str) -> str | None:
+    """Why a run would stop as it reads the data (`data_installed` says it is not there); None when it would not."""
+    return f"the data ({source}): {installed.removeprefix('no: ')}" if installed.startswith("no") else None
+
+
+def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = False, overwrite: bool = False,
+              start_from: str | Path | None = None) -> dict:
+    """The plan as a dict (rendered by `markdown`); that of the export alone (`make_export_plan`) for ["export"]."""
+    if list(stages) == ["export"]:
+        return make_export_plan(config, resume, overwrite, start_from)
+    out = Path(config.out)
+    refusal = run_refusal(config, stages, resume, overwrite, start_from)
 
     teacher_cfg = teacher_config(config.teacher)
     with torch.device("meta"):  # shapes only: no memory, no weights read
@@ -290,8 +303,7 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
         row["state"] = state(row["stage"], row["steps"])
     data = resolved.data
     installed = data_installed(data.source)
-    if refusal is None and installed.startswith("no"):  # the run would stop as it reads the data
-        refusal = f"the data ({data.source}): {installed.removeprefix('no: ')}"
+    refusal = refusal or data_refusal(data.source, installed)  # (the run would stop as it reads the data)
     return {
         "teacher": {
             "spec": config.teacher, "architecture": teacher_cfg.model_type, "parameters": teacher_parameters,
@@ -325,6 +337,67 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
         "out": str(out), "refusal": refusal,
         "beyond_teacher_window": beyond_teacher_window(resolved, getattr(teacher_cfg, "max_position_embeddings", None)),
     }
+
+
+def make_export_plan(config: ConvertConfig, resume: bool = False, overwrite: bool = False,
+                     start_from: str | Path | None = None) -> dict:
+    """The plan of `hypenet export` (rendered by `markdown`): what it reads (stage 3's model, the teacher, the data's
+    held-out documents), how it chooses the base, what it writes, what --out holds of it, and why it would stop at
+    once, or that it would do nothing (--resume of a finished export)."""
+    out = Path(config.out)
+    refusal = run_refusal(config, ["export"], resume, overwrite, start_from)
+    finished = nothing_to_do(out, ["export"], resume) if refusal is None else None
+    teacher = data = None
+    if finished is None:  # (a run with nothing to do loads neither)
+        teacher_cfg = teacher_config(config.teacher)
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(teacher_cfg).parameters())
+        teacher = {"spec": config.teacher, "architecture": teacher_cfg.model_type, "parameters": parameters}
+        resolved = resolve(config, parameters)
+        installed = data_installed(config.data.source)
+        data = {"source": config.data.source, "installed": installed,
+                "heldout_fraction": config.data.heldout_fraction,
+                "tokens_read": config.data.max_tokens or max(getattr(resolved, name).tokens for name in TRAINED)}
+        refusal = refusal or data_refusal(config.data.source, installed)
+    state = stage_state(out, "export", None)
+    if overwrite and state != "to run":
+        state = f"to run again: --overwrite replaces it ({state})"
+    export, context = config.export, config.stage3.seq_len
+    return {
+        "command": "export", "out": str(out), "from": None if start_from is None else str(start_from),
+        "stage3_model": str(out / "stages" / "stage3" / MODEL_DIR),
+        "stage3_state": stage_state(Path(start_from) if start_from is not None else out, "stage3", None),
+        "teacher": teacher, "data": data, "max_docs": export.max_docs, "train_context": context,
+        "eval_len": export.eval_len or 4 * context, "export_rule": export_rule(export),
+        "writes": [str(out / MODEL_DIR), str(out / "stages" / "export" / DONE), str(out / REPORT_JSON),
+                   str(out / REPORT_MD)],
+        "state": state, "nothing_to_do": finished, "refusal": refusal,
+    }
+
+
+def export_markdown(plan: dict) -> str:
+    """`markdown` of `make_export_plan`'s plan."""
+    lines = [f"# Plan: hypenet export in {plan['out']}", ""]
+    t, d = plan["teacher"], plan["data"]
+    if not plan["nothing_to_do"]:  # (a run with nothing to do reads and writes nothing)
+        copied = f"; copied into {plan['out']} from {plan['from']} with the stages before it" if plan["from"] else ""
+        lines.append(f"- reads: stage 3's model, {plan['stage3_model']} (stage3: {plan['stage3_state']}{copied})")
+        documents = f"{plan['max_docs']} longest held-out document{'s' * (plan['max_docs'] != 1)}"
+        lines += [
+            f"- loads: the teacher {t['spec']} ({t['architecture']}, {_count(t['parameters'])} parameters) for its "
+            "tokenizer, weights included",
+            f"- data: {d['source']} (installed: {d['installed']}); reads up to {_count(d['tokens_read'])} training "
+            f"tokens to split off the held-out documents ({d['heldout_fraction']:.0%} of them)",
+            f"- scores: the {documents}, cut to {plan['eval_len']:,} tokens and scored past stage 3's "
+            f"{plan['train_context']:,}, to choose {plan['export_rule']}",
+            f"- writes: {', '.join(plan['writes'])}",
+        ]
+    lines.append(f"- in --out: export {plan['state']}")
+    if plan["nothing_to_do"]:
+        lines += ["", plan["nothing_to_do"]]
+    if plan["refusal"]:
+        lines += ["", f"**As asked, this run would stop at once:** {plan['refusal']}"]
+    return "\n".join(lines) + "\n"
 
 
 def export_rule(export: ExportConfig) -> str:
@@ -376,6 +449,8 @@ def _flops(n: float) -> str:
 
 
 def markdown(plan: dict) -> str:
+    if plan.get("command") == "export":
+        return export_markdown(plan)
     t, s, d = plan["teacher"], plan["student"], plan["data"]
     lines = [
         f"# Plan: {t['spec']} -> HypeNet in {plan['out']}",
