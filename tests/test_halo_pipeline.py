@@ -593,8 +593,7 @@ def test_the_estimate_in_stage1_names_the_layer_selection_it_counts(overrides, c
 
     config = resolve(load_config(overrides=overrides), 10**8)
     conv = SimpleNamespace(running=list(pipeline.STAGES), done=lambda name: None, config=config,
-                           stage_costs=lambda: costs, teacher=SimpleNamespace(config=SimpleNamespace(
-                               num_hidden_layers=30)))
+                           stage_costs=lambda: costs, teacher_config=SimpleNamespace(num_hidden_layers=30))
     with caplog.at_level(logging.INFO, logger="hypenet.halo.pipeline"):
         pipeline.Conversion.log_time_left(conv, "stage1", 2048, 2, 12, 400.0)
     _, _, tokens, _ = parse_estimate(caplog.messages[-1], uncounted)
@@ -1129,6 +1128,38 @@ def test_export_resume_of_a_finished_export_says_so_without_loading_the_teacher(
 def test_a_stage_alone_needs_the_stages_before_it(tmp_path, capsys):
     assert main(["stage2", "--out", str(tmp_path / "out")]) == 2
     assert "run `hypenet stage1 --out" in capsys.readouterr().err
+
+
+def test_stage3_export_and_a_finished_resume_load_no_teacher_weight(assets, qwen3_conversion, tmp_path, monkeypatch):
+    """Every invocation loaded the teacher's weights, also one whose stages need only its tokenizer and config (stage
+    3, the export, `convert --resume` of a finished conversion): minutes and its memory for a large teacher. They
+    build it on the meta device instead; the report's teacher size is the loaded teacher's, and a stage that runs the
+    teacher still loads it."""
+    reference, report = qwen3_conversion
+    loaded = []
+    real = pipeline.load_teacher
+
+    def recorded(*args, **kwargs):
+        loaded.append(kwargs.get("weights", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_teacher", recorded)
+    out = tmp_path / "branch"
+    shutil.copytree(reference, out)
+    config = tiny_config(assets, "qwen3", out)
+    again = run_stages(config, ["stage3", "export"], overwrite=True)
+    assert again["teacher_parameters"] == report["teacher_parameters"]
+    assert run_stages(config, list(pipeline.STAGES), resume=True)["teacher_parameters"] == report["teacher_parameters"]
+    assert loaded == [False, False]
+    assert pipeline.needs_teacher(out, ["stage2", "stage3"], overwrite=True)
+    assert not pipeline.needs_teacher(out, ["stage2", "stage3"], overwrite=False)
+    shutil.rmtree(out / "stages" / "stage2")
+    assert pipeline.needs_teacher(out, ["stage2", "stage3"], overwrite=False)
+    for family in ("qwen3", "llama"):  # (the tiny Qwen3 ties its embeddings: counted once either way)
+        model, _ = real(assets[family])
+        skeleton, _ = real(assets[family], weights=False)
+        assert skeleton.device.type == "meta" and skeleton.config.to_dict() == model.config.to_dict()
+        assert sum(p.numel() for p in skeleton.parameters()) == sum(p.numel() for p in model.parameters())
 
 
 def test_export_again_with_one_base_pins_it(qwen3_conversion, tmp_path):

@@ -214,7 +214,8 @@ def test_export_plan_is_the_exports_own(teacher_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     lines = printed.splitlines()
     assert f"- reads: stage 3's model, {out / 'stages' / 'stage3' / 'model'} (stage3: done (4 steps))" in lines
-    assert f"- loads: the teacher {teacher_dir} (qwen3, " in printed
+    assert f"- loads: the teacher {teacher_dir}'s tokenizer and config (qwen3, " in printed
+    assert "parameters; not its weights)" in printed
     assert ("- scores: the 16 longest held-out documents, cut to 4,096 tokens and scored past stage 3's 1,024, to "
             "choose the logit-scaling base among 100, 200, 500, 1000, 2000") in printed
     assert (f"- writes: {out / 'model'}, {out / 'stages' / 'export' / 'done.json'}, {out / 'report.json'}, "

@@ -68,6 +68,7 @@ from .select import SCORED_LAYERS, check_selection
 log = logging.getLogger(__name__)
 
 STAGES = ("stage1", "select", "stage2", "stage3", "export")
+TEACHER_STAGES = ("stage1", "select", "stage2")  # those that run the teacher; stage 3 and export need its tokenizer
 DONE = "done.json"
 WALL_TIME = "wall_time.json"  # a stage's time so far, over the invocations that ran it (until done.json holds it)
 CONFIG_FILE = "config.yaml"
@@ -178,7 +179,9 @@ def done_info(out: Path, name: str) -> dict | None:
 class Conversion:
     """One conversion's shared state: its config, output folder, teacher and corpus (each loaded once)."""
 
-    def __init__(self, config: ConvertConfig, resume: bool = False):
+    def __init__(self, config: ConvertConfig, resume: bool = False, teacher_weights: bool = True):
+        """teacher_weights=False: the teacher's weights are not loaded (`self.teacher` is None), for an invocation
+        whose stages need only its tokenizer and config (`needs_teacher`)."""
         self.requested = config
         self.out = Path(config.out)
         self.running: list[str] = []  # the stages this invocation runs (run_stages sets them)
@@ -204,21 +207,26 @@ class Conversion:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # the frozen teacher needs no fp32 master
         try:
             with self.state.main_process_first():  # the first load of a GGUF teacher writes a cache
-                self.teacher, self.tokenizer = load_teacher(config.teacher, dtype=dtype, device=self.state.device)
+                teacher, self.tokenizer = load_teacher(config.teacher, dtype=dtype, device=self.state.device,
+                                                       weights=teacher_weights)
         except (OSError, ValueError) as error:  # missing files, unknown hub id, unsupported architecture
             raise HaloError(f"cannot load the teacher {config.teacher!r}: {error}") from error
-        check_tokenizer(self.teacher, self.tokenizer, config.teacher)
-        window = sliding_window(self.teacher.config)
+        check_tokenizer(teacher, self.tokenizer, config.teacher)
+        self.teacher_config = teacher.config
+        self.teacher_parameters = sum(p.numel() for p in teacher.parameters())  # (on the meta device too)
+        self.teacher = teacher if teacher_weights else None
+        if not teacher_weights:
+            log.info("the teacher's weights are not loaded: the stages this run has left need only its tokenizer")
+        window = sliding_window(self.teacher_config)
         if window is not None and self.state.is_main_process:
             log.warning("the teacher attends within a sliding window of %d tokens; the student's attention layers "
                         "attend to the whole sequence (HypeNet has no window), so past %d tokens they see more than "
                         "the teacher they learn from", window, window)
-        self.teacher_parameters = sum(p.numel() for p in self.teacher.parameters())
         self.config = resolve(config, self.teacher_parameters)
         select = self.config.select
         try:
             check_selection(select.strategy, select.num_attention, select.manual_layers,
-                            self.teacher.config.num_hidden_layers)
+                            self.teacher_config.num_hidden_layers)
         except ValueError as error:
             raise HaloError(str(error)) from None
 
@@ -312,7 +320,7 @@ class Conversion:
             if stage in TRAINED:
                 later[stage] = trained_tokens(self.config, stage)
             elif costs and SELECT in costs:  # (without its cost per token, left out: the line says so)
-                later[stage] = selection_tokens(self.config, self.teacher.config.num_hidden_layers)
+                later[stage] = selection_tokens(self.config, self.teacher_config.num_hidden_layers)
         cost = {n: c / costs[name] for n, c in costs.items()} if costs else None
         # a sweep ahead but left out (lm-eval's tasks, or no cost per token) is named; one done, or none, is not
         sweep_left_out = SELECT in ahead and SELECT not in later and self.config.select.strategy == "halo"
@@ -328,7 +336,7 @@ class Conversion:
 
         try:
             with unsharded_loading():  # (the main process alone builds the meta-device objectives, also under ZeRO-3)
-                return relative_costs(self.teacher.config, self.config, "stage1", gpu=self.state.device.type == "cuda")
+                return relative_costs(self.teacher_config, self.config, "stage1", gpu=self.state.device.type == "cuda")
         except Exception as error:  # an estimate must not stop a conversion
             log.warning("conversion: the later stages' cost per token is unknown (%s); the estimate takes them at "
                         "the measured stage's tokens/s", first_line(error))
@@ -336,7 +344,7 @@ class Conversion:
 
     def stage1_layers(self, name: str = stage1.LAYERS_FILE) -> dict[int, nn.Module]:
         """Stage 1's lightning students by layer (name=stage1.ATTENTION_LAYERS_FILE: its attention students, if any)."""
-        config = hypenet_config_from_teacher(self.teacher.config)
+        config = hypenet_config_from_teacher(self.teacher_config)
         return stage1.load_layers(self.stage_dir("stage1"), config, self.state.device, name)
 
     def save_model(self, model: HypeNetForCausalLM, weights: dict, name: str) -> None:
@@ -367,8 +375,8 @@ class Conversion:
         if info is not None:
             log.info("%s: already done, skipping", name)
             return info
-        if self.is_main_process and self.teacher is not None:
-            context = getattr(self.teacher.config, "max_position_embeddings", None)
+        if self.is_main_process and name in TEACHER_STAGES:
+            context = getattr(self.teacher_config, "max_position_embeddings", None)
             for warning in beyond_teacher_window(self.config, context):
                 if warning.startswith(f"{name}."):
                     warnings.warn(warning, stacklevel=2)
@@ -829,6 +837,13 @@ def saved_report(out: Path) -> dict:
         return {}
 
 
+def needs_teacher(out: Path, stages: list[str], overwrite: bool) -> bool:
+    """Whether an invocation running `stages` in `out` runs the teacher: one of them that does (TEACHER_STAGES) is
+    not done yet, or --overwrite runs it again. Stage 3, the export and a finished conversion's --resume need only its
+    tokenizer and config, and load no weight."""
+    return any(name in TEACHER_STAGES and (overwrite or done_info(out, name) is None) for name in stages)
+
+
 def holds_anything(out: Path) -> bool:
     """Whether `out` holds more than a lock: anything a conversion, or a user, put there."""
     return out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
@@ -840,7 +855,7 @@ def _run_stages(config: ConvertConfig, stages: list[str], resume: bool, overwrit
     out, whole = Path(config.out), list(stages) == list(STAGES)
     first = STAGES.index(stages[0])
     earlier = list(STAGES[:first])
-    conv = Conversion(config, resume=resume)
+    conv = Conversion(config, resume=resume, teacher_weights=needs_teacher(out, stages, overwrite))
     conv.corpus  # a bad teacher, tokenizer or corpus fails here, before anything is overwritten
     if overwrite and conv.is_main_process:
         remove_for_overwrite(out, whole, first)

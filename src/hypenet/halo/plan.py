@@ -32,7 +32,16 @@ from .config import PAPER_TEACHER_PARAMS, ConvertConfig, ExportConfig, HaloError
 from .engine import LOSS_LOG, latest_checkpoint, loss_records
 from .export import scaling_label, tolerance_rule
 from .flops import H200_DENSE_BF16_TFLOPS, build_objective
-from .pipeline import DONE, MODEL_DIR, STAGES, check_output, done_info, nothing_to_do, saved_settings_refusal
+from .pipeline import (
+    DONE,
+    MODEL_DIR,
+    STAGES,
+    TEACHER_STAGES,
+    check_output,
+    done_info,
+    nothing_to_do,
+    saved_settings_refusal,
+)
 from .report import REPORT_JSON, REPORT_MD
 from .select import SCORED_LAYERS, check_selection, default_num_attention
 
@@ -42,7 +51,6 @@ H200_GIB = 139  # what one H200 gives PyTorch, about
 # bytes per trained parameter kept for the whole stage: fp32 weights (mixed precision keeps fp32 masters), fp32
 # gradients, and AdamW's two fp32 moments
 TRAINED_BYTES = 4 + 4 + 8
-USES_TEACHER = ("stage1", "stage2")  # stage 3 trains without it (the pipeline frees it first)
 # Model-FLOPs utilisation of stages 1, 2 and 3 measured by `hypenet bench-train` on one H200, by teacher size, eager
 # and with `compile: true` (stages 2 and 3 only; stage 1 is never compiled).
 MEASURED_MFU = {
@@ -284,7 +292,7 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
             student = objective.student
         flops = stage.tokens * per_token
         trained = sum(p.numel() for p in objective.parameters() if p.requires_grad)
-        teacher_bytes = teacher_parameters * (4 if on_cpu else 2) if name in USES_TEACHER else 0  # bf16 on GPU
+        teacher_bytes = teacher_parameters * (4 if on_cpu else 2) if name in TEACHER_STAGES else 0  # bf16 on GPU
         rows.append({
             "stage": name, "tokens": stage.tokens, "seq_len": stage.seq_len, "batch_size": stage.batch_size,
             "micro_batch_size": stage.micro_batch_size, "steps": stage.steps(), "lr": stage.lr,
@@ -384,8 +392,8 @@ def export_markdown(plan: dict) -> str:
         lines.append(f"- reads: stage 3's model, {plan['stage3_model']} (stage3: {plan['stage3_state']}{copied})")
         documents = f"{plan['max_docs']} longest held-out document{'s' * (plan['max_docs'] != 1)}"
         lines += [
-            f"- loads: the teacher {t['spec']} ({t['architecture']}, {_count(t['parameters'])} parameters) for its "
-            "tokenizer, weights included",
+            f"- loads: the teacher {t['spec']}'s tokenizer and config ({t['architecture']}, "
+            f"{_count(t['parameters'])} parameters; not its weights)",
             f"- data: {d['source']} (installed: {d['installed']}); reads up to {_count(d['tokens_read'])} training "
             f"tokens to split off the held-out documents ({d['heldout_fraction']:.0%} of them)",
             f"- scores: the {documents}, cut to {plan['eval_len']:,} tokens and scored past stage 3's "

@@ -168,12 +168,19 @@ def load_teacher(
     spec: str | os.PathLike | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    weights: bool = True,
 ) -> tuple[PreTrainedModel, object]:
-    """(model in eval mode with frozen parameters, tokenizer) for a teacher spec (see `resolve_teacher`)."""
+    """(model in eval mode with frozen parameters, tokenizer) for a teacher spec (see `resolve_teacher`).
+    weights=False: the model built from its config on the meta device instead (its config, shapes and parameter
+    count, in no memory, no weight read), for work that needs the teacher's tokenizer alone."""
     location = checkpoint_location(spec)
     config = AutoConfig.from_pretrained(location)
     check_supported(config.model_type, location)
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device)
+    if weights:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device)
+    else:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     tokenizer = load_tokenizer(location)
     model.eval().requires_grad_(False)
     return model, tokenizer
