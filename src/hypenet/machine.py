@@ -11,6 +11,10 @@ from pathlib import Path
 
 import torch
 
+from .errors import MissingInputError
+
+# The first accelerate whose barrier leaves a CPU process group on the CPU (`check_cpu_processes`).
+ACCELERATE_CPU_BARRIER = "1.16"
 
 def machine_info(device: torch.device | str) -> dict:
     """The date, the software's versions and the device: the GPU's name, memory, SM count and CUDA version, or the
@@ -70,3 +74,24 @@ def label(info: dict) -> str:
     else:
         where = str(info.get("device", "unknown device")).upper()
     return f"{where}, torch {info.get('torch', 'unknown')}"
+
+
+def check_cpu_processes(state) -> None:
+    """MissingInputError where processes on the CPU (accelerate's MULTI_CPU, gloo) would fail at their first barrier:
+    before accelerate 1.16, `wait_for_everyone` passes each process's local rank to torch as a device index, and torch
+    runs the barrier on that GPU where one is visible; on a machine with fewer GPUs than processes, those past them fail
+    and the others see gloo's "Connection closed by peer". Two CPU processes did so on a one-GPU machine with
+    accelerate 1.15.0 (results/gpu_tests/h100_2026-12-07b/)."""
+    from accelerate import __version__ as accelerate_version
+    from accelerate.utils import DistributedType
+    from packaging.version import Version
+
+    if state.distributed_type != DistributedType.MULTI_CPU or not torch.cuda.is_available():
+        return
+    if Version(accelerate_version) >= Version(ACCELERATE_CPU_BARRIER):
+        return
+    raise MissingInputError(
+        f"{state.num_processes} processes on the CPU, on a machine where a GPU is visible, need accelerate "
+        f"{ACCELERATE_CPU_BARRIER} or later: accelerate {accelerate_version} runs their barrier on the GPU of each "
+        f"process's rank, and ranks past the machine's GPUs fail. Run `pip install -U 'accelerate>="
+        f"{ACCELERATE_CPU_BARRIER}'`, or hide the GPUs (CUDA_VISIBLE_DEVICES= before the launch)")

@@ -154,12 +154,13 @@ def run(settings: TrainBenchSettings) -> dict:
     from ..data import PackedChunks
     from ..halo import engine
     from ..halo.flops import FLOP_NOTE, build_objective
-    from ..machine import machine_info
+    from ..machine import check_cpu_processes, machine_info
     from .profile import StepProfiler
     from .run import free_memory
 
     check_settings(settings)
     processes = PartialState(cpu=settings.device == "cpu")  # one, or those `accelerate launch` started
+    check_cpu_processes(processes)
     device = processes.device  # this process's GPU
     precision = "bf16" if device.type == "cuda" else "no"  # as the pipeline: bf16 autocast on GPU, fp32 on CPU
     shape = HYPENET_SHAPES[settings.shape]

@@ -44,7 +44,7 @@ from accelerate.utils import DistributedType
 from torch import nn
 
 from ..errors import first_line
-from ..machine import machine_label
+from ..machine import check_cpu_processes, machine_label
 from ..model import HypeNetForCausalLM
 from ..teachers import hypenet_config_from_teacher, load_teacher
 from ..teachers.transfer import sliding_window
@@ -192,6 +192,7 @@ class Conversion:
             raise HaloError("device=cuda but no GPU is visible; use --device cpu")
         cpu = config.device == "cpu" or not torch.cuda.is_available()
         self.state = PartialState(cpu=cpu)
+        check_cpu_processes(self.state)  # (before the first barrier, which an old accelerate runs on a GPU)
         precision = config.mixed_precision if config.mixed_precision != "auto" else ("no" if cpu else "bf16")
         # A state made before this one (by the caller, as the tests do with DeepSpeed's CPU accelerator) stays as it
         # was: PartialState ignores `cpu` once initialised. Under DeepSpeed the engine's Accelerator(cpu=True) would
