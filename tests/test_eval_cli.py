@@ -1,5 +1,6 @@
 """`python -m hypenet.eval` end to end on a tiny saved model: NIAH as-is and with YaRN, then `compare`."""
 
+import argparse
 import json
 import re
 import shutil
@@ -504,3 +505,25 @@ def test_teacher_and_embedded_are_one_model_in_an_evaluations_folder(tmp_path):
     _check_out(tmp_path, "embedded", Namespace(overwrite=False))
     with pytest.raises(InvalidInputError, match="holds the evaluation of teacher; pass another --out"):
         _check_out(tmp_path, str(tmp_path / "other-model"), Namespace(overwrite=False))
+
+
+def test_every_name_of_the_embedded_teacher_is_the_teacher_unless_a_local_path_has_it(tmp_path, monkeypatch):
+    """`hypenet eval smollm2` (or `default`) evaluated the embedded teacher, as `teacher` does, but its label and
+    default --out were `smollm2`, and an --out holding `teacher`'s results refused it as another model. Every name that
+    loads it is "teacher" now; a local folder of that name is the user's own model, named as a folder is."""
+    from hypenet.eval.cli import _check_out, model_label
+    from hypenet.teachers.load import EMBEDDED_NAMES
+
+    monkeypatch.chdir(tmp_path)
+    assert [model_label(name) for name in EMBEDDED_NAMES] == ["teacher"] * len(EMBEDDED_NAMES)
+    out = tmp_path / "runs" / "eval" / "teacher"
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps({"model": "teacher"}))
+    for name in EMBEDDED_NAMES:
+        _check_out(out, name, argparse.Namespace())  # the same model: no refusal
+    with pytest.raises(InvalidInputError, match="holds the evaluation of teacher"):
+        _check_out(out, "Qwen/Qwen3-1.7B", argparse.Namespace())
+    (tmp_path / "smollm2").mkdir()  # the user's own folder of that name
+    assert model_label("smollm2") == "smollm2"
+    with pytest.raises(InvalidInputError, match="holds the evaluation of teacher"):
+        _check_out(out, "smollm2", argparse.Namespace())

@@ -19,7 +19,6 @@ from ..units import checked, positive_int, tokens
 DEFAULT_NIAH_LENGTHS = "1024,2048,4096,8192,16384,32768,65536"
 DEFAULT_NIAH_DEPTHS = "0,0.25,0.5,0.75,1"
 EVALS = ("ppl", "niah", "niah_forced", "lm_eval", "needle_attention", "copy")
-EMBEDDED_NAMES = {"teacher", "embedded"}  # two names of the embedded SmolLM2 teacher
 
 
 def _floats(text: str) -> list[float]:
@@ -572,7 +571,9 @@ def model_label(spec: str) -> str:
     name without its suffix, and for a converted model's `RUN/model` folder the conversion's name (RUN's). A local
     folder is named by where it is, as given from the working folder: `model` or `./model` in RUN, `..` in RUN/model/x
     and `.` in RUN/model are RUN too (not "model", or "" for `.`)."""
-    if str(spec) in EMBEDDED_NAMES:
+    from ..teachers.load import is_embedded
+
+    if is_embedded(spec):
         return "teacher"
     path = Path(str(spec))
     if path.is_file():
@@ -601,7 +602,9 @@ def _check_out(out_dir: Path, spec: str, args) -> None:
         model = json.loads(earlier.read_text()).get("model")
     except (ValueError, AttributeError):
         model = None
-    same = model == str(spec) or {model, str(spec)} <= EMBEDDED_NAMES or (
+    from ..teachers.load import is_embedded
+
+    same = model == str(spec) or (model is not None and is_embedded(model) and is_embedded(spec)) or (
         model and Path(model).exists() and Path(model).resolve() == Path(spec).resolve())
     if not same:
         raise InvalidInputError(f"{out_dir} holds the evaluation of {model or 'another model'}; pass another --out, "

