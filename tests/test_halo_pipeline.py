@@ -542,7 +542,8 @@ def test_the_conversion_logs_its_time_left_from_the_stages_tokens_and_measured_t
     out) and the later ones' at that over their cost per token relative to it (`plan.relative_costs`, on this CPU the
     ratio of model FLOPs per token), and the time those take. The layer selection's teacher passes are among the
     later ones while it lies ahead (in stage 1)."""
-    from hypenet.halo.plan import _duration, relative_costs, selection_tokens
+    from hypenet.halo.plan import relative_costs, selection_tokens
+    from hypenet.units import duration_label
 
     report, out = stopped_and_resumed["report"], stopped_and_resumed["out"]
     budgets = {name: stage["tokens"] for name, stage in report["stages"].items()}  # 4096, 8192, 2048
@@ -570,7 +571,7 @@ def test_the_conversion_logs_its_time_left_from_the_stages_tokens_and_measured_t
             for name in later:
                 assert rates[name] == pytest.approx(rate / cost[name], rel=5e-3, abs=0.5)
             left = sum(tokens[name] / rates[name] for name in tokens)
-            assert said in {_duration(left * f) for f in (0.99, 1, 1.01)}
+            assert said in {duration_label(left * f) for f in (0.99, 1, 1.01)}
     # once four steps are trained, then at every tenth of the stage, in every stage each invocation trains for more
     # than four steps (not stage 3, whose last step is its fourth: nothing of it is left to estimate there)
     assert report["stages"]["stage3"]["steps"] == pipeline.engine.FIRST_PROGRESS_STEP

@@ -13,8 +13,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCau
 from hypenet.cli import main
 from hypenet.halo.config import HaloError, load_config, resolve
 from hypenet.halo.flops import H200_DENSE_BF16_TFLOPS, build_objective, matmul_parameters
-from hypenet.halo.plan import MEASURED_MFU, _count, _duration, _flops, logged_progress, make_plan, markdown
+from hypenet.halo.plan import MEASURED_MFU, _count, _flops, logged_progress, make_plan, markdown
 from hypenet.teachers import build_hypenet_from_teacher
+from hypenet.units import duration_label
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = ["stage1.tokens=4096", "stage2.tokens=8192", "stage2.batch_size=2", "stage3.tokens=4096", "stage3.seq_len=1024",
@@ -149,8 +150,8 @@ def test_convert_plan_prints_and_writes_nothing(teacher_dir, tmp_path, capsys, m
     seconds = plan["total"]["flops"] / 1e9
     assert plan["cpu_matmul_tflops"] == 1e-3 and (
         f"At this CPU's fp32 matmul rate, measured now (1 GFLOP/s), its {_flops(plan['total']['flops'])} take at least "
-        f"{_duration(seconds)}; a training step runs well below that rate, so expect several times longer (and a rate "
-        "measured while other work shares the CPU is too low: the bound then too high).") in markdown(plan)
+        f"{duration_label(seconds)}; a training step runs well below that rate, so expect several times longer (and a "
+        "rate measured while other work shares the CPU is too low: the bound then too high).") in markdown(plan)
 
 
 def test_the_plan_refuses_an_unsupported_or_missing_teacher(tmp_path, capsys):
@@ -330,7 +331,7 @@ def test_the_plan_says_which_settings_run_the_teacher_past_its_window(teacher_di
 
 
 def test_durations_are_written_in_a_readable_unit():
-    assert [_duration(s) for s in (0, 0.2, 0.6, 89, 90, 5399, 5400)] == [
+    assert [duration_label(s) for s in (0, 0.2, 0.6, 89, 90, 5399, 5400)] == [
         "0 s", "<1 s", "1 s", "89 s", "2 min", "90 min", "1.5 h"]
 
 

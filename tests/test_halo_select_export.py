@@ -548,6 +548,33 @@ def test_logit_scaling_search_goes_past_the_grid_edge(student, monkeypatch):
         choose_logit_scaling_base(student, docs, (100, 200), train_context=40, extend=-1)
 
 
+def test_the_search_logs_each_base_with_its_place_and_the_time_the_others_take(student, monkeypatch, caplog):
+    """The export's search logged each base's loss with no word of how many were left: the conversion's estimate
+    leaves the export out, so a user saw minutes of loss lines with no end in sight. Each line now says which base of
+    the grid it is, what it took, and the time the rest of the grid takes at the mean so far; past the grid (which the
+    losses decide), how many more of at most `extend`."""
+    from hypenet.halo import export as export_module
+    from hypenet.halo.export import GridEdgeWarning, base_progress
+
+    clock = iter(range(0, 1000, 5))  # every base takes 5 s: perf_counter before and after each
+    monkeypatch.setattr(export_module.time, "perf_counter", lambda: float(next(clock)))
+    _fake_loss(monkeypatch, lambda a: 1 / a)
+    with caplog.at_level(logging.INFO, logger="hypenet.halo.export"), pytest.warns(GridEdgeWarning):
+        choose_logit_scaling_base(student, [np.arange(2, 122)], (100, 200, 200, 300), train_context=40, extend=2)
+    said = [m.split(": long-context loss")[0] for m in caplog.messages if m.startswith("logit-scaling base")]
+    assert said == [
+        "logit-scaling base 100 (1 of 3, 5 s; about 10 s for the other 2; up to 2 more if the lowest loss is at the "
+        "grid's edge)",
+        "logit-scaling base 200 (2 of 3, 5 s; about 5 s for the other 1; up to 2 more if the lowest loss is at the "
+        "grid's edge)",
+        "logit-scaling base 300 (3 of 3, 5 s; up to 2 more if the lowest loss is at the grid's edge)",
+        "logit-scaling base 600 (1 more of at most 2, 5 s)",
+        "logit-scaling base 1200 (2 more of at most 2, 5 s)",
+    ]
+    assert base_progress(1, 9, 0, [30.0]) == "1 of 9, 30 s; about 4 min for the other 8"
+    assert base_progress(2, 2, 0, [0.2, 0.2]) == "2 of 2, <1 s"
+
+
 def test_export_reports_the_extended_search(student, tokenizer, tmp_path, monkeypatch):
     _fake_loss(monkeypatch, lambda a: 9.0 if a is None else 1 / a)
     info = export_checkpoint(student, tokenizer, tmp_path / "ckpt", [np.arange(2, 122)], candidates=(200, None, 100),

@@ -23,6 +23,15 @@ def length_label(tokens: int) -> str:
     return f"{tokens // 1024}K" if tokens and tokens % 1024 == 0 else str(tokens)
 
 
+def duration_label(seconds: float) -> str:
+    """A time as estimates and plans say it: `<1 s`, `42 s`, `12 min`, `3.5 h`."""
+    if 0 < seconds < 0.5:  # (a smoke run's stages) not "0 s"
+        return "<1 s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def byte_size(value: int) -> str:
     """5324 -> '5.2 KiB' (binary units, one decimal)."""
     for unit, size in BYTE_UNITS:

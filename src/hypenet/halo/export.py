@@ -21,6 +21,7 @@ import copy
 import json
 import logging
 import shutil
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ import torch
 from ..eval.copying import DEFAULT_SPAN
 from ..eval.perplexity import bucket_edges, token_nlls
 from ..model import HypeNetForCausalLM
-from ..units import length_label
+from ..units import duration_label, length_label
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,21 @@ NEAR_TIE = 0.001  # the fraction of the lowest loss below which two bases are no
                   # answers at 64K differed by 7 and 9 of 90)
 
 
+def base_progress(done: int, grid: int, extend: int, timings: Sequence[float]) -> str:
+    """Where the export's search stands after `done` bases measured, as its log line says it: "3 of 9, 12 s; about 1
+    min for the other 6", at the mean time of the bases so far; past the grid, "1 more of at most 4". The search may
+    go past the grid (`extend`), which the time left says but cannot count: it depends on the losses."""
+    took = f"{duration_label(timings[-1])}"
+    if done > grid:
+        return f"{done - grid} more of at most {extend}, {took}"
+    left = grid - done
+    beyond = f"; up to {extend} more if the lowest loss is at the grid's edge" if extend else ""
+    if not left:
+        return f"{done} of {grid}, {took}{beyond}"
+    mean = sum(timings) / len(timings)
+    return f"{done} of {grid}, {took}; about {duration_label(left * mean)} for the other {left}{beyond}"
+
+
 def _next_base(losses: dict[float | None, float]) -> float | None:
     """The base to try next when the best so far is at an edge of the numeric ones tried (twice the largest, or half
     the smallest while > 1); None when the best is inside them, is `off`, or fewer than two numbers were tried."""
@@ -272,7 +288,11 @@ def choose_logit_scaling_base(
     losses: dict[float | None, float] = {}
     copied: dict[float | None, float] = {}
 
+    grid = list(dict.fromkeys(candidates))  # (a base listed twice is measured once)
+    timings: list[float] = []
+
     def measure(a: float | None) -> None:
+        began = time.perf_counter()
         model.config.attention_logit_scaling_base = a  # read by build_mixer_context at every forward
         by_band = {}
         losses[a] = long_context_loss(model, docs, scored_from, device, by_band=by_band)
@@ -282,12 +302,13 @@ def choose_logit_scaling_base(
         if probes:
             copied[a] = far_copy_loss(model, probes, copy_span, device)
             bands += f", far-copy loss {copied[a]:.4f}"
-        log.info("logit-scaling base %s: long-context loss %.4f%s", scaling_label(a), losses[a], bands)
+        timings.append(time.perf_counter() - began)
+        log.info("logit-scaling base %s (%s): long-context loss %.4f%s", scaling_label(a),
+                 base_progress(len(timings), len(grid), extend, timings), losses[a], bands)
 
     try:
-        for a in candidates:
-            if a not in losses:
-                measure(a)
+        for a in grid:
+            measure(a)
         for _ in range(extend):
             if (a := _next_base(losses)) is None:
                 break

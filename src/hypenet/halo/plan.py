@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..eval.models import head_dim, kv_cache_bytes_per_token, recurrent_state_bytes
 from ..teachers.load import check_supported, dequantised_folder, hub_config, resolve_teacher
-from ..units import byte_size
+from ..units import byte_size, duration_label
 from .config import PAPER_TEACHER_PARAMS, ConvertConfig, ExportConfig, HaloError, beyond_teacher_window, resolve
 from .engine import LOSS_LOG, latest_checkpoint, loss_records
 from .export import scaling_label, tolerance_rule
@@ -89,7 +89,8 @@ def time_left(stage: str, tokens_left: int, tokens_per_s: float, later: dict[str
                  f"also bench-train's MFU{'; the layer selection, teacher passes, by its FLOPs alone' * selection})"
                  if cost else "; the later stages' at this one's, though stages differ in cost per token")
     uncounted = uncounted or ("export" if selection else "selection and export")
-    return seconds, (f"conversion: about {_duration(seconds)} of training{' and layer selection' * selection} left "
+    what = "training and layer selection" if selection else "training"
+    return seconds, (f"conversion: about {duration_label(seconds)} of {what} left "
                      f"(estimate: {', then '.join(parts)}{basis}; {uncounted} not counted)")
 
 
@@ -198,14 +199,6 @@ def nearest_mfu(teacher_parameters: int, compiled: bool) -> tuple[int, tuple[flo
     return size, MEASURED_MFU[size][compiled]
 
 
-def _duration(seconds: float) -> str:
-    if 0 < seconds < 0.5:  # (a smoke run's stages) not "0 s"
-        return "<1 s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
 def logged_progress(stage_dir: Path, steps: int, now: float | None = None) -> str | None:
     """Where a stage's loss log stands: its last step, how long ago it was written, and the time the steps left take
     at the median of its last 20 steps' times (None before its first step)."""
@@ -215,8 +208,8 @@ def logged_progress(stage_dir: Path, steps: int, now: float | None = None) -> st
     last = timed[-1]["step"]
     per_step = statistics.median(row["seconds"] for row in timed[-20:])
     ago = (time.time() if now is None else now) - (stage_dir / LOSS_LOG).stat().st_mtime
-    return (f"logged step {last} of {steps} {_duration(ago)} ago; the other {steps - last} at "
-            f"{per_step:.3g} s/step: about {_duration((steps - last) * per_step)}")
+    return (f"logged step {last} of {steps} {duration_label(ago)} ago; the other {steps - last} at "
+            f"{per_step:.3g} s/step: about {duration_label((steps - last) * per_step)}")
 
 
 def scored_layers(path: Path) -> dict | None:
@@ -484,7 +477,7 @@ def markdown(plan: dict) -> str:
         lines.append(
             f"| {row['stage']}{mark} | {_count(row['tokens'])} | {row['seq_len']} | {row['batch_size']} ({micro}) | "
             f"{row['steps']:,} | {row['lr']:g} {row['schedule']} | {_flops(row['flops'])} | "
-            f"{_duration(row['h200_hours'] * 3600)} at {row['mfu']:.0%} MFU | {byte_size(row['static_bytes'])} | "
+            f"{duration_label(row['h200_hours'] * 3600)} at {row['mfu']:.0%} MFU | {byte_size(row['static_bytes'])} | "
             f"{row['state']} |"
         )
     total = plan["total"]
@@ -497,7 +490,7 @@ def markdown(plan: dict) -> str:
         f"Layer selection (`{plan['select']}`{selection}): {plan['selection_state']}. Export "
         f"({plan['export_rule']}): {plan['export_state']}.",
         f"In all: {_count(total['tokens'])} training tokens, {_flops(total['flops'])} (model FLOPs), about "
-        f"{_duration(total['h200_hours'] * 3600)} on one H200"
+        f"{duration_label(total['h200_hours'] * 3600)} on one H200"
         f" ({'with' if plan['compile'] else 'without'} `compile`; the MFU measured by bench-train at the "
         f"{_count(plan['mfu_measured_at'])}-parameter teacher shape, the nearest measured; selection, export and "
         "compilation not included; N GPUs take about 1/N of it).",
@@ -518,9 +511,9 @@ def markdown(plan: dict) -> str:
         if plan.get("cpu_matmul_tflops"):
             seconds = total["flops"] / (plan["cpu_matmul_tflops"] * 1e12)
             lines.append(f"At this CPU's fp32 matmul rate, measured now ({plan['cpu_matmul_tflops'] * 1e3:.3g} "
-                         f"GFLOP/s), its {_flops(total['flops'])} take at least {_duration(seconds)}; a training step "
-                         "runs well below that rate, so expect several times longer (and a rate measured while other "
-                         "work shares the CPU is too low: the bound then too high).")
+                         f"GFLOP/s), its {_flops(total['flops'])} take at least {duration_label(seconds)}; a training "
+                         "step runs well below that rate, so expect several times longer (and a rate measured while "
+                         "other work shares the CPU is too low: the bound then too high).")
     if plan["refusal"]:
         lines += ["", f"**As asked, this run would stop at once:** {plan['refusal']}"]
     return "\n".join(lines) + "\n"
