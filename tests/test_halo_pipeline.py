@@ -830,7 +830,7 @@ def test_two_processes_cannot_write_one_conversion(qwen3_conversion, tmp_path, c
             f"error: another hypenet process (pid {os.getpid()}) is writing {out}; wait for it to end, or pass another "
             "--out")
     finally:
-        lock.close()
+        lock.release()
     assert main(["export", "--out", str(out), "--overwrite"]) == 0
     # a finished run leaves no lock file behind (the conversion's own run, nor this export)
     assert not (reference / LOCK_FILE).exists() and not (out / LOCK_FILE).exists()

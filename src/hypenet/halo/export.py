@@ -200,7 +200,7 @@ def base_progress(done: int, grid: int, extend: int, timings: Sequence[float]) -
     """Where the export's search stands after `done` bases measured, as its log line says it: "3 of 9, 12 s; about 1
     min for the other 6", at the mean time of the bases so far; past the grid, "1 more of at most 4". The search may
     go past the grid (`extend`), which the time left says but cannot count: it depends on the losses."""
-    took = f"{duration_label(timings[-1])}"
+    took = duration_label(timings[-1])
     if done > grid:
         return f"{done - grid} more of at most {extend}, {took}"
     left = grid - done

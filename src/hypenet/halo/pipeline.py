@@ -695,8 +695,6 @@ class Lock:
         self.handle.close()  # (releases the flock)
         self.handle = None
 
-    close = release
-
     def __enter__(self) -> Lock:
         return self
 
