@@ -855,7 +855,10 @@ def _run_stages(config: ConvertConfig, stages: list[str], resume: bool, overwrit
     first = STAGES.index(stages[0])
     earlier = list(STAGES[:first])
     conv = Conversion(config, resume=resume, teacher_weights=needs_teacher(out, stages, overwrite))
-    conv.corpus  # a bad teacher, tokenizer or corpus fails here, before anything is overwritten
+    if overwrite or any(done_info(out, name) is None for name in stages):
+        conv.corpus  # a bad teacher, tokenizer or corpus fails here, before anything is overwritten
+    else:  # every stage done (`convert --resume` of a finished conversion): the report is written again, from them
+        log.info("%s: every stage is done; writing the report again without reading the data", out)
     if overwrite and conv.is_main_process:
         remove_for_overwrite(out, whole, first)
     if start_from is not None and conv.is_main_process:
