@@ -1135,7 +1135,8 @@ def test_stage3_export_and_a_finished_resume_load_no_teacher_weight(assets, qwen
     """Every invocation loaded the teacher's weights, also one whose stages need only its tokenizer and config (stage
     3, the export, `convert --resume` of a finished conversion): minutes and its memory for a large teacher. They
     build it on the meta device instead; the report's teacher size is the loaded teacher's, and a stage that runs the
-    teacher still loads it."""
+    teacher still loads it. `convert --resume` of a finished conversion reads no data either: it writes the same
+    report again."""
     reference, report = qwen3_conversion
     loaded = []
     real = pipeline.load_teacher
@@ -1150,6 +1151,7 @@ def test_stage3_export_and_a_finished_resume_load_no_teacher_weight(assets, qwen
     config = tiny_config(assets, "qwen3", out)
     again = run_stages(config, ["stage3", "export"], overwrite=True)
     assert again["teacher_parameters"] == report["teacher_parameters"]
+
     def no_data(*args, **kwargs):
         raise AssertionError("the data was read")
 

@@ -857,7 +857,8 @@ def _run_stages(config: ConvertConfig, stages: list[str], resume: bool, overwrit
     conv = Conversion(config, resume=resume, teacher_weights=needs_teacher(out, stages, overwrite))
     if overwrite or any(done_info(out, name) is None for name in stages):
         conv.corpus  # a bad teacher, tokenizer or corpus fails here, before anything is overwritten
-    else:  # every stage done (`convert --resume` of a finished conversion): the report is written again, from them
+    else:  # every stage asked for is done (`convert --resume` of a finished conversion): the report is written
+        # again from what they saved, which needs no data
         log.info("%s: every stage is done; writing the report again without reading the data", out)
     if overwrite and conv.is_main_process:
         remove_for_overwrite(out, whole, first)
