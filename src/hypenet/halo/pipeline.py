@@ -836,11 +836,16 @@ def saved_report(out: Path) -> dict:
         return {}
 
 
+def pending_stages(out: Path, stages: list[str], overwrite: bool) -> list[str]:
+    """The stages of `stages` an invocation in `out` runs: those not done yet, or all of them with --overwrite."""
+    return [name for name in stages if overwrite or done_info(out, name) is None]
+
+
 def needs_teacher(out: Path, stages: list[str], overwrite: bool) -> bool:
-    """Whether an invocation running `stages` in `out` runs the teacher: one of them that does (TEACHER_STAGES) is
-    not done yet, or --overwrite runs it again. Stage 3, the export and a finished conversion's --resume need only its
+    """Whether an invocation running `stages` in `out` runs the teacher: one of the stages it runs (pending_stages)
+    is one that does (TEACHER_STAGES). Stage 3, the export and a finished conversion's --resume need only its
     tokenizer and config, and load no weight."""
-    return any(name in TEACHER_STAGES and (overwrite or done_info(out, name) is None) for name in stages)
+    return any(name in TEACHER_STAGES for name in pending_stages(out, stages, overwrite))
 
 
 def holds_anything(out: Path) -> bool:
@@ -855,7 +860,7 @@ def _run_stages(config: ConvertConfig, stages: list[str], resume: bool, overwrit
     first = STAGES.index(stages[0])
     earlier = list(STAGES[:first])
     conv = Conversion(config, resume=resume, teacher_weights=needs_teacher(out, stages, overwrite))
-    if overwrite or any(done_info(out, name) is None for name in stages):
+    if pending_stages(out, stages, overwrite):
         conv.corpus  # a bad teacher, tokenizer or corpus fails here, before anything is overwritten
     else:  # every stage asked for is done (`convert --resume` of a finished conversion): the report is written
         # again from what they saved, which needs no data
