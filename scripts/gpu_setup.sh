@@ -96,8 +96,11 @@ setup() {
 }
 
 pack_triton_cache() {  # pack_triton_cache DIR: Triton's compiled kernels and autotuning results into DIR/triton_cache.txz
-    # (~14 s), for the next lease to carry back in (TRITON_CACHE): they save it minutes; none when over 16 MB
+    # (~14 s), for the next lease to carry back in (TRITON_CACHE): they save it minutes; none when over 16 MB. Written
+    # under another name and renamed when whole: a call's timeout that cuts the packing (the fifty-seventh lease's
+    # last call) leaves no half-written archive to be taken for a cache.
     [ -d "$HOME/.triton/cache" ] || return 0
-    XZ_OPT="-6 -T0" tar cJf "$1/triton_cache.txz" -C "$HOME/.triton/cache" .
-    [ "$(stat -c %s "$1/triton_cache.txz")" -lt 16000000 ] || rm -f "$1/triton_cache.txz"
+    local part="$1/.triton_cache.txz.part"
+    XZ_OPT="-6 -T0" tar cJf "$part" -C "$HOME/.triton/cache" . || { rm -f "$part"; return 1; }
+    if [ "$(stat -c %s "$part")" -lt 16000000 ]; then mv -f "$part" "$1/triton_cache.txz"; else rm -f "$part"; fi
 }

@@ -268,6 +268,34 @@ def test_timed_step_says_in_the_log_how_a_stopped_step_ended(tmp_path):
     assert all(line in run.stdout for line in last.values())
     assert (tmp_path / "fine.log").read_text().splitlines()[-1].startswith("=== ")  # nothing added for a success
 
+def _pack(tmp_path: Path, out: Path, before: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "RUNS": str(tmp_path), "TRITON_CACHE": str(tmp_path / "none.txz"), "HOME": str(tmp_path)}
+    return subprocess.run(["bash", "-c", f"source {SETUP}; {before} pack_triton_cache {out}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_pack_triton_cache_leaves_a_whole_archive_or_none(tmp_path):
+    """The Triton cache is packed under another name and renamed when whole. The fifty-seventh lease's last call was
+    ended by its timeout while it packed, and a half-written triton_cache.txz came back under the real name."""
+    cache = tmp_path / ".triton" / "cache" / "abc"
+    cache.mkdir(parents=True)
+    (cache / "kernel.json").write_text('{"name": "chunk_fwd"}')
+    out = tmp_path / "out"
+    out.mkdir()
+    run = _pack(tmp_path, out)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["triton_cache.txz"]
+    listed = subprocess.run(["tar", "tJf", str(out / "triton_cache.txz")], capture_output=True, text=True, check=True)
+    assert "./abc/kernel.json" in listed.stdout.split()
+    for cut in ("return 1", "kill -KILL $$"):  # tar fails, or the whole script is killed mid-archive
+        shutil.rmtree(out)
+        out.mkdir()
+        run = _pack(tmp_path, out, f'tar() {{ echo half > "${{@: -4:1}}"; {cut}; }};')
+        assert run.returncode != 0
+        assert not (out / "triton_cache.txz").exists(), cut
+        assert [p.name for p in out.iterdir()] == ([] if cut == "return 1" else [".triton_cache.txz.part"])
+
+
 def test_join_without_a_teacher_joins_the_rest(tmp_path, capsys, monkeypatch):
     """TEACHER=embedded (a call that carries only the wheels' parts, e.g. for the GPU-side tests): no teacher is
     joined or asked for, the other files are."""
