@@ -268,6 +268,7 @@ def test_timed_step_says_in_the_log_how_a_stopped_step_ended(tmp_path):
     assert all(line in run.stdout for line in last.values())
     assert (tmp_path / "fine.log").read_text().splitlines()[-1].startswith("=== ")  # nothing added for a success
 
+
 def _pack(tmp_path: Path, out: Path, before: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "RUNS": str(tmp_path), "TRITON_CACHE": str(tmp_path / "none.txz"), "HOME": str(tmp_path)}
     return subprocess.run(["bash", "-c", f"source {SETUP}; {before} pack_triton_cache {out}"], cwd=tmp_path, env=env,
@@ -276,7 +277,7 @@ def _pack(tmp_path: Path, out: Path, before: str = "") -> subprocess.CompletedPr
 
 def test_pack_triton_cache_leaves_a_whole_archive_or_none(tmp_path):
     """The Triton cache is packed under another name and renamed when whole. The fifty-seventh lease's last call was
-    ended by its timeout while it packed, and a half-written triton_cache.txz came back under the real name."""
+    ended by its timeout while it packed, and an empty triton_cache.txz came back under the cache's name."""
     cache = tmp_path / ".triton" / "cache" / "abc"
     cache.mkdir(parents=True)
     (cache / "kernel.json").write_text('{"name": "chunk_fwd"}')
