@@ -80,6 +80,9 @@ def test_overrides_are_converted_to_the_field_types():
         ("stage2.micro_batch_size=97", r"stage2.micro_batch_size must be between 1 and stage2.batch_size \(96\)"),
         ("data.heldout_fraction=1", r"data.heldout_fraction is a share of the documents, in \[0, 1\); got 1.0"),
         ("select.num_attention=0", r"select.num_attention must be at least 1 \(select.strategy=none keeps none\)"),
+        ("select.lm_eval_include_path=[tasks]",
+         r"select.lm_eval_include_path is for the tasks of select.lm_eval_recall and select.lm_eval_commonsense; "
+         r"give those too"),
     ],
 )
 def test_bad_overrides_are_explained(override, message):

@@ -1006,6 +1006,34 @@ def test_data_of_one_document_is_refused_before_training(assets, tmp_path, capsy
     assert "data.heldout_fraction is 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("tasks, offline, said", [
+    ("[no_such_task_xyz]", False, "lm-eval does not know task(s) ['no_such_task_xyz']; check the names "
+     "(`lm-eval ls tasks`) or pass the folder with their YAML files as select.lm_eval_include_path."),
+    ("[hypenet_tiny_mc]", True, "lm-eval could not fetch the dataset of hypenet_tiny_mc, arc_easy (Couldn't reach "
+     "'allenai/ai2_arc' on the Hub (OfflineModeIsEnabled)). Run once where the hub can be reached (the datasets cache "
+     "keeps it; then HF_HUB_OFFLINE=1 works), or use tasks whose data is local (select.lm_eval_include_path, "
+     "docs/EVAL.md)"),
+])
+def test_the_selections_lm_eval_tasks_are_checked_before_stage1_trains(assets, tmp_path, capsys, monkeypatch, tasks,
+                                                                        offline, said):
+    """A layer selection by lm-eval tasks that could not run (a task lm-eval does not know; a dataset it cannot
+    fetch) stops the conversion at its start, before stage 1 has trained for nothing, and says what to change."""
+    lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is optional: pip install 'hypenet[eval]'")
+    if offline:  # as datasets fails for a hub task's data that is not cached, with HF_HUB_OFFLINE=1
+        from huggingface_hub.errors import OfflineModeIsEnabled
+
+        def get_task_dict(names, manager):
+            raise OfflineModeIsEnabled("Couldn't reach 'allenai/ai2_arc' on the Hub (OfflineModeIsEnabled)")
+
+        monkeypatch.setattr(lm_eval.tasks, "get_task_dict", get_task_dict)
+    include = Path(__file__).parent / "data" / "lm_eval_tasks"
+    args = [*cli_args(assets, "qwen3", tmp_path / "out"), "--set", f"select.lm_eval_recall={tasks}",
+            "--set", "select.lm_eval_commonsense=[arc_easy]", "--set", f"select.lm_eval_include_path=[{include}]"]
+    assert main(["convert", *args]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: layer selection by lm-eval tasks: {said}"
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_stage_with_other_data_than_the_stages_before_it_is_refused_before_loading(assets, qwen3_conversion,
                                                                                      tmp_path, monkeypatch, capsys):
     """`hypenet export --out RUN --data OTHER --overwrite`: the stages before the export were trained on RUN's data,

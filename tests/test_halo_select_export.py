@@ -389,7 +389,7 @@ def test_the_lm_eval_sweep_resumes_too(teacher, tokenizer, stage1_layers, tmp_pa
     from hypenet.halo import select as select_module
 
     class FakeProbe:  # scores that depend on which layer is swapped: the swapped attention's output on fixed input
-        def __init__(self, teacher, tokenizer, tasks, limit):
+        def __init__(self, teacher, tokenizer, tasks, limit, include_path=None):
             self.teacher = teacher
 
         def __call__(self):
@@ -453,6 +453,63 @@ def test_needle_attention_is_the_teachers_attention_on_the_asked_needle(teacher,
         assert needle_attention(teacher, probes) is None  # no SDPA call to see
     finally:
         teacher.set_attn_implementation("sdpa")
+
+
+def write_word_task(folder, documents: int = 40, seed: int = 0):
+    """A local lm-eval multiple-choice task in `folder` (offline: its documents beside it) in the words the tiny
+    tokenizer knows, so that the teacher's choices, and so its accuracy, change with the layer swapped."""
+    rng = np.random.default_rng(seed)
+    words = [*TEXT_WORDS, *probes_module.KEY_WORDS]
+    docs = [{"question": " ".join(rng.choice(words, size=12)), "choices": [str(d) for d in rng.choice(10, size=4,
+             replace=False)], "answer": int(rng.integers(4))} for _ in range(documents)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "docs.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    (folder / "utils.py").write_text(
+        "import json\nfrom pathlib import Path\n\nimport datasets\n\n\ndef load_docs(**kwargs):\n"
+        "    lines = (Path(__file__).parent / 'docs.jsonl').read_text().splitlines()\n"
+        "    return datasets.DatasetDict({'test': datasets.Dataset.from_list([json.loads(x) for x in lines])})\n")
+    (folder / "word_mc.yaml").write_text(
+        "task: hypenet_word_mc\ncustom_dataset: !function utils.load_docs\noutput_type: multiple_choice\n"
+        "test_split: test\ndoc_to_text: '{{question}} .'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: '{{answer}}'\n"
+        "metric_list:\n  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
+        "metadata:\n  version: 1.0\n")
+    return folder
+
+
+def test_the_lm_eval_sweep_scores_what_hypenet_eval_scores_with_that_layer_swapped(teacher, tokenizer,
+                                                                                    stage1_layers, tmp_path):
+    """With real lm-eval tasks (a local one: select.lm_eval_include_path), each layer's recall and commonsense are
+    the task's normalised accuracy that `hypenet eval --lm-eval` (run_lm_eval) gives the teacher with that layer's
+    stage-1 RNN in place of its attention, at batch size 1; the baseline is the teacher's own."""
+    pytest.importorskip("lm_eval", reason="lm-eval is optional: pip install 'hypenet[eval]'")
+    from hypenet.eval.lm_eval_adapter import run_lm_eval
+
+    tasks = write_word_task(tmp_path / "tasks")
+    result = select_layers(teacher, tokenizer, stage1_layers, lm_eval_tasks={
+        "recall": ["hypenet_word_mc"], "commonsense": ["hypenet_word_mc"]}, lm_eval_include_path=[tasks],
+        progress=False)
+
+    def score() -> float:
+        return run_lm_eval(teacher, tokenizer, ["hypenet_word_mc"], include_path=tasks, batch_size=1)[
+            "hypenet_word_mc"]["acc_norm"]
+
+    assert result.baseline == {"recall": score(), "commonsense": score()}
+    assert result.recall == result.commonsense
+    assert len(set(result.recall.values()) | {result.baseline["recall"]}) > 2  # the swaps change the answers
+    for i in (0, 3, LAYERS - 1):
+        with swap_attention(teacher, i, stage1_layers[i]):
+            assert result.recall[i] == score()
+    assert result.settings["include_path"] == [str(tasks)]
+    assert len(result.attention_layers) == LAYERS // 4
+
+
+def test_an_unknown_lm_eval_task_names_the_selection_setting(teacher, tokenizer, stage1_layers):
+    pytest.importorskip("lm_eval", reason="lm-eval is optional: pip install 'hypenet[eval]'")
+    with pytest.raises(ValueError, match=r"lm-eval does not know task\(s\) \['no_such_task_xyz'\]; check the names "
+                                         r"\(`lm-eval ls tasks`\) or pass the folder with their YAML files as "
+                                         r"select.lm_eval_include_path\.$"):
+        select_layers(teacher, tokenizer, stage1_layers, progress=False,
+                      lm_eval_tasks={"recall": ["no_such_task_xyz"], "commonsense": ["arc_easy"]})
 
 
 def test_lm_eval_missing_gives_install_hint(teacher, tokenizer, stage1_layers, monkeypatch):

@@ -102,6 +102,7 @@ class SelectConfig:
     lm_eval_recall: list[str] | None = None
     lm_eval_commonsense: list[str] | None = None
     lm_eval_limit: float | None = None  # examples per task (a fraction when < 1)
+    lm_eval_include_path: list[str] | None = None  # folders of more task YAML files (your own tasks, local data)
 
 
 @dataclass
@@ -326,10 +327,11 @@ def load_config(
 
 
 def absolute_local_paths(config: ConvertConfig) -> ConvertConfig:
-    """`config` with a teacher and a data source that name a local file or folder given as absolute paths, so that a
-    run's config.yaml finds them again from any directory (`--resume`, `--from`) and `./qwen` and `qwen` are one
-    setting. Hub ids, `hf:` datasets, `builtin` and the embedded teacher's names (where no such path exists) stay as
-    they are. A relative path is resolved against the current directory."""
+    """`config` with a teacher, a data source and lm-eval task folders (select.lm_eval_include_path) that name a
+    local file or folder given as absolute paths, so that a run's config.yaml finds them again from any directory
+    (`--resume`, `--from`) and `./qwen` and `qwen` are one setting. Hub ids, `hf:` datasets, `builtin` and
+    the embedded teacher's names (where no such path exists) stay as they are. A relative path is
+    resolved against the current directory."""
 
     def absolute(value: str) -> str:
         path = Path(value).expanduser()
@@ -338,6 +340,8 @@ def absolute_local_paths(config: ConvertConfig) -> ConvertConfig:
     config.teacher = absolute(config.teacher)
     if config.data.source != "builtin" and not config.data.source.startswith("hf:"):
         config.data.source = absolute(config.data.source)
+    if config.select.lm_eval_include_path:
+        config.select.lm_eval_include_path = [absolute(path) for path in config.select.lm_eval_include_path]
     return config
 
 
@@ -439,6 +443,9 @@ def validate(config: ConvertConfig) -> None:
         raise HaloError("select.strategy=manual needs select.manual_layers, e.g. --set select.manual_layers=2,5,9")
     if (config.select.lm_eval_recall is None) != (config.select.lm_eval_commonsense is None):
         raise HaloError("give both select.lm_eval_recall and select.lm_eval_commonsense tasks, or neither")
+    if config.select.lm_eval_include_path and config.select.lm_eval_recall is None:
+        raise HaloError("select.lm_eval_include_path is for the tasks of select.lm_eval_recall and "
+                        "select.lm_eval_commonsense; give those too, or leave it out")
     if config.device not in ("auto", "cpu", "cuda"):
         raise HaloError(f"device must be 'auto', 'cpu' or 'cuda'; got {config.device!r}")
     if config.mixed_precision not in ("auto", "bf16", "no"):

@@ -43,7 +43,7 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType
 from torch import nn
 
-from ..errors import first_line
+from ..errors import InvalidInputError, MissingInputError, first_line
 from ..machine import check_cpu_processes, machine_label
 from ..model import HypeNetForCausalLM
 from ..teachers import hypenet_config_from_teacher, load_teacher
@@ -553,11 +553,28 @@ def _run_select(conv: Conversion) -> dict:
             heldout_docs=conv.corpus.heldout_docs, recall_samples=cfg.recall_samples, recall_context=cfg.recall_context,
             recall_style=cfg.recall_style,
             commonsense_tokens=cfg.commonsense_tokens, batch_size=cfg.batch_size, lm_eval_tasks=lm_eval,
-            lm_eval_limit=cfg.lm_eval_limit, seed=conv.config.seed, device=conv.state.device,
+            lm_eval_limit=cfg.lm_eval_limit, lm_eval_include_path=cfg.lm_eval_include_path, seed=conv.config.seed,
+            device=conv.state.device,
             partial=conv.stage_dir("select") / SCORED_LAYERS, fingerprint=selection_fingerprint(conv),
             after_layer=conv.clock.save if conv.clock is not None else None,  # (a killed sweep's time counts too)
         )
     return result.to_dict()
+
+
+def check_lm_eval_tasks(config: ConvertConfig, pending: list[str]) -> None:
+    """Where the layer selection is still to run on lm-eval's tasks (select.lm_eval_recall/commonsense), that
+    lm-eval is installed, knows every task, and has their datasets (fetched now into the datasets cache, where the
+    selection finds them): a HaloError at the conversion's start, not after stage 1 has trained."""
+    cfg = config.select
+    if "select" not in pending or cfg.strategy != "halo" or not cfg.lm_eval_recall:
+        return
+    from ..eval.lm_eval_adapter import fetch_task_data
+    from .probes import INCLUDE_OPTION
+
+    try:
+        fetch_task_data([*cfg.lm_eval_recall, *cfg.lm_eval_commonsense], cfg.lm_eval_include_path, INCLUDE_OPTION)
+    except (ImportError, InvalidInputError, MissingInputError) as error:
+        raise HaloError(f"layer selection by lm-eval tasks: {first_line(error)}") from error
 
 
 def selection_fingerprint(conv: Conversion) -> dict:
@@ -862,6 +879,7 @@ def _run_stages(config: ConvertConfig, stages: list[str], resume: bool, overwrit
     conv = Conversion(config, resume=resume, teacher_weights=needs_teacher(out, stages, overwrite))
     if pending_stages(out, stages, overwrite):
         conv.corpus  # a bad teacher, tokenizer or corpus fails here, before anything is overwritten
+        check_lm_eval_tasks(config, pending_stages(out, stages, overwrite))
     else:  # every stage asked for is done (`convert --resume` of a finished conversion): the report is written
         # again from what they saved, which needs no data
         log.info("%s: every stage is done; writing the report again without reading the data", out)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -233,45 +234,52 @@ def _builtin_documents(tokenizer, needed: int) -> list[np.ndarray]:
 # ---- lm-evaluation-harness ---------------------------------------------------------------------------------
 
 # The first of these a task reports is its score (normalised accuracy first, as the paper's C uses).
-LM_EVAL_METRICS = ("acc_norm,none", "acc,none", "contains,none", "exact_match,none", "em,none", "f1,none")
+LM_EVAL_METRICS = ("acc_norm", "acc", "contains", "exact_match", "em", "f1")
+INCLUDE_OPTION = "select.lm_eval_include_path"
 
 
 class LmEvalProbe:
     """R and C from lm-eval tasks, run through lm-eval's HF adapter around a model that may be modified in place.
 
     tasks: {"recall": [...], "commonsense": [...]}, e.g. {"recall": ["squad_completion", "fda", "swde"],
-    "commonsense": ["hellaswag", "arc_easy", "arc_challenge"]} as in the paper. Each side is the mean of its tasks'
-    scores. Runs at batch size 1 (swapped RNN layers assume unpadded sequences).
+    "commonsense": ["hellaswag", "arc_easy", "arc_challenge"]} as in the paper; include_path: folders of more task
+    YAML files. Each side is the mean of its tasks' scores. Runs at batch size 1 (swapped RNN layers assume unpadded
+    sequences). Scored as `hypenet eval --lm-eval` scores (`eval.lm_eval_adapter.score_tasks`: seeded, the same
+    errors for an unknown task or a dataset that cannot be fetched).
     """
 
-    def __init__(self, model, tokenizer, tasks: dict[str, list[str]], limit: int | float | None = None):
-        try:
-            import lm_eval
-            from lm_eval.models.huggingface import HFLM
-        except ImportError as error:
-            raise ImportError(
-                "lm_eval_tasks needs lm-evaluation-harness: `pip install lm-eval`, or leave lm_eval_tasks unset to "
-                "use the built-in offline probes"
-            ) from error
+    def __init__(self, model, tokenizer, tasks: dict[str, list[str]], limit: int | float | None = None,
+                 include_path: str | Path | Sequence[str | Path] | None = None):
         if not isinstance(tasks, dict) or not tasks.get("recall") or not tasks.get("commonsense"):
             raise ValueError(
                 "lm_eval_tasks must be a dict with non-empty task lists under 'recall' and 'commonsense', e.g. "
                 "{'recall': ['squad_completion', 'fda', 'swde'], 'commonsense': ['hellaswag', 'arc_easy']}; "
                 f"got {tasks!r}"
             )
-        self.simple_evaluate = lm_eval.simple_evaluate
-        self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1)
-        self.tasks, self.limit = tasks, limit
+        from ..eval.lm_eval_adapter import check_tasks, hf_lm
+
+        try:
+            check_tasks([*tasks["recall"], *tasks["commonsense"]], include_path, INCLUDE_OPTION)
+        except ImportError as error:
+            raise ImportError(
+                "lm-evaluation-harness is not installed: run `pip install 'hypenet[eval]'` (or `pip install lm-eval`) "
+                "to select layers by lm-eval tasks, or leave select.lm_eval_recall and select.lm_eval_commonsense "
+                "unset to use the built-in offline probes") from error
+        self.lm = hf_lm(model, tokenizer, batch_size=1)
+        self.tasks, self.limit, self.include_path = tasks, limit, include_path
 
     def _mean_score(self, tasks: list[str]) -> float:
-        results = self.simple_evaluate(model=self.lm, tasks=list(tasks), limit=self.limit, log_samples=False)["results"]
+        from ..eval.lm_eval_adapter import score_tasks
+
+        results = score_tasks(self.lm, tasks, self.include_path, limit=self.limit, include_option=INCLUDE_OPTION)
         scores = []
         for task in tasks:
             metrics = results[task]
             metric = next((m for m in LM_EVAL_METRICS if m in metrics), None)
             if metric is None:
                 raise ValueError(
-                    f"lm-eval task {task!r} reports none of {LM_EVAL_METRICS}; it reported {sorted(metrics)}"
+                    f"lm-eval task {task!r} reports none of {LM_EVAL_METRICS}; it reported "
+                    f"{sorted(m for m in metrics if m != 'samples')}"
                 )
             scores.append(float(metrics[metric]))
         return sum(scores) / len(scores)

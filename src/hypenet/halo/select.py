@@ -371,8 +371,8 @@ def needle_attention(teacher: PreTrainedModel, probes: ProbeSet, device: torch.d
     return {i: float(v) for i, v in enumerate(shares)}
 
 
-def _lm_eval_sweep(teacher, tokenizer, stage1_layers, tasks, limit, config, progress, scored=None):
-    probe = LmEvalProbe(teacher, tokenizer, tasks, limit)
+def _lm_eval_sweep(teacher, tokenizer, stage1_layers, tasks, limit, config, progress, scored=None, include_path=None):
+    probe = LmEvalProbe(teacher, tokenizer, tasks, limit, include_path=include_path)
     base_recall, base_commonsense = probe()
 
     def score(i: int) -> tuple[float, float]:
@@ -402,6 +402,7 @@ def select_layers(
     recall_style: str = "repeat",
     lm_eval_tasks: dict[str, list[str]] | None = None,
     lm_eval_limit: int | float | None = None,
+    lm_eval_include_path: Sequence[str | Path] | None = None,
     batch_size: int = 8,
     partial: str | Path | None = None,
     fingerprint: dict | None = None,
@@ -417,7 +418,7 @@ def select_layers(
     30-layer embedded teacher. On a GPU the defaults take seconds (~3 s for it in bf16 on an H200).
     recall_style: how the recall probe asks for a value (halo/probes.py RECALL_QUESTIONS).
     lm_eval_tasks: {"recall": [...], "commonsense": [...]} measures with lm-evaluation-harness instead
-    (lm_eval_limit: its per-task example limit).
+    (lm_eval_limit: its per-task example limit; lm_eval_include_path: folders of more task YAML files).
     partial: a JSON file that keeps the "halo" sweep's scores as each layer is done (`ScoredLayers`), so that a sweep
     stopped part-way goes on where it stopped when run again; `fingerprint` (a JSON mapping) names what else decides
     the scores besides the probes' settings here, e.g. the teacher and the stage-1 layers (the pipeline's). The
@@ -455,6 +456,8 @@ def select_layers(
     config = hypenet_config_from_teacher(teacher.config)
     if lm_eval_tasks is not None:
         settings = {"probes": "lm-eval", "tasks": lm_eval_tasks, "limit": lm_eval_limit}
+        if lm_eval_include_path:
+            settings["include_path"] = [str(path) for path in lm_eval_include_path]
     else:
         settings = {
             "probes": "builtin", "recall_samples": recall_samples, "recall_context": recall_context,
@@ -469,7 +472,8 @@ def select_layers(
     try:
         if lm_eval_tasks is not None:
             baseline, recall, commonsense = _lm_eval_sweep(
-                teacher, tokenizer, stage1_layers, lm_eval_tasks, lm_eval_limit, config, progress, scored
+                teacher, tokenizer, stage1_layers, lm_eval_tasks, lm_eval_limit, config, progress, scored,
+                lm_eval_include_path,
             )
         else:
             probes = build_probes(
