@@ -225,6 +225,87 @@ def test_an_evaluation_stopped_part_way_resumes_after_its_last_finished_evaluati
         main([str(model_dir), *options, "--out", str(out)])
 
 
+def test_a_niah_evaluation_stopped_between_batches_resumes_at_the_next_batch(model_dir, tmp_path, monkeypatch,
+                                                                              capsys):
+    """NIAH keeps each batch's answers as it goes (niah_answers.jsonl): stopped in its third batch of four, it is
+    resumed with --resume at the third, and gives what a run never stopped gives, answer for answer. A line that a
+    kill cut short is answered again; without --resume the kept answers are not used."""
+    from transformers import LlamaForCausalLM
+
+    import hypenet.eval.cli as cli
+
+    options = ["--evals", "niah", "--tasks", "single_1", "--niah-lengths", "200,240", "--niah-depths", "0,1",
+               "--niah-samples", "2", "--batch-size", "2", "--device", "cpu", "--no-progress"]
+    generate, calls = LlamaForCausalLM.generate, []
+
+    def counted(self, *args, stop_at=None, **kwargs):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "generate", counted)
+    assert main([str(model_dir), *options, "--out", str(tmp_path / "whole")]) == 0
+    assert len(calls) == 4  # 8 prompts, 2 per batch
+    whole = tmp_path / "whole"
+
+    out, answers = tmp_path / "stopped", tmp_path / "stopped" / cli.ANSWERS.format("niah")
+    calls.clear()
+    monkeypatch.setattr(LlamaForCausalLM, "generate", lambda self, *a, **k: counted(self, *a, stop_at=3, **k))
+    with pytest.raises(KeyboardInterrupt):
+        main([str(model_dir), *options, "--out", str(out)])
+    kept = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert len(kept) == 4 and not (out / "results.json").exists() and (out / cli.PARTIAL).is_file()
+    rows = {(r["context_len"], r["depth"], r["seed"]): r for r in map(json.loads, (whole / "niah_samples.jsonl")
+                                                                     .read_text().splitlines())}
+    for row in kept:  # the rows of niah_samples.jsonl, with the prompt's hash
+        assert {k: v for k, v in row.items() if k != "prompt_sha256"} == rows[row["context_len"], row["depth"],
+                                                                              row["seed"]]
+    with open(answers, "a") as f:  # the fifth row, cut short by a kill as it was written
+        f.write(json.dumps(kept[0])[:40])
+
+    calls.clear()
+    monkeypatch.setattr(LlamaForCausalLM, "generate", counted)
+    assert main([str(model_dir), *options, "--out", str(out), "--resume"]) == 0
+    assert len(calls) == 2
+    assert f"[hypenet eval] NIAH: 4 of 8 answers read back from {answers}" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["niah"] == json.loads((whole / "results.json").read_text()
+                                                                                )["niah"]
+    assert (out / "niah_samples.jsonl").read_text() == (whole / "niah_samples.jsonl").read_text()
+    assert not answers.exists() and not (out / cli.PARTIAL).exists()
+
+    # kept answers without --resume: the evaluation starts over
+    again = tmp_path / "again"
+    calls.clear()
+    monkeypatch.setattr(LlamaForCausalLM, "generate", lambda self, *a, **k: counted(self, *a, stop_at=2, **k))
+    with pytest.raises(KeyboardInterrupt):
+        main([str(model_dir), *options, "--out", str(again)])
+    assert len((again / cli.ANSWERS.format("niah")).read_text().splitlines()) == 2
+    calls.clear()
+    monkeypatch.setattr(LlamaForCausalLM, "generate", counted)
+    assert main([str(model_dir), *options, "--out", str(again)]) == 0
+    assert len(calls) == 4
+    assert (again / "niah_samples.jsonl").read_text() == (whole / "niah_samples.jsonl").read_text()
+
+
+def test_the_answer_log_skips_a_line_cut_short_and_writes_the_next_row_on_a_line_of_its_own(tmp_path):
+    from hypenet.eval.niah import AnswerLog, NiahSample
+
+    samples = [NiahSample(task="single_1", context_len=100, depth=0.5, seed=i, key=f"k{i}", value=f"{i}",
+                          prompt=f"p{i}", add_special_tokens=True, n_tokens=100, needle_depth=0.5, max_new_tokens=12)
+               for i in range(3)]
+    log = AnswerLog(tmp_path / "answers.jsonl")
+    assert log.read(samples) == {}
+    log.append(samples, [0], ["a0"])
+    with open(log.path, "a") as f:
+        f.write('{"prompt_sha256": "')  # a row cut short
+    log.append(samples, [2, 1], ["a2", "a1"])
+    assert log.read(samples) == {0: "a0", 1: "a1", 2: "a2"}
+    assert len(log.path.read_text().splitlines()) == 4
+    other = [NiahSample(**{**samples[0].__dict__, "prompt": "another prompt"})]
+    assert log.read(other) == {}  # answers are kept by prompt
+
+
 def test_logit_scaling_base_is_set_for_the_evaluation_and_reported(tmp_path, capsys):
     tokenizer = tiny_tokenizer()
     model_dir = tmp_path / "hypenet"

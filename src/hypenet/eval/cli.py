@@ -235,6 +235,7 @@ def _log(message: str) -> None:
 
 
 PARTIAL = "partial.json"  # the evaluations finished so far, for --resume
+ANSWERS = "{}_answers.jsonl"  # a NIAH evaluation's answers as they come (niah.AnswerLog), for --resume
 _NOT_RECORDED = ("func", "resume", "overwrite")  # options left out of results.json's settings
 _NOT_SETTINGS = (*_NOT_RECORDED, "no_progress")  # options that do not change what an evaluation measures
 
@@ -318,6 +319,8 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     if finished is not None:
         _log(f"--resume: {out_dir}/results.json already holds this evaluation, finished; nothing to do")
         return finished
+    # a stopped NIAH evaluation's answers go on only under the partial.json that says whose they are
+    answers_valid = getattr(args, "resume", False) and partial.is_file()
     done = _resumed(partial, state, getattr(args, "resume", False))
     replaced = (out_dir / "results.json").is_file() and not done  # an earlier evaluation, replaced by this one
     saved: dict = {}
@@ -342,6 +345,11 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
                                                logit_scaling_base=getattr(args, "logit_scaling_base", None))
     results["timing_s"]["load"] = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)  # once the model is there: a failed load leaves no empty folder
+    answer_logs = [out_dir / ANSWERS.format(name) for name in ("niah", "niah_yarn")]
+    if not answers_valid:
+        for path in answer_logs:
+            path.unlink(missing_ok=True)
+    partial.write_text(json.dumps({**state, "done": done}))  # whose answers a stopped NIAH evaluation keeps
     results["footprint"] = model_footprint(model)
     results["machine"] = machine_info(model.device)  # (of the run that finished it, when --resume went on elsewhere)
     _log(f"{label}: {results['footprint']['parameters'] / 1e6:.1f}M parameters on {model.device}, "
@@ -382,7 +390,7 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     if "niah" in evals:
         def niah() -> None:
             records = _timed(results, "niah", lambda: _niah(model, tokenizer, args, args.niah_lengths, haystack(),
-                                                             _phases(results, "niah")))
+                                                             _phases(results, "niah"), answer_logs[0]))
             heatmaps.extend(_write_niah(results, "niah", records, out_dir))
 
         if not step("niah", ["niah"], niah):  # its samples were written when it ran
@@ -392,7 +400,8 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
             gc.collect()
 
             def niah_yarn() -> None:
-                records = _timed(results, "niah_yarn", lambda: _niah_with_yarn(spec, args, haystack(), results))
+                records = _timed(results, "niah_yarn", lambda: _niah_with_yarn(spec, args, haystack(), results,
+                                                                               answer_logs[1]))
                 if records:
                     heatmaps.extend(_write_niah(results, "niah_yarn", records, out_dir))
 
@@ -403,6 +412,8 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     write_report([(label, results)], out_dir, f"Evaluation of {label}", extra_figures=heatmaps)
     partial.unlink(missing_ok=True)
+    for path in answer_logs:  # (in niah_samples.jsonl now)
+        path.unlink(missing_ok=True)
     if replaced:  # the earlier evaluation's plots and samples that this one did not write again
         for path in [*out_dir.glob("*.png"), *out_dir.glob("*_samples.jsonl"), *out_dir.glob("*_samples.jsonl.xz")]:
             if path.stat().st_mtime < begun:
@@ -475,13 +486,16 @@ def _niah_cache(args) -> Path | None:
     return None if str(args.niah_cache).lower() == "none" else args.niah_cache
 
 
-def _niah(model, tokenizer, args, lengths, haystack, timing: dict | None = None) -> list[dict]:
+def _niah(model, tokenizer, args, lengths, haystack, timing: dict | None = None,
+          answers: Path | None = None) -> list[dict]:
+    """NIAH's per-sample records; `answers`: the file that keeps the answers as they come (`niah.AnswerLog`)."""
     from .niah import evaluate_niah
 
     phases: dict = {}
     records = evaluate_niah(model, tokenizer, args.tasks, lengths, args.niah_depths, args.niah_samples, args.seed,
                             haystack, args.chat_template, args.batch_size, args.max_batch_tokens,
-                            progress=not args.no_progress, cache_dir=_niah_cache(args), timing=phases)
+                            progress=not args.no_progress, cache_dir=_niah_cache(args), timing=phases,
+                            answers=answers, log=_log)
     if timing is not None:  # accumulated: YaRN runs one length at a time
         for name, seconds in phases.items():
             timing[name] = timing.get(name, 0.0) + seconds
@@ -518,7 +532,7 @@ def _niah_forced(model, tokenizer, args, haystack, out_dir: Path, timing: dict) 
     return {"answer": args.forced_answer, **summarize_forced(records)}
 
 
-def _niah_with_yarn(spec, args, haystack, results) -> list[dict]:
+def _niah_with_yarn(spec, args, haystack, results, answers: Path | None = None) -> list[dict]:
     """NIAH at each length beyond the trained window, the model reloaded with YaRN for exactly that length."""
     from .models import load_model_for_eval, yarn_rope_scaling
 
@@ -536,7 +550,7 @@ def _niah_with_yarn(spec, args, haystack, results) -> list[dict]:
         factors[str(length)] = scaling["factor"]
         _log(f"YaRN factor {scaling['factor']:g} for {length} tokens (trained {trained})")
         model, tokenizer = load_model_for_eval(spec, args.device, args.dtype, rope_scaling=scaling)
-        records += _niah(model, tokenizer, args, [length], haystack, _phases(results, "niah_yarn"))
+        records += _niah(model, tokenizer, args, [length], haystack, _phases(results, "niah_yarn"), answers)
         del model
         gc.collect()
     results["yarn"] = {"trained_context_length": trained, "factors": factors}

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import NormalDist, mean
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -481,10 +481,14 @@ def _batches(samples: Sequence[NiahSample], batch_size: int, max_batch_tokens: i
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, samples: Sequence[NiahSample], batch_size: int = 8,
-                     max_batch_tokens: int | None = None, progress: bool = True) -> list[str]:
+                     max_batch_tokens: int | None = None, progress: bool = True, done: dict[int, str] | None = None,
+                     after_batch: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
     """Greedy answers for every sample, batched with left padding; progress (with ETA) counted in prompt tokens.
     Padded batches of a model other than HypeNet (which attends row by row on each row's real tokens) keep their
-    dense attention mask under MAX_PADDED_MASK_ELEMENTS."""
+    dense attention mask under MAX_PADDED_MASK_ELEMENTS.
+    done: answers an earlier run gave, by sample index; a batch whose every sample has one is not generated again
+    (the same samples and options make the same batches, so the answers are those of a run never stopped).
+    after_batch(indices, answers): called after each batch generated, e.g. to keep its answers (`AnswerLog`)."""
     from transformers import GenerationConfig
 
     if tokenizer.padding_side != "left":
@@ -495,8 +499,14 @@ def generate_answers(model, tokenizer, samples: Sequence[NiahSample], batch_size
     outputs: list[str] = [""] * len(samples)
     bar = tqdm(total=sum(s.n_tokens for s in samples), unit="tok", unit_scale=True, desc="NIAH", disable=not progress)
     dense_mask = getattr(model.config, "model_type", None) != "hypenet"
+    done = done or {}
     for batch in _batches(samples, batch_size, max_batch_tokens, MAX_PADDED_MASK_ELEMENTS if dense_mask else None):
         chosen = [samples[i] for i in batch]
+        if all(i in done for i in batch):
+            for i in batch:
+                outputs[i] = done[i]
+            bar.update(sum(s.n_tokens for s in chosen))
+            continue
         encoded = tokenizer([s.prompt for s in chosen], return_tensors="pt", padding=True,
                             add_special_tokens=chosen[0].add_special_tokens).to(device)
         config = GenerationConfig(max_new_tokens=max(s.max_new_tokens for s in chosen), do_sample=False,
@@ -506,6 +516,8 @@ def generate_answers(model, tokenizer, samples: Sequence[NiahSample], batch_size
         for row, (i, sample) in enumerate(zip(batch, chosen)):
             # Each sample keeps its own budget, so its answer does not depend on what it was batched with.
             outputs[i] = tokenizer.decode(new_tokens[row, :sample.max_new_tokens], skip_special_tokens=True)
+        if after_batch is not None:
+            after_batch(batch, [outputs[i] for i in batch])
         bar.update(sum(s.n_tokens for s in chosen))
         bar.set_postfix(ctx=chosen[0].context_len, batch=len(chosen))
     bar.close()
@@ -590,20 +602,66 @@ def sample_records(samples: Sequence[NiahSample], outputs: Sequence[str]) -> lis
     return rows
 
 
+class AnswerLog:
+    """A NIAH run's answers as they are generated, in a JSON-lines file: one row per sample as `sample_records` writes
+    it, with its prompt's SHA-256, appended after each batch. A run stopped part-way (Ctrl-C, a deadline, a crash)
+    keeps the batches it finished there, and the same run started again on the same file generates only the rest
+    (`generate_answers`' `done`). Which model answered is for the caller to check (`hypenet eval --resume` does)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @staticmethod
+    def key(sample: NiahSample) -> tuple[str, int]:
+        return hashlib.sha256(sample.prompt.encode()).hexdigest(), sample.max_new_tokens
+
+    def read(self, samples: Sequence[NiahSample]) -> dict[int, str]:
+        """The answers kept for `samples`, by index (a line cut short by a kill is skipped)."""
+        if not self.path.is_file():
+            return {}
+        kept = {}
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                kept[(row["prompt_sha256"], row["max_new_tokens"])] = row["output"]
+            except (ValueError, KeyError, TypeError):
+                continue
+        return {i: kept[key] for i, sample in enumerate(samples) if (key := self.key(sample)) in kept}
+
+    def append(self, samples: Sequence[NiahSample], indices: list[int], outputs: list[str]) -> None:
+        rows = sample_records([samples[i] for i in indices], outputs)
+        cut = self.path.is_file() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
+        with open(self.path, "a") as f:
+            f.write("\n" * bool(cut))  # (after a line that a kill cut short, the next row starts on its own line)
+            f.writelines(json.dumps({**row, "prompt_sha256": self.key(samples[i])[0]}) + "\n"
+                         for row, i in zip(rows, indices))
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def evaluate_niah(model, tokenizer, tasks: Sequence[str], lengths: Sequence[int], depths: Sequence[float],
                   samples_per_cell: int = 4, seed: int = 0, haystack_docs: Sequence[str] | None = None,
                   chat_template: bool = False, batch_size: int = 8, max_batch_tokens: int | None = None,
                   progress: bool = True, cache_dir: str | Path | None = None,
-                  timing: dict | None = None) -> list[dict]:
+                  timing: dict | None = None, answers: str | Path | None = None,
+                  log: Callable[[str], None] | None = None) -> list[dict]:
     """Build the grid (from cache_dir when it was built before), generate, score: per-sample records (summarize
-    them with `summarize`). `timing`, if given, receives the seconds spent building and generating."""
+    them with `summarize`). `timing`, if given, receives the seconds spent building and generating.
+    answers: an `AnswerLog` file, kept as the answers come and read back first (a stopped run's batches are not
+    generated again); `log` is told how many were read back."""
     import time
 
     started = time.perf_counter()
     samples = build_niah_grid(tokenizer, tasks, lengths, depths, samples_per_cell, seed, haystack_docs, chat_template,
                               cache_dir)
     built = time.perf_counter()
-    outputs = generate_answers(model, tokenizer, samples, batch_size, max_batch_tokens, progress)
+    kept, done = (AnswerLog(answers), {}) if answers is not None else (None, None)
+    if kept is not None:
+        done = kept.read(samples)
+        if done and log is not None:
+            log(f"NIAH: {len(done)} of {len(samples)} answers read back from {kept.path}")
+    outputs = generate_answers(model, tokenizer, samples, batch_size, max_batch_tokens, progress, done,
+                               (lambda indices, out: kept.append(samples, indices, out)) if kept else None)
     if timing is not None:
         timing.update(build_s=built - started, generate_s=time.perf_counter() - built)
     return sample_records(samples, outputs)
