@@ -630,7 +630,11 @@ class AnswerLog:
 
     def append(self, samples: Sequence[NiahSample], indices: list[int], outputs: list[str]) -> None:
         rows = sample_records([samples[i] for i in indices], outputs)
-        cut = self.path.is_file() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
+        cut = False
+        if self.path.is_file() and self.path.stat().st_size:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                cut = f.read(1) != b"\n"
         with open(self.path, "a") as f:
             f.write("\n" * bool(cut))  # (after a line that a kill cut short, the next row starts on its own line)
             f.writelines(json.dumps({**row, "prompt_sha256": self.key(samples[i])[0]}) + "\n"
