@@ -659,11 +659,10 @@ def evaluate_niah(model, tokenizer, tasks: Sequence[str], lengths: Sequence[int]
     samples = build_niah_grid(tokenizer, tasks, lengths, depths, samples_per_cell, seed, haystack_docs, chat_template,
                               cache_dir)
     built = time.perf_counter()
-    kept, done = (AnswerLog(answers), {}) if answers is not None else (None, None)
-    if kept is not None:
-        done = kept.read(samples)
-        if done and log is not None:
-            log(f"NIAH: {len(done)} of {len(samples)} answers read back from {kept.path}")
+    kept = AnswerLog(answers) if answers is not None else None
+    done = kept.read(samples) if kept else None
+    if done and log is not None:
+        log(f"NIAH: {len(done)} of {len(samples)} answers read back from {kept.path}")
     outputs = generate_answers(model, tokenizer, samples, batch_size, max_batch_tokens, progress, done,
                                (lambda indices, out: kept.append(samples, indices, out)) if kept else None)
     if timing is not None:

@@ -877,9 +877,10 @@ def _run_stages(config: ConvertConfig, stages: list[str], resume: bool, overwrit
     first = STAGES.index(stages[0])
     earlier = list(STAGES[:first])
     conv = Conversion(config, resume=resume, teacher_weights=needs_teacher(out, stages, overwrite))
-    if pending_stages(out, stages, overwrite):
+    pending = pending_stages(out, stages, overwrite)
+    if pending:
         conv.corpus  # a bad teacher, tokenizer or corpus fails here, before anything is overwritten
-        check_lm_eval_tasks(config, pending_stages(out, stages, overwrite))
+        check_lm_eval_tasks(config, pending)
     else:  # every stage asked for is done (`convert --resume` of a finished conversion): the report is written
         # again from what they saved, which needs no data
         log.info("%s: every stage is done; writing the report again without reading the data", out)
