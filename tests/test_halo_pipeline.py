@@ -341,12 +341,20 @@ class Lines(logging.Handler):
 def stopped_and_resumed(assets):
     """A conversion stopped by Ctrl-C after stage 2's step 6 and resumed, in this process: its report, the seconds
     each invocation took as a whole (`invocations`) and in the teacher's load and each stage (lists per name, of
-    both invocations), the stage's saved time at step 6 (before the stop), and each invocation's log lines."""
+    both invocations), the stage's saved time at step 6 (before the stop), each invocation's log lines, and the
+    lengths of the sequences the export ran through the student (`export_lengths`)."""
+    from hypenet.halo import export
+
     out = assets["root"] / "stopped-resumed-out"
     config = tiny_config(assets, "qwen3", out)
     measured = {name: [] for name in ("load_teacher", *pipeline.STAGES)}
-    result = {"measured": measured, "invocations": [], "logs": [], "out": out}
+    result = {"measured": measured, "invocations": [], "logs": [], "out": out, "export_lengths": []}
     engine, train = pipeline.engine, pipeline.engine.train
+    token_nlls = export.token_nlls
+
+    def recorded_nlls(model, input_ids, **kwargs):
+        result["export_lengths"].append(len(input_ids))
+        return token_nlls(model, input_ids, **kwargs)
 
     def stop_stage2_at_step_6(name, objective, train_config, chunks, stage_dir, run):
         if name == "stage2":
@@ -368,6 +376,7 @@ def stopped_and_resumed(assets):
     logger.setLevel(logging.INFO)
     try:
         with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(export, "token_nlls", recorded_nlls)
             patch.setattr(pipeline, "load_teacher", timed(pipeline.load_teacher, measured["load_teacher"]))
             for name in pipeline.STAGES:
                 patch.setitem(pipeline.STAGE_RUNNERS, name, timed(pipeline.STAGE_RUNNERS[name], measured[name]))
@@ -520,18 +529,21 @@ def test_under_a_launcher_the_commands_start_up_counts_from_the_launchers_start(
     assert alone["command"] == pytest.approx(alone["own"], abs=0.25)  # (read a moment apart; a parent is seconds older)
 
 
-def parse_estimate(line: str, left_out: str = "export") -> tuple[str, str, dict[str, int], dict[str, float]]:
+def parse_estimate(line: str, left_out: str | None = None) -> tuple[str, str, dict[str, int], dict[str, float]]:
     """(the time it says, the stage measured, the tokens it names by stage, their tokens/s by stage) of an estimate's
-    line, which must say that it leaves `left_out` out."""
-    said, selection, parts, _, uncounted = re.fullmatch(
-        r"conversion: about (.+) of training( and layer selection)? left \(estimate: (.+?)(; the later stages' .+)?; "
-        r"(selection and export|export) not counted\)", line).groups()
+    line, which must say that it leaves `left_out` out (None: nothing)."""
+    said, what, body = re.fullmatch(r"conversion: about (.+?) of (training.*?) left \(estimate: (.+)\)", line).groups()
+    uncounted = re.search(r"; ([^;()]+) not counted$", body)
+    parts = body[:uncounted.start() if uncounted else None].split("; the later stages' ")[0]
     named = [re.fullmatch(r"([\d,]+) (?:tokens )?of (\w+) at (?:its measured )?([\d,]+)(?: tokens/s)?", part).groups()
              for part in parts.split(", then ")]
     tokens = {name: int(count.replace(",", "")) for count, name, _ in named}
     rates = {name: float(rate.replace(",", "")) for _, name, rate in named}
-    # the selection is counted, and said to be, where it is named; once done it is not said to be left out
-    assert bool(selection) == ("select" in tokens) and uncounted == left_out, line
+    # the selection and the export are counted, and said to be, where they are named; once done, or not run by this
+    # invocation, they are not said to be left out
+    counted = [*(["layer selection"] if "select" in tokens else []), *(["export"] if "export" in tokens else [])]
+    assert what == " and ".join(", ".join(["training", *counted]).rsplit(", ", 1)), line
+    assert (uncounted.group(1) if uncounted else None) == left_out, line
     return said, named[0][1], tokens, rates
 
 
@@ -541,7 +553,8 @@ def test_the_conversion_logs_its_time_left_from_the_stages_tokens_and_measured_t
     names stage 3 alone), at this stage's tokens/s (its logged step times' median, this invocation's first step left
     out) and the later ones' at that over their cost per token relative to it (`plan.relative_costs`, on this CPU the
     ratio of model FLOPs per token), and the time those take. The layer selection's teacher passes are among the
-    later ones while it lies ahead (in stage 1)."""
+    later ones while it lies ahead (in stage 1), and the export's search last: the tokens it then ran through the
+    student, at its FLOPs per token (`plan.export_flops`) for the lengths it ran."""
     from hypenet.halo.plan import relative_costs, selection_tokens
     from hypenet.units import duration_label
 
@@ -549,6 +562,10 @@ def test_the_conversion_logs_its_time_left_from_the_stages_tokens_and_measured_t
     budgets = {name: stage["tokens"] for name, stage in report["stages"].items()}  # 4096, 8192, 2048
     config = resolve(load_config(base=read_config(out / "config.yaml")), report["teacher_parameters"])
     teacher_cfg = AutoConfig.from_pretrained(report["teacher"])
+    # the smoke preset's grid is one base (500), so the search measured it alone: what it ran is one base's lengths
+    assert list(report["export"]["losses"]) == ["500"] and config.export.logit_scaling_candidates == [500.0]
+    export_lengths = stopped_and_resumed["export_lengths"]
+    assert export_lengths
     seen = []
     for invocation, lines in enumerate(stopped_and_resumed["logs"]):
         estimates = [parse_estimate(line) for line in lines if line.startswith("conversion: about")]
@@ -558,16 +575,17 @@ def test_the_conversion_logs_its_time_left_from_the_stages_tokens_and_measured_t
             resumes = [i for i, r in enumerate(records) if r.get("event") == "resume"]
             run = records[resumes[0] + 1:] if invocation == 1 and resumes else records[:resumes[0] if resumes else None]
             steps, per_step = report["stages"][stage]["steps"], budgets[stage] // report["stages"][stage]["steps"]
-            later = {"stage1": ["select", "stage2", "stage3"], "stage2": ["stage3"], "stage3": []}[stage]
+            later = {"stage1": ["select", "stage2", "stage3"], "stage2": ["stage3"], "stage3": []}[stage] + ["export"]
             assert list(tokens) == [stage, *later]
-            assert all(tokens[n] == budgets[n] for n in tokens if n not in (stage, "select"))
+            assert all(tokens[n] == budgets[n] for n in tokens if n not in (stage, "select", "export"))
             assert tokens.get("select", 0) == (selection_tokens(config, 4) if stage == "stage1" else 0)
+            assert tokens["export"] == sum(export_lengths)
             done = steps - tokens[stage] // per_step
             assert tokens[stage] == (steps - done) * per_step
             seconds = [r["seconds"] for r in run if "loss" in r and r["step"] <= done]
             rate = per_step / statistics.median(seconds[1:][-20:])
             assert rates[stage] == pytest.approx(rate, rel=5e-3, abs=0.5)
-            cost = relative_costs(teacher_cfg, config, stage, gpu=False)
+            cost = relative_costs(teacher_cfg, config, stage, gpu=False, export_lengths=export_lengths)
             for name in later:
                 assert rates[name] == pytest.approx(rate / cost[name], rel=5e-3, abs=0.5)
             left = sum(tokens[name] / rates[name] for name in tokens)
@@ -579,26 +597,40 @@ def test_the_conversion_logs_its_time_left_from_the_stages_tokens_and_measured_t
     assert seen.count((0, "stage1")) == 6  # after steps 4, 6, ..., 14 of 16
 
 
-@pytest.mark.parametrize("overrides, costs, named, uncounted", [
-    ([], {"stage1": 1.0, "stage2": 2.0, "stage3": 2.0, "select": 0.25}, ["select", "stage2", "stage3"], "export"),
-    ([], None, ["stage2", "stage3"], "selection and export"),  # no cost per token: the sweep is left out, and said so
-    (["select.lm_eval_recall=[swde]", "select.lm_eval_commonsense=[piqa]"],
-     {"stage1": 1.0, "stage2": 2.0, "stage3": 2.0}, ["stage2", "stage3"], "selection and export"),
-    (["select.strategy=even"], {"stage1": 1.0, "stage2": 2.0, "stage3": 2.0}, ["stage2", "stage3"], "export"),
-])
-def test_the_estimate_in_stage1_names_the_layer_selection_it_counts(overrides, costs, named, uncounted, caplog):
-    """In stage 1 of a conversion the layer selection lies ahead: its sweep with the built-in probes is counted where
-    its cost per token is known; a sweep of lm-eval's tasks, or one of unknown cost, is said to be left out; a
-    strategy that sweeps nothing is neither."""
-    from types import SimpleNamespace
+SWEEP = {"stage1": 1.0, "stage2": 2.0, "stage3": 2.0}
 
+
+@pytest.mark.parametrize("overrides, costs, named, uncounted", [
+    ([], {**SWEEP, "select": 0.25}, ["select", "stage2", "stage3"], "export"),
+    ([], None, ["stage2", "stage3"], "selection and export"),  # no cost per token: the sweep is left out, and said so
+    (["select.lm_eval_recall=[swde]", "select.lm_eval_commonsense=[piqa]"], SWEEP, ["stage2", "stage3"],
+     "selection and export"),
+    (["select.strategy=even"], SWEEP, ["stage2", "stage3"], "export"),
+    # the export's grid counted; the bases it may add past the grid's edge are not (they depend on the losses)
+    ([], {**SWEEP, "select": 0.25, "export": 0.5}, ["select", "stage2", "stage3", "export"],
+     "up to 4 bases past the export's grid"),
+    (["export.logit_scaling_candidates=[500]"], {**SWEEP, "select": 0.25, "export": 0.5},
+     ["select", "stage2", "stage3", "export"], None),  # one base: nothing past it to try
+    (["select.strategy=none"], SWEEP, ["stage2", "stage3"], None),  # no attention layer: no base to search
+])
+def test_the_estimate_in_stage1_names_the_layer_selection_and_export_it_counts(overrides, costs, named, uncounted,
+                                                                             caplog):
+    """In stage 1 of a conversion the layer selection and the export lie ahead: the selection's sweep with the
+    built-in probes is counted where its cost per token is known, and the export's search over its grid of bases
+    (each base the same held-out sequences); a sweep of lm-eval's tasks, or one of unknown cost, is said to be left
+    out, and so are the export's bases past its grid; a strategy that sweeps nothing is neither, and a student
+    without attention layers searches no base."""
     config = resolve(load_config(overrides=overrides), 10**8)
     conv = SimpleNamespace(running=list(pipeline.STAGES), done=lambda name: None, config=config,
-                           stage_costs=lambda: costs, teacher_config=SimpleNamespace(num_hidden_layers=30))
+                           stage_costs=lambda: costs, teacher_config=SimpleNamespace(num_hidden_layers=30),
+                           export_lengths=lambda: [1000, 600])
+    conv.attention_layers_ahead = lambda: pipeline.Conversion.attention_layers_ahead(conv)
     with caplog.at_level(logging.INFO, logger="hypenet.halo.pipeline"):
         pipeline.Conversion.log_time_left(conv, "stage1", 2048, 2, 12, 400.0)
     _, _, tokens, _ = parse_estimate(caplog.messages[-1], uncounted)
     assert list(tokens) == ["stage1", *named]
+    if "export" in tokens:
+        assert tokens["export"] == len(config.export.logit_scaling_candidates) * 1600
 
 
 def copy_done_stages(reference_out: Path, out: Path, *names: str) -> None:

@@ -372,11 +372,43 @@ def test_the_time_left_is_the_tokens_it_names_at_the_throughput_it_names(stage, 
     assert time_left(stage, left, rate, later, cost) == (seconds, line)
 
 
+def test_the_time_left_names_the_export_and_what_it_leaves_out():
+    """With the export's search ahead: its tokens at their inferred tokens/s, the line's subject and basis naming it,
+    and what the caller says is left out (or nothing)."""
+    from hypenet.halo.plan import time_left
+
+    cost = {"stage3": 1.0, "export": 0.25}
+    seconds, line = time_left("stage3", 4096, 512.0, {"export": 12_288}, cost, "up to 4 bases past the export's grid")
+    assert seconds == 8 + 12_288 / 2048
+    assert line == (
+        "conversion: about 14 s of training and export left (estimate: 4,096 tokens of stage3 at its measured 512 "
+        "tokens/s, then 12,288 of export at 2,048; the later stages' tokens/s inferred from this one's by their model "
+        "FLOPs per token (on a GPU also bench-train's MFU; the export, forward passes, by its FLOPs alone); up to 4 "
+        "bases past the export's grid not counted)")
+    cost = {"stage1": 1.0, "select": 0.5, "stage2": 2.0, "export": 0.25}
+    seconds, line = time_left("stage1", 1000, 1000.0, {"select": 1000, "stage2": 500, "export": 4000}, cost, "")
+    assert seconds == 1 + 0.5 + 1 + 1
+    assert line == (
+        "conversion: about 4 s of training, layer selection and export left (estimate: 1,000 tokens of stage1 at its "
+        "measured 1,000 tokens/s, then 1,000 of select at 2,000, then 500 of stage2 at 500, then 4,000 of export at "
+        "4,000; the later stages' tokens/s inferred from this one's by their model FLOPs per token (on a GPU also "
+        "bench-train's MFU; the layer selection, teacher passes and the export, forward passes, by their FLOPs "
+        "alone))")
+
+
 def test_the_stages_relative_cost_is_their_flops_per_token_and_on_a_gpu_the_measured_mfu(teacher_dir, tmp_path):
     """The cost per token that turns one stage's measured tokens/s into the others': the plan's FLOPs per token, and
     on a GPU over bench-train's MFU of each stage (stage 1 runs at a lower MFU there)."""
-    from hypenet.halo.plan import nearest_mfu, relative_costs, selection_flops, selection_tokens
+    from hypenet.halo.plan import (
+        attention_layer_count,
+        export_flops,
+        nearest_mfu,
+        relative_costs,
+        selection_flops,
+        selection_tokens,
+    )
     from hypenet.halo.stage1 import LayerAlignment
+    from hypenet.teachers import build_hypenet_from_teacher
 
     config = config_for(teacher_dir, tmp_path / "run")
     plan = make_plan(config)
@@ -407,6 +439,18 @@ def test_the_stages_relative_cost_is_their_flops_per_token_and_on_a_gpu_the_meas
     # no sweep with the built-in probes, no cost for it
     even = resolve(config_for(teacher_dir, tmp_path / "run", "select.strategy=even"), plan["teacher"]["parameters"])
     assert "select" not in relative_costs(teacher_cfg, even, "stage1", gpu=False)
+    # the export's per token of the sequences its search runs: `export_flops` over them, at the stage's MFU; none
+    # without those lengths, or for a student without attention layers (its export searches no base)
+    lengths = [4 * resolved.stage3.seq_len, 3 * resolved.stage3.seq_len]
+    with_export = relative_costs(teacher_cfg, resolved, "stage2", gpu=True, export_lengths=lengths)
+    with torch.device("meta"):
+        student = build_hypenet_from_teacher(teacher, ["attention"] * 2 + ["lightning"] * 6)
+    assert student.config.mixer_types.count("attention") == attention_layer_count(resolved, 8)
+    assert with_export == pytest.approx(
+        {**gpu, "export": export_flops(student, lengths) / sum(lengths) / per_token["stage2"]}, rel=1e-12)
+    assert "export" not in gpu
+    none = resolve(config_for(teacher_dir, tmp_path / "run", "select.strategy=none"), plan["teacher"]["parameters"])
+    assert "export" not in relative_costs(teacher_cfg, none, "stage1", gpu=False, export_lengths=lengths)
 
 
 def test_a_stage_trains_its_budget_in_whole_steps(teacher_dir, tmp_path):

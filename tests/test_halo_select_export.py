@@ -560,6 +560,44 @@ def test_choose_logit_scaling_base_picks_lowest_loss(student):
     assert student.config.attention_logit_scaling_base is None  # restored
 
 
+@pytest.mark.parametrize("mixers", ["lightning", "attention"])
+def test_the_estimate_counts_the_flops_the_export_search_runs(teacher, mixers, monkeypatch):
+    """`export.search_lengths` and `plan.export_flops`, by which the conversion's estimate infers the export's time:
+    the sequences the search runs through the model for each base (the documents it scores, then the copy probe's),
+    and their FLOPs as torch's FLOP counter counts them: the Linear layers' products (aten.mm) exactly, and the
+    attention scores at half what eager attention computes (aten.bmm: the whole square, where a causal kernel does
+    the half below the diagonal). With lightning layers alone there are no scores to count (their recurrence, also
+    aten.bmm, is left out as in training)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hypenet.halo import export as export_module
+    from hypenet.halo.export import search_lengths
+    from hypenet.halo.plan import export_flops
+
+    model = build_hypenet_from_teacher(teacher, [mixers] * LAYERS).eval()
+    model.set_attn_implementation("eager")
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(13, 60, size=n) for n in (150, 90, 200, 30)]  # 200 cut to 160; 30 too short to score
+    settings = dict(eval_len=160, train_context=40, copies=2, copy_span=8)
+    lengths, token_nlls = [], export_module.token_nlls
+
+    def recorded(model, input_ids, **kwargs):  # the sequences the search runs through the model
+        lengths.append(len(input_ids))
+        return token_nlls(model, input_ids, **kwargs)
+
+    monkeypatch.setattr(export_module, "token_nlls", recorded)
+    with FlopCounterMode(display=False) as counter:
+        choose_logit_scaling_base(model, docs, (100, 200), **settings)
+    expected = search_lengths(docs, **settings)
+    assert expected == [150, 90, 160] * 2 and lengths == expected * 2  # the documents, then their copy probes
+    counted = counter.get_flop_counts()["Global"]
+    scores = counted[torch.ops.aten.bmm] / 2 if mixers == "attention" else 0
+    assert 2 * export_flops(model, expected) == counted[torch.ops.aten.mm] + scores
+    assert search_lengths(docs, 40, 160) == [150, 90, 160]  # without the copy probe
+    assert search_lengths(docs, 40, 160, copies=40) == [150, 90, 160]  # no room for it: skipped, as the search does
+    assert search_lengths([np.arange(1)], 40) == []  # nothing to score: the search stops at once
+
+
 def test_choose_logit_scaling_base_falls_back_to_longest(student):
     docs = [np.arange(10, 30), np.arange(5, 40)]
     with pytest.warns(UserWarning, match="longest one \\(35 tokens\\)"):

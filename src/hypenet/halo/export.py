@@ -170,6 +170,23 @@ def far_copy_loss(model: HypeNetForCausalLM, probes: Sequence[tuple[np.ndarray, 
     return total / count
 
 
+def search_lengths(long_docs: Sequence, train_context: int, eval_len: int | None = None, copies: int = 0,
+                   copy_span: int = DEFAULT_SPAN) -> list[int]:
+    """The lengths of the sequences `choose_logit_scaling_base` runs through the model for each base it measures, with
+    the same arguments: the documents it scores (`_long_eval_docs`), then the copy probe's (`far_copy_docs`), if any
+    fits. An estimate of the export's time counts them (`plan.export_flops`); [] when the search would stop at once."""
+    eval_len = 4 * train_context if eval_len is None else eval_len
+    try:
+        docs, scored_from, _ = _long_eval_docs(long_docs, train_context, eval_len)
+    except ValueError:  # no document to score: the search stops at once
+        return []
+    try:
+        probes = far_copy_docs(docs, scored_from, copies, copy_span) if copies else []
+    except ValueError:  # no room for the copy probe: the search skips it
+        probes = []
+    return [len(doc) for doc in docs] + [len(ids) for ids, _ in probes]
+
+
 class ScalingSearchWarning(UserWarning):
     """Something the user should know about how `a` was chosen (recorded in the export's report)."""
 

@@ -307,37 +307,60 @@ class Conversion:
         return engine.train(name, objective, config, self.chunks(name), self.stage_dir(name), settings)
 
     def log_time_left(self, name: str, tokens_per_step: int, done: int, steps: int, tokens_per_s: float) -> None:
-        """Log the estimate of the time this conversion's training takes from here (`plan.time_left`): stage `name`'s
-        remaining steps, the training stages after it that this invocation runs, and the layer selection where it is
-        ahead and its cost per token is known (the built-in probes' sweep), at `name`'s measured tokens_per_s (the
-        engine's `RunSettings.progress`)."""
-        from .plan import SELECT, TRAINED, selection_tokens, time_left, trained_tokens
+        """Log the estimate of the time this conversion takes from here (`plan.time_left`): stage `name`'s remaining
+        steps, the training stages after it that this invocation runs, the layer selection where it is ahead and its
+        cost per token is known (the built-in probes' sweep), and the export's search over its grid of bases where it
+        is ahead, at `name`'s measured tokens_per_s (the engine's `RunSettings.progress`)."""
+        from .plan import EXPORT, SELECT, TRAINED, selection_tokens, time_left, trained_tokens
 
         ahead = [stage for stage in self.running[self.running.index(name) + 1:]
-                 if stage in (*TRAINED, SELECT) and self.done(stage) is None]
+                 if stage in (*TRAINED, SELECT, EXPORT) and self.done(stage) is None]
         costs = self.stage_costs() if ahead else None
-        later = {}
+        export, later = self.config.export, {}
         for stage in ahead:
             if stage in TRAINED:
                 later[stage] = trained_tokens(self.config, stage)
-            elif costs and SELECT in costs:  # (without its cost per token, left out: the line says so)
+            elif costs and stage in costs and stage == SELECT:  # (without a cost per token, left out: the line says so)
                 later[stage] = selection_tokens(self.config, self.teacher_config.num_hidden_layers)
+            elif costs and stage in costs:  # the export: every base of its grid runs the same sequences
+                later[stage] = len(set(export.logit_scaling_candidates)) * sum(self.export_lengths())
         cost = {n: c / costs[name] for n, c in costs.items()} if costs else None
         # a sweep ahead but left out (lm-eval's tasks, or no cost per token) is named; one done, or none, is not
-        sweep_left_out = SELECT in ahead and SELECT not in later and self.config.select.strategy == "halo"
-        uncounted = "selection and export" if sweep_left_out else "export"
-        log.info("%s", time_left(name, (steps - done) * tokens_per_step, tokens_per_s, later, cost, uncounted)[1])
+        uncounted = ["selection"] * (SELECT in ahead and SELECT not in later and self.config.select.strategy == "halo")
+        if EXPORT in later and export.logit_scaling_extend and len(set(export.logit_scaling_candidates) - {None}) > 1:
+            uncounted.append(f"up to {export.logit_scaling_extend} bases past the export's grid")
+        elif EXPORT in ahead and EXPORT not in later and self.attention_layers_ahead():
+            uncounted.append("export")
+        log.info("%s", time_left(name, (steps - done) * tokens_per_step, tokens_per_s, later, cost,
+                                 " and ".join(uncounted))[1])
+
+    def attention_layers_ahead(self) -> bool:
+        """Whether the student will have attention layers, so that the export searches a logit-scaling base."""
+        from .plan import attention_layer_count
+
+        return attention_layer_count(self.config, self.teacher_config.num_hidden_layers) > 0
+
+    @functools.cache  # (the held-out documents are read once per conversion)
+    def export_lengths(self) -> list[int]:
+        """The lengths of the sequences the export's search runs through the student for each base it measures."""
+        from .export import search_lengths
+
+        cfg = self.config.export
+        return search_lengths(sorted(self.corpus.heldout_docs, key=len, reverse=True)[: cfg.max_docs],
+                              self.config.stage3.seq_len, cfg.eval_len, cfg.copy_probe, cfg.copy_probe_span)
 
     @functools.cache  # (worked out once per conversion: the ratio between any two stages follows from it)
     def stage_costs(self) -> dict[str, float] | None:
-        """The training stages' time per token relative to stage 1's, and the layer selection's where it sweeps with
-        the built-in probes (`plan.relative_costs`), or None when it cannot be worked out (the estimate then takes the
-        later training stages at the measured stage's tokens/s, and says so, and leaves the selection out)."""
+        """The training stages' time per token relative to stage 1's, the layer selection's where it sweeps with the
+        built-in probes, and the export's where it searches a base (`plan.relative_costs`), or None when it cannot be
+        worked out (the estimate then takes the later training stages at the measured stage's tokens/s, and says so,
+        and leaves the selection and the export out)."""
         from .plan import relative_costs
 
         try:
             with unsharded_loading():  # (the main process alone builds the meta-device objectives, also under ZeRO-3)
-                return relative_costs(self.teacher_config, self.config, "stage1", gpu=self.state.device.type == "cuda")
+                return relative_costs(self.teacher_config, self.config, "stage1", gpu=self.state.device.type == "cuda",
+                                      export_lengths=self.export_lengths() if "export" in self.running else None)
         except Exception as error:  # an estimate must not stop a conversion
             log.warning("conversion: the later stages' cost per token is unknown (%s); the estimate takes them at "
                         "the measured stage's tokens/s", first_line(error))

@@ -47,6 +47,7 @@ from .select import SCORED_LAYERS, check_selection, default_num_attention
 
 TRAINED = ("stage1", "stage2", "stage3")
 SELECT = "select"
+EXPORT = "export"
 H200_GIB = 139  # what one H200 gives PyTorch, about
 # bytes per trained parameter kept for the whole stage: fp32 weights (mixed precision keeps fp32 masters), fp32
 # gradients, and AdamW's two fp32 moments
@@ -70,28 +71,32 @@ def trained_tokens(config: ConvertConfig, name: str) -> int:
 
 def time_left(stage: str, tokens_left: int, tokens_per_s: float, later: dict[str, int],
               cost: dict[str, float] | None = None, uncounted: str | None = None) -> tuple[float, str]:
-    """(seconds, a line saying them) that a conversion's remaining training takes: `tokens_left` of `stage` at its
+    """(seconds, a line saying them) that a conversion's remaining work takes: `tokens_left` of `stage` at its
     measured `tokens_per_s`, then the `later` stages' tokens (by name, in their order), each at `stage`'s tokens/s
     divided by its `cost` per token relative to `stage`'s (`relative_costs`; without it, 1: the same tokens/s). The
-    later stages may include the layer selection (SELECT: its `selection_tokens`, with its cost). An estimate:
-    export and loading are not in it (nor the layer selection unless named), and a later stage's speed is
-    inferred, not measured. `uncounted`: what the line says it leaves out (default: the export, and the selection
-    unless named)."""
+    later stages may include the layer selection (SELECT: its `selection_tokens`) and the export (EXPORT: its grid's
+    bases times `export.search_lengths`), each with its cost. An estimate: loading is not in it, and a later stage's
+    speed is inferred, not measured. `uncounted`: what the line says it leaves out (default: the selection and the
+    export, those not named in `later`; "" for nothing)."""
     cost = cost or {}
     rates = {name: tokens_per_s / cost.get(name, 1.0) for name in later}
     seconds = tokens_left / tokens_per_s + sum(tokens / rates[name] for name, tokens in later.items())
     parts = [f"{tokens_left:,} tokens of {stage} at its measured {tokens_per_s:,.0f} tokens/s"]
     parts += [f"{tokens:,} of {name} at {rates[name]:,.0f}" for name, tokens in later.items()]
-    selection = SELECT in later
+    selection, export = SELECT in later, EXPORT in later
     basis = ""
     if later:
+        passes = ["the layer selection, teacher passes"] * selection + ["the export, forward passes"] * export
+        alone = f"; {' and '.join(passes)}, by {'their' if len(passes) > 1 else 'its'} FLOPs alone" if passes else ""
         basis = ("; the later stages' tokens/s inferred from this one's by their model FLOPs per token (on a GPU "
-                 f"also bench-train's MFU{'; the layer selection, teacher passes, by its FLOPs alone' * selection})"
+                 f"also bench-train's MFU{alone})"
                  if cost else "; the later stages' at this one's, though stages differ in cost per token")
-    uncounted = uncounted or ("export" if selection else "selection and export")
-    what = "training and layer selection" if selection else "training"
+    if uncounted is None:
+        uncounted = " and ".join(["selection"] * (not selection) + ["export"] * (not export))
+    what = ", ".join(["training"] + ["layer selection"] * selection + ["export"] * export)
+    what = " and ".join(what.rsplit(", ", 1))
     return seconds, (f"conversion: about {duration_label(seconds)} of {what} left "
-                     f"(estimate: {', then '.join(parts)}{basis}; {uncounted} not counted)")
+                     f"(estimate: {', then '.join(parts)}{basis}{f'; {uncounted} not counted' if uncounted else ''})")
 
 
 def stage_objectives(teacher, config: ConvertConfig) -> list[tuple[str, nn.Module, int]]:
@@ -147,13 +152,33 @@ def selection_flops(teacher, students, config: ConvertConfig) -> float | None:
     return 2 * (sum(passes) * (recall + text) + len(passes) * head * (text + values) + sum(per_layer) * recall)
 
 
-def relative_costs(teacher_cfg, config: ConvertConfig, stage: str, gpu: bool) -> dict[str, float]:
+def export_flops(student, lengths: list[int]) -> float:
+    """The FLOPs of one base of the export's search (`export.search_lengths`: one forward of `student` per sequence,
+    its LM head at every position but the last, as `token_nlls` runs it): 2N per token and Linear weight (as
+    `halo/flops.py` counts), and, unlike the training stages' model FLOPs, the softmax attention layers' scores: QK^T
+    and AV under the causal mask, 4 x heads x head_dim per earlier position (2 x heads x head_dim x length per token
+    on average). At the export's lengths these can outweigh the weights: on SmolLM2 with 7 attention layers at 64K
+    tokens they are 1.7 times its 2N. The lightning layers' recurrence, constant per token, is left out, as in
+    training."""
+    from .flops import matmul_parameters
+
+    config = student.config
+    head = matmul_parameters(student.get_output_embeddings())
+    body = matmul_parameters(student) - head
+    scores = 2 * sum(kind == "attention" for kind in config.mixer_types) * config.num_attention_heads * head_dim(config)
+    return sum(2 * (body * n + head * (n - 1)) + scores * n * n for n in lengths)
+
+
+def relative_costs(teacher_cfg, config: ConvertConfig, stage: str, gpu: bool,
+                   export_lengths: list[int] | None = None) -> dict[str, float]:
     """Each training stage's time per token relative to `stage`'s: the ratio of their model FLOPs per token, and on a
     GPU also of the MFU bench-train measured on one H200 for the nearest teacher shape (`MEASURED_MFU`: stage 1
     reaches a third of stage 2's there). On a CPU the FLOPs alone (the README's CPU conversion: stage 1 ran at 260
     tokens/s, stage 2 at 87, 2.6x the FLOPs per token). And, where it runs the built-in probes, the layer selection's
     (SELECT) per `selection_tokens` token: the ratio of its model FLOPs per token (`selection_flops`) to `stage`'s,
-    at `stage`'s MFU (none is measured for it)."""
+    at `stage`'s MFU (none is measured for it). And, given `export_lengths` (`export.search_lengths` of the held-out
+    documents) and a student with attention layers (else the export searches no base), the export's (EXPORT) per token
+    it runs through the student: `export_flops` per token over `stage`'s, at `stage`'s MFU."""
     with torch.device("meta"):
         teacher = AutoModelForCausalLM.from_config(teacher_cfg)
     teacher_parameters = sum(p.numel() for p in teacher.parameters())
@@ -165,6 +190,9 @@ def relative_costs(teacher_cfg, config: ConvertConfig, stage: str, gpu: bool) ->
     selection = selection_flops(teacher, stage1.students, config)
     if selection is not None:
         costs[SELECT] = selection / selection_tokens(config, teacher_cfg.num_hidden_layers) / per_token[stage]
+    student = next(objective.student for name, objective, _ in built if name == "stage2")
+    if export_lengths and "attention" in student.config.mixer_types:
+        costs[EXPORT] = export_flops(student, export_lengths) / sum(export_lengths) / per_token[stage]
     return costs
 
 
