@@ -451,6 +451,14 @@ def test_the_stages_relative_cost_is_their_flops_per_token_and_on_a_gpu_the_meas
     assert "export" not in gpu
     none = resolve(config_for(teacher_dir, tmp_path / "run", "select.strategy=none"), plan["teacher"]["parameters"])
     assert "export" not in relative_costs(teacher_cfg, none, "stage1", gpu=False, export_lengths=lengths)
+    # --plan bounds the export's search: its grid's bases over max_docs held-out documents of eval_len tokens
+    bases, docs = len(set(resolved.export.logit_scaling_candidates)), resolved.export.max_docs
+    length = resolved.export.eval_len or 4 * resolved.stage3.seq_len
+    assert plan["export_flops"] == bases * export_flops(student, [length] * docs)
+    assert (f"its {bases} bases over at most {docs} held-out documents of {length:,} tokens: at most "
+            f"{_flops(plan['export_flops'])}") in markdown(plan)
+    no_search = make_plan(config_for(teacher_dir, tmp_path / "run", "select.strategy=none"))
+    assert no_search["export_flops"] is None and "held-out documents of" not in markdown(no_search)
 
 
 def test_a_stage_trains_its_budget_in_whole_steps(teacher_dir, tmp_path):

@@ -333,6 +333,11 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
     data = resolved.data
     installed = data_installed(data.source)
     refusal = refusal or data_refusal(data.source, installed)  # (the run would stop as it reads the data)
+    export = resolved.export
+    export_len, export_bases = export.eval_len or 4 * resolved.stage3.seq_len, len(set(export.logit_scaling_candidates))
+    # at most: the grid's bases over max_docs held-out documents of eval_len tokens (fewer or shorter ones cost less;
+    # the bases past the grid's edge depend on the losses); a student without attention layers searches no base
+    search = export_bases * export_flops(student, [export_len] * export.max_docs) if attention else None
     return {
         "teacher": {
             "spec": config.teacher, "architecture": teacher_cfg.model_type, "parameters": teacher_parameters,
@@ -359,6 +364,8 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
         "selection_flops": selection_flops(teacher, students, resolved),
         "export_state": state("export", None),
         "export_rule": export_rule(resolved.export),
+        "export_bases": export_bases, "export_docs": export.max_docs, "export_len": export_len,
+        "export_flops": search, "export_mfu": mfu[TRAINED.index("stage3")],
         "total": {"tokens": sum(row["tokens"] for row in planned), "flops": sum(row["flops"] for row in planned),
                   "h200_hours": sum(row["h200_hours"] for row in planned)},
         "mfu_measured_at": size, "compile": resolved.compile,
@@ -513,10 +520,16 @@ def markdown(plan: dict) -> str:
     if plan.get("selection_tokens"):
         selection = (f"; {t['layers'] + 1} teacher passes over the probes, {_count(plan['selection_tokens'])} tokens "
                      f"in all, {_flops(plan['selection_flops'])}")
+    export = plan["export_rule"]
+    if plan.get("export_flops"):
+        seconds = plan["export_flops"] / (plan["export_mfu"] * H200_DENSE_BF16_TFLOPS * 1e12)
+        export += (f"; its {plan['export_bases']} bases over at most {plan['export_docs']} held-out documents of "
+                   f"{plan['export_len']:,} tokens: at most {_flops(plan['export_flops'])}, "
+                   f"{'' if seconds < 1 else 'about '}{duration_label(seconds)} on one H200 at stage 3's MFU")
     lines += [
         "",
-        f"Layer selection (`{plan['select']}`{selection}): {plan['selection_state']}. Export "
-        f"({plan['export_rule']}): {plan['export_state']}.",
+        f"Layer selection (`{plan['select']}`{selection}): {plan['selection_state']}. Export ({export}): "
+        f"{plan['export_state']}.",
         f"In all: {_count(total['tokens'])} training tokens, {_flops(total['flops'])} (model FLOPs), about "
         f"{duration_label(total['h200_hours'] * 3600)} on one H200"
         f" ({'with' if plan['compile'] else 'without'} `compile`; the MFU measured by bench-train at the "
