@@ -311,7 +311,7 @@ class Conversion:
         steps, the training stages after it that this invocation runs, the layer selection where it is ahead and its
         cost per token is known (the built-in probes' sweep), and the export's search over its grid of bases where it
         is ahead, at `name`'s measured tokens_per_s (the engine's `RunSettings.progress`)."""
-        from .plan import EXPORT, SELECT, TRAINED, selection_tokens, time_left, trained_tokens
+        from .plan import EXPORT, SELECT, TRAINED, export_grid, selection_tokens, time_left, trained_tokens
 
         ahead = [stage for stage in self.running[self.running.index(name) + 1:]
                  if stage in (*TRAINED, SELECT, EXPORT) and self.done(stage) is None]
@@ -323,7 +323,7 @@ class Conversion:
             elif costs and stage in costs and stage == SELECT:  # (without a cost per token, left out: the line says so)
                 later[stage] = selection_tokens(self.config, self.teacher_config.num_hidden_layers)
             elif costs and stage in costs:  # the export: every base of its grid runs the same sequences
-                later[stage] = len(set(export.logit_scaling_candidates)) * sum(self.export_lengths())
+                later[stage] = export_grid(export) * sum(self.export_lengths())
         cost = {n: c / costs[name] for n, c in costs.items()} if costs else None
         # a sweep ahead but left out (lm-eval's tasks, or no cost per token) is named; one done, or none, is not
         uncounted = ["selection"] * (SELECT in ahead and SELECT not in later and self.config.select.strategy == "halo")
@@ -340,14 +340,18 @@ class Conversion:
 
         return attention_layer_count(self.config, self.teacher_config.num_hidden_layers) > 0
 
+    def export_docs(self) -> list:
+        """The held-out documents the export scores: the `export.max_docs` longest."""
+        return sorted(self.corpus.heldout_docs, key=len, reverse=True)[: self.config.export.max_docs]
+
     @functools.cache  # (the held-out documents are read once per conversion)
     def export_lengths(self) -> list[int]:
         """The lengths of the sequences the export's search runs through the student for each base it measures."""
         from .export import search_lengths
 
         cfg = self.config.export
-        return search_lengths(sorted(self.corpus.heldout_docs, key=len, reverse=True)[: cfg.max_docs],
-                              self.config.stage3.seq_len, cfg.eval_len, cfg.copy_probe, cfg.copy_probe_span)
+        return search_lengths(self.export_docs(), self.config.stage3.seq_len, cfg.eval_len, cfg.copy_probe,
+                              cfg.copy_probe_span)
 
     @functools.cache  # (worked out once per conversion: the ratio between any two stages follows from it)
     def stage_costs(self) -> dict[str, float] | None:
@@ -630,12 +634,11 @@ def _run_export(conv: Conversion) -> dict:
     if not conv.is_main_process:
         return {}
     cfg, train_context = conv.config.export, conv.config.stage3.seq_len
-    longest_docs = sorted(conv.corpus.heldout_docs, key=len, reverse=True)[: cfg.max_docs]
     # The search for `a` runs in the training's precision: bf16 autocast on a GPU (the fp32 weights are saved).
     bf16 = conv.settings.mixed_precision == "bf16"
     with user_errors("export"), torch.autocast(conv.state.device.type, dtype=torch.bfloat16, enabled=bf16):
         return export_checkpoint(
-            conv.load_model("stage3", alone=True), conv.tokenizer, conv.out / MODEL_DIR, longest_docs,
+            conv.load_model("stage3", alone=True), conv.tokenizer, conv.out / MODEL_DIR, conv.export_docs(),
             candidates=cfg.logit_scaling_candidates, train_context=train_context, eval_len=cfg.eval_len,
             device=conv.state.device, extend=cfg.logit_scaling_extend, tolerance=cfg.logit_scaling_tolerance,
             copies=cfg.copy_probe, copy_span=cfg.copy_probe_span, run_dir=conv.out,

@@ -152,6 +152,16 @@ def selection_flops(teacher, students, config: ConvertConfig) -> float | None:
     return 2 * (sum(passes) * (recall + text) + len(passes) * head * (text + values) + sum(per_layer) * recall)
 
 
+def export_grid(export: ExportConfig) -> int:
+    """The bases the export's search measures before any past its grid's edge (a base listed twice is measured once)."""
+    return len(set(export.logit_scaling_candidates))
+
+
+def export_eval_len(config: ConvertConfig) -> int:
+    """The tokens the export scores per held-out document: `export.eval_len`, or 4 x stage 3's context."""
+    return config.export.eval_len or 4 * config.stage3.seq_len
+
+
 def export_flops(student, lengths: list[int]) -> float:
     """The FLOPs of one base of the export's search (`export.search_lengths`: one forward of `student` per sequence,
     its LM head at every position but the last, as `token_nlls` runs it): 2N per token and Linear weight (as
@@ -334,7 +344,7 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
     installed = data_installed(data.source)
     refusal = refusal or data_refusal(data.source, installed)  # (the run would stop as it reads the data)
     export = resolved.export
-    export_len, export_bases = export.eval_len or 4 * resolved.stage3.seq_len, len(set(export.logit_scaling_candidates))
+    export_len, export_bases = export_eval_len(resolved), export_grid(export)
     # at most: the grid's bases over max_docs held-out documents of eval_len tokens (fewer or shorter ones cost less;
     # the bases past the grid's edge depend on the losses); a student without attention layers searches no base
     search = export_bases * export_flops(student, [export_len] * export.max_docs) if attention else None
@@ -404,7 +414,7 @@ def make_export_plan(config: ConvertConfig, resume: bool = False, overwrite: boo
         "stage3_model": str(out / "stages" / "stage3" / MODEL_DIR),
         "stage3_state": stage_state(Path(start_from) if start_from is not None else out, "stage3", None),
         "teacher": teacher, "data": data, "max_docs": export.max_docs, "train_context": context,
-        "eval_len": export.eval_len or 4 * context, "export_rule": export_rule(export),
+        "eval_len": export_eval_len(config), "export_rule": export_rule(export),
         "writes": [str(out / MODEL_DIR), str(out / "stages" / "export" / DONE), str(out / REPORT_JSON),
                    str(out / REPORT_MD)],
         "state": state, "nothing_to_do": finished, "refusal": refusal,
