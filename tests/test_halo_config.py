@@ -149,8 +149,76 @@ def test_the_gpu_recipe_loads_joins_half_of_the_wrapped_paragraphs_and_repeats_s
     assert (plain.data.repeat_numbers, plain.data.number_decoys, plain.data.repeat_spans) == (0.0, 0, 0.5)
     assert (config.stage2.tokens, config.stage2.seq_len, config.stage2.batch_size) == (79_000_000, 4096, 12)
     assert (config.stage3.tokens, config.stage3.batch_size, config.stage3.lr) == (6_000_000, 8, 1e-4)
-    assert config.select.strategy == "halo"
+    # the teacher's needle layers by hand since the sixtieth lease; HALO's scores for any other teacher
+    assert (config.select.strategy, config.select.manual_layers) == ("manual", [17, 20, 21, 22, 23, 24, 26])
+    assert load_config(files=gpu, overrides=["select.strategy=halo"]).select.strategy == "halo"
     assert config.export.logit_scaling_tolerance == 0.001
+
+
+MANUAL_TEACHER_ERROR = (
+    "select.manual_layers [17, 20, 21, 22, 23, 24, 26] were chosen for the teacher 'embedded' (select.manual_teacher), "
+    "not for 'Qwen/Qwen3-1.7B': let HALO choose with --set select.strategy=halo, or keep these layers with --set "
+    "select.manual_teacher=Qwen/Qwen3-1.7B"
+)
+
+
+def test_the_gpu_recipes_manual_layers_are_for_its_teacher_alone(tmp_path, monkeypatch):
+    """select.manual_teacher: the recipe's hand-picked layers are the embedded SmolLM2-135M-Instruct's. It converts
+    as "embedded", by another of its names or by a copy of its GGUF file anywhere (a GPU lease's); another teacher
+    stops when the config is read, before anything loads, with the two settings that go on."""
+    gpu = [CONFIGS / "gpu-smollm2.yaml"]
+    config = load_config(files=gpu)
+    assert (config.teacher, config.select.manual_teacher) == ("embedded", "embedded")
+    assert load_config(files=gpu, teacher="smollm2").select.manual_layers == [17, 20, 21, 22, 23, 24, 26]
+    copy = tmp_path / "leased" / "SmolLM2-135M-Instruct.Q4_1.gguf"  # (only its name counts: no GGUF is read)
+    copy.parent.mkdir()
+    copy.write_bytes(b"")
+    assert load_config(files=gpu, teacher=str(copy)).teacher == str(copy)
+    monkeypatch.chdir(tmp_path)
+    assert load_config(files=gpu, teacher="leased/SmolLM2-135M-Instruct.Q4_1.gguf").teacher == str(copy)
+    with_copy = load_config(files=gpu, overrides=[f"select.manual_teacher={copy}"])  # and the other way round
+    assert (with_copy.teacher, with_copy.select.manual_teacher) == ("embedded", str(copy))
+
+    with pytest.raises(HaloError, match="select.strategy=halo.*select.manual_teacher=") as error:
+        load_config(files=gpu, teacher="Qwen/Qwen3-1.7B")
+    assert str(error.value) == MANUAL_TEACHER_ERROR
+    other = tmp_path / "SmolLM2-360M-Instruct.Q4_1.gguf"  # another GGUF file is another teacher
+    other.write_bytes(b"")
+    with pytest.raises(HaloError, match=f"not for '{other.name}': .* --set select.manual_teacher={other.name}$"):
+        load_config(files=gpu, teacher=other.name)
+
+    # either setting the error names goes on
+    halo = load_config(files=gpu, teacher="Qwen/Qwen3-1.7B", overrides=["select.strategy=halo"]).select
+    assert (halo.strategy, halo.manual_teacher) == ("halo", "embedded")
+    kept = load_config(files=gpu, teacher="Qwen/Qwen3-1.7B", overrides=["select.manual_teacher=Qwen/Qwen3-1.7B"])
+    assert (kept.select.strategy, kept.select.manual_layers) == ("manual", [17, 20, 21, 22, 23, 24, 26])
+    assert load_config(files=gpu, teacher="Qwen/Qwen3-1.7B", overrides=["select.manual_teacher=none"]
+                       ).select.manual_teacher is None
+    # manual layers without select.manual_teacher go with any teacher, as before the setting
+    plain = load_config(teacher="Qwen/Qwen3-1.7B", overrides=["select.strategy=manual", "select.manual_layers=2,5"])
+    assert (plain.select.manual_layers, plain.select.manual_teacher) == ([2, 5], None)
+
+
+def test_a_local_manual_teacher_is_saved_absolute_and_read_back(tmp_path, monkeypatch):
+    """A select.manual_teacher that names a local folder gets the teacher's treatment (an absolute path), so that
+    `./myqwen` and `myqwen` are one teacher, and a run's config.yaml holds it as --resume reads it back."""
+    (tmp_path / "myqwen").mkdir()
+    (tmp_path / "otherqwen").mkdir()
+    monkeypatch.chdir(tmp_path)
+    manual = ["select.strategy=manual", "select.manual_layers=1,3", "select.manual_teacher=myqwen"]
+    config = load_config(overrides=manual, teacher="./myqwen")
+    assert (config.teacher, config.select.manual_teacher) == (str(tmp_path / "myqwen"),) * 2
+    with pytest.raises(HaloError, match=r"chosen for the teacher 'myqwen' \(select.manual_teacher\), not for "
+                                        r"'./otherqwen': .* --set select.manual_teacher=./otherqwen$"):
+        load_config(overrides=manual, teacher="./otherqwen")
+    save_config(config, tmp_path / "config.yaml")
+    assert "  manual_teacher: " + str(tmp_path / "myqwen") in (tmp_path / "config.yaml").read_text()
+    saved = read_config(tmp_path / "config.yaml")
+    assert saved == config
+    monkeypatch.chdir(tmp_path / "otherqwen")  # (--resume from anywhere)
+    assert load_config(base=saved) == config
+    with pytest.raises(HaloError, match="let HALO choose with --set select.strategy=halo"):
+        load_config(base=saved, teacher=str(tmp_path / "otherqwen"))
 
 
 def test_local_teacher_and_data_paths_are_saved_absolute(tmp_path, monkeypatch):

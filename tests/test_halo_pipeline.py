@@ -1315,6 +1315,38 @@ def test_a_stage_stopped_before_its_first_checkpoint_may_change_its_settings(tmp
     assert "other settings for teacher, stage1.seq_len" in pipeline.saved_settings_refusal(out, shorter)
 
 
+def test_a_resume_may_set_or_drop_the_teacher_the_manual_layers_are_for(tmp_path):
+    """select.manual_teacher only checks a config before it runs: a run whose selection is done, begun without it (as
+    before the setting), resumes with it (configs/gpu-smollm2.yaml sets it), and the other way round; the layers
+    themselves stay as they were chosen."""
+    from hypenet.halo.config import save_config
+
+    out = tmp_path / "run"
+    manual = ["select.strategy=manual", "select.manual_layers=1,3"]
+    (out / "stages" / "select").mkdir(parents=True)
+    (out / "stages" / "select" / "done.json").write_text("{}")
+    checked = load_config("smoke", overrides=[*manual, "select.manual_teacher=embedded"])
+    save_config(load_config("smoke", overrides=manual), out / "config.yaml")
+    assert pipeline.saved_settings_refusal(out, checked) is None
+    save_config(checked, out / "config.yaml")
+    assert pipeline.saved_settings_refusal(out, load_config("smoke", overrides=manual)) is None
+    other = load_config("smoke", overrides=["select.strategy=manual", "select.manual_layers=1,2"])
+    assert "with other settings for select.manual_layers (see" in pipeline.saved_settings_refusal(out, other)
+
+
+def test_halo_chooses_over_a_config_that_sets_manual_layers(qwen3_conversion, tmp_path):
+    """`--config configs/gpu-smollm2.yaml --set select.strategy=halo`: the file's select.manual_layers are for strategy
+    manual; HALO's selection leaves them out and chooses as it does without them."""
+    reference_out, _ = qwen3_conversion
+    out = tmp_path / "run"
+    copy_done_stages(reference_out, out, "stage1")
+    assert main(["select", "--out", str(out), "--set", "select.manual_layers=1,3"]) == 0
+    assert read_config(out / "config.yaml").select.manual_layers == [1, 3]
+    done, reference = (json.loads((run_dir / "stages" / "select" / "done.json").read_text())
+                       for run_dir in (out, reference_out))
+    assert (done["strategy"], done["attention_layers"]) == ("halo", reference["attention_layers"])
+
+
 def test_resume_refuses_other_settings(assets, qwen3_conversion, capsys):
     out, _ = qwen3_conversion
     assert main(["convert", *cli_args(assets, "qwen3", out), "--resume", "--set", "stage2.lr=5e-4"]) == 2

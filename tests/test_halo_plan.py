@@ -164,6 +164,26 @@ def test_the_plan_refuses_an_unsupported_or_missing_teacher(tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith(f"error: {tmp_path / 'missing'} does not exist")
 
 
+def test_the_gpu_recipe_on_another_teacher_stops_before_its_config_is_looked_up(tmp_path, capsys, monkeypatch):
+    """configs/gpu-smollm2.yaml's manual layers are SmolLM2's (select.manual_teacher): --plan (and a run) with another
+    teacher ends on the error that says what to set, before the hub is asked for the teacher's config."""
+    from hypenet.halo import plan as plan_module
+
+    def no_lookup(spec):
+        raise AssertionError(f"looked up {spec}")
+
+    monkeypatch.setattr(plan_module, "hub_config", no_lookup)
+    monkeypatch.setattr(plan_module, "resolve_teacher", no_lookup)
+    gpu = str(Path(__file__).parents[1] / "configs" / "gpu-smollm2.yaml")
+    out = tmp_path / "run"
+    assert main(["convert", "--plan", "--config", gpu, "--teacher", "Qwen/Qwen3-1.7B", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: select.manual_layers [17, 20, 21, 22, 23, 24, 26] were chosen for the teacher 'embedded' "
+        "(select.manual_teacher), not for 'Qwen/Qwen3-1.7B': let HALO choose with --set select.strategy=halo, or keep "
+        "these layers with --set select.manual_teacher=Qwen/Qwen3-1.7B")
+    assert not out.exists()
+
+
 def test_a_plan_whose_run_would_stop_is_printed_whole_and_exits_2(teacher_dir, tmp_path, capsys):
     """A script can tell from --plan's exit code that the run, as asked, would stop: an --out that is a file, data
     that is not there (the run would stop only after loading the teacher), a finished conversion."""

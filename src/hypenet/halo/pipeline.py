@@ -80,6 +80,9 @@ RUN_FIELDS = {"out", "device", "mixed_precision", "checkpoint_every", "tensorboa
 # Per-stage fields that a resumed stage may change: how a step's sequences are split into forwards (the step and its
 # gradient are the same, up to the order of the sums), which is what an out-of-memory error asks the user to lower.
 STAGE_RUN_FIELDS = {"micro_batch_size"}
+# Fields that decide nothing a stage computes, only whether a config may run at all (config.check_manual_teacher): a
+# resumed run may change them (a run begun before select.manual_teacher existed has it None in its config.yaml).
+CHECK_FIELDS = {"select.manual_teacher"}
 
 
 def _stat_fields(pid: int | str) -> list[str]:
@@ -480,7 +483,7 @@ def settings_clashes(saved: ConvertConfig, requested: ConvertConfig, started: li
     return [
         key for key in config_differences(saved, requested)
         if key.split(".")[0] in locked and key.split(".")[0] not in RUN_FIELDS
-        and key.split(".")[-1] not in STAGE_RUN_FIELDS
+        and key.split(".")[-1] not in STAGE_RUN_FIELDS and key not in CHECK_FIELDS
     ]
 
 
@@ -576,7 +579,10 @@ def _run_select(conv: Conversion) -> dict:
     with user_errors("layer selection"):
         result = select_layers(
             conv.teacher, conv.tokenizer, conv.stage1_layers() if cfg.strategy == "halo" else None,
-            strategy=cfg.strategy, num_attention=cfg.num_attention, manual_layers=cfg.manual_layers,
+            strategy=cfg.strategy, num_attention=cfg.num_attention,
+            # (a config's manual_layers are for strategy "manual": `--set select.strategy=halo` over a config that
+            # sets them, e.g. configs/gpu-smollm2.yaml, lets HALO choose)
+            manual_layers=cfg.manual_layers if cfg.strategy == "manual" else None,
             heldout_docs=conv.corpus.heldout_docs, recall_samples=cfg.recall_samples, recall_context=cfg.recall_context,
             recall_style=cfg.recall_style,
             commonsense_tokens=cfg.commonsense_tokens, batch_size=cfg.batch_size, lm_eval_tasks=lm_eval,
