@@ -144,3 +144,87 @@ def test_halo_probe_attention_script(model_dir, tmp_path, monkeypatch):  # noqa:
     results = json.loads(out.read_text())
     for name in ("filler", "heldout"):
         assert set(results[name]["needle_attention"]) == {"0", "1"} and len(results[name]["top"]) == 2
+
+
+def four_layer_llama(tokenizer) -> "torch.nn.Module":
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def heldout_token_docs(tokenizer) -> list:
+    """HAYSTACK_DOCS as a corpus's held-out documents are: token ids with EOS after each."""
+    import numpy as np
+
+    return [np.array([*tokenizer(text)["input_ids"], tokenizer.eos_token_id]) for text in HAYSTACK_DOCS]
+
+
+def test_the_needle_strategy_keeps_the_layers_that_look_most_at_the_needle(tokenizer):
+    """select.strategy=needle: the k layers whose most-looking head puts the most attention on the needle sentence,
+    averaged over NIAH-Single-2 prompts built from the held-out documents' text, as the eager attention weights of the
+    same prompts give them."""
+    from hypenet.halo.select import NEEDLE_DEPTHS, NEEDLE_TASK, needle_layers, select_layers
+
+    model = four_layer_llama(tokenizer)
+    docs = heldout_token_docs(tokenizer)
+    layers, shares = needle_layers(model, tokenizer, docs, 2, context=192, samples=7, seed=4, progress=False)
+    # 7 samples: 2 per depth; the prompts rebuilt from the same texts, their weights taken from eager attention
+    grid = build_niah_grid(tokenizer, [NEEDLE_TASK], [192], NEEDLE_DEPTHS, 2, 4, HAYSTACK_DOCS)
+    assert len(grid) == 10
+    model.set_attn_implementation("eager")
+    expected = torch.zeros(4)
+    with torch.no_grad():
+        for sample in grid:
+            first, last = needle_token_span(tokenizer, sample)
+            ids = tokenizer(sample.prompt, return_tensors="pt")["input_ids"]
+            weights = model(input_ids=ids, output_attentions=True).attentions
+            expected += torch.stack([w[0, :, -1, first:last].sum(-1).max() for w in weights])
+    model.set_attn_implementation("sdpa")
+    expected /= len(grid)
+    assert [shares[i] for i in range(4)] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert layers == sorted(expected.argsort(descending=True)[:2].tolist())
+    result = select_layers(model, tokenizer, None, strategy="needle", num_attention=2, heldout_docs=docs,
+                           recall_samples=7, recall_context=192, seed=4, progress=False)
+    assert (result.strategy, result.attention_layers, result.needle_attention) == ("needle", layers, shares)
+    assert result.settings["probes"] == "niah single_2" and result.settings["num_attention"] == 2
+    assert result.mixer_types().count("attention") == 2
+
+
+def test_the_needle_strategy_says_what_it_needs(tokenizer):
+    from hypenet.halo.select import select_layers
+
+    model = four_layer_llama(tokenizer)
+    with pytest.raises(ValueError, match="raise data.heldout_fraction"):
+        select_layers(model, tokenizer, None, strategy="needle", heldout_docs=[], recall_context=128, progress=False)
+    with pytest.raises(ValueError, match=r"^strategy 'needle': context length 128 is too short for a single_2 prompt: "
+                                         r"the template alone takes \d+ tokens; raise select.recall_context"):
+        select_layers(model, tokenizer, None, strategy="needle", heldout_docs=heldout_token_docs(tokenizer),
+                      recall_samples=1, recall_context=128, progress=False)
+    model.set_attn_implementation("eager")
+    with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
+        select_layers(model, tokenizer, None, strategy="needle", heldout_docs=heldout_token_docs(tokenizer),
+                      recall_samples=1, recall_context=192, progress=False)
+
+
+def test_the_plan_counts_the_needle_strategys_teacher_passes(tokenizer):
+    """`plan.selection_flops` for strategy needle: the Linear layers' model FLOPs that its teacher passes run (torch's
+    FLOP counter on the real selection), up to the prompts' few tokens more or less than recall_context."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hypenet.halo.config import load_config
+    from hypenet.halo.plan import needle_prompts, selection_flops, selection_tokens
+    from hypenet.halo.select import select_layers
+
+    model = four_layer_llama(tokenizer)
+    config = load_config(overrides=["select.strategy=needle", "select.recall_samples=6", "select.recall_context=160"])
+    assert needle_prompts(config) == 10 and selection_tokens(config, 4) == 10 * 160
+    with FlopCounterMode(display=False) as counter:
+        select_layers(model, tokenizer, None, strategy="needle", heldout_docs=heldout_token_docs(tokenizer),
+                      recall_samples=6, recall_context=160, progress=False)
+    counted = counter.get_flop_counts()["Global"][torch.ops.aten.mm]
+    assert selection_flops(model, None, config) == pytest.approx(counted, rel=0.03)

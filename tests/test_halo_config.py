@@ -157,7 +157,8 @@ def test_the_gpu_recipe_loads_joins_half_of_the_wrapped_paragraphs_and_repeats_s
 
 MANUAL_TEACHER_ERROR = (
     "select.manual_layers [17, 20, 21, 22, 23, 24, 26] were chosen for the teacher 'embedded' (select.manual_teacher), "
-    "not for 'Qwen/Qwen3-1.7B': let HALO choose with --set select.strategy=halo, or keep these layers with --set "
+    "not for 'Qwen/Qwen3-1.7B': let HALO choose with --set select.strategy=halo, find where this teacher's attention "
+    "finds the needle with --set select.strategy=needle, or keep these layers with --set "
     "select.manual_teacher=Qwen/Qwen3-1.7B"
 )
 

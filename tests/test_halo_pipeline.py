@@ -1347,6 +1347,25 @@ def test_halo_chooses_over_a_config_that_sets_manual_layers(qwen3_conversion, tm
     assert (done["strategy"], done["attention_layers"]) == ("halo", reference["attention_layers"])
 
 
+def test_the_needle_strategy_keeps_the_layers_where_the_teacher_finds_the_needle(assets, tmp_path, capsys):
+    """`hypenet select --set select.strategy=needle`: no stage 1 needed (HALO's strategy still asks for it); done.json
+    keeps each layer's share of the attention on the needle, and the layers kept are those with the largest shares
+    (one quarter of the 4)."""
+    needle = ["--set", "select.strategy=needle", "--set", "select.recall_samples=5", "--set",
+              "select.recall_context=512"]
+    out = tmp_path / "run"
+    assert main(["select", *cli_args(assets, "qwen3", tmp_path / "halo")]) == 2
+    assert "select needs the result of stage1" in capsys.readouterr().err
+    assert main(["select", *cli_args(assets, "qwen3", out), *needle]) == 0
+    assert not (out / "stages" / "stage1").exists()
+    done = json.loads((out / "stages" / "select" / "done.json").read_text())
+    shares = {int(i): v for i, v in done["needle_attention"].items()}
+    assert done["strategy"] == "needle" and sorted(shares) == [0, 1, 2, 3]
+    assert done["attention_layers"] == [max(shares, key=shares.get)]
+    assert done["settings"]["probes"] == "niah single_2" and done["settings"]["recall_context"] == 512
+    assert "finds the NIAH-Single-2 prompts' needles most in layers" in (out / "report.md").read_text()
+
+
 def test_resume_refuses_other_settings(assets, qwen3_conversion, capsys):
     out, _ = qwen3_conversion
     assert main(["convert", *cli_args(assets, "qwen3", out), "--resume", "--set", "stage2.lr=5e-4"]) == 2

@@ -179,8 +179,9 @@ def test_the_gpu_recipe_on_another_teacher_stops_before_its_config_is_looked_up(
     assert main(["convert", "--plan", "--config", gpu, "--teacher", "Qwen/Qwen3-1.7B", "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: select.manual_layers [17, 20, 21, 22, 23, 24, 26] were chosen for the teacher 'embedded' "
-        "(select.manual_teacher), not for 'Qwen/Qwen3-1.7B': let HALO choose with --set select.strategy=halo, or keep "
-        "these layers with --set select.manual_teacher=Qwen/Qwen3-1.7B")
+        "(select.manual_teacher), not for 'Qwen/Qwen3-1.7B': let HALO choose with --set select.strategy=halo, find "
+        "where this teacher's attention finds the needle with --set select.strategy=needle, or keep these layers with "
+        "--set select.manual_teacher=Qwen/Qwen3-1.7B")
     assert not out.exists()
 
 

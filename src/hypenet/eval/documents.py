@@ -22,6 +22,18 @@ def load_documents(source: str = "builtin", max_chars: int = 2_000_000) -> list[
     return documents
 
 
+def token_docs_text(tokenizer, token_docs, max_chars: int = 2_000_000) -> list[str]:
+    """A corpus's documents (token ids, EOS last, as `tokenize_corpus` keeps them) as text, in order, until about
+    max_chars characters: the ids decoded, EOS dropped, which gives the text back for a byte-level tokenizer."""
+    documents, total = [], 0
+    for ids in token_docs:
+        documents.append(tokenizer.decode([int(i) for i in ids[:-1]]))
+        total += len(documents[-1])
+        if total >= max_chars:
+            break
+    return documents
+
+
 def heldout_documents(tokenizer, source: str = "builtin", heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
                       seed: int = 0, max_chars: int = 2_000_000, progress: bool = True) -> list[str]:
     """The held-out documents of `source` (HALO's split for this fraction and seed) as text, in corpus order, about
@@ -29,12 +41,7 @@ def heldout_documents(tokenizer, source: str = "builtin", heldout_fraction: floa
     are the documents' token ids decoded (EOS dropped), which gives the text back for a byte-level tokenizer."""
     corpus = tokenize_corpus(source, tokenizer, heldout_fraction=heldout_fraction, seed=seed, progress=progress,
                              wrapped_hint=False)  # the hint is a training setting; evaluation reads text as it is
-    documents, total = [], 0
-    for ids in corpus.heldout_docs:
-        documents.append(tokenizer.decode(ids[:-1].tolist()))
-        total += len(documents[-1])
-        if total >= max_chars:
-            break
+    documents = token_docs_text(tokenizer, corpus.heldout_docs, max_chars)
     if not documents:
         raise ValueError(f"{source} has no held-out document at heldout_fraction={heldout_fraction}: raise the "
                          "fraction (--ppl-heldout-fraction) or leave out --haystack-heldout")

@@ -87,7 +87,10 @@ class Stage3Config(TrainConfig):
 class SelectConfig:
     """Which layers keep softmax attention (passed to `hypenet.halo.select.select_layers`)."""
 
-    strategy: str = "halo"  # "halo" (recall/commonsense scores), "even" (evenly spaced), "manual" or "none" (all RNN)
+    # "halo" (recall/commonsense scores), "needle" (where the teacher's attention finds a needle in real text:
+    # recall_samples NIAH-Single-2 prompts of recall_context tokens), "even" (evenly spaced), "manual" or "none"
+    # (all RNN)
+    strategy: str = "halo"
     num_attention: int | None = None  # None = floor(layers / 4)
     manual_layers: list[int] | None = None  # the attention layers for strategy "manual"
     # The teacher that manual_layers were chosen for (a teacher setting: a hub id, a path, "embedded"): when set, with
@@ -407,8 +410,9 @@ def validate(config: ConvertConfig) -> None:
         if stage.micro_batch_size is not None and not 1 <= stage.micro_batch_size <= stage.batch_size:
             raise HaloError(f"{name}.micro_batch_size must be between 1 and {name}.batch_size ({stage.batch_size}), "
                             f"or unset; got {stage.micro_batch_size}")
-    if config.select.strategy not in ("halo", "even", "manual", "none"):
-        raise HaloError(f"select.strategy must be 'halo', 'even', 'manual' or 'none'; got {config.select.strategy!r}")
+    if config.select.strategy not in ("halo", "needle", "even", "manual", "none"):
+        raise HaloError(f"select.strategy must be 'halo', 'needle', 'even', 'manual' or 'none'; got "
+                        f"{config.select.strategy!r}")
     from .probes import RECALL_QUESTIONS
 
     if config.select.recall_style not in RECALL_QUESTIONS:
@@ -494,7 +498,8 @@ def check_manual_teacher(config: ConvertConfig) -> None:
     keep = shlex.quote(f"select.manual_teacher={config.teacher}")
     raise HaloError(f"select.manual_layers {select.manual_layers} were chosen for the teacher "
                     f"{select.manual_teacher!r} (select.manual_teacher), not for {config.teacher!r}: let HALO choose "
-                    f"with --set select.strategy=halo, or keep these layers with --set {keep}")
+                    f"with --set select.strategy=halo, find where this teacher's attention finds the needle with --set "
+                    f"select.strategy=needle, or keep these layers with --set {keep}")
 
 
 # The paper's stage-2 peak learning rates (1e-4, 5e-5, 3e-5 for its 1.72B, 4.02B, 7.57B teachers) lie on one power

@@ -329,7 +329,8 @@ class Conversion:
                 later[stage] = export_grid(export) * sum(self.export_lengths())
         cost = {n: c / costs[name] for n, c in costs.items()} if costs else None
         # a sweep ahead but left out (lm-eval's tasks, or no cost per token) is named; one done, or none, is not
-        uncounted = ["selection"] * (SELECT in ahead and SELECT not in later and self.config.select.strategy == "halo")
+        uncounted = ["selection"] * (SELECT in ahead and SELECT not in later
+                                     and self.config.select.strategy in ("halo", "needle"))
         if EXPORT in later and export.logit_scaling_extend and len(set(export.logit_scaling_candidates) - {None}) > 1:
             uncounted.append(f"up to {export.logit_scaling_extend} bases past the export's grid")
         elif EXPORT in ahead and EXPORT not in later and self.attention_layers_ahead():
@@ -824,7 +825,10 @@ def check_output(config: ConvertConfig, stages: list[str], resume: bool, overwri
     else:
         existing = [out / "stages" / name for name in stages if (out / "stages" / name).exists()]
         # (with --from, check_start_from found them done there)
-        missing = [name for name in earlier if done_info(out, name) is None] if start_from is None else []
+        # (only HALO's probes swap stage 1's students in: `hypenet select` with another strategy chooses without them)
+        needed = [name for name in earlier
+                  if name != "stage1" or stages != ["select"] or config.select.strategy == "halo"]
+        missing = [name for name in needed if done_info(out, name) is None] if start_from is None else []
         if missing:
             raise HaloError(
                 f"{stages[0]} needs the result of {missing[0]} in {out}: run `hypenet {missing[0]} --out {out}` first, "

@@ -118,12 +118,23 @@ def selection_tokens(config: ConvertConfig, layers: int) -> int | None:
     """The tokens the layer selection runs through the teacher with the built-in probes (`select.probe_sweep`): a
     baseline pass and one per layer, each over the recall_samples x recall_context tokens of the recall probes and
     the commonsense text cut into rows of recall_context. None when there is no such sweep: a strategy other than
-    halo (no teacher pass), or lm-eval's tasks (their cost is not counted)."""
+    halo or needle (no teacher pass), or lm-eval's tasks (their cost is not counted). Strategy "needle" runs the
+    teacher once over each of its NIAH prompts (`needle_prompts`) of about recall_context tokens."""
     select = config.select
+    if select.strategy == "needle":  # one pass per prompt (`select.needle_layers`: the samples spread over depths)
+        return needle_prompts(config) * select.recall_context
     if select.strategy != "halo" or select.lm_eval_recall:
         return None
     context = select.recall_context
     return (layers + 1) * (select.recall_samples + math.ceil(select.commonsense_tokens / context)) * context
+
+
+def needle_prompts(config: ConvertConfig) -> int:
+    """The NIAH prompts that strategy "needle" runs through the teacher: recall_samples, rounded up to a whole
+    number per depth."""
+    from .select import NEEDLE_DEPTHS
+
+    return -(-config.select.recall_samples // len(NEEDLE_DEPTHS)) * len(NEEDLE_DEPTHS)
 
 
 def selection_flops(teacher, students, config: ConvertConfig) -> float | None:
@@ -140,6 +151,10 @@ def selection_flops(teacher, students, config: ConvertConfig) -> float | None:
     select, layers = config.select, teacher.model.layers
     if selection_tokens(config, len(layers)) is None:
         return None
+    if select.strategy == "needle":  # the whole teacher over each prompt, its LM head at the last position only
+        head = matmul_parameters(teacher.get_output_embeddings())
+        return 2 * (sum(matmul_parameters(layer) for layer in layers) * selection_tokens(config, len(layers))
+                    + head * needle_prompts(config))
     context = select.recall_context
     recall = select.recall_samples * context
     text = math.ceil(select.commonsense_tokens / context) * context
@@ -370,7 +385,7 @@ def make_plan(config: ConvertConfig, stages: list[str] = STAGES, resume: bool = 
         "planned": [row["stage"] for row in planned] + [s for s in ("select", "export") if s in stages],
         "select": resolved.select.strategy, "selection_state": state("select", None),
         # the built-in probes' sweep (None: no teacher pass, or lm-eval's tasks, not counted)
-        "selection_tokens": selection_tokens(resolved, layers),
+        "selection_tokens": selection_tokens(resolved, layers), "selection_context": resolved.select.recall_context,
         "selection_flops": selection_flops(teacher, students, resolved),
         "export_state": state("export", None),
         "export_rule": export_rule(resolved.export),
@@ -528,8 +543,9 @@ def markdown(plan: dict) -> str:
     total = plan["total"]
     selection = ""
     if plan.get("selection_tokens"):
-        selection = (f"; {t['layers'] + 1} teacher passes over the probes, {_count(plan['selection_tokens'])} tokens "
-                     f"in all, {_flops(plan['selection_flops'])}")
+        passes = (f"{plan['selection_tokens'] // plan['selection_context']} NIAH prompts through the teacher"
+                  if s["strategy"] == "needle" else f"{t['layers'] + 1} teacher passes over the probes")
+        selection = f"; {passes}, {_count(plan['selection_tokens'])} tokens in all, {_flops(plan['selection_flops'])}"
     export = plan["export_rule"]
     if plan.get("export_flops"):
         seconds = plan["export_flops"] / (plan["export_mfu"] * H200_DENSE_BF16_TFLOPS * 1e12)

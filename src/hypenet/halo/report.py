@@ -126,9 +126,11 @@ def _selection_section(selection: dict) -> list[str]:
     if looks:
         retrieving = sorted(sorted(looks, key=lambda i: -looks[i])[:len(chosen)])
         missed = [i for i in retrieving if i not in chosen]
-        lines += [f"The teacher's attention finds the recall probes' needles most in layers {retrieving} (needle "
-                  "attention: the share of the asking position's attention on the asked needle, for the head that "
-                  "looks most at it)" + (f"; of these, {missed} become recurrent layers." if missed else "."), ""]
+        asked = ("NIAH-Single-2 prompts' needles" if selection.get("strategy") == "needle"
+                 else "recall probes' needles")
+        lines += [f"The teacher's attention finds the {asked} most in layers {retrieving} (needle attention: the "
+                  "share of the asking position's attention on the asked needle, for the head that looks most at "
+                  "it)" + (f"; of these, {missed} become recurrent layers." if missed else "."), ""]
     if scores:
         order = sorted(scores, key=lambda i: -scores[i])
         rows = [[i, "yes" if i in chosen else "", recall.get(i), commonsense.get(i), scores[i]]

@@ -17,6 +17,12 @@ scores of each finished layer are saved there with a fingerprint of what decides
 fingerprint scores only the layers after them (the baseline pass is run again: it records what the layers replay).
 
 Strategy "even": layer round-down((j + 0.5) * L / k) for j = 0..k-1 (the centres of k equal slices).
+Strategy "needle": the k layers where the unmodified teacher's attention finds the needle in real text, as
+`hypenet eval --evals needle_attention` measures it: RULER's NIAH-Single-2 prompts (a number in held-out text, asked
+as a question) of recall_context tokens, and per layer the share of the last token's attention on the needle sentence
+for the head that looks most at it, averaged over the prompts (`needle_layers`). One teacher pass per prompt, no
+stage 1 needed. On the embedded SmolLM2 (10 prompts at 4K) it gives 17, 20-24 and 26, the layers the GPU recipe sets
+by hand (results/needle_attention/; results/gpu_convert/determinism/lease60/).
 Strategy "manual": the given layer indices.
 Strategy "none": no attention at all, every layer an RNN (the ablation baseline of the paper).
 """
@@ -36,6 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from ..errors import InvalidInputError
 from ..model import HypeNetCache, HypeNetConfig
 from ..model.modeling_hypenet import HypeNetRotaryEmbedding, build_mixer_context
 from ..teachers import hypenet_config_from_teacher, teacher_attention
@@ -44,7 +51,9 @@ from .probes import LmEvalProbe, ProbeSet, build_probes
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("halo", "even", "manual", "none")
+STRATEGIES = ("halo", "needle", "even", "manual", "none")
+NEEDLE_TASK = "single_2"  # strategy "needle": a number in real text, asked as a question (RULER's NIAH-Single-2)
+NEEDLE_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)  # its needles' depths, as `hypenet eval`'s NIAH grid
 SCORE_EPS = 1e-10
 SCORE_CLIP = 50.0
 SCORED_LAYERS = "scored_layers.json"  # the pipeline's partial sweep, in the select stage's folder (`ScoredLayers`)
@@ -371,6 +380,36 @@ def needle_attention(teacher: PreTrainedModel, probes: ProbeSet, device: torch.d
     return {i: float(v) for i, v in enumerate(shares)}
 
 
+@torch.no_grad()
+def needle_layers(teacher: PreTrainedModel, tokenizer, heldout_docs: Sequence | None, k: int, *, context: int,
+                  samples: int, seed: int = 0, progress: bool = True) -> tuple[list[int], dict[int, float]]:
+    """Strategy "needle": the k layers (sorted) whose most-looking head puts the largest share of the last token's
+    attention on the needle sentence, over `samples` NIAH-Single-2 prompts of `context` tokens built from the held-out
+    documents' text (spread over NEEDLE_DEPTHS; ties go to the lower index), and every layer's share."""
+    from ..eval.documents import token_docs_text
+    from ..eval.needle_attention import evaluate_needle_attention
+    from ..eval.niah import build_niah_grid
+
+    if not heldout_docs:
+        raise ValueError("strategy 'needle' builds its haystacks from held-out documents and the data has none: "
+                         "raise data.heldout_fraction")
+    texts = token_docs_text(tokenizer, heldout_docs)  # (as `hypenet eval --haystack-heldout` reads them)
+    per_depth = -(-samples // len(NEEDLE_DEPTHS))
+    try:
+        grid = build_niah_grid(tokenizer, [NEEDLE_TASK], [context], NEEDLE_DEPTHS, per_depth, seed, texts)
+    except InvalidInputError as error:  # (its advice names `hypenet eval`'s option)
+        raise ValueError(f"strategy 'needle': {str(error).split(' (raise')[0]}; raise select.recall_context, the "
+                         "prompts' length") from error
+    looked = evaluate_needle_attention(teacher, tokenizer, grid, progress=progress)
+    num_layers = teacher.config.num_hidden_layers
+    if len(looked["layers"]) != num_layers:
+        raise ValueError(f"strategy 'needle' reads one attention call per layer and the teacher made "
+                         f"{len(looked['layers'])} for its {num_layers} layers: load it with attn_implementation="
+                         "'sdpa', or choose another select.strategy")
+    shares = dict(enumerate(looked["tasks"][NEEDLE_TASK][str(context)]["max_head"]))
+    return sorted(sorted(shares, key=lambda i: (-shares[i], i))[:k]), shares
+
+
 def _lm_eval_sweep(teacher, tokenizer, stage1_layers, tasks, limit, config, progress, scored=None, include_path=None):
     probe = LmEvalProbe(teacher, tokenizer, tasks, limit, include_path=include_path)
     base_recall, base_commonsense = probe()
@@ -417,6 +456,8 @@ def select_layers(
     use small settings: recall_samples=2, recall_context=256, commonsense_tokens=256 take about a minute for the
     30-layer embedded teacher. On a GPU the defaults take seconds (~3 s for it in bf16 on an H200).
     recall_style: how the recall probe asks for a value (halo/probes.py RECALL_QUESTIONS).
+    Strategy "needle" reads the teacher's attention on recall_samples NIAH-Single-2 prompts of recall_context tokens
+    instead (`needle_layers`; recall_style, commonsense_tokens and batch_size are the halo probes').
     lm_eval_tasks: {"recall": [...], "commonsense": [...]} measures with lm-evaluation-harness instead
     (lm_eval_limit: its per-task example limit; lm_eval_include_path: folders of more task YAML files).
     partial: a JSON file that keeps the "halo" sweep's scores as each layer is done (`ScoredLayers`), so that a sweep
@@ -449,6 +490,16 @@ def select_layers(
         raise ValueError(f"num_attention must be between 1 and the number of layers ({num_layers}); got {k}")
     if strategy == "even":
         return SelectionResult(even_layers(num_layers, k), strategy, num_layers, settings={"num_attention": k})
+    if strategy == "needle":
+        started = time.perf_counter()
+        layers, looks = needle_layers(teacher, tokenizer, heldout_docs, k, context=recall_context,
+                                      samples=recall_samples, seed=seed, progress=progress)
+        log.info("the teacher's attention finds the needle most in layers %s (shares %s)", layers,
+                 {i: round(looks[i], 3) for i in layers})
+        settings = {"probes": f"niah {NEEDLE_TASK}", "recall_samples": recall_samples,
+                    "recall_context": recall_context, "seed": seed, "num_attention": k,
+                    "seconds": round(time.perf_counter() - started, 2)}
+        return SelectionResult(layers, strategy, num_layers, needle_attention=looks, settings=settings)
 
     missing = [i for i in range(num_layers) if i not in (stage1_layers or {})]
     if missing:
@@ -507,6 +558,7 @@ __all__ = [
     "even_layers",
     "halo_scores",
     "needle_attention",
+    "needle_layers",
     "probe_sweep",
     "select_layers",
     "swap_attention",
