@@ -1364,6 +1364,11 @@ def test_the_needle_strategy_keeps_the_layers_where_the_teacher_finds_the_needle
     assert done["attention_layers"] == [max(shares, key=shares.get)]
     assert done["settings"]["probes"] == "niah single_2" and done["settings"]["recall_context"] == 512
     assert "finds the NIAH-Single-2 prompts' needles most in layers" in (out / "report.md").read_text()
+    # prompts too short for Single-2's template: said before anything trains, with the setting to raise
+    short = tmp_path / "short"
+    assert main(["convert", *cli_args(assets, "qwen3", short), *needle, "--set", "select.recall_context=64"]) == 2
+    assert capsys.readouterr().err.strip().endswith("raise select.recall_context, the prompts' length")
+    assert not (short / "stages" / "stage1").exists()
 
 
 def test_resume_refuses_other_settings(assets, qwen3_conversion, capsys):

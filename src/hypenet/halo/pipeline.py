@@ -611,6 +611,20 @@ def check_lm_eval_tasks(config: ConvertConfig, pending: list[str]) -> None:
         raise HaloError(f"layer selection by lm-eval tasks: {first_line(error)}") from error
 
 
+def check_needle_prompts(conv: Conversion, pending: list[str]) -> None:
+    """Where the layer selection is still to run with strategy "needle", that its NIAH prompts can be built from this
+    conversion's held-out documents at select.recall_context (one per depth, with the tokenizer): a HaloError at the
+    conversion's start, not after stage 1 has trained."""
+    if "select" not in pending or conv.config.select.strategy != "needle":
+        return
+    from .select import needle_grid
+
+    try:
+        needle_grid(conv.tokenizer, conv.corpus.heldout_docs, conv.config.select.recall_context, 1, conv.config.seed)
+    except ValueError as error:
+        raise HaloError(f"layer selection: {first_line(error)}") from error
+
+
 def selection_fingerprint(conv: Conversion) -> dict:
     """What decides the layer selection's scores besides its probes' settings (which `select_layers` adds): what a
     resumed run must keep for the stages it goes on from (`settings_clashes`: the teacher, the data, the seed), the
@@ -917,6 +931,7 @@ def _run_stages(config: ConvertConfig, stages: list[str], resume: bool, overwrit
     if pending:
         conv.corpus  # a bad teacher, tokenizer or corpus fails here, before anything is overwritten
         check_lm_eval_tasks(config, pending)
+        check_needle_prompts(conv, pending)
     else:  # every stage asked for is done (`convert --resume` of a finished conversion): the report is written
         # again from what they saved, which needs no data
         log.info("%s: every stage is done; writing the report again without reading the data", out)

@@ -380,26 +380,35 @@ def needle_attention(teacher: PreTrainedModel, probes: ProbeSet, device: torch.d
     return {i: float(v) for i, v in enumerate(shares)}
 
 
+def needle_grid(tokenizer, heldout_docs: Sequence | None, context: int, samples: int, seed: int = 0) -> list:
+    """Strategy "needle"'s prompts: `samples` NIAH-Single-2 prompts of `context` tokens (rounded up to a whole number
+    per depth of NEEDLE_DEPTHS), their haystacks the held-out documents' text as `hypenet eval --haystack-heldout`
+    reads it; a ValueError, naming the setting to change, when there are no held-out documents or the prompts are
+    too short for the task's template."""
+    from ..eval.documents import token_docs_text
+    from ..eval.niah import build_niah_grid
+
+    if not heldout_docs:
+        raise ValueError("strategy 'needle' builds its haystacks from held-out documents and the data has none: "
+                         "raise data.heldout_fraction")
+    per_depth = -(-samples // len(NEEDLE_DEPTHS))
+    try:
+        return build_niah_grid(tokenizer, [NEEDLE_TASK], [context], NEEDLE_DEPTHS, per_depth, seed,
+                               token_docs_text(tokenizer, heldout_docs))
+    except InvalidInputError as error:  # (its advice names `hypenet eval`'s option)
+        raise ValueError(f"strategy 'needle': {str(error).split(' (raise')[0]}; raise select.recall_context, the "
+                         "prompts' length") from error
+
+
 @torch.no_grad()
 def needle_layers(teacher: PreTrainedModel, tokenizer, heldout_docs: Sequence | None, k: int, *, context: int,
                   samples: int, seed: int = 0, progress: bool = True) -> tuple[list[int], dict[int, float]]:
     """Strategy "needle": the k layers (sorted) whose most-looking head puts the largest share of the last token's
     attention on the needle sentence, over `samples` NIAH-Single-2 prompts of `context` tokens built from the held-out
     documents' text (spread over NEEDLE_DEPTHS; ties go to the lower index), and every layer's share."""
-    from ..eval.documents import token_docs_text
     from ..eval.needle_attention import evaluate_needle_attention
-    from ..eval.niah import build_niah_grid
 
-    if not heldout_docs:
-        raise ValueError("strategy 'needle' builds its haystacks from held-out documents and the data has none: "
-                         "raise data.heldout_fraction")
-    texts = token_docs_text(tokenizer, heldout_docs)  # (as `hypenet eval --haystack-heldout` reads them)
-    per_depth = -(-samples // len(NEEDLE_DEPTHS))
-    try:
-        grid = build_niah_grid(tokenizer, [NEEDLE_TASK], [context], NEEDLE_DEPTHS, per_depth, seed, texts)
-    except InvalidInputError as error:  # (its advice names `hypenet eval`'s option)
-        raise ValueError(f"strategy 'needle': {str(error).split(' (raise')[0]}; raise select.recall_context, the "
-                         "prompts' length") from error
+    grid = needle_grid(tokenizer, heldout_docs, context, samples, seed)
     looked = evaluate_needle_attention(teacher, tokenizer, grid, progress=progress)
     num_layers = teacher.config.num_hidden_layers
     if len(looked["layers"]) != num_layers:
@@ -558,6 +567,7 @@ __all__ = [
     "even_layers",
     "halo_scores",
     "needle_attention",
+    "needle_grid",
     "needle_layers",
     "probe_sweep",
     "select_layers",
