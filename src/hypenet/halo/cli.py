@@ -17,7 +17,7 @@ from .config import PRESETS, HaloError, is_main_rank, load_config, read_config
 COMMANDS = {
     "convert": "convert a Transformer into a HypeNet hybrid: every HALO stage, then export and report",
     "stage1": "HALO stage 1 alone: align a lightning layer to every teacher attention layer (MSE)",
-    "select": "choose the layers that keep softmax attention (needs stage1)",
+    "select": "choose the layers that keep softmax attention (strategy halo needs stage1)",
     "stage2": "HALO stage 2 alone: distil the hybrid from the teacher (KL; needs select)",
     "stage3": "HALO stage 3 alone: long-context finetuning (cross-entropy; needs stage2)",
     "export": "export the HF checkpoint, choosing HyPE's logit-scaling base (needs stage3)",
