@@ -27,7 +27,7 @@ def token_docs_text(tokenizer, token_docs, max_chars: int = 2_000_000) -> list[s
     max_chars characters: the ids decoded, EOS dropped, which gives the text back for a byte-level tokenizer."""
     documents, total = [], 0
     for ids in token_docs:
-        documents.append(tokenizer.decode([int(i) for i in ids[:-1]]))
+        documents.append(tokenizer.decode(ids[:-1].tolist()))
         total += len(documents[-1])
         if total >= max_chars:
             break

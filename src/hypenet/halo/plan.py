@@ -130,11 +130,10 @@ def selection_tokens(config: ConvertConfig, layers: int) -> int | None:
 
 
 def needle_prompts(config: ConvertConfig) -> int:
-    """The NIAH prompts that strategy "needle" runs through the teacher: recall_samples, rounded up to a whole
-    number per depth."""
-    from .select import NEEDLE_DEPTHS
+    """The NIAH prompts that strategy "needle" runs through the teacher (`select.needle_prompt_count`)."""
+    from .select import needle_prompt_count
 
-    return -(-config.select.recall_samples // len(NEEDLE_DEPTHS)) * len(NEEDLE_DEPTHS)
+    return needle_prompt_count(config.select.recall_samples)
 
 
 def selection_flops(teacher, students, config: ConvertConfig) -> float | None:

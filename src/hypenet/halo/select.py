@@ -380,6 +380,11 @@ def needle_attention(teacher: PreTrainedModel, probes: ProbeSet, device: torch.d
     return {i: float(v) for i, v in enumerate(shares)}
 
 
+def needle_prompt_count(samples: int) -> int:
+    """The NIAH prompts strategy "needle" runs for `samples`: rounded up to a whole number per depth."""
+    return -(-samples // len(NEEDLE_DEPTHS)) * len(NEEDLE_DEPTHS)
+
+
 def needle_grid(tokenizer, heldout_docs: Sequence | None, context: int, samples: int, seed: int = 0) -> list:
     """Strategy "needle"'s prompts: `samples` NIAH-Single-2 prompts of `context` tokens (rounded up to a whole number
     per depth of NEEDLE_DEPTHS), their haystacks the held-out documents' text as `hypenet eval --haystack-heldout`
@@ -391,7 +396,7 @@ def needle_grid(tokenizer, heldout_docs: Sequence | None, context: int, samples:
     if not heldout_docs:
         raise ValueError("strategy 'needle' builds its haystacks from held-out documents and the data has none: "
                          "raise data.heldout_fraction")
-    per_depth = -(-samples // len(NEEDLE_DEPTHS))
+    per_depth = needle_prompt_count(samples) // len(NEEDLE_DEPTHS)
     try:
         return build_niah_grid(tokenizer, [NEEDLE_TASK], [context], NEEDLE_DEPTHS, per_depth, seed,
                                token_docs_text(tokenizer, heldout_docs))
@@ -568,6 +573,7 @@ __all__ = [
     "halo_scores",
     "needle_attention",
     "needle_grid",
+    "needle_prompt_count",
     "needle_layers",
     "probe_sweep",
     "select_layers",
