@@ -11,7 +11,8 @@
 #            across the default's six runs, those whose export chose 8000 got Single-1 at 64K 81 of 90, the two that
 #            chose 16000 42 of 60. Is 8000 better on one student, and what does it cost at 4K-32K?
 # Run from the repository root after the carry calls (scripts/gpu_carry.py prints them) as
-# `bash results/gpu_convert/determinism/lease40.sh 585`, repeated until it prints "all done". Everything comes back in
+# `bash results/gpu_convert/determinism/lease40.sh 585`, repeated until it prints "all done" (an extra that the deadline
+# stopped says "extras not finished"). Everything comes back in
 # $OUT/lease40.tgz (logs, summary.md, the conversion's report and per-step losses, bases/), Triton's kernel cache in
 # $OUT/triton_cache.txz.
 set -uo pipefail
@@ -84,6 +85,8 @@ done
 read -r -a RULER_ARGS <<<"--evals niah --tasks multikey_1,multikey_2,multikey_3,multivalue,multiquery --niah-lengths \
 ${RULER_LENGTHS:-4096,8192} --niah-samples ${RULER_SAMPLES:-2} --haystack-heldout --haystack $CORPUS --batch-size 16 \
 --no-progress --resume"
+unfinished=()  # the extras whose step ended without its result (stopped by the deadline, or failed: see its log)
+expect() { [ -f "$1" ] || unfinished+=("$2"); }
 for extra in ${EXTRAS:-}; do
     case $extra in
     ruler)
@@ -92,26 +95,35 @@ for extra in ${EXTRAS:-}; do
             [ "$who" = teacher ] && model=$TEACHER
             [ -f "$dir/results.json" ] && continue
             run "ruler-$who" "${HYPENET[@]}" eval "$model" --label "$who" --out "$dir" "${RULER_ARGS[@]}"
+            expect "$dir/results.json" "ruler-$who"
         done ;;
     assisted)
         [ -f "$RUNS/extras/assisted_check.json" ] || run assisted python3 scripts/assisted_check.py "$TEACHER" \
-            "$RUNS/halo/model" --source "$CORPUS" ${ASSISTED_OPTIONS:---device cuda --length 4096} --out "$RUNS/extras/assisted_check.json" ;;
+            "$RUNS/halo/model" --source "$CORPUS" ${ASSISTED_OPTIONS:---device cuda --length 4096} --out "$RUNS/extras/assisted_check.json"
+        expect "$RUNS/extras/assisted_check.json" assisted ;;
     oom)
         [ -f "$RUNS/extras/oom/train_speed.json" ] || run oom "${HYPENET[@]}" bench-train "${OOM_SHAPE:-hypenet-2b}" \
-            --stages stage2 --set stage2.micro_batch_size=null ${OOM_OPTIONS:---steps 3} --out "$RUNS/extras/oom" ;;
+            --stages stage2 --set stage2.micro_batch_size=null ${OOM_OPTIONS:---steps 3} --out "$RUNS/extras/oom"
+        expect "$RUNS/extras/oom/train_speed.json" oom ;;
     ppl)
         read -r -a PPL_ARGS <<<"${PPL_OPTIONS:---ppl-docs 8 --ppl-max-len 65536 --niah-lengths 4096,8192,16384,32768,65536 --copy-samples 16 --batch-size 16 --max-batch-tokens 524288}"
         [ -f "$RUNS/extras/ppl_student/results.json" ] || run ppl-student "${HYPENET[@]}" eval "$RUNS/halo/model" \
             --label student --out "$RUNS/extras/ppl_student" --evals ppl,copy --ppl-source "$CORPUS" --haystack "$CORPUS" \
-            --haystack-heldout "${PPL_ARGS[@]}" --no-progress --resume ;;
+            --haystack-heldout "${PPL_ARGS[@]}" --no-progress --resume
+        expect "$RUNS/extras/ppl_student/results.json" ppl-student ;;
     copies)
         for stage in ${COPIES_STAGES:-stage2 stage3}; do
             [ -f "$RUNS/extras/copies_student_$stage.md" ] || run "copies-$stage" python3 scripts/teacher_copies.py \
                 "${OPTIONS[@]}" --teacher "$TEACHER" --data "$CORPUS" --stage "$stage" --model "$RUNS/halo/model" \
                 --device "${COPIES_DEVICE:-cuda}" --rows "${COPIES_ROWS:-200}" --out "$RUNS/extras/copies_student_$stage.md"
+            expect "$RUNS/extras/copies_student_$stage.md" "copies-$stage"
         done ;;
     *) echo "EXTRAS: unknown check '$extra' (ruler, assisted, oom, ppl, copies)"; exit 2 ;;
     esac
 done
 pack
-echo "[$((SECONDS - START))s] all done"
+if [ ${#unfinished[@]} -gt 0 ]; then  # not "all done": a stopped extra resumes (--resume) in the next call
+    echo "[$((SECONDS - START))s] extras not finished: ${unfinished[*]} (logs/NAME.log says why); run the same command again"
+else
+    echo "[$((SECONDS - START))s] all done"
+fi
