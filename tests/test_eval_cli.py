@@ -268,7 +268,9 @@ def test_a_niah_evaluation_stopped_between_batches_resumes_at_the_next_batch(mod
     monkeypatch.setattr(LlamaForCausalLM, "generate", counted)
     assert main([str(model_dir), *options, "--out", str(out), "--resume"]) == 0
     assert len(calls) == 2
-    assert f"[hypenet eval] NIAH: 4 of 8 answers read back from {answers}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--resume: no evaluation was finished in {out / cli.PARTIAL}; each starts again from what it kept" in err
+    assert f"[hypenet eval] NIAH: 4 of 8 answers read back from {answers}" in err
     assert json.loads((out / "results.json").read_text())["niah"] == json.loads((whole / "results.json").read_text()
                                                                                 )["niah"]
     assert (out / "niah_samples.jsonl").read_text() == (whole / "niah_samples.jsonl").read_text()

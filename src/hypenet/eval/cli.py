@@ -272,7 +272,10 @@ def _resumed(partial: Path, state: dict, resume: bool) -> dict:
         raise InvalidInputError(f"--resume: {partial} was made with other options ({', '.join(different)}); give the "
                                 "same options, or run without --resume to start over.")
     done = saved.get("done", {})
-    _log(f"--resume: reusing {', '.join(done) or 'nothing'} from {partial}")
+    if done:
+        _log(f"--resume: reusing {', '.join(done)} from {partial}")
+    else:  # a NIAH stopped part-way still reads back the answers it kept beside partial.json
+        _log(f"--resume: no evaluation was finished in {partial}; each starts again from what it kept")
     return done
 
 
