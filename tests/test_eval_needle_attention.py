@@ -129,6 +129,29 @@ def test_eval_cli_writes_where_the_attention_goes(model_dir, tmp_path):  # noqa:
     assert "needle_attention.png" in (compare_out / "report.md").read_text()
 
 
+def test_with_yarn_the_lengths_past_the_window_are_measured_with_yarn(model_dir, tmp_path):  # noqa: F811
+    from hypenet.eval.models import load_model_for_eval, yarn_rope_scaling
+
+    options = ["--evals", "needle_attention", "--tasks", "single_1", "--niah-lengths", "200,400", "--niah-depths",
+               "0.5", "--needle-attention-samples", "1", "--device", "cpu", "--no-progress"]
+    assert main([str(model_dir), *options, "--out", str(tmp_path / "as_is")]) == 0
+    assert main([str(model_dir), *options, "--yarn", "--out", str(tmp_path / "yarn")]) == 0
+    as_is, yarn = (json.loads((tmp_path / name / "results.json").read_text())["needle_attention"]
+                   for name in ("as_is", "yarn"))
+    assert yarn["yarn"] == {"trained_context_length": 256, "factors": {"400": 400 / 256}} and "yarn" not in as_is
+    assert yarn["layers"] == as_is["layers"] == ["layer 0", "layer 1"]
+    assert yarn["tasks"]["single_1"]["200"] == as_is["tasks"]["single_1"]["200"]  # within the window: as it is
+    assert yarn["tasks"]["single_1"]["400"] != as_is["tasks"]["single_1"]["400"]
+    # past it: what the model loaded with YaRN for 400 tokens gives on the same prompt
+    model, tokenizer = load_model_for_eval(model_dir, "cpu", rope_scaling=yarn_rope_scaling(256, 400))
+    grid = build_niah_grid(tokenizer, ["single_1"], [400], [0.5], 1, 0)
+    expected = evaluate_needle_attention(model, tokenizer, grid, progress=False)["tasks"]["single_1"]["400"]
+    got = yarn["tasks"]["single_1"]["400"]
+    assert (got["samples"], got["uniform"]) == (expected["samples"], expected["uniform"])
+    for key in ("mean", "max_head"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-5)
+
+
 def test_halo_probe_attention_script(model_dir, tmp_path, monkeypatch):  # noqa: F811
     from conftest import load_script
 

@@ -137,7 +137,8 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     niah.add_argument("--chat-template", action="store_true",
                       help="wrap prompts in the tokenizer's chat template (default: plain text, as RULER base models)")
     niah.add_argument("--yarn", action="store_true",
-                      help="also run NIAH beyond the trained window with YaRN (factor = length / trained length)")
+                      help="also run NIAH beyond the trained window with YaRN (factor = length / trained length); "
+                           "needle_attention is measured there with YaRN instead of as-is")
     niah.add_argument("--trained-len", type=positive_int, default=None,
                       help="trained context length for --yarn (default: from the config)")
     niah.add_argument("--max-batch-tokens", type=positive_int, default=131072,
@@ -386,7 +387,7 @@ def evaluate_model(spec: str, args, out_dir: Path, label: str) -> dict:
             args.lm_eval_fewshot, args.seed))
     if "needle_attention" in evals:  # before NIAH, whose --yarn reloads the model (report.md draws it)
         timed_step("needle_attention", "needle_attention",
-                   lambda: _needle_attention(model, tokenizer, args, haystack()))
+                   lambda: _needle_attention(model, tokenizer, args, haystack(), spec, results["footprint"]))
     if "niah_forced" in evals:  # before NIAH, whose --yarn reloads the model
         timed_step("niah_forced", "niah_forced", lambda: _niah_forced(model, tokenizer, args, haystack(), out_dir,
                                                                       _phases(results, "niah_forced")))
@@ -513,12 +514,38 @@ def _niah_grid(tokenizer, args, haystack, samples_per_cell: int) -> list:
                            haystack, args.chat_template, _niah_cache(args))
 
 
-def _needle_attention(model, tokenizer, args, haystack) -> dict:
-    """Where the attention layers look on the NIAH grid's prompts (`needle_attention`)."""
+def _needle_attention(model, tokenizer, args, haystack, spec, footprint: dict) -> dict:
+    """Where the attention layers look on the NIAH grid's prompts (`needle_attention`). With --yarn, a model with
+    RoPE is measured at each length past its trained window reloaded with YaRN for exactly that length, as NIAH's
+    YaRN run is (`yarn`: the window and each such length's factor)."""
+    from .models import load_model_for_eval, yarn_rope_scaling
     from .needle_attention import evaluate_needle_attention
 
-    samples = _niah_grid(tokenizer, args, haystack, args.needle_attention_samples)
-    return evaluate_needle_attention(model, tokenizer, samples, progress=not args.no_progress)
+    def measure(model, tokenizer, lengths: list[int]) -> dict:
+        grid_args = argparse.Namespace(**{**vars(args), "niah_lengths": lengths})
+        samples = _niah_grid(tokenizer, grid_args, haystack, args.needle_attention_samples)
+        return evaluate_needle_attention(model, tokenizer, samples, progress=not args.no_progress)
+
+    trained = args.trained_len or footprint["trained_context_length"]
+    beyond = [n for n in args.niah_lengths if n > trained] if args.yarn and footprint["model_type"] != "hypenet" \
+        else []
+    within = [n for n in args.niah_lengths if n not in beyond]
+    result = measure(model, tokenizer, within) if within else {"layers": [], "tasks": {}}
+    factors = {}
+    for length in beyond:
+        scaling = yarn_rope_scaling(trained, length)
+        factors[str(length)] = scaling["factor"]
+        _log(f"needle attention: YaRN factor {scaling['factor']:g} for {length} tokens (trained {trained})")
+        scaled, scaled_tokenizer = load_model_for_eval(spec, args.device, args.dtype, rope_scaling=scaling)
+        part = measure(scaled, scaled_tokenizer, [length])
+        del scaled
+        gc.collect()
+        result["layers"] = result["layers"] or part["layers"]
+        for task, by_length in part["tasks"].items():
+            result["tasks"].setdefault(task, {}).update(by_length)
+    if factors:
+        result["yarn"] = {"trained_context_length": trained, "factors": factors}
+    return result
 
 
 def _niah_forced(model, tokenizer, args, haystack, out_dir: Path, timing: dict) -> dict:

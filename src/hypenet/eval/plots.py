@@ -45,10 +45,12 @@ def plot_needle_attention(series: dict[str, dict], path: str | Path, title: str)
         for m, (label, result) in enumerate(series.items()):
             layers = [int(name.split()[-1]) for name in result["layers"]]
             by_length = result["tasks"].get(task, {})
+            yarn = result.get("yarn", {}).get("factors", {})  # lengths measured with YaRN (eval --yarn)
             for i, length in enumerate(sorted(by_length, key=int)):
                 cell = by_length[length]
                 ax.plot(layers, [100 * v for v in cell["max_head"]], marker="o", markersize=4, color=f"C{m}",
-                        linestyle=styles[i % len(styles)], label=f"{label}, {length_label(int(length))}")
+                        linestyle=styles[i % len(styles)],
+                        label=f"{label}, {length_label(int(length))}" + (" + YaRN" if length in yarn else ""))
                 uniform = cell["uniform"] if uniform is None else uniform
         if uniform is not None:
             ax.axhline(100 * uniform, color="grey", linewidth=0.8, linestyle="--")
