@@ -349,6 +349,14 @@ def test_the_plan_says_which_settings_run_the_teacher_past_its_window(teacher_di
     # lm-eval tasks (select.lm_eval_*) or another strategy than HALO's score no recall on the built-in probes
     even = make_plan(config_for(teacher_dir, tmp_path / "run", "select.recall_context=8192", "select.strategy=even"))
     assert even["beyond_teacher_window"] == []
+    # the needle strategy reads the teacher's attention on prompts of select.recall_context tokens
+    needle = make_plan(config_for(teacher_dir, tmp_path / "run", "select.recall_context=8192",
+                                  "select.strategy=needle"))
+    assert needle["beyond_teacher_window"] == [
+        "select.recall_context=8192 is longer than the teacher's context window (4096 tokens, its "
+        "max_position_embeddings): the needle strategy reads where the teacher's attention goes there, past what the "
+        "teacher was trained on. Keep it at most 4096; stage 3 (stage3.seq_len) trains without the teacher and is "
+        "the stage to go longer."]
 
 
 def test_durations_are_written_in_a_readable_unit():

@@ -546,6 +546,9 @@ def beyond_teacher_window(config: ConvertConfig, context: int | None) -> list[st
     if config.select.strategy == "halo" and config.select.lm_eval_recall is None:
         uses.insert(1, ("select.recall_context", config.select.recall_context,
                         "layer selection scores recall with the teacher's other layers there"))
+    elif config.select.strategy == "needle":  # (the teacher with YaRN at 16K looks in the same layers on SmolLM2)
+        uses.insert(1, ("select.recall_context", config.select.recall_context,
+                        "the needle strategy reads where the teacher's attention goes there"))
     return [f"{name}={value} is longer than the teacher's context window ({context} tokens, its "
             f"max_position_embeddings): {what}, past what the teacher was trained on. Keep it at most {context}; "
             f"stage 3 (stage3.seq_len) trains without the teacher and is the stage to go longer."
