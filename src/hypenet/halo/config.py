@@ -546,7 +546,7 @@ def beyond_teacher_window(config: ConvertConfig, context: int | None) -> list[st
     if config.select.strategy == "halo" and config.select.lm_eval_recall is None:
         uses.insert(1, ("select.recall_context", config.select.recall_context,
                         "layer selection scores recall with the teacher's other layers there"))
-    elif config.select.strategy == "needle":  # (the teacher with YaRN at 16K looks in the same layers on SmolLM2)
+    elif config.select.strategy == "needle":  # (with YaRN at 16K-32K SmolLM2 looks in nearly the same layers)
         uses.insert(1, ("select.recall_context", config.select.recall_context,
                         "the needle strategy reads where the teacher's attention goes there"))
     return [f"{name}={value} is longer than the teacher's context window ({context} tokens, its "
