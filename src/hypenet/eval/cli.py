@@ -518,7 +518,6 @@ def _needle_attention(model, tokenizer, args, haystack, spec, footprint: dict) -
     """Where the attention layers look on the NIAH grid's prompts (`needle_attention`). With --yarn, a model with
     RoPE is measured at each length past its trained window reloaded with YaRN for exactly that length, as NIAH's
     YaRN run is (`yarn`: the window and each such length's factor)."""
-    from .models import load_model_for_eval, yarn_rope_scaling
     from .needle_attention import evaluate_needle_attention
 
     def measure(model, tokenizer, lengths: list[int]) -> dict:
@@ -531,15 +530,9 @@ def _needle_attention(model, tokenizer, args, haystack, spec, footprint: dict) -
         else []
     within = [n for n in args.niah_lengths if n not in beyond]
     result = measure(model, tokenizer, within) if within else {"layers": [], "tasks": {}}
-    factors = {}
-    for length in beyond:
-        scaling = yarn_rope_scaling(trained, length)
-        factors[str(length)] = scaling["factor"]
-        _log(f"needle attention: YaRN factor {scaling['factor']:g} for {length} tokens (trained {trained})")
-        scaled, scaled_tokenizer = load_model_for_eval(spec, args.device, args.dtype, rope_scaling=scaling)
-        part = measure(scaled, scaled_tokenizer, [length])
-        del scaled
-        gc.collect()
+    factors: dict[str, float] = {}
+    for part in _with_yarn(spec, args, trained, beyond, factors, lambda length, scaled, scaled_tokenizer:
+                           measure(scaled, scaled_tokenizer, [length])):
         result["layers"] = result["layers"] or part["layers"]
         for task, by_length in part["tasks"].items():
             result["tasks"].setdefault(task, {}).update(by_length)
@@ -564,8 +557,6 @@ def _niah_forced(model, tokenizer, args, haystack, out_dir: Path, timing: dict) 
 
 def _niah_with_yarn(spec, args, haystack, results, answers: Path | None = None) -> list[dict]:
     """NIAH at each length beyond the trained window, the model reloaded with YaRN for exactly that length."""
-    from .models import load_model_for_eval, yarn_rope_scaling
-
     if results["footprint"]["model_type"] == "hypenet":
         _log("--yarn: a HypeNet model has no RoPE in attention to scale; its as-is results stand.")
         return []
@@ -575,16 +566,29 @@ def _niah_with_yarn(spec, args, haystack, results, answers: Path | None = None) 
         _log(f"--yarn: every NIAH length is within the trained window ({trained}); nothing to scale.")
         return []
     records, factors = [], {}
-    for length in beyond:
+    for part in _with_yarn(spec, args, trained, beyond, factors, lambda length, model, tokenizer: _niah(
+            model, tokenizer, args, [length], haystack, _phases(results, "niah_yarn"), answers)):
+        records += part
+    results["yarn"] = {"trained_context_length": trained, "factors": factors}
+    return records
+
+
+def _with_yarn(spec, args, trained: int, lengths: list[int], factors: dict, work) -> list:
+    """work(length, model, tokenizer) for each of `lengths`, the model loaded with YaRN stretching RoPE from `trained`
+    to exactly that length and freed before the next is loaded; their results in order. Each length's factor goes into
+    `factors`."""
+    from .models import load_model_for_eval, yarn_rope_scaling
+
+    results = []
+    for length in lengths:
         scaling = yarn_rope_scaling(trained, length)
         factors[str(length)] = scaling["factor"]
         _log(f"YaRN factor {scaling['factor']:g} for {length} tokens (trained {trained})")
         model, tokenizer = load_model_for_eval(spec, args.device, args.dtype, rope_scaling=scaling)
-        records += _niah(model, tokenizer, args, [length], haystack, _phases(results, "niah_yarn"), answers)
+        results.append(work(length, model, tokenizer))
         del model
         gc.collect()
-    results["yarn"] = {"trained_context_length": trained, "factors": factors}
-    return records
+    return results
 
 
 def _write_niah(results: dict, name: str, records: list[dict], out_dir: Path) -> list[Path]:
